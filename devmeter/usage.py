@@ -1,0 +1,64 @@
+"""The records every other module speaks: what a call used, and the call itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts for one call, in the ledger's meaning (see DESIGN.md).
+
+    `input_tokens` excludes cache reads and writes (Anthropic's meaning);
+    `output_tokens` includes reasoning; `reasoning_tokens` is a breakdown of it.
+    """
+
+    input_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    # The part of cache_write_tokens written with a 1 hour TTL (the rest is 5 minutes).
+    cache_write_1h_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    web_search_requests: int = 0
+    # Billing tier the provider reports it served ("priority", "flex", "batch", ...).
+    service_tier: str | None = None
+    # A cost the provider reports itself (OpenRouter's usage.cost), in USD.
+    reported_cost_usd: Decimal | None = None
+    # True when some counts were estimated with tiktoken rather than reported.
+    estimated: bool = False
+
+    @property
+    def total_input_tokens(self) -> int:
+        return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+    def with_estimate(self, **counts: int) -> Usage:
+        return replace(self, estimated=True, **counts)
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """What the client asked for, read from the request without keeping its text."""
+
+    model: str | None = None
+    stream: bool = False
+    # Estimated prompt tokens, used when the response reports no usage.
+    prompt_tokens_estimate: int | None = None
+    # Free-form facts a parser found (e.g. Claude Code's working directory).
+    facts: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResponseResult:
+    """What a response parser concluded once the response ended."""
+
+    usage: Usage | None
+    model: str | None = None
+    # False when the stream ended before its terminal event (client or upstream hung up).
+    complete: bool = True
+    # Output text length seen so far, in characters, for estimating when usage is missing.
+    output_chars: int = 0
+    # The text itself, only kept to estimate tokens; never written to disk.
+    output_text: str = ""
+    error: str | None = None
