@@ -62,3 +62,43 @@ class ResponseResult:
     # The text itself, only kept to estimate tokens; never written to disk.
     output_text: str = ""
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Who made a call: the tool, its session, and the git repo it worked in."""
+
+    tool: str = "unknown"
+    session: str | None = None
+    repo: str | None = None  # git top level, absolute path
+    branch: str | None = None
+    # How repo was found: "claude-env", "process", "explicit", or None when unattributed.
+    repo_source: str | None = None
+    pid: int | None = None
+
+
+@dataclass(frozen=True)
+class Call:
+    """One metered call: one ledger row."""
+
+    ts: float  # unix seconds when the request arrived
+    provider: str  # genai-prices provider id: anthropic, openai, google, openrouter, ...
+    endpoint: str  # wire format: anthropic.messages, openai.chat, openai.responses, ...
+    host: str
+    requested_model: str | None
+    model: str | None
+    attribution: Attribution
+    usage: Usage
+    cost_usd: Decimal | None  # None when the model has no known price
+    price_source: str | None  # which price data priced it, e.g. "genai-prices 0.2.3"
+    status: int | None  # HTTP status, or None when the upstream never answered
+    duration_ms: int = 0
+    complete: bool = True
+    error: str | None = None
+    # Cost had the requested model served the call (routing and shadow mode).
+    requested_cost_usd: Decimal | None = None
+    routing: str | None = None  # "routed", "shadow", "fallback", or None
+
+    @property
+    def estimated(self) -> bool:
+        return self.usage.estimated
