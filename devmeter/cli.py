@@ -1,2 +1,234 @@
-def main() -> int:
+"""The `devmeter` command: one thin function per subcommand over the library."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from devmeter import __version__, reports, shellenv
+from devmeter.config import Config, ConfigError, load, parse_listen, parse_upstream_arg
+from devmeter.ledger import connect_readonly
+from devmeter.paths import Paths, paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    where = paths()
+    try:
+        config = load(where.config_file)
+        return int(args.func(args, config, where) or 0)
+    except ConfigError as exc:
+        print(f"devmeter: bad config: {exc}", file=sys.stderr)
+        return 2
+    except reports.ReportError as exc:
+        print(f"devmeter: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="devmeter",
+        description="Meter every LLM API call your dev tools make. With no command: the tray app.",
+    )
+    parser.add_argument("--version", action="version", version=f"devmeter {__version__}")
+    parser.set_defaults(func=cmd_tray)
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    p = sub.add_parser("proxy", help="run the metering proxy in the foreground")
+    p.add_argument("--listen", help="HOST:PORT on loopback (default 127.0.0.1:8788)")
+    p.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="HOST=URL",
+        help="send a provider host's traffic to another base URL (repeatable)",
+    )
+    p.set_defaults(func=cmd_proxy)
+
+    p = sub.add_parser("env", help="print the exports that route your tools through devmeter")
+    p.add_argument("--shell", choices=shellenv.SHELLS, default=_default_shell())
+    p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser("run", help="run one command through devmeter: devmeter run -- CMD ARGS")
+    p.add_argument("--session", help="name this command's session explicitly")
+    p.add_argument("--project", help="attribute this command's calls to this project/repo")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="tokens and cost from the ledger")
+    p.add_argument("--by", choices=reports.GROUPINGS, default="day")
+    p.add_argument("--since", help="7d, 12h, 30m, today, or a date such as 2026-11-01")
+    p.add_argument("--limit", type=int, help="with --by request: only the last N calls")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="JSON rows, costs as numbers in USD")
+    fmt.add_argument("--csv", action="store_true")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("config", help="show the config file's path, or create it")
+    p.add_argument("--init", action="store_true", help="write a commented template if missing")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def _default_shell() -> str:
+    if os.name == "nt":
+        return "powershell"
+    shell = Path(os.environ.get("SHELL", "bash")).name
+    return shell if shell in shellenv.SHELLS else "bash"
+
+
+def cmd_proxy(args: argparse.Namespace, config: Config, where: Paths) -> int:
+    from dataclasses import replace
+
+    from devmeter.proxy.server import run
+
+    if args.listen:
+        config = replace(config, listen=parse_listen(args.listen, "--listen"))
+    if args.upstream:
+        upstreams = dict(config.upstreams)
+        upstreams.update(parse_upstream_arg(arg) for arg in args.upstream)
+        config = replace(config, upstreams=upstreams)
+    return run(config, where)
+
+
+def proxy_address(config: Config, where: Paths) -> tuple[str, int, bool]:
+    """The running proxy's address, else the configured one; and whether one is running."""
+    from devmeter.proxy.server import read_state
+
+    state = read_state(where)
+    if state and _pid_alive(state.get("pid")):
+        return str(state["host"]), int(state["port"]), True  # type: ignore[call-overload]
+    host, port = config.listen
+    return host, port, False
+
+
+def _pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cmd_env(args: argparse.Namespace, config: Config, where: Paths) -> int:
+    host, port, running = proxy_address(config, where)
+    if not running:
+        print(
+            f"# devmeter: no proxy is running; start one with `devmeter proxy` (it will listen "
+            f"on {host}:{port}).",
+            file=sys.stderr,
+        )
+    if not where.ca_cert.exists():
+        print(
+            f"# devmeter: no CA yet at {where.ca_cert}; `devmeter proxy` creates it on first run.",
+            file=sys.stderr,
+        )
+    sys.stdout.write(shellenv.render(shellenv.proxy_environment(where, host, port), args.shell))
     return 0
+
+
+def cmd_run(args: argparse.Namespace, config: Config, where: Paths) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        print("devmeter: nothing to run; use `devmeter run -- CMD ARGS...`", file=sys.stderr)
+        return 2
+    host, port, running = proxy_address(config, where)
+    child_proxy = None
+    if not running:
+        child_proxy, host, port = _start_proxy_for_run(where)
+    env = dict(os.environ)
+    env.update(shellenv.proxy_environment(where, host, port))
+    if args.session:
+        env["DEVMETER_SESSION"] = args.session
+    if args.project:
+        env["DEVMETER_PROJECT"] = args.project
+    try:
+        return subprocess.call(command, env=env)
+    except FileNotFoundError:
+        print(f"devmeter: command not found: {command[0]}", file=sys.stderr)
+        return 127
+    finally:
+        if child_proxy is not None:
+            child_proxy.terminate()
+            child_proxy.wait(10)
+
+
+def _start_proxy_for_run(where: Paths) -> tuple[subprocess.Popen[bytes], str, int]:
+    """No proxy is running: start one for the length of this command."""
+    from devmeter.proxy.server import read_state
+
+    where.proxy_state.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-m", "devmeter", "proxy"])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        state = read_state(where)
+        if state and state.get("pid") == proc.pid:
+            return proc, str(state["host"]), int(state["port"])  # type: ignore[call-overload]
+        if proc.poll() is not None:
+            raise SystemExit("devmeter: the proxy failed to start (see above)")
+        time.sleep(0.05)
+    proc.terminate()
+    raise SystemExit("devmeter: the proxy did not start within 20 seconds")
+
+
+def cmd_report(args: argparse.Namespace, config: Config, where: Paths) -> int:
+    conn = connect_readonly(where.ledger)
+    since = reports.parse_since(args.since) if args.since else None
+    if conn is None or reports.total_requests(conn) == 0:
+        # Machine-readable output stays parseable: the explanation goes to stderr.
+        print(
+            f"No calls metered yet (ledger: {where.ledger}). Start `devmeter proxy`, then "
+            '`eval "$(devmeter env)"` in your shell, or `devmeter run -- CMD`.',
+            file=sys.stderr if args.json or args.csv else sys.stdout,
+        )
+        if args.json:
+            sys.stdout.write("[]\n")
+        return 0
+    rows = reports.query(conn, args.by, since, args.limit)
+    if args.json:
+        sys.stdout.write(reports.to_json(rows))
+    elif args.csv:
+        fields = reports.REQUEST_FIELDS if args.by == "request" else reports.GROUP_FIELDS
+        sys.stdout.write(reports.to_csv(rows, fields))
+    elif not rows:
+        print(f"No calls since {args.since}.")
+    else:
+        sys.stdout.write(reports.to_table(rows, args.by))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, config: Config, where: Paths) -> int:
+    from devmeter.config import TEMPLATE
+
+    if args.init and not where.config_file.exists():
+        where.config_file.parent.mkdir(parents=True, exist_ok=True)
+        where.config_file.write_text(TEMPLATE, encoding="utf-8")
+        print(f"wrote {where.config_file}")
+    else:
+        print(where.config_file)
+    return 0
+
+
+def cmd_tray(args: argparse.Namespace, config: Config, where: Paths) -> int:
+    # The tray app arrives with the guard rails; until then run the proxy in the foreground.
+    print("devmeter: starting the proxy in the foreground (Ctrl-C stops it).", file=sys.stderr)
+    args.listen, args.upstream = None, []
+    return cmd_proxy(args, config, where)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

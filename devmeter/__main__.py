@@ -1,0 +1,5 @@
+import sys
+
+from devmeter.cli import main
+
+sys.exit(main())

@@ -1,0 +1,220 @@
+"""The TOML config file: read once, validated whole, every error naming file, key and line.
+
+Each section belongs to the module that uses it (prices to pricing, budgets to
+budget, ...); this module only reads the file, hands each section to its parser
+and turns a parser's ConfigError into one that points at the line to fix.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from devmeter.config_error import ConfigError
+from devmeter.pricing import PriceOverride, parse_overrides
+
+DEFAULT_LISTEN = ("127.0.0.1", 8788)
+
+TEMPLATE = """\
+# devmeter configuration. Every key is optional; see the README for all of them.
+
+[proxy]
+# listen = "127.0.0.1:8788"
+
+# Send a provider host's traffic to another base URL (a gateway, a local server):
+# [upstream]
+# "api.anthropic.com" = "http://127.0.0.1:9000"
+
+# Negotiated discounts or self-hosted models, first match wins:
+# [[prices]]
+# model = "claude-*"
+# discount = 0.15
+#
+# [[prices]]
+# provider = "openai"
+# model = "my-local-llama"
+# free = true
+
+[ledger]
+# Keep prompt and completion text in the ledger. Off: devmeter stores counts only.
+# store_text = false
+"""
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None = None
+    listen: tuple[str, int] = DEFAULT_LISTEN
+    upstreams: Mapping[str, str] = field(default_factory=dict)
+    prices: tuple[PriceOverride, ...] = ()
+    store_text: bool = False
+    # Sections other modules parse (budgets, runaway, routing), already validated.
+    sections: Mapping[str, Any] = field(default_factory=dict)
+
+
+# Parsers for sections owned by other modules, registered by those modules' names so
+# that this module stays importable on its own: key -> (module, function).
+EXTRA_SECTIONS: dict[str, tuple[str, str]] = {}
+
+KNOWN_SECTIONS = ("proxy", "upstream", "prices", "ledger")
+
+
+def load(path: Path) -> Config:
+    """Read and validate `path`; a missing file is the default config."""
+    if not path.exists():
+        return Config(path=path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("", f"cannot read the config file: {exc}", path) from exc
+    return parse(text, path)
+
+
+def parse(text: str, path: Path) -> Config:
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"not valid TOML: {exc}", path, _toml_error_line(exc)) from exc
+    try:
+        return _config_from_table(table, path)
+    except ConfigError as exc:
+        raise exc.located(path, locate(text, exc.key)) from None
+
+
+def _config_from_table(table: dict[str, Any], path: Path) -> Config:
+    known = (*KNOWN_SECTIONS, *EXTRA_SECTIONS)
+    for name in table:
+        if name not in known:
+            raise ConfigError(name, f"unknown section; valid sections are {', '.join(known)}")
+    proxy = _table(table, "proxy")
+    _only_keys("proxy", proxy, ("listen",))
+    ledger = _table(table, "ledger")
+    _only_keys("ledger", ledger, ("store_text",))
+    store_text = ledger.get("store_text", False)
+    if not isinstance(store_text, bool):
+        raise ConfigError("ledger.store_text", "must be true or false")
+    sections = {name: _parse_extra(name, table.get(name, {})) for name in EXTRA_SECTIONS}
+    return Config(
+        path=path,
+        listen=parse_listen(proxy["listen"], "proxy.listen")
+        if "listen" in proxy
+        else DEFAULT_LISTEN,
+        upstreams={
+            host: parse_upstream_url(url, f"upstream.{host}")
+            for host, url in _table(table, "upstream").items()
+        },
+        prices=parse_overrides(table.get("prices", [])),
+        store_text=store_text,
+        sections=sections,
+    )
+
+
+def _parse_extra(name: str, value: Any) -> Any:
+    module_name, function_name = EXTRA_SECTIONS[name]
+    module = __import__(module_name, fromlist=[function_name])
+    parser: Callable[[Any], Any] = getattr(module, function_name)
+    if not isinstance(value, dict):
+        raise ConfigError(name, f"must be a table: [{name}]")
+    return parser(value)
+
+
+def parse_listen(value: Any, key: str) -> tuple[str, int]:
+    """`HOST:PORT` or `PORT`; devmeter listens on loopback only."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = f"127.0.0.1:{value}"
+    if not isinstance(value, str):
+        raise ConfigError(key, 'must be "127.0.0.1:PORT"')
+    host, _, port_text = value.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(key, f'{value!r} has no valid port; use "127.0.0.1:8788"')
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError(
+            key,
+            f"{host} is not a loopback address; devmeter sees API keys and only listens on "
+            "127.0.0.1, localhost or ::1",
+        )
+    return host, int(port_text)
+
+
+def parse_upstream_url(url: Any, key: str) -> str:
+    if isinstance(url, dict):
+        raise ConfigError(
+            key, 'quote the host, which has dots: "api.anthropic.com" = "http://127.0.0.1:9000"'
+        )
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(key, f"must be a base URL like http://127.0.0.1:9000, got {url!r}")
+    return url.rstrip("/")
+
+
+def parse_upstream_arg(arg: str) -> tuple[str, str]:
+    """`--upstream HOST=URL` from the command line."""
+    host, sep, url = arg.partition("=")
+    if not sep or not host:
+        raise ConfigError("--upstream", f"expected HOST=URL, got {arg!r}")
+    return host.strip(), parse_upstream_url(url.strip(), f"--upstream {host}")
+
+
+def _table(table: dict[str, Any], name: str) -> dict[str, Any]:
+    value = table.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(name, f"must be a table: [{name}]")
+    return value
+
+
+def _only_keys(section: str, table: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    for name in table:
+        if name not in allowed:
+            raise ConfigError(
+                f"{section}.{name}", f"unknown key; valid keys are {', '.join(allowed)}"
+            )
+
+
+def _toml_error_line(exc: tomllib.TOMLDecodeError) -> int | None:
+    lineno = getattr(exc, "lineno", None)  # Python 3.14+
+    if isinstance(lineno, int):
+        return lineno
+    match = re.search(r"line (\d+)", str(exc))
+    return int(match.group(1)) if match else None
+
+
+_PART = re.compile(r"([^.\[\]]+)(?:\[(\d+)\])?")
+
+
+def locate(text: str, key: str) -> int | None:
+    """Best-effort line of a dotted key such as `prices[1].discount` or `budgets.session`.
+
+    Walks the file's table headers for the leading parts and then looks for the
+    last part as a key, so a user is sent to the line, not only the section.
+    """
+    if not key:
+        return None
+    parts = [(m.group(1), int(m.group(2)) if m.group(2) else None) for m in _PART.finditer(key)]
+    lines = text.splitlines()
+    start = 0
+    found_header = False
+    header_path: list[str] = []
+    for depth, (name, index) in enumerate(parts):
+        header_path.append(name)
+        dotted = ".".join(header_path)
+        header = re.compile(rf"^\s*\[\[?\s*{re.escape(dotted)}\s*\]\]?\s*(#.*)?$")
+        hits = [i for i in range(start, len(lines)) if header.match(lines[i])]
+        if hits:
+            start = hits[index] if index is not None and index < len(hits) else hits[0]
+            found_header = True
+            if depth == len(parts) - 1:
+                return start + 1
+            continue
+        # `name = ...`, or a dotted key `name.more = ...`
+        assignment = re.compile(rf'^\s*"?{re.escape(name)}"?\s*[=.]')
+        for i in range(start, len(lines)):
+            if assignment.match(lines[i]):
+                return i + 1
+        return start + 1 if found_header else None
+    return None

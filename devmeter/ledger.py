@@ -1,0 +1,315 @@
+"""The ledger: one SQLite row per metered call, written by one thread, read by everyone.
+
+Money is stored as integer pico-dollars (USD x 10^12), so sums are exact: a list
+price per million tokens with up to six decimals times any token count is a whole
+number of pico-dollars. The proxy is the only writer (WAL, synchronous=NORMAL,
+batched transactions); the tray and the CLI open it read-only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
+from typing import Any
+
+from devmeter.usage import Call
+
+PICO = Decimal(10) ** 12
+
+# Numbered migrations: index + 1 is the schema version after it runs. Append, never edit.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE calls (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        tool TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        host TEXT NOT NULL,
+        requested_model TEXT,
+        model TEXT,
+        session TEXT,
+        repo TEXT,
+        branch TEXT,
+        repo_source TEXT,
+        pid INTEGER,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+        cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+        web_search_requests INTEGER NOT NULL DEFAULT 0,
+        service_tier TEXT,
+        cost_pusd INTEGER,
+        requested_cost_pusd INTEGER,
+        price_source TEXT,
+        estimated INTEGER NOT NULL DEFAULT 0,
+        complete INTEGER NOT NULL DEFAULT 1,
+        status INTEGER,
+        duration_ms INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        routing TEXT
+    );
+    CREATE INDEX calls_ts ON calls (ts);
+    CREATE INDEX calls_session ON calls (session, ts);
+    CREATE INDEX calls_repo ON calls (repo, ts);
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        kind TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        key TEXT NOT NULL,
+        figure_pusd INTEGER,
+        message TEXT NOT NULL,
+        session TEXT,
+        repo TEXT,
+        tool TEXT
+    );
+    CREATE INDEX alerts_ts ON alerts (ts);
+    """,
+)
+
+CALL_COLUMNS = (
+    "ts", "tool", "provider", "endpoint", "host", "requested_model", "model", "session",
+    "repo", "branch", "repo_source", "pid", "input_tokens", "cache_read_tokens",
+    "cache_write_tokens", "cache_write_1h_tokens", "output_tokens", "reasoning_tokens",
+    "web_search_requests", "service_tier", "cost_pusd", "requested_cost_pusd", "price_source",
+    "estimated", "complete", "status", "duration_ms", "error", "routing",
+)  # fmt: skip
+INSERT_CALL = (
+    f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join('?' * len(CALL_COLUMNS))})"
+)
+ALERT_COLUMNS = ("ts", "kind", "scope", "key", "figure_pusd", "message", "session", "repo", "tool")
+INSERT_ALERT = (
+    f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(ALERT_COLUMNS))})"
+)
+
+
+def to_pusd(usd: Decimal | None) -> int | None:
+    if usd is None:
+        return None
+    return int((usd * PICO).to_integral_value(ROUND_HALF_EVEN))
+
+
+def from_pusd(pusd: int | None) -> Decimal | None:
+    return None if pusd is None else Decimal(pusd) / PICO
+
+
+def call_row(call: Call) -> tuple[Any, ...]:
+    u, a = call.usage, call.attribution
+    return (
+        call.ts, a.tool, call.provider, call.endpoint, call.host, call.requested_model,
+        call.model, a.session, a.repo, a.branch, a.repo_source, a.pid, u.input_tokens,
+        u.cache_read_tokens, u.cache_write_tokens, u.cache_write_1h_tokens, u.output_tokens,
+        u.reasoning_tokens, u.web_search_requests, u.service_tier, to_pusd(call.cost_usd),
+        to_pusd(call.requested_cost_usd), call.price_source, int(u.estimated),
+        int(call.complete), call.status, call.duration_ms, call.error, call.routing,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    ts: float
+    kind: str
+    scope: str
+    key: str
+    figure_usd: Decimal | None
+    message: str
+    session: str | None = None
+    repo: str | None = None
+    tool: str | None = None
+
+    def row(self) -> tuple[Any, ...]:
+        return (
+            self.ts, self.kind, self.scope, self.key, to_pusd(self.figure_usd), self.message,
+            self.session, self.repo, self.tool,
+        )  # fmt: skip
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open the ledger for writing, creating and migrating it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    migrate(conn)
+    return conn
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection | None:
+    """Open the ledger for reading; None when no ledger exists yet."""
+    if not path.exists():
+        return None
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    (current,) = conn.execute("PRAGMA user_version").fetchone()
+    for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in filter(str.strip, script.split(";")):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+Row = tuple[str, tuple[Any, ...]]  # (insert statement, values)
+
+
+class LedgerWriter:
+    """The single writer: callers enqueue rows; one thread commits them in batches.
+
+    A failed write (disk full, read-only, locked) keeps the batch and retries: a
+    row is never dropped. `on_problem` hears about failures (loudly, once per
+    state change) and recoveries; `on_written` hears about committed calls.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        on_problem: Callable[[str], None] | None = None,
+        on_written: Callable[[Sequence[Call]], None] | None = None,
+        batch_size: int = 500,
+        retry_seconds: float = 1.0,
+    ) -> None:
+        self.path = path
+        self._queue: queue.Queue[Row | Call | None] = queue.Queue()
+        self._on_problem = on_problem or _print_problem
+        self._on_written = on_written
+        self._batch_size = batch_size
+        self._retry_seconds = retry_seconds
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[Row | Call] = []
+        self._idle = threading.Event()
+        self._idle.set()
+        self.problem: str | None = None
+        self.rows_written = 0
+        self._thread = threading.Thread(target=self._run, name="devmeter-ledger", daemon=True)
+        self._thread.start()
+
+    def add_call(self, call: Call) -> None:
+        self._idle.clear()
+        self._queue.put(call)
+
+    def add_alert(self, alert: AlertRow) -> None:
+        self._idle.clear()
+        self._queue.put((INSERT_ALERT, alert.row()))
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize() + len(self._pending)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued so far is committed; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._queue.empty() and not self._pending and self._idle.wait(0.01):
+                return True
+            time.sleep(0.005)
+        return False
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.flush(timeout)
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping or self._pending:
+            if not self._pending:
+                item = self._queue.get()
+                if item is None:
+                    return
+                self._pending.append(item)
+            while len(self._pending) < self._batch_size:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                self._pending.append(item)
+            if self._commit(self._pending):
+                self._pending = []
+                if self._queue.empty():
+                    self._idle.set()
+            else:
+                time.sleep(self._retry_seconds)
+
+    def _commit(self, items: list[Row | Call]) -> bool:
+        try:
+            if self._conn is None:
+                self._conn = connect(self.path)
+            calls = [item for item in items if isinstance(item, Call)]
+            conn = self._conn
+            conn.execute("BEGIN")
+            try:
+                conn.executemany(INSERT_CALL, [call_row(c) for c in calls])
+                for item in items:
+                    if not isinstance(item, Call):
+                        conn.execute(*item)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            self._report(
+                f"devmeter: cannot write the ledger {self.path}: {exc}. "
+                f"{self.backlog} rows are held in memory and retried every "
+                f"{self._retry_seconds:g}s; free space or fix permissions on {self.path.parent}."
+            )
+            self._reset_connection()
+            return False
+        if self.problem is not None:
+            self._report(None)
+        self.rows_written += len(items)
+        if self._on_written and calls:
+            try:
+                self._on_written(calls)
+            except Exception as exc:  # a listener bug must not stop the writer
+                print(f"devmeter: ledger listener failed: {exc!r}", file=sys.stderr)
+        return True
+
+    def _report(self, problem: str | None) -> None:
+        if problem is not None and self.problem is not None:
+            self.problem = problem
+            return  # already said so; do not flood
+        self.problem = problem
+        self._on_problem(problem or f"devmeter: ledger {self.path} is writable again.")
+
+    def _reset_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+        self._conn = None
+
+
+def _print_problem(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def write_calls(path: Path, calls: Iterable[Call]) -> None:
+    """Write calls synchronously (imports, tests, benchmarks)."""
+    conn = connect(path)
+    conn.execute("BEGIN")
+    conn.executemany(INSERT_CALL, [call_row(c) for c in calls])
+    conn.execute("COMMIT")
+    conn.close()

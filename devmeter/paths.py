@@ -1,0 +1,50 @@
+"""Where devmeter keeps its state: platformdirs by default, one folder with DEVMETER_HOME."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+
+@dataclass(frozen=True)
+class Paths:
+    config_file: Path
+    data_dir: Path
+
+    @property
+    def ledger(self) -> Path:
+        return self.data_dir / "ledger.sqlite"
+
+    @property
+    def ca_dir(self) -> Path:
+        # mitmproxy's confdir: it writes mitmproxy-ca.pem (key + cert) and the public certs here.
+        return self.data_dir / "ca"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.ca_dir / "mitmproxy-ca-cert.pem"
+
+    @property
+    def ca_bundle(self) -> Path:
+        """System roots plus devmeter's CA, for clients that take one bundle (SSL_CERT_FILE)."""
+        return self.ca_dir / "bundle.pem"
+
+    @property
+    def proxy_state(self) -> Path:
+        """Written by a running proxy: its address and pid, read by `env`, `run` and the tray."""
+        return self.data_dir / "proxy.json"
+
+
+def paths(environ: dict[str, str] | None = None) -> Paths:
+    env = os.environ if environ is None else environ
+    home = env.get("DEVMETER_HOME")
+    if home:
+        root = Path(home).expanduser().resolve()
+        return Paths(config_file=root / "config.toml", data_dir=root)
+    return Paths(
+        config_file=Path(platformdirs.user_config_dir("devmeter")) / "config.toml",
+        data_dir=Path(platformdirs.user_data_dir("devmeter")),
+    )

@@ -1,0 +1,210 @@
+"""List-price cost of a call: genai-prices decides prices, the user's overrides adjust them.
+
+Data, not code, decides prices: there is no price table here. An override either
+scales the list price (a negotiated discount), replaces the per-million rates, or
+makes a model free (a self-hosted model). A model nobody prices costs None, so a
+report can flag it instead of pretending it was free.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
+from importlib.metadata import version
+from typing import Any
+
+import genai_prices
+
+from devmeter.config_error import ConfigError
+from devmeter.usage import Usage
+
+GENAI_PRICES = f"genai-prices {version('genai-prices')}"
+MILLION = Decimal(1_000_000)
+
+# Rates an override may set, in USD per million tokens (web searches: per thousand).
+RATE_KEYS = (
+    "input_mtok",
+    "output_mtok",
+    "cache_read_mtok",
+    "cache_write_mtok",
+    "cache_write_1h_mtok",
+)
+
+
+@dataclass(frozen=True)
+class PriceOverride:
+    """One `[[prices]]` entry of the config file."""
+
+    model: str  # glob on the model name
+    provider: str | None = None  # None matches every provider
+    discount: Decimal | None = None  # fraction off the list price, 0.2 = 20% off
+    rates: Mapping[str, Decimal] | None = None  # replaces list price entirely
+    free: bool = False
+
+    def matches(self, provider: str, model: str) -> bool:
+        if self.provider is not None and self.provider != provider:
+            return False
+        return fnmatch.fnmatchcase(model, self.model)
+
+    @property
+    def source(self) -> str:
+        return f"override {self.provider + '/' if self.provider else ''}{self.model}"
+
+
+@dataclass(frozen=True)
+class Price:
+    cost_usd: Decimal | None
+    source: str | None  # which price data priced it; None when nothing did
+
+
+def price(
+    provider: str,
+    model: str | None,
+    usage: Usage,
+    overrides: Iterable[PriceOverride] = (),
+    when: datetime | None = None,
+) -> Price:
+    """Cost of `usage` on `model` at `provider`, exact to the token."""
+    if model is None:
+        return Price(None, None)
+    model = normalise_model(model)
+    for override in overrides:
+        if override.matches(provider, model):
+            return _price_with_override(override, provider, model, usage, when)
+    if usage.reported_cost_usd is not None:
+        # OpenRouter bills its own (routed, marked-up) price and says so in usage.cost.
+        return Price(usage.reported_cost_usd, f"{provider} reported")
+    cost = list_price(provider, model, usage, when)
+    return Price(cost, GENAI_PRICES if cost is not None else None)
+
+
+def list_price(
+    provider: str, model: str, usage: Usage, when: datetime | None = None
+) -> Decimal | None:
+    context = {"service_tier": usage.service_tier} if _priced_tier(usage.service_tier) else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            calc = genai_prices.calc_price(
+                _genai_usage(usage),
+                model_ref=model,
+                provider_id=provider,
+                genai_request_timestamp=when,
+                price_context=context,
+            )
+    except LookupError:
+        return None
+    return Decimal(calc.total_price)
+
+
+@lru_cache(maxsize=4096)
+def has_price(provider: str, model: str) -> bool:
+    """Whether genai-prices knows this model at this provider (for validating config)."""
+    return list_price(provider, normalise_model(model), Usage()) is not None
+
+
+def normalise_model(model: str) -> str:
+    # Gemini names models "models/gemini-2.5-pro" in some responses and URLs.
+    return model.removeprefix("models/")
+
+
+def _priced_tier(tier: str | None) -> bool:
+    # "default"/"standard"/"auto" are the base price; "auto" is a request setting, not a rate.
+    return tier is not None and tier not in ("default", "standard", "auto", "standard_only")
+
+
+def _genai_usage(usage: Usage) -> genai_prices.Usage:
+    # genai-prices counts cache reads and writes inside input_tokens; devmeter does not.
+    values: dict[str, int] = {
+        "input_tokens": usage.total_input_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "output_tokens": usage.output_tokens,
+    }
+    if usage.cache_write_1h_tokens:
+        values["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
+    if usage.web_search_requests:
+        values["web_searches"] = usage.web_search_requests
+    return genai_prices.Usage(**values)
+
+
+def _price_with_override(
+    override: PriceOverride, provider: str, model: str, usage: Usage, when: datetime | None
+) -> Price:
+    if override.free:
+        return Price(Decimal(0), override.source)
+    if override.rates is not None:
+        return Price(_cost_at_rates(override.rates, usage), override.source)
+    base = list_price(provider, model, usage, when)
+    if base is None:
+        return Price(None, None)
+    assert override.discount is not None
+    return Price(base * (1 - override.discount), f"{GENAI_PRICES}, {override.source}")
+
+
+def _cost_at_rates(rates: Mapping[str, Decimal], usage: Usage) -> Decimal:
+    zero = Decimal(0)
+    write_5m = usage.cache_write_tokens - usage.cache_write_1h_tokens
+    cache_write = rates.get("cache_write_mtok", zero)
+    per_token = (
+        usage.input_tokens * rates.get("input_mtok", zero)
+        + usage.cache_read_tokens * rates.get("cache_read_mtok", zero)
+        + write_5m * cache_write
+        + usage.cache_write_1h_tokens * rates.get("cache_write_1h_mtok", cache_write)
+        + usage.output_tokens * rates.get("output_mtok", zero)
+    )
+    return per_token / MILLION
+
+
+def parse_overrides(entries: Any) -> tuple[PriceOverride, ...]:
+    """Validate the config's `[[prices]]` array of tables."""
+    if not isinstance(entries, list):
+        raise ConfigError("prices", "must be an array of tables: [[prices]]")
+    return tuple(_parse_override(i, entry) for i, entry in enumerate(entries))
+
+
+def _parse_override(index: int, entry: Any) -> PriceOverride:
+    key = f"prices[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(key, "must be a table with at least `model`")
+    allowed = {"model", "provider", "discount", "free", *RATE_KEYS}
+    for name in entry:
+        if name not in allowed:
+            raise ConfigError(
+                f"{key}.{name}", f"unknown key; valid keys are {', '.join(sorted(allowed))}"
+            )
+    model = entry.get("model")
+    if not isinstance(model, str) or not model:
+        raise ConfigError(f"{key}.model", 'is required: a model name or glob, e.g. "claude-*"')
+    provider = entry.get("provider")
+    if provider is not None and not isinstance(provider, str):
+        raise ConfigError(f"{key}.provider", 'must be a provider id such as "anthropic"')
+    rates = {name: _money(f"{key}.{name}", entry[name]) for name in RATE_KEYS if name in entry}
+    discount = _money(f"{key}.discount", entry["discount"]) if "discount" in entry else None
+    free = entry.get("free", False)
+    if not isinstance(free, bool):
+        raise ConfigError(f"{key}.free", "must be true or false")
+    chosen = [bool(rates), discount is not None, free]
+    if sum(chosen) != 1:
+        raise ConfigError(
+            key, "set exactly one of: discount = 0.2, free = true, or rates like input_mtok = 3"
+        )
+    if discount is not None and not Decimal(0) <= discount < 1:
+        raise ConfigError(f"{key}.discount", "must be a fraction from 0 to below 1 (0.2 = 20% off)")
+    return PriceOverride(
+        model=model, provider=provider, discount=discount, rates=rates or None, free=free
+    )
+
+
+def _money(key: str, value: Any) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(key, f"must be a number, got {value!r}")
+    amount = Decimal(str(value))
+    if amount < 0:
+        raise ConfigError(key, "must not be negative")
+    return amount

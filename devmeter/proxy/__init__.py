@@ -1,0 +1,1 @@
+"""The mitmproxy side: the Meter addon and the proxy process."""

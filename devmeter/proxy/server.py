@@ -1,0 +1,132 @@
+"""`devmeter proxy`: mitmproxy with the Meter addon, on loopback, intercepting LLM hosts only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from mitmproxy import http, options
+from mitmproxy.tools.dump import DumpMaster
+
+from devmeter import cabundle
+from devmeter.attribution import Attributor
+from devmeter.config import Config
+from devmeter.ledger import LedgerWriter
+from devmeter.paths import Paths
+from devmeter.providers import INTERCEPT_HOSTS
+from devmeter.proxy.meter import Meter
+from devmeter.usage import Attribution, Call, RequestInfo
+
+
+def allow_hosts_patterns(extra_hosts: tuple[str, ...] = ()) -> list[str]:
+    """Anchored regexes for mitmproxy's allow_hosts: everything else is tunnelled untouched."""
+    hosts = sorted({*INTERCEPT_HOSTS, *extra_hosts})
+    alternation = "|".join(re.escape(h) for h in hosts)
+    return [rf"^({alternation})(:\d+)?$"]
+
+
+def make_attribute(
+    attributor: Attributor,
+) -> Callable[[http.HTTPFlow, RequestInfo, float], Attribution]:
+    def attribute(flow: http.HTTPFlow, info: RequestInfo, now: float) -> Attribution:
+        peer = flow.client_conn.peername
+        return attributor.attribute(
+            flow.request.headers, info.facts, (peer[0], peer[1]) if peer else None, now
+        )
+
+    return attribute
+
+
+async def serve(
+    config: Config, paths: Paths, on_call: Callable[[Call], None] | None = None
+) -> None:
+    host, port = config.listen
+    paths.ca_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(paths.ca_dir, 0o700)
+    writer = LedgerWriter(paths.ledger)
+    attributor = Attributor()
+
+    def record(call: Call) -> None:
+        writer.add_call(call)
+        if on_call is not None:
+            on_call(call)
+
+    opts = options.Options(
+        listen_host=host,
+        listen_port=port,
+        confdir=str(paths.ca_dir),
+        allow_hosts=allow_hosts_patterns(tuple(config.upstreams)),
+        connection_strategy="lazy",
+    )
+    master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+    master.addons.add(
+        Meter(
+            record=record,
+            attribute=make_attribute(attributor),
+            upstreams=dict(config.upstreams),
+            overrides=config.prices,
+        )
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, master.shutdown)
+    run = asyncio.ensure_future(master.run())
+    bound = await _wait_bound(master, run)
+    cabundle.secure_ca_files(paths.ca_dir)
+    cabundle.write_bundle(paths)
+    _write_state(paths.proxy_state, bound)
+    print(f"devmeter proxy listening on {bound[0]}:{bound[1]} (ledger: {paths.ledger})", flush=True)
+    try:
+        await run
+    finally:
+        writer.close()
+        paths.proxy_state.unlink(missing_ok=True)
+
+
+async def _wait_bound(master: DumpMaster, run: asyncio.Future[None]) -> tuple[str, int]:
+    """The address the proxy listens on once it does (port 0 picks a free one)."""
+    proxyserver = master.addons.get("proxyserver")
+    for _ in range(500):
+        if run.done():
+            run.result()  # raises what made the proxy stop, e.g. the port is taken
+            raise SystemExit("devmeter: the proxy stopped before it listened")
+        addresses = [addr for server in proxyserver.servers for addr in server.listen_addrs]
+        if addresses:
+            return str(addresses[0][0]), int(addresses[0][1])
+        await asyncio.sleep(0.01)
+    raise SystemExit("devmeter: the proxy did not start listening within 5 seconds")
+
+
+def _write_state(path: Path, bound: tuple[str, int]) -> None:
+    state = {"host": bound[0], "port": bound[1], "pid": os.getpid(), "started": time.time()}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(path)
+
+
+def read_state(paths: Paths) -> dict[str, object] | None:
+    try:
+        return json.loads(paths.proxy_state.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run(config: Config, paths: Paths) -> int:
+    try:
+        asyncio.run(serve(config, paths))
+    except OSError as exc:
+        host, port = config.listen
+        print(
+            f"devmeter: cannot listen on {host}:{port}: {exc.strerror or exc}. "
+            "Stop the other proxy or pass --listen 127.0.0.1:PORT.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

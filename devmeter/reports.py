@@ -1,0 +1,259 @@
+"""Ledger queries for `devmeter report`, and their output as a table, JSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import sqlite3
+import time
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from devmeter.ledger import PICO
+
+UNATTRIBUTED = "(unattributed)"
+
+# The SQL expression each grouping is keyed on.
+GROUP_KEYS: dict[str, str] = {
+    "session": f"coalesce(session, '{UNATTRIBUTED}')",
+    "repo": f"coalesce(repo, '{UNATTRIBUTED}')",
+    "branch": f"coalesce(repo, '{UNATTRIBUTED}') || ' @ ' || coalesce(branch, '?')",
+    "model": "coalesce(model, requested_model, '(unknown)')",
+    "tool": "tool",
+    "provider": "provider",
+    "day": "date(ts, 'unixepoch', 'localtime')",
+}
+GROUPINGS = ("request", *GROUP_KEYS)
+
+REQUEST_FIELDS = (
+    "ts", "tool", "provider", "endpoint", "requested_model", "model", "session", "repo",
+    "branch", "input_tokens", "cache_read_tokens", "cache_write_tokens",
+    "cache_write_1h_tokens", "output_tokens", "reasoning_tokens", "web_search_requests",
+    "cost_usd", "estimated", "status", "complete", "error", "price_source",
+)  # fmt: skip
+GROUP_FIELDS = (
+    "key", "requests", "input_tokens", "cache_read_tokens", "cache_write_tokens",
+    "output_tokens", "reasoning_tokens", "cost_usd", "unpriced", "estimated",
+)  # fmt: skip
+
+
+class ReportError(ValueError):
+    pass
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """`7d`, `12h`, `30m`, `today`, or an ISO date/time, as a unix timestamp."""
+    now = time.time() if now is None else now
+    text = text.strip().lower()
+    if text == "today":
+        midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
+        return midnight.timestamp()
+    match = re.fullmatch(r"(\d+)\s*([dhm])", text)
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        delta = {"d": timedelta(days=amount), "h": timedelta(hours=amount)}.get(
+            unit, timedelta(minutes=amount)
+        )
+        return now - delta.total_seconds()
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ReportError(
+            f"--since {text!r} is not a time; use 7d, 12h, 30m, today or 2026-11-01"
+        ) from None
+
+
+def query(
+    conn: sqlite3.Connection, by: str, since: float | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    if by not in GROUPINGS:
+        raise ReportError(f"--by {by!r} is not a grouping; choose one of {', '.join(GROUPINGS)}")
+    where, params = ("WHERE ts >= ?", [since]) if since is not None else ("", [])
+    if by == "request":
+        columns = [f for f in REQUEST_FIELDS if f != "cost_usd"] + ["cost_pusd"]
+        sql = f"SELECT {', '.join(columns)} FROM calls {where} ORDER BY ts, id"
+        if limit:
+            sql = f"SELECT * FROM ({sql.replace('ORDER BY ts, id', 'ORDER BY ts DESC, id DESC')}"
+            sql += f" LIMIT {int(limit)}) ORDER BY ts, id"
+        rows = conn.execute(sql, params).fetchall()
+        return [_request_row(dict(zip(columns, row, strict=True))) for row in rows]
+    key = GROUP_KEYS[by]
+    sql = f"""
+        SELECT {key} AS key, count(*), sum(input_tokens), sum(cache_read_tokens),
+               sum(cache_write_tokens), sum(output_tokens), sum(reasoning_tokens),
+               sum(cost_pusd), sum(cost_pusd IS NULL), sum(estimated)
+        FROM calls {where} GROUP BY key ORDER BY sum(coalesce(cost_pusd, 0)) DESC, key
+    """
+    rows = conn.execute(sql, params).fetchall()
+    result = []
+    for row in rows:
+        item = dict(zip(GROUP_FIELDS, row, strict=True))
+        item["cost_usd"] = _usd(item["cost_usd"] or 0)
+        result.append(item)
+    return result
+
+
+def total_requests(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM calls").fetchone()[0])
+
+
+def _request_row(row: dict[str, Any]) -> dict[str, Any]:
+    pusd = row.pop("cost_pusd")
+    row["cost_usd"] = None if pusd is None else _usd(pusd)
+    row["estimated"] = bool(row["estimated"])
+    row["complete"] = bool(row["complete"])
+    row["ts"] = datetime.fromtimestamp(row["ts"]).astimezone().isoformat(timespec="milliseconds")
+    return {name: row[name] for name in REQUEST_FIELDS}
+
+
+def _usd(pusd: int) -> Decimal:
+    return Decimal(pusd) / PICO
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def to_json(rows: Sequence[dict[str, Any]]) -> str:
+    return json.dumps(list(rows), default=_json_default, indent=1) + "\n"
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Decimal):
+        # Costs are numbers in USD; pico-dollar precision survives a float to 12 places.
+        return float(round(value, 12))
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def to_csv(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(fields), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(row.get(k)) for k in fields})
+    return out.getvalue()
+
+
+def _csv_value(value: object) -> object:
+    if isinstance(value, Decimal):
+        return format(round(value, 12).normalize(), "f")
+    return "" if value is None else value
+
+
+def format_usd(value: Decimal | None) -> str:
+    if value is None:
+        return "unpriced"
+    if value and abs(value) < Decimal("0.01"):
+        return f"${value:.6f}"
+    return f"${value:,.2f}" if abs(value) >= 100 else f"${value:.4f}"
+
+
+def format_tokens(n: int | None) -> str:
+    n = n or 0
+    if n >= 10_000_000:
+        return f"{n / 1_000_000:.0f}M"
+    if n >= 100_000:
+        return f"{n / 1000:.0f}k"
+    return str(n)
+
+
+def to_table(rows: Sequence[dict[str, Any]], by: str) -> str:
+    if by == "request":
+        headers = ["time", "tool", "model", "session", "repo", "in", "cache r", "cache w", "out",
+                   "cost", ""]  # fmt: skip
+        body = [
+            [
+                str(r["ts"])[11:19], r["tool"], r["model"] or r["requested_model"] or "?",
+                _short(r["session"], 12), _short(r["repo"], 28), format_tokens(r["input_tokens"]),
+                format_tokens(r["cache_read_tokens"]), format_tokens(r["cache_write_tokens"]),
+                format_tokens(r["output_tokens"]), format_usd(r["cost_usd"]), _flags(r),
+            ]
+            for r in rows
+        ]  # fmt: skip
+    else:
+        headers = [by, "calls", "in", "cache r", "cache w", "out", "cost", ""]
+        body = [
+            [
+                _short(str(r["key"]), 40), str(r["requests"]), format_tokens(r["input_tokens"]),
+                format_tokens(r["cache_read_tokens"]), format_tokens(r["cache_write_tokens"]),
+                format_tokens(r["output_tokens"]), format_usd(r["cost_usd"]),
+                _group_flags(r),
+            ]
+            for r in rows
+        ]  # fmt: skip
+    total = sum((r["cost_usd"] or Decimal(0) for r in rows), Decimal(0))
+    lines = _align([headers, *body])
+    lines.append("")
+    lines.append(f"total {format_usd(total)} over {_count(rows, by)} calls")
+    notes = _notes(rows, by)
+    return "\n".join(lines + notes) + "\n"
+
+
+def _count(rows: Sequence[dict[str, Any]], by: str) -> int:
+    return len(rows) if by == "request" else sum(r["requests"] for r in rows)
+
+
+def _notes(rows: Sequence[dict[str, Any]], by: str) -> list[str]:
+    if by == "request":
+        unpriced = sum(1 for r in rows if r["cost_usd"] is None)
+        estimated = sum(1 for r in rows if r["estimated"])
+    else:
+        unpriced = sum(r["unpriced"] for r in rows)
+        estimated = sum(r["estimated"] for r in rows)
+    notes = []
+    if unpriced:
+        notes.append(
+            f"! {unpriced} calls used a model with no known price and are not in the total; "
+            "add a [[prices]] entry for it in the config."
+        )
+    if estimated:
+        notes.append(f"~ {estimated} calls are estimated: the wire reported no usage for them.")
+    return notes
+
+
+def _flags(row: dict[str, Any]) -> str:
+    flags = []
+    if row["estimated"]:
+        flags.append("~est")
+    if row["cost_usd"] is None:
+        flags.append("!unpriced")
+    if row["status"] and row["status"] >= 400:
+        flags.append(f"http {row['status']}")
+    elif not row["complete"]:
+        flags.append("cut")
+    return " ".join(flags)
+
+
+def _group_flags(row: dict[str, Any]) -> str:
+    flags = []
+    if row["unpriced"]:
+        flags.append(f"!{row['unpriced']} unpriced")
+    if row["estimated"]:
+        flags.append(f"~{row['estimated']} est")
+    return " ".join(flags)
+
+
+def _short(text: str | None, width: int) -> str:
+    if not text:
+        return "-"
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
+def _align(table: list[list[str]]) -> list[str]:
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    numeric = {
+        i
+        for i, h in enumerate(table[0])
+        if h in ("calls", "in", "cache r", "cache w", "out", "cost")
+    }
+    lines = []
+    for row in table:
+        cells = [
+            str(cell).rjust(widths[i]) if i in numeric else str(cell).ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines

@@ -1,0 +1,89 @@
+"""A broken config file is answered with file, key and line, and the fix."""
+
+from pathlib import Path
+
+import pytest
+
+from devmeter.config import ConfigError, load, parse_listen, parse_upstream_arg
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_missing_file_is_the_default_config(tmp_path: Path) -> None:
+    config = load(tmp_path / "nope.toml")
+    assert config.listen == ("127.0.0.1", 8788)
+    assert config.prices == ()
+
+
+def test_full_config(tmp_path: Path) -> None:
+    config = load(
+        write(
+            tmp_path,
+            '[proxy]\nlisten = "127.0.0.1:9999"\n\n[upstream]\n'
+            '"api.anthropic.com" = "http://127.0.0.1:9000/"\n\n'
+            '[[prices]]\nmodel = "claude-*"\ndiscount = 0.1\n\n[ledger]\nstore_text = true\n',
+        )
+    )
+    assert config.listen == ("127.0.0.1", 9999)
+    assert config.upstreams == {"api.anthropic.com": "http://127.0.0.1:9000"}
+    assert config.prices[0].model == "claude-*"
+    assert config.store_text is True
+
+
+def test_invalid_toml_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, '[proxy]\nlisten = "127.0.0.1:1"\n\n[ledger\nstore_text = true\n')
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    text = str(caught.value)
+    assert str(path) in text
+    assert "line 4" in text
+    assert "not valid TOML" in text
+
+
+def test_bad_value_names_file_key_and_line(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[[prices]]\nmodel = "a"\nfree = true\n\n[[prices]]\nmodel = "b"\ndiscount = 2\n',
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    err = caught.value
+    assert err.path == path
+    assert err.key == "prices[1].discount"
+    assert err.line == 7
+    assert f"{path}, line 7 [prices[1].discount]" in str(err)
+
+
+def test_unknown_section_and_unquoted_host(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, "[proxyy]\nlisten = 1\n"))
+    assert caught.value.line == 1
+    assert "valid sections" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, '[upstream]\napi.anthropic.com = "http://x"\n'))
+    assert "quote the host" in str(caught.value)
+    assert caught.value.line == 2
+
+
+def test_listen_is_loopback_only() -> None:
+    assert parse_listen("localhost:8080", "k") == ("localhost", 8080)
+    assert parse_listen(9000, "k") == ("127.0.0.1", 9000)
+    with pytest.raises(ConfigError, match="not a loopback"):
+        parse_listen("0.0.0.0:8788", "--listen")
+    with pytest.raises(ConfigError, match="no valid port"):
+        parse_listen("127.0.0.1:http", "--listen")
+
+
+def test_upstream_argument() -> None:
+    assert parse_upstream_arg("api.openai.com=http://127.0.0.1:1/") == (
+        "api.openai.com",
+        "http://127.0.0.1:1",
+    )
+    with pytest.raises(ConfigError, match="HOST=URL"):
+        parse_upstream_arg("api.openai.com")
+    with pytest.raises(ConfigError, match="base URL"):
+        parse_upstream_arg("api.openai.com=ftp://x")

@@ -1,0 +1,135 @@
+import json
+import os
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from devmeter import reports
+from devmeter.cli import main
+from devmeter.ledger import LedgerWriter, connect, connect_readonly, write_calls
+from devmeter.usage import Attribution, Call, Usage
+
+
+def make_call(ts: float, cost: str | None, **kw: object) -> Call:
+    attribution = Attribution(
+        tool=str(kw.pop("tool", "claude-code")),
+        session=kw.pop("session", "s1"),  # type: ignore[arg-type]
+        repo=kw.pop("repo", "/src/acme"),  # type: ignore[arg-type]
+        branch="main",
+    )
+    usage = Usage(input_tokens=100, cache_read_tokens=10, output_tokens=5, **kw)  # type: ignore[arg-type]
+    return Call(
+        ts=ts, provider="anthropic", endpoint="anthropic.messages", host="api.anthropic.com",
+        requested_model="claude-sonnet-4-5", model="claude-sonnet-4-5", attribution=attribution,
+        usage=usage, cost_usd=None if cost is None else Decimal(cost), price_source="test",
+        status=200,
+    )  # fmt: skip
+
+
+def test_writer_commits_in_batches_and_sums_are_exact(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    writer = LedgerWriter(path)
+    for i in range(1000):
+        writer.add_call(make_call(1_700_000_000 + i, "0.0000003"))  # 1 token at $0.30/M
+    assert writer.flush()
+    writer.close()
+    conn = connect_readonly(path)
+    assert conn is not None
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    rows = reports.query(conn, "session")
+    assert rows[0]["requests"] == 1000
+    assert rows[0]["cost_usd"] == Decimal("0.0003")  # exact, no float drift
+
+
+def test_unwritable_ledger_keeps_rows_and_says_so(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        # root ignores file permissions; make the ledger path a directory instead.
+        blocked = tmp_path / "blocked"
+        blocked.mkdir()
+        path = blocked
+    else:
+        locked = tmp_path / "ro"
+        locked.mkdir()
+        locked.chmod(0o500)
+        path = locked / "ledger.sqlite"
+    problems: list[str] = []
+    writer = LedgerWriter(path, on_problem=problems.append, retry_seconds=0.01)
+    writer.add_call(make_call(1.0, "1"))
+    writer.add_call(make_call(2.0, "2"))
+    assert not writer.flush(timeout=0.3)
+    assert writer.backlog == 2  # held, not dropped
+    assert problems and str(path) in problems[0] and "held in memory" in problems[0]
+    assert len(problems) == 1  # said once, not once per retry
+    # The disk comes back: the same rows land.
+    good = tmp_path / "good.sqlite"
+    writer.path = good
+    assert writer.flush(timeout=5)
+    writer.close()
+    assert problems[-1].endswith("is writable again.")
+    conn = connect_readonly(good)
+    assert conn is not None
+    assert conn.execute("SELECT count(*) FROM calls").fetchone()[0] == 2
+
+
+def test_migrations_are_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    connect(path).close()
+    conn = connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    with pytest.raises(sqlite3.OperationalError):
+        conn.execute("CREATE TABLE calls (x)")
+
+
+def test_report_groupings_and_formats(
+    devmeter_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_calls(
+        devmeter_home / "ledger.sqlite",
+        [
+            make_call(1_700_000_000, "0.5", session="a", repo="/src/acme"),
+            make_call(1_700_000_100, "0.25", session="a", repo="/src/acme"),
+            make_call(1_700_000_200, None, session="b", repo=None, tool="codex"),
+            make_call(1_700_000_300, "1.000001", session="c", repo="/src/web", estimated=True),
+        ],
+    )
+    assert main(["report", "--by", "repo", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["key"] for r in rows] == ["/src/web", "/src/acme", "(unattributed)"]
+    assert rows[0]["cost_usd"] == 1.000001
+    assert rows[1]["requests"] == 2 and rows[1]["cost_usd"] == 0.75
+    assert set(reports.GROUP_FIELDS) <= set(rows[0])
+
+    assert main(["report", "--by", "request", "--json"]) == 0
+    calls = json.loads(capsys.readouterr().out)
+    assert len(calls) == 4
+    required = {"ts", "tool", "provider", "endpoint", "requested_model", "model", "session",
+                "repo", "input_tokens", "cache_read_tokens", "cache_write_tokens",
+                "output_tokens", "reasoning_tokens", "cost_usd", "estimated", "status"}  # fmt: skip
+    assert required <= set(calls[0])
+    assert calls[2]["cost_usd"] is None and calls[3]["estimated"] is True
+
+    assert main(["report", "--by", "tool"]) == 0
+    table = capsys.readouterr().out
+    assert "claude-code" in table and "codex" in table
+    assert "1 calls used a model with no known price" in table
+    assert "1 calls are estimated" in table
+
+    assert main(["report", "--by", "session", "--csv"]) == 0
+    csv_lines = capsys.readouterr().out.splitlines()
+    assert csv_lines[0].startswith("key,requests,")
+    assert csv_lines[1].startswith("c,1,")
+
+    assert main(["report", "--since", "yesterday-ish"]) == 2
+    assert "--since" in capsys.readouterr().err
+
+
+def test_empty_ledger_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("No calls metered yet")
+    assert main(["report", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "[]\n"  # still valid JSON for tools that read it
+    assert "No calls metered yet" in captured.err
