@@ -1,0 +1,382 @@
+"""Who made a call: the tool, its session, and the git repo and branch it worked in.
+
+Pure functions read what clients send (headers, and facts the request parser
+found in the body); `Attributor` adds what only the machine knows (which process
+owns the connection, its cwd and DEVMETER_* environment, the repo's branch).
+
+Precedence, highest first:
+
+- session: `X-Devmeter-Session` header > the client process's DEVMETER_SESSION >
+  the tool's own session (Claude Code's `X-Claude-Code-Session-Id` or
+  `metadata.user_id`, Codex's `session-id` / `thread-id` / `x-codex-turn-metadata`)
+  > a per-process session that restarts after an idle gap > None.
+- repo: `X-Devmeter-Project` header / DEVMETER_PROJECT ("explicit") > Claude
+  Code's working directory ("claude-env") > the client process's cwd when it is
+  inside a git repo ("process") > unattributed (None; never guessed).
+
+No mitmproxy imports: the proxy addon passes headers, facts and the peer address.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from devmeter.gitinfo import GitInfo, RepoInfo
+from devmeter.procinfo import ClientProcess, Lookup, Peer, ProcessFinder
+from devmeter.usage import Attribution
+
+# Headers devmeter itself understands (`devmeter run` and users may set them).
+HEADER_SESSION = "x-devmeter-session"
+HEADER_PROJECT = "x-devmeter-project"
+
+# Keys of `RequestInfo.facts` read here; the request parsers fill them.
+FACT_SESSION_ID = "session_id"  # Claude Code: session_id from metadata.user_id
+FACT_USER_ID = "user_id"  # Claude Code: metadata.user_id as sent (JSON or legacy form)
+FACT_CWD = "cwd"  # Claude Code: "Primary working directory" of its environment block
+
+DEFAULT_IDLE_GAP = 30 * 60.0  # seconds without a call before a process session restarts
+MAX_ID_LENGTH = 1024  # longer ids and paths are cut: they come from the network
+
+Headers = Mapping[str, str]
+Facts = Mapping[str, str]
+
+
+def lower_headers(headers: Headers) -> dict[str, str]:
+    """The headers with lower-case names (mitmproxy's Headers, a dict, anything Mapping)."""
+    return {str(k).lower(): str(v) for k, v in headers.items()}
+
+
+# -- tool ---------------------------------------------------------------------
+
+# Stainless SDKs send `<client class>/<Language> <version>`: Anthropic, AsyncAnthropic,
+# AnthropicBedrock, AnthropicVertex, OpenAI, AsyncOpenAI, AzureOpenAI, ...
+_SDK_VENDOR = re.compile(r"(?:async)?(?:azure)?(anthropic|openai)[a-z]*", re.IGNORECASE)
+_CURSOR_UA = re.compile(r"\bcursor/")
+_GOOGLE_LANG = re.compile(r"\bgl-([a-z]+)/", re.IGNORECASE)
+_PRODUCT = re.compile(r"[^a-z0-9._-]+")
+
+
+def detect_tool(headers: Headers, host: str | None = None) -> str:
+    """The client that sent a request, from its headers (names case-insensitive).
+
+    "claude-code", "codex", "gemini-cli", "cursor", "anthropic-sdk-python" /
+    "-node" (any Stainless language: "-go", "-java", ...), "openai-sdk-*",
+    "gemini-sdk-python" / "-node", else the User-Agent's product name lower-cased
+    ("curl"), else "unknown". `host` helps recognise Cursor over HTTP/2, where
+    there is no Host header.
+    """
+    return _detect(lower_headers(headers), host)
+
+
+def _detect(h: dict[str, str], host: str | None) -> str:
+    ua = h.get("user-agent", "").strip()
+    ua_lower = ua.lower()
+    host = (host or h.get("host") or "").lower().split(":", 1)[0]
+
+    # Claude Code speaks through the Anthropic JS SDK: check it before the SDKs.
+    if (
+        ua_lower.startswith(("claude-cli/", "claude-code/"))
+        or "x-claude-code-session-id" in h
+        or h.get("x-app", "").lower() == "cli"
+    ):
+        return "claude-code"
+    if (
+        h.get("originator", "").lower().startswith("codex")
+        or ua_lower.startswith(("codex_", "codex-"))
+        or any(name.startswith("x-codex-") for name in h)
+    ):
+        return "codex"
+    # Gemini CLI sends the GenAI SDK's x-goog-api-client too: check it first.
+    if ua_lower.startswith(("geminicli/", "gemini-cli/")):
+        return "gemini-cli"
+    if (
+        host.endswith("cursor.sh")
+        or _CURSOR_UA.search(ua_lower)
+        or any(name.startswith("x-cursor-") for name in h)
+    ):
+        return "cursor"
+
+    product, _, rest = ua.partition("/")
+    vendor = _SDK_VENDOR.fullmatch(product)
+    if vendor:
+        lang = rest.split(" ", 1)[0]
+        if not lang.isalpha():  # "Anthropic/0.1": no language in the User-Agent
+            lang = h.get("x-stainless-lang", "")
+        return _sdk(vendor.group(1).lower(), lang)
+    stainless_lang = h.get("x-stainless-lang")
+    if stainless_lang and "anthropic-version" in h:
+        # A Stainless SDK whose client class name a JS bundler mangled ("e/JS 0.52.0").
+        return _sdk("anthropic", stainless_lang)
+
+    google = h.get("x-goog-api-client", "") + " " + ua
+    google_lower = google.lower()
+    if "google-genai-sdk/" in google_lower or "genai-py/" in google_lower:
+        if "genai-py/" in google_lower:
+            return "gemini-sdk-python"
+        lang = _GOOGLE_LANG.search(google)
+        return _sdk("gemini", lang.group(1)) if lang else "gemini-sdk"
+    if "genai-js/" in google_lower:
+        return "gemini-sdk-node"
+
+    name = _PRODUCT.sub("", ua_lower.split(" ", 1)[0].split("/", 1)[0])[:64]
+    return name or "unknown"
+
+
+def _sdk(vendor: str, lang: str) -> str:
+    lang = lang.strip().lower()
+    if lang in ("js", "javascript", "typescript", "ts"):
+        lang = "node"
+    return f"{vendor}-sdk-{lang}" if lang.isalpha() else f"{vendor}-sdk"
+
+
+# -- session ------------------------------------------------------------------
+
+_LEGACY_USER_ID = re.compile(r"_session_([0-9A-Za-z-]+)$")
+
+
+def session_from_user_id(user_id: str) -> str | None:
+    """Claude Code's session id from `metadata.user_id`.
+
+    Current form: a JSON string `{"device_id": ..., "account_uuid": ..., "session_id": ...}`;
+    older form: `user_<hash>_account_<uuid>_session_<uuid>`.
+    """
+    text = user_id.strip()
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except ValueError:
+            return None
+        session = value.get("session_id") if isinstance(value, dict) else None
+        return _clean(session) if isinstance(session, str) else None
+    match = _LEGACY_USER_ID.search(text)
+    return _clean(match.group(1)) if match else None
+
+
+def session_from_headers(headers: Headers, request_facts: Facts | None = None) -> str | None:
+    """The session a request declares: X-Devmeter-Session, else the tool's own."""
+    h = lower_headers(headers)
+    return _explicit_session(h) or _tool_session(h, request_facts or {})
+
+
+def _explicit_session(h: dict[str, str]) -> str | None:
+    return _clean(h.get(HEADER_SESSION))
+
+
+def _tool_session(h: dict[str, str], facts: Facts) -> str | None:
+    # Claude Code
+    session = _clean(h.get("x-claude-code-session-id")) or _clean(facts.get(FACT_SESSION_ID))
+    if session:
+        return session
+    user_id = facts.get(FACT_USER_ID)
+    if user_id and (session := session_from_user_id(user_id)):
+        return session
+    # Codex
+    session = _clean(h.get("session-id"))
+    if session:
+        return session
+    metadata = _codex_turn_metadata(h.get("x-codex-turn-metadata"))
+    return (
+        _clean(metadata.get("session_id"))
+        or _clean(h.get("thread-id"))
+        or _clean(metadata.get("thread_id"))
+    )
+
+
+def _codex_turn_metadata(raw: str | None) -> dict[str, object]:
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+_CONTROL_CHARS = dict.fromkeys([*range(32), 127])
+
+
+def _clean(value: object) -> str | None:
+    """A value from the network fit for the ledger: no control characters, bounded."""
+    if not isinstance(value, str):
+        return None
+    value = value.translate(_CONTROL_CHARS).strip()
+    return value[:MAX_ID_LENGTH] or None
+
+
+@dataclass
+class _ProcessSession:
+    session: str
+    last_seen: float
+
+
+class ProcessSessions:
+    """Sessions for clients that declare none: one per process, restarting when idle.
+
+    Keyed by (pid, process start time), so a reused pid starts its own session.
+    A session's id is `proc-<pid>-<unix second of its first call>`; a call more
+    than `idle_gap` seconds after the process's previous one starts a new session.
+    Pure bookkeeping: the caller supplies the clock. Not thread-safe.
+    """
+
+    def __init__(self, idle_gap: float = DEFAULT_IDLE_GAP, max_processes: int = 4096) -> None:
+        self.idle_gap = idle_gap
+        self.max_processes = max_processes
+        self._live: dict[tuple[int, float], _ProcessSession] = {}
+
+    def session_for(self, pid: int, start_time: float, now: float) -> str:
+        key = (pid, start_time)
+        entry = self._live.get(key)
+        if entry is not None and now - entry.last_seen <= self.idle_gap:
+            entry.last_seen = max(entry.last_seen, now)
+            return entry.session
+        if entry is None and len(self._live) >= self.max_processes:
+            self._prune(now)
+        entry = _ProcessSession(f"proc-{pid}-{int(now)}", now)
+        self._live[key] = entry
+        return entry.session
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def _prune(self, now: float) -> None:
+        """Forget idle processes (their next call starts a new session anyway)."""
+        self._live = {k: e for k, e in self._live.items() if now - e.last_seen <= self.idle_gap}
+        while len(self._live) >= self.max_processes:  # all busy: drop the least recent
+            del self._live[min(self._live, key=lambda k: self._live[k].last_seen)]
+
+
+# -- putting it together --------------------------------------------------------
+
+
+class Attributor:
+    """Attributes calls; caches the process behind each connection.
+
+    `lookup` maps a peer address (and the proxy's own address on that
+    connection, when known) to its process; the default asks the OS through
+    `ProcessFinder`. Lookups are cached per peer for `peer_ttl` seconds, so a
+    keep-alive connection costs one; call `forget(peer)` when a connection closes
+    so a reused port cannot inherit it. `process_for` may run in a worker thread
+    (e.g. from mitmproxy's `client_connected`) to warm the cache off the event loop;
+    `attribute` itself belongs to one thread.
+    """
+
+    def __init__(
+        self,
+        lookup: Callable[[Peer, Peer | None], Lookup] | None = None,
+        *,
+        proxy_port: int | None = None,
+        idle_gap: float = DEFAULT_IDLE_GAP,
+        peer_ttl: float = 60.0,
+        git: GitInfo | None = None,
+        max_peers: int = 4096,
+    ) -> None:
+        self._lookup = lookup or ProcessFinder(proxy_port).lookup
+        self.sessions = ProcessSessions(idle_gap)
+        self.git = git or GitInfo()
+        self.peer_ttl = peer_ttl
+        self.max_peers = max_peers
+        self._peers: dict[Peer, tuple[float, Lookup]] = {}
+        self._lock = threading.Lock()
+
+    def attribute(
+        self,
+        headers: Headers,
+        request_facts: Facts | None,
+        peer: Peer | None,
+        now: float,
+        *,
+        host: str | None = None,
+        sockname: Peer | None = None,
+    ) -> Attribution:
+        """Tool, session, repo and branch for one request; never raises on bad input."""
+        h = lower_headers(headers)
+        facts = request_facts or {}
+        process = self.process_for(peer, now, sockname).process if peer else None
+        repo, branch, source = self._repo(h, facts, process)
+        return Attribution(
+            tool=_detect(h, host),
+            session=self._session(h, facts, process, now),
+            repo=repo,
+            branch=branch,
+            repo_source=source,
+            pid=process.pid if process else None,
+        )
+
+    def process_for(self, peer: Peer, now: float, sockname: Peer | None = None) -> Lookup:
+        """The process behind a connection, looked up once per `peer_ttl` seconds."""
+        key = (peer[0], peer[1])
+        with self._lock:
+            hit = self._peers.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        try:
+            found = self._lookup(key, sockname)
+        except Exception as e:  # an injected lookup must not break attribution either
+            found = Lookup(None, f"lookup failed: {type(e).__name__}: {e}")
+        with self._lock:
+            if len(self._peers) >= self.max_peers:
+                self._peers = {k: v for k, v in self._peers.items() if v[0] > now}
+                if len(self._peers) >= self.max_peers:
+                    self._peers.clear()
+            self._peers[key] = (now + self.peer_ttl, found)
+        return found
+
+    def forget(self, peer: Peer) -> None:
+        """Drop a closed connection's cached process."""
+        with self._lock:
+            self._peers.pop((peer[0], peer[1]), None)
+
+    def _session(
+        self, h: dict[str, str], facts: Facts, process: ClientProcess | None, now: float
+    ) -> str | None:
+        session = (
+            _explicit_session(h)
+            or (_clean(process.env_session) if process else None)
+            or _tool_session(h, facts)
+        )
+        if session is None and process is not None:
+            session = self.sessions.session_for(process.pid, process.start_time, now)
+        return session
+
+    def _repo(
+        self, h: dict[str, str], facts: Facts, process: ClientProcess | None
+    ) -> tuple[str | None, str | None, str | None]:
+        explicit = _clean(h.get(HEADER_PROJECT)) or (
+            _clean(process.env_project) if process else None
+        )
+        if explicit:
+            info = self._repo_at(explicit) if os.path.isabs(explicit) else None
+            if info is not None:
+                return info.root, info.branch, "explicit"
+            # A project name: the branch still comes from where the client works.
+            _, branch, _ = self._workplace(facts, process)
+            return explicit, branch, "explicit"
+        return self._workplace(facts, process)
+
+    def _workplace(
+        self, facts: Facts, process: ClientProcess | None
+    ) -> tuple[str | None, str | None, str | None]:
+        cwd = _clean(facts.get(FACT_CWD))
+        if cwd:
+            info = self._repo_at(cwd)
+            if info is not None:
+                return info.root, info.branch, "claude-env"
+            # Not a repo here, or not on this machine (a remote or container client):
+            # Claude Code said where it works, so keep its word.
+            return cwd, None, "claude-env"
+        if process is not None and process.cwd:
+            info = self._repo_at(process.cwd)
+            if info is not None:
+                return info.root, info.branch, "process"
+        return None, None, None
+
+    def _repo_at(self, path: str) -> RepoInfo | None:
+        try:
+            return self.git.repo_for(path)
+        except Exception:  # a path from the network must not break attribution
+            return None
