@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Sets up everything the whole test suite needs on a fresh machine, then runs it.
+# The README's quick start and .ci/run both call this one script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export UV_PYTHON_DOWNLOADS=never  # use the machine's Pythons; never fetch one
+
+say() { printf '\n== %s\n' "$*"; }
+
+if ! command -v uv >/dev/null 2>&1; then
+    say "installing uv (the project's installer: it resolves mitmproxy for 3.11 and 3.12+)"
+    python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+    export PATH="$HOME/.local/bin:$PATH"
+fi
+
+say "real clients for the end-to-end tests (Claude Code, Codex CLI)"
+if command -v npm >/dev/null 2>&1; then
+    npm ci --prefix tests/clients --no-audit --no-fund --loglevel=error
+else
+    echo "npm is missing: the Claude Code and Codex tests will say so and skip" >&2
+fi
+
+# A virtual display, a tray host and a screenshot tool for the tray tests.
+missing=()
+for tool in Xvfb tint2 import xdotool; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+if ((${#missing[@]})) && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing the virtual display and tray host (${missing[*]})"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb tint2 imagemagick xdotool \
+        libnotify-bin >/dev/null
+fi
+
+say "Python 3.11 with mitmproxy 11.0.2: the whole suite"
+uv sync --locked --python 3.11 --extra test
+uv run --locked --python 3.11 --extra test ruff check .
+uv run --locked --python 3.11 --extra test pytest "$@"
+
+# mitmproxy 12 needs Python >= 3.12: run the proxy tests there too, in a venv of its own.
+py312=""
+for candidate in python3.13 python3.12 "$(pyenv root 2>/dev/null)/versions/3.12"*/bin/python; do
+    if [ -x "$(command -v "$candidate" 2>/dev/null || echo "$candidate")" ]; then
+        py312="$(command -v "$candidate" 2>/dev/null || echo "$candidate")"
+        break
+    fi
+done
+if [ -n "$py312" ] && [ "$#" = 0 ]; then
+    say "Python $("$py312" -c 'import sys; print(sys.version.split()[0])') with mitmproxy 12: proxy tests"
+    UV_PROJECT_ENVIRONMENT=.venv-mitmproxy12 uv run --locked --python "$py312" --extra test \
+        pytest -m proxy
+elif [ "$#" = 0 ]; then
+    echo "no Python >= 3.12 found: mitmproxy 12 was not tested on this machine" >&2
+fi

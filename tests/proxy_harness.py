@@ -1,0 +1,133 @@
+"""A real `devmeter proxy` process for end-to-end tests, mapped to a fake upstream."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from devmeter.ledger import PICO
+from devmeter.paths import paths
+from devmeter.providers import INTERCEPT_HOSTS
+from devmeter.shellenv import proxy_environment
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class RunningProxy:
+    proc: subprocess.Popen[bytes]
+    home: Path
+    host: str
+    port: int
+    log: Path
+    _seen_id: int = field(default=0)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def bundle(self) -> Path:
+        return paths({"DEVMETER_HOME": str(self.home)}).ca_bundle
+
+    @property
+    def ca_cert(self) -> Path:
+        return paths({"DEVMETER_HOME": str(self.home)}).ca_cert
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment `devmeter env` would give a client of this proxy."""
+        env = dict(os.environ if base is None else base)
+        env["DEVMETER_HOME"] = str(self.home)
+        env.update(proxy_environment(paths(env), self.host, self.port))
+        return env
+
+    def rows(self, where: str = "1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        ledger = self.home / "ledger.sqlite"
+        if not ledger.exists():
+            return []
+        conn = sqlite3.connect(f"{ledger.as_uri()}?mode=ro", uri=True)
+        conn.row_factory = sqlite3.Row
+        try:
+            rows = conn.execute(f"SELECT * FROM calls WHERE {where} ORDER BY id", params).fetchall()
+        finally:
+            conn.close()
+        result = []
+        for row in rows:
+            item = dict(row)
+            item["cost_usd"] = (
+                None if item["cost_pusd"] is None else Decimal(item["cost_pusd"]) / PICO
+            )
+            result.append(item)
+        return result
+
+    def new_calls(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Wait for `count` rows written since the last call, and return them."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = self.rows("id > ?", (self._seen_id,))
+            if len(rows) >= count or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        if len(rows) < count:
+            raise AssertionError(
+                f"expected {count} new ledger rows, got {len(rows)}: {rows}\n"
+                f"proxy log:\n{self.log.read_text(errors='replace')[-4000:]}"
+            )
+        if rows:
+            self._seen_id = rows[-1]["id"]
+        return rows
+
+    def skip_existing(self) -> None:
+        rows = self.rows()
+        self._seen_id = rows[-1]["id"] if rows else 0
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_proxy(
+    home: Path,
+    upstream_url: str | None,
+    hosts: tuple[str, ...] = INTERCEPT_HOSTS,
+    extra_args: tuple[str, ...] = (),
+    python: str = sys.executable,
+) -> RunningProxy:
+    """Start `devmeter proxy` on a free port with every provider host mapped to the upstream."""
+    home.mkdir(parents=True, exist_ok=True)
+    args = [python, "-m", "devmeter", "proxy", "--listen", "127.0.0.1:0"]
+    if upstream_url:
+        for host in hosts:
+            args += ["--upstream", f"{host}={upstream_url}"]
+    args += list(extra_args)
+    env = dict(os.environ, DEVMETER_HOME=str(home), PYTHONUNBUFFERED="1")
+    state = home / "proxy.json"
+    state.unlink(missing_ok=True)
+    log = home / "proxy.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if state.exists():
+            info = json.loads(state.read_text())
+            if info.get("pid") == proc.pid:
+                return RunningProxy(proc, home, info["host"], int(info["port"]), log)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"devmeter proxy did not start:\n{log.read_text(errors='replace')}")
