@@ -19,32 +19,34 @@ from devmeter.usage import Attribution, Call, RequestInfo, ResponseResult, Usage
 def conclude_usage(
     endpoint: Endpoint, request: RequestInfo, result: ResponseResult, status: int | None
 ) -> Usage:
-    """The usage to bill: what the wire reported, or an estimate where it reported none.
+    """The usage to bill: what the wire reported, or an estimate where it fell short.
 
-    A failed call (4xx/5xx) that reports no usage cost nothing. A call that was
-    answered but reported no usage (an OpenAI stream without include_usage, a
-    client that hung up mid-stream) still generated tokens: estimate them.
+    A call that reported no usage but produced text (an OpenAI stream without
+    include_usage) still generated tokens: estimate them. A stream cut short (the
+    client or upstream hung up) is billed for what it produced so far: the reported
+    counts, raised to the estimate of the text that passed where that is higher.
     """
-    if endpoint.free:
-        return result.usage or Usage()
     usage = result.usage
-    failed = status is not None and status >= 400
-    if usage is not None and (result.complete or usage.output_tokens):
-        return usage
-    if failed and not result.output_text:
+    if endpoint.free or (usage is not None and result.complete):
         return usage or Usage()
-    if status is None and not result.output_text:
-        return usage or Usage()  # the upstream never answered: nothing was generated
-    model = result.model or request.model
-    output = tokens.estimate_tokens(result.output_text, model) if result.output_text else 0
+    if not result.output_text:
+        return usage or Usage()  # nothing was generated (an error, or no answer at all)
+    output = tokens.estimate_tokens(result.output_text, result.model or request.model)
     if usage is not None:
-        # Input was reported up front (Anthropic's message_start); only output is missing.
-        return replace(usage, output_tokens=max(usage.output_tokens, output), estimated=True)
+        # Input was reported up front (Anthropic's message_start); output was cut short.
+        if usage.output_tokens >= output:
+            return usage
+        return replace(usage, output_tokens=output, estimated=True)
     return Usage(
         input_tokens=request.prompt_tokens_estimate or 0,
         output_tokens=output,
         estimated=True,
     )
+
+
+def _billed_nothing(usage: Usage, status: int | None) -> bool:
+    failed = status is None or status >= 400
+    return failed and usage == Usage(service_tier=usage.service_tier)
 
 
 def build_call(
@@ -64,11 +66,13 @@ def build_call(
     usage = conclude_usage(endpoint, request, result, status)
     model = served_model or result.model or request.model or endpoint.path_model
     when = datetime.fromtimestamp(ts, UTC)
-    priced = (
-        Price(Decimal(0), "free endpoint")
-        if endpoint.free
-        else price(endpoint.provider, model, usage, overrides, when)
-    )
+    if endpoint.free:
+        priced = Price(Decimal(0), "free endpoint")
+    elif _billed_nothing(usage, status):
+        # A refused or failed call that used no tokens costs nothing, priced model or not.
+        priced = Price(Decimal(0), "not billed")
+    else:
+        priced = price(endpoint.provider, model, usage, overrides, when)
     return Call(
         ts=ts,
         provider=endpoint.provider,

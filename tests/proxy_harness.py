@@ -58,6 +58,8 @@ class RunningProxy:
         conn.row_factory = sqlite3.Row
         try:
             rows = conn.execute(f"SELECT * FROM calls WHERE {where} ORDER BY id", params).fetchall()
+        except sqlite3.OperationalError:
+            return []  # the proxy has not created its tables yet
         finally:
             conn.close()
         result = []
