@@ -1,0 +1,176 @@
+"""Wire formats of the LLM APIs devmeter meters: which requests are calls, and what
+they used. Pure functions of bytes: no mitmproxy here, so every format is tested
+with plain fixtures.
+
+    endpoint = match_endpoint(host, method, path)          # None: not a metered call
+    request = parse_request(endpoint, body)                # never raises
+    parser = new_response_parser(endpoint, request, content_type)
+    parser.feed(chunk) ...                                 # never raises
+    result = parser.result()                               # usage, model, complete, error
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from devmeter.providers import anthropic, gemini, openai_chat, openai_responses
+from devmeter.providers.base import ResponseParser
+from devmeter.usage import RequestInfo
+
+__all__ = [
+    "INTERCEPT_HOSTS",
+    "Endpoint",
+    "ResponseParser",
+    "match_endpoint",
+    "new_response_parser",
+    "parse_request",
+]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A metered API endpoint: who bills it, and which wire format it speaks."""
+
+    provider: str  # genai-prices provider id
+    api: str  # wire format: anthropic.messages, openai.chat, openai.responses, ...
+    path_model: str | None = None  # the model named in the URL (Gemini)
+    free: bool = False  # count_tokens: recorded at $0
+    stream: bool = False  # the URL itself asks for a stream (Gemini)
+
+
+# host -> {path: (provider, api, free)}. Paths are matched exactly, without the query.
+_ROUTES: dict[str, dict[str, tuple[str, str, bool]]] = {
+    "api.anthropic.com": {
+        "/v1/messages": ("anthropic", "anthropic.messages", False),
+        "/v1/messages/count_tokens": ("anthropic", "anthropic.count_tokens", True),
+    },
+    "api.openai.com": {
+        "/v1/chat/completions": ("openai", "openai.chat", False),
+        "/v1/responses": ("openai", "openai.responses", False),
+        "/v1/embeddings": ("openai", "openai.embeddings", False),
+    },
+    # Codex CLI signed in with a ChatGPT account.
+    "chatgpt.com": {
+        "/backend-api/codex/responses": ("openai", "openai.responses", False),
+    },
+    "openrouter.ai": {
+        "/api/v1/chat/completions": ("openrouter", "openai.chat", False),
+    },
+    "api.deepseek.com": {
+        "/chat/completions": ("deepseek", "openai.chat", False),
+        "/v1/chat/completions": ("deepseek", "openai.chat", False),
+    },
+    "api.groq.com": {
+        "/openai/v1/chat/completions": ("groq", "openai.chat", False),
+    },
+    "api.mistral.ai": {
+        "/v1/chat/completions": ("mistral", "openai.chat", False),
+    },
+    "api.x.ai": {
+        "/v1/chat/completions": ("x-ai", "openai.chat", False),
+        "/v1/responses": ("x-ai", "openai.responses", False),
+    },
+}
+
+_GEMINI_HOST = "generativelanguage.googleapis.com"
+_CLOUDCODE_HOST = "cloudcode-pa.googleapis.com"  # Gemini CLI signed in with Google
+_GEMINI_PATH = re.compile(
+    r"/(?:v1|v1beta|v1alpha)/models/([^/:]+):(generateContent|streamGenerateContent)"
+)
+_CLOUDCODE_PATH = re.compile(r"/v1internal:(generateContent|streamGenerateContent)")
+
+INTERCEPT_HOSTS: tuple[str, ...] = (*_ROUTES, _GEMINI_HOST, _CLOUDCODE_HOST)
+
+
+def match_endpoint(host: str, method: str, path: str) -> Endpoint | None:
+    """The metered endpoint a request goes to, or None for everything else.
+
+    Calls are POSTs. A GET to a Responses path is also matched: it is the
+    WebSocket upgrade Codex CLI opens before falling back to POST.
+    """
+    host = host.lower().rstrip(".")
+    if host.rsplit(":", 1)[-1].isdigit():  # "api.openai.com:443"
+        host = host.rsplit(":", 1)[0]
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    if len(path) > 1:
+        path = path.rstrip("/")
+    method = method.upper()
+    if host in (_GEMINI_HOST, _CLOUDCODE_HOST):
+        if method != "POST":
+            return None
+        if host == _GEMINI_HOST:
+            m = _GEMINI_PATH.fullmatch(path)
+            model = unquote(m.group(1)) if m else None
+        else:
+            m = _CLOUDCODE_PATH.fullmatch(path)
+            model = None  # named in the body
+        if m is None:
+            return None
+        stream = m.group(m.lastindex or 0) == "streamGenerateContent"
+        return Endpoint("google", "gemini.generate", path_model=model, stream=stream)
+    route = _ROUTES.get(host, {}).get(path)
+    if route is None:
+        return None
+    provider, api, free = route
+    if method == "POST" or (method == "GET" and api == "openai.responses"):
+        return Endpoint(provider, api, free=free)
+    return None
+
+
+_REQUEST_PARSERS = {
+    "anthropic.messages": anthropic.parse_request,
+    "anthropic.count_tokens": anthropic.parse_request,
+    "openai.chat": openai_chat.parse_request,
+    "openai.embeddings": openai_chat.parse_embeddings_request,
+    "openai.responses": openai_responses.parse_request,
+}
+
+
+def parse_request(endpoint: Endpoint, body: bytes) -> RequestInfo:
+    """What the request asked for. Never raises: a bad body gives facts["request_error"]."""
+    fallback_model = endpoint.path_model
+
+    def failed(reason: str) -> RequestInfo:
+        return RequestInfo(
+            model=fallback_model, stream=endpoint.stream, facts={"request_error": reason}
+        )
+
+    if not body:
+        return failed("empty request body")
+    try:
+        doc = json.loads(body)  # one pass over the body; bytes are decoded as UTF-8
+    except (ValueError, UnicodeDecodeError) as exc:
+        return failed(f"request body is not JSON: {exc}"[:200])
+    if not isinstance(doc, dict):
+        return failed(f"request body is a JSON {type(doc).__name__}, not an object")
+    try:
+        if endpoint.api == "gemini.generate":
+            return gemini.parse_request(doc, endpoint.path_model, endpoint.stream)
+        return _REQUEST_PARSERS[endpoint.api](doc, endpoint.path_model)
+    except Exception as exc:  # a body shaped like nothing we know still gets metered
+        model = doc.get("model")
+        fallback_model = model if isinstance(model, str) else fallback_model
+        return failed(f"unreadable request: {type(exc).__name__}: {exc}"[:200])
+
+
+def new_response_parser(
+    endpoint: Endpoint, request: RequestInfo, content_type: str = ""
+) -> ResponseParser:
+    """A parser for this endpoint's response; the body framing is picked from its bytes."""
+    api = endpoint.api
+    if api == "anthropic.messages":
+        return anthropic.MessagesParser(request, content_type)
+    if api == "anthropic.count_tokens":
+        return anthropic.CountTokensParser(request, content_type)
+    if api == "openai.chat":
+        return openai_chat.ChatParser(request, content_type, provider=endpoint.provider)
+    if api == "openai.responses":
+        return openai_responses.ResponsesParser(request, content_type)
+    if api == "openai.embeddings":
+        return openai_chat.EmbeddingsParser(request, content_type)
+    if api == "gemini.generate":
+        return gemini.GenerateParser(request, content_type)
+    raise ValueError(f"no response parser for {api!r}")

@@ -1,0 +1,235 @@
+"""What every response parser shares: never raising, bounded text, the final result."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from devmeter.providers.framing import BodyReader
+from devmeter.usage import RequestInfo, ResponseResult, Usage
+
+# Output text kept for estimation when usage is missing: enough for a good ratio,
+# small enough not to matter per connection. output_chars still counts everything.
+TEXT_CAP = 256 * 1024
+ERROR_CAP = 500
+
+
+class ResponseParser(Protocol):
+    """Reads one response (or one WebSocket's server messages) and concludes its usage."""
+
+    def feed(self, data: bytes) -> None:
+        """Decompressed body bytes, cut anywhere. Never raises; cheap per chunk."""
+
+    def feed_message(self, text: str | bytes) -> None:
+        """One WebSocket server message (Codex's Responses-over-WebSocket)."""
+
+    def result(self) -> ResponseResult:
+        """The conclusion once the body ended (idempotent)."""
+
+    def take_completed(self) -> list[ResponseResult]:
+        """Responses completed on a WebSocket since the last call (one row each)."""
+
+    def take_unfinished(self) -> list[ResponseResult]:
+        """Responses still in flight when the WebSocket closed, as complete=False."""
+
+
+def as_int(value: Any) -> int:
+    """A token count from JSON: ints, integral floats and numeric strings; else 0."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(float(value))
+        except ValueError:
+            return 0
+    return 0
+
+
+def as_dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def as_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def error_text(error: Any) -> str:
+    """One line from a provider's error object: `{"type"|"status"|"code", "message"}`."""
+    if isinstance(error, dict):
+        kind = error.get("type") or error.get("status") or error.get("code")
+        message = error.get("message")
+        if isinstance(message, (dict, list)):
+            message = json.dumps(message)
+        text = ": ".join(str(p) for p in (kind, message) if p)
+        if not text:
+            text = json.dumps(error)
+    else:
+        text = str(error)
+    return " ".join(text.split())[:ERROR_CAP]
+
+
+class TextBuffer:
+    """Output text for estimation, bounded at TEXT_CAP; counts every character."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._kept = 0
+        self.chars = 0
+
+    def add(self, text: Any) -> None:
+        if not isinstance(text, str) or not text:
+            return
+        self.chars += len(text)
+        if self._kept < TEXT_CAP:
+            piece = text[: TEXT_CAP - self._kept]
+            self._parts.append(piece)
+            self._kept += len(piece)
+
+    def value(self) -> str:
+        return "".join(self._parts)
+
+
+class BaseParser:
+    """Feeds framing callbacks to a subclass's `on_event` / `on_document`, safely.
+
+    Subclasses set `self.terminal` when the format's end marker arrives, record
+    `self.model` / `self.error`, add output text to `self.text`, and implement
+    `usage()`. Any exception inside parsing is caught, recorded, and stops further
+    parsing of this response; the bytes keep flowing to the client regardless.
+    """
+
+    # Keys to read from the tail of a JSON body too large to parse whole.
+    TAIL_KEYS: tuple[str, ...] = ("usage", "model")
+
+    def __init__(self, request: RequestInfo, content_type: str = "") -> None:
+        self.request = request
+        self.model: str | None = None
+        self.error: str | None = None
+        self.terminal = False
+        self.text = TextBuffer()
+        self.bad_events = 0
+        self._broken = False
+        self._result: ResponseResult | None = None
+        self._reader = BodyReader(content_type, self._sse_event, self._document, self.TAIL_KEYS)
+
+    # --- the ResponseParser protocol -------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        if self._broken or self._result is not None or not data:
+            return
+        try:
+            self._reader.feed(data)
+        except Exception as exc:  # never let a parser bug reach the proxy's stream
+            self._fail(exc)
+
+    def feed_message(self, text: str | bytes) -> None:
+        if self._broken:
+            return
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            self.bad_events += 1
+            return
+        try:
+            self.on_message(obj)
+        except Exception as exc:
+            self._fail(exc)
+
+    def result(self) -> ResponseResult:
+        if self._result is None:
+            framing_ok, body_error = False, None
+            try:
+                framing_ok, body_error = self._reader.finish()
+            except Exception as exc:
+                self._fail(exc)
+            try:
+                self._result = self.build(framing_ok, body_error)
+            except Exception as exc:  # the meter must always get a row to record
+                self._fail(exc)
+                self._result = ResponseResult(
+                    usage=None, model=self.request.model, complete=False, error=self.error
+                )
+        return self._result
+
+    def take_completed(self) -> list[ResponseResult]:
+        return []
+
+    def take_unfinished(self) -> list[ResponseResult]:
+        return []
+
+    # --- for subclasses --------------------------------------------------------------
+
+    def on_event(self, name: str | None, obj: Any) -> None:
+        raise NotImplementedError
+
+    def on_document(self, obj: Any) -> None:
+        """A whole JSON body (non-streaming response or error). Default: one event."""
+        self.on_event(None, obj)
+
+    def on_message(self, obj: Any) -> None:
+        """A WebSocket message. Default: one event."""
+        self.on_event(None, obj)
+
+    def on_done(self) -> None:
+        """`data: [DONE]`, OpenAI's end-of-stream sentinel."""
+        self.terminal = True
+
+    def usage(self) -> Usage | None:
+        raise NotImplementedError
+
+    def set_error(self, error: Any) -> None:
+        self.error = error_text(error)
+
+    def build(self, framing_ok: bool, body_error: str | None) -> ResponseResult:
+        usage = None
+        try:
+            usage = self.usage()
+        except Exception as exc:
+            self._fail(exc)
+        if self._reader.mode == "raw":
+            self.terminal = True  # a whole non-JSON body (an error page) is complete as sent
+        complete = framing_ok and self.terminal and not self._broken
+        errors = [e for e in (self.error, body_error) if e]
+        if self.bad_events:
+            errors.append(f"{self.bad_events} events were not valid JSON")
+        # Text is only worth keeping when something must be estimated from it.
+        keep_text = usage is None or not complete
+        return ResponseResult(
+            usage=usage,
+            model=self.model or self.request.model,
+            complete=complete,
+            output_chars=self.text.chars,
+            output_text=self.text.value() if keep_text else "",
+            error="; ".join(errors)[:ERROR_CAP] if errors else None,
+        )
+
+    # --- internals -------------------------------------------------------------------
+
+    def _fail(self, exc: Exception) -> None:
+        self._broken = True
+        if self.error is None:
+            self.error = f"parser error: {type(exc).__name__}: {exc}"[:ERROR_CAP]
+
+    def _sse_event(self, name: str | None, data: str, flushed: bool) -> None:
+        if data == "[DONE]":
+            self.on_done()
+            return
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            # An event cut by the end of the stream is truncation, not a bad event.
+            if not flushed:
+                self.bad_events += 1
+            return
+        self.on_event(name, obj)
+
+    def _document(self, obj: Any, in_array: bool) -> None:
+        if in_array:
+            self.on_event(None, obj)
+        else:
+            self.terminal = True  # a whole JSON body arrived
+            self.on_document(obj)

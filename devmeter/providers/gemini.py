@@ -1,0 +1,120 @@
+"""Gemini generateContent / streamGenerateContent, direct or through Gemini CLI's
+Code Assist endpoint (cloudcode-pa), which wraps the request as
+`{"model", "project", "request": {...}}` and each response chunk as `{"response": {...}}`.
+
+Streams are SSE with `?alt=sse`, otherwise a JSON array sent element by element.
+Every chunk may carry `usageMetadata`; the last one is the total.
+`promptTokenCount` includes `cachedContentTokenCount`: subtract. Output is
+`candidatesTokenCount` + `thoughtsTokenCount`, thoughts being reasoning.
+There is no end-of-stream event: a stream is complete when it ended cleanly after
+a candidate's `finishReason`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
+from devmeter.providers.request import common_request, flag, set_int, uses_images
+from devmeter.usage import RequestInfo, ResponseResult, Usage
+
+# --- requests -------------------------------------------------------------------------
+
+
+def parse_request(
+    body: dict[str, Any], path_model: str | None = None, stream: bool = False
+) -> RequestInfo:
+    envelope = isinstance(body.get("request"), dict)  # Gemini CLI's cloudcode-pa
+    inner: dict[str, Any] = body["request"] if envelope else body
+    facts: dict[str, str] = {}
+    flag(facts, "uses_tools", inner.get("tools"))
+    flag(facts, "uses_images", uses_images(inner.get("contents")))
+    config = as_dict(inner.get("generationConfig") or inner.get("generation_config"))
+    thinking = as_dict(config.get("thinkingConfig") or config.get("thinking_config"))
+    budget = thinking.get("thinkingBudget", thinking.get("thinking_budget"))
+    flag(facts, "uses_thinking", thinking and budget != 0)
+    set_int(facts, "max_tokens", config.get("maxOutputTokens", config.get("max_output_tokens")))
+    if envelope:
+        project = as_str(body.get("project"))
+        if project:
+            facts["project"] = project
+        session = as_str(inner.get("session_id"))
+        if session:
+            facts["session_id"] = session
+    model = path_model or as_str(body.get("model"))
+    if model and model.startswith("models/"):
+        model = model[len("models/") :]
+    return common_request(body, model=model, stream=stream, facts=facts)
+
+
+# --- responses ------------------------------------------------------------------------
+
+
+class GenerateParser(BaseParser):
+    """Usage from a Gemini response: one JSON document, a JSON array, or SSE."""
+
+    TAIL_KEYS = ("usageMetadata", "modelVersion")
+
+    def __init__(self, request: RequestInfo, content_type: str = "") -> None:
+        super().__init__(request, content_type)
+        self._usage: dict[str, Any] | None = None
+        self._searches: set[str] = set()
+        self._finished = False
+
+    def on_event(self, name: str | None, obj: Any) -> None:
+        if isinstance(obj, list):  # a whole streamed array sent as one JSON body
+            for element in obj:
+                self.on_event(name, element)
+            return
+        if not isinstance(obj, dict):
+            return
+        if isinstance(obj.get("response"), dict):  # cloudcode-pa envelope
+            obj = obj["response"]
+        if "error" in obj:
+            self.set_error(obj["error"])
+            return
+        self.model = as_str(obj.get("modelVersion")) or self.model
+        usage = obj.get("usageMetadata")
+        if isinstance(usage, dict):
+            self._usage = usage  # cumulative: the last report is the total
+        for candidate in obj.get("candidates") or ():
+            if not isinstance(candidate, dict):
+                continue
+            for part in as_dict(candidate.get("content")).get("parts") or ():
+                if isinstance(part, dict):
+                    self.text.add(part.get("text"))
+                    call = part.get("functionCall")
+                    if isinstance(call, dict):
+                        self.text.add(str(call.get("args", "")))
+            queries = as_dict(candidate.get("groundingMetadata")).get("webSearchQueries")
+            for query in queries or ():
+                if isinstance(query, str):
+                    self._searches.add(query)
+            if candidate.get("finishReason"):
+                self._finished = True
+
+    def on_document(self, obj: Any) -> None:
+        self.on_event(None, obj)
+        # A whole JSON body is complete by itself (also for error bodies).
+        self.terminal = True
+
+    def build(self, framing_ok: bool, body_error: str | None) -> ResponseResult:
+        if self._finished:
+            self.terminal = True
+        return super().build(framing_ok, body_error)
+
+    def usage(self) -> Usage | None:
+        u = self._usage
+        if u is None:
+            return None
+        cached = as_int(u.get("cachedContentTokenCount"))
+        thoughts = as_int(u.get("thoughtsTokenCount"))
+        # Tokens of tool results Gemini fed itself (e.g. search grounding) bill as input.
+        prompt = as_int(u.get("promptTokenCount")) + as_int(u.get("toolUsePromptTokenCount"))
+        return Usage(
+            input_tokens=max(0, prompt - cached),
+            cache_read_tokens=cached,
+            output_tokens=as_int(u.get("candidatesTokenCount")) + thoughts,
+            reasoning_tokens=thoughts,
+            web_search_requests=len(self._searches),
+        )

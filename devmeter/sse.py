@@ -1,0 +1,125 @@
+"""Incremental Server-Sent Events decoder, following the WHATWG "event stream" rules.
+
+It runs on every chunk of every streamed response, so it does linear work only:
+a chunk's text is split once, and an unterminated line is kept as a list of pieces
+joined when its end arrives (never re-scanned, never concatenated per chunk).
+
+Bytes may be cut anywhere, including inside a multi-byte UTF-8 character (an
+incremental decoder holds the partial bytes) and between the `\\r` and `\\n` of a
+CRLF (remembered in `_skip_lf`).
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from dataclasses import dataclass
+
+# The spec's line terminators: CRLF, lone CR, lone LF. Not str.splitlines(), which
+# also splits on \v, \f, \x1c-\x1e, \x85, \u2028 and \u2029.
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One dispatched event. `event` is None when the stream named no type ("message")."""
+
+    event: str | None
+    data: str
+    id: str | None = None
+
+
+class SSEDecoder:
+    """Feed bytes as they arrive; get back the events they complete."""
+
+    def __init__(self) -> None:
+        # errors="replace": a stray invalid byte must not stop metering the stream.
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._started = False  # a leading BOM is only stripped once, at the very start
+        self._skip_lf = False  # the previous chunk ended with "\r": a leading "\n" is its pair
+        self._partial: list[str] = []  # pieces of the current, unterminated line
+        self._event: str | None = None
+        self._data: list[str] = []
+        self.last_event_id: str | None = None
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        text = self._decoder.decode(data)
+        return self._feed_text(text) if text else []
+
+    def close(self) -> tuple[list[SSEEvent], bool]:
+        """Flush at end of stream.
+
+        Returns the events still pending and whether the stream ended cleanly on an
+        event boundary. The spec discards an event the stream cut short; we dispatch
+        it anyway (a final usage chunk sent without its blank line is still usage)
+        and report the stream as not clean, so the caller can decide.
+        """
+        tail = self._decoder.decode(b"", final=True)
+        clean = not tail  # a non-empty tail here is a replacement char for cut UTF-8
+        events = self._feed_text(tail) if tail else []
+        if self._partial:
+            clean = False
+            line = "".join(self._partial)
+            self._partial = []
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        if self._data or self._event is not None:
+            clean = False
+            event = self._dispatch()
+            if event is not None:
+                events.append(event)
+        return events, clean
+
+    def _feed_text(self, text: str) -> list[SSEEvent]:
+        if not self._started:
+            self._started = True
+            if text[0] == "\ufeff":
+                text = text[1:]
+        if self._skip_lf:
+            self._skip_lf = False
+            if text and text[0] == "\n":
+                text = text[1:]
+        if not text:
+            return []
+        lines = _LINE_END.split(text)
+        if len(lines) == 1:
+            self._partial.append(text)
+            return []
+        # A "\r" at the very end may be the first half of a CRLF cut by the chunking.
+        self._skip_lf = text[-1] == "\r"
+        if self._partial:
+            self._partial.append(lines[0])
+            lines[0] = "".join(self._partial)
+        self._partial = [lines[-1]] if lines[-1] else []
+        events: list[SSEEvent] = []
+        for i in range(len(lines) - 1):
+            event = self._line(lines[i])
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _line(self, line: str) -> SSEEvent | None:
+        if not line:
+            return self._dispatch()
+        if line[0] == ":":  # comment, e.g. OpenRouter's ": OPENROUTER PROCESSING"
+            return None
+        field, _, value = line.partition(":")
+        if value[:1] == " ":
+            value = value[1:]
+        if field == "data":
+            self._data.append(value)
+        elif field == "event":
+            self._event = value
+        elif field == "id" and "\0" not in value:
+            self.last_event_id = value
+        # "retry" and unknown fields are ignored, as the spec says.
+        return None
+
+    def _dispatch(self) -> SSEEvent | None:
+        event_type, self._event = self._event, None
+        if not self._data:
+            return None
+        data = "\n".join(self._data)
+        self._data = []
+        return SSEEvent(event_type or None, data, self.last_event_id)
