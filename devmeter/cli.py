@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", choices=reports.GROUPINGS, default="day")
     p.add_argument("--since", help="7d, 12h, 30m, today, or a date such as 2026-11-01")
     p.add_argument("--limit", type=int, help="with --by request: only the last N calls")
+    p.add_argument(
+        "--savings", action="store_true", help="what model routing saved, and shadow mode would"
+    )
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="JSON rows, costs as numbers in USD")
     fmt.add_argument("--csv", action="store_true")
@@ -197,6 +200,15 @@ def cmd_report(args: argparse.Namespace, config: Config, where: Paths) -> int:
         )
         if args.json:
             sys.stdout.write("[]\n")
+        return 0
+    if args.savings:
+        saved = reports.savings(conn, since)
+        if args.json:
+            sys.stdout.write(reports.to_json(saved))
+        elif args.csv:
+            sys.stdout.write(reports.to_csv(saved, reports.SAVINGS_FIELDS))
+        else:
+            sys.stdout.write(reports.savings_table(saved))
         return 0
     rows = reports.query(conn, args.by, since, args.limit)
     if args.json:

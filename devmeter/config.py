@@ -56,10 +56,18 @@ class Config:
     # Sections other modules parse (budgets, runaway, routing), already validated.
     sections: Mapping[str, Any] = field(default_factory=dict)
 
+    def section(self, name: str) -> Any:
+        """A validated section; its defaults when the file leaves it out."""
+        if name in self.sections:
+            return self.sections[name]
+        return _parse_extra(name, {})
+
 
 # Parsers for sections owned by other modules, registered by those modules' names so
 # that this module stays importable on its own: key -> (module, function).
-EXTRA_SECTIONS: dict[str, tuple[str, str]] = {}
+EXTRA_SECTIONS: dict[str, tuple[str, str]] = {
+    "routing": ("devmeter.routing", "parse_routing"),
+}
 
 KNOWN_SECTIONS = ("proxy", "upstream", "prices", "ledger")
 

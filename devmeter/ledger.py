@@ -50,14 +50,17 @@ MIGRATIONS: tuple[str, ...] = (
         web_search_requests INTEGER NOT NULL DEFAULT 0,
         service_tier TEXT,
         cost_pusd INTEGER,
-        requested_cost_pusd INTEGER,
         price_source TEXT,
         estimated INTEGER NOT NULL DEFAULT 0,
         complete INTEGER NOT NULL DEFAULT 1,
         status INTEGER,
         duration_ms INTEGER NOT NULL DEFAULT 0,
         error TEXT,
-        routing TEXT
+        routing TEXT,
+        route_rule TEXT,
+        route_target TEXT,
+        alt_cost_pusd INTEGER,
+        route_note TEXT
     );
     CREATE INDEX calls_ts ON calls (ts);
     CREATE INDEX calls_session ON calls (session, ts);
@@ -82,8 +85,9 @@ CALL_COLUMNS = (
     "ts", "tool", "provider", "endpoint", "host", "requested_model", "model", "session",
     "repo", "branch", "repo_source", "pid", "input_tokens", "cache_read_tokens",
     "cache_write_tokens", "cache_write_1h_tokens", "output_tokens", "reasoning_tokens",
-    "web_search_requests", "service_tier", "cost_pusd", "requested_cost_pusd", "price_source",
-    "estimated", "complete", "status", "duration_ms", "error", "routing",
+    "web_search_requests", "service_tier", "cost_pusd", "price_source", "estimated",
+    "complete", "status", "duration_ms", "error", "routing", "route_rule", "route_target",
+    "alt_cost_pusd", "route_note",
 )  # fmt: skip
 INSERT_CALL = (
     f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join('?' * len(CALL_COLUMNS))})"
@@ -112,8 +116,9 @@ def call_row(call: Call) -> tuple[Any, ...]:
         call.model, a.session, a.repo, a.branch, a.repo_source, a.pid, u.input_tokens,
         u.cache_read_tokens, u.cache_write_tokens, u.cache_write_1h_tokens, u.output_tokens,
         u.reasoning_tokens, u.web_search_requests, u.service_tier, to_pusd(call.cost_usd),
-        to_pusd(call.requested_cost_usd), call.price_source, int(u.estimated),
-        int(call.complete), call.status, call.duration_ms, call.error, call.routing,
+        call.price_source, int(u.estimated), int(call.complete), call.status,
+        call.duration_ms, call.error, call.routing, call.route_rule, call.route_target,
+        to_pusd(call.alt_cost_usd), call.route_note,
     )  # fmt: skip
 
 

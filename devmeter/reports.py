@@ -33,7 +33,16 @@ REQUEST_FIELDS = (
     "ts", "tool", "provider", "endpoint", "requested_model", "model", "session", "repo",
     "branch", "input_tokens", "cache_read_tokens", "cache_write_tokens",
     "cache_write_1h_tokens", "output_tokens", "reasoning_tokens", "web_search_requests",
-    "cost_usd", "estimated", "status", "complete", "error", "price_source",
+    "cost_usd", "estimated", "status", "complete", "error", "price_source", "routing",
+    "route_rule", "route_target", "alt_cost_usd", "saving_usd", "route_note",
+)  # fmt: skip
+# Columns read from the ledger for a request row; the rest are derived.
+_REQUEST_COLUMNS = tuple(
+    f for f in REQUEST_FIELDS if f not in ("cost_usd", "alt_cost_usd", "saving_usd")
+) + ("cost_pusd", "alt_cost_pusd")
+SAVINGS_FIELDS = (
+    "routing", "rule", "requested_model", "target", "requests", "cost_usd", "alt_cost_usd",
+    "saving_usd",
 )  # fmt: skip
 GROUP_FIELDS = (
     "key", "requests", "input_tokens", "cache_read_tokens", "cache_write_tokens",
@@ -74,7 +83,7 @@ def query(
         raise ReportError(f"--by {by!r} is not a grouping; choose one of {', '.join(GROUPINGS)}")
     where, params = ("WHERE ts >= ?", [since]) if since is not None else ("", [])
     if by == "request":
-        columns = [f for f in REQUEST_FIELDS if f != "cost_usd"] + ["cost_pusd"]
+        columns = list(_REQUEST_COLUMNS)
         sql = f"SELECT {', '.join(columns)} FROM calls {where} ORDER BY ts, id"
         if limit:
             sql = f"SELECT * FROM ({sql.replace('ORDER BY ts, id', 'ORDER BY ts DESC, id DESC')}"
@@ -101,13 +110,78 @@ def total_requests(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT count(*) FROM calls").fetchone()[0])
 
 
+def savings(conn: sqlite3.Connection, since: float | None = None) -> list[dict[str, Any]]:
+    """Routed calls (what was saved) and shadowed ones (what would have been), by rule.
+
+    Routed: the requested model's cost minus what the call cost. Shadow: what the call
+    cost minus the target's cost. Calls missing either price are counted, not summed.
+    """
+    where = "WHERE routing IN ('routed', 'shadow', 'fallback')"
+    params: list[Any] = []
+    if since is not None:
+        where += " AND ts >= ?"
+        params.append(since)
+    sql = f"""
+        SELECT routing, route_rule, requested_model, route_target, count(*),
+               sum(cost_pusd), sum(alt_cost_pusd),
+               sum(CASE routing WHEN 'routed' THEN alt_cost_pusd - cost_pusd
+                                WHEN 'shadow' THEN cost_pusd - alt_cost_pusd END)
+        FROM calls {where}
+        GROUP BY routing, route_rule, requested_model, route_target
+        ORDER BY routing, route_rule, requested_model
+    """
+    rows = []
+    for row in conn.execute(sql, params).fetchall():
+        item = dict(zip(SAVINGS_FIELDS, row, strict=True))
+        for money in ("cost_usd", "alt_cost_usd", "saving_usd"):
+            item[money] = None if item[money] is None else _usd(item[money])
+        rows.append(item)
+    return rows
+
+
+def savings_table(rows: Sequence[dict[str, Any]]) -> str:
+    if not rows:
+        return (
+            "No routed or shadowed calls yet. Routing runs in shadow mode by default once a "
+            "rule matches: enable one in the config's [routing] section.\n"
+        )
+    headers = ["mode", "rule", "requested", "target", "calls", "cost", "other", "saved"]
+    body = [
+        [
+            r["routing"], r["rule"] or "-", r["requested_model"] or "?", r["target"] or "?",
+            str(r["requests"]), format_usd(r["cost_usd"]), format_usd(r["alt_cost_usd"]),
+            format_usd(r["saving_usd"]) if r["routing"] != "fallback" else "-",
+        ]
+        for r in rows
+    ]  # fmt: skip
+    lines = _align([headers, *body])
+    saved = sum((r["saving_usd"] or 0 for r in rows if r["routing"] == "routed"), Decimal(0))
+    would = sum((r["saving_usd"] or 0 for r in rows if r["routing"] == "shadow"), Decimal(0))
+    lines += ["", f"saved {format_usd(saved)} by routing; shadow mode would have saved "
+              f"{format_usd(would)} more"]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def _request_row(row: dict[str, Any]) -> dict[str, Any]:
     pusd = row.pop("cost_pusd")
     row["cost_usd"] = None if pusd is None else _usd(pusd)
+    alt = row.pop("alt_cost_pusd")
+    row["alt_cost_usd"] = None if alt is None else _usd(alt)
+    row["saving_usd"] = _saving(row["routing"], row["cost_usd"], row["alt_cost_usd"])
     row["estimated"] = bool(row["estimated"])
     row["complete"] = bool(row["complete"])
     row["ts"] = datetime.fromtimestamp(row["ts"]).astimezone().isoformat(timespec="milliseconds")
     return {name: row[name] for name in REQUEST_FIELDS}
+
+
+def _saving(routing: str | None, cost: Decimal | None, alt: Decimal | None) -> Decimal | None:
+    if cost is None or alt is None:
+        return None
+    if routing == "routed":
+        return alt - cost
+    if routing == "shadow":
+        return cost - alt
+    return None
 
 
 def _usd(pusd: int) -> Decimal:

@@ -95,9 +95,26 @@ class Call:
     duration_ms: int = 0
     complete: bool = True
     error: str | None = None
-    # Cost had the requested model served the call (routing and shadow mode).
-    requested_cost_usd: Decimal | None = None
-    routing: str | None = None  # "routed", "shadow", "fallback", or None
+    # Model routing: "routed" (sent to route_target), "shadow" (would have been),
+    # "fallback" (routed, refused, re-sent as requested), or None.
+    routing: str | None = None
+    route_rule: str | None = None
+    route_target: str | None = None
+    # The other side of the trade: routed/fallback, the cost at the requested model;
+    # shadow, the cost at the target model.
+    alt_cost_usd: Decimal | None = None
+    route_note: str | None = None  # what the rewrite changed, or why a rule did not apply
+
+    @property
+    def saving_usd(self) -> Decimal | None:
+        """Saved by routing (routed) or what routing would have saved (shadow)."""
+        if self.cost_usd is None or self.alt_cost_usd is None:
+            return None
+        if self.routing == "routed":
+            return self.alt_cost_usd - self.cost_usd
+        if self.routing == "shadow":
+            return self.cost_usd - self.alt_cost_usd
+        return None
 
     @property
     def estimated(self) -> bool:

@@ -65,9 +65,9 @@ class RunningProxy:
         result = []
         for row in rows:
             item = dict(row)
-            item["cost_usd"] = (
-                None if item["cost_pusd"] is None else Decimal(item["cost_pusd"]) / PICO
-            )
+            for money in ("cost", "alt_cost"):
+                pusd = item[f"{money}_pusd"]
+                item[f"{money}_usd"] = None if pusd is None else Decimal(pusd) / PICO
             result.append(item)
         return result
 

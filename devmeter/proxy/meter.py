@@ -8,15 +8,14 @@ copies each chunk into the parser and returns it unchanged.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
+import httpx2
 from mitmproxy import http
 
 from devmeter import metering
@@ -29,7 +28,9 @@ from devmeter.providers import (
     new_response_parser,
     parse_request,
 )
-from devmeter.usage import Attribution, Call, RequestInfo, ResponseResult
+from devmeter.router import RoutePlan, Router
+from devmeter.routing import should_fallback
+from devmeter.usage import Attribution, Call, RequestInfo, ResponseResult, Usage
 
 METADATA_KEY = "devmeter"
 
@@ -52,6 +53,10 @@ class FlowState:
     tap_error: str | None = None
     # WebSocket (Codex): the request of each response.create, in order.
     ws_requests: list[RequestInfo] = field(default_factory=list)
+    # Routing: the plan, and the request as the client sent it (for a fallback).
+    plan: RoutePlan | None = None
+    original: tuple[bytes, list[tuple[str, str]]] | None = None
+    fell_back: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,8 +81,10 @@ class Meter:
         attribute: Attribute,
         upstreams: dict[str, str] | None = None,
         overrides: tuple[PriceOverride, ...] = (),
+        router: Router | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._router = router
         self._record = record
         self._attribute = attribute
         self._upstreams = {h.lower(): Upstream.from_url(u) for h, u in (upstreams or {}).items()}
@@ -106,13 +113,32 @@ class Meter:
         if flow.request.headers.get("content-encoding"):
             body = flow.request.get_content(strict=False) or b""
         info = parse_request(endpoint, body)
-        flow.metadata[METADATA_KEY] = FlowState(
+        state = FlowState(
             endpoint=endpoint,
             request=info,
             started=now,
             attribution=self._attribute(flow, info, now),
             host=host,
         )
+        flow.metadata[METADATA_KEY] = state
+        if self._router is not None and flow.websocket is None:
+            self._route(flow, state, body, now)
+
+    def _route(self, flow: http.HTTPFlow, state: FlowState, body: bytes, now: float) -> None:
+        router = self._router
+        assert router is not None
+        plan = router.plan(
+            state.endpoint, state.request, state.attribution, flow.request.headers, body, now
+        )
+        state.plan = plan
+        if plan is None or not plan.rewrite or plan.body is None:
+            return
+        state.original = (body, list(flow.request.headers.items()))
+        flow.request.content = plan.body  # re-encoded if the client compressed it
+        for name in plan.removed_headers:
+            flow.request.headers.pop(name, None)
+        for name, value in plan.headers.items():
+            flow.request.headers[name] = value
 
     # -- response ----------------------------------------------------------------------------
 
@@ -120,6 +146,8 @@ class Meter:
         state = _state(flow)
         if state is None or flow.response is None:
             return
+        if state.original is not None and 400 <= flow.response.status_code < 500:
+            return  # a refused rewrite: keep the (small) error body for a possible fallback
         try:
             state.parser = new_response_parser(
                 state.endpoint, state.request, flow.response.headers.get("content-type", "")
@@ -130,8 +158,48 @@ class Meter:
             return
         flow.response.stream = _tap(state)
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def response(self, flow: http.HTTPFlow) -> None:
+        state = _state(flow)
+        if state is not None and state.original is not None and flow.response is not None:
+            try:
+                await self._maybe_fall_back(flow, state)
+            except Exception:
+                print(f"devmeter: routing fallback failed: {_short_traceback()}", file=sys.stderr)
         self._finish(flow, complete_hint=True)
+
+    async def _maybe_fall_back(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        """The rewritten request was refused where the original would not have been:
+        send the original once, and give the client that answer instead."""
+        assert flow.response is not None and state.original is not None
+        status = flow.response.status_code
+        if not 400 <= status < 500:
+            return
+        if not should_fallback(status, flow.response.get_content(strict=False) or b""):
+            return
+        body, headers = state.original
+        skip = {"content-length", "content-encoding", "host", "transfer-encoding", "connection"}
+        async with httpx2.AsyncClient(timeout=600) as client:
+            request = client.build_request(
+                flow.request.method,
+                flow.request.url,
+                headers=[(k, v) for k, v in headers if k.lower() not in skip],
+                content=body,
+            )
+            answer = await client.send(request, stream=True)
+            try:
+                raw = b"".join([chunk async for chunk in answer.aiter_raw()])
+            finally:
+                await answer.aclose()
+        flow.response = http.Response.make(
+            answer.status_code,
+            raw,
+            [
+                (k.encode(), v.encode())
+                for k, v in answer.headers.multi_items()
+                if k.lower() not in ("content-length", "transfer-encoding")
+            ],
+        )
+        state.fell_back = True
 
     def error(self, flow: http.HTTPFlow) -> None:
         # Client hung up, upstream reset, or the upstream never answered.
@@ -155,7 +223,8 @@ class Meter:
             if not complete_hint and result.complete and result.usage is None:
                 result = ResponseResult(usage=None, complete=False, model=result.model)
             error = state.tap_error or (str(flow.error) if flow.error else None)
-            self._record(
+            self._record_settled(
+                state,
                 metering.build_call(
                     ts=state.started,
                     host=state.host,
@@ -167,7 +236,7 @@ class Meter:
                     overrides=self._overrides,
                     duration_ms=int((self._clock() - state.started) * 1000),
                     error=error,
-                )
+                ),
             )
         except Exception:
             self._internal_error(flow, state.host, "response")
@@ -190,10 +259,10 @@ class Meter:
         try:
             message = flow.websocket.messages[-1]
             if message.from_client:
-                state.ws_requests.append(_ws_request(state, message.content))
+                state.ws_requests.append(parse_request(state.endpoint, message.content))
             else:
                 state.parser.feed_message(message.content)
-                for result in state.parser.take_completed():  # type: ignore[attr-defined]
+                for result in state.parser.take_completed():
                     self._record_ws_turn(flow, state, result)
             # The socket can live for a whole Codex session: do not keep every frame.
             del flow.websocket.messages[:-1]
@@ -206,8 +275,8 @@ class Meter:
             return
         state.done = True
         try:
-            result = state.parser.result()
-            if state.ws_requests and (result.usage is not None or result.output_text):
+            # Responses still in flight when the socket closed generated tokens too.
+            for result in state.parser.take_unfinished():
                 self._record_ws_turn(flow, state, result)
         except Exception:
             self._internal_error(flow, state.host, "websocket")
@@ -216,12 +285,13 @@ class Meter:
         self, flow: http.HTTPFlow, state: FlowState, result: ResponseResult
     ) -> None:
         request = state.ws_requests.pop(0) if state.ws_requests else state.request
-        if request.facts.get("generate") == "false" and not (
-            result.usage and result.usage.output_tokens
+        if request.facts.get("prewarm") == "1" and not (
+            result.usage and any(_counts(result.usage))
         ):
-            return  # Codex's prewarm: it creates nothing and bills nothing
+            return  # Codex's prewarm (generate: false) that reported no usage: nothing billed
         now = self._clock()
-        self._record(
+        self._record_settled(
+            state,
             metering.build_call(
                 ts=now,
                 host=state.host,
@@ -232,8 +302,18 @@ class Meter:
                 attribution=state.attribution,
                 overrides=self._overrides,
                 error=state.tap_error,
-            )
+            ),
         )
+
+    def _record_settled(self, state: FlowState, call: Call) -> None:
+        if self._router is not None:
+            try:
+                call = self._router.settle(call, state.plan, state.fell_back)
+            except Exception:
+                call = replace(
+                    call, error=f"devmeter routing bookkeeping failed: {_short_traceback()}"
+                )
+        self._record(call)
 
     # -- failures ----------------------------------------------------------------------------
 
@@ -254,7 +334,7 @@ class Meter:
                     requested_model=state.request.model if state else None,
                     model=None,
                     attribution=state.attribution if state else Attribution(),
-                    usage=metering.Usage(),
+                    usage=Usage(),
                     cost_usd=None,
                     price_source=None,
                     status=flow.response.status_code if flow.response else None,
@@ -295,20 +375,9 @@ def _result(state: FlowState) -> ResponseResult:
     return state.parser.result()
 
 
-def _ws_request(state: FlowState, content: bytes) -> RequestInfo:
-    info = parse_request(state.endpoint, content)
-    try:
-        body: Any = json.loads(content)
-    except ValueError:
-        return info
-    if isinstance(body, dict) and body.get("generate") is False:
-        info = RequestInfo(
-            model=info.model,
-            stream=info.stream,
-            prompt_tokens_estimate=info.prompt_tokens_estimate,
-            facts={**info.facts, "generate": "false"},
-        )
-    return info
+def _counts(usage: Usage) -> tuple[int, ...]:
+    return (usage.input_tokens, usage.cache_read_tokens, usage.cache_write_tokens,
+            usage.output_tokens)  # fmt: skip
 
 
 def _send_to(flow: http.HTTPFlow, upstream: Upstream) -> None:

@@ -22,6 +22,7 @@ from devmeter.ledger import LedgerWriter
 from devmeter.paths import Paths
 from devmeter.providers import INTERCEPT_HOSTS
 from devmeter.proxy.meter import Meter
+from devmeter.router import Router
 from devmeter.usage import Attribution, Call, RequestInfo
 
 
@@ -115,6 +116,7 @@ async def serve(
             attribute=make_attribute(attributor),
             upstreams=dict(config.upstreams),
             overrides=config.prices,
+            router=Router(config.section("routing"), config.prices),
         )
     )
     loop = asyncio.get_running_loop()

@@ -1,0 +1,203 @@
+"""Routing for the proxy: per-session state around the pure rule engine in routing.py.
+
+The proxy asks `plan` before forwarding a request, sends `plan.body` when the plan
+rewrites, and hands each finished call to `settle`, which prices the other side of
+the trade (what the requested model would have cost, or what the target would have)
+and remembers the session's spend and prompt-cache state for the next decision.
+No mitmproxy here: bytes and headers in, a plan out.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any
+
+from devmeter import routing
+from devmeter.pricing import PriceOverride, price
+from devmeter.providers import Endpoint
+from devmeter.usage import Attribution, Call, RequestInfo, Usage
+
+REWRITABLE = ("anthropic.messages", "openai.chat", "openai.responses")
+REQUEST_CLASS_HEADER = "x-claude-code-request-class"
+
+
+@dataclass(frozen=True)
+class RoutePlan:
+    decision: routing.RouteDecision
+    requested_model: str
+    body: bytes | None = None  # the rewritten body to send, when routed
+    headers: Mapping[str, str] = field(default_factory=dict)  # headers to set
+    removed_headers: tuple[str, ...] = ()
+    changes: tuple[str, ...] = ()
+
+    @property
+    def rewrite(self) -> bool:
+        return self.body is not None
+
+
+class Router:
+    def __init__(
+        self, config: routing.RoutingConfig, overrides: tuple[PriceOverride, ...] = ()
+    ) -> None:
+        self.config = config
+        self._overrides = overrides
+        self._lock = threading.Lock()
+        self._spend: dict[str, Decimal] = {}
+        self._caches: dict[str, dict[str, routing.CacheState]] = {}
+        self._outputs: dict[str, tuple[int, int]] = {}  # session -> (calls, output tokens)
+
+    @property
+    def mode(self) -> str:
+        return self.config.mode
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in routing.MODES:
+            raise ValueError(f"routing mode must be one of {', '.join(routing.MODES)}")
+        self.config = replace(self.config, mode=mode)  # type: ignore[arg-type]
+
+    def price(self, provider: str, model: str, usage: Usage) -> Decimal | None:
+        return price(provider, model, usage, self._overrides).cost_usd
+
+    def plan(
+        self,
+        endpoint: Endpoint,
+        info: RequestInfo,
+        attribution: Attribution,
+        headers: Mapping[str, str],
+        body: bytes,
+        now: float,
+    ) -> RoutePlan | None:
+        """What routing does with this request; None when no rule has anything to say."""
+        if self.config.mode == "off" or endpoint.api not in REWRITABLE or not info.model:
+            return None
+        if "request_error" in info.facts:
+            return None
+        session = attribution.session or ""
+        with self._lock:
+            spend = self._spend.get(session)
+            caches = dict(self._caches.get(session, {}))
+            calls, outputs = self._outputs.get(session, (0, 0))
+        facts = info.facts
+        ctx = routing.RouteContext(
+            provider=endpoint.provider,
+            endpoint=endpoint.api,
+            requested_model=info.model,
+            tool=attribution.tool,
+            request_class=_header(headers, REQUEST_CLASS_HEADER) or facts.get("request_kind"),
+            repo=attribution.repo,
+            prompt_tokens=info.prompt_tokens_estimate,
+            max_tokens=int(facts["max_tokens"]) if "max_tokens" in facts else None,
+            uses_tools=facts.get("uses_tools") == "1",
+            uses_images=facts.get("uses_images") == "1",
+            uses_thinking=facts.get("uses_thinking") == "1",
+            session_spend_usd=spend,
+            cache_states=caches,
+            now=now,
+            expected_output_tokens=outputs // calls if calls else 0,
+        )
+        decision = routing.decide(self.config, ctx, self.price)
+        if decision.rule is None:
+            return None
+        if not decision.rewrite or decision.target is None:
+            return RoutePlan(decision, info.model)
+        try:
+            parsed: Any = json.loads(body)
+            new_body, new_headers, changes = routing.adapt_request(
+                parsed, dict(headers), endpoint.api, decision.target, provider=endpoint.provider
+            )
+        except (ValueError, routing.IncompatibleRequest) as exc:
+            refused = replace(decision, applied=None, target=None, reason=f"not rewritten: {exc}")
+            return RoutePlan(refused, info.model)
+        lowered = {k.lower(): v for k, v in new_headers.items()}
+        removed = tuple(k for k in headers if k.lower() not in lowered)
+        changed = {k: v for k, v in new_headers.items() if headers.get(k) != v}
+        return RoutePlan(
+            decision,
+            info.model,
+            body=json.dumps(new_body, separators=(",", ":")).encode(),
+            headers=changed,
+            removed_headers=removed,
+            changes=tuple(changes),
+        )
+
+    def settle(self, call: Call, plan: RoutePlan | None, fell_back: bool = False) -> Call:
+        """The call with its routing columns filled in; and remember it for the session."""
+        if plan is not None:
+            call = self._annotate(call, plan, fell_back)
+        self._observe(call)
+        return call
+
+    def _annotate(self, call: Call, plan: RoutePlan, fell_back: bool) -> Call:
+        decision = plan.decision
+        note = _note(plan)
+        if fell_back:
+            return replace(
+                call,
+                routing="fallback",
+                route_rule=decision.rule,
+                route_target=decision.target,
+                route_note=f"{decision.target} refused the rewritten request; "
+                f"re-sent as {plan.requested_model}",
+            )
+        if decision.applied == "routed" and plan.rewrite:
+            alt = self.price(call.provider, plan.requested_model, call.usage)
+            return replace(
+                call,
+                requested_model=plan.requested_model,
+                routing="routed",
+                route_rule=decision.rule,
+                route_target=decision.target,
+                alt_cost_usd=alt,
+                route_note=note,
+            )
+        if decision.applied == "shadow" and decision.target:
+            alt = self.price(call.provider, decision.target, call.usage)
+            return replace(
+                call,
+                routing="shadow",
+                route_rule=decision.rule,
+                route_target=decision.target,
+                alt_cost_usd=alt,
+                route_note=note,
+            )
+        return replace(call, route_rule=decision.rule, route_note=note)
+
+    def _observe(self, call: Call) -> None:
+        session = call.attribution.session or ""
+        with self._lock:
+            if call.cost_usd is not None:
+                self._spend[session] = self._spend.get(session, Decimal(0)) + call.cost_usd
+            if call.model:
+                caches = self._caches.setdefault(session, {})
+                state = routing.next_cache_state(caches.get(call.model), call.usage, call.ts)
+                if state is not None:
+                    caches[call.model] = state
+            if call.usage.output_tokens:
+                calls, outputs = self._outputs.get(session, (0, 0))
+                self._outputs[session] = (calls + 1, outputs + call.usage.output_tokens)
+
+
+def _note(plan: RoutePlan) -> str | None:
+    decision = plan.decision
+    parts = []
+    if decision.reason:
+        parts.append(decision.reason)
+    if plan.changes:
+        parts.append("; ".join(plan.changes))
+    if decision.cache is not None:
+        c = decision.cache
+        parts.append(
+            f"cache trade: saving ${c.saving_usd:.6f} vs cache loss ${c.cache_loss_usd:.6f}"
+        )
+    return " | ".join(parts) or None
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return None
