@@ -1,0 +1,595 @@
+"""Runaway sessions, told apart from busy ones before the bill says so.
+
+Three signals, each pure over the calls of one session:
+
+- **burn rate**: dollars spent in a sliding window (default 10 minutes) scaled to an
+  hour. When it passes a level (`projection_usd`, default $50/h and $200/h) the session
+  is on course to pass that figure within the hour, which is said while its spend is
+  still a fraction of it. Once per level; a level re-arms only after the rate has
+  fallen below `rearm_ratio` of it, so a rate hovering around a level does not flap.
+- **loops**: the same request (by `request_fingerprint`) `loop_count` times within
+  `loop_window_minutes`: an agent retrying a failing tool call for ever.
+- **no human in the loop**: a session that has run `long_running_minutes` or
+  `long_running_calls` since its last plain user text turn (`is_human_turn`).
+
+Memory is bounded: windows are deques trimmed by time and length, idle sessions are
+evicted, and at most `max_sessions` are tracked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+from collections import Counter, OrderedDict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any
+
+from devmeter.budget import (
+    ZERO,
+    Alert,
+    AlertKind,
+    config_usd,
+    describe,
+    format_usd,
+    reject_unknown,
+)
+from devmeter.config_error import ConfigError
+from devmeter.usage import Attribution, Call
+
+HOUR = Decimal(3600)
+
+# --- config --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunawayConfig:
+    # 10 minutes smooths one expensive call into a rate yet sees a runaway start well
+    # inside the hour it would take to cost real money.
+    window_minutes: float = 10
+    # $50/h is a fast interactive Opus session; an agent burning it unattended all
+    # night is the $4,000 morning. $200/h says it got worse.
+    projection_usd: tuple[Decimal, ...] = (Decimal(50), Decimal(200))
+    rearm_ratio: Decimal = Decimal("0.5")
+    # Fewer calls than this in the window are not a rate, just one big call.
+    min_calls: int = 3
+    # 8 near-identical requests in 5 minutes: a retry loop, not an agent at work.
+    loop_count: int = 8
+    loop_window_minutes: float = 5
+    # A human answers more often than hourly; an hour or 300 calls (an agent makes
+    # 3-10 a minute) with nobody typing is worth a look. 0 turns a limit off.
+    long_running_minutes: float = 60
+    long_running_calls: int = 300
+    # Sessions silent this long are forgotten (their windows are empty anyway).
+    idle_evict_minutes: float = 120
+    max_sessions: int = 2048
+
+
+_RUNAWAY_KEYS = (
+    "window_minutes",
+    "projection_usd",
+    "rearm_ratio",
+    "min_calls",
+    "loop_count",
+    "loop_window_minutes",
+    "long_running_minutes",
+    "long_running_calls",
+    "idle_evict_minutes",
+)
+
+
+def parse_runaway(table: Mapping[str, object] | None) -> RunawayConfig:
+    """The `[runaway]` table (already parsed from TOML) -> RunawayConfig.
+
+    `projection_usd = []`, `loop_count = 0`, `long_running_minutes = 0` and
+    `long_running_calls = 0` each turn one detector (or limit) off.
+    """
+    table = table if table is not None else {}
+    if not isinstance(table, Mapping):
+        raise ConfigError("runaway", f"expected a table ([runaway]), got {table!r}")
+    reject_unknown("runaway", table, _RUNAWAY_KEYS)
+    values: dict[str, Any] = {}
+
+    for name in ("window_minutes", "loop_window_minutes", "idle_evict_minutes"):
+        if name in table:
+            values[name] = _number(f"runaway.{name}", table[name], allow_zero=False)
+    for name in ("long_running_minutes",):
+        if name in table:
+            values[name] = _number(f"runaway.{name}", table[name], allow_zero=True)
+    for name in ("min_calls", "loop_count", "long_running_calls"):
+        if name in table:
+            values[name] = _count(f"runaway.{name}", table[name], allow_zero=name != "min_calls")
+
+    if "projection_usd" in table:
+        key, raw = "runaway.projection_usd", table["projection_usd"]
+        if not isinstance(raw, list):
+            raise ConfigError(key, f"expected a list of $/hour levels like [50, 200], got {raw!r}")
+        levels = tuple(config_usd(key, v) for v in raw)
+        for lower, higher in zip(levels, levels[1:], strict=False):
+            if higher <= lower:
+                raise ConfigError(
+                    key, f"levels must be in ascending order: {higher} follows {lower}"
+                )
+        values["projection_usd"] = levels
+    if "rearm_ratio" in table:
+        key, raw = "runaway.rearm_ratio", table["rearm_ratio"]
+        ratio = Decimal(str(_number(key, raw, allow_zero=False)))
+        if ratio >= 1:
+            raise ConfigError(key, f"must be between 0 and 1 (a fraction of a level), got {raw!r}")
+        values["rearm_ratio"] = ratio
+
+    config = replace(RunawayConfig(), **values)
+    if config.idle_evict_minutes < max(config.window_minutes, config.loop_window_minutes):
+        raise ConfigError(
+            "runaway.idle_evict_minutes", "must be at least window_minutes and loop_window_minutes"
+        )
+    return config
+
+
+def _number(key: str, value: object, *, allow_zero: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero) or value == float("inf"):
+        raise ConfigError(
+            key, f"must be above 0{' (or 0 for off)' if allow_zero else ''}, got {value!r}"
+        )
+    return float(value)
+
+
+def _count(key: str, value: object, *, allow_zero: bool) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"expected a whole number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(
+            key, f"must be above 0{' (or 0 for off)' if allow_zero else ''}, got {value!r}"
+        )
+    return value
+
+
+# --- request shape: fingerprints and human turns -------------------------------------------
+
+# Keys whose values change on every request without changing what is asked.
+_VOLATILE_KEYS = frozenset(
+    {
+        "id",
+        "tool_use_id",
+        "tool_call_id",
+        "call_id",
+        "cache_control",
+        "signature",
+        "encrypted_content",
+        "created",
+        "created_at",
+        "timestamp",
+        "thoughtSignature",
+    }
+)
+# Tool call inputs: Anthropic `input`, OpenAI `arguments`, Gemini `args`.
+_TOOL_INPUT_KEYS = frozenset({"input", "arguments", "args"})
+# Items that are the model's private reasoning: never the same twice, never the point.
+_SKIPPED_TYPES = frozenset({"thinking", "redacted_thinking", "reasoning"})
+
+_IDS = (
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"  # UUIDs
+    r"|\b(?:toolu|call|msg|resp|fc|rs|req|run|chatcmpl|srvtoolu)_[A-Za-z0-9_-]+"  # provider ids
+    r"|\b[0-9a-f]{12,}\b"  # hashes, commit ids
+    r"|\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?"  # ISO times
+)
+_IDS_ONLY = re.compile(_IDS, re.IGNORECASE)
+# In free text (tool output, prompts) every number is noise too: durations, counters.
+_IDS_AND_NUMBERS = re.compile(_IDS + r"|\d+(?:[.,:]\d+)*", re.IGNORECASE)
+_SPACE = re.compile(r"\s+")
+# Long texts are fingerprinted by their two ends: enough to tell them apart, bounded work.
+_TEXT_EDGE = 8192
+# Deeper than any real message; a hostile body cannot exhaust the stack.
+_MAX_DEPTH = 32
+# A per-process key: a fingerprint of a short prompt cannot be looked up in a table.
+_PROCESS_KEY = os.urandom(16)
+
+
+def _text(value: str, pattern: re.Pattern[str]) -> str:
+    if len(value) > 2 * _TEXT_EDGE:
+        value = value[:_TEXT_EDGE] + "\u2026" + value[-_TEXT_EDGE:]
+    return _SPACE.sub(" ", pattern.sub("#", value)).strip()
+
+
+def _normal(value: Any, *, free_text: bool, depth: int = 0) -> Any:
+    """`value` without what changes between identical requests.
+
+    Strings in tool inputs keep their numbers (reading page 2 is not reading page 1);
+    everything else is free text, where numbers are timestamps, durations and counters.
+    """
+    if depth > _MAX_DEPTH:
+        return "\u2026"
+    if isinstance(value, str):
+        return _text(value, _IDS_AND_NUMBERS if free_text else _IDS_ONLY)
+    if isinstance(value, list):
+        return [
+            _normal(v, free_text=free_text, depth=depth + 1)
+            for v in value
+            if not (isinstance(v, dict) and v.get("type") in _SKIPPED_TYPES)
+        ]
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if k in _VOLATILE_KEYS:
+                continue
+            if k in _TOOL_INPUT_KEYS:
+                if isinstance(v, str):  # OpenAI sends arguments as a JSON string
+                    with contextlib.suppress(ValueError, RecursionError):
+                        v = json.loads(v)
+                out[k] = _normal(v, free_text=False, depth=depth + 1)
+            else:
+                out[k] = _normal(v, free_text=free_text, depth=depth + 1)
+        return out
+    return value
+
+
+def _is_call_side(item: Any) -> bool:
+    """An item the model produced: an assistant message or a tool call."""
+    if not isinstance(item, dict):
+        return False
+    return item.get("role") in ("assistant", "model") or str(item.get("type", "")).endswith("_call")
+
+
+def _last_turn(items: list[Any], limit: int = 8) -> list[Any]:
+    """The trailing items up to and including the last one the model produced.
+
+    A tool loop is (the call the model made, the result it got); a message list grows on
+    every turn, so only this tail can repeat.
+    """
+    tail: list[Any] = []
+    for item in reversed(items[-limit:]):
+        if isinstance(item, dict) and item.get("type") in _SKIPPED_TYPES:
+            continue
+        tail.append(item)
+        if _is_call_side(item) and len(tail) > 1:
+            break
+    return tail[::-1]
+
+
+def _conversation(body: Mapping[str, Any]) -> list[Any] | None:
+    """The message list of an Anthropic, OpenAI chat, Responses or Gemini body."""
+    for name in ("messages", "input", "contents"):
+        value = body.get(name)
+        if isinstance(value, list):
+            return value
+        if name == "input" and isinstance(value, str):  # Responses' one-string prompt
+            return [{"role": "user", "content": value}]
+    request = body.get("request")  # Gemini CLI's Code Assist envelope
+    if isinstance(request, Mapping):
+        return _conversation(request)
+    return None
+
+
+def request_fingerprint(
+    body_json: Mapping[str, Any], *, model: str | None = None, key: bytes = _PROCESS_KEY
+) -> str:
+    """A short hash that is equal for near-identical requests.
+
+    Built from the model and the last turn (the last tool call and its result, or the
+    last message), without ids, cache markers, reasoning, timestamps or numbers in
+    free text. No text is kept; the hash is keyed per process, so a fingerprint of a
+    short prompt cannot be reversed by hashing guesses. `model` overrides the body's
+    (Gemini puts it in the URL).
+    """
+    if not isinstance(body_json, Mapping):
+        body_json = {}
+    turn = _normal(_last_turn(_conversation(body_json) or []), free_text=True)
+    digest = hashlib.blake2b(digest_size=16, key=key)
+    # ASCII JSON: a lone surrogate in a body (valid JSON) cannot fail the encoding.
+    shape = [str(model or body_json.get("model") or ""), turn]
+    digest.update(json.dumps(shape, sort_keys=True, separators=(",", ":"), default=str).encode())
+    return digest.hexdigest()
+
+
+_HUMAN_PARTS = frozenset(
+    {
+        "text",
+        "input_text",
+        "image",
+        "image_url",
+        "input_image",
+        "document",
+        "file",
+        "input_file",
+        "input_audio",
+    }
+)
+
+
+def is_human_turn(body_json: Mapping[str, Any]) -> bool:
+    """Whether the request's last message is a person typing (or pasting) to the model.
+
+    True for a user message of text or images; False for tool results, function
+    outputs, an assistant prefill, or a body this cannot read. Anthropic Messages,
+    OpenAI Chat Completions, Responses (string or item list) and Gemini.
+    """
+    if not isinstance(body_json, Mapping):
+        return False
+    last = next(
+        (
+            item
+            for item in reversed(_conversation(body_json) or [])
+            if not (isinstance(item, dict) and item.get("type") in _SKIPPED_TYPES)
+        ),
+        None,
+    )
+    if not isinstance(last, dict):
+        return False
+    if last.get("role") != "user" or last.get("type", "message") != "message":
+        return False
+    content = last.get("content", last.get("parts"))
+    if isinstance(content, str):
+        return bool(content.strip())
+    if not isinstance(content, list) or not content:
+        return False
+    human = False
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        kind = part.get("type")
+        if kind is None:  # Gemini parts: {"text": ...}, {"functionResponse": ...}
+            if "functionResponse" in part or "functionCall" in part:
+                return False
+            human = human or "text" in part or "inlineData" in part or "fileData" in part
+        elif kind in _HUMAN_PARTS:
+            human = True
+        else:  # tool_result, function_call_output, ...
+            return False
+    return human
+
+
+# --- detection -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Burn:
+    """A session's spend rate over the window and where it leads."""
+
+    rate_usd_per_hour: Decimal
+    window_usd: Decimal
+    spent_usd: Decimal
+
+    @property
+    def projected_hour_usd(self) -> Decimal:
+        """What the session will have cost an hour from now at this rate."""
+        return self.spent_usd + self.rate_usd_per_hour
+
+
+@dataclass
+class _Session:
+    last_ts: float
+    spent: Decimal = ZERO
+    # burn rate: (ts, cost) in the window and their sum
+    costs: deque[tuple[float, Decimal]] = field(default_factory=lambda: deque(maxlen=4096))
+    window_usd: Decimal = ZERO
+    fired_levels: set[Decimal] = field(default_factory=set)
+    # loops: (ts, fingerprint, cost) in the loop window, with counts and cost per print
+    prints: deque[tuple[float, str, Decimal]] = field(default_factory=deque)
+    print_count: Counter[str] = field(default_factory=Counter)
+    print_usd: dict[str, Decimal] = field(default_factory=dict)
+    looping: set[str] = field(default_factory=set)
+    # unattended stretch since the last human turn
+    stretch_start: float = 0.0
+    stretch_calls: int = 0
+    stretch_usd: Decimal = ZERO
+    stretch_alerted: bool = False
+
+
+def session_key(attribution: Attribution) -> str:
+    """The session a call belongs to; without an id, its tool and repo stand in."""
+    if attribution.session:
+        return attribution.session
+    return f"{attribution.tool}@{attribution.repo or '?'}"
+
+
+class RunawayDetector:
+    """Burn rate, loops and unattended sessions over a stream of calls. One thread."""
+
+    def __init__(self, config: RunawayConfig | None = None) -> None:
+        self.config = config or RunawayConfig()
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()  # least recent first
+
+    def observe(
+        self, call: Call, *, fingerprint: str | None = None, human_turn: bool | None = None
+    ) -> list[Alert]:
+        """Take one finished call; return the alerts it raises.
+
+        `fingerprint` is `request_fingerprint(body)` and `human_turn` is
+        `is_human_turn(body)` of its request; leave either out when unknown and that
+        detector skips the call.
+        """
+        cfg = self.config
+        now = call.ts + call.duration_ms / 1000  # the cost lands when the call ends
+        self._evict(now)
+        key = session_key(call.attribution)
+        session = self._sessions.get(key)
+        if session is None:
+            session = self._sessions[key] = _Session(now, stretch_start=call.ts)
+            while len(self._sessions) > cfg.max_sessions:
+                self._sessions.popitem(last=False)
+        self._sessions.move_to_end(key)
+        session.last_ts = max(session.last_ts, now)
+        cost = call.cost_usd if call.cost_usd is not None and call.cost_usd > 0 else ZERO
+        session.spent += cost
+
+        alerts = [
+            self._projection(session, key, call, now, cost),
+            self._loop(session, key, call, now, cost, fingerprint),
+            self._unattended(session, key, call, now, cost, human_turn),
+        ]
+        return [a for a in alerts if a is not None]
+
+    def burn(self, session: str, now: float) -> Burn | None:
+        """The session's current burn rate, or None for a session not (or no longer) seen."""
+        state = self._sessions.get(session)
+        if state is None:
+            return None
+        self._trim_costs(state, now)
+        return Burn(self._rate(state), state.window_usd, state.spent)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    # burn rate
+
+    def _rate(self, session: _Session) -> Decimal:
+        # Always over the whole window, never over a shorter span: a session's first
+        # expensive minute is not extrapolated into an alarm.
+        return session.window_usd * 60 / Decimal(str(self.config.window_minutes))
+
+    def _trim_costs(self, session: _Session, now: float) -> None:
+        cutoff = now - self.config.window_minutes * 60
+        while session.costs and session.costs[0][0] <= cutoff:
+            session.window_usd -= session.costs.popleft()[1]
+
+    def _projection(
+        self, session: _Session, key: str, call: Call, now: float, cost: Decimal
+    ) -> Alert | None:
+        cfg = self.config
+        self._trim_costs(session, now)
+        rate = self._rate(session)
+        # Hysteresis: a level fired before re-arms once the rate has fallen well below it.
+        session.fired_levels = {
+            lvl for lvl in session.fired_levels if rate >= lvl * cfg.rearm_ratio
+        }
+        if len(session.costs) == session.costs.maxlen:
+            session.window_usd -= session.costs[0][1]
+        session.costs.append((now, cost))
+        session.window_usd += cost
+        if len(session.costs) < cfg.min_calls:
+            return None
+        rate = self._rate(session)
+        fired = session.fired_levels
+        levels = [lvl for lvl in cfg.projection_usd if lvl <= rate and lvl not in fired]
+        if not levels:
+            return None
+        session.fired_levels.update(levels)
+        burn = Burn(rate, session.window_usd, session.spent)
+        minutes = _minutes(cfg.window_minutes)
+        message = (
+            f"{_who(call.attribution)} is burning {format_usd(rate)}/hour "
+            f"({format_usd(burn.window_usd)} in the last {minutes} min, "
+            f"{format_usd(burn.spent_usd)} so far): at this rate it passes "
+            f"{format_usd(burn.projected_hour_usd)} within the hour. Check on it, or pause "
+            "metered traffic from the devmeter menu."
+        )
+        return _alert(call, "projection", key, levels[-1], message)
+
+    # loops
+
+    def _loop(
+        self,
+        session: _Session,
+        key: str,
+        call: Call,
+        now: float,
+        cost: Decimal,
+        fingerprint: str | None,
+    ) -> Alert | None:
+        cfg = self.config
+        if fingerprint is None or cfg.loop_count == 0:
+            return None
+        cutoff = now - cfg.loop_window_minutes * 60
+        while session.prints and (
+            session.prints[0][0] <= cutoff or len(session.prints) >= 4 * cfg.loop_count + 64
+        ):
+            self._forget_print(session)
+        session.prints.append((now, fingerprint, cost))
+        session.print_count[fingerprint] += 1
+        session.print_usd[fingerprint] = session.print_usd.get(fingerprint, ZERO) + cost
+        count = session.print_count[fingerprint]
+        if count < cfg.loop_count or fingerprint in session.looping:
+            return None
+        session.looping.add(fingerprint)
+        usd = session.print_usd[fingerprint]
+        message = (
+            f"{_who(call.attribution)} sent {count} near-identical requests in "
+            f"{_minutes(cfg.loop_window_minutes)} min ({format_usd(usd)}): it may be stuck "
+            "in a loop. Check on it, or pause metered traffic from the devmeter menu."
+        )
+        return _alert(call, "loop", key, usd, message)
+
+    @staticmethod
+    def _forget_print(session: _Session) -> None:
+        _, old, old_cost = session.prints.popleft()
+        session.print_count[old] -= 1
+        session.print_usd[old] -= old_cost
+        if session.print_count[old] <= 0:
+            # Gone from the window: the loop is over; the same print may alert again.
+            del session.print_count[old], session.print_usd[old]
+            session.looping.discard(old)
+
+    # unattended sessions
+
+    def _unattended(
+        self,
+        session: _Session,
+        key: str,
+        call: Call,
+        now: float,
+        cost: Decimal,
+        human_turn: bool | None,
+    ) -> Alert | None:
+        cfg = self.config
+        if human_turn is None:
+            return None
+        if human_turn:
+            session.stretch_start, session.stretch_calls = call.ts, 0
+            session.stretch_usd, session.stretch_alerted = ZERO, False
+        session.stretch_calls += 1
+        session.stretch_usd += cost
+        if session.stretch_alerted:
+            return None
+        minutes = (now - session.stretch_start) / 60
+        too_long = cfg.long_running_minutes > 0 and minutes >= cfg.long_running_minutes
+        too_many = cfg.long_running_calls > 0 and session.stretch_calls >= cfg.long_running_calls
+        if not (too_long or too_many):
+            return None
+        session.stretch_alerted = True
+        message = (
+            f"{_who(call.attribution)} has run {minutes:.0f} min and "
+            f"{session.stretch_calls} calls ({format_usd(session.stretch_usd)}) with no human "
+            "turn. Check it is doing what you meant; to cap sessions, set "
+            "budgets.session.block_usd."
+        )
+        return _alert(call, "long_running", key, session.stretch_usd, message)
+
+    # memory
+
+    def _evict(self, now: float) -> None:
+        cutoff = now - self.config.idle_evict_minutes * 60
+        while self._sessions:
+            oldest = next(iter(self._sessions.values()))
+            if oldest.last_ts >= cutoff:
+                break
+            self._sessions.popitem(last=False)
+
+
+def _who(attribution: Attribution) -> str:
+    text = describe(attribution)
+    return text[0].upper() + text[1:]
+
+
+def _minutes(value: float) -> str:
+    return f"{value:g}"
+
+
+def _alert(call: Call, kind: AlertKind, key: str, figure: Decimal, message: str) -> Alert:
+    a = call.attribution
+    return Alert(
+        call.ts,
+        kind,
+        "session",
+        key,
+        figure,
+        message,
+        a.tool,
+        a.repo,
+        a.session,
+    )

@@ -1,0 +1,212 @@
+"""The tray menu as plain data, built from a snapshot of the ledger; pystray at the edge.
+
+`build_menu(snapshot)` is pure and returns `MenuItem`s; `to_pystray(items, handlers)`
+turns them into a `pystray.Menu`, calling `handlers[item.action](*item.args)` on a click.
+
+Actions (and their args): `open_report` (session id, or none), `set_routing` (mode),
+`pause`, `resume`, `allow` (scope, key), `open_config`, `quit`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Literal
+
+from devmeter.budget import format_usd, repo_name, short_session
+from devmeter.tray.icon import State
+
+if TYPE_CHECKING:
+    import pystray
+
+log = logging.getLogger(__name__)
+
+RoutingMode = Literal["off", "shadow", "on"]
+ROUTING_MODES: tuple[RoutingMode, ...] = ("off", "shadow", "on")
+# More rows than this in a submenu are summed into one "N more" row.
+MAX_ROWS = 10
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    session: str
+    tool: str
+    repo: str | None
+    spend_usd: Decimal
+
+
+@dataclass(frozen=True)
+class CapRow:
+    """A cap that is refusing requests now: the menu offers to lift it."""
+
+    scope: str
+    key: str
+    cap_usd: Decimal
+
+
+@dataclass(frozen=True)
+class TraySnapshot:
+    today_usd: Decimal = Decimal(0)
+    month_usd: Decimal = Decimal(0)
+    sessions: Sequence[SessionRow] = ()  # live ones
+    today_by_repo: Sequence[tuple[str | None, Decimal]] = ()  # None: calls with no repo
+    routing: RoutingMode = "off"
+    paused: bool = False
+    blocked: Sequence[CapRow] = ()
+    warning: bool = False  # an alert the developer has not looked at yet
+
+    @property
+    def state(self) -> State:
+        """The icon's state: paused wins (the user chose it), then blocked, then warning."""
+        if self.paused:
+            return "paused"
+        if self.blocked:
+            return "blocked"
+        return "warning" if self.warning else "normal"
+
+
+@dataclass(frozen=True)
+class MenuItem:
+    text: str
+    action: str | None = None
+    args: tuple[str, ...] = ()
+    enabled: bool = True
+    checked: bool | None = None  # None: not a check item
+    radio: bool = False
+    submenu: tuple[MenuItem, ...] = ()
+    separator: bool = False
+
+
+SEPARATOR = MenuItem("", separator=True)
+
+
+def build_menu(snapshot: TraySnapshot) -> list[MenuItem]:
+    items = [
+        MenuItem(
+            f"Today {format_usd(snapshot.today_usd)} \u00b7 month {format_usd(snapshot.month_usd)}",
+            enabled=False,
+        )
+    ]
+    if snapshot.paused:
+        items.append(MenuItem("Paused: metered requests are refused", enabled=False))
+    if snapshot.blocked:
+        items.append(
+            MenuItem(
+                f"Blocked by {len(snapshot.blocked)} cap{'s' if len(snapshot.blocked) > 1 else ''}",
+                submenu=tuple(_cap_item(cap) for cap in snapshot.blocked),
+            )
+        )
+    items += [
+        MenuItem("Live sessions", submenu=_sessions(snapshot.sessions)),
+        MenuItem("Today by repo", submenu=_repos(snapshot.today_by_repo)),
+        MenuItem(
+            "Routing",
+            submenu=tuple(
+                MenuItem(
+                    mode.capitalize(),
+                    "set_routing",
+                    (mode,),
+                    checked=mode == snapshot.routing,
+                    radio=True,
+                )
+                for mode in ROUTING_MODES
+            ),
+        ),
+        MenuItem("Resume metered traffic", "resume")
+        if snapshot.paused
+        else MenuItem("Pause all metered traffic", "pause"),
+        SEPARATOR,
+        MenuItem("Open report", "open_report"),
+        MenuItem("Open config", "open_config"),
+        SEPARATOR,
+        MenuItem("Quit devmeter", "quit"),
+    ]
+    return items
+
+
+def _sessions(rows: Sequence[SessionRow]) -> tuple[MenuItem, ...]:
+    if not rows:
+        return (MenuItem("No live sessions", enabled=False),)
+    ranked = sorted(rows, key=lambda r: r.spend_usd, reverse=True)
+    items = [
+        MenuItem(
+            f"{format_usd(r.spend_usd)}  {r.tool} \u00b7 "
+            f"{repo_name(r.repo) if r.repo else 'no repo'} \u00b7 {short_session(r.session)}",
+            "open_report",
+            (r.session,),
+        )
+        for r in ranked[:MAX_ROWS]
+    ]
+    return tuple(items + _more(ranked[MAX_ROWS:], lambda r: r.spend_usd, "sessions"))
+
+
+def _repos(rows: Sequence[tuple[str | None, Decimal]]) -> tuple[MenuItem, ...]:
+    if not rows:
+        return (MenuItem("Nothing spent today", enabled=False),)
+    ranked = sorted(rows, key=lambda r: r[1], reverse=True)
+    items = [
+        MenuItem(f"{format_usd(usd)}  {repo_name(repo) if repo else '(no repo)'}", enabled=False)
+        for repo, usd in ranked[:MAX_ROWS]
+    ]
+    return tuple(items + _more(ranked[MAX_ROWS:], lambda r: r[1], "repos"))
+
+
+def _more(rest: Sequence[Any], usd: Callable[[Any], Decimal], what: str) -> list[MenuItem]:
+    if not rest:
+        return []
+    total = sum((usd(r) for r in rest), Decimal(0))
+    return [MenuItem(f"{format_usd(total)}  {len(rest)} more {what}", enabled=False)]
+
+
+def _cap_item(cap: CapRow) -> MenuItem:
+    what = {
+        "session": f"session {short_session(cap.key)}",
+        "repo": f"repo {repo_name(cap.key)}",
+    }.get(cap.scope, cap.key)
+    return MenuItem(
+        f"Lift the {format_usd(cap.cap_usd)} cap on {what}",
+        "allow",
+        (cap.scope, cap.key),
+    )
+
+
+# --- pystray -------------------------------------------------------------------------------
+
+
+def to_pystray(
+    items: Sequence[MenuItem], handlers: dict[str, Callable[..., object]]
+) -> pystray.Menu:
+    """A pystray.Menu for `items`; a click calls `handlers[action](*args)`.
+
+    An action without a handler is shown disabled (and logged) rather than crashing the
+    tray the first time a rare item appears.
+    """
+    import pystray  # here: importing it picks a display backend
+
+    def convert(item: MenuItem) -> pystray.MenuItem | Any:
+        if item.separator:
+            return pystray.Menu.SEPARATOR
+        if item.submenu:
+            return pystray.MenuItem(item.text, pystray.Menu(*map(convert, item.submenu)))
+        handler = handlers.get(item.action) if item.action else None
+        if item.action and handler is None:
+            log.warning("tray menu: no handler for action %r (%s)", item.action, item.text)
+        checked = None if item.checked is None else (lambda _i, v=item.checked: v)
+        return pystray.MenuItem(
+            item.text,
+            _click(handler, item.args) if handler else None,
+            checked=checked,
+            radio=item.radio,
+            enabled=item.enabled and (item.action is None or handler is not None),
+        )
+
+    return pystray.Menu(*map(convert, items))
+
+
+def _click(handler: Callable[..., object], args: tuple[str, ...]) -> Callable[[Any, Any], None]:
+    def on_click(_icon: Any, _item: Any) -> None:
+        handler(*args)
+
+    return on_click

@@ -1,0 +1,262 @@
+"""Notifications: every fallback path really taken, and a flood of alerts kept to a trickle."""
+
+from __future__ import annotations
+
+import json
+import logging
+import stat
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from devmeter.budget import Alert
+from devmeter.tray.notify import (
+    Backend,
+    Notifier,
+    default_backends,
+    icon_backend,
+    notify_send_backend,
+    osascript_backend,
+    plyer_backend,
+    powershell_backend,
+    summary,
+)
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="fake binaries are sh scripts")
+
+T0 = 1_795_000_000.0
+
+
+def alert(kind: str = "threshold", key: str = "s1", figure: str = "20", msg: str = "") -> Alert:
+    text = msg or f"{kind} {key} {figure}"
+    return Alert(T0, kind, "session", key, Decimal(figure), text, "claude-code", "/src/acme", key)
+
+
+def fake_binary(directory: Path, name: str, exit_code: int = 0) -> Path:
+    """A stand-in for notify-send / osascript / powershell that records how it was called."""
+    log = directory / f"{name}.calls"
+    script = directory / name
+    script.write_text(
+        "#!/bin/sh\n"
+        f'python3 -c \'import json, os, sys; print(json.dumps({{"argv": sys.argv[1:], '
+        f'"title": os.environ.get("DEVMETER_NOTIFY_TITLE"), '
+        f'"message": os.environ.get("DEVMETER_NOTIFY_MESSAGE")}}))\' "$@" >> "{log}"\n'
+        f"exit {exit_code}\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return log
+
+
+def calls(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+class FakeIcon:
+    HAS_NOTIFICATION = True
+
+    def __init__(self) -> None:
+        self.shown: list[tuple[str, str | None]] = []
+
+    def notify(self, message: str, title: str | None = None) -> None:
+        self.shown.append((message, title))
+
+
+def plyer_that_raises(exc: Exception, attempts: list[int] | None = None):
+    def notify(**kwargs):
+        if attempts is not None:
+            attempts.append(1)
+        raise exc
+
+    return plyer_backend(notify)
+
+
+@pytest.fixture
+def bin_dir(tmp_path, monkeypatch) -> Path:
+    """PATH is this directory (and python3's), so only the fakes put here exist."""
+    directory = tmp_path / "bin"
+    directory.mkdir()
+    (directory / "python3").symlink_to(sys.executable)  # the fakes are written in Python
+    monkeypatch.setenv("PATH", str(directory))
+    return directory
+
+
+# --- fallbacks -------------------------------------------------------------------------------
+
+
+def test_plyer_shows_it_when_it_can():
+    shown = []
+    notifier = Notifier([plyer_backend(lambda **kw: shown.append(kw))])
+    assert notifier.notify(alert(msg="Session c94186ab passed $20.00"), T0) == "sent"
+    assert shown == [
+        {
+            "title": "devmeter: Spend threshold passed",
+            "message": "Session c94186ab passed $20.00",
+            "app_name": "devmeter",
+            "timeout": 10,
+        }
+    ]
+
+
+def test_linux_without_plyer_support_falls_back_to_notify_send(bin_dir):
+    log = fake_binary(bin_dir, "notify-send")
+    notifier = Notifier([plyer_that_raises(NotImplementedError()), notify_send_backend()])
+    assert notifier.notify(alert(msg='it said "$20" -- stop'), T0) == "sent"
+    assert calls(log)[0]["argv"] == [
+        "--app-name=devmeter",
+        "--",
+        "devmeter: Spend threshold passed",
+        'it said "$20" -- stop',
+    ]
+
+
+def test_a_missing_notify_send_falls_through_to_the_tray_icon(bin_dir):
+    icon = FakeIcon()
+    notifier = Notifier(
+        [plyer_that_raises(NotImplementedError()), notify_send_backend(), icon_backend(icon)]
+    )
+    assert notifier.notify(alert(msg="hello"), T0) == "sent"
+    assert icon.shown == [("hello", "devmeter: Spend threshold passed")]
+
+
+def test_a_failing_notify_send_falls_through_too(bin_dir):
+    log = fake_binary(bin_dir, "notify-send", exit_code=1)  # e.g. no notification daemon
+    icon = FakeIcon()
+    notifier = Notifier([notify_send_backend(), icon_backend(icon)])
+    assert notifier.notify(alert(), T0) == "sent"
+    assert len(calls(log)) == 1 and len(icon.shown) == 1
+    # A failure that may be passing is tried again next time.
+    notifier.notify(alert(figure="100"), T0 + 1)
+    assert len(calls(log)) == 2
+
+
+def test_osascript_gets_title_and_text_as_arguments_never_as_script(bin_dir):
+    log = fake_binary(bin_dir, "osascript")
+    nasty = 'done" & do shell script "rm -rf ~" & "'
+    assert Notifier([osascript_backend()]).notify(alert(msg=nasty), T0) == "sent"
+    argv = calls(log)[0]["argv"]
+    assert argv[-2:] == ["devmeter: Spend threshold passed", nasty]
+    assert all(nasty not in part for part in argv[:-1])
+
+
+def test_powershell_toast_gets_title_and_text_through_the_environment(bin_dir):
+    log = fake_binary(bin_dir, "powershell")
+    assert Notifier([powershell_backend()]).notify(alert(msg="it's $20; `whoami`"), T0) == "sent"
+    (call,) = calls(log)
+    assert (call["title"], call["message"]) == (
+        "devmeter: Spend threshold passed",
+        "it's $20; `whoami`",
+    )
+    assert "it's $20" not in " ".join(call["argv"])
+
+
+def test_when_nothing_works_it_logs_and_carries_on(bin_dir, caplog):
+    class NoBalloons(FakeIcon):
+        HAS_NOTIFICATION = False
+
+    notifier = Notifier(
+        [
+            plyer_that_raises(RuntimeError("dbus exploded")),
+            notify_send_backend(),
+            icon_backend(NoBalloons()),
+        ]
+    )
+    with caplog.at_level(logging.INFO, logger="devmeter.tray.notify"):
+        assert notifier.notify(alert(msg="the message"), T0) == "failed"
+    assert "plyer failed: dbus exploded" in caplog.text
+    assert "notify-send unavailable here (notify-send not found on PATH)" in caplog.text
+    assert "no way to show 'devmeter: Spend threshold passed': the message" in caplog.text
+
+
+def test_a_backend_that_cannot_work_here_is_not_retried():
+    attempts: list[int] = []
+    shown = []
+    notifier = Notifier(
+        [
+            plyer_that_raises(NotImplementedError(), attempts),
+            Backend("fake", lambda t, m: shown.append(m)),
+        ]
+    )
+    for figure in ("5", "20", "100"):
+        notifier.notify(alert(figure=figure), T0)
+        notifier.flush(T0 + 60)
+    assert len(attempts) == 1
+    assert len(shown) == 3
+
+
+def test_the_default_chain_per_platform():
+    icon = FakeIcon()
+    names = {p: [b.name for b in default_backends(icon, p)] for p in ("darwin", "linux", "win32")}
+    assert names == {
+        "darwin": ["plyer", "osascript", "tray icon"],
+        "linux": ["plyer", "notify-send", "tray icon"],
+        "win32": ["plyer", "powershell", "tray icon"],
+    }
+    assert [b.name for b in default_backends(None, "freebsd14")] == ["plyer", "notify-send"]
+
+
+def test_long_texts_are_clipped_to_what_windows_shows():
+    shown = []
+    notifier = Notifier([Backend("fake", lambda t, m: shown.append((t, m)))])
+    notifier.notify(alert(msg="x" * 1000), T0)
+    title, message = shown[0]
+    assert len(title) <= 63 and len(message) == 255 and message.endswith("…")
+
+
+# --- rate limits -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shown() -> list[tuple[str, str]]:
+    return []
+
+
+@pytest.fixture
+def notifier(shown) -> Notifier:
+    return Notifier([Backend("fake", lambda t, m: shown.append((t, m)))])
+
+
+def test_the_same_alert_is_shown_once(notifier, shown):
+    assert notifier.notify(alert(), T0) == "sent"
+    assert notifier.notify(alert(), T0 + 5) == "duplicate"
+    assert notifier.notify(alert(figure="100"), T0 + 6) == "sent"  # a new threshold
+    assert notifier.notify(alert(key="s2"), T0 + 120) == "sent"  # another session
+    assert len(shown) == 3
+    # after an hour the same alert (say a re-armed burn rate) is news again
+    assert notifier.notify(alert(), T0 + 3601) == "sent"
+
+
+def test_a_flood_collapses_into_one_summary(notifier, shown):
+    flood = [alert("loop", key=f"s{i}") for i in range(15)] + [
+        alert("projection", key="s1", figure="50", msg="Session s1 is burning $120.00/hour")
+    ]
+    results = [notifier.notify(a, T0 + i * 0.1) for i, a in enumerate(flood)]
+    assert results == ["sent", "sent"] + ["held"] * 14
+    assert notifier.flush(T0 + 5) is None  # still gathering
+    assert notifier.flush(T0 + 12) == "sent"
+    assert len(shown) == 3
+    title, message = shown[-1]
+    assert title == "devmeter: 14 alerts"
+    assert message.startswith(
+        "13 possible loops; 1 session burning fast. Most urgent: Session s1 is burning $120.00/hour"
+    )
+    assert notifier.held == 0
+    # The minute's three are spent: the next alerts wait for the next summary.
+    assert notifier.notify(alert(key="late"), T0 + 20) == "held"
+    assert notifier.flush(T0 + 40) is None
+    assert notifier.flush(T0 + 61) == "sent"
+    assert shown[-1] == ("devmeter: Spend threshold passed", "threshold late 20")
+
+
+def test_a_block_is_never_held(notifier, shown):
+    for i in range(5):
+        notifier.notify(alert(key=f"s{i}"), T0)
+    assert notifier.notify(alert("blocked", figure="50", msg="blocked!"), T0 + 1) == "sent"
+    assert shown[-1] == ("devmeter: Requests blocked", "blocked!")
+
+
+def test_summary_leads_with_the_most_severe():
+    title, message = summary([alert("threshold"), alert("loop", msg="looping"), alert("threshold")])
+    assert title == "3 alerts"
+    assert message == "2 spend thresholds passed; 1 possible loop. Most urgent: looping"

@@ -1,0 +1,518 @@
+"""Runaway detection: recorded sessions in, the warnings a developer gets (and when) out."""
+
+from __future__ import annotations
+
+import copy
+from decimal import Decimal
+
+import pytest
+
+from devmeter.budget import Alert, BudgetTracker
+from devmeter.config_error import ConfigError
+from devmeter.runaway import (
+    RunawayConfig,
+    RunawayDetector,
+    is_human_turn,
+    parse_runaway,
+    request_fingerprint,
+)
+from devmeter.usage import Attribution, Call, Usage
+
+D = Decimal
+T0 = 1_795_000_000.0
+MIN = 60.0
+AGENT = Attribution(tool="claude-code", session="c94186ab-2b3f-417d", repo="/home/dev/src/acme")
+
+
+def call(ts: float, cost: str, who: Attribution = AGENT) -> Call:
+    return Call(
+        ts=ts,
+        provider="anthropic",
+        endpoint="anthropic.messages",
+        host="api.anthropic.com",
+        requested_model="claude-opus-5-5",
+        model="claude-opus-5-5",
+        attribution=who,
+        usage=Usage(input_tokens=50_000, output_tokens=800),
+        cost_usd=D(cost),
+        price_source="genai-prices 0.2.3",
+        status=200,
+    )
+
+
+def steady(start: float, every_s: float, count: int, cost: str) -> list[Call]:
+    return [call(start + i * every_s, cost) for i in range(count)]
+
+
+def kinds(alerts: list[Alert]) -> list[tuple[str, Decimal]]:
+    return [(a.kind, a.figure_usd) for a in alerts]
+
+
+# --- burn rate and projection ----------------------------------------------------------------
+
+
+def test_a_fast_burn_is_projected_before_the_spend_gets_there():
+    """$1 every 30 s is $120/hour: say so after minutes, not after $50 has gone."""
+    detector, budgets = RunawayDetector(), BudgetTracker()
+    timeline: list[tuple[float, Alert]] = []
+    spent = D(0)
+    for c in steady(T0, 30, 40, "1.00"):
+        spent += c.cost_usd
+        for alert in detector.observe(c) + budgets.observe(c):
+            timeline.append((spent, alert))
+
+    assert [(s, a.kind, a.figure_usd) for s, a in timeline] == [
+        (D(5), "threshold", D(5)),
+        (D(9), "projection", D(50)),  # $9 spent: $9 in the last 10 min -> $54/hour
+        (D(20), "threshold", D(20)),
+    ]
+    projection = timeline[1][1]
+    assert projection.ts == T0 + 8 * 30
+    assert (projection.scope, projection.key, projection.session) == (
+        "session",
+        AGENT.session,
+        AGENT.session,
+    )
+    assert projection.message == (
+        "Session c94186ab (claude-code in acme) is burning $54.00/hour ($9.00 in the last "
+        "10 min, $9.00 so far): at this rate it passes $63.00 within the hour. Check on it, "
+        "or pause metered traffic from the devmeter menu."
+    )
+
+
+def test_a_busy_but_sane_session_never_triggers_a_projection():
+    """$0.15 every 30 s ($18/hour) for three hours: a long day, not a runaway."""
+    detector = RunawayDetector()
+    alerts = [a for c in steady(T0, 30, 360, "0.15") for a in detector.observe(c)]
+    assert alerts == []
+    burn = detector.burn(AGENT.session, T0 + 359 * 30)
+    assert burn is not None
+    assert burn.rate_usd_per_hour == D("18.00")
+    assert burn.spent_usd == D("54.00")
+
+
+def test_one_expensive_call_is_not_a_rate():
+    detector = RunawayDetector()
+    assert detector.observe(call(T0, "15.00")) == []
+    assert detector.observe(call(T0 + 30, "0.01")) == []
+
+
+def test_a_rate_jumping_two_levels_alerts_once_naming_the_higher():
+    detector = RunawayDetector()
+    alerts = [a for c in steady(T0, 10, 3, "15.00") for a in detector.observe(c)]
+    assert kinds(alerts) == [("projection", D(200))]  # $45 in 10 min = $270/hour
+    assert [a for c in steady(T0 + 30, 10, 10, "15.00") for a in detector.observe(c)] == []
+
+
+def test_a_rate_hovering_at_a_level_does_not_flap_but_a_new_burst_after_a_lull_alerts_again():
+    detector = RunawayDetector()
+    # ~$50/hour: $0.42 every 30 s puts $8.40 in the window, then the rate wobbles around
+    # $50 as cheaper and dearer calls come and go.
+    costs = ["0.42"] * 20 + ["0.30", "0.55"] * 20
+    calls = [call(T0 + i * 30, cost) for i, cost in enumerate(costs)]
+    alerts = [a for c in calls for a in detector.observe(c)]
+    assert kinds(alerts) == [("projection", D(50))]
+
+    # Forty minutes of quiet: the rate falls to $0, below half the level, so it re-arms.
+    restart = calls[-1].ts + 40 * MIN
+    burst = [a for c in steady(restart, 20, 30, "0.60") for a in detector.observe(c)]
+    assert kinds(burst) == [("projection", D(50))]
+
+
+def test_sessions_are_rated_separately():
+    detector = RunawayDetector()
+    others = [
+        Attribution(tool="codex", session=f"worker-{i}", repo="/home/dev/src/acme")
+        for i in range(6)
+    ]
+    # Six workers at $30/hour each: $180/hour together, no single one running away.
+    alerts = [
+        a
+        for i in range(60)
+        for who in others
+        for a in detector.observe(call(T0 + i * 30, "0.25", who))
+    ]
+    assert alerts == []
+
+
+# --- loops ---------------------------------------------------------------------------------
+
+
+def test_the_same_request_eight_times_in_five_minutes_is_a_loop_reported_once():
+    detector = RunawayDetector()
+    alerts = [
+        a
+        for i, c in enumerate(steady(T0, 20, 14, "0.10"))
+        for a in detector.observe(c, fingerprint="same-failing-call", human_turn=False)
+    ]
+    assert kinds(alerts) == [("loop", D("0.80"))]
+    assert alerts[0].ts == T0 + 7 * 20
+    assert alerts[0].message == (
+        "Session c94186ab (claude-code in acme) sent 8 near-identical requests in 5 min "
+        "($0.80): it may be stuck in a loop. Check on it, or pause metered traffic from the "
+        "devmeter menu."
+    )
+
+
+def test_repeats_spread_out_or_interleaved_with_progress_are_not_a_loop():
+    detector = RunawayDetector()
+    slow = [
+        a
+        for c in steady(T0, 50, 20, "0.10")  # every 50 s: 6 in any 5 minutes
+        for a in detector.observe(c, fingerprint="poll-ci")
+    ]
+    varied = [
+        a
+        for i, c in enumerate(steady(T0 + 3600, 5, 40, "0.10"))
+        for a in detector.observe(c, fingerprint=f"step-{i % 6}")
+    ]
+    assert slow == varied == []
+
+
+def test_a_loop_that_stops_and_starts_again_is_reported_again():
+    detector = RunawayDetector()
+    first = steady(T0, 10, 9, "0.05")
+    again = steady(T0 + 20 * MIN, 10, 9, "0.05")
+    alerts = [a for c in first + again for a in detector.observe(c, fingerprint="retry")]
+    assert [a.ts for a in alerts] == [first[7].ts, again[7].ts]
+
+
+# --- unattended sessions -------------------------------------------------------------------
+
+
+def test_an_hour_without_a_human_turn_is_reported_once_and_a_human_turn_resets_it():
+    detector = RunawayDetector()
+    alerts: list[Alert] = []
+    # A prompt, then 70 minutes of tool calls every 30 s.
+    alerts += detector.observe(call(T0, "0.05"), human_turn=True)
+    for c in steady(T0 + 30, 30, 140, "0.05"):
+        alerts += detector.observe(c, human_turn=False)
+    assert kinds(alerts) == [("long_running", D("6.05"))]
+    assert alerts[0].ts == T0 + 120 * 30
+    assert alerts[0].message.startswith(
+        "Session c94186ab (claude-code in acme) has run 60 min and 121 calls ($6.05) with no "
+        "human turn."
+    )
+    # The developer answers; the clock starts again.
+    later = T0 + 75 * MIN
+    alerts = detector.observe(call(later, "0.05"), human_turn=True)
+    for c in steady(later + 30, 30, 100, "0.05"):
+        alerts += detector.observe(c, human_turn=False)
+    assert alerts == []
+
+
+def test_too_many_calls_without_a_human_turn_is_reported_even_inside_the_hour():
+    detector = RunawayDetector(parse_runaway({"long_running_calls": 50}))
+    alerts = [a for c in steady(T0, 2, 80, "0.001") for a in detector.observe(c, human_turn=False)]
+    assert [(a.kind, a.ts) for a in alerts] == [("long_running", T0 + 49 * 2)]
+
+
+def test_long_running_limits_can_be_turned_off():
+    detector = RunawayDetector(parse_runaway({"long_running_minutes": 0, "long_running_calls": 0}))
+    assert [
+        a for c in steady(T0, 30, 400, "0") for a in detector.observe(c, human_turn=False)
+    ] == []
+
+
+# --- memory --------------------------------------------------------------------------------
+
+
+def test_idle_sessions_are_evicted_and_the_session_count_is_capped():
+    detector = RunawayDetector(RunawayConfig(max_sessions=100))
+    for i in range(1000):
+        detector.observe(call(T0, "0.01", Attribution(tool="sdk", session=f"s{i}")))
+    assert len(detector) == 100
+    detector.observe(call(T0 + 3 * 3600, "0.01"))  # three hours later
+    assert len(detector) == 1
+    assert detector.burn("s999", T0 + 3 * 3600) is None
+
+
+def test_a_long_loop_keeps_bounded_windows():
+    detector = RunawayDetector()
+    for c in steady(T0, 0.01, 20_000, "0.0001"):
+        detector.observe(c, fingerprint="x", human_turn=False)
+    state = detector._sessions[AGENT.session]
+    assert len(state.prints) <= 4 * 8 + 64
+    assert len(state.costs) <= 4096
+
+
+# --- fingerprints --------------------------------------------------------------------------
+
+
+def anthropic_tool_turn(n: int, tool_id: str, output: str, command: str = "npm test") -> dict:
+    """A Claude Code request after n turns of running a tool that keeps failing."""
+    history = []
+    for i in range(n):
+        history += [
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "thinking", "thinking": f"try {i}", "signature": f"sig{i}"},
+                    {
+                        "type": "tool_use",
+                        "id": f"toolu_0{i}{tool_id}",
+                        "name": "Bash",
+                        "input": {"command": command},
+                    },
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": f"toolu_0{i}{tool_id}",
+                        "content": output,
+                        "is_error": True,
+                        "cache_control": {"type": "ephemeral"},
+                    }
+                ],
+            },
+        ]
+    return {
+        "model": "claude-opus-5-5",
+        "max_tokens": 32000,
+        "metadata": {"user_id": f'{{"session_id": "{tool_id}"}}'},
+        "messages": [{"role": "user", "content": "fix the tests"}, *history],
+    }
+
+
+def test_a_failing_tool_retried_with_new_ids_and_timestamps_has_one_fingerprint():
+    first = anthropic_tool_turn(
+        1,
+        "1AbC",
+        "FAIL src/api.test.ts (3.21 s)\n  at 2026-11-23T10:15:02.120Z run 4f3e9a2b1c0d9e8f",
+    )
+    tenth = anthropic_tool_turn(
+        10,
+        "9XyZ",
+        "FAIL src/api.test.ts (2.97 s)\n  at 2026-11-23T10:19:44.881Z run 0d1e2f3a4b5c6d7e",
+    )
+    assert request_fingerprint(first) == request_fingerprint(tenth)
+
+
+def test_a_different_command_output_or_model_is_a_different_request():
+    base = request_fingerprint(anthropic_tool_turn(2, "a", "FAIL"))
+    assert request_fingerprint(anthropic_tool_turn(2, "a", "PASS")) != base
+    assert request_fingerprint(anthropic_tool_turn(2, "a", "FAIL", "npm run lint")) != base
+    other_model = anthropic_tool_turn(2, "a", "FAIL") | {"model": "claude-haiku-5"}
+    assert request_fingerprint(other_model) != base
+    assert request_fingerprint(anthropic_tool_turn(2, "a", "FAIL"), model="gemini-3") != base
+
+
+def test_numbers_in_tool_input_matter_numbers_in_tool_output_do_not():
+    def read(offset: int, output: str) -> dict:
+        body = anthropic_tool_turn(1, "a", output)
+        body["messages"][1]["content"][1]["input"] = {"file_path": "/a.py", "offset": offset}
+        return body
+
+    assert request_fingerprint(read(100, "line 100")) != request_fingerprint(read(200, "line 200"))
+    assert request_fingerprint(read(100, "took 1.2s")) == request_fingerprint(read(100, "took 9s"))
+
+
+def test_openai_chat_tool_loops_ignore_call_ids():
+    def body(call_id: str, extra_history: int) -> dict:
+        return {
+            "model": "gpt-6.1",
+            "messages": [{"role": "user", "content": "deploy"}]
+            + [{"role": "assistant", "content": "working"}] * extra_history
+            + [
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {
+                            "id": call_id,
+                            "type": "function",
+                            "function": {"name": "deploy", "arguments": '{"env": "prod"}'},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": call_id, "content": "error: locked"},
+            ],
+        }
+
+    assert request_fingerprint(body("call_abc", 0)) == request_fingerprint(body("call_xyz", 5))
+
+
+def test_responses_and_gemini_bodies_fingerprint_their_last_turn():
+    def responses(call_id: str, args: str) -> dict:
+        return {
+            "type": "response.create",
+            "model": "gpt-6.1-sol",
+            "input": [
+                {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "go"}],
+                },
+                {"type": "reasoning", "encrypted_content": call_id},
+                {"type": "function_call", "call_id": call_id, "name": "shell", "arguments": args},
+                {"type": "function_call_output", "call_id": call_id, "output": "exit 1"},
+            ],
+        }
+
+    assert request_fingerprint(responses("call_1", '{"cmd":["ls"]}')) == request_fingerprint(
+        responses("call_2", '{"cmd": ["ls"]}')
+    )
+    assert request_fingerprint(responses("call_1", '{"cmd":["ls"]}')) != request_fingerprint(
+        responses("call_1", '{"cmd":["pwd"]}')
+    )
+
+    def gemini(result: str) -> dict:
+        return {
+            "contents": [
+                {"role": "user", "parts": [{"text": "go"}]},
+                {"role": "model", "parts": [{"functionCall": {"name": "ls", "args": {}}}]},
+                {
+                    "role": "user",
+                    "parts": [{"functionResponse": {"name": "ls", "response": result}}],
+                },
+            ]
+        }
+
+    assert request_fingerprint(gemini("a")) != request_fingerprint(gemini("b"))
+
+
+def test_fingerprints_keep_no_text_and_are_keyed_per_process():
+    body = {"model": "m", "messages": [{"role": "user", "content": "my secret plan"}]}
+    fp = request_fingerprint(body)
+    assert len(fp) == 32 and "secret" not in fp
+    assert request_fingerprint(body) == fp
+    assert request_fingerprint(body, key=b"another process") != fp
+
+
+def test_fingerprinting_a_huge_body_is_bounded_and_does_not_mutate_it():
+    body = anthropic_tool_turn(3, "a", "x" * 5_000_000)
+    before = copy.deepcopy(body)
+    assert len(request_fingerprint(body)) == 32
+    assert body == before
+
+
+def nested(depth: int) -> dict:
+    body: dict = {"x": 1}
+    for _ in range(depth):
+        body = {"content": [body]}
+    return body
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"messages": []},
+        {"messages": "2 messages"},
+        {"input": 3},
+        {"model": "m\ud800", "messages": [{"role": "user", "content": "lone \udc00 surrogate"}]},
+        {"messages": [{"role": "user", "content": [nested(5000)]}]},
+        [1, 2, 3],
+        None,
+    ],
+)
+def test_fingerprint_of_an_unreadable_body_is_still_a_fingerprint(body):
+    assert len(request_fingerprint(body)) == 32
+    assert is_human_turn(body) in (True, False)
+
+
+# --- human turns ---------------------------------------------------------------------------
+
+HUMAN = [
+    {"messages": [{"role": "user", "content": "say hi"}]},
+    # Claude Code: reminders ride along with the typed prompt
+    {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "<system-reminder>todo list</system-reminder>"},
+                    {"type": "text", "text": "now fix the bug"},
+                ],
+            }
+        ]
+    },
+    {"messages": [{"role": "user", "content": [{"type": "image", "source": {}}]}]},
+    {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]},
+    {"input": "say hi"},
+    {
+        "input": [
+            {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "say hi"}],
+            }
+        ]
+    },
+    {"input": [{"role": "user", "content": "say hi"}]},
+    {"contents": [{"role": "user", "parts": [{"text": "say hi"}]}]},
+    {"request": {"contents": [{"role": "user", "parts": [{"text": "say hi"}]}]}},
+]
+
+MACHINE = [
+    anthropic_tool_turn(1, "a", "ok"),
+    {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "t", "content": "ok"},
+                    {"type": "text", "text": "<system-reminder>…</system-reminder>"},
+                ],
+            }
+        ]
+    },
+    {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "{"}]},
+    {"messages": [{"role": "tool", "tool_call_id": "c", "content": "ok"}]},
+    {"messages": [{"role": "user", "content": "   "}]},
+    {"input": [{"type": "function_call_output", "call_id": "c", "output": "ok"}]},
+    {"input": [{"type": "custom_tool_call_output", "call_id": "c", "output": "ok"}]},
+    {"contents": [{"role": "user", "parts": [{"functionResponse": {"name": "ls"}}]}]},
+    {},
+    {"messages": "2 messages"},
+    {"input": []},
+]
+
+
+@pytest.mark.parametrize("body", HUMAN)
+def test_a_person_typing_is_a_human_turn(body):
+    assert is_human_turn(body) is True
+
+
+@pytest.mark.parametrize("body", MACHINE)
+def test_tool_results_and_unreadable_bodies_are_not_human_turns(body):
+    assert is_human_turn(body) is False
+
+
+# --- config --------------------------------------------------------------------------------
+
+
+def test_runaway_defaults_and_overrides():
+    assert parse_runaway(None) == parse_runaway({}) == RunawayConfig()
+    config = parse_runaway(
+        {"window_minutes": 15, "projection_usd": [30, 100.5], "loop_count": 0, "rearm_ratio": 0.25}
+    )
+    assert config.window_minutes == 15
+    assert config.projection_usd == (D(30), D("100.5"))
+    assert config.loop_count == 0
+    assert config.rearm_ratio == D("0.25")
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "says"),
+    [
+        ({"window": 10}, "runaway.window", "valid keys in [runaway]: window_minutes"),
+        ({"window_minutes": 0}, "runaway.window_minutes", "above 0"),
+        ({"window_minutes": "10"}, "runaway.window_minutes", "expected a number"),
+        ({"projection_usd": [200, 50]}, "runaway.projection_usd", "ascending"),
+        ({"projection_usd": 50}, "runaway.projection_usd", "a list"),
+        ({"loop_count": 2.5}, "runaway.loop_count", "whole number"),
+        ({"loop_count": True}, "runaway.loop_count", "whole number"),
+        ({"min_calls": 0}, "runaway.min_calls", "above 0"),
+        ({"long_running_calls": -1}, "runaway.long_running_calls", "or 0 for off"),
+        ({"rearm_ratio": 1}, "runaway.rearm_ratio", "between 0 and 1"),
+        ({"idle_evict_minutes": 5}, "runaway.idle_evict_minutes", "at least window_minutes"),
+    ],
+)
+def test_bad_runaway_config_names_the_key(table, key, says):
+    with pytest.raises(ConfigError) as caught:
+        parse_runaway(table)
+    assert caught.value.key == key
+    assert says in caught.value.message
