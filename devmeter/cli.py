@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from devmeter import __version__, reports, shellenv
+from devmeter import __version__, control, reports, shellenv
 from devmeter.config import Config, ConfigError, load, parse_listen, parse_upstream_arg
 from devmeter.ledger import connect_readonly
 from devmeter.paths import Paths, paths
@@ -74,6 +74,30 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="JSON rows, costs as numbers in USD")
     fmt.add_argument("--csv", action="store_true")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("alerts", help="budget, burn-rate and loop alerts the proxy raised")
+    p.add_argument("--since", help="7d, 12h, 30m, today, or a date such as 2026-11-01")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_alerts)
+
+    p = sub.add_parser(
+        "allow", help="lift a hard cap: a session's, a repo's, today's or this month's"
+    )
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("session", nargs="?", help="the session id the block message named")
+    target.add_argument("--repo", help="lift the repo cap for this repo (its path)")
+    target.add_argument("--day", action="store_true", help="lift today's cap")
+    target.add_argument("--month", action="store_true", help="lift this month's cap")
+    p.set_defaults(func=cmd_allow)
+
+    p = sub.add_parser("pause", help="refuse all metered traffic until `devmeter resume`")
+    p.set_defaults(func=cmd_pause, paused=True)
+    p = sub.add_parser("resume", help="let metered traffic through again")
+    p.set_defaults(func=cmd_pause, paused=False)
+
+    p = sub.add_parser("routing", help="show or set model routing: off, shadow or on")
+    p.add_argument("mode", nargs="?", choices=("off", "shadow", "on", "config"))
+    p.set_defaults(func=cmd_routing)
 
     p = sub.add_parser("config", help="show the config file's path, or create it")
     p.add_argument("--init", action="store_true", help="write a commented template if missing")
@@ -220,6 +244,54 @@ def cmd_report(args: argparse.Namespace, config: Config, where: Paths) -> int:
         print(f"No calls since {args.since}.")
     else:
         sys.stdout.write(reports.to_table(rows, args.by))
+    return 0
+
+
+def cmd_alerts(args: argparse.Namespace, config: Config, where: Paths) -> int:
+    conn = connect_readonly(where.ledger)
+    since = reports.parse_since(args.since) if args.since else None
+    rows = reports.alerts(conn, since) if conn is not None else []
+    if args.json:
+        sys.stdout.write(reports.to_json(rows))
+    elif not rows:
+        print("No alerts." if conn is not None else f"No ledger yet at {where.ledger}.")
+    else:
+        sys.stdout.write(reports.alerts_table(rows))
+    return 0
+
+
+def cmd_allow(args: argparse.Namespace, config: Config, where: Paths) -> int:
+    if args.session:
+        scope, key = "session", args.session
+    elif args.repo:
+        scope, key = "repo", str(Path(args.repo).expanduser().resolve())
+    else:
+        scope = "day" if args.day else "month"
+        key = time.strftime("%Y-%m-%d" if args.day else "%Y-%m")
+    path = control.control_path(where.data_dir)
+    current = control.load(path)
+    control.update(path, allowed=(*current.allowed, (scope, key, time.time())))
+    print(f"devmeter: lifted the {scope} cap for {key}; the proxy applies it within a second.")
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace, config: Config, where: Paths) -> int:
+    control.update(control.control_path(where.data_dir), paused=args.paused)
+    if args.paused:
+        print("devmeter: metered traffic is paused; `devmeter resume` lets it through again.")
+    else:
+        print("devmeter: metered traffic resumed.")
+    return 0
+
+
+def cmd_routing(args: argparse.Namespace, config: Config, where: Paths) -> int:
+    path = control.control_path(where.data_dir)
+    configured = config.section("routing").mode
+    if args.mode is not None:
+        control.update(path, routing_mode=None if args.mode == "config" else args.mode)
+    chosen = control.load(path).routing_mode
+    source = "set with `devmeter routing`" if chosen else f"from {where.config_file}"
+    print(f"routing mode: {chosen or configured} ({source})")
     return 0
 
 

@@ -67,6 +67,8 @@ class Config:
 # that this module stays importable on its own: key -> (module, function).
 EXTRA_SECTIONS: dict[str, tuple[str, str]] = {
     "routing": ("devmeter.routing", "parse_routing"),
+    "budgets": ("devmeter.budget", "parse_budgets"),
+    "runaway": ("devmeter.runaway", "parse_runaway"),
 }
 
 KNOWN_SECTIONS = ("proxy", "upstream", "prices", "ledger")

@@ -15,11 +15,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
 
+from devmeter.budget import Alert
 from devmeter.usage import Call
 
 PICO = Decimal(10) ** 12
@@ -122,23 +122,11 @@ def call_row(call: Call) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class AlertRow:
-    ts: float
-    kind: str
-    scope: str
-    key: str
-    figure_usd: Decimal | None
-    message: str
-    session: str | None = None
-    repo: str | None = None
-    tool: str | None = None
-
-    def row(self) -> tuple[Any, ...]:
-        return (
-            self.ts, self.kind, self.scope, self.key, to_pusd(self.figure_usd), self.message,
-            self.session, self.repo, self.tool,
-        )  # fmt: skip
+def alert_row(alert: Alert) -> tuple[Any, ...]:
+    return (
+        alert.ts, alert.kind, alert.scope, alert.key, to_pusd(alert.figure_usd), alert.message,
+        alert.session, alert.repo, alert.tool,
+    )  # fmt: skip
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -213,9 +201,9 @@ class LedgerWriter:
         self._idle.clear()
         self._queue.put(call)
 
-    def add_alert(self, alert: AlertRow) -> None:
+    def add_alert(self, alert: Alert) -> None:
         self._idle.clear()
-        self._queue.put((INSERT_ALERT, alert.row()))
+        self._queue.put((INSERT_ALERT, alert_row(alert)))
 
     @property
     def backlog(self) -> int:

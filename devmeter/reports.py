@@ -162,6 +162,33 @@ def savings_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+ALERT_FIELDS = ("ts", "kind", "scope", "key", "figure_usd", "message", "session", "repo", "tool")
+
+
+def alerts(conn: sqlite3.Connection, since: float | None = None) -> list[dict[str, Any]]:
+    where, params = ("WHERE ts >= ?", [since]) if since is not None else ("", [])
+    sql = (
+        "SELECT ts, kind, scope, key, figure_pusd, message, session, repo, tool "
+        f"FROM alerts {where} ORDER BY ts, id"
+    )
+    rows = []
+    for row in conn.execute(sql, params).fetchall():
+        item = dict(zip(ALERT_FIELDS, row, strict=True))
+        item["ts"] = datetime.fromtimestamp(item["ts"]).astimezone().isoformat(timespec="seconds")
+        item["figure_usd"] = None if item["figure_usd"] is None else _usd(item["figure_usd"])
+        rows.append(item)
+    return rows
+
+
+def alerts_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        f"{r['ts'][:19].replace('T', ' ')}  {r['kind']:<12} {r['scope']:<8} "
+        f"{format_usd(r['figure_usd']):>10}  {r['message']}"
+        for r in rows
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def _request_row(row: dict[str, Any]) -> dict[str, Any]:
     pusd = row.pop("cost_pusd")
     row["cost_usd"] = None if pusd is None else _usd(pusd)

@@ -44,6 +44,7 @@ class Router:
         self, config: routing.RoutingConfig, overrides: tuple[PriceOverride, ...] = ()
     ) -> None:
         self.config = config
+        self.configured_mode = config.mode
         self._overrides = overrides
         self._lock = threading.Lock()
         self._spend: dict[str, Decimal] = {}

@@ -8,6 +8,7 @@ copies each chunk into the parser and returns it unchanged.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import traceback
@@ -19,7 +20,10 @@ import httpx2
 from mitmproxy import http
 
 from devmeter import metering
+from devmeter.budget import Alert, Block
+from devmeter.control import ControlWatcher
 from devmeter.decoding import Decoder, decoder_for
+from devmeter.guard import Guard, request_signals
 from devmeter.pricing import PriceOverride
 from devmeter.providers import (
     Endpoint,
@@ -28,7 +32,7 @@ from devmeter.providers import (
     new_response_parser,
     parse_request,
 )
-from devmeter.router import RoutePlan, Router
+from devmeter.router import REQUEST_CLASS_HEADER, RoutePlan, Router
 from devmeter.routing import should_fallback
 from devmeter.usage import Attribution, Call, RequestInfo, ResponseResult, Usage
 
@@ -55,6 +59,9 @@ class FlowState:
     ws_requests: list[RequestInfo] = field(default_factory=list)
     # Routing: the plan, and the request as the client sent it (for a fallback).
     plan: RoutePlan | None = None
+    # Guard rails: loop fingerprint and human turn of the request; the block, if refused.
+    signals: tuple[str | None, bool | None] = (None, None)
+    blocked: str | None = None
     original: tuple[bytes, list[tuple[str, str]]] | None = None
     fell_back: bool = False
 
@@ -82,9 +89,15 @@ class Meter:
         upstreams: dict[str, str] | None = None,
         overrides: tuple[PriceOverride, ...] = (),
         router: Router | None = None,
+        guard: Guard | None = None,
+        on_alert: Callable[[Alert], None] | None = None,
+        control: ControlWatcher | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._router = router
+        self._guard = guard
+        self._on_alert = on_alert
+        self._control = control
         self._record = record
         self._attribute = attribute
         self._upstreams = {h.lower(): Upstream.from_url(u) for h, u in (upstreams or {}).items()}
@@ -96,9 +109,12 @@ class Meter:
     def request(self, flow: http.HTTPFlow) -> None:
         host = flow.request.pretty_host.lower()
         try:
+            self._apply_control()
             self._start(flow, host)
         except Exception:
             self._internal_error(flow, host, "request")
+        if flow.response is not None:
+            return  # refused by a cap or a pause: nothing goes upstream
         # Mapping comes last and unguarded by metering: it decides where the call goes.
         upstream = self._upstreams.get(host)
         if upstream is not None:
@@ -121,8 +137,23 @@ class Meter:
             host=host,
         )
         flow.metadata[METADATA_KEY] = state
+        if self._guard is not None:
+            block = self._guard.check(state.attribution, now)
+            if block is not None:
+                _refuse(flow, state, block)
+                return
+            state.signals = _signals(body, flow.request.headers)
         if self._router is not None and flow.websocket is None:
             self._route(flow, state, body, now)
+
+    def _apply_control(self) -> None:
+        control = self._control.poll() if self._control is not None else None
+        if control is None:
+            return
+        if self._guard is not None:
+            self._guard.apply(control)
+        if self._router is not None:
+            self._router.set_mode(control.routing_mode or self._router.configured_mode)
 
     def _route(self, flow: http.HTTPFlow, state: FlowState, body: bytes, now: float) -> None:
         router = self._router
@@ -306,6 +337,8 @@ class Meter:
         )
 
     def _record_settled(self, state: FlowState, call: Call) -> None:
+        if state.blocked is not None:
+            call = replace(call, error=state.blocked)
         if self._router is not None:
             try:
                 call = self._router.settle(call, state.plan, state.fell_back)
@@ -314,6 +347,10 @@ class Meter:
                     call, error=f"devmeter routing bookkeeping failed: {_short_traceback()}"
                 )
         self._record(call)
+        if self._guard is not None and state.blocked is None:
+            for alert in self._guard.observe(call, *state.signals):
+                if self._on_alert is not None:
+                    self._on_alert(alert)
 
     # -- failures ----------------------------------------------------------------------------
 
@@ -373,6 +410,25 @@ def _result(state: FlowState) -> ResponseResult:
     if state.decoder is None and state.tap_error is None:
         state.tap_error = "response body in an encoding devmeter cannot decode"
     return state.parser.result()
+
+
+def _refuse(flow: http.HTTPFlow, state: FlowState, block: Block) -> None:
+    """Answer in the provider's own error shape, with a status clients do not retry."""
+    status, body = block.error_response(state.endpoint.api)
+    state.blocked = block.message
+    flow.response = http.Response.make(
+        status,
+        json.dumps(body).encode(),
+        {"content-type": "application/json", "x-should-retry": "false"},
+    )
+
+
+def _signals(body: bytes, headers: http.Headers) -> tuple[str | None, bool | None]:
+    try:
+        parsed = json.loads(body) if body else None
+    except ValueError:
+        return None, None
+    return request_signals(parsed, headers.get(REQUEST_CLASS_HEADER))
 
 
 def _counts(usage: Usage) -> tuple[int, ...]:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -17,8 +18,11 @@ from mitmproxy.tools.dump import DumpMaster
 
 from devmeter import cabundle
 from devmeter.attribution import Attributor
+from devmeter.budget import Alert
 from devmeter.config import Config
-from devmeter.ledger import LedgerWriter
+from devmeter.control import ControlWatcher, control_path
+from devmeter.guard import AlertDispatcher, Guard, print_alert
+from devmeter.ledger import LedgerWriter, connect_readonly
 from devmeter.paths import Paths
 from devmeter.providers import INTERCEPT_HOSTS
 from devmeter.proxy.meter import Meter
@@ -87,13 +91,27 @@ def _address(address: object) -> tuple[str, int] | None:
 
 
 async def serve(
-    config: Config, paths: Paths, on_call: Callable[[Call], None] | None = None
+    config: Config,
+    paths: Paths,
+    on_call: Callable[[Call], None] | None = None,
+    notify: bool = True,
 ) -> None:
     host, port = config.listen
     paths.ca_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(paths.ca_dir, 0o700)
     writer = LedgerWriter(paths.ledger)
     attributor = Attributor(proxy_port=port or None)
+    guard = Guard(
+        config.section("budgets"), config.section("runaway"), config_path=str(paths.config_file)
+    )
+    _seed(guard, paths)
+    dispatcher = AlertDispatcher(*_notifier()) if notify else None
+
+    def on_alert(alert: Alert) -> None:
+        writer.add_alert(alert)
+        print_alert(alert)
+        if dispatcher is not None:
+            dispatcher.send(alert)
 
     def record(call: Call) -> None:
         writer.add_call(call)
@@ -117,7 +135,10 @@ async def serve(
             upstreams=dict(config.upstreams),
             overrides=config.prices,
             router=Router(config.section("routing"), config.prices),
-        )
+            guard=guard,
+            on_alert=on_alert,
+            control=ControlWatcher(control_path(paths.data_dir)),
+        ),
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -132,6 +153,8 @@ async def serve(
         await run
     finally:
         writer.close()
+        if dispatcher is not None:
+            dispatcher.close()
         paths.proxy_state.unlink(missing_ok=True)
 
 
@@ -147,6 +170,25 @@ async def _wait_bound(master: DumpMaster, run: asyncio.Future[None]) -> tuple[st
             return str(addresses[0][0]), int(addresses[0][1])
         await asyncio.sleep(0.01)
     raise SystemExit("devmeter: the proxy did not start listening within 5 seconds")
+
+
+def _seed(guard: Guard, paths: Paths) -> None:
+    conn = connect_readonly(paths.ledger)
+    if conn is None:
+        return
+    try:
+        guard.seed_from_ledger(conn, time.time())
+    except sqlite3.Error as exc:
+        print(f"devmeter: could not read past spend from {paths.ledger}: {exc}", file=sys.stderr)
+    finally:
+        conn.close()
+
+
+def _notifier() -> tuple[Callable[[Alert], object], Callable[[], object]]:
+    from devmeter.tray.notify import Notifier
+
+    notifier = Notifier()
+    return notifier.notify, notifier.flush
 
 
 def _write_state(path: Path, bound: tuple[str, int]) -> None:

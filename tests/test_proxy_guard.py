@@ -1,0 +1,159 @@
+"""Guard rails through a real proxy: a threshold notifies once, a cap blocks, `allow` lifts it.
+
+Notifications are captured with a stand-in `notify-send` on the proxy's PATH, so the
+whole chain runs for real: the proxy's notifier, plyer, then the Linux fallback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import anthropic
+import pytest
+
+from tests.fake_upstream import FakeUpstream
+from tests.proxy_harness import RunningProxy, start_proxy
+
+pytestmark = pytest.mark.proxy
+
+M = Decimal(1_000_000)
+# One call: 1200 input + 345 output on Claude Opus 5.5 ($4 / $20 per million) = $0.0117.
+USAGE = {
+    "input_tokens": 1200, "cache_read_tokens": 0, "cache_write_5m_tokens": 0,
+    "cache_write_1h_tokens": 0, "output_tokens": 345, "reasoning_tokens": 0,
+}  # fmt: skip
+PER_CALL = (1200 * 4 + 345 * 20) / M
+
+CONFIG = """
+[budgets.session]
+notify_usd = [0.02]
+block_usd = 0.03
+"""
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream(usage=USAGE) as server:
+        yield server
+
+
+@pytest.fixture()
+def notifications(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A notify-send that writes what it was asked to show into a file."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "notifications.jsonl"
+    script = bin_dir / "notify-send"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import json, sys\n"
+        f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+    )
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+@pytest.fixture()
+def proxy(upstream: FakeUpstream, notifications: Path, tmp_path: Path) -> Iterator[RunningProxy]:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(CONFIG)
+    running = start_proxy(home, upstream.url)
+    yield running
+    running.stop()
+
+
+def client(proxy: RunningProxy, session: str) -> anthropic.Anthropic:
+    http = anthropic.DefaultHttpxClient(
+        proxy=proxy.url, verify=ssl.create_default_context(cafile=str(proxy.bundle))
+    )
+    return anthropic.Anthropic(
+        api_key="sk-ant-test", http_client=http, default_headers={"X-Devmeter-Session": session}
+    )
+
+
+def ask(c: anthropic.Anthropic) -> None:
+    c.messages.create(
+        model="claude-opus-5-5", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
+    )
+
+
+def shown(log: Path, timeout: float = 10) -> list[list[str]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and log.read_text().strip():
+            time.sleep(0.3)  # let a second (unwanted) notification show up if there is one
+            return [json.loads(line) for line in log.read_text().splitlines()]
+        time.sleep(0.05)
+    return []
+
+
+def devmeter(proxy: RunningProxy, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "devmeter", *args],
+        env=proxy.env(), capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+
+
+def test_threshold_notifies_once_then_the_cap_blocks_without_retries(
+    proxy: RunningProxy, upstream: FakeUpstream, notifications: Path
+) -> None:
+    c = client(proxy, "runaway-1")
+    ask(c)  # $0.0117
+    assert not notifications.exists()
+    ask(c)  # $0.0234: crosses the $0.02 threshold
+    (note,) = shown(notifications)
+    text = " ".join(note)
+    assert "runaway-1" in text and "$0.02" in text
+
+    ask(c)  # $0.0351: reaches the $0.03 cap (the call itself was already allowed)
+    sent_before = len(upstream.find("anthropic.messages"))
+    with pytest.raises(anthropic.PermissionDeniedError) as caught:
+        ask(c)
+    message = caught.value.message
+    assert "devmeter:" in message
+    assert "devmeter allow runaway-1" in message
+    # Refused at the proxy: the provider never saw it, and the SDK did not retry.
+    assert len(upstream.find("anthropic.messages")) == sent_before
+    rows = proxy.new_calls(4)
+    blocked = rows[-1]
+    assert blocked["status"] == 403 and blocked["cost_usd"] == 0
+    assert blocked["error"].startswith("devmeter:")
+    assert sum(r["cost_usd"] for r in rows) == 3 * PER_CALL
+    assert len(proxy.rows("status = 403")) == 1  # one attempt, not ten
+
+    # The alerts are ledger rows too: the threshold once, then the cap.
+    alerts = json.loads(devmeter(proxy, "alerts", "--json").stdout)
+    kinds = [(a["kind"], a["scope"], a["key"]) for a in alerts]
+    assert kinds.count(("threshold", "session", "runaway-1")) == 1
+    assert ("blocked", "session", "runaway-1") in kinds
+
+    # Other sessions are not blocked by this session's cap.
+    ask(client(proxy, "someone-else"))
+
+    # `devmeter allow` lifts the cap for this session.
+    assert "lifted" in devmeter(proxy, "allow", "runaway-1").stdout
+    time.sleep(0.6)  # the proxy re-reads its control file at most twice a second
+    ask(c)
+
+
+def test_pause_refuses_everything_until_resume(proxy: RunningProxy) -> None:
+    devmeter(proxy, "pause")
+    time.sleep(0.6)
+    with pytest.raises(anthropic.PermissionDeniedError) as caught:
+        ask(client(proxy, "p"))
+    assert "devmeter: metered traffic is paused" in caught.value.message
+    assert "devmeter resume" in caught.value.message
+    devmeter(proxy, "resume")
+    time.sleep(0.6)
+    ask(client(proxy, "p"))
