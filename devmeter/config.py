@@ -43,6 +43,30 @@ TEMPLATE = """\
 [ledger]
 # Keep prompt and completion text in the ledger. Off: devmeter stores counts only.
 # store_text = false
+
+# Notices when spend crosses a threshold; block_usd refuses further calls (off by default).
+# [budgets.session]
+# notify_usd = [5, 20, 100]
+# block_usd = 200
+#
+# [budgets.day]
+# notify_usd = [50, 200]
+
+# Burn rate, loops and sessions running with nobody at the keyboard.
+# [runaway]
+# window_minutes = 10
+
+[routing]
+# off: never rewrite; shadow: record what a rule would save; on: rewrite.
+mode = "shadow"
+# Built-in rules to switch on:
+# enable = ["claude-code-background-to-haiku", "small-format-to-mini"]
+#
+# [[routing.rules]]
+# name = "opus-over-budget"
+# model = "claude-opus-*"
+# session_spend_over_usd = 20
+# to = "claude-sonnet-5-5"
 """
 
 
@@ -221,6 +245,9 @@ def locate(text: str, key: str) -> int | None:
             if depth == len(parts) - 1:
                 return start + 1
             continue
+        deeper = re.compile(rf"^\s*\[\[?\s*{re.escape(dotted)}\.")
+        if depth < len(parts) - 1 and any(deeper.match(line) for line in lines[start:]):
+            continue  # only sub-tables are written out, e.g. [budgets.day] for budgets
         # `name = ...`, or a dotted key `name.more = ...`
         assignment = re.compile(rf'^\s*"?{re.escape(name)}"?\s*[=.]')
         for i in range(start, len(lines)):

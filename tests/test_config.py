@@ -87,3 +87,33 @@ def test_upstream_argument() -> None:
         parse_upstream_arg("api.openai.com")
     with pytest.raises(ConfigError, match="base URL"):
         parse_upstream_arg("api.openai.com=ftp://x")
+
+
+def test_nested_sections_are_located(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[budgets.session]\nnotify_usd = [5]\n\n[budgets.day]\nnotify_usd = [50, 20]\n',
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert caught.value.key.startswith("budgets.day")
+    assert caught.value.line == 5
+
+
+def test_routing_rule_errors_are_located(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[routing]\nmode = "on"\n\n[[routing.rules]]\nname = "a"\nmodel = "claude-opus-*"\n'
+        'to = "claude-haiku-5-5"\n\n[[routing.rules]]\nname = "b"\nmodel = "gpt-*"\nto = 42\n',
+    )
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert caught.value.key == "routing.rules[1].to"
+    assert caught.value.line == 12
+
+
+def test_template_is_a_valid_config(tmp_path: Path) -> None:
+    from devmeter.config import TEMPLATE
+
+    config = load(write(tmp_path, TEMPLATE))
+    assert config.section("routing").mode == "shadow"
