@@ -40,10 +40,6 @@ TEMPLATE = """\
 # model = "my-local-llama"
 # free = true
 
-[ledger]
-# Keep prompt and completion text in the ledger. Off: devmeter stores counts only.
-# store_text = false
-
 # Notices when spend crosses a threshold; block_usd refuses further calls (off by default).
 # [budgets.session]
 # notify_usd = [5, 20, 100]
@@ -76,7 +72,6 @@ class Config:
     listen: tuple[str, int] = DEFAULT_LISTEN
     upstreams: Mapping[str, str] = field(default_factory=dict)
     prices: tuple[PriceOverride, ...] = ()
-    store_text: bool = False
     # Sections other modules parse (budgets, runaway, routing), already validated.
     sections: Mapping[str, Any] = field(default_factory=dict)
 
@@ -95,7 +90,7 @@ EXTRA_SECTIONS: dict[str, tuple[str, str]] = {
     "runaway": ("devmeter.runaway", "parse_runaway"),
 }
 
-KNOWN_SECTIONS = ("proxy", "upstream", "prices", "ledger")
+KNOWN_SECTIONS = ("proxy", "upstream", "prices")
 
 
 def load(path: Path) -> Config:
@@ -127,11 +122,6 @@ def _config_from_table(table: dict[str, Any], path: Path) -> Config:
             raise ConfigError(name, f"unknown section; valid sections are {', '.join(known)}")
     proxy = _table(table, "proxy")
     _only_keys("proxy", proxy, ("listen",))
-    ledger = _table(table, "ledger")
-    _only_keys("ledger", ledger, ("store_text",))
-    store_text = ledger.get("store_text", False)
-    if not isinstance(store_text, bool):
-        raise ConfigError("ledger.store_text", "must be true or false")
     sections = {name: _parse_extra(name, table.get(name, {})) for name in EXTRA_SECTIONS}
     return Config(
         path=path,
@@ -143,7 +133,6 @@ def _config_from_table(table: dict[str, Any], path: Path) -> Config:
             for host, url in _table(table, "upstream").items()
         },
         prices=parse_overrides(table.get("prices", [])),
-        store_text=store_text,
         sections=sections,
     )
 

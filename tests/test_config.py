@@ -25,17 +25,16 @@ def test_full_config(tmp_path: Path) -> None:
             tmp_path,
             '[proxy]\nlisten = "127.0.0.1:9999"\n\n[upstream]\n'
             '"api.anthropic.com" = "http://127.0.0.1:9000/"\n\n'
-            '[[prices]]\nmodel = "claude-*"\ndiscount = 0.1\n\n[ledger]\nstore_text = true\n',
+            '[[prices]]\nmodel = "claude-*"\ndiscount = 0.1\n',
         )
     )
     assert config.listen == ("127.0.0.1", 9999)
     assert config.upstreams == {"api.anthropic.com": "http://127.0.0.1:9000"}
     assert config.prices[0].model == "claude-*"
-    assert config.store_text is True
 
 
 def test_invalid_toml_names_file_and_line(tmp_path: Path) -> None:
-    path = write(tmp_path, '[proxy]\nlisten = "127.0.0.1:1"\n\n[ledger\nstore_text = true\n')
+    path = write(tmp_path, '[proxy]\nlisten = "127.0.0.1:1"\n\n[upstream\n"a" = "http://b"\n')
     with pytest.raises(ConfigError) as caught:
         load(path)
     text = str(caught.value)
