@@ -32,17 +32,15 @@ import copy
 import fnmatch
 import json
 import os
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from difflib import get_close_matches
 from typing import Any, Literal
 
-import genai_prices
 from genai_prices import data_snapshot
 
-from devmeter import model_limits
+from devmeter import model_limits, pricing
 from devmeter.config_error import ConfigError
 from devmeter.model_limits import EFFORT_ORDER, ModelSpec
 from devmeter.usage import Usage
@@ -620,39 +618,9 @@ def _usd(amount: Decimal) -> str:
 def genai_price(provider: str, model: str, usage: Usage) -> Decimal | None:
     """List price of `usage` on `model` at `provider` from genai-prices; None if unpriced.
 
-    The default Pricer. devmeter.pricing adds the user's overrides; pass a function
-    built on it to `decide`, `cache_aware_choice` or `price_both` to use those.
+    The default Pricer. The proxy passes one with the user's overrides applied.
     """
-    tier = usage.service_tier
-    context = {"service_tier": tier} if tier and tier not in ("default", "auto") else None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            calc = genai_prices.calc_price(
-                genai_usage(usage), model, provider_id=provider, price_context=context
-            )
-    except LookupError:
-        return None
-    return Decimal(calc.total_price)
-
-
-def genai_usage(usage: Usage) -> genai_prices.Usage:
-    """devmeter's Usage in genai-prices' terms: its input_tokens include cache reads and writes.
-
-    cache_write_tokens is passed whole alongside the 1h part so genai-prices can
-    bill the 5-minute remainder at its own rate.
-    """
-    values: dict[str, int] = {
-        "input_tokens": usage.total_input_tokens,
-        "cache_read_tokens": usage.cache_read_tokens,
-        "cache_write_tokens": usage.cache_write_tokens,
-        "output_tokens": usage.output_tokens,
-    }
-    if usage.cache_write_1h_tokens:
-        values["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
-    if usage.web_search_requests:
-        values["web_searches"] = usage.web_search_requests
-    return genai_prices.Usage(**values)
+    return pricing.list_price(provider, model, usage)
 
 
 def price_both(
