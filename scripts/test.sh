@@ -36,17 +36,24 @@ uv run --locked --python 3.11 --extra test ruff check .
 uv run --locked --python 3.11 --extra test pytest "$@"
 
 # mitmproxy 12 needs Python >= 3.12: run the proxy tests there too, in a venv of its own.
-py312=""
-for candidate in python3.13 python3.12 "$(pyenv root 2>/dev/null)/versions/3.12"*/bin/python; do
-    if [ -x "$(command -v "$candidate" 2>/dev/null || echo "$candidate")" ]; then
-        py312="$(command -v "$candidate" 2>/dev/null || echo "$candidate")"
-        break
+find_python312() {
+    local root candidate
+    root="$(pyenv root 2>/dev/null || true)"
+    for candidate in "$root"/versions/3.1[2-9]*/bin/python python3.13 python3.12; do
+        # pyenv shims exist for versions that are not selected: ask the interpreter itself.
+        if "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+            command -v "$candidate" 2>/dev/null || echo "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+if [ "$#" = 0 ]; then
+    if py312="$(find_python312)"; then
+        say "Python $("$py312" -c 'import sys; print(sys.version.split()[0])') with mitmproxy 12: proxy tests"
+        UV_PROJECT_ENVIRONMENT=.venv-mitmproxy12 uv run --locked --python "$py312" --extra test \
+            pytest -m proxy
+    else
+        echo "no Python >= 3.12 found: mitmproxy 12 was not tested on this machine" >&2
     fi
-done
-if [ -n "$py312" ] && [ "$#" = 0 ]; then
-    say "Python $("$py312" -c 'import sys; print(sys.version.split()[0])') with mitmproxy 12: proxy tests"
-    UV_PROJECT_ENVIRONMENT=.venv-mitmproxy12 uv run --locked --python "$py312" --extra test \
-        pytest -m proxy
-elif [ "$#" = 0 ]; then
-    echo "no Python >= 3.12 found: mitmproxy 12 was not tested on this machine" >&2
 fi
