@@ -137,14 +137,24 @@ class Meter:
             host=host,
         )
         flow.metadata[METADATA_KEY] = state
+        # Guard rails and routing fail open, each on its own: a bug in either must not
+        # lose the metering of the call, nor stop it from reaching the provider.
         if self._guard is not None:
-            block = self._guard.check(state.attribution, now)
-            if block is not None:
-                _refuse(flow, state, block)
-                return
-            state.signals = _signals(body, flow.request.headers)
+            try:
+                block = self._guard.check(state.attribution, now)
+                if block is not None:
+                    _refuse(flow, state, block)
+                    return
+                state.signals = _signals(body, flow.request.headers)
+            except Exception:
+                state.tap_error = f"devmeter guard failed (call let through): {_short_traceback()}"
         if self._router is not None and flow.websocket is None:
-            self._route(flow, state, body, now)
+            try:
+                self._route(flow, state, body, now)
+            except Exception:
+                state.tap_error = (
+                    f"devmeter routing failed (call sent as asked): {_short_traceback()}"
+                )
 
     def _apply_control(self) -> None:
         control = self._control.poll() if self._control is not None else None
@@ -164,12 +174,20 @@ class Meter:
         state.plan = plan
         if plan is None or not plan.rewrite or plan.body is None:
             return
-        state.original = (body, list(flow.request.headers.items()))
-        flow.request.content = plan.body  # re-encoded if the client compressed it
-        for name in plan.removed_headers:
-            flow.request.headers.pop(name, None)
-        for name, value in plan.headers.items():
-            flow.request.headers[name] = value
+        original_headers = flow.request.headers.copy()
+        try:
+            flow.request.content = plan.body  # re-encoded if the client compressed it
+            for name in plan.removed_headers:
+                flow.request.headers.pop(name, None)
+            for name, value in plan.headers.items():
+                flow.request.headers[name] = value
+        except Exception:
+            # Put the request back exactly as the client sent it, then report.
+            flow.request.headers = original_headers
+            flow.request.content = body
+            state.plan = None
+            raise
+        state.original = (body, list(original_headers.items()))
 
     # -- response ----------------------------------------------------------------------------
 
