@@ -13,7 +13,7 @@ from pathlib import Path
 from devmeter import __version__, control, reports, shellenv
 from devmeter.config import Config, ConfigError, load, parse_listen, parse_upstream_arg
 from devmeter.ledger import connect_readonly
-from devmeter.paths import Paths, paths
+from devmeter.paths import Paths, paths, read_proxy_state
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Meter every LLM API call your dev tools make. With no command: the tray app.",
     )
     parser.add_argument("--version", action="version", version=f"devmeter {__version__}")
+    parser.add_argument(
+        "--headless",
+        action="store_true",
+        help="with no command: no tray icon, the proxy and a live line of spend in the terminal",
+    )
     parser.set_defaults(func=cmd_tray)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -128,9 +133,7 @@ def cmd_proxy(args: argparse.Namespace, config: Config, where: Paths) -> int:
 
 def proxy_address(config: Config, where: Paths) -> tuple[str, int, bool]:
     """The running proxy's address, else the configured one; and whether one is running."""
-    from devmeter.proxy.server import read_state
-
-    state = read_state(where)
+    state = read_proxy_state(where)
     if state and _pid_alive(state.get("pid")):
         return str(state["host"]), int(state["port"]), True  # type: ignore[call-overload]
     host, port = config.listen
@@ -196,13 +199,11 @@ def cmd_run(args: argparse.Namespace, config: Config, where: Paths) -> int:
 
 def _start_proxy_for_run(where: Paths) -> tuple[subprocess.Popen[bytes], str, int]:
     """No proxy is running: start one for the length of this command."""
-    from devmeter.proxy.server import read_state
-
     where.proxy_state.unlink(missing_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "devmeter", "proxy"])
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        state = read_state(where)
+        state = read_proxy_state(where)
         if state and state.get("pid") == proc.pid:
             return proc, str(state["host"]), int(state["port"])  # type: ignore[call-overload]
         if proc.poll() is not None:
@@ -308,10 +309,10 @@ def cmd_config(args: argparse.Namespace, config: Config, where: Paths) -> int:
 
 
 def cmd_tray(args: argparse.Namespace, config: Config, where: Paths) -> int:
-    # The tray app arrives with the guard rails; until then run the proxy in the foreground.
-    print("devmeter: starting the proxy in the foreground (Ctrl-C stops it).", file=sys.stderr)
-    args.listen, args.upstream = None, []
-    return cmd_proxy(args, config, where)
+    """No command: the tray app, supervising the proxy; headless without a desktop."""
+    from devmeter.tray.app import main as tray_main
+
+    return tray_main(config, where, headless=args.headless)
 
 
 if __name__ == "__main__":

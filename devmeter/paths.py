@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,3 +49,16 @@ def paths(environ: dict[str, str] | None = None) -> Paths:
         config_file=Path(platformdirs.user_config_dir("devmeter")) / "config.toml",
         data_dir=Path(platformdirs.user_data_dir("devmeter")),
     )
+
+
+def read_proxy_state(where: Paths) -> dict[str, object] | None:
+    """The running proxy's address and pid, as it wrote them; None when there is none.
+
+    Kept here, away from the proxy module, so that `devmeter env` and `devmeter run`
+    answer without importing mitmproxy.
+    """
+    try:
+        state = json.loads(where.proxy_state.read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None

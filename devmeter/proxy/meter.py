@@ -258,6 +258,12 @@ class Meter:
         state = _state(flow)
         if state is None or state.done:
             return
+        if flow.websocket is not None:
+            # An accepted WebSocket handshake (101) is not a call: websocket_message records
+            # each response on the socket, and websocket_end what is still in flight.
+            return
+        if _refused_upgrade(flow) and state.blocked is None:
+            return  # the server declined the WebSocket; the client falls back to HTTPS
         state.done = True
         try:
             status = flow.response.status_code if flow.response is not None else None
@@ -447,6 +453,11 @@ def _signals(body: bytes, headers: http.Headers) -> tuple[str | None, bool | Non
     except ValueError:
         return None, None
     return request_signals(parsed, headers.get(REQUEST_CLASS_HEADER))
+
+
+def _refused_upgrade(flow: http.HTTPFlow) -> bool:
+    upgrade = flow.request.headers.get("upgrade", "").lower() == "websocket"
+    return upgrade and flow.response is not None and flow.response.status_code != 101
 
 
 def _counts(usage: Usage) -> tuple[int, ...]:

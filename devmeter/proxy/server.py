@@ -198,13 +198,6 @@ def _write_state(path: Path, bound: tuple[str, int]) -> None:
     tmp.replace(path)
 
 
-def read_state(paths: Paths) -> dict[str, object] | None:
-    try:
-        return json.loads(paths.proxy_state.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def run(config: Config, paths: Paths) -> int:
     try:
         asyncio.run(serve(config, paths))
