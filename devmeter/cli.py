@@ -80,6 +80,26 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--csv", action="store_true")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser("sessions", help="live and recent sessions, with their burn rate")
+    p.add_argument("--since", help="7d, 12h, 30m, today, or a date (default: the last 24 hours)")
+    p.add_argument(
+        "--live", action="store_true", help="only sessions with a call in the last 5 min"
+    )
+    p.add_argument("--json", action="store_true", help="JSON rows, costs as numbers in USD")
+    p.set_defaults(func=cmd_sessions)
+
+    p = sub.add_parser("import", help="import usage a tool reports itself")
+    sources = p.add_subparsers(title="sources", metavar="SOURCE", required=True)
+    q = sources.add_parser(
+        "cursor-csv", help="Cursor's usage export (cursor.com: Dashboard, Usage, Export CSV)"
+    )
+    q.add_argument("file", type=Path, metavar="FILE")
+    q.add_argument(
+        "--dry-run", action="store_true", help="say what would be imported; write nothing"
+    )
+    q.add_argument("--json", action="store_true", help="the summary as JSON")
+    q.set_defaults(func=cmd_import_cursor_csv)
+
     p = sub.add_parser("alerts", help="budget, burn-rate and loop alerts the proxy raised")
     p.add_argument("--since", help="7d, 12h, 30m, today, or a date such as 2026-11-01")
     p.add_argument("--json", action="store_true")
@@ -246,6 +266,33 @@ def cmd_report(args: argparse.Namespace, config: Config, where: Paths) -> int:
     else:
         sys.stdout.write(reports.to_table(rows, args.by))
     return 0
+
+
+def cmd_sessions(args: argparse.Namespace, config: Config, where: Paths) -> int:
+    from devmeter import sessions
+
+    since = reports.parse_since(args.since) if args.since else None
+    conn = connect_readonly(where.ledger)
+    found = sessions.query_sessions(conn, since=since, live_only=args.live) if conn else []
+    sys.stdout.write(sessions.to_json(found) if args.json else sessions.to_table(found))
+    return 0
+
+
+def cmd_import_cursor_csv(args: argparse.Namespace, config: Config, where: Paths) -> int:
+    import json
+
+    from devmeter.importers import CursorCSVError, import_cursor_csv
+
+    try:
+        summary = import_cursor_csv(where.ledger, args.file, config.prices, dry_run=args.dry_run)
+    except CursorCSVError as exc:
+        print(f"devmeter: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        sys.stdout.write(json.dumps(summary.as_dict(), indent=1) + "\n")
+    else:
+        sys.stdout.write(summary.describe())
+    return 1 if summary.bad else 0  # bad lines were skipped: the exit status says so too
 
 
 def cmd_alerts(args: argparse.Namespace, config: Config, where: Paths) -> int:

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 from devmeter import tokens
 from devmeter.pricing import Price, PriceOverride, price
-from devmeter.providers import Endpoint
+from devmeter.providers import Endpoint, effective_endpoint
 from devmeter.usage import Attribution, Call, RequestInfo, ResponseResult, Usage
 
 
@@ -63,8 +63,11 @@ def build_call(
     error: str | None = None,
     served_model: str | None = None,
 ) -> Call:
+    endpoint = effective_endpoint(endpoint, request)
     usage = conclude_usage(endpoint, request, result, status)
     model = served_model or result.model or request.model or endpoint.path_model
+    # Cursor names models its own way; the parser maps them to genai-prices' ids.
+    priced_model = request.facts.get("price_model") or model
     when = datetime.fromtimestamp(ts, UTC)
     if endpoint.free:
         priced = Price(Decimal(0), "free endpoint")
@@ -72,7 +75,7 @@ def build_call(
         # A refused or failed call that used no tokens costs nothing, priced model or not.
         priced = Price(Decimal(0), "not billed")
     else:
-        priced = price(endpoint.provider, model, usage, overrides, when)
+        priced = price(endpoint.provider, priced_model, usage, overrides, when)
     return Call(
         ts=ts,
         provider=endpoint.provider,

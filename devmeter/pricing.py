@@ -16,13 +16,16 @@ from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
 from importlib.metadata import version
-from typing import Any
-
-import genai_prices
+from typing import TYPE_CHECKING, Any
 
 from devmeter.config_error import ConfigError
 from devmeter.usage import Usage
 
+if TYPE_CHECKING:
+    import genai_prices
+
+# genai_prices is imported where a price is computed, not here: importing it (pydantic,
+# its price data) takes ~0.2 s, and every CLI command imports this module via the config.
 GENAI_PRICES = f"genai-prices {version('genai-prices')}"
 MILLION = Decimal(1_000_000)
 
@@ -86,6 +89,8 @@ def price(
 def list_price(
     provider: str, model: str, usage: Usage, when: datetime | None = None
 ) -> Decimal | None:
+    import genai_prices
+
     context = {"service_tier": usage.service_tier} if _priced_tier(usage.service_tier) else None
     try:
         with warnings.catch_warnings():
@@ -119,6 +124,8 @@ def _priced_tier(tier: str | None) -> bool:
 
 
 def _genai_usage(usage: Usage) -> genai_prices.Usage:
+    import genai_prices
+
     # genai-prices counts cache reads and writes inside input_tokens; devmeter does not.
     values: dict[str, int] = {
         "input_tokens": usage.total_input_tokens,

@@ -117,6 +117,7 @@ def test_intercept_hosts_cover_every_route_and_nothing_else() -> None:
         "api.groq.com",
         "api.mistral.ai",
         "api.x.ai",
+        "api2.cursor.sh",
     }
 
 

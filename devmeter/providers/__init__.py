@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import unquote
 
-from devmeter.providers import anthropic, gemini, openai_chat, openai_responses
+from devmeter.providers import anthropic, cursor, gemini, openai_chat, openai_responses
 from devmeter.providers.base import ResponseParser
 from devmeter.usage import RequestInfo
 
@@ -24,6 +24,7 @@ __all__ = [
     "INTERCEPT_HOSTS",
     "Endpoint",
     "ResponseParser",
+    "effective_endpoint",
     "match_endpoint",
     "new_response_parser",
     "parse_request",
@@ -81,8 +82,17 @@ _GEMINI_PATH = re.compile(
     r"/(?:v1|v1beta|v1alpha)/models/([^/:]+):(generateContent|streamGenerateContent)"
 )
 _CLOUDCODE_PATH = re.compile(r"/v1internal:(generateContent|streamGenerateContent)")
+# Cursor's editor: Connect-RPC chat streams (protobuf; metered as estimates). Not metered:
+# Cursor Tab (StreamCpp), BidiAppend (the client half of an HTTP/1.1 bidi emulation),
+# and the rest of its API (settings, indexing, telemetry), which passes through untouched.
+_CURSOR_HOST = cursor.HOST
+_CURSOR_PATH = re.compile(
+    r"/aiserver\.v1\.ChatService/StreamUnifiedChat\w*"
+    r"|/aiserver\.v1\.AiService/Stream(?:Chat|Composer|Edit)\w*"
+    r"|/agent\.v1\.AgentService/Run(?:SSE)?"
+)
 
-INTERCEPT_HOSTS: tuple[str, ...] = (*_ROUTES, _GEMINI_HOST, _CLOUDCODE_HOST)
+INTERCEPT_HOSTS: tuple[str, ...] = (*_ROUTES, _GEMINI_HOST, _CLOUDCODE_HOST, _CURSOR_HOST)
 
 
 def match_endpoint(host: str, method: str, path: str) -> Endpoint | None:
@@ -98,6 +108,10 @@ def match_endpoint(host: str, method: str, path: str) -> Endpoint | None:
     if len(path) > 1:
         path = path.rstrip("/")
     method = method.upper()
+    if host == _CURSOR_HOST:
+        if method == "POST" and _CURSOR_PATH.fullmatch(path):
+            return Endpoint("cursor", "cursor.chat", stream=True)
+        return None
     if host in (_GEMINI_HOST, _CLOUDCODE_HOST):
         if method != "POST":
             return None
@@ -138,6 +152,8 @@ def parse_request(endpoint: Endpoint, body: bytes) -> RequestInfo:
             model=fallback_model, stream=endpoint.stream, facts={"request_error": reason}
         )
 
+    if endpoint.api == "cursor.chat":
+        return cursor.parse_request(body)  # protobuf, never raises
     if not body:
         return failed("empty request body")
     try:
@@ -173,4 +189,18 @@ def new_response_parser(
         return openai_chat.EmbeddingsParser(request, content_type)
     if api == "gemini.generate":
         return gemini.GenerateParser(request, content_type)
+    if api == "cursor.chat":
+        return cursor.ChatParser(request, content_type)
     raise ValueError(f"no response parser for {api!r}")
+
+
+def effective_endpoint(endpoint: Endpoint, request: RequestInfo) -> Endpoint:
+    """The endpoint with the provider the request body revealed.
+
+    Cursor's one host serves every maker's models: its request names the model, and
+    the parser sets `facts["provider"]` to the maker (or "cursor"), which bills it.
+    """
+    provider = request.facts.get(cursor.FACT_PROVIDER)
+    if endpoint.api == "cursor.chat" and provider and provider != endpoint.provider:
+        return replace(endpoint, provider=provider)
+    return endpoint

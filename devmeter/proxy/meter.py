@@ -8,6 +8,7 @@ copies each chunk into the parser and returns it unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -28,6 +29,7 @@ from devmeter.pricing import PriceOverride
 from devmeter.providers import (
     Endpoint,
     ResponseParser,
+    cursor,
     match_endpoint,
     new_response_parser,
     parse_request,
@@ -37,6 +39,7 @@ from devmeter.routing import should_fallback
 from devmeter.usage import Attribution, Call, RequestInfo, ResponseResult, Usage
 
 METADATA_KEY = "devmeter"
+HOST_KEY = "devmeter.host"  # the provider host the client asked for
 
 Attribute = Callable[[http.HTTPFlow, RequestInfo, float], Attribution]
 Record = Callable[[Call], None]
@@ -64,6 +67,8 @@ class FlowState:
     blocked: str | None = None
     original: tuple[bytes, list[tuple[str, str]]] | None = None
     fell_back: bool = False
+    # Cursor: its request body, read as it streams to the upstream.
+    request_reader: cursor.RequestReader | None = None
 
 
 @dataclass(frozen=True)
@@ -106,19 +111,43 @@ class Meter:
 
     # -- request ---------------------------------------------------------------------------
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
         host = flow.request.pretty_host.lower()
-        try:
-            self._apply_control()
-            self._start(flow, host)
-        except Exception:
-            self._internal_error(flow, host, "request")
-        if flow.response is not None:
-            return  # refused by a cap or a pause: nothing goes upstream
-        # Mapping comes last and unguarded by metering: it decides where the call goes.
+        flow.metadata[HOST_KEY] = host  # before the mapping below changes the request's host
+        if host == cursor.HOST:
+            self._stream_cursor_request(flow, host)
+        # A streamed request connects upstream right after its headers: map it now.
         upstream = self._upstreams.get(host)
         if upstream is not None:
             _send_to(flow, upstream)
+
+    def _stream_cursor_request(self, flow: http.HTTPFlow, host: str) -> None:
+        """Cursor keeps its request open while the answer streams (Connect bidi streams):
+        forward its body as it comes, reading a copy, or the call would never start."""
+        try:
+            endpoint = match_endpoint(host, flow.request.method, flow.request.path)
+            streaming = "connect+" in flow.request.headers.get("content-type", "")
+            if endpoint is None or endpoint.api != "cursor.chat" or not streaming:
+                return
+            self._apply_control()
+            reader = cursor.RequestReader()
+            self._start(flow, host)
+            state = _state(flow)
+            if state is not None:
+                state.request_reader = reader
+            if flow.response is None:  # mitmproxy refuses a streamed request it answered
+                flow.request.stream = _request_tap(reader)
+        except Exception:
+            self._internal_error(flow, host, "requestheaders")
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        host = flow.metadata.get(HOST_KEY) or flow.request.pretty_host.lower()
+        try:
+            self._apply_control()
+            if _state(flow) is None:  # Cursor's streamed requests started in requestheaders
+                self._start(flow, host)
+        except Exception:
+            self._internal_error(flow, host, "request")
 
     def _start(self, flow: http.HTTPFlow, host: str) -> None:
         endpoint = match_endpoint(host, flow.request.method, flow.request.path)
@@ -268,6 +297,10 @@ class Meter:
         try:
             status = flow.response.status_code if flow.response is not None else None
             result = _result(state)
+            if state.request_reader is not None:
+                # The request streamed alongside the answer: only now is it whole.
+                state.request = state.request_reader.info()
+                result = _with_input_estimate(result, state.request)
             if flow.response is not None and state.parser is None and flow.response.raw_content:
                 # Not streamed through the tap (an error installing it): parse the whole body.
                 parser = new_response_parser(
@@ -428,6 +461,22 @@ def _tap(state: FlowState) -> Callable[[bytes], bytes]:
     return tap
 
 
+def _with_input_estimate(result: ResponseResult, request: RequestInfo) -> ResponseResult:
+    usage = result.usage
+    if usage is None or not usage.estimated or usage.input_tokens:
+        return result
+    return replace(result, usage=replace(usage, input_tokens=request.prompt_tokens_estimate or 0))
+
+
+def _request_tap(reader: cursor.RequestReader) -> Callable[[bytes], bytes]:
+    def tap(chunk: bytes) -> bytes:
+        with contextlib.suppress(Exception):  # never break the stream over metering
+            reader.feed(chunk)
+        return chunk
+
+    return tap
+
+
 def _result(state: FlowState) -> ResponseResult:
     if state.parser is None:
         return ResponseResult(usage=None, complete=False)
@@ -438,8 +487,16 @@ def _result(state: FlowState) -> ResponseResult:
 
 def _refuse(flow: http.HTTPFlow, state: FlowState, block: Block) -> None:
     """Answer in the provider's own error shape, with a status clients do not retry."""
-    status, body = block.error_response(state.endpoint.api)
     state.blocked = block.message
+    if state.endpoint.api == "cursor.chat":
+        # Connect streams report errors in an end-stream frame of a 200 response.
+        flow.response = http.Response.make(
+            200,
+            cursor.end_stream_error(block.message, code="permission_denied"),
+            {"content-type": "application/connect+proto"},
+        )
+        return
+    status, body = block.error_response(state.endpoint.api)
     flow.response = http.Response.make(
         status,
         json.dumps(body).encode(),

@@ -1,0 +1,230 @@
+"""`devmeter sessions`: live and recent sessions from the ledger, with their burn rate.
+
+A session is what the guard rails call one (`runaway.session_key`): the tool's own
+session id, else `tool@repo` for calls that came with none. Shown: sessions with a
+call in the last 24 hours (by default), `live` when one ended in the last 5 minutes.
+
+Burn rate, in $/hour:
+- **10 min**: spend in the last 10 minutes, scaled to an hour, always over the whole
+  window (as the runaway alerts compute it), so a first expensive minute is not
+  extrapolated into an alarm;
+- **life**: the session's spend over its span from first call to last; none for a
+  session shorter than a minute.
+
+A session with an id is shown whole, even if it began before the window; one without
+an id (`tool@repo`) only for its calls in the window. Imported rows (Cursor's CSV) are
+not sessions and are left out. Pure functions over a sqlite3 connection, plus output.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from devmeter.budget import format_usd as format_cents
+from devmeter.budget import repo_name, short_session
+from devmeter.ledger import PICO
+from devmeter.reports import format_usd
+
+DEFAULT_SINCE = 24 * 3600.0
+LIVE_SECONDS = 5 * 60.0
+WINDOW_SECONDS = 10 * 60.0
+MIN_SPAN_SECONDS = 60.0
+
+FIELDS = (
+    "key", "session", "tool", "repo", "branch", "model", "live", "first_seen", "last_seen",
+    "calls", "cost_usd", "window_usd", "burn_usd_per_hour", "life_burn_usd_per_hour",
+    "unpriced", "estimated",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Session:
+    key: str  # session id, or tool@repo without one
+    session: str | None
+    tool: str
+    repo: str | None  # the latest repo the session worked in
+    branch: str | None
+    model: str | None  # the model of its latest call
+    live: bool
+    first_seen: float  # unix seconds: first call's start
+    last_seen: float  # last call's end
+    calls: int
+    cost_usd: Decimal  # priced calls only; `unpriced` counts the others
+    window_usd: Decimal  # spent in the last WINDOW_SECONDS
+    burn_usd_per_hour: Decimal  # over the last WINDOW_SECONDS
+    life_burn_usd_per_hour: Decimal | None  # over the session's span; None under a minute
+    unpriced: int
+    estimated: int
+
+
+_SQL = """
+WITH c AS (
+    SELECT id, ts, ts + duration_ms / 1000.0 AS end_ts, tool, repo, branch, session,
+           coalesce(model, requested_model) AS model, cost_pusd, estimated,
+           coalesce(session, tool || '@' || coalesce(repo, '?')) AS skey
+    FROM calls
+    WHERE endpoint NOT LIKE '%.import'
+      AND (ts >= :since
+           OR session IN (SELECT DISTINCT session FROM calls
+                          WHERE ts >= :since AND session IS NOT NULL))
+),
+latest AS (
+    SELECT skey, tool, repo, branch, model FROM (
+        SELECT skey, tool, repo, branch, model,
+               row_number() OVER (PARTITION BY skey ORDER BY repo IS NULL, ts DESC, id DESC) AS n
+        FROM c
+    ) WHERE n = 1
+)
+SELECT c.skey, max(c.session), latest.tool, latest.repo, latest.branch, latest.model,
+       min(c.ts), max(c.end_ts), count(*), coalesce(sum(c.cost_pusd), 0),
+       coalesce(sum(CASE WHEN c.end_ts > :window_start THEN c.cost_pusd END), 0),
+       sum(c.cost_pusd IS NULL), sum(c.estimated)
+FROM c JOIN latest ON latest.skey = c.skey
+GROUP BY c.skey
+"""
+
+
+def query_sessions(
+    conn: sqlite3.Connection,
+    now: float | None = None,
+    since: float | None = None,
+    live_only: bool = False,
+) -> list[Session]:
+    """Sessions with a call since `since` (default: the last 24 hours), live ones first,
+    then the most recently active."""
+    now = time.time() if now is None else now
+    since = now - DEFAULT_SINCE if since is None else since
+    params = {"since": since, "window_start": now - WINDOW_SECONDS}
+    sessions = []
+    for row in conn.execute(_SQL, params).fetchall():
+        (key, session, tool, repo, branch, model, first, last, calls, pusd, window_pusd,
+         unpriced, estimated) = row  # fmt: skip
+        cost, window = Decimal(pusd) / PICO, Decimal(window_pusd) / PICO
+        span = last - first
+        sessions.append(
+            Session(
+                key=key,
+                session=session,
+                tool=tool,
+                repo=repo,
+                branch=branch,
+                model=model,
+                live=last >= now - LIVE_SECONDS,
+                first_seen=first,
+                last_seen=last,
+                calls=calls,
+                cost_usd=cost,
+                window_usd=window,
+                burn_usd_per_hour=window * 3600 / Decimal(int(WINDOW_SECONDS)),
+                life_burn_usd_per_hour=(
+                    cost * 3600 / Decimal(str(span)) if span >= MIN_SPAN_SECONDS else None
+                ),
+                unpriced=unpriced or 0,
+                estimated=estimated or 0,
+            )
+        )
+    if live_only:
+        sessions = [s for s in sessions if s.live]
+    sessions.sort(key=lambda s: (not s.live, -s.last_seen))
+    return sessions
+
+
+# --- output --------------------------------------------------------------------------------
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, Decimal):
+        return float(round(value, 12))
+    return value
+
+
+def to_json(sessions: Sequence[Session]) -> str:
+    """One object per session: times as local ISO 8601, money as USD numbers."""
+    out = []
+    for s in sessions:
+        item: dict[str, Any] = {k: _json_value(v) for k, v in asdict(s).items()}
+        for name in ("first_seen", "last_seen"):
+            item[name] = (
+                datetime.fromtimestamp(item[name]).astimezone().isoformat(timespec="seconds")
+            )
+        out.append({k: item[k] for k in FIELDS})
+    return json.dumps(out, indent=1) + "\n"
+
+
+def _when(ts: float, now: float) -> str:
+    moment, today = datetime.fromtimestamp(ts), datetime.fromtimestamp(now)
+    if moment.date() == today.date():
+        return moment.strftime("%H:%M")
+    if (today.date() - moment.date()).days < 7:
+        return moment.strftime("%a %H:%M")
+    return moment.strftime("%Y-%m-%d")
+
+
+def _rate(value: Decimal | None) -> str:
+    return "-" if value is None else f"{format_cents(value)}/h"
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 60:
+        return "just now"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min ago"
+    return f"{seconds / 3600:.0f} h ago"
+
+
+def to_table(sessions: Sequence[Session], now: float | None = None) -> str:
+    now = time.time() if now is None else now
+    if not sessions:
+        return "No sessions in this period.\n"
+    headers = ["", "session", "tool", "repo", "branch", "model", "first", "last", "calls",
+               "spend", "10 min", "life"]  # fmt: skip
+    body = [
+        [
+            "●" if s.live else " ",
+            short_session(s.session) if s.session else f"({s.tool}, no id)",
+            s.tool,
+            repo_name(s.repo) if s.repo else "-",
+            s.branch or "-",
+            s.model or "?",
+            _when(s.first_seen, now),
+            _ago(now - s.last_seen) if s.live else _when(s.last_seen, now),
+            str(s.calls),
+            format_usd(s.cost_usd) + ("+" if s.unpriced else ""),
+            _rate(s.burn_usd_per_hour) if s.window_usd else "-",
+            _rate(s.life_burn_usd_per_hour),
+        ]
+        for s in sessions
+    ]
+    numeric = {8, 9, 10, 11}
+    widths = [max(len(row[i]) for row in [headers, *body]) for i in range(len(headers))]
+    lines = [
+        "  ".join(
+            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ).rstrip()
+        for row in [headers, *body]
+    ]
+    live = sum(s.live for s in sessions)
+    total = sum((s.cost_usd for s in sessions), Decimal(0))
+    lines += [
+        "",
+        f"{live} live (● a call in the last 5 min) of {len(sessions)} sessions, "
+        f"{format_usd(total)} spent",
+        "burn rate: $/hour over the last 10 minutes, and over each session's life",
+    ]
+    unpriced = sum(s.unpriced for s in sessions)
+    if unpriced:
+        lines.append(
+            f"+ {unpriced} calls used a model with no known price and are not in the spend."
+        )
+    estimated = sum(s.estimated for s in sessions)
+    if estimated:
+        lines.append(f"~ {estimated} calls are estimated: the wire reported no usage for them.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,543 @@
+"""The tray app: `devmeter` with no command.
+
+It owns the main thread (pystray must, on macOS), supervises `devmeter proxy` as a child
+process, and redraws the icon, tooltip and menu from the ledger within a second of a
+call finishing: a background thread asks the ledger for its newest call and alert ids
+every half second and rebuilds only when they (or control.json, the proxy's state, the
+day) changed. Menu clicks write control.json, which the proxy re-reads within 0.5 s.
+
+Without a display (no DISPLAY / WAYLAND_DISPLAY on Linux and the BSDs, or a pystray
+backend that fails to load) it runs headless instead: see `headless.py`. The display is
+checked before pystray is imported, because importing it picks a backend and the X one
+fails at import time with no X server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from devmeter import control as control_state
+from devmeter import reports
+from devmeter.config import Config, ConfigError, load
+from devmeter.ledger import connect_readonly
+from devmeter.paths import Paths
+from devmeter.tray.icon import render_icon, tooltip
+from devmeter.tray.menu import MenuItem, TraySnapshot, build_menu, to_pystray
+from devmeter.tray.snapshot import change_marker, day_start, snapshot
+from devmeter.tray.supervisor import EventKind, Supervisor
+
+MakeMenu = Callable[[Sequence[MenuItem], dict[str, Callable[..., object]]], Any]
+Opener = Callable[[Path], None]
+Notify = Callable[[str, str], None]  # (title, message)
+
+POLL_SECONDS = 0.5
+# Live sessions age out of the menu even when nothing is written: redraw this often.
+REDRAW_SECONDS = 30.0
+# At most one desktop notification about the proxy per this many seconds (stderr hears all).
+PROXY_NOTICE_GAP = 300.0
+
+
+# --- is there a desktop? -------------------------------------------------------------------
+
+
+def display_problem(
+    environ: Mapping[str, str] | None = None, platform: str = sys.platform
+) -> str | None:
+    """Why there can be no tray here, or None if there may be one. Imports nothing."""
+    env = os.environ if environ is None else environ
+    if platform in ("darwin", "win32", "cygwin"):
+        return None
+    if env.get("PYSTRAY_BACKEND") == "dummy":
+        return None
+    if not env.get("DISPLAY") and not env.get("WAYLAND_DISPLAY"):
+        return "no display found (DISPLAY unset)"
+    return None
+
+
+def load_backend() -> str | None:
+    """Import pystray (which picks its backend); why it failed, or None."""
+    try:
+        import pystray  # noqa: F401
+    except Exception as exc:  # Xlib raises its own errors, GTK its own: all mean no tray
+        for name in [m for m in sys.modules if m == "pystray" or m.startswith("pystray.")]:
+            del sys.modules[name]
+        return f"the tray backend failed to load ({type(exc).__name__}: {exc})"
+    return None
+
+
+def default_icon_size(
+    environ: Mapping[str, str] | None = None, platform: str = sys.platform
+) -> int:
+    """The size the icon is drawn at: the tray's own pixel size, or close to it.
+
+    Windows' tray is 16 px at 100 % and 32 px at 200 %; macOS' menu bar is 22 pt, 44 px
+    on Retina; Linux panels mostly use 22 or 24 px. DEVMETER_TRAY_ICON_SIZE overrides.
+    """
+    env = os.environ if environ is None else environ
+    with contextlib.suppress(ValueError):
+        return max(16, int(env.get("DEVMETER_TRAY_ICON_SIZE", "")))
+    if platform == "darwin":
+        return 44
+    if platform == "win32":
+        return 32
+    return 24
+
+
+# --- the OS's opener and notifications -----------------------------------------------------
+
+
+def open_with_os(path: Path) -> None:
+    """Open a file with the desktop's default application, without waiting for it."""
+    if sys.platform == "win32":
+        os.startfile(path)  # type: ignore[attr-defined]  # noqa: S606
+        return
+    opener = "open" if sys.platform == "darwin" else "xdg-open"
+    exe = shutil.which(opener)
+    if exe is None:
+        raise OSError(f"{opener} not found on PATH")
+    subprocess.Popen(
+        [exe, str(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def desktop_notifier(icon: Any = None) -> Notify:
+    """Show a notification off the calling thread, trying each backend in turn."""
+    from devmeter.tray.notify import Unavailable, default_backends
+
+    backends = default_backends(icon)
+
+    def send(title: str, message: str) -> None:
+        def run() -> None:
+            for backend in backends:
+                try:
+                    backend.send(f"devmeter: {title}", message)
+                    return
+                except Unavailable:
+                    continue
+                except Exception:  # a notification must never take the tray down
+                    continue
+
+        threading.Thread(target=run, name="devmeter-tray-notify", daemon=True).start()
+
+    return send
+
+
+# --- the report a menu click opens ---------------------------------------------------------
+
+
+def report_text(conn: sqlite3.Connection | None, now: float, session: str | None = None) -> str:
+    """What "Open report" shows: a session's calls, or today by repo, session and model,
+    then the last 30 days by day and today's alerts."""
+    stamp = datetime.fromtimestamp(now).strftime("%Y-%m-%d %H:%M")
+    if conn is None or reports.total_requests(conn) == 0:
+        return f"devmeter report, {stamp}\n\nNo calls metered yet.\n"
+    out = [f"devmeter report, {stamp}", ""]
+    if session is not None:
+        sql = "SELECT min(ts) FROM calls WHERE session = ?"
+        (first,) = conn.execute(sql, (session,)).fetchone()
+        rows = [
+            r
+            for r in reports.query(conn, "request", since=first)
+            if first is not None and r["session"] == session
+        ]
+        out += [f"Session {session}", ""]
+        out.append(reports.to_table(rows, "request") if rows else "No calls in this session.\n")
+        return "\n".join(out)
+    today = day_start(now)
+    for by in ("repo", "session", "model", "tool"):
+        rows = reports.query(conn, by, since=today)
+        out += [f"Today by {by}", ""]
+        out.append(reports.to_table(rows, by) if rows else "Nothing today.\n")
+    rows = reports.query(conn, "day", since=now - 30 * 86400)
+    out += ["Last 30 days", "", reports.to_table(rows, "day") if rows else "Nothing.\n"]
+    alerts = reports.alerts(conn, today)
+    out += ["Alerts today", "", reports.alerts_table(alerts) if alerts else "None.\n"]
+    out.append("More: `devmeter report --help`, `devmeter alerts`, `devmeter report --savings`.\n")
+    return "\n".join(out)
+
+
+# --- the app -------------------------------------------------------------------------------
+
+
+class TrayApp:
+    """The icon's state and handlers; `run()` puts it on screen with pystray.
+
+    Everything pystray-specific is injected (`make_menu`) or created in `run()`, so a test
+    can `attach` a fake icon and call `refresh()` or `start_updates()`.
+    """
+
+    def __init__(
+        self,
+        paths: Paths,
+        config: Config,
+        *,
+        supervisor: Supervisor | None = None,
+        make_menu: MakeMenu = to_pystray,
+        opener: Opener = open_with_os,
+        notify: Notify | None = None,
+        clock: Callable[[], float] = time.time,
+        interval: float = POLL_SECONDS,
+        icon_size: int | None = None,
+        report_dir: Path | None = None,
+    ) -> None:
+        self.paths = paths
+        self.config = config
+        self.control_file = control_state.control_path(paths.data_dir)
+        self.supervisor = supervisor or Supervisor(
+            paths, on_event=self._proxy_event, on_output=_print_stderr
+        )
+        self.make_menu = make_menu
+        self.opener = opener
+        self.notify = notify
+        self.clock = clock
+        self.interval = interval
+        self.icon_size = icon_size or default_icon_size()
+        self.report_dir = report_dir or Path(tempfile.gettempdir())
+        self.icon: Any = None
+        self.snapshot = TraySnapshot()
+        self.stopped = threading.Event()
+        self._wake = threading.Event()
+        self._updating = False
+        self._icon_lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._marker: object = None
+        self._config_mtime = _mtime(paths.config_file)
+        self._proxy_noticed = float("-inf")
+        self._updates: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # --- handlers (menu actions) ------------------------------------------------------------
+
+    @property
+    def handlers(self) -> dict[str, Callable[..., object]]:
+        return {
+            "open_report": self.open_report,
+            "set_routing": self.set_routing,
+            "pause": lambda: self._control(paused=True),
+            "resume": lambda: self._control(paused=False),
+            "allow": self.allow,
+            "open_config": self.open_config,
+            "quit": self.quit,
+        }
+
+    def set_routing(self, mode: str) -> None:
+        self._control(routing_mode=mode)
+
+    def allow(self, scope: str, key: str) -> None:
+        current = self._load_control()
+        self._control(allowed=(*current.allowed, (scope, key, self.clock())))
+
+    def open_report(self, session: str | None = None) -> Path | None:
+        name = f"devmeter-report-{session[:16] if session else 'today'}.txt"
+        path = self.report_dir / "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        try:
+            conn = connect_readonly(self.paths.ledger)
+            try:
+                text = report_text(conn, self.clock(), session)
+            finally:
+                if conn is not None:
+                    conn.close()
+            path.write_text(text, encoding="utf-8")
+        except (OSError, sqlite3.Error) as exc:
+            self._problem("Cannot write the report", f"{exc}. Run `devmeter report` instead.")
+            return None
+        self._open(path)
+        return path
+
+    def open_config(self) -> Path:
+        from devmeter.config import TEMPLATE
+
+        path = self.paths.config_file
+        if not path.exists():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(TEMPLATE, encoding="utf-8")
+            except OSError as exc:
+                self._problem("Cannot create the config", f"{path}: {exc}")
+                return path
+        self._open(path)
+        return path
+
+    def quit(self) -> threading.Thread:
+        """Stop the tray: safe from a menu click, another thread or a signal handler.
+
+        The icon is stopped from a thread of its own, never while a redraw is talking to
+        the icon: pystray's X backend runs icon changes on its loop's thread and waits
+        for them, so stopping it from that thread (a click, a signal) mid-redraw would
+        leave the redraw waiting for ever."""
+        self.stopped.set()
+        self._wake.set()
+        stopper = threading.Thread(target=self._stop_icon, name="devmeter-tray-quit", daemon=True)
+        stopper.start()
+        return stopper
+
+    def _stop_icon(self) -> None:
+        with self._icon_lock:
+            if self.icon is not None:
+                self.icon.stop()
+
+    def _control(self, **changes: Any) -> None:
+        try:
+            control_state.update(self.control_file, **changes)
+        except (OSError, ValueError) as exc:
+            self._problem("Cannot change the proxy's settings", str(exc))
+            return
+        self._redraw_soon()
+
+    def _redraw_soon(self) -> None:
+        """After a click: the update thread redraws at once (the click's thread, pystray's
+        loop, must not wait on a redraw); without one (tests, before `run`), redraw here."""
+        if self._updating:
+            self._wake.set()
+        else:
+            self.refresh(force=True)
+
+    def _load_control(self) -> control_state.Control:
+        try:
+            return control_state.load(self.control_file)
+        except ValueError as exc:
+            print(f"devmeter: {exc}", file=sys.stderr)
+            return control_state.Control()
+
+    def _open(self, path: Path) -> None:
+        try:
+            self.opener(path)
+        except OSError as exc:
+            self._problem("Cannot open a file", f"{exc}; the file is at {path}")
+
+    def _problem(self, title: str, message: str) -> None:
+        print(f"devmeter: {title.lower()}: {message}", file=sys.stderr, flush=True)
+        if self.notify is not None:
+            self.notify(title, message)
+
+    def _proxy_event(self, kind: EventKind, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+        now = time.monotonic()
+        if kind in ("died", "killed") and now - self._proxy_noticed >= PROXY_NOTICE_GAP:
+            self._proxy_noticed = now
+            if self.notify is not None:
+                self.notify("proxy restarted", message.removeprefix("devmeter: "))
+
+    # --- updates ------------------------------------------------------------------------------
+
+    def attach(self, icon: Any) -> None:
+        self.icon = icon
+
+    def refresh(self, force: bool = False) -> bool:
+        """Redraw the icon, tooltip and menu if anything they show changed; True if so."""
+        with self._lock:
+            now = self.clock()
+            try:
+                conn = self._connection()
+                marker = (
+                    change_marker(conn),
+                    _mtime(self.control_file),
+                    self._configured_routing(),
+                    self.supervisor.status,
+                    day_start(now),
+                    int(now // REDRAW_SECONDS),
+                )
+                if not force and marker == self._marker:
+                    return False
+                snap = snapshot(
+                    conn, now, self._load_control(), configured_routing=self._configured_routing()
+                )
+            except sqlite3.Error as exc:
+                print(f"devmeter: cannot read the ledger: {exc}", file=sys.stderr)
+                self._drop_connection()
+                return False
+            self._marker = marker
+            self.snapshot = snap
+            self._draw(snap)
+            return True
+
+    def _draw(self, snap: TraySnapshot) -> None:
+        with self._icon_lock:
+            if self.icon is not None and not self.stopped.is_set():
+                self._draw_on(self.icon, snap)
+
+    def _draw_on(self, icon: Any, snap: TraySnapshot) -> None:
+        proxy = self.supervisor.status
+        session = snap.sessions[0].spend_usd if snap.sessions else None
+        title = tooltip(session, snap.today_usd, snap.month_usd, snap.routing, paused=snap.paused)
+        items = build_menu(snap)
+        if proxy.state not in ("running", "external"):
+            title = (f"devmeter \u00b7 {proxy.detail}" + title.removeprefix("devmeter"))[:127]
+            items.insert(1, MenuItem(f"Proxy: {proxy.detail}", enabled=False))
+        icon.icon = render_icon(snap.today_usd, snap.state, self.icon_size)
+        icon.title = title
+        icon.menu = self.make_menu(items, self.handlers)
+        update = getattr(icon, "update_menu", None)
+        if update is not None:
+            update()
+
+    def start_updates(self) -> threading.Thread:
+        """Poll the ledger in a thread until `quit()`; returns the thread."""
+        self._updates = threading.Thread(
+            target=self.update_loop, name="devmeter-tray-updates", daemon=True
+        )
+        self._updates.start()
+        return self._updates
+
+    def update_loop(self) -> None:
+        self._updating = True
+        try:
+            while not self.stopped.is_set():
+                self._wake.clear()
+                try:
+                    self.refresh()
+                except Exception as exc:  # the tray must outlive any one bad redraw
+                    print(f"devmeter: tray update failed: {exc!r}", file=sys.stderr, flush=True)
+                self._wake.wait(self.interval)
+        finally:
+            self._updating = False
+
+    def shutdown(self) -> None:
+        """Stop updating and stop the proxy child (if it is ours)."""
+        self.stopped.set()
+        if self._updates is not None and self._updates is not threading.current_thread():
+            self._updates.join(5)
+        self.supervisor.stop()
+        self._drop_connection()
+
+    def _connection(self) -> sqlite3.Connection | None:
+        if self._conn is None:
+            self._conn = connect_readonly(self.paths.ledger)
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+        self._conn = None
+
+    def _configured_routing(self) -> str:
+        """The config file's routing mode, re-read when the file changes."""
+        mtime = _mtime(self.paths.config_file)
+        if mtime != self._config_mtime:
+            self._config_mtime = mtime
+            try:
+                self.config = load(self.paths.config_file)
+            except ConfigError as exc:
+                print(f"devmeter: bad config, keeping the last good one: {exc}", file=sys.stderr)
+        return str(self.config.section("routing").mode)
+
+    # --- on screen ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Show the icon (pystray owns this, the main thread) until Quit or a signal."""
+        import pystray
+
+        icon = pystray.Icon(
+            "devmeter", render_icon(self.snapshot.today_usd, "normal", self.icon_size), "devmeter"
+        )
+        self.attach(icon)
+        if self.notify is None:
+            self.notify = desktop_notifier(icon)
+        if not getattr(icon, "HAS_MENU", True):
+            # The plain X backend has no menu: a click opens the report instead.
+            def click_menu(_items: Sequence[MenuItem], _handlers: object) -> pystray.Menu:
+                return pystray.Menu(
+                    pystray.MenuItem("Open report", lambda: self.open_report(), default=True)
+                )
+
+            self.make_menu = click_menu
+        restore = _quit_on_signals(self.quit)
+        self.supervisor.start()
+
+        def setup(icon: pystray.Icon) -> None:
+            if self.stopped.is_set():
+                return
+            icon.visible = True
+            self.refresh(force=True)
+            self.update_loop()
+
+        try:
+            icon.run(setup=setup)
+        except Exception as exc:
+            if self.stopped.is_set():
+                # Quitting: e.g. pystray's GTK backend fails to withdraw a notification
+                # when no notification service runs. Nothing is left to do.
+                print(f"devmeter: the tray closed with an error: {exc!r}", file=sys.stderr)
+                return 0
+            self._release_setup(icon)
+            raise
+        except BaseException:
+            self._release_setup(icon)
+            raise
+        finally:
+            restore()
+            self.shutdown()
+        return 0
+
+    def _release_setup(self, icon: Any) -> None:
+        """pystray's setup thread (not a daemon) waits for the loop to become ready; if the
+        loop never started it would wait for ever and keep the process alive."""
+        self.stopped.set()
+        with contextlib.suppress(Exception):
+            icon._Icon__queue.put(True)
+
+
+def _quit_on_signals(quit: Callable[[], None]) -> Callable[[], None]:
+    """SIGINT and SIGTERM (Ctrl-C, logout, systemd, launchd) quit like the menu's Quit."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    wanted = [signal.SIGINT, signal.SIGTERM]
+    previous = {sig: signal.getsignal(sig) for sig in wanted}
+
+    def handler(_signum: int, _frame: object) -> None:
+        quit()
+
+    for sig in wanted:
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, old)
+
+    return restore
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _print_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def main(config: Config, paths: Paths, *, headless: bool = False) -> int:
+    """`devmeter`: the tray if there is a desktop, else the headless status line."""
+    from devmeter.tray.headless import run_headless
+
+    if headless:
+        return run_headless(paths, config, None)
+    reason = display_problem() or load_backend()
+    if reason is not None:
+        return run_headless(paths, config, reason)
+    try:
+        return TrayApp(paths, config).run()
+    except Exception as exc:  # e.g. GTK with no D-Bus session: the proxy still matters
+        reason = f"the tray failed ({type(exc).__name__}: {exc})"
+        return run_headless(paths, config, reason)

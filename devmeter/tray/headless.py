@@ -1,0 +1,200 @@
+"""No desktop: the supervised proxy, and one live line of spend in the terminal.
+
+On a terminal the line is rewritten in place (`\\r`) twice a second:
+
+    devmeter · today $12.40 · session $3.21 (acme-api) · month $310.55 · 42 calls · last …
+
+When stdout is a file or a pipe (a service log), a plain line is printed whenever the
+figures change (at most every `min_gap` seconds) and every `heartbeat` seconds anyway.
+The proxy's own output (its address, alerts) goes to stderr, above the live line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from devmeter import control as control_state
+from devmeter.budget import format_usd, repo_name
+from devmeter.config import Config
+from devmeter.ledger import connect_readonly
+from devmeter.paths import Paths
+from devmeter.tray.menu import TraySnapshot
+from devmeter.tray.snapshot import Headline, headline, snapshot
+from devmeter.tray.supervisor import EventKind, ProxyStatus, Supervisor
+
+SEP = " \u00b7 "
+
+
+def status_line(snap: TraySnapshot, head: Headline, proxy: ProxyStatus | None = None) -> str:
+    """`devmeter · today $X · session $Y (repo) · month $Z · N calls · last alert …`"""
+    parts = ["devmeter"]
+    if snap.paused:
+        parts.append("PAUSED")
+    elif snap.blocked:
+        parts.append(f"BLOCKED by {len(snap.blocked)} cap{'s' if len(snap.blocked) > 1 else ''}")
+    if proxy is not None and proxy.state not in ("running", "external"):
+        parts.append(proxy.detail)
+    parts.append(f"today {format_usd(snap.today_usd)}")
+    if head.session is not None:
+        where = repo_name(head.session.repo) if head.session.repo else head.session.tool
+        parts.append(f"session {format_usd(head.session.spend_usd)} ({where})")
+    parts.append(f"month {format_usd(snap.month_usd)}")
+    parts.append(f"{head.calls_today} call{'' if head.calls_today == 1 else 's'}")
+    if head.last_alert:
+        parts.append(f"last alert {head.last_alert}")
+    return SEP.join(parts)
+
+
+class LiveLine:
+    """Writes the status line: in place on a terminal, as plain lines elsewhere."""
+
+    def __init__(
+        self,
+        out: TextIO,
+        err: TextIO,
+        *,
+        tty: bool | None = None,
+        min_gap: float = 2.0,
+        heartbeat: float = 60.0,
+        width: Callable[[], int] | None = None,
+    ) -> None:
+        self.out = out
+        self.err = err
+        self.tty = out.isatty() if tty is None else tty
+        self.min_gap = min_gap
+        self.heartbeat = heartbeat
+        self._width = width or (lambda: shutil.get_terminal_size((100, 24)).columns)
+        self._shown = ""  # the line on screen (tty) or last printed
+        self._printed_at = float("-inf")
+        self._pending: str | None = None
+        self._lock = threading.Lock()
+
+    def show(self, line: str, now: float) -> None:
+        with self._lock:
+            if self.tty:
+                width = max(20, self._width() - 1)
+                if len(line) > width:
+                    line = line[: width - 1] + "\u2026"
+                if line != self._shown:
+                    self._draw(line)
+                return
+            changed = line != self._shown
+            due = now - self._printed_at >= (self.min_gap if changed else self.heartbeat)
+            if due:
+                self.out.write(line + "\n")
+                self.out.flush()
+                self._shown = line
+                self._printed_at = now
+
+    def message(self, text: str) -> None:
+        """A line from the proxy or the supervisor, printed above the live line."""
+        with self._lock:
+            if self.tty and self._shown:
+                self.out.write("\r\x1b[K")
+                self.out.flush()
+            self.err.write(text + "\n")
+            self.err.flush()
+            if self.tty and self._shown:
+                self.out.write(self._shown)
+                self.out.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self.tty and self._shown:
+                self.out.write("\n")
+                self.out.flush()
+
+    def _draw(self, line: str) -> None:
+        self.out.write("\r\x1b[K" + line)
+        self.out.flush()
+        self._shown = line
+
+
+def run_headless(
+    paths: Paths,
+    config: Config,
+    reason: str | None,
+    *,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    supervisor: Supervisor | None = None,
+    stop: threading.Event | None = None,
+    interval: float = 0.5,
+    live: LiveLine | None = None,
+    clock: Callable[[], float] = time.time,
+) -> int:
+    """Supervise the proxy and show the live line until `stop` is set, Ctrl-C or SIGTERM.
+
+    `reason` says why there is no tray (None: the user asked for --headless)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    live = live or LiveLine(out, err)
+    stop = stop or threading.Event()
+    if reason is None:
+        err.write("devmeter: running headless (--headless): the proxy and a live line of spend.\n")
+    else:
+        err.write(f"devmeter: {reason}: running headless; the tray needs a desktop session.\n")
+    err.flush()
+
+    def on_event(_kind: EventKind, message: str) -> None:
+        live.message(message)
+
+    supervisor = supervisor or Supervisor(paths, on_event=on_event, on_output=live.message)
+    restore = _stop_on_sigterm(stop)
+    supervisor.start()
+    conn: sqlite3.Connection | None = None
+    configured = config.section("routing").mode
+    try:
+        while not stop.is_set():
+            if conn is None:
+                conn = connect_readonly(paths.ledger)
+            now = clock()
+            try:
+                ctl = control_state.load(control_state.control_path(paths.data_dir))
+            except ValueError:
+                ctl = control_state.Control()
+            try:
+                snap = snapshot(conn, now, ctl, configured_routing=configured)
+                line = status_line(snap, headline(conn, now, snap), supervisor.status)
+            except sqlite3.Error as exc:
+                line = f"devmeter{SEP}cannot read the ledger {paths.ledger}: {exc}"
+                if conn is not None:
+                    conn.close()
+                conn = None
+            live.show(line, time.monotonic())
+            stop.wait(interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        restore()
+        live.close()
+        supervisor.stop()
+        if conn is not None:
+            conn.close()
+    return 0
+
+
+def _stop_on_sigterm(stop: threading.Event) -> Callable[[], None]:
+    """SIGTERM (systemd, launchd) ends the loop like Ctrl-C does; only from the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+
+    def restore() -> None:
+        with contextlib.suppress(ValueError, TypeError):
+            signal.signal(signal.SIGTERM, previous)
+
+    return restore

@@ -1,0 +1,216 @@
+"""What the tray shows, read from the ledger: a pure function of (ledger, now, control).
+
+`snapshot(conn, now, control)` returns the `TraySnapshot` that `build_menu` and the icon
+are drawn from: today's and this month's spend (local calendar), the live sessions
+(a call in the last `LIVE_SECONDS`), today's spend by repo, whether an alert fired
+today (warning) and which caps are refusing requests now (blocked).
+
+A cap is "refusing now" when a call in the last `LIVE_SECONDS` was answered by devmeter
+itself (status 403, error starting `devmeter:`), unless the user lifted that cap since
+(`control.allowed`) or a later call in the same scope went through.
+
+`headline(conn, now)` adds what the headless status line shows: today's call count, the
+live session the last call came from, and the last alert. Both only read; the caller
+owns the connection (read-only, see `ledger.connect_readonly`).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from devmeter.control import Control
+from devmeter.ledger import PICO
+from devmeter.tray.menu import ROUTING_MODES, CapRow, RoutingMode, SessionRow, TraySnapshot
+
+# A session with a call this recent is live; a refusal this recent means "blocked now".
+LIVE_SECONDS = 600.0
+
+# budget.BudgetTracker.check words every cap refusal like this:
+# "devmeter: <who> reached its $5.00 cap (budgets.session.block_usd; $5.12 spent), ..."
+_CAP_SCOPE = re.compile(r"budgets\.(session|repo|day|month)\.block_usd")
+_CAP_FIGURE = re.compile(r"reached its \$([0-9,]+(?:\.[0-9]+)?) cap")
+REFUSED = "status = 403 AND error LIKE 'devmeter:%'"
+
+
+def day_start(now: float) -> float:
+    """Local midnight before `now`: the day budgets and `report --since today` count from."""
+    midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    return midnight.timestamp()
+
+
+def month_start(now: float) -> float:
+    midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    return midnight.replace(day=1).timestamp()
+
+
+def snapshot(
+    conn: sqlite3.Connection | None,
+    now: float,
+    control: Control,
+    *,
+    configured_routing: str = "shadow",
+) -> TraySnapshot:
+    """The tray's view of the ledger at `now`; an empty one when there is no ledger yet.
+
+    `sessions` come most recently active first (the tooltip's "session" is the first);
+    the menu sorts them by spend itself. `configured_routing` is the config file's mode,
+    used when control.json does not override it.
+    """
+    routing = _routing(control.routing_mode or configured_routing)
+    if conn is None:
+        return TraySnapshot(routing=routing, paused=control.paused)
+    today = day_start(now)
+    return TraySnapshot(
+        today_usd=_sum(conn, "ts >= ?", (today,)),
+        month_usd=_sum(conn, "ts >= ?", (month_start(now),)),
+        sessions=live_sessions(conn, now),
+        today_by_repo=tuple(
+            (repo, _usd(pusd))
+            for repo, pusd in conn.execute(
+                "SELECT repo, sum(coalesce(cost_pusd, 0)) FROM calls WHERE ts >= ? "
+                "GROUP BY repo ORDER BY 2 DESC",
+                (today,),
+            )
+        ),
+        routing=routing,
+        paused=control.paused,
+        blocked=blocked_caps(conn, now, control),
+        warning=conn.execute("SELECT 1 FROM alerts WHERE ts >= ? LIMIT 1", (today,)).fetchone()
+        is not None,
+    )
+
+
+def live_sessions(conn: sqlite3.Connection, now: float) -> tuple[SessionRow, ...]:
+    """Sessions with a call in the last `LIVE_SECONDS`, most recent first, with their
+    whole spend (a session's budget counts all of it), tool and latest known repo."""
+    rows = conn.execute(
+        """
+        SELECT s.session, max(c.ts) AS last,
+               sum(coalesce(c.cost_pusd, 0)),
+               (SELECT tool FROM calls t WHERE t.session = s.session ORDER BY ts DESC LIMIT 1),
+               (SELECT repo FROM calls r WHERE r.session = s.session AND r.repo IS NOT NULL
+                ORDER BY ts DESC LIMIT 1)
+        FROM (SELECT DISTINCT session FROM calls WHERE ts >= ? AND session IS NOT NULL) s
+        JOIN calls c ON c.session = s.session
+        GROUP BY s.session ORDER BY last DESC
+        """,
+        (now - LIVE_SECONDS,),
+    ).fetchall()
+    return tuple(
+        SessionRow(session=session, tool=tool or "unknown", repo=repo, spend_usd=_usd(pusd))
+        for session, _last, pusd, tool, repo in rows
+    )
+
+
+def blocked_caps(conn: sqlite3.Connection, now: float, control: Control) -> tuple[CapRow, ...]:
+    """Caps that refused a request in the last `LIVE_SECONDS` and still stand."""
+    refusals = conn.execute(
+        f"SELECT ts, session, repo, error FROM calls WHERE ts >= ? AND {REFUSED} ORDER BY ts",
+        (now - LIVE_SECONDS,),
+    ).fetchall()
+    latest: dict[tuple[str, str], tuple[float, Decimal]] = {}
+    for ts, session, repo, error in refusals:
+        cap = parse_refusal(error, ts, session, repo)
+        if cap is not None:
+            latest[(cap.scope, cap.key)] = (ts, cap.cap_usd)
+    caps = []
+    for (scope, key), (ts, cap_usd) in latest.items():
+        if scope in ("day", "month") and key != _period(scope, now):
+            continue  # the period rolled over: a fresh budget
+        if any(s == scope and k == key and lifted >= ts for s, k, lifted in control.allowed):
+            continue
+        if _went_through_since(conn, scope, key, ts):
+            continue  # the cap was raised in the config, or the proxy restarted without it
+        caps.append(CapRow(scope, key, cap_usd))
+    return tuple(caps)
+
+
+def parse_refusal(
+    error: str | None, ts: float, session: str | None, repo: str | None
+) -> CapRow | None:
+    """The cap named by a devmeter refusal's message; None for a pause or another text."""
+    if not error:
+        return None
+    scope_match = _CAP_SCOPE.search(error)
+    figure_match = _CAP_FIGURE.search(error)
+    if scope_match is None:
+        return None
+    scope = scope_match.group(1)
+    key = {"session": session, "repo": repo}.get(scope) or (
+        _period(scope, ts) if scope in ("day", "month") else None
+    )
+    if key is None:
+        return None
+    cap = Decimal(figure_match.group(1).replace(",", "")) if figure_match else Decimal(0)
+    return CapRow(scope, key, cap)
+
+
+def _went_through_since(conn: sqlite3.Connection, scope: str, key: str, ts: float) -> bool:
+    where = {"session": " AND session = ?", "repo": " AND repo = ?"}.get(scope, "")
+    params: tuple[Any, ...] = (ts, key) if where else (ts,)
+    sql = f"SELECT 1 FROM calls WHERE ts > ? AND NOT ({REFUSED}){where} LIMIT 1"
+    return conn.execute(sql, params).fetchone() is not None
+
+
+def _period(scope: str, ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d" if scope == "day" else "%Y-%m")
+
+
+def _routing(mode: str) -> RoutingMode:
+    for known in ROUTING_MODES:
+        if mode == known:
+            return known
+    return "off"
+
+
+def _sum(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> Decimal:
+    (pusd,) = conn.execute(f"SELECT sum(cost_pusd) FROM calls WHERE {where}", params).fetchone()
+    return _usd(pusd)
+
+
+def _usd(pusd: int | None) -> Decimal:
+    return Decimal(pusd or 0) / PICO
+
+
+# --- the headless line ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Headline:
+    calls_today: int = 0
+    session: SessionRow | None = None  # the live session the last call came from
+    last_alert: str | None = None  # today's last alert, "HH:MM kind: message"
+
+
+def headline(conn: sqlite3.Connection | None, now: float, snap: TraySnapshot) -> Headline:
+    if conn is None:
+        return Headline()
+    today = day_start(now)
+    (count,) = conn.execute("SELECT count(*) FROM calls WHERE ts >= ?", (today,)).fetchone()
+    alert = conn.execute(
+        "SELECT ts, kind, message FROM alerts WHERE ts >= ? ORDER BY ts DESC, id DESC LIMIT 1",
+        (today,),
+    ).fetchone()
+    last_alert = None
+    if alert is not None:
+        ts, kind, message = alert
+        last_alert = f"{datetime.fromtimestamp(ts):%H:%M} {kind}: {message}"
+    return Headline(
+        calls_today=int(count),
+        session=snap.sessions[0] if snap.sessions else None,
+        last_alert=last_alert,
+    )
+
+
+def change_marker(conn: sqlite3.Connection | None) -> tuple[int, int]:
+    """Cheap: the newest call and alert ids. The tray rebuilds only when they move."""
+    if conn is None:
+        return (0, 0)
+    (calls,) = conn.execute("SELECT max(id) FROM calls").fetchone()
+    (alerts,) = conn.execute("SELECT max(id) FROM alerts").fetchone()
+    return (calls or 0, alerts or 0)
