@@ -46,6 +46,8 @@ Notify = Callable[[str, str], None]  # (title, message)
 POLL_SECONDS = 0.5
 # Live sessions age out of the menu even when nothing is written: redraw this often.
 REDRAW_SECONDS = 30.0
+# How long Quit waits for the tray's event loop to end before leaving without it.
+LOOP_STOP_GRACE = 3.0
 # At most one desktop notification about the proxy per this many seconds (stderr hears all).
 PROXY_NOTICE_GAP = 300.0
 
@@ -59,8 +61,6 @@ def display_problem(
     """Why there can be no tray here, or None if there may be one. Imports nothing."""
     env = os.environ if environ is None else environ
     if platform in ("darwin", "win32", "cygwin"):
-        return None
-    if env.get("PYSTRAY_BACKEND") == "dummy":
         return None
     if not env.get("DISPLAY") and not env.get("WAYLAND_DISPLAY"):
         return "no display found (DISPLAY unset)"
@@ -216,6 +216,8 @@ class TrayApp:
         self._wake = threading.Event()
         self._updating = False
         self._icon_lock = threading.Lock()
+        self._waker: XorgWaker | None = None
+        self._loop_done: threading.Event | None = None  # set when run()'s loop returned
         self._conn: sqlite3.Connection | None = None
         self._marker: object = None
         self._config_mtime = _mtime(paths.config_file)
@@ -290,8 +292,21 @@ class TrayApp:
 
     def _stop_icon(self) -> None:
         with self._icon_lock:
-            if self.icon is not None:
-                self.icon.stop()
+            pass  # a redraw in flight finishes; none starts now that `stopped` is set
+        icon = self.icon
+        if icon is None:
+            return
+        self._nudged(icon.stop)
+        loop_done = self._loop_done
+        if loop_done is not None and not loop_done.wait(LOOP_STOP_GRACE):
+            # Seen with pystray's X backend now and then: the window is gone but its loop
+            # never hears so. Quitting must still quit, and stop the proxy first.
+            print("devmeter: the tray's event loop did not stop; exiting", file=sys.stderr)
+            self.shutdown()
+            for stream in (sys.stdout, sys.stderr):  # None under pythonw
+                if stream is not None:
+                    stream.flush()
+            os._exit(0)
 
     def _control(self, **changes: Any) -> None:
         try:
@@ -370,8 +385,32 @@ class TrayApp:
 
     def _draw(self, snap: TraySnapshot) -> None:
         with self._icon_lock:
-            if self.icon is not None and not self.stopped.is_set():
-                self._draw_on(self.icon, snap)
+            icon = self.icon
+            if icon is not None and not self.stopped.is_set():
+                self._nudged(lambda: self._draw_on(icon, snap))
+
+    def _nudged(self, change: Callable[[], object]) -> None:
+        """Make a change to the icon, waking the X backend's loop until it is done.
+
+        pystray's X backend hands each change to its loop's thread and waits for it; the
+        request can sit in python-xlib's queue while that thread blocks reading the
+        socket (a race in python-xlib), until some X event arrives. An event sent to the
+        icon's window over a second connection is such an event."""
+        waker = self._waker
+        if waker is None:
+            change()
+            return
+        done = threading.Event()
+
+        def nudge() -> None:
+            while not done.wait(0.25):
+                waker.wake()
+
+        threading.Thread(target=nudge, name="devmeter-tray-nudge", daemon=True).start()
+        try:
+            change()
+        finally:
+            done.set()
 
     def _draw_on(self, icon: Any, snap: TraySnapshot) -> None:
         proxy = self.supervisor.status
@@ -449,6 +488,7 @@ class TrayApp:
             "devmeter", render_icon(self.snapshot.today_usd, "normal", self.icon_size), "devmeter"
         )
         self.attach(icon)
+        self._waker = XorgWaker.for_icon(icon)
         if self.notify is None:
             self.notify = desktop_notifier(icon)
         if not getattr(icon, "HAS_MENU", True):
@@ -463,12 +503,14 @@ class TrayApp:
         self.supervisor.start()
 
         def setup(icon: pystray.Icon) -> None:
-            if self.stopped.is_set():
+            if self.stopped.is_set():  # quit before the loop ran: stop it now it does
+                self._stop_icon()
                 return
-            icon.visible = True
+            self._nudged(lambda: setattr(icon, "visible", True))
             self.refresh(force=True)
             self.update_loop()
 
+        self._loop_done = threading.Event()
         try:
             icon.run(setup=setup)
         except Exception as exc:
@@ -483,6 +525,7 @@ class TrayApp:
             self._release_setup(icon)
             raise
         finally:
+            self._loop_done.set()
             restore()
             self.shutdown()
         return 0
@@ -495,11 +538,55 @@ class TrayApp:
             icon._Icon__queue.put(True)
 
 
+class XorgWaker:
+    """Sends a no-op client message to the X backend's icon window."""
+
+    def __init__(self, window_id: int) -> None:
+        self.window_id = window_id
+        self._display: Any = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_icon(cls, icon: Any) -> XorgWaker | None:
+        window = getattr(icon, "_window", None)
+        if type(icon).__module__ != "pystray._xorg" or window is None:
+            return None
+        return cls(int(window.id))
+
+    def wake(self) -> None:
+        with self._lock:
+            try:
+                from Xlib import X
+                from Xlib import display as xdisplay
+                from Xlib.protocol import event
+
+                if self._display is None:
+                    self._display = xdisplay.Display()
+                conn = self._display
+                window = conn.create_resource_object("window", self.window_id)
+                message = event.ClientMessage(
+                    window=window,
+                    client_type=conn.intern_atom("_DEVMETER_WAKE"),
+                    data=(32, [0, 0, 0, 0, 0]),
+                )
+                window.send_event(message, event_mask=X.NoEventMask, onerror=lambda *_: None)
+                conn.flush()
+            except Exception:  # a window gone, a display closing: nothing to wake
+                self._display = None
+
+
 def _quit_on_signals(quit: Callable[[], None]) -> Callable[[], None]:
-    """SIGINT and SIGTERM (Ctrl-C, logout, systemd, launchd) quit like the menu's Quit."""
+    """SIGINT and SIGTERM (Ctrl-C, logout, systemd, launchd) quit like the menu's Quit.
+
+    A Python signal handler runs only when the main thread runs Python, and the main
+    thread sits in the tray's event loop, in C or in a blocking read of the X socket,
+    which a signal delivered to another thread does not interrupt. So the signal is
+    also written to a wake-up pipe (`signal.set_wakeup_fd`, whichever thread receives
+    it), and a thread reading the pipe quits at once.
+    """
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    wanted = [signal.SIGINT, signal.SIGTERM]
+    wanted = {signal.SIGINT, signal.SIGTERM}
     previous = {sig: signal.getsignal(sig) for sig in wanted}
 
     def handler(_signum: int, _frame: object) -> None:
@@ -507,11 +594,45 @@ def _quit_on_signals(quit: Callable[[], None]) -> Callable[[], None]:
 
     for sig in wanted:
         signal.signal(sig, handler)
+    restore_wakeup = _wake_on_signals(wanted, quit)
 
     def restore() -> None:
         for sig, old in previous.items():
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(sig, old)
+        with contextlib.suppress(ValueError, OSError):
+            restore_wakeup()
+
+    return restore
+
+
+def _wake_on_signals(wanted: set[int], quit: Callable[[], None]) -> Callable[[], None]:
+    """Quit from a thread that reads the signal wake-up pipe; returns the undo."""
+
+    def nothing() -> None:
+        pass
+
+    if os.name != "posix":
+        return nothing
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    old_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        try:
+            while data := os.read(read_fd, 64):
+                if any(byte in wanted for byte in data):
+                    quit()
+        except OSError:
+            pass
+        finally:
+            os.close(read_fd)
+
+    threading.Thread(target=watch, name="devmeter-tray-signals", daemon=True).start()
+
+    def restore() -> None:
+        signal.set_wakeup_fd(old_fd)
+        os.close(write_fd)  # the watcher reads end-of-file and closes its end
 
     return restore
 

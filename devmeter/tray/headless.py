@@ -152,8 +152,15 @@ def run_headless(
     supervisor.start()
     conn: sqlite3.Connection | None = None
     configured = config.section("routing").mode
+    announced = False
     try:
         while not stop.is_set():
+            if not announced and supervisor.status.state in ("running", "external"):
+                announced = True
+                live.message(
+                    'devmeter: route your tools through it with `eval "$(devmeter env)"`, '
+                    "or `devmeter run -- CMD`; Ctrl-C stops it."
+                )
             if conn is None:
                 conn = connect_readonly(paths.ledger)
             now = clock()
