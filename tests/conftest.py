@@ -1,4 +1,9 @@
-"""Shared fixtures: every test gets its own DEVMETER_HOME, so nothing touches the user's."""
+"""Shared fixtures: every test gets its own DEVMETER_HOME, so nothing touches the user's.
+
+`upstream` (a fake provider) and `proxy` (a real `devmeter proxy` with every provider
+host mapped to it) are shared by a test module; a module that needs another config
+defines its own `proxy`.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,27 @@ from pathlib import Path
 
 import pytest
 
+from tests.fake_upstream import FakeUpstream
+from tests.proxy_harness import RunningProxy, start_proxy
+
 
 @pytest.fixture(autouse=True)
 def devmeter_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     home = tmp_path / "devmeter-home"
     monkeypatch.setenv("DEVMETER_HOME", str(home))
     yield home
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def proxy(
+    upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningProxy]:
+    running = start_proxy(tmp_path_factory.mktemp("devmeter-home"), upstream.url)
+    yield running
+    running.stop()

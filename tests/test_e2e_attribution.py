@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,7 @@ from tests.clients_env import (
     report,
     rows_after,
 )
-from tests.fake_upstream import FakeUpstream
-from tests.proxy_harness import RunningProxy, start_proxy
+from tests.proxy_harness import RunningProxy
 
 pytestmark = [pytest.mark.proxy, pytest.mark.e2e]
 
@@ -54,21 +52,6 @@ reply = client.messages.create(
 )
 print(json.dumps({{"pid": os.getpid(), "cwd": os.getcwd(), "output": reply.usage.output_tokens}}))
 """
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def proxy(
-    upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningProxy]:
-    running = start_proxy(tmp_path_factory.mktemp("devmeter-home"), upstream.url)
-    yield running
-    running.stop()
 
 
 def run_script(

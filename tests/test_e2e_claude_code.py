@@ -8,7 +8,6 @@ both, and tie the calls to the repo and branch Claude Code worked in.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from tests.clients_env import (
     rows_after,
 )
 from tests.fake_upstream import FakeUpstream
-from tests.proxy_harness import RunningProxy, start_proxy
+from tests.proxy_harness import RunningProxy
 
 pytestmark = [pytest.mark.proxy, pytest.mark.e2e]
 
@@ -73,21 +72,6 @@ def opus_cost(u: dict[str, int]) -> Decimal:
         + u["cache_write_1h_tokens"] * OPUS_CACHE_WRITE_1H
         + u["output_tokens"] * OPUS_OUTPUT
     ) / M
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def proxy(
-    upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningProxy]:
-    running = start_proxy(tmp_path_factory.mktemp("devmeter-home"), upstream.url)
-    yield running
-    running.stop()
 
 
 @pytest.fixture(autouse=True)

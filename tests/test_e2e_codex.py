@@ -9,7 +9,6 @@ branch; the `generate: false` prewarm Codex sends first on a WebSocket is not a 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from tests.clients_env import (
     rows_after,
 )
 from tests.fake_upstream import FakeUpstream
-from tests.proxy_harness import RunningProxy, start_proxy
+from tests.proxy_harness import RunningProxy
 
 pytestmark = [pytest.mark.proxy, pytest.mark.e2e]
 
@@ -55,21 +54,6 @@ TURN = {
 TURN_COST = (2345 * SOL_INPUT + 6789 * SOL_CACHED_INPUT + 432 * SOL_OUTPUT) / M
 
 TRANSPORTS = {"websocket": True, "https": False}
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def proxy(
-    upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningProxy]:
-    running = start_proxy(tmp_path_factory.mktemp("devmeter-home"), upstream.url)
-    yield running
-    running.stop()
 
 
 @pytest.fixture(autouse=True)

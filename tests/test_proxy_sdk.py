@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import pytest
 import zstandard
 
 from tests.fake_upstream import FakeUpstream
-from tests.proxy_harness import RunningProxy, start_proxy
+from tests.proxy_harness import RunningProxy
 
 pytestmark = pytest.mark.proxy
 
@@ -43,21 +42,6 @@ USAGE = {
 }
 # Claude Opus 5.5 list prices: input 4, output 20, cache read 0.20, 5m write 5, 1h write 8.
 OPUS_55_COST = (1200 * 4 + 3000 * Decimal("0.2") + 300 * 5 + 200 * 8 + 345 * 20) / M
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def proxy(
-    upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningProxy]:
-    running = start_proxy(tmp_path_factory.mktemp("home"), upstream.url)
-    yield running
-    running.stop()
 
 
 @pytest.fixture(autouse=True)
