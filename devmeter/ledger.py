@@ -261,7 +261,11 @@ class LedgerWriter:
                         conn.execute(*item)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # SQLite has already rolled back after an I/O error (read-only disk, disk
+                # full); a second ROLLBACK would raise and hide the real cause.
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
                 raise
         except (sqlite3.Error, OSError) as exc:
             self._report(

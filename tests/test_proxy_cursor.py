@@ -82,7 +82,7 @@ def test_cursor_chat_is_metered_as_estimated_at_the_makers_price(proxy: RunningP
             content=chunks(),
             headers={"content-type": "application/connect+proto", "connect-protocol-version": "1"},
         )
-    assert answer.status_code == 200, (answer.text, proxy.log.read_text()[-2000:])
+    assert answer.status_code == 200, answer.text
     assert answer.content == RESPONSE
     assert ConnectServer.received == [REQUEST]  # forwarded byte for byte
 
@@ -91,5 +91,5 @@ def test_cursor_chat_is_metered_as_estimated_at_the_makers_price(proxy: RunningP
     assert row["provider"] == "anthropic"  # the model's maker, priced at its list price
     assert row["requested_model"] == "claude-4.5-sonnet-thinking"
     assert row["estimated"] == 1
-    assert row["input_tokens"] > 0 and row["output_tokens"] > 0, str({k: v for k, v in row.items() if v})
+    assert row["input_tokens"] > 0 and row["output_tokens"] > 0
     assert row["cost_usd"] is not None and row["cost_usd"] > 0

@@ -1,0 +1,1 @@
+"""devmeter's benchmarks: `uv run --extra test python -m benchmarks [--quick]` (see run.py)."""

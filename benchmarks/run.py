@@ -1,0 +1,904 @@
+"""devmeter's overhead, measured against the same load direct and through bare mitmproxy.
+
+    uv run --extra test python -m benchmarks            # full run (~10 min on 2 cores)
+    uv run --extra test python -m benchmarks --quick    # CI-sized (~1.5 min)
+    uv run --extra test python benchmarks/run.py --only latency,stream
+
+One process tree: a fake upstream (`python -m tests.fake_upstream`, its own process so it
+does not share the client's GIL), bare mitmproxy (`benchmarks/bare_proxy.py`: the same
+mitmproxy, started the way devmeter starts it, mapping the provider hosts to the upstream)
+and `python -m devmeter proxy --upstream ...`, each with its own CA. The clients run here.
+
+Phases (``--only``): latency, stream, throughput, memory, ledger, report. Every phase
+interleaves the three targets in rounds so a burst of load elsewhere on the machine hits
+all of them alike. The proxies' CPU time per call (psutil) is printed next to throughput:
+it is much steadier than wall-clock figures on a shared machine.
+
+``--profile`` records the devmeter proxy with py-spy during the throughput phase and
+prints where its time goes, next to bare mitmproxy's (needs ``py-spy`` installed).
+``--write-results`` rewrites ``benchmarks/RESULTS.md`` (a ``## Findings`` section in it
+is kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python benchmarks/run.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx2
+import psutil
+
+from benchmarks import ledger_bench
+from benchmarks.load import MESSAGES_BODY, PROVIDER_HOST, Target, run_load
+from tests.fake_upstream.process import FakeUpstreamProcess
+from tests.proxy_harness import RunningProxy, start_proxy
+
+REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "RESULTS.md"
+PHASES = ("latency", "stream", "throughput", "memory", "ledger", "report")
+CONFIGS = ("direct", "bare", "devmeter")
+MESSAGES_URL = f"https://{PROVIDER_HOST}/v1/messages"
+STREAM_BODY = {
+    "model": "claude-opus-5-5",
+    "max_tokens": 64,
+    "stream": True,
+    "messages": [{"role": "user", "content": "hi"}],
+}
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Settings:
+    latency_calls: int = 1500
+    warmup_calls: int = 200
+    streams: int = 8
+    event_gap_ms: float = 50.0
+    throughput_seconds: float = 10.0
+    concurrency: int = 16
+    memory_calls: int = 100_000
+    memory_clients: int = 32
+    reconnect_every: int = 1000
+    writer_rows: int = 100_000
+    ledger_rows: int = 1_000_000
+    rounds: int = 3
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        base = cls.quick() if args.quick else cls()
+        changes: dict[str, Any] = {}
+        if args.calls is not None:
+            changes["memory_calls"] = args.calls
+        if args.ledger_rows is not None:
+            changes["ledger_rows"] = args.ledger_rows
+        if args.seconds is not None:
+            changes["throughput_seconds"] = args.seconds
+        return cls(**{**base.__dict__, **changes})
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(
+            latency_calls=300,
+            warmup_calls=50,
+            streams=3,
+            throughput_seconds=3.0,
+            memory_calls=10_000,
+            writer_rows=20_000,
+            ledger_rows=200_000,
+            rounds=2,
+        )
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Proxy:
+    name: str
+    proc: subprocess.Popen[bytes]
+    host: str
+    port: int
+    ca_cert: Path
+    running: RunningProxy | None = None  # devmeter's, to read its ledger
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_cert))
+
+    def target(self) -> Target:
+        return Target(proxy=(self.host, self.port), ssl_context=self.ssl_context())
+
+    def cpu_seconds(self) -> float:
+        times = psutil.Process(self.proc.pid).cpu_times()
+        return times.user + times.system
+
+    def rss(self) -> int:
+        return psutil.Process(self.proc.pid).memory_info().rss
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_devmeter(home: Path, upstream: str) -> Proxy:
+    running = start_proxy(home, upstream)
+    return Proxy("devmeter", running.proc, running.host, running.port, running.ca_cert, running)
+
+
+def start_bare(home: Path, upstream: str) -> Proxy:
+    home.mkdir(parents=True, exist_ok=True)
+    state = home / "bare.json"
+    log = (home / "bare.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(HERE / "bare_proxy.py"),
+            "--confdir",
+            str(home / "ca"),
+            "--state-file",
+            str(state),
+            "--upstream",
+            upstream,
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while not state.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"bare mitmproxy did not start: {(home / 'bare.log').read_text()}")
+        time.sleep(0.05)
+    info = json.loads(state.read_text())
+    ca_cert = home / "ca" / "mitmproxy-ca-cert.pem"
+    return Proxy("bare", proc, info["host"], int(info["port"]), ca_cert)
+
+
+@dataclass
+class Bench:
+    settings: Settings
+    workdir: Path
+    upstream: FakeUpstreamProcess
+    proxies: dict[str, Proxy] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+
+    def direct_target(self) -> Target:
+        return Target(direct=("127.0.0.1", self.upstream.port))
+
+    def target(self, config: str) -> Target:
+        return self.direct_target() if config == "direct" else self.proxies[config].target()
+
+    def check(self, name: str, ok: bool, detail: str) -> None:
+        self.checks.append((name, ok, detail))
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("inf")
+
+
+def http_client(bench: Bench, config: str) -> tuple[httpx2.Client, str]:
+    """A keep-alive httpx2 client for `config` and the URL of the messages endpoint."""
+    if config == "direct":
+        client = httpx2.Client(timeout=30, headers={"Host": PROVIDER_HOST})
+        return client, f"{bench.upstream.url}/v1/messages"
+    proxy = bench.proxies[config]
+    return httpx2.Client(proxy=proxy.url, verify=proxy.ssl_context(), timeout=30), MESSAGES_URL
+
+
+HEADERS = {
+    "anthropic-version": "2023-06-01",
+    "x-api-key": "sk-ant-bench",
+    "content-type": "application/json",
+    "user-agent": "devmeter-bench/1",
+}
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def phase_latency(bench: Bench) -> None:
+    s = bench.settings
+    say(
+        f"latency: {s.latency_calls} sequential non-streamed calls per target, keep-alive, "
+        f"after {s.warmup_calls} warm-up calls; {s.rounds} interleaved rounds"
+    )
+    clients = {c: http_client(bench, c) for c in CONFIGS}
+    samples: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    try:
+        for client, url in clients.values():
+            for _ in range(s.warmup_calls):
+                client.post(url, content=MESSAGES_BODY, headers=HEADERS).raise_for_status()
+        per_round = max(1, s.latency_calls // s.rounds)
+        for _ in range(s.rounds):
+            for config, (client, url) in clients.items():
+                for _ in range(per_round):
+                    start = time.perf_counter()
+                    response = client.post(url, content=MESSAGES_BODY, headers=HEADERS)
+                    samples[config].append(time.perf_counter() - start)
+                    if response.status_code != 200:
+                        raise RuntimeError(f"{config}: HTTP {response.status_code}")
+    finally:
+        for client, _ in clients.values():
+            client.close()
+    out: dict[str, dict[str, float]] = {}
+    for config in CONFIGS:
+        out[config] = {
+            "p50_ms": pct(samples[config], 50) * 1e3,
+            "p99_ms": pct(samples[config], 99) * 1e3,
+            "calls": len(samples[config]),
+        }
+    for config in ("bare", "devmeter"):
+        for q in ("p50", "p99"):
+            out[config][f"added_{q}_ms"] = out[config][f"{q}_ms"] - out["direct"][f"{q}_ms"]
+    bench.results["latency"] = out
+    d, b, m = out["direct"], out["bare"], out["devmeter"]
+    for q in ("p50", "p99"):
+        say(
+            f"  {q}: direct {d[q + '_ms']:.3f} ms | bare {b[q + '_ms']:.3f} ms "
+            f"(+{b['added_' + q + '_ms']:.3f}) | devmeter {m[q + '_ms']:.3f} ms "
+            f"(+{m['added_' + q + '_ms']:.3f}) | added devmeter/bare "
+            f"{ratio(m['added_' + q + '_ms'], b['added_' + q + '_ms']):.2f}x, "
+            f"devmeter/direct {ratio(m[q + '_ms'], d[q + '_ms']):.2f}x"
+        )
+    r = ratio(m["added_p50_ms"], b["added_p50_ms"])
+    bench.check(
+        "added p50 latency <= 1.25x bare mitmproxy's",
+        r <= 1.25,
+        f"+{m['added_p50_ms']:.3f} ms vs +{b['added_p50_ms']:.3f} ms = {r:.2f}x",
+    )
+
+
+def _one_stream(
+    client: httpx2.Client, url: str, tag: str, gap_ms: float
+) -> tuple[float, list[float]]:
+    """Send one streamed call; (time to first event, arrival time of every event)."""
+    headers = {**HEADERS, "x-fake-delay-ms": str(gap_ms), "x-bench-id": tag}
+    arrivals: list[float] = []
+    tail = b""
+    start = time.monotonic()
+    with client.stream("POST", url, json=STREAM_BODY, headers=headers) as response:
+        response.raise_for_status()
+        for chunk in response.iter_raw():
+            now = time.monotonic()
+            data = tail + chunk
+            arrivals.extend([now] * data.count(b"\n\n"))
+            tail = data[data.rfind(b"\n\n") + 2 :] if b"\n\n" in data else data
+    return arrivals[0] - start, arrivals
+
+
+def phase_stream(bench: Bench) -> None:
+    s = bench.settings
+    say(f"stream: {s.streams} streams per target, upstream events {s.event_gap_ms:g} ms apart")
+    bench.upstream.reset()
+    clients = {c: http_client(bench, c) for c in CONFIGS}
+    ttfe: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    tags: dict[str, list[tuple[str, list[float]]]] = {c: [] for c in CONFIGS}
+    try:
+        for client, url in clients.values():  # warm: TLS, certs, connection
+            _one_stream(client, url, "warmup", 0)
+        for _ in range(s.streams):
+            for config, (client, url) in clients.items():
+                tag = uuid.uuid4().hex
+                first, arrivals = _one_stream(client, url, tag, s.event_gap_ms)
+                ttfe[config].append(first)
+                tags[config].append((tag, arrivals))
+    finally:
+        for client, _ in clients.values():
+            client.close()
+    recorded = {r["headers"].get("x-bench-id"): r["id"] for r in bench.upstream.requests()}
+    sent: dict[int, list[float]] = collections.defaultdict(list)
+    for event in bench.upstream.sent_events():
+        sent[event["request_id"]].append(event["time"])
+    out: dict[str, dict[str, float]] = {}
+    for config in CONFIGS:
+        later: list[float] = []
+        for tag, arrivals in tags[config]:
+            times = sorted(sent[recorded[tag]])
+            if len(times) != len(arrivals):
+                raise RuntimeError(f"{config}: {len(arrivals)} events arrived, {len(times)} sent")
+            later += [a - t for a, t in zip(arrivals[1:], times[1:], strict=True)]
+        out[config] = {
+            "ttfe_ms": statistics.median(ttfe[config]) * 1e3,
+            "event_delay_p50_ms": pct(later, 50) * 1e3,
+            "event_delay_p99_ms": pct(later, 99) * 1e3,
+            "events": len(later),
+        }
+    bench.results["stream"] = out
+    d, b, m = out["direct"], out["bare"], out["devmeter"]
+    say(
+        f"  time to first event (median): direct {d['ttfe_ms']:.2f} ms | bare "
+        f"{b['ttfe_ms']:.2f} ms | devmeter {m['ttfe_ms']:.2f} ms | devmeter-bare "
+        f"{m['ttfe_ms'] - b['ttfe_ms']:+.2f} ms, devmeter/bare "
+        f"{ratio(m['ttfe_ms'], b['ttfe_ms']):.2f}x, devmeter/direct "
+        f"{ratio(m['ttfe_ms'], d['ttfe_ms']):.2f}x"
+    )
+    say(
+        f"  later events, sent->received p50/p99: direct {d['event_delay_p50_ms']:.2f}/"
+        f"{d['event_delay_p99_ms']:.2f} ms | bare {b['event_delay_p50_ms']:.2f}/"
+        f"{b['event_delay_p99_ms']:.2f} ms | devmeter {m['event_delay_p50_ms']:.2f}/"
+        f"{m['event_delay_p99_ms']:.2f} ms ({m['events']} events each)"
+    )
+    gap = m["ttfe_ms"] - b["ttfe_ms"]
+    bench.check(
+        "stream time to first event within 1 ms of bare mitmproxy's",
+        gap <= 1.0,
+        f"{m['ttfe_ms']:.2f} ms vs {b['ttfe_ms']:.2f} ms ({gap:+.2f} ms)",
+    )
+    bench.upstream.reset()
+
+
+def phase_throughput(bench: Bench, profile: bool) -> None:
+    s = bench.settings
+    per_round = s.throughput_seconds / s.rounds
+    say(
+        f"throughput: {s.concurrency} concurrent keep-alive clients, {s.throughput_seconds:g} s "
+        f"per target in {s.rounds} interleaved rounds"
+    )
+    totals = {c: [0, 0.0, 0.0, 0] for c in CONFIGS}  # calls, seconds, proxy cpu, errors
+    for config in CONFIGS:
+        asyncio.run(run_load(bench.target(config), 4, calls=100))
+    spies: dict[str, subprocess.Popen[bytes]] = {}
+    if profile:  # after the warm-up: first-call costs are not per-call costs
+        spies = start_profilers(bench, s.throughput_seconds + 2)
+    for _ in range(s.rounds):
+        for config in CONFIGS:
+            proxy = bench.proxies.get(config)
+            cpu = proxy.cpu_seconds() if proxy else 0.0
+            result = asyncio.run(run_load(bench.target(config), s.concurrency, seconds=per_round))
+            totals[config][0] += result.calls
+            totals[config][1] += result.seconds
+            totals[config][2] += (proxy.cpu_seconds() - cpu) if proxy else 0.0
+            totals[config][3] += result.errors
+    out: dict[str, dict[str, float]] = {}
+    for config, (calls, seconds, cpu, errors) in totals.items():
+        out[config] = {
+            "calls": calls,
+            "calls_per_s": calls / seconds,
+            "errors": errors,
+            "proxy_cpu_ms_per_call": cpu / calls * 1e3 if calls else 0.0,
+        }
+        if errors:
+            raise RuntimeError(f"{config}: {errors} failed calls under load")
+    bench.results["throughput"] = out
+    d, b, m = out["direct"], out["bare"], out["devmeter"]
+    say(
+        f"  calls/s: direct {d['calls_per_s']:.0f} | bare {b['calls_per_s']:.0f} | devmeter "
+        f"{m['calls_per_s']:.0f} | devmeter/bare {ratio(m['calls_per_s'], b['calls_per_s']):.2f}x, "
+        f"devmeter/direct {ratio(m['calls_per_s'], d['calls_per_s']):.2f}x"
+    )
+    cpu_b, cpu_m = b["proxy_cpu_ms_per_call"], m["proxy_cpu_ms_per_call"]
+    say(
+        f"  proxy CPU per call: bare {cpu_b:.2f} ms | devmeter {cpu_m:.2f} ms "
+        f"({ratio(cpu_m, cpu_b):.2f}x)"
+    )
+    r = ratio(m["calls_per_s"], b["calls_per_s"])
+    bench.check(
+        "throughput >= 0.8x bare mitmproxy's",
+        r >= 0.8,
+        f"{m['calls_per_s']:.0f}/s vs {b['calls_per_s']:.0f}/s = {r:.2f}x",
+    )
+    if spies:
+        report_profiles(bench, spies, out)
+
+
+def phase_memory(bench: Bench) -> None:
+    s = bench.settings
+    first = s.memory_calls // 10
+    say(
+        f"memory: RSS of a fresh devmeter proxy after {first} and {s.memory_calls} calls "
+        f"({s.memory_clients} keep-alive clients, each reconnecting every {s.reconnect_every})"
+    )
+    home = bench.workdir / "memory-home"
+    proxy = start_devmeter(home, bench.upstream.url)
+    try:
+        asyncio.run(run_load(proxy.target(), 4, calls=200))  # certs, imports, caches
+        marks: dict[int, int] = {}
+        started = time.monotonic()
+
+        def on_progress(done: int) -> None:
+            if done in (first, s.memory_calls):
+                marks[done] = proxy.rss()
+            if done % 10_000 == 0:
+                say(
+                    f"  {done} calls, {done / (time.monotonic() - started):.0f}/s, RSS "
+                    f"{proxy.rss() / 2**20:.1f} MiB"
+                )
+
+        result = asyncio.run(
+            run_load(
+                proxy.target(),
+                s.memory_clients,
+                calls=s.memory_calls,
+                reconnect_every=s.reconnect_every,
+                on_progress=on_progress,
+            )
+        )
+        assert proxy.running is not None
+        rows = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            rows = _count_rows(proxy.running)
+            if rows >= s.memory_calls + 200:
+                break
+            time.sleep(0.2)
+        settled = proxy.rss()
+    finally:
+        proxy.stop()
+    growth = (marks[s.memory_calls] - marks[first]) / marks[first]
+    out = {
+        "calls": result.calls,
+        "errors": result.errors,
+        "seconds": result.seconds,
+        "calls_per_s": result.rate,
+        f"rss_at_{first}_mib": marks[first] / 2**20,
+        f"rss_at_{s.memory_calls}_mib": marks[s.memory_calls] / 2**20,
+        "rss_settled_mib": settled / 2**20,
+        "growth": growth,
+        "ledger_rows": rows,
+        "first_mark": first,
+    }
+    bench.results["memory"] = out
+    say(
+        f"  RSS {marks[first] / 2**20:.1f} MiB at {first} -> {marks[s.memory_calls] / 2**20:.1f} "
+        f"MiB at {s.memory_calls} calls ({growth:+.1%}); {settled / 2**20:.1f} MiB once the "
+        f"ledger caught up; {rows} ledger rows for {s.memory_calls + 200} calls; "
+        f"{result.rate:.0f} calls/s, {result.seconds:.0f} s"
+    )
+    bench.check(
+        "memory growth from 10% to 100% of the calls < 10%",
+        growth < 0.10,
+        f"{growth:+.1%} ({first} -> {s.memory_calls} calls)",
+    )
+    bench.check(
+        "every call of the memory run is in the ledger",
+        rows == s.memory_calls + 200 and result.errors == 0,
+        f"{rows} rows for {s.memory_calls + 200} calls, {result.errors} errors",
+    )
+
+
+def _count_rows(running: RunningProxy) -> int:
+    import sqlite3
+
+    conn = sqlite3.connect(f"{(running.home / 'ledger.sqlite').as_uri()}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM calls").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()
+
+
+def phase_ledger(bench: Bench) -> None:
+    s = bench.settings
+    say(f"ledger: {s.writer_rows} calls through LedgerWriter (one writer thread, batched)")
+    out = ledger_bench.writer_rate(bench.workdir / "writer" / "ledger.sqlite", s.writer_rows)
+    bench.results["ledger"] = out
+    say(
+        f"  {out['rows_per_s']:.0f} rows/s ({out['seconds']:.2f} s; add_call "
+        f"{out['add_call_us']:.1f} us on the caller's thread)"
+    )
+
+
+def phase_report(bench: Bench) -> None:
+    s = bench.settings
+    home = bench.workdir / "report-home"
+    home.mkdir(parents=True, exist_ok=True)
+    say(f"report: `devmeter report --by session` / `--by day` over {s.ledger_rows} calls")
+    built = ledger_bench.build_ledger(home, s.ledger_rows)
+    size = (home / "ledger.sqlite").stat().st_size
+    say(f"  ledger built in {built['seconds']:.1f} s ({size / 2**20:.0f} MiB)")
+    times = ledger_bench.report_times(home)
+    bench.results["report"] = {"rows": s.ledger_rows, "ledger_mib": size / 2**20, **times}
+    say(f"  interpreter + `import devmeter.cli`: {times['startup']['median_s']:.2f} s")
+    for by in ("session", "day"):
+        t = times[by]
+        say(
+            f"  --by {by}: median {t['median_s']:.2f} s, best {t['best_s']:.2f} s "
+            f"({t['output_lines']} lines)"
+        )
+        bench.check(
+            f"report --by {by} over {s.ledger_rows} calls < 1 s",
+            t["median_s"] < 1.0,
+            f"{t['median_s']:.2f} s",
+        )
+
+
+# --------------------------------------------------------------------------- profiling
+
+
+def start_profilers(bench: Bench, seconds: float) -> dict[str, subprocess.Popen[bytes]]:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        say("  (--profile: py-spy is not installed; `uv pip install py-spy`)")
+        return {}
+    spies = {}
+    for name in ("bare", "devmeter"):
+        out = bench.workdir / f"profile-{name}.txt"
+        spies[name] = subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--pid",
+                str(bench.proxies[name].proc.pid),
+                "--duration",
+                str(int(seconds)),
+                "--rate",
+                "200",
+                "--gil",
+                "--format",
+                "raw",
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    time.sleep(1.0)  # py-spy attaches
+    return spies
+
+
+def report_profiles(
+    bench: Bench, spies: dict[str, subprocess.Popen[bytes]], throughput: dict[str, dict[str, float]]
+) -> None:
+    """Where each proxy's CPU goes, per call: a function's share of the GIL-holding samples
+    times the proxy's measured CPU per call; devmeter next to bare, by the difference."""
+    for spy in spies.values():
+        spy.wait(60)
+    stacks = {name: _folded(bench.workdir / f"profile-{name}.txt") for name in spies}
+    if not all(stacks.values()):
+        say("  (--profile: py-spy recorded nothing; it needs ptrace rights)")
+        return
+    cpu = {name: throughput[name]["proxy_cpu_ms_per_call"] for name in spies}
+
+    def per_call(name: str, key: str) -> float:
+        counts = stacks[name]
+        return counts.get(key, 0) / counts[TOTAL] * cpu[name]
+
+    say("  profile (py-spy --gil; estimated ms of proxy CPU per call, inclusive):")
+    say("      bare devmeter  function")
+    keys = (set(stacks["bare"]) | set(stacks["devmeter"])) - {TOTAL}
+    roots = {k for k in keys if stacks["devmeter"].get(k, 0) > 0.9 * stacks["devmeter"][TOTAL]}
+    ranked = sorted(
+        keys - roots, key=lambda k: per_call("devmeter", k) - per_call("bare", k), reverse=True
+    )
+    for key in ranked[:30]:
+        say(f"    {per_call('bare', key):6.3f} {per_call('devmeter', key):6.3f}  {key[:100]}")
+    bench.results["profile_files"] = [str(bench.workdir / f"profile-{n}.txt") for n in spies]
+    say(f"  raw folded stacks: {bench.workdir}/profile-*.txt")
+
+
+TOTAL = "(all samples)"
+
+
+def _folded(path: Path) -> dict[str, int]:
+    counts: collections.Counter[str] = collections.Counter()
+    if not path.exists():
+        return {}
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        frames = {re.sub(r":\d+\)", ")", f) for f in stack.split(";")}
+        for frame in frames:
+            counts[frame] += int(n)
+        counts[TOTAL] += int(n)
+    return dict(counts)
+
+
+# --------------------------------------------------------------------------- output
+
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    from mitmproxy import version as mitmproxy_version
+
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "mitmproxy": mitmproxy_version.VERSION,
+        "os": f"{platform.system()} {platform.release()}",
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+def summary_rows(bench: Bench) -> list[tuple[str, str, str, str, str, str]]:
+    """(figure, direct, bare, devmeter, devmeter/bare, devmeter/direct)."""
+    r = bench.results
+    rows: list[tuple[str, str, str, str, str, str]] = []
+    if "latency" in r:
+        lat = r["latency"]
+        for q in ("p50", "p99"):
+            d, b, m = (lat[c][f"{q}_ms"] for c in CONFIGS)
+            rows.append(
+                (
+                    f"non-streamed call, {q} (ms)",
+                    f"{d:.3f}",
+                    f"{b:.3f}",
+                    f"{m:.3f}",
+                    f"{ratio(m, b):.2f}x",
+                    f"{ratio(m, d):.2f}x",
+                )
+            )
+            ab, am = lat["bare"][f"added_{q}_ms"], lat["devmeter"][f"added_{q}_ms"]
+            rows.append(
+                (
+                    f"added latency, {q} (ms)",
+                    "0",
+                    f"{ab:.3f}",
+                    f"{am:.3f}",
+                    f"{ratio(am, ab):.2f}x",
+                    "",
+                )
+            )
+    if "stream" in r:
+        st = r["stream"]
+        d, b, m = (st[c]["ttfe_ms"] for c in CONFIGS)
+        rows.append(
+            (
+                "stream: time to first event, median (ms)",
+                f"{d:.2f}",
+                f"{b:.2f}",
+                f"{m:.2f}",
+                f"{ratio(m, b):.2f}x ({m - b:+.2f} ms)",
+                f"{ratio(m, d):.2f}x",
+            )
+        )
+        for q in ("p50", "p99"):
+            d, b, m = (st[c][f"event_delay_{q}_ms"] for c in CONFIGS)
+            rows.append(
+                (
+                    f"stream: later event sent->received, {q} (ms)",
+                    f"{d:.2f}",
+                    f"{b:.2f}",
+                    f"{m:.2f}",
+                    f"{ratio(m, b):.2f}x ({m - b:+.2f} ms)",
+                    f"{ratio(m, d):.2f}x",
+                )
+            )
+    if "throughput" in r:
+        tp = r["throughput"]
+        d, b, m = (tp[c]["calls_per_s"] for c in CONFIGS)
+        rows.append(
+            (
+                f"throughput, {bench.settings.concurrency} clients (calls/s)",
+                f"{d:.0f}",
+                f"{b:.0f}",
+                f"{m:.0f}",
+                f"{ratio(m, b):.2f}x",
+                f"{ratio(m, d):.2f}x",
+            )
+        )
+        b, m = (tp[c]["proxy_cpu_ms_per_call"] for c in ("bare", "devmeter"))
+        rows.append(
+            (
+                "proxy CPU per call under load (ms)",
+                "",
+                f"{b:.2f}",
+                f"{m:.2f}",
+                f"{ratio(m, b):.2f}x",
+                "",
+            )
+        )
+    if "memory" in r:
+        mem = r["memory"]
+        first, last = mem["first_mark"], mem["calls"]
+        rows.append(
+            (
+                f"devmeter RSS after {first} / {last} calls (MiB)",
+                "",
+                "",
+                f"{mem[f'rss_at_{first}_mib']:.1f} / {mem[f'rss_at_{last}_mib']:.1f}",
+                "",
+                "",
+            )
+        )
+        rows.append(
+            (
+                f"devmeter RSS growth {first} -> {last} calls",
+                "",
+                "",
+                f"{mem['growth']:+.1%}",
+                "",
+                "",
+            )
+        )
+    if "ledger" in r:
+        rows.append(("LedgerWriter (rows/s)", "", "", f"{r['ledger']['rows_per_s']:.0f}", "", ""))
+    if "report" in r:
+        rep = r["report"]
+        for by in ("session", "day"):
+            rows.append(
+                (
+                    f"`devmeter report --by {by}`, {rep['rows']} calls (s)",
+                    "",
+                    "",
+                    f"{rep[by]['median_s']:.2f}",
+                    "",
+                    "",
+                )
+            )
+        rows.append(
+            (
+                "  of which interpreter + imports (s)",
+                "",
+                "",
+                f"{rep['startup']['median_s']:.2f}",
+                "",
+                "",
+            )
+        )
+    return rows
+
+
+def markdown(bench: Bench, command: str, info: dict[str, str]) -> str:
+    lines = [
+        "# devmeter benchmark results",
+        "",
+        f"- date: {datetime.date.today().isoformat()}",
+        f"- machine: {info['nproc']} cores, {info['cpu']}, {info['os']}; load average at "
+        f"start {info['load']} (the machine is shared: figures are noisy)",
+        f"- Python {info['python']}, mitmproxy {info['mitmproxy']}",
+        f"- command: `{command}`",
+        "",
+        "| figure | direct | bare mitmproxy | devmeter | devmeter/bare | devmeter/direct |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [f"| {' | '.join(row)} |" for row in summary_rows(bench)]
+    lines += ["", "| target | result | measured |", "| --- | --- | --- |"]
+    lines += [
+        f"| {name} | {'PASS' if ok else 'MISS'} | {detail} |" for name, ok, detail in bench.checks
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(text: str) -> None:
+    kept = ""
+    if RESULTS.exists():
+        old = RESULTS.read_text()
+        at = old.find("\n## Findings")
+        if at >= 0:
+            kept = old[at:]
+    RESULTS.write_text(text + kept)
+
+
+# --------------------------------------------------------------------------- main
+
+
+@contextlib.contextmanager
+def running(settings: Settings, phases: set[str]) -> Iterator[Bench]:
+    workdir = Path(tempfile.mkdtemp(prefix="devmeter-bench-"))
+    upstream = FakeUpstreamProcess("--no-websocket").start()
+    bench = Bench(settings, workdir, upstream)
+    try:
+        if phases & {"latency", "stream", "throughput"}:
+            bench.proxies["bare"] = start_bare(workdir / "bare", upstream.url)
+            bench.proxies["devmeter"] = start_devmeter(workdir / "devmeter", upstream.url)
+        yield bench
+    finally:
+        for proxy in bench.proxies.values():
+            proxy.stop()
+        upstream.stop()
+        if not bench.results.get("profile_files"):
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="CI-sized run")
+    parser.add_argument("--calls", type=int, help="calls in the memory phase (default 100000)")
+    parser.add_argument("--ledger-rows", type=int, help="ledger size for report (default 1M)")
+    parser.add_argument("--seconds", type=float, help="throughput seconds per target")
+    parser.add_argument("--only", help=f"comma-separated phases: {','.join(PHASES)}")
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the proxies during the throughput phase"
+    )
+    parser.add_argument("--json", type=Path, help="write every figure here as JSON")
+    parser.add_argument(
+        "--write-results", action="store_true", help=f"rewrite {RESULTS.relative_to(REPO)}"
+    )
+    args = parser.parse_args(argv)
+    settings = Settings.from_args(args)
+    phases = set(args.only.split(",")) if args.only else set(PHASES)
+    unknown = phases - set(PHASES)
+    if unknown:
+        parser.error(f"unknown phase(s) {sorted(unknown)}; choose from {', '.join(PHASES)}")
+    info = machine()
+    say(
+        f"devmeter benchmarks: {info['nproc']} cores ({info['cpu']}), Python {info['python']}, "
+        f"mitmproxy {info['mitmproxy']}, load average {info['load']}"
+    )
+    command = (
+        "uv run --extra test python -m benchmarks"
+        + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    )
+    with running(settings, phases) as bench:
+        for phase in PHASES:
+            if phase not in phases:
+                continue
+            started = time.monotonic()
+            if phase == "throughput":
+                phase_throughput(bench, args.profile)
+            else:
+                globals()[f"phase_{phase}"](bench)
+            say(f"  ({time.monotonic() - started:.0f} s)")
+    say()
+    for name, ok, detail in bench.checks:
+        say(f"{'PASS' if ok else 'MISS'}  {name}: {detail}")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": info,
+                    "settings": settings.__dict__,
+                    "results": bench.results,
+                    "checks": bench.checks,
+                },
+                indent=2,
+            )
+        )
+    if args.write_results:
+        write_results(markdown(bench, command, info))
+        say(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
