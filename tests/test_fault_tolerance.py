@@ -417,12 +417,6 @@ def test_ledger_turns_read_only_while_serving(upstream: FakeUpstream, tmp_path: 
         running.stop()
 
 
-@pytest.mark.xfail(
-    reason="known bug, reported to the lead: server._seed calls connect_readonly outside its "
-    "try, so an unreadable ledger (here a directory) stops the proxy at start with "
-    "sqlite3.OperationalError. Remove this marker with the fix.",
-    strict=True,
-)
 def test_ledger_path_unusable_from_the_start(upstream: FakeUpstream, tmp_path: Path) -> None:
     """Something that is not a database sits where the ledger should be: the proxy starts,
     serves every call, and says on stderr that it cannot write the ledger."""

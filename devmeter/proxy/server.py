@@ -16,7 +16,7 @@ from pathlib import Path
 from mitmproxy import connection, http, options
 from mitmproxy.tools.dump import DumpMaster
 
-from devmeter import cabundle
+from devmeter import cabundle, pricing
 from devmeter.attribution import Attributor
 from devmeter.budget import Alert
 from devmeter.config import Config
@@ -105,6 +105,7 @@ async def serve(
         config.section("budgets"), config.section("runaway"), config_path=str(paths.config_file)
     )
     _seed(guard, paths)
+    pricing.warm()  # not on the first call: it would stall every call in flight
     dispatcher = AlertDispatcher(*_notifier()) if notify else None
 
     def on_alert(alert: Alert) -> None:
@@ -173,15 +174,22 @@ async def _wait_bound(master: DumpMaster, run: asyncio.Future[None]) -> tuple[st
 
 
 def _seed(guard: Guard, paths: Paths) -> None:
-    conn = connect_readonly(paths.ledger)
-    if conn is None:
-        return
+    """Past spend from the ledger; an unreadable ledger is reported, and the proxy serves."""
     try:
-        guard.seed_from_ledger(conn, time.time())
+        conn = connect_readonly(paths.ledger)
+        if conn is None:
+            return
+        try:
+            guard.seed_from_ledger(conn, time.time())
+        finally:
+            conn.close()
     except sqlite3.Error as exc:
-        print(f"devmeter: could not read past spend from {paths.ledger}: {exc}", file=sys.stderr)
-    finally:
-        conn.close()
+        print(
+            f"devmeter: could not read past spend from {paths.ledger}: {exc}; budgets start "
+            "from $0 until the ledger is readable.",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _notifier() -> tuple[Callable[[Alert], object], Callable[[], object]]:
