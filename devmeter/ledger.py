@@ -9,12 +9,15 @@ batched transactions); the tray and the CLI open it read-only.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import queue
 import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
@@ -194,16 +197,42 @@ class LedgerWriter:
         self._idle.set()
         self.problem: str | None = None
         self.rows_written = 0
+        self._order = threading.Lock()
+        self._added = 0
+        self._committed = 0
+        self._waiters: list[tuple[int, int, Future[None]]] = []
+        self._tiebreak = itertools.count()
         self._thread = threading.Thread(target=self._run, name="devmeter-ledger", daemon=True)
         self._thread.start()
 
-    def add_call(self, call: Call) -> None:
-        self._idle.clear()
-        self._queue.put(call)
+    def add_call(self, call: Call) -> int:
+        """Queue a call; returns its place in the commit order (see `committed`)."""
+        return self._add(call)
 
-    def add_alert(self, alert: Alert) -> None:
-        self._idle.clear()
-        self._queue.put((INSERT_ALERT, alert_row(alert)))
+    def add_alert(self, alert: Alert) -> int:
+        return self._add((INSERT_ALERT, alert_row(alert)))
+
+    def committed(self, seq: int) -> Future[None]:
+        """A future that completes once the row `add_*` numbered `seq` is on disk.
+
+        The proxy waits on it before a call's answer is complete for the client, so a
+        proxy killed right after an answer has still recorded it.
+        """
+        future: Future[None] = Future()
+        with self._order:
+            if self._committed >= seq:
+                future.set_result(None)
+            else:
+                heapq.heappush(self._waiters, (seq, next(self._tiebreak), future))
+        return future
+
+    def _add(self, item: Row | Call) -> int:
+        # One lock for numbering and queueing keeps the numbers in commit order.
+        with self._order:
+            self._idle.clear()
+            self._added += 1
+            self._queue.put(item)
+            return self._added
 
     @property
     def backlog(self) -> int:
@@ -278,12 +307,20 @@ class LedgerWriter:
         if self.problem is not None:
             self._report(None)
         self.rows_written += len(items)
+        self._release(len(items))
         if self._on_written and calls:
             try:
                 self._on_written(calls)
             except Exception as exc:  # a listener bug must not stop the writer
                 print(f"devmeter: ledger listener failed: {exc!r}", file=sys.stderr)
         return True
+
+    def _release(self, count: int) -> None:
+        with self._order:
+            self._committed += count
+            while self._waiters and self._waiters[0][0] <= self._committed:
+                _, _, future = heapq.heappop(self._waiters)
+                future.set_result(None)
 
     def _report(self, problem: str | None) -> None:
         if problem is not None and self.problem is not None:

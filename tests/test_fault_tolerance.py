@@ -246,14 +246,6 @@ def test_exception_in_the_meter_is_recorded_and_the_call_completes(
 # -- SIGKILL under load -----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    reason="known bug, reported to the lead: the Meter hands a call's row to the LedgerWriter "
-    "queue in the `response` hook, after the client already has the whole (tapped) body, and "
-    "the writer commits it a few ms later; a SIGKILL in between loses answered calls (about "
-    "half the runs lose 1-5 of ~150). Fix: buffer non-SSE responses and await the commit in "
-    "the `response` hook. Remove this marker with the fix.",
-    strict=False,
-)
 def test_sigkill_under_load_loses_no_acknowledged_call(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:

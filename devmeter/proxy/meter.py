@@ -8,12 +8,14 @@ copies each chunk into the parser and returns it unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sys
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
@@ -42,7 +44,10 @@ METADATA_KEY = "devmeter"
 HOST_KEY = "devmeter.host"  # the provider host the client asked for
 
 Attribute = Callable[[http.HTTPFlow, RequestInfo, float], Attribution]
-Record = Callable[[Call], None]
+# Records a call; may return a future that completes once the row is on disk.
+Record = Callable[[Call], "Future[None] | None"]
+# How long an answer waits for its row to be committed before going out anyway.
+COMMIT_WAIT_SECONDS = 2.0
 
 
 @dataclass
@@ -67,6 +72,7 @@ class FlowState:
     blocked: str | None = None
     original: tuple[bytes, list[tuple[str, str]]] | None = None
     fell_back: bool = False
+    committed: Future[None] | None = None
     # Cursor: its request body, read as it streams to the upstream.
     request_reader: cursor.RequestReader | None = None
 
@@ -226,6 +232,10 @@ class Meter:
             return
         if state.original is not None and 400 <= flow.response.status_code < 500:
             return  # a refused rewrite: keep the (small) error body for a possible fallback
+        if not _is_stream(state.endpoint, flow.response.headers.get("content-type", "")):
+            # A whole body is buffered and metered in `response`, which runs before the
+            # client gets it: its row is on disk by the time the client has the answer.
+            return
         try:
             state.parser = new_response_parser(
                 state.endpoint, state.request, flow.response.headers.get("content-type", "")
@@ -244,6 +254,11 @@ class Meter:
             except Exception:
                 print(f"devmeter: routing fallback failed: {_short_traceback()}", file=sys.stderr)
         self._finish(flow, complete_hint=True)
+        if state is not None and state.committed is not None:
+            # Nothing lost: the answer completes only once its row is committed (or the
+            # writer is slow or failing, and then it goes out anyway after a short wait).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.wrap_future(state.committed), COMMIT_WAIT_SECONDS)
 
     async def _maybe_fall_back(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """The rewritten request was refused where the original would not have been:
@@ -403,7 +418,7 @@ class Meter:
                 call = replace(
                     call, error=f"devmeter routing bookkeeping failed: {_short_traceback()}"
                 )
-        self._record(call)
+        state.committed = self._record(call)
         if self._guard is not None and state.blocked is None:
             for alert in self._guard.observe(call, *state.signals):
                 if self._on_alert is not None:
@@ -466,6 +481,17 @@ def _with_input_estimate(result: ResponseResult, request: RequestInfo) -> Respon
     if usage is None or not usage.estimated or usage.input_tokens:
         return result
     return replace(result, usage=replace(usage, input_tokens=request.prompt_tokens_estimate or 0))
+
+
+def _is_stream(endpoint: Endpoint, content_type: str) -> bool:
+    kind = content_type.lower()
+    return (
+        endpoint.stream
+        or "event-stream" in kind
+        or "connect+" in kind
+        or "ndjson" in kind
+        or "jsonl" in kind
+    )
 
 
 def _request_tap(reader: cursor.RequestReader) -> Callable[[bytes], bytes]:
