@@ -95,3 +95,56 @@ def test_bad_overrides_name_the_key(entry: dict, key: str, words: str) -> None:
         parse_overrides([entry])
     assert caught.value.key == key
     assert words in caught.value.message
+
+
+def test_flat_rate_fast_path_equals_genai_prices_for_every_model() -> None:
+    """devmeter sums flat per-token rates itself (genai-prices' general calculation is slow
+    on the proxy's hot path); for every model and many usages it must agree exactly."""
+    import random
+    import warnings
+    from datetime import UTC, datetime
+
+    import genai_prices
+    from genai_prices import data_snapshot
+
+    from devmeter import pricing
+
+    rng = random.Random(7)
+    when = datetime(2026, 11, 23, 12, tzinfo=UTC)
+    checked = fast = 0
+    for provider in data_snapshot.get_snapshot().providers:
+        for model in provider.models:
+            for _ in range(3):
+                write = rng.choice([0, rng.randint(1, 50_000)])
+                usage = Usage(
+                    input_tokens=rng.randint(0, 150_000),
+                    cache_read_tokens=rng.choice([0, rng.randint(1, 500_000)]),
+                    cache_write_tokens=write,
+                    cache_write_1h_tokens=rng.choice([0, write // 3]),
+                    output_tokens=rng.randint(0, 40_000),
+                    web_search_requests=rng.choice([0, 0, 3]),
+                )
+                ours = pricing.list_price(provider.id, model.id, usage, when)
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        theirs = genai_prices.calc_price(
+                            pricing._genai_usage(usage),
+                            model_ref=model.id,
+                            provider_id=provider.id,
+                            genai_request_timestamp=when,
+                        ).total_price
+                except Exception:  # genai-prices refuses some usages for some models
+                    continue
+                checked += 1
+                rates = pricing._flat_rates(provider.id, model.id, when)
+                fast += rates is not None and pricing._cost_at_flat_rates(rates, usage) is not None
+                assert ours == Decimal(theirs), (provider.id, model.id, usage)
+    assert checked > 500
+    assert fast > 1000  # the fast path was really exercised, and agreed every time
+    # ... and it is what the proxy's everyday calls take.
+    typical = Usage(input_tokens=1200, cache_read_tokens=3000, cache_write_tokens=500,
+                    cache_write_1h_tokens=200, output_tokens=345)  # fmt: skip
+    for provider, model in (("anthropic", "claude-opus-5-5"), ("anthropic", "claude-haiku-4-5")):
+        assert pricing._flat_rates(provider, model, when) is not None, model
+        assert pricing._cost_at_flat_rates(pricing._flat_rates(provider, model, when), typical)
