@@ -236,7 +236,7 @@ def _start_proxy_for_run(where: Paths) -> tuple[subprocess.Popen[bytes], str, in
 def cmd_report(args: argparse.Namespace, config: Config, where: Paths) -> int:
     conn = connect_readonly(where.ledger)
     since = reports.parse_since(args.since) if args.since else None
-    if conn is None or reports.total_requests(conn) == 0:
+    if conn is None or not reports.has_calls(conn):
         # Machine-readable output stays parseable: the explanation goes to stderr.
         print(
             f"No calls metered yet (ledger: {where.ledger}). Start `devmeter proxy`, then "

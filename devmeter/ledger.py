@@ -82,7 +82,58 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX alerts_ts ON alerts (ts);
     """,
+    # Reports over a year of calls: a rollup per quarter hour (every time zone's day starts
+    # on one) and group key, kept by a trigger so every way of inserting a call feeds it.
+    """
+    CREATE TABLE rollup (
+        bucket INTEGER NOT NULL,
+        session TEXT NOT NULL,
+        repo TEXT NOT NULL,
+        branch TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        cache_read_tokens INTEGER NOT NULL,
+        cache_write_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        reasoning_tokens INTEGER NOT NULL,
+        cost_pusd INTEGER NOT NULL,
+        unpriced INTEGER NOT NULL,
+        estimated INTEGER NOT NULL,
+        PRIMARY KEY (bucket, session, repo, branch, tool, provider, model)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER calls_rollup AFTER INSERT ON calls BEGIN
+        INSERT INTO rollup VALUES (
+            CAST(NEW.ts / 900 AS INTEGER), coalesce(NEW.session, ''), coalesce(NEW.repo, ''),
+            coalesce(NEW.branch, ''), NEW.tool, NEW.provider,
+            coalesce(NEW.model, NEW.requested_model, ''), 1, NEW.input_tokens,
+            NEW.cache_read_tokens, NEW.cache_write_tokens, NEW.output_tokens,
+            NEW.reasoning_tokens, coalesce(NEW.cost_pusd, 0), NEW.cost_pusd IS NULL,
+            NEW.estimated
+        )
+        ON CONFLICT DO UPDATE SET
+            requests = requests + 1,
+            input_tokens = input_tokens + excluded.input_tokens,
+            cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
+            cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
+            output_tokens = output_tokens + excluded.output_tokens,
+            reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
+            cost_pusd = cost_pusd + excluded.cost_pusd,
+            unpriced = unpriced + excluded.unpriced,
+            estimated = estimated + excluded.estimated;
+    END;
+    INSERT INTO rollup
+        SELECT CAST(ts / 900 AS INTEGER), coalesce(session, ''), coalesce(repo, ''),
+               coalesce(branch, ''), tool, provider, coalesce(model, requested_model, ''),
+               count(*), sum(input_tokens), sum(cache_read_tokens), sum(cache_write_tokens),
+               sum(output_tokens), sum(reasoning_tokens), sum(coalesce(cost_pusd, 0)),
+               sum(cost_pusd IS NULL), sum(estimated)
+        FROM calls GROUP BY 1, 2, 3, 4, 5, 6, 7;
+    """,
 )
+BUCKET_SECONDS = 900
 
 CALL_COLUMNS = (
     "ts", "tool", "provider", "endpoint", "host", "requested_model", "model", "session",
@@ -157,13 +208,24 @@ def migrate(conn: sqlite3.Connection) -> None:
     for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in filter(str.strip, script.split(";")):
+            for statement in _statements(script):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {version}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+
+def _statements(script: str) -> list[str]:
+    """A migration's statements; a trigger body's own semicolons stay inside it."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return [s for s in statements if s.rstrip(";").strip()]
 
 
 Row = tuple[str, tuple[Any, ...]]  # (insert statement, values)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import sqlite3
 import time
@@ -13,20 +14,37 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from devmeter.ledger import PICO
+from devmeter.ledger import BUCKET_SECONDS, PICO
 
 UNATTRIBUTED = "(unattributed)"
 
 # The SQL expression each grouping is keyed on.
+# The key each grouping is computed on, over rollup-shaped rows (see `_GROUPED_ROWS`):
+# a missing session, repo or branch is '' there.
 GROUP_KEYS: dict[str, str] = {
-    "session": f"coalesce(session, '{UNATTRIBUTED}')",
-    "repo": f"coalesce(repo, '{UNATTRIBUTED}')",
-    "branch": f"coalesce(repo, '{UNATTRIBUTED}') || ' @ ' || coalesce(branch, '?')",
-    "model": "coalesce(model, requested_model, '(unknown)')",
+    "session": f"coalesce(nullif(session, ''), '{UNATTRIBUTED}')",
+    "repo": f"coalesce(nullif(repo, ''), '{UNATTRIBUTED}')",
+    "branch": f"coalesce(nullif(repo, ''), '{UNATTRIBUTED}') || ' @ ' || "
+    "coalesce(nullif(branch, ''), '?')",
+    "model": "coalesce(nullif(model, ''), '(unknown)')",
     "tool": "tool",
     "provider": "provider",
     "day": "date(ts, 'unixepoch', 'localtime')",
 }
+# Whole quarter hours come from the rollup the ledger keeps; the part of a --since window
+# that starts inside a quarter hour comes from the calls themselves.
+_GROUPED_ROWS = f"""
+    SELECT bucket * {BUCKET_SECONDS} AS ts, session, repo, branch, tool, provider, model,
+           requests, input_tokens, cache_read_tokens, cache_write_tokens, output_tokens,
+           reasoning_tokens, cost_pusd, unpriced, estimated
+    FROM rollup WHERE bucket >= :first_bucket
+    UNION ALL
+    SELECT ts, coalesce(session, ''), coalesce(repo, ''), coalesce(branch, ''), tool, provider,
+           coalesce(model, requested_model, ''), 1, input_tokens, cache_read_tokens,
+           cache_write_tokens, output_tokens, reasoning_tokens, coalesce(cost_pusd, 0),
+           cost_pusd IS NULL, estimated
+    FROM calls WHERE ts >= :since AND ts < :first_bucket * {BUCKET_SECONDS}
+"""
 GROUPINGS = ("request", *GROUP_KEYS)
 
 REQUEST_FIELDS = (
@@ -91,23 +109,24 @@ def query(
         rows = conn.execute(sql, params).fetchall()
         return [_request_row(dict(zip(columns, row, strict=True))) for row in rows]
     key = GROUP_KEYS[by]
+    start = since if since is not None else 0.0
     sql = f"""
-        SELECT {key} AS key, count(*), sum(input_tokens), sum(cache_read_tokens),
+        SELECT {key} AS key, sum(requests), sum(input_tokens), sum(cache_read_tokens),
                sum(cache_write_tokens), sum(output_tokens), sum(reasoning_tokens),
-               sum(cost_pusd), sum(cost_pusd IS NULL), sum(estimated)
-        FROM calls {where} GROUP BY key ORDER BY sum(coalesce(cost_pusd, 0)) DESC, key
+               sum(cost_pusd), sum(unpriced), sum(estimated)
+        FROM ({_GROUPED_ROWS}) GROUP BY key ORDER BY sum(cost_pusd) DESC, key
     """
-    rows = conn.execute(sql, params).fetchall()
+    bounds = {"since": start, "first_bucket": math.ceil(start / BUCKET_SECONDS)}
     result = []
-    for row in rows:
+    for row in conn.execute(sql, bounds).fetchall():
         item = dict(zip(GROUP_FIELDS, row, strict=True))
         item["cost_usd"] = _usd(item["cost_usd"] or 0)
         result.append(item)
     return result
 
 
-def total_requests(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT count(*) FROM calls").fetchone()[0])
+def has_calls(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT EXISTS (SELECT 1 FROM calls)").fetchone()[0] == 1
 
 
 def savings(conn: sqlite3.Connection, since: float | None = None) -> list[dict[str, Any]]:

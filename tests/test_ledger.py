@@ -8,7 +8,7 @@ import pytest
 
 from devmeter import reports
 from devmeter.cli import main
-from devmeter.ledger import LedgerWriter, connect, connect_readonly, write_calls
+from devmeter.ledger import MIGRATIONS, LedgerWriter, connect, connect_readonly, write_calls
 from devmeter.usage import Attribution, Call, Usage
 
 
@@ -77,7 +77,7 @@ def test_migrations_are_idempotent(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite"
     connect(path).close()
     conn = connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     with pytest.raises(sqlite3.OperationalError):
         conn.execute("CREATE TABLE calls (x)")
 
@@ -133,3 +133,65 @@ def test_empty_ledger_says_so(capsys: pytest.CaptureFixture[str]) -> None:
     captured = capsys.readouterr()
     assert captured.out == "[]\n"  # still valid JSON for tools that read it
     assert "No calls metered yet" in captured.err
+
+
+def test_grouped_reports_from_the_rollup_equal_the_calls(tmp_path: Path) -> None:
+    """Grouped reports read a quarter-hour rollup kept by a trigger; they must agree with
+    the calls themselves, for any --since (inside a quarter hour too), and a ledger
+    written before the rollup existed is backfilled when it migrates."""
+    import random
+
+    from devmeter import ledger
+
+    rng = random.Random(3)
+    start = 1_700_000_000.0
+    calls = [
+        make_call(
+            start + i * 97.3,
+            None if i % 11 == 0 else str(Decimal(rng.randint(1, 10**6)) / 10**9),
+            session=rng.choice(["a", "b", None]),
+            repo=rng.choice(["/src/x", "/src/y", None]),
+            tool=rng.choice(["claude-code", "codex"]),
+        )
+        for i in range(400)
+    ]
+    path = tmp_path / "l.sqlite"
+    old = sqlite3.connect(path, isolation_level=None)  # a ledger from before the rollup
+    for statement in ledger._statements(ledger.MIGRATIONS[0]):
+        old.execute(statement)
+    old.execute("PRAGMA user_version = 1")
+    old.executemany(ledger.INSERT_CALL, [ledger.call_row(c) for c in calls[:200]])
+    old.close()
+    write_calls(path, calls[200:])  # migrates (backfilling), then the trigger keeps it
+
+    conn = connect_readonly(path)
+    assert conn is not None
+    for since in (None, start + 5000.5, start + 900 * 20):
+        for by in ("session", "repo", "tool", "model", "day", "branch", "provider"):
+            got = {r["key"]: r for r in reports.query(conn, by, since)}
+            chosen = [c for c in calls if since is None or c.ts >= since]
+            want: dict[str, list[Call]] = {}
+            for c in chosen:
+                want.setdefault(_key(by, c), []).append(c)
+            assert set(got) == set(want), (by, since)
+            for key, group in want.items():
+                row = got[key]
+                assert row["requests"] == len(group)
+                assert row["input_tokens"] == sum(c.usage.input_tokens for c in group)
+                assert row["cost_usd"] == sum(c.cost_usd or Decimal(0) for c in group)
+                assert row["unpriced"] == sum(c.cost_usd is None for c in group)
+
+
+def _key(by: str, call: Call) -> str:
+    from datetime import datetime
+
+    a = call.attribution
+    return {
+        "session": a.session or "(unattributed)",
+        "repo": a.repo or "(unattributed)",
+        "branch": f"{a.repo or '(unattributed)'} @ {a.branch or '?'}",
+        "tool": a.tool,
+        "model": call.model or "(unknown)",
+        "provider": call.provider,
+        "day": datetime.fromtimestamp(call.ts).strftime("%Y-%m-%d"),
+    }[by]

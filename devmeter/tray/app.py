@@ -146,7 +146,7 @@ def report_text(conn: sqlite3.Connection | None, now: float, session: str | None
     """What "Open report" shows: a session's calls, or today by repo, session and model,
     then the last 30 days by day and today's alerts."""
     stamp = datetime.fromtimestamp(now).strftime("%Y-%m-%d %H:%M")
-    if conn is None or reports.total_requests(conn) == 0:
+    if conn is None or not reports.has_calls(conn):
         return f"devmeter report, {stamp}\n\nNo calls metered yet.\n"
     out = [f"devmeter report, {stamp}", ""]
     if session is not None:
