@@ -10,7 +10,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -67,12 +67,16 @@ class ClientProcessLookup:
         self._attributor = attributor
         self._seen: set[tuple[str, int]] = set()
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
+        # Sync, returning a coroutine only for a new connection: mitmproxy awaits what a
+        # hook returns, and a keep-alive connection's later requests then cost nothing.
         peer = _address(flow.client_conn.peername)
         if peer is None or peer in self._seen:
-            return
+            return None
         self._seen.add(peer)
-        sockname = _address(flow.client_conn.sockname)
+        return self._look_up(peer, _address(flow.client_conn.sockname))
+
+    async def _look_up(self, peer: tuple[str, int], sockname: tuple[str, int] | None) -> None:
         try:
             await asyncio.to_thread(self._attributor.process_for, peer, time.time(), sockname)
         except Exception as exc:  # attribution is best effort; the call goes on
