@@ -206,7 +206,7 @@ sys.exit(main(sys.argv[1:]))
 @pytest.mark.parametrize(
     "target",
     [
-        "devmeter.providers.parse_request",  # request hook
+        "devmeter.providers.parse_request_doc",  # request hook
         "devmeter.providers.new_response_parser",  # responseheaders hook (and the fallback)
         "devmeter.metering.build_call",  # response hook
     ],

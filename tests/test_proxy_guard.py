@@ -157,3 +157,41 @@ def test_pause_refuses_everything_until_resume(proxy: RunningProxy) -> None:
     devmeter(proxy, "resume")
     time.sleep(0.6)
     ask(client(proxy, "p"))
+
+
+def test_cap_reached_on_an_open_websocket_refuses_the_next_turn(
+    proxy: RunningProxy, upstream: FakeUpstream
+) -> None:
+    """Codex keeps one WebSocket open for a whole session: the cap must hold on it too."""
+    from websockets.sync.client import connect
+
+    context = ssl.create_default_context(cafile=str(proxy.bundle))
+    turn = {"type": "response.create", "model": "gpt-5", "input": "hi", "stream": True}
+    answers: list[dict[str, object]] = []
+    with connect(
+        "wss://api.openai.com/v1/responses",
+        ssl=context,
+        proxy=proxy.url,
+        additional_headers={"X-Devmeter-Session": "codex-ws", "Authorization": "Bearer sk-t"},
+        open_timeout=10,
+    ) as socket:
+        for _ in range(12):
+            socket.send(json.dumps(turn))
+            while True:  # read this turn's events up to its end (or the refusal)
+                event = json.loads(socket.recv(timeout=10))
+                if event["type"] in ("response.completed", "error"):
+                    answers.append(event)
+                    break
+            if event["type"] == "error":
+                break
+    refusal = answers[-1]
+    assert refusal["type"] == "error" and refusal["status"] == 403
+    assert "devmeter allow codex-ws" in json.dumps(refusal)
+    turns = len(answers) - 1
+    # gpt-5: 1200 input at $1.25/M + 345 output at $10/M = $0.00495 a turn; cap $0.03.
+    assert turns == 7
+    sent = [r for r in upstream.find() if r.method == "WS" and b"response.create" in r.body]
+    assert len(sent) == turns  # the refused turn never reached the provider
+    rows = proxy.rows("session = 'codex-ws'")
+    assert [r["status"] for r in rows] == [101] * turns + [403]
+    assert rows[-1]["error"].startswith("devmeter:")

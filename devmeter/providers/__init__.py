@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, replace
+from typing import Any
 from urllib.parse import unquote
 
 from devmeter.providers import anthropic, cursor, gemini, openai_chat, openai_responses
@@ -145,15 +146,22 @@ _REQUEST_PARSERS = {
 
 def parse_request(endpoint: Endpoint, body: bytes) -> RequestInfo:
     """What the request asked for. Never raises: a bad body gives facts["request_error"]."""
+    return parse_request_doc(endpoint, body)[0]
+
+
+def parse_request_doc(endpoint: Endpoint, body: bytes) -> tuple[RequestInfo, dict[str, Any] | None]:
+    """`parse_request`, and the parsed JSON body for callers that read more of it (the
+    guard's loop fingerprint), so a large body is parsed once per call, not once per reader."""
     fallback_model = endpoint.path_model
 
-    def failed(reason: str) -> RequestInfo:
-        return RequestInfo(
+    def failed(reason: str) -> tuple[RequestInfo, None]:
+        info = RequestInfo(
             model=fallback_model, stream=endpoint.stream, facts={"request_error": reason}
         )
+        return info, None
 
     if endpoint.api == "cursor.chat":
-        return cursor.parse_request(body)  # protobuf, never raises
+        return cursor.parse_request(body), None  # protobuf, never raises
     if not body:
         return failed("empty request body")
     try:
@@ -164,8 +172,8 @@ def parse_request(endpoint: Endpoint, body: bytes) -> RequestInfo:
         return failed(f"request body is a JSON {type(doc).__name__}, not an object")
     try:
         if endpoint.api == "gemini.generate":
-            return gemini.parse_request(doc, endpoint.path_model, endpoint.stream)
-        return _REQUEST_PARSERS[endpoint.api](doc, endpoint.path_model)
+            return gemini.parse_request(doc, endpoint.path_model, endpoint.stream), doc
+        return _REQUEST_PARSERS[endpoint.api](doc, endpoint.path_model), doc
     except Exception as exc:  # a body shaped like nothing we know still gets metered
         model = doc.get("model")
         fallback_model = model if isinstance(model, str) else fallback_model

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 import httpx2
-from mitmproxy import http
+from mitmproxy import ctx, http, websocket
 
 from devmeter import metering
 from devmeter.budget import Alert, Block
@@ -35,6 +35,7 @@ from devmeter.providers import (
     match_endpoint,
     new_response_parser,
     parse_request,
+    parse_request_doc,
 )
 from devmeter.router import REQUEST_CLASS_HEADER, RoutePlan, Router
 from devmeter.routing import should_fallback
@@ -163,7 +164,7 @@ class Meter:
         body = flow.request.raw_content or b""
         if flow.request.headers.get("content-encoding"):
             body = flow.request.get_content(strict=False) or b""
-        info = parse_request(endpoint, body)
+        info, doc = parse_request_doc(endpoint, body)
         state = FlowState(
             endpoint=endpoint,
             request=info,
@@ -180,7 +181,7 @@ class Meter:
                 if block is not None:
                     _refuse(flow, state, block)
                     return
-                state.signals = _signals(body, flow.request.headers)
+                state.signals = request_signals(doc, flow.request.headers.get(REQUEST_CLASS_HEADER))
             except Exception:
                 state.tap_error = f"devmeter guard failed (call let through): {_short_traceback()}"
         if self._router is not None and flow.websocket is None:
@@ -361,7 +362,11 @@ class Meter:
             return
         try:
             message = flow.websocket.messages[-1]
+            if message.injected:
+                return  # devmeter's own refusal, already recorded
             if message.from_client:
+                if self._refuse_ws_turn(flow, state, message):
+                    return
                 state.ws_requests.append(parse_request(state.endpoint, message.content))
             else:
                 state.parser.feed_message(message.content)
@@ -371,6 +376,36 @@ class Meter:
             del flow.websocket.messages[:-1]
         except Exception:
             self._internal_error(flow, state.host, "websocket")
+
+    def _refuse_ws_turn(
+        self, flow: http.HTTPFlow, state: FlowState, message: websocket.WebSocketMessage
+    ) -> bool:
+        """A cap reached, or a pause, while Codex keeps its socket open: refuse the next turn
+        on the socket itself (the handshake check only covers new sockets)."""
+        if self._guard is None:
+            return False
+        self._apply_control()
+        now = self._clock()
+        block = self._guard.check(state.attribution, now)
+        if block is None:
+            return False
+        message.drop()
+        _, body = block.error_response(state.endpoint.api)
+        error = {"type": "error", "status": 403, **body}
+        ctx.master.commands.call("inject.websocket", flow, True, json.dumps(error).encode())
+        request = parse_request(state.endpoint, message.content)
+        refused = metering.build_call(
+            ts=now,
+            host=state.host,
+            endpoint=state.endpoint,
+            request=request,
+            result=ResponseResult(usage=None),
+            status=403,
+            attribution=state.attribution,
+            error=block.message,
+        )
+        self._record(refused)
+        return True
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         state = _state(flow)
@@ -528,14 +563,6 @@ def _refuse(flow: http.HTTPFlow, state: FlowState, block: Block) -> None:
         json.dumps(body).encode(),
         {"content-type": "application/json", "x-should-retry": "false"},
     )
-
-
-def _signals(body: bytes, headers: http.Headers) -> tuple[str | None, bool | None]:
-    try:
-        parsed = json.loads(body) if body else None
-    except ValueError:
-        return None, None
-    return request_signals(parsed, headers.get(REQUEST_CLASS_HEADER))
 
 
 def _refused_upgrade(flow: http.HTTPFlow) -> bool:
