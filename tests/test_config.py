@@ -91,7 +91,7 @@ def test_upstream_argument() -> None:
 def test_nested_sections_are_located(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        '[budgets.session]\nnotify_usd = [5]\n\n[budgets.day]\nnotify_usd = [50, 20]\n',
+        "[budgets.session]\nnotify_usd = [5]\n\n[budgets.day]\nnotify_usd = [50, 20]\n",
     )
     with pytest.raises(ConfigError) as caught:
         load(path)

@@ -44,8 +44,13 @@ def gpt(up: FakeUpstream, **kwargs: Any) -> openai.OpenAI:
     return openai.OpenAI(base_url=up.url + "/v1", api_key="sk-test", max_retries=0, **kwargs)
 
 
-def post(up: FakeUpstream, path: str, body: Any, headers: dict[str, str] | None = None,
-         host: str | None = None) -> tuple[http.client.HTTPResponse, bytes]:
+def post(
+    up: FakeUpstream,
+    path: str,
+    body: Any,
+    headers: dict[str, str] | None = None,
+    host: str | None = None,
+) -> tuple[http.client.HTTPResponse, bytes]:
     all_headers = {"content-type": "application/json", **(headers or {})}
     if host:
         all_headers["Host"] = host
@@ -77,20 +82,28 @@ MESSAGES = [{"role": "user", "content": "say hi"}]
 
 
 def test_anthropic_sdk_plain(up: FakeUpstream) -> None:
-    message = claude(up).messages.create(model="claude-sonnet-4-6", max_tokens=100,
-                                         messages=MESSAGES)
+    message = claude(up).messages.create(
+        model="claude-sonnet-4-6", max_tokens=100, messages=MESSAGES
+    )
     assert message.model == "claude-sonnet-4-6"
     assert message.content[0].text == DEFAULT_TEXT  # type: ignore[union-attr]
     usage = message.usage
-    assert (usage.input_tokens, usage.cache_read_input_tokens,
-            usage.cache_creation_input_tokens, usage.output_tokens) == (1200, 3000, 500, 345)
+    assert (
+        usage.input_tokens,
+        usage.cache_read_input_tokens,
+        usage.cache_creation_input_tokens,
+        usage.output_tokens,
+    ) == (1200, 3000, 500, 345)
     assert usage.cache_creation is not None
     assert usage.cache_creation.ephemeral_5m_input_tokens == 300
     assert usage.cache_creation.ephemeral_1h_input_tokens == 200
 
     [request] = up.requests
     assert (request.method, request.path, request.endpoint) == (
-        "POST", "/v1/messages", "anthropic.messages")
+        "POST",
+        "/v1/messages",
+        "anthropic.messages",
+    )
     assert request.model == "claude-sonnet-4-6"
     # anthropic SDK 2.x sends a bearer token; 0.x and Claude Code send x-api-key
     assert "sk-ant-test" in request.headers.get("authorization", request.headers.get("x-api-key"))
@@ -99,8 +112,9 @@ def test_anthropic_sdk_plain(up: FakeUpstream) -> None:
 
 def test_anthropic_sdk_stream_with_scripted_usage(up: FakeUpstream) -> None:
     up.set_next(usage={"input_tokens": 7, "output_tokens": 9, "web_search_requests": 2})
-    with claude(up).messages.stream(model="claude-haiku-4-5", max_tokens=100,
-                                    messages=MESSAGES) as stream:
+    with claude(up).messages.stream(
+        model="claude-haiku-4-5", max_tokens=100, messages=MESSAGES
+    ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == DEFAULT_TEXT
@@ -118,8 +132,9 @@ def test_anthropic_sdk_stream_with_scripted_usage(up: FakeUpstream) -> None:
 def test_anthropic_beta_path_tool_use_and_count_tokens(up: FakeUpstream) -> None:
     client = claude(up)
     up.set_next(tool_use={"name": "Bash", "input": {"command": "ls -la"}})
-    with client.beta.messages.stream(model="claude-opus-4-5", max_tokens=100,
-                                     messages=MESSAGES) as stream:
+    with client.beta.messages.stream(
+        model="claude-opus-4-5", max_tokens=100, messages=MESSAGES
+    ) as stream:
         final = stream.get_final_message()
     assert final.stop_reason == "tool_use"
     tool = final.content[-1]
@@ -134,10 +149,12 @@ def test_anthropic_beta_path_tool_use_and_count_tokens(up: FakeUpstream) -> None
 
 def test_claude_code_side_calls_are_answered_quietly(up: FakeUpstream) -> None:
     with connection(up) as conn:
-        for path, status in [("/api/claude_code/policy_limits", 200),
-                             ("/api/claude_code/settings", 404),
-                             ("/api/claude_cli/bootstrap?entrypoint=sdk-cli", 200),
-                             ("/api/claude_code/organizations/metrics_enabled", 200)]:
+        for path, status in [
+            ("/api/claude_code/policy_limits", 200),
+            ("/api/claude_code/settings", 404),
+            ("/api/claude_cli/bootstrap?entrypoint=sdk-cli", 200),
+            ("/api/claude_code/organizations/metrics_enabled", 200),
+        ]:
             conn.request("GET", path)
             response = conn.getresponse()
             json.loads(response.read())
@@ -158,14 +175,24 @@ def test_openai_chat_plain_and_stream(up: FakeUpstream) -> None:
     assert completion.usage.prompt_tokens_details.cached_tokens == 3000  # type: ignore[union-attr]
     assert completion.usage.completion_tokens_details.reasoning_tokens == 120  # type: ignore[union-attr]
 
-    chunks = list(client.chat.completions.create(
-        model="gpt-4.1", messages=MESSAGES, stream=True,  # type: ignore[arg-type]
-        stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-4.1",
+            messages=MESSAGES,
+            stream=True,  # type: ignore[arg-type]
+            stream_options={"include_usage": True},
+        )
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == DEFAULT_TEXT
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 345
 
-    chunks = list(client.chat.completions.create(model="gpt-4.1", messages=MESSAGES,  # type: ignore[arg-type]
-                                                 stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-4.1",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            stream=True,
+        )
+    )
     assert all(c.usage is None for c in chunks)
     assert up.sent_events[-1].name == "done"
 
@@ -191,29 +218,36 @@ def test_openai_responses_plain_and_stream(up: FakeUpstream) -> None:
     assert final.output_text == DEFAULT_TEXT
     assert final.usage is not None and final.usage.output_tokens == 50
     names = [e.name for e in up.events_of(up.requests[-1])]
-    assert names[:3] == ["response.created", "response.in_progress",
-                         "response.output_item.added"]
+    assert names[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
     assert names[-1] == "response.completed"
 
     # Codex signed in with ChatGPT posts to chatgpt.com/backend-api/codex/responses
-    _, raw = post(up, "/backend-api/codex/responses", {"model": "gpt-5-codex"},
-                  host="chatgpt.com")
+    _, raw = post(up, "/backend-api/codex/responses", {"model": "gpt-5-codex"}, host="chatgpt.com")
     assert json.loads(raw)["usage"]["total_tokens"] == 4545
     assert up.requests[-1].endpoint == "openai.responses"
 
 
 def test_responses_websocket_prewarm_then_turn(up: FakeUpstream) -> None:
     url = up.url.replace("http", "ws") + "/v1/responses"
-    with connect(url, additional_headers={"Host": "api.openai.com",
-                                          "x-fake-delay-ms": "1"}) as ws:
-        ws.send(json.dumps({"type": "response.create", "model": "gpt-5-codex", "input": [],
-                            "generate": False}))
+    with connect(url, additional_headers={"Host": "api.openai.com", "x-fake-delay-ms": "1"}) as ws:
+        ws.send(
+            json.dumps(
+                {"type": "response.create", "model": "gpt-5-codex", "input": [], "generate": False}
+            )
+        )
         prewarm = [json.loads(ws.recv(timeout=5)) for _ in range(2)]
         assert [m["type"] for m in prewarm] == ["response.created", "response.completed"]
         assert prewarm[1]["response"]["usage"]["output_tokens"] == 0
 
-        ws.send(json.dumps({"type": "response.create", "model": "gpt-5-codex",
-                            "input": [{"role": "user", "content": "hi"}]}))
+        ws.send(
+            json.dumps(
+                {
+                    "type": "response.create",
+                    "model": "gpt-5-codex",
+                    "input": [{"role": "user", "content": "hi"}],
+                }
+            )
+        )
         turn = []
         while not turn or turn[-1]["type"] != "response.completed":
             turn.append(json.loads(ws.recv(timeout=5)))
@@ -221,10 +255,12 @@ def test_responses_websocket_prewarm_then_turn(up: FakeUpstream) -> None:
     assert turn[-1]["response"]["usage"]["input_tokens_details"]["cached_tokens"] == 3000
     upgrade, *frames = up.requests
     assert (upgrade.endpoint, upgrade.status, upgrade.host) == (
-        "openai.responses.websocket", 101, "api.openai.com")
+        "openai.responses.websocket",
+        101,
+        "api.openai.com",
+    )
     assert [f.json.get("generate") for f in frames] == [False, None]
-    assert all(f.endpoint == "openai.responses.ws" and f.websocket_of == upgrade.id
-               for f in frames)
+    assert all(f.endpoint == "openai.responses.ws" and f.websocket_of == upgrade.id for f in frames)
 
 
 def test_responses_websocket_faults(up: FakeUpstream) -> None:
@@ -258,42 +294,58 @@ def test_gemini_generate_stream_and_cloudcode_envelope(up: FakeUpstream) -> None
     body = json.loads(raw)
     assert body["modelVersion"] == "gemini-2.5-pro"
     assert body["usageMetadata"] == {
-        "promptTokenCount": 4200, "candidatesTokenCount": 225, "totalTokenCount": 4545,
-        "cachedContentTokenCount": 3000, "thoughtsTokenCount": 120,
+        "promptTokenCount": 4200,
+        "candidatesTokenCount": 225,
+        "totalTokenCount": 4545,
+        "cachedContentTokenCount": 3000,
+        "thoughtsTokenCount": 120,
         "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 4200}],
-        "cacheTokensDetails": [{"modality": "TEXT", "tokenCount": 3000}]}
+        "cacheTokensDetails": [{"modality": "TEXT", "tokenCount": 3000}],
+    }
 
     _, raw = post(up, "/v1beta/models/gemini-2.5-flash:streamGenerateContent", {"contents": []})
     assert json.loads(raw)[-1]["candidates"][0]["finishReason"] == "STOP"  # a JSON array
 
-    response, raw = post(up, "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
-                         {"contents": []})
+    response, raw = post(
+        up, "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", {"contents": []}
+    )
     assert b"\r\n\r\n" in raw
     chunks = sse_data(raw)
-    assert "".join(c["candidates"][0]["content"]["parts"][0]["text"] for c in chunks) \
-        == DEFAULT_TEXT
+    assert (
+        "".join(c["candidates"][0]["content"]["parts"][0]["text"] for c in chunks) == DEFAULT_TEXT
+    )
     assert chunks[-1]["usageMetadata"]["candidatesTokenCount"] == 225
     assert up.requests[-1].model == "gemini-2.5-flash"
 
-    _, raw = post(up, "/v1internal:streamGenerateContent?alt=sse",
-                  {"model": "gemini-2.5-pro", "request": {"contents": []}},
-                  host="cloudcode-pa.googleapis.com")
+    _, raw = post(
+        up,
+        "/v1internal:streamGenerateContent?alt=sse",
+        {"model": "gemini-2.5-pro", "request": {"contents": []}},
+        host="cloudcode-pa.googleapis.com",
+    )
     wrapped = sse_data(raw)
     assert all(set(c) == {"response", "traceId"} for c in wrapped)
     assert wrapped[-1]["response"]["usageMetadata"]["totalTokenCount"] == 4545
 
 
 def test_openrouter_and_deepseek_usage(up: FakeUpstream) -> None:
-    _, raw = post(up, "/api/v1/chat/completions",
-                  {"model": "anthropic/claude-sonnet-4.5", "messages": MESSAGES, "stream": True},
-                  host="openrouter.ai")
+    _, raw = post(
+        up,
+        "/api/v1/chat/completions",
+        {"model": "anthropic/claude-sonnet-4.5", "messages": MESSAGES, "stream": True},
+        host="openrouter.ai",
+    )
     assert raw.startswith(b": OPENROUTER PROCESSING\n\n")
     events = sse_data(raw)
     assert events[-1] == "[DONE]"
     assert events[-2]["usage"]["cost"] == 0.0123  # OpenRouter always sends usage
 
-    _, raw = post(up, "/chat/completions", {"model": "deepseek-chat", "messages": MESSAGES},
-                  host="api.deepseek.com")
+    _, raw = post(
+        up,
+        "/chat/completions",
+        {"model": "deepseek-chat", "messages": MESSAGES},
+        host="api.deepseek.com",
+    )
     usage = json.loads(raw)["usage"]
     assert (usage["prompt_cache_hit_tokens"], usage["prompt_cache_miss_tokens"]) == (3000, 1200)
     assert [r.endpoint for r in up.requests] == ["openrouter.chat", "deepseek.chat"]
@@ -305,13 +357,20 @@ def test_openrouter_and_deepseek_usage(up: FakeUpstream) -> None:
 def test_scripted_status_then_success_with_retry(up: FakeUpstream) -> None:
     up.set_next(status=429, retry_after=0.01)
     client = anthropic.Anthropic(base_url=up.url, api_key="k", max_retries=1)
-    assert client.messages.create(model="claude-sonnet-4-6", max_tokens=10,
-                                  messages=MESSAGES).usage.output_tokens == 345
+    assert (
+        client.messages.create(
+            model="claude-sonnet-4-6", max_tokens=10, messages=MESSAGES
+        ).usage.output_tokens
+        == 345
+    )
     assert [r.status for r in up.requests] == [429, 200]
 
     with pytest.raises(openai.RateLimitError):
-        gpt(up).chat.completions.create(model="gpt-4.1", messages=MESSAGES,  # type: ignore[arg-type]
-                                        extra_headers={"x-fake-status": "429"})
+        gpt(up).chat.completions.create(
+            model="gpt-4.1",
+            messages=MESSAGES,  # type: ignore[arg-type]
+            extra_headers={"x-fake-status": "429"},
+        )
 
 
 def test_delay_spaces_events_and_they_arrive_unbuffered(up: FakeUpstream) -> None:
@@ -339,8 +398,12 @@ def test_stream_compression_is_flushed_per_event(up: FakeUpstream, encoding: str
     }
     decode = decoders[encoding]()
     with connection(up) as conn:
-        conn.request("POST", "/v1/messages", json.dumps({"model": "m", "stream": True}),
-                     {"x-fake-encoding": encoding, "x-fake-delay-ms": "30", "x-fake-text": "hi"})
+        conn.request(
+            "POST",
+            "/v1/messages",
+            json.dumps({"model": "m", "stream": True}),
+            {"x-fake-encoding": encoding, "x-fake-delay-ms": "30", "x-fake-text": "hi"},
+        )
         response = conn.getresponse()
         assert response.headers["content-encoding"] == encoding
         assert decode(response.read1()).startswith(b"event: message_start")  # decodable at once
@@ -351,16 +414,21 @@ def test_stream_compression_is_flushed_per_event(up: FakeUpstream, encoding: str
 @pytest.mark.parametrize("chunking", ["bytes", "random"])
 def test_chunking_keeps_the_body_intact(up: FakeUpstream, chunking: str) -> None:
     body = {"model": "gpt-4.1", "stream": True, "stream_options": {"include_usage": True}}
-    _, raw = post(up, "/v1/chat/completions", body, {"x-fake-chunking": chunking,
-                                                     "x-fake-encoding": "gzip"})
+    _, raw = post(
+        up, "/v1/chat/completions", body, {"x-fake-chunking": chunking, "x-fake-encoding": "gzip"}
+    )
     events = sse_data(gzip.decompress(raw))
     assert events[-1] == "[DONE]" and events[-2]["usage"]["total_tokens"] == 4545
 
 
 def test_cut_after_closes_mid_event(up: FakeUpstream) -> None:
     with connection(up) as conn:
-        conn.request("POST", "/v1/messages", json.dumps({"model": "m", "stream": True}),
-                     {"x-fake-cut-after": "3"})
+        conn.request(
+            "POST",
+            "/v1/messages",
+            json.dumps({"model": "m", "stream": True}),
+            {"x-fake-cut-after": "3"},
+        )
         response = conn.getresponse()
         with pytest.raises(http.client.IncompleteRead) as info:
             response.read()
@@ -373,8 +441,7 @@ def test_malformed_json_and_sse(up: FakeUpstream) -> None:
     _, raw = post(up, "/v1/messages", {"model": "m"}, {"x-fake-malformed": "1"})
     with pytest.raises(ValueError):
         json.loads(raw)
-    _, raw = post(up, "/v1/messages", {"model": "m", "stream": True},
-                  {"x-fake-malformed": "sse"})
+    _, raw = post(up, "/v1/messages", {"model": "m", "stream": True}, {"x-fake-malformed": "sse"})
     assert b"\xff\xfe" in raw
     with pytest.raises(ValueError):
         sse_data(raw)

@@ -23,10 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--port-file", type=Path, help="write the bound port here")
-    parser.add_argument("--no-websocket", action="store_true",
-                        help="refuse WebSocket upgrades (clients fall back to HTTPS POST)")
-    parser.add_argument("--defaults", default="{}",
-                        help='server-wide directives as JSON, e.g. \'{"delay_ms": 20}\'')
+    parser.add_argument(
+        "--no-websocket",
+        action="store_true",
+        help="refuse WebSocket upgrades (clients fall back to HTTPS POST)",
+    )
+    parser.add_argument(
+        "--defaults", default="{}", help="server-wide directives as JSON, e.g. '{\"delay_ms\": 20}'"
+    )
     parser.add_argument("--usage", help="default usage as JSON (merged into --defaults)")
     args = parser.parse_args(argv)
 

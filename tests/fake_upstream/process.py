@@ -39,9 +39,19 @@ class FakeUpstreamProcess:
         self._tmp = tempfile.TemporaryDirectory(prefix="fake-upstream-")
         port_file = Path(self._tmp.name) / "port"
         self.proc = subprocess.Popen(
-            [self.python, "-m", "tests.fake_upstream", "--port", "0",
-             "--port-file", str(port_file), *self.args],
-            cwd=REPO, stdout=subprocess.DEVNULL)
+            [
+                self.python,
+                "-m",
+                "tests.fake_upstream",
+                "--port",
+                "0",
+                "--port-file",
+                str(port_file),
+                *self.args,
+            ],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + self.timeout
         while not port_file.exists():
             if self.proc.poll() is not None:
@@ -73,8 +83,9 @@ class FakeUpstreamProcess:
 
     def control(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"content-type": "application/json"})
+        request = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"content-type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 

@@ -122,8 +122,13 @@ def error_reply(family: str, status: int, message: str | None = None, serial: in
             "request_id": f"req_fake{serial:020d}",
         }
     elif family == "gemini":
-        body = {"error": {"code": status, "message": message,
-                          "status": _GOOGLE_STATUS.get(status, "UNKNOWN")}}
+        body = {
+            "error": {
+                "code": status,
+                "message": message,
+                "status": _GOOGLE_STATUS.get(status, "UNKNOWN"),
+            }
+        }
     else:
         kind, code = {
             400: ("invalid_request_error", None),
@@ -163,51 +168,105 @@ def anthropic_messages(ctx: Ctx) -> Reply:
     if d.text:
         blocks.append({"type": "text", "text": d.text})
     if tool:
-        blocks.append({"type": "tool_use", "id": ctx.id("toolu_01"),
-                       "name": tool.get("name", "tool"), "input": tool.get("input", {})})
-    headers = [("request-id", ctx.id("req_01")),
-               ("anthropic-organization-id", "00000000-0000-4000-8000-00000000fa4e")]
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": ctx.id("toolu_01"),
+                "name": tool.get("name", "tool"),
+                "input": tool.get("input", {}),
+            }
+        )
+    headers = [
+        ("request-id", ctx.id("req_01")),
+        ("anthropic-organization-id", "00000000-0000-4000-8000-00000000fa4e"),
+    ]
     if not ctx.body.get("stream"):
-        return Reply(headers=headers, body={
-            "id": msg_id, "type": "message", "role": "assistant", "model": ctx.response_model,
-            "content": blocks, "stop_reason": stop_reason, "stop_sequence": None,
-            "usage": anthropic_usage(d),
-        })
+        return Reply(
+            headers=headers,
+            body={
+                "id": msg_id,
+                "type": "message",
+                "role": "assistant",
+                "model": ctx.response_model,
+                "content": blocks,
+                "stop_reason": stop_reason,
+                "stop_sequence": None,
+                "usage": anthropic_usage(d),
+            },
+        )
 
-    events = [Event("message_start", {"type": "message_start", "message": {
-        "id": msg_id, "type": "message", "role": "assistant", "model": ctx.response_model,
-        "content": [], "stop_reason": None, "stop_sequence": None,
-        "usage": anthropic_usage(d, output_tokens=1)}})]
+    events = [
+        Event(
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": msg_id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": ctx.response_model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": anthropic_usage(d, output_tokens=1),
+                },
+            },
+        )
+    ]
     for index, block in enumerate(blocks):
         if block["type"] == "text":
             start = {"type": "text", "text": ""}
             deltas = [{"type": "text_delta", "text": p} for p in text_pieces(block["text"])]
         else:
             start = {**block, "input": {}}
-            deltas = [{"type": "input_json_delta", "partial_json": p}
-                      for p in json_pieces(block["input"])]
-        events.append(Event("content_block_start", {
-            "type": "content_block_start", "index": index, "content_block": start}))
+            deltas = [
+                {"type": "input_json_delta", "partial_json": p} for p in json_pieces(block["input"])
+            ]
+        events.append(
+            Event(
+                "content_block_start",
+                {"type": "content_block_start", "index": index, "content_block": start},
+            )
+        )
         if index == 0:
             events.append(Event("ping", {"type": "ping"}))
-        events += [Event("content_block_delta", {
-            "type": "content_block_delta", "index": index, "delta": delta}) for delta in deltas]
+        events += [
+            Event(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": delta},
+            )
+            for delta in deltas
+        ]
         events.append(Event("content_block_stop", {"type": "content_block_stop", "index": index}))
     usage = anthropic_usage(d)
     del usage["cache_creation"], usage["service_tier"]  # message_delta carries the flat counts
-    events.append(Event("message_delta", {
-        "type": "message_delta",
-        "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-        "usage": usage}))
+    events.append(
+        Event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                "usage": usage,
+            },
+        )
+    )
     events.append(Event("message_stop", {"type": "message_stop"}))
-    return Reply(headers=headers, events=events, sse_style="named",
-                 content_type="text/event-stream; charset=utf-8")
+    return Reply(
+        headers=headers,
+        events=events,
+        sse_style="named",
+        content_type="text/event-stream; charset=utf-8",
+    )
 
 
 def anthropic_count_tokens(ctx: Ctx) -> Reply:
     u = _u(ctx.d)
-    total = (u["input_tokens"] + u["cache_read_tokens"]
-             + u["cache_write_5m_tokens"] + u["cache_write_1h_tokens"])
+    total = (
+        u["input_tokens"]
+        + u["cache_read_tokens"]
+        + u["cache_write_5m_tokens"]
+        + u["cache_write_1h_tokens"]
+    )
     return Reply(body={"input_tokens": total})
 
 
@@ -230,17 +289,26 @@ def chat_usage(d: Directives, flavor: str) -> dict[str, Any]:
     elif flavor == "openrouter":
         usage["cost"] = u["cost"]
         usage["is_byok"] = False
-        usage["prompt_tokens_details"] = {"cached_tokens": u["cache_read_tokens"],
-                                          "audio_tokens": 0}
+        usage["prompt_tokens_details"] = {
+            "cached_tokens": u["cache_read_tokens"],
+            "audio_tokens": 0,
+        }
         usage["cost_details"] = {"upstream_inference_cost": None}
-        usage["completion_tokens_details"] = {"reasoning_tokens": u["reasoning_tokens"],
-                                              "image_tokens": 0}
-    else:
-        usage["prompt_tokens_details"] = {"cached_tokens": u["cache_read_tokens"],
-                                          "audio_tokens": 0}
         usage["completion_tokens_details"] = {
-            "reasoning_tokens": u["reasoning_tokens"], "audio_tokens": 0,
-            "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
+            "reasoning_tokens": u["reasoning_tokens"],
+            "image_tokens": 0,
+        }
+    else:
+        usage["prompt_tokens_details"] = {
+            "cached_tokens": u["cache_read_tokens"],
+            "audio_tokens": 0,
+        }
+        usage["completion_tokens_details"] = {
+            "reasoning_tokens": u["reasoning_tokens"],
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        }
     return usage
 
 
@@ -265,19 +333,41 @@ def chat_completions(ctx: Ctx, flavor: str = "openai") -> Reply:
         if flavor == "openai":
             message.update(refusal=None, annotations=[])
         if tool:
-            message["tool_calls"] = [{"id": call_id, "type": "function", "function": {
-                "name": tool.get("name", "tool"),
-                "arguments": json.dumps(tool.get("input", {}))}}]
-        return Reply(body={**head, "object": "chat.completion", "choices": [{
-            "index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-            "usage": chat_usage(d, flavor), **extra})
+            message["tool_calls"] = [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {
+                        "name": tool.get("name", "tool"),
+                        "arguments": json.dumps(tool.get("input", {})),
+                    },
+                }
+            ]
+        return Reply(
+            body={
+                **head,
+                "object": "chat.completion",
+                "choices": [
+                    {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+                ],
+                "usage": chat_usage(d, flavor),
+                **extra,
+            }
+        )
 
     include_usage = flavor == "openrouter" or bool(
-        (ctx.body.get("stream_options") or {}).get("include_usage"))
+        (ctx.body.get("stream_options") or {}).get("include_usage")
+    )
 
     def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> Event:
-        data = {**head, "object": "chat.completion.chunk", **extra, "choices": [{
-            "index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+        data = {
+            **head,
+            "object": "chat.completion.chunk",
+            **extra,
+            "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            ],
+        }
         if include_usage and flavor == "openai":
             data["usage"] = None
         return Event("chunk", data)
@@ -291,23 +381,49 @@ def chat_completions(ctx: Ctx, flavor: str = "openai") -> Reply:
     events.append(chunk(first))
     events += [chunk({"content": p}) for p in text_pieces(d.text)]
     if tool:
-        events.append(chunk({"tool_calls": [{"index": 0, "id": call_id, "type": "function",
-                                             "function": {"name": tool.get("name", "tool"),
-                                                          "arguments": ""}}]}))
-        events += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]})
-                   for p in json_pieces(tool.get("input", {}))]
+        events.append(
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": call_id,
+                            "type": "function",
+                            "function": {"name": tool.get("name", "tool"), "arguments": ""},
+                        }
+                    ]
+                }
+            )
+        )
+        events += [
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]})
+            for p in json_pieces(tool.get("input", {}))
+        ]
     events.append(chunk({}, finish))
     if include_usage:
-        events.append(Event("chunk", {**head, "object": "chat.completion.chunk", **extra,
-                                      "choices": [], "usage": chat_usage(d, flavor)}))
+        events.append(
+            Event(
+                "chunk",
+                {
+                    **head,
+                    "object": "chat.completion.chunk",
+                    **extra,
+                    "choices": [],
+                    "usage": chat_usage(d, flavor),
+                },
+            )
+        )
     events.append(Event("done", "[DONE]"))
     return Reply(events=events, sse_style="data", content_type="text/event-stream; charset=utf-8")
 
 
 def embeddings(ctx: Ctx) -> Reply:
     inputs = ctx.body.get("input", "")
-    items = inputs if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int) \
+    items = (
+        inputs
+        if isinstance(inputs, list) and inputs and not isinstance(inputs[0], int)
         else [inputs]
+    )
     dims = int(ctx.body.get("dimensions") or (3072 if "large" in ctx.model else 1536))
     data = []
     for i in range(len(items)):
@@ -317,8 +433,14 @@ def embeddings(ctx: Ctx) -> Reply:
             embedding = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
         data.append({"object": "embedding", "index": i, "embedding": embedding})
     tokens = _u(ctx.d)["input_tokens"]
-    return Reply(body={"object": "list", "data": data, "model": ctx.response_model,
-                       "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+    return Reply(
+        body={
+            "object": "list",
+            "data": data,
+            "model": ctx.response_model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    )
 
 
 # --------------------------------------------------------------------------- OpenAI Responses
@@ -346,44 +468,74 @@ def responses(ctx: Ctx, *, websocket: bool = False) -> Reply:
     msg_id = ctx.id("msg_", 40)
     status = "completed" if prewarm else d.final_status
     base: dict[str, Any] = {
-        "id": resp_id, "object": "response", "created_at": CREATED, "status": "in_progress",
-        "background": False, "error": None, "incomplete_details": None,
-        "instructions": body.get("instructions"), "max_output_tokens":
-        body.get("max_output_tokens"), "model": ctx.response_model, "output": [],
+        "id": resp_id,
+        "object": "response",
+        "created_at": CREATED,
+        "status": "in_progress",
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": ctx.response_model,
+        "output": [],
         "parallel_tool_calls": body.get("parallel_tool_calls", True),
         "previous_response_id": body.get("previous_response_id"),
         "prompt_cache_key": body.get("prompt_cache_key"),
         "reasoning": body.get("reasoning") or {"effort": None, "summary": None},
-        "service_tier": "default", "store": body.get("store", True), "temperature": 1.0,
+        "service_tier": "default",
+        "store": body.get("store", True),
+        "temperature": 1.0,
         "text": body.get("text") or {"format": {"type": "text"}},
-        "tool_choice": body.get("tool_choice", "auto"), "tools": [], "top_p": 1.0,
-        "truncation": "disabled", "usage": None, "user": None, "metadata": {},
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": None,
+        "user": None,
+        "metadata": {},
     }
 
     items: list[dict[str, Any]] = []
     if not prewarm and _u(d)["reasoning_tokens"] > 0:
-        reasoning: dict[str, Any] = {"id": ctx.id("rs_", 40), "type": "reasoning",
-                                     "summary": []}
+        reasoning: dict[str, Any] = {"id": ctx.id("rs_", 40), "type": "reasoning", "summary": []}
         if "reasoning.encrypted_content" in (body.get("include") or []):
             reasoning["encrypted_content"] = "gAAAAABfake" + "A" * 64
         items.append(reasoning)
     if not prewarm and d.text:
-        items.append({"id": msg_id, "type": "message", "status": "completed",
-                      "content": [{"type": "output_text", "annotations": [], "logprobs": [],
-                                   "text": d.text}], "role": "assistant"})
+        items.append(
+            {
+                "id": msg_id,
+                "type": "message",
+                "status": "completed",
+                "content": [
+                    {"type": "output_text", "annotations": [], "logprobs": [], "text": d.text}
+                ],
+                "role": "assistant",
+            }
+        )
     if not prewarm and d.tool_use:
-        items.append({"id": ctx.id("fc_", 40), "type": "function_call", "status": "completed",
-                      "arguments": json.dumps(d.tool_use.get("input", {})),
-                      "call_id": ctx.id("call_"), "name": d.tool_use.get("name", "tool")})
+        items.append(
+            {
+                "id": ctx.id("fc_", 40),
+                "type": "function_call",
+                "status": "completed",
+                "arguments": json.dumps(d.tool_use.get("input", {})),
+                "call_id": ctx.id("call_"),
+                "name": d.tool_use.get("name", "tool"),
+            }
+        )
 
-    final = {**base, "status": status, "output": items,
-             "usage": responses_usage(d, prewarm)}
+    final = {**base, "status": status, "output": items, "usage": responses_usage(d, prewarm)}
     if status == "incomplete":
         final["incomplete_details"] = {"reason": "max_output_tokens"}
     elif status == "failed":
         final["error"] = {"code": "server_error", "message": "fake upstream: scripted failure"}
-    headers = [("x-request-id", ctx.id("req_", 32)), ("openai-processing-ms", "42"),
-               ("openai-model", ctx.response_model)]
+    headers = [
+        ("x-request-id", ctx.id("req_", 32)),
+        ("openai-processing-ms", "42"),
+        ("openai-model", ctx.response_model),
+    ]
     if not body.get("stream") and not websocket:
         return Reply(headers=headers, body=final)
 
@@ -401,8 +553,11 @@ def responses(ctx: Ctx, *, websocket: bool = False) -> Reply:
             emit("response.output_item.added", output_index=index, item=item)
             emit("response.output_item.done", output_index=index, item=item)
         elif item["type"] == "message":
-            emit("response.output_item.added", output_index=index,
-                 item={**item, "status": "in_progress", "content": []})
+            emit(
+                "response.output_item.added",
+                output_index=index,
+                item={**item, "status": "in_progress", "content": []},
+            )
             part = {"type": "output_text", "annotations": [], "logprobs": [], "text": ""}
             ids = {"item_id": item["id"], "output_index": index, "content_index": 0}
             emit("response.content_part.added", **ids, part=part)
@@ -412,17 +567,32 @@ def responses(ctx: Ctx, *, websocket: bool = False) -> Reply:
             emit("response.content_part.done", **ids, part={**part, "text": d.text})
             emit("response.output_item.done", output_index=index, item=item)
         else:
-            emit("response.output_item.added", output_index=index,
-                 item={**item, "status": "in_progress", "arguments": ""})
+            emit(
+                "response.output_item.added",
+                output_index=index,
+                item={**item, "status": "in_progress", "arguments": ""},
+            )
             for piece in json_pieces(d.tool_use.get("input", {}) if d.tool_use else {}):
-                emit("response.function_call_arguments.delta", item_id=item["id"],
-                     output_index=index, delta=piece)
-            emit("response.function_call_arguments.done", item_id=item["id"],
-                 output_index=index, arguments=item["arguments"])
+                emit(
+                    "response.function_call_arguments.delta",
+                    item_id=item["id"],
+                    output_index=index,
+                    delta=piece,
+                )
+            emit(
+                "response.function_call_arguments.done",
+                item_id=item["id"],
+                output_index=index,
+                arguments=item["arguments"],
+            )
             emit("response.output_item.done", output_index=index, item=item)
     emit(f"response.{status}", response=final)
-    return Reply(headers=headers, events=events, sse_style="named",
-                 content_type="text/event-stream; charset=utf-8")
+    return Reply(
+        headers=headers,
+        events=events,
+        sse_style="named",
+        content_type="text/event-stream; charset=utf-8",
+    )
 
 
 # --------------------------------------------------------------------------- Gemini
@@ -457,15 +627,28 @@ def gemini_generate(ctx: Ctx, *, stream: bool, sse: bool = True, wrapped: bool =
         candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
         if last:
             candidate["finishReason"] = finish
-        data = {"candidates": [candidate], "usageMetadata": gemini_usage(d, final=last),
-                "modelVersion": ctx.response_model, "responseId": response_id}
+        data = {
+            "candidates": [candidate],
+            "usageMetadata": gemini_usage(d, final=last),
+            "modelVersion": ctx.response_model,
+            "responseId": response_id,
+        }
         if wrapped:
             return {"response": data, "traceId": ctx.id("trace", 20)}
         return data
 
-    tool_part = ([{"functionCall": {"name": d.tool_use.get("name", "tool"),
-                                    "args": d.tool_use.get("input", {})}}]
-                 if d.tool_use else [])
+    tool_part = (
+        [
+            {
+                "functionCall": {
+                    "name": d.tool_use.get("name", "tool"),
+                    "args": d.tool_use.get("input", {}),
+                }
+            }
+        ]
+        if d.tool_use
+        else []
+    )
     if not stream:
         parts = ([{"text": d.text}] if d.text else []) + tool_part
         return Reply(body=chunk(parts, last=True))
@@ -473,11 +656,15 @@ def gemini_generate(ctx: Ctx, *, stream: bool, sse: bool = True, wrapped: bool =
     pieces = pieces or [[{"text": ""}]]
     chunks = [chunk(p, last=i == len(pieces) - 1) for i, p in enumerate(pieces)]
     if sse:
-        return Reply(events=[Event("chunk", c) for c in chunks], sse_style="data-crlf",
-                     content_type="text/event-stream")
+        return Reply(
+            events=[Event("chunk", c) for c in chunks],
+            sse_style="data-crlf",
+            content_type="text/event-stream",
+        )
     # Without alt=sse Gemini streams one JSON array, element by element.
-    events = [Event("array", ("[" if i == 0 else ",\r\n") + json.dumps(c))
-              for i, c in enumerate(chunks)]
+    events = [
+        Event("array", ("[" if i == 0 else ",\r\n") + json.dumps(c)) for i, c in enumerate(chunks)
+    ]
     events.append(Event("array", "]"))
     return Reply(events=events, sse_style="raw", content_type="application/json; charset=UTF-8")
 
@@ -485,5 +672,9 @@ def gemini_generate(ctx: Ctx, *, stream: bool, sse: bool = True, wrapped: bool =
 def gemini_count_tokens(ctx: Ctx) -> Reply:
     u = _u(ctx.d)
     total = u["input_tokens"] + u["cache_read_tokens"]
-    return Reply(body={"totalTokens": total,
-                       "promptTokensDetails": [{"modality": "TEXT", "tokenCount": total}]})
+    return Reply(
+        body={
+            "totalTokens": total,
+            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": total}],
+        }
+    )

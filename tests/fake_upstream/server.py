@@ -127,10 +127,12 @@ def _route(method: str, route: str, host: str, *, upgrade: bool) -> tuple[str, s
         if route == "/v1/embeddings":
             return "openai.embeddings", "openai"
         if route == "/api/v1/chat/completions" or (
-                "openrouter" in host and route.endswith("/chat/completions")):
+            "openrouter" in host and route.endswith("/chat/completions")
+        ):
             return "openrouter.chat", "openai"
-        if route == "/chat/completions" or ("deepseek" in host
-                                            and route.endswith("/chat/completions")):
+        if route == "/chat/completions" or (
+            "deepseek" in host and route.endswith("/chat/completions")
+        ):
             return "deepseek.chat", "openai"
         if route == "/v1/chat/completions":
             return "openai.chat", "openai"
@@ -154,11 +156,15 @@ def _route(method: str, route: str, host: str, *, upgrade: bool) -> tuple[str, s
 def _aux_answer(route: str) -> tuple[int, Any]:
     """Answers for the clients' non-API calls that let them start fast and quietly."""
     if route == "/v1internal:loadCodeAssist":
-        return 200, {"currentTier": {"id": "standard-tier", "name": "Fake"},
-                     "cloudaicompanionProject": "fake-project"}
+        return 200, {
+            "currentTier": {"id": "standard-tier", "name": "Fake"},
+            "cloudaicompanionProject": "fake-project",
+        }
     if route == "/v1internal:onboardUser":
-        return 200, {"done": True, "response": {"cloudaicompanionProject": {
-            "id": "fake-project", "name": "fake-project"}}}
+        return 200, {
+            "done": True,
+            "response": {"cloudaicompanionProject": {"id": "fake-project", "name": "fake-project"}},
+        }
     if route.startswith("/v1internal:"):
         return 200, {}
     if route.startswith("/api/eval/"):
@@ -174,8 +180,10 @@ def _aux_answer(route: str) -> tuple[int, Any]:
     if route == "/api/claude_code/policy_limits":
         return 200, {"restrictions": {}}
     if route == "/api/claude_code/settings":
-        return 404, {"type": "error", "error": {"type": "not_found_error",
-                                                "message": "no managed settings"}}
+        return 404, {
+            "type": "error",
+            "error": {"type": "not_found_error", "message": "no managed settings"},
+        }
     if route == "/api/directory/server-urls":
         return 200, {"servers": []}
     if route == "/mcp-registry/v0/servers":
@@ -207,8 +215,9 @@ def _builder(endpoint: str, query: dict[str, list[str]]) -> Builder | None:
         "gemini.streamGenerateContent": lambda c: p.gemini_generate(c, stream=True, sse=sse),
         "gemini.countTokens": p.gemini_count_tokens,
         "cloudcode.generateContent": lambda c: p.gemini_generate(c, stream=False, wrapped=True),
-        "cloudcode.streamGenerateContent":
-            lambda c: p.gemini_generate(c, stream=True, sse=sse, wrapped=True),
+        "cloudcode.streamGenerateContent": lambda c: p.gemini_generate(
+            c, stream=True, sse=sse, wrapped=True
+        ),
         "cloudcode.countTokens": p.gemini_count_tokens,
     }
     return table.get(endpoint)
@@ -269,9 +278,12 @@ class FakeUpstream:
 
     def find(self, endpoint: str | None = None, method: str | None = None) -> list[RecordedRequest]:
         """Recorded requests, filtered by endpoint prefix (``"anthropic."``) and method."""
-        return [r for r in list(self.requests)
-                if (endpoint is None or r.endpoint.startswith(endpoint))
-                and (method is None or r.method == method)]
+        return [
+            r
+            for r in list(self.requests)
+            if (endpoint is None or r.endpoint.startswith(endpoint))
+            and (method is None or r.method == method)
+        ]
 
     def wait_for(self, predicate: Callable[[FakeUpstream], bool], timeout: float = 5.0) -> None:
         deadline = time.monotonic() + timeout
@@ -327,8 +339,7 @@ class FakeUpstream:
     async def start_async(self) -> None:
         """Bind and serve on the running loop (for the subprocess entry point)."""
         self._loop = asyncio.get_running_loop()
-        self._server = await asyncio.start_server(self._handle, self.host, self.port,
-                                                  limit=1 << 24)
+        self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=1 << 24)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _shutdown(self) -> None:
@@ -359,6 +370,7 @@ class FakeUpstream:
     def _on_sent(self, request_id: int) -> Callable[[int, str, int], None]:
         def record(index: int, name: str, size: int) -> None:
             self.sent_events.append(SentEvent(request_id, index, name, size, time.monotonic()))
+
         return record
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -372,9 +384,10 @@ class FakeUpstream:
                 try:
                     request = await read_request(reader, writer)
                 except BadRequest as exc:
-                    writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n"
-                                 b"Connection: close\r\n\r\n%s" % (len(str(exc)),
-                                                                   str(exc).encode()))
+                    writer.write(
+                        b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n"
+                        b"Connection: close\r\n\r\n%s" % (len(str(exc)), str(exc).encode())
+                    )
                     break
                 if request is None:
                     break
@@ -389,25 +402,35 @@ class FakeUpstream:
             sys.stderr.write(f"fake upstream: internal error\n{text}")
             body = dumps({"error": {"type": "fake_upstream_bug", "message": text}}).encode()
             with contextlib.suppress(Exception):
-                writer.write(b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: "
-                             b"application/json\r\nContent-Length: %d\r\nConnection: close"
-                             b"\r\n\r\n%s" % (len(body), body))
+                writer.write(
+                    b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: "
+                    b"application/json\r\nContent-Length: %d\r\nConnection: close"
+                    b"\r\n\r\n%s" % (len(body), body)
+                )
                 await writer.drain()
         finally:
             self._connections.discard(writer)
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def _simple(self, writer: asyncio.StreamWriter, status: int, body: Any,
-                      rec: RecordedRequest | None = None, head_only: bool = False) -> bool:
+    async def _simple(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        body: Any,
+        rec: RecordedRequest | None = None,
+        head_only: bool = False,
+    ) -> bool:
         if rec is not None:
             rec.status = status
         reply = p.Reply(status=status, body=body)
-        return await send_reply(writer, reply, Directives(),
-                                self._on_sent(rec.id if rec else 0), head_only=head_only)
+        return await send_reply(
+            writer, reply, Directives(), self._on_sent(rec.id if rec else 0), head_only=head_only
+        )
 
-    async def _dispatch(self, request: HttpRequest, reader: asyncio.StreamReader,
-                        writer: asyncio.StreamWriter) -> bool:
+    async def _dispatch(
+        self, request: HttpRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         """Answer one request; False when the connection must not be reused."""
         split = urlsplit(request.target)
         route = split.path
@@ -415,8 +438,7 @@ class FakeUpstream:
             return await self._control(request, route, writer)
         headers = request.header_dict
         upgrade = "websocket" in headers.get("upgrade", "").lower()
-        endpoint, family = _route(request.method, route, headers.get("host", ""),
-                                  upgrade=upgrade)
+        endpoint, family = _route(request.method, route, headers.get("host", ""), upgrade=upgrade)
         body_bytes, parsed = request.body, None
         try:
             body_bytes = decode_body(request.body, headers.get("content-encoding", ""))
@@ -424,11 +446,20 @@ class FakeUpstream:
         except ValueError:
             pass
         rec = RecordedRequest(
-            id=self._next_serial(), method=request.method, path=request.target,
-            host=headers.get("host", ""), headers=headers, raw_headers=request.headers,
-            body=body_bytes, json=parsed, model=_model_of(endpoint, route, parsed),
-            endpoint=endpoint, stream=bool(isinstance(parsed, dict) and parsed.get("stream"))
-            or "streamGenerateContent" in endpoint, time=time.monotonic())
+            id=self._next_serial(),
+            method=request.method,
+            path=request.target,
+            host=headers.get("host", ""),
+            headers=headers,
+            raw_headers=request.headers,
+            body=body_bytes,
+            json=parsed,
+            model=_model_of(endpoint, route, parsed),
+            endpoint=endpoint,
+            stream=bool(isinstance(parsed, dict) and parsed.get("stream"))
+            or "streamGenerateContent" in endpoint,
+            time=time.monotonic(),
+        )
         self.requests.append(rec)
         head_only = request.method == "HEAD"
 
@@ -437,8 +468,9 @@ class FakeUpstream:
                 status, body = _aux_answer(route)
             else:
                 status = 404
-                body = p.error_reply(family, 404, f"fake upstream: no route for "
-                                     f"{request.method} {route}").body
+                body = p.error_reply(
+                    family, 404, f"fake upstream: no route for {request.method} {route}"
+                ).body
             return await self._simple(writer, status, body, rec, head_only)
 
         try:
@@ -446,15 +478,23 @@ class FakeUpstream:
             queued = {} if endpoint.endswith("websocket") else self._take_queued(route)
             d = resolve(dict(self.defaults), queued, from_headers(headers))
         except DirectiveError as exc:
-            return await self._simple(writer, 400, {"error": {
-                "type": "fake_upstream_directive_error", "message": str(exc)}}, rec)
+            return await self._simple(
+                writer,
+                400,
+                {"error": {"type": "fake_upstream_directive_error", "message": str(exc)}},
+                rec,
+            )
         rec.directives = d
 
         if endpoint == "openai.responses.websocket":
             return await self._websocket(request, rec, reader, writer, d)
         if not isinstance(parsed, dict):
-            return await self._simple(writer, 400, p.error_reply(
-                family, 400, "fake upstream: request body is not a JSON object").body, rec)
+            return await self._simple(
+                writer,
+                400,
+                p.error_reply(family, 400, "fake upstream: request body is not a JSON object").body,
+                rec,
+            )
 
         if d.status != 200:
             reply = p.error_reply(family, d.status, serial=rec.id)
@@ -464,23 +504,33 @@ class FakeUpstream:
             builder = _builder(endpoint, rec.query)
             if builder is None:  # pragma: no cover - _route only names endpoints with builders
                 raise AssertionError(endpoint)
-            ctx = p.Ctx(body=parsed or {}, model=rec.model or "unknown-model", d=d,
-                        serial=rec.id)
+            ctx = p.Ctx(body=parsed or {}, model=rec.model or "unknown-model", d=d, serial=rec.id)
             reply = builder(ctx)
         rec.status = reply.status
         return await send_reply(writer, reply, d, self._on_sent(rec.id), head_only=head_only)
 
     # ----------------------------------------------------------------- WebSocket
 
-    async def _websocket(self, request: HttpRequest, rec: RecordedRequest,
-                         reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         d: Directives) -> bool:
+    async def _websocket(
+        self,
+        request: HttpRequest,
+        rec: RecordedRequest,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        d: Directives,
+    ) -> bool:
         """Codex's transport: ``response.create`` in, ``response.*`` events out, per message."""
         if not d.websocket:
             rec.status = d.websocket_refuse_status
-            await self._simple(writer, d.websocket_refuse_status, p.error_reply(
-                "openai", d.websocket_refuse_status,
-                "fake upstream: WebSocket transport refused").body)
+            await self._simple(
+                writer,
+                d.websocket_refuse_status,
+                p.error_reply(
+                    "openai",
+                    d.websocket_refuse_status,
+                    "fake upstream: WebSocket transport refused",
+                ).body,
+            )
             return False
         if d.status != 200:  # a scripted error refuses the handshake itself
             rec.status = d.status
@@ -523,9 +573,14 @@ class FakeUpstream:
             if not await flush():
                 return False
 
-    async def _ws_message(self, proto: ServerProtocol, writer: asyncio.StreamWriter,
-                          upgrade: RecordedRequest, data: bytes,
-                          upgrade_layer: dict[str, Any]) -> bool:
+    async def _ws_message(
+        self,
+        proto: ServerProtocol,
+        writer: asyncio.StreamWriter,
+        upgrade: RecordedRequest,
+        data: bytes,
+        upgrade_layer: dict[str, Any],
+    ) -> bool:
         try:
             message = json.loads(data)
         except ValueError:
@@ -533,11 +588,20 @@ class FakeUpstream:
         body = message if isinstance(message, dict) else {}
         prewarm = body.get("generate") is False
         rec = RecordedRequest(
-            id=self._next_serial(), method="WS", path=upgrade.path, host=upgrade.host,
-            headers=upgrade.headers, raw_headers=upgrade.raw_headers, body=bytes(data),
-            json=message, model=_model_of("openai.responses.ws", upgrade.route, message),
-            endpoint="openai.responses.ws", stream=True, time=time.monotonic(),
-            websocket_of=upgrade.id)
+            id=self._next_serial(),
+            method="WS",
+            path=upgrade.path,
+            host=upgrade.host,
+            headers=upgrade.headers,
+            raw_headers=upgrade.raw_headers,
+            body=bytes(data),
+            json=message,
+            model=_model_of("openai.responses.ws", upgrade.route, message),
+            endpoint="openai.responses.ws",
+            stream=True,
+            time=time.monotonic(),
+            websocket_of=upgrade.id,
+        )
         self.requests.append(rec)
         try:
             queued = {} if prewarm else self._take_queued(upgrade.route)
@@ -581,8 +645,9 @@ class FakeUpstream:
 
     # ----------------------------------------------------------------- control API
 
-    async def _control(self, request: HttpRequest, route: str,
-                       writer: asyncio.StreamWriter) -> bool:
+    async def _control(
+        self, request: HttpRequest, route: str, writer: asyncio.StreamWriter
+    ) -> bool:
         """``/_fake/*``: script a subprocess server over HTTP (see the package docstring)."""
         try:
             body = json.loads(request.body) if request.body else {}

@@ -23,10 +23,20 @@ from .providers import Event, Reply
 MAX_HEAD = 1 << 20
 
 _REASONS = {
-    100: "Continue", 101: "Switching Protocols", 200: "OK", 400: "Bad Request",
-    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-    413: "Payload Too Large", 426: "Upgrade Required", 429: "Too Many Requests",
-    500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+    100: "Continue",
+    101: "Switching Protocols",
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Payload Too Large",
+    426: "Upgrade Required",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
     529: "Overloaded",
 }
 
@@ -63,8 +73,9 @@ class BadRequest(Exception):
     pass
 
 
-async def read_request(reader: asyncio.StreamReader,
-                       writer: asyncio.StreamWriter) -> HttpRequest | None:
+async def read_request(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> HttpRequest | None:
     """The next request on the connection, or None at a clean EOF."""
     try:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -162,7 +173,7 @@ def wire_events(reply: Reply, d: Directives) -> list[tuple[str, bytes]]:
         name, raw = out[i]
         if d.malformed == "json":
             body = raw.rstrip(b"\r\n")
-            out[i] = (name, body[: max(1, len(body) * 2 // 3)] + raw[len(body):])
+            out[i] = (name, body[: max(1, len(body) * 2 // 3)] + raw[len(body) :])
         else:  # broken SSE framing: junk line, then two events run together
             junk = b"\xff\xfe this line has no field name and is not UTF-8\n"
             merged = raw.rstrip(b"\r\n") + b"\n"
@@ -274,8 +285,14 @@ class BodyWriter:
 OnSent = Callable[[int, str, int], None]
 
 
-async def send_reply(writer: asyncio.StreamWriter, reply: Reply, d: Directives,
-                     on_sent: OnSent, *, head_only: bool = False) -> bool:
+async def send_reply(
+    writer: asyncio.StreamWriter,
+    reply: Reply,
+    d: Directives,
+    on_sent: OnSent,
+    *,
+    head_only: bool = False,
+) -> bool:
     """Write ``reply``; False when the connection was cut (caller must not reuse it)."""
     compressor = Compressor(d.encoding)
     headers = [("Content-Type", reply.content_type), *reply.headers, *d.headers.items()]
