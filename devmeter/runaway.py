@@ -179,9 +179,12 @@ _IDS = (
     r"|\b[0-9a-f]{12,}\b"  # hashes, commit ids
     r"|\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?"  # ISO times
 )
-_IDS_ONLY = re.compile(_IDS, re.IGNORECASE)
+# Every alternative starts with a digit, a hex letter or a provider id's first letter: the
+# lookahead rejects most positions at once (the regex runs on every metered request).
+_STARTS = r"(?=[\da-ftcmrs])"
+_IDS_ONLY = re.compile(f"{_STARTS}(?:{_IDS})", re.IGNORECASE)
 # In free text (tool output, prompts) every number is noise too: durations, counters.
-_IDS_AND_NUMBERS = re.compile(_IDS + r"|\d+(?:[.,:]\d+)*", re.IGNORECASE)
+_IDS_AND_NUMBERS = re.compile(f"{_STARTS}(?:{_IDS}|\\d+(?:[.,:]\\d+)*)", re.IGNORECASE)
 _SPACE = re.compile(r"\s+")
 # Long texts are fingerprinted by their two ends: enough to tell them apart, bounded work.
 _TEXT_EDGE = 8192
