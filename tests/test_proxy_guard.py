@@ -192,6 +192,9 @@ def test_cap_reached_on_an_open_websocket_refuses_the_next_turn(
     assert turns == 7
     sent = [r for r in upstream.find() if r.method == "WS" and b"response.create" in r.body]
     assert len(sent) == turns  # the refused turn never reached the provider
-    rows = proxy.rows("session = 'codex-ws'")
+    deadline = time.monotonic() + 10  # the refusal's row is written just after the refusal
+    while len(rows := proxy.rows("session = 'codex-ws'")) < turns + 1:
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.05)
     assert [r["status"] for r in rows] == [101] * turns + [403]
     assert rows[-1]["error"].startswith("devmeter:")
