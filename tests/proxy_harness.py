@@ -108,20 +108,28 @@ def start_proxy(
     hosts: tuple[str, ...] = INTERCEPT_HOSTS,
     extra_args: tuple[str, ...] = (),
     python: str = sys.executable,
+    launcher: tuple[str, ...] | None = None,
+    env: dict[str, str] | None = None,
 ) -> RunningProxy:
-    """Start `devmeter proxy` on a free port with every provider host mapped to the upstream."""
+    """Start `devmeter proxy` on a free port with every provider host mapped to the upstream.
+
+    `launcher` replaces `python -m devmeter` (e.g. `python -c CODE` that patches devmeter
+    first); `env` adds to the proxy's environment.
+    """
     home.mkdir(parents=True, exist_ok=True)
-    args = [python, "-m", "devmeter", "proxy", "--listen", "127.0.0.1:0"]
+    args = [*(launcher or (python, "-m", "devmeter")), "proxy", "--listen", "127.0.0.1:0"]
     if upstream_url:
         for host in hosts:
             args += ["--upstream", f"{host}={upstream_url}"]
     args += list(extra_args)
-    env = dict(os.environ, DEVMETER_HOME=str(home), PYTHONUNBUFFERED="1")
+    full_env = dict(os.environ, DEVMETER_HOME=str(home), PYTHONUNBUFFERED="1", **(env or {}))
     state = home / "proxy.json"
     state.unlink(missing_ok=True)
     log = home / "proxy.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        proc = subprocess.Popen(
+            args, env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+        )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if state.exists():

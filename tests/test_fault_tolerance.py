@@ -27,9 +27,8 @@ import anthropic
 import httpx2
 import pytest
 
-from devmeter.providers import INTERCEPT_HOSTS
 from tests.fake_upstream import FakeUpstream
-from tests.proxy_harness import REPO_ROOT, RunningProxy, start_proxy
+from tests.proxy_harness import RunningProxy, start_proxy
 
 pytestmark = pytest.mark.proxy
 
@@ -94,26 +93,7 @@ def event_names(raw: bytes) -> list[str]:
 def start_with(home: Path, upstream_url: str, code: str, env: dict[str, str]) -> RunningProxy:
     """Like `start_proxy`, but `python -c code proxy ...`: a launcher that patches devmeter
     before `devmeter.cli.main` runs the proxy in the same process."""
-    home.mkdir(parents=True, exist_ok=True)
-    args = [sys.executable, "-c", code, "proxy", "--listen", "127.0.0.1:0"]
-    for host in INTERCEPT_HOSTS:
-        args += ["--upstream", f"{host}={upstream_url}"]
-    state, log = home / "proxy.json", home / "proxy.log"
-    full_env = dict(os.environ, DEVMETER_HOME=str(home), PYTHONUNBUFFERED="1", **env)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=REPO_ROOT)  # fmt: skip
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if state.exists():
-            info = json.loads(state.read_text())
-            if info.get("pid") == proc.pid:
-                return RunningProxy(proc, home, info["host"], int(info["port"]), log)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"devmeter proxy did not start:\n{log.read_text(errors='replace')}")
+    return start_proxy(home, upstream_url, launcher=(sys.executable, "-c", code), env=env)
 
 
 # -- the client hangs up; the upstream breaks the stream -------------------------------------
