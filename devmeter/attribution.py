@@ -48,7 +48,17 @@ Facts = Mapping[str, str]
 
 def lower_headers(headers: Headers) -> dict[str, str]:
     """The headers with lower-case names (mitmproxy's Headers, a dict, anything Mapping)."""
-    return {str(k).lower(): str(v) for k, v in headers.items()}
+    fields = getattr(headers, "fields", None)
+    if fields is None:
+        return {str(k).lower(): str(v) for k, v in headers.items()}
+    # mitmproxy's Headers: its raw (name, value) byte pairs, decoded as mitmproxy decodes
+    # them. Going through its Mapping interface costs ~10x more, on every request.
+    lowered: dict[str, str] = {}
+    for raw_name, raw_value in fields:
+        name = raw_name.decode("utf-8", "surrogateescape").lower()
+        value = raw_value.decode("utf-8", "surrogateescape")
+        lowered[name] = f"{lowered[name]}, {value}" if name in lowered else value
+    return lowered
 
 
 # -- tool ---------------------------------------------------------------------

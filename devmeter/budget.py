@@ -294,6 +294,7 @@ class BudgetTracker:
         self._spend: OrderedDict[tuple[str, str], _Spend] = OrderedDict()
         # (scope, key) -> the period a cap was lifted for.
         self._allowed: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._calendar_cache: tuple[int | None, str, str] = (None, "", "")
 
     # keys and periods
 
@@ -311,8 +312,16 @@ class BudgetTracker:
             return ""
         if scope == "repo":
             scope = self.budgets.repo.period
-        when = datetime.fromtimestamp(ts, self.tz)
-        return when.strftime("%Y-%m-%d" if scope == "day" else "%Y-%m")
+        day, month = self._calendar(int(ts))
+        return day if scope == "day" else month
+
+    def _calendar(self, second: int) -> tuple[str, str]:
+        """(day, month) of a second; every call asks several times a call, mostly the same."""
+        cached = self._calendar_cache
+        if cached[0] != second:
+            day = datetime.fromtimestamp(second, self.tz).strftime("%Y-%m-%d")
+            cached = self._calendar_cache = (second, day, day[:7])
+        return cached[1], cached[2]
 
     def spent(self, scope: str, key: str, ts: float) -> Decimal:
         entry = self._spend.get((scope, key))

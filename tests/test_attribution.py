@@ -493,3 +493,24 @@ def test_real_client_with_devmeter_project(tmp_path: Path) -> None:
             "explicit",
             pid,
         )
+
+
+def test_lower_headers_reads_mitmproxy_headers_as_mitmproxy_does() -> None:
+    from mitmproxy import http
+
+    from devmeter.attribution import lower_headers
+
+    headers = http.Headers(
+        [
+            (b"User-Agent", b"claude-cli/2.1.328"),
+            (b"X-Claude-Code-Session-Id", b"c94186ab"),
+            (b"Accept", b"text/event-stream"),
+            (b"accept", b"application/json"),  # repeated: folded like mitmproxy folds it
+            (b"X-Odd", "caf\u00e9".encode()),
+        ]
+    )
+    lowered = lower_headers(headers)
+    assert lowered == {k.lower(): v for k, v in headers.items()}
+    assert lowered["accept"] == "text/event-stream, application/json"
+    assert lowered["x-odd"] == "caf\u00e9"
+    assert lower_headers({"X-A": "1"}) == {"x-a": "1"}

@@ -326,3 +326,16 @@ def test_format_usd():
     assert format_usd(D("4000")) == "$4,000.00"
     assert format_usd(D("0.005")) == "$0.01"
     assert format_usd(D("0.0049")) == "$0.00"
+
+
+def test_periods_turn_over_at_local_midnight_and_month_end() -> None:
+    from zoneinfo import ZoneInfo
+
+    t = BudgetTracker(tz=ZoneInfo("America/New_York"))
+    # 2026-01-31 23:59:59 in New York, then one second later.
+    last_second = datetime(2026, 1, 31, 23, 59, 59, tzinfo=ZoneInfo("America/New_York"))
+    ts = last_second.timestamp()
+    for _ in range(2):  # asked twice: the answer must not depend on what was asked before
+        assert (t.period("day", ts), t.period("month", ts)) == ("2026-01-31", "2026-01")
+        assert (t.period("day", ts + 1), t.period("month", ts + 1)) == ("2026-02-01", "2026-02")
+    assert t.period("session", ts) == ""

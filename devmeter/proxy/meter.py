@@ -14,7 +14,7 @@ import json
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
@@ -23,6 +23,7 @@ import httpx2
 from mitmproxy import ctx, http, websocket
 
 from devmeter import metering
+from devmeter.attribution import lower_headers
 from devmeter.budget import Alert, Block
 from devmeter.control import ControlWatcher
 from devmeter.decoding import Decoder, decoder_for
@@ -44,7 +45,8 @@ from devmeter.usage import Attribution, Call, RequestInfo, ResponseResult, Usage
 METADATA_KEY = "devmeter"
 HOST_KEY = "devmeter.host"  # the provider host the client asked for
 
-Attribute = Callable[[http.HTTPFlow, RequestInfo, float], Attribution]
+# (flow, its request, its headers with lower-case names, now) -> who made the call.
+Attribute = Callable[[http.HTTPFlow, RequestInfo, Mapping[str, str], float], Attribution]
 # Records a call; may return a future that completes once the row is on disk.
 Record = Callable[[Call], "Future[None] | None"]
 # How long an answer waits for its row to be committed before going out anyway.
@@ -161,15 +163,16 @@ class Meter:
         if endpoint is None:
             return
         now = self._clock()
+        headers = lower_headers(flow.request.headers)  # once: mitmproxy's lookups are slow
         body = flow.request.raw_content or b""
-        if flow.request.headers.get("content-encoding"):
+        if "content-encoding" in headers:
             body = flow.request.get_content(strict=False) or b""
         info, doc = parse_request_doc(endpoint, body)
         state = FlowState(
             endpoint=endpoint,
             request=info,
             started=now,
-            attribution=self._attribute(flow, info, now),
+            attribution=self._attribute(flow, info, headers, now),
             host=host,
         )
         flow.metadata[METADATA_KEY] = state
@@ -181,12 +184,12 @@ class Meter:
                 if block is not None:
                     _refuse(flow, state, block)
                     return
-                state.signals = request_signals(doc, flow.request.headers.get(REQUEST_CLASS_HEADER))
+                state.signals = request_signals(doc, headers.get(REQUEST_CLASS_HEADER))
             except Exception:
                 state.tap_error = f"devmeter guard failed (call let through): {_short_traceback()}"
         if self._router is not None and flow.websocket is None:
             try:
-                self._route(flow, state, body, now)
+                self._route(flow, state, headers, body, now)
             except Exception:
                 state.tap_error = (
                     f"devmeter routing failed (call sent as asked): {_short_traceback()}"
@@ -201,12 +204,17 @@ class Meter:
         if self._router is not None:
             self._router.set_mode(control.routing_mode or self._router.configured_mode)
 
-    def _route(self, flow: http.HTTPFlow, state: FlowState, body: bytes, now: float) -> None:
+    def _route(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        headers: Mapping[str, str],
+        body: bytes,
+        now: float,
+    ) -> None:
         router = self._router
         assert router is not None
-        plan = router.plan(
-            state.endpoint, state.request, state.attribution, flow.request.headers, body, now
-        )
+        plan = router.plan(state.endpoint, state.request, state.attribution, headers, body, now)
         state.plan = plan
         if plan is None or not plan.rewrite or plan.body is None:
             return

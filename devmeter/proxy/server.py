@@ -10,7 +10,7 @@ import signal
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -40,10 +40,12 @@ def allow_hosts_patterns(extra_hosts: tuple[str, ...] = ()) -> list[str]:
 
 def make_attribute(
     attributor: Attributor,
-) -> Callable[[http.HTTPFlow, RequestInfo, float], Attribution]:
-    def attribute(flow: http.HTTPFlow, info: RequestInfo, now: float) -> Attribution:
+) -> Callable[[http.HTTPFlow, RequestInfo, Mapping[str, str], float], Attribution]:
+    def attribute(
+        flow: http.HTTPFlow, info: RequestInfo, headers: Mapping[str, str], now: float
+    ) -> Attribution:
         return attributor.attribute(
-            flow.request.headers,
+            headers,
             info.facts,
             _address(flow.client_conn.peername),
             now,
