@@ -9,20 +9,19 @@ batched transactions); the tray and the CLI open it read-only.
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
 import queue
 import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from devmeter.budget import Alert
+from devmeter.spool import Mark, Spool, spool_dir
+from devmeter.spool import pending as spool_pending
 from devmeter.usage import Call
 
 PICO = Decimal(10) ** 12
@@ -132,6 +131,15 @@ MIGRATIONS: tuple[str, ...] = (
                sum(cost_pusd IS NULL), sum(estimated)
         FROM calls GROUP BY 1, 2, 3, 4, 5, 6, 7;
     """,
+    # v3: how far into the spool (devmeter/spool.py) the committed rows reach.
+    """
+    CREATE TABLE spool_mark (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        file INTEGER NOT NULL,
+        end_byte INTEGER NOT NULL
+    );
+    INSERT INTO spool_mark VALUES (1, 0, 0);
+    """,
 )
 BUCKET_SECONDS = 900
 
@@ -228,15 +236,25 @@ def _statements(script: str) -> list[str]:
     return [s for s in statements if s.rstrip(";").strip()]
 
 
-Row = tuple[str, tuple[Any, ...]]  # (insert statement, values)
+class _Item(NamedTuple):
+    """A row waiting for the writer: its statement and values, where the spool has it
+    (None: memory only), and the live call (None for alerts and replayed rows)."""
+
+    sql: str
+    values: tuple[Any, ...]
+    mark: Mark | None = None
+    call: Call | None = None
 
 
 class LedgerWriter:
     """The single writer: callers enqueue rows; one thread commits them in batches.
 
-    A failed write (disk full, read-only, locked) keeps the batch and retries: a
-    row is never dropped. `on_problem` hears about failures (loudly, once per
-    state change) and recoveries; `on_written` hears about committed calls.
+    Each call's row is spooled to disk first (devmeter/spool.py), so a caller never
+    waits for a commit and a killed proxy loses nothing: the next start commits what
+    the spool holds past the ledger's mark. A failed write (disk full, read-only,
+    locked) keeps the batch and retries: a row is never dropped. `on_problem` hears
+    about failures (loudly, once per state change) and recoveries; `on_written` hears
+    about committed calls.
     """
 
     def __init__(
@@ -246,55 +264,63 @@ class LedgerWriter:
         on_written: Callable[[Sequence[Call]], None] | None = None,
         batch_size: int = 500,
         retry_seconds: float = 1.0,
+        spool: bool = True,
     ) -> None:
         self.path = path
-        self._queue: queue.Queue[Row | Call | None] = queue.Queue()
+        self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._on_problem = on_problem or _print_problem
         self._on_written = on_written
         self._batch_size = batch_size
         self._retry_seconds = retry_seconds
         self._conn: sqlite3.Connection | None = None
-        self._pending: list[Row | Call] = []
+        self._pending: list[_Item] = []
         self._idle = threading.Event()
         self._idle.set()
         self.problem: str | None = None
+        self.spool_problem: str | None = None
         self.rows_written = 0
+        self.rows_recovered = 0
         self._order = threading.Lock()
-        self._added = 0
-        self._committed = 0
-        self._waiters: list[tuple[int, int, Future[None]]] = []
-        self._tiebreak = itertools.count()
+        self._spool = Spool(spool_dir(path)) if spool else None
+        self._last_mark: Mark | None = None  # the newest mark committed
         self._thread = threading.Thread(target=self._run, name="devmeter-ledger", daemon=True)
         self._thread.start()
 
-    def add_call(self, call: Call) -> int:
-        """Queue a call; returns its place in the commit order (see `committed`)."""
-        return self._add(call)
-
-    def add_alert(self, alert: Alert) -> int:
-        return self._add((INSERT_ALERT, alert_row(alert)))
-
-    def committed(self, seq: int) -> Future[None]:
-        """A future that completes once the row `add_*` numbered `seq` is on disk.
-
-        The proxy waits on it before a call's answer is complete for the client, so a
-        proxy killed right after an answer has still recorded it.
-        """
-        future: Future[None] = Future()
+    def add_call(self, call: Call) -> bool:
+        """Queue a call's row; True once it is safe on disk (spooled), False when the
+        spool cannot be written and the row is held in memory until the ledger can."""
+        row = call_row(call)
+        # One lock for spooling and queueing: rows reach SQLite in spool order, so the
+        # mark committed with a batch covers exactly the rows before it.
         with self._order:
-            if self._committed >= seq:
-                future.set_result(None)
-            else:
-                heapq.heappush(self._waiters, (seq, next(self._tiebreak), future))
-        return future
+            mark = self._spool_row(row)
+            self._idle.clear()
+            self._queue.put(_Item(INSERT_CALL, row, mark, call))
+        return mark is not None
 
-    def _add(self, item: Row | Call) -> int:
-        # One lock for numbering and queueing keeps the numbers in commit order.
+    def add_alert(self, alert: Alert) -> None:
         with self._order:
             self._idle.clear()
-            self._added += 1
-            self._queue.put(item)
-            return self._added
+            self._queue.put(_Item(INSERT_ALERT, alert_row(alert)))
+
+    def _spool_row(self, row: tuple[Any, ...]) -> Mark | None:
+        if self._spool is None:
+            return None
+        try:
+            mark = self._spool.append(row)
+        except OSError as exc:
+            if self.spool_problem is None:
+                self.spool_problem = (
+                    f"devmeter: cannot write the spool in {self._spool.directory}: {exc}. "
+                    "Calls are held in memory until the ledger can be written; free space "
+                    f"or fix permissions on {self._spool.directory.parent}."
+                )
+                self._on_problem(self.spool_problem)
+            return None
+        if self.spool_problem is not None:
+            self.spool_problem = None
+            self._on_problem(f"devmeter: the spool in {self._spool.directory} is writable again.")
+        return mark
 
     @property
     def backlog(self) -> int:
@@ -310,11 +336,19 @@ class LedgerWriter:
         return False
 
     def close(self, timeout: float = 10.0) -> None:
-        self.flush(timeout)
+        flushed = self.flush(timeout)
         self._queue.put(None)
         self._thread.join(timeout)
+        if self._spool is not None:
+            if flushed and self.problem is None and self._last_mark is not None:
+                # Every spooled row is in SQLite: the spool has nothing left to give.
+                with contextlib.suppress(OSError):
+                    self._spool.release(self._last_mark, everything=True)
+            self._spool.close()
 
     def _run(self) -> None:
+        while not self._recover():
+            time.sleep(self._retry_seconds)
         stopping = False
         while not stopping or self._pending:
             if not self._pending:
@@ -338,18 +372,63 @@ class LedgerWriter:
             else:
                 time.sleep(self._retry_seconds)
 
-    def _commit(self, items: list[Row | Call]) -> bool:
+    def _recover(self) -> bool:
+        """Commit what an earlier run spooled but did not commit (it was killed)."""
+        if self._spool is None:
+            return True
         try:
-            if self._conn is None:
-                self._conn = connect(self.path)
-            calls = [item for item in items if isinstance(item, Call)]
-            conn = self._conn
+            conn = self._connection()
+            file, end_byte = conn.execute("SELECT file, end_byte FROM spool_mark").fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            self._cannot_write(exc)
+            return False
+        this_run = self._spool.first_file
+        try:
+            items = [
+                _Item(INSERT_CALL, row, mark)
+                for mark, row in spool_pending(self._spool.directory, Mark(file, end_byte))
+                if mark.file < this_run
+            ]
+        except OSError as exc:
+            # Left in place for a later start; the ledger goes on with this run's calls.
+            self._spool.keep_before = this_run
+            self._on_problem(
+                f"devmeter: cannot read the spool in {self._spool.directory}: {exc}; calls "
+                "a killed earlier run had not written are not in the ledger until it can."
+            )
+            return True
+        if items and not self._commit(items):
+            return False
+        if items:
+            self.rows_recovered = len(items)
+            print(
+                f"devmeter: recovered {len(items)} calls from {self._spool.directory} that "
+                "the last run had not yet written to the ledger (it was stopped abruptly).",
+                file=sys.stderr,
+                flush=True,
+            )
+        with contextlib.suppress(OSError):
+            self._spool.release(Mark(this_run, 0))
+        return True
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = connect(self.path)
+        return self._conn
+
+    def _commit(self, items: list[_Item]) -> bool:
+        marks = [item.mark for item in items if item.mark is not None]
+        try:
+            conn = self._connection()
             conn.execute("BEGIN")
             try:
-                conn.executemany(INSERT_CALL, [call_row(c) for c in calls])
+                calls = [item.values for item in items if item.sql is INSERT_CALL]
+                conn.executemany(INSERT_CALL, calls)
                 for item in items:
-                    if not isinstance(item, Call):
-                        conn.execute(*item)
+                    if item.sql is not INSERT_CALL:
+                        conn.execute(item.sql, item.values)
+                if marks:
+                    conn.execute("UPDATE spool_mark SET file = ?, end_byte = ?", marks[-1])
                 conn.execute("COMMIT")
             except BaseException:
                 # SQLite has already rolled back after an I/O error (read-only disk, disk
@@ -359,30 +438,36 @@ class LedgerWriter:
                         conn.execute("ROLLBACK")
                 raise
         except (sqlite3.Error, OSError) as exc:
-            self._report(
-                f"devmeter: cannot write the ledger {self.path}: {exc}. "
-                f"{self.backlog} rows are held in memory and retried every "
-                f"{self._retry_seconds:g}s; free space or fix permissions on {self.path.parent}."
-            )
-            self._reset_connection()
+            self._cannot_write(exc)
             return False
         if self.problem is not None:
             self._report(None)
         self.rows_written += len(items)
-        self._release(len(items))
-        if self._on_written and calls:
+        if marks:
+            self._advance(marks[-1])
+        live = [item.call for item in items if item.call is not None]
+        if self._on_written and live:
             try:
-                self._on_written(calls)
+                self._on_written(live)
             except Exception as exc:  # a listener bug must not stop the writer
                 print(f"devmeter: ledger listener failed: {exc!r}", file=sys.stderr)
         return True
 
-    def _release(self, count: int) -> None:
-        with self._order:
-            self._committed += count
-            while self._waiters and self._waiters[0][0] <= self._committed:
-                _, _, future = heapq.heappop(self._waiters)
-                future.set_result(None)
+    def _advance(self, mark: Mark) -> None:
+        previous, self._last_mark = self._last_mark, mark
+        if self._spool is not None and (previous is None or mark.file > previous.file):
+            with contextlib.suppress(OSError):
+                self._spool.release(mark)  # a file behind the mark is wholly committed
+
+    def _cannot_write(self, exc: BaseException) -> None:
+        self._report(
+            f"devmeter: cannot write the ledger {self.path}: {exc}. "
+            f"{self.backlog} rows are held in memory"
+            f"{' (and in the spool on disk)' if self.spool_problem is None else ''} and "
+            f"retried every {self._retry_seconds:g}s; "
+            f"free space or fix permissions on {self.path.parent}."
+        )
+        self._reset_connection()
 
     def _report(self, problem: str | None) -> None:
         if problem is not None and self.problem is not None:

@@ -8,14 +8,12 @@ copies each chunk into the parser and returns it unchanged.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
@@ -47,10 +45,9 @@ HOST_KEY = "devmeter.host"  # the provider host the client asked for
 
 # (flow, its request, its headers with lower-case names, now) -> who made the call.
 Attribute = Callable[[http.HTTPFlow, RequestInfo, Mapping[str, str], float], Attribution]
-# Records a call; may return a future that completes once the row is on disk.
-Record = Callable[[Call], "Future[None] | None"]
-# How long an answer waits for its row to be committed before going out anyway.
-COMMIT_WAIT_SECONDS = 2.0
+# Records a call. It must be on disk (spooled) when this returns: for a whole body the
+# client gets the answer right after, and a proxy killed then must still have the row.
+Record = Callable[[Call], object]
 
 
 @dataclass
@@ -75,7 +72,6 @@ class FlowState:
     blocked: str | None = None
     original: tuple[bytes, list[tuple[str, str]]] | None = None
     fell_back: bool = False
-    committed: Future[None] | None = None
     # Cursor: its request body, read as it streams to the upstream.
     request_reader: cursor.RequestReader | None = None
 
@@ -255,19 +251,21 @@ class Meter:
             return
         flow.response.stream = _tap(state)
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
+        # Sync, returning a coroutine only for a rewritten request (mitmproxy awaits what
+        # a hook returns): every other answer is metered and sent in one step.
         state = _state(flow)
         if state is not None and state.original is not None and flow.response is not None:
-            try:
-                await self._maybe_fall_back(flow, state)
-            except Exception:
-                print(f"devmeter: routing fallback failed: {_short_traceback()}", file=sys.stderr)
+            return self._fall_back_and_finish(flow, state)
         self._finish(flow, complete_hint=True)
-        if state is not None and state.committed is not None:
-            # Nothing lost: the answer completes only once its row is committed (or the
-            # writer is slow or failing, and then it goes out anyway after a short wait).
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.wrap_future(state.committed), COMMIT_WAIT_SECONDS)
+        return None
+
+    async def _fall_back_and_finish(self, flow: http.HTTPFlow, state: FlowState) -> None:
+        try:
+            await self._maybe_fall_back(flow, state)
+        except Exception:
+            print(f"devmeter: routing fallback failed: {_short_traceback()}", file=sys.stderr)
+        self._finish(flow, complete_hint=True)
 
     async def _maybe_fall_back(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """The rewritten request was refused where the original would not have been:
@@ -461,7 +459,7 @@ class Meter:
                 call = replace(
                     call, error=f"devmeter routing bookkeeping failed: {_short_traceback()}"
                 )
-        state.committed = self._record(call)
+        self._record(call)
         if self._guard is not None and state.blocked is None:
             for alert in self._guard.observe(call, *state.signals):
                 if self._on_alert is not None:

@@ -11,7 +11,6 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from concurrent.futures import Future
 from pathlib import Path
 
 from mitmproxy import connection, http, options
@@ -121,12 +120,10 @@ async def serve(
         if dispatcher is not None:
             dispatcher.send(alert)
 
-    def record(call: Call) -> Future[None] | None:
-        seq = writer.add_call(call)
+    def record(call: Call) -> None:
+        writer.add_call(call)  # spooled to disk before the client gets the answer
         if on_call is not None:
             on_call(call)
-        # While the ledger cannot be written, answers do not wait for it.
-        return writer.committed(seq) if writer.problem is None else None
 
     master = DumpMaster(options.Options(), with_termlog=False, with_dumper=False)
     # Addon options exist only once DumpMaster has loaded its addons.

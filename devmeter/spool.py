@@ -1,0 +1,148 @@
+"""The spool: each call's ledger row on disk the moment it is metered, before SQLite has it.
+
+The proxy appends a row here (one `write`, no fsync) and answers the client at once; the
+ledger's writer thread commits rows to SQLite in batches and records, in the same
+transaction, how far into the spool it got (a `Mark`). A proxy killed at any moment has
+every answered call either in SQLite or in the spool past the mark, and the next start
+replays the latter. That is the same promise SQLite's WAL gives at synchronous=NORMAL
+(a killed process loses nothing; a power cut may lose the last moments), without making
+the client wait for a commit on another thread.
+
+Files are `<n>.jsonl` in one directory, one JSON array per line; a file is deleted once
+every row in it is committed. The spool holds exactly what the ledger holds, no more.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+# A new file after this many bytes, so committed rows do not pile up on disk.
+FILE_BYTES = 4 * 1024 * 1024
+
+
+class Mark(NamedTuple):
+    """Where a row ends in the spool: file number and byte offset after its line."""
+
+    file: int
+    offset: int
+
+
+def spool_dir(ledger: Path) -> Path:
+    return ledger.with_name(ledger.name + ".spool")
+
+
+class Spool:
+    """Appends rows; thread-safe. `append` raises OSError when the disk refuses."""
+
+    def __init__(self, directory: Path, file_bytes: int = FILE_BYTES) -> None:
+        self.directory = directory
+        self._file_bytes = file_bytes
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        existing = _files(directory)
+        # Never append to a file from an earlier run: its rows may still need replaying.
+        self._number = (existing[-1] + 1) if existing else 1
+        self._offset = 0
+        self.first_file = self._number  # files numbered below are an earlier run's
+        self.keep_before = 0  # files numbered below are never deleted (not yet replayed)
+
+    def append(self, row: tuple[Any, ...]) -> Mark:
+        line = (json.dumps(row, separators=(",", ":")) + "\n").encode()
+        with self._lock:
+            if self._fd is None or self._offset >= self._file_bytes:
+                self._open_next()
+            assert self._fd is not None
+            written = os.write(self._fd, line)
+            if written != len(line):  # a short write to a regular file: the disk is full
+                raise OSError(f"short write to the spool in {self.directory}")
+            self._offset += written
+            return Mark(self._number, self._offset)
+
+    def _open_next(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._number += 1
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{self._number}.jsonl"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._offset = os.fstat(self._fd).st_size
+
+    def release(self, mark: Mark, *, everything: bool = False) -> None:
+        """Delete the files every row of which is committed (all rows up to `mark` are).
+
+        `everything`: the row at `mark` is the last one appended (a clean shutdown).
+        """
+        with self._lock:
+            if everything and self._fd is not None and self._number == mark.file:
+                os.close(self._fd)
+                self._fd = None
+                self._number += 1
+            for number in _files(self.directory):
+                # Files before the mark's are whole; the mark's own is still being written.
+                if number < self.keep_before:
+                    continue
+                if number < mark.file or (everything and number == mark.file):
+                    _unlink(self.directory / f"{number}.jsonl")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def pending(directory: Path, mark: Mark | None) -> Iterator[tuple[Mark, tuple[Any, ...]]]:
+    """Rows a previous run spooled past `mark` (None: all of them), in spool order.
+
+    A line that does not parse (torn by a power cut) is reported and skipped: there is
+    nothing else to recover it from.
+    """
+    for number in _files(directory):
+        if mark is not None and number < mark.file:
+            continue
+        start = mark.offset if mark is not None and number == mark.file else 0
+        path = directory / f"{number}.jsonl"
+        with path.open("rb") as f:
+            f.seek(start)
+            offset = start
+            for line in f:
+                offset += len(line)
+                try:
+                    row = json.loads(line)
+                    if not isinstance(row, list):
+                        raise ValueError("not a row")
+                except ValueError:
+                    print(
+                        f"devmeter: skipped an unreadable row in {path} at byte "
+                        f"{offset - len(line)} (cut short by a crash?)",
+                        file=sys.stderr,
+                    )
+                    continue
+                yield Mark(number, offset), tuple(row)
+
+
+def _files(directory: Path) -> list[int]:
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []  # no spool yet, or something else in its place: appending will say so
+    numbers = []
+    for name in names:
+        stem, dot, ext = name.partition(".")
+        if dot and ext == "jsonl" and stem.isdigit():
+            numbers.append(int(stem))
+    return sorted(numbers)
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:  # left behind: replay skips it by the mark; say so once
+        print(f"devmeter: could not delete {path}: {exc}", file=sys.stderr)
