@@ -43,8 +43,9 @@ from devmeter.usage import Attribution, Call, RequestInfo, ResponseResult, Usage
 METADATA_KEY = "devmeter"
 HOST_KEY = "devmeter.host"  # the provider host the client asked for
 
-# (flow, its request, its headers with lower-case names, now) -> who made the call.
-Attribute = Callable[[http.HTTPFlow, RequestInfo, Mapping[str, str], float], Attribution]
+# (flow, its request, its headers with lower-case names, the provider host the client
+# asked for, now) -> who made the call.
+Attribute = Callable[[http.HTTPFlow, RequestInfo, Mapping[str, str], str, float], Attribution]
 # Records a call. It must be on disk (spooled) when this returns: for a whole body the
 # client gets the answer right after, and a proxy killed then must still have the row.
 Record = Callable[[Call], object]
@@ -168,7 +169,7 @@ class Meter:
             endpoint=endpoint,
             request=info,
             started=now,
-            attribution=self._attribute(flow, info, headers, now),
+            attribution=self._attribute(flow, info, headers, host, now),
             host=host,
         )
         flow.metadata[METADATA_KEY] = state

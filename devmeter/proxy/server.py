@@ -39,16 +39,16 @@ def allow_hosts_patterns(extra_hosts: tuple[str, ...] = ()) -> list[str]:
 
 def make_attribute(
     attributor: Attributor,
-) -> Callable[[http.HTTPFlow, RequestInfo, Mapping[str, str], float], Attribution]:
+) -> Callable[[http.HTTPFlow, RequestInfo, Mapping[str, str], str, float], Attribution]:
     def attribute(
-        flow: http.HTTPFlow, info: RequestInfo, headers: Mapping[str, str], now: float
+        flow: http.HTTPFlow, info: RequestInfo, headers: Mapping[str, str], host: str, now: float
     ) -> Attribution:
         return attributor.attribute(
             headers,
             info.facts,
             _address(flow.client_conn.peername),
             now,
-            host=flow.request.pretty_host,
+            host=host,
             sockname=_address(flow.client_conn.sockname),
         )
 
