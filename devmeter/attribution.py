@@ -25,6 +25,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from operator import methodcaller
 
 from devmeter.gitinfo import GitInfo, RepoInfo
 from devmeter.procinfo import ClientProcess, Lookup, Peer, ProcessFinder
@@ -46,14 +47,22 @@ Headers = Mapping[str, str]
 Facts = Mapping[str, str]
 
 
+class LowerHeaders(dict[str, str]):
+    """Headers `lower_headers` already lower-cased. Read-only by convention: the proxy
+    lowers a request's headers once and hands the result on, and lowering it again
+    (the attributor does, for callers with other Mappings) returns it as it is."""
+
+
 def lower_headers(headers: Headers) -> dict[str, str]:
     """The headers with lower-case names (mitmproxy's Headers, a dict, anything Mapping)."""
+    if type(headers) is LowerHeaders:
+        return headers
     fields = getattr(headers, "fields", None)
     if fields is None:
-        return {str(k).lower(): str(v) for k, v in headers.items()}
+        return LowerHeaders({str(k).lower(): str(v) for k, v in headers.items()})
     # mitmproxy's Headers: its raw (name, value) byte pairs, decoded as mitmproxy decodes
     # them. Going through its Mapping interface costs ~10x more, on every request.
-    lowered: dict[str, str] = {}
+    lowered = LowerHeaders()
     for raw_name, raw_value in fields:
         name = raw_name.decode("utf-8", "surrogateescape").lower()
         value = raw_value.decode("utf-8", "surrogateescape")
@@ -69,6 +78,9 @@ _SDK_VENDOR = re.compile(r"(?:async)?(?:azure)?(anthropic|openai)[a-z]*", re.IGN
 _CURSOR_UA = re.compile(r"\bcursor/")
 _GOOGLE_LANG = re.compile(r"\bgl-([a-z]+)/", re.IGNORECASE)
 _PRODUCT = re.compile(r"[^a-z0-9._-]+")
+# Header-name tests for any(map(...)): run in C over every header of every request.
+_CODEX_HEADER = methodcaller("startswith", "x-codex-")
+_CURSOR_HEADER = methodcaller("startswith", "x-cursor-")
 
 
 def detect_tool(headers: Headers, host: str | None = None) -> str:
@@ -98,17 +110,13 @@ def _detect(h: dict[str, str], host: str | None) -> str:
     if (
         h.get("originator", "").lower().startswith("codex")
         or ua_lower.startswith(("codex_", "codex-"))
-        or any(name.startswith("x-codex-") for name in h)
+        or any(map(_CODEX_HEADER, h))
     ):
         return "codex"
     # Gemini CLI sends the GenAI SDK's x-goog-api-client too: check it first.
     if ua_lower.startswith(("geminicli/", "gemini-cli/")):
         return "gemini-cli"
-    if (
-        host.endswith("cursor.sh")
-        or _CURSOR_UA.search(ua_lower)
-        or any(name.startswith("x-cursor-") for name in h)
-    ):
+    if host.endswith("cursor.sh") or _CURSOR_UA.search(ua_lower) or any(map(_CURSOR_HEADER, h)):
         return "cursor"
 
     product, _, rest = ua.partition("/")
@@ -189,7 +197,10 @@ def _tool_session(h: dict[str, str], facts: Facts) -> str | None:
     session = _clean(h.get("session-id"))
     if session:
         return session
-    metadata = _codex_turn_metadata(h.get("x-codex-turn-metadata"))
+    raw_metadata = h.get("x-codex-turn-metadata")
+    if not raw_metadata:  # what follows, without the metadata to read: most clients
+        return _clean(h.get("thread-id"))
+    metadata = _codex_turn_metadata(raw_metadata)
     return (
         _clean(metadata.get("session_id"))
         or _clean(h.get("thread-id"))

@@ -354,13 +354,25 @@ class BudgetTracker:
         if cost is None or cost <= 0:
             return []
         alerts = []
+        ts = call.ts
         for scope in SCOPES:
-            key = self.key(scope, call.attribution, call.ts)
+            key = self.key(scope, call.attribution, ts)
             if key is None:
                 continue
-            before = self.spent(scope, key, call.ts)
-            after = before + cost
-            self._remember((scope, key), _Spend(self.period(scope, call.ts), after))
+            # What `spent` and `_remember` do, with the period worked out once per scope
+            # (a day or month key is its period) and the entry updated in place: this
+            # runs for every call on the event loop.
+            period = key if scope in ("day", "month") else self.period(scope, ts)
+            slot = (scope, key)
+            entry = self._spend.get(slot)
+            if entry is not None and entry.period == period:
+                before = entry.spent
+                entry.spent = after = before + cost
+                self._spend.move_to_end(slot)
+            else:
+                before = ZERO
+                after = before + cost
+                self._remember(slot, _Spend(period, after))
             alert = self._crossing(scope, key, before, after, call)
             if alert:
                 alerts.append(alert)
@@ -398,8 +410,10 @@ class BudgetTracker:
             )
         for scope in SCOPES:
             cap = self.budgets.scope(scope).block_usd
+            if cap is None:  # the common case: no cap, so no key or period to work out
+                continue
             key = self.key(scope, attribution, now)
-            if cap is None or key is None:
+            if key is None:
                 continue
             spent = self.spent(scope, key, now)
             if spent >= cap and not self._is_allowed(scope, key, now):
@@ -435,6 +449,10 @@ class BudgetTracker:
         self, scope: str, key: str, before: Decimal, after: Decimal, call: Call
     ) -> Alert | None:
         budget = self.budgets.scope(scope)
+        cap = budget.block_usd
+        blocked = cap is not None and before < cap <= after
+        if not blocked and not any(before < t <= after for t in budget.notify_usd):
+            return None  # nearly every call: build no Alert to throw away
         attribution = call.attribution
         alert = Alert(
             call.ts,
@@ -447,8 +465,7 @@ class BudgetTracker:
             attribution.repo,
             attribution.session,
         )
-        cap = budget.block_usd
-        if cap is not None and before < cap <= after and not self._is_allowed(scope, key, call.ts):
+        if blocked and not self._is_allowed(scope, key, call.ts):
             text = (
                 f"{_subject(scope, key, attribution)} reached its {format_usd(cap)} cap: "
                 f"{format_usd(after)} spent{_last_call(scope, attribution)}. Further requests "

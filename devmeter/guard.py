@@ -100,7 +100,7 @@ def request_signals(
     body: Mapping[str, Any] | None, request_class: str | None
 ) -> tuple[str | None, bool | None]:
     """The loop fingerprint and whether a human spoke, from a parsed request body."""
-    if not isinstance(body, Mapping):
+    if type(body) is not dict and not isinstance(body, Mapping):  # the ABC check is slow
         return None, None
     fingerprint = request_fingerprint(body)
     human = is_human_turn(body) if request_class in MAIN_REQUEST_CLASSES else None

@@ -75,6 +75,8 @@ class Router:
         """What routing does with this request; None when no rule has anything to say."""
         if self.config.mode == "off" or endpoint.api not in REWRITABLE or not info.model:
             return None
+        if not self.config.rules:
+            return None  # what `decide` says without rules; skip building its context
         if "request_error" in info.facts:
             return None
         session = attribution.session or ""

@@ -101,25 +101,31 @@ class Rule:
     session_spend_over_usd: Decimal | None = None
 
     def matches(self, ctx: RouteContext) -> bool:
-        return all(
-            (
-                not self.tools or ctx.tool in self.tools,
-                not self.providers or ctx.provider in self.providers,
-                not self.models or _glob_any(ctx.requested_model, self.models, fold=True),
-                not self.request_classes or ctx.request_class in self.request_classes,
-                not self.repos or _glob_any(ctx.repo, self.repos),
+        # One `and` chain, so the first condition that fails stops the rest (the globs
+        # included); every condition is a pure test, so the answer is the same.
+        return (
+            (not self.tools or ctx.tool in self.tools)
+            and (not self.providers or ctx.provider in self.providers)
+            and (not self.models or _glob_any(ctx.requested_model, self.models, fold=True))
+            and (not self.request_classes or ctx.request_class in self.request_classes)
+            and (not self.repos or _glob_any(ctx.repo, self.repos))
+            and (
                 self.max_prompt_tokens is None
-                or (ctx.prompt_tokens is not None and ctx.prompt_tokens <= self.max_prompt_tokens),
+                or (ctx.prompt_tokens is not None and ctx.prompt_tokens <= self.max_prompt_tokens)
+            )
+            and (
                 self.min_prompt_tokens is None
-                or (ctx.prompt_tokens is not None and ctx.prompt_tokens >= self.min_prompt_tokens),
-                self.uses_tools is None or ctx.uses_tools == self.uses_tools,
-                self.uses_images is None or ctx.uses_images == self.uses_images,
-                self.uses_thinking is None or ctx.uses_thinking == self.uses_thinking,
+                or (ctx.prompt_tokens is not None and ctx.prompt_tokens >= self.min_prompt_tokens)
+            )
+            and (self.uses_tools is None or ctx.uses_tools == self.uses_tools)
+            and (self.uses_images is None or ctx.uses_images == self.uses_images)
+            and (self.uses_thinking is None or ctx.uses_thinking == self.uses_thinking)
+            and (
                 self.session_spend_over_usd is None
                 or (
                     ctx.session_spend_usd is not None
                     and ctx.session_spend_usd > self.session_spend_over_usd
-                ),
+                )
             )
         )
 

@@ -22,6 +22,7 @@ import re
 import tempfile
 import threading
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 
 from devmeter.usage import RequestInfo, ResponseResult, Usage
@@ -111,6 +112,7 @@ def _load(encoding: str) -> Any | None:
         return enc
 
 
+@lru_cache(maxsize=1024)  # pure, and asked for every metered request
 def encoding_name(model: str | None) -> str:
     """The tiktoken encoding that best fits `model`.
 
@@ -233,7 +235,7 @@ _SKIP_KEYS = frozenset(
 _MEDIA_TYPES = frozenset(
     {"image", "image_url", "input_image", "document", "input_file", "file", "input_audio"}
 )
-_MEDIA_KEYS = ("inlineData", "inline_data", "fileData", "file_data")
+_MEDIA_KEYS = frozenset({"inlineData", "inline_data", "fileData", "file_data"})
 
 
 def _walk(node: Any, texts: list[str], counts: list[int], keys_are_text: bool) -> None:
@@ -252,7 +254,8 @@ def _walk(node: Any, texts: list[str], counts: list[int], keys_are_text: bool) -
             else:
                 texts.append(item)
         elif isinstance(item, dict):
-            if item.get("type") in _MEDIA_TYPES or any(k in item for k in _MEDIA_KEYS):
+            # isdisjoint, not a generator over the keys: this walk runs on every request.
+            if item.get("type") in _MEDIA_TYPES or not _MEDIA_KEYS.isdisjoint(item):
                 counts[0] += 1
                 continue
             for key, value in item.items():

@@ -514,3 +514,16 @@ def test_lower_headers_reads_mitmproxy_headers_as_mitmproxy_does() -> None:
     assert lowered["accept"] == "text/event-stream, application/json"
     assert lowered["x-odd"] == "caf\u00e9"
     assert lower_headers({"X-A": "1"}) == {"x-a": "1"}
+
+
+def test_lowered_headers_are_not_lowered_again() -> None:
+    from devmeter.attribution import LowerHeaders, lower_headers
+
+    lowered = lower_headers({"User-Agent": "claude-cli/2.0", "X-Devmeter-Session": "s1"})
+    assert isinstance(lowered, LowerHeaders)
+    assert lower_headers(lowered) is lowered
+    mixed = {"User-Agent": "claude-cli/2.0", "X-Devmeter-Session": "s1"}
+    attributor = Attributor(lookup=lambda peer, sock=None: Lookup(None, "test"))
+    assert attributor.attribute(lowered, {}, None, 0.0) == attributor.attribute(
+        mixed, {}, None, 0.0
+    )

@@ -184,6 +184,19 @@ class TestBodyReader:
         seen, finished, mode = self.collect("application/json", b"  \n", b'{"a": 1}')
         assert (seen, finished, mode) == ([({"a": 1}, False)], (True, None), "json")
 
+    def test_several_whitespace_chunks_before_an_array(self) -> None:
+        seen, finished, mode = self.collect(
+            "application/json", b" ", b"\xef\xbb\xbf\r\n", b'[{"a": 1},', b' {"b": 2}]'
+        )
+        assert (seen, finished, mode) == (
+            [({"a": 1}, True), ({"b": 2}, True)],
+            (True, None),
+            "array",
+        )
+
+    def test_only_whitespace_is_an_empty_body(self) -> None:
+        assert self.collect("application/json", b" ", b"\n") == ([], (True, None), None)
+
     def test_sse_sniffed_without_content_type(self) -> None:
         seen, finished, mode = self.collect("", b"data: x\n\n")
         assert (seen, finished, mode) == ([(None, "x", False)], (True, None), "sse")

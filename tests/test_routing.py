@@ -1014,3 +1014,28 @@ def test_fallback_retries_only_4xx_the_original_would_not_have_met(
     status: int, body: bytes, retry: bool
 ) -> None:
     assert should_fallback(status, body) is retry
+
+
+@pytest.mark.parametrize("mode", ["shadow", "on"])
+def test_router_without_rules_plans_nothing(mode: str) -> None:
+    """The router's no-rules shortcut answers what `decide` answers without rules."""
+    from devmeter.providers import Endpoint
+    from devmeter.router import Router
+    from devmeter.routing import RouteContext, RoutingConfig, decide
+    from devmeter.usage import Attribution, RequestInfo
+
+    config = RoutingConfig(mode=mode)  # type: ignore[arg-type]
+    ctx = RouteContext(provider="anthropic", endpoint="anthropic.messages",
+                       requested_model="claude-opus-4-1", tool="claude-code", prompt_tokens=10,
+                       now=0.0)  # fmt: skip
+    assert decide(config, ctx).rule is None
+    body = json.dumps({"model": "claude-opus-4-1", "messages": []}).encode()
+    plan = Router(config).plan(
+        Endpoint("anthropic", "anthropic.messages"),
+        RequestInfo(model="claude-opus-4-1", prompt_tokens_estimate=10),
+        Attribution(tool="claude-code", session="s"),
+        {"x-claude-code-request-class": "auxiliary"},
+        body,
+        0.0,
+    )
+    assert plan is None

@@ -516,3 +516,61 @@ def test_bad_runaway_config_names_the_key(table, key, says):
         parse_runaway(table)
     assert caught.value.key == key
     assert says in caught.value.message
+
+
+def test_texts_are_normalised_as_the_regexes_say() -> None:
+    """The per-pattern cache of short strings, and the split/join that collapses
+    whitespace, must give exactly what the two regexes give: for strings whose ids hide
+    without any digit, and for every kind of Unicode whitespace."""
+    import re
+
+    from devmeter import runaway
+
+    def uncached(value: str, pattern: re.Pattern[str]) -> str:
+        return runaway._SPACE.sub(" ", pattern.sub("#", value)).strip()
+
+    samples = [
+        "hi",
+        "user",
+        "  two\tspaces \n here ",
+        "deadbeefcafe",  # a hash of letters only
+        "abcdefab-abcd-abcd-abcd-abcdefabcdef",  # a UUID of letters only
+        "toolu_abc",
+        "page 2 of 10",
+        "2026-01-02T03:04:05Z",
+        "",
+        "x" * runaway._SHORT_TEXT,
+        "9" * (runaway._SHORT_TEXT + 1),
+    ]
+    every_space = "".join(chr(c) for c in range(0x3001) if chr(c).isspace())
+    samples += [every_space, f"a{every_space}b{every_space}", "long text  " * 50]
+    for pattern in (runaway._IDS_ONLY, runaway._IDS_AND_NUMBERS):
+        for value in samples:
+            first = runaway._text(value, pattern)
+            assert first == uncached(value, pattern)
+            assert runaway._text(value, pattern) == first  # now from the cache
+
+
+def test_fingerprint_is_the_keyed_hash_of_the_sorted_compact_json_shape() -> None:
+    import hashlib
+    import json
+
+    from devmeter import runaway
+
+    body = {
+        "model": "claude-opus-4-1",
+        "messages": [
+            {"role": "user", "content": "run the tests 3 times"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1",
+                                               "name": "Bash", "input": {"cmd": "pytest -x 2"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                                          "content": "failed in 1.2s \udc80"}]},
+        ],
+    }  # fmt: skip
+    key = b"k" * 16
+    turn = runaway._normal(runaway._last_turn(body["messages"]), free_text=True)
+    shape = json.dumps(
+        ["claude-opus-4-1", turn], sort_keys=True, separators=(",", ":"), default=str
+    )
+    expected = hashlib.blake2b(shape.encode(), digest_size=16, key=key).hexdigest()
+    assert request_fingerprint(body, key=key) == expected

@@ -95,6 +95,16 @@ _CURSOR_PATH = re.compile(
 
 INTERCEPT_HOSTS: tuple[str, ...] = (*_ROUTES, _GEMINI_HOST, _CLOUDCODE_HOST, _CURSOR_HOST)
 
+# The Endpoint of each fixed route, built once: Endpoint is frozen, so every request to
+# a route can share one instead of constructing its own.
+_ROUTE_ENDPOINTS: dict[str, dict[str, Endpoint]] = {
+    host: {
+        path: Endpoint(provider, api, free=free) for path, (provider, api, free) in paths.items()
+    }
+    for host, paths in _ROUTES.items()
+}
+_CURSOR_ENDPOINT = Endpoint("cursor", "cursor.chat", stream=True)
+
 
 def match_endpoint(host: str, method: str, path: str) -> Endpoint | None:
     """The metered endpoint a request goes to, or None for everything else.
@@ -111,7 +121,7 @@ def match_endpoint(host: str, method: str, path: str) -> Endpoint | None:
     method = method.upper()
     if host == _CURSOR_HOST:
         if method == "POST" and _CURSOR_PATH.fullmatch(path):
-            return Endpoint("cursor", "cursor.chat", stream=True)
+            return _CURSOR_ENDPOINT
         return None
     if host in (_GEMINI_HOST, _CLOUDCODE_HOST):
         if method != "POST":
@@ -126,12 +136,11 @@ def match_endpoint(host: str, method: str, path: str) -> Endpoint | None:
             return None
         stream = m.group(m.lastindex or 0) == "streamGenerateContent"
         return Endpoint("google", "gemini.generate", path_model=model, stream=stream)
-    route = _ROUTES.get(host, {}).get(path)
-    if route is None:
+    endpoint = _ROUTE_ENDPOINTS.get(host, {}).get(path)
+    if endpoint is None:
         return None
-    provider, api, free = route
-    if method == "POST" or (method == "GET" and api == "openai.responses"):
-        return Endpoint(provider, api, free=free)
+    if method == "POST" or (method == "GET" and endpoint.api == "openai.responses"):
+        return endpoint
     return None
 
 

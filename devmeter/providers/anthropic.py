@@ -71,10 +71,11 @@ def _working_directory(messages: list[Any], system: Any) -> str | None:
     Current versions put it in the first user message ("Primary working directory:"),
     older ones in the system prompt's <env> ("Working directory:").
     """
-    first_user = next(
-        (m for m in messages if isinstance(m, dict) and m.get("role") == "user"), None
-    )
-    candidates = _texts(first_user.get("content")) if first_user else []
+    candidates: list[str] = []
+    for m in messages:  # the first user message (a loop: cheaper than next() over a generator)
+        if isinstance(m, dict) and m.get("role") == "user":
+            candidates = _texts(m.get("content"))
+            break
     candidates += _texts(system)
     for marker in _CWD_MARKERS:
         for text in candidates:

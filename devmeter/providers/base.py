@@ -35,6 +35,8 @@ class ResponseParser(Protocol):
 
 def as_int(value: Any) -> int:
     """A token count from JSON: ints, integral floats and numeric strings; else 0."""
+    if type(value) is int:  # nearly always; bool is not `int` by type, so it falls through
+        return value
     if isinstance(value, bool):
         return 0
     if isinstance(value, int):

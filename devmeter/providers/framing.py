@@ -46,31 +46,39 @@ class BodyReader:
         self._tail_keys = tail_keys
         self.mode: str | None = None  # "sse", "json", "array" or "raw" once decided
         self._sniffed: list[bytes] = []
+        # Made once the mode is known: a reader only ever needs one of them.
         self._sse: SSEDecoder | None = None
-        self._json = _JsonBuffer()
-        self._array = _ArraySplitter()
+        self._json: _JsonBuffer | None = None
+        self._array: _ArraySplitter | None = None
         self._raw = b""
         self._raw_size = 0
         self.bad_documents = 0  # array elements that were not valid JSON
 
     def feed(self, data: bytes) -> None:
         if self.mode is None:
-            self._sniffed.append(data)
-            head = b"".join(self._sniffed).lstrip(_SNIFF_SKIP)
+            if self._sniffed:  # whitespace came first: decide on all of it
+                data = b"".join([*self._sniffed, data])
+            head = data.lstrip(_SNIFF_SKIP)
             if not head:
+                self._sniffed = [data]
                 return  # only whitespace so far: keep waiting
-            self.mode = self._decide(head[:1])
-            data = b"".join(self._sniffed)
             self._sniffed = []
+            self.mode = self._decide(head[:1])
             if self.mode == "sse":
                 self._sse = SSEDecoder()
+            elif self.mode == "json":
+                self._json = _JsonBuffer()
+            elif self.mode == "array":
+                self._array = _ArraySplitter()
         if self.mode == "sse":
             assert self._sse is not None
             for event in self._sse.feed(data):
                 self._on_event(event.event, event.data, False)
         elif self.mode == "json":
+            assert self._json is not None
             self._json.feed(data)
         elif self.mode == "array":
+            assert self._array is not None
             for element in self._array.feed(data):
                 try:
                     doc = json.loads(element)
@@ -98,11 +106,13 @@ class BodyReader:
                 self._on_event(event.event, event.data, True)
             return clean, None
         if self.mode == "json":
+            assert self._json is not None
             doc, err = self._json.finish(self._tail_keys)
             if doc is not None:
                 self._on_document(doc, False)
             return err is None, err
         if self.mode == "array":
+            assert self._array is not None
             return self._array.closed, None
         return True, _raw_error(self._raw, self._raw_size, self._content_type)
 

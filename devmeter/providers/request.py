@@ -28,9 +28,14 @@ def uses_images(node: Any) -> bool:
                     mime = inline.get("mimeType") or inline.get("mime_type") or ""
                     if isinstance(mime, str) and mime.startswith("image/"):
                         return True
-            stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
+            # Plain loops, not generators: this walk runs over every metered request.
+            for v in item.values():
+                if isinstance(v, (dict, list)):
+                    stack.append(v)
         elif isinstance(item, list):
-            stack.extend(v for v in item if isinstance(v, (dict, list)))
+            for v in item:
+                if isinstance(v, (dict, list)):
+                    stack.append(v)
     return False
 
 
