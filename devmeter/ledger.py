@@ -204,11 +204,19 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 def connect_readonly(path: Path) -> sqlite3.Connection | None:
-    """Open the ledger for reading; None when no ledger exists yet."""
+    """Open the ledger for reading; None when no ledger exists yet (or is being created)."""
     if not path.exists():
         return None
     conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
-    conn.execute("PRAGMA busy_timeout=5000")
+    try:
+        conn.execute("PRAGMA busy_timeout=5000")
+        # The writer creates the file, then its tables: in between it is not a ledger yet.
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+            conn.close()
+            return None
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
@@ -287,6 +295,10 @@ class LedgerWriter:
         self._last_mark: Mark | None = None  # the newest mark committed
         self._commit_interval = commit_interval
         self._hurry = threading.Event()  # cuts the wait between commits short (flush)
+        # Create and migrate the ledger now, so readers starting alongside find its tables;
+        # if it cannot be opened, the writer thread retries and says why.
+        with contextlib.suppress(sqlite3.Error, OSError):
+            self._conn = connect(path)
         self._thread = threading.Thread(target=self._run, name="devmeter-ledger", daemon=True)
         self._thread.start()
 

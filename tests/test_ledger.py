@@ -195,3 +195,16 @@ def _key(by: str, call: Call) -> str:
         "provider": call.provider,
         "day": datetime.fromtimestamp(call.ts).strftime("%Y-%m-%d"),
     }[by]
+
+
+def test_a_ledger_file_without_its_tables_yet_reads_as_no_ledger(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite"
+    sqlite3.connect(path).close()  # the writer has created the file, not yet its tables
+    assert path.exists() and connect_readonly(path) is None
+    connect(path).close()
+    conn = connect_readonly(path)
+    assert conn is not None and conn.execute("SELECT count(*) FROM calls").fetchone() == (0,)
+    conn.close()
+    path.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(sqlite3.DatabaseError):
+        connect_readonly(path)
