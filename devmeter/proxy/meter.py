@@ -2,7 +2,7 @@
 
 Fail open: every hook is guarded, so a metering bug never breaks the user's
 request; the failure becomes a ledger row of its own instead of vanishing.
-Streams pass through as they arrive: `responseheaders` installs a tap that
+Answers pass through as they arrive: `responseheaders` installs a tap that
 copies each chunk into the parser and returns it unchanged.
 """
 
@@ -234,23 +234,27 @@ class Meter:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = _state(flow)
-        if state is None or flow.response is None:
+        if state is None or flow.response is None or flow.response.status_code == 101:
             return
         if state.original is not None and 400 <= flow.response.status_code < 500:
             return  # a refused rewrite: keep the (small) error body for a possible fallback
-        if not _is_stream(state.endpoint, flow.response.headers.get("content-type", "")):
-            # A whole body is buffered and metered in `response`, which runs before the
-            # client gets it: its row is on disk by the time the client has the answer.
-            return
+        headers = flow.response.headers
         try:
             state.parser = new_response_parser(
-                state.endpoint, state.request, flow.response.headers.get("content-type", "")
+                state.endpoint, state.request, headers.get("content-type", "")
             )
-            state.decoder = decoder_for(flow.response.headers.get("content-encoding"))
+            state.decoder = decoder_for(headers.get("content-encoding"))
         except Exception:
             state.tap_error = _short_traceback()
-            return
-        flow.response.stream = _tap(state)
+            return  # buffered instead, and parsed whole in `response`
+        # Every answer passes through as it arrives, whole bodies too: holding one back
+        # until its last byte costs the client ~2 ms a call. A body with a length is
+        # metered as its last chunk goes by, before the client has all of it; any other
+        # ends only after the `response` hook, which meters it. Either way a row is on
+        # disk before the client has the whole answer.
+        flow.response.stream = _tap(
+            state, _body_length(headers), lambda: self._finish(flow, complete_hint=True)
+        )
 
     def response(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
         # Sync, returning a coroutine only for a rewritten request (mitmproxy awaits what
@@ -502,10 +506,18 @@ def _state(flow: http.HTTPFlow) -> FlowState | None:
     return state if isinstance(state, FlowState) else None
 
 
-def _tap(state: FlowState) -> Callable[[bytes], bytes]:
-    """The stream callable: must never raise, or mitmproxy hangs the client."""
+def _tap(
+    state: FlowState, length: int | None, on_complete: Callable[[], None]
+) -> Callable[[bytes], bytes]:
+    """The stream callable: must never raise, or mitmproxy hangs the client.
+
+    `length`: the body's declared length; once that much went by, `on_complete` runs
+    before the last chunk is handed on.
+    """
+    received = 0
 
     def tap(chunk: bytes) -> bytes:
+        nonlocal received
         if state.tap_error is None and state.parser is not None:
             try:
                 data = state.decoder.decode(chunk) if state.decoder else None
@@ -513,9 +525,21 @@ def _tap(state: FlowState) -> Callable[[bytes], bytes]:
                     state.parser.feed(data)
             except Exception:
                 state.tap_error = f"could not read the response: {_short_traceback()}"
+        received += len(chunk)
+        if length is not None and chunk and received >= length and not state.done:
+            with contextlib.suppress(Exception):  # _finish records its own failures
+                on_complete()
         return chunk
 
     return tap
+
+
+def _body_length(headers: http.Headers) -> int | None:
+    """The body's length when the headers fix it (not chunked), else None."""
+    if "transfer-encoding" in headers:
+        return None
+    value = headers.get("content-length", "").strip()
+    return int(value) if value.isdigit() else None
 
 
 def _with_input_estimate(result: ResponseResult, request: RequestInfo) -> ResponseResult:
@@ -523,17 +547,6 @@ def _with_input_estimate(result: ResponseResult, request: RequestInfo) -> Respon
     if usage is None or not usage.estimated or usage.input_tokens:
         return result
     return replace(result, usage=replace(usage, input_tokens=request.prompt_tokens_estimate or 0))
-
-
-def _is_stream(endpoint: Endpoint, content_type: str) -> bool:
-    kind = content_type.lower()
-    return (
-        endpoint.stream
-        or "event-stream" in kind
-        or "connect+" in kind
-        or "ndjson" in kind
-        or "jsonl" in kind
-    )
 
 
 def _request_tap(reader: cursor.RequestReader) -> Callable[[bytes], bytes]:

@@ -1,0 +1,108 @@
+"""The Meter's hooks driven directly with mitmproxy's test flows: when a row is recorded."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from mitmproxy import http
+from mitmproxy.flow import Error as FlowError
+from mitmproxy.test import tflow, tutils
+
+from devmeter.proxy.meter import Meter
+from devmeter.usage import Attribution, Call, RequestInfo
+
+REQUEST = json.dumps(
+    {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+).encode()
+ANSWER = json.dumps(
+    {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5",
+        "content": [{"type": "text", "text": "hello"}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 1000, "output_tokens": 200},
+    }
+).encode()
+
+
+def attribute(
+    flow: http.HTTPFlow, info: RequestInfo, headers: Mapping[str, str], host: str, now: float
+) -> Attribution:
+    return Attribution(tool="test", session="s1")
+
+
+def metered_flow(meter: Meter, response_headers: dict[str, str]) -> http.HTTPFlow:
+    flow = tflow.tflow(
+        req=tutils.treq(
+            host="api.anthropic.com",
+            port=443,
+            scheme=b"https",
+            authority=b"api.anthropic.com",
+            path=b"/v1/messages",
+            method=b"POST",
+            content=REQUEST,
+            headers=http.Headers(host="api.anthropic.com", content_type="application/json"),
+        )
+    )
+    meter.requestheaders(flow)
+    meter.request(flow)
+    flow.response = tutils.tresp(content=None, headers=http.Headers(**response_headers))
+    meter.responseheaders(flow)
+    assert callable(flow.response.stream)  # the answer passes through as it arrives
+    return flow
+
+
+def test_a_body_with_a_length_is_recorded_before_its_last_chunk_goes_to_the_client() -> None:
+    recorded: list[Call] = []
+    meter = Meter(record=recorded.append, attribute=attribute)
+    flow = metered_flow(
+        meter, {"content_type": "application/json", "content_length": str(len(ANSWER))}
+    )
+    tap = flow.response.stream  # type: ignore[union-attr]
+    assert callable(tap)
+    half = len(ANSWER) // 2
+    assert tap(ANSWER[:half]) == ANSWER[:half]
+    assert recorded == []  # not whole yet
+    assert tap(ANSWER[half:]) == ANSWER[half:]  # the last chunk: recorded before it is sent
+    assert len(recorded) == 1
+    call = recorded[0]
+    assert (call.usage.input_tokens, call.usage.output_tokens, call.complete) == (1000, 200, True)
+    assert call.cost_usd is not None and call.cost_usd > 0
+    tap(b"")  # mitmproxy's end-of-message call
+    assert meter.response(flow) is None  # the hook finds it done: one row, not two
+    meter.error(flow)
+    assert len(recorded) == 1
+
+
+def test_a_chunked_body_is_recorded_by_the_response_hook_which_precedes_its_end() -> None:
+    recorded: list[Call] = []
+    meter = Meter(record=recorded.append, attribute=attribute)
+    flow = metered_flow(meter, {"content_type": "application/json", "transfer_encoding": "chunked"})
+    tap = flow.response.stream  # type: ignore[union-attr]
+    assert callable(tap)
+    tap(ANSWER)
+    tap(b"")
+    assert recorded == []
+    meter.response(flow)
+    assert [c.usage.output_tokens for c in recorded] == [200]
+
+
+def test_a_cut_body_with_a_length_is_recorded_once_as_incomplete() -> None:
+    recorded: list[Call] = []
+    meter = Meter(record=recorded.append, attribute=attribute)
+    flow = metered_flow(
+        meter, {"content_type": "application/json", "content_length": str(len(ANSWER))}
+    )
+    tap = flow.response.stream  # type: ignore[union-attr]
+    assert callable(tap)
+    tap(ANSWER[:10])
+    flow.error = FlowError("connection reset")
+    meter.error(flow)
+    assert len(recorded) == 1 and recorded[0].complete is False
