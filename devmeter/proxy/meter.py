@@ -75,6 +75,7 @@ class FlowState:
     fell_back: bool = False
     # Cursor: its request body, read as it streams to the upstream.
     request_reader: cursor.RequestReader | None = None
+    upgrade: bool = False  # the client asked for a WebSocket
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,7 @@ class Meter:
             started=now,
             attribution=self._attribute(flow, info, headers, host, now),
             host=host,
+            upgrade=headers.get("upgrade", "").lower() == "websocket",
         )
         flow.metadata[METADATA_KEY] = state
         # Guard rails and routing fail open, each on its own: a bug in either must not
@@ -238,7 +240,7 @@ class Meter:
             return
         if state.original is not None and 400 <= flow.response.status_code < 500:
             return  # a refused rewrite: keep the (small) error body for a possible fallback
-        headers = flow.response.headers
+        headers = lower_headers(flow.response.headers)  # once: mitmproxy's lookups are slow
         try:
             state.parser = new_response_parser(
                 state.endpoint, state.request, headers.get("content-type", "")
@@ -318,7 +320,10 @@ class Meter:
             # An accepted WebSocket handshake (101) is not a call: websocket_message records
             # each response on the socket, and websocket_end what is still in flight.
             return
-        if _refused_upgrade(flow) and state.blocked is None:
+        refused_upgrade = (
+            state.upgrade and flow.response is not None and flow.response.status_code != 101
+        )
+        if refused_upgrade and state.blocked is None:
             return  # the server declined the WebSocket; the client falls back to HTTPS
         state.done = True
         try:
@@ -534,7 +539,7 @@ def _tap(
     return tap
 
 
-def _body_length(headers: http.Headers) -> int | None:
+def _body_length(headers: Mapping[str, str]) -> int | None:
     """The body's length when the headers fix it (not chunked), else None."""
     if "transfer-encoding" in headers:
         return None
@@ -583,11 +588,6 @@ def _refuse(flow: http.HTTPFlow, state: FlowState, block: Block) -> None:
         json.dumps(body).encode(),
         {"content-type": "application/json", "x-should-retry": "false"},
     )
-
-
-def _refused_upgrade(flow: http.HTTPFlow) -> bool:
-    upgrade = flow.request.headers.get("upgrade", "").lower() == "websocket"
-    return upgrade and flow.response is not None and flow.response.status_code != 101
 
 
 def _counts(usage: Usage) -> tuple[int, ...]:
