@@ -40,7 +40,9 @@ class MapHosts:
         self.scheme, self.host, self.port = parts.scheme, parts.hostname, parts.port
         self.hosts = frozenset(INTERCEPT_HOSTS)
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        # The same hook the Meter maps in: where the mapping happens changes what
+        # mitmproxy does with the upstream connection, so the baseline must match.
         if flow.request.pretty_host.lower() not in self.hosts:
             return
         original_host = flow.request.host_header
