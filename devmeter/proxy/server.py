@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import re
@@ -152,6 +153,11 @@ async def serve(
         loop.add_signal_handler(sig, master.shutdown)
     run = asyncio.ensure_future(master.run())
     bound = await _wait_bound(master, run)
+    # What startup built (price tables, mitmproxy's addons, certificates) lives as long
+    # as the proxy: out of the collector's sight, full collections stop rescanning it on
+    # the event loop (~0.1 ms a call, and pauses of tens of ms under load).
+    gc.collect()
+    gc.freeze()
     cabundle.secure_ca_files(paths.ca_dir)
     cabundle.write_bundle(paths)
     _write_state(paths.proxy_state, bound)
