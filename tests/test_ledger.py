@@ -208,3 +208,26 @@ def test_a_ledger_file_without_its_tables_yet_reads_as_no_ledger(tmp_path: Path)
     path.write_bytes(b"not a database at all" * 100)
     with pytest.raises(sqlite3.DatabaseError):
         connect_readonly(path)
+
+
+@pytest.mark.parametrize("by", ["session", "repo", "tool", "provider", "model", "day", "branch"])
+def test_whole_history_reports_equal_the_same_report_since_the_epoch(
+    tmp_path: Path, by: str
+) -> None:
+    # All of history reads the rollup directly; a --since window goes through the union of
+    # rollup and calls. Both must give the same rows, unattributed calls included.
+    path = tmp_path / "l.sqlite"
+    calls = [
+        make_call(1_700_000_000 + 97 * i, f"0.0{i % 7 + 1}", session=s, repo=r, tool=t)
+        for i, (s, r, t) in enumerate(
+            [("a", "/src/x", "codex"), (None, "/src/x", "claude-code"), ("", None, "cursor")] * 9
+        )
+    ]
+    write_calls(path, calls)
+    conn = connect_readonly(path)
+    assert conn is not None
+    whole = reports.query(conn, by)
+    assert whole == reports.query(conn, by, since=0.0)
+    assert sum(r["requests"] for r in whole) == len(calls)
+    if by == "session":
+        assert {r["key"] for r in whole} == {"a", reports.UNATTRIBUTED}
