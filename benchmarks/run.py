@@ -86,7 +86,7 @@ class Settings:
     reconnect_every: int = 1000
     writer_rows: int = 100_000
     ledger_rows: int = 1_000_000
-    rounds: int = 3
+    rounds: int = 8
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -110,7 +110,7 @@ class Settings:
             memory_calls=10_000,
             writer_rows=20_000,
             ledger_rows=200_000,
-            rounds=2,
+            rounds=4,
         )
 
 
@@ -254,19 +254,27 @@ def phase_latency(bench: Bench) -> None:
     )
     clients = {c: http_client(bench, c) for c in CONFIGS}
     samples: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    round_ratios: list[float] = []  # added p50, devmeter / bare, within each round
     try:
         for client, url in clients.values():
             for _ in range(s.warmup_calls):
                 client.post(url, content=MESSAGES_BODY, headers=HEADERS).raise_for_status()
         per_round = max(1, s.latency_calls // s.rounds)
         for _ in range(s.rounds):
+            p50s: dict[str, float] = {}
             for config, (client, url) in clients.items():
+                taken = []
                 for _ in range(per_round):
                     start = time.perf_counter()
                     response = client.post(url, content=MESSAGES_BODY, headers=HEADERS)
-                    samples[config].append(time.perf_counter() - start)
+                    taken.append(time.perf_counter() - start)
                     if response.status_code != 200:
                         raise RuntimeError(f"{config}: HTTP {response.status_code}")
+                samples[config] += taken
+                p50s[config] = pct(taken, 50)
+            round_ratios.append(
+                ratio(p50s["devmeter"] - p50s["direct"], p50s["bare"] - p50s["direct"])
+            )
     finally:
         for client, _ in clients.values():
             client.close()
@@ -280,6 +288,10 @@ def phase_latency(bench: Bench) -> None:
     for config in ("bare", "devmeter"):
         for q in ("p50", "p99"):
             out[config][f"added_{q}_ms"] = out[config][f"{q}_ms"] - out["direct"][f"{q}_ms"]
+    out["paired"] = {
+        "added_p50_ratio_median": statistics.median(round_ratios),
+        "added_p50_ratios": round_ratios,
+    }
     bench.results["latency"] = out
     d, b, m = out["direct"], out["bare"], out["devmeter"]
     for q in ("p50", "p99"):
@@ -290,12 +302,20 @@ def phase_latency(bench: Bench) -> None:
             f"{ratio(m['added_' + q + '_ms'], b['added_' + q + '_ms']):.2f}x, "
             f"devmeter/direct {ratio(m[q + '_ms'], d[q + '_ms']):.2f}x"
         )
-    r = ratio(m["added_p50_ms"], b["added_p50_ms"])
+    r = out["paired"]["added_p50_ratio_median"]
+    say(f"  added p50 devmeter/bare within each round: {_spread(round_ratios)}; median {r:.2f}x")
     bench.check(
         "added p50 latency <= 1.25x bare mitmproxy's",
         r <= 1.25,
-        f"+{m['added_p50_ms']:.3f} ms vs +{b['added_p50_ms']:.3f} ms = {r:.2f}x",
+        f"median of {len(round_ratios)} paired rounds {r:.2f}x (pooled: +{m['added_p50_ms']:.3f} "
+        f"ms vs +{b['added_p50_ms']:.3f} ms = "
+        f"{ratio(m['added_p50_ms'], b['added_p50_ms']):.2f}x)",
     )
+
+
+def _spread(values: list[float]) -> str:
+    """Per-round ratios, smallest to largest: how much the machine moved under the run."""
+    return " ".join(f"{v:.2f}" for v in sorted(values))
 
 
 def _one_stream(
@@ -390,16 +410,20 @@ def phase_throughput(bench: Bench, profile: bool) -> None:
     spies: dict[str, subprocess.Popen[bytes]] = {}
     if profile:  # after the warm-up: first-call costs are not per-call costs
         spies = start_profilers(bench, s.throughput_seconds + 2)
+    round_ratios: list[float] = []  # calls/s, devmeter / bare, within each round
     for _ in range(s.rounds):
+        rates: dict[str, float] = {}
         for config in CONFIGS:
             proxy = bench.proxies.get(config)
             cpu = proxy.cpu_seconds() if proxy else 0.0
             result = asyncio.run(run_load(bench.target(config), s.concurrency, seconds=per_round))
+            rates[config] = result.calls / result.seconds
             totals[config][0] += result.calls
             totals[config][1] += result.seconds
             totals[config][2] += (proxy.cpu_seconds() - cpu) if proxy else 0.0
             totals[config][3] += result.errors
-    out: dict[str, dict[str, float]] = {}
+        round_ratios.append(ratio(rates["devmeter"], rates["bare"]))
+    out: dict[str, Any] = {}
     for config, (calls, seconds, cpu, errors) in totals.items():
         out[config] = {
             "calls": calls,
@@ -409,6 +433,10 @@ def phase_throughput(bench: Bench, profile: bool) -> None:
         }
         if errors:
             raise RuntimeError(f"{config}: {errors} failed calls under load")
+    out["paired"] = {
+        "ratio_median": statistics.median(round_ratios),
+        "ratios": round_ratios,
+    }
     bench.results["throughput"] = out
     d, b, m = out["direct"], out["bare"], out["devmeter"]
     say(
@@ -421,11 +449,14 @@ def phase_throughput(bench: Bench, profile: bool) -> None:
         f"  proxy CPU per call: bare {cpu_b:.2f} ms | devmeter {cpu_m:.2f} ms "
         f"({ratio(cpu_m, cpu_b):.2f}x)"
     )
-    r = ratio(m["calls_per_s"], b["calls_per_s"])
+    r = out["paired"]["ratio_median"]
+    say(f"  calls/s devmeter/bare within each round: {_spread(round_ratios)}; median {r:.2f}x")
     bench.check(
         "throughput >= 0.8x bare mitmproxy's",
         r >= 0.8,
-        f"{m['calls_per_s']:.0f}/s vs {b['calls_per_s']:.0f}/s = {r:.2f}x",
+        f"median of {len(round_ratios)} paired rounds {r:.2f}x (pooled: "
+        f"{m['calls_per_s']:.0f}/s vs {b['calls_per_s']:.0f}/s = "
+        f"{ratio(m['calls_per_s'], b['calls_per_s']):.2f}x)",
     )
     if spies:
         report_profiles(bench, spies, out)
@@ -684,6 +715,17 @@ def summary_rows(bench: Bench) -> list[tuple[str, str, str, str, str, str]]:
                     "",
                 )
             )
+        paired = lat["paired"]
+        rows.append(
+            (
+                f"added p50 latency, median of {len(paired['added_p50_ratios'])} paired rounds",
+                "",
+                "",
+                "",
+                f"{paired['added_p50_ratio_median']:.2f}x",
+                "",
+            )
+        )
     if "stream" in r:
         st = r["stream"]
         d, b, m = (st[c]["ttfe_ms"] for c in CONFIGS)
@@ -720,6 +762,16 @@ def summary_rows(bench: Bench) -> list[tuple[str, str, str, str, str, str]]:
                 f"{m:.0f}",
                 f"{ratio(m, b):.2f}x",
                 f"{ratio(m, d):.2f}x",
+            )
+        )
+        rows.append(
+            (
+                f"throughput, median of {len(tp['paired']['ratios'])} paired rounds",
+                "",
+                "",
+                "",
+                f"{tp['paired']['ratio_median']:.2f}x",
+                "",
             )
         )
         b, m = (tp[c]["proxy_cpu_ms_per_call"] for c in ("bare", "devmeter"))
