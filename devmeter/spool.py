@@ -14,6 +14,7 @@ every row in it is committed. The spool holds exactly what the ledger holds, no 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -58,17 +59,27 @@ class Spool:
             if self._fd is None or self._offset >= self._file_bytes:
                 self._open_next()
             assert self._fd is not None
-            written = os.write(self._fd, line)
-            if written != len(line):  # a short write to a regular file: the disk is full
-                raise OSError(f"short write to the spool in {self.directory}")
+            try:
+                written = os.write(self._fd, line)
+                if written != len(line):  # a short write to a regular file: the disk is full
+                    raise OSError(f"short write to the spool in {self.directory}")
+            except OSError:
+                # A cut line may now end this file: the next row goes to a new file, or
+                # replay would read the two as one broken line and lose the good one.
+                self._abandon()
+                raise
             self._offset += written
             return Mark(self._number, self._offset)
 
-    def _open_next(self) -> None:
+    def _abandon(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
             self._fd = None
             self._number += 1
+
+    def _open_next(self) -> None:
+        self._abandon()
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{self._number}.jsonl"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

@@ -130,3 +130,25 @@ def test_an_unwritable_spool_holds_rows_in_memory_and_says_so(tmp_path: Path) ->
     writer.close()
     assert len(rows(ledger)) == 1  # still committed
     assert problems and "cannot write the spool" in problems[0]
+
+
+def test_after_a_failed_write_the_next_row_goes_to_a_new_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import devmeter.spool as spool_module
+
+    spool = Spool(tmp_path / "s")
+    spool.append((1, "before"))
+    real_write = os.write
+
+    def disk_full(fd: int, data: bytes) -> int:
+        return real_write(fd, data[: len(data) // 2])  # a short write, as when the disk fills
+
+    monkeypatch.setattr(spool_module.os, "write", disk_full)
+    with pytest.raises(OSError):
+        spool.append((2, "cut in half"))
+    monkeypatch.setattr(spool_module.os, "write", real_write)
+    spool.append((3, "after"))  # space again: this row must survive replay
+    spool.close()
+    assert [row for _, row in pending(tmp_path / "s", None)] == [(1, "before"), (3, "after")]
+    assert "unreadable row" in capsys.readouterr().err  # the cut one, said out loud
