@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from devmeter.budget import Alert
-from devmeter.spool import Mark, Spool, spool_dir
+from devmeter.spool import Mark, Spool, SpoolBusy, spool_dir
 from devmeter.spool import pending as spool_pending
 from devmeter.usage import Call
 
@@ -291,7 +291,7 @@ class LedgerWriter:
         self.rows_written = 0
         self.rows_recovered = 0
         self._order = threading.Lock()
-        self._spool = Spool(spool_dir(path)) if spool else None
+        self._spool = self._open_spool(spool_dir(path)) if spool else None
         self._last_mark: Mark | None = None  # the newest mark committed
         self._commit_interval = commit_interval
         self._hurry = threading.Event()  # cuts the wait between commits short (flush)
@@ -301,6 +301,28 @@ class LedgerWriter:
             self._conn = connect(path)
         self._thread = threading.Thread(target=self._run, name="devmeter-ledger", daemon=True)
         self._thread.start()
+
+    def _open_spool(self, directory: Path) -> Spool | None:
+        """The spool, or None (rows held in memory) when its directory cannot be made.
+
+        Raises SpoolBusy when another process writes this ledger.
+        """
+        try:
+            return Spool(directory)
+        except SpoolBusy:
+            raise
+        except OSError as exc:
+            self._spool_failed(directory, exc)
+            return None
+
+    def _spool_failed(self, directory: Path, exc: OSError) -> None:
+        if self.spool_problem is None:
+            self.spool_problem = (
+                f"devmeter: cannot write the spool in {directory}: {exc}. Calls are held in "
+                "memory until the ledger can be written; free space or fix permissions on "
+                f"{directory.parent}."
+            )
+            self._on_problem(self.spool_problem)
 
     def add_call(self, call: Call) -> bool:
         """Queue a call's row; True once it is safe on disk (spooled), False when the
@@ -325,13 +347,7 @@ class LedgerWriter:
         try:
             mark = self._spool.append(row)
         except OSError as exc:
-            if self.spool_problem is None:
-                self.spool_problem = (
-                    f"devmeter: cannot write the spool in {self._spool.directory}: {exc}. "
-                    "Calls are held in memory until the ledger can be written; free space "
-                    f"or fix permissions on {self._spool.directory.parent}."
-                )
-                self._on_problem(self.spool_problem)
+            self._spool_failed(self._spool.directory, exc)
             return None
         if self.spool_problem is not None:
             self.spool_problem = None

@@ -38,14 +38,26 @@ def spool_dir(ledger: Path) -> Path:
     return ledger.with_name(ledger.name + ".spool")
 
 
+class SpoolBusy(RuntimeError):
+    """Another process writes this spool (and so this ledger)."""
+
+
 class Spool:
-    """Appends rows; thread-safe. `append` raises OSError when the disk refuses."""
+    """Appends rows; thread-safe. `append` raises OSError when the disk refuses.
+
+    One process owns a spool: it holds a lock on `lock` in the directory for as long as
+    it lives (the kernel drops it when the process dies, SIGKILL included). A second
+    writer would replay the first one's rows as its own and count them twice.
+    Raises SpoolBusy when another process holds it, OSError when the directory cannot be
+    made or locked.
+    """
 
     def __init__(self, directory: Path, file_bytes: int = FILE_BYTES) -> None:
         self.directory = directory
         self._file_bytes = file_bytes
         self._lock = threading.Lock()
         self._fd: int | None = None
+        self._owner = _own(directory)
         existing = _files(directory)
         # Never append to a file from an earlier run: its rows may still need replaying.
         self._number = (existing[-1] + 1) if existing else 1
@@ -107,6 +119,34 @@ class Spool:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+            if self._owner is not None:
+                os.close(self._owner)  # and with it the lock
+                self._owner = None
+
+
+def _own(directory: Path) -> int | None:
+    """Lock the spool for this process; the lock file names the pid that holds it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here; one proxy per ledger is on you
+        return fd
+    try:
+        # POSIX record locks belong to the process: another process is refused, while
+        # this one may open the spool again (a restarted writer, tests).
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise SpoolBusy(
+            f"devmeter: another devmeter proxy (pid {holder}) is writing to the ledger next "
+            f"to {directory}. Stop it first, or give this one its own data folder with "
+            "DEVMETER_HOME=DIR."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def pending(directory: Path, mark: Mark | None) -> Iterator[tuple[Mark, tuple[Any, ...]]]:

@@ -24,6 +24,10 @@ def rows(ledger: Path) -> list[tuple[float, str]]:
         conn.close()
 
 
+def spool_files(directory: Path) -> list[str]:
+    return sorted(n for n in os.listdir(directory) if n.endswith(".jsonl"))
+
+
 def test_rows_come_back_in_order_from_the_mark_on(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s", file_bytes=50)  # small files: the rows span several
     marks = [spool.append((i, f"session-{i}", None)) for i in range(10)]
@@ -40,13 +44,13 @@ def test_rows_come_back_in_order_from_the_mark_on(tmp_path: Path) -> None:
 def test_release_deletes_only_files_wholly_behind_the_mark(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s", file_bytes=100)
     marks = [spool.append((i, "x" * 40)) for i in range(6)]
-    files_before = sorted(os.listdir(tmp_path / "s"))
+    files_before = spool_files(tmp_path / "s")
     spool.release(marks[3])
     left = [row[0] for _, row in pending(tmp_path / "s", None)]
     assert 3 in left and left == sorted(left) and left[-1] == 5  # nothing past the mark lost
-    assert len(os.listdir(tmp_path / "s")) < len(files_before)
+    assert len(spool_files(tmp_path / "s")) < len(files_before)
     spool.release(marks[-1], everything=True)
-    assert os.listdir(tmp_path / "s") == []
+    assert spool_files(tmp_path / "s") == []
     spool.append((7, "after"))  # still usable: a new file
     assert [row for _, row in pending(tmp_path / "s", None)] == [(7, "after")]
 
@@ -84,7 +88,7 @@ def test_rows_spooled_but_not_committed_are_recovered_exactly_once(tmp_path: Pat
         "committed-0", "committed-1", "committed-2", "spooled-0", "spooled-1", "new"
     ]  # fmt: skip
     assert again.rows_recovered == 2
-    assert os.listdir(spool_dir(ledger)) == []  # a clean close leaves nothing to replay
+    assert spool_files(spool_dir(ledger)) == []  # a clean close leaves nothing to replay
 
     third = LedgerWriter(ledger)  # and nothing is replayed twice
     assert third.flush()
@@ -152,3 +156,31 @@ def test_after_a_failed_write_the_next_row_goes_to_a_new_file(
     spool.close()
     assert [row for _, row in pending(tmp_path / "s", None)] == [(1, "before"), (3, "after")]
     assert "unreadable row" in capsys.readouterr().err  # the cut one, said out loud
+
+
+def test_a_second_process_cannot_write_the_same_ledger(tmp_path: Path) -> None:
+    """Two writers would replay each other's spools and count calls twice: refused."""
+    ledger = tmp_path / "ledger.sqlite"
+    first = LedgerWriter(ledger)
+    try:
+        script = textwrap.dedent(
+            f"""
+            import sys
+            sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
+            from pathlib import Path
+            from devmeter.ledger import LedgerWriter
+            from devmeter.spool import SpoolBusy
+            try:
+                LedgerWriter(Path({str(ledger)!r}))
+            except SpoolBusy as exc:
+                print(exc)
+                sys.exit(3)
+            """
+        )
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+        assert done.returncode == 3, done.stderr
+        assert f"pid {os.getpid()}" in done.stdout and "DEVMETER_HOME" in done.stdout
+    finally:
+        first.close()
+    again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout + again.stderr  # free once the first closed

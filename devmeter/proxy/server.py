@@ -28,6 +28,7 @@ from devmeter.paths import Paths
 from devmeter.providers import INTERCEPT_HOSTS
 from devmeter.proxy.meter import Meter
 from devmeter.router import Router
+from devmeter.spool import SpoolBusy
 from devmeter.usage import Attribution, Call, RequestInfo
 
 
@@ -221,6 +222,9 @@ def _write_state(path: Path, bound: tuple[str, int]) -> None:
 def run(config: Config, paths: Paths) -> int:
     try:
         asyncio.run(serve(config, paths))
+    except SpoolBusy as exc:  # a second proxy on the same ledger would count calls twice
+        print(exc, file=sys.stderr)
+        return 1
     except OSError as exc:
         host, port = config.listen
         print(
