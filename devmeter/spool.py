@@ -140,8 +140,8 @@ def _own(directory: Path) -> int | None:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
         raise SpoolBusy(
-            f"devmeter: another devmeter proxy (pid {holder}) is writing to the ledger next "
-            f"to {directory}. Stop it first, or give this one its own data folder with "
+            f"devmeter: another devmeter proxy (pid {holder}) is writing to the ledger in "
+            f"{directory.parent}. Stop it first, or give this one its own data folder with "
             "DEVMETER_HOME=DIR."
         ) from None
     os.ftruncate(fd, 0)
