@@ -84,11 +84,16 @@ class Spool:
             return Mark(self._number, self._offset)
 
     def _abandon(self) -> None:
+        """Stop writing the current file: the next row starts a new one."""
+        if self._fd is not None:
+            self._close_file()
+            self._number += 1
+
+    def _close_file(self) -> None:
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
-            self._number += 1
 
     def _open_next(self) -> None:
         self._abandon()
@@ -103,10 +108,8 @@ class Spool:
         `everything`: the row at `mark` is the last one appended (a clean shutdown).
         """
         with self._lock:
-            if everything and self._fd is not None and self._number == mark.file:
-                os.close(self._fd)
-                self._fd = None
-                self._number += 1
+            if everything and self._number == mark.file:
+                self._abandon()
             for number in _files(self.directory):
                 # Files before the mark's are whole; the mark's own is still being written.
                 if number < self.keep_before:
@@ -116,9 +119,7 @@ class Spool:
 
     def close(self) -> None:
         with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            self._close_file()
             if self._owner is not None:
                 os.close(self._owner)  # and with it the lock
                 self._owner = None
