@@ -38,7 +38,7 @@ def conclude_usage(
             return usage
         return replace(usage, output_tokens=output, estimated=True)
     return Usage(
-        input_tokens=request.prompt_tokens_estimate or 0,
+        input_tokens=request.prompt_tokens() or 0,
         output_tokens=output,
         estimated=True,
     )

@@ -92,7 +92,7 @@ class Router:
             tool=attribution.tool,
             request_class=_header(headers, REQUEST_CLASS_HEADER) or facts.get("request_kind"),
             repo=attribution.repo,
-            prompt_tokens=info.prompt_tokens_estimate,
+            prompt_tokens=info.prompt_tokens(),
             max_tokens=int(facts["max_tokens"]) if "max_tokens" in facts else None,
             uses_tools=facts.get("uses_tools") == "1",
             uses_images=facts.get("uses_images") == "1",

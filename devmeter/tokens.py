@@ -326,7 +326,7 @@ def estimate_usage(request: RequestInfo, result: ResponseResult) -> Usage:
     usage = result.usage
     if usage is None:
         return Usage(
-            input_tokens=request.prompt_tokens_estimate or 0,
+            input_tokens=request.prompt_tokens() or 0,
             output_tokens=estimate_output_tokens(result, request.model),
             estimated=True,
         )

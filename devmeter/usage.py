@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
@@ -43,10 +44,25 @@ class RequestInfo:
 
     model: str | None = None
     stream: bool = False
-    # Estimated prompt tokens, used when the response reports no usage.
+    # Estimated prompt tokens, used when the response reports no usage: read it with
+    # prompt_tokens(), which works it out on first use.
     prompt_tokens_estimate: int | None = None
     # Free-form facts a parser found (e.g. Claude Code's working directory).
     facts: dict[str, str] = field(default_factory=dict)
+    # Works the estimate out when first asked: nearly every response reports its usage,
+    # and estimating a large prompt (tiktoken over 200k characters) takes milliseconds.
+    prompt_estimator: Callable[[], int | None] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    def prompt_tokens(self) -> int | None:
+        """The estimated prompt tokens, or None when the request could not be read."""
+        estimator = self.prompt_estimator
+        if self.prompt_tokens_estimate is None and estimator is not None:
+            # Filled in once, from the body this record was built from.
+            object.__setattr__(self, "prompt_estimator", None)
+            object.__setattr__(self, "prompt_tokens_estimate", estimator())
+        return self.prompt_tokens_estimate
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,7 @@ def test_request_names_model_maker_and_an_input_estimate() -> None:
     assert "request_error" not in info.facts
     # Conversation + system text: about a quarter token per character, ids not counted.
     text_chars = len(build.USER_TEXT) + len(build.ASSISTANT_TEXT) + len(build.SYSTEM_TEXT)
-    assert text_chars / 6 < (info.prompt_tokens_estimate or 0) < text_chars / 2
+    assert text_chars / 6 < (info.prompt_tokens() or 0) < text_chars / 2
 
 
 def test_request_keeps_no_text() -> None:
@@ -142,7 +142,7 @@ def test_gzip_frames_images_and_later_frames_are_read() -> None:
     assert packed.model == plain.model
     assert packed.facts["uses_images"] == "1"
     # One image's fixed estimate plus the tool result frame on top of the same text.
-    extra = (packed.prompt_tokens_estimate or 0) - (plain.prompt_tokens_estimate or 0)
+    extra = (packed.prompt_tokens() or 0) - (plain.prompt_tokens() or 0)
     assert 1600 <= extra < 1700
 
 
@@ -199,7 +199,7 @@ def test_sse_variant_request_carries_only_an_id() -> None:
     info = request_info("sse_request.bin")
     assert info.model is None
     assert info.facts["cursor_request_id"] == build.BIDI_REQUEST_ID
-    assert info.prompt_tokens_estimate == 0
+    assert info.prompt_tokens() == 0
 
 
 def test_bidi_append_carries_the_chat_request() -> None:
@@ -255,7 +255,7 @@ def test_streamed_answer_is_estimated() -> None:
     assert result.output_chars == len(build.THINKING) + len("".join(build.ANSWER))
     usage = result.usage
     assert usage is not None and usage.estimated
-    assert usage.input_tokens == request.prompt_tokens_estimate
+    assert usage.input_tokens == request.prompt_tokens()
     assert result.output_chars / 6 < usage.output_tokens < result.output_chars / 2
 
 

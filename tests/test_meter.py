@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import Any
 
+import pytest
 from mitmproxy import http
 from mitmproxy.flow import Error as FlowError
 from mitmproxy.test import tflow, tutils
 
+from devmeter import providers
 from devmeter.proxy.meter import Meter
 from devmeter.usage import Attribution, Call, RequestInfo
 
@@ -106,3 +109,36 @@ def test_a_cut_body_with_a_length_is_recorded_once_as_incomplete() -> None:
     flow.error = FlowError("connection reset")
     meter.error(flow)
     assert len(recorded) == 1 and recorded[0].complete is False
+
+
+def test_the_prompt_is_estimated_only_for_an_answer_that_reports_no_usage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Estimating a large prompt takes milliseconds on the proxy's only thread: a call
+    # whose answer reports its usage must not pay for it.
+    estimated: list[dict[str, Any]] = []
+    real = providers.estimate_request_tokens
+
+    def counting(body: dict[str, Any]) -> int:
+        estimated.append(body)
+        return real(body)
+
+    monkeypatch.setattr(providers, "estimate_request_tokens", counting)
+    recorded: list[Call] = []
+    meter = Meter(record=recorded.append, attribute=attribute)
+    flow = metered_flow(
+        meter, {"content_type": "application/json", "content_length": str(len(ANSWER))}
+    )
+    flow.response.stream(ANSWER)  # type: ignore[union-attr,operator]
+    assert recorded[0].usage.input_tokens == 1000 and estimated == []
+
+    cut = metered_flow(meter, {"content_type": "text/event-stream"})
+    cut.response.stream(  # type: ignore[union-attr,operator]
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"partial answer"}}\n\n'
+    )
+    cut.error = FlowError("client hung up")
+    meter.error(cut)
+    assert len(estimated) == 1 and estimated[0]["messages"][0]["content"] == "hi"
+    usage = recorded[1].usage
+    assert usage.estimated and usage.input_tokens > 0 and usage.output_tokens > 0

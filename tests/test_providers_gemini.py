@@ -133,7 +133,7 @@ class TestRequest:
         assert info.stream is True
         assert info.facts == {"uses_images": "1", "uses_thinking": "1", "max_tokens": "8192"}
         # The inline image counts as one image, not as 440 characters of base64.
-        assert info.prompt_tokens_estimate is not None and info.prompt_tokens_estimate < 1700
+        assert (info.prompt_tokens() or 0) < 1700
 
     def test_cloudcode_request(self) -> None:
         endpoint = match_endpoint(

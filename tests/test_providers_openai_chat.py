@@ -227,7 +227,7 @@ class TestEmbeddings:
             endpoint, b'{"model": "text-embedding-3-small", "input": ["abcd", "efgh"]}'
         )
         assert info.model == "text-embedding-3-small"
-        assert info.prompt_tokens_estimate == 2 + 2 * 4  # two texts, with per-item overhead
+        assert info.prompt_tokens() == 2 + 2 * 4  # two texts, with per-item overhead
 
 
 class TestRequest:

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote
 
 from devmeter.providers import anthropic, cursor, gemini, openai_chat, openai_responses
 from devmeter.providers.base import ResponseParser
+from devmeter.tokens import estimate_request_tokens
 from devmeter.usage import RequestInfo
 
 __all__ = [
@@ -181,12 +183,27 @@ def parse_request_doc(endpoint: Endpoint, body: bytes) -> tuple[RequestInfo, dic
         return failed(f"request body is a JSON {type(doc).__name__}, not an object")
     try:
         if endpoint.api == "gemini.generate":
-            return gemini.parse_request(doc, endpoint.path_model, endpoint.stream), doc
-        return _REQUEST_PARSERS[endpoint.api](doc, endpoint.path_model), doc
+            info = gemini.parse_request(doc, endpoint.path_model, endpoint.stream)
+        else:
+            info = _REQUEST_PARSERS[endpoint.api](doc, endpoint.path_model)
     except Exception as exc:  # a body shaped like nothing we know still gets metered
         model = doc.get("model")
         fallback_model = model if isinstance(model, str) else fallback_model
         return failed(f"unreadable request: {type(exc).__name__}: {exc}"[:200])
+    return replace(info, prompt_estimator=_prompt_estimator(body)), doc
+
+
+def _prompt_estimator(body: bytes) -> Callable[[], int | None]:
+    """The prompt estimate of a JSON body, worked out when asked for. It keeps the bytes
+    (which the flow holds anyway), not the parsed body, which is several times larger."""
+
+    def estimate() -> int | None:
+        try:
+            return estimate_request_tokens(json.loads(body))
+        except Exception:  # the body parsed once already; never fail a call over this
+            return None
+
+    return estimate
 
 
 def new_response_parser(

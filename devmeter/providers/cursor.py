@@ -718,7 +718,7 @@ class ChatParser:
             usage = Usage()
         else:
             usage = Usage(
-                input_tokens=self.request.prompt_tokens_estimate or 0,
+                input_tokens=self.request.prompt_tokens() or 0,
                 output_tokens=output,
                 estimated=True,
             )

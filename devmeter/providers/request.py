@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from devmeter.tokens import estimate_request_tokens
 from devmeter.usage import RequestInfo
 
 _IMAGE_BLOCKS = frozenset({"image", "image_url", "input_image"})
@@ -52,13 +51,8 @@ def set_int(facts: dict[str, str], name: str, value: Any) -> None:
 def common_request(
     body: dict[str, Any], *, model: str | None, stream: bool, facts: dict[str, str]
 ) -> RequestInfo:
-    """The RequestInfo every parser returns, with the prompt token estimate filled in."""
-    return RequestInfo(
-        model=model,
-        stream=stream,
-        prompt_tokens_estimate=estimate_request_tokens(body),
-        facts=facts,
-    )
+    """The RequestInfo every parser returns (parse_request_doc adds the prompt estimate)."""
+    return RequestInfo(model=model, stream=stream, facts=facts)
 
 
 def stream_facts(body: dict[str, Any], facts: dict[str, str]) -> bool:

@@ -551,7 +551,7 @@ def _with_input_estimate(result: ResponseResult, request: RequestInfo) -> Respon
     usage = result.usage
     if usage is None or not usage.estimated or usage.input_tokens:
         return result
-    return replace(result, usage=replace(usage, input_tokens=request.prompt_tokens_estimate or 0))
+    return replace(result, usage=replace(usage, input_tokens=request.prompt_tokens() or 0))
 
 
 def _request_tap(reader: cursor.RequestReader) -> Callable[[bytes], bytes]:
