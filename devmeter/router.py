@@ -131,7 +131,8 @@ class Router:
         """The call with its routing columns filled in; and remember it for the session."""
         if plan is not None:
             call = self._annotate(call, plan, fell_back)
-        self._observe(call)
+        if self.config.rules:  # only rules read what it remembers (rules are fixed at start)
+            self._observe(call)
         return call
 
     def _annotate(self, call: Call, plan: RoutePlan, fell_back: bool) -> Call:

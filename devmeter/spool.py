@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 
 # A new file after this many bytes, so committed rows do not pile up on disk.
 FILE_BYTES = 4 * 1024 * 1024
+# Built once: json.dumps with options builds a new encoder for every row.
+_ROW_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 class Mark(NamedTuple):
@@ -66,7 +68,7 @@ class Spool:
         self.keep_before = 0  # files numbered below are never deleted (not yet replayed)
 
     def append(self, row: tuple[Any, ...]) -> Mark:
-        line = (json.dumps(row, separators=(",", ":")) + "\n").encode()
+        line = (_ROW_ENCODER.encode(row) + "\n").encode()
         with self._lock:
             if self._fd is None or self._offset >= self._file_bytes:
                 self._open_next()
