@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -142,3 +144,22 @@ def test_the_prompt_is_estimated_only_for_an_answer_that_reports_no_usage(
     assert len(estimated) == 1 and estimated[0]["messages"][0]["content"] == "hi"
     usage = recorded[1].usage
     assert usage.estimated and usage.input_tokens > 0 and usage.output_tokens > 0
+
+
+def test_a_finished_answers_parser_is_freed_without_the_garbage_collector() -> None:
+    # Every flow is a reference cycle that only the collector frees, on the proxy's one
+    # thread; what the meter hangs on it for parsing must not wait for the collector too.
+    recorded: list[Call] = []
+    meter = Meter(record=recorded.append, attribute=attribute)
+    flow = metered_flow(
+        meter, {"content_type": "application/json", "content_length": str(len(ANSWER))}
+    )
+    state = flow.metadata["devmeter"]
+    parser = weakref.ref(state.parser)
+    gc.disable()
+    try:
+        flow.response.stream(ANSWER)  # type: ignore[union-attr,operator]
+        assert len(recorded) == 1
+        assert parser() is None
+    finally:
+        gc.enable()

@@ -155,6 +155,7 @@ class BaseParser:
                 self._result = ResponseResult(
                     usage=None, model=self.request.model, complete=False, error=self.error
                 )
+            self._reader.detach()
         return self._result
 
     def take_completed(self) -> list[ResponseResult]:

@@ -91,6 +91,12 @@ class BodyReader:
             if len(self._raw) < 512:
                 self._raw += data[: 512 - len(self._raw)]
 
+    def detach(self) -> None:
+        """Drop the parser's callbacks once it has its result. They refer back to the
+        parser: a cycle that only the garbage collector could free, and the proxy's
+        collector already has every flow's own cycles to trace, for every call."""
+        self._on_event = self._on_document = _ignored
+
     def finish(self) -> tuple[bool, str | None]:
         """End of body: flush, and say whether it ended where its framing says it should.
 
@@ -129,6 +135,10 @@ class BodyReader:
         if not self._content_type and first in b"de:ir":  # data:, event:, :, id:, retry:
             return "sse"
         return "raw"
+
+
+def _ignored(*_: object) -> None:
+    """What a detached reader calls: nothing more to parse."""
 
 
 def _raw_error(head: bytes, size: int, content_type: str) -> str:

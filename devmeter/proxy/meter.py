@@ -358,6 +358,9 @@ class Meter:
                     error=error,
                 ),
             )
+            # Done with them: freed now rather than by the garbage collector, which would
+            # otherwise trace them along with the flow's own cycles.
+            state.parser = state.decoder = None
         except Exception:
             self._internal_error(flow, state.host, "response")
 
