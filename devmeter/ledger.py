@@ -3,7 +3,7 @@
 Money is stored as integer pico-dollars (USD x 10^12), so sums are exact: a list
 price per million tokens with up to six decimals times any token count is a whole
 number of pico-dollars. The proxy is the only writer (WAL, synchronous=NORMAL, a
-transaction every 50 ms for the rows its spool already holds); the tray and the CLI
+transaction every 250 ms for the rows its spool already holds); the tray and the CLI
 open it read-only.
 """
 
@@ -274,7 +274,9 @@ class LedgerWriter:
         batch_size: int = 500,
         retry_seconds: float = 1.0,
         spool: bool = True,
-        commit_interval: float = 0.05,
+        # Rows are safe in the spool meanwhile; a longer batch writes each of the ledger's
+        # pages once for more rows (the tray reads it every 0.5 s).
+        commit_interval: float = 0.25,
     ) -> None:
         self.path = path
         self._queue: queue.Queue[_Item | None] = queue.Queue()
