@@ -18,7 +18,7 @@ from typing import Any
 
 from devmeter import routing
 from devmeter.pricing import PriceOverride, price
-from devmeter.providers import Endpoint
+from devmeter.providers import Endpoint, request_uses_images
 from devmeter.usage import Attribution, Call, RequestInfo, Usage
 
 REWRITABLE = ("anthropic.messages", "openai.chat", "openai.responses")
@@ -71,8 +71,11 @@ class Router:
         headers: Mapping[str, str],
         body: bytes,
         now: float,
+        doc: Any = None,
     ) -> RoutePlan | None:
-        """What routing does with this request; None when no rule has anything to say."""
+        """What routing does with this request; None when no rule has anything to say.
+
+        `doc` is the body already parsed, when the caller has it."""
         if self.config.mode == "off" or endpoint.api not in REWRITABLE or not info.model:
             return None
         if not self.config.rules:
@@ -95,7 +98,7 @@ class Router:
             prompt_tokens=info.prompt_tokens(),
             max_tokens=int(facts["max_tokens"]) if "max_tokens" in facts else None,
             uses_tools=facts.get("uses_tools") == "1",
-            uses_images=facts.get("uses_images") == "1",
+            uses_images=request_uses_images(endpoint, info, _parsed(body) if doc is None else doc),
             uses_thinking=facts.get("uses_thinking") == "1",
             session_spend_usd=spend,
             cache_states=caches,
@@ -198,6 +201,13 @@ def _note(plan: RoutePlan) -> str | None:
             f"cache trade: saving ${c.saving_usd:.6f} vs cache loss ${c.cache_loss_usd:.6f}"
         )
     return " | ".join(parts) or None
+
+
+def _parsed(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -7,7 +7,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from devmeter.providers import Endpoint, match_endpoint, new_response_parser, parse_request
+from devmeter.providers import (
+    Endpoint,
+    match_endpoint,
+    new_response_parser,
+    parse_request,
+    request_uses_images,
+)
 from devmeter.tokens import estimate_usage
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
@@ -205,8 +211,11 @@ class TestRequest:
             "messages": [{"role": "user", "content": [image, {"type": "text", "text": "what?"}]}],
         }
         info = parse_request(MESSAGES, json.dumps(body).encode())
-        assert info.facts == {"uses_images": "1", "max_tokens": "1024"}
+        assert info.facts == {"max_tokens": "1024"}
         assert info.stream is False
+        assert request_uses_images(MESSAGES, info, body)
+        body["messages"][0]["content"] = [{"type": "text", "text": "what?"}]
+        assert not request_uses_images(MESSAGES, info, body)
 
     def test_windows_working_directory(self) -> None:
         text = (

@@ -8,7 +8,13 @@ from typing import Any
 
 import pytest
 
-from devmeter.providers import Endpoint, match_endpoint, new_response_parser, parse_request
+from devmeter.providers import (
+    Endpoint,
+    match_endpoint,
+    new_response_parser,
+    parse_request,
+    request_uses_images,
+)
 from devmeter.usage import ResponseResult, Usage
 
 WIRE = Path(__file__).parent / "fixtures" / "wire"
@@ -128,10 +134,14 @@ class TestRequest:
         assert endpoint == Endpoint(
             "google", "gemini.generate", path_model="gemini-2.5-flash", stream=True
         )
-        info = parse_request(endpoint, (WIRE / "gemini_request.json").read_bytes())
+        body = (WIRE / "gemini_request.json").read_bytes()
+        info = parse_request(endpoint, body)
         assert info.model == "gemini-2.5-flash"
         assert info.stream is True
-        assert info.facts == {"uses_images": "1", "uses_thinking": "1", "max_tokens": "8192"}
+        assert info.facts == {"uses_thinking": "1", "max_tokens": "8192"}
+        assert request_uses_images(endpoint, info, json.loads(body))
+        # Gemini CLI wraps the same request in cloudcode-pa's envelope.
+        assert request_uses_images(endpoint, info, {"request": json.loads(body)})
         # The inline image counts as one image, not as 440 characters of base64.
         assert (info.prompt_tokens() or 0) < 1700
 

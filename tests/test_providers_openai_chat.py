@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from devmeter.providers import Endpoint, framing, match_endpoint, new_response_parser, parse_request
+from devmeter.providers import (
+    Endpoint,
+    framing,
+    match_endpoint,
+    new_response_parser,
+    parse_request,
+    request_uses_images,
+)
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
 WIRE = Path(__file__).parent / "fixtures" / "wire"
@@ -233,15 +240,12 @@ class TestEmbeddings:
 class TestRequest:
     def test_chat_request_facts(self) -> None:
         endpoint = Endpoint("openai", "openai.chat")
-        info = parse_request(endpoint, (WIRE / "openai_chat_request.json").read_bytes())
+        body = (WIRE / "openai_chat_request.json").read_bytes()
+        info = parse_request(endpoint, body)
         assert info.model == "gpt-4.1"
         assert info.stream is True
-        assert info.facts == {
-            "include_usage": "1",
-            "uses_tools": "1",
-            "uses_images": "1",
-            "max_tokens": "2048",
-        }
+        assert info.facts == {"include_usage": "1", "uses_tools": "1", "max_tokens": "2048"}
+        assert request_uses_images(endpoint, info, json.loads(body))
 
     @pytest.mark.parametrize(
         ("extra", "facts"),

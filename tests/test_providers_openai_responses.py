@@ -6,7 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from devmeter.providers import Endpoint, match_endpoint, new_response_parser, parse_request
+from devmeter.providers import (
+    Endpoint,
+    match_endpoint,
+    new_response_parser,
+    parse_request,
+    request_uses_images,
+)
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
 WIRE = Path(__file__).parent / "fixtures" / "wire"
@@ -268,5 +274,6 @@ class TestRequest:
             "reasoning": {"effort": "none"},
         }
         info = parse_request(RESPONSES, json.dumps(body).encode())
-        assert info.facts == {"uses_tools": "1", "uses_images": "1", "max_tokens": "500"}
+        assert info.facts == {"uses_tools": "1", "max_tokens": "500"}
+        assert request_uses_images(RESPONSES, info, body)
         assert info.stream is False

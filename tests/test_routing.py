@@ -1039,3 +1039,24 @@ def test_router_without_rules_plans_nothing(mode: str) -> None:
         0.0,
     )
     assert plan is None
+
+
+@pytest.mark.parametrize("pass_doc", [True, False])
+def test_router_sees_an_image_in_the_conversation(pass_doc: bool) -> None:
+    """`uses_images` is worked out only for routing, from the parsed body the proxy passes
+    (or the bytes, when it has none): a text-only rule leaves an image request alone."""
+    from devmeter.providers import Endpoint, parse_request
+    from devmeter.router import Router
+    from devmeter.usage import Attribution
+
+    endpoint = Endpoint("anthropic", "anthropic.messages")
+    router = Router(config({"name": "text", "to": "claude-haiku-5-5", "uses_images": False}))
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA"}}
+    for content, routed in (("hi", True), ([image, {"type": "text", "text": "what?"}], False)):
+        doc = {"model": "claude-opus-5-5", "max_tokens": 64,
+               "messages": [{"role": "user", "content": content}]}  # fmt: skip
+        body = json.dumps(doc).encode()
+        plan = router.plan(endpoint, parse_request(endpoint, body),
+                           Attribution(tool="claude-code", session="s"), {}, body, NOW,
+                           doc if pass_doc else None)  # fmt: skip
+        assert (plan is not None and plan.decision.rule == "text") is routed

@@ -20,6 +20,7 @@ from urllib.parse import unquote
 
 from devmeter.providers import anthropic, cursor, gemini, openai_chat, openai_responses
 from devmeter.providers.base import ResponseParser
+from devmeter.providers.request import uses_images
 from devmeter.tokens import estimate_request_tokens
 from devmeter.usage import RequestInfo
 
@@ -31,6 +32,7 @@ __all__ = [
     "match_endpoint",
     "new_response_parser",
     "parse_request",
+    "request_uses_images",
 ]
 
 
@@ -199,6 +201,29 @@ def parse_request_doc(endpoint: Endpoint, body: bytes) -> tuple[RequestInfo, dic
         prompt_estimator=_prompt_estimator(body),
     )
     return with_estimate, doc
+
+
+# Where each API puts the conversation, whose blocks may be images.
+_CONVERSATION_KEYS = {
+    "anthropic.messages": "messages",
+    "anthropic.count_tokens": "messages",
+    "openai.chat": "messages",
+    "openai.responses": "input",
+    "gemini.generate": "contents",
+}
+
+
+def request_uses_images(endpoint: Endpoint, request: RequestInfo, doc: Any) -> bool:
+    """Whether the request sends an image. Asked only by routing rules: the walk over
+    every block of a long conversation costs more than parsing the request's facts."""
+    if request.facts.get("uses_images") == "1":  # Cursor's parser knows it already
+        return True
+    key = _CONVERSATION_KEYS.get(endpoint.api)
+    if key is None or not isinstance(doc, dict):
+        return False
+    if isinstance(doc.get("request"), dict):  # Gemini CLI's cloudcode-pa envelope
+        doc = doc["request"]
+    return uses_images(doc.get(key))
 
 
 def _prompt_estimator(body: bytes) -> Callable[[], int | None]:

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
-from devmeter.providers.request import common_request, flag, set_int, uses_images
+from devmeter.providers.request import common_request, flag, set_int
 from devmeter.usage import RequestInfo, Usage
 
 # The usage fields that are counts or objects of counts; each one seen overwrites.
@@ -38,7 +38,6 @@ def parse_request(body: dict[str, Any], path_model: str | None = None) -> Reques
     messages = body.get("messages")
     messages = messages if isinstance(messages, list) else []
     flag(facts, "uses_tools", body.get("tools"))
-    flag(facts, "uses_images", uses_images(messages))
     thinking = as_dict(body.get("thinking"))
     flag(facts, "uses_thinking", thinking.get("type") in ("enabled", "adaptive"))
     set_int(facts, "max_tokens", body.get("max_tokens"))

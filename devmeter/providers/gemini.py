@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
-from devmeter.providers.request import common_request, flag, set_int, uses_images
+from devmeter.providers.request import common_request, flag, set_int
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
 # --- requests -------------------------------------------------------------------------
@@ -28,7 +28,6 @@ def parse_request(
     inner: dict[str, Any] = body["request"] if envelope else body
     facts: dict[str, str] = {}
     flag(facts, "uses_tools", inner.get("tools"))
-    flag(facts, "uses_images", uses_images(inner.get("contents")))
     config = as_dict(inner.get("generationConfig") or inner.get("generation_config"))
     thinking = as_dict(config.get("thinkingConfig") or config.get("thinking_config"))
     budget = thinking.get("thinkingBudget", thinking.get("thinking_budget"))

@@ -15,13 +15,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
-from devmeter.providers.request import (
-    common_request,
-    flag,
-    set_int,
-    stream_facts,
-    uses_images,
-)
+from devmeter.providers.request import common_request, flag, set_int, stream_facts
 from devmeter.usage import RequestInfo, Usage
 
 # --- requests -------------------------------------------------------------------------
@@ -31,7 +25,6 @@ def parse_request(body: dict[str, Any], path_model: str | None = None) -> Reques
     facts: dict[str, str] = {}
     stream = stream_facts(body, facts)
     flag(facts, "uses_tools", body.get("tools") or body.get("functions"))
-    flag(facts, "uses_images", uses_images(body.get("messages")))
     effort = body.get("reasoning_effort")
     reasoning = body.get("reasoning")  # OpenRouter's unified reasoning object
     flag(

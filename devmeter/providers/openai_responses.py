@@ -26,7 +26,7 @@ from devmeter.providers.base import (
     error_text,
 )
 from devmeter.providers.openai_chat import output_with_reasoning
-from devmeter.providers.request import common_request, flag, set_int, stream_facts, uses_images
+from devmeter.providers.request import common_request, flag, set_int, stream_facts
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
 _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -50,7 +50,6 @@ def parse_request(body: dict[str, Any], path_model: str | None = None) -> Reques
     facts: dict[str, str] = {}
     stream = stream_facts(body, facts)
     flag(facts, "uses_tools", body.get("tools"))
-    flag(facts, "uses_images", uses_images(body.get("input")))
     effort = as_dict(body.get("reasoning")).get("effort")
     flag(facts, "uses_thinking", isinstance(effort, str) and effort != "none")
     set_int(facts, "max_tokens", body.get("max_output_tokens"))

@@ -15,6 +15,7 @@ import time
 import traceback
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx2
@@ -188,7 +189,7 @@ class Meter:
                 state.tap_error = f"devmeter guard failed (call let through): {_short_traceback()}"
         if self._router is not None and flow.websocket is None:
             try:
-                self._route(flow, state, headers, body, now)
+                self._route(flow, state, headers, body, doc, now)
             except Exception:
                 state.tap_error = (
                     f"devmeter routing failed (call sent as asked): {_short_traceback()}"
@@ -209,11 +210,14 @@ class Meter:
         state: FlowState,
         headers: Mapping[str, str],
         body: bytes,
+        doc: dict[str, Any] | None,
         now: float,
     ) -> None:
         router = self._router
         assert router is not None
-        plan = router.plan(state.endpoint, state.request, state.attribution, headers, body, now)
+        plan = router.plan(
+            state.endpoint, state.request, state.attribution, headers, body, now, doc
+        )
         state.plan = plan
         if plan is None or not plan.rewrite or plan.body is None:
             return
