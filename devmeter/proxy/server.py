@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import gc
 import json
 import os
@@ -69,6 +71,10 @@ class ClientProcessLookup:
     def __init__(self, attributor: Attributor) -> None:
         self._attributor = attributor
         self._seen: set[tuple[str, int]] = set()
+        # One lookup at a time: each one's many small syscalls hand the GIL back and forth
+        # with the event loop, and several threads doing it at once (16 clients connecting
+        # together) cost the loop far more than they save.
+        self._lookups = concurrent.futures.ThreadPoolExecutor(1, "devmeter-lookup")
 
     def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
         # Sync, returning a coroutine only for a new connection: mitmproxy awaits what a
@@ -80,8 +86,10 @@ class ClientProcessLookup:
         return self._look_up(peer, _address(flow.client_conn.sockname))
 
     async def _look_up(self, peer: tuple[str, int], sockname: tuple[str, int] | None) -> None:
+        loop = asyncio.get_running_loop()
+        lookup = functools.partial(self._attributor.process_for, peer, time.time(), sockname)
         try:
-            await asyncio.to_thread(self._attributor.process_for, peer, time.time(), sockname)
+            await loop.run_in_executor(self._lookups, lookup)
         except Exception as exc:  # attribution is best effort; the call goes on
             print(f"devmeter: client process lookup failed: {exc!r}", file=sys.stderr)
 
