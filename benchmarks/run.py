@@ -487,8 +487,40 @@ def phase_throughput(bench: Bench, profile: bool) -> None:
         f"{m['calls_per_s']:.0f}/s vs {b['calls_per_s']:.0f}/s = "
         f"{ratio(m['calls_per_s'], b['calls_per_s']):.2f}x)",
     )
+    out["churn"] = _churn_throughput(bench)
     if spies:
         report_profiles(bench, spies, out)
+
+
+CHURN_CALLS = 25  # calls per connection in the churn figure
+
+
+def _churn_throughput(bench: Bench) -> dict[str, Any]:
+    """Not a target: the same load from clients that reconnect every CHURN_CALLS calls,
+    so what a new connection costs (CONNECT, TLS, devmeter's client process lookup) shows."""
+    s = bench.settings
+    rates: dict[str, list[float]] = {"bare": [], "devmeter": []}
+    for i in range(s.rounds):
+        for config in ("bare", "devmeter") if i % 2 == 0 else ("devmeter", "bare"):
+            result = asyncio.run(
+                run_load(
+                    bench.target(config), s.concurrency, seconds=1.0, reconnect_every=CHURN_CALLS
+                )
+            )
+            rates[config].append(result.rate)
+    ratios = [ratio(m, b) for m, b in zip(rates["devmeter"], rates["bare"], strict=True)]
+    churn = {
+        "calls_per_connection": CHURN_CALLS,
+        "bare_calls_per_s": statistics.median(rates["bare"]),
+        "devmeter_calls_per_s": statistics.median(rates["devmeter"]),
+        "ratio_median": statistics.median(ratios),
+    }
+    say(
+        f"  clients reconnecting every {CHURN_CALLS} calls (not a target): bare "
+        f"{churn['bare_calls_per_s']:.0f}/s | devmeter {churn['devmeter_calls_per_s']:.0f}/s; "
+        f"devmeter/bare median of {len(ratios)} rounds {churn['ratio_median']:.2f}x"
+    )
+    return churn
 
 
 def phase_memory(bench: Bench) -> None:
@@ -825,6 +857,19 @@ def summary_rows(bench: Bench) -> list[tuple[str, str, str, str, str, str]]:
                 "",
             )
         )
+        churn = tp.get("churn")
+        if churn:
+            rows.append(
+                (
+                    f"throughput, clients reconnecting every {churn['calls_per_connection']} "
+                    "calls (calls/s; not a target)",
+                    "",
+                    f"{churn['bare_calls_per_s']:.0f}",
+                    f"{churn['devmeter_calls_per_s']:.0f}",
+                    f"{churn['ratio_median']:.2f}x",
+                    "",
+                )
+            )
     if "memory" in r:
         mem = r["memory"]
         first, last = mem["first_mark"], mem["calls"]
