@@ -295,8 +295,14 @@ class Attributor:
         peer_ttl: float = 60.0,
         git: GitInfo | None = None,
         max_peers: int = 4096,
+        quick_lookup: Callable[[Peer, Peer | None], Lookup] | None = None,
     ) -> None:
-        self._lookup = lookup or ProcessFinder(proxy_port).lookup
+        if lookup is None:
+            finder = ProcessFinder(proxy_port)
+            lookup, quick_lookup = finder.lookup, finder.lookup_recent
+        self._lookup = lookup
+        # Cheap enough for the event loop: the recent clients only (see process_quickly).
+        self._quick_lookup = quick_lookup
         self.sessions = ProcessSessions(idle_gap)
         self.git = git or GitInfo()
         self.peer_ttl = peer_ttl
@@ -339,13 +345,35 @@ class Attributor:
             found = self._lookup(key, sockname)
         except Exception as e:  # an injected lookup must not break attribution either
             found = Lookup(None, f"lookup failed: {type(e).__name__}: {e}")
+        self._store(key, now, found)
+        return found
+
+    def process_quickly(self, peer: Peer, now: float, sockname: Peer | None = None) -> bool:
+        """Find the process among the recent clients and cache it; False when only the
+        full lookup (`process_for`, best run off the event loop) can tell.
+
+        A client that opens a new connection is nearly always one seen before: its
+        lookup then takes a millisecond or two, less than a worker thread costs the event
+        loop by trading the GIL with it on every syscall of the lookup."""
+        if self._quick_lookup is None:
+            return False
+        key = (peer[0], peer[1])
+        try:
+            found = self._quick_lookup(key, sockname)
+        except Exception:  # the full lookup will say what is wrong
+            return False
+        if found.process is None:
+            return False
+        self._store(key, now, found)
+        return True
+
+    def _store(self, key: Peer, now: float, found: Lookup) -> None:
         with self._lock:
             if len(self._peers) >= self.max_peers:
                 self._peers = {k: v for k, v in self._peers.items() if v[0] > now}
                 if len(self._peers) >= self.max_peers:
                     self._peers.clear()
             self._peers[key] = (now + self.peer_ttl, found)
-        return found
 
     def forget(self, peer: Peer) -> None:
         """Drop a closed connection's cached process."""

@@ -39,6 +39,9 @@ ENV_PROJECT = "DEVMETER_PROJECT"
 # How many parents to ask for DEVMETER_* when the client itself lacks them.
 MAX_PARENT_DEPTH = 8
 
+# How many of the most recent client pids a quick lookup tries before giving up.
+QUICK_PIDS = 4
+
 Peer = tuple[str, int]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Method = Literal["auto", "procfs", "psutil"]
@@ -94,15 +97,28 @@ class ProcessFinder:
         `sockname` is the proxy's own address on that connection (mitmproxy's
         `client_conn.sockname`); with it the kernel finds the socket directly.
         """
+        return self._lookup(peer, sockname, quick=False)
+
+    def lookup_recent(self, peer: Peer, sockname: Peer | None = None) -> Lookup:
+        """`lookup`, trying only the few most recent client processes (Linux): a
+        millisecond or two, cheap enough for the event loop. A miss (a new client, or not
+        Linux) says so in its reason; `lookup` then scans every process."""
+        return self._lookup(peer, sockname, quick=True)
+
+    def _lookup(self, peer: Peer, sockname: Peer | None, quick: bool) -> Lookup:
         if normalize_ip(peer[0]) is None:
             return Lookup(None, f"not an IP address: {peer[0]!r}", self.method)
+        if quick and self.method != "procfs":
+            return Lookup(None, "a quick lookup needs /proc", self.method)
         remote_port = sockname[1] if sockname else self.proxy_port
         remote_ip = sockname[0] if sockname else None
         with self._lock:
-            recent = list(self._recent)
+            recent = list(self._recent)[:QUICK_PIDS] if quick else list(self._recent)
         try:
             if self.method == "procfs":
-                pid, reason, how = _pid_via_procfs(peer, remote_ip, remote_port, recent)
+                pid, reason, how = _pid_via_procfs(
+                    peer, remote_ip, remote_port, recent, recent_only=quick
+                )
             else:
                 pid, reason, how = _pid_via_psutil(peer, remote_port, recent)
         except Exception as e:  # never let a lookup take a request down
@@ -371,12 +387,14 @@ def _socket_via_proc_net(peer: Peer, remote_port: int | None) -> tuple[int, int]
     return None
 
 
-def _pids_to_scan(uid: int, first: Iterable[int]) -> Iterator[int]:
-    """Recent client pids, then every process of `uid`, newest first."""
+def _pids_to_scan(uid: int, first: Iterable[int], recent_only: bool = False) -> Iterator[int]:
+    """Recent client pids, then (unless `recent_only`) every process of `uid`, newest first."""
     seen: set[int] = set()
     for pid in first:
         seen.add(pid)
         yield pid
+    if recent_only:
+        return
     try:
         pids = sorted((int(e) for e in os.listdir("/proc") if e.isdigit()), reverse=True)
     except OSError:
@@ -409,7 +427,11 @@ def _holds_socket(pid: int, target: str) -> bool:
 
 
 def _pid_via_procfs(
-    peer: Peer, remote_ip: str | None, remote_port: int | None, recent: list[int]
+    peer: Peer,
+    remote_ip: str | None,
+    remote_port: int | None,
+    recent: list[int],
+    recent_only: bool = False,
 ) -> tuple[int | None, str | None, str]:
     """(pid, reason, how the socket was found) on Linux."""
     how = "netlink"
@@ -424,9 +446,11 @@ def _pid_via_procfs(
     if inode == 0:
         return None, "the socket is closing", how
     target = f"socket:[{inode}]"
-    for pid in _pids_to_scan(uid, recent):
+    for pid in _pids_to_scan(uid, recent, recent_only):
         if _holds_socket(pid, target):
             return pid, None, how
+    if recent_only:
+        return None, "not one of the recent client processes", how
     if uid != os.getuid() and os.getuid() != 0:
         return None, f"the socket belongs to uid {uid}, whose processes are not readable", how
     return None, "no process holds the socket (it closed)", how

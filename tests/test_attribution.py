@@ -527,3 +527,27 @@ def test_lowered_headers_are_not_lowered_again() -> None:
     assert attributor.attribute(lowered, {}, None, 0.0) == attributor.attribute(
         mixed, {}, None, 0.0
     )
+
+
+def test_a_quick_lookup_hit_is_cached_and_a_miss_leaves_the_full_lookup_to_do() -> None:
+    process = ClientProcess(pid=9, start_time=1.0, cwd="/")
+    full = FakeLookup({PEER: process})
+    quick = FakeLookup({PEER: process})
+    attr = Attributor(full, quick_lookup=quick)
+    assert attr.process_quickly(PEER, now=1.0)
+    assert attr.attribute(CLAUDE_CODE, {}, PEER, now=2.0).pid == 9
+    assert full.calls == []  # the quick answer was cached for the connection
+
+    other = ("127.0.0.1", 50124)
+    assert not attr.process_quickly(other, now=3.0)  # not a recent client
+    assert full.calls == []
+    assert attr.process_for(other, now=3.0).process is None  # the full lookup decides
+    assert full.calls == [other]
+
+
+def test_a_quick_lookup_that_raises_is_a_miss() -> None:
+    def broken(peer: tuple[str, int], sockname: tuple[str, int] | None) -> Lookup:
+        raise RuntimeError("boom")
+
+    assert not Attributor(FakeLookup({}), quick_lookup=broken).process_quickly(PEER, now=1.0)
+    assert not Attributor(FakeLookup({})).process_quickly(PEER, now=1.0)  # none given

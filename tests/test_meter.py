@@ -163,3 +163,29 @@ def test_a_finished_answers_parser_is_freed_without_the_garbage_collector() -> N
         assert parser() is None
     finally:
         gc.enable()
+
+
+def test_a_recent_client_is_looked_up_on_the_spot_and_a_new_one_in_a_thread() -> None:
+    from devmeter.attribution import Attributor
+    from devmeter.procinfo import ClientProcess, Lookup
+    from devmeter.proxy.server import ClientProcessLookup
+
+    known = ("127.0.0.1", 50001)
+    process = ClientProcess(pid=7, start_time=1.0)
+
+    def quick(peer: tuple[str, int], sockname: tuple[str, int] | None) -> Lookup:
+        return Lookup(process if peer == known else None, "not recent")
+
+    def full(peer: tuple[str, int], sockname: tuple[str, int] | None) -> Lookup:
+        return Lookup(None, "unknown")
+
+    lookups = ClientProcessLookup(Attributor(full, quick_lookup=quick))
+    recent = tflow.tflow()
+    recent.client_conn.peername = known
+    assert lookups.requestheaders(recent) is None  # found right away: nothing to await
+    new = tflow.tflow()
+    new.client_conn.peername = ("127.0.0.1", 50002)
+    pending = lookups.requestheaders(new)
+    assert pending is not None  # the full lookup, off the event loop
+    pending.close()
+    assert lookups.requestheaders(new) is None  # once per connection

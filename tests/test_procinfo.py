@@ -227,3 +227,21 @@ def test_normalize_ip() -> None:
     assert str(normalize_ip("::ffff:127.0.0.1")) == "127.0.0.1"
     assert str(normalize_ip("fe80::1%eth0")) == "fe80::1"
     assert normalize_ip("localhost") is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the quick path reads /proc")
+def test_a_quick_lookup_finds_only_a_recent_client(tmp_path: Path) -> None:
+    # Cheap enough for the proxy's event loop: it tries the last few clients and nothing
+    # else, so a client it has not met is a miss with a reason, never a scan of /proc.
+    finder = ProcessFinder(method="procfs")
+    with connected_client(tmp_path, {}) as c:
+        missed = finder.lookup_recent(c.peer, c.sockname)
+        assert missed.process is None and missed.reason == "not one of the recent client processes"
+        assert finder.lookup(c.peer, c.sockname).process is not None  # the full scan
+        found = finder.lookup_recent(c.peer, c.sockname)
+        assert found.process is not None and found.process.pid == c.client.pid
+
+
+def test_a_quick_lookup_without_proc_is_a_miss() -> None:
+    found = ProcessFinder(method="psutil").lookup_recent(("127.0.0.1", 40000), None)
+    assert found.process is None and found.reason == "a quick lookup needs /proc"
