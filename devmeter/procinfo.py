@@ -39,8 +39,11 @@ ENV_PROJECT = "DEVMETER_PROJECT"
 # How many parents to ask for DEVMETER_* when the client itself lacks them.
 MAX_PARENT_DEPTH = 8
 
-# How many of the most recent client pids a quick lookup tries before giving up.
+# How many of the most recent client pids a quick lookup tries before giving up, and the
+# most open files it reads of each: it runs on the proxy's event loop, so a client with
+# thousands of them (an editor) is left to the full lookup, on a worker thread.
 QUICK_PIDS = 4
+QUICK_MAX_FDS = 1024
 
 Peer = tuple[str, int]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -411,11 +414,13 @@ def _pids_to_scan(uid: int, first: Iterable[int], recent_only: bool = False) -> 
         yield pid
 
 
-def _holds_socket(pid: int, target: str) -> bool:
+def _holds_socket(pid: int, target: str, max_fds: int | None = None) -> bool:
     fd_dir = f"/proc/{pid}/fd"
     try:
         fds = os.listdir(fd_dir)
     except OSError:
+        return False
+    if max_fds is not None and len(fds) > max_fds:
         return False
     for fd in fds:
         try:
@@ -446,8 +451,9 @@ def _pid_via_procfs(
     if inode == 0:
         return None, "the socket is closing", how
     target = f"socket:[{inode}]"
+    max_fds = QUICK_MAX_FDS if recent_only else None
     for pid in _pids_to_scan(uid, recent, recent_only):
-        if _holds_socket(pid, target):
+        if _holds_socket(pid, target, max_fds):
             return pid, None, how
     if recent_only:
         return None, "not one of the recent client processes", how

@@ -245,3 +245,13 @@ def test_a_quick_lookup_finds_only_a_recent_client(tmp_path: Path) -> None:
 def test_a_quick_lookup_without_proc_is_a_miss() -> None:
     found = ProcessFinder(method="psutil").lookup_recent(("127.0.0.1", 40000), None)
     assert found.process is None and found.reason == "a quick lookup needs /proc"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/fd")
+def test_the_quick_path_skips_a_process_with_too_many_files() -> None:
+    with socket.socket() as held:
+        target = f"socket:[{os.fstat(held.fileno()).st_ino}]"
+        assert procinfo._holds_socket(os.getpid(), target)
+        open_files = len(os.listdir("/proc/self/fd"))
+        assert procinfo._holds_socket(os.getpid(), target, max_fds=open_files + 8)
+        assert not procinfo._holds_socket(os.getpid(), target, max_fds=open_files - 1)
