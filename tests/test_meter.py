@@ -37,6 +37,10 @@ ANSWER = json.dumps(
 ).encode()
 
 
+# Response headers of ANSWER sent whole, with its length.
+WHOLE_ANSWER = {"content_type": "application/json", "content_length": str(len(ANSWER))}
+
+
 def attribute(
     flow: http.HTTPFlow, info: RequestInfo, headers: Mapping[str, str], host: str, now: float
 ) -> Attribution:
@@ -67,9 +71,7 @@ def metered_flow(meter: Meter, response_headers: dict[str, str]) -> http.HTTPFlo
 def test_a_body_with_a_length_is_recorded_before_its_last_chunk_goes_to_the_client() -> None:
     recorded: list[Call] = []
     meter = Meter(record=recorded.append, attribute=attribute)
-    flow = metered_flow(
-        meter, {"content_type": "application/json", "content_length": str(len(ANSWER))}
-    )
+    flow = metered_flow(meter, WHOLE_ANSWER)
     tap = flow.response.stream  # type: ignore[union-attr]
     assert callable(tap)
     half = len(ANSWER) // 2
@@ -102,9 +104,7 @@ def test_a_chunked_body_is_recorded_by_the_response_hook_which_precedes_its_end(
 def test_a_cut_body_with_a_length_is_recorded_once_as_incomplete() -> None:
     recorded: list[Call] = []
     meter = Meter(record=recorded.append, attribute=attribute)
-    flow = metered_flow(
-        meter, {"content_type": "application/json", "content_length": str(len(ANSWER))}
-    )
+    flow = metered_flow(meter, WHOLE_ANSWER)
     tap = flow.response.stream  # type: ignore[union-attr]
     assert callable(tap)
     tap(ANSWER[:10])
@@ -128,9 +128,7 @@ def test_the_prompt_is_estimated_only_for_an_answer_that_reports_no_usage(
     monkeypatch.setattr(providers, "estimate_request_tokens", counting)
     recorded: list[Call] = []
     meter = Meter(record=recorded.append, attribute=attribute)
-    flow = metered_flow(
-        meter, {"content_type": "application/json", "content_length": str(len(ANSWER))}
-    )
+    flow = metered_flow(meter, WHOLE_ANSWER)
     flow.response.stream(ANSWER)  # type: ignore[union-attr,operator]
     assert recorded[0].usage.input_tokens == 1000 and estimated == []
 
@@ -151,9 +149,7 @@ def test_a_finished_answers_parser_is_freed_without_the_garbage_collector() -> N
     # thread; what the meter hangs on it for parsing must not wait for the collector too.
     recorded: list[Call] = []
     meter = Meter(record=recorded.append, attribute=attribute)
-    flow = metered_flow(
-        meter, {"content_type": "application/json", "content_length": str(len(ANSWER))}
-    )
+    flow = metered_flow(meter, WHOLE_ANSWER)
     state = flow.metadata["devmeter"]
     parser = weakref.ref(state.parser)
     gc.disable()
