@@ -112,7 +112,7 @@ def _load(encoding: str) -> Any | None:
         return enc
 
 
-@lru_cache(maxsize=1024)  # pure, and asked for every metered request
+@lru_cache(maxsize=1024)  # pure, and asked for every estimate
 def encoding_name(model: str | None) -> str:
     """The tiktoken encoding that best fits `model`.
 
@@ -254,7 +254,8 @@ def _walk(node: Any, texts: list[str], counts: list[int], keys_are_text: bool) -
             else:
                 texts.append(item)
         elif isinstance(item, dict):
-            # isdisjoint, not a generator over the keys: this walk runs on every request.
+            # isdisjoint, not a generator over the keys: this walk covers every block of a
+            # prompt it estimates.
             if item.get("type") in _MEDIA_TYPES or not _MEDIA_KEYS.isdisjoint(item):
                 counts[0] += 1
                 continue

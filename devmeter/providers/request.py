@@ -27,7 +27,7 @@ def uses_images(node: Any) -> bool:
                     mime = inline.get("mimeType") or inline.get("mime_type") or ""
                     if isinstance(mime, str) and mime.startswith("image/"):
                         return True
-            # Plain loops, not generators: this walk runs over every metered request.
+            # Plain loops, not generators: routing walks every block of a conversation.
             for v in item.values():
                 if isinstance(v, (dict, list)):
                     stack.append(v)
