@@ -81,6 +81,9 @@ class Settings:
     streams: int = 24
     event_gap_ms: float = 50.0
     throughput_seconds: float = 10.0
+    # Separately started bare/devmeter process pairs: two starts of the very same proxy
+    # differ by up to 10% in throughput (see README), so one pair is not a verdict.
+    throughput_pairs: int = 3
     concurrency: int = 16
     memory_calls: int = 100_000
     memory_clients: int = 32
@@ -108,6 +111,7 @@ class Settings:
             warmup_calls=50,
             streams=6,
             throughput_seconds=3.0,
+            throughput_pairs=2,
             memory_calls=10_000,
             writer_rows=20_000,
             ledger_rows=200_000,
@@ -406,68 +410,106 @@ def phase_throughput(bench: Bench, profile: bool) -> None:
     s = bench.settings
     slices = max(4, round(s.throughput_seconds / THROUGHPUT_SLICE_SECONDS))
     per_slice = s.throughput_seconds / slices
-    say(
-        f"throughput: {s.concurrency} concurrent keep-alive clients per target, connected "
-        f"once; {s.throughput_seconds:g} s per target in {slices} alternating slices of "
-        f"{per_slice:.2g} s"
-    )
-    totals = {c: [0, 0.0, 0.0, 0] for c in CONFIGS}  # calls, seconds, proxy cpu, errors
+    pairs = _start_pairs(bench, s.throughput_pairs)
+    try:
+        say(
+            f"throughput: {s.concurrency} concurrent keep-alive clients per target, connected "
+            f"once; {s.throughput_seconds:g} s per target in {slices} alternating slices of "
+            f"{per_slice:.2g} s; {len(pairs)} separately started bare/devmeter process pairs"
+        )
+        _measure_throughput(bench, pairs, slices, per_slice, profile)
+    finally:
+        for name in [name for pair in pairs[1:] for name in pair]:
+            bench.proxies.pop(name).stop()
+
+
+def _start_pairs(bench: Bench, count: int) -> list[tuple[str, str]]:
+    """(bare, devmeter) proxy names: the phase-wide pair, then `count - 1` fresh ones."""
+    pairs = [("bare", "devmeter")]
+    for k in range(2, count + 1):
+        bare, devmeter = f"bare#{k}", f"devmeter#{k}"
+        bench.proxies[bare] = start_bare(bench.workdir / f"bare{k}", bench.upstream.url)
+        bench.proxies[devmeter] = start_devmeter(bench.workdir / f"devmeter{k}", bench.upstream.url)
+        pairs.append((bare, devmeter))
+    return pairs
+
+
+def _measure_throughput(
+    bench: Bench, pairs: list[tuple[str, str]], slices: int, per_slice: float, profile: bool
+) -> None:
+    s = bench.settings
+    targets = ["direct", *(name for pair in pairs for name in pair)]
+    totals = {t: [0, 0.0, 0.0, 0] for t in targets}  # calls, seconds, proxy cpu, errors
     spies: dict[str, subprocess.Popen[bytes]] = {}
-    slice_ratios: list[float] = []  # calls/s, devmeter / bare, in back-to-back slices
+    # calls/s, devmeter / bare, in back-to-back slices: one list per process pair.
+    pair_ratios: list[list[float]] = [[] for _ in pairs]
+    # The other bare processes against the first, slice by slice: the same code, so
+    # what these show is the noise floor of the method.
+    control_ratios: list[list[float]] = [[] for _ in pairs[1:]]
     connect_ms: dict[str, float] = {}  # opening the clients: CONNECT, TLS, first call
 
     async def measure() -> None:
         # Connections opened once and kept: sustained load, as clients with a connection
         # pool give it. Short slices, the targets taking turns (ABC CBA ...), put each
-        # devmeter slice within a second of a bare one: this machine's speed moves within
+        # devmeter slice next to its pair's bare one: this machine's speed moves within
         # seconds, and a pair that close sees the same machine.
-        pools = {c: ClientPool(bench.target(c), s.concurrency) for c in CONFIGS}
+        pools = {t: ClientPool(bench.target(t), s.concurrency) for t in targets}
         try:
-            for config, pool in pools.items():
+            for target, pool in pools.items():
                 started = time.perf_counter()
                 await pool.open()
-                connect_ms[config] = (time.perf_counter() - started) * 1e3
+                connect_ms[target] = (time.perf_counter() - started) * 1e3
                 await pool.run(THROUGHPUT_SLICE_SECONDS)  # warm-up
             if profile:  # after the warm-up: first-call costs are not per-call costs
-                spies.update(start_profilers(bench, s.throughput_seconds + 2))
+                spies.update(start_profilers(bench, s.throughput_seconds * len(targets) / 3 + 2))
             for i in range(slices):
                 rates: dict[str, float] = {}
-                for config in CONFIGS if i % 2 == 0 else CONFIGS[::-1]:
-                    proxy = bench.proxies.get(config)
+                for target in targets if i % 2 == 0 else targets[::-1]:
+                    proxy = bench.proxies.get(target)
                     cpu = proxy.cpu_seconds() if proxy else 0.0
-                    result = await pools[config].run(per_slice)
-                    rates[config] = result.calls / result.seconds
-                    totals[config][0] += result.calls
-                    totals[config][1] += result.seconds
-                    totals[config][2] += (proxy.cpu_seconds() - cpu) if proxy else 0.0
-                    totals[config][3] += result.errors
-                slice_ratios.append(ratio(rates["devmeter"], rates["bare"]))
+                    result = await pools[target].run(per_slice)
+                    rates[target] = result.calls / result.seconds
+                    totals[target][0] += result.calls
+                    totals[target][1] += result.seconds
+                    totals[target][2] += (proxy.cpu_seconds() - cpu) if proxy else 0.0
+                    totals[target][3] += result.errors
+                for ratios, (bare, devmeter) in zip(pair_ratios, pairs, strict=True):
+                    ratios.append(ratio(rates[devmeter], rates[bare]))
+                for ratios, (bare, _) in zip(control_ratios, pairs[1:], strict=True):
+                    ratios.append(ratio(rates[bare], rates["bare"]))
         finally:
             for pool in pools.values():
                 await pool.close()
 
     asyncio.run(measure())
+    for target, (_, _, _, errors) in totals.items():
+        if errors:
+            raise RuntimeError(f"{target}: {errors} failed calls under load")
     out: dict[str, Any] = {}
-    for config, (calls, seconds, cpu, errors) in totals.items():
+    for config in CONFIGS:  # each config's processes together
+        members = [t for t in targets if t.split("#")[0] == config]
+        calls, seconds, cpu = (sum(totals[t][j] for t in members) for j in range(3))
         out[config] = {
             "calls": calls,
-            "calls_per_s": calls / seconds,
-            "errors": errors,
+            "calls_per_s": calls / seconds,  # per process: each ran its own slices
+            "errors": 0,
             "proxy_cpu_ms_per_call": cpu / calls * 1e3 if calls else 0.0,
-            "connect_ms": connect_ms[config],
+            "connect_ms": statistics.median(connect_ms[t] for t in members),
         }
-        if errors:
-            raise RuntimeError(f"{config}: {errors} failed calls under load")
+    pooled = [r for ratios in pair_ratios for r in ratios]
     out["paired"] = {
-        "ratio_median": statistics.median(slice_ratios),
-        "ratios": slice_ratios,
+        "ratio_median": statistics.median(pooled),
+        "ratios": pooled,
+        "pair_medians": [statistics.median(r) for r in pair_ratios],
+        "control_medians": [statistics.median(r) for r in control_ratios],
     }
     bench.results["throughput"] = out
     d, b, m = out["direct"], out["bare"], out["devmeter"]
     say(
-        f"  calls/s: direct {d['calls_per_s']:.0f} | bare {b['calls_per_s']:.0f} | devmeter "
-        f"{m['calls_per_s']:.0f} | devmeter/bare {ratio(m['calls_per_s'], b['calls_per_s']):.2f}x, "
-        f"devmeter/direct {ratio(m['calls_per_s'], d['calls_per_s']):.2f}x"
+        f"  calls/s (per process): direct {d['calls_per_s']:.0f} | bare {b['calls_per_s']:.0f} | "
+        f"devmeter {m['calls_per_s']:.0f} | devmeter/bare "
+        f"{ratio(m['calls_per_s'], b['calls_per_s']):.2f}x, devmeter/direct "
+        f"{ratio(m['calls_per_s'], d['calls_per_s']):.2f}x"
     )
     cpu_b, cpu_m = b["proxy_cpu_ms_per_call"], m["proxy_cpu_ms_per_call"]
     say(
@@ -478,12 +520,20 @@ def phase_throughput(bench: Bench, profile: bool) -> None:
         f"  opening {s.concurrency} clients (CONNECT, TLS, first call; once, not in the "
         f"figures above): bare {b['connect_ms']:.0f} ms | devmeter {m['connect_ms']:.0f} ms"
     )
+    for k, ratios in enumerate(pair_ratios, start=1):
+        say(
+            f"  pair {k}: calls/s devmeter/bare in each pair of slices: {_spread(ratios)}; "
+            f"median {statistics.median(ratios):.2f}x"
+        )
+    if control_ratios:
+        controls = ", ".join(f"{x:.2f}x" for x in out["paired"]["control_medians"])
+        say(f"  control, bare processes 2.. against bare process 1 (same code): {controls}")
     r = out["paired"]["ratio_median"]
-    say(f"  calls/s devmeter/bare in each pair of slices: {_spread(slice_ratios)}; median {r:.2f}x")
     bench.check(
         "throughput >= 0.8x bare mitmproxy's",
         r >= 0.8,
-        f"median of {len(slice_ratios)} paired slices {r:.2f}x (pooled: "
+        f"median of {len(pooled)} paired slices over {len(pairs)} process pairs {r:.2f}x "
+        f"(pairs: {', '.join(f'{x:.2f}x' for x in out['paired']['pair_medians'])}; pooled: "
         f"{m['calls_per_s']:.0f}/s vs {b['calls_per_s']:.0f}/s = "
         f"{ratio(m['calls_per_s'], b['calls_per_s']):.2f}x)",
     )
@@ -838,7 +888,8 @@ def summary_rows(bench: Bench) -> list[tuple[str, str, str, str, str, str]]:
         )
         rows.append(
             (
-                f"throughput, median of {len(tp['paired']['ratios'])} paired slices",
+                f"throughput, median of {len(tp['paired']['ratios'])} paired slices "
+                f"({len(tp['paired']['pair_medians'])} process pairs)",
                 "",
                 "",
                 "",
