@@ -9,8 +9,8 @@ open it read-only.
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import queue
 import sqlite3
 import sys
 import threading
@@ -279,7 +279,11 @@ class LedgerWriter:
         commit_interval: float = 0.25,
     ) -> None:
         self.path = path
-        self._queue: queue.Queue[_Item | None] = queue.Queue()
+        # A deque, not a queue.Queue: appending is one atomic step for the proxy's thread,
+        # which adds a row for every call; only the writer ever waits (on `_wake`).
+        self._queue: collections.deque[_Item | None] = collections.deque()
+        self._wake = threading.Event()
+        self._waiting = False  # the writer sleeps on `_wake` until a row arrives
         self._on_problem = on_problem or _print_problem
         self._on_written = on_written
         self._batch_size = batch_size
@@ -334,14 +338,29 @@ class LedgerWriter:
         # mark committed with a batch covers exactly the rows before it.
         with self._order:
             mark = self._spool_row(row)
-            self._idle.clear()
-            self._queue.put(_Item(INSERT_CALL, row, mark, call))
+            self._enqueue(_Item(INSERT_CALL, row, mark, call))
         return mark is not None
 
     def add_alert(self, alert: Alert) -> None:
         with self._order:
-            self._idle.clear()
-            self._queue.put(_Item(INSERT_ALERT, alert_row(alert)))
+            self._enqueue(_Item(INSERT_ALERT, alert_row(alert)))
+
+    def _enqueue(self, item: _Item | None) -> None:
+        self._queue.append(item)
+        if self._waiting:
+            self._wake.set()
+
+    def _take(self) -> _Item | None:
+        """The next queued item (None: close), waiting for one."""
+        while True:
+            if self._queue:
+                self._idle.clear()  # before the item leaves the queue: flush must wait
+                return self._queue.popleft()
+            self._waiting = True
+            if not self._queue:  # an item queued before the flag was up is not missed
+                self._wake.wait()
+                self._wake.clear()
+            self._waiting = False
 
     def _spool_row(self, row: tuple[Any, ...]) -> Mark | None:
         if self._spool is None:
@@ -358,21 +377,22 @@ class LedgerWriter:
 
     @property
     def backlog(self) -> int:
-        return self._queue.qsize() + len(self._pending)
+        return len(self._queue) + len(self._pending)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is committed; False on timeout."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._hurry.set()
-            if self._queue.empty() and not self._pending and self._idle.wait(0.01):
+            if not self._queue and not self._pending and self._idle.wait(0.01):
                 return True
             time.sleep(0.005)
         return False
 
     def close(self, timeout: float = 10.0) -> None:
         flushed = self.flush(timeout)
-        self._queue.put(None)
+        with self._order:
+            self._enqueue(None)
         self._hurry.set()
         self._thread.join(timeout)
         if self._spool is not None:
@@ -388,14 +408,14 @@ class LedgerWriter:
         stopping = False
         while not stopping or self._pending:
             if not self._pending:
-                item = self._queue.get()
+                item = self._take()
                 if item is None:
                     return
                 self._pending.append(item)
             while len(self._pending) < self._batch_size:
                 try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
+                    item = self._queue.popleft()
+                except IndexError:
                     break
                 if item is None:
                     stopping = True
@@ -403,7 +423,7 @@ class LedgerWriter:
                 self._pending.append(item)
             if self._commit(self._pending):
                 self._pending = []
-                if self._queue.empty():
+                if not self._queue:
                     self._idle.set()
                 if self._spool is not None and self.spool_problem is None:
                     # Rows are safe in the spool: commit a batch every interval rather than
