@@ -144,19 +144,25 @@ def test_the_prompt_is_estimated_only_for_an_answer_that_reports_no_usage(
     assert usage.estimated and usage.input_tokens > 0 and usage.output_tokens > 0
 
 
-def test_a_finished_answers_parser_is_freed_without_the_garbage_collector() -> None:
+def test_a_recorded_calls_state_is_freed_without_the_garbage_collector() -> None:
     # Every flow is a reference cycle that only the collector frees, on the proxy's one
-    # thread; what the meter hangs on it for parsing must not wait for the collector too.
+    # thread; what the meter hangs on it must not wait for the collector too.
     recorded: list[Call] = []
     meter = Meter(record=recorded.append, attribute=attribute)
     flow = metered_flow(meter, WHOLE_ANSWER)
-    state = flow.metadata["devmeter"]
-    parser = weakref.ref(state.parser)
+    state = weakref.ref(flow.metadata["devmeter"])
+    parser = weakref.ref(flow.metadata["devmeter"].parser)
     gc.disable()
     try:
-        flow.response.stream(ANSWER)  # type: ignore[union-attr,operator]
+        assert flow.response.stream(ANSWER) == ANSWER  # type: ignore[union-attr,operator]
         assert len(recorded) == 1
-        assert parser() is None
+        assert parser() is None and state() is None
+        # What is left of the answer passes untouched, and nothing is recorded twice.
+        assert flow.response.stream is True  # type: ignore[union-attr]
+        meter.response(flow)
+        flow.error = FlowError("client hung up after the last byte")
+        meter.error(flow)
+        assert len(recorded) == 1
     finally:
         gc.enable()
 

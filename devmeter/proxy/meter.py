@@ -362,11 +362,10 @@ class Meter:
                     error=error,
                 ),
             )
-            # Done with them: freed now rather than by the garbage collector, which would
-            # otherwise trace them along with the flow's own cycles.
-            state.parser = state.decoder = None
         except Exception:
             self._internal_error(flow, state.host, "response")
+            return
+        _release(flow, state)
 
     # -- WebSocket (Codex CLI's Responses transport) -------------------------------------
 
@@ -511,6 +510,17 @@ class Meter:
             )
         except Exception:
             print(f"devmeter: could not record the failure: {_short_traceback()}", file=sys.stderr)
+
+
+def _release(flow: http.HTTPFlow, state: FlowState) -> None:
+    """Let go of a recorded call's state: freed now rather than by the garbage collector,
+    which would otherwise trace it along with the flow's own cycles, on every call. Later
+    hooks (the `response` after the tap metered the body, an `error` as the client hangs
+    up) then find nothing left to do, as they would for a call already recorded."""
+    state.parser = state.decoder = None
+    flow.metadata.pop(METADATA_KEY, None)
+    if flow.response is not None and callable(flow.response.stream):
+        flow.response.stream = True  # the tap holds the state; what is left passes as is
 
 
 def _state(flow: http.HTTPFlow) -> FlowState | None:
