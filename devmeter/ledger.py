@@ -338,7 +338,9 @@ class LedgerWriter:
         # mark committed with a batch covers exactly the rows before it.
         with self._order:
             mark = self._spool_row(row)
-            self._enqueue(_Item(INSERT_CALL, row, mark, call))
+            # The live call only for a listener: held until the next commit, every call
+            # would otherwise wait there, for the garbage collector to trace meanwhile.
+            self._enqueue(_Item(INSERT_CALL, row, mark, call if self._on_written else None))
         return mark is not None
 
     def add_alert(self, alert: Alert) -> None:

@@ -1,6 +1,7 @@
 import json
 import os
 import sqlite3
+import weakref
 from decimal import Decimal
 from pathlib import Path
 
@@ -41,6 +42,32 @@ def test_writer_commits_in_batches_and_sums_are_exact(tmp_path: Path) -> None:
     rows = reports.query(conn, "session")
     assert rows[0]["requests"] == 1000
     assert rows[0]["cost_usd"] == Decimal("0.0003")  # exact, no float drift
+
+
+def test_a_listener_hears_each_committed_call_and_without_one_no_call_is_kept(
+    tmp_path: Path,
+) -> None:
+    heard: list[Call] = []
+    listened = LedgerWriter(tmp_path / "heard.sqlite", on_written=heard.extend)
+    calls = [make_call(1_700_000_000 + i, "0.01") for i in range(5)]
+    for call in calls:
+        listened.add_call(call)
+    assert listened.flush()
+    listened.close()
+    assert heard == calls
+
+    # The proxy has no listener: only a call's row waits to be committed (here for good:
+    # the ledger path is a directory), not the call and all it refers to.
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    writer = LedgerWriter(blocked, on_problem=lambda _: None, retry_seconds=0.01)
+    call = make_call(1_700_000_000, "0.02")
+    gone = weakref.ref(call)
+    writer.add_call(call)
+    del call
+    assert gone() is None
+    assert writer.backlog == 1  # held, not dropped
+    writer.close(timeout=0.2)
 
 
 def test_unwritable_ledger_keeps_rows_and_says_so(tmp_path: Path) -> None:
