@@ -372,17 +372,14 @@ def _short(text: str | None, width: int) -> str:
 
 
 def _align(table: list[list[str]]) -> list[str]:
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    widths = [max(map(len, column)) for column in zip(*table, strict=True)]
     numeric = {
         i
         for i, h in enumerate(table[0])
         if h in ("calls", "in", "cache r", "cache w", "out", "cost")
     }
-    lines = []
-    for row in table:
-        cells = [
-            str(cell).rjust(widths[i]) if i in numeric else str(cell).ljust(widths[i])
-            for i, cell in enumerate(row)
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return lines
+    # One format per line, built once: a report by session can have tens of thousands.
+    line = "  ".join(
+        f"{{:{'>' if i in numeric else '<'}{width}}}" for i, width in enumerate(widths)
+    )
+    return [line.format(*row).rstrip() for row in table]
