@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -39,17 +40,31 @@ class RoutePlan:
         return self.body is not None
 
 
+@dataclass
+class _Session:
+    """What the rules may ask about a session's calls so far."""
+
+    spend: Decimal | None = None  # None until a call of the session was priced
+    caches: dict[str, routing.CacheState] = field(default_factory=dict)  # by model
+    calls: int = 0  # calls that produced output, and their output tokens
+    outputs: int = 0
+
+
 class Router:
     def __init__(
-        self, config: routing.RoutingConfig, overrides: tuple[PriceOverride, ...] = ()
+        self,
+        config: routing.RoutingConfig,
+        overrides: tuple[PriceOverride, ...] = (),
+        max_sessions: int = 4096,
     ) -> None:
         self.config = config
         self.configured_mode = config.mode
         self._overrides = overrides
         self._lock = threading.Lock()
-        self._spend: dict[str, Decimal] = {}
-        self._caches: dict[str, dict[str, routing.CacheState]] = {}
-        self._outputs: dict[str, tuple[int, int]] = {}  # session -> (calls, output tokens)
+        # Least recently seen first: a proxy that runs for months meets sessions without
+        # end, and one not seen among the last `max_sessions` starts afresh if it returns.
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self.max_sessions = max_sessions
 
     @property
     def mode(self) -> str:
@@ -84,9 +99,9 @@ class Router:
             return None
         session = attribution.session or ""
         with self._lock:
-            spend = self._spend.get(session)
-            caches = dict(self._caches.get(session, {}))
-            calls, outputs = self._outputs.get(session, (0, 0))
+            seen = self._sessions.get(session) or _Session()
+            spend, caches = seen.spend, dict(seen.caches)
+            calls, outputs = seen.calls, seen.outputs
         facts = info.facts
         ctx = routing.RouteContext(
             provider=endpoint.provider,
@@ -176,16 +191,22 @@ class Router:
     def _observe(self, call: Call) -> None:
         session = call.attribution.session or ""
         with self._lock:
+            seen = self._sessions.get(session)
+            if seen is None:
+                seen = self._sessions[session] = _Session()
+                while len(self._sessions) > self.max_sessions:
+                    self._sessions.popitem(last=False)
+            else:
+                self._sessions.move_to_end(session)
             if call.cost_usd is not None:
-                self._spend[session] = self._spend.get(session, Decimal(0)) + call.cost_usd
+                seen.spend = (seen.spend or Decimal(0)) + call.cost_usd
             if call.model:
-                caches = self._caches.setdefault(session, {})
-                state = routing.next_cache_state(caches.get(call.model), call.usage, call.ts)
+                state = routing.next_cache_state(seen.caches.get(call.model), call.usage, call.ts)
                 if state is not None:
-                    caches[call.model] = state
+                    seen.caches[call.model] = state
             if call.usage.output_tokens:
-                calls, outputs = self._outputs.get(session, (0, 0))
-                self._outputs[session] = (calls + 1, outputs + call.usage.output_tokens)
+                seen.calls += 1
+                seen.outputs += call.usage.output_tokens
 
 
 def _note(plan: RoutePlan) -> str | None:

@@ -1060,3 +1060,41 @@ def test_router_sees_an_image_in_the_conversation(pass_doc: bool) -> None:
                            Attribution(tool="claude-code", session="s"), {}, body, NOW,
                            doc if pass_doc else None)  # fmt: skip
         assert (plan is not None and plan.decision.rule == "text") is routed
+
+
+def test_the_router_remembers_a_bounded_number_of_sessions() -> None:
+    """Session spend drives rules; a long-running proxy meets sessions without end, so
+    the least recently seen is forgotten (and starts afresh) past `max_sessions`."""
+    from devmeter.providers import Endpoint, parse_request
+    from devmeter.router import Router
+    from devmeter.usage import Attribution, Call, Usage
+
+    endpoint = Endpoint("anthropic", "anthropic.messages")
+    router = Router(
+        config({"name": "spendy", "session_spend_over_usd": 1, "to": "claude-haiku-5-5"}),
+        max_sessions=2,
+    )
+    body = json.dumps({"model": "claude-opus-5-5", "max_tokens": 64,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()  # fmt: skip
+
+    def spent(session: str) -> None:
+        router.settle(
+            Call(ts=NOW, provider="anthropic", endpoint=endpoint.api, host="api.anthropic.com",
+                 requested_model="claude-opus-5-5", model="claude-opus-5-5",
+                 attribution=Attribution(session=session), usage=Usage(output_tokens=10),
+                 cost_usd=usd("2"), price_source="test", status=200),
+            None,
+        )  # fmt: skip
+
+    def routed(session: str) -> bool:
+        who = Attribution(tool="claude-code", session=session)
+        plan = router.plan(endpoint, parse_request(endpoint, body), who, {}, body, NOW)
+        return plan is not None and plan.decision.rule == "spendy"
+
+    spent("a")
+    spent("b")
+    assert routed("a") and routed("b")
+    spent("a")  # seen again: now the most recent
+    spent("c")  # one too many: "b" goes, "a" stays
+    assert routed("a") and routed("c")
+    assert not routed("b")
