@@ -81,9 +81,10 @@ class Settings:
     streams: int = 24
     event_gap_ms: float = 50.0
     throughput_seconds: float = 10.0
-    # Separately started bare/devmeter process pairs: two starts of the very same proxy
-    # differ by up to 10% in throughput (see README), so one pair is not a verdict.
-    throughput_pairs: int = 3
+    # Separately started bare/devmeter process pairs for the latency and throughput
+    # phases: two starts of the very same proxy differ by up to 10% (see README), so one
+    # pair is not a verdict.
+    process_pairs: int = 3
     concurrency: int = 16
     memory_calls: int = 100_000
     memory_clients: int = 32
@@ -111,7 +112,7 @@ class Settings:
             warmup_calls=50,
             streams=6,
             throughput_seconds=3.0,
-            throughput_pairs=2,
+            process_pairs=2,
             memory_calls=10_000,
             writer_rows=20_000,
             ledger_rows=200_000,
@@ -199,6 +200,8 @@ class Bench:
     workdir: Path
     upstream: FakeUpstreamProcess
     proxies: dict[str, Proxy] = field(default_factory=dict)
+    # (bare, devmeter) names in `proxies`, each pair started separately
+    pairs: list[tuple[str, str]] = field(default_factory=lambda: [("bare", "devmeter")])
     results: dict[str, Any] = field(default_factory=dict)
     checks: list[tuple[str, bool, str]] = field(default_factory=list)
 
@@ -253,13 +256,17 @@ HEADERS = {
 
 def phase_latency(bench: Bench) -> None:
     s = bench.settings
+    pairs = bench.pairs
     say(
         f"latency: {s.latency_calls} sequential non-streamed calls per target, keep-alive, "
-        f"after {s.warmup_calls} warm-up calls; {s.rounds} interleaved rounds"
+        f"after {s.warmup_calls} warm-up calls; {s.rounds} interleaved rounds; "
+        f"{len(pairs)} separately started bare/devmeter process pairs"
     )
-    clients = {c: http_client(bench, c) for c in CONFIGS}
-    samples: dict[str, list[float]] = {c: [] for c in CONFIGS}
-    round_ratios: list[float] = []  # added p50, devmeter / bare, within each round
+    targets = ["direct", *(name for pair in pairs for name in pair)]
+    clients = {t: http_client(bench, t) for t in targets}
+    samples: dict[str, list[float]] = {c: [] for c in CONFIGS}  # each config's processes
+    # added p50, devmeter / bare, within each round: one list per process pair
+    pair_ratios: list[list[float]] = [[] for _ in pairs]
     try:
         for client, url in clients.values():
             for _ in range(s.warmup_calls):
@@ -267,23 +274,22 @@ def phase_latency(bench: Bench) -> None:
         per_round = max(1, s.latency_calls // s.rounds)
         for _ in range(s.rounds):
             p50s: dict[str, float] = {}
-            for config, (client, url) in clients.items():
+            for target, (client, url) in clients.items():
                 taken = []
                 for _ in range(per_round):
                     start = time.perf_counter()
                     response = client.post(url, content=MESSAGES_BODY, headers=HEADERS)
                     taken.append(time.perf_counter() - start)
                     if response.status_code != 200:
-                        raise RuntimeError(f"{config}: HTTP {response.status_code}")
-                samples[config] += taken
-                p50s[config] = pct(taken, 50)
-            round_ratios.append(
-                ratio(p50s["devmeter"] - p50s["direct"], p50s["bare"] - p50s["direct"])
-            )
+                        raise RuntimeError(f"{target}: HTTP {response.status_code}")
+                samples[target.split("#")[0]] += taken
+                p50s[target] = pct(taken, 50)
+            for ratios, (bare, devmeter) in zip(pair_ratios, pairs, strict=True):
+                ratios.append(ratio(p50s[devmeter] - p50s["direct"], p50s[bare] - p50s["direct"]))
     finally:
         for client, _ in clients.values():
             client.close()
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for config in CONFIGS:
         out[config] = {
             "p50_ms": pct(samples[config], 50) * 1e3,
@@ -293,9 +299,11 @@ def phase_latency(bench: Bench) -> None:
     for config in ("bare", "devmeter"):
         for q in ("p50", "p99"):
             out[config][f"added_{q}_ms"] = out[config][f"{q}_ms"] - out["direct"][f"{q}_ms"]
+    pooled = [r for ratios in pair_ratios for r in ratios]
     out["paired"] = {
-        "added_p50_ratio_median": statistics.median(round_ratios),
-        "added_p50_ratios": round_ratios,
+        "added_p50_ratio_median": statistics.median(pooled),
+        "added_p50_ratios": pooled,
+        "pair_medians": [statistics.median(r) for r in pair_ratios],
     }
     bench.results["latency"] = out
     d, b, m = out["direct"], out["bare"], out["devmeter"]
@@ -307,13 +315,18 @@ def phase_latency(bench: Bench) -> None:
             f"{ratio(m['added_' + q + '_ms'], b['added_' + q + '_ms']):.2f}x, "
             f"devmeter/direct {ratio(m[q + '_ms'], d[q + '_ms']):.2f}x"
         )
+    for k, ratios in enumerate(pair_ratios, start=1):
+        say(
+            f"  pair {k}: added p50 devmeter/bare within each round: {_spread(ratios)}; "
+            f"median {statistics.median(ratios):.2f}x"
+        )
     r = out["paired"]["added_p50_ratio_median"]
-    say(f"  added p50 devmeter/bare within each round: {_spread(round_ratios)}; median {r:.2f}x")
     bench.check(
         "added p50 latency <= 1.25x bare mitmproxy's",
         r <= 1.25,
-        f"median of {len(round_ratios)} paired rounds {r:.2f}x (pooled: +{m['added_p50_ms']:.3f} "
-        f"ms vs +{b['added_p50_ms']:.3f} ms = "
+        f"median of {len(pooled)} paired rounds over {len(pairs)} process pairs {r:.2f}x "
+        f"(pairs: {', '.join(f'{x:.2f}x' for x in out['paired']['pair_medians'])}; pooled: "
+        f"+{m['added_p50_ms']:.3f} ms vs +{b['added_p50_ms']:.3f} ms = "
         f"{ratio(m['added_p50_ms'], b['added_p50_ms']):.2f}x)",
     )
 
@@ -410,21 +423,16 @@ def phase_throughput(bench: Bench, profile: bool) -> None:
     s = bench.settings
     slices = max(4, round(s.throughput_seconds / THROUGHPUT_SLICE_SECONDS))
     per_slice = s.throughput_seconds / slices
-    pairs = _start_pairs(bench, s.throughput_pairs)
-    try:
-        say(
-            f"throughput: {s.concurrency} concurrent keep-alive clients per target, connected "
-            f"once; {s.throughput_seconds:g} s per target in {slices} alternating slices of "
-            f"{per_slice:.2g} s; {len(pairs)} separately started bare/devmeter process pairs"
-        )
-        _measure_throughput(bench, pairs, slices, per_slice, profile)
-    finally:
-        for name in [name for pair in pairs[1:] for name in pair]:
-            bench.proxies.pop(name).stop()
+    say(
+        f"throughput: {s.concurrency} concurrent keep-alive clients per target, connected "
+        f"once; {s.throughput_seconds:g} s per target in {slices} alternating slices of "
+        f"{per_slice:.2g} s; {len(bench.pairs)} separately started bare/devmeter process pairs"
+    )
+    _measure_throughput(bench, bench.pairs, slices, per_slice, profile)
 
 
-def _start_pairs(bench: Bench, count: int) -> list[tuple[str, str]]:
-    """(bare, devmeter) proxy names: the phase-wide pair, then `count - 1` fresh ones."""
+def start_pairs(bench: Bench, count: int) -> list[tuple[str, str]]:
+    """(bare, devmeter) proxy names: the first pair, then `count - 1` started afresh."""
     pairs = [("bare", "devmeter")]
     for k in range(2, count + 1):
         bare, devmeter = f"bare#{k}", f"devmeter#{k}"
@@ -829,7 +837,8 @@ def summary_rows(bench: Bench) -> list[tuple[str, str, str, str, str, str]]:
         paired = lat["paired"]
         rows.append(
             (
-                f"added p50 latency, median of {len(paired['added_p50_ratios'])} paired rounds",
+                f"added p50 latency, median of {len(paired['added_p50_ratios'])} paired rounds "
+                f"({len(paired['pair_medians'])} process pairs)",
                 "",
                 "",
                 "",
@@ -1015,6 +1024,8 @@ def running(settings: Settings, phases: set[str]) -> Iterator[Bench]:
         if phases & {"latency", "stream", "throughput"}:
             bench.proxies["bare"] = start_bare(workdir / "bare", upstream.url)
             bench.proxies["devmeter"] = start_devmeter(workdir / "devmeter", upstream.url)
+        if phases & {"latency", "throughput"}:
+            bench.pairs = start_pairs(bench, settings.process_pairs)
         yield bench
     finally:
         for proxy in bench.proxies.values():
