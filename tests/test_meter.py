@@ -14,7 +14,7 @@ from mitmproxy.flow import Error as FlowError
 from mitmproxy.test import tflow, tutils
 
 from devmeter import providers
-from devmeter.proxy.meter import Meter
+from devmeter.proxy.meter import Meter, client_host
 from devmeter.usage import Attribution, Call, RequestInfo
 
 REQUEST = json.dumps(
@@ -191,3 +191,39 @@ def test_a_recent_client_is_looked_up_on_the_spot_and_a_new_one_in_a_thread() ->
     assert pending is not None  # the full lookup, off the event loop
     pending.close()
     assert lookups.requestheaders(new) is None  # once per connection
+
+
+KNOWN_HOSTS = frozenset({"api.anthropic.com", "api.openai.com"})
+
+
+@pytest.mark.parametrize(
+    ("version", "host_header", "authority", "target"),
+    [
+        (b"HTTP/1.1", b"api.anthropic.com", b"", "api.anthropic.com"),
+        (b"HTTP/1.1", b"API.Anthropic.COM:443", b"", "api.anthropic.com"),
+        (b"HTTP/1.1", b"api.openai.com:8443", b"", "api.openai.com"),
+        (b"HTTP/1.1", b"example.com", b"", "example.com"),  # not a known host
+        (b"HTTP/1.1", None, b"", "api.anthropic.com"),  # no Host header: the target
+        (b"HTTP/1.1", b"api.anthropic.com:", b"", "api.anthropic.com"),  # a bare colon
+        (b"HTTP/1.1", b"[::1]:8080", b"", "::1"),
+        (b"HTTP/1.1", "b\u00fccher.example".encode(), b"", "api.anthropic.com"),
+        (b"HTTP/2.0", None, b"api.openai.com:443", "api.openai.com"),
+        (b"HTTP/2.0", b"api.anthropic.com", b"", "api.anthropic.com"),  # no authority
+    ],
+)
+def test_the_client_host_is_what_pretty_host_says(
+    version: bytes, host_header: bytes | None, authority: bytes, target: str
+) -> None:
+    headers = http.Headers([(b"host", host_header)] if host_header is not None else [])
+    request = tutils.treq(host=target, port=443, scheme=b"https", authority=authority,
+                          http_version=version, headers=headers)  # fmt: skip
+    assert client_host(request, KNOWN_HOSTS) == request.pretty_host.lower()
+
+
+def test_a_known_client_host_is_read_without_pretty_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    def slow(_: http.Request) -> str:
+        raise AssertionError("pretty_host parses and validates the name: not for known hosts")
+
+    monkeypatch.setattr(http.Request, "pretty_host", property(slow))
+    request = tutils.treq(headers=http.Headers([(b"host", b"API.anthropic.com:443")]))
+    assert client_host(request, KNOWN_HOSTS) == "api.anthropic.com"

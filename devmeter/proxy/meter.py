@@ -29,6 +29,7 @@ from devmeter.decoding import Decoder, decoder_for
 from devmeter.guard import Guard, request_signals
 from devmeter.pricing import PriceOverride
 from devmeter.providers import (
+    INTERCEPT_HOSTS,
     Endpoint,
     ResponseParser,
     cursor,
@@ -114,13 +115,14 @@ class Meter:
         self._record = record
         self._attribute = attribute
         self._upstreams = {h.lower(): Upstream.from_url(u) for h, u in (upstreams or {}).items()}
+        self._known_hosts = frozenset((*INTERCEPT_HOSTS, *self._upstreams))
         self._overrides = overrides
         self._clock = clock
 
     # -- request ---------------------------------------------------------------------------
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        host = flow.request.pretty_host.lower()
+        host = client_host(flow.request, self._known_hosts)
         flow.metadata[HOST_KEY] = host  # before the mapping below changes the request's host
         if host == cursor.HOST:
             self._stream_cursor_request(flow, host)
@@ -149,7 +151,7 @@ class Meter:
             self._internal_error(flow, host, "requestheaders")
 
     def request(self, flow: http.HTTPFlow) -> None:
-        host = flow.metadata.get(HOST_KEY) or flow.request.pretty_host.lower()
+        host = flow.metadata.get(HOST_KEY) or client_host(flow.request, self._known_hosts)
         try:
             self._apply_control()
             if _state(flow) is None:  # Cursor's streamed requests started in requestheaders
@@ -266,7 +268,9 @@ class Meter:
         # Sync, returning a coroutine only for a rewritten request (mitmproxy awaits what
         # a hook returns): every other answer is metered and sent in one step.
         state = _state(flow)
-        if state is not None and state.original is not None and flow.response is not None:
+        if state is None:
+            return None  # not metered, or recorded already (the tap metered the whole body)
+        if state.original is not None and flow.response is not None:
             return self._fall_back_and_finish(flow, state)
         self._finish(flow, complete_hint=True)
         return None
@@ -510,6 +514,26 @@ class Meter:
             )
         except Exception:
             print(f"devmeter: could not record the failure: {_short_traceback()}", file=sys.stderr)
+
+
+def client_host(request: http.Request, known: frozenset[str]) -> str:
+    """`request.pretty_host.lower()`, read straight from the Host header (HTTP/2: the
+    authority) when that names a `known` host: pretty_host parses, validates and
+    IDNA-checks the name on every request (~8 us), for an answer known in advance."""
+    raw = request.data.authority if request.is_http2 or request.is_http3 else b""
+    if not raw:
+        for field_name, value in request.data.headers.fields:
+            if field_name.lower() == b"host":
+                raw = value
+                break
+    name, colon, port = raw.rpartition(b":")
+    if not colon or not port.isdigit():
+        name = raw
+    if name.isascii():
+        host = name.decode("ascii").lower()
+        if host in known:
+            return host
+    return request.pretty_host.lower()  # anything else: whatever mitmproxy makes of it
 
 
 def _release(flow: http.HTTPFlow, state: FlowState) -> None:
