@@ -1,6 +1,6 @@
 """devmeter's overhead, measured against the same load direct and through bare mitmproxy.
 
-    uv run --extra test python -m benchmarks            # full run (~10 min on 2 cores)
+    uv run --extra test python -m benchmarks            # full run (~15 min on 2 cores)
     uv run --extra test python -m benchmarks --quick    # CI-sized (~1.5 min)
     uv run --extra test python benchmarks/run.py --only latency,stream
 
@@ -8,6 +8,8 @@ One process tree: a fake upstream (`python -m tests.fake_upstream`, its own proc
 does not share the client's GIL), bare mitmproxy (`benchmarks/bare_proxy.py`: the same
 mitmproxy, started the way devmeter starts it, mapping the provider hosts to the upstream)
 and `python -m devmeter proxy --upstream ...`, each with its own CA. The clients run here.
+The latency and throughput phases use 3 bare/devmeter process pairs (2 with --quick): two
+starts of the same proxy differ by up to 10%, more than one pair can be judged on.
 
 Phases (``--only``): latency, stream, throughput, memory, ledger, report. Every phase
 interleaves the three targets in rounds so a burst of load elsewhere on the machine hits
