@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import lru_cache
-from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
 from devmeter.config_error import ConfigError
@@ -24,9 +23,18 @@ from devmeter.usage import Usage
 if TYPE_CHECKING:
     import genai_prices
 
+
 # genai_prices is imported where a price is computed, not here: importing it (pydantic,
 # its price data) takes ~0.2 s, and every CLI command imports this module via the config.
-GENAI_PRICES = f"genai-prices {version('genai-prices')}"
+# Its version (the price source every row names) is looked up there too: importlib.metadata
+# alone is ~30 ms of a `devmeter report`.
+@lru_cache(maxsize=1)
+def genai_prices_source() -> str:
+    from importlib.metadata import version
+
+    return f"genai-prices {version('genai-prices')}"
+
+
 MILLION = Decimal(1_000_000)
 
 # Rates an override may set, in USD per million tokens (web searches: per thousand).
@@ -83,7 +91,7 @@ def price(
         # OpenRouter bills its own (routed, marked-up) price and says so in usage.cost.
         return Price(usage.reported_cost_usd, f"{provider} reported")
     cost = list_price(provider, model, usage, when)
-    return Price(cost, GENAI_PRICES if cost is not None else None)
+    return Price(cost, genai_prices_source() if cost is not None else None)
 
 
 def list_price(
@@ -222,7 +230,7 @@ def _price_with_override(
     if base is None:
         return Price(None, None)
     assert override.discount is not None
-    return Price(base * (1 - override.discount), f"{GENAI_PRICES}, {override.source}")
+    return Price(base * (1 - override.discount), f"{genai_prices_source()}, {override.source}")
 
 
 def _cost_at_rates(rates: Mapping[str, Decimal], usage: Usage) -> Decimal:

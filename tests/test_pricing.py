@@ -5,7 +5,7 @@ from decimal import Decimal
 import pytest
 
 from devmeter.config_error import ConfigError
-from devmeter.pricing import GENAI_PRICES, parse_overrides, price
+from devmeter.pricing import genai_prices_source, parse_overrides, price
 from devmeter.usage import Usage
 
 # Anthropic's published prices for Claude Sonnet 4.5, USD per million tokens:
@@ -27,7 +27,7 @@ def test_anthropic_cost_splits_cache_writes_by_ttl() -> None:
     expected = Decimal(12000) / 1_000_000
     result = price("anthropic", "claude-sonnet-4-5", usage)
     assert result.cost_usd == expected
-    assert result.source == GENAI_PRICES
+    assert result.source == genai_prices_source()
 
 
 def test_dated_model_name_and_web_search() -> None:
