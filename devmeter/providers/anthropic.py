@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
-from devmeter.providers.request import common_request, flag, set_int
+from devmeter.providers.request import flag, set_int
 from devmeter.usage import RequestInfo, Usage
 
 # The usage fields that are counts or objects of counts; each one seen overwrites.
@@ -48,7 +48,7 @@ def parse_request(body: dict[str, Any], path_model: str | None = None) -> Reques
     if session:
         facts["session_id"] = session
     model = as_str(body.get("model")) or path_model
-    return common_request(body, model=model, stream=body.get("stream") is True, facts=facts)
+    return RequestInfo(model=model, stream=body.get("stream") is True, facts=facts)
 
 
 def _texts(content: Any) -> list[str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
-from devmeter.providers.request import common_request, flag, set_int
+from devmeter.providers.request import flag, set_int
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
 # --- requests -------------------------------------------------------------------------
@@ -43,7 +43,7 @@ def parse_request(
     model = path_model or as_str(body.get("model"))
     if model and model.startswith("models/"):
         model = model[len("models/") :]
-    return common_request(body, model=model, stream=stream, facts=facts)
+    return RequestInfo(model=model, stream=stream, facts=facts)
 
 
 # --- responses ------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
-from devmeter.providers.request import common_request, flag, set_int, stream_facts
+from devmeter.providers.request import flag, set_int, stream_facts
 from devmeter.usage import RequestInfo, Usage
 
 # --- requests -------------------------------------------------------------------------
@@ -37,12 +37,12 @@ def parse_request(body: dict[str, Any], path_model: str | None = None) -> Reques
     max_tokens = body.get("max_completion_tokens")
     set_int(facts, "max_tokens", max_tokens if max_tokens is not None else body.get("max_tokens"))
     model = as_str(body.get("model")) or path_model
-    return common_request(body, model=model, stream=stream, facts=facts)
+    return RequestInfo(model=model, stream=stream, facts=facts)
 
 
 def parse_embeddings_request(body: dict[str, Any], path_model: str | None = None) -> RequestInfo:
     model = as_str(body.get("model")) or path_model
-    return common_request(body, model=model, stream=False, facts={})
+    return RequestInfo(model=model, stream=False)
 
 
 # --- responses ------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from devmeter.providers.base import (
     error_text,
 )
 from devmeter.providers.openai_chat import output_with_reasoning
-from devmeter.providers.request import common_request, flag, set_int, stream_facts
+from devmeter.providers.request import flag, set_int, stream_facts
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
 _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -56,7 +56,7 @@ def parse_request(body: dict[str, Any], path_model: str | None = None) -> Reques
     # Codex's prewarm: prepares the cache, generates nothing.
     flag(facts, "prewarm", body.get("generate") is False or body.get("prewarm") is True)
     model = as_str(body.get("model")) or path_model
-    return common_request(body, model=model, stream=stream, facts=facts)
+    return RequestInfo(model=model, stream=stream, facts=facts)
 
 
 # --- responses ------------------------------------------------------------------------

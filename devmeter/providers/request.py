@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from devmeter.usage import RequestInfo
-
 _IMAGE_BLOCKS = frozenset({"image", "image_url", "input_image"})
 _INLINE_KEYS = ("inlineData", "inline_data", "fileData", "file_data")
 
@@ -46,13 +44,6 @@ def flag(facts: dict[str, str], name: str, condition: Any) -> None:
 def set_int(facts: dict[str, str], name: str, value: Any) -> None:
     if isinstance(value, int) and not isinstance(value, bool):
         facts[name] = str(value)
-
-
-def common_request(
-    body: dict[str, Any], *, model: str | None, stream: bool, facts: dict[str, str]
-) -> RequestInfo:
-    """The RequestInfo every parser returns (parse_request_doc adds the prompt estimate)."""
-    return RequestInfo(model=model, stream=stream, facts=facts)
 
 
 def stream_facts(body: dict[str, Any], facts: dict[str, str]) -> bool:
