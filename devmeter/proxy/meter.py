@@ -541,7 +541,6 @@ def _release(flow: http.HTTPFlow, state: FlowState) -> None:
     which would otherwise trace it along with the flow's own cycles, on every call. Later
     hooks (the `response` after the tap metered the body, an `error` as the client hangs
     up) then find nothing left to do, as they would for a call already recorded."""
-    state.parser = state.decoder = None
     flow.metadata.pop(METADATA_KEY, None)
     if flow.response is not None and callable(flow.response.stream):
         flow.response.stream = True  # the tap holds the state; what is left passes as is
