@@ -210,6 +210,10 @@ class Bench:
     def direct_target(self) -> Target:
         return Target(direct=("127.0.0.1", self.upstream.port))
 
+    def targets(self) -> list[str]:
+        """Direct, then each process pair's bare and devmeter, in the order they take turns."""
+        return ["direct", *(name for pair in self.pairs for name in pair)]
+
     def target(self, config: str) -> Target:
         return self.direct_target() if config == "direct" else self.proxies[config].target()
 
@@ -264,7 +268,7 @@ def phase_latency(bench: Bench) -> None:
         f"after {s.warmup_calls} warm-up calls; {s.rounds} interleaved rounds; "
         f"{len(pairs)} separately started bare/devmeter process pairs"
     )
-    targets = ["direct", *(name for pair in pairs for name in pair)]
+    targets = bench.targets()
     clients = {t: http_client(bench, t) for t in targets}
     samples: dict[str, list[float]] = {c: [] for c in CONFIGS}  # each config's processes
     # added p50, devmeter / bare, within each round: one list per process pair
@@ -430,25 +434,8 @@ def phase_throughput(bench: Bench, profile: bool) -> None:
         f"once; {s.throughput_seconds:g} s per target in {slices} alternating slices of "
         f"{per_slice:.2g} s; {len(bench.pairs)} separately started bare/devmeter process pairs"
     )
-    _measure_throughput(bench, bench.pairs, slices, per_slice, profile)
-
-
-def start_pairs(bench: Bench, count: int) -> list[tuple[str, str]]:
-    """(bare, devmeter) proxy names: the first pair, then `count - 1` started afresh."""
-    pairs = [("bare", "devmeter")]
-    for k in range(2, count + 1):
-        bare, devmeter = f"bare#{k}", f"devmeter#{k}"
-        bench.proxies[bare] = start_bare(bench.workdir / f"bare{k}", bench.upstream.url)
-        bench.proxies[devmeter] = start_devmeter(bench.workdir / f"devmeter{k}", bench.upstream.url)
-        pairs.append((bare, devmeter))
-    return pairs
-
-
-def _measure_throughput(
-    bench: Bench, pairs: list[tuple[str, str]], slices: int, per_slice: float, profile: bool
-) -> None:
-    s = bench.settings
-    targets = ["direct", *(name for pair in pairs for name in pair)]
+    pairs = bench.pairs
+    targets = bench.targets()
     totals = {t: [0, 0.0, 0.0, 0] for t in targets}  # calls, seconds, proxy cpu, errors
     spies: dict[str, subprocess.Popen[bytes]] = {}
     # calls/s, devmeter / bare, in back-to-back slices: one list per process pair.
@@ -550,6 +537,17 @@ def _measure_throughput(
     out["churn"] = _churn_throughput(bench)
     if spies:
         report_profiles(bench, spies, out)
+
+
+def start_pairs(bench: Bench, count: int) -> list[tuple[str, str]]:
+    """(bare, devmeter) proxy names: the first pair, then `count - 1` started afresh."""
+    pairs = [("bare", "devmeter")]
+    for k in range(2, count + 1):
+        bare, devmeter = f"bare#{k}", f"devmeter#{k}"
+        bench.proxies[bare] = start_bare(bench.workdir / f"bare{k}", bench.upstream.url)
+        bench.proxies[devmeter] = start_devmeter(bench.workdir / f"devmeter{k}", bench.upstream.url)
+        pairs.append((bare, devmeter))
+    return pairs
 
 
 CHURN_CALLS = 25  # calls per connection in the churn figure
