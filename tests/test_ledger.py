@@ -9,7 +9,16 @@ import pytest
 
 from devmeter import reports
 from devmeter.cli import main
-from devmeter.ledger import MIGRATIONS, LedgerWriter, connect, connect_readonly, write_calls
+from devmeter.ledger import (
+    CALL_COLUMNS,
+    MIGRATIONS,
+    LedgerWriter,
+    call_row,
+    connect,
+    connect_readonly,
+    insert_calls,
+    write_calls,
+)
 from devmeter.usage import Attribution, Call, Usage
 
 
@@ -42,6 +51,27 @@ def test_writer_commits_in_batches_and_sums_are_exact(tmp_path: Path) -> None:
     rows = reports.query(conn, "session")
     assert rows[0]["requests"] == 1000
     assert rows[0]["cost_usd"] == Decimal("0.0003")  # exact, no float drift
+
+
+@pytest.mark.parametrize("variable_limit", [999, 32766])
+def test_multi_row_inserts_write_every_row_in_order_within_sqlites_variable_limit(
+    tmp_path: Path, variable_limit: int
+) -> None:
+    # 999 bound variables is the limit of SQLite builds before 3.32: 31 rows a statement.
+    conn = connect(tmp_path / "ledger.sqlite")
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, variable_limit)
+    calls = [make_call(1_700_000_000 + i, f"0.00{i:04d}", session=f"s{i % 7}") for i in range(257)]
+    conn.execute("BEGIN")
+    insert_calls(conn, [call_row(c) for c in calls])
+    conn.execute("COMMIT")
+    stored = conn.execute("SELECT ts, session, cost_pusd FROM calls ORDER BY id").fetchall()
+    cost = CALL_COLUMNS.index("cost_pusd")
+    assert stored == [(c.ts, c.attribution.session, call_row(c)[cost]) for c in calls]
+    # The rollup trigger fires for each row of a multi-row INSERT too.
+    assert conn.execute("SELECT sum(requests), count(DISTINCT session) FROM rollup").fetchone() == (
+        257,
+        7,
+    )
 
 
 def test_a_listener_hears_each_committed_call_and_without_one_no_call_is_kept(

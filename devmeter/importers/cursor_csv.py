@@ -474,7 +474,7 @@ def import_cursor_csv(
                 else:
                     new.append(row.call)
             if not dry_run:
-                conn.executemany(ledger.INSERT_CALL, [ledger.call_row(c) for c in new])
+                ledger.insert_calls(conn, [ledger.call_row(c) for c in new])
             conn.execute("ROLLBACK" if dry_run else "COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
