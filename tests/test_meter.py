@@ -193,6 +193,46 @@ def test_a_recent_client_is_looked_up_on_the_spot_and_a_new_one_in_a_thread() ->
     assert lookups.requestheaders(new) is None  # once per connection
 
 
+def test_a_new_clients_process_is_looked_up_before_its_request_is_mapped() -> None:
+    events: list[str] = []
+
+    class Lookup:
+        def requestheaders(self, flow: http.HTTPFlow) -> Any:
+            if flow.client_conn.peername[1] != 50003:
+                return None  # a known connection: nothing to wait for
+
+            async def look_up() -> None:
+                events.append(f"looked up, host {flow.request.host}")
+
+            return look_up()
+
+        def client_disconnected(self, client: Any) -> None:
+            events.append(f"forgot {client.peername[1]}")
+
+    meter = Meter(
+        record=lambda call: None,
+        attribute=attribute,
+        upstreams={"api.anthropic.com": "http://127.0.0.1:9"},
+        client_lookup=Lookup(),
+    )
+    known, new = tflow.tflow(), tflow.tflow()
+    known.client_conn.peername = ("127.0.0.1", 50004)
+    new.client_conn.peername = ("127.0.0.1", 50003)
+    for flow in (known, new):
+        flow.request.host = "api.anthropic.com"
+        flow.request.headers["host"] = "api.anthropic.com"
+    assert meter.requestheaders(known) is None
+    assert known.request.host == "127.0.0.1"  # mapped at once
+    pending = meter.requestheaders(new)
+    assert pending is not None and new.request.host == "api.anthropic.com"  # not yet
+    with pytest.raises(StopIteration):
+        pending.send(None)  # as mitmproxy awaits it
+    assert events == ["looked up, host api.anthropic.com"]
+    assert new.request.host == "127.0.0.1"
+    meter.client_disconnected(new.client_conn)
+    assert events[-1] == "forgot 50003"
+
+
 KNOWN_HOSTS = frozenset({"api.anthropic.com", "api.openai.com"})
 
 

@@ -15,11 +15,11 @@ import time
 import traceback
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx2
-from mitmproxy import ctx, http, websocket
+from mitmproxy import connection, ctx, http, websocket
 
 from devmeter import metering
 from devmeter.attribution import lower_headers
@@ -51,6 +51,14 @@ Attribute = Callable[[http.HTTPFlow, RequestInfo, Mapping[str, str], str, float]
 # Records a call. It must be on disk (spooled) when this returns: for a whole body the
 # client gets the answer right after, and a proxy killed then must still have the row.
 Record = Callable[[Call], object]
+
+
+class ClientLookup(Protocol):
+    """Finds the process behind each client connection (server.ClientProcessLookup)."""
+
+    def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None: ...
+
+    def client_disconnected(self, client: connection.Client) -> None: ...
 
 
 @dataclass
@@ -107,7 +115,12 @@ class Meter:
         on_alert: Callable[[Alert], None] | None = None,
         control: ControlWatcher | None = None,
         clock: Callable[[], float] = time.time,
+        client_lookup: ClientLookup | None = None,
     ) -> None:
+        # The lookup runs from the Meter's hooks rather than as an addon of its own:
+        # mitmproxy calls every addon on every event, ~3 us an addon an event, 8 events
+        # a call, whether it has a hook for the event or not.
+        self._client_lookup = client_lookup
         self._router = router
         self._guard = guard
         self._on_alert = on_alert
@@ -121,7 +134,22 @@ class Meter:
 
     # -- request ---------------------------------------------------------------------------
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
+        # Sync, returning a coroutine only for a connection's first request (mitmproxy
+        # awaits it): who the client is must be known before a streamed request starts.
+        lookup = self._client_lookup.requestheaders(flow) if self._client_lookup else None
+        if lookup is not None:
+            return self._look_up_then_map(lookup, flow)
+        self._map_request(flow)
+        return None
+
+    async def _look_up_then_map(
+        self, lookup: Coroutine[None, None, None], flow: http.HTTPFlow
+    ) -> None:
+        await lookup
+        self._map_request(flow)
+
+    def _map_request(self, flow: http.HTTPFlow) -> None:
         host = client_host(flow.request, self._known_hosts)
         flow.metadata[HOST_KEY] = host  # before the mapping below changes the request's host
         if host == cursor.HOST:
@@ -130,6 +158,10 @@ class Meter:
         upstream = self._upstreams.get(host)
         if upstream is not None:
             _send_to(flow, upstream)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        if self._client_lookup is not None:
+            self._client_lookup.client_disconnected(client)
 
     def _stream_cursor_request(self, flow: http.HTTPFlow, host: str) -> None:
         """Cursor keeps its request open while the answer streams (Connect bidi streams):

@@ -60,7 +60,8 @@ def make_attribute(
 
 
 class ClientProcessLookup:
-    """Finds the process behind a client connection, once per connection.
+    """Finds the process behind a client connection, once per connection (for the Meter,
+    which calls these two hooks).
 
     A client seen recently (nearly every new connection) is found right away on Linux,
     in a millisecond or two; any other lookup, a scan of every process (or psutil
@@ -149,7 +150,6 @@ async def serve(
         connection_strategy="lazy",
     )
     master.addons.add(
-        ClientProcessLookup(attributor),
         Meter(
             record=record,
             attribute=make_attribute(attributor),
@@ -159,6 +159,7 @@ async def serve(
             guard=guard,
             on_alert=on_alert,
             control=ControlWatcher(control_path(paths.data_dir)),
+            client_lookup=ClientProcessLookup(attributor),
         ),
     )
     loop = asyncio.get_running_loop()
