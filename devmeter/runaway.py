@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
+from devmeter import fastjson
 from devmeter.budget import (
     ZERO,
     Alert,
@@ -308,14 +309,8 @@ def request_fingerprint(
     turn = _normal(_last_turn(_conversation(body_json) or []), free_text=True)
     digest = hashlib.blake2b(digest_size=16, key=key)
     shape = [str(model or body_json.get("model") or ""), turn]
-    digest.update(_SHAPE_ENCODER.encode(shape).encode())
+    digest.update(fastjson.dumps_sorted(shape))
     return digest.hexdigest()
-
-
-# What json.dumps(shape, sort_keys=True, separators=(",", ":"), default=str) uses, built
-# once: json.dumps makes a new encoder per call when given options. ASCII JSON (the
-# default): a lone surrogate in a body (valid JSON) cannot fail the encoding.
-_SHAPE_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
 
 
 _HUMAN_PARTS = frozenset(

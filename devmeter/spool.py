@@ -23,10 +23,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from devmeter import fastjson
+
 # A new file after this many bytes, so committed rows do not pile up on disk.
 FILE_BYTES = 4 * 1024 * 1024
-# Built once: json.dumps with options builds a new encoder for every row.
-_ROW_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 class Mark(NamedTuple):
@@ -68,7 +68,7 @@ class Spool:
         self.keep_before = 0  # files numbered below are never deleted (not yet replayed)
 
     def append(self, row: tuple[Any, ...]) -> Mark:
-        line = (_ROW_ENCODER.encode(row) + "\n").encode()
+        line = fastjson.dumps(row) + b"\n"
         with self._lock:
             if self._fd is None or self._offset >= self._file_bytes:
                 self._open_next()

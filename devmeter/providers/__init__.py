@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import unquote
 
+from devmeter import fastjson
 from devmeter.providers import anthropic, cursor, gemini, openai_chat, openai_responses
 from devmeter.providers.base import ResponseParser
 from devmeter.providers.request import uses_images
@@ -178,7 +179,7 @@ def parse_request_doc(endpoint: Endpoint, body: bytes) -> tuple[RequestInfo, dic
     if not body:
         return failed("empty request body")
     try:
-        doc = json.loads(body)  # one pass over the body; bytes are decoded as UTF-8
+        doc = fastjson.loads(body)  # one pass over the body; bytes are decoded as UTF-8
     except (ValueError, UnicodeDecodeError) as exc:
         return failed(f"request body is not JSON: {exc}"[:200])
     if not isinstance(doc, dict):

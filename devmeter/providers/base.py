@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
+from devmeter import fastjson
 from devmeter.providers.framing import BodyReader
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
@@ -132,7 +133,7 @@ class BaseParser:
         if self._broken:
             return
         try:
-            obj = json.loads(text)
+            obj = fastjson.loads(text)
         except ValueError:
             self.bad_events += 1
             return
@@ -222,7 +223,7 @@ class BaseParser:
             self.on_done()
             return
         try:
-            obj = json.loads(data)
+            obj = fastjson.loads(data)
         except ValueError:
             # An event cut by the end of the stream is truncation, not a bad event.
             if not flushed:

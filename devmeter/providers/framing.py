@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from devmeter import fastjson
 from devmeter.sse import SSEDecoder
 
 # A single JSON document larger than this (an embeddings response with thousands of
@@ -81,7 +82,7 @@ class BodyReader:
             assert self._array is not None
             for element in self._array.feed(data):
                 try:
-                    doc = json.loads(element)
+                    doc = fastjson.loads(element)
                 except ValueError:
                     self.bad_documents += 1
                     continue
@@ -181,7 +182,7 @@ class _JsonBuffer:
             return found, None
         body = b"".join(self._chunks)
         try:
-            return json.loads(body), None
+            return fastjson.loads(body), None
         except ValueError:
             return None, f"truncated or malformed JSON body ({self._size} bytes)"
 

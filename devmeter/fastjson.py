@@ -1,0 +1,43 @@
+"""JSON on the request path: orjson where it can, the standard library where it cannot.
+
+Every metered call parses its request and its answer (each event of a stream) on the
+proxy's event loop, and spools a row: orjson does each ~4-10x faster than `json`. It is
+stricter (no NaN, no lone surrogate escapes): what it refuses goes to `json`, which gives
+the same value, or the same error, as before. One difference remains: an integer beyond
+64 bits reads as a float (no token count or price comes near 2**64).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+_SORTED = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
+
+def loads(data: bytes | bytearray | memoryview | str) -> Any:
+    """`json.loads`."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(bytes(data) if isinstance(data, memoryview) else data)
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON (UTF-8, no spaces) of plain data, for machines to read back."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits, a lone surrogate
+        return _COMPACT.encode(value).encode("ascii")  # ASCII JSON: \u escapes
+
+
+def dumps_sorted(value: Any) -> bytes:
+    """`dumps` with keys sorted and anything not JSON written as its str(): equal data,
+    equal bytes, whatever order its dicts were built in."""
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        return _SORTED.encode(value).encode("ascii")  # ASCII JSON: \u escapes
