@@ -131,6 +131,7 @@ _FLAT_KEYS = frozenset(
 
 @lru_cache(maxsize=4096)
 def _flat_rates_for_hour(provider: str, model: str, hour: int) -> dict[str, Decimal] | None:
+    """The model's flat rates per token (web searches: per search), or None."""
     try:
         snapshot = _genai().data_snapshot.get_snapshot()
         _, info = snapshot.find_provider_model(model, None, provider, None)
@@ -140,7 +141,8 @@ def _flat_rates_for_hour(provider: str, model: str, hour: int) -> dict[str, Deci
     rates = {k: v for k, v in vars(prices).items() if v is not None and not k.startswith("_")}
     if not rates.keys() <= _FLAT_KEYS or not all(isinstance(v, Decimal) for v in rates.values()):
         return None  # tiers, other units: genai-prices prices it
-    return rates
+    # Divided once here, not on every call: a power of ten divides a Decimal exactly.
+    return {k: v / (1000 if k == "web_searches_kcount" else MILLION) for k, v in rates.items()}
 
 
 def _flat_rates(provider: str, model: str, when: datetime) -> dict[str, Decimal] | None:
@@ -149,23 +151,22 @@ def _flat_rates(provider: str, model: str, when: datetime) -> dict[str, Decimal]
 
 
 def _cost_at_flat_rates(rates: dict[str, Decimal], usage: Usage) -> Decimal | None:
-    write_5m = usage.cache_write_tokens - usage.cache_write_1h_tokens
     parts = (
-        (usage.input_tokens, "input_mtok", MILLION),
-        (usage.output_tokens, "output_mtok", MILLION),
-        (usage.cache_read_tokens, "cache_read_mtok", MILLION),
-        (write_5m, "cache_write_mtok", MILLION),
-        (usage.cache_write_1h_tokens, "cache_write_1h_mtok", MILLION),
-        (usage.web_search_requests, "web_searches_kcount", Decimal(1000)),
+        (usage.input_tokens, "input_mtok"),
+        (usage.output_tokens, "output_mtok"),
+        (usage.cache_read_tokens, "cache_read_mtok"),
+        (usage.cache_write_tokens - usage.cache_write_1h_tokens, "cache_write_mtok"),
+        (usage.cache_write_1h_tokens, "cache_write_1h_mtok"),
+        (usage.web_search_requests, "web_searches_kcount"),
     )
     total = Decimal(0)
-    for count, key, per in parts:
+    for count, key in parts:
         if not count:
             continue
         rate = rates.get(key)
         if rate is None:
             return None  # genai-prices has a rule for a missing rate; let it apply it
-        total += count * rate / per
+        total += count * rate
     return total
 
 
