@@ -156,8 +156,9 @@ CALL_COLUMNS = (
 INSERT_CALL = (
     f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join('?' * len(CALL_COLUMNS))})"
 )
-# Rows per multi-row INSERT: as many as SQLite's bound-variable limit allows, up to this.
-ROWS_PER_INSERT = 100
+# Rows per multi-row INSERT (a power of two): as many as SQLite's bound-variable limit
+# allows, up to this.
+ROWS_PER_INSERT = 64
 ALERT_COLUMNS = ("ts", "kind", "scope", "key", "figure_pusd", "message", "session", "repo", "tool")
 INSERT_ALERT = (
     f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS)}) "
@@ -182,12 +183,22 @@ def insert_calls(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> N
     takes the GIL back from the loop for every row (binding it) and drops it again while
     SQLite steps, two thread switches a row that cost the loop ~50 us a call under load.
     A multi-row statement binds a batch in one go and steps it once, without the GIL.
+    Statements come in power-of-two sizes only: each size is a prepared statement the
+    connection caches (~0.2 MB for 64 rows), and one per batch length grew the proxy by
+    17 MB.
     """
-    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    per_insert = max(1, min(ROWS_PER_INSERT, limit // len(CALL_COLUMNS)))
-    for start in range(0, len(rows), per_insert):
-        chunk = rows[start : start + per_insert]
-        conn.execute(_insert_rows_sql(len(chunk)), [value for row in chunk for value in row])
+    size = ROWS_PER_INSERT
+    while size > 1 and size * len(CALL_COLUMNS) > conn.getlimit(
+        sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER
+    ):
+        size //= 2
+    start = 0
+    while start < len(rows):
+        while len(rows) - start < size:
+            size //= 2  # the remainder in halves: 64 + 32 + 4 + 1 for 101 rows
+        chunk = rows[start : start + size]
+        conn.execute(_insert_rows_sql(size), [value for row in chunk for value in row])
+        start += size
 
 
 @functools.cache

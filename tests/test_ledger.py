@@ -57,13 +57,25 @@ def test_writer_commits_in_batches_and_sums_are_exact(tmp_path: Path) -> None:
 def test_multi_row_inserts_write_every_row_in_order_within_sqlites_variable_limit(
     tmp_path: Path, variable_limit: int
 ) -> None:
-    # 999 bound variables is the limit of SQLite builds before 3.32: 31 rows a statement.
+    # 999 bound variables is the limit of SQLite builds before 3.32: 16 rows a statement.
     conn = connect(tmp_path / "ledger.sqlite")
     conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, variable_limit)
     calls = [make_call(1_700_000_000 + i, f"0.00{i:04d}", session=f"s{i % 7}") for i in range(257)]
-    conn.execute("BEGIN")
-    insert_calls(conn, [call_row(c) for c in calls])
-    conn.execute("COMMIT")
+    sizes: set[int] = set()  # rows per INSERT statement (the trace shows bound values)
+
+    def trace(sql: str) -> None:
+        if sql.startswith("INSERT INTO calls"):
+            sizes.add(sql.count("), (") + 1)
+
+    conn.set_trace_callback(trace)
+    for start, end in ((0, 101), (101, 157), (157, 257)):  # batches of several lengths
+        conn.execute("BEGIN")
+        insert_calls(conn, [call_row(c) for c in calls[start:end]])
+        conn.execute("COMMIT")
+    conn.set_trace_callback(None)
+    # A few statement sizes (powers of two), not one per batch length: each is a prepared
+    # statement SQLite keeps in the connection's cache.
+    assert len(sizes) > 1 and all(size & (size - 1) == 0 for size in sizes), sizes
     stored = conn.execute("SELECT ts, session, cost_pusd FROM calls ORDER BY id").fetchall()
     cost = CALL_COLUMNS.index("cost_pusd")
     assert stored == [(c.ts, c.attribution.session, call_row(c)[cost]) for c in calls]
