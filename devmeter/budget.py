@@ -128,6 +128,14 @@ class Budgets:
         return getattr(self, scope)  # type: ignore[no-any-return]
 
 
+def _crosses(budget: ScopeBudget, before: Decimal, after: Decimal) -> bool:
+    """Whether spend going from `before` to `after` reaches the cap or a threshold."""
+    cap = budget.block_usd
+    if cap is not None and before < cap <= after:
+        return True
+    return any(before < threshold <= after for threshold in budget.notify_usd)
+
+
 def _usd_tuple(*values: int) -> tuple[Decimal, ...]:
     return tuple(Decimal(v) for v in values)
 
@@ -295,6 +303,7 @@ class BudgetTracker:
         # (scope, key) -> the period a cap was lifted for.
         self._allowed: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._calendar_cache: tuple[int | None, str, str] = (None, "", "")
+        self._watched_cache: tuple[Budgets, tuple[tuple[str, ScopeBudget], ...]] | None = None
 
     # keys and periods
 
@@ -349,19 +358,22 @@ class BudgetTracker:
             self._remember((scope, key), _Spend(self.period(scope, now), amount))
 
     def observe(self, call: Call) -> list[Alert]:
-        """Add a finished call's cost; return the alerts it raises (each exactly once)."""
+        """Add a finished call's cost; return the alerts it raises (each exactly once).
+
+        Spend is counted only in the scopes with a cap or a threshold: nothing reads the
+        others' (by default repo and month), and this runs for every call on the event loop.
+        """
         cost = call.cost_usd
         if cost is None or cost <= 0:
             return []
         alerts = []
         ts = call.ts
-        for scope in SCOPES:
+        for scope, budget in self._watched_scopes():
             key = self.key(scope, call.attribution, ts)
             if key is None:
                 continue
             # What `spent` and `_remember` do, with the period worked out once per scope
-            # (a day or month key is its period) and the entry updated in place: this
-            # runs for every call on the event loop.
+            # (a day or month key is its period) and the entry updated in place.
             period = key if scope in ("day", "month") else self.period(scope, ts)
             slot = (scope, key)
             entry = self._spend.get(slot)
@@ -373,10 +385,24 @@ class BudgetTracker:
                 before = ZERO
                 after = before + cost
                 self._remember(slot, _Spend(period, after))
-            alert = self._crossing(scope, key, before, after, call)
-            if alert:
-                alerts.append(alert)
+            if _crosses(budget, before, after):  # rarely: build no Alert to throw away
+                alert = self._crossing(scope, key, before, after, call)
+                if alert:
+                    alerts.append(alert)
         return alerts
+
+    def _watched_scopes(self) -> tuple[tuple[str, ScopeBudget], ...]:
+        # Cached per Budgets object, since `budgets` is a public attribute.
+        cached = self._watched_cache
+        if cached is None or cached[0] is not self.budgets:
+            watched = tuple(
+                (scope, budget)
+                for scope in SCOPES
+                for budget in (self.budgets.scope(scope),)
+                if budget.block_usd is not None or budget.notify_usd
+            )
+            cached = self._watched_cache = (self.budgets, watched)
+        return cached[1]
 
     def allow(self, scope: str, key: str, now: float | None = None) -> None:
         """Lift the cap on `(scope, key)` until its period ends (a session: for good)."""
@@ -451,8 +477,6 @@ class BudgetTracker:
         budget = self.budgets.scope(scope)
         cap = budget.block_usd
         blocked = cap is not None and before < cap <= after
-        if not blocked and not any(before < t <= after for t in budget.notify_usd):
-            return None  # nearly every call: build no Alert to throw away
         attribution = call.attribution
         alert = Alert(
             call.ts,

@@ -339,3 +339,16 @@ def test_periods_turn_over_at_local_midnight_and_month_end() -> None:
         assert (t.period("day", ts), t.period("month", ts)) == ("2026-01-31", "2026-01")
         assert (t.period("day", ts + 1), t.period("month", ts + 1)) == ("2026-02-01", "2026-02")
     assert t.period("session", ts) == ""
+
+
+def test_spend_is_counted_in_the_scopes_with_a_cap_or_a_threshold() -> None:
+    t = BudgetTracker(Budgets(), tz=UTC)  # defaults: session and day notify; repo, month quiet
+    t.observe(call(T0, "3"))
+    assert t.spent("session", SESSION, T0) == D(3)
+    assert t.spent("day", "2026-11-23", T0) == D(3)
+    assert t.spent("repo", ACME.repo or "", T0) == D(0)  # nothing reads it: not counted
+    # A tracker given other budgets counts what they watch from then on.
+    t.budgets = Budgets(repo=ScopeBudget(notify_usd=(D(5),)))
+    alerts = [a for i in range(3) for a in t.observe(call(T0 + i, "2"))]
+    assert t.spent("repo", ACME.repo or "", T0) == D(6)
+    assert [(a.scope, a.figure_usd) for a in alerts] == [("session", D(5)), ("repo", D(5))]
