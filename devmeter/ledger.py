@@ -153,9 +153,15 @@ CALL_COLUMNS = (
     "complete", "status", "duration_ms", "error", "routing", "route_rule", "route_target",
     "alt_cost_pusd", "route_note",
 )  # fmt: skip
-INSERT_CALL = (
-    f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES ({', '.join('?' * len(CALL_COLUMNS))})"
-)
+
+
+@functools.cache
+def _insert_rows_sql(count: int) -> str:
+    one = f"({', '.join('?' * len(CALL_COLUMNS))})"
+    return f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES {', '.join([one] * count)}"
+
+
+INSERT_CALL = _insert_rows_sql(1)
 # Rows per multi-row INSERT (a power of two): as many as SQLite's bound-variable limit
 # allows, up to this.
 ROWS_PER_INSERT = 64
@@ -185,7 +191,7 @@ def insert_calls(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> N
     A multi-row statement binds a batch in one go and steps it once, without the GIL.
     Statements come in power-of-two sizes only: each size is a prepared statement the
     connection caches (~0.2 MB for 64 rows), and one per batch length grew the proxy by
-    17 MB.
+    ~17 MB over a hundred lengths.
     """
     size = ROWS_PER_INSERT
     while size > 1 and size * len(CALL_COLUMNS) > conn.getlimit(
@@ -199,12 +205,6 @@ def insert_calls(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> N
         chunk = rows[start : start + size]
         conn.execute(_insert_rows_sql(size), [value for row in chunk for value in row])
         start += size
-
-
-@functools.cache
-def _insert_rows_sql(count: int) -> str:
-    one = f"({', '.join('?' * len(CALL_COLUMNS))})"
-    return f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES {', '.join([one] * count)}"
 
 
 def call_row(call: Call) -> tuple[Any, ...]:
