@@ -15,13 +15,19 @@ that scope until it is lifted with `BudgetTracker.allow` or the period rolls ove
 
 `BudgetTracker` is pure state over `Call` records: no I/O, and no clock except where
 `seed` and `allow` are not given `now`. Call it from one thread (the proxy's event loop).
-A cap is checked before each request; the requests already in flight when it is reached
-still finish and count.
+A cap is checked before each request, counting what the calls still in flight are
+estimated to cost (`check(..., reserve_usd=...)`, then `settle`), so a burst of
+concurrent calls cannot run past it: only the calls already running when it is reached
+still finish and count. `devmeter allow` raises a cap by a step (`next_limit`) rather
+than removing it; `devmeter stop` refuses one session's requests until it is allowed.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -69,7 +75,7 @@ class Alert:
 class Block:
     """Why a request is refused before it reaches the provider."""
 
-    scope: str  # a Scope, or "pause"
+    scope: str  # a Scope, "pause", or "stop" (a session stopped with `devmeter stop`)
     key: str
     cap_usd: Decimal | None  # None for a pause
     spent_usd: Decimal | None
@@ -80,6 +86,7 @@ class Block:
 
         403, not 429: clients retry a 429 (Claude Code does, for minutes), and a cap
         will not lift by itself; a 403 shows the message at once and is not retried.
+        (What the proxy answers is `refusal`, per client.)
         """
         status = 403
         if endpoint.startswith("anthropic"):
@@ -101,6 +108,52 @@ class Block:
                 }
             }
         return status, body
+
+    def refusal(self, endpoint: str, tool: str | None) -> Refusal:
+        """What the proxy answers instead of the provider, chosen per client so that each
+        shows the message as it is and does not retry (found by trying the real clients,
+        see tests/test_e2e_refusals.py):
+
+        - Anthropic (Claude Code, the SDKs): 402 `billing_error`. Claude Code prints "API
+          Error: 402 devmeter: ..." and stops; on a 403 it prints "Failed to authenticate".
+        - Codex CLI: 400 with the message as plain text. Codex retries any other status
+          (11 attempts for a 403) and prints a 400's body verbatim; on its WebSocket, an
+          `error` event with status 400 (it prints that event's JSON, and does not retry).
+        - OpenAI-compatible SDKs and Gemini: 403 in the provider's shape (not retried).
+        """
+        headers = {"content-type": "application/json", "x-should-retry": "false"}
+        if endpoint.startswith("anthropic"):
+            body: dict[str, Any] = {
+                "type": "error",
+                "error": {"type": "billing_error", "message": self.message},
+            }
+            return Refusal(402, headers, json.dumps(body).encode(), body)
+        status, body = self.error_response(endpoint)
+        if tool == "codex" and endpoint.startswith("openai"):
+            event = {
+                "type": "error",
+                "status": 400,
+                "error": {
+                    "type": "invalid_request_error",
+                    "code": "devmeter_blocked",
+                    "message": self.message,
+                },
+            }
+            plain = {"content-type": "text/plain; charset=utf-8", "x-should-retry": "false"}
+            return Refusal(400, plain, self.message.encode(), event)
+        event = {"type": "error", "status": status, **body}
+        return Refusal(status, headers, json.dumps(body).encode(), event)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A refused request's answer: HTTP status, headers and body, and the event that
+    refuses one turn on an open WebSocket (Codex's Responses socket)."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    websocket_event: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -128,9 +181,8 @@ class Budgets:
         return getattr(self, scope)  # type: ignore[no-any-return]
 
 
-def _crosses(budget: ScopeBudget, before: Decimal, after: Decimal) -> bool:
+def _crosses(budget: ScopeBudget, cap: Decimal | None, before: Decimal, after: Decimal) -> bool:
     """Whether spend going from `before` to `after` reaches the cap or a threshold."""
-    cap = budget.block_usd
     if cap is not None and before < cap <= after:
         return True
     return any(before < threshold <= after for threshold in budget.notify_usd)
@@ -153,6 +205,82 @@ def short_session(session: str) -> str:
     return session if len(session) <= 12 else session[:8]
 
 
+# A desktop notification shows at most this much (Windows balloons cut at 256 characters).
+MESSAGE_MAX = 255
+# How far `devmeter allow` raises a cap when the scope has no higher level configured.
+DEFAULT_STEP_USD = Decimal(20)
+# Environment variable the tray sets for the proxy it starts: "1" when its icon has a menu.
+MENU_ENV = "DEVMETER_MENU"
+
+
+def fit(text: str, action: str, limit: int = MESSAGE_MAX) -> str:
+    """`text`, then `action`, in at most `limit` characters: `text` is shortened (with an
+    ellipsis) so that the action, the part the user must be able to copy, is never cut."""
+    joined = f"{text} {action}" if action else text
+    if len(joined) <= limit:
+        return joined
+    room = max(limit - len(action) - 2, 0)
+    return f"{text[:room].rstrip()}\u2026 {action}"
+
+
+class Advice:
+    """What a message tells the user to do, so that it works where they are: the tray
+    menu only when the proxy runs under a tray that has one, else the command; and
+    session ids cut to the shortest prefix (at least 8 characters) that no other known
+    session shares, so the command resolves."""
+
+    def __init__(self, menu: bool = False, max_ids: int = 4096) -> None:
+        self.menu = menu
+        self.max_ids = max_ids
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def know(self, session: str | None) -> None:
+        if not session or session in self._ids:
+            return
+        self._ids[session] = None
+        while len(self._ids) > self.max_ids:
+            self._ids.popitem(last=False)
+
+    def short_id(self, session: str) -> str:
+        length = 8
+        if len(session) <= length:
+            return session
+        for other in self._ids:
+            if other != session and other[:length] == session[:length]:
+                common = len(os.path.commonprefix((other, session)))
+                length = max(length, common + 1)
+        return session if length >= len(session) else session[:length]
+
+    def who(self, attribution: Attribution) -> str:
+        """`Session c94186ab (claude-code in acme-api)`, capitalised for a sentence start."""
+        where = f" in {repo_name(attribution.repo)}" if attribution.repo else ""
+        if attribution.session:
+            text = f"session {self.short_id(attribution.session)} ({attribution.tool}{where})"
+        else:
+            text = f"{attribution.tool}{where} (no session id)"
+        return text[0].upper() + text[1:]
+
+    def stop_action(self, attribution: Attribution) -> str:
+        """How to stop a session (or, without a session id, all metered traffic)."""
+        if attribution.session:
+            command = f"`devmeter stop {self.short_id(attribution.session)}`"
+            menu = " or Pause in the devmeter menu" if self.menu else ""
+            return f"To stop it: {command}{menu}."
+        if self.menu:
+            return "To stop it: Pause in the devmeter menu."
+        return "To stop it: `devmeter pause`."
+
+    def lift_action(self, scope: str, key: str) -> str:
+        short = self.short_id(key) if scope == "session" else key
+        menu = " or the devmeter menu" if self.menu and scope != "pause" else ""
+        if scope == "pause":
+            where = "Resume in the devmeter menu or " if self.menu else ""
+            return f"To let requests through: {where}`devmeter resume`."
+        if scope == "stop":
+            return f"To let it continue: `devmeter allow {short}`."
+        return f"To raise the cap a step: `{lift_command(scope, short)}`{menu}."
+
+
 def repo_name(repo: str) -> str:
     return PurePath(repo).name or repo
 
@@ -169,11 +297,20 @@ def lift_command(scope: str, key: str) -> str:
     """The CLI command that lifts a cap (the CLI implements these spellings)."""
     if scope == "pause":
         return "devmeter resume"
-    if scope == "session":
+    if scope in ("session", "stop"):
         return f"devmeter allow {key}"
     if scope == "repo":
         return f"devmeter allow --repo {key}"
     return f"devmeter allow --{scope}"
+
+
+def next_limit(budget: ScopeBudget, current: Decimal, by: Decimal | None = None) -> Decimal:
+    """The cap after one `devmeter allow`: `current` plus `by`, else the scope's next
+    configured level above it (a `notify_usd` threshold), else `current` plus $20."""
+    if by is not None:
+        return current + by
+    higher = [level for level in budget.notify_usd if level > current]
+    return higher[0] if higher else current + DEFAULT_STEP_USD
 
 
 # --- config --------------------------------------------------------------------------------
@@ -260,8 +397,9 @@ def _parse_scope(scope: str, value: object, default: ScopeBudget) -> ScopeBudget
                 "warn before the block: lower it or raise block_usd",
             )
     else:
-        # Default thresholds above a configured cap would never fire: drop them quietly.
-        notify = tuple(t for t in default.notify_usd if block is None or t < block)
+        # Default thresholds above a configured cap are kept: they fire once the cap is
+        # raised with `devmeter allow`, and never before (spend stops at the cap).
+        notify = default.notify_usd
 
     period = default.period
     if "period" in table:
@@ -292,16 +430,29 @@ class BudgetTracker:
         config_path: str = "your devmeter config",
         tz: tzinfo | None = None,  # None: the machine's local time
         max_keys: int = 4096,
+        advice: Advice | None = None,
     ) -> None:
         self.budgets = budgets or Budgets()
         self.config_path = config_path
         self.tz = tz
         self.max_keys = max_keys
+        self.advice = advice or Advice()
         self.paused = False
         # (scope, key) -> spend in the key's current period; least recently used first.
         self._spend: OrderedDict[tuple[str, str], _Spend] = OrderedDict()
-        # (scope, key) -> the period a cap was lifted for.
-        self._allowed: OrderedDict[tuple[str, str], str] = OrderedDict()
+        # (scope, key) -> (the period a cap was raised for, the raised cap).
+        self._limits: OrderedDict[tuple[str, str], tuple[str, Decimal]] = OrderedDict()
+        # Sessions stopped with `devmeter stop`.
+        self.stopped: set[str] = set()
+        # Burst caps: what the calls in flight are estimated to cost, per (scope, key),
+        # and each reservation's parts, so settling one gives back exactly what it took.
+        self._in_flight: dict[tuple[str, str], Decimal] = {}
+        self._reservations: dict[int, tuple[float, tuple[tuple[tuple[str, str], Decimal], ...]]]
+        self._reservations = {}
+        self._reservation_ids = itertools.count(1)
+        # Blocked alerts raised: (scope, key, period, cap), so a refusal after a restart
+        # still announces a cap once, and a crossing already announced is not repeated.
+        self._announced: OrderedDict[tuple[str, str, str, Decimal], None] = OrderedDict()
         self._calendar_cache: tuple[int | None, str, str] = (None, "", "")
         self._watched_cache: tuple[Budgets, tuple[tuple[str, ScopeBudget], ...]] | None = None
 
@@ -338,6 +489,24 @@ class BudgetTracker:
             return ZERO
         return entry.spent
 
+    def cap(self, scope: str, key: str, ts: float) -> Decimal | None:
+        """The cap on `(scope, key)` at `ts`: the configured `block_usd`, or what
+        `devmeter allow` raised it to in this period."""
+        raised = self._limits.get((scope, key))
+        if raised is not None and raised[0] == self.period(scope, ts):
+            return raised[1]
+        return self.budgets.scope(scope).block_usd
+
+    def in_flight(self, scope: str, key: str) -> Decimal:
+        """What the calls under way in `(scope, key)` are estimated to cost."""
+        return self._in_flight.get((scope, key), ZERO)
+
+    @property
+    def has_caps(self) -> bool:
+        return any(self.budgets.scope(s).block_usd is not None for s in SCOPES) or bool(
+            self._limits
+        )
+
     # state changes
 
     def seed(
@@ -356,6 +525,12 @@ class BudgetTracker:
                 raise ValueError(f"unknown budget scope {scope!r}")
             amount = usd if isinstance(usd, Decimal) else Decimal(str(usd))
             self._remember((scope, key), _Spend(self.period(scope, now), amount))
+
+    def seed_announced(self, blocked: Iterable[tuple[str, str, Decimal, float]]) -> None:
+        """Blocked alerts the ledger already holds, `(scope, key, cap, ts)`: not repeated."""
+        for scope, key, cap, ts in blocked:
+            if scope in SCOPES:
+                self._announce((scope, key, self.period(scope, ts), cap))
 
     def observe(self, call: Call) -> list[Alert]:
         """Add a finished call's cost; return the alerts it raises (each exactly once).
@@ -385,8 +560,9 @@ class BudgetTracker:
                 before = ZERO
                 after = before + cost
                 self._remember(slot, _Spend(period, after))
-            if _crosses(budget, before, after):  # rarely: build no Alert to throw away
-                alert = self._crossing(scope, key, before, after, call)
+            cap = self.cap(scope, key, ts) if self._limits else budget.block_usd
+            if _crosses(budget, cap, before, after):  # rarely: build no Alert to throw away
+                alert = self._crossing(scope, key, period, cap, before, after, call)
                 if alert:
                     alerts.append(alert)
         return alerts
@@ -404,15 +580,35 @@ class BudgetTracker:
             cached = self._watched_cache = (self.budgets, watched)
         return cached[1]
 
-    def allow(self, scope: str, key: str, now: float | None = None) -> None:
-        """Lift the cap on `(scope, key)` until its period ends (a session: for good)."""
+    def allow(
+        self, scope: str, key: str, now: float | None = None, limit: Decimal | None = None
+    ) -> Decimal | None:
+        """Raise the cap on `(scope, key)` for its current period (a session: for good) to
+        `limit`, or by one step (`next_limit`); return the new cap (None: no cap there).
+        Allowing a session also lets a stopped one continue."""
         if scope not in SCOPES:
             raise ValueError(f"unknown budget scope {scope!r}; valid: {', '.join(SCOPES)}")
         now = time.time() if now is None else now
-        self._allowed[(scope, key)] = self.period(scope, now)
-        self._allowed.move_to_end((scope, key))
-        while len(self._allowed) > self.max_keys:
-            self._allowed.popitem(last=False)
+        if scope == "session":
+            self.stopped.discard(key)
+        current = self.cap(scope, key, now)
+        if current is None:
+            return None
+        new = limit if limit is not None else next_limit(self.budgets.scope(scope), current)
+        self._limits[(scope, key)] = (self.period(scope, now), new)
+        self._limits.move_to_end((scope, key))
+        while len(self._limits) > self.max_keys:
+            self._limits.popitem(last=False)
+        return new
+
+    def reset_allowed(self) -> None:
+        """Forget every raised cap and stop (before applying the control file afresh)."""
+        self._limits.clear()
+        self.stopped.clear()
+
+    def stop(self, session: str) -> None:
+        """Refuse the session's requests until it is allowed again."""
+        self.stopped.add(session)
 
     def pause(self) -> None:
         """Refuse every metered request until `resume()`."""
@@ -424,43 +620,136 @@ class BudgetTracker:
     # the question the proxy asks before forwarding
 
     def check(self, attribution: Attribution, now: float) -> Block | None:
-        """A Block if the request must not be forwarded, else None."""
+        """A Block if the request must not be forwarded, else None (reserving nothing)."""
+        return self.admit(attribution, now)[0]
+
+    def admit(
+        self, attribution: Attribution, now: float, reserve_usd: Decimal = ZERO
+    ) -> tuple[Block | None, int | None]:
+        """`(block, None)` if the request must not be forwarded, else `(None, reservation)`.
+
+        A cap counts the spend so far plus what the calls in flight are estimated to cost,
+        so a burst of concurrent calls stops at the cap. A request let through reserves
+        `reserve_usd` (its own estimate) in each capped scope until `settle(reservation)`
+        (None: nothing reserved).
+        """
+        advice = self.advice
         if self.paused:
             return Block(
                 "pause",
                 "all",
                 None,
                 None,
-                "devmeter: metered traffic is paused. Choose Resume in the devmeter tray "
-                f"menu or run `{lift_command('pause', 'all')}` to let requests through.",
+                fit("devmeter: metered traffic is paused.", advice.lift_action("pause", "all")),
+            ), None
+        session = attribution.session
+        if session is not None and session in self.stopped:
+            text = (
+                f"devmeter: {advice.who(attribution)} was stopped with `devmeter stop`, so "
+                "this request was not sent."
             )
+            action = advice.lift_action("stop", session)
+            return Block("stop", session, None, None, fit(text, action)), None
+        capped: list[tuple[str, str]] = []
         for scope in SCOPES:
-            cap = self.budgets.scope(scope).block_usd
-            if cap is None:  # the common case: no cap, so no key or period to work out
-                continue
+            if self.budgets.scope(scope).block_usd is None and not self._limits:
+                continue  # the common case: no cap, so no key or period to work out
             key = self.key(scope, attribution, now)
             if key is None:
                 continue
+            cap = self.cap(scope, key, now)
+            if cap is None:
+                continue
             spent = self.spent(scope, key, now)
-            if spent >= cap and not self._is_allowed(scope, key, now):
+            if spent + self.in_flight(scope, key) >= cap:
                 # Refused requests add no spend; keep a blocking key from looking idle.
-                self._spend.move_to_end((scope, key))
-                request = "" if scope == "session" else f" from {describe(attribution)}"
-                return Block(
-                    scope,
-                    key,
-                    cap,
-                    spent,
-                    (
-                        f"devmeter: {_subject(scope, key, attribution)} reached its "
-                        f"{format_usd(cap)} cap (budgets.{scope}.block_usd; {format_usd(spent)} "
-                        f"spent), so this request{request} was not sent. "
-                        + self._how_to_lift(scope, key)
-                    ),
-                )
-        return None
+                if (scope, key) in self._spend:
+                    self._spend.move_to_end((scope, key))
+                return self._block(scope, key, cap, spent, attribution), None
+            capped.append((scope, key))
+        if not capped or reserve_usd <= 0:
+            return None, None
+        token = next(self._reservation_ids)
+        parts = tuple(((scope, key), reserve_usd) for scope, key in capped)
+        for slot, amount in parts:
+            self._in_flight[slot] = self._in_flight.get(slot, ZERO) + amount
+        self._reservations[token] = (now, parts)
+        return None, token
+
+    def settle(self, token: int | None) -> None:
+        """Hand back a reservation: its call ended (its real cost is observed) or failed."""
+        if token is None:
+            return
+        entry = self._reservations.pop(token, None)
+        if entry is None:
+            return
+        for slot, amount in entry[1]:
+            left = self._in_flight.get(slot, ZERO) - amount
+            if left > 0:
+                self._in_flight[slot] = left
+            else:
+                self._in_flight.pop(slot, None)
+
+    def expire_reservations(self, now: float, older_than: float = 3600.0) -> None:
+        """Reservations of calls never settled (a bug, a lost flow) stop counting at last."""
+        stale = [t for t, (ts, _) in self._reservations.items() if ts < now - older_than]
+        for token in stale:
+            self.settle(token)
+
+    def refusal_alert(self, block: Block, attribution: Attribution, now: float) -> Alert | None:
+        """The "blocked" alert for a refusal, the first time this cap refuses in its period
+        (after a restart, or when a cap lowered in the config is already passed)."""
+        if block.scope not in SCOPES or block.cap_usd is None:
+            return None
+        marker = (block.scope, block.key, self.period(block.scope, now), block.cap_usd)
+        if marker in self._announced:
+            return None
+        self._announce(marker)
+        text = (
+            f"{_subject(block.scope, block.key, attribution, self.advice)} reached its "
+            f"{format_usd(block.cap_usd)} cap: {format_usd(block.spent_usd or ZERO)} spent"
+            f"{_last_call(block.scope, attribution, self.advice)}. Requests are refused."
+        )
+        return Alert(
+            now,
+            "blocked",
+            block.scope,
+            block.key,
+            block.cap_usd,
+            fit(text, self.advice.lift_action(block.scope, block.key)),
+            attribution.tool,
+            attribution.repo,
+            attribution.session,
+        )
 
     # internals
+
+    def _block(
+        self, scope: str, key: str, cap: Decimal, spent: Decimal, attribution: Attribution
+    ) -> Block:
+        request = "" if scope == "session" else f" from {describe(attribution)}"
+        in_flight = self.in_flight(scope, key)
+        flight = (
+            f", {format_usd(in_flight)} more on its way in calls under way" if in_flight else ""
+        )
+        return Block(
+            scope,
+            key,
+            cap,
+            spent,
+            (
+                f"devmeter: {_subject(scope, key, attribution, self.advice)} reached its "
+                f"{format_usd(cap)} cap (budgets.{scope}.block_usd; {format_usd(spent)} "
+                f"spent{flight}), so this request{request} was not sent. "
+                f"{self.advice.lift_action(scope, key)} Or raise budgets.{scope}.block_usd "
+                f"in {self.config_path}."
+            ),
+        )
+
+    def _announce(self, marker: tuple[str, str, str, Decimal]) -> None:
+        self._announced[marker] = None
+        while len(self._announced) > self.max_keys:
+            self._announced.popitem(last=False)
 
     def _remember(self, slot: tuple[str, str], entry: _Spend) -> None:
         self._spend[slot] = entry
@@ -468,14 +757,18 @@ class BudgetTracker:
         while len(self._spend) > self.max_keys:
             self._spend.popitem(last=False)
 
-    def _is_allowed(self, scope: str, key: str, now: float) -> bool:
-        return self._allowed.get((scope, key)) == self.period(scope, now)
-
     def _crossing(
-        self, scope: str, key: str, before: Decimal, after: Decimal, call: Call
+        self,
+        scope: str,
+        key: str,
+        period: str,
+        cap: Decimal | None,
+        before: Decimal,
+        after: Decimal,
+        call: Call,
     ) -> Alert | None:
         budget = self.budgets.scope(scope)
-        cap = budget.block_usd
+        advice = self.advice
         blocked = cap is not None and before < cap <= after
         attribution = call.attribution
         alert = Alert(
@@ -489,40 +782,51 @@ class BudgetTracker:
             attribution.repo,
             attribution.session,
         )
-        if blocked and not self._is_allowed(scope, key, call.ts):
+        subject = _subject(scope, key, attribution, advice)
+        last = _last_call(scope, attribution, advice)
+        if blocked:
+            assert cap is not None
+            marker = (scope, key, period, cap)
+            if marker in self._announced:
+                return None
+            self._announce(marker)
             text = (
-                f"{_subject(scope, key, attribution)} reached its {format_usd(cap)} cap: "
-                f"{format_usd(after)} spent{_last_call(scope, attribution)}. Further requests "
-                f"are refused. {self._how_to_lift(scope, key)}"
+                f"{subject} reached its {format_usd(cap)} cap: {format_usd(after)} spent{last}. "
+                "Further requests are refused."
             )
-            return replace(alert, kind="blocked", figure_usd=cap, message=text)
+            return replace(
+                alert,
+                kind="blocked",
+                figure_usd=cap,
+                message=fit(text, advice.lift_action(scope, key)),
+            )
         crossed = [t for t in budget.notify_usd if before < t <= after]
         if not crossed:
             return None
         threshold = crossed[-1]
-        text = (
-            f"{_subject(scope, key, attribution)} passed {format_usd(threshold)}: "
-            f"{format_usd(after)} spent{_last_call(scope, attribution)}. Check on it; to cap "
-            f"it, set budgets.{scope}.block_usd in {self.config_path}."
-        )
-        return replace(alert, figure_usd=threshold, message=text)
-
-    def _how_to_lift(self, scope: str, key: str) -> str:
-        return (
-            f"Run `{lift_command(scope, key)}` to lift it, or raise "
-            f"budgets.{scope}.block_usd in {self.config_path}."
-        )
+        text = f"{subject} passed {format_usd(threshold)}: {format_usd(after)} spent{last}."
+        if cap is not None and cap > after:
+            text += f" Its {format_usd(cap)} cap stops it there."
+        if scope == "session":
+            action = advice.stop_action(attribution)
+        elif cap is None:
+            action = f"To cap it: set budgets.{scope}.block_usd in {self.config_path}."
+        else:
+            action = ""
+        return replace(alert, figure_usd=threshold, message=fit(text, action))
 
 
-def _subject(scope: str, key: str, attribution: Attribution) -> str:
+def _subject(scope: str, key: str, attribution: Attribution, advice: Advice) -> str:
     if scope == "session":
-        text = describe(attribution)
-        return text[0].upper() + text[1:]
+        return advice.who(attribution)
     if scope == "repo":
         return f"Repo {repo_name(key)}"
     return f"Spend for {key}"
 
 
-def _last_call(scope: str, attribution: Attribution) -> str:
+def _last_call(scope: str, attribution: Attribution, advice: Advice) -> str:
     """For scopes wider than a session: who made the call that crossed the line."""
-    return "" if scope == "session" else f", last call from {describe(attribution)}"
+    if scope == "session":
+        return ""
+    who = advice.who(attribution)
+    return f", last call from {who[0].lower()}{who[1:]}"

@@ -19,8 +19,15 @@ from typing import Any
 class Control:
     paused: bool = False
     routing_mode: str | None = None  # None: the config file's mode
-    # Caps lifted with `devmeter allow`: (scope, key, unix time it was lifted).
+    # Caps lifted with `devmeter allow` or the tray: (scope, key, unix time it was lifted).
+    # Each raises the cap by a step, or to the limit `limits` holds for the same entry.
     allowed: tuple[tuple[str, str, float], ...] = field(default_factory=tuple)
+    # The cap `devmeter allow` raised an entry of `allowed` to: (scope, key, USD, time),
+    # the time being that entry's, so the proxy and the CLI agree on the new limit.
+    limits: tuple[tuple[str, str, float, float], ...] = field(default_factory=tuple)
+    # Sessions stopped with `devmeter stop`: (session id, unix time); a later `allowed`
+    # entry for the session lets it continue.
+    stopped: tuple[tuple[str, float], ...] = field(default_factory=tuple)
 
 
 def control_path(data_dir: Path) -> Path:
@@ -38,6 +45,10 @@ def load(path: Path) -> Control:
         paused=bool(raw.get("paused", False)),
         routing_mode=raw.get("routing_mode"),
         allowed=tuple((str(s), str(k), float(t)) for s, k, t in raw.get("allowed", [])),
+        limits=tuple(
+            (str(s), str(k), float(v), float(t)) for s, k, v, t in raw.get("limits", [])
+        ),
+        stopped=tuple((str(k), float(t)) for k, t in raw.get("stopped", [])),
     )
 
 
@@ -52,7 +63,8 @@ def update(path: Path, **changes: Any) -> Control:
     """Read, change and write the control state."""
     current = load(path)
     values = asdict(current) | changes
-    values["allowed"] = tuple(tuple(a) for a in values["allowed"])
+    for name in ("allowed", "limits", "stopped"):
+        values[name] = tuple(tuple(a) for a in values[name])
     new = Control(**values)
     save(path, new)
     return new

@@ -1,27 +1,72 @@
 """Guard rails for the proxy: budgets, runaway detection and the user's controls together.
 
-`check` runs before a request is forwarded (cheap: dictionary look-ups); `observe`
+`check` runs before a request is forwarded (cheap: dictionary look-ups) and returns a
+`Verdict`; `settle` hands back what an admitted call reserved once it ends; `observe`
 runs when a call is recorded and returns the alerts it raised, which the caller
 writes to the ledger and hands to the notifier. No mitmproxy here.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from devmeter import control as control_state
-from devmeter.budget import Alert, Block, Budgets, BudgetTracker
+from devmeter import pricing
+from devmeter.budget import (
+    MENU_ENV,
+    SCOPES,
+    ZERO,
+    Advice,
+    Alert,
+    Block,
+    Budgets,
+    BudgetTracker,
+)
 from devmeter.ledger import from_pusd
-from devmeter.runaway import RunawayConfig, RunawayDetector, is_human_turn, request_fingerprint
-from devmeter.usage import Attribution, Call
+from devmeter.pricing import PriceOverride
+from devmeter.runaway import (
+    RunawayConfig,
+    RunawayDetector,
+    is_human_turn,
+    request_fingerprint,
+    session_key,
+)
+from devmeter.usage import Attribution, Call, RequestInfo, Usage
+
+# What `Guard.check` decides for a request. "ask" (hold the request and ask the user
+# whether to spend more) is the seam for the ask thresholds: a new outcome beside these.
+Outcome = Literal["allow", "refuse"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The guard's answer before a request is forwarded."""
+
+    outcome: Outcome
+    # Why it is refused (its message is the client's error), for "refuse".
+    block: Block | None = None
+    # For "allow": what the call reserved against its caps; `Guard.settle` hands it back.
+    reservation: int | None = None
+    # Alerts the decision raised (a cap's first refusal after a restart): the caller
+    # records and shows them like those `observe` returns.
+    alerts: tuple[Alert, ...] = ()
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome == "allow"
+
+
+ALLOW = Verdict("allow")
 
 # Claude Code's side requests (titles, summaries, classifiers) are not human turns even
 # when their last message is user text; only its main loop says whether a human spoke.
@@ -34,36 +79,86 @@ class Guard:
         budgets: Budgets,
         runaway: RunawayConfig,
         config_path: str = "your devmeter config",
+        advice: Advice | None = None,
     ) -> None:
-        self.budgets = BudgetTracker(budgets, config_path=config_path)
-        self.runaway = RunawayDetector(runaway)
+        self.advice = advice or Advice(menu=os.environ.get(MENU_ENV) == "1")
+        self.budgets = BudgetTracker(budgets, config_path=config_path, advice=self.advice)
+        self.runaway = RunawayDetector(runaway, advice=self.advice)
         self._lock = threading.Lock()
 
-    def check(self, attribution: Attribution, now: float) -> Block | None:
+    @property
+    def has_caps(self) -> bool:
+        """Whether any cap could refuse a request (then requests reserve an estimate)."""
+        return self.budgets.has_caps
+
+    def check(
+        self, attribution: Attribution, now: float, reserve_usd: Decimal = ZERO
+    ) -> Verdict:
+        """Allow or refuse a request; an allowed one reserves `reserve_usd` (its estimated
+        cost) against its caps until `settle`, so concurrent calls cannot overshoot them."""
         with self._lock:
-            return self.budgets.check(attribution, now)
+            block, reservation = self.budgets.admit(attribution, now, reserve_usd)
+            if block is None:
+                return Verdict("allow", reservation=reservation) if reservation else ALLOW
+            alert = self.budgets.refusal_alert(block, attribution, now)
+            return Verdict("refuse", block, alerts=(alert,) if alert else ())
+
+    def settle(self, reservation: int | None) -> None:
+        """The call an allowed verdict reserved for has ended (or failed): free it."""
+        if reservation is None:
+            return
+        with self._lock:
+            self.budgets.settle(reservation)
 
     def observe(self, call: Call, fingerprint: str | None, human_turn: bool | None) -> list[Alert]:
         with self._lock:
+            self.advice.know(call.attribution.session)
             alerts = self.budgets.observe(call)
             alerts += self.runaway.observe(call, fingerprint=fingerprint, human_turn=human_turn)
+            self.budgets.expire_reservations(call.ts)
         return alerts
 
-    def apply(self, control: control_state.Control) -> None:
+    def apply(self, control: control_state.Control, now: float | None = None) -> None:
         with self._lock:
-            if control.paused:
-                self.budgets.pause()
-            else:
-                self.budgets.resume()
-            for scope, key, when in control.allowed:
-                self.budgets.allow(scope, key, when)
+            apply_control(self.budgets, control, time.time() if now is None else now)
 
     def seed_from_ledger(self, conn: sqlite3.Connection, now: float) -> None:
         """Start from what the ledger already holds, so a restart neither forgets a
-        cap that was reached nor repeats a threshold already announced."""
+        cap that was reached nor repeats a threshold or an alert already announced, and
+        burn rates and loops go on from the calls just before it."""
         with self._lock:
             self.budgets.seed(spend_so_far(conn, self.budgets, now), now)
+            self.budgets.seed_announced(_blocked_alerts(conn, now))
+            for session in _recent_sessions(conn, now):
+                self.advice.know(session)
+            self.runaway.seed(
+                recent_calls(conn, now, self.runaway.config), recent_alerts(conn, now), now
+            )
 
+
+def apply_control(tracker: BudgetTracker, control: control_state.Control, now: float) -> None:
+    """Put the control file's wishes into `tracker`, from scratch: pause, each `allow` in
+    the order given (a raise to the limit the CLI chose and wrote, or one step for the
+    tray's), and each session stopped and not allowed since."""
+    if control.paused:
+        tracker.pause()
+    else:
+        tracker.resume()
+    tracker.reset_allowed()
+    chosen = {(s, k, when): limit for s, k, limit, when in control.limits}
+    for scope, key, when in sorted(control.allowed, key=lambda entry: entry[2]):
+        if scope not in SCOPES:
+            continue
+        if tracker.period(scope, when) != tracker.period(scope, now):
+            continue  # lifted for a day or month that is over
+        limit = chosen.get((scope, key, when))
+        tracker.allow(scope, key, when, None if limit is None else Decimal(str(limit)))
+    for session, when in control.stopped:
+        later = any(
+            s == "session" and k == session and w >= when for s, k, w in control.allowed
+        )
+        if not later:
+            tracker.stop(session)
 
 def spend_so_far(
     conn: sqlite3.Connection, tracker: BudgetTracker, now: float
@@ -91,9 +186,83 @@ def spend_so_far(
     return totals
 
 
+def _blocked_alerts(
+    conn: sqlite3.Connection, now: float
+) -> list[tuple[str, str, Decimal, float]]:
+    """Blocked alerts of the last 31 days: (scope, key, cap, ts)."""
+    rows = conn.execute(
+        "SELECT scope, key, figure_pusd, ts FROM alerts WHERE kind = 'blocked' AND ts >= ?",
+        (now - 31 * 86400,),
+    )
+    return [(s, k, from_pusd(f) or ZERO, ts) for s, k, f, ts in rows if f is not None]
+
+
+def _recent_sessions(conn: sqlite3.Connection, now: float) -> list[str]:
+    rows = conn.execute(
+        "SELECT DISTINCT session FROM calls WHERE ts >= ? AND session IS NOT NULL",
+        (now - 7 * 86400,),
+    )
+    return [session for (session,) in rows]
+
+
+def recent_calls(
+    conn: sqlite3.Connection, now: float, config: RunawayConfig
+) -> list[tuple[str, float, float, Decimal]]:
+    """Calls of sessions active within the burn window: (session key, start, end, cost),
+    oldest first, with each session's first call (its age), for `RunawayDetector.seed`."""
+    since = now - config.window_minutes * 60
+    rows = conn.execute(
+        "SELECT session, tool, repo, ts, ts + duration_ms / 1000.0, cost_pusd FROM calls "
+        "WHERE ts >= ? AND endpoint NOT LIKE '%.import' ORDER BY ts, id",
+        (since - 3600,),  # calls that ended inside the window may have started earlier
+    )
+    calls = []
+    for session, tool, repo, start, end, pusd in rows:
+        key = session_key(Attribution(tool=tool, repo=repo, session=session))
+        calls.append((key, start, end, from_pusd(pusd or 0) or ZERO))
+    return calls
+
+
+def recent_alerts(conn: sqlite3.Connection, now: float) -> list[tuple[str, str, Decimal, float]]:
+    """Burn-rate and loop alerts of the last hour: (kind, session key, figure, ts)."""
+    rows = conn.execute(
+        "SELECT kind, key, figure_pusd, ts FROM alerts "
+        "WHERE kind IN ('projection', 'loop') AND scope = 'session' AND ts >= ?",
+        (now - 3600,),
+    )
+    return [(kind, key, from_pusd(f or 0) or ZERO, ts) for kind, key, f, ts in rows]
+
+
 def _total(conn: sqlite3.Connection, since: float) -> Decimal:
     (pusd,) = conn.execute("SELECT sum(cost_pusd) FROM calls WHERE ts >= ?", (since,)).fetchone()
     return from_pusd(pusd or 0) or Decimal(0)
+
+
+# Output tokens a request is assumed to produce when it does not say (no max_tokens), and
+# at most: a reservation is a guess at the call's cost, not its worst case, or a session
+# near its cap would be refused for calls that would have fitted.
+DEFAULT_OUTPUT_TOKENS = 4096
+MAX_OUTPUT_TOKENS = 16384
+
+
+def estimate_cost(
+    provider: str,
+    request: RequestInfo,
+    overrides: tuple[PriceOverride, ...] = (),
+    now: float | None = None,
+) -> Decimal:
+    """What a request will likely cost, before it is sent: its prompt (estimated tokens) and
+    its `max_tokens` (capped) at the model's list price; $0 when the model has no price.
+    Reserved against the caps while the call runs (burst caps)."""
+    requested = request.facts.get("max_tokens")
+    output = int(requested) if requested and requested.isdigit() else DEFAULT_OUTPUT_TOKENS
+    usage = Usage(
+        input_tokens=request.prompt_tokens() or 0,
+        output_tokens=min(output, MAX_OUTPUT_TOKENS),
+    )
+    when = datetime.fromtimestamp(now, UTC) if now is not None else None
+    cost = pricing.price(provider, request.model, usage, overrides, when).cost_usd
+    return cost if cost is not None and cost > 0 else ZERO
 
 
 def request_signals(

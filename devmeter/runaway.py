@@ -32,10 +32,11 @@ from typing import Any
 from devmeter import fastjson
 from devmeter.budget import (
     ZERO,
+    Advice,
     Alert,
     AlertKind,
     config_usd,
-    describe,
+    fit,
     format_usd,
     reject_unknown,
 )
@@ -43,6 +44,25 @@ from devmeter.config_error import ConfigError
 from devmeter.usage import Attribution, Call
 
 HOUR = Decimal(3600)
+# The shortest span a rate is taken over, and the youngest a session can be for its rate to
+# alert: its first seconds, scaled to an hour, would make two quick calls look like a
+# fortune. 20 s still sees a runaway at ~$370/hour (a $0.11 call a second) by its
+# twentieth call, and the rate it prints is then the real one.
+MIN_RATE_SECONDS = 20.0
+
+
+def burn_rate(
+    window_usd: Decimal, first_ts: float, now: float, window_seconds: float
+) -> Decimal:
+    """Spend per hour: `window_usd` (spent in the last `window_seconds` up to `now`) over the
+    time it really took: the window, or the session's age when it is younger (a session
+    first seen at `first_ts`), but never less than `MIN_RATE_SECONDS`.
+
+    The one formula for the burn-rate alerts and `devmeter sessions`, so both print the
+    same figure.
+    """
+    span = min(window_seconds, max(now - first_ts, MIN_RATE_SECONDS))
+    return window_usd * HOUR / Decimal(repr(round(span, 3)))
 
 # --- config --------------------------------------------------------------------------------
 
@@ -184,8 +204,19 @@ _IDS = (
 # lookahead rejects most positions at once (the regex runs on every metered request).
 _STARTS = r"(?=[\da-ftcmrs])"
 _IDS_ONLY = re.compile(f"{_STARTS}(?:{_IDS})", re.IGNORECASE)
-# In free text (tool output, prompts) every number is noise too: durations, counters.
-_IDS_AND_NUMBERS = re.compile(f"{_STARTS}(?:{_IDS}|\\d+(?:[.,:]\\d+)*)", re.IGNORECASE)
+# In free text (tool output, prompts) what changes between two runs of the same command is
+# noise, at any length: a labelled id's value (Codex's `Chunk ID: 3fa9c1`, `Wall time: ...`
+# lines, request and trace ids), temporary paths, and every word holding a digit (short
+# ids, counters, durations such as 1.2s, times, pids).
+_LABELLED = (
+    r"\b(?:chunk|session|request|trace|span|process|thread|run|job|build|task)[ _-]?id"
+    r"\s*[:=]\s*\S+|\bwall[ _-]?time\s*[:=][^\n]*"
+)
+_TEMP_PATHS = r"(?:/private)?/(?:tmp|var/folders|var/tmp)/\S*|\b[A-Za-z]:\\\S*\\Temp\\\S*"
+_DIGIT_WORDS = r"\b[A-Za-z_]*\d[\w.:,+-]*"
+_IDS_AND_NUMBERS = re.compile(
+    f"{_LABELLED}|{_TEMP_PATHS}|{_STARTS}(?:{_IDS})|{_DIGIT_WORDS}", re.IGNORECASE
+)
 # Long texts are fingerprinted by their two ends: enough to tell them apart, bounded work.
 _TEXT_EDGE = 8192
 # Deeper than any real message; a hostile body cannot exhaust the stack.
@@ -390,6 +421,7 @@ class Burn:
 @dataclass
 class _Session:
     last_ts: float
+    first_ts: float = 0.0  # the first call's start: the session's age for its rate
     spent: Decimal = ZERO
     # burn rate: (ts, cost) in the window and their sum
     costs: deque[tuple[float, Decimal]] = field(default_factory=lambda: deque(maxlen=4096))
@@ -400,6 +432,9 @@ class _Session:
     print_count: Counter[str] = field(default_factory=Counter)
     print_usd: dict[str, Decimal] = field(default_factory=dict)
     looping: set[str] = field(default_factory=set)
+    # A loop alert stands for the session until every looping print has left the window:
+    # a loop cycling over several requests (A, B, A, B) is one loop, not one per print.
+    loop_quiet_until: float = 0.0
     # unattended stretch since the last human turn
     stretch_start: float = 0.0
     stretch_calls: int = 0
@@ -417,8 +452,9 @@ def session_key(attribution: Attribution) -> str:
 class RunawayDetector:
     """Burn rate, loops and unattended sessions over a stream of calls. One thread."""
 
-    def __init__(self, config: RunawayConfig | None = None) -> None:
+    def __init__(self, config: RunawayConfig | None = None, advice: Advice | None = None) -> None:
         self.config = config or RunawayConfig()
+        self.advice = advice or Advice()
         self._sessions: OrderedDict[str, _Session] = OrderedDict()  # least recent first
         self._window_cache: tuple[RunawayConfig, Decimal] | None = None
 
@@ -437,7 +473,7 @@ class RunawayDetector:
         key = session_key(call.attribution)
         session = self._sessions.get(key)
         if session is None:
-            session = self._sessions[key] = _Session(now, stretch_start=call.ts)
+            session = self._sessions[key] = _Session(now, call.ts, stretch_start=call.ts)
             while len(self._sessions) > cfg.max_sessions:
                 self._sessions.popitem(last=False)
         self._sessions.move_to_end(key)
@@ -452,23 +488,68 @@ class RunawayDetector:
         ]
         return [a for a in alerts if a is not None]
 
+    def seed(
+        self,
+        calls: list[tuple[str, float, float, Decimal]],
+        alerts: list[tuple[str, str, Decimal, float]],
+        now: float,
+    ) -> None:
+        """Go on from the ledger after a restart. `calls`: (session key, start, end, cost),
+        oldest first; `alerts`: recent (kind, session key, figure, ts) of burn-rate and loop
+        alerts. Burn windows and session ages are rebuilt from the calls; a burn level or
+        loop already announced is not announced again. (Loop counts start again: the
+        ledger keeps no request fingerprints.)"""
+        window_start = now - self.config.window_minutes * 60
+        for key, start, end, cost in calls:
+            session = self._sessions.get(key)
+            if session is None:
+                # No human-turn history in the ledger: the unattended stretch starts now.
+                session = self._sessions[key] = _Session(end, start, stretch_start=now)
+            session.last_ts = max(session.last_ts, end)
+            cost = max(cost, ZERO)
+            session.spent += cost
+            if end > window_start:
+                session.costs.append((end, cost))
+                session.window_usd += cost
+        for kind, key, figure, ts in alerts:
+            session = self._sessions.get(key)
+            if session is None:
+                continue
+            if kind == "projection" and ts > window_start:
+                session.fired_levels.add(figure)
+            elif kind == "loop":
+                quiet = ts + self.config.loop_window_minutes * 60
+                session.loop_quiet_until = max(session.loop_quiet_until, quiet)
+        while len(self._sessions) > self.config.max_sessions:
+            self._sessions.popitem(last=False)
+
     def burn(self, session: str, now: float) -> Burn | None:
         """The session's current burn rate, or None for a session not (or no longer) seen."""
         state = self._sessions.get(session)
         if state is None:
             return None
         self._trim_costs(state, now)
-        return Burn(self._rate(state), state.window_usd, state.spent)
+        return Burn(self._rate(state, now), state.window_usd, state.spent)
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     # burn rate
 
-    def _rate(self, session: _Session) -> Decimal:
-        # Always over the whole window, never over a shorter span: a session's first
-        # expensive minute is not extrapolated into an alarm.
-        return session.window_usd * 60 / self._window_minutes()
+    def _rate(self, session: _Session, now: float) -> Decimal:
+        return burn_rate(session.window_usd, session.first_ts, now, self.config.window_minutes * 60)
+
+    def _evident(self, session: _Session, now: float, level: Decimal) -> bool:
+        """The minimum evidence for a rate: a session at least `MIN_RATE_SECONDS` old, whose
+        rate passes `level` without the window's largest call too, so a first quick call
+        or one expensive call (a big prompt, a long answer) never pages."""
+        if now - session.first_ts < MIN_RATE_SECONDS:
+            return False
+        largest = max(cost for _, cost in session.costs)
+        rest = burn_rate(
+            session.window_usd - largest, session.first_ts, now, self.config.window_minutes * 60
+        )
+        return rest >= level
 
     def _window_minutes(self) -> Decimal:
         # Decimal(str(float)) on every call was a measurable share of `observe`; cached
@@ -489,7 +570,7 @@ class RunawayDetector:
         cfg = self.config
         self._trim_costs(session, now)
         if session.fired_levels:  # nothing to re-arm otherwise: skip the Decimal work
-            rate = self._rate(session)
+            rate = self._rate(session, now)
             # Hysteresis: a level fired before re-arms once the rate has fallen well below it.
             session.fired_levels = {
                 lvl for lvl in session.fired_levels if rate >= lvl * cfg.rearm_ratio
@@ -500,21 +581,24 @@ class RunawayDetector:
         session.window_usd += cost
         if len(session.costs) < cfg.min_calls:
             return None
-        rate = self._rate(session)
+        rate = self._rate(session, now)
         fired = session.fired_levels
         levels = [lvl for lvl in cfg.projection_usd if lvl <= rate and lvl not in fired]
         if not levels:
             return None
+        levels = [lvl for lvl in levels if self._evident(session, now, lvl)]
+        if not levels:
+            return None
         session.fired_levels.update(levels)
         burn = Burn(rate, session.window_usd, session.spent)
-        minutes = _minutes(cfg.window_minutes)
+        span = min(cfg.window_minutes * 60, max(now - session.first_ts, MIN_RATE_SECONDS))
         message = (
-            f"{_who(call.attribution)} is burning {format_usd(rate)}/hour "
-            f"({format_usd(burn.window_usd)} in the last {minutes} min, "
+            f"{self.advice.who(call.attribution)} is burning {format_usd(rate)}/hour "
+            f"({format_usd(burn.window_usd)} in the last {_span(span)}, "
             f"{format_usd(burn.spent_usd)} so far): at this rate it passes "
-            f"{format_usd(burn.projected_hour_usd)} within the hour. Check on it, or pause "
-            "metered traffic from the devmeter menu."
+            f"{format_usd(burn.projected_hour_usd)} within the hour."
         )
+        message = fit(message, self.advice.stop_action(call.attribution))
         return _alert(call, "projection", key, levels[-1], message)
 
     # loops
@@ -543,12 +627,15 @@ class RunawayDetector:
         if count < cfg.loop_count or fingerprint in session.looping:
             return None
         session.looping.add(fingerprint)
+        if session.loop_quiet_until > now or len(session.looping) > 1:
+            return None  # the same loop, cycling over another request: already said
         usd = session.print_usd[fingerprint]
         message = (
-            f"{_who(call.attribution)} sent {count} near-identical requests in "
-            f"{_minutes(cfg.loop_window_minutes)} min ({format_usd(usd)}): it may be stuck "
-            "in a loop. Check on it, or pause metered traffic from the devmeter menu."
+            f"{self.advice.who(call.attribution)} sent {count} near-identical "
+            f"requests in {_minutes(cfg.loop_window_minutes)} min ({format_usd(usd)}): it may "
+            "be stuck in a loop."
         )
+        message = fit(message, self.advice.stop_action(call.attribution))
         return _alert(call, "loop", key, usd, message)
 
     @staticmethod
@@ -589,11 +676,11 @@ class RunawayDetector:
             return None
         session.stretch_alerted = True
         message = (
-            f"{_who(call.attribution)} has run {minutes:.0f} min and "
+            f"{self.advice.who(call.attribution)} has run {minutes:.0f} min and "
             f"{session.stretch_calls} calls ({format_usd(session.stretch_usd)}) with no human "
-            "turn. Check it is doing what you meant; to cap sessions, set "
-            "budgets.session.block_usd."
+            "turn. Check it is doing what you meant."
         )
+        message = fit(message, self.advice.stop_action(call.attribution))
         return _alert(call, "long_running", key, session.stretch_usd, message)
 
     # memory
@@ -607,13 +694,15 @@ class RunawayDetector:
             self._sessions.popitem(last=False)
 
 
-def _who(attribution: Attribution) -> str:
-    text = describe(attribution)
-    return text[0].upper() + text[1:]
-
-
 def _minutes(value: float) -> str:
     return f"{value:g}"
+
+
+def _span(seconds: float) -> str:
+    """`10 min`, `90 s`: the span a rate was taken over."""
+    if seconds >= 120:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"
 
 
 def _alert(call: Call, kind: AlertKind, key: str, figure: Decimal, message: str) -> Alert:

@@ -5,9 +5,9 @@ session id, else `tool@repo` for calls that came with none. Shown: sessions with
 call in the last 24 hours (by default), `live` when one ended in the last 5 minutes.
 
 Burn rate, in $/hour:
-- **10 min**: spend in the last 10 minutes, scaled to an hour, always over the whole
-  window (as the runaway alerts compute it), so a first expensive minute is not
-  extrapolated into an alarm;
+- **10 min**: spend in the last 10 minutes, scaled to an hour: over the whole window, or
+  over the session's age when it is younger (never under a minute), by the same function
+  the burn-rate alerts use (`runaway.burn_rate`), so both print the same figure;
 - **life**: the session's spend over its span from first call to last; none for a
   session shorter than a minute.
 
@@ -31,6 +31,7 @@ from devmeter.budget import format_usd as format_cents
 from devmeter.budget import repo_name, short_session
 from devmeter.ledger import PICO
 from devmeter.reports import format_usd
+from devmeter.runaway import burn_rate
 
 DEFAULT_SINCE = 24 * 3600.0
 LIVE_SECONDS = 5 * 60.0
@@ -58,7 +59,7 @@ class Session:
     calls: int
     cost_usd: Decimal  # priced calls only; `unpriced` counts the others
     window_usd: Decimal  # spent in the last WINDOW_SECONDS
-    burn_usd_per_hour: Decimal  # over the last WINDOW_SECONDS
+    burn_usd_per_hour: Decimal  # over the last WINDOW_SECONDS, or the session's age if shorter
     life_burn_usd_per_hour: Decimal | None  # over the session's span; None under a minute
     unpriced: int
     estimated: int
@@ -122,7 +123,7 @@ def query_sessions(
                 calls=calls,
                 cost_usd=cost,
                 window_usd=window,
-                burn_usd_per_hour=window * 3600 / Decimal(int(WINDOW_SECONDS)),
+                burn_usd_per_hour=burn_rate(window, first, now, WINDOW_SECONDS),
                 life_burn_usd_per_hour=(
                     cost * 3600 / Decimal(str(span)) if span >= MIN_SPAN_SECONDS else None
                 ),

@@ -71,8 +71,8 @@ def test_config_overrides_only_what_it_names():
             "month": {"notify_usd": [300], "block_usd": 1000},
         }
     )
-    # Default thresholds above the new cap are dropped: they could never warn first.
-    assert budgets.session == ScopeBudget(notify_usd=(D(5), D(20)), block_usd=D(50))
+    # Default thresholds above the cap are kept: they warn once `devmeter allow` raises it.
+    assert budgets.session == ScopeBudget(notify_usd=(D(5), D(20), D(100)), block_usd=D(50))
     assert budgets.repo.notify_usd == (D(10), D("25.5"))  # exact, not 25.5000000001
     assert budgets.repo.period == "month"
     assert budgets.month == ScopeBudget(notify_usd=(D(300),), block_usd=D(1000))
@@ -133,8 +133,8 @@ def test_each_threshold_alerts_exactly_once_as_spend_grows():
         "/home/dev/src/acme-api",
     )
     assert first.message == (
-        "Session c94186ab (claude-code in acme-api) passed $5.00: $5.50 spent. Check on it; "
-        "to cap it, set budgets.session.block_usd in ~/.config/devmeter/config.toml."
+        "Session c94186ab (claude-code in acme-api) passed $5.00: $5.50 spent. To stop it: "
+        "`devmeter stop c94186ab`."
     )
 
 
@@ -215,8 +215,7 @@ def test_a_session_cap_blocks_the_next_request_and_allow_lifts_it():
     ]
     assert alerts[1].message == (
         "Session c94186ab (claude-code in acme-api) reached its $50.00 cap: $55.00 spent. "
-        "Further requests are refused. Run `devmeter allow " + SESSION + "` to lift it, or "
-        "raise budgets.session.block_usd in ~/.config/devmeter/config.toml."
+        "Further requests are refused. To raise the cap a step: `devmeter allow c94186ab`."
     )
 
     block = t.check(ACME, now=T0 + 600)
@@ -229,15 +228,19 @@ def test_a_session_cap_blocks_the_next_request_and_allow_lifts_it():
     )
     assert block.message.startswith("devmeter: Session c94186ab (claude-code in acme-api)")
     assert "$50.00 cap (budgets.session.block_usd; $55.00 spent)" in block.message
-    assert f"Run `devmeter allow {SESSION}` to lift it" in block.message
+    assert "To raise the cap a step: `devmeter allow c94186ab`." in block.message
 
     # Other sessions are not affected by this session's cap.
     assert t.check(Attribution(tool="codex", session="other"), now=T0 + 600) is None
 
-    t.allow("session", SESSION, now=T0 + 600)
+    # `allow` raises the cap a step, to the next threshold ($100), and keeps it a cap.
+    assert t.allow("session", SESSION, now=T0 + 600) == D(100)
     assert t.check(ACME, now=T0 + 601) is None
-    assert replay(t, ["100"]) == []  # spend keeps counting after a lift, silently
-    assert t.spent("session", SESSION, T0) == D(155)
+    raised = replay(t, ["50"])  # $105: the $100 threshold and the raised cap, as one block
+    assert [(a.kind, a.figure_usd) for a in raised] == [("blocked", D(100))]
+    assert t.check(ACME, now=T0 + 602) is not None
+    assert t.allow("session", SESSION, now=T0 + 603) == D(120)  # no level left: +$20
+    assert t.spent("session", SESSION, T0) == D(105)
 
 
 def test_spend_just_below_a_cap_passes_and_at_the_cap_blocks():

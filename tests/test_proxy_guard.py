@@ -118,8 +118,9 @@ def test_threshold_notifies_once_then_the_cap_blocks_without_retries(
 
     ask(c)  # $0.0351: reaches the $0.03 cap (the call itself was already allowed)
     sent_before = len(upstream.find("anthropic.messages"))
-    with pytest.raises(anthropic.PermissionDeniedError) as caught:
+    with pytest.raises(anthropic.APIStatusError) as caught:
         ask(c)
+    assert caught.value.status_code == 402  # billing_error: shown as is, never retried
     message = caught.value.message
     assert "devmeter:" in message
     assert "devmeter allow runaway-1" in message
@@ -127,10 +128,10 @@ def test_threshold_notifies_once_then_the_cap_blocks_without_retries(
     assert len(upstream.find("anthropic.messages")) == sent_before
     rows = proxy.new_calls(4)
     blocked = rows[-1]
-    assert blocked["status"] == 403 and blocked["cost_usd"] == 0
+    assert blocked["status"] == 402 and blocked["cost_usd"] == 0
     assert blocked["error"].startswith("devmeter:")
     assert sum(r["cost_usd"] for r in rows) == 3 * PER_CALL
-    assert len(proxy.rows("status = 403")) == 1  # one attempt, not ten
+    assert len(proxy.rows("status = 402")) == 1  # one attempt, not ten
 
     # The alerts are ledger rows too: the threshold once, then the cap.
     alerts = json.loads(devmeter(proxy, "alerts", "--json").stdout)
@@ -141,8 +142,8 @@ def test_threshold_notifies_once_then_the_cap_blocks_without_retries(
     # Other sessions are not blocked by this session's cap.
     ask(client(proxy, "someone-else"))
 
-    # `devmeter allow` lifts the cap for this session.
-    assert "lifted" in devmeter(proxy, "allow", "runaway-1").stdout
+    # `devmeter allow` raises the cap for this session a step ($0.03 to $0.05).
+    assert "to $0.05" in devmeter(proxy, "allow", "runaway-1", "--by", "0.02").stdout
     time.sleep(0.6)  # the proxy re-reads its control file at most twice a second
     ask(c)
 
@@ -150,7 +151,7 @@ def test_threshold_notifies_once_then_the_cap_blocks_without_retries(
 def test_pause_refuses_everything_until_resume(proxy: RunningProxy) -> None:
     devmeter(proxy, "pause")
     time.sleep(0.6)
-    with pytest.raises(anthropic.PermissionDeniedError) as caught:
+    with pytest.raises(anthropic.APIStatusError) as caught:
         ask(client(proxy, "p"))
     assert "devmeter: metered traffic is paused" in caught.value.message
     assert "devmeter resume" in caught.value.message

@@ -52,7 +52,8 @@ def kinds(alerts: list[Alert]) -> list[tuple[str, Decimal]]:
 
 
 def test_a_fast_burn_is_projected_before_the_spend_gets_there():
-    """$1 every 30 s is $120/hour: say so after minutes, not after $50 has gone."""
+    """$1 every 30 s is $120/hour: say so in the session's first minute, over its real age
+    (not over a 10-minute window it has not lived yet), long before $50 has gone."""
     detector, budgets = RunawayDetector(), BudgetTracker()
     timeline: list[tuple[float, Alert]] = []
     spent = D(0)
@@ -62,22 +63,55 @@ def test_a_fast_burn_is_projected_before_the_spend_gets_there():
             timeline.append((spent, alert))
 
     assert [(s, a.kind, a.figure_usd) for s, a in timeline] == [
+        (D(3), "projection", D(50)),  # $3 in its first 60 s: $180/hour
         (D(5), "threshold", D(5)),
-        (D(9), "projection", D(50)),  # $9 spent: $9 in the last 10 min -> $54/hour
         (D(20), "threshold", D(20)),
     ]
-    projection = timeline[1][1]
-    assert projection.ts == T0 + 8 * 30
+    projection = timeline[0][1]
+    assert projection.ts == T0 + 2 * 30
     assert (projection.scope, projection.key, projection.session) == (
         "session",
         AGENT.session,
         AGENT.session,
     )
     assert projection.message == (
-        "Session c94186ab (claude-code in acme) is burning $54.00/hour ($9.00 in the last "
-        "10 min, $9.00 so far): at this rate it passes $63.00 within the hour. Check on it, "
-        "or pause metered traffic from the devmeter menu."
+        "Session c94186ab (claude-code in acme) is burning $180.00/hour ($3.00 in the last "
+        "60 s, $3.00 so far): at this rate it passes $183.00 within the hour. To stop it: "
+        "`devmeter stop c94186ab`."
     )
+
+
+def test_a_runaway_at_370_dollars_an_hour_alerts_within_its_first_minute():
+    """The issue's runaway: every answer a tool call, ~$0.11 a call, a call a second."""
+    detector = RunawayDetector()
+    alerts = [
+        (c.ts - T0, a)
+        for c in [call(T0 + i * 1.07, "0.11") for i in range(120)]
+        for a in detector.observe(c)
+    ]
+    # Both levels at once (one alert naming the higher), 20 s in, $2.20 spent.
+    assert [a.figure_usd for _, a in alerts] == [D(200)]
+    assert all(seconds < 60 for seconds, _ in alerts)
+    # The figure it prints is the real rate: ~$370/hour, not a tenth of it.
+    last = alerts[-1][1]
+    assert "is burning $3" in last.message
+
+
+def test_the_rate_is_over_the_window_once_the_session_is_older():
+    detector = RunawayDetector()
+    for c in steady(T0, 60, 30, "0.50"):  # $30/hour for half an hour
+        detector.observe(c)
+    burn = detector.burn(AGENT.session, T0 + 29 * 60)
+    assert burn is not None and burn.rate_usd_per_hour == D("30.00")  # $5 in 10 min
+
+
+def test_one_expensive_call_among_cheap_ones_does_not_page():
+    """Minimum evidence: the rate must pass a level without the window's largest call."""
+    detector = RunawayDetector()
+    calls = [call(T0, "3.00"), call(T0 + 20, "0.01"), call(T0 + 40, "0.01")]
+    assert [a for c in calls for a in detector.observe(c)] == []
+    burn = detector.burn(AGENT.session, T0 + 40)
+    assert burn is not None and burn.rate_usd_per_hour > 50  # the rate is high, the proof thin
 
 
 def test_a_busy_but_sane_session_never_triggers_a_projection():
@@ -149,8 +183,7 @@ def test_the_same_request_eight_times_in_five_minutes_is_a_loop_reported_once():
     assert alerts[0].ts == T0 + 7 * 20
     assert alerts[0].message == (
         "Session c94186ab (claude-code in acme) sent 8 near-identical requests in 5 min "
-        "($0.80): it may be stuck in a loop. Check on it, or pause metered traffic from the "
-        "devmeter menu."
+        "($0.80): it may be stuck in a loop. To stop it: `devmeter stop c94186ab`."
     )
 
 

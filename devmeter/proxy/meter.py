@@ -15,6 +15,7 @@ import time
 import traceback
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -26,7 +27,7 @@ from devmeter.attribution import lower_headers
 from devmeter.budget import Alert, Block
 from devmeter.control import ControlWatcher
 from devmeter.decoding import Decoder, decoder_for
-from devmeter.guard import Guard, request_signals
+from devmeter.guard import Guard, Verdict, estimate_cost, request_signals
 from devmeter.pricing import PriceOverride
 from devmeter.providers import (
     INTERCEPT_HOSTS,
@@ -81,6 +82,7 @@ class FlowState:
     # Guard rails: loop fingerprint and human turn of the request; the block, if refused.
     signals: tuple[str | None, bool | None] = (None, None)
     blocked: str | None = None
+    reservation: int | None = None  # what the call holds against its caps until it ends
     original: tuple[bytes, list[tuple[str, str]]] | None = None
     fell_back: bool = False
     # Cursor: its request body, read as it streams to the upstream.
@@ -214,10 +216,21 @@ class Meter:
         # lose the metering of the call, nor stop it from reaching the provider.
         if self._guard is not None:
             try:
-                block = self._guard.check(state.attribution, now)
-                if block is not None:
-                    _refuse(flow, state, block)
-                    return
+                # A WebSocket handshake costs nothing and is let through: each turn on the
+                # socket is checked (`_refuse_ws_turn`), and Codex shows a refused turn
+                # without retrying, where a refused handshake makes it reconnect.
+                if not state.upgrade:
+                    reserve = (
+                        estimate_cost(endpoint.provider, info, self._overrides, now)
+                        if self._guard.has_caps
+                        else None
+                    )
+                    verdict = self._guard.check(state.attribution, now, reserve or Decimal(0))
+                    self._raise_alerts(verdict)
+                    if verdict.block is not None:
+                        _refuse(flow, state, verdict.block)
+                        return
+                    state.reservation = verdict.reservation
                 state.signals = request_signals(doc, headers.get(REQUEST_CLASS_HEADER))
             except Exception:
                 state.tap_error = f"devmeter guard failed (call let through): {_short_traceback()}"
@@ -228,6 +241,11 @@ class Meter:
                 state.tap_error = (
                     f"devmeter routing failed (call sent as asked): {_short_traceback()}"
                 )
+
+    def _raise_alerts(self, verdict: Verdict) -> None:
+        if self._on_alert is not None:
+            for alert in verdict.alerts:
+                self._on_alert(alert)
 
     def _apply_control(self) -> None:
         control = self._control.poll() if self._control is not None else None
@@ -444,13 +462,15 @@ class Meter:
             return False
         self._apply_control()
         now = self._clock()
-        block = self._guard.check(state.attribution, now)
+        verdict = self._guard.check(state.attribution, now)
+        self._raise_alerts(verdict)
+        block = verdict.block
         if block is None:
             return False
         message.drop()
-        _, body = block.error_response(state.endpoint.api)
-        error = {"type": "error", "status": 403, **body}
-        ctx.master.commands.call("inject.websocket", flow, True, json.dumps(error).encode())
+        event = block.refusal(state.endpoint.api, state.attribution.tool).websocket_event
+        ctx.master.commands.call("inject.websocket", flow, True, json.dumps(event).encode())
+        status = event.get("status")
         request = parse_request(state.endpoint, message.content)
         refused = metering.build_call(
             ts=now,
@@ -458,7 +478,7 @@ class Meter:
             endpoint=state.endpoint,
             request=request,
             result=ResponseResult(usage=None),
-            status=403,
+            status=status if isinstance(status, int) else 403,
             attribution=state.attribution,
             error=block.message,
         )
@@ -502,6 +522,7 @@ class Meter:
         )
 
     def _record_settled(self, state: FlowState, call: Call) -> None:
+        self._settle(state)
         if state.blocked is not None:
             call = replace(call, error=state.blocked)
         if self._router is not None:
@@ -517,6 +538,14 @@ class Meter:
                 if self._on_alert is not None:
                     self._on_alert(alert)
 
+    def _settle(self, state: FlowState) -> None:
+        """The call ended: what it reserved against its caps no longer counts (its cost,
+        recorded right after, does)."""
+        if state.reservation is not None and self._guard is not None:
+            reservation, state.reservation = state.reservation, None
+            with contextlib.suppress(Exception):  # fail open: a bookkeeping slip never breaks
+                self._guard.settle(reservation)
+
     # -- failures ----------------------------------------------------------------------------
 
     def _internal_error(self, flow: http.HTTPFlow, host: str, hook: str) -> None:
@@ -526,6 +555,7 @@ class Meter:
         state = _state(flow)
         if state is not None:
             state.done = True
+            self._settle(state)
         try:
             self._record(
                 Call(
@@ -654,12 +684,8 @@ def _refuse(flow: http.HTTPFlow, state: FlowState, block: Block) -> None:
             {"content-type": "application/connect+proto"},
         )
         return
-    status, body = block.error_response(state.endpoint.api)
-    flow.response = http.Response.make(
-        status,
-        json.dumps(body).encode(),
-        {"content-type": "application/json", "x-should-retry": "false"},
-    )
+    refusal = block.refusal(state.endpoint.api, state.attribution.tool)
+    flow.response = http.Response.make(refusal.status, refusal.body, refusal.headers)
 
 
 def _counts(usage: Usage) -> tuple[int, ...]:

@@ -31,6 +31,7 @@ from typing import Any
 
 from devmeter import control as control_state
 from devmeter import reports
+from devmeter.budget import MENU_ENV
 from devmeter.config import Config, ConfigError, load
 from devmeter.ledger import connect_readonly
 from devmeter.paths import Paths
@@ -65,6 +66,15 @@ def display_problem(
     if not env.get("DISPLAY") and not env.get("WAYLAND_DISPLAY"):
         return "no display found (DISPLAY unset)"
     return None
+
+
+def proxy_environment() -> dict[str, str]:
+    """The environment of the proxy this tray starts: its own, plus whether the icon has a
+    menu (pystray's plain X backend has none), so the proxy's alerts point at the menu only
+    when there is one, and name the command otherwise."""
+    pystray = sys.modules.get("pystray")
+    has_menu = bool(getattr(getattr(pystray, "Icon", None), "HAS_MENU", False))
+    return {**os.environ, MENU_ENV: "1" if has_menu else "0"}
 
 
 def load_backend() -> str | None:
@@ -201,7 +211,7 @@ class TrayApp:
         self.config = config
         self.control_file = control_state.control_path(paths.data_dir)
         self.supervisor = supervisor or Supervisor(
-            paths, on_event=self._proxy_event, on_output=_print_stderr
+            paths, on_event=self._proxy_event, on_output=_print_stderr, env=proxy_environment()
         )
         self.make_menu = make_menu
         self.opener = opener
