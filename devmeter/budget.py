@@ -243,7 +243,7 @@ class Advice:
 
     def short_id(self, session: str) -> str:
         length = 8
-        if len(session) <= length:
+        if len(session) <= 12:  # as `short_session`: a short id is shown whole
             return session
         for other in self._ids:
             if other != session and other[:length] == session[:length]:

@@ -106,14 +106,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_alerts)
 
     p = sub.add_parser(
-        "allow", help="lift a hard cap: a session's, a repo's, today's or this month's"
+        "allow",
+        help="raise a hard cap a step (a session's, a repo's, today's or this month's), "
+        "or let a stopped session continue",
     )
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("session", nargs="?", help="the session id the block message named")
-    target.add_argument("--repo", help="lift the repo cap for this repo (its path)")
-    target.add_argument("--day", action="store_true", help="lift today's cap")
-    target.add_argument("--month", action="store_true", help="lift this month's cap")
+    target.add_argument(
+        "session", nargs="?", help="the session id, or a prefix of it (8 characters usually do)"
+    )
+    target.add_argument("--repo", help="raise the repo cap for this repo (its path)")
+    target.add_argument("--day", action="store_true", help="raise today's cap")
+    target.add_argument("--month", action="store_true", help="raise this month's cap")
+    p.add_argument(
+        "--by",
+        metavar="USD",
+        help="raise the cap by this many dollars (default: to the scope's next notify_usd "
+        "level above it, else by $20)",
+    )
     p.set_defaults(func=cmd_allow)
+
+    p = sub.add_parser(
+        "stop", help="refuse a session's requests until `devmeter allow` lets it continue"
+    )
+    p.add_argument("session", help="the session id, or a prefix of it")
+    p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("pause", help="refuse all metered traffic until `devmeter resume`")
     p.set_defaults(func=cmd_pause, paused=True)
@@ -309,17 +325,34 @@ def cmd_alerts(args: argparse.Namespace, config: Config, where: Paths) -> int:
 
 
 def cmd_allow(args: argparse.Namespace, config: Config, where: Paths) -> int:
-    if args.session:
-        scope, key = "session", args.session
-    elif args.repo:
-        scope, key = "repo", str(Path(args.repo).expanduser().resolve())
-    else:
-        scope = "day" if args.day else "month"
-        key = time.strftime("%Y-%m-%d" if args.day else "%Y-%m")
-    path = control.control_path(where.data_dir)
-    current = control.load(path)
-    control.update(path, allowed=(*current.allowed, (scope, key, time.time())))
-    print(f"devmeter: lifted the {scope} cap for {key}; the proxy applies it within a second.")
+    from devmeter import guard_control
+
+    try:
+        by = guard_control.parse_usd_arg(args.by) if args.by is not None else None
+        if args.session:
+            scope, key = "session", guard_control.resolve_session(where, args.session)
+        elif args.repo:
+            scope, key = "repo", str(Path(args.repo).expanduser().resolve())
+        else:
+            scope = "day" if args.day else "month"
+            key = time.strftime("%Y-%m-%d" if args.day else "%Y-%m")
+    except guard_control.TargetError as exc:
+        print(f"devmeter: {exc}", file=sys.stderr)
+        return 2
+    code, message = guard_control.allow(where, config, scope, key, by, time.time())
+    print(message, file=sys.stdout if code == 0 else sys.stderr)
+    return code
+
+
+def cmd_stop(args: argparse.Namespace, config: Config, where: Paths) -> int:
+    from devmeter import guard_control
+
+    try:
+        session = guard_control.resolve_session(where, args.session)
+    except guard_control.TargetError as exc:
+        print(f"devmeter: {exc}", file=sys.stderr)
+        return 2
+    print(guard_control.stop(where, session, time.time()))
     return 0
 
 

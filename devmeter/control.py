@@ -45,9 +45,7 @@ def load(path: Path) -> Control:
         paused=bool(raw.get("paused", False)),
         routing_mode=raw.get("routing_mode"),
         allowed=tuple((str(s), str(k), float(t)) for s, k, t in raw.get("allowed", [])),
-        limits=tuple(
-            (str(s), str(k), float(v), float(t)) for s, k, v, t in raw.get("limits", [])
-        ),
+        limits=tuple((str(s), str(k), float(v), float(t)) for s, k, v, t in raw.get("limits", [])),
         stopped=tuple((str(k), float(t)) for k, t in raw.get("stopped", [])),
     )
 

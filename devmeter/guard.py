@@ -91,9 +91,7 @@ class Guard:
         """Whether any cap could refuse a request (then requests reserve an estimate)."""
         return self.budgets.has_caps
 
-    def check(
-        self, attribution: Attribution, now: float, reserve_usd: Decimal = ZERO
-    ) -> Verdict:
+    def check(self, attribution: Attribution, now: float, reserve_usd: Decimal = ZERO) -> Verdict:
         """Allow or refuse a request; an allowed one reserves `reserve_usd` (its estimated
         cost) against its caps until `settle`, so concurrent calls cannot overshoot them."""
         with self._lock:
@@ -154,11 +152,10 @@ def apply_control(tracker: BudgetTracker, control: control_state.Control, now: f
         limit = chosen.get((scope, key, when))
         tracker.allow(scope, key, when, None if limit is None else Decimal(str(limit)))
     for session, when in control.stopped:
-        later = any(
-            s == "session" and k == session and w >= when for s, k, w in control.allowed
-        )
+        later = any(s == "session" and k == session and w >= when for s, k, w in control.allowed)
         if not later:
             tracker.stop(session)
+
 
 def spend_so_far(
     conn: sqlite3.Connection, tracker: BudgetTracker, now: float
@@ -186,9 +183,7 @@ def spend_so_far(
     return totals
 
 
-def _blocked_alerts(
-    conn: sqlite3.Connection, now: float
-) -> list[tuple[str, str, Decimal, float]]:
+def _blocked_alerts(conn: sqlite3.Connection, now: float) -> list[tuple[str, str, Decimal, float]]:
     """Blocked alerts of the last 31 days: (scope, key, cap, ts)."""
     rows = conn.execute(
         "SELECT scope, key, figure_pusd, ts FROM alerts WHERE kind = 'blocked' AND ts >= ?",

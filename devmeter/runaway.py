@@ -51,9 +51,7 @@ HOUR = Decimal(3600)
 MIN_RATE_SECONDS = 20.0
 
 
-def burn_rate(
-    window_usd: Decimal, first_ts: float, now: float, window_seconds: float
-) -> Decimal:
+def burn_rate(window_usd: Decimal, first_ts: float, now: float, window_seconds: float) -> Decimal:
     """Spend per hour: `window_usd` (spent in the last `window_seconds` up to `now`) over the
     time it really took: the window, or the session's age when it is younger (a session
     first seen at `first_ts`), but never less than `MIN_RATE_SECONDS`.
@@ -63,6 +61,7 @@ def burn_rate(
     """
     span = min(window_seconds, max(now - first_ts, MIN_RATE_SECONDS))
     return window_usd * HOUR / Decimal(repr(round(span, 3)))
+
 
 # --- config --------------------------------------------------------------------------------
 
