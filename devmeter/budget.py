@@ -271,7 +271,7 @@ class Advice:
         return "To stop it: `devmeter pause`."
 
     def lift_action(self, scope: str, key: str) -> str:
-        short = self.short_id(key) if scope == "session" else key
+        short = self.short_id(key) if scope in ("session", "stop") else key
         menu = " or the devmeter menu" if self.menu and scope != "pause" else ""
         if scope == "pause":
             where = "Resume in the devmeter menu or " if self.menu else ""
