@@ -186,12 +186,18 @@ _VOLATILE_KEYS = frozenset(
         "created_at",
         "timestamp",
         "thoughtSignature",
+        "create_time",
+        # Codex's per-item metadata (turn ids, creation times): bookkeeping, not content.
+        "internal_chat_message_metadata_passthrough",
     }
 )
 # Tool call inputs: Anthropic `input`, OpenAI `arguments`, Gemini `args`.
 _TOOL_INPUT_KEYS = frozenset({"input", "arguments", "args"})
 # Items that are the model's private reasoning: never the same twice, never the point.
 _SKIPPED_TYPES = frozenset({"thinking", "redacted_thinking", "reasoning"})
+# Messages a client adds on its own between turns (Claude Code appends a `system` reminder
+# every few calls): instructions, not the model's call or the tool's result.
+_CLIENT_ROLES = frozenset({"system", "developer"})
 
 _IDS = (
     r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"  # UUIDs
@@ -204,20 +210,27 @@ _IDS = (
 _STARTS = r"(?=[\da-ftcmrs])"
 _IDS_ONLY = re.compile(f"{_STARTS}(?:{_IDS})", re.IGNORECASE)
 # In free text (tool output, prompts) what changes between two runs of the same command is
-# noise, at any length: a labelled id's value (Codex's `Chunk ID: 3fa9c1`, `Wall time: ...`
-# lines, request and trace ids), temporary paths, and every word holding a digit (short
-# ids, counters, durations such as 1.2s, times, pids).
-_LABELLED = (
-    r"\b(?:chunk|session|request|trace|span|process|thread|run|job|build|task)[ _-]?id"
-    r"\s*[:=]\s*\S+|\bwall[ _-]?time\s*[:=][^\n]*"
-)
-_TEMP_PATHS = r"(?:/private)?/(?:tmp|var/folders|var/tmp)/\S*|\b[A-Za-z]:\\\S*\\Temp\\\S*"
+# noise, at any length: every word holding a digit (short ids such as Codex's `Chunk ID:
+# 3fa9c1`, counters, durations such as 1.2s, times, pids), a labelled id's value and
+# Codex's `Wall time:` line, temporary paths (`mktemp` names may hold no digit), and the
+# ids above. Only the rare alternatives sit behind a lookahead: this runs on every request.
 _DIGIT_WORDS = r"\b[A-Za-z_]*\d[\w.:,+-]*"
-_IDS_AND_NUMBERS = re.compile(
-    f"{_LABELLED}|{_TEMP_PATHS}|{_STARTS}(?:{_IDS})|{_DIGIT_WORDS}", re.IGNORECASE
+_TEMP_PATHS = r"/(?:private/)?(?:tmp|var/folders|var/tmp)/\S*|\b[A-Za-z]:\\\S*\\Temp\\\S*"
+_LABELLED = (
+    r"\b(?:Chunk ID|Wall time|Session ID|Request ID|Trace ID|session_id|request_id|trace_id)"
+    r"\s*[:=][^\n]*"
 )
-# Long texts are fingerprinted by their two ends: enough to tell them apart, bounded work.
-_TEXT_EDGE = 8192
+_FREE_IDS = (
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|\b(?:toolu|call|msg|resp|fc|rs|req|run|chatcmpl|srvtoolu)_[A-Za-z0-9_-]+"
+    r"|\b[0-9a-fA-F]{12,}\b"
+)
+_IDS_AND_NUMBERS = re.compile(
+    f"{_DIGIT_WORDS}|{_TEMP_PATHS}|(?=[0-9a-fA-FtcmrsCSRTW])(?:{_LABELLED}|{_FREE_IDS})"
+)
+# Long texts are fingerprinted by their two ends: enough to tell them apart, bounded work
+# (2 KB a side keeps a 100 KB file read to well under a millisecond).
+_TEXT_EDGE = 2048
 # Deeper than any real message; a hostile body cannot exhaust the stack.
 _MAX_DEPTH = 32
 # A per-process key: a fingerprint of a short prompt cannot be looked up in a table.
@@ -264,6 +277,12 @@ def _normal_with(value: Any, pattern: re.Pattern[str], depth: int) -> Any:
         return "\u2026"
     if isinstance(value, str):
         return _text(value, pattern)
+    if (
+        pattern is _IDS_AND_NUMBERS
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+    ):
+        return "#"  # a number outside a tool's input: a time, a count, a duration
     if isinstance(value, list):
         return [
             _normal_with(v, pattern, depth + 1)
@@ -301,8 +320,10 @@ def _last_turn(items: list[Any], limit: int = 8) -> list[Any]:
     """
     tail: list[Any] = []
     for item in reversed(items[-limit:]):
-        if isinstance(item, dict) and item.get("type") in _SKIPPED_TYPES:
-            continue
+        if isinstance(item, dict) and (
+            item.get("type") in _SKIPPED_TYPES or item.get("role") in _CLIENT_ROLES
+        ):
+            continue  # reasoning, or what the client slipped in (Claude Code's reminders)
         tail.append(item)
         if _is_call_side(item) and len(tail) > 1:
             break
