@@ -536,7 +536,10 @@ class RunawayDetector:
             if session is None:
                 continue
             if kind == "projection" and ts > window_start:
-                session.fired_levels.add(figure)
+                # An alert names the highest level it passed; the lower ones fired with it.
+                session.fired_levels.update(
+                    level for level in self.config.projection_usd if level <= figure
+                )
             elif kind == "loop":
                 quiet = ts + self.config.loop_window_minutes * 60
                 session.loop_quiet_until = max(session.loop_quiet_until, quiet)
