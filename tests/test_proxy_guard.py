@@ -199,3 +199,43 @@ def test_cap_reached_on_an_open_websocket_refuses_the_next_turn(
         time.sleep(0.05)
     assert [r["status"] for r in rows] == [101] * turns + [403]
     assert rows[-1]["error"].startswith("devmeter:")
+
+
+def test_a_cap_set_after_the_spend_is_announced_and_its_advice_works(
+    upstream: FakeUpstream, notifications: Path, tmp_path: Path
+) -> None:
+    """The issue's sequence: spend first, a cap written into the config, the proxy started
+    again. The first refusal raises the popup and the alert row, and the command the popup
+    names, copied as it is, lets the session go on up to a new limit."""
+    home = tmp_path / "restart-home"
+    home.mkdir()
+    session = "0bcf16ce-9d3e-4f0a-b1c2-d3e4f5a6b7c8"
+    first = start_proxy(home, upstream.url)
+    try:
+        for _ in range(3):
+            ask(client(first, session))  # $0.0351, no cap yet
+    finally:
+        first.stop()
+    (home / "config.toml").write_text("[budgets.session]\nblock_usd = 0.03\n")
+    second = start_proxy(home, upstream.url)
+    try:
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            ask(client(second, session))
+        assert caught.value.status_code == 402
+        (note,) = [n for n in shown(notifications) if "Requests blocked" in " ".join(n)]
+        text = " ".join(note)
+        assert "reached its $0.03 cap" in text
+        command = text.split("`")[1]
+        assert command == "devmeter allow 0bcf16ce"
+        alerts = json.loads(devmeter(second, "alerts", "--json").stdout)
+        assert [(a["kind"], a["key"]) for a in alerts] == [("blocked", session)]
+
+        said = devmeter(second, *command.split()[1:], "--by", "0.02").stdout
+        assert "from $0.03 to $0.05" in said
+        time.sleep(0.6)  # the proxy re-reads its control file at most twice a second
+        ask(client(second, session))  # $0.0468: under the raised cap
+        ask(client(second, session))  # $0.0585: passes it (the call was already let in)
+        with pytest.raises(anthropic.APIStatusError):
+            ask(client(second, session))  # still a cap, now at $0.05
+    finally:
+        second.stop()
