@@ -137,7 +137,8 @@ def cap_refusal(ts: float) -> Call:
     tracker.seed({("session", "s-live"): D("5.10")}, ts)
     block = tracker.check(Attribution(tool="claude-code", session="s-live", repo="/src"), ts)
     assert block is not None and block.message.startswith("devmeter:")
-    return call(ts, "0", status=403, error=block.message)
+    status = block.refusal("anthropic.messages", "claude-code").status  # what the proxy sends
+    return call(ts, "0", status=status, error=block.message)
 
 
 def test_a_refused_call_makes_it_blocked_until_the_cap_is_lifted(where):

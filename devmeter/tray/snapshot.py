@@ -6,7 +6,7 @@ are drawn from: today's and this month's spend (local calendar), the live sessio
 today (warning) and which caps are refusing requests now (blocked).
 
 A cap is "refusing now" when a call in the last `LIVE_SECONDS` was answered by devmeter
-itself (status 403, error starting `devmeter:`), unless the user lifted that cap since
+itself (status 400, 402 or 403, error starting `devmeter:`), unless the user lifted that cap since
 (`control.allowed`) or a later call in the same scope went through.
 
 `headline(conn, now)` adds what the headless status line shows: today's call count, the
@@ -34,7 +34,8 @@ LIVE_SECONDS = 600.0
 # "devmeter: <who> reached its $5.00 cap (budgets.session.block_usd; $5.12 spent), ..."
 _CAP_SCOPE = re.compile(r"budgets\.(session|repo|day|month)\.block_usd")
 _CAP_FIGURE = re.compile(r"reached its \$([0-9,]+(?:\.[0-9]+)?) cap")
-REFUSED = "status = 403 AND error LIKE 'devmeter:%'"
+# The statuses refusals are answered with, per client (budget.Block.refusal).
+REFUSED = "status IN (400, 402, 403) AND error LIKE 'devmeter:%'"
 
 
 def day_start(now: float) -> float:
