@@ -517,3 +517,19 @@ def test_devmeter_with_no_display_runs_the_proxy_headless_and_stops_it(where):
     assert "devmeter proxy listening on 127.0.0.1:" in err
     assert "today $2.50" in out.splitlines()[-1]
     assert not where.proxy_state.exists()  # the child was stopped and cleaned up
+
+
+@pytest.mark.parametrize(("has_menu", "expected"), [(True, "1"), (False, "0")])
+def test_the_proxy_is_told_whether_the_icon_has_a_menu(
+    has_menu: bool, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So its alerts point at the menu only when there is one (pystray's plain X backend
+    has none), and name the command otherwise."""
+    import types
+
+    from devmeter.budget import MENU_ENV
+    from devmeter.tray.app import proxy_environment
+
+    backend = types.SimpleNamespace(Icon=type("Icon", (), {"HAS_MENU": has_menu}))
+    monkeypatch.setitem(sys.modules, "pystray", backend)
+    assert proxy_environment()[MENU_ENV] == expected
