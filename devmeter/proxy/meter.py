@@ -77,6 +77,8 @@ class FlowState:
     tap_error: str | None = None
     # WebSocket (Codex): the request of each response.create, in order.
     ws_requests: list[RequestInfo] = field(default_factory=list)
+    # ... and what each reserved against its caps (burst caps), in the same order.
+    ws_reservations: list[int | None] = field(default_factory=list)
     # Routing: the plan, and the request as the client sent it (for a fallback).
     plan: RoutePlan | None = None
     # Guard rails: loop fingerprint and human turn of the request; the block, if refused.
@@ -441,9 +443,10 @@ class Meter:
             if message.injected:
                 return  # devmeter's own refusal, already recorded
             if message.from_client:
-                if self._refuse_ws_turn(flow, state, message):
+                request = parse_request(state.endpoint, message.content)
+                if self._refuse_ws_turn(flow, state, message, request):
                     return
-                state.ws_requests.append(parse_request(state.endpoint, message.content))
+                state.ws_requests.append(request)
             else:
                 state.parser.feed_message(message.content)
                 for result in state.parser.take_completed():
@@ -454,24 +457,34 @@ class Meter:
             self._internal_error(flow, state.host, "websocket")
 
     def _refuse_ws_turn(
-        self, flow: http.HTTPFlow, state: FlowState, message: websocket.WebSocketMessage
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        message: websocket.WebSocketMessage,
+        request: RequestInfo,
     ) -> bool:
         """A cap reached, or a pause, while Codex keeps its socket open: refuse the next turn
-        on the socket itself (the handshake check only covers new sockets)."""
+        on the socket itself (the handshake is let through). A turn let through reserves
+        its estimated cost until it is recorded, as an HTTP call does."""
         if self._guard is None:
             return False
         self._apply_control()
         now = self._clock()
-        verdict = self._guard.check(state.attribution, now)
+        reserve = (
+            estimate_cost(state.endpoint.provider, request, self._overrides, now)
+            if self._guard.has_caps and request.facts.get("prewarm") != "1"
+            else Decimal(0)
+        )
+        verdict = self._guard.check(state.attribution, now, reserve)
         self._raise_alerts(verdict)
         block = verdict.block
         if block is None:
+            state.ws_reservations.append(verdict.reservation)
             return False
         message.drop()
         event = block.refusal(state.endpoint.api, state.attribution.tool).websocket_event
         ctx.master.commands.call("inject.websocket", flow, True, json.dumps(event).encode())
         status = event.get("status")
-        request = parse_request(state.endpoint, message.content)
         refused = metering.build_call(
             ts=now,
             host=state.host,
@@ -494,6 +507,7 @@ class Meter:
             # Responses still in flight when the socket closed generated tokens too.
             for result in state.parser.take_unfinished():
                 self._record_ws_turn(flow, state, result)
+            self._settle_ws_turns(state, len(state.ws_reservations))  # never answered
         except Exception:
             self._internal_error(flow, state.host, "websocket")
 
@@ -501,6 +515,7 @@ class Meter:
         self, flow: http.HTTPFlow, state: FlowState, result: ResponseResult
     ) -> None:
         request = state.ws_requests.pop(0) if state.ws_requests else state.request
+        self._settle_ws_turns(state, 1)
         if request.facts.get("prewarm") == "1" and not (
             result.usage and any(_counts(result.usage))
         ):
@@ -537,6 +552,17 @@ class Meter:
             for alert in self._guard.observe(call, *state.signals):
                 if self._on_alert is not None:
                     self._on_alert(alert)
+
+    def _settle_ws_turns(self, state: FlowState, count: int) -> None:
+        """Hand back what the socket's oldest `count` turns reserved (they were answered)."""
+        taken, state.ws_reservations = (
+            state.ws_reservations[:count],
+            state.ws_reservations[count:],
+        )
+        if self._guard is not None:
+            for reservation in taken:
+                with contextlib.suppress(Exception):
+                    self._guard.settle(reservation)
 
     def _settle(self, state: FlowState) -> None:
         """The call ended: what it reserved against its caps no longer counts (its cost,
