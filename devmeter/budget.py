@@ -705,9 +705,12 @@ class BudgetTracker:
         if marker in self._announced:
             return None
         self._announce(marker)
+        spent = block.spent_usd or ZERO
+        on_its_way = self.in_flight(block.scope, block.key)
+        flight = f", {format_usd(on_its_way)} more in calls under way" if on_its_way else ""
         text = (
             f"{_subject(block.scope, block.key, attribution, self.advice)} reached its "
-            f"{format_usd(block.cap_usd)} cap: {format_usd(block.spent_usd or ZERO)} spent"
+            f"{format_usd(block.cap_usd)} cap: {format_usd(spent)} spent{flight}"
             f"{_last_call(block.scope, attribution, self.advice)}. Requests are refused."
         )
         return Alert(
