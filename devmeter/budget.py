@@ -503,8 +503,9 @@ class BudgetTracker:
 
     @property
     def has_caps(self) -> bool:
-        return any(self.budgets.scope(s).block_usd is not None for s in SCOPES) or bool(
-            self._limits
+        """Whether a cap could refuse anything: a configured one or a raised one."""
+        return bool(self._limits) or any(
+            budget.block_usd is not None for _, budget in self._watched_scopes()
         )
 
     # state changes

@@ -240,19 +240,26 @@ DEFAULT_OUTPUT_TOKENS = 4096
 MAX_OUTPUT_TOKENS = 16384
 
 
+# Bytes of a request body per prompt token, for the reservation only: JSON and English
+# run ~4 characters a token, so this errs high, as a reservation should. Counting tokens
+# properly (tiktoken over a 100k-token prompt) would take milliseconds on the event loop.
+BYTES_PER_TOKEN = 4
+
+
 def estimate_cost(
     provider: str,
     request: RequestInfo,
+    body_bytes: int,
     overrides: tuple[PriceOverride, ...] = (),
     now: float | None = None,
 ) -> Decimal:
-    """What a request will likely cost, before it is sent: its prompt (estimated tokens) and
-    its `max_tokens` (capped) at the model's list price; $0 when the model has no price.
-    Reserved against the caps while the call runs (burst caps)."""
+    """What a request will likely cost, before it is sent: its body's size as prompt tokens
+    and its `max_tokens` (capped) at the model's list price; $0 when the model has no
+    price. Reserved against the caps while the call runs (burst caps)."""
     requested = request.facts.get("max_tokens")
     output = int(requested) if requested and requested.isdigit() else DEFAULT_OUTPUT_TOKENS
     usage = Usage(
-        input_tokens=request.prompt_tokens() or 0,
+        input_tokens=body_bytes // BYTES_PER_TOKEN,
         output_tokens=min(output, MAX_OUTPUT_TOKENS),
     )
     when = datetime.fromtimestamp(now, UTC) if now is not None else None

@@ -223,7 +223,7 @@ class Meter:
                 # without retrying, where a refused handshake makes it reconnect.
                 if not state.upgrade:
                     reserve = (
-                        estimate_cost(endpoint.provider, info, self._overrides, now)
+                        estimate_cost(endpoint.provider, info, len(body), self._overrides, now)
                         if self._guard.has_caps
                         else None
                     )
@@ -471,7 +471,9 @@ class Meter:
         self._apply_control()
         now = self._clock()
         reserve = (
-            estimate_cost(state.endpoint.provider, request, self._overrides, now)
+            estimate_cost(
+                state.endpoint.provider, request, len(message.content), self._overrides, now
+            )
             if self._guard.has_caps and request.facts.get("prewarm") != "1"
             else Decimal(0)
         )
