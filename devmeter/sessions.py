@@ -218,7 +218,8 @@ def to_table(sessions: Sequence[Session], now: float | None = None) -> str:
         "",
         f"{live} live (● a call in the last 5 min) of {len(sessions)} sessions, "
         f"{format_usd(total)} spent",
-        "burn rate: $/hour over the last 10 minutes, and over each session's life",
+        "burn rate: $/hour over the last 10 minutes (a younger session: its age), and over "
+        "each session's life",
     ]
     unpriced = sum(s.unpriced for s in sessions)
     if unpriced:
