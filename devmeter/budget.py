@@ -130,13 +130,14 @@ class Block:
             return Refusal(402, headers, json.dumps(body).encode(), body)
         status, body = self.error_response(endpoint)
         if tool == "codex" and endpoint.startswith("openai"):
+            # Codex prints this event's text as it is: the message first, then the rest.
             event = {
                 "type": "error",
                 "status": 400,
                 "error": {
+                    "message": self.message,
                     "type": "invalid_request_error",
                     "code": "devmeter_blocked",
-                    "message": self.message,
                 },
             }
             plain = {"content-type": "text/plain; charset=utf-8", "x-should-retry": "false"}

@@ -316,6 +316,29 @@ def test_block_error_bodies_look_like_each_providers_own():
     assert body["error"]["status"] == "PERMISSION_DENIED"
 
 
+def test_refusals_are_shaped_per_client_so_none_retries():
+    """What the real clients were found to show as it is (tests/test_e2e_refusals.py)."""
+    import json
+
+    t = tracker(parse_budgets({"session": {"block_usd": 1}}))
+    replay(t, ["2"])
+    block = t.check(ACME, T0)
+    assert block is not None
+    claude = block.refusal("anthropic.messages", "claude-code")
+    assert claude.status == 402 and claude.headers["x-should-retry"] == "false"
+    assert json.loads(claude.body)["error"] == {"type": "billing_error", "message": block.message}
+    codex = block.refusal("openai.responses", "codex")
+    assert codex.status == 400 and codex.body == block.message.encode()
+    assert codex.headers["content-type"].startswith("text/plain")
+    assert codex.websocket_event["status"] == 400
+    assert codex.websocket_event["error"]["message"] == block.message
+    sdk = block.refusal("openai.chat", "openai-sdk-python")
+    assert sdk.status == 403 and json.loads(sdk.body)["error"]["code"] == "devmeter_blocked"
+    assert sdk.websocket_event["type"] == "error"
+    gemini = block.refusal("gemini.generate_content", "gemini-cli")
+    assert gemini.status == 403
+
+
 def test_memory_is_bounded_by_max_keys():
     t = BudgetTracker(tz=UTC, max_keys=50)
     for i in range(500):
