@@ -239,3 +239,26 @@ def test_a_cap_set_after_the_spend_is_announced_and_its_advice_works(
             ask(client(second, session))  # still a cap, now at $0.05
     finally:
         second.stop()
+
+
+def test_the_threshold_popups_stop_command_stops_the_session_until_allowed(
+    proxy: RunningProxy, notifications: Path
+) -> None:
+    session = "7f3e9a2b-3333-4ccc-8ddd-000000000003"
+    c = client(proxy, session)
+    ask(c)
+    ask(c)  # $0.0234: crosses the $0.02 threshold, whose popup says how to stop it
+    (note,) = shown(notifications)
+    command = " ".join(note).split("`")[1]
+    assert command == "devmeter stop 7f3e9a2b"
+    assert "stopped session 7f3e9a2b" in devmeter(proxy, *command.split()[1:]).stdout
+    time.sleep(0.6)
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        ask(c)
+    assert caught.value.status_code == 402
+    assert "was stopped with `devmeter stop`" in caught.value.message
+    assert "`devmeter allow 7f3e9a2b`" in caught.value.message
+    ask(client(proxy, "someone-else"))  # only that session is stopped
+    devmeter(proxy, "allow", "7f3e9a2b")  # raises its $0.03 cap a step, and un-stops it
+    time.sleep(0.6)
+    ask(c)
