@@ -60,7 +60,9 @@ def burn_rate(window_usd: Decimal, first_ts: float, now: float, window_seconds: 
     same figure.
     """
     span = min(window_seconds, max(now - first_ts, MIN_RATE_SECONDS))
-    return window_usd * HOUR / Decimal(repr(round(span, 3)))
+    # Decimal(int) is cheap, and the common case: a session older than its window.
+    seconds = Decimal(int(span)) if span == int(span) else Decimal(repr(round(span, 3)))
+    return window_usd * HOUR / seconds
 
 
 # --- config --------------------------------------------------------------------------------
@@ -476,7 +478,6 @@ class RunawayDetector:
         self.config = config or RunawayConfig()
         self.advice = advice or Advice()
         self._sessions: OrderedDict[str, _Session] = OrderedDict()  # least recent first
-        self._window_cache: tuple[RunawayConfig, Decimal] | None = None
 
     def observe(
         self, call: Call, *, fingerprint: str | None = None, human_turn: bool | None = None
@@ -573,14 +574,6 @@ class RunawayDetector:
             session.window_usd - largest, session.first_ts, now, self.config.window_minutes * 60
         )
         return rest >= level
-
-    def _window_minutes(self) -> Decimal:
-        # Decimal(str(float)) on every call was a measurable share of `observe`; cached
-        # per config object, since `config` is a public attribute a caller may replace.
-        cached = self._window_cache
-        if cached is None or cached[0] is not self.config:
-            cached = self._window_cache = (self.config, Decimal(str(self.config.window_minutes)))
-        return cached[1]
 
     def _trim_costs(self, session: _Session, now: float) -> None:
         cutoff = now - self.config.window_minutes * 60
