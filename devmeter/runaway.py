@@ -2,18 +2,23 @@
 
 Three signals, each pure over the calls of one session:
 
-- **burn rate**: dollars spent in a sliding window (default 10 minutes) scaled to an
-  hour. When it passes a level (`projection_usd`, default $50/h and $200/h) the session
-  is on course to pass that figure within the hour, which is said while its spend is
-  still a fraction of it. Once per level; a level re-arms only after the rate has
-  fallen below `rearm_ratio` of it, so a rate hovering around a level does not flap.
+- **burn rate**: dollars spent in a sliding window (default 10 minutes) per hour of the
+  time it covers: the window, or the session's age when it is younger (`burn_rate`,
+  which `devmeter sessions` shows too). When it passes a level (`projection_usd`,
+  default $50/h and $200/h) the session is on course to pass that figure within the
+  hour, which is said while its spend is still a fraction of it, once there is evidence
+  (`_evident`: 20 s of age, and the level passed without the largest call). Once per
+  level; a level re-arms only after the rate has fallen below `rearm_ratio` of it, so a
+  rate hovering around a level does not flap.
 - **loops**: the same request (by `request_fingerprint`) `loop_count` times within
-  `loop_window_minutes`: an agent retrying a failing tool call for ever.
+  `loop_window_minutes`: an agent retrying a failing tool call for ever. One alert per
+  session while it loops, however many requests the loop cycles over.
 - **no human in the loop**: a session that has run `long_running_minutes` or
   `long_running_calls` since its last plain user text turn (`is_human_turn`).
 
 Memory is bounded: windows are deques trimmed by time and length, idle sessions are
-evicted, and at most `max_sessions` are tracked.
+evicted, and at most `max_sessions` are tracked. `seed` rebuilds the burn windows and
+what was already announced from the ledger after a restart.
 """
 
 from __future__ import annotations
