@@ -222,12 +222,8 @@ class Meter:
                 # socket is checked (`_refuse_ws_turn`), and Codex shows a refused turn
                 # without retrying, where a refused handshake makes it reconnect.
                 if not state.upgrade:
-                    reserve = (
-                        estimate_cost(endpoint.provider, info, len(body), self._overrides, now)
-                        if self._guard.has_caps
-                        else None
-                    )
-                    verdict = self._guard.check(state.attribution, now, reserve or Decimal(0))
+                    reserve = self._estimate(endpoint.provider, info, len(body), now)
+                    verdict = self._guard.check(state.attribution, now, reserve)
                     self._raise_alerts(verdict)
                     if verdict.block is not None:
                         _refuse(flow, state, verdict.block)
@@ -243,6 +239,16 @@ class Meter:
                 state.tap_error = (
                     f"devmeter routing failed (call sent as asked): {_short_traceback()}"
                 )
+
+    def _estimate(self, provider: str, request: RequestInfo, size: int, now: float) -> Decimal:
+        """What the call reserves against its caps: nothing when there is no cap, and
+        nothing when the estimate fails (the cap is still checked, on spend alone)."""
+        if self._guard is None or not self._guard.has_caps:
+            return Decimal(0)
+        try:
+            return estimate_cost(provider, request, size, self._overrides, now)
+        except Exception:
+            return Decimal(0)
 
     def _raise_alerts(self, verdict: Verdict) -> None:
         if self._on_alert is not None:
@@ -470,12 +476,11 @@ class Meter:
             return False
         self._apply_control()
         now = self._clock()
+        prewarm = request.facts.get("prewarm") == "1"  # generates nothing
         reserve = (
-            estimate_cost(
-                state.endpoint.provider, request, len(message.content), self._overrides, now
-            )
-            if self._guard.has_caps and request.facts.get("prewarm") != "1"
-            else Decimal(0)
+            Decimal(0)
+            if prewarm
+            else self._estimate(state.endpoint.provider, request, len(message.content), now)
         )
         verdict = self._guard.check(state.attribution, now, reserve)
         self._raise_alerts(verdict)
