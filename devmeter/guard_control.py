@@ -112,9 +112,15 @@ def allow(
     cap = tracker.cap(scope, key, now)
     if cap is None:
         if not was_stopped:
+            other = (
+                " If its requests are refused, the refusal names the cap doing it: "
+                "`devmeter allow --day`, `--month` or `--repo PATH` raises that one."
+                if scope == "session"
+                else ""
+            )
             return 1, (
                 f"devmeter: {label} has no cap to raise (budgets.{scope}.block_usd is not set "
-                f"in {where.config_file}) and is not stopped: nothing to do."
+                f"in {where.config_file}) and is not stopped: nothing to do.{other}"
             )
         control.update(path, allowed=(*current.allowed, (scope, key, now)))
         return 0, (

@@ -142,3 +142,13 @@ def test_allow_where_there_is_no_cap_and_no_stop_says_so(
     code, _, err = run(capsys, "allow", "--day")
     assert code == 1
     assert "has no cap to raise (budgets.day.block_usd is not set" in err
+
+
+def test_allow_on_a_session_with_no_cap_points_at_the_other_caps(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (home / "config.toml").write_text("[budgets.day]\nblock_usd = 1\n")
+    code, _, err = run(capsys, "allow", "7f3e")
+    assert code == 1
+    assert "session 7f3e9a2b has no cap to raise" in err
+    assert "`devmeter allow --day`" in err
