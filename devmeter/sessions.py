@@ -27,8 +27,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from devmeter.budget import Advice, repo_name
 from devmeter.budget import format_usd as format_cents
-from devmeter.budget import repo_name, short_session
 from devmeter.ledger import PICO
 from devmeter.reports import format_usd
 from devmeter.runaway import burn_rate
@@ -184,12 +184,17 @@ def to_table(sessions: Sequence[Session], now: float | None = None) -> str:
     now = time.time() if now is None else now
     if not sessions:
         return "No sessions in this period.\n"
+    # Each id as short as it can be and still name one session for `devmeter allow/stop`
+    # (Codex's ids begin with a timestamp: sessions started together share 8 characters).
+    ids = Advice()
+    for s in sessions:
+        ids.know(s.session)
     headers = ["", "session", "tool", "repo", "branch", "model", "first", "last", "calls",
                "spend", "10 min", "life"]  # fmt: skip
     body = [
         [
             "●" if s.live else " ",
-            short_session(s.session) if s.session else f"({s.tool}, no id)",
+            ids.short_id(s.session) if s.session else f"({s.tool}, no id)",
             s.tool,
             repo_name(s.repo) if s.repo else "-",
             s.branch or "-",

@@ -162,3 +162,15 @@ def test_table(conn: sqlite3.Connection) -> None:
     assert "+ 1 calls used a model with no known price" in text
     assert "~ 1 calls are estimated" in text
     assert to_table([], now=NOW) == "No sessions in this period.\n"
+
+
+def test_ids_in_the_table_are_as_short_as_they_can_be_and_still_resolve(tmp_path: Path) -> None:
+    """Codex's ids begin with a timestamp: two sessions started together share 8 characters."""
+    path = tmp_path / "ledger.sqlite"
+    first, second = "01a24f4d-a82b-7731-823a-c1c51761116f", "01a24f4d-bdd9-7cb3-bc2c-24c90e8d3f37"
+    write_calls(path, [call(60, "0.10", session=first, tool="codex"),
+                       call(30, "0.10", session=second, tool="codex")])  # fmt: skip
+    conn = connect_readonly(path)
+    assert conn is not None
+    table = to_table(query_sessions(conn, now=NOW), now=NOW)
+    assert "01a24f4d-a " in table and "01a24f4d-b " in table
