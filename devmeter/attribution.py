@@ -8,7 +8,8 @@ Precedence, highest first:
 
 - session: `X-Devmeter-Session` header > the client process's DEVMETER_SESSION >
   the tool's own session (Claude Code's `X-Claude-Code-Session-Id` or
-  `metadata.user_id`, Codex's `session-id` / `thread-id` / `x-codex-turn-metadata`)
+  `metadata.user_id`, Codex's `session-id` / `thread-id` / `x-codex-turn-metadata`,
+  Gemini CLI's `session_id` in its Code Assist requests; with an API key it sends none)
   > a per-process session that restarts after an idle gap > None.
 - repo: `X-Devmeter-Project` header / DEVMETER_PROJECT ("explicit") > Claude
   Code's working directory ("claude-env") > the client process's cwd when it is
@@ -36,7 +37,7 @@ HEADER_SESSION = "x-devmeter-session"
 HEADER_PROJECT = "x-devmeter-project"
 
 # Keys of `RequestInfo.facts` read here; the request parsers fill them.
-FACT_SESSION_ID = "session_id"  # Claude Code: session_id from metadata.user_id
+FACT_SESSION_ID = "session_id"  # Claude Code's metadata.user_id; Gemini CLI's request.session_id
 FACT_USER_ID = "user_id"  # Claude Code: metadata.user_id as sent (JSON or legacy form)
 FACT_CWD = "cwd"  # Claude Code: "Primary working directory" of its environment block
 
@@ -76,6 +77,12 @@ def lower_headers(headers: Headers) -> dict[str, str]:
 # AnthropicBedrock, AnthropicVertex, OpenAI, AsyncOpenAI, AzureOpenAI, ...
 _SDK_VENDOR = re.compile(r"(?:async)?(?:azure)?(anthropic|openai)[a-z]*", re.IGNORECASE)
 _CURSOR_UA = re.compile(r"\bcursor/")
+# Gemini CLI: `GeminiCLI/<version>/<model> (...)` in older versions, now `GeminiCLI-<client>/...`
+# (client "tui", "cli-command", "acp", "acp-<ide>"); in VS Code or Cloud Shell its Code
+# Assist calls go out as `CloudCodeVSCode/... proxy_client=geminicli)`.
+_GEMINI_CLI_UA = re.compile(
+    r"^(?:geminicli(?:-[a-z0-9._-]+)?|gemini-cli)/|[(;\s]proxy_client=geminicli\b"
+)
 _GOOGLE_LANG = re.compile(r"\bgl-([a-z]+)/", re.IGNORECASE)
 _PRODUCT = re.compile(r"[^a-z0-9._-]+")
 # Header-name tests for any(map(...)): run in C over every header of every request.
@@ -114,7 +121,7 @@ def _detect(h: dict[str, str], host: str | None) -> str:
     ):
         return "codex"
     # Gemini CLI sends the GenAI SDK's x-goog-api-client too: check it first.
-    if ua_lower.startswith(("geminicli/", "gemini-cli/")):
+    if _GEMINI_CLI_UA.search(ua_lower):
         return "gemini-cli"
     if host.endswith("cursor.sh") or _CURSOR_UA.search(ua_lower) or any(map(_CURSOR_HEADER, h)):
         return "cursor"

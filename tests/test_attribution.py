@@ -140,6 +140,29 @@ def test_the_installed_python_sdks(client: object, tool: str) -> None:
             },
             "gemini-cli",
         ),
+        # Gemini CLI 0.61.0 as captured (headless `-p` is still the "tui" client).
+        (
+            {
+                "User-Agent": "GeminiCLI-tui/0.61.0/gemini-2.5-pro (linux; x64; terminal)",
+                "x-goog-api-client": "google-genai-sdk/1.30.0 gl-node/v20.20.2",
+                "x-gemini-api-privileged-user-id": "286bd2c5-56aa-4e3f-a35e-84f19ca09cae",
+            },
+            "gemini-cli",
+        ),
+        (
+            {"User-Agent": "GeminiCLI-cli-command/0.61.0/gemini-3.5-flash (linux; x64; terminal)"},
+            "gemini-cli",
+        ),
+        ({"User-Agent": "GeminiCLI-acp-vscode/0.61.0/auto (darwin; arm64; ide)"}, "gemini-cli"),
+        (
+            {
+                "User-Agent": "CloudCodeVSCode/0.61.0 (aidev_client; os_type=Linux; "
+                "os_version=6.8.0; arch=x64; host_path=VSCode/1.99.0; proxy_client=geminicli)"
+            },
+            "gemini-cli",
+        ),
+        # Not Gemini CLI: a product that only starts like it.
+        ({"User-Agent": "GeminiCLIent/1.0"}, "geminiclient"),
         ({"User-Agent": "connect-es/1.6.1", "x-cursor-client-version": "1.7.0"}, "cursor"),
         ({"User-Agent": "Mozilla/5.0 (Macintosh) Cursor/1.7.0 Chrome/132"}, "cursor"),
         ({"User-Agent": "curl/8.5.0"}, "curl"),
