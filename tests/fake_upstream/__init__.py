@@ -75,7 +75,8 @@ HTTP 400 over the wire.
                        ``input_tokens`` 1200 (uncached), ``cache_read_tokens`` 3000,
                        ``cache_write_5m_tokens`` 300, ``cache_write_1h_tokens`` 200,
                        ``output_tokens`` 345 (incl. reasoning), ``reasoning_tokens`` 120,
-                       ``web_search_requests`` 0, ``cost`` 0.0123 (OpenRouter). Mapping per
+                       ``web_search_requests`` 0, ``cost`` 0.0123 (OpenRouter),
+                       ``tool_use_prompt_tokens`` 0 (Gemini's built-in tools). Mapping per
                        provider: see ``providers.py`` (OpenAI ``prompt_tokens`` = input + cache
                        read; no cache writes outside Anthropic).
 ``status``             e.g. 429, 500, 529: the provider's error body (``retry_after`` adds

@@ -28,6 +28,9 @@ DEFAULT_USAGE: dict[str, Any] = {
     "reasoning_tokens": 120,
     "web_search_requests": 0,
     "cost": 0.0123,  # OpenRouter's usage.cost, in USD
+    # Gemini only: results of its built-in tools (search, code execution) fed back to the
+    # model, billed as input; Gemini CLI's stats call them `tool`.
+    "tool_use_prompt_tokens": 0,
 }
 
 _USAGE_ALIASES = {

@@ -10,7 +10,8 @@ Responses        completion/output tokens = output (reasoning_tokens a breakdown
 DeepSeek         as OpenAI chat + prompt_cache_hit_tokens = cache_read, _miss_tokens = input
 OpenRouter       as OpenAI chat + cost (USD), is_byok, cost_details
 Gemini           promptTokenCount = input + cache_read; cachedContentTokenCount = cache_read;
-                 candidatesTokenCount = output - reasoning; thoughtsTokenCount = reasoning
+                 candidatesTokenCount = output - reasoning; thoughtsTokenCount = reasoning;
+                 toolUsePromptTokenCount = tool_use_prompt_tokens (Gemini only)
 ===============  ===============================================================================
 """
 
@@ -606,9 +607,12 @@ def gemini_usage(d: Directives, final: bool = True) -> dict[str, Any]:
     meta: dict[str, Any] = {"promptTokenCount": prompt}
     if final:
         meta["candidatesTokenCount"] = candidates
-    meta["totalTokenCount"] = prompt + (u["output_tokens"] if final else thoughts)
+    tool = u["tool_use_prompt_tokens"]
+    meta["totalTokenCount"] = prompt + tool + (u["output_tokens"] if final else thoughts)
     if u["cache_read_tokens"]:
         meta["cachedContentTokenCount"] = u["cache_read_tokens"]
+    if tool:
+        meta["toolUsePromptTokenCount"] = tool
     meta["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": prompt}]
     if u["cache_read_tokens"]:
         meta["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": u["cache_read_tokens"]}]
