@@ -13,11 +13,11 @@ if ! command -v uv >/dev/null 2>&1; then
     export PATH="$HOME/.local/bin:$PATH"
 fi
 
-say "real clients for the end-to-end tests (Claude Code, Codex CLI)"
+say "real clients for the end-to-end tests (Claude Code, Codex CLI, Gemini CLI)"
 if command -v npm >/dev/null 2>&1; then
     npm ci --prefix tests/clients --no-audit --no-fund --loglevel=error
 else
-    echo "npm is missing: the Claude Code and Codex tests will say so and skip" >&2
+    echo "npm is missing: the Claude Code, Codex and Gemini CLI tests will say so and skip" >&2
 fi
 
 # A virtual display, a tray host and a screenshot tool for the tray tests.

@@ -1,4 +1,4 @@
-"""Running real clients (Claude Code, Codex CLI, SDK scripts) through `devmeter run`.
+"""Running real clients (Claude Code, Codex CLI, Gemini CLI, SDK scripts) through `devmeter run`.
 
 The end-to-end tests drive a real `devmeter proxy` (see `proxy_harness`) whose provider
 hosts are mapped to the fake upstream, and start each client the way a user would:
@@ -37,7 +37,8 @@ QUICK_TIMEOUT = 30.0  # git, devmeter report
 # Variables from the developer's shell that would send a client elsewhere, name its
 # session or project, or point it at real credentials and config. `devmeter run` sets the
 # proxy and CA ones again for the child.
-_SCRUB_PREFIXES = ("ANTHROPIC_", "CLAUDE", "OPENAI_", "CODEX_", "DEVMETER_", "GIT_")
+_SCRUB_PREFIXES = ("ANTHROPIC_", "CLAUDE", "OPENAI_", "CODEX_", "GEMINI_", "GOOGLE_", "DEVMETER_",
+                   "GIT_")  # fmt: skip
 _SCRUB_NAMES = frozenset(
     {
         "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
@@ -48,7 +49,8 @@ _SCRUB_NAMES = frozenset(
 
 
 def cli(name: str) -> Path:
-    """The installed CLI `name` ("claude", "codex"); skips the test when it is missing."""
+    """The installed CLI `name` ("claude", "codex", "gemini"); skips the test when it is
+    missing."""
     path = CLIENTS_BIN / (f"{name}.cmd" if os.name == "nt" else name)
     if not path.exists():
         pytest.skip(f"{name} CLI not found at {path}: {INSTALL_HINT}")
