@@ -156,6 +156,24 @@ also calls ``chatgpt.com/backend-api/plugins/export/curated`` and ``ab.chatgpt.c
 (not LLM hosts). Either way ~0.6 s. Do not send an ``openai-model`` header on the WebSocket
 handshake: Codex compares it with the requested model and prints "model rerouted" plus a
 cyber-safety warning when they differ.
+
+Gemini CLI 0.61.0 against it
+----------------------------
+Through a proxy (``HTTPS_PROXY`` + ``NODE_EXTRA_CA_CERTS``, no base URL), headless:
+``GEMINI_CLI_TRUST_WORKSPACE=true gemini -p "say hi" --output-format json``, with
+``GEMINI_API_KEY=fake`` (generativelanguage.googleapis.com) or, for the Google-login path,
+``GOOGLE_GENAI_USE_GCA=true GOOGLE_CLOUD_ACCESS_TOKEN=<anything>`` (cloudcode-pa: it takes the
+token as it is; ``loadCodeAssist``, ``retrieveUserQuota``, ``listExperiments`` are answered
+here; its user-info GET to www.googleapis.com fails quietly offline). It first asks a router
+model (``gemini-3.5-flash-lite``; with Code Assist ``gemini-3.1-flash-lite``) to classify the
+prompt in JSON mode: script that answer (``set_next(path=":generateContent", text=...)``)
+with JSON of the router's schema, ``{"complexity_reasoning", "complexity_score"}`` (API key)
+or ``{"reasoning", "model_choice": "flash"|"pro"}`` (Code Assist); the default text makes
+it retry 5 times with backoff (~110 s) before it falls back. Then each turn is
+``streamGenerateContent?alt=sse``; a ``tool_use`` such as ``{"name": "list_directory",
+"input": {"dir_path": "."}}`` is run and answered in the next turn.
+``{"privacy": {"usageStatisticsEnabled": false}}`` in ``$HOME/.gemini/settings.json`` keeps
+it from play.googleapis.com. ~2 s a run.
 """
 
 from .directives import DEFAULT_TEXT, DEFAULT_USAGE, DirectiveError, Directives
