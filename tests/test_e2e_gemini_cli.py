@@ -29,7 +29,16 @@ from typing import Any
 
 import pytest
 
-from tests.clients_env import cli, client_env, describe, devmeter_run, git_repo, last_id, rows_after
+from tests.clients_env import (
+    cli,
+    client_env,
+    describe,
+    devmeter_run,
+    git_repo,
+    last_id,
+    report,
+    rows_after,
+)
 from tests.fake_upstream import FakeUpstream
 from tests.proxy_harness import RunningProxy
 
@@ -276,3 +285,10 @@ def test_gemini_cli_tool_call_streamed_turns_metered_like_its_stats(
     check_against_cli_stats(login, out, rows)
     # Gemini's tool tokens were counted by the CLI, and billed by devmeter.
     assert out["stats"]["models"][login.main_model]["tokens"]["tool"] == 321
+
+    # What `devmeter report` shows for the session: the three calls, all priced.
+    (session,) = {r["session"] for r in rows}
+    by_session = {r["key"]: r for r in json.loads(report(proxy, "--by", "session", "--json"))}
+    assert by_session[session]["requests"] == 3
+    assert by_session[session]["unpriced"] == 0
+    assert Decimal(repr(by_session[session]["cost_usd"])) == sum(r["cost_usd"] for r in rows)
