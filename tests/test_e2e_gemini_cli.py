@@ -292,3 +292,36 @@ def test_gemini_cli_tool_call_streamed_turns_metered_like_its_stats(
     assert by_session[session]["requests"] == 3
     assert by_session[session]["unpriced"] == 0
     assert Decimal(repr(by_session[session]["cost_usd"])) == sum(r["cost_usd"] for r in rows)
+
+
+def test_gemini_cli_turn_cut_off_mid_stream_is_still_in_the_ledger(
+    proxy: RunningProxy, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """The upstream drops the connection two chunks into the streamed turn. Gemini CLI
+    0.61.0 does not retry it: it exits 1 ("terminated"). The turn generated tokens all the
+    same: the ledger keeps it, with the usage Google had reported so far and the error."""
+    login = LOGINS["api-key"]
+    upstream.set_next(path=":generateContent", text=login.router_text, usage=ROUTER_USAGE)
+    upstream.set_next(path=":streamGenerateContent", cut_after=2, usage=TURN_USAGE)
+    repo = git_repo(tmp_path / "billing", BRANCH)
+    mark = last_id(proxy)
+
+    with pytest.raises(AssertionError, match=r'(?s)exited 1 .*"message": "terminated"'):
+        devmeter_run(
+            [str(cli("gemini")), "-p", "say hi", "--output-format", "json"],
+            cwd=repo,
+            env=gemini_env(proxy, tmp_path, login),
+        )
+
+    rows = rows_after(proxy, mark, at_least=2)
+    assert len(rows) == 2, describe(rows)
+    check_attribution(login, {"session_id": None}, rows, repo)
+    router, cut = rows
+    assert (router["model"], router["complete"], router["error"]) == (login.router_model, 1, None)
+    assert cut["model"] == login.main_model
+    assert cut["complete"] == 0 and cut["error"], describe(rows)
+    # Every chunk carries the usage so far: the prompt in full, the thoughts streamed.
+    assert cut["input_tokens"] == TURN_USAGE["input_tokens"]
+    assert cut["cache_read_tokens"] == TURN_USAGE["cache_read_tokens"]
+    assert cut["output_tokens"] > 0
+    assert cut["cost_usd"] is not None and cut["cost_usd"] > 0
