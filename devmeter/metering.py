@@ -13,7 +13,17 @@ from decimal import Decimal
 from devmeter import tokens
 from devmeter.pricing import Price, PriceOverride, price
 from devmeter.providers import Endpoint, effective_endpoint
-from devmeter.usage import Attribution, Call, RequestInfo, ResponseResult, Usage
+from devmeter.usage import (
+    MAX_COST_USD,
+    MAX_TOKENS,
+    Attribution,
+    Call,
+    RequestInfo,
+    ResponseResult,
+    Usage,
+    checked_usage,
+    sane_cost,
+)
 
 
 def conclude_usage(
@@ -21,24 +31,26 @@ def conclude_usage(
 ) -> Usage:
     """The usage to bill: what the wire reported, or an estimate where it fell short.
 
-    A call that reported no usage but produced text (an OpenAI stream without
-    include_usage) still generated tokens: estimate them. A stream cut short (the
-    client or upstream hung up) is billed for what it produced so far: the reported
-    counts, raised to the estimate of the text that passed where that is higher.
+    The one place devmeter estimates a call's usage. A call that reported no usage but
+    produced text (an OpenAI stream without include_usage) still generated tokens:
+    estimate them. A stream cut short (the client or upstream hung up) is billed for
+    what it produced so far: the reported counts, raised to the estimate of the text
+    that passed where that is higher. The estimate covers all the text that passed,
+    not only the part the parser kept (see `tokens.estimate_output_tokens`).
     """
     usage = result.usage
     if endpoint.free or (usage is not None and result.complete):
         return usage or Usage()
-    if not result.output_text:
+    if not (result.output_text or result.output_chars):
         return usage or Usage()  # nothing was generated (an error, or no answer at all)
-    output = tokens.estimate_tokens(result.output_text, result.model or request.model)
+    output = min(tokens.estimate_output_tokens(result, result.model or request.model), MAX_TOKENS)
     if usage is not None:
         # Input was reported up front (Anthropic's message_start); output was cut short.
         if usage.output_tokens >= output:
             return usage
         return replace(usage, output_tokens=output, estimated=True)
     return Usage(
-        input_tokens=request.prompt_tokens() or 0,
+        input_tokens=min(request.prompt_tokens() or 0, MAX_TOKENS),
         output_tokens=output,
         estimated=True,
     )
@@ -64,6 +76,11 @@ def build_call(
     served_model: str | None = None,
 ) -> Call:
     endpoint = effective_endpoint(endpoint, request)
+    # Impossible numbers stop here, for every wire format, with the row kept and flagged:
+    # past this point the ledger, totals and caps only ever see sane ones.
+    reported, problems = (None, []) if result.usage is None else checked_usage(result.usage)
+    if reported is not result.usage:
+        result = replace(result, usage=reported)
     usage = conclude_usage(endpoint, request, result, status)
     model = served_model or result.model or request.model or endpoint.path_model
     # Cursor names models its own way; the parser maps them to genai-prices' ids.
@@ -76,6 +93,15 @@ def build_call(
         priced = Price(Decimal(0), "not billed")
     else:
         priced = price(endpoint.provider, priced_model, usage, overrides, when)
+    if priced.cost_usd is not None and not sane_cost(priced.cost_usd):
+        # A price no call can have (a `[[prices]]` typo such as input_mtok = 1e12): the
+        # row says so and counts as unpriced, rather than poisoning every total with it.
+        problems.append(
+            f"cost ${priced.cost_usd:.2f} from {priced.source} out of range ($0 to "
+            f"${MAX_COST_USD:,}): recorded unpriced; check the price"
+        )
+        priced = Price(None, None)
+    error = "; ".join(e for e in (error or result.error, *problems) if e) or None
     return Call(
         ts=ts,
         provider=endpoint.provider,
@@ -90,5 +116,5 @@ def build_call(
         status=status,
         duration_ms=duration_ms,
         complete=result.complete,
-        error=error or result.error,
+        error=error,
     )

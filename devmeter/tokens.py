@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
-from devmeter.usage import RequestInfo, ResponseResult, Usage
+from devmeter.usage import ResponseResult
 
 # What tiktoken's openai_public plugin downloads for each encoding, and the sha256 it
 # checks. tests/test_tokens.py checks these against the installed tiktoken.
@@ -305,7 +305,12 @@ def estimate_request_tokens(body_json: dict[str, Any]) -> int:
 
 
 def estimate_output_tokens(result: ResponseResult, model: str | None = None) -> int:
-    """Output tokens from the text a parser kept, extrapolated to all it saw."""
+    """Output tokens from the text a parser kept, extrapolated to all it saw.
+
+    Parsers keep at most `providers.base.TEXT_CAP` characters but count every one
+    (`output_chars`): a 1M-character answer is estimated at ~250k tokens, not at the
+    ~65k of the part kept.
+    """
     text = result.output_text
     if not text:
         # Nothing kept: fall back to the character count alone.
@@ -314,25 +319,3 @@ def estimate_output_tokens(result: ResponseResult, model: str | None = None) -> 
     if result.output_chars > len(text):  # the parser's text buffer is bounded
         tokens = math.ceil(tokens * result.output_chars / len(text))
     return tokens
-
-
-def estimate_usage(request: RequestInfo, result: ResponseResult) -> Usage:
-    """The usage to record: reported where the response reported it, estimated otherwise.
-
-    - No usage at all: prompt from the request estimate, output from the text seen.
-    - A stream cut short: counts reported early (Anthropic's message_start) stand,
-      but output can only be counted from the text that arrived, so the larger of
-      the reported and estimated output wins.
-    """
-    usage = result.usage
-    if usage is None:
-        return Usage(
-            input_tokens=request.prompt_tokens() or 0,
-            output_tokens=estimate_output_tokens(result, request.model),
-            estimated=True,
-        )
-    if not result.complete and (result.output_text or result.output_chars):
-        estimated = estimate_output_tokens(result, request.model)
-        if estimated > usage.output_tokens:
-            return usage.with_estimate(output_tokens=estimated)
-    return usage

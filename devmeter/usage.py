@@ -6,6 +6,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
+# The largest count one call may record in any token field. The largest context window
+# on sale is 10M tokens, so no real call comes within 10x of this; what lies beyond it
+# (1e30, 2**63 - 1, a hostile upstream) is not a count at all. Kept well inside SQLite's
+# 64-bit integers, so even millions of such rows still sum without overflowing.
+MAX_TOKENS = 100_000_000
+# The most one call may cost. The dearest call today (a full context window at the
+# dearest list price) costs well under $100; a cost past this is a price typo
+# (`input_mtok = 1e12`) or a hostile `usage.cost`. In pico-dollars it is 1e16, a
+# thousandth of SQLite's largest integer, so sums over a ledger of them stay exact.
+MAX_COST_USD = Decimal(10_000)
+# What `providers.base.as_int` gives for NaN and infinities, so the check below can say
+# what the wire sent instead of quietly reading it as 0.
+NOT_A_NUMBER = -(2**64)
+
+_COUNT_FIELDS = (
+    "input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
+    "output_tokens", "reasoning_tokens", "web_search_requests",
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -36,6 +55,38 @@ class Usage:
 
     def with_estimate(self, **counts: int) -> Usage:
         return replace(self, estimated=True, **counts)
+
+
+def checked_usage(usage: Usage) -> tuple[Usage, list[str]]:
+    """`usage` with every impossible number taken out, and what was wrong with each.
+
+    A count that is negative, not a number or above MAX_TOKENS is recorded as 0: a
+    negative count would lower day and month totals (and so loosen caps), a huge one
+    would overflow the ledger, and neither says anything true about the call. A reported
+    cost (OpenRouter's `usage.cost`) that is negative, not finite or above MAX_COST_USD
+    is dropped, so the call is priced from list prices instead.
+    """
+    problems: list[str] = []
+    changes: dict[str, object] = {}
+    for name in _COUNT_FIELDS:
+        value = getattr(usage, name)
+        if type(value) is int and 0 <= value <= MAX_TOKENS:
+            continue
+        shown = "not a number" if value == NOT_A_NUMBER else f"{value}"
+        problems.append(f"usage.{name}={shown} out of range: recorded as 0")
+        changes[name] = 0
+    cost = usage.reported_cost_usd
+    if cost is not None and not sane_cost(cost):
+        problems.append(f"usage.cost={cost} out of range: priced from list prices")
+        changes["reported_cost_usd"] = None
+    if not changes:
+        return usage, problems
+    return replace(usage, **changes), problems  # type: ignore[arg-type]
+
+
+def sane_cost(cost: Decimal) -> bool:
+    """A cost one call can really have: finite, not negative, at most MAX_COST_USD."""
+    return cost.is_finite() and 0 <= cost <= MAX_COST_USD
 
 
 @dataclass(frozen=True)

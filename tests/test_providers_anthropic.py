@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from devmeter.metering import conclude_usage
 from devmeter.providers import (
     Endpoint,
     match_endpoint,
@@ -14,7 +15,6 @@ from devmeter.providers import (
     parse_request,
     request_uses_images,
 )
-from devmeter.tokens import estimate_usage
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
 WIRE = Path(__file__).parent / "fixtures" / "wire"
@@ -129,7 +129,12 @@ class TestStream:
         # The text that did arrive is kept, so the output can be estimated.
         assert "Running the tests" in result.output_text
         assert "uv run pytest" in result.output_text
-        estimated = estimate_usage(RequestInfo(model="claude-opus-5-5"), result)
+        estimated = conclude_usage(
+            Endpoint("anthropic", "anthropic.messages"),
+            RequestInfo(model="claude-opus-5-5"),
+            result,
+            200,
+        )
         assert estimated.estimated and estimated.output_tokens > 2
         assert estimated.cache_read_tokens == 12034
 

@@ -17,6 +17,9 @@ import tiktoken
 import tiktoken_ext.openai_public
 
 from devmeter import tokens
+from devmeter.metering import conclude_usage
+from devmeter.providers import Endpoint
+from devmeter.providers.base import TEXT_CAP
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
 WIRE = Path(__file__).parent / "fixtures" / "wire"
@@ -285,22 +288,33 @@ class TestRequestEstimate:
         assert tokens.estimate_request_tokens([1, 2]) == 0  # type: ignore[arg-type]
 
 
-class TestEstimateUsage:
+class TestConcludeUsage:
+    """`metering.conclude_usage` is devmeter's one estimator of a call's usage."""
+
     request = RequestInfo(model="gpt-4o", prompt_tokens_estimate=1200)
+    endpoint = Endpoint("openai", "openai.chat")
+
+    def conclude(self, result: ResponseResult) -> Usage:
+        return conclude_usage(self.endpoint, self.request, result, 200)
 
     def test_no_usage_estimates_both_sides(self) -> None:
         result = ResponseResult(usage=None, output_chars=40, output_text="abcd" * 10)
-        assert tokens.estimate_usage(self.request, result) == Usage(
-            input_tokens=1200, output_tokens=10, estimated=True
-        )
+        assert self.conclude(result) == Usage(input_tokens=1200, output_tokens=10, estimated=True)
 
     def test_bounded_text_is_extrapolated(self) -> None:
         result = ResponseResult(usage=None, output_chars=400, output_text="abcd" * 10)
-        assert tokens.estimate_usage(self.request, result).output_tokens == 100
+        assert self.conclude(result).output_tokens == 100
+
+    def test_a_million_characters_are_billed_as_such_not_as_the_text_kept(self) -> None:
+        # The parser keeps TEXT_CAP characters and counts all of them: the estimate is
+        # scaled to everything that streamed (issue 16: 65,536 tokens for 1M characters).
+        kept = "abcd" * (TEXT_CAP // 4)
+        result = ResponseResult(usage=None, output_chars=1_000_000, output_text=kept)
+        assert self.conclude(result).output_tokens == 250_000
 
     def test_reported_usage_stands(self) -> None:
         usage = Usage(input_tokens=5, output_tokens=7)
-        assert tokens.estimate_usage(self.request, ResponseResult(usage=usage)) is usage
+        assert self.conclude(ResponseResult(usage=usage)) is usage
 
     def test_cut_stream_takes_the_larger_output(self) -> None:
         # Anthropic's message_start says output_tokens=1; 100 tokens of text arrived.
@@ -308,7 +322,15 @@ class TestEstimateUsage:
         result = ResponseResult(
             usage=usage, complete=False, output_chars=400, output_text="abcd" * 100
         )
-        estimated = tokens.estimate_usage(self.request, result)
+        estimated = self.conclude(result)
         assert estimated.output_tokens == 100
         assert estimated.input_tokens == 3 and estimated.cache_read_tokens == 100
         assert estimated.estimated
+
+    def test_a_hung_up_stream_is_billed_past_the_kept_text(self) -> None:
+        usage = Usage(input_tokens=3, output_tokens=1)
+        kept = "abcd" * (TEXT_CAP // 4)
+        result = ResponseResult(
+            usage=usage, complete=False, output_chars=2_000_000, output_text=kept
+        )
+        assert self.conclude(result).output_tokens == 500_000

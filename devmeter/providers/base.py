@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Protocol
 
 from devmeter import fastjson
 from devmeter.providers.framing import BodyReader
-from devmeter.usage import RequestInfo, ResponseResult, Usage
+from devmeter.usage import NOT_A_NUMBER, RequestInfo, ResponseResult, Usage
 
 # Output text kept for estimation when usage is missing: enough for a good ratio,
 # small enough not to matter per connection. output_chars still counts everything.
@@ -35,20 +36,25 @@ class ResponseParser(Protocol):
 
 
 def as_int(value: Any) -> int:
-    """A token count from JSON: ints, integral floats and numeric strings; else 0."""
+    """A token count from JSON: ints, integral floats and numeric strings; else 0.
+
+    Never raises: NaN and infinities (which `json` reads from `NaN`, `Infinity` and
+    `1e999`) come back as NOT_A_NUMBER, for `usage.checked_usage` to flag. Range is
+    not checked here; `metering.build_call` does that once for every wire format.
+    """
     if type(value) is int:  # nearly always; bool is not `int` by type, so it falls through
         return value
     if isinstance(value, bool):
         return 0
     if isinstance(value, int):
-        return value
-    if isinstance(value, float):
         return int(value)
     if isinstance(value, str):
         try:
-            return int(float(value))
+            value = float(value)
         except ValueError:
             return 0
+    if isinstance(value, float):
+        return int(value) if math.isfinite(value) else NOT_A_NUMBER
     return 0
 
 
