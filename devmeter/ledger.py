@@ -12,8 +12,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import json
+import os
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from devmeter.budget import Alert
+from devmeter.diagnostics import say
+from devmeter.paths import make_private_dir, make_private_file
 from devmeter.spool import Mark, Spool, SpoolBusy, spool_dir
 from devmeter.spool import pending as spool_pending
 from devmeter.usage import Call
@@ -172,10 +175,19 @@ INSERT_ALERT = (
 )
 
 
+# SQLite's integers are 64-bit: a larger one cannot be bound at all.
+_SQLITE_MAX_INT = 2**63 - 1
+
+
 def to_pusd(usd: Decimal | None) -> int | None:
-    if usd is None:
+    """USD as integer pico-dollars; None for what no ledger column can hold (NaN,
+    infinities, past 64 bits). `metering.build_call` flags such costs on the row;
+    this keeps any other amount (a routing alternative, an alert figure) from reaching
+    SQLite, where it would raise in the writer."""
+    if usd is None or not usd.is_finite():
         return None
-    return int((usd * PICO).to_integral_value(ROUND_HALF_EVEN))
+    pusd = int((usd * PICO).to_integral_value(ROUND_HALF_EVEN))
+    return pusd if -_SQLITE_MAX_INT <= pusd <= _SQLITE_MAX_INT else None
 
 
 def from_pusd(pusd: int | None) -> Decimal | None:
@@ -228,8 +240,15 @@ def alert_row(alert: Alert) -> tuple[Any, ...]:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """Open the ledger for writing, creating and migrating it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Open the ledger for writing, creating and migrating it.
+
+    The ledger, and the -wal and -shm files SQLite creates beside it with the ledger's
+    own mode, are readable by the user alone (0600), in a folder that is too (0700).
+    """
+    make_private_dir(path.parent)
+    for private in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if private is path or private.exists():
+            make_private_file(private)
     conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -290,15 +309,37 @@ class _Item(NamedTuple):
     call: Call | None = None
 
 
+# What one bad row raises when bound or inserted (an integer past 64 bits, a lone
+# surrogate, a row of the wrong length from a damaged spool, a broken constraint): the
+# row is at fault, not the disk, and retrying it would fail forever.
+_ROW_ERRORS = (
+    OverflowError,
+    ValueError,
+    TypeError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+)
+
+
+def quarantine_path(ledger: Path) -> Path:
+    """Where rows the ledger refused are set aside, beside the spool."""
+    return ledger.with_name(ledger.name + ".quarantine.jsonl")
+
+
 class LedgerWriter:
     """The single writer: callers enqueue rows; one thread commits them in batches.
 
     Each call's row is spooled to disk first (devmeter/spool.py), so a caller never
     waits for a commit and a killed proxy loses nothing: the next start commits what
     the spool holds past the ledger's mark. A failed write (disk full, read-only,
-    locked) keeps the batch and retries: a row is never dropped. `on_problem` hears
-    about failures (loudly, once per state change) and recoveries; `on_written` hears
-    about committed calls.
+    locked) keeps the batch and retries: a row is never dropped. A row SQLite refuses
+    (one that no retry can write) is set aside in `quarantine_path`, said once, and
+    counted, so it can never stop the rows after it, now or on a replay. Nothing the
+    thread meets stops it: an unexpected error is reported and the work goes on.
+    `on_problem` hears about failures (loudly, once per state change) and recoveries;
+    `on_written` hears about committed calls.
     """
 
     def __init__(
@@ -319,7 +360,7 @@ class LedgerWriter:
         self._queue: collections.deque[_Item | None] = collections.deque()
         self._wake = threading.Event()
         self._waiting = False  # the writer sleeps on `_wake` until a row arrives
-        self._on_problem = on_problem or _print_problem
+        self._on_problem = on_problem or say
         self._on_written = on_written
         self._batch_size = batch_size
         self._retry_seconds = retry_seconds
@@ -327,10 +368,15 @@ class LedgerWriter:
         self._pending: list[_Item] = []
         self._idle = threading.Event()
         self._idle.set()
+        self._stopping = threading.Event()  # close() was called: finish up, no waiting
+        self._ended = False  # the writer took close()'s end marker off the queue
+        self._recovered = False
         self.problem: str | None = None
         self.spool_problem: str | None = None
+        self.internal_problem: str | None = None
         self.rows_written = 0
         self.rows_recovered = 0
+        self.rows_quarantined = 0
         self._order = threading.Lock()
         self._spool = self._open_spool(spool_dir(path)) if spool else None
         self._last_mark: Mark | None = None  # the newest mark committed
@@ -342,6 +388,13 @@ class LedgerWriter:
             self._conn = connect(path)
         self._thread = threading.Thread(target=self._run, name="devmeter-ledger", daemon=True)
         self._thread.start()
+
+    def _tell(self, message: str) -> None:
+        """Report through `on_problem`, which must not stop the writer if it fails."""
+        try:
+            self._on_problem(message)
+        except Exception:
+            say(message)
 
     def _open_spool(self, directory: Path) -> Spool | None:
         """The spool, or None (rows held in memory) when its directory cannot be made.
@@ -363,7 +416,7 @@ class LedgerWriter:
                 "memory until the ledger can be written; free space or fix permissions on "
                 f"{directory.parent}."
             )
-            self._on_problem(self.spool_problem)
+            self._tell(self.spool_problem)
 
     def add_call(self, call: Call) -> bool:
         """Queue a call's row; True once it is safe on disk (spooled), False when the
@@ -407,9 +460,12 @@ class LedgerWriter:
         except OSError as exc:
             self._spool_failed(self._spool.directory, exc)
             return None
+        except Exception as exc:  # a row the spool cannot encode: held in memory
+            self._spool_failed(self._spool.directory, OSError(f"{type(exc).__name__}: {exc}"))
+            return None
         if self.spool_problem is not None:
             self.spool_problem = None
-            self._on_problem(f"devmeter: the spool in {self._spool.directory} is writable again.")
+            self._tell(f"devmeter: the spool in {self._spool.directory} is writable again.")
         return mark
 
     @property
@@ -427,48 +483,123 @@ class LedgerWriter:
         return False
 
     def close(self, timeout: float = 10.0) -> None:
-        flushed = self.flush(timeout)
+        """Commit everything queued, checkpoint the WAL into the ledger file and stop.
+
+        The writer makes one last attempt at rows it could not write yet (disk full) and
+        then stops rather than wait for the disk: those rows stay in the spool for the
+        next start, and it says so.
+        """
         with self._order:
             self._enqueue(None)
+        self._stopping.set()
         self._hurry.set()
         self._thread.join(timeout)
         if self._spool is not None:
-            if flushed and self.problem is None and self._last_mark is not None:
+            done = not self._thread.is_alive() and not self._pending and self.problem is None
+            if done and self._last_mark is not None:
                 # Every spooled row is in SQLite: the spool has nothing left to give.
                 with contextlib.suppress(OSError):
                     self._spool.release(self._last_mark, everything=True)
             self._spool.close()
 
+    # --- the writer thread -----------------------------------------------------------
+
     def _run(self) -> None:
-        while not self._recover():
-            time.sleep(self._retry_seconds)
-        stopping = False
-        while not stopping or self._pending:
-            if not self._pending:
-                item = self._take()
-                if item is None:
-                    return
-                self._pending.append(item)
-            while len(self._pending) < self._batch_size:
+        try:
+            while True:
                 try:
-                    item = self._queue.popleft()
-                except IndexError:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                self._pending.append(item)
-            if self._commit(self._pending):
-                self._pending = []
-                if not self._queue:
-                    self._idle.set()
-                if self._spool is not None and self.spool_problem is None:
-                    # Rows are safe in the spool: commit a batch every interval rather than
-                    # waking on every row, which costs the proxy's thread the GIL each time.
-                    self._hurry.wait(self._commit_interval)
-                    self._hurry.clear()
-            else:
-                time.sleep(self._retry_seconds)
+                    if self._step():
+                        return
+                except Exception as exc:  # a bug or a surprise: said, and the writer goes on
+                    self._internal_error(exc)
+                    if self._stopping.is_set():
+                        self._give_up(exc)
+                        return
+                    self._pause()
+        finally:
+            self._finish()
+
+    def _step(self) -> bool:
+        """One round of work; True when the writer is done (closed)."""
+        if not self._recovered:
+            self._recovered = self._recover()
+            if not self._recovered:
+                if self._stopping.is_set():
+                    self._give_up(None)  # the spool keeps those rows for the next start
+                    return True
+                self._pause()
+            return False
+        if not self._pending:
+            if self._ended:
+                return True
+            item = self._take()
+            if item is None:
+                return True
+            self._pending.append(item)
+        while len(self._pending) < self._batch_size:
+            try:
+                item = self._queue.popleft()
+            except IndexError:
+                break
+            if item is None:
+                self._ended = True
+                break
+            self._pending.append(item)
+        if self._commit(self._pending):
+            self._pending = []
+            if not self._queue:
+                self._idle.set()
+            if self.internal_problem is not None:
+                self.internal_problem = None
+            if self._spool is not None and self.spool_problem is None and not self._ended:
+                # Rows are safe in the spool: commit a batch every interval rather than
+                # waking on every row, which costs the proxy's thread the GIL each time.
+                self._hurry.wait(self._commit_interval)
+                self._hurry.clear()
+            return False
+        if self._stopping.is_set():
+            self._give_up(None)
+            return True
+        self._pause()
+        return False
+
+    def _pause(self) -> None:
+        """Wait before a retry; close() cuts it short."""
+        self._stopping.wait(self._retry_seconds)
+
+    def _give_up(self, exc: BaseException | None) -> None:
+        """Stopping with rows the ledger would not take: say where each one is."""
+        held = [*self._pending, *(item for item in self._queue if item is not None)]
+        calls = [item for item in held if item.sql is INSERT_CALL]
+        if not calls:
+            return
+        spooled = sum(1 for item in calls if item.mark is not None)
+        why = f" ({exc})" if exc is not None else f" ({self.problem})" if self.problem else ""
+        lost = len(calls) - spooled
+        self._tell(
+            f"devmeter: stopping with {len(calls)} calls not written to the ledger "
+            f"{self.path}{why}: {spooled} are in the spool and are written at the next start"
+            + (f"; {lost} could not be saved anywhere (the spool was not writable)" if lost else "")
+            + "."
+        )
+
+    def _finish(self) -> None:
+        """Fold the WAL into the ledger file and close: after a clean stop the data is
+        in ledger.sqlite itself, not in ledger.sqlite-wal."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+    def _internal_error(self, exc: BaseException) -> None:
+        problem = f"devmeter: the ledger writer hit an unexpected error: {exc!r}"
+        if self.internal_problem is None:
+            self._tell(f"{problem}; it keeps the rows and retries.")
+        self.internal_problem = problem
+        self._reset_connection()
 
     def _recover(self) -> bool:
         """Commit what an earlier run spooled but did not commit (it was killed)."""
@@ -490,7 +621,7 @@ class LedgerWriter:
         except OSError as exc:
             # Left in place for a later start; the ledger goes on with this run's calls.
             self._spool.keep_before = this_run
-            self._on_problem(
+            self._tell(
                 f"devmeter: cannot read the spool in {self._spool.directory}: {exc}; calls "
                 "a killed earlier run had not written are not in the ledger until it can."
             )
@@ -499,11 +630,9 @@ class LedgerWriter:
             return False
         if items:
             self.rows_recovered = len(items)
-            print(
+            say(
                 f"devmeter: recovered {len(items)} calls from {self._spool.directory} that "
-                "the last run had not yet written to the ledger (it was stopped abruptly).",
-                file=sys.stderr,
-                flush=True,
+                "the last run had not yet written to the ledger (it was stopped abruptly)."
             )
         with contextlib.suppress(OSError):
             self._spool.release(Mark(this_run, 0))
@@ -520,10 +649,9 @@ class LedgerWriter:
             conn = self._connection()
             conn.execute("BEGIN")
             try:
-                insert_calls(conn, [item.values for item in items if item.sql is INSERT_CALL])
-                for item in items:
-                    if item.sql is not INSERT_CALL:
-                        conn.execute(item.sql, item.values)
+                refused = self._insert(conn, items)
+                if refused:
+                    self._quarantine(refused)  # on disk before the mark passes them
                 if marks:
                     conn.execute("UPDATE spool_mark SET file = ?, end_byte = ?", marks[-1])
                 conn.execute("COMMIT")
@@ -539,7 +667,9 @@ class LedgerWriter:
             return False
         if self.problem is not None:
             self._report(None)
-        self.rows_written += len(items)
+        self.rows_written += len(items) - len(refused)
+        if refused:
+            self._quarantined(len(refused))
         if marks:
             self._advance(marks[-1])
         live = [item.call for item in items if item.call is not None]
@@ -547,8 +677,68 @@ class LedgerWriter:
             try:
                 self._on_written(live)
             except Exception as exc:  # a listener bug must not stop the writer
-                print(f"devmeter: ledger listener failed: {exc!r}", file=sys.stderr)
+                say(f"devmeter: ledger listener failed: {exc!r}")
         return True
+
+    def _insert(
+        self, conn: sqlite3.Connection, items: list[_Item]
+    ) -> list[tuple[_Item, BaseException]]:
+        """Insert the items in the open transaction; the ones SQLite refused, and why.
+
+        All rows at once, as nearly always; if one of them is refused, the transaction
+        starts over and inserts them one by one, to find it.
+        """
+        calls = [item.values for item in items if item.sql is INSERT_CALL]
+        if all(len(values) == len(CALL_COLUMNS) for values in calls):
+            try:
+                insert_calls(conn, calls)
+                for item in items:
+                    if item.sql is not INSERT_CALL:
+                        conn.execute(item.sql, item.values)
+                return []
+            except _ROW_ERRORS:
+                pass
+            conn.execute("ROLLBACK")
+            conn.execute("BEGIN")
+        refused: list[tuple[_Item, BaseException]] = []
+        for item in items:
+            if item.sql is INSERT_CALL and len(item.values) != len(CALL_COLUMNS):
+                refused.append((item, ValueError(f"{len(item.values)} values, not a call row")))
+                continue
+            try:
+                conn.execute(item.sql, item.values)
+            except _ROW_ERRORS as exc:
+                refused.append((item, exc))
+        return refused
+
+    def _quarantine(self, refused: list[tuple[_Item, BaseException]]) -> None:
+        """Append refused rows to the quarantine file, beside the spool. Raises OSError
+        when it cannot be written: the batch is then retried, like any failed write."""
+        lines = b"".join(
+            json.dumps(
+                {"table": "calls" if item.sql is INSERT_CALL else "alerts",
+                 "reason": f"{type(exc).__name__}: {exc}", "row": list(item.values)},
+                default=repr,
+            ).encode("ascii")
+            + b"\n"
+            for item, exc in refused
+        )  # fmt: skip
+        path = quarantine_path(self.path)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            written = os.write(fd, lines)
+            if written != len(lines):
+                raise OSError(f"short write to {path}")
+        finally:
+            os.close(fd)
+
+    def _quarantined(self, count: int) -> None:
+        if self.rows_quarantined == 0:
+            self._tell(
+                f"devmeter: the ledger refused a row it cannot store; set it aside in "
+                f"{quarantine_path(self.path)} (said once; later ones go there too) and went on."
+            )
+        self.rows_quarantined += count
 
     def _advance(self, mark: Mark) -> None:
         previous, self._last_mark = self._last_mark, mark
@@ -571,17 +761,13 @@ class LedgerWriter:
             self.problem = problem
             return  # already said so; do not flood
         self.problem = problem
-        self._on_problem(problem or f"devmeter: ledger {self.path} is writable again.")
+        self._tell(problem or f"devmeter: ledger {self.path} is writable again.")
 
     def _reset_connection(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
         self._conn = None
-
-
-def _print_problem(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def write_calls(path: Path, calls: Iterable[Call]) -> None:

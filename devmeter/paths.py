@@ -9,6 +9,9 @@ from pathlib import Path
 
 import platformdirs
 
+# Windows has no mode bits to tighten: a user's profile folder is private already.
+_POSIX = os.name == "posix"
+
 
 @dataclass(frozen=True)
 class Paths:
@@ -49,6 +52,36 @@ def paths(environ: dict[str, str] | None = None) -> Paths:
         config_file=Path(platformdirs.user_config_dir("devmeter")) / "config.toml",
         data_dir=Path(platformdirs.user_data_dir("devmeter")),
     )
+
+
+def make_private_dir(path: Path) -> None:
+    """Create `path` (and missing parents) readable by the user alone, or make it so.
+
+    The ledger names every repo, branch and session you work in: the data and spool
+    folders are 0700 and their files 0600, whatever the umask.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if _POSIX and path.stat().st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+def make_private_file(path: Path) -> None:
+    """Create `path` empty, or keep what it holds, with mode 0600 either way."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        if _POSIX and os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `path` (created 0600, whatever the umask) with `text`."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        if _POSIX and os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+        f.write(text)
 
 
 def read_proxy_state(where: Paths) -> dict[str, object] | None:

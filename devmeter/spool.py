@@ -17,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from devmeter import fastjson
+from devmeter.diagnostics import say
+from devmeter.paths import make_private_dir
 
 # A new file after this many bytes, so committed rows do not pile up on disk.
 FILE_BYTES = 4 * 1024 * 1024
@@ -78,18 +79,37 @@ class Spool:
                 if written != len(line):  # a short write to a regular file: the disk is full
                     raise OSError(f"short write to the spool in {self.directory}")
             except OSError:
-                # A cut line may now end this file: the next row goes to a new file, or
-                # replay would read the two as one broken line and lose the good one.
-                self._abandon()
+                # A cut line may now end this file: cut it back to its last whole row, or
+                # (if even that fails) start the next row in a new file, or replay would
+                # read the two as one broken line and lose the good one.
+                if not self._cut_back():
+                    self._abandon()
                 raise
             self._offset += written
             return Mark(self._number, self._offset)
+
+    def _cut_back(self) -> bool:
+        """Drop a partly written row from the end of the current file; False if it stays.
+
+        Truncating frees space, so it works on a full disk too; the file is then whole
+        and the next row can go on in it, rather than in a new file per failed write.
+        """
+        if self._fd is None:
+            return False
+        try:
+            os.ftruncate(self._fd, self._offset)
+        except OSError:
+            return False
+        return True
 
     def _abandon(self) -> None:
         """Stop writing the current file: the next row starts a new one."""
         if self._fd is not None:
             self._close_file()
-            self._number += 1
+            if self._offset == 0:  # nothing in it: no file left behind, its number reused
+                _unlink(self.directory / f"{self._number}.jsonl")
+            else:
+                self._number += 1
 
     def _close_file(self) -> None:
         if self._fd is not None:
@@ -99,7 +119,7 @@ class Spool:
 
     def _open_next(self) -> None:
         self._abandon()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.directory)
         path = self.directory / f"{self._number}.jsonl"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._offset = os.fstat(self._fd).st_size
@@ -129,7 +149,7 @@ class Spool:
 
 def _own(directory: Path) -> int | None:
     """Lock the spool for this process; the lock file names the pid that holds it."""
-    directory.mkdir(parents=True, exist_ok=True)
+    make_private_dir(directory)
     fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         import fcntl
@@ -173,10 +193,9 @@ def pending(directory: Path, mark: Mark | None) -> Iterator[tuple[Mark, tuple[An
                     if not isinstance(row, list):
                         raise ValueError("not a row")
                 except ValueError:
-                    print(
+                    say(
                         f"devmeter: skipped an unreadable row in {path} at byte "
-                        f"{offset - len(line)} (cut short by a crash?)",
-                        file=sys.stderr,
+                        f"{offset - len(line)} (cut short by a crash?)"
                     )
                     continue
                 yield Mark(number, offset), tuple(row)
@@ -199,4 +218,4 @@ def _unlink(path: Path) -> None:
     try:
         path.unlink(missing_ok=True)
     except OSError as exc:  # left behind: replay skips it by the mark; say so once
-        print(f"devmeter: could not delete {path}: {exc}", file=sys.stderr)
+        say(f"devmeter: could not delete {path}: {exc}")

@@ -300,3 +300,141 @@ def test_whole_history_reports_equal_the_same_report_since_the_epoch(
     assert sum(r["requests"] for r in whole) == len(calls)
     if by == "session":
         assert {r["key"] for r in whole} == {"a", reports.UNATTRIBUTED}
+
+
+# -- the writer never stops --------------------------------------------------------------
+
+
+def _count(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("SELECT count(*) FROM calls").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_a_row_sqlite_cannot_store_is_set_aside_and_the_rows_after_it_are_written(
+    tmp_path: Path,
+) -> None:
+    """A row past SQLite's 64-bit integers (build_call refuses to make one; a bug or a
+    damaged spool could) raised OverflowError in the commit and stopped the writer."""
+    path = tmp_path / "ledger.sqlite"
+    problems: list[str] = []
+    writer = LedgerWriter(path, on_problem=problems.append)
+    writer.add_call(make_call(1.0, "0.01"))
+    writer.add_call(make_call(2.0, "0.01", web_search_requests=10**30, session="poison"))
+    for i in range(100):
+        writer.add_call(make_call(3.0 + i, "0.01"))
+    assert writer.flush(timeout=5)
+    writer.close()
+    assert _count(path) == 101 and writer.rows_quarantined == 1
+    (line,) = (tmp_path / "ledger.sqlite.quarantine.jsonl").read_text().splitlines()
+    held = json.loads(line)
+    assert held["table"] == "calls" and "OverflowError" in held["reason"]
+    assert held["row"][CALL_COLUMNS.index("session")] == "poison"
+    assert sum("set it aside" in p for p in problems) == 1
+    assert oct(os.stat(tmp_path / "ledger.sqlite.quarantine.jsonl").st_mode & 0o777) == "0o600"
+
+
+def test_a_poison_row_in_the_spool_is_never_replayed_into_a_crash_loop(tmp_path: Path) -> None:
+    """A killed run left a row SQLite refuses in the spool: the next start sets it aside,
+    recovers the others, and the start after that replays nothing."""
+    from devmeter.spool import Spool, spool_dir
+
+    path = tmp_path / "ledger.sqlite"
+    connect(path).close()
+    spool = Spool(spool_dir(path))
+    spool.append(call_row(make_call(1.0, "0.01", session="before")))
+    spool.append(call_row(make_call(2.0, "0.01", web_search_requests=2**63, session="poison")))
+    spool.append((1, 2, 3))  # not a call row at all
+    spool.append(call_row(make_call(3.0, "0.01", session="after")))
+    spool.close()
+    for _ in range(2):
+        writer = LedgerWriter(path, on_problem=lambda _: None)
+        assert writer.flush(timeout=5)
+        writer.close()
+    conn = sqlite3.connect(path)
+    sessions = [r[0] for r in conn.execute("SELECT session FROM calls ORDER BY id")]
+    conn.close()
+    assert sessions == ["before", "after"]
+    assert len((tmp_path / "ledger.sqlite.quarantine.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_report_that_fails_does_not_stop_the_writer(tmp_path: Path) -> None:
+    """stderr on the full disk: every problem report raises ENOSPC. The writer goes on and
+    writes the rows once the ledger can be written."""
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()  # a directory where the ledger should be: cannot be written
+
+    def enospc(message: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    writer = LedgerWriter(blocked, on_problem=enospc, retry_seconds=0.01)
+    for i in range(20):
+        writer.add_call(make_call(float(i), "0.01"))
+    assert not writer.flush(timeout=0.3)
+    writer.path = tmp_path / "good.sqlite"  # the disk is back
+    assert writer.flush(timeout=5)
+    writer.close()
+    assert _count(tmp_path / "good.sqlite") == 20
+
+
+def test_an_unexpected_error_in_the_writer_is_survived(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import devmeter.ledger as ledger_module
+
+    real = ledger_module.insert_calls
+    failures = [RuntimeError("a bug"), MemoryError()]
+
+    def flaky(conn: sqlite3.Connection, rows: list[tuple[object, ...]]) -> None:
+        if failures:
+            raise failures.pop(0)
+        real(conn, rows)
+
+    monkeypatch.setattr(ledger_module, "insert_calls", flaky)
+    problems: list[str] = []
+    writer = LedgerWriter(tmp_path / "l.sqlite", on_problem=problems.append, retry_seconds=0.01)
+    writer.add_call(make_call(1.0, "0.01"))
+    assert writer.flush(timeout=5)
+    writer.close()
+    assert _count(tmp_path / "l.sqlite") == 1
+    assert any("unexpected error" in p for p in problems)
+
+
+def test_a_clean_stop_leaves_every_row_in_the_ledger_file_itself(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    writer = LedgerWriter(path)
+    for i in range(50):
+        writer.add_call(make_call(float(i), "0.01"))
+    writer.close()
+    wal = tmp_path / "ledger.sqlite-wal"
+    assert not wal.exists() or wal.stat().st_size == 0  # checkpointed into ledger.sqlite
+    alone = tmp_path / "copy.sqlite"
+    alone.write_bytes(path.read_bytes())  # the main file alone, as a backup would copy it
+    assert _count(alone) == 50
+
+
+def test_a_writer_whose_ledger_cannot_be_written_stops_at_once(tmp_path: Path) -> None:
+    """Before, close() waited for the disk (flush, then join: over 20 s in the proxy)."""
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    problems: list[str] = []
+    writer = LedgerWriter(blocked, on_problem=problems.append, retry_seconds=3600)
+    writer.add_call(make_call(1.0, "0.01"))
+    writer.close(timeout=60)
+    assert not writer._thread.is_alive()
+    assert "1 are in the spool and are written at the next start" in problems[-1]
+
+
+def test_files_and_folders_are_private(tmp_path: Path) -> None:
+    os.umask(0o022)  # the usual umask: devmeter must not rely on a stricter one
+    data = tmp_path / "data"
+    writer = LedgerWriter(data / "ledger.sqlite")
+    writer.add_call(make_call(1.0, "0.01"))
+    assert writer.flush()
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in [data, *data.rglob("*")]}
+    writer.close()
+    assert modes.pop("data") == "0o700" and modes.pop("ledger.sqlite.spool") == "0o700"
+    assert {"ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm"} <= set(modes)
+    assert set(modes.values()) == {"0o600"}, modes

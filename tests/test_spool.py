@@ -136,26 +136,57 @@ def test_an_unwritable_spool_holds_rows_in_memory_and_says_so(tmp_path: Path) ->
     assert problems and "cannot write the spool" in problems[0]
 
 
-def test_after_a_failed_write_the_next_row_goes_to_a_new_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _disk_full_for(monkeypatch: pytest.MonkeyPatch) -> None:
     import devmeter.spool as spool_module
 
-    spool = Spool(tmp_path / "s")
-    spool.append((1, "before"))
     real_write = os.write
 
     def disk_full(fd: int, data: bytes) -> int:
         return real_write(fd, data[: len(data) // 2])  # a short write, as when the disk fills
 
     monkeypatch.setattr(spool_module.os, "write", disk_full)
-    with pytest.raises(OSError):
-        spool.append((2, "cut in half"))
-    monkeypatch.setattr(spool_module.os, "write", real_write)
+
+
+def test_a_failed_write_is_cut_back_and_the_spool_goes_on_in_the_same_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spool = Spool(tmp_path / "s")
+    spool.append((1, "before"))
+    with monkeypatch.context() as patch:
+        _disk_full_for(patch)
+        for _ in range(50):  # a full disk: every write fails, none leaves a file behind
+            with pytest.raises(OSError):
+                spool.append((2, "cut in half"))
     spool.append((3, "after"))  # space again: this row must survive replay
     spool.close()
     assert [row for _, row in pending(tmp_path / "s", None)] == [(1, "before"), (3, "after")]
+    assert sorted(p.name for p in (tmp_path / "s").glob("*.jsonl")) == ["1.jsonl"]
+    assert "unreadable row" not in capsys.readouterr().err  # nothing torn was left
+
+
+def test_when_a_torn_row_cannot_be_cut_the_next_row_goes_to_a_new_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import devmeter.spool as spool_module
+
+    spool = Spool(tmp_path / "s")
+    spool.append((1, "before"))
+    with monkeypatch.context() as patch:
+        _disk_full_for(patch)
+
+        def no_truncate(fd: int, length: int) -> None:
+            raise OSError("cannot truncate")
+
+        patch.setattr(spool_module.os, "ftruncate", no_truncate)
+        for _ in range(50):
+            with pytest.raises(OSError):
+                spool.append((2, "cut in half"))
+    spool.append((3, "after"))
+    spool.close()
+    assert [row for _, row in pending(tmp_path / "s", None)] == [(1, "before"), (3, "after")]
     assert "unreadable row" in capsys.readouterr().err  # the cut one, said out loud
+    # One file for the torn row, one after it: not one new file per failed write.
+    assert len(list((tmp_path / "s").glob("*.jsonl"))) <= 3
 
 
 def test_a_second_process_cannot_write_the_same_ledger(tmp_path: Path) -> None:

@@ -1,0 +1,22 @@
+"""Telling the user something went wrong, in a way that can never itself go wrong.
+
+The ledger's writer reports a full disk on stderr, and stderr is often a file on that
+same disk (`nohup`, `2>>log`, a LaunchAgent's log): the report then fails with ENOSPC.
+A report that raises would stop the code that was reporting, so nothing here raises.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def say(message: str) -> None:
+    """Write one line to stderr; if stderr cannot take it, drop the line and go on."""
+    try:
+        stream = sys.stderr
+        if stream is None:  # pythonw, a detached process
+            return
+        stream.write(message + "\n")
+        stream.flush()
+    except Exception:  # a full or closed stderr must never stop the caller
+        pass
