@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devmeter.paths import make_private_dir, write_private
+
 
 @dataclass(frozen=True)
 class Control:
@@ -51,9 +53,9 @@ def load(path: Path) -> Control:
 
 
 def save(path: Path, control: Control) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(asdict(control), indent=1), encoding="utf-8")
+    write_private(tmp, json.dumps(asdict(control), indent=1))  # 0600, as all state
     tmp.replace(path)
 
 

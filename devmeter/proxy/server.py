@@ -26,7 +26,7 @@ from devmeter.config import Config
 from devmeter.control import ControlWatcher, control_path
 from devmeter.guard import AlertDispatcher, Guard, print_alert
 from devmeter.ledger import LedgerWriter, connect_readonly
-from devmeter.paths import Paths
+from devmeter.paths import Paths, write_private
 from devmeter.providers import INTERCEPT_HOSTS
 from devmeter.proxy.meter import Meter
 from devmeter.router import Router
@@ -228,7 +228,7 @@ def _notifier() -> tuple[Callable[[Alert], object], Callable[[], object]]:
 def _write_state(path: Path, bound: tuple[str, int]) -> None:
     state = {"host": bound[0], "port": bound[1], "pid": os.getpid(), "started": time.time()}
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
+    write_private(tmp, json.dumps(state))  # 0600: names the pid and port
     tmp.replace(path)
 
 
