@@ -13,6 +13,7 @@ from decimal import Decimal
 from devmeter import tokens
 from devmeter.pricing import Price, PriceOverride, price
 from devmeter.providers import Endpoint, effective_endpoint
+from devmeter.providers.base import scrub
 from devmeter.usage import (
     MAX_COST_USD,
     MAX_TOKENS,
@@ -101,7 +102,10 @@ def build_call(
             f"${MAX_COST_USD:,}): recorded unpriced; check the price"
         )
         priced = Price(None, None)
-    error = "; ".join(e for e in (error or result.error, *problems) if e) or None
+    # The provider's words (an error body, an error page) never carry a key or the prompt
+    # to disk; devmeter's own (`error`) are kept as written.
+    said = error or (scrub(result.error) if result.error else None)
+    error = "; ".join(e for e in (said, *problems) if e) or None
     return Call(
         ts=ts,
         provider=endpoint.provider,

@@ -158,3 +158,71 @@ def test_hostile_numbers_on_the_wire_are_flagged_per_format(
     assert all(0 <= n <= MAX_TOKENS for n in counts), call
     assert call.cost_usd is None or 0 <= call.cost_usd <= 10_000
     assert call.error and "out of range" in call.error, call
+
+
+# -- provider error text -----------------------------------------------------------------
+
+KEY = "sk-proj-Zx9fQ2mB7LwR4tY1uI8oP3aS6dF0gH5jK2lZ7xC4vB9nM1qW"
+PROMPT = "Refactor the billing module in /home/ana/acme so that invoices for Acme Corp"
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "status", "body"),
+    [
+        (
+            "api.openai.com",
+            "/v1/chat/completions",
+            401,
+            {"error": {"message": f"Incorrect API key provided: {KEY[:8]}****{KEY[-4:]}. You can "
+                       "find your API key at https://platform.openai.com/account/api-keys.",
+                       "type": "invalid_request_error", "code": "invalid_api_key"}},
+        ),
+        (
+            "api.anthropic.com",
+            "/v1/messages",
+            400,
+            {"type": "error", "error": {"type": "invalid_request_error",
+             "message": f"messages.0.content: Input should be a valid list: '{PROMPT}' " * 4}},
+        ),
+        (
+            "generativelanguage.googleapis.com",
+            "/v1beta/models/gemini-2.5-pro:generateContent",
+            400,
+            {"error": {"code": 400, "status": "INVALID_ARGUMENT",
+             "message": "API key not valid: AIzaSyA1b2C3d4E5f6G7h8I9j0KlMnOpQrStUvW (key ending "
+                        "in 'tUvW'). Bearer ya29.a0AfH6SMBx-secret-token was refused."}},
+        ),
+    ],
+)  # fmt: skip
+def test_provider_error_text_keeps_the_type_and_never_a_key_or_the_prompt(
+    tmp_path: Path, host: str, path: str, status: int, body: dict[str, Any]
+) -> None:
+    endpoint = match_endpoint(host, "POST", path)
+    assert endpoint is not None
+    request = parse_request(endpoint, b'{"model": "m"}')
+    parser = new_response_parser(endpoint, request, "application/json")
+    parser.feed(json.dumps(body).encode())
+    call = build_call(
+        ts=1.0, host=host, endpoint=endpoint, request=request, result=parser.result(),
+        status=status, attribution=Attribution(),
+    )  # fmt: skip
+    (row,) = committed(tmp_path, [call])
+    error = row["error"]
+    kind = body["error"].get("type") or body["error"]["status"]
+    assert error.startswith(f"{kind}: "), error
+    assert len(error) <= 200
+    for secret in (KEY[:12], KEY[-4:], "AIzaSy", "tUvW", "ya29", "secret-token", "invoices"):
+        assert secret not in error, error
+
+
+def test_a_non_json_error_page_is_scrubbed_too() -> None:
+    endpoint = Endpoint("openai", "openai.chat")
+    request = RequestInfo(model="gpt-4o")
+    parser = new_response_parser(endpoint, request, "text/html")
+    parser.feed(f"<html><title>Denied for key {KEY}</title></html>".encode())
+    call = build_call(
+        ts=1.0, host="api.openai.com", endpoint=endpoint, request=request,
+        result=parser.result(), status=403, attribution=Attribution(),
+    )  # fmt: skip
+    assert call.error and "non-JSON response body" in call.error
+    assert KEY[:12] not in call.error and KEY[-8:] not in call.error

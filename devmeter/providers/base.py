@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any, Protocol
 
 from devmeter import fastjson
@@ -66,19 +67,53 @@ def as_str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+# A provider's own message, as stored: enough to say what went wrong ("prompt is too
+# long: 250000 tokens > 200000 maximum"), too short to carry much of anything else.
+MESSAGE_CAP = 160
+
+# What looks like a credential in an error message: provider keys (also masked, as in
+# OpenAI's "Incorrect API key provided: sk-proj-****abcd"), Google keys and OAuth
+# tokens, bearer tokens, "a key ending in abcd", and any long run of letters and digits
+# (a token, a secret, a signature).
+_SECRETS = re.compile(
+    r"\b(?:sk|pk|rk|gsk|xai|sess)[-_][A-Za-z0-9_*\-.]{6,}"
+    r"|\bAIza[0-9A-Za-z_\-]{20,}"
+    r"|\bya29\.[0-9A-Za-z_\-.]+"
+    r"|(?i:\bbearer\s+)\S+"
+    r"|(?i:\b(?:ending|ends) (?:in|with)\s+)['\"]?[^\s'\".,;]+['\"]?"
+    r"|\b(?=[A-Za-z0-9_\-+/=]*[0-9])(?=[A-Za-z0-9_\-+/=]*[A-Za-z])[A-Za-z0-9_\-+/=]{32,}"
+)
+# Quoted text this long is most likely the prompt echoed back ("Invalid value: '...'").
+_LONG_QUOTE = re.compile(r"'[^']{32,}'|\"[^\"]{32,}\"|`[^`]{32,}`")
+
+
+def scrub(text: str) -> str:
+    """`text` without anything that looks like a key or token, or a quoted prompt."""
+    text = _SECRETS.sub("[redacted]", text)
+    return _LONG_QUOTE.sub("'[text removed]'", text)
+
+
 def error_text(error: Any) -> str:
-    """One line from a provider's error object: `{"type"|"status"|"code", "message"}`."""
+    """One short line from a provider's error object: its type, status or code, then
+    its message, scrubbed and cut to MESSAGE_CAP characters.
+
+    Provider messages can echo part of the key that was refused or of the prompt; the
+    ledger keeps neither.
+    """
     if isinstance(error, dict):
         kind = error.get("type") or error.get("status") or error.get("code")
         message = error.get("message")
         if isinstance(message, (dict, list)):
             message = json.dumps(message)
-        text = ": ".join(str(p) for p in (kind, message) if p)
-        if not text:
-            text = json.dumps(error)
+        if not kind and not message:
+            message = json.dumps(error)
     else:
-        text = str(error)
-    return " ".join(text.split())[:ERROR_CAP]
+        kind, message = None, str(error)
+    message = " ".join(scrub(str(message)).split()) if message else ""
+    if len(message) > MESSAGE_CAP:
+        message = message[: MESSAGE_CAP - 1] + "…"
+    kind_text = " ".join(str(kind).split())[:60] if kind else ""
+    return ": ".join(p for p in (kind_text, message) if p)[:ERROR_CAP]
 
 
 class TextBuffer:
