@@ -130,3 +130,21 @@ def test_a_full_disk_with_stderr_on_it_loses_no_answered_call(
     spool = home / "ledger.sqlite.spool"
     assert [p.name for p in spool.iterdir() if p.suffix == ".jsonl"] == []  # all committed
     assert os.stat(home).st_mode & 0o077 == 0
+
+
+def test_a_proxy_whose_ledger_cannot_be_written_stops_by_itself(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """It used to wait for the disk on the way out (over 20 s), until it was killed."""
+    upstream.reset()
+    home = tmp_path / "home"
+    (home / "ledger.sqlite").mkdir(parents=True)  # never writable
+    proxy = start_proxy(home, upstream.url)
+    context = ssl.create_default_context(cafile=str(proxy.bundle))
+    answered: list[str] = []
+    call(proxy, context, 3, answered)
+    assert len(answered) == 3
+    proxy.stop()  # SIGTERM; the harness kills it if it has not exited within 15 s
+    said = proxy.log.read_text(errors="replace")
+    assert proxy.proc.returncode == 0, said[-3000:]
+    assert "3 are in the spool and are written at the next start" in said, said[-3000:]
