@@ -569,7 +569,8 @@ class LedgerWriter:
 
     def _give_up(self, exc: BaseException | None) -> None:
         """Stopping with rows the ledger would not take: say where each one is."""
-        held = [*self._pending, *(item for item in self._queue if item is not None)]
+        # list(deque) copies it in one step: the proxy may still be adding rows meanwhile.
+        held = [*self._pending, *(item for item in list(self._queue) if item is not None)]
         calls = [item for item in held if item.sql is INSERT_CALL]
         if not calls:
             return

@@ -72,8 +72,10 @@ def checked_usage(usage: Usage) -> tuple[Usage, list[str]]:
         value = getattr(usage, name)
         if type(value) is int and 0 <= value <= MAX_TOKENS:
             continue
-        shown = "not a number" if value == NOT_A_NUMBER else f"{value}"
-        problems.append(f"usage.{name}={shown} out of range: recorded as 0")
+        if value == NOT_A_NUMBER:
+            problems.append(f"usage.{name} is not a number (NaN or infinite): recorded as 0")
+        else:
+            problems.append(f"usage.{name}={value} out of range: recorded as 0")
         changes[name] = 0
     cost = usage.reported_cost_usd
     if cost is not None and not sane_cost(cost):

@@ -157,7 +157,11 @@ def test_hostile_numbers_on_the_wire_are_flagged_per_format(
     counts = (u.input_tokens, u.output_tokens, u.cache_read_tokens, u.reasoning_tokens)
     assert all(0 <= n <= MAX_TOKENS for n in counts), call
     assert call.cost_usd is None or 0 <= call.cost_usd <= 10_000
-    assert call.error and "out of range" in call.error, call
+    assert call.error, call
+    if number in ("NaN", "Infinity", "-Infinity", "1e999"):
+        assert "is not a number (NaN or infinite): recorded as 0" in call.error, call.error
+    else:
+        assert "out of range: recorded as 0" in call.error, call.error
 
 
 # -- provider error text -----------------------------------------------------------------
