@@ -108,6 +108,8 @@ def test_a_full_disk_with_stderr_on_it_loses_no_answered_call(
         assert len(answered) == 2001, "every call is answered while the disk is full"
         assert proxy.proc.poll() is None
         time.sleep(1.5)  # the writer retries into the full disk, and reports into it too
+        spooled = list((home / "ledger.sqlite.spool").glob("*.jsonl"))
+        assert len(spooled) <= 2, spooled  # not a new empty file per failed write
         filler.unlink()  # space again
         deadline = time.monotonic() + 30
         while len(proxy.rows()) < len(answered) and time.monotonic() < deadline:

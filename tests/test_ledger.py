@@ -379,6 +379,27 @@ def test_a_report_that_fails_does_not_stop_the_writer(tmp_path: Path) -> None:
     assert _count(tmp_path / "good.sqlite") == 20
 
 
+def test_a_clean_stop_writes_the_rows_held_in_memory(tmp_path: Path) -> None:
+    """Neither the spool nor the ledger could be written, and every report failed: the
+    rows wait in memory. Once the disk is back, a stop (without a flush first) writes
+    them all."""
+    from devmeter.spool import spool_dir
+
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    spool_dir(blocked).write_text("not a directory")  # the spool cannot be created
+
+    def enospc(message: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    writer = LedgerWriter(blocked, on_problem=enospc, retry_seconds=3600)
+    held = [writer.add_call(make_call(float(i), "0.01")) for i in range(300)]
+    assert held == [False] * 300  # in memory only
+    writer.path = tmp_path / "good.sqlite"
+    writer.close()
+    assert _count(tmp_path / "good.sqlite") == 300
+
+
 def test_an_unexpected_error_in_the_writer_is_survived(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
