@@ -130,3 +130,32 @@ def test_a_million_characters_with_no_usage_are_billed_for_all_of_them(
     expected = tokens.estimate_tokens(text, "gpt-4o")  # the whole text, tokenized
     assert abs(row["output_tokens"] - expected) <= expected // 100, (row["output_tokens"], expected)
     assert row["output_tokens"] > 200_000
+
+
+def test_a_stream_cut_after_a_million_characters_is_billed_for_them(
+    proxy: RunningProxy, upstream: FakeUpstream
+) -> None:
+    """Issue 13: a hung-up stream's estimate stopped at 65,536 output tokens however much
+    text had streamed. Anthropic's message_start reports the input; the upstream then
+    hangs up after ~1M characters of text, before the final usage."""
+    text = ("Sure,-here-is-the-refactor-you-asked-for.-" * 24 + "done\n") * 1_000
+    upstream.set_next(text=text, cut_after=1_000)  # message_start, a block start, ~998 deltas
+    sid = f"hostile-{uuid.uuid4().hex[:12]}"
+    with (
+        client(proxy) as http,
+        http.stream(
+            "POST", MESSAGES, json={**ANTHROPIC, "stream": True},
+            headers={**HEADERS, "x-devmeter-session": sid},
+        ) as response,
+    ):  # fmt: skip
+        streamed = b""
+        with pytest.raises(httpx2.HTTPError):  # the upstream hung up mid-stream
+            for chunk in response.iter_raw():
+                streamed += chunk
+    row = row_of(proxy, sid)
+    assert row["complete"] == 0 and row["estimated"] == 1
+    assert row["input_tokens"] == 1200  # reported up front, kept
+    passed = streamed.count(b'"type":"text_delta"') * 1013  # each delta is one 1,013-char word
+    assert passed > 900_000
+    expected = tokens.estimate_tokens(text[:passed], "claude-opus-5-5")
+    assert abs(row["output_tokens"] - expected) <= expected // 50, (row["output_tokens"], expected)
