@@ -371,6 +371,7 @@ class LedgerWriter:
         self._stopping = threading.Event()  # close() was called: finish up, no waiting
         self._ended = False  # the writer took close()'s end marker off the queue
         self._recovered = False
+        self._last_attempt = False  # the writer's round began after close(): no retry
         self.problem: str | None = None
         self.spool_problem: str | None = None
         self.internal_problem: str | None = None
@@ -512,7 +513,7 @@ class LedgerWriter:
                         return
                 except Exception as exc:  # a bug or a surprise: said, and the writer goes on
                     self._internal_error(exc)
-                    if self._stopping.is_set():
+                    if self._last_attempt:
                         self._give_up(exc)
                         return
                     self._pause()
@@ -521,10 +522,13 @@ class LedgerWriter:
 
     def _step(self) -> bool:
         """One round of work; True when the writer is done (closed)."""
+        # Only a round that began after close() is the last attempt: one already under
+        # way when close() came (say with the disk still full) is followed by another.
+        self._last_attempt = self._stopping.is_set()
         if not self._recovered:
             self._recovered = self._recover()
             if not self._recovered:
-                if self._stopping.is_set():
+                if self._last_attempt:
                     self._give_up(None)  # the spool keeps those rows for the next start
                     return True
                 self._pause()
@@ -557,7 +561,7 @@ class LedgerWriter:
                 self._hurry.wait(self._commit_interval)
                 self._hurry.clear()
             return False
-        if self._stopping.is_set():
+        if self._last_attempt:
             self._give_up(None)
             return True
         self._pause()
@@ -613,12 +617,19 @@ class LedgerWriter:
             self._cannot_write(exc)
             return False
         this_run = self._spool.first_file
+        # In batches, each committed with its mark: a spool of any size is replayed in
+        # bounded memory, and a retry goes on from the last batch written.
+        batch: list[_Item] = []
         try:
-            items = [
-                _Item(INSERT_CALL, row, mark)
-                for mark, row in spool_pending(self._spool.directory, Mark(file, end_byte))
-                if mark.file < this_run
-            ]
+            for mark, row in spool_pending(self._spool.directory, Mark(file, end_byte)):
+                if mark.file >= this_run:
+                    break  # this run's own rows: the normal path writes them
+                batch.append(_Item(INSERT_CALL, row, mark))
+                if len(batch) >= self._batch_size:
+                    if not self._commit(batch):
+                        return False
+                    self.rows_recovered += len(batch)
+                    batch = []
         except OSError as exc:
             # Left in place for a later start; the ledger goes on with this run's calls.
             self._spool.keep_before = this_run
@@ -627,13 +638,14 @@ class LedgerWriter:
                 "a killed earlier run had not written are not in the ledger until it can."
             )
             return True
-        if items and not self._commit(items):
+        if batch and not self._commit(batch):
             return False
-        if items:
-            self.rows_recovered = len(items)
+        self.rows_recovered += len(batch)
+        if self.rows_recovered:
             say(
-                f"devmeter: recovered {len(items)} calls from {self._spool.directory} that "
-                "the last run had not yet written to the ledger (it was stopped abruptly)."
+                f"devmeter: recovered {self.rows_recovered} calls from "
+                f"{self._spool.directory} that the last run had not yet written to the ledger "
+                "(it was stopped abruptly)."
             )
         with contextlib.suppress(OSError):
             self._spool.release(Mark(this_run, 0))
