@@ -12,13 +12,14 @@ import json
 import ssl
 import time
 import uuid
+from pathlib import Path
 
 import httpx2
 import pytest
 
 from devmeter import tokens
 from tests.fake_upstream import FakeUpstream
-from tests.proxy_harness import RunningProxy
+from tests.proxy_harness import RunningProxy, start_proxy
 
 pytestmark = pytest.mark.proxy
 
@@ -159,3 +160,28 @@ def test_a_stream_cut_after_a_million_characters_is_billed_for_them(
     assert passed > 900_000
     expected = tokens.estimate_tokens(text[:passed], "claude-opus-5-5")
     assert abs(row["output_tokens"] - expected) <= expected // 50, (row["output_tokens"], expected)
+
+
+def test_a_price_typo_in_the_config_is_recorded_unpriced(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """`input_mtok = 1e12` made every call cost millions, past what the ledger holds."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        '[[prices]]\nmodel = "claude-*"\ninput_mtok = 1e12\noutput_mtok = 1.0\n'
+    )
+    typo = start_proxy(home, upstream.url)
+    try:
+        sid = post(typo, MESSAGES, ANTHROPIC)
+        second = post(typo, MESSAGES, ANTHROPIC)
+        deadline = time.monotonic() + 10
+        while len(typo.rows()) < 2:
+            assert time.monotonic() < deadline, typo.log.read_text(errors="replace")[-3000:]
+            time.sleep(0.05)
+        for session in (sid, second):
+            (row,) = typo.rows("session = ?", (session,))
+            assert row["cost_usd"] is None and row["input_tokens"] == 1200
+            assert "out of range" in str(row["error"]) and "check the price" in str(row["error"])
+    finally:
+        typo.stop()
