@@ -10,13 +10,14 @@ from __future__ import annotations
 import sys
 
 
-def say(message: str) -> None:
-    """Write one line to stderr; if stderr cannot take it, drop the line and go on."""
+def say(message: str) -> bool:
+    """Write one line to stderr; False (and nothing raised) if stderr cannot take it."""
     try:
         stream = sys.stderr
         if stream is None:  # pythonw, a detached process
-            return
+            return False
         stream.write(message + "\n")
         stream.flush()
     except Exception:  # a full or closed stderr must never stop the caller
-        pass
+        return False
+    return True

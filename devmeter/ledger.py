@@ -345,7 +345,7 @@ class LedgerWriter:
     def __init__(
         self,
         path: Path,
-        on_problem: Callable[[str], None] | None = None,
+        on_problem: Callable[[str], object] | None = None,
         on_written: Callable[[Sequence[Call]], None] | None = None,
         batch_size: int = 500,
         retry_seconds: float = 1.0,
@@ -375,6 +375,7 @@ class LedgerWriter:
         self.problem: str | None = None
         self.spool_problem: str | None = None
         self.internal_problem: str | None = None
+        self._problem_said = True  # False while `problem` could not be reported
         self.rows_written = 0
         self.rows_recovered = 0
         self.rows_quarantined = 0
@@ -390,12 +391,14 @@ class LedgerWriter:
         self._thread = threading.Thread(target=self._run, name="devmeter-ledger", daemon=True)
         self._thread.start()
 
-    def _tell(self, message: str) -> None:
-        """Report through `on_problem`, which must not stop the writer if it fails."""
+    def _tell(self, message: str) -> bool:
+        """Report through `on_problem`, which must not stop the writer if it fails;
+        False when the report could not be made (stderr on a full disk)."""
         try:
-            self._on_problem(message)
+            said = self._on_problem(message)
         except Exception:
-            say(message)
+            return say(message)
+        return said is not False  # a listener that returns nothing has heard it
 
     def _open_spool(self, directory: Path) -> Spool | None:
         """The spool, or None (rows held in memory) when its directory cannot be made.
@@ -772,9 +775,12 @@ class LedgerWriter:
     def _report(self, problem: str | None) -> None:
         if problem is not None and self.problem is not None:
             self.problem = problem
+            if not self._problem_said:  # stderr was full too: say it once it can be read
+                self._problem_said = self._tell(problem)
             return  # already said so; do not flood
         self.problem = problem
-        self._tell(problem or f"devmeter: ledger {self.path} is writable again.")
+        said = self._tell(problem or f"devmeter: ledger {self.path} is writable again.")
+        self._problem_said = said
 
     def _reset_connection(self) -> None:
         if self._conn is not None:

@@ -459,3 +459,26 @@ def test_files_and_folders_are_private(tmp_path: Path) -> None:
     assert modes.pop("data") == "0o700" and modes.pop("ledger.sqlite.spool") == "0o700"
     assert {"ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm"} <= set(modes)
     assert set(modes.values()) == {"0o600"}, modes
+
+
+def test_a_problem_stderr_could_not_take_is_said_once_it_can(tmp_path: Path) -> None:
+    """The first 'cannot write' went to a full stderr: it is said on a later retry rather
+    than never, and then not again."""
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    heard: list[str] = []
+    full = [True]
+
+    def stderr(message: str) -> bool:
+        if full[0]:
+            return False  # as diagnostics.say does when stderr raises ENOSPC
+        heard.append(message)
+        return True
+
+    writer = LedgerWriter(blocked, on_problem=stderr, retry_seconds=0.01)
+    writer.add_call(make_call(1.0, "0.01"))
+    assert not writer.flush(timeout=0.2) and heard == []
+    full[0] = False
+    assert not writer.flush(timeout=0.3)
+    writer.close(timeout=5)
+    assert sum(m.startswith("devmeter: cannot write the ledger") for m in heard) == 1, heard
