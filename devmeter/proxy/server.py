@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import gc
 import json
+import logging
 import os
 import re
 import signal
@@ -19,7 +21,7 @@ from pathlib import Path
 from mitmproxy import connection, http, options
 from mitmproxy.tools.dump import DumpMaster
 
-from devmeter import cabundle, pricing
+from devmeter import cabundle, ports, pricing
 from devmeter.attribution import Attributor
 from devmeter.budget import Alert
 from devmeter.config import Config
@@ -118,6 +120,7 @@ async def serve(
     notify: bool = True,
 ) -> None:
     host, port = config.listen
+    _check_listen(host, port)  # before anything slow: a taken port is the likeliest failure
     paths.ca_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(paths.ca_dir, 0o700)
     writer = LedgerWriter(paths.ledger)
@@ -165,8 +168,15 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
+    errors = _StartupErrors(master)
     run = asyncio.ensure_future(master.run())
-    bound = await _wait_bound(master, run)
+    try:
+        bound = await _wait_bound(master, run, errors, host, port)
+    except BaseException:
+        writer.close()
+        if dispatcher is not None:
+            dispatcher.close()
+        raise
     # What startup built (price tables, mitmproxy's addons, certificates) lives as long
     # as the proxy: out of the collector's sight, full collections stop rescanning it on
     # the event loop (~0.1 ms a call, and pauses of tens of ms under load).
@@ -185,18 +195,87 @@ async def serve(
         paths.proxy_state.unlink(missing_ok=True)
 
 
-async def _wait_bound(master: DumpMaster, run: asyncio.Future[None]) -> tuple[str, int]:
+class ListenError(Exception):
+    """The proxy cannot listen where it was asked to: one line for the user, and the exit
+    code (`ports.EXIT_PORT_TAKEN` when the address is in use)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _check_listen(host: str, port: int) -> None:
+    problem = ports.bind_error(host, port)
+    if problem is not None:
+        raise _listen_error(host, port, problem)
+
+
+def _listen_error(host: str, port: int, problem: OSError) -> ListenError:
+    if ports.is_in_use(problem):
+        message = ports.taken_message(host, port, ports.holder(port))
+        return ListenError(message, ports.EXIT_PORT_TAKEN)
+    return ListenError(ports.listen_error_message(host, port, problem), 1)
+
+
+class _StartupErrors(logging.Handler):
+    """Errors logged while mitmproxy brings its server up (a bind that failed after our own
+    check passed, say), in place of mitmproxy's errorcheck addon.
+
+    errorcheck ends a failed startup with `sys.exit(1)` from inside the event loop: that
+    skips our clean-up, prints "Error logged during startup, exiting..." and leaves
+    mitmproxy's log handlers posting to a closed loop (a `RuntimeError: Event loop is
+    closed` traceback at exit). Watching the same errors here lets the proxy stop cleanly
+    and say why in one line."""
+
+    def __init__(self, master: DumpMaster) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+        checker = master.addons.get("errorcheck")
+        if checker is not None:
+            master.addons.remove(checker)
+            checker.finish()  # its log handler
+        logging.getLogger().addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def close(self) -> None:
+        logging.getLogger().removeHandler(self)
+        super().close()
+
+
+async def _wait_bound(
+    master: DumpMaster, run: asyncio.Future[None], errors: _StartupErrors, host: str, port: int
+) -> tuple[str, int]:
     """The address the proxy listens on once it does (port 0 picks a free one)."""
     proxyserver = master.addons.get("proxyserver")
-    for _ in range(500):
-        if run.done():
-            run.result()  # raises what made the proxy stop, e.g. the port is taken
-            raise SystemExit("devmeter: the proxy stopped before it listened")
-        addresses = [addr for server in proxyserver.servers for addr in server.listen_addrs]
-        if addresses:
-            return str(addresses[0][0]), int(addresses[0][1])
-        await asyncio.sleep(0.01)
+    try:
+        for _ in range(500):
+            if run.done() or errors.messages:
+                raise await _startup_failure(master, run, errors.messages, host, port)
+            addresses = [addr for server in proxyserver.servers for addr in server.listen_addrs]
+            if addresses:
+                return str(addresses[0][0]), int(addresses[0][1])
+            await asyncio.sleep(0.01)
+    finally:
+        errors.close()
+    master.shutdown()
     raise SystemExit("devmeter: the proxy did not start listening within 5 seconds")
+
+
+async def _startup_failure(
+    master: DumpMaster, run: asyncio.Future[None], messages: list[str], host: str, port: int
+) -> BaseException:
+    """What to raise when mitmproxy could not start: the master is stopped first, so that
+    its `done` hooks run and remove its log handlers."""
+    master.shutdown()
+    with contextlib.suppress(BaseException):
+        await asyncio.wait_for(run, 5)
+    problem = ports.bind_error(host, port)
+    if problem is not None:
+        return _listen_error(host, port, problem)
+    why = "; ".join(messages) or "no reason given"
+    return SystemExit(f"devmeter: the proxy stopped before it listened on {host}:{port}: {why}")
 
 
 def _seed(guard: Guard, paths: Paths) -> None:
@@ -238,6 +317,9 @@ def run(config: Config, paths: Paths) -> int:
     except SpoolBusy as exc:  # a second proxy on the same ledger would count calls twice
         print(exc, file=sys.stderr)
         return 1
+    except ListenError as exc:
+        print(exc, file=sys.stderr, flush=True)
+        return exc.exit_code
     except OSError as exc:
         host, port = config.listen
         print(
