@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with no command: no tray icon, the proxy and a live line of spend in the terminal",
     )
+    parser.add_argument(
+        "--listen",
+        dest="tray_listen",
+        metavar="HOST:PORT",
+        help="with no command: where the proxy the tray starts listens (default 127.0.0.1:8788)",
+    )
     parser.set_defaults(func=cmd_tray)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -390,9 +396,14 @@ def cmd_config(args: argparse.Namespace, config: Config, where: Paths) -> int:
 
 def cmd_tray(args: argparse.Namespace, config: Config, where: Paths) -> int:
     """No command: the tray app, supervising the proxy; headless without a desktop."""
+    from dataclasses import replace
+
     from devmeter.tray.app import main as tray_main
 
-    return tray_main(config, where, headless=args.headless)
+    listen = getattr(args, "tray_listen", None)
+    if listen:
+        config = replace(config, listen=parse_listen(listen, "--listen"))
+    return tray_main(config, where, headless=args.headless, listen=listen)
 
 
 if __name__ == "__main__":

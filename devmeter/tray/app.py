@@ -35,10 +35,10 @@ from devmeter.budget import MENU_ENV
 from devmeter.config import Config, ConfigError, load
 from devmeter.ledger import connect_readonly
 from devmeter.paths import Paths
-from devmeter.tray.icon import render_icon, tooltip
+from devmeter.tray.icon import render_badge, render_icon, tooltip
 from devmeter.tray.menu import MenuItem, TraySnapshot, build_menu, to_pystray
 from devmeter.tray.snapshot import change_marker, day_start, snapshot
-from devmeter.tray.supervisor import EventKind, Supervisor
+from devmeter.tray.supervisor import EventKind, Supervisor, proxy_command
 
 MakeMenu = Callable[[Sequence[MenuItem], dict[str, Callable[..., object]]], Any]
 Opener = Callable[[Path], None]
@@ -206,12 +206,18 @@ class TrayApp:
         interval: float = POLL_SECONDS,
         icon_size: int | None = None,
         report_dir: Path | None = None,
+        listen: str | None = None,
     ) -> None:
         self.paths = paths
         self.config = config
         self.control_file = control_state.control_path(paths.data_dir)
         self.supervisor = supervisor or Supervisor(
-            paths, on_event=self._proxy_event, on_output=_print_stderr, env=proxy_environment()
+            paths,
+            proxy_command(listen),
+            on_event=self._proxy_event,
+            on_output=_print_stderr,
+            env=proxy_environment(),
+            listen=config.listen,
         )
         self.make_menu = make_menu
         self.opener = opener
@@ -359,6 +365,8 @@ class TrayApp:
             self._proxy_noticed = now
             if self.notify is not None:
                 self.notify("proxy restarted", message.removeprefix("devmeter: "))
+        if kind == "port_taken" and self.notify is not None:
+            self.notify("metering is off", message.removeprefix("devmeter: "))
 
     # --- updates ------------------------------------------------------------------------------
 
@@ -430,7 +438,10 @@ class TrayApp:
         if proxy.state not in ("running", "external"):
             title = (f"devmeter \u00b7 {proxy.detail}" + title.removeprefix("devmeter"))[:127]
             items.insert(1, MenuItem(f"Proxy: {proxy.detail}", enabled=False))
-        icon.icon = render_icon(snap.today_usd, snap.state, self.icon_size)
+        if proxy.state == "port_taken":  # nothing is metered: no figure that looks live
+            icon.icon = render_badge("off", "paused", self.icon_size)
+        else:
+            icon.icon = render_icon(snap.today_usd, snap.state, self.icon_size)
         icon.title = title
         icon.menu = self.make_menu(items, self.handlers)
         update = getattr(icon, "update_menu", None)
@@ -658,17 +669,20 @@ def _print_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def main(config: Config, paths: Paths, *, headless: bool = False) -> int:
-    """`devmeter`: the tray if there is a desktop, else the headless status line."""
+def main(config: Config, paths: Paths, *, headless: bool = False, listen: str | None = None) -> int:
+    """`devmeter`: the tray if there is a desktop, else the headless status line.
+
+    `listen` is the tray command's `--listen`, handed on to the proxy it starts (`config`
+    already carries it)."""
     from devmeter.tray.headless import run_headless
 
     if headless:
-        return run_headless(paths, config, None)
+        return run_headless(paths, config, None, listen=listen)
     reason = display_problem() or load_backend()
     if reason is not None:
-        return run_headless(paths, config, reason)
+        return run_headless(paths, config, reason, listen=listen)
     try:
-        return TrayApp(paths, config).run()
+        return TrayApp(paths, config, listen=listen).run()
     except Exception as exc:  # e.g. GTK with no D-Bus session: the proxy still matters
         reason = f"the tray failed ({type(exc).__name__}: {exc})"
-        return run_headless(paths, config, reason)
+        return run_headless(paths, config, reason, listen=listen)

@@ -28,7 +28,7 @@ from devmeter.ledger import connect_readonly
 from devmeter.paths import Paths
 from devmeter.tray.menu import TraySnapshot
 from devmeter.tray.snapshot import Headline, headline, snapshot
-from devmeter.tray.supervisor import EventKind, ProxyStatus, Supervisor
+from devmeter.tray.supervisor import EventKind, ProxyStatus, Supervisor, proxy_command
 
 SEP = " \u00b7 "
 
@@ -130,6 +130,7 @@ def run_headless(
     interval: float = 0.5,
     live: LiveLine | None = None,
     clock: Callable[[], float] = time.time,
+    listen: str | None = None,
 ) -> int:
     """Supervise the proxy and show the live line until `stop` is set, Ctrl-C or SIGTERM.
 
@@ -147,7 +148,14 @@ def run_headless(
     def on_event(_kind: EventKind, message: str) -> None:
         live.message(message)
 
-    supervisor = supervisor or Supervisor(paths, on_event=on_event, on_output=live.message)
+    supervisor = supervisor or Supervisor(
+        paths,
+        proxy_command(listen),
+        on_event=on_event,
+        on_output=live.message,
+        listen=config.listen,
+        mode="headless",
+    )
     restore = _stop_on_sigterm(stop)
     supervisor.start()
     conn: sqlite3.Connection | None = None

@@ -7,15 +7,25 @@ minute) and says so through `on_event(kind, message)`. A proxy that is already r
 (proxy.json names a live pid) is used instead of starting another, and left alone on
 `stop()`; if it goes away, the supervisor starts its own.
 
+A port someone else holds is not retried: before each start the supervisor checks
+that the proxy's address can be bound (and a child that exits with
+`ports.EXIT_PORT_TAKEN` counts the same). While it is taken the status says who holds it
+and what to do, once, and the port is looked at again every few seconds, quietly; the
+proxy starts as soon as it is free.
+
 The child runs in a session of its own, so Ctrl-C in the terminal reaches only the
 parent, which then stops the child cleanly (SIGTERM: the proxy flushes the ledger and
 removes proxy.json). Its output is read line by line and handed to `on_output`.
+
+Every change of state is also written to `supervisor.json` in the data directory (see
+`status_path`), for `devmeter doctor` and scripts; it is removed on `stop()`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -23,18 +33,29 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import IO, Literal
+from pathlib import Path
+from typing import IO, Any, Literal
 
 import psutil
 
+from devmeter import ports
 from devmeter.paths import Paths
 
-State = Literal["starting", "running", "external", "restarting", "stopped"]
-EventKind = Literal["external", "gone", "died", "killed", "error"]
-EVENTS: tuple[EventKind, ...] = ("external", "gone", "died", "killed", "error")
+State = Literal["starting", "running", "external", "restarting", "port_taken", "stopped"]
+EventKind = Literal["external", "gone", "died", "killed", "error", "port_taken", "port_free"]
+EVENTS: tuple[EventKind, ...] = (
+    "external",
+    "gone",
+    "died",
+    "killed",
+    "error",
+    "port_taken",
+    "port_free",
+)
 BACKOFF: tuple[float, ...] = (1, 2, 4, 8, 16, 30)
 STABLE_AFTER = 60.0  # seconds a child must stay up before the back-off starts over
 STOP_TIMEOUT = 10.0
+PORT_RECHECK = 5.0  # seconds between quiet looks at a taken port
 
 
 @dataclass(frozen=True)
@@ -46,8 +67,31 @@ class ProxyStatus:
     restarts: int = 0
 
 
-def proxy_command() -> list[str]:
-    return [sys.executable, "-m", "devmeter", "proxy"]
+def proxy_command(listen: str | None = None) -> list[str]:
+    """`devmeter proxy`, with `--listen` when the tray was given one."""
+    return [sys.executable, "-m", "devmeter", "proxy", *(["--listen", listen] if listen else [])]
+
+
+def status_path(paths: Paths) -> Path:
+    """Where the tray (or the headless line) says how its proxy is doing, as JSON:
+    `pid` (the tray's), `mode`, `state`, `detail`, `listen`, `proxy_pid`, `address`,
+    `restarts`, `port_holder` ({pid, name} or null), `updated`, plus what the tray adds
+    (`tray`: whether the icon is docked). Present only while a tray or headless runs."""
+    return paths.data_dir / "supervisor.json"
+
+
+def read_status(paths: Paths) -> dict[str, Any] | None:
+    """supervisor.json's contents if the process that wrote it is still alive; else None."""
+    try:
+        status = json.loads(status_path(paths).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(status, dict):
+        return None
+    pid = status.get("pid")
+    if not isinstance(pid, int) or not psutil.pid_exists(pid):
+        return None
+    return status
 
 
 def read_proxy_state(paths: Paths) -> dict[str, object] | None:
@@ -110,9 +154,22 @@ class Supervisor:
         stable_after: float = STABLE_AFTER,
         poll_interval: float = 0.1,
         env: dict[str, str] | None = None,
+        listen: tuple[str, int] | None = None,
+        port_recheck: float = PORT_RECHECK,
+        mode: str = "tray",
+        write_status: bool = True,
     ) -> None:
         self.paths = paths
         self.command = list(command) if command is not None else proxy_command()
+        # The address the proxy will bind: checked before each start, so a port someone
+        # else holds is waited for instead of retried. None: not checked.
+        self.listen = listen
+        self.port_recheck = port_recheck
+        self.mode = mode
+        self.write_status = write_status
+        self._notes: dict[str, object] = {}
+        self._write_lock = threading.Lock()
+        self._holder: ports.Holder | None = None
         self.on_event = on_event or _print_event
         self.on_output = on_output or _print_stderr
         self.backoff = tuple(backoff) or BACKOFF
@@ -166,6 +223,15 @@ class Supervisor:
         for reader in self._readers:
             reader.join(2)
         self._set(ProxyStatus("stopped", detail="proxy stopped", restarts=self._restarts))
+        if self.write_status:
+            status_path(self.paths).unlink(missing_ok=True)
+
+    def note(self, key: str, value: object) -> None:
+        """Add a field to supervisor.json (the tray's docking state, say)."""
+        with self._lock:
+            self._notes[key] = value
+            status = self._status
+        self._write_status(status)
 
     def wait_running(self, timeout: float) -> ProxyStatus:
         """Block until a proxy listens (ours or another), or `timeout` passes."""
@@ -232,7 +298,41 @@ class Supervisor:
             self._next_start = 0.0
         if now < self._next_start:
             return
+        if self._port_taken(now):
+            return
         self._spawn(now)
+
+    def _port_taken(self, now: float) -> bool:
+        """Whether the proxy's port is held by someone else (said once, looked at again
+        every `port_recheck` seconds); also announces when it comes free."""
+        if self.listen is None or self.listen[1] == 0:
+            return False
+        host, port = self.listen
+        problem = ports.bind_error(host, port)
+        if problem is None or not ports.is_in_use(problem):
+            if self._status.state == "port_taken":
+                self.on_event("port_free", f"devmeter: port {port} is free now; starting the proxy")
+            return False
+        self._next_start = now + self.port_recheck
+        holder = ports.holder(port)
+        if self._status.state != "port_taken" or holder != self._holder:
+            self._holder = holder
+            message = ports.taken_message(host, port, holder, command="devmeter")
+            by = holder.describe() if holder is not None else "another process"
+            self._set(
+                ProxyStatus(
+                    "port_taken",
+                    None,
+                    None,
+                    f"port {port} taken by {by}",
+                    self._restarts,
+                )
+            )
+            self.on_event(
+                "port_taken",
+                f"{message}. Waiting for the port: the proxy starts once it is free.",
+            )
+        return True
 
     def _spawn(self, now: float) -> None:
         # A stale proxy.json (a proxy killed hard) would otherwise look like ours.
@@ -283,6 +383,8 @@ class Supervisor:
             reader.join(1)  # its last words come before our comment on them
         self._proc = None
         uptime = now - self._started_at
+        if code == ports.EXIT_PORT_TAKEN and self._port_taken(now):
+            return  # it said why on its way out; wait for the port rather than restart
         if uptime >= self.stable_after:
             self._failures = 0
         delay = self.backoff[min(self._failures, len(self.backoff) - 1)]
@@ -307,7 +409,41 @@ class Supervisor:
 
     def _set(self, status: ProxyStatus) -> None:
         with self._lock:
+            changed = status != self._status
             self._status = status
+        if changed and status.state != "stopped":
+            self._write_status(status)
+
+    def _write_status(self, status: ProxyStatus) -> None:
+        if not self.write_status:
+            return
+        holder = self._holder if status.state == "port_taken" else None
+        with self._lock:
+            notes = dict(self._notes)
+        fields: dict[str, object] = {
+            "pid": os.getpid(),
+            "mode": self.mode,
+            "state": status.state,
+            "detail": status.detail,
+            "listen": f"{self.listen[0]}:{self.listen[1]}" if self.listen else None,
+            "proxy_pid": status.pid,
+            "address": status.address,
+            "restarts": status.restarts,
+            "port_holder": {"pid": holder.pid, "name": holder.name} if holder else None,
+            "updated": time.time(),
+            **notes,
+        }
+        path = status_path(self.paths)
+        with self._write_lock:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w", encoding="utf-8") as out:
+                    json.dump(fields, out)
+                tmp.replace(path)
+            except OSError:
+                pass  # a status file is a courtesy; the tray and the proxy go on without it
 
 
 def _load_prctl() -> Callable[..., int] | None:
