@@ -77,8 +77,61 @@ def proxy_environment() -> dict[str, str]:
     return {**os.environ, MENU_ENV: "1" if has_menu else "0"}
 
 
+def choose_backend(
+    environ: Mapping[str, str] | None = None,
+    platform: str = sys.platform,
+    gtk_importable: Callable[[], bool] | None = None,
+) -> str | None:
+    """The pystray backend to ask for on Linux and the BSDs: "gtk" when PyGObject with
+    GTK 3 imports (a real menu; GtkStatusIcon docks whenever a tray appears and re-docks
+    after a panel restart), else "xorg" (`xorg.DockingIcon`: icon only, a click opens the
+    report). None: leave it to pystray (macOS, Windows) or to the user's PYSTRAY_BACKEND.
+
+    pystray's own first choice, AppIndicator, is not taken by itself: with PyGObject but
+    without the AyatanaAppIndicator3 typelib it fails the whole import instead of falling
+    back, and the tray ran headless."""
+    env = os.environ if environ is None else environ
+    if platform in ("darwin", "win32", "cygwin") or env.get("PYSTRAY_BACKEND"):
+        return None
+    return "gtk" if (gtk_importable or _gtk_importable)() else "xorg"
+
+
+def _gtk_importable() -> bool:
+    try:
+        import gi
+
+        gi.require_version("Gtk", "3.0")
+        from gi.repository import Gtk  # noqa: F401
+    except Exception:  # ImportError, ValueError (no typelib), gi's own errors: no GTK
+        return False
+    return True
+
+
 def load_backend() -> str | None:
-    """Import pystray (which picks its backend); why it failed, or None."""
+    """Pick pystray's backend and import pystray; why it failed, or None.
+
+    A PYSTRAY_BACKEND the user set that fails to load is reported and replaced by the
+    automatic choice, rather than giving up the tray."""
+    chosen = choose_backend()
+    if chosen is not None:
+        os.environ["PYSTRAY_BACKEND"] = chosen
+    problem = _import_pystray()
+    if problem is None or chosen is not None:
+        return problem
+    asked = os.environ.pop("PYSTRAY_BACKEND", "")
+    fallback = choose_backend()
+    if fallback is None:
+        return problem
+    print(
+        f"devmeter: PYSTRAY_BACKEND={asked} did not load ({problem}); using {fallback}",
+        file=sys.stderr,
+        flush=True,
+    )
+    os.environ["PYSTRAY_BACKEND"] = fallback
+    return _import_pystray()
+
+
+def _import_pystray() -> str | None:
     try:
         import pystray  # noqa: F401
     except Exception as exc:  # Xlib raises its own errors, GTK its own: all mean no tray
@@ -233,6 +286,7 @@ class TrayApp:
         self._updating = False
         self._icon_lock = threading.Lock()
         self._waker: XorgWaker | None = None
+        self._undocked_once = False  # the X icon has waited for a tray host at least once
         self._loop_done: threading.Event | None = None  # set when run()'s loop returned
         self._conn: sqlite3.Connection | None = None
         self._marker: object = None
@@ -505,9 +559,20 @@ class TrayApp:
         """Show the icon (pystray owns this, the main thread) until Quit or a signal."""
         import pystray
 
-        icon = pystray.Icon(
-            "devmeter", render_icon(self.snapshot.today_usd, "normal", self.icon_size), "devmeter"
-        )
+        image = render_icon(self.snapshot.today_usd, "normal", self.icon_size)
+        backend = pystray.Icon.__module__
+        if backend == "pystray._xorg":
+            from devmeter.tray.xorg import DockingIcon
+
+            icon = DockingIcon("devmeter", image, "devmeter", on_dock=self._docked)
+        elif backend == "pystray._gtk":
+            from devmeter.tray.gtk import StayingIcon
+
+            _survive_x_errors_in_gtk()
+            icon = StayingIcon("devmeter", image, "devmeter", on_dock=self._docked)
+        else:
+            icon = pystray.Icon("devmeter", image, "devmeter")
+        self.supervisor.note("tray_backend", backend.removeprefix("pystray._"))
         self.attach(icon)
         self._waker = XorgWaker.for_icon(icon)
         if self.notify is None:
@@ -549,7 +614,32 @@ class TrayApp:
             self._loop_done.set()
             restore()
             self.shutdown()
+        if not self.stopped.is_set():
+            # Not Quit, not a signal: exit 0 would read as "the user quit" to the
+            # packaging units, which would then leave metering down.
+            raise RuntimeError("the tray's event loop ended by itself")
         return 0
+
+    def _docked(self, docked: bool) -> None:
+        """From the X backend's loop: the icon docked, or lost its tray host."""
+        if docked:
+            if self._undocked_once:
+                print("devmeter: the icon is back in the system tray", file=sys.stderr, flush=True)
+        elif not self._undocked_once:
+            print(
+                "devmeter: no system tray to show the icon in yet; it appears as soon as one "
+                "starts (the proxy runs meanwhile)",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            print(
+                "devmeter: the system tray went away; the icon comes back when it does",
+                file=sys.stderr,
+                flush=True,
+            )
+        self._undocked_once = self._undocked_once or not docked
+        self.supervisor.note("tray", "docked" if docked else "waiting for a system tray")
 
     def _release_setup(self, icon: Any) -> None:
         """pystray's setup thread (not a daemon) waits for the loop to become ready; if the
@@ -562,17 +652,17 @@ class TrayApp:
 class XorgWaker:
     """Sends a no-op client message to the X backend's icon window."""
 
-    def __init__(self, window_id: int) -> None:
-        self.window_id = window_id
+    def __init__(self, window_id: Callable[[], int]) -> None:
+        self.window_id = window_id  # asked each time: the window is new after a tray restart
         self._display: Any = None
         self._lock = threading.Lock()
 
     @classmethod
     def for_icon(cls, icon: Any) -> XorgWaker | None:
-        window = getattr(icon, "_window", None)
-        if type(icon).__module__ != "pystray._xorg" or window is None:
+        xorg = sys.modules.get("pystray._xorg")
+        if xorg is None or not isinstance(icon, xorg.Icon):
             return None
-        return cls(int(window.id))
+        return cls(lambda: int(icon._window.id))
 
     def wake(self) -> None:
         with self._lock:
@@ -584,7 +674,7 @@ class XorgWaker:
                 if self._display is None:
                     self._display = xdisplay.Display()
                 conn = self._display
-                window = conn.create_resource_object("window", self.window_id)
+                window = conn.create_resource_object("window", self.window_id())
                 message = event.ClientMessage(
                     window=window,
                     client_type=conn.intern_atom("_DEVMETER_WAKE"),
@@ -594,6 +684,22 @@ class XorgWaker:
                 conn.flush()
             except Exception:  # a window gone, a display closing: nothing to wake
                 self._display = None
+
+
+def _survive_x_errors_in_gtk() -> None:
+    """GDK ends the process on an X error nobody trapped, and a tray host that is killed
+    (not stopped) takes the icon's window with it, so GTK's next request on that window
+    is one: the tray would die with the panel. A trap left open for the whole run makes
+    GDK ignore such errors instead; GtkStatusIcon then docks again in the next tray."""
+    try:
+        import gi
+
+        gi.require_version("Gdk", "3.0")
+        from gi.repository import Gdk
+
+        Gdk.error_trap_push()
+    except Exception as exc:  # without it the tray still works, it is only less sturdy
+        print(f"devmeter: cannot trap X errors in GTK: {exc!r}", file=sys.stderr)
 
 
 def _quit_on_signals(quit: Callable[[], None]) -> Callable[[], None]:
