@@ -34,6 +34,7 @@ from devmeter.proxy.meter import Meter
 from devmeter.router import Router
 from devmeter.spool import SpoolBusy
 from devmeter.usage import Attribution, Call, RequestInfo
+from devmeter.warnlog import route_warnings
 
 
 def allow_hosts_patterns(extra_hosts: tuple[str, ...] = ()) -> list[str]:
@@ -312,6 +313,7 @@ def _write_state(path: Path, bound: tuple[str, int]) -> None:
 
 
 def run(config: Config, paths: Paths) -> int:
+    route_warnings(paths.data_dir)  # e.g. plyer's, when an alert is first notified
     try:
         asyncio.run(serve(config, paths))
     except SpoolBusy as exc:  # a second proxy on the same ledger would count calls twice

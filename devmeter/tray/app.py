@@ -39,6 +39,7 @@ from devmeter.tray.icon import render_badge, render_icon, tooltip
 from devmeter.tray.menu import MenuItem, TraySnapshot, build_menu, to_pystray
 from devmeter.tray.snapshot import change_marker, day_start, snapshot
 from devmeter.tray.supervisor import EventKind, Supervisor, proxy_command
+from devmeter.warnlog import route_warnings
 
 MakeMenu = Callable[[Sequence[MenuItem], dict[str, Callable[..., object]]], Any]
 Opener = Callable[[Path], None]
@@ -782,6 +783,7 @@ def main(config: Config, paths: Paths, *, headless: bool = False, listen: str | 
     already carries it)."""
     from devmeter.tray.headless import run_headless
 
+    route_warnings(paths.data_dir)
     if headless:
         return run_headless(paths, config, None, listen=listen)
     reason = display_problem() or load_backend()

@@ -29,6 +29,7 @@ from devmeter.paths import Paths
 from devmeter.tray.menu import TraySnapshot
 from devmeter.tray.snapshot import Headline, headline, snapshot
 from devmeter.tray.supervisor import EventKind, ProxyStatus, Supervisor, proxy_command
+from devmeter.warnlog import route_warnings
 
 SEP = " \u00b7 "
 
@@ -137,6 +138,7 @@ def run_headless(
     `reason` says why there is no tray (None: the user asked for --headless)."""
     out = out or sys.stdout
     err = err or sys.stderr
+    route_warnings(paths.data_dir)  # a library's warning is not a line for the terminal
     live = live or LiveLine(out, err)
     stop = stop or threading.Event()
     if reason is None:
