@@ -6,6 +6,8 @@ Tiny Python children stand in for `devmeter proxy`, so each test takes a second 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +19,7 @@ import psutil
 import pytest
 
 from devmeter.paths import paths
-from devmeter.tray.supervisor import Supervisor, live_proxy
+from devmeter.tray.supervisor import Supervisor, live_proxy, read_status
 
 # A child that says hello, writes proxy.json the way the real proxy does, then lives on.
 PROXY_LIKE = """
@@ -228,3 +230,94 @@ def test_the_child_dies_with_a_parent_that_dies_without_cleaning_up(where, tmp_p
         assert not psutil.pid_exists(child) or psutil.Process(child).status() == "zombie"
     finally:
         parent.kill()
+
+
+# --- a port someone else holds -----------------------------------------------------------------
+
+# Stands in for a proxy that found its port taken the moment it started: a grandchild takes
+# the port (and keeps it), then the child exits as `devmeter proxy` does, with 75.
+TAKES_THE_PORT_AND_EXITS_75 = """
+import socket, subprocess, sys, time
+port = int(sys.argv[2])
+holder = subprocess.Popen([sys.executable, "-c",
+    "import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', %d)); s.listen();"
+    "print('bound', flush=True); time.sleep(60)" % port], stdout=subprocess.PIPE)
+holder.stdout.readline()
+print(holder.pid, flush=True)
+sys.exit(75)
+"""
+
+
+@pytest.fixture
+def held_port() -> Iterator[socket.socket]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    yield sock
+    sock.close()
+
+
+def test_a_taken_port_is_waited_for_not_retried_and_said_once(where, held_port, tmp_path):
+    port = held_port.getsockname()[1]
+    started = tmp_path / "started"
+    rec = Recorder()
+    sup = Supervisor(
+        where,
+        [
+            sys.executable,
+            "-c",
+            f"open({str(started)!r}, 'w'); {PROXY_LIKE}",
+            str(where.proxy_state),
+        ],
+        on_event=rec.event,
+        on_output=rec.line,
+        poll_interval=0.01,
+        listen=("127.0.0.1", port),
+        port_recheck=0.05,
+    )
+    sup.start()
+    try:
+        wait_for(lambda: sup.status.state == "port_taken")
+        time.sleep(0.5)  # ten rechecks
+        assert not started.exists(), "a proxy was started on a port it cannot have"
+        assert rec.kinds() == ["port_taken"]
+        assert f"port {port} on 127.0.0.1 is taken by" in rec.events[0][1]
+        assert sup.status.detail.startswith(f"port {port} taken by ")
+        status = read_status(where)
+        assert status is not None and status["state"] == "port_taken"
+        assert status["port_holder"]["pid"] == os.getpid()
+        held_port.close()
+        wait_for(lambda: sup.status.state == "running")
+        assert started.exists()
+        assert rec.kinds() == ["port_taken", "port_free"]
+    finally:
+        sup.stop(timeout=5)
+    assert read_status(where) is None, "supervisor.json outlived the supervisor"
+
+
+def test_a_child_that_exits_75_is_not_restarted_while_the_port_is_held(where, tmp_path):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    rec = Recorder()
+    sup = Supervisor(
+        where,
+        [sys.executable, "-c", TAKES_THE_PORT_AND_EXITS_75, str(where.proxy_state), str(port)],
+        on_event=rec.event,
+        on_output=rec.line,
+        poll_interval=0.01,
+        listen=("127.0.0.1", port),
+        port_recheck=0.05,
+        backoff=(0.01,),
+    )
+    sup.start()
+    try:
+        wait_for(lambda: sup.status.state == "port_taken")
+        holder = int(rec.output[0])
+        time.sleep(0.5)
+        assert rec.kinds() == ["port_taken"], rec.events  # no "died", no restart
+        assert (read_status(where) or {}).get("port_holder", {}).get("pid") == holder
+    finally:
+        sup.stop(timeout=5)
+        psutil.Process(holder).kill()

@@ -315,7 +315,10 @@ class Supervisor:
             return False
         self._next_start = now + self.port_recheck
         holder = ports.holder(port)
-        if self._status.state != "port_taken" or holder != self._holder:
+        # Said again only for a new holder: a holder psutil cannot see for a moment (the
+        # socket closing) is no news.
+        news = holder is not None and holder != self._holder
+        if self._status.state != "port_taken" or news:
             self._holder = holder
             message = ports.taken_message(host, port, holder, command="devmeter")
             by = holder.describe() if holder is not None else "another process"
