@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from devmeter.tray.app import choose_backend
-from tests.test_tray_stays import bare_display, gtk_python  # noqa: F401  (fixtures)
+from tests.test_tray_stays import bare_display, gtk_python, x_server  # noqa: F401  (fixtures)
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,11 @@ GtkStatusIcon docks by itself whenever a tray host appears, and survives a panel
 stops cleanly. A panel that is killed (it crashed, or was restarted with SIGKILL) takes
 the icon's window with it: GDK would end the process on the next X request to that
 window (see `app._survive_x_errors_in_gtk`), and the status icon, its window gone, never
-docks again. `StayingIcon` watches the status icon's `embedded` property: when it has
-dropped and a tray host is there again but the icon has not docked in it within two
-seconds (a tray that stopped cleanly gets it back at once), it replaces the status icon
-with a new one, which docks. It
+docks again. `StayingIcon` watches the status icon's `embedded` property: when it drops
+and the icon's window is gone, it replaces the status icon at once with a new one, which
+docks in the next tray host; when the window is still there (a tray that stopped
+cleanly gives it back) the same status icon docks again by itself, and is replaced only
+if a tray host is there and has not taken it within two seconds. It
 also sets the tooltip, which pystray's GTK backend leaves empty (it sets only the
 accessible title), so a proxy that cannot start is said where a user looks.
 
@@ -39,6 +40,7 @@ class StayingIcon(_gtk.Icon):  # type: ignore[misc]
         self._looks_with_host = 0
         # As the current status icon last said: asking a dead one prints Gtk-CRITICALs.
         self._embedded = False
+        self._window_id = 0  # the X window of the docked status icon
         super().__init__(*args, **kwargs)
         self._watch(self._status_icon)
         GLib.timeout_add(FIRST_DOCK_WAIT_MS, self._first_look)
@@ -74,7 +76,14 @@ class StayingIcon(_gtk.Icon):  # type: ignore[misc]
         embedded = bool(status_icon.is_embedded())
         self._embedded = embedded
         self._said(embedded)
-        if not embedded and not self._looking:
+        if embedded:
+            self._window_id = int(status_icon.get_x11_window_id())
+            return
+        if not window_exists(self._window_id):
+            # Killed with the tray: replace it now, before a redraw touches it (GTK can
+            # crash drawing into a widget whose window is gone).
+            self._replace_status_icon()
+        if not self._looking:
             self._looking = True
             self._looks_with_host = 0
             GLib.timeout_add(LOOK_MS, self._look_for_host)
@@ -128,6 +137,26 @@ class _NoNotifier:
 
     def hide(self) -> None:
         pass
+
+
+def window_exists(window_id: int) -> bool:
+    """Whether an X window still exists (asked over a connection of our own)."""
+    from Xlib import display as xdisplay
+    from Xlib import error
+
+    if not window_id:
+        return False
+    try:
+        conn = xdisplay.Display()
+    except Exception:
+        return False
+    try:
+        conn.create_resource_object("window", window_id).get_geometry()
+        return True
+    except error.XError:
+        return False
+    finally:
+        conn.close()
 
 
 def tray_host_present() -> bool:

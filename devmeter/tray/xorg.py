@@ -73,6 +73,13 @@ class DockingIcon(_xorg.Icon):  # type: ignore[misc]
         self._stopping = True
         super()._stop()
 
+    def __del__(self) -> None:
+        # pystray's destructor destroys the window and closes the display: with the X
+        # server gone (the session ended, the tray fell back to headless) that raises,
+        # and Python prints the traceback at collection time.
+        with contextlib.suppress(Exception):
+            super().__del__()
+
     def _on_destroy_notify(self, event: Any) -> None:
         manager = self._systray_manager
         if manager is None or event.window.id != manager.id:
