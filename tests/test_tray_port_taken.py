@@ -175,3 +175,32 @@ def test_headless_waits_for_a_taken_port_instead_of_retrying_it(taken, tmp_path)
     assert f"port {port} is free now; starting the proxy" in errors
     assert "`devmeter --listen 127.0.0.1:PORT`" in errors
     assert read_status(where) is None and not where.proxy_state.exists()
+
+
+def test_the_tray_shows_off_says_why_and_notifies_once():
+    where = paths()
+    from devmeter.config import Config
+    from devmeter.tray.app import TrayApp
+    from devmeter.tray.icon import render_badge
+    from devmeter.tray.supervisor import ProxyStatus
+    from tests.test_tray_app import FakeIcon, FakeSupervisor, menu_as_items
+
+    taken = ProxyStatus("port_taken", detail="port 8788 taken by nginx (pid 42)")
+    shown: list[tuple[str, str]] = []
+    app = TrayApp(
+        where,
+        Config(),
+        supervisor=FakeSupervisor(taken),
+        make_menu=menu_as_items,
+        notify=lambda title, message: shown.append((title, message)),
+        icon_size=24,
+    )
+    icon = FakeIcon()
+    app.attach(icon)
+    app.refresh(force=True)
+    assert icon.title.startswith("devmeter · port 8788 taken by nginx (pid 42) · ")
+    assert icon.menu[0][1].text == "Proxy: port 8788 taken by nginx (pid 42)"
+    assert icon.icon.tobytes() == render_badge("off", "paused", 24).tobytes()
+    app._proxy_event("port_taken", "devmeter: port 8788 on 127.0.0.1 is taken by nginx …")
+    assert shown == [("metering is off", "port 8788 on 127.0.0.1 is taken by nginx …")]
+    app.shutdown()
