@@ -111,7 +111,7 @@ class BodyReader:
             events, clean = self._sse.close()
             for event in events:
                 self._on_event(event.event, event.data, True)
-            return clean, None
+            return clean, _dropped_error(self._sse.dropped_events, "SSE event")
         if self.mode == "json":
             assert self._json is not None
             doc, err = self._json.finish(self._tail_keys)
@@ -120,7 +120,7 @@ class BodyReader:
             return err is None, err
         if self.mode == "array":
             assert self._array is not None
-            return self._array.closed, None
+            return self._array.closed, _dropped_error(self._array.dropped, "array element")
         return True, _raw_error(self._raw, self._raw_size, self._content_type)
 
     def _decide(self, first: bytes) -> str:
@@ -136,6 +136,12 @@ class BodyReader:
         if not self._content_type and first in b"de:ir":  # data:, event:, :, id:, retry:
             return "sse"
         return "raw"
+
+
+def _dropped_error(count: int, what: str) -> str | None:
+    if not count:
+        return None
+    return f"{count} {what}(s) over {JSON_CAP >> 20} MiB dropped unread"
 
 
 def _ignored(*_: object) -> None:
@@ -197,7 +203,7 @@ def _values_from_tail(tail: bytes, keys: tuple[str, ...]) -> dict[str, Any]:
             try:
                 found[key] = decoder.raw_decode(text, match.end())[0]
                 break
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
     return found
 
@@ -221,6 +227,9 @@ class _ArraySplitter:
         self._in_string = False
         self._escape = False  # a backslash ended the previous chunk
         self._parts: list[bytes] = []
+        self._parts_size = 0
+        self._dropping = False  # the current element outgrew JSON_CAP: skipped to its end
+        self.dropped = 0  # elements skipped for their size
         self.closed = False
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -261,12 +270,28 @@ class _ArraySplitter:
             else:
                 self._depth -= 1
                 if self._depth == 1:
-                    self._parts.append(data[start:pos])
-                    elements.append(b"".join(self._parts))
+                    self._keep(data[start:pos])
+                    if self._dropping:
+                        self.dropped += 1
+                    else:
+                        elements.append(b"".join(self._parts))
                     self._parts = []
+                    self._parts_size = 0
+                    self._dropping = False
                 elif self._depth <= 0:
                     self.closed = True
                     return elements
         if self._depth >= 2:
-            self._parts.append(data[start:])
+            self._keep(data[start:])
         return elements
+
+    def _keep(self, part: bytes) -> None:
+        """Hold a piece of the current element, unless it outgrew JSON_CAP (then drop it)."""
+        if self._dropping:
+            return
+        self._parts_size += len(part)
+        if self._parts_size > JSON_CAP:
+            self._parts = []
+            self._dropping = True
+            return
+        self._parts.append(part)
