@@ -19,11 +19,18 @@ _SORTED = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
 
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
-    """`json.loads`."""
+    """`json.loads`, except that a document nested too deeply for either parser (orjson
+    stops at 1,024 levels, `json` at the interpreter's recursion limit) raises ValueError
+    like any other bad JSON, never RecursionError: callers catch ValueError."""
     try:
         return orjson.loads(data)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc) or "recursion" in str(exc).lower():
+            raise ValueError(f"JSON nested too deeply: {exc}") from None
+    try:
         return json.loads(bytes(data) if isinstance(data, memoryview) else data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply to parse") from None
 
 
 def dumps(value: Any) -> bytes:
