@@ -37,8 +37,9 @@ from devmeter.providers import (
     match_endpoint,
     new_response_parser,
     parse_request,
-    parse_request_doc,
 )
+from devmeter.proxy import streaming
+from devmeter.proxy.deadlines import HeaderDeadline
 from devmeter.router import REQUEST_CLASS_HEADER, RoutePlan, Router
 from devmeter.routing import should_fallback
 from devmeter.usage import Attribution, Call, RequestInfo, ResponseResult, Usage
@@ -90,6 +91,8 @@ class FlowState:
     # Cursor: its request body, read as it streams to the upstream.
     request_reader: cursor.RequestReader | None = None
     upgrade: bool = False  # the client asked for a WebSocket
+    # The response body could not be metered whole (over the decode budget).
+    body_unread: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,11 +123,13 @@ class Meter:
         control: ControlWatcher | None = None,
         clock: Callable[[], float] = time.time,
         client_lookup: ClientLookup | None = None,
+        deadline: HeaderDeadline | None = None,
     ) -> None:
         # The lookup runs from the Meter's hooks rather than as an addon of its own:
         # mitmproxy calls every addon on every event, ~3 us an addon an event, 8 events
         # a call, whether it has a hook for the event or not.
         self._client_lookup = client_lookup
+        self._deadline = deadline
         self._router = router
         self._guard = guard
         self._on_alert = on_alert
@@ -141,6 +146,8 @@ class Meter:
     def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
         # Sync, returning a coroutine only for a connection's first request (mitmproxy
         # awaits it): who the client is must be known before a streamed request starts.
+        if self._deadline is not None:
+            self._deadline.requestheaders(flow)
         lookup = self._client_lookup.requestheaders(flow) if self._client_lookup else None
         if lookup is not None:
             return self._look_up_then_map(lookup, flow)
@@ -158,12 +165,24 @@ class Meter:
         flow.metadata[HOST_KEY] = host  # before the mapping below changes the request's host
         if host == cursor.HOST:
             self._stream_cursor_request(flow, host)
+        if _state(flow) is None and flow.response is None:
+            self._stream_large_request(flow, host)
         # A streamed request connects upstream right after its headers: map it now.
         upstream = self._upstreams.get(host)
         if upstream is not None:
             _send_to(flow, upstream)
 
+    def client_connected(self, client: connection.Client) -> None:
+        if self._deadline is not None:
+            self._deadline.client_connected(client)
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if self._deadline is not None:
+            self._deadline.http_connect(flow)
+
     def client_disconnected(self, client: connection.Client) -> None:
+        if self._deadline is not None:
+            self._deadline.client_disconnected(client)
         if self._client_lookup is not None:
             self._client_lookup.client_disconnected(client)
 
@@ -186,6 +205,64 @@ class Meter:
         except Exception:
             self._internal_error(flow, host, "requestheaders")
 
+    def _stream_large_request(self, flow: http.HTTPFlow, host: str) -> None:
+        """A request body over the limit goes through as it arrives, unread, and its call
+        is metered by an estimate from its length. A cap or a pause still refuses it:
+        before anything is sent, by closing the connection (no answer can go back
+        before the client has sent its whole body, and holding it is what this avoids)."""
+        try:
+            length = streaming.declared_length(flow.request.headers)
+            large = streaming.is_large_request(flow.request)
+            unknown = length is None and "transfer-encoding" in flow.request.headers
+            if not large and not unknown:
+                return
+            endpoint = match_endpoint(host, flow.request.method, flow.request.path)
+            if endpoint is None:
+                if large:
+                    flow.request.stream = True  # an upload to an unmetered path
+                return
+            self._apply_control()
+            if unknown and not large:
+                # Read whole below the limit; but a refusal cannot wait for a body of no
+                # declared length, which mitmproxy streams on once past the limit.
+                self._refuse_unread(flow, host, endpoint, length, only_if_blocked=True)
+                return
+            if self._refuse_unread(flow, host, endpoint, length, only_if_blocked=False):
+                return
+            flow.request.stream = True
+        except Exception:
+            self._internal_error(flow, host, "requestheaders")
+
+    def _refuse_unread(
+        self,
+        flow: http.HTTPFlow,
+        host: str,
+        endpoint: Endpoint,
+        length: int | None,
+        only_if_blocked: bool,
+    ) -> bool:
+        """Start metering a call whose body will not be read; True if a cap refused it."""
+        now = self._clock()
+        info = streaming.unread_request_info(endpoint, length)
+        headers = lower_headers(flow.request.headers)
+        attribution = self._attribute(flow, info, headers, host, now)
+        block = self._guard.check(attribution, now) if self._guard is not None else None
+        if block is None and only_if_blocked:
+            return False
+        state = FlowState(
+            endpoint=endpoint, request=info, started=now, attribution=attribution, host=host
+        )
+        flow.metadata[METADATA_KEY] = state
+        if block is None:
+            return False
+        state.blocked = (
+            f"{block.message} (devmeter closed the connection: a request body of "
+            f"{'unknown size' if length is None else f'{length:,} bytes'} cannot be "
+            "answered before it is sent whole)"
+        )
+        flow.kill()  # the error hook records the refusal
+        return True
+
     def request(self, flow: http.HTTPFlow) -> None:
         host = flow.metadata.get(HOST_KEY) or client_host(flow.request, self._known_hosts)
         try:
@@ -201,10 +278,14 @@ class Meter:
             return
         now = self._clock()
         headers = lower_headers(flow.request.headers)  # once: mitmproxy's lookups are slow
-        body = flow.request.raw_content or b""
-        if "content-encoding" in headers:
-            body = flow.request.get_content(strict=False) or b""
-        info, doc = parse_request_doc(endpoint, body)
+        readable = flow.request.stream is not True  # True: mitmproxy streamed it, unread
+        body, body_error = streaming.request_body(flow.request) if readable else (b"", None)
+        if readable and body_error is None:
+            info, doc = streaming.read_request(endpoint, body)
+        else:
+            info, doc = streaming.unread_request_info(endpoint, None), None
+            if body_error is not None:
+                info.facts["request_error"] = body_error
         state = FlowState(
             endpoint=endpoint,
             request=info,
@@ -232,7 +313,7 @@ class Meter:
                 state.signals = request_signals(doc, headers.get(REQUEST_CLASS_HEADER))
             except Exception:
                 state.tap_error = f"devmeter guard failed (call let through): {_short_traceback()}"
-        if self._router is not None and flow.websocket is None:
+        if self._router is not None and flow.websocket is None and doc is not None:
             try:
                 self._route(flow, state, headers, body, doc, now)
             except Exception:
@@ -300,10 +381,17 @@ class Meter:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = _state(flow)
-        if state is None or flow.response is None or flow.response.status_code == 101:
+        if flow.response is None or flow.response.status_code == 101:
+            return
+        if self._refused_headers(flow, state):
+            return
+        if state is None:
+            flow.response.stream = True  # not metered: pass it on as it arrives, unheld
             return
         if state.original is not None and 400 <= flow.response.status_code < 500:
-            return  # a refused rewrite: keep the (small) error body for a possible fallback
+            if not streaming.fallback_body_too_large(flow.response):
+                return  # a refused rewrite: keep the (small) error body for a fallback
+            state.original = None  # too large to hold: the client gets it as it is
         headers = lower_headers(flow.response.headers)  # once: mitmproxy's lookups are slow
         try:
             state.parser = new_response_parser(
@@ -322,9 +410,28 @@ class Meter:
             state, _body_length(headers), lambda: self._finish(flow, complete_hint=True)
         )
 
+    def _refused_headers(self, flow: http.HTTPFlow, state: FlowState | None) -> bool:
+        """Response headers too large to pass on safely: the client gets a 502 instead,
+        and the call's row says so."""
+        assert flow.response is not None
+        error = streaming.oversized_headers_error(flow.response)
+        if error is None:
+            return False
+        print(f"{error} ({flow.request.pretty_url})", file=sys.stderr, flush=True)
+        api = state.endpoint.api if state is not None else ""
+        streaming.replace_with_error(flow, error, api)
+        if state is not None:
+            state.tap_error = error
+            state.original = None  # nothing to fall back from
+            # A parser fed nothing: the row shows an answer with no usage, not complete
+            # (rather than devmeter's own error body, parsed as if the provider sent it).
+            state.parser = new_response_parser(state.endpoint, state.request, "")
+        return True
+
     def response(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
         # Sync, returning a coroutine only for a rewritten request (mitmproxy awaits what
         # a hook returns): every other answer is metered and sent in one step.
+        streaming.restore_replacement(flow)
         state = _state(flow)
         if state is None:
             return None  # not metered, or recorded already (the tap metered the whole body)
@@ -345,9 +452,9 @@ class Meter:
         send the original once, and give the client that answer instead."""
         assert flow.response is not None and state.original is not None
         status = flow.response.status_code
-        if not 400 <= status < 500:
-            return
-        if not should_fallback(status, flow.response.get_content(strict=False) or b""):
+        if not 400 <= status < 500 or flow.response.stream:
+            return  # not refused, or already passed on to the client
+        if not should_fallback(status, streaming.fallback_error_text(flow.response)):
             return
         body, headers = state.original
         skip = {"content-length", "content-encoding", "host", "transfer-encoding", "connection"}
@@ -400,12 +507,16 @@ class Meter:
                 state.request = state.request_reader.info()
                 result = _with_input_estimate(result, state.request)
             if flow.response is not None and state.parser is None and flow.response.raw_content:
-                # Not streamed through the tap (an error installing it): parse the whole body.
+                # Not streamed through the tap (an error installing it, a fallback's answer):
+                # parse the whole body, decoded within the same budget as a stream.
                 parser = new_response_parser(
                     state.endpoint, state.request, flow.response.headers.get("content-type", "")
                 )
-                parser.feed(flow.response.get_content(strict=False) or b"")
+                stopped = streaming.parse_whole_body(parser, flow.response)
                 result = parser.result()
+                if stopped is not None:
+                    state.tap_error, state.body_unread = stopped, True
+            result = streaming.with_estimate_if_unread(result, state.request, state.body_unread)
             if not complete_hint and result.complete and result.usage is None:
                 result = ResponseResult(usage=None, complete=False, model=result.model)
             error = state.tap_error or (str(flow.error) if flow.error else None)
@@ -442,7 +553,10 @@ class Meter:
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         state = _state(flow)
-        if state is None or state.parser is None or flow.websocket is None:
+        if flow.websocket is None:
+            return
+        if state is None or state.parser is None:
+            streaming.drop_frames(flow.websocket.messages)  # nothing reads them
             return
         try:
             message = flow.websocket.messages[-1]
@@ -658,11 +772,11 @@ def _tap(
 
     def tap(chunk: bytes) -> bytes:
         nonlocal received
-        if state.tap_error is None and state.parser is not None:
+        if state.tap_error is None and state.parser is not None and state.decoder is not None:
             try:
-                data = state.decoder.decode(chunk) if state.decoder else None
-                if data:
-                    state.parser.feed(data)
+                state.decoder.feed(chunk, state.parser.feed)
+                if state.decoder.limit_error is not None:
+                    state.tap_error, state.body_unread = state.decoder.limit_error, True
             except Exception:
                 state.tap_error = f"could not read the response: {_short_traceback()}"
         received += len(chunk)
@@ -709,6 +823,12 @@ def _result(state: FlowState) -> ResponseResult:
 def _refuse(flow: http.HTTPFlow, state: FlowState, block: Block) -> None:
     """Answer in the provider's own error shape, with a status clients do not retry."""
     state.blocked = block.message
+    if flow.request.stream:
+        # mitmproxy streamed the body on (no declared length, over the limit): no answer
+        # can replace the provider's now. Close the connection rather than let it through.
+        state.blocked = f"{block.message} (devmeter closed the connection)"
+        flow.kill()
+        return
     if state.endpoint.api == "cursor.chat":
         # Connect streams report errors in an end-stream frame of a 200 response.
         flow.response = http.Response.make(

@@ -30,6 +30,7 @@ from devmeter.guard import AlertDispatcher, Guard, print_alert
 from devmeter.ledger import LedgerWriter, connect_readonly
 from devmeter.paths import Paths, write_private
 from devmeter.providers import INTERCEPT_HOSTS
+from devmeter.proxy import deadlines, streaming
 from devmeter.proxy.meter import Meter
 from devmeter.router import Router
 from devmeter.spool import SpoolBusy
@@ -144,6 +145,7 @@ async def serve(
         if on_call is not None:
             on_call(call)
 
+    deadlines.raise_file_limit()
     master = DumpMaster(options.Options(), with_termlog=False, with_dumper=False)
     # Addon options exist only once DumpMaster has loaded its addons.
     master.options.update(
@@ -152,7 +154,14 @@ async def serve(
         confdir=str(paths.ca_dir),
         allow_hosts=allow_hosts_patterns(tuple(config.upstreams)),
         connection_strategy="lazy",
+        # Bodies over this pass through as they arrive instead of being held whole: a
+        # request or response of no declared length, once it grows past the limit.
+        stream_large_bodies=str(streaming.REQUEST_BODY_LIMIT),
     )
+    if "tcp_timeout" in master.options:  # mitmproxy 12; 11 has the same 600 s, fixed
+        master.options.update(tcp_timeout=deadlines.IDLE_TIMEOUT)
+    intercepted = frozenset(h.lower() for h in (*INTERCEPT_HOSTS, *config.upstreams))
+    deadline = deadlines.HeaderDeadline(intercepted.__contains__)
     master.addons.add(
         Meter(
             record=record,
@@ -164,6 +173,7 @@ async def serve(
             on_alert=on_alert,
             control=ControlWatcher(control_path(paths.data_dir)),
             client_lookup=ClientProcessLookup(attributor),
+            deadline=deadline,
         ),
     )
     loop = asyncio.get_running_loop()
@@ -178,6 +188,8 @@ async def serve(
         if dispatcher is not None:
             dispatcher.close()
         raise
+    proxyserver = master.addons.get("proxyserver")
+    watchdog = asyncio.ensure_future(deadline.watch(lambda: proxyserver.connections))
     # What startup built (price tables, mitmproxy's addons, certificates) lives as long
     # as the proxy: out of the collector's sight, full collections stop rescanning it on
     # the event loop (~0.1 ms a call, and pauses of tens of ms under load).
@@ -190,6 +202,7 @@ async def serve(
     try:
         await run
     finally:
+        watchdog.cancel()
         writer.close()
         if dispatcher is not None:
             dispatcher.close()

@@ -1,0 +1,213 @@
+"""Bounds on what the proxy holds for one flow: bodies, headers, WebSocket frames.
+
+Everything a client or an upstream sends passes through as it arrives; devmeter keeps
+only what metering needs, within fixed limits, whatever the other side sends:
+
+- request bodies over `REQUEST_BODY_LIMIT` are streamed through unread and metered by
+  an estimate from their length (the provider's reported usage still counts);
+- responses of paths devmeter does not meter are streamed, never buffered whole;
+- compressed bodies are decoded for metering within `devmeter.decoding`'s budget;
+- response headers over `RESPONSE_HEADERS_LIMIT` (which stall mitmproxy's HTTP/2
+  encoder for every client) are replaced by a 502 that says why.
+
+Pure helpers and small mitmproxy adapters; the Meter calls them from its hooks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from mitmproxy import http
+
+from devmeter.decoding import decode_bounded, decoder_for
+from devmeter.providers import Endpoint, ResponseParser, parse_request_doc
+from devmeter.usage import RequestInfo, ResponseResult, Usage
+
+# A request body over this is forwarded as it arrives, unread: Anthropic refuses requests
+# over 32 MB, and every other API's limit for a model call is in the same range. Below it,
+# the body is read whole (guard rails, routing, attribution read it before it is sent).
+REQUEST_BODY_LIMIT = 32 << 20
+# Response headers over this are refused: real ones are a few KB, and mitmproxy's HTTP/2
+# encoder takes seconds per 256 KB, on the event loop every client shares.
+RESPONSE_HEADERS_LIMIT = 64 << 10
+# A refused rewritten request's error body is kept for the routing fallback only up to this.
+FALLBACK_BODY_LIMIT = 1 << 20
+# Tokens per byte of a request body nobody read: JSON text runs ~4 bytes a token.
+BYTES_PER_TOKEN = 4
+
+REPLACED_KEY = "devmeter.replaced"  # flow.metadata: the body of devmeter's own 502
+
+
+def declared_length(headers: http.Headers) -> int | None:
+    """The body length the headers declare, or None when they declare none (chunked)."""
+    if "transfer-encoding" in headers:
+        return None
+    value = headers.get("content-length", "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def is_large_request(request: http.Request) -> bool:
+    """A request whose body is to be streamed through unread: declared over the limit,
+    or already switched to streaming by mitmproxy (`stream_large_bodies`)."""
+    if request.stream is True:
+        return True
+    length = declared_length(request.headers)
+    return length is not None and length > REQUEST_BODY_LIMIT
+
+
+def unread_request_info(endpoint: Endpoint, length: int | None) -> RequestInfo:
+    """What is known of a request whose body was streamed through unread: an estimate
+    of its prompt from its length (the provider's reported usage replaces it)."""
+    size = f"{length:,} bytes" if length is not None else "a length it did not declare"
+    reason = (
+        f"request body of {size}, over devmeter's {REQUEST_BODY_LIMIT >> 20} MiB limit: "
+        "streamed through unread, prompt estimated from its length"
+    )
+    estimate = (length or REQUEST_BODY_LIMIT) // BYTES_PER_TOKEN
+    return RequestInfo(
+        model=endpoint.path_model,
+        stream=endpoint.stream,
+        prompt_tokens_estimate=estimate,
+        facts={"request_error": reason},
+    )
+
+
+def read_request(endpoint: Endpoint, body: bytes) -> tuple[RequestInfo, dict[str, Any] | None]:
+    """`parse_request_doc`, made total: whatever the body is (nested 10,000 deep, not
+    UTF-8), the call still gets its guard check and its row."""
+    try:
+        return parse_request_doc(endpoint, body)
+    except Exception as exc:
+        reason = f"unreadable request: {type(exc).__name__}: {exc}"[:200]
+        info = RequestInfo(
+            model=endpoint.path_model, stream=endpoint.stream, facts={"request_error": reason}
+        )
+        return info, None
+
+
+def request_body(request: http.Request) -> tuple[bytes, str | None]:
+    """The request body to meter: decoded when the client compressed it, within the limit
+    (a small compressed body can expand a thousandfold); and why it fell short, if it did."""
+    raw = request.raw_content or b""
+    encoding = request.headers.get("content-encoding")
+    if not encoding:
+        return raw, None
+    return decode_bounded(raw, encoding, REQUEST_BODY_LIMIT)
+
+
+def counting_tap(count: list[int]) -> Callable[[bytes], bytes]:
+    """A request stream callable that only counts the bytes going by."""
+
+    def tap(chunk: bytes) -> bytes:
+        count[0] += len(chunk)
+        return chunk
+
+    return tap
+
+
+def header_bytes(headers: http.Headers) -> int:
+    return sum(len(name) + len(value) + 4 for name, value in headers.fields)
+
+
+def oversized_headers_error(response: http.Response) -> str | None:
+    """Why a response's headers are refused, or None when they are within the limit."""
+    size = header_bytes(response.headers)
+    if size <= RESPONSE_HEADERS_LIMIT:
+        return None
+    return (
+        f"devmeter: the upstream sent {size:,} bytes of response headers, over the "
+        f"{RESPONSE_HEADERS_LIMIT >> 10} KiB devmeter accepts; the response was dropped"
+    )
+
+
+def replace_with_error(flow: http.HTTPFlow, message: str, api: str) -> None:
+    """Answer 502 in the provider's error shape instead of the upstream's response.
+
+    Called from `responseheaders`: the upstream body still arrives, and is swallowed as
+    it comes; the error body goes out at its end (or in `restore_replacement`, when the
+    upstream sent no body and mitmproxy replaced it with the empty one it read).
+    """
+    body = json.dumps(error_body(api, 502, message)).encode()
+    flow.response = http.Response.make(
+        502, body, {"content-type": "application/json", "x-should-retry": "false"}
+    )
+    flow.metadata[REPLACED_KEY] = body
+
+    def swallow(chunk: bytes) -> bytes:
+        return b"" if chunk else body  # b"" is the end of the upstream's body
+
+    flow.response.stream = swallow
+
+
+def restore_replacement(flow: http.HTTPFlow) -> None:
+    body = flow.metadata.get(REPLACED_KEY)
+    if body is not None and flow.response is not None and not flow.response.raw_content:
+        flow.response.content = body
+
+
+def error_body(api: str, status: int, message: str) -> dict[str, Any]:
+    """An error in the shape the client's SDK reads for `api`."""
+    if api.startswith("anthropic"):
+        return {"type": "error", "error": {"type": "api_error", "message": message}}
+    if api.startswith("gemini") or api.startswith("google"):
+        return {"error": {"code": status, "message": message, "status": "UNAVAILABLE"}}
+    return {"error": {"message": message, "type": "devmeter_error", "param": None, "code": None}}
+
+
+def fallback_body_too_large(response: http.Response) -> bool:
+    """A refused rewrite's error body too large (or of unknown length) to keep whole."""
+    length = declared_length(response.headers)
+    return length is None or length > FALLBACK_BODY_LIMIT
+
+
+def fallback_error_text(response: http.Response) -> bytes:
+    """A refused rewrite's (small, buffered) error body, decoded within the limit."""
+    if response.raw_content is None:
+        return b""  # streamed: mitmproxy already sent it on
+    body, _ = decode_bounded(
+        response.raw_content, response.headers.get("content-encoding"), FALLBACK_BODY_LIMIT
+    )
+    return body
+
+
+def parse_whole_body(parser: ResponseParser, response: http.Response) -> str | None:
+    """Feed a buffered body to the parser through the bounded decoder; why it stopped
+    short, if it did."""
+    raw = response.raw_content
+    if not raw:
+        return None
+    decoder = decoder_for(response.headers.get("content-encoding"))
+    if decoder is None:
+        return "response body in an encoding devmeter cannot decode"
+    decoder.feed(raw, parser.feed)
+    return decoder.limit_error
+
+
+def with_estimate_if_unread(
+    result: ResponseResult, request: RequestInfo, stopped: bool
+) -> ResponseResult:
+    """A body metering stopped reading (over the decode budget) reported no usage:
+    bill the prompt, estimated, rather than nothing."""
+    if not stopped or result.usage is not None or result.output_text:
+        return result
+    usage = Usage(input_tokens=request.prompt_tokens() or 0, estimated=True)
+    return ResponseResult(
+        usage=usage,
+        model=result.model,
+        complete=False,
+        output_chars=result.output_chars,
+        output_text=result.output_text,
+        error=result.error,
+    )
+
+
+def drop_frames(messages: list[Any]) -> None:
+    """An unmetered WebSocket's frames: mitmproxy keeps every one until the socket closes."""
+    del messages[:]
+
+
+def join_errors(errors: Iterable[str | None]) -> str | None:
+    kept = [e for e in errors if e]
+    return "; ".join(kept) if kept else None
