@@ -93,6 +93,8 @@ class FlowState:
     upgrade: bool = False  # the client asked for a WebSocket
     # The response body could not be metered whole (over the decode budget).
     body_unread: bool = False
+    # Why the request body was not read (too large, a bomb, a parser bug): for the row.
+    request_note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -250,7 +252,12 @@ class Meter:
         if block is None and only_if_blocked:
             return False
         state = FlowState(
-            endpoint=endpoint, request=info, started=now, attribution=attribution, host=host
+            endpoint=endpoint,
+            request=info,
+            started=now,
+            attribution=attribution,
+            host=host,
+            request_note=info.facts["request_error"],
         )
         flow.metadata[METADATA_KEY] = state
         if block is None:
@@ -279,13 +286,12 @@ class Meter:
         now = self._clock()
         headers = lower_headers(flow.request.headers)  # once: mitmproxy's lookups are slow
         readable = flow.request.stream is not True  # True: mitmproxy streamed it, unread
-        body, body_error = streaming.request_body(flow.request) if readable else (b"", None)
-        if readable and body_error is None:
-            info, doc = streaming.read_request(endpoint, body)
+        body, note = streaming.request_body(flow.request) if readable else (b"", None)
+        if readable and note is None:
+            info, doc, note = streaming.read_request(endpoint, body)
         else:
             info, doc = streaming.unread_request_info(endpoint, None), None
-            if body_error is not None:
-                info.facts["request_error"] = body_error
+            note = note or info.facts["request_error"]
         state = FlowState(
             endpoint=endpoint,
             request=info,
@@ -293,6 +299,7 @@ class Meter:
             attribution=self._attribute(flow, info, headers, host, now),
             host=host,
             upgrade=headers.get("upgrade", "").lower() == "websocket",
+            request_note=note,
         )
         flow.metadata[METADATA_KEY] = state
         # Guard rails and routing fail open, each on its own: a bug in either must not
@@ -519,7 +526,9 @@ class Meter:
             result = streaming.with_estimate_if_unread(result, state.request, state.body_unread)
             if not complete_hint and result.complete and result.usage is None:
                 result = ResponseResult(usage=None, complete=False, model=result.model)
-            error = state.tap_error or (str(flow.error) if flow.error else None)
+            error = streaming.join_errors(
+                (state.request_note, state.tap_error or (str(flow.error) if flow.error else None))
+            )
             self._record_settled(
                 state,
                 metering.build_call(

@@ -16,6 +16,7 @@ Pure helpers and small mitmproxy adapters; the Meter calls them from its hooks.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -74,17 +75,22 @@ def unread_request_info(endpoint: Endpoint, length: int | None) -> RequestInfo:
     )
 
 
-def read_request(endpoint: Endpoint, body: bytes) -> tuple[RequestInfo, dict[str, Any] | None]:
+def read_request(
+    endpoint: Endpoint, body: bytes
+) -> tuple[RequestInfo, dict[str, Any] | None, str | None]:
     """`parse_request_doc`, made total: whatever the body is (nested 10,000 deep, not
-    UTF-8), the call still gets its guard check and its row."""
+    UTF-8) or a bug in a parser, the call still gets its guard check and its row. The
+    third value is the error for the row when the parser itself failed."""
     try:
-        return parse_request_doc(endpoint, body)
+        info, doc = parse_request_doc(endpoint, body)
+        return info, doc, None
     except Exception as exc:
-        reason = f"unreadable request: {type(exc).__name__}: {exc}"[:200]
+        reason = f"devmeter could not read the request: {type(exc).__name__}: {exc}"[:300]
+        print(f"devmeter: {reason}", file=sys.stderr, flush=True)
         info = RequestInfo(
             model=endpoint.path_model, stream=endpoint.stream, facts={"request_error": reason}
         )
-        return info, None
+        return info, None, reason
 
 
 def request_body(request: http.Request) -> tuple[bytes, str | None]:
