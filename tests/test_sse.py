@@ -176,3 +176,33 @@ class TestSpeed:
             count += len(decoder.feed(payload[i : i + 1400]))
         assert count == 50_000
         assert time.perf_counter() - started < 1.0
+
+
+def test_an_oversized_line_is_dropped_and_the_next_event_parsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from devmeter import sse
+
+    monkeypatch.setattr(sse, "MAX_LINE", 1000)
+    monkeypatch.setattr(sse, "MAX_EVENT", 1000)
+    decoder = SSEDecoder()
+    events = decoder.feed(b"data: " + b"x" * 600)
+    events += decoder.feed(b"x" * 600)  # the line outgrows the cap here, unterminated
+    assert decoder._partial == []  # nothing of it is held
+    events += decoder.feed(b'xx\n\ndata: {"ok": 1}\n\n')
+    assert [e.data for e in events] == ['{"ok": 1}']
+    assert decoder.dropped_events == 1
+
+
+def test_an_event_of_many_data_lines_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    from devmeter import sse
+
+    monkeypatch.setattr(sse, "MAX_EVENT", 1000)
+    decoder = SSEDecoder()
+    events = []
+    for _ in range(50):
+        events += decoder.feed(b"data: " + b"y" * 100 + b"\n")
+    assert sum(len(d) for d in decoder._data) <= 1000
+    events += decoder.feed(b"\ndata: done\n\n")
+    assert [e.data for e in events] == ["done"]
+    assert decoder.dropped_events == 1
