@@ -19,6 +19,8 @@ from typing import Any
 
 import brotli
 import zstandard
+from websockets.http11 import Request as WsRequest
+from websockets.server import ServerProtocol
 
 BOMB_SIZE = 256 << 20  # decoded bytes of a bomb: far past devmeter's decode budget
 USAGE = {"prompt_tokens": 1000, "completion_tokens": 50, "total_tokens": 1050}
@@ -127,6 +129,9 @@ class HostileUpstream:
                     headers[name.strip().lower()] = value.strip()
             self.requests += 1
             self.request_bytes = 0
+            if "websocket" in headers.get("upgrade", "").lower():
+                await self._websocket(head, reader, writer)
+                return
             mode = headers.get("x-hostile", "")
             if mode != "count-body":
                 self.started.set()
@@ -230,6 +235,31 @@ class HostileUpstream:
         await writer.drain()
         await self._wait_release()
         writer.write(body)
+
+    async def _websocket(
+        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Accepts any WebSocket and pushes 128 frames of 1 MB, then waits to be released
+        (the socket stays open: mitmproxy would keep every frame until it closes)."""
+        proto = ServerProtocol(max_size=None)
+        proto.receive_data(head)
+        (handshake,) = proto.events_received()
+        assert isinstance(handshake, WsRequest)
+        proto.send_response(proto.accept(handshake))
+        for data in proto.data_to_send():
+            writer.write(data)
+        self.started.set()
+        frame = b"f" * MB
+        for _ in range(128):
+            proto.send_binary(frame)
+            for data in proto.data_to_send():
+                writer.write(data)
+            await writer.drain()
+        await self._wait_release()
+        proto.send_close()
+        for data in proto.data_to_send():
+            writer.write(data)
+        await writer.drain()
 
     async def _count_body(self, writer: asyncio.StreamWriter) -> None:
         """Answers a request whose (large) body it read and counted."""

@@ -27,6 +27,7 @@ from typing import Any
 import httpx2
 import psutil
 import pytest
+from websockets.sync.client import connect as ws_connect
 
 from tests.fake_upstream import FakeUpstream
 from tests.hostile_upstream import BOMB_SIZE, HostileUpstream
@@ -274,6 +275,29 @@ def test_unmetered_download_streams_through_unheld(
     assert first_byte[0] < hostile.last_byte_sent
     assert growth < 100 * MB, f"proxy RSS grew {growth / MB:.0f} MB for a 256 MB download"
     rows_of(proxy, sid, 1)  # the normal call only: a file download is not a metered call
+
+
+def test_unmetered_websocket_frames_are_not_kept(
+    proxy: RunningProxy, hostile: HostileUpstream
+) -> None:
+    sid = session()
+    trust = ssl.create_default_context(cafile=str(proxy.bundle))
+
+    def listen() -> int:
+        received = 0
+        with ws_connect(
+            "wss://api.openai.com/v1/unmetered-socket", proxy=proxy.url, ssl=trust,
+            max_size=None, open_timeout=30,
+        ) as ws:  # fmt: skip
+            for message in ws:
+                received += len(message)
+        return received
+
+    received, growth = run_hostile(proxy, hostile, listen, sid)
+    assert received == 128 * MB
+    # 128 MB pushed while the socket stayed open: the unfixed proxy kept every frame.
+    assert growth < 80 * MB, f"proxy RSS grew {growth / MB:.0f} MB for 128 MB of frames"
+    rows_of(proxy, sid, 1)  # the normal call only
 
 
 def big_request(size: int) -> bytes:
