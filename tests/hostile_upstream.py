@@ -44,9 +44,10 @@ def chat_completion(content: str = "hi") -> dict[str, Any]:
 
 
 @functools.cache
-def bomb(encoding: str) -> bytes:
-    """A chat completion whose content is BOMB_SIZE bytes of "A", compressed."""
-    head, tail = json.dumps(chat_completion("@@")).encode().split(b"@@")
+def bomb(encoding: str, error: bool = False) -> bytes:
+    """A chat completion (or an error) whose text is BOMB_SIZE bytes of "A", compressed."""
+    doc = {"error": {"message": "@@", "type": "invalid_request_error"}} if error else None
+    head, tail = json.dumps(doc or chat_completion("@@")).encode().split(b"@@")
     raw = head + b"A" * BOMB_SIZE + tail
     if encoding == "gzip":
         c = zlib.compressobj(9, zlib.DEFLATED, 31)
@@ -75,6 +76,7 @@ class HostileUpstream:
         self._release = threading.Event()
         self.request_bytes = 0  # body bytes of the last request
         self.requests = 0
+        self.refused_once = False  # fallback-bomb: the first request was refused
         self.last_byte_sent = 0.0  # time.monotonic() of a download's last byte
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -91,6 +93,7 @@ class HostileUpstream:
         self._release.clear()
         self.request_bytes = 0
         self.requests = 0
+        self.refused_once = False
 
     def __enter__(self) -> HostileUpstream:
         ready = threading.Event()
@@ -167,6 +170,26 @@ class HostileUpstream:
         body = bomb(encoding)
         writer.write(self._head("200 OK", [
             ("Content-Type", "application/json"), ("Content-Encoding", encoding),
+            ("Content-Length", str(len(body)))]))  # fmt: skip
+        writer.write(body[:-1])
+        await writer.drain()
+        await self._wait_release()
+        writer.write(body[-1:])
+
+    async def _fallback_bomb(self, writer: asyncio.StreamWriter) -> None:
+        """First a 400 whose small brotli body is a bomb (a routed request refused), then
+        the original request's normal answer (the routing fallback's re-send)."""
+        if self.refused_once:
+            body = json.dumps(chat_completion()).encode()
+            writer.write(self._head("200 OK", [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(body)))]))  # fmt: skip
+            writer.write(body)
+            return
+        self.refused_once = True
+        body = bomb("br", error=True)
+        writer.write(self._head("400 Bad Request", [
+            ("Content-Type", "application/json"), ("Content-Encoding", "br"),
             ("Content-Length", str(len(body)))]))  # fmt: skip
         writer.write(body[:-1])
         await writer.drain()

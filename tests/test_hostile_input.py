@@ -226,6 +226,34 @@ def test_decompression_bomb_is_metered_within_the_decode_budget(
     assert growth < 120 * MB, f"proxy RSS grew {growth / MB:.0f} MB for a {BOMB_SIZE >> 20} MB bomb"
 
 
+def test_routing_fallback_decodes_a_refusal_bomb_within_the_budget(
+    upstream: FakeUpstream, hostile: HostileUpstream, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        '[routing]\nmode = "on"\n\n[[routing.rules]]\nname = "to-mini"\n'
+        'provider = "openai"\nmodel = "gpt-4o"\nto = "gpt-4o-mini"\n'
+    )
+    routed = start_proxy(
+        home, upstream.url, extra_args=("--upstream", f"api.openai.com={hostile.url}")
+    )
+    try:
+        sid = session()
+        (status, _, head), growth = run_hostile(
+            routed, hostile, lambda: raw_post(routed, "fallback-bomb", sid), sid
+        )
+        # The rewrite's refusal was read (within the budget), and the original re-sent.
+        assert status == 200 and b"chatcmpl-hostile" in head
+        assert hostile.requests == 2
+        rows = rows_of(routed, sid, 2)
+        (row,) = [r for r in rows if r["provider"] == "openai"]
+        assert row["routing"] == "fallback" and row["input_tokens"] == 1000
+        assert growth < 120 * MB, f"proxy RSS grew {growth / MB:.0f} MB on a refusal bomb"
+    finally:
+        routed.stop()
+
+
 # -- 2. SSE lines and events without end -----------------------------------------------------
 
 
