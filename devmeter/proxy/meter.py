@@ -213,9 +213,17 @@ class Meter:
         before anything is sent, by closing the connection (no answer can go back
         before the client has sent its whole body, and holding it is what this avoids)."""
         try:
-            length = streaming.declared_length(flow.request.headers)
-            large = streaming.is_large_request(flow.request)
-            unknown = length is None and "transfer-encoding" in flow.request.headers
+            request = flow.request
+            length, chunked = streaming.body_framing(request.headers)
+            large = request.stream is True or (  # True: mitmproxy's stream_large_bodies
+                length is not None and length > streaming.REQUEST_BODY_LIMIT
+            )
+            # A body of no declared length: chunked, or an HTTP/2 POST that names none.
+            unknown = chunked or (
+                length is None
+                and request.method == "POST"
+                and (request.is_http2 or request.is_http3)
+            )
             if not large and not unknown:
                 return
             endpoint = match_endpoint(host, flow.request.method, flow.request.path)
@@ -286,7 +294,8 @@ class Meter:
         now = self._clock()
         headers = lower_headers(flow.request.headers)  # once: mitmproxy's lookups are slow
         readable = flow.request.stream is not True  # True: mitmproxy streamed it, unread
-        body, note = streaming.request_body(flow.request) if readable else (b"", None)
+        encoding = headers.get("content-encoding")
+        body, note = streaming.request_body(flow.request, encoding) if readable else (b"", None)
         if readable and note is None:
             info, doc, note = streaming.read_request(endpoint, body)
         else:
