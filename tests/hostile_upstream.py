@@ -147,6 +147,12 @@ class HostileUpstream:
             writer.close()
 
     async def _read_body(self, reader: asyncio.StreamReader, headers: dict[str, str]) -> None:
+        if "chunked" in headers.get("transfer-encoding", ""):
+            while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                self.request_bytes += len(await reader.readexactly(size))
+                await reader.readexactly(2)
+            await reader.readuntil(b"\r\n")  # the empty trailer section
+            return
         remaining = int(headers.get("content-length", "0"))
         while remaining:
             data = await reader.read(min(remaining, MB))

@@ -370,6 +370,46 @@ def test_large_request_body_is_refused_unsent_while_paused(
     assert hostile.requests == 0  # nothing reached the provider
 
 
+def test_chunked_request_is_streamed_past_the_limit_and_refused_unsent_while_paused(
+    proxy: RunningProxy, hostile: HostileUpstream
+) -> None:
+    """A body of no declared length: read whole below 32 MiB, streamed on past it; paused,
+    refused before any of it is sent (a 403 would have to wait for all of it)."""
+    body = big_request(96 * MB)
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(body), MB):
+            yield body[i : i + MB]
+
+    sid = session()
+    (status, _, head), growth = run_hostile(
+        proxy, hostile, lambda: raw_post(proxy, "count-body", sid, content=chunks()), sid
+    )
+    assert status == 200 and hostile.request_bytes == len(body)
+    (row,) = [r for r in rows_of(proxy, sid, 2) if r["provider"] == "openai"]
+    assert row["input_tokens"] == 1000 and "streamed through unread" in row["error"]
+    # mitmproxy holds up to 32 MiB before it streams on (a few copies of it at the switch);
+    # the unfixed proxy held all 96 MB, several times over (200 MB: 928 MB).
+    assert growth < 200 * MB, f"proxy RSS grew {growth / MB:.0f} MB for a 96 MB chunked body"
+
+    hostile.reset()
+    paused = session()
+    env = {**os.environ, "DEVMETER_HOME": str(proxy.home)}
+    subprocess.run([sys.executable, "-m", "devmeter", "pause"], env=env, check=True,
+                   capture_output=True)  # fmt: skip
+    try:
+        time.sleep(0.7)
+        with pytest.raises(httpx2.TransportError):
+            raw_post(proxy, "count-body", paused, content=iter([b'{"model": "gpt-4o"}']))
+    finally:
+        subprocess.run([sys.executable, "-m", "devmeter", "resume"], env=env, check=True,
+                       capture_output=True)  # fmt: skip
+        time.sleep(0.7)
+    (row,) = rows_of(proxy, paused, 1)
+    assert "paused" in row["error"] and "closed the connection" in row["error"]
+    assert hostile.requests == 0
+
+
 # -- 4. huge response headers ---------------------------------------------------------------
 
 

@@ -840,13 +840,15 @@ def _result(state: FlowState) -> ResponseResult:
 
 def _refuse(flow: http.HTTPFlow, state: FlowState, block: Block) -> None:
     """Answer in the provider's own error shape, with a status clients do not retry."""
-    state.blocked = block.message
     if flow.request.stream:
-        # mitmproxy streamed the body on (no declared length, over the limit): no answer
-        # can replace the provider's now. Close the connection rather than let it through.
-        state.blocked = f"{block.message} (devmeter closed the connection)"
-        flow.kill()
+        # mitmproxy streamed the body on as it came (no declared length, past the limit;
+        # the cap was reached meanwhile): the provider has the call whatever devmeter does
+        # now, so it finishes, metered, and counts against the cap, rather than costing
+        # money with neither an answer nor a row to show for it.
+        note = f"{block.message} (reached while the request streamed on: let through)"
+        state.request_note = streaming.join_errors((state.request_note, note))
         return
+    state.blocked = block.message
     if state.endpoint.api == "cursor.chat":
         # Connect streams report errors in an end-stream frame of a 200 response.
         flow.response = http.Response.make(
