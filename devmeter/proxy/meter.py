@@ -208,38 +208,30 @@ class Meter:
             self._internal_error(flow, host, "requestheaders")
 
     def _stream_large_request(self, flow: http.HTTPFlow, host: str) -> None:
-        """A request body over the limit goes through as it arrives, unread, and its call
-        is metered by an estimate from its length. A cap or a pause still refuses it:
-        before anything is sent, by closing the connection (no answer can go back
-        before the client has sent its whole body, and holding it is what this avoids)."""
+        """A request body over the limit, or of no declared length (chunked, or an HTTP/2
+        POST naming none, which mitmproxy would hold whole however large), goes through
+        as it arrives, unread, and its call is metered by an estimate from its length
+        (the provider's reported usage still counts). A cap or a pause still refuses it:
+        before anything is sent, by closing the connection (no answer can go back before
+        the client has sent its whole body, and holding that is what this avoids)."""
         try:
             request = flow.request
             length, chunked = streaming.body_framing(request.headers)
-            large = request.stream is True or (  # True: mitmproxy's stream_large_bodies
-                length is not None and length > streaming.REQUEST_BODY_LIMIT
-            )
-            # A body of no declared length: chunked, or an HTTP/2 POST that names none.
             unknown = chunked or (
                 length is None
                 and request.method == "POST"
                 and (request.is_http2 or request.is_http3)
             )
-            if not large and not unknown:
+            if not unknown and (length is None or length <= streaming.REQUEST_BODY_LIMIT):
                 return
-            endpoint = match_endpoint(host, flow.request.method, flow.request.path)
+            endpoint = match_endpoint(host, request.method, request.path)
             if endpoint is None:
-                if large:
-                    flow.request.stream = True  # an upload to an unmetered path
+                request.stream = True  # an upload to a path devmeter does not meter
                 return
             self._apply_control()
-            if unknown and not large:
-                # Read whole below the limit; but a refusal cannot wait for a body of no
-                # declared length, which mitmproxy streams on once past the limit.
-                self._refuse_unread(flow, host, endpoint, length, only_if_blocked=True)
-                return
-            if self._refuse_unread(flow, host, endpoint, length, only_if_blocked=False):
-                return
-            flow.request.stream = True
+            counted = [0]
+            if not self._refuse_unread(flow, host, endpoint, length, counted):
+                request.stream = streaming.counting_tap(counted)
         except Exception:
             self._internal_error(flow, host, "requestheaders")
 
@@ -249,16 +241,14 @@ class Meter:
         host: str,
         endpoint: Endpoint,
         length: int | None,
-        only_if_blocked: bool,
+        counted: list[int],
     ) -> bool:
         """Start metering a call whose body will not be read; True if a cap refused it."""
         now = self._clock()
-        info = streaming.unread_request_info(endpoint, length)
+        info = streaming.unread_request_info(endpoint, length, counted)
         headers = lower_headers(flow.request.headers)
         attribution = self._attribute(flow, info, headers, host, now)
         block = self._guard.check(attribution, now) if self._guard is not None else None
-        if block is None and only_if_blocked:
-            return False
         state = FlowState(
             endpoint=endpoint,
             request=info,
@@ -293,14 +283,12 @@ class Meter:
             return
         now = self._clock()
         headers = lower_headers(flow.request.headers)  # once: mitmproxy's lookups are slow
-        readable = flow.request.stream is not True  # True: mitmproxy streamed it, unread
-        encoding = headers.get("content-encoding")
-        body, note = streaming.request_body(flow.request, encoding) if readable else (b"", None)
-        if readable and note is None:
+        body, note = streaming.request_body(flow.request, headers.get("content-encoding"))
+        if note is None:
             info, doc, note = streaming.read_request(endpoint, body)
-        else:
-            info, doc = streaming.unread_request_info(endpoint, None), None
-            note = note or info.facts["request_error"]
+        else:  # compressed past the limit: estimated from its compressed length
+            raw_length = len(flow.request.raw_content or b"")
+            info, doc = streaming.unread_request_info(endpoint, raw_length, reason=note), None
         state = FlowState(
             endpoint=endpoint,
             request=info,
@@ -841,10 +829,10 @@ def _result(state: FlowState) -> ResponseResult:
 def _refuse(flow: http.HTTPFlow, state: FlowState, block: Block) -> None:
     """Answer in the provider's own error shape, with a status clients do not retry."""
     if flow.request.stream:
-        # mitmproxy streamed the body on as it came (no declared length, past the limit;
-        # the cap was reached meanwhile): the provider has the call whatever devmeter does
-        # now, so it finishes, metered, and counts against the cap, rather than costing
-        # money with neither an answer nor a row to show for it.
+        # The body streamed on as it came (never the case for a call started in `request`
+        # today; kept for safety): the provider has the call whatever devmeter does now,
+        # so it finishes, metered, and counts against the cap, rather than costing money
+        # with neither an answer nor a row to show for it.
         note = f"{block.message} (reached while the request streamed on: let through)"
         state.request_note = streaming.join_errors((state.request_note, note))
         return

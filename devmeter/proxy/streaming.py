@@ -3,8 +3,9 @@
 Everything a client or an upstream sends passes through as it arrives; devmeter keeps
 only what metering needs, within fixed limits, whatever the other side sends:
 
-- request bodies over `REQUEST_BODY_LIMIT` are streamed through unread and metered by
-  an estimate from their length (the provider's reported usage still counts);
+- request bodies over `REQUEST_BODY_LIMIT`, or of no declared length, are streamed
+  through unread and metered by an estimate from their length (the provider's reported
+  usage still counts);
 - responses of paths devmeter does not meter are streamed, never buffered whole;
 - compressed bodies are decoded for metering within `devmeter.decoding`'s budget;
 - response headers over `RESPONSE_HEADERS_LIMIT` (which stall mitmproxy's HTTP/2
@@ -17,7 +18,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from itertools import chain
 from typing import Any
 
 from mitmproxy import http
@@ -60,21 +62,40 @@ def declared_length(headers: http.Headers) -> int | None:
     return body_framing(headers)[0]
 
 
-def unread_request_info(endpoint: Endpoint, length: int | None) -> RequestInfo:
-    """What is known of a request whose body was streamed through unread: an estimate
-    of its prompt from its length (the provider's reported usage replaces it)."""
-    size = f"{length:,} bytes" if length is not None else "a length it did not declare"
-    reason = (
-        f"request body of {size}, over devmeter's {REQUEST_BODY_LIMIT >> 20} MiB limit: "
-        "streamed through unread, prompt estimated from its length"
-    )
-    estimate = (length or REQUEST_BODY_LIMIT) // BYTES_PER_TOKEN
+def unread_request_info(
+    endpoint: Endpoint,
+    length: int | None,
+    counted: list[int] | None = None,
+    reason: str | None = None,
+) -> RequestInfo:
+    """What is known of a request whose body streams through unread (or could not be
+    decoded, `reason`): an estimate of its prompt from its length, declared or `counted`
+    as it passed (the provider's reported usage replaces it)."""
+    if reason is None:
+        limit = f"over the {REQUEST_BODY_LIMIT >> 20} MiB limit"
+        size = "of no declared length" if length is None else f"of {length:,} bytes, {limit}"
+        reason = f"request body {size}: streamed through unread, prompt estimated from its length"
+
+    def estimate() -> int:
+        size = counted[0] if counted is not None else length or 0
+        return size // BYTES_PER_TOKEN
+
     return RequestInfo(
         model=endpoint.path_model,
         stream=endpoint.stream,
-        prompt_tokens_estimate=estimate,
         facts={"request_error": reason},
+        prompt_estimator=estimate,
     )
+
+
+def counting_tap(counted: list[int]) -> Callable[[bytes], bytes]:
+    """A request's stream callable: passes each chunk on, counting its bytes."""
+
+    def tap(chunk: bytes) -> bytes:
+        counted[0] += len(chunk)
+        return chunk
+
+    return tap
 
 
 def read_request(
@@ -106,12 +127,14 @@ def request_body(request: http.Request, encoding: str | None) -> tuple[bytes, st
 
 
 def header_bytes(headers: http.Headers) -> int:
-    return sum(len(name) + len(value) + 4 for name, value in headers.fields)
+    """Names and values, plus ": " and CRLF per field; summed in C (it runs every call)."""
+    fields = headers.fields
+    return len(b"".join(chain.from_iterable(fields))) + 4 * len(fields)
 
 
 def oversized_headers_error(response: http.Response) -> str | None:
     """Why a response's headers are refused, or None when they are within the limit."""
-    size = header_bytes(response.headers)
+    size = header_bytes(response.data.headers)
     if size <= RESPONSE_HEADERS_LIMIT:
         return None
     return (
@@ -155,11 +178,11 @@ def error_body(api: str, status: int, message: str) -> dict[str, Any]:
 
 
 def fallback_body_too_large(response: http.Response) -> bool:
-    """A refused rewrite's error body declared too large to keep whole. One of unknown
-    length is kept until mitmproxy streams it on at REQUEST_BODY_LIMIT (then, sent on
-    already, it cannot be replaced by a fallback)."""
+    """A refused rewrite's error body too large to keep whole, or of no declared length
+    (mitmproxy would hold it whole, however large): passed on as it comes instead, with
+    no fallback. Providers send their JSON errors with a length."""
     length = declared_length(response.headers)
-    return length is not None and length > FALLBACK_BODY_LIMIT
+    return length is None or length > FALLBACK_BODY_LIMIT
 
 
 def fallback_error_text(response: http.Response) -> bytes:
