@@ -109,13 +109,13 @@ class SSEDecoder:
             self._partial.append(lines[0])
             lines[0] = "".join(self._partial)
         self._end_partial()
-        if lines[-1]:
-            self._keep_partial(lines[-1])
         events: list[SSEEvent] = []
         for i in range(1 if drop_first else 0, len(lines) - 1):
             event = self._line(lines[i])
             if event is not None:
                 events.append(event)
+        if lines[-1]:  # after the complete lines: it may flag its event as oversized
+            self._keep_partial(lines[-1])
         return events
 
     def _keep_partial(self, text: str) -> None:

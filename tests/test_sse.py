@@ -206,3 +206,45 @@ def test_an_event_of_many_data_lines_is_capped(monkeypatch: pytest.MonkeyPatch) 
     events += decoder.feed(b"\ndata: done\n\n")
     assert [e.data for e in events] == ["done"]
     assert decoder.dropped_events == 1
+
+
+# Two events over a 64-character cap between normal ones: one long line (ended by CRLF),
+# one of many short data lines. Whatever the chunking, both are dropped, the rest parsed.
+CAPPED_STREAM = (
+    STREAM.decode()
+    + "event: big\r\ndata: " + "x" * 200 + "\r\n\r\n"
+    + "data: after one\n\n"
+    + "".join(f"data: line {i:03}\n" for i in range(20)) + "\n"
+    + "event: last\ndata: after two\n\n"
+).encode()  # fmt: skip
+CAPPED_EXPECTED = [
+    *EXPECTED,
+    SSEEvent(None, "after one", "7"),
+    SSEEvent("last", "after two", "7"),
+]
+
+
+@pytest.mark.parametrize("seed", ["whole", "bytes", *range(200)])
+def test_capped_events_are_dropped_at_any_chunk_boundary(
+    seed: int | str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from devmeter import sse
+
+    monkeypatch.setattr(sse, "MAX_LINE", 64)
+    monkeypatch.setattr(sse, "MAX_EVENT", 64)
+    data = CAPPED_STREAM
+    if seed == "whole":
+        chunks = [data]
+    elif seed == "bytes":
+        chunks = [data[i : i + 1] for i in range(len(data))]
+    else:
+        rng = random.Random(seed)
+        cuts = sorted(rng.sample(range(1, len(data)), rng.randint(1, 60)))
+        chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    decoder = SSEDecoder()
+    events: list[SSEEvent] = []
+    for chunk in chunks:
+        events += decoder.feed(chunk)
+    tail, clean = decoder.close()
+    assert (events + tail, clean) == (CAPPED_EXPECTED, True)
+    assert decoder.dropped_events == 2
