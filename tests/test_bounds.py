@@ -102,3 +102,15 @@ def test_a_bounded_decode_of_a_small_body() -> None:
     assert streaming.fallback_error_text(refusal) == b"y" * 5000
     cut, why = decode_bounded(gzip.compress(b"y" * 50_000), "gzip", 1000)
     assert len(cut) <= 1000 and why is not None
+
+
+def test_a_stream_cut_inside_an_oversized_line_drops_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from devmeter import sse
+
+    monkeypatch.setattr(sse, "MAX_LINE", 50)
+    decoder = sse.SSEDecoder()
+    events = decoder.feed(b"data: ok\n\ndata: " + b"w" * 40)
+    events += decoder.feed(b"w" * 40)  # past the cap, and the stream ends here
+    tail, clean = decoder.close()
+    assert [e.data for e in events + tail] == ["ok"]
+    assert not clean and decoder.dropped_events == 1
