@@ -428,6 +428,25 @@ def test_huge_response_header_is_refused_with_a_502(
     assert "response headers" in row["error"]
 
 
+def test_huge_request_header_is_answered_431_and_not_sent(
+    proxy: RunningProxy, upstream: FakeUpstream
+) -> None:
+    sid = session()
+    body = {"model": "claude-opus-5-5", "max_tokens": 8,
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+    headers = {"anthropic-version": "2023-06-01", "x-api-key": "sk-ant-test",
+               "x-devmeter-session": sid, "x-junk": "j" * MB}  # fmt: skip
+    with client(proxy) as http:
+        refused = http.post(MESSAGES, json=body, headers=headers)
+    assert refused.status_code == 431
+    assert "KiB devmeter passes on" in refused.json()["error"]["message"]
+    normal_call(proxy, sid)
+    assert len(upstream.find("anthropic.messages")) == 1  # the normal call only
+    first, second = rows_of(proxy, sid, 2)
+    assert first["status"] == 431 and "bytes of headers" in first["error"]
+    assert second["status"] == 200
+
+
 # -- 5. deep nesting -------------------------------------------------------------------------
 
 

@@ -165,6 +165,8 @@ class Meter:
     def _map_request(self, flow: http.HTTPFlow) -> None:
         host = client_host(flow.request, self._known_hosts)
         flow.metadata[HOST_KEY] = host  # before the mapping below changes the request's host
+        if self._refused_request_headers(flow, host):
+            return
         if host == cursor.HOST:
             self._stream_cursor_request(flow, host)
         if _state(flow) is None and flow.response is None:
@@ -207,6 +209,35 @@ class Meter:
         except Exception:
             self._internal_error(flow, host, "requestheaders")
 
+    def _refused_request_headers(self, flow: http.HTTPFlow, host: str) -> bool:
+        """Request headers too large to pass on safely: answered 431 (or, when the body
+        would have to be held whole first, the connection closed), never sent on."""
+        error = streaming.oversized_request_headers_error(flow.request)
+        if error is None:
+            return False
+        print(f"{error} ({host})", file=sys.stderr, flush=True)
+        request = flow.request
+        length, chunked = streaming.body_framing(request.headers)
+        endpoint = match_endpoint(host, request.method, request.path)
+        if endpoint is not None:  # a call refused: its row says why
+            now = self._clock()
+            info = streaming.unread_request_info(endpoint, length, reason=error)
+            attribution = self._attribute(flow, info, lower_headers(request.headers), host, now)
+            state = FlowState(
+                endpoint=endpoint, request=info, started=now, attribution=attribution, host=host
+            )
+            state.blocked = error
+            flow.metadata[METADATA_KEY] = state
+        if streaming.held_whole_if_read(request, length, chunked):
+            flow.kill()  # a 431 would wait for the whole body, held in memory
+            return True
+        api = endpoint.api if endpoint is not None else ""
+        body = json.dumps(streaming.error_body(api, 431, error)).encode()
+        flow.response = http.Response.make(
+            431, body, {"content-type": "application/json", "x-should-retry": "false"}
+        )
+        return True
+
     def _stream_large_request(self, flow: http.HTTPFlow, host: str) -> None:
         """A request body over the limit, or of no declared length (chunked, or an HTTP/2
         POST naming none, which mitmproxy would hold whole however large), goes through
@@ -217,12 +248,7 @@ class Meter:
         try:
             request = flow.request
             length, chunked = streaming.body_framing(request.headers)
-            unknown = chunked or (
-                length is None
-                and request.method == "POST"
-                and (request.is_http2 or request.is_http3)
-            )
-            if not unknown and (length is None or length <= streaming.REQUEST_BODY_LIMIT):
+            if not streaming.held_whole_if_read(request, length, chunked):
                 return
             endpoint = match_endpoint(host, request.method, request.path)
             if endpoint is None:

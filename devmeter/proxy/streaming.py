@@ -57,6 +57,14 @@ def body_framing(headers: http.Headers) -> tuple[int | None, bool]:
     return (None if chunked else length), chunked
 
 
+def held_whole_if_read(request: http.Request, length: int | None, chunked: bool) -> bool:
+    """Whether reading this request's body means holding one of unbounded size: over the
+    limit, chunked, or an HTTP/2 (3) POST that declares no length."""
+    if length is not None:
+        return length > REQUEST_BODY_LIMIT
+    return chunked or (request.method == "POST" and (request.is_http2 or request.is_http3))
+
+
 def declared_length(headers: http.Headers) -> int | None:
     """The body length the headers declare, or None when they declare none (chunked)."""
     return body_framing(headers)[0]
@@ -140,6 +148,18 @@ def oversized_headers_error(response: http.Response) -> str | None:
     return (
         f"devmeter: the upstream sent {size:,} bytes of response headers, over the "
         f"{RESPONSE_HEADERS_LIMIT >> 10} KiB devmeter accepts; the response was dropped"
+    )
+
+
+def oversized_request_headers_error(request: http.Request) -> str | None:
+    """Why a request's headers are refused (they would stall the same HTTP/2 encoder on
+    the way to the provider), or None when they are within the limit."""
+    size = header_bytes(request.data.headers)
+    if size <= RESPONSE_HEADERS_LIMIT:
+        return None
+    return (
+        f"devmeter: the request has {size:,} bytes of headers, over the "
+        f"{RESPONSE_HEADERS_LIMIT >> 10} KiB devmeter passes on; it was not sent"
     )
 
 
