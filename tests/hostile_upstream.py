@@ -185,10 +185,10 @@ class HostileUpstream:
     async def _fallback_bomb(self, writer: asyncio.StreamWriter) -> None:
         """First a 400 whose small brotli body is a bomb (a routed request refused), then
         the original request's normal answer (the routing fallback's re-send)."""
-        if self.refused_once:
-            body = json.dumps(chat_completion()).encode()
+        if self.refused_once:  # gzip, as providers answer a client that accepts it
+            body = zlib.compress(json.dumps(chat_completion()).encode(), wbits=31)
             writer.write(self._head("200 OK", [
-                ("Content-Type", "application/json"),
+                ("Content-Type", "application/json"), ("Content-Encoding", "gzip"),
                 ("Content-Length", str(len(body)))]))  # fmt: skip
             writer.write(body)
             return

@@ -497,18 +497,28 @@ class Meter:
             )
             answer = await client.send(request, stream=True)
             try:
-                raw = b"".join([chunk async for chunk in answer.aiter_raw()])
+                # Held whole (the client gets it in one piece), so within a bound.
+                raw, error = await streaming.read_capped(answer.aiter_raw())
             finally:
                 await answer.aclose()
-        flow.response = http.Response.make(
+        fallback = http.Response.make(
             answer.status_code,
-            raw,
+            b"",
             [
                 (k.encode(), v.encode())
                 for k, v in answer.headers.multi_items()
                 if k.lower() not in ("content-length", "transfer-encoding")
             ],
         )
+        # The bytes as the provider sent them: setting `content` would compress them
+        # again per their content-encoding, and the client would get them twice encoded.
+        fallback.raw_content = raw
+        fallback.headers["content-length"] = str(len(raw))
+        error = error or streaming.oversized_headers_error(fallback)
+        if error is not None:  # the client gets the refusal instead; the row says why
+            state.tap_error = f"routing fallback abandoned: {error}"
+            return
+        flow.response = fallback
         state.fell_back = True
 
     def error(self, flow: http.HTTPFlow) -> None:

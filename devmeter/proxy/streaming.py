@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from itertools import chain
 from typing import Any
 
@@ -37,6 +37,8 @@ REQUEST_BODY_LIMIT = 32 << 20
 RESPONSE_HEADERS_LIMIT = 64 << 10
 # A refused rewritten request's error body is kept for the routing fallback only up to this.
 FALLBACK_BODY_LIMIT = 1 << 20
+# The fallback's own answer is held whole to replace the refusal: at most this much.
+FALLBACK_ANSWER_LIMIT = 64 << 20
 # Tokens per byte of a request body nobody read: JSON text runs ~4 bytes a token.
 BYTES_PER_TOKEN = 4
 
@@ -213,6 +215,21 @@ def fallback_error_text(response: http.Response) -> bytes:
         response.raw_content, response.headers.get("content-encoding"), FALLBACK_BODY_LIMIT
     )
     return body
+
+
+async def read_capped(
+    chunks: AsyncIterator[bytes], limit: int = FALLBACK_ANSWER_LIMIT
+) -> tuple[bytes, str | None]:
+    """A body read whole, up to `limit` bytes: the bytes (b"" past the limit) and why
+    reading stopped, if it did (the rest is not read at all)."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            return b"", f"the answer is over the {limit >> 20} MiB devmeter holds to pass it on"
+        parts.append(chunk)
+    return b"".join(parts), None
 
 
 def parse_whole_body(parser: ResponseParser, response: http.Response) -> str | None:
