@@ -273,18 +273,27 @@ class Meter:
         now = self._clock()
         info = streaming.unread_request_info(endpoint, length, counted)
         headers = lower_headers(flow.request.headers)
-        attribution = self._attribute(flow, info, headers, host, now)
-        block = self._guard.check(attribution, now) if self._guard is not None else None
         state = FlowState(
             endpoint=endpoint,
             request=info,
             started=now,
-            attribution=attribution,
+            attribution=self._attribute(flow, info, headers, host, now),
             host=host,
             request_note=info.facts["request_error"],
         )
         flow.metadata[METADATA_KEY] = state
+        if self._guard is None:
+            return False
+        try:  # fails open, as in `_start`
+            reserve = self._estimate(endpoint.provider, info, length or 0, now)
+            verdict = self._guard.check(state.attribution, now, reserve)
+            self._raise_alerts(verdict)
+        except Exception:
+            state.tap_error = f"devmeter guard failed (call let through): {_short_traceback()}"
+            return False
+        block = verdict.block
         if block is None:
+            state.reservation = verdict.reservation
             return False
         state.blocked = (
             f"{block.message} (devmeter closed the connection: a request body of "
