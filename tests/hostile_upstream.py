@@ -77,7 +77,7 @@ class HostileUpstream:
         self.request_bytes = 0  # body bytes of the last request
         self.requests = 0
         self.refused_once = False  # fallback-bomb: the first request was refused
-        self.last_byte_sent = 0.0  # time.monotonic() of a download's last byte
+        self.last_byte_sent = 0.0  # time.monotonic() as a download's last MB is sent
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -252,9 +252,9 @@ class HostileUpstream:
             writer.write(block)
             await writer.drain()
         await self._wait_release()
+        self.last_byte_sent = time.monotonic()  # before the client can have it all
         writer.write(block)
         await writer.drain()
-        self.last_byte_sent = time.monotonic()
 
     async def _big_header(self, writer: asyncio.StreamWriter) -> None:
         body = json.dumps(chat_completion()).encode()
