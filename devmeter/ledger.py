@@ -145,6 +145,48 @@ MIGRATIONS: tuple[str, ...] = (
     );
     INSERT INTO spool_mark VALUES (1, 0, 0);
     """,
+    # v4: imported history (devmeter/importers/), exactly once. `response_id` is the
+    # provider's id for the response (live and imported rows); `source` is 'import' for a
+    # row read from a tool's own records (NULL: metered live); `import_key` identifies an
+    # imported row across imports. A live row replaces its imported twin (the trigger), and
+    # the rollup forgets a deleted row. `import_files` remembers how far each file was read.
+    """
+    ALTER TABLE calls ADD COLUMN response_id TEXT;
+    ALTER TABLE calls ADD COLUMN source TEXT;
+    ALTER TABLE calls ADD COLUMN import_key TEXT;
+    CREATE UNIQUE INDEX calls_import_key ON calls (import_key) WHERE import_key IS NOT NULL;
+    CREATE INDEX calls_response_id ON calls (response_id) WHERE response_id IS NOT NULL;
+    CREATE TRIGGER calls_rollup_delete AFTER DELETE ON calls BEGIN
+        UPDATE rollup SET
+            requests = requests - 1,
+            input_tokens = input_tokens - OLD.input_tokens,
+            cache_read_tokens = cache_read_tokens - OLD.cache_read_tokens,
+            cache_write_tokens = cache_write_tokens - OLD.cache_write_tokens,
+            output_tokens = output_tokens - OLD.output_tokens,
+            reasoning_tokens = reasoning_tokens - OLD.reasoning_tokens,
+            cost_pusd = cost_pusd - coalesce(OLD.cost_pusd, 0),
+            unpriced = unpriced - (OLD.cost_pusd IS NULL),
+            estimated = estimated - OLD.estimated
+        WHERE bucket = CAST(OLD.ts / 900 AS INTEGER) AND session = coalesce(OLD.session, '')
+            AND repo = coalesce(OLD.repo, '') AND branch = coalesce(OLD.branch, '')
+            AND tool = OLD.tool AND provider = OLD.provider
+            AND model = coalesce(OLD.model, OLD.requested_model, '');
+        DELETE FROM rollup WHERE requests <= 0 AND bucket = CAST(OLD.ts / 900 AS INTEGER);
+    END;
+    CREATE TRIGGER calls_live_replaces_import AFTER INSERT ON calls
+    WHEN NEW.response_id IS NOT NULL AND NEW.source IS NULL BEGIN
+        DELETE FROM calls WHERE response_id = NEW.response_id AND source = 'import';
+    END;
+    CREATE TABLE import_files (
+        path TEXT PRIMARY KEY,
+        importer TEXT NOT NULL,
+        inode INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        state TEXT
+    );
+    """,
 )
 BUCKET_SECONDS = 900
 
@@ -154,7 +196,7 @@ CALL_COLUMNS = (
     "cache_write_tokens", "cache_write_1h_tokens", "output_tokens", "reasoning_tokens",
     "web_search_requests", "service_tier", "cost_pusd", "price_source", "estimated",
     "complete", "status", "duration_ms", "error", "routing", "route_rule", "route_target",
-    "alt_cost_pusd", "route_note",
+    "alt_cost_pusd", "route_note", "response_id", "source", "import_key",
 )  # fmt: skip
 
 
@@ -228,7 +270,8 @@ def call_row(call: Call) -> tuple[Any, ...]:
         u.reasoning_tokens, u.web_search_requests, u.service_tier, to_pusd(call.cost_usd),
         call.price_source, int(u.estimated), int(call.complete), call.status,
         call.duration_ms, call.error, call.routing, call.route_rule, call.route_target,
-        to_pusd(call.alt_cost_usd), call.route_note,
+        to_pusd(call.alt_cost_usd), call.route_note, call.response_id, call.source,
+        call.import_key,
     )  # fmt: skip
 
 
@@ -627,7 +670,7 @@ class LedgerWriter:
             for mark, row in spool_pending(self._spool.directory, Mark(file, end_byte)):
                 if mark.file >= this_run:
                     break  # this run's own rows: the normal path writes them
-                batch.append(_Item(INSERT_CALL, row, mark))
+                batch.append(_Item(INSERT_CALL, _padded(row), mark))
                 if len(batch) >= self._batch_size:
                     if not self._commit(batch):
                         return False
@@ -787,6 +830,11 @@ class LedgerWriter:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
         self._conn = None
+
+
+def _padded(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A spooled row written before the ledger grew columns: the new ones are NULL."""
+    return tuple(row) + (None,) * (len(CALL_COLUMNS) - len(row))
 
 
 def write_calls(path: Path, calls: Iterable[Call]) -> None:

@@ -121,4 +121,5 @@ def build_call(
         duration_ms=duration_ms,
         complete=result.complete,
         error=error,
+        response_id=result.response_id,
     )

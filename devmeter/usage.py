@@ -131,6 +131,9 @@ class ResponseResult:
     # The text itself, only kept to estimate tokens; never written to disk.
     output_text: str = ""
     error: str | None = None
+    # The provider's id for this response (Anthropic `msg_…`, Responses `resp_…`): what a
+    # tool's own transcript names it by, so an import can tell it was metered live.
+    response_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,12 @@ class Call:
     # shadow, the cost at the target model.
     alt_cost_usd: Decimal | None = None
     route_note: str | None = None  # what the rewrite changed, or why a rule did not apply
+    # The provider's response id (see ResponseResult.response_id), live or imported.
+    response_id: str | None = None
+    # None for a call the proxy metered; "import" for one read from a tool's own records.
+    source: str | None = None
+    # An imported row's identity across imports (devmeter/importers/): unique in the ledger.
+    import_key: str | None = None
 
     @property
     def saving_usd(self) -> Decimal | None:

@@ -67,6 +67,8 @@ class TestStream:
             output_chars=len("The user wants the test suite run. I'll use Bash.")
             + len("Running the tests — one moment ✅ 日本語")
             + len('{"command": "uv run pytest -q", "description": "Run tests"}'),
+            # message_start's id, which Claude Code's transcript names the response by
+            response_id="msg_01Hq8XJ2yGQmTg7rY5cK3bWz",
         )
 
     def test_message_delta_is_cumulative_overwrite_not_add(self) -> None:

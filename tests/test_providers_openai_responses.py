@@ -60,6 +60,8 @@ class TestHttp:
             model="gpt-5.1-2025-11-13",
             complete=True,
             output_chars=len("Use `uv lock --upgrade-package NAME`."),
+            # the id the Responses API gives it, which a Codex transcript import matches
+            response_id="resp_68a1f0c2b7d48190a6a3c1b5e9d2f7a3",
         )
 
     def test_incomplete_response_still_has_usage(self) -> None:
@@ -157,7 +159,9 @@ class TestWebSocket:
         assert after_each[1] == 1 and after_each[-1] == 1 and sum(after_each) == 2
         prewarm, turn = completed
         assert prewarm == ResponseResult(
-            usage=Usage(input_tokens=4120, service_tier="default"), model="gpt-6.1-sol"
+            usage=Usage(input_tokens=4120, service_tier="default"),
+            model="gpt-6.1-sol",
+            response_id="resp_0a1b2c3d4e5f60718293a4b5c6d7e8f9",
         )
         assert turn == ResponseResult(
             usage=Usage(
@@ -169,6 +173,7 @@ class TestWebSocket:
             ),
             model="gpt-6.1-sol",
             output_chars=len("Hi! What can I do for you?"),
+            response_id="resp_1f2e3d4c5b6a79880716253443526170",
         )
         assert parser.take_completed() == []
         assert parser.take_unfinished() == []

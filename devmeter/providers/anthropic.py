@@ -128,6 +128,7 @@ class MessagesParser(BaseParser):
         elif kind == "message_start":
             message = as_dict(obj.get("message"))
             self.model = as_str(message.get("model")) or self.model
+            self.response_id = as_str(message.get("id")) or self.response_id
             self._merge(message.get("usage"))
         elif kind == "message_delta":
             self._merge(obj.get("usage"))
@@ -144,6 +145,7 @@ class MessagesParser(BaseParser):
             self.set_error(obj.get("error", obj))
             return
         self.model = as_str(obj.get("model")) or self.model
+        self.response_id = as_str(obj.get("id")) or self.response_id
         for block in obj.get("content") or ():
             if isinstance(block, dict):
                 self.text.add(block.get("text") or block.get("thinking"))

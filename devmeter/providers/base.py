@@ -152,6 +152,7 @@ class BaseParser:
     def __init__(self, request: RequestInfo, content_type: str = "") -> None:
         self.request = request
         self.model: str | None = None
+        self.response_id: str | None = None  # the provider's id, where the format has one
         self.error: str | None = None
         self.terminal = False
         self.text = TextBuffer()
@@ -250,6 +251,7 @@ class BaseParser:
             output_chars=self.text.chars,
             output_text=self.text.value() if keep_text else "",
             error="; ".join(errors)[:ERROR_CAP] if errors else None,
+            response_id=self.response_id,
         )
 
     # --- internals -------------------------------------------------------------------

@@ -195,6 +195,7 @@ class ResponsesParser(BaseParser):
             output_chars=state.text.chars,
             output_text=state.text.value() if keep_text else "",
             error=state.error,
+            response_id=state.id,
         )
 
     def _queue(self, result: ResponseResult) -> None:
