@@ -1,0 +1,162 @@
+"""`devmeter import claude-code`: Claude Code's own transcripts, one ledger row per response.
+
+Claude Code writes each session to `<config>/projects/<cwd-slug>/<session>.jsonl`
+(`<config>` is `CLAUDE_CONFIG_DIR`, else `~/.claude`; subagents go to files of their own
+below it). An assistant line carries `message.id` (Anthropic's `msg_…`), `requestId`,
+`message.model`, `message.usage` (the API's usage object), `sessionId`, `cwd`,
+`gitBranch`, `isSidechain` and `timestamp`. What this reader copes with:
+
+- a streamed response is written as several lines (one per content block), all with the
+  same `message.id`, the later ones with more `output_tokens`: one row, the final counts;
+- a resumed or forked session repeats earlier lines in a new file: the `import_key`
+  (`message.id` + `requestId`) counts each response once;
+- sidechain (subagent) lines are real API calls of the same session: kept;
+- lines without usage (user turns, tool results, summaries, `<synthetic>` messages that
+  Claude Code makes up itself for errors) are skipped, as are lines that are not JSON.
+
+Prices come from devmeter's own pricing, exactly as for live rows.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from devmeter import fastjson
+from devmeter.gitinfo import repo_for
+from devmeter.importers.history import ImportResult, home_dir, jsonl_files, run_import
+from devmeter.pricing import PriceOverride, price
+from devmeter.providers.anthropic import MessagesParser
+from devmeter.usage import Attribution, Call, RequestInfo
+
+IMPORTER = "claude-code"
+TOOL = "claude-code"
+ENDPOINT = "claude-code.import"
+HOST = "api.anthropic.com"
+PROVIDER = "anthropic"
+
+
+def default_root() -> Path:
+    return home_dir("CLAUDE_CONFIG_DIR", "~/.claude") / "projects"
+
+
+def transcript_files(root: Path) -> list[Path]:
+    return jsonl_files(root, "**/*.jsonl")
+
+
+def parse_lines(
+    lines: list[bytes], state: dict[str, Any], path: Path, overrides: tuple[PriceOverride, ...] = ()
+) -> list[Call]:
+    calls = []
+    for line in lines:
+        if b'"usage"' not in line:
+            continue  # most lines: cheaper than parsing them
+        try:
+            obj = fastjson.loads(line)
+        except ValueError:
+            continue
+        call = line_call(obj, overrides)
+        if call is not None:
+            calls.append(call)
+    return calls
+
+
+def line_call(obj: Any, overrides: tuple[PriceOverride, ...] = ()) -> Call | None:
+    """The ledger row for one transcript line, or None when it is no API response."""
+    if not isinstance(obj, dict) or obj.get("type") != "assistant":
+        return None
+    message = obj.get("message")
+    if not isinstance(message, dict) or not isinstance(message.get("usage"), dict):
+        return None
+    model = message.get("model") if isinstance(message.get("model"), str) else None
+    if model == "<synthetic>":
+        return None  # made up by Claude Code itself, no API call behind it
+    message_id = message.get("id") if isinstance(message.get("id"), str) else None
+    request_id = obj.get("requestId") if isinstance(obj.get("requestId"), str) else None
+    if message_id is None and request_id is None:
+        uuid = obj.get("uuid")
+        if not isinstance(uuid, str):
+            return None
+        key = f"{IMPORTER}:uuid:{uuid}"
+    else:
+        key = f"{IMPORTER}:{message_id or ''}:{request_id or ''}"
+    ts = _timestamp(obj.get("timestamp"))
+    if ts is None:
+        return None
+    # The same reading of `usage` as the proxy's (5m/1h cache writes, web searches, tier).
+    parser = MessagesParser(RequestInfo(model=model))
+    parser.on_document({"model": model, "usage": message["usage"]})
+    usage = parser.usage()
+    if usage is None:
+        return None
+    session = obj.get("sessionId") if isinstance(obj.get("sessionId"), str) else None
+    cwd = obj.get("cwd") if isinstance(obj.get("cwd"), str) else None
+    branch = obj.get("gitBranch") if isinstance(obj.get("gitBranch"), str) else None
+    repo, repo_branch = _repo(cwd) if cwd else (None, None)
+    priced = price(PROVIDER, model, usage, overrides, datetime.fromtimestamp(ts, UTC))
+    return Call(
+        ts=ts,
+        provider=PROVIDER,
+        endpoint=ENDPOINT,
+        host=HOST,
+        requested_model=model,
+        model=model,
+        attribution=Attribution(
+            tool=TOOL,
+            session=session,
+            repo=repo,
+            # The branch the transcript names was the one at the time; HEAD now may differ.
+            branch=branch or repo_branch,
+            repo_source="transcript" if repo else None,
+        ),
+        usage=usage,
+        cost_usd=priced.cost_usd,
+        price_source=priced.source,
+        status=None,
+        response_id=message_id,
+        import_key=key,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _repo(cwd: str) -> tuple[str | None, str | None]:
+    """The git top level of a transcript's directory while it exists, else the directory."""
+    info = repo_for(cwd) if Path(cwd).is_dir() else None
+    if info is None:
+        return cwd, None
+    return info.root, info.branch
+
+
+def _timestamp(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def import_claude_code(
+    ledger_path: Path,
+    root: Path | None = None,
+    overrides: tuple[PriceOverride, ...] = (),
+    progress: TextIO | None = None,
+) -> ImportResult:
+    """Import what is new in Claude Code's transcripts under `root` (its projects folder)."""
+    where = root if root is not None else default_root()
+    if (where / "projects").is_dir():
+        where = where / "projects"  # given the config folder itself
+    files = transcript_files(where)
+
+    def parse(lines: list[bytes], state: dict[str, Any], path: Path) -> list[Call]:
+        return parse_lines(lines, state, path, overrides)
+
+    result = run_import(ledger_path, IMPORTER, files, parse, progress)
+    if not files:
+        result.errors.append(f"no Claude Code transcripts under {where}")
+    return result

@@ -1,0 +1,175 @@
+"""`devmeter import codex`: Codex CLI's rollout files, one ledger row per model response.
+
+Codex writes each session to `$CODEX_HOME/sessions/YYYY/MM/DD/rollout-<time>-<id>.jsonl`
+(`CODEX_HOME` defaults to `~/.codex`). Each line is `{timestamp, type, payload}`:
+
+- `session_meta`: the session `id`, its `cwd` and `git.branch`;
+- `turn_context`: the `model` (and `cwd`) of the turns that follow;
+- `event_msg` with `payload.type == "token_count"`: `info.total_token_usage`, the
+  session's cumulative `input_tokens` (cache reads included), `cached_input_tokens`,
+  `output_tokens` (reasoning included) and `reasoning_output_tokens`; `info` is null
+  before the first response, and an event may repeat the same totals.
+
+A row is the difference between one cumulative total and the one before it (kept in
+the file's import state, so an incremental read continues from it); a repeat adds
+nothing. Rollouts carry no response id: the `import_key` is the session and the
+cumulative total it reached, and a response the proxy metered live is recognised by
+its session and token counts (devmeter/importers/history.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from devmeter import fastjson
+from devmeter.gitinfo import repo_for
+from devmeter.importers.history import ImportResult, home_dir, jsonl_files, run_import
+from devmeter.pricing import PriceOverride, price
+from devmeter.usage import Attribution, Call, Usage
+
+IMPORTER = "codex"
+TOOL = "codex"
+ENDPOINT = "codex.import"
+HOST = "api.openai.com"
+PROVIDER = "openai"
+_FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_output_tokens")
+
+
+def default_root() -> Path:
+    return home_dir("CODEX_HOME", "~/.codex") / "sessions"
+
+
+def rollout_files(root: Path) -> list[Path]:
+    return jsonl_files(root, "**/rollout-*.jsonl")
+
+
+def parse_lines(
+    lines: list[bytes], state: dict[str, Any], path: Path, overrides: tuple[PriceOverride, ...] = ()
+) -> list[Call]:
+    """Rows for new lines; `state` carries the session, model, cwd and the last totals."""
+    calls = []
+    for line in lines:
+        if not any(marker in line for marker in (b"session_meta", b"turn_context", b"token_count")):
+            continue
+        try:
+            obj = fastjson.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get("payload"), dict):
+            continue
+        payload, kind = obj["payload"], obj.get("type")
+        if kind == "session_meta":
+            state["session"] = _str(payload.get("id")) or state.get("session")
+            state["cwd"] = _str(payload.get("cwd")) or state.get("cwd")
+            git = payload.get("git") if isinstance(payload.get("git"), dict) else {}
+            state["branch"] = _str(git.get("branch")) or state.get("branch")
+        elif kind == "turn_context":
+            state["model"] = _str(payload.get("model")) or state.get("model")
+            state["cwd"] = _str(payload.get("cwd")) or state.get("cwd")
+        elif kind == "event_msg" and payload.get("type") == "token_count":
+            call = _token_count(obj, payload, state, overrides)
+            if call is not None:
+                calls.append(call)
+    return calls
+
+
+def _token_count(
+    obj: dict[str, Any],
+    payload: dict[str, Any],
+    state: dict[str, Any],
+    overrides: tuple[PriceOverride, ...],
+) -> Call | None:
+    info = payload.get("info")
+    total = info.get("total_token_usage") if isinstance(info, dict) else None
+    if not isinstance(total, dict):
+        return None
+    now = [_int(total.get(name)) for name in _FIELDS]
+    before = state.get("totals") or [0] * len(_FIELDS)
+    if now == before:
+        return None  # Codex repeats an event with the same totals
+    if any(n < b for n, b in zip(now, before, strict=True)):
+        before = [0] * len(_FIELDS)  # totals went back (a new conversation): start over
+    state["totals"] = now
+    prompt, cached, output, reasoning = (n - b for n, b in zip(now, before, strict=True))
+    ts = _timestamp(obj.get("timestamp"))
+    if ts is None:
+        return None
+    usage = Usage(
+        input_tokens=max(0, prompt - cached),
+        cache_read_tokens=cached,
+        output_tokens=output,
+        reasoning_tokens=reasoning,
+    )
+    model = state.get("model")
+    session = state.get("session")
+    cwd = state.get("cwd")
+    repo, repo_branch = _repo(cwd) if cwd else (None, None)
+    priced = price(PROVIDER, model, usage, overrides, datetime.fromtimestamp(ts, UTC))
+    return Call(
+        ts=ts,
+        provider=PROVIDER,
+        endpoint=ENDPOINT,
+        host=HOST,
+        requested_model=model,
+        model=model,
+        attribution=Attribution(
+            tool=TOOL,
+            session=session,
+            repo=repo,
+            branch=state.get("branch") or repo_branch,
+            repo_source="transcript" if repo else None,
+        ),
+        usage=usage,
+        cost_usd=priced.cost_usd,
+        price_source=priced.source,
+        status=None,
+        import_key=f"{IMPORTER}:{session}:{':'.join(map(str, now))}",
+    )
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
+
+
+@functools.lru_cache(maxsize=4096)
+def _repo(cwd: str) -> tuple[str | None, str | None]:
+    info = repo_for(cwd) if Path(cwd).is_dir() else None
+    return (cwd, None) if info is None else (info.root, info.branch)
+
+
+def _timestamp(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def import_codex(
+    ledger_path: Path,
+    root: Path | None = None,
+    overrides: tuple[PriceOverride, ...] = (),
+    progress: TextIO | None = None,
+) -> ImportResult:
+    """Import what is new in Codex's rollouts under `root` (its sessions folder)."""
+    where = root if root is not None else default_root()
+    if (where / "sessions").is_dir():
+        where = where / "sessions"  # given CODEX_HOME itself
+    files = rollout_files(where)
+
+    def parse(lines: list[bytes], state: dict[str, Any], path: Path) -> list[Call]:
+        return parse_lines(lines, state, path, overrides)
+
+    result = run_import(ledger_path, IMPORTER, files, parse, progress)
+    if not files:
+        result.errors.append(f"no Codex rollouts under {where}")
+    return result

@@ -1,0 +1,124 @@
+"""`devmeter import gemini-cli`: Gemini CLI's recorded chats, one ledger row per answer.
+
+Gemini CLI records every conversation (chat recording is on by default) as one JSON
+file per session, `~/.gemini/tmp/<project-hash>/chats/session-<time>-<id>.json`,
+rewritten as the session goes on: `{sessionId, projectHash, startTime, lastUpdated,
+messages: [...]}`. A message of `type: "gemini"` has an `id`, `timestamp`, `model` and
+`tokens`: `input` (promptTokenCount), `output` (candidates), `cached`, `thoughts`,
+`tool` (toolUsePromptTokenCount) and `total`, the usage of the API call that answered.
+
+What these files do not hold: the working directory (only `projectHash`, a SHA-256 of
+it that cannot be turned back into a path), so imported rows have no repo or branch;
+calls that recorded no message (the model router's choice, retries, a turn cut off
+before its answer was saved); cache writes (Gemini's implicit cache bills none) and the
+provider's response id. A file is read whole when it changed; the `import_key` (session
+and message id) keeps each answer once.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from devmeter import fastjson
+from devmeter.importers.history import ImportResult, jsonl_files, run_import
+from devmeter.pricing import PriceOverride, price
+from devmeter.usage import Attribution, Call, Usage
+
+IMPORTER = "gemini-cli"
+TOOL = "gemini-cli"
+ENDPOINT = "gemini-cli.import"
+HOST = "generativelanguage.googleapis.com"
+PROVIDER = "google"
+
+
+def default_root() -> Path:
+    return Path("~/.gemini").expanduser()
+
+
+def chat_files(root: Path) -> list[Path]:
+    return jsonl_files(root, "tmp/*/chats/session-*.json")
+
+
+def parse_document(
+    data: bytes, path: Path, overrides: tuple[PriceOverride, ...] = ()
+) -> list[Call]:
+    try:
+        doc = fastjson.loads(data)
+    except ValueError:
+        return []  # being rewritten: read again when it changes next
+    if not isinstance(doc, dict) or not isinstance(doc.get("messages"), list):
+        return []
+    session = doc.get("sessionId") if isinstance(doc.get("sessionId"), str) else None
+    calls = []
+    for message in doc["messages"]:
+        call = _message_call(message, session, overrides)
+        if call is not None:
+            calls.append(call)
+    return calls
+
+
+def _count(tokens: dict[str, Any], name: str) -> int:
+    value = tokens.get(name)
+    return value if isinstance(value, int) and value > 0 else 0
+
+
+def _message_call(
+    message: Any, session: str | None, overrides: tuple[PriceOverride, ...]
+) -> Call | None:
+    if not isinstance(message, dict) or message.get("type") != "gemini":
+        return None
+    tokens = message.get("tokens")
+    ident = message.get("id")
+    if not isinstance(tokens, dict) or not isinstance(ident, str):
+        return None
+    try:
+        ts = datetime.fromisoformat(str(message.get("timestamp")).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+    model = message.get("model") if isinstance(message.get("model"), str) else None
+    cached = _count(tokens, "cached")
+    thoughts = _count(tokens, "thoughts")
+    # The same meaning as the proxy's rows for Gemini CLI (README: prompt + tool - cached).
+    usage = Usage(
+        input_tokens=max(0, _count(tokens, "input") + _count(tokens, "tool") - cached),
+        cache_read_tokens=cached,
+        output_tokens=_count(tokens, "output") + thoughts,
+        reasoning_tokens=thoughts,
+    )
+    priced = price(PROVIDER, model, usage, overrides, ts)
+    return Call(
+        ts=ts.timestamp(),
+        provider=PROVIDER,
+        endpoint=ENDPOINT,
+        host=HOST,
+        requested_model=model,
+        model=model,
+        attribution=Attribution(tool=TOOL, session=session),
+        usage=usage,
+        cost_usd=priced.cost_usd,
+        price_source=priced.source,
+        status=None,
+        import_key=f"{IMPORTER}:{session}:{ident}",
+    )
+
+
+def import_gemini_cli(
+    ledger_path: Path,
+    root: Path | None = None,
+    overrides: tuple[PriceOverride, ...] = (),
+    progress: TextIO | None = None,
+) -> ImportResult:
+    """Import what is new in Gemini CLI's recorded chats under `root` (~/.gemini)."""
+    where = root if root is not None else default_root()
+    files = chat_files(where)
+
+    def parse(lines: list[bytes], state: dict[str, Any], path: Path) -> list[Call]:
+        return [c for data in lines for c in parse_document(data, path, overrides)]
+
+    result = run_import(ledger_path, IMPORTER, files, parse, progress, whole_files=True)
+    if not files:
+        result.errors.append(f"no Gemini CLI chats under {where}")
+    return result

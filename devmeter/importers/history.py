@@ -1,0 +1,340 @@
+"""Importing a tool's own history files (JSONL transcripts) into the ledger, exactly once.
+
+Shared by the Claude Code and Codex importers: each supplies the files to read and a
+pure function from new lines (and the state it kept for that file) to ledger rows. This
+module does the rest:
+
+- **Incremental.** `import_files` in the ledger remembers per file its inode, size,
+  mtime and how far it was read; a file unchanged since is not opened, a grown one is
+  read from there, a replaced or shrunk one from the start. Only whole lines are read:
+  a last line still being written is read next time.
+- **Exactly once.** Every row has an `import_key`; a key already in the ledger adds
+  nothing (a later line for the same response with more output replaces it: streaming
+  writes several). A row whose `response_id` a live row (metered by the proxy) already
+  has is skipped, and a live row arriving later replaces the imported one (a trigger in
+  the ledger, migration v4). Rows without a response id (Codex) are matched to a live
+  row of the same session with the same token counts within `TWIN_WINDOW` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TextIO
+
+from devmeter import ledger
+from devmeter.pricing import PriceOverride
+from devmeter.usage import Call
+
+SOURCE = "import"
+TWIN_WINDOW = 15 * 60.0  # seconds between a live row and its transcript line, at most
+
+# (new whole lines, the file's saved state, its path) -> rows; the state is updated in place.
+LineParser = Callable[[list[bytes], dict[str, Any], Path], list[Call]]
+
+
+@dataclass(frozen=True)
+class FileMark:
+    """How far a file was read, and how to tell it is still the same file."""
+
+    inode: int
+    size: int
+    mtime_ns: int
+    offset: int
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ImportResult:
+    importer: str
+    files: int = 0  # files found
+    files_read: int = 0  # files with something new
+    lines: int = 0
+    imported: int = 0  # new rows
+    updated: int = 0  # rows replaced by a later line of the same response
+    duplicates: int = 0  # already imported
+    live: int = 0  # already metered live by the proxy: skipped
+    unpriced: int = 0
+    unpriced_models: set[str] = field(default_factory=set)
+    cost_usd: Decimal = Decimal(0)
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        lines = [
+            f"{self.importer}: imported {self.imported} calls (${self.cost_usd:.4f}) from "
+            f"{self.files_read} of {self.files} files in {self.seconds:.1f}s"
+        ]
+        if self.updated:
+            lines.append(f"{self.updated} calls updated with their final token counts")
+        if self.live:
+            lines.append(f"{self.live} calls were already metered live by devmeter: skipped")
+        if self.duplicates:
+            lines.append(f"{self.duplicates} calls were already imported: skipped")
+        if self.unpriced:
+            models = ", ".join(sorted(self.unpriced_models))
+            lines.append(
+                f"! {self.unpriced} calls have no known price ({models}): kept with their "
+                "tokens and no cost; add a [[prices]] entry to price them"
+            )
+        lines += [f"! {e}" for e in self.errors]
+        return "\n".join(lines) + "\n"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "importer": self.importer,
+            "files": self.files,
+            "files_read": self.files_read,
+            "lines": self.lines,
+            "imported": self.imported,
+            "updated": self.updated,
+            "duplicates": self.duplicates,
+            "live": self.live,
+            "unpriced": self.unpriced,
+            "cost_usd": float(self.cost_usd),
+            "errors": self.errors,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+# --- reading ---------------------------------------------------------------------------
+
+
+def read_new(
+    path: Path, mark: FileMark | None, whole: bool = False
+) -> tuple[list[bytes], FileMark] | None:
+    """The whole lines added to `path` since `mark`, and the new mark; None when unchanged.
+
+    `whole`: the file is one JSON document rewritten in place (Gemini CLI's chats): when it
+    changed, all of it, as one "line"."""
+    st = path.stat()
+    if (
+        mark is not None
+        and mark.inode == st.st_ino
+        and mark.size == st.st_size
+        and mark.mtime_ns == st.st_mtime_ns
+    ):
+        return None
+    if whole:
+        data = path.read_bytes()
+        return [data], FileMark(st.st_ino, st.st_size, st.st_mtime_ns, len(data))
+    same_file = mark is not None and mark.inode == st.st_ino and st.st_size >= mark.offset
+    offset = mark.offset if same_file and mark is not None else 0
+    state = dict(mark.state) if same_file and mark is not None else {}
+    with path.open("rb") as f:
+        f.seek(offset)
+        data = f.read()
+    end = data.rfind(b"\n") + 1  # a last line without its newline is still being written
+    lines = data[:end].splitlines()
+    return lines, FileMark(st.st_ino, st.st_size, st.st_mtime_ns, offset + end, state)
+
+
+def load_marks(conn: sqlite3.Connection, importer: str) -> dict[str, FileMark]:
+    rows = conn.execute(
+        "SELECT path, inode, size, mtime_ns, offset, state FROM import_files WHERE importer = ?",
+        (importer,),
+    )
+    return {
+        path: FileMark(inode, size, mtime_ns, offset, json.loads(state) if state else {})
+        for path, inode, size, mtime_ns, offset, state in rows
+    }
+
+
+def save_mark(conn: sqlite3.Connection, importer: str, path: Path, mark: FileMark) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO import_files (path, importer, inode, size, mtime_ns, offset, "
+        "state) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (str(path), importer, mark.inode, mark.size, mark.mtime_ns, mark.offset,
+         json.dumps(mark.state) if mark.state else None),
+    )  # fmt: skip
+
+
+# --- writing ---------------------------------------------------------------------------
+
+
+def store(conn: sqlite3.Connection, calls: Iterable[Call], result: ImportResult) -> None:
+    """Add imported rows exactly once (see the module docstring); inside a transaction."""
+    claimed: set[int] = set()
+    for call in _final_per_key(calls):
+        row = conn.execute(
+            "SELECT id, output_tokens FROM calls WHERE import_key = ?", (call.import_key,)
+        ).fetchone()
+        if row is not None:
+            if call.usage.output_tokens > row[1]:
+                conn.execute("DELETE FROM calls WHERE id = ?", (row[0],))
+                ledger.insert_calls(conn, [ledger.call_row(call)])
+                result.updated += 1
+            else:
+                result.duplicates += 1
+            continue
+        twin = _live_twin(conn, call, claimed)
+        if twin is not None:
+            claimed.add(twin)
+            result.live += 1
+            continue
+        ledger.insert_calls(conn, [ledger.call_row(call)])
+        result.imported += 1
+        if call.cost_usd is None:
+            result.unpriced += 1
+            result.unpriced_models.add(call.model or "(no model)")
+        else:
+            result.cost_usd += call.cost_usd
+
+
+def _final_per_key(calls: Iterable[Call]) -> list[Call]:
+    """One row per key: the one with the most output (a streamed response's last line)."""
+    best: dict[str | None, Call] = {}
+    for call in calls:
+        held = best.get(call.import_key)
+        if held is None or call.usage.output_tokens > held.usage.output_tokens:
+            best[call.import_key] = call
+    return list(best.values())
+
+
+def _live_twin(conn: sqlite3.Connection, call: Call, claimed: set[int]) -> int | None:
+    """The id of the live row for the same response, if the proxy metered it."""
+    if call.response_id is not None:
+        row = conn.execute(
+            "SELECT id FROM calls WHERE response_id = ? AND source IS NULL LIMIT 1",
+            (call.response_id,),
+        ).fetchone()
+        return None if row is None else int(row[0])
+    # No id to match (Codex, Gemini CLI): the same tool's live row with the same token
+    # counts near the same time, the same session first (a live Gemini CLI session with an
+    # API key is its process, not the id its chat file names).
+    u = call.usage
+    for (row_id,) in conn.execute(
+        "SELECT id FROM calls WHERE tool = ? AND source IS NULL AND ts BETWEEN ? AND ? "
+        "AND input_tokens = ? AND cache_read_tokens = ? AND output_tokens = ? "
+        "ORDER BY session IS NOT ? , abs(ts - ?)",
+        (call.attribution.tool, call.ts - TWIN_WINDOW, call.ts + TWIN_WINDOW,
+         u.input_tokens, u.cache_read_tokens, u.output_tokens, call.attribution.session,
+         call.ts),
+    ):  # fmt: skip
+        if row_id not in claimed:
+            return int(row_id)
+    return None
+
+
+# --- the whole run ---------------------------------------------------------------------
+
+
+def run_import(
+    ledger_path: Path,
+    importer: str,
+    files: Sequence[Path],
+    parse: LineParser,
+    progress: TextIO | None = None,
+    whole_files: bool = False,
+) -> ImportResult:
+    """Read what is new in `files` into the ledger; `progress` gets a live line."""
+    started = time.monotonic()
+    result = ImportResult(importer, files=len(files))
+    conn = ledger.connect(ledger_path)
+    shown = 0.0
+    try:
+        marks = load_marks(conn, importer)
+        for index, path in enumerate(files, start=1):
+            try:
+                got = read_new(path, marks.get(str(path)), whole_files)
+            except OSError as exc:
+                result.errors.append(f"cannot read {path}: {exc.strerror or exc}")
+                continue
+            if got is None:
+                continue
+            lines, mark = got
+            calls = parse(lines, mark.state, path) if lines else []
+            result.files_read += 1
+            result.lines += len(lines)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                store(conn, [replace(c, source=SOURCE) for c in calls], result)
+                save_mark(conn, importer, path, mark)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            now = time.monotonic()
+            if progress is not None and now - shown > 0.2:
+                shown = now
+                _show(progress, importer, index, len(files), result, now - started)
+    finally:
+        conn.close()
+    result.seconds = time.monotonic() - started
+    if progress is not None and shown:
+        _show(progress, importer, len(files), len(files), result, result.seconds)
+        progress.write("\n")
+    return result
+
+
+def _show(out: TextIO, importer: str, done: int, total: int, r: ImportResult, secs: float) -> None:
+    width = 24
+    filled = width * done // max(total, 1)
+    bar = "#" * filled + "-" * (width - filled)
+    out.write(
+        f"\r{importer} [{bar}] {done}/{total} files, {r.imported + r.updated} rows, {secs:.1f}s "
+    )
+    out.flush()
+
+
+def progress_stream() -> TextIO | None:
+    """stderr when it is a terminal (a progress bar there), else None."""
+    return sys.stderr if sys.stderr.isatty() else None
+
+
+def jsonl_files(root: Path, pattern: str) -> list[Path]:
+    """The files under `root` matching `pattern`, oldest first (a resumed session's copy
+    of earlier lines then meets the original already imported)."""
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.glob(pattern):
+        try:
+            found.append((path.stat().st_mtime_ns, str(path), path))
+        except OSError:
+            continue
+    return [p for _, _, p in sorted(found)]
+
+
+def home_dir(env_var: str, default: str) -> Path:
+    value = os.environ.get(env_var)
+    return Path(value).expanduser() if value else Path(default).expanduser()
+
+
+def _importers() -> dict[str, Callable[..., ImportResult]]:
+    from devmeter.importers.claude_code import import_claude_code
+    from devmeter.importers.codex import import_codex
+    from devmeter.importers.gemini_cli import import_gemini_cli
+
+    return {"claude-code": import_claude_code, "codex": import_codex,
+            "gemini-cli": import_gemini_cli}  # fmt: skip
+
+
+class _Importers(dict):  # type: ignore[type-arg]
+    """name -> import function, loaded on first use (the modules import each other)."""
+
+    def __missing__(self, name: str) -> Callable[..., ImportResult]:
+        self.update(_importers())
+        return dict.__getitem__(self, name)
+
+
+IMPORTERS: dict[str, Callable[..., ImportResult]] = _Importers()
+
+
+def import_all(ledger_path: Path, overrides: tuple[PriceOverride, ...] = ()) -> list[ImportResult]:
+    """Every history importer over its default folder (the tray's background import); a
+    failure of one is reported in its result, never raised."""
+    results = []
+    for name in ("claude-code", "codex", "gemini-cli"):
+        try:
+            results.append(IMPORTERS[name](ledger_path, None, overrides, None))
+        except (OSError, sqlite3.Error, ValueError) as exc:
+            results.append(ImportResult(name, errors=[f"import failed: {exc}"]))
+    return results

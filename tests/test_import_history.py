@@ -1,0 +1,322 @@
+"""History imports (Claude Code, Codex, Gemini CLI): each transcript pitfall, incremental
+reads, and exactly once against earlier imports and against live rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from devmeter import ledger, reports
+from devmeter.importers.claude_code import import_claude_code
+from devmeter.importers.codex import import_codex
+from devmeter.importers.gemini_cli import import_gemini_cli
+from devmeter.usage import Attribution, Call, Usage
+
+M = Decimal(1_000_000)
+SESSION = "5b0c8f1e-6a1d-4c7e-9a43-0f3f7d9a2b11"
+
+
+def assistant(
+    msg: str,
+    req: str,
+    output: int,
+    *,
+    model: str = "claude-opus-4-8",
+    ts: str = "2026-12-01T10:00:00.000Z",
+    sidechain: bool = False,
+    cwd: str = "/nowhere/acme",
+    session: str = SESSION,
+) -> dict[str, Any]:
+    return {
+        "parentUuid": None,
+        "isSidechain": sidechain,
+        "type": "assistant",
+        "message": {
+            "id": msg,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": "not stored"}],
+            "usage": {
+                "input_tokens": 1234,
+                "cache_creation_input_tokens": 444,
+                "cache_read_input_tokens": 5678,
+                "output_tokens": output,
+                "server_tool_use": {"web_search_requests": 2},
+                "service_tier": "standard",
+                "cache_creation": {
+                    "ephemeral_1h_input_tokens": 123,
+                    "ephemeral_5m_input_tokens": 321,
+                },
+            },
+        },
+        "requestId": req,
+        "uuid": f"u-{msg}-{output}",
+        "timestamp": ts,
+        "cwd": cwd,
+        "sessionId": session,
+        "gitBranch": "feature/x",
+    }
+
+
+def write_jsonl(path: Path, objs: list[dict[str, Any]], tail: str = "") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(o) + "\n" for o in objs) + tail)
+    return path
+
+
+def rows(db: Path) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    found = [dict(r) for r in conn.execute("SELECT * FROM calls ORDER BY ts, id")]
+    conn.close()
+    return found
+
+
+def opus(u: dict[str, int]) -> int:
+    """Opus 4.8 list price in pico-dollars: $5 in, $0.50 cache read, $6.25 / $10 cache
+    writes (5m / 1h), $25 out per million tokens; $10 per thousand web searches."""
+    usd = (
+        u["input"] * 5 + u["read"] * Decimal("0.5") + u["w5"] * Decimal("6.25")
+        + u["w1"] * 10 + u["out"] * 25
+    ) / M + u["search"] * Decimal("0.01")  # fmt: skip
+    return int(usd * 10**12)
+
+
+def test_claude_code_transcript_pitfalls(tmp_path: Path) -> None:
+    db = tmp_path / "ledger.sqlite"
+    projects = tmp_path / "claude" / "projects"
+    user = {"type": "user", "message": {"role": "user", "content": "secret prompt"}}
+    write_jsonl(
+        projects / "-acme" / f"{SESSION}.jsonl",
+        [
+            {"type": "summary", "summary": "x"},
+            user,
+            # one streamed response written three times, output growing: keep the last
+            assistant("msg_A", "req_A", 1),
+            assistant("msg_A", "req_A", 40),
+            assistant("msg_A", "req_A", 457),
+            # a subagent's call in the same session: a real call, kept
+            assistant("msg_S", "req_S", 9, sidechain=True, ts="2026-12-01T10:00:05Z"),
+            # Claude Code's own made-up error message: no API call behind it
+            assistant("msg_X", "req_X", 0, model="<synthetic>"),
+            # a model nobody prices: kept, with no cost
+            assistant("msg_U", "req_U", 5, model="claude-nonesuch-9", ts="2026-12-01T10:00:09Z"),
+        ],
+        # the file is being written: its last line is not whole yet
+        tail='{"type":"assistant","message":{"id":"msg_T","usa',
+    )
+    # A resumed session: a new file repeats the earlier lines, then goes on.
+    write_jsonl(
+        projects / "-acme" / "resumed.jsonl",
+        [assistant("msg_A", "req_A", 457), assistant("msg_B", "req_B", 33, ts="2026-12-01T11:00Z")],
+    )
+
+    result = import_claude_code(db, tmp_path / "claude")
+    got = rows(db)
+    assert [r["response_id"] for r in got] == ["msg_A", "msg_S", "msg_U", "msg_B"]
+    assert result.imported == 4 and result.unpriced == 1
+    a = got[0]
+    assert (a["input_tokens"], a["cache_read_tokens"], a["cache_write_tokens"]) == (1234, 5678, 444)
+    assert (a["cache_write_1h_tokens"], a["output_tokens"], a["web_search_requests"]) == (
+        123, 457, 2,
+    )  # fmt: skip
+    assert a["cost_pusd"] == opus(
+        {"input": 1234, "read": 5678, "w5": 321, "w1": 123, "out": 457, "search": 2}
+    )
+    assert (a["tool"], a["session"], a["source"], a["endpoint"]) == (
+        "claude-code", SESSION, "import", "claude-code.import",
+    )  # fmt: skip
+    assert (a["repo"], a["branch"]) == ("/nowhere/acme", "feature/x")  # gone: as written
+    assert got[2]["model"] == "claude-nonesuch-9" and got[2]["cost_pusd"] is None
+    assert "secret" not in db.read_bytes().decode("latin-1")
+
+    # Again: nothing new. Then the truncated line is finished: just that one comes in.
+    again = import_claude_code(db, tmp_path / "claude")
+    assert (again.imported, again.files_read) == (0, 0)
+    live_file = projects / "-acme" / f"{SESSION}.jsonl"
+    with live_file.open("a") as f:
+        f.write('ge":{}}}\n' + json.dumps(assistant("msg_T", "req_T", 7)) + "\n")
+    third = import_claude_code(db, tmp_path / "claude")
+    assert (third.imported, third.lines) == (1, 2)  # read from where it stopped
+    assert [r["response_id"] for r in rows(db)].count("msg_T") == 1
+
+
+def test_claude_code_stream_split_across_imports_keeps_the_final_counts(tmp_path: Path) -> None:
+    db = tmp_path / "ledger.sqlite"
+    path = write_jsonl(tmp_path / "p" / "s.jsonl", [assistant("msg_A", "req_A", 1)])
+    import_claude_code(db, tmp_path / "p")
+    with path.open("a") as f:
+        f.write(json.dumps(assistant("msg_A", "req_A", 900)) + "\n")
+    result = import_claude_code(db, tmp_path / "p")
+    assert result.updated == 1 and result.imported == 0
+    (row,) = rows(db)
+    assert row["output_tokens"] == 900
+    by_session = reports.query(ledger.connect(db), "session", None)
+    assert [(r["requests"], r["output_tokens"]) for r in by_session] == [(1, 900)]  # rollup too
+
+
+def live_call(response_id: str | None, **usage: int) -> Call:
+    return Call(
+        ts=1_796_000_000.0,
+        provider="anthropic",
+        endpoint="anthropic.messages",
+        host="api.anthropic.com",
+        requested_model="claude-opus-4-8",
+        model="claude-opus-4-8",
+        attribution=Attribution(tool="claude-code", session=SESSION),
+        usage=Usage(**usage),
+        cost_usd=Decimal("0.5"),
+        price_source="genai-prices",
+        status=200,
+        response_id=response_id,
+    )
+
+
+def test_live_rows_win_over_imported_ones(tmp_path: Path) -> None:
+    db = tmp_path / "ledger.sqlite"
+    write_jsonl(
+        tmp_path / "p" / "s.jsonl",
+        [assistant("msg_LIVE", "r1", 457), assistant("msg_OLD", "r2", 5)],
+    )
+    ledger.write_calls(db, [live_call("msg_LIVE", output_tokens=457)])
+    result = import_claude_code(db, tmp_path / "p")
+    assert (result.imported, result.live) == (1, 1)  # metered live: not imported again
+    # The proxy meters msg_OLD after it was imported (a transcript read mid-session):
+    # the live row replaces the imported one, in the calls and in the rollup.
+    ledger.write_calls(db, [live_call("msg_OLD", output_tokens=5)])
+    got = rows(db)
+    assert sorted((r["response_id"], r["source"]) for r in got) == [
+        ("msg_LIVE", None), ("msg_OLD", None),
+    ]  # fmt: skip
+    conn = ledger.connect(db)
+    (grouped,) = reports.query(conn, "session", None)
+    assert grouped["requests"] == 2 and grouped["output_tokens"] == 462
+    assert import_claude_code(db, tmp_path / "p").imported == 0
+
+
+def codex_line(kind: str, payload: dict[str, Any], ts: str = "2026-12-01T09:00:00Z") -> dict:
+    return {"timestamp": ts, "type": kind, "payload": payload}
+
+
+def token_count(inp: int, cached: int, out: int, reasoning: int, ts: str) -> dict[str, Any]:
+    total = {"input_tokens": inp, "cached_input_tokens": cached, "output_tokens": out,
+             "reasoning_output_tokens": reasoning, "total_tokens": inp + out}  # fmt: skip
+    return codex_line(
+        "event_msg", {"type": "token_count", "info": {"total_token_usage": total}}, ts
+    )
+
+
+def test_codex_cumulative_token_counts_become_per_response_rows(tmp_path: Path) -> None:
+    db = tmp_path / "ledger.sqlite"
+    repo = tmp_path / "acme"
+    (repo / ".git").mkdir(parents=True)
+    (repo / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    rollout = tmp_path / "codex" / "sessions" / "2026" / "12" / "01" / "rollout-x.jsonl"
+    write_jsonl(
+        rollout,
+        [
+            codex_line(
+                "session_meta", {"id": "sess-1", "cwd": str(repo), "git": {"branch": "dev"}}
+            ),
+            codex_line("turn_context", {"cwd": str(repo), "model": "gpt-5"}),
+            codex_line("event_msg", {"type": "token_count", "info": None}),
+            token_count(1000, 200, 50, 10, "2026-12-01T09:00:01Z"),
+            token_count(1000, 200, 50, 10, "2026-12-01T09:00:01Z"),  # a repeat: nothing
+            token_count(2500, 1100, 80, 10, "2026-12-01T09:00:05Z"),
+        ],
+    )
+    first = import_codex(db, tmp_path / "codex")
+    assert first.imported == 2
+    a, b = rows(db)
+    assert (a["input_tokens"], a["cache_read_tokens"], a["output_tokens"]) == (800, 200, 50)
+    assert a["reasoning_tokens"] == 10
+    assert (b["input_tokens"], b["cache_read_tokens"], b["output_tokens"]) == (600, 900, 30)
+    assert (a["session"], a["repo"], a["branch"], a["tool"]) == (
+        "sess-1",
+        str(repo),
+        "dev",
+        "codex",
+    )
+    # gpt-5: $1.25 in, $0.125 cached, $10 out per million
+    assert a["cost_pusd"] == int(
+        (800 * Decimal("1.25") + 200 * Decimal("0.125") + 500) / M * 10**12
+    )
+    # Incremental: the totals carry over from the last read.
+    with rollout.open("a") as f:
+        f.write(json.dumps(token_count(2600, 1100, 90, 10, "2026-12-01T09:01:00Z")) + "\n")
+    second = import_codex(db, tmp_path / "codex")
+    assert (second.imported, second.lines) == (1, 1)
+    assert (rows(db)[-1]["input_tokens"], rows(db)[-1]["output_tokens"]) == (100, 10)
+    assert import_codex(db, tmp_path / "codex").imported == 0
+
+
+def test_codex_row_metered_live_is_not_imported(tmp_path: Path) -> None:
+    db = tmp_path / "ledger.sqlite"
+    live = Call(
+        ts=1_796_000_000.0, provider="openai", endpoint="openai.responses",
+        host="api.openai.com", requested_model="gpt-5", model="gpt-5",
+        attribution=Attribution(tool="codex", session="sess-1"),
+        usage=Usage(input_tokens=800, cache_read_tokens=200, output_tokens=50),
+        cost_usd=Decimal(1), price_source="x", status=200, response_id="resp_1",
+    )  # fmt: skip
+    ledger.write_calls(db, [live])
+    write_jsonl(
+        tmp_path / "sessions" / "rollout-1.jsonl",
+        [
+            codex_line("session_meta", {"id": "sess-1"}),
+            codex_line("turn_context", {"model": "gpt-5"}),
+            token_count(1000, 200, 50, 0, "2025-12-01T00:00:00Z"),  # far from the live row
+        ],
+    )
+    # Out of the window: a different response with the same counts, imported.
+    assert import_codex(db, tmp_path).imported == 1
+    db2 = tmp_path / "ledger2.sqlite"
+    ledger.write_calls(db2, [live])
+    write_jsonl(
+        tmp_path / "c2" / "sessions" / "rollout-2.jsonl",
+        [
+            codex_line("session_meta", {"id": "sess-1"}),
+            codex_line("turn_context", {"model": "gpt-5"}),
+            token_count(1000, 200, 50, 0, "2026-11-30T00:53:25Z"),  # 5 s after the live row
+        ],
+    )
+    result = import_codex(db2, tmp_path / "c2")
+    assert (result.imported, result.live) == (0, 1)
+
+
+def test_gemini_cli_recorded_chats(tmp_path: Path) -> None:
+    db = tmp_path / "ledger.sqlite"
+    chat = tmp_path / "gemini" / "tmp" / "abc123" / "chats" / "session-2026-12-01T10-00-aa.json"
+    chat.parent.mkdir(parents=True)
+
+    def message(ident: str, ts: str) -> dict[str, Any]:
+        return {"id": ident, "timestamp": ts, "type": "gemini", "content": "x",
+                "model": "gemini-2.5-pro",
+                "tokens": {"input": 9000, "output": 300, "cached": 4000, "thoughts": 120,
+                           "tool": 50, "total": 9470}}  # fmt: skip
+
+    doc = {"sessionId": "g-1", "projectHash": "abc123", "messages": [
+        {"id": "u1", "timestamp": "2026-12-01T10:00:00Z", "type": "user", "content": "hi"},
+        message("m1", "2026-12-01T10:00:02Z"),
+    ]}  # fmt: skip
+    chat.write_text(json.dumps(doc))
+    assert import_gemini_cli(db, tmp_path / "gemini").imported == 1
+    (row,) = rows(db)
+    assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (
+        5050,
+        4000,
+        420,
+    )
+    assert (row["reasoning_tokens"], row["session"], row["tool"]) == (120, "g-1", "gemini-cli")
+    assert row["cost_pusd"] is not None
+    doc["messages"].append(message("m2", "2026-12-01T10:01:00Z"))  # the file is rewritten
+    chat.write_text(json.dumps(doc))
+    os.utime(chat, ns=(chat.stat().st_atime_ns, chat.stat().st_mtime_ns + 10**9))
+    result = import_gemini_cli(db, tmp_path / "gemini")
+    assert (result.imported, result.duplicates) == (1, 1)
+    assert len(rows(db)) == 2
