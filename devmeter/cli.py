@@ -105,6 +105,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--json", action="store_true", help="the summary as JSON")
     q.set_defaults(func=cmd_import_cursor_csv)
+    for name, home, helptext in (
+        ("claude-code", "CLAUDE_CONFIG_DIR or ~/.claude", "Claude Code's transcripts"),
+        ("codex", "CODEX_HOME or ~/.codex", "Codex CLI's session rollouts"),
+        ("gemini-cli", "~/.gemini", "Gemini CLI's recorded chats"),
+    ):
+        q = sources.add_parser(name, help=f"{helptext}; only what is new since the last import")
+        q.add_argument(
+            "--path", type=Path, metavar="DIR", help=f"another folder to read (default: {home})"
+        )
+        q.add_argument("--json", action="store_true", help="the summary as JSON")
+        q.set_defaults(func=cmd_import_history, importer=name)
+
+    p = sub.add_parser(
+        "statusline",
+        help="one line of spend for Claude Code's statusLine hook (reads its JSON on stdin)",
+    )
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--install", action="store_true", help="add it to Claude Code's settings.json"
+    )
+    group.add_argument(
+        "--uninstall", action="store_true", help="remove it from Claude Code's settings.json"
+    )
+    p.add_argument(
+        "--settings",
+        type=Path,
+        metavar="FILE",
+        help="the settings file (default: $CLAUDE_CONFIG_DIR or ~/.claude, settings.json)",
+    )
+    p.set_defaults(func=cmd_statusline)
 
     p = sub.add_parser("alerts", help="budget, burn-rate and loop alerts the proxy raised")
     p.add_argument("--since", help="7d, 12h, 30m, today, or a date such as 2026-11-01")
@@ -315,6 +345,38 @@ def cmd_import_cursor_csv(args: argparse.Namespace, config: Config, where: Paths
     else:
         sys.stdout.write(summary.describe())
     return 1 if summary.bad else 0  # bad lines were skipped: the exit status says so too
+
+
+def cmd_import_history(args: argparse.Namespace, config: Config, where: Paths) -> int:
+    import json
+
+    from devmeter.importers import history
+
+    progress = None if args.json else history.progress_stream()
+    result = history.IMPORTERS[args.importer](where.ledger, args.path, config.prices, progress)
+    if args.json:
+        sys.stdout.write(json.dumps(result.as_dict(), indent=1) + "\n")
+    else:
+        sys.stdout.write(result.describe())
+    return 0
+
+
+def cmd_statusline(args: argparse.Namespace, config: Config, where: Paths) -> int:
+    from devmeter import statusline
+
+    if args.install or args.uninstall:
+        settings = args.settings or statusline.settings_path()
+        try:
+            message = (
+                statusline.install(settings) if args.install else statusline.uninstall(settings)
+            )
+        except statusline.SettingsError as exc:
+            print(f"devmeter: {exc}", file=sys.stderr)
+            return 2
+        print(message)
+        return 0
+    sys.stdout.write(statusline.render(sys.stdin.read(), where.ledger) + "\n")
+    return 0
 
 
 def cmd_alerts(args: argparse.Namespace, config: Config, where: Paths) -> int:

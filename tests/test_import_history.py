@@ -320,3 +320,24 @@ def test_gemini_cli_recorded_chats(tmp_path: Path) -> None:
     result = import_gemini_cli(db, tmp_path / "gemini")
     assert (result.imported, result.duplicates) == (1, 1)
     assert len(rows(db)) == 2
+
+
+def test_cli_import_and_statusline(
+    tmp_path: Path, devmeter_home: Path, capsys: Any, monkeypatch: Any
+) -> None:
+    import io
+
+    from devmeter.cli import main
+
+    write_jsonl(tmp_path / "claude" / "projects" / "p" / "s.jsonl", [assistant("msg_A", "r", 457)])
+    assert main(["import", "claude-code", "--path", str(tmp_path / "claude"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["imported"], summary["files"]) == (1, 1)
+    assert main(["import", "claude-code", "--path", str(tmp_path / "claude")]) == 0
+    assert "imported 0 calls" in capsys.readouterr().out
+    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path / "claude"))  # the default folder
+    assert main(["import", "claude-code", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["files"] == 1
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"session_id": SESSION})))
+    assert main(["statusline"]) == 0
+    assert capsys.readouterr().out.startswith("devmeter · session $")
