@@ -159,9 +159,17 @@ def save_mark(conn: sqlite3.Connection, importer: str, path: Path, mark: FileMar
 # --- writing ---------------------------------------------------------------------------
 
 
-def store(conn: sqlite3.Connection, calls: Iterable[Call], result: ImportResult) -> None:
-    """Add imported rows exactly once (see the module docstring); inside a transaction."""
-    claimed: set[int] = set()
+def store(
+    conn: sqlite3.Connection,
+    calls: Iterable[Call],
+    result: ImportResult,
+    claimed: set[int] | None = None,
+) -> None:
+    """Add imported rows exactly once (see the module docstring); inside a transaction.
+
+    `claimed`: the live rows already matched in this run (a resumed session's file repeats
+    lines that another file already matched), shared across calls."""
+    claimed = set() if claimed is None else claimed
     for call in _final_per_key(calls):
         row = conn.execute(
             "SELECT id, output_tokens FROM calls WHERE import_key = ?", (call.import_key,)
@@ -176,8 +184,11 @@ def store(conn: sqlite3.Connection, calls: Iterable[Call], result: ImportResult)
             continue
         twin = _live_twin(conn, call, claimed)
         if twin is not None:
-            claimed.add(twin)
-            result.live += 1
+            if twin in claimed:
+                result.duplicates += 1  # the same response again, in another file
+            else:
+                claimed.add(twin)
+                result.live += 1
             continue
         ledger.insert_calls(conn, [ledger.call_row(call)])
         result.imported += 1
@@ -205,7 +216,7 @@ def _live_twin(conn: sqlite3.Connection, call: Call, claimed: set[int]) -> int |
             "SELECT id FROM calls WHERE response_id = ? AND source IS NULL LIMIT 1",
             (call.response_id,),
         ).fetchone()
-        return None if row is None else int(row[0])
+        return None if row is None else int(row[0])  # claimed or not: the same response
     # No id to match (Codex, Gemini CLI): the same tool's live row with the same token
     # counts near the same time, the same session first (a live Gemini CLI session with an
     # API key is its process, not the id its chat file names).
@@ -237,6 +248,7 @@ def run_import(
     """Read what is new in `files` into the ledger; `progress` gets a live line."""
     started = time.monotonic()
     result = ImportResult(importer, files=len(files))
+    claimed: set[int] = set()
     conn = ledger.connect(ledger_path)
     shown = 0.0
     try:
@@ -255,7 +267,7 @@ def run_import(
             result.lines += len(lines)
             conn.execute("BEGIN IMMEDIATE")
             try:
-                store(conn, [replace(c, source=SOURCE) for c in calls], result)
+                store(conn, [replace(c, source=SOURCE) for c in calls], result, claimed)
                 save_mark(conn, importer, path, mark)
                 conn.execute("COMMIT")
             except BaseException:
