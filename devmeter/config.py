@@ -52,6 +52,11 @@ TEMPLATE = """\
 # [runaway]
 # window_minutes = 10
 
+# The tray imports Claude Code, Codex and Gemini CLI history in the background.
+# [import]
+# auto = true
+# interval_minutes = 5
+
 [routing]
 # off: never rewrite; shadow: record what a rule would save; on: rewrite.
 mode = "shadow"
@@ -88,6 +93,7 @@ EXTRA_SECTIONS: dict[str, tuple[str, str]] = {
     "routing": ("devmeter.routing", "parse_routing"),
     "budgets": ("devmeter.budget", "parse_budgets"),
     "runaway": ("devmeter.runaway", "parse_runaway"),
+    "import": ("devmeter.importers.auto", "parse_import"),
 }
 
 KNOWN_SECTIONS = ("proxy", "upstream", "prices")

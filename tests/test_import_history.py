@@ -341,3 +341,39 @@ def test_cli_import_and_statusline(
     monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"session_id": SESSION})))
     assert main(["statusline"]) == 0
     assert capsys.readouterr().out.startswith("devmeter · session $")
+
+
+def test_import_config_and_the_background_import(tmp_path: Path, monkeypatch: Any) -> None:
+    import threading
+    import time
+
+    import pytest
+
+    from devmeter.config import ConfigError, parse
+    from devmeter.importers.auto import ImportConfig, start_auto_import
+
+    conf = tmp_path / "config.toml"
+    assert parse("", conf).section("import") == ImportConfig(auto=True, interval_minutes=5.0)
+    assert parse("[import]\nauto = false\n", conf).section("import").auto is False
+    with pytest.raises(ConfigError, match=r"line 2 \[import.every\]: unknown key"):
+        parse("[import]\nevery = 3\n", conf)
+    with pytest.raises(ConfigError, match="import.auto"):
+        parse('[import]\nauto = "yes"\n', conf)
+    assert start_auto_import(ImportConfig(auto=False), tmp_path / "l.sqlite") is None
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no Codex or Gemini CLI history
+    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path / "claude"))
+    monkeypatch.delenv("CODEX_HOME", raising=False)
+    write_jsonl(tmp_path / "claude" / "projects" / "p" / "s.jsonl", [assistant("msg_A", "r", 4)])
+    db = tmp_path / "ledger.sqlite"
+    stop = threading.Event()
+    said: list[str] = []
+    thread = start_auto_import(ImportConfig(), db, stop=stop, say=said.append, first_delay=0)
+    assert thread is not None
+    deadline = time.monotonic() + 20
+    while not said and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join(5)
+    assert said == ["devmeter: imported 1 claude-code calls from its own history"]
+    assert [r["response_id"] for r in rows(db)] == ["msg_A"]

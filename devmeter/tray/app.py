@@ -781,9 +781,12 @@ def main(config: Config, paths: Paths, *, headless: bool = False, listen: str | 
 
     `listen` is the tray command's `--listen`, handed on to the proxy it starts (`config`
     already carries it)."""
+    from devmeter.importers.auto import start_auto_import
     from devmeter.tray.headless import run_headless
 
     route_warnings(paths.data_dir)
+    # Tools used without the proxy still show up: their own history, in the background.
+    start_auto_import(config.section("import"), paths.ledger, config.prices)
     if headless:
         return run_headless(paths, config, None, listen=listen)
     reason = display_problem() or load_backend()

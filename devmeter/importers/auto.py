@@ -1,0 +1,92 @@
+"""The tray's background import: Claude Code, Codex and Gemini CLI history, every few
+minutes, so tools used without the proxy still show up (marked as imported).
+
+Configured by `[import]`:
+
+    [import]
+    auto = true              # false: import only with `devmeter import ...`
+    interval_minutes = 5
+
+The first run waits a few seconds, so the proxy the tray starts has created the ledger;
+each run reads only what is new (devmeter/importers/history.py). A failing run is
+printed and retried at the next interval; it never stops the tray.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from devmeter.config_error import ConfigError
+from devmeter.pricing import PriceOverride
+
+_KEYS = ("auto", "interval_minutes")
+FIRST_DELAY = 5.0  # seconds after start
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    auto: bool = True
+    interval_minutes: float = 5.0
+
+
+def parse_import(table: Mapping[str, object] | None) -> ImportConfig:
+    """The `[import]` table -> ImportConfig."""
+    table = table if table is not None else {}
+    if not isinstance(table, Mapping):
+        raise ConfigError("import", f"expected a table ([import]), got {table!r}")
+    for name in table:
+        if name not in _KEYS:
+            raise ConfigError(
+                f"import.{name}",
+                f"unknown key {name!r}; valid keys in [import]: {', '.join(_KEYS)}",
+            )
+    auto = table.get("auto", True)
+    if not isinstance(auto, bool):
+        raise ConfigError("import.auto", f"expected true or false, got {auto!r}")
+    minutes = table.get("interval_minutes", 5.0)
+    if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not minutes >= 1:
+        raise ConfigError(
+            "import.interval_minutes", f"expected a number of minutes, 1 or more, got {minutes!r}"
+        )
+    return ImportConfig(auto=auto, interval_minutes=float(minutes))
+
+
+def start_auto_import(
+    settings: ImportConfig,
+    ledger_path: Path,
+    overrides: tuple[PriceOverride, ...] = (),
+    stop: threading.Event | None = None,
+    say: Callable[[str], None] | None = None,
+    first_delay: float = FIRST_DELAY,
+) -> threading.Thread | None:
+    """Start the background import (a daemon thread); None when `[import] auto = false`."""
+    if not settings.auto:
+        return None
+    stop = stop or threading.Event()
+    say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+
+    def loop() -> None:
+        from devmeter.importers.history import import_all
+
+        delay = first_delay
+        while not stop.wait(delay):
+            delay = settings.interval_minutes * 60
+            try:
+                results = import_all(ledger_path, overrides)
+            except Exception as exc:  # never take the tray down; try again next time
+                say(f"devmeter: background import failed: {exc!r}; retrying in {delay:g}s")
+                continue
+            for result in results:
+                if result.imported or result.updated:
+                    say(
+                        f"devmeter: imported {result.imported} {result.importer} calls from "
+                        "its own history"
+                    )
+
+    thread = threading.Thread(target=loop, name="devmeter-import", daemon=True)
+    thread.start()
+    return thread
