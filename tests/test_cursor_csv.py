@@ -251,3 +251,42 @@ def test_summary_as_dict(ledger_path: Path) -> None:
     summary = import_cursor_csv(ledger_path, FIXTURES / "usage_export.csv")
     assert summary.as_dict()["imported"] == 6
     assert summary.as_dict()["bad_lines"] == []
+
+
+def test_proxied_days_are_not_counted_twice(ledger_path: Path, tmp_path: Path) -> None:
+    """Cursor calls the proxy metered live (estimates) and the export's rows for them:
+    the live rows stay, the export adds only the calls the proxy did not see."""
+    from devmeter.ledger import write_calls
+    from devmeter.usage import Attribution, Call
+
+    def live(at: str, model: str) -> Call:
+        return Call(
+            ts=ts(at), provider="openai", endpoint="cursor.chat", host="api2.cursor.sh",
+            requested_model=model, model=model, attribution=Attribution(tool="cursor"),
+            usage=Usage(input_tokens=90, output_tokens=12, estimated=True),
+            cost_usd=Decimal("0.001"), price_source="x", status=200,
+        )  # fmt: skip
+
+    # Two calls proxied at 09:00 and 09:00:30; the export also has one at 15:00 (Cursor
+    # was started without the proxy then).
+    write_calls(
+        ledger_path, [live("2026-03-02T09:00:01", "gpt-5"), live("2026-03-02T09:00:31", "gpt-5")]
+    )
+    path = write_csv(
+        tmp_path,
+        HEADER
+        + "2026-03-02T09:00:00Z,Included,gpt-5,No,0,100,0,10,110,Included\n"
+        + "2026-03-02T09:00:30Z,Included,gpt-5,No,0,100,0,10,110,Included\n"
+        + "2026-03-02T15:00:00Z,Included,gpt-5,No,0,100,0,10,110,Included\n",
+    )
+    summary = import_cursor_csv(ledger_path, path)
+    assert (summary.imported, summary.live, summary.duplicates) == (1, 2, 0)
+    assert "2 rows were already metered live" in summary.describe()
+    got = rows(ledger_path)
+    assert [(r["endpoint"], r["source"]) for r in got] == [
+        ("cursor.chat", None), ("cursor.chat", None), ("cursor.import", "import"),
+    ]  # fmt: skip
+    assert got[2]["import_key"].startswith("cursor-csv:")
+    again = import_cursor_csv(ledger_path, path)
+    assert (again.imported, again.live, again.duplicates) == (0, 2, 1)
+    assert len(rows(ledger_path)) == 3

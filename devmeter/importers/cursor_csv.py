@@ -20,8 +20,15 @@ as is. A row Cursor did not charge ("Errored, Not Charged") costs $0. Otherwise
 ("Included", "Free") the row is priced at genai-prices list prices, and `price_source`
 says so. A date without a zone is read as UTC (Cursor exports ISO dates in UTC).
 
-Idempotent: a row already in the ledger (same time, model and token counts) is counted
-as a duplicate, not imported again; identical rows within one file are all kept.
+Idempotent: each row has an `import_key` (its cells and its rank among identical rows),
+so a row already in the ledger is counted as a duplicate, not imported again; identical
+rows within one file are all kept. Rows imported before the ledger had import keys are
+recognised by their time, model and token counts.
+
+Proxied days: a Cursor call the proxy already metered live is not imported again (the
+live row stays, so a day is never counted twice). The wire has no request id to match,
+so a row's live twin is the nearest unmatched live Cursor call within `LIVE_WINDOW`
+seconds, the same model first.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import re
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -49,6 +56,7 @@ ENDPOINT = "cursor.import"
 HOST = "cursor.com"
 SOURCE = "cursor csv"
 SHOW_BAD_LINES = 20
+LIVE_WINDOW = 120.0  # seconds between a live Cursor call and its row in the export
 
 # Column -> header names (normalised: lower case, punctuation to single spaces, "w/"
 # and "w/o" kept apart).
@@ -127,7 +135,7 @@ class ImportedRow:
 
     line: int
     call: Call
-    # Deterministic: same file row -> same key (for a future `import_key` ledger column).
+    # Deterministic: same file row -> same key (the ledger's `import_key`).
     import_key: str
 
 
@@ -138,6 +146,7 @@ class ImportSummary:
     imported: int
     duplicates: int  # already in the ledger from an earlier import
     bad: tuple[BadLine, ...] = ()
+    live: int = 0  # metered live by the proxy already: not imported again
     unpriced: int = 0  # imported rows with no cost (unknown model, no Cost figure)
     cost_usd: Decimal = Decimal(0)  # of the imported rows
     first_ts: float | None = None
@@ -154,6 +163,11 @@ class ImportSummary:
             lines[0] += f" ({_day(self.first_ts)} to {_day(self.last_ts)}, ${self.cost_usd:.4f})"
         if self.duplicates:
             lines.append(f"{self.duplicates} rows were already in the ledger: skipped")
+        if self.live:
+            lines.append(
+                f"{self.live} rows were already metered live by devmeter's proxy: skipped "
+                "(the live rows are kept)"
+            )
         if self.unpriced:
             models = ", ".join(self.unpriced_models) or "unknown"
             lines.append(
@@ -180,6 +194,7 @@ class ImportSummary:
             "rows": self.rows,
             "imported": self.imported,
             "duplicates": self.duplicates,
+            "live": self.live,
             "bad_lines": [{"line": b.line, "reason": b.reason} for b in self.bad],
             "unpriced": self.unpriced,
             "cost_usd": float(self.cost_usd),
@@ -430,10 +445,38 @@ def _existing(conn: sqlite3.Connection, calls: Iterable[Call]) -> Counter[tuple[
         return Counter()
     rows = conn.execute(
         "SELECT ts, requested_model, input_tokens, cache_write_tokens, cache_read_tokens, "
-        "output_tokens FROM calls WHERE tool = ? AND endpoint = ? AND ts BETWEEN ? AND ?",
+        "output_tokens FROM calls WHERE tool = ? AND endpoint = ? AND ts BETWEEN ? AND ? "
+        "AND import_key IS NULL",  # imported before import keys: matched by their figures
         (TOOL, ENDPOINT, min(times), max(times)),
     ).fetchall()
     return Counter(tuple(row) for row in rows)
+
+
+def _known_keys(conn: sqlite3.Connection, keys: list[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        found.update(
+            key
+            for (key,) in conn.execute(
+                f"SELECT import_key FROM calls WHERE import_key IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+        )
+    return found
+
+
+def _live_twin(conn: sqlite3.Connection, call: Call, claimed: set[int]) -> int | None:
+    """The live Cursor call this row reports, if the proxy metered it (see the docstring)."""
+    for (row_id,) in conn.execute(
+        "SELECT id FROM calls WHERE tool = ? AND source IS NULL AND endpoint != ? "
+        "AND ts BETWEEN ? AND ? ORDER BY coalesce(model, '') != ?, abs(ts - ?)",
+        (TOOL, ENDPOINT, call.ts - LIVE_WINDOW, call.ts + LIVE_WINDOW, call.model or "",
+         call.ts),
+    ):  # fmt: skip
+        if row_id not in claimed:
+            return int(row_id)
+    return None
 
 
 def import_cursor_csv(
@@ -444,9 +487,9 @@ def import_cursor_csv(
 ) -> ImportSummary:
     """Import a Cursor usage export into the ledger; the same file twice adds nothing.
 
-    Until the ledger has an `import_key` column, a row counts as already imported when
-    an imported Cursor row has the same time, model and token counts (as many times as
-    it is in the ledger, so identical rows within one export are all kept).
+    A row counts as already imported when its `import_key` is in the ledger, or (rows
+    imported before import keys) an imported Cursor row has the same time, model and
+    token counts, as many times as it is there. A row the proxy metered live is skipped.
     """
     shown = str(csv_path)
     try:
@@ -464,15 +507,22 @@ def import_cursor_csv(
         conn.execute("BEGIN IMMEDIATE")  # the check and the insert see the same ledger
         try:
             existing = _existing(conn, (r.call for r in rows))
+            known = _known_keys(conn, [r.import_key for r in rows])
+            claimed: set[int] = set()
             new: list[Call] = []
-            duplicates = 0
+            duplicates = live = 0
             for row in rows:
                 identity = _identity(row.call)
-                if existing[identity] > 0:
+                if row.import_key in known:
+                    duplicates += 1
+                elif existing[identity] > 0:
                     existing[identity] -= 1
                     duplicates += 1
+                elif (twin := _live_twin(conn, row.call, claimed)) is not None:
+                    claimed.add(twin)
+                    live += 1
                 else:
-                    new.append(row.call)
+                    new.append(replace(row.call, source="import", import_key=row.import_key))
             if not dry_run:
                 ledger.insert_calls(conn, [ledger.call_row(c) for c in new])
             conn.execute("ROLLBACK" if dry_run else "COMMIT")
@@ -488,6 +538,7 @@ def import_cursor_csv(
         rows=count,
         imported=len(new),
         duplicates=duplicates,
+        live=live,
         bad=tuple(bad),
         unpriced=len(unpriced),
         unpriced_models=tuple(sorted({c.requested_model or "(no model)" for c in unpriced})),
