@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import shutil
 import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # typing itself is not imported at run time: every millisecond counts
+    from collections.abc import Mapping
+    from typing import Any
 
 PICO = 10**12
 RED, AMBER, DIM, RESET = "\033[1;31m", "\033[33m", "\033[2m", "\033[0m"
@@ -33,7 +35,7 @@ ALERT_RECENT = 3600.0  # an alert younger than this is shown
 BUSY_MS = 150  # a ledger locked longer than this gets the short line
 
 
-def data_dir(environ: dict[str, str] | os._Environ[str] | None = None) -> Path:
+def data_dir(environ: Mapping[str, str] | None = None) -> Path:
     """devmeter's data folder, as devmeter/paths.py finds it, without importing platformdirs
     (it costs more than the whole statusline) where its answer is a plain rule."""
     env = os.environ if environ is None else environ
@@ -64,15 +66,25 @@ def _day_start(now: float) -> float:
 
 
 def _repo(cwd: str | None) -> str | None:
+    """The git top level of `cwd`, found as devmeter/gitinfo.py finds it (the first parent
+    with a `.git`, directory or file); not imported from there, since it loads dataclasses
+    and inspect, a third of this command's start-up."""
     if not cwd:
         return None
-    try:
-        from devmeter.gitinfo import repo_for_uncached
+    path = os.path.abspath(cwd)
+    while True:
+        if os.path.exists(os.path.join(path, ".git")):
+            return path
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
 
-        info = repo_for_uncached(cwd)
-    except Exception:
-        return None
-    return info.root if info is not None else None
+
+def _ledger_uri(path: Path) -> str:
+    """A read-only SQLite URI for `path` (Path.as_uri would import urllib)."""
+    text = str(path.absolute()).replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+    return f"file:{text}?mode=ro"
 
 
 def _hook_input(text: str) -> dict[str, Any]:
@@ -101,7 +113,7 @@ def _render(hook: dict[str, Any], ledger_path: Path | None, now: float | None) -
     if not path.exists():
         return "devmeter · no ledger yet (run devmeter)"
     try:
-        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=BUSY_MS / 1000)
+        conn = sqlite3.connect(_ledger_uri(path), uri=True, timeout=BUSY_MS / 1000)
     except sqlite3.Error:
         return "devmeter · ledger unreadable"
     try:
@@ -206,6 +218,8 @@ def settings_path() -> Path:
 
 
 def command() -> str:
+    import shlex
+
     return f"{shlex.quote(sys.executable)} -m {MARK}"
 
 
@@ -228,6 +242,8 @@ def _read(path: Path) -> dict[str, Any]:
 
 def _write(path: Path, data: dict[str, Any]) -> Path | None:
     """Write `data`, keeping the old file as `settings.json.devmeter-backup`."""
+    import shutil
+
     backup = None
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
@@ -250,6 +266,8 @@ def install(path: Path) -> str:
     entry: dict[str, Any] = {"type": "command", "command": command(), "padding": 0}
     note = ""
     if isinstance(existing, str) and existing.strip():
+        import shlex
+
         # Chained: the other tool's line, then devmeter's, on one line.
         entry["command"] = f"{command()} --chain {shlex.quote(existing)}"
         entry["devmeterPrevious"] = current

@@ -20,6 +20,7 @@ Prices come from devmeter's own pricing, exactly as for live rows.
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -49,7 +50,9 @@ def transcript_files(root: Path) -> list[Path]:
 def parse_lines(
     lines: list[bytes], state: dict[str, Any], path: Path, overrides: tuple[PriceOverride, ...] = ()
 ) -> list[Call]:
-    calls = []
+    # A streamed response's lines collapse to the last (most output) before a row is
+    # built and priced: that is most of the work, and only one line per response is kept.
+    final: dict[tuple[Any, Any], tuple[int, Any]] = {}
     for line in lines:
         if b'"usage"' not in line:
             continue  # most lines: cheaper than parsing them
@@ -57,14 +60,33 @@ def parse_lines(
             obj = fastjson.loads(line)
         except ValueError:
             continue
-        call = line_call(obj, overrides)
-        if call is not None:
-            calls.append(call)
-    return calls
+        message = obj.get("message") if isinstance(obj, dict) else None
+        usage = message.get("usage") if isinstance(message, dict) else None
+        if not isinstance(usage, dict):
+            continue
+        output = usage.get("output_tokens")
+        output = output if isinstance(output, int) else 0
+        key = (message.get("id"), obj.get("requestId")) if message.get("id") else (obj, None)
+        if isinstance(key[0], dict):
+            key = (id(obj), None)  # no id: a line of its own
+        held = final.get(key)
+        if held is None or output > held[0]:
+            final[key] = (output, obj)
+    calls = (line_call(obj, overrides) for _, obj in final.values())
+    return [call for call in calls if call is not None]
 
 
-def line_call(obj: Any, overrides: tuple[PriceOverride, ...] = ()) -> Call | None:
-    """The ledger row for one transcript line, or None when it is no API response."""
+def _priced(call: Call, overrides: tuple[PriceOverride, ...]) -> Call:
+    when = datetime.fromtimestamp(call.ts, UTC)
+    priced = price(PROVIDER, call.model, call.usage, overrides, when)
+    return replace(call, cost_usd=priced.cost_usd, price_source=priced.source)
+
+
+def line_call(
+    obj: Any, overrides: tuple[PriceOverride, ...] = (), priced: bool = True
+) -> Call | None:
+    """The ledger row for one transcript line, or None when it is no API response;
+    `priced=False` leaves its cost for the caller to work out."""
     if not isinstance(obj, dict) or obj.get("type") != "assistant":
         return None
     message = obj.get("message")
@@ -95,8 +117,7 @@ def line_call(obj: Any, overrides: tuple[PriceOverride, ...] = ()) -> Call | Non
     cwd = obj.get("cwd") if isinstance(obj.get("cwd"), str) else None
     branch = obj.get("gitBranch") if isinstance(obj.get("gitBranch"), str) else None
     repo, repo_branch = _repo(cwd) if cwd else (None, None)
-    priced = price(PROVIDER, model, usage, overrides, datetime.fromtimestamp(ts, UTC))
-    return Call(
+    call = Call(
         ts=ts,
         provider=PROVIDER,
         endpoint=ENDPOINT,
@@ -112,12 +133,13 @@ def line_call(obj: Any, overrides: tuple[PriceOverride, ...] = ()) -> Call | Non
             repo_source="transcript" if repo else None,
         ),
         usage=usage,
-        cost_usd=priced.cost_usd,
-        price_source=priced.source,
+        cost_usd=None,
+        price_source=None,
         status=None,
         response_id=message_id,
         import_key=key,
     )
+    return _priced(call, overrides) if priced else call
 
 
 @functools.lru_cache(maxsize=4096)

@@ -1,0 +1,245 @@
+"""History import and statusline benchmark: a generated heavy Claude Code history.
+
+    uv run --extra test python benchmarks/history_bench.py              # ~1-2 minutes
+    uv run --extra test python benchmarks/history_bench.py --responses 150000   # heavy user
+    uv run --extra test python benchmarks/history_bench.py --ccusage DIR  # + ccusage daily
+
+Generates a Claude Code config folder: sessions of user turns and assistant responses,
+each response written as Claude Code streams it (three lines, output growing), a resumed
+session repeating earlier lines, and ~1.5 kB of text per line (so 100k responses are
+~500 MB on disk). Then, each as a separate process, as a user would run them:
+
+- `devmeter import claude-code --path DIR` on an empty ledger (first import);
+- the same again with nothing new (the incremental re-scan);
+- `ccusage daily --json --offline` on the same folder, when `--ccusage` names a folder
+  where the npm package `ccusage` is installed (`npm install --prefix DIR ccusage`),
+  with the ratios and both totals;
+- `python -m devmeter.statusline` fed a statusline JSON, against `python3 -c pass`
+  (p95 of `--runs` starts each, interleaved), and `ccusage statusline` when present.
+
+Ratios are what matter: the machine's speed varies, the ratios much less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+MODELS = ("claude-sonnet-4-5", "claude-opus-4-1", "claude-haiku-4-5")
+FILLER = "lorem ipsum dolor sit amet " * 50  # ~1.4 kB of "content" per line
+
+
+def _compact(obj: object) -> str:
+    return json.dumps(obj, separators=(",", ":"))  # as Claude Code writes its lines
+
+
+def generate(root: Path, responses: int, per_session: int = 400, seed: int = 7) -> dict[str, int]:
+    """A Claude Code config folder with `responses` API responses; what it holds."""
+    rng = random.Random(seed)
+    projects = root / "projects"
+    start = datetime(2026, 10, 1, tzinfo=UTC)
+    lines = sessions = 0
+    made = 0
+    first_session_lines: list[str] = []
+    while made < responses:
+        session = str(uuid.UUID(int=rng.getrandbits(128)))
+        cwd = f"/home/dev/src/project-{sessions % 25}"
+        folder = projects / cwd.replace("/", "-")
+        folder.mkdir(parents=True, exist_ok=True)
+        out: list[str] = []
+        when = start + timedelta(minutes=sessions * 37)
+        for _ in range(min(per_session, responses - made)):
+            made += 1
+            when += timedelta(seconds=rng.randint(5, 90))
+            stamp = when.strftime("%Y-%m-%dT%H:%M:%S.000Z")  # as Claude Code writes it
+            out.append(
+                _compact(
+                    {
+                        "type": "user",
+                        "sessionId": session,
+                        "cwd": cwd,
+                        "timestamp": stamp,
+                        "message": {"role": "user", "content": FILLER},
+                    }
+                )
+            )
+            msg, req = f"msg_{made:024d}", f"req_{made:024d}"
+            model = rng.choice(MODELS)
+            usage = {
+                "input_tokens": rng.randint(1, 5000),
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": rng.randint(0, 150_000),
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": rng.randint(0, 3000),
+                    "ephemeral_1h_input_tokens": 0,
+                },
+            }
+            usage["cache_creation_input_tokens"] = usage["cache_creation"][
+                "ephemeral_5m_input_tokens"
+            ]
+            final = rng.randint(20, 4000)
+            for output in (1, final // 2, final):  # streamed: the last line has the final count
+                out.append(
+                    _compact(
+                        {
+                            "type": "assistant",
+                            "sessionId": session,
+                            "cwd": cwd,
+                            "gitBranch": "main",
+                            "timestamp": stamp,
+                            "requestId": req,
+                            "isSidechain": False,
+                            "uuid": str(uuid.UUID(int=rng.getrandbits(128))),
+                            "message": {
+                                "id": msg,
+                                "model": model,
+                                "role": "assistant",
+                                "content": [{"type": "text", "text": FILLER}],
+                                "usage": {**usage, "output_tokens": output},
+                            },
+                        }
+                    )
+                )
+        (folder / f"{session}.jsonl").write_text("\n".join(out) + "\n")
+        if not first_session_lines:
+            first_session_lines = out[: len(out) // 2]
+        lines += len(out)
+        sessions += 1
+    # A resumed session: a new file repeating half of the first one's lines.
+    resumed = projects / "-home-dev-src-project-0" / "resumed.jsonl"
+    resumed.write_text("\n".join(first_session_lines) + "\n")
+    lines += len(first_session_lines)
+    size = sum(p.stat().st_size for p in projects.rglob("*.jsonl"))
+    return {"responses": made, "lines": lines, "files": sessions + 1, "bytes": size}
+
+
+def timed(args: list[str], env: dict[str, str]) -> tuple[float, str]:
+    started = time.perf_counter()
+    done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr[-2000:]}")
+    return elapsed, done.stdout
+
+
+def ledger_total(db: Path) -> tuple[int, float]:
+    conn = sqlite3.connect(db)
+    count, pusd = conn.execute("SELECT count(*), sum(cost_pusd) FROM calls").fetchone()
+    conn.close()
+    return count, (pusd or 0) / 1e12
+
+
+def ledger_sum(db: Path, column: str) -> int:
+    conn = sqlite3.connect(db)
+    (total,) = conn.execute(f"SELECT sum({column}) FROM calls").fetchone()
+    conn.close()
+    return int(total or 0)
+
+
+def p95(samples: list[float]) -> float:
+    return statistics.quantiles(samples, n=20)[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--responses", type=int, default=20_000)
+    parser.add_argument("--runs", type=int, default=40, help="statusline starts to time")
+    parser.add_argument("--ccusage", type=Path, help="a folder with npm's ccusage installed")
+    parser.add_argument("--keep", type=Path, help="generate into this folder and keep it")
+    args = parser.parse_args()
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="devmeter-history-"))
+    claude_dir, home = work / "claude", work / "devmeter-home"
+    t = time.perf_counter()
+    shape = generate(claude_dir, args.responses)
+    print(
+        f"generated {shape['responses']} responses, {shape['lines']} lines, "
+        f"{shape['files']} files, {shape['bytes'] / 1e6:.0f} MB in {time.perf_counter() - t:.1f}s"
+    )
+
+    env = {**os.environ, "DEVMETER_HOME": str(home), "CLAUDE_CONFIG_DIR": str(claude_dir)}
+    devmeter = [sys.executable, "-m", "devmeter", "import", "claude-code", "--json"]
+    first, _ = timed(devmeter, env)
+    rescan, out = timed(devmeter, env)
+    assert json.loads(out)["imported"] == 0
+    rows, total = ledger_total(home / "ledger.sqlite")
+    print(f"devmeter first import   {first:7.2f}s  ({rows} rows, ${total:,.2f})")
+    print(f"devmeter re-scan        {rescan:7.2f}s  (nothing new)")
+    # In process, as the tray runs it every few minutes: no interpreter start.
+    from devmeter.importers.claude_code import import_claude_code
+
+    started = time.perf_counter()
+    assert import_claude_code(home / "ledger.sqlite", claude_dir).imported == 0
+    in_process = time.perf_counter() - started
+    print(f"  re-scan in process    {in_process:7.3f}s  (the tray's background import)")
+
+    ccusage = None
+    if args.ccusage:
+        ccusage = args.ccusage / "node_modules" / ".bin" / "ccusage"
+        their_time, their_out = timed([str(ccusage), "daily", "--json", "--offline"], env)
+        theirs = json.loads(their_out)
+        their_total = theirs.get("totals", {}).get("totalCost")
+        print(f"ccusage daily           {their_time:7.2f}s  (${their_total:,.2f})")
+        print(f"  first import / ccusage {first / their_time:5.2f}x   (target <= 1)")
+        print(f"  re-scan / ccusage      {rescan / their_time:5.2f}x   (target <= 0.1)")
+        print(f"  in-process / ccusage   {in_process / their_time:5.2f}x")
+        print(
+            f"  input tokens: ccusage {theirs['totals']['inputTokens']:,}, devmeter "
+            f"{ledger_sum(home / 'ledger.sqlite', 'input_tokens'):,}; cache reads: ccusage "
+            f"{theirs['totals']['cacheReadTokens']:,}, devmeter "
+            f"{ledger_sum(home / 'ledger.sqlite', 'cache_read_tokens'):,}"
+        )
+        print(
+            f"  output tokens: ccusage {theirs['totals']['outputTokens']:,}, devmeter "
+            f"{ledger_sum(home / 'ledger.sqlite', 'output_tokens'):,}"
+        )
+
+    hook = _compact(
+        {
+            "session_id": "not-a-session",
+            "cwd": str(work),
+            "model": {"id": "claude-sonnet-4-5"},
+            "cost": {"total_cost_usd": 1},
+        }
+    )
+    ours, bare, theirs_sl = [], [], []
+    for _ in range(args.runs):
+        for target, sink in (
+            ([sys.executable, "-m", "devmeter.statusline"], ours),
+            ([sys.executable, "-c", "pass"], bare),  # the same interpreter, bare
+        ):
+            started = time.perf_counter()
+            subprocess.run(target, input=hook, env=env, capture_output=True, text=True, check=True)
+            sink.append(time.perf_counter() - started)
+    print(
+        f"statusline p95 {p95(ours) * 1000:6.1f} ms; python -c pass p95 "
+        f"{p95(bare) * 1000:6.1f} ms: {p95(ours) / p95(bare):.2f}x (target <= 3)"
+    )
+    if ccusage is not None:
+        for _ in range(min(args.runs, 10)):
+            started = time.perf_counter()
+            subprocess.run(
+                [str(ccusage), "statusline", "--offline"],
+                input=hook,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            theirs_sl.append(time.perf_counter() - started)
+        print(f"ccusage statusline median {statistics.median(theirs_sl) * 1000:6.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
