@@ -55,7 +55,7 @@ REQUEST_FIELDS = (
     "branch", "input_tokens", "cache_read_tokens", "cache_write_tokens",
     "cache_write_1h_tokens", "output_tokens", "reasoning_tokens", "web_search_requests",
     "cost_usd", "estimated", "status", "complete", "error", "price_source", "routing",
-    "route_rule", "route_target", "alt_cost_usd", "saving_usd", "route_note",
+    "route_rule", "route_target", "alt_cost_usd", "saving_usd", "route_note", "source",
 )  # fmt: skip
 # Columns read from the ledger for a request row; the rest are derived.
 _REQUEST_COLUMNS = tuple(

@@ -133,6 +133,9 @@ def test_claude_code_transcript_pitfalls(tmp_path: Path) -> None:
     )  # fmt: skip
     assert (a["repo"], a["branch"]) == ("/nowhere/acme", "feature/x")  # gone: as written
     assert got[2]["model"] == "claude-nonesuch-9" and got[2]["cost_pusd"] is None
+    # `report --by request --json` marks them as imported
+    by_request = reports.query(ledger.connect(db), "request")
+    assert {r["source"] for r in by_request} == {"import"}
     assert "secret" not in db.read_bytes().decode("latin-1")
 
     # Again: nothing new. Then the truncated line is finished: just that one comes in.
