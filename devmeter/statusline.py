@@ -118,7 +118,7 @@ def _render(hook: dict[str, Any], ledger_path: Path | None, now: float | None) -
         return "devmeter · ledger unreadable"
     try:
         conn.execute(f"PRAGMA busy_timeout={BUSY_MS}")
-        return _line(conn, path, session, _repo(cwd), now)
+        return _line(conn, path, session, _repo(cwd), now, _their_cost(hook))
     except sqlite3.OperationalError as exc:
         busy = "locked" in str(exc) or "busy" in str(exc)
         return "devmeter · ledger busy" if busy else "devmeter · ledger not ready"
@@ -126,8 +126,20 @@ def _render(hook: dict[str, Any], ledger_path: Path | None, now: float | None) -
         conn.close()
 
 
+def _their_cost(hook: dict[str, Any]) -> float | None:
+    """Claude Code's own figure for the session (`cost.total_cost_usd`), if it sent one."""
+    cost = hook.get("cost")
+    value = cost.get("total_cost_usd") if isinstance(cost, dict) else None
+    return float(value) if isinstance(value, int | float) else None
+
+
 def _line(
-    conn: sqlite3.Connection, path: Path, session: str | None, repo: str | None, now: float
+    conn: sqlite3.Connection,
+    path: Path,
+    session: str | None,
+    repo: str | None,
+    now: float,
+    their_cost: float | None = None,
 ) -> str:
     parts = ["devmeter"]
     day = _day_start(now)
@@ -135,7 +147,12 @@ def _line(
         (spent, calls, first) = conn.execute(
             "SELECT sum(cost_pusd), count(*), min(ts) FROM calls WHERE session = ?", (session,)
         ).fetchone()
-        parts.append(f"session {_money(spent)}" if calls else "session $0 (not metered)")
+        if calls:
+            parts.append(f"session {_money(spent)}")
+        elif their_cost is not None:  # not through the proxy (yet): say whose figure it is
+            parts.append(f"session not metered (Claude Code: ${their_cost:.2f})")
+        else:
+            parts.append("session not metered")
         if calls:
             rate = _burn_rate(conn, session, first, now)
             if rate is not None:

@@ -18,18 +18,12 @@ from devmeter import ledger, statusline
 from devmeter.budget import Alert
 from devmeter.usage import Attribution, Call, Usage
 
-SESSION = "0f8d3c7e-1b2a-4c5d-9e8f-7a6b5c4d3e2f"
-# What Claude Code pipes to the hook (its documented fields; see tests/fixtures).
-HOOK = {
-    "hook_event_name": "Status",
-    "session_id": SESSION,
-    "transcript_path": "/tmp/x.jsonl",
-    "cwd": "",
-    "model": {"id": "claude-opus-4-8", "display_name": "Opus 4.8"},
-    "workspace": {"current_dir": "", "project_dir": ""},
-    "version": "2.1.197",
-    "cost": {"total_cost_usd": 1.5, "total_duration_ms": 45000},
-}
+# What Claude Code 2.1.197 piped to its statusLine command in a real session (captured
+# under tmux against the fake upstream; its paths renamed).
+HOOK = json.loads(
+    (Path(__file__).parent / "fixtures" / "claude_code_statusline_2.1.197.json").read_text()
+)
+SESSION = HOOK["session_id"]
 
 
 def call(ts: float, usd: str, session: str, repo: str | None) -> Call:
@@ -51,7 +45,8 @@ def repo(tmp_path: Path) -> Path:
 
 
 def hook_for(cwd: Path) -> str:
-    return json.dumps({**HOOK, "cwd": str(cwd), "workspace": {"current_dir": str(cwd)}})
+    workspace = {**HOOK["workspace"], "current_dir": str(cwd), "project_dir": str(cwd)}
+    return json.dumps({**HOOK, "cwd": str(cwd), "workspace": workspace})
 
 
 def test_session_today_repo_and_burn_rate(tmp_path: Path, repo: Path) -> None:
@@ -71,6 +66,11 @@ def test_session_today_repo_and_burn_rate(tmp_path: Path, repo: Path) -> None:
     # session: every call it made; today: today's; repo: today's in acme-api; $/h: the
     # session's last 10 minutes ($1.75 over 600 s).
     assert line == "devmeter · session $101.75 · today $7.75 · acme-api $3.75 · $10.50/h"
+    # A session devmeter did not meter: Claude Code's own figure, named as such.
+    other = json.dumps({**json.loads(hook_for(repo)), "session_id": "not-metered"})
+    assert statusline.render(other, db, now) == (
+        "devmeter · session not metered (Claude Code: $0.02) · today $7.75 · acme-api $3.75"
+    )
 
 
 def test_a_cap_and_a_pause_stand_out_in_red(tmp_path: Path, repo: Path) -> None:
@@ -85,7 +85,7 @@ def test_a_cap_and_a_pause_stand_out_in_red(tmp_path: Path, repo: Path) -> None:
             scope="session",
             key=SESSION,
             figure_usd=Decimal(20),
-            message="devmeter: session cap $20 reached; run devmeter allow 0f8d",
+            message="devmeter: session cap $20 reached; run devmeter allow cc84",
             session=SESSION,
             repo=str(repo),
             tool="claude-code",
@@ -94,7 +94,7 @@ def test_a_cap_and_a_pause_stand_out_in_red(tmp_path: Path, repo: Path) -> None:
     writer.close()
     line = statusline.render(hook_for(repo), db, now)
     assert line.endswith(
-        f"{statusline.RED}⛔ session cap $20 reached; run devmeter allow 0f8d{statusline.RESET}"
+        f"{statusline.RED}⛔ session cap $20 reached; run devmeter allow cc84{statusline.RESET}"
     )
     (tmp_path / "control.json").write_text(json.dumps({"paused": True}))
     assert "⏸ paused (devmeter resume)" in statusline.render(hook_for(repo), db, now)
