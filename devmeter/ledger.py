@@ -319,9 +319,18 @@ def connect_readonly(path: Path) -> sqlite3.Connection | None:
 
 def migrate(conn: sqlite3.Connection) -> None:
     (current,) = conn.execute("PRAGMA user_version").fetchone()
+    _migrate_from(conn, current)
+
+
+def _migrate_from(conn: sqlite3.Connection, current: int) -> None:
+    """Run the migrations after version `current` (as read before any lock was taken)."""
     for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # Another writer (the proxy, an import) may have run it since we looked.
+            if conn.execute("PRAGMA user_version").fetchone()[0] >= version:
+                conn.execute("COMMIT")
+                continue
             for statement in _statements(script):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {version}")

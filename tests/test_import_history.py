@@ -380,3 +380,35 @@ def test_import_config_and_the_background_import(tmp_path: Path, monkeypatch: An
     thread.join(5)
     assert said == ["devmeter: imported 1 claude-code calls from its own history"]
     assert [r["response_id"] for r in rows(db)] == ["msg_A"]
+
+
+def test_two_writers_migrating_at_once(tmp_path: Path) -> None:
+    """The proxy and the background import open the same new ledger together: whichever
+    runs a migration second finds it done instead of failing on it."""
+    db = tmp_path / "ledger.sqlite"
+    first = sqlite3.connect(db, isolation_level=None)
+    second = sqlite3.connect(db, isolation_level=None)
+    (seen,) = second.execute("PRAGMA user_version").fetchone()  # 0: a new file
+    ledger.migrate(first)  # meanwhile, the other writer migrates it all
+    ledger._migrate_from(second, seen)  # no "duplicate column" or "table exists"
+    assert second.execute("PRAGMA user_version").fetchone()[0] == len(ledger.MIGRATIONS)
+    first.close()
+    second.close()
+
+
+def test_first_import_shows_progress(tmp_path: Path) -> None:
+    import io
+
+    for n in range(3):
+        write_jsonl(tmp_path / "p" / f"s{n}.jsonl", [assistant(f"msg_{n}", "r", 4)])
+    out = io.StringIO()
+    from devmeter.importers import history
+
+    history_progress_every = history.PROGRESS_EVERY
+    history.PROGRESS_EVERY = 0.0  # every file, for the test
+    try:
+        import_claude_code(tmp_path / "l.sqlite", tmp_path / "p", progress=out)
+    finally:
+        history.PROGRESS_EVERY = history_progress_every
+    shown = out.getvalue()
+    assert "\rclaude-code [" in shown and "3/3 files, 3 rows" in shown and shown.endswith("\n")

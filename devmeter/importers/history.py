@@ -34,6 +34,7 @@ from devmeter.pricing import PriceOverride
 from devmeter.usage import Call
 
 SOURCE = "import"
+PROGRESS_EVERY = 0.2  # seconds between redraws of the progress bar
 TWIN_WINDOW = 15 * 60.0  # seconds between a live row and its transcript line, at most
 
 # (new whole lines, the file's saved state, its path) -> rows; the state is updated in place.
@@ -274,7 +275,7 @@ def run_import(
                 conn.execute("ROLLBACK")
                 raise
             now = time.monotonic()
-            if progress is not None and now - shown > 0.2:
+            if progress is not None and now - shown >= PROGRESS_EVERY:
                 shown = now
                 _show(progress, importer, index, len(files), result, now - started)
     finally:
