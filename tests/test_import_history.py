@@ -412,3 +412,37 @@ def test_first_import_shows_progress(tmp_path: Path) -> None:
         history.PROGRESS_EVERY = history_progress_every
     shown = out.getvalue()
     assert "\rclaude-code [" in shown and "3/3 files, 3 rows" in shown and shown.endswith("\n")
+
+
+def test_an_import_in_chunks_stopped_half_way_goes_on_from_there(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    import pytest
+
+    from devmeter.importers import claude_code, history
+
+    monkeypatch.setattr(history, "CHUNK_LINES", 2)  # a transaction every two lines
+    lines = []
+    for n in range(4):  # each response streamed as two lines: some straddle two chunks
+        lines += [assistant(f"msg_{n}", f"r{n}", 1), assistant(f"msg_{n}", f"r{n}", 100 + n)]
+    write_jsonl(tmp_path / "p" / "s.jsonl", [{"type": "user"}, *lines])
+    real = claude_code.parse_lines
+    seen = []
+
+    def failing(chunk: list[bytes], *args: Any) -> list[Call]:
+        seen.append(len(chunk))
+        if len(seen) == 3:
+            raise OSError("the disk went away")
+        return real(chunk, *args)
+
+    monkeypatch.setattr(claude_code, "parse_lines", failing)
+    db = tmp_path / "l.sqlite"
+    with pytest.raises(OSError):
+        import_claude_code(db, tmp_path / "p")
+    assert len(rows(db)) == 2  # the first two chunks are in
+    monkeypatch.setattr(claude_code, "parse_lines", real)
+    result = import_claude_code(db, tmp_path / "p")
+    assert result.lines == 5  # only what was not committed yet
+    assert [(r["response_id"], r["output_tokens"]) for r in rows(db)] == [
+        (f"msg_{n}", 100 + n) for n in range(4)
+    ]

@@ -34,6 +34,7 @@ from devmeter.pricing import PriceOverride
 from devmeter.usage import Call
 
 SOURCE = "import"
+CHUNK_LINES = 5000  # lines per transaction
 PROGRESS_EVERY = 0.2  # seconds between redraws of the progress bar
 TWIN_WINDOW = 15 * 60.0  # seconds between a live row and its transcript line, at most
 
@@ -133,7 +134,7 @@ def read_new(
         f.seek(offset)
         data = f.read()
     end = data.rfind(b"\n") + 1  # a last line without its newline is still being written
-    lines = data[:end].splitlines()
+    lines = data[:end].split(b"\n")[:-1]  # each line's length + 1 is where the next starts
     return lines, FileMark(st.st_ino, st.st_size, st.st_mtime_ns, offset + end, state)
 
 
@@ -263,17 +264,26 @@ def run_import(
             if got is None:
                 continue
             lines, mark = got
-            calls = parse(lines, mark.state, path) if lines else []
             result.files_read += 1
             result.lines += len(lines)
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                store(conn, [replace(c, source=SOURCE) for c in calls], result, claimed)
-                save_mark(conn, importer, path, mark)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            # A transaction per chunk: the proxy writes the same ledger and must not wait
+            # behind a whole large file. A chunk's mark has no size, so a file whose import
+            # stopped half way is read on from there next time.
+            at = mark.offset - sum(len(line) + 1 for line in lines) if not whole_files else 0
+            for start in range(0, max(len(lines), 1), CHUNK_LINES):
+                chunk = lines[start : start + CHUNK_LINES]
+                calls = parse(chunk, mark.state, path) if chunk else []
+                last = start + CHUNK_LINES >= len(lines)
+                at += sum(len(line) + 1 for line in chunk)
+                done = mark if last else FileMark(mark.inode, -1, 0, at, dict(mark.state))
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    store(conn, [replace(c, source=SOURCE) for c in calls], result, claimed)
+                    save_mark(conn, importer, path, done)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
             now = time.monotonic()
             if progress is not None and now - shown >= PROGRESS_EVERY:
                 shown = now
