@@ -446,3 +446,28 @@ def test_an_import_in_chunks_stopped_half_way_goes_on_from_there(
     assert [(r["response_id"], r["output_tokens"]) for r in rows(db)] == [
         (f"msg_{n}", 100 + n) for n in range(4)
     ]
+
+
+def test_live_rows_written_before_response_ids_still_win(tmp_path: Path) -> None:
+    """A ledger from an older devmeter: its live Claude Code rows have no response id; the
+    transcript's lines for them are matched by tool, time and tokens, not imported."""
+    from datetime import UTC, datetime
+
+    db = tmp_path / "ledger.sqlite"
+    at = "2026-12-01T10:00:00.000Z"
+    when = datetime(2026, 12, 1, 10, 0, 0, tzinfo=UTC).timestamp()
+    usage = Usage(input_tokens=1234, cache_read_tokens=5678, cache_write_tokens=444,
+                  cache_write_1h_tokens=123, output_tokens=457)  # fmt: skip
+    old = live_call(None, output_tokens=0)
+    from dataclasses import replace
+
+    ledger.write_calls(db, [replace(old, ts=when - 2, usage=usage)])
+    write_jsonl(
+        tmp_path / "p" / "s.jsonl",
+        [assistant("msg_A", "r1", 457, ts=at), assistant("msg_B", "r2", 458, ts=at)],
+    )
+    result = import_claude_code(db, tmp_path / "p")
+    assert (result.live, result.imported) == (1, 1)  # msg_B's counts differ: imported
+    assert sorted((r["source"] or "live", r["output_tokens"]) for r in rows(db)) == [
+        ("import", 458), ("live", 457),
+    ]  # fmt: skip

@@ -12,8 +12,9 @@ module does the rest:
   nothing (a later line for the same response with more output replaces it: streaming
   writes several). A row whose `response_id` a live row (metered by the proxy) already
   has is skipped, and a live row arriving later replaces the imported one (a trigger in
-  the ledger, migration v4). Rows without a response id (Codex) are matched to a live
-  row of the same session with the same token counts within `TWIN_WINDOW` seconds.
+  the ledger, migration v4). Rows without a response id (Codex, Gemini CLI), and rows
+  whose live twin was written before live rows had response ids, are matched to a live
+  row of the same tool with the same token counts within `TWIN_WINDOW` seconds.
 """
 
 from __future__ import annotations
@@ -218,18 +219,21 @@ def _live_twin(conn: sqlite3.Connection, call: Call, claimed: set[int]) -> int |
             "SELECT id FROM calls WHERE response_id = ? AND source IS NULL LIMIT 1",
             (call.response_id,),
         ).fetchone()
-        return None if row is None else int(row[0])  # claimed or not: the same response
-    # No id to match (Codex, Gemini CLI): the same tool's live row with the same token
-    # counts near the same time, the same session first (a live Gemini CLI session with an
-    # API key is its process, not the id its chat file names).
+        if row is not None:
+            return int(row[0])  # claimed or not: the same response
+    # No id to match (Codex, Gemini CLI; or a live row a devmeter without response ids
+    # wrote): the same tool's live row with the same token counts near the same time, the
+    # same session first (a live Gemini CLI session with an API key is its process, not
+    # the id its chat file names).
     u = call.usage
+    only_old = "AND response_id IS NULL " if call.response_id is not None else ""
     for (row_id,) in conn.execute(
         "SELECT id FROM calls WHERE tool = ? AND source IS NULL AND ts BETWEEN ? AND ? "
-        "AND input_tokens = ? AND cache_read_tokens = ? AND output_tokens = ? "
-        "ORDER BY session IS NOT ? , abs(ts - ?)",
+        "AND input_tokens = ? AND cache_read_tokens = ? AND cache_write_tokens = ? "
+        f"AND output_tokens = ? {only_old}ORDER BY session IS NOT ?, abs(ts - ?)",
         (call.attribution.tool, call.ts - TWIN_WINDOW, call.ts + TWIN_WINDOW,
-         u.input_tokens, u.cache_read_tokens, u.output_tokens, call.attribution.session,
-         call.ts),
+         u.input_tokens, u.cache_read_tokens, u.cache_write_tokens, u.output_tokens,
+         call.attribution.session, call.ts),
     ):  # fmt: skip
         if row_id not in claimed:
             return int(row_id)
