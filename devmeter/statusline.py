@@ -118,12 +118,40 @@ def _render(hook: dict[str, Any], ledger_path: Path | None, now: float | None) -
         return "devmeter · ledger unreadable"
     try:
         conn.execute(f"PRAGMA busy_timeout={BUSY_MS}")
-        return _line(conn, path, session, _repo(cwd), now, _their_cost(hook))
+        line = _line(conn, path, session, _repo(cwd), now, _their_cost(hook))
     except sqlite3.OperationalError as exc:
         busy = "locked" in str(exc) or "busy" in str(exc)
         return "devmeter · ledger busy" if busy else "devmeter · ledger not ready"
     finally:
         conn.close()
+    quota = _quota(hook)
+    return f"{line} · {quota}" if quota else line
+
+
+def _quota(hook: dict[str, Any]) -> str | None:
+    """The tightest subscription window Claude Code knows (`rate_limits`: `five_hour`,
+    `seven_day`, each `used_percentage` and `resets_at`), or None: API-key logins have
+    none, and devmeter's ledger holds no quota of its own."""
+    limits = hook.get("rate_limits")
+    if not isinstance(limits, dict):
+        return None
+    windows = []
+    for name, label in (("five_hour", "5h"), ("seven_day", "7d")):
+        window = limits.get(name)
+        used = window.get("used_percentage") if isinstance(window, dict) else None
+        if isinstance(used, int | float) and not isinstance(used, bool):
+            windows.append((float(used), label, window.get("resets_at")))
+    if not windows:
+        return None
+    used, label, resets = max(windows, key=lambda w: w[0])
+    text = f"{label} {used:.0f}%"
+    if isinstance(resets, int | float) and not isinstance(resets, bool) and resets > 0:
+        at = resets / 1000 if resets > 1e11 else resets  # seconds, or milliseconds
+        shape = "%a %H:%M" if label == "7d" else "%H:%M"
+        text += f" (resets {time.strftime(shape, time.localtime(at))})"
+    if used >= 95:
+        return f"{RED}{text}{RESET}"
+    return f"{AMBER}{text}{RESET}" if used >= 80 else text
 
 
 def _their_cost(hook: dict[str, Any]) -> float | None:

@@ -175,3 +175,20 @@ def test_install_keeps_an_existing_statusline_and_uninstall_restores_it(tmp_path
     with pytest.raises(statusline.SettingsError, match="not valid JSON"):
         statusline.install(broken)
     assert broken.read_text() == "{ nope"
+
+
+def test_the_tightest_quota_window_claude_code_knows(tmp_path: Path) -> None:
+    """`rate_limits` as Claude Code 2.1.197 builds it for subscription logins (read from its
+    own code: `five_hour`/`seven_day`, each `used_percentage` and `resets_at`)."""
+    db = tmp_path / "ledger.sqlite"
+    ledger.write_calls(db, [call(time.time(), "1", SESSION, None)])
+    resets = statusline._day_start(time.time()) + 14 * 3600 + 30 * 60
+    hook = {**HOOK, "rate_limits": {
+        "five_hour": {"used_percentage": 62.4, "resets_at": resets},
+        "seven_day": {"used_percentage": 35.0, "resets_at": resets + 86400},
+    }}  # fmt: skip
+    assert statusline.render(json.dumps(hook), db).endswith(" · 5h 62% (resets 14:30)")
+    hook["rate_limits"]["seven_day"]["used_percentage"] = 96.0
+    assert f"{statusline.RED}7d 96% (resets " in statusline.render(json.dumps(hook), db)
+    # An API-key login (the fixture): no window, nothing shown
+    assert "%" not in statusline.render(json.dumps(HOOK), db)
