@@ -375,7 +375,8 @@ def cmd_statusline(args: argparse.Namespace, config: Config, where: Paths) -> in
             return 2
         print(message)
         return 0
-    sys.stdout.write(statusline.render(sys.stdin.read(), where.ledger) + "\n")
+    hook = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()  # no waiting
+    sys.stdout.write(statusline.render(hook, where.ledger) + "\n")
     return 0
 
 

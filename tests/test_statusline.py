@@ -192,3 +192,17 @@ def test_the_tightest_quota_window_claude_code_knows(tmp_path: Path) -> None:
     assert f"{statusline.RED}7d 96% (resets " in statusline.render(json.dumps(hook), db)
     # An API-key login (the fixture): no window, nothing shown
     assert "%" not in statusline.render(json.dumps(HOOK), db)
+
+
+def test_cli_install_and_uninstall(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from devmeter.cli import main
+
+    settings = tmp_path / "claude" / "settings.json"
+    assert main(["statusline", "--install", "--settings", str(settings)]) == 0
+    assert "added devmeter's statusline" in capsys.readouterr().out
+    assert statusline.MARK in json.loads(settings.read_text())["statusLine"]["command"]
+    assert main(["statusline", "--uninstall", "--settings", str(settings)]) == 0
+    assert json.loads(settings.read_text()) == {}
+    settings.write_text("[1, 2]")
+    assert main(["statusline", "--install", "--settings", str(settings)]) == 2
+    assert "does not hold a JSON object" in capsys.readouterr().err
