@@ -12,7 +12,8 @@ session repeating earlier lines, and ~1.5 kB of text per line (so 100k responses
 - `devmeter import claude-code --path DIR` on an empty ledger (first import);
 - the same again with nothing new (the incremental re-scan);
 - `ccusage daily --json --offline` on the same folder, when `--ccusage` names a folder
-  where the npm package `ccusage` is installed (`npm install --prefix DIR ccusage`),
+  where the npm package `ccusage` is installed (`npm install --prefix DIR ccusage@20.0.24`;
+  20.0.26 has no published linux-x64 binary package),
   with the ratios and both totals;
 - `python -m devmeter.statusline` fed a statusline JSON, against `python3 -c pass`
   (p95 of `--runs` starts each, interleaved), and `ccusage statusline` when present.
