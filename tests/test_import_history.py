@@ -471,3 +471,40 @@ def test_live_rows_written_before_response_ids_still_win(tmp_path: Path) -> None
     assert sorted((r["source"] or "live", r["output_tokens"]) for r in rows(db)) == [
         ("import", 458), ("live", 457),
     ]  # fmt: skip
+
+
+def test_gemini_cli_0_61_jsonl_chats(tmp_path: Path) -> None:
+    """Gemini CLI 0.61 appends records (read from its ChatRecordingService): metadata, each
+    message as recorded, the same message again once its tokens arrive, `$set` updates."""
+    db = tmp_path / "ledger.sqlite"
+    log = tmp_path / "gemini" / "tmp" / "abc" / "chats" / "session-2026-12-01T10-00-g2aa.jsonl"
+    tokens = {"input": 9000, "output": 300, "cached": 4000, "thoughts": 120, "tool": 50,
+              "total": 9470}  # fmt: skip
+    answer = {"id": "m1", "timestamp": "2026-12-01T10:00:02Z", "type": "gemini",
+              "content": "x", "model": "gemini-2.5-pro", "tokens": None}  # fmt: skip
+    write_jsonl(
+        log,
+        [
+            {
+                "sessionId": "g-2",
+                "projectHash": "abc",
+                "startTime": "2026-12-01T10:00:00Z",
+                "lastUpdated": "2026-12-01T10:00:00Z",
+                "kind": "main",
+            },  # fmt: skip
+            {"id": "u1", "timestamp": "2026-12-01T10:00:00Z", "type": "user", "content": "hi"},
+            answer,  # recorded before its tokens
+            {"$set": {"lastUpdated": "2026-12-01T10:00:02Z"}},
+            {**answer, "tokens": tokens},  # pushed again with them
+        ],
+    )
+    first = import_gemini_cli(db, tmp_path / "gemini")
+    assert first.imported == 1
+    (row,) = rows(db)
+    assert (row["session"], row["input_tokens"], row["output_tokens"]) == ("g-2", 5050, 420)
+    with log.open("a") as f:
+        f.write(json.dumps({**answer, "id": "m2", "tokens": tokens}) + "\n")
+        f.write(json.dumps({"$rewindTo": "u1"}) + "\n")  # rewound: what it cost stays
+    second = import_gemini_cli(db, tmp_path / "gemini")
+    assert (second.imported, second.lines) == (1, 2)
+    assert [r["import_key"] for r in rows(db)] == ["gemini-cli:g-2:m1", "gemini-cli:g-2:m2"]

@@ -1,18 +1,23 @@
 """`devmeter import gemini-cli`: Gemini CLI's recorded chats, one ledger row per answer.
 
-Gemini CLI records every conversation (chat recording is on by default) as one JSON
-file per session, `~/.gemini/tmp/<project-hash>/chats/session-<time>-<id>.json`,
-rewritten as the session goes on: `{sessionId, projectHash, startTime, lastUpdated,
-messages: [...]}`. A message of `type: "gemini"` has an `id`, `timestamp`, `model` and
-`tokens`: `input` (promptTokenCount), `output` (candidates), `cached`, `thoughts`,
-`tool` (toolUsePromptTokenCount) and `total`, the usage of the API call that answered.
+Gemini CLI records every conversation (chat recording is on by default) under
+`~/.gemini/tmp/<project-hash>/chats/`. Gemini CLI 0.61 appends JSONL to
+`session-<time>-<id8>.jsonl` (a subagent's to `<parent-id>/<id>.jsonl`): a first record
+`{sessionId, projectHash, startTime, lastUpdated, kind}`, then each message as it is
+recorded, again when its tokens arrive (the same `id`), `{"$set": ...}` metadata updates
+and `{"$rewindTo": id}`. Older versions rewrote one JSON document per session,
+`session-<time>-<id8>.json`: `{sessionId, projectHash, ..., messages: [...]}`. Either way
+a message of `type: "gemini"` has an `id`, `timestamp`, `model` and `tokens`: `input`
+(promptTokenCount), `output` (candidates), `cached`, `thoughts`, `tool`
+(toolUsePromptTokenCount) and `total`: the usage of the API call that answered. A rewound
+conversation still cost what it cost: its answers stay in the ledger.
 
 What these files do not hold: the working directory (only `projectHash`, a SHA-256 of
 it that cannot be turned back into a path), so imported rows have no repo or branch;
 calls that recorded no message (the model router's choice, retries, a turn cut off
 before its answer was saved); cache writes (Gemini's implicit cache bills none) and the
-provider's response id. A file is read whole when it changed; the `import_key` (session
-and message id) keeps each answer once.
+provider's response id. JSONL files are read incrementally, old JSON ones whole when they
+changed; the `import_key` (session and message id) keeps each answer once.
 """
 
 from __future__ import annotations
@@ -38,7 +43,34 @@ def default_root() -> Path:
 
 
 def chat_files(root: Path) -> list[Path]:
-    return jsonl_files(root, "tmp/*/chats/session-*.json")
+    """The older whole-document chats."""
+    return jsonl_files(root, "tmp/*/chats/**/session-*.json")
+
+
+def chat_logs(root: Path) -> list[Path]:
+    """Gemini CLI 0.61's JSONL chats (sessions and subagents)."""
+    return jsonl_files(root, "tmp/*/chats/**/*.jsonl")
+
+
+def parse_lines(
+    lines: list[bytes], state: dict[str, Any], path: Path, overrides: tuple[PriceOverride, ...] = ()
+) -> list[Call]:
+    """Rows for new JSONL records; `state` keeps the session id from the first record."""
+    calls = []
+    for line in lines:
+        try:
+            record = fastjson.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict):
+            continue
+        if isinstance(record.get("sessionId"), str) and "type" not in record:
+            state["session"] = record["sessionId"]
+            continue
+        call = _message_call(record, state.get("session"), overrides)
+        if call is not None:
+            calls.append(call)
+    return calls
 
 
 def parse_document(
@@ -113,12 +145,17 @@ def import_gemini_cli(
 ) -> ImportResult:
     """Import what is new in Gemini CLI's recorded chats under `root` (~/.gemini)."""
     where = root if root is not None else default_root()
-    files = chat_files(where)
+    logs, documents = chat_logs(where), chat_files(where)
 
-    def parse(lines: list[bytes], state: dict[str, Any], path: Path) -> list[Call]:
+    def parse_log(lines: list[bytes], state: dict[str, Any], path: Path) -> list[Call]:
+        return parse_lines(lines, state, path, overrides)
+
+    def parse_whole(lines: list[bytes], state: dict[str, Any], path: Path) -> list[Call]:
         return [c for data in lines for c in parse_document(data, path, overrides)]
 
-    result = run_import(ledger_path, IMPORTER, files, parse, progress, whole_files=True)
-    if not files:
+    result = run_import(ledger_path, IMPORTER, logs, parse_log, progress)
+    older = run_import(ledger_path, IMPORTER, documents, parse_whole, progress, whole_files=True)
+    result.add(older)
+    if not logs and not documents:
         result.errors.append(f"no Gemini CLI chats under {where}")
     return result

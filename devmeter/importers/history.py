@@ -70,6 +70,14 @@ class ImportResult:
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
+    def add(self, other: ImportResult) -> None:
+        """Count another run of the same importer (over other files) in this one."""
+        for name in ("files", "files_read", "lines", "imported", "updated", "duplicates",
+                     "live", "unpriced", "cost_usd", "seconds"):  # fmt: skip
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.unpriced_models |= other.unpriced_models
+        self.errors += other.errors
+
     def describe(self) -> str:
         lines = [
             f"{self.importer}: imported {self.imported} calls (${self.cost_usd:.4f}) from "
