@@ -115,6 +115,10 @@ def parse(text: str, path: Path) -> Config:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"not valid TOML: {exc}", path, _toml_error_line(exc)) from exc
+    except RecursionError:
+        raise ConfigError(
+            "", "nested too deeply to read: use at most a few levels of tables and arrays", path
+        ) from None
     try:
         return _config_from_table(table, path)
     except ConfigError as exc:

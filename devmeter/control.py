@@ -7,7 +7,9 @@ no socket or signal is needed and a restarted proxy starts from the same wishes.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -36,27 +38,108 @@ def control_path(data_dir: Path) -> Path:
     return data_dir / "control.json"
 
 
+ROUTING_MODES = ("off", "shadow", "on")
+
+
+class ControlError(ValueError):
+    """control.json exists but is not control state; the message names the file and key."""
+
+
 def load(path: Path) -> Control:
+    """The control state in `path`; the defaults when there is none.
+
+    Types are checked strictly: `"paused": "false"` (a string) is refused, naming the key,
+    rather than read as true."""
     try:
-        raw: Any = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return Control()
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path} is not valid control state ({exc}); delete it to reset") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else _reason(exc)
+        raise ControlError(
+            f"cannot read {path} ({reason}) — check that {path.parent} is a directory you can "
+            "read, or set DEVMETER_HOME to one"
+        ) from exc
+    try:
+        raw: Any = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ControlError(
+            f"{path} is not valid JSON ({_reason(exc)}) — delete it to reset pause, lifted "
+            "caps and the routing mode"
+        ) from exc
+    if not isinstance(raw, dict):
+        raise ControlError(f"{path} must hold a JSON object — delete it to reset")
     return Control(
-        paused=bool(raw.get("paused", False)),
-        routing_mode=raw.get("routing_mode"),
-        allowed=tuple((str(s), str(k), float(t)) for s, k, t in raw.get("allowed", [])),
+        paused=_paused(path, raw.get("paused", False)),
+        routing_mode=_routing_mode(path, raw.get("routing_mode")),
+        allowed=_allowed(path, raw.get("allowed", [])),
         limits=tuple((str(s), str(k), float(v), float(t)) for s, k, v, t in raw.get("limits", [])),
         stopped=tuple((str(k), float(t)) for k, t in raw.get("stopped", [])),
     )
 
 
+def _bad(path: Path, key: str, what: str) -> ControlError:
+    return ControlError(
+        f"{path} [{key}]: {what} — fix the value, or delete the file to reset pause, lifted "
+        "caps and the routing mode"
+    )
+
+
+def _paused(path: Path, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(path, "paused", f"must be true or false, not {json.dumps(value)[:40]}")
+    return value
+
+
+def _routing_mode(path: Path, value: object) -> str | None:
+    if value is not None and value not in ROUTING_MODES:
+        raise _bad(
+            path,
+            "routing_mode",
+            f'must be null, "off", "shadow" or "on", not {json.dumps(value)[:40]}',
+        )
+    return value  # type: ignore[return-value]
+
+
+def _allowed(path: Path, value: object) -> tuple[tuple[str, str, float], ...]:
+    if not isinstance(value, list):
+        raise _bad(path, "allowed", "must be a list of [scope, key, unix time]")
+    allowed = []
+    for n, entry in enumerate(value):
+        ok = (
+            isinstance(entry, list)
+            and len(entry) == 3
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], str)
+            and isinstance(entry[2], int | float)
+            and not isinstance(entry[2], bool)
+            and math.isfinite(entry[2])
+        )
+        if not ok:
+            raise _bad(path, f"allowed[{n}]", "must be [scope, key, unix time]")
+        allowed.append((entry[0], entry[1], float(entry[2])))
+    return tuple(allowed)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc)
+
+
 def save(path: Path, control: Control) -> None:
-    make_private_dir(path.parent)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    write_private(tmp, json.dumps(asdict(control), indent=1))  # 0600, as all state
-    tmp.replace(path)
+    try:
+        make_private_dir(path.parent)
+        write_private(tmp, json.dumps(asdict(control), indent=1))  # 0600, as all state
+        tmp.replace(path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise ControlError(
+            f"cannot write {path} ({exc.strerror or exc}) — make {path.parent} writable, or "
+            "set DEVMETER_HOME to a writable directory"
+        ) from exc
 
 
 def update(path: Path, **changes: Any) -> Control:

@@ -292,6 +292,8 @@ def _money(key: str, value: Any) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(key, f"must be a number, got {value!r}")
     amount = Decimal(str(value))
+    if not amount.is_finite():
+        raise ConfigError(key, f"must be a finite number, got {value!r}")
     if amount < 0:
         raise ConfigError(key, "must not be negative")
     return amount
