@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ from devmeter import __version__, control, reports, shellenv
 from devmeter.config import Config, ConfigError, load, parse_listen, parse_upstream_arg
 from devmeter.ledger import connect_readonly
 from devmeter.paths import Paths, paths, read_proxy_state
+from devmeter.safe_text import safe_text
+from devmeter.sessions import LIVE_SECONDS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -23,14 +26,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load(where.config_file)
         return int(args.func(args, config, where) or 0)
-    except ConfigError as exc:
-        print(f"devmeter: bad config: {exc}", file=sys.stderr)
-        return 2
-    except reports.ReportError as exc:
-        print(f"devmeter: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        problem, status = user_error(exc, where)
+        if problem is None or os.environ.get("DEVMETER_DEBUG"):
+            raise
+        print(f"devmeter: {problem}", file=sys.stderr)
+        return status
+
+
+def user_error(exc: BaseException, where: Paths) -> tuple[str | None, int]:
+    """One line for an error a user can fix (what is wrong, where, and what to do), with
+    the exit status; (None, 1) for a bug, which keeps its traceback."""
+    if isinstance(exc, ConfigError):
+        return safe_text(f"bad config: {exc}", 2000), 2
+    if isinstance(exc, reports.ReportError | control.ControlError):
+        return safe_text(str(exc), 2000), 2
+    if isinstance(exc, sqlite3.OperationalError):
+        # "no such column" and the like are devmeter's bugs: they keep their traceback.
+        reason = str(exc)
+        if "locked" in reason or "busy" in reason:
+            fix = "another program holds it; try again in a moment"
+        elif "unable to open" in reason or "readonly" in reason or "I/O" in reason:
+            fix = f"check that {where.data_dir} exists, is yours and its disk is not full"
+        else:
+            return None, 1
+        return safe_text(f"cannot read the ledger {where.ledger} ({reason}) — {fix}", 2000), 1
+    if isinstance(exc, sqlite3.DatabaseError):
+        return (
+            safe_text(
+                f"cannot read the ledger {where.ledger} ({exc}) — it is damaged or not a "
+                f"devmeter ledger; move it aside (mv {where.ledger} {where.ledger}.bad) and "
+                "devmeter starts a new one",
+                2000,
+            ),
+            1,
+        )
+    if isinstance(exc, OSError):
+        name = exc.filename or where.data_dir
+        return (
+            safe_text(
+                f"cannot use {name} ({exc.strerror or exc}) — check that it exists and is "
+                f"writable, or set DEVMETER_HOME to a directory that is",
+                2000,
+            ),
+            1,
+        )
+    if isinstance(exc, RecursionError):
+        return "input nested too deeply to read — check the file devmeter was reading", 2
+    return None, 1
+
+
+SINCE_HELP = "today, yesterday, 1w, 7d, 2h, 30m, or a date such as 2026-11-01"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,8 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="tokens and cost from the ledger")
     p.add_argument("--by", choices=reports.GROUPINGS, default="day")
-    p.add_argument("--since", help="7d, 12h, 30m, today, or a date such as 2026-11-01")
-    p.add_argument("--limit", type=int, help="with --by request: only the last N calls")
+    p.add_argument("--since", help=SINCE_HELP)
+    p.add_argument(
+        "--limit", type=int, help="the last N calls (--by request), else the N costliest rows"
+    )
     p.add_argument(
         "--savings", action="store_true", help="what model routing saved, and shadow mode would"
     )
@@ -87,9 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("sessions", help="live and recent sessions, with their burn rate")
-    p.add_argument("--since", help="7d, 12h, 30m, today, or a date (default: the last 24 hours)")
+    p.add_argument("--since", help=f"{SINCE_HELP} (default: the last 24 hours)")
     p.add_argument(
-        "--live", action="store_true", help="only sessions with a call in the last 5 min"
+        "--live",
+        action="store_true",
+        help=f"only sessions with a call in the last {int(LIVE_SECONDS // 60)} min",
     )
     p.add_argument("--json", action="store_true", help="JSON rows, costs as numbers in USD")
     p.set_defaults(func=cmd_sessions)
@@ -137,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_statusline)
 
     p = sub.add_parser("alerts", help="budget, burn-rate and loop alerts the proxy raised")
-    p.add_argument("--since", help="7d, 12h, 30m, today, or a date such as 2026-11-01")
+    p.add_argument("--since", help=SINCE_HELP)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_alerts)
 
@@ -286,8 +338,19 @@ def _start_proxy_for_run(where: Paths) -> tuple[subprocess.Popen[bytes], str, in
 
 
 def cmd_report(args: argparse.Namespace, config: Config, where: Paths) -> int:
-    conn = connect_readonly(where.ledger)
     since = reports.parse_since(args.since) if args.since else None
+    if args.limit is not None and args.limit < 1:
+        raise reports.ReportError(
+            f"--limit {args.limit} shows nothing — give a number of rows, 1 or more"
+        )
+    fields = (
+        reports.SAVINGS_FIELDS
+        if args.savings
+        else reports.REQUEST_FIELDS
+        if args.by == "request"
+        else reports.GROUP_FIELDS
+    )
+    conn = connect_readonly(where.ledger)
     if conn is None or not reports.has_calls(conn):
         # Machine-readable output stays parseable: the explanation goes to stderr.
         print(
@@ -297,13 +360,15 @@ def cmd_report(args: argparse.Namespace, config: Config, where: Paths) -> int:
         )
         if args.json:
             sys.stdout.write("[]\n")
+        elif args.csv:
+            sys.stdout.write(reports.to_csv([], fields))
         return 0
     if args.savings:
-        saved = reports.savings(conn, since)
+        saved = reports.savings(conn, since)[: args.limit]
         if args.json:
             sys.stdout.write(reports.to_json(saved))
         elif args.csv:
-            sys.stdout.write(reports.to_csv(saved, reports.SAVINGS_FIELDS))
+            sys.stdout.write(reports.to_csv(saved, fields))
         else:
             sys.stdout.write(reports.savings_table(saved))
         return 0
@@ -311,12 +376,11 @@ def cmd_report(args: argparse.Namespace, config: Config, where: Paths) -> int:
     if args.json:
         sys.stdout.write(reports.to_json(rows))
     elif args.csv:
-        fields = reports.REQUEST_FIELDS if args.by == "request" else reports.GROUP_FIELDS
         sys.stdout.write(reports.to_csv(rows, fields))
     elif not rows:
-        print(f"No calls since {args.since}.")
+        print(f"No calls since {safe_text(args.since, 60)}.")
     else:
-        sys.stdout.write(reports.to_table(rows, args.by))
+        sys.stdout.write(reports.to_table(rows, args.by, args.limit))
     return 0
 
 
@@ -381,8 +445,8 @@ def cmd_statusline(args: argparse.Namespace, config: Config, where: Paths) -> in
 
 
 def cmd_alerts(args: argparse.Namespace, config: Config, where: Paths) -> int:
-    conn = connect_readonly(where.ledger)
     since = reports.parse_since(args.since) if args.since else None
+    conn = connect_readonly(where.ledger)
     rows = reports.alerts(conn, since) if conn is not None else []
     if args.json:
         sys.stdout.write(reports.to_json(rows))

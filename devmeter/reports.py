@@ -9,12 +9,13 @@ import math
 import re
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from decimal import Decimal
-from typing import Any
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, Literal
 
 from devmeter.ledger import BUCKET_SECONDS, PICO
+from devmeter.safe_text import ELLIPSIS, safe_text
 
 UNATTRIBUTED = "(unattributed)"
 
@@ -76,39 +77,56 @@ class ReportError(ValueError):
 
 
 def parse_since(text: str, now: float | None = None) -> float:
-    """`7d`, `12h`, `30m`, `today`, or an ISO date/time, as a unix timestamp."""
+    """`7d`, `2h`, `30m`, `1w`, `today`, `yesterday`, or an ISO date/time, as a unix timestamp.
+
+    `today` and `yesterday` start at local midnight; a bare date is local midnight too."""
     now = time.time() if now is None else now
-    text = text.strip().lower()
-    if text == "today":
-        midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    spelled = text.strip().lower()
+    midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    if spelled == "today":
         return midnight.timestamp()
-    match = re.fullmatch(r"(\d+)\s*([dhm])", text)
+    if spelled == "yesterday":
+        return (midnight - timedelta(days=1)).timestamp()
+    match = re.fullmatch(r"(\d{1,6})\s*([wdhm])", spelled)
     if match:
         amount, unit = int(match.group(1)), match.group(2)
-        delta = {"d": timedelta(days=amount), "h": timedelta(hours=amount)}.get(
-            unit, timedelta(minutes=amount)
-        )
+        delta = {
+            "w": timedelta(weeks=amount),
+            "d": timedelta(days=amount),
+            "h": timedelta(hours=amount),
+            "m": timedelta(minutes=amount),
+        }[unit]
         return now - delta.total_seconds()
     try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except (ValueError, OverflowError, OSError):
         raise ReportError(
-            f"--since {text!r} is not a time; use 7d, 12h, 30m, today or 2026-11-01"
+            f"--since '{safe_text(text, 60)}' is not a time — use today, yesterday, 1w, 7d, "
+            "2h, 30m or a date such as 2026-11-01"
         ) from None
 
 
 def query(
     conn: sqlite3.Connection, by: str, since: float | None = None, limit: int | None = None
 ) -> list[dict[str, Any]]:
+    """Rows of a report. With `limit`: the last N calls (`request`), else the N groups
+    that cost the most."""
     if by not in GROUPINGS:
-        raise ReportError(f"--by {by!r} is not a grouping; choose one of {', '.join(GROUPINGS)}")
+        raise ReportError(
+            f"--by {safe_text(by, 40)!r} is not a grouping — choose one of {', '.join(GROUPINGS)}"
+        )
+    if limit is not None and limit < 1:
+        raise ReportError(f"--limit {limit} shows nothing — give a number of rows, 1 or more")
     where, params = ("WHERE ts >= ?", [since]) if since is not None else ("", [])
     if by == "request":
         columns = list(_REQUEST_COLUMNS)
         sql = f"SELECT {', '.join(columns)} FROM calls {where} ORDER BY ts, id"
         if limit:
-            sql = f"SELECT * FROM ({sql.replace('ORDER BY ts, id', 'ORDER BY ts DESC, id DESC')}"
-            sql += f" LIMIT {int(limit)}) ORDER BY ts, id"
+            # The last N calls, shown oldest first; `id` rides along to order ties.
+            sql = (
+                f"SELECT {', '.join(columns)} FROM (SELECT id, {', '.join(columns)} FROM calls "
+                f"{where} ORDER BY ts DESC, id DESC LIMIT {int(limit)}) ORDER BY ts, id"
+            )
         rows = conn.execute(sql, params).fetchall()
         return [_request_row(dict(zip(columns, row, strict=True))) for row in rows]
     key = GROUP_KEYS[by]
@@ -125,6 +143,8 @@ def query(
                sum(cost_pusd), sum(unpriced), sum(estimated)
         FROM {source} GROUP BY {group} ORDER BY sum(cost_pusd) DESC, key
     """
+    if limit:
+        sql += f" LIMIT {int(limit)}"
     bounds = {"since": start, "first_bucket": math.ceil(start / BUCKET_SECONDS)}
     result = []
     for row in conn.execute(sql, bounds).fetchall():
@@ -176,13 +196,14 @@ def savings_table(rows: Sequence[dict[str, Any]]) -> str:
     headers = ["mode", "rule", "requested", "target", "calls", "cost", "other", "saved"]
     body = [
         [
-            r["routing"], r["rule"] or "-", r["requested_model"] or "?", r["target"] or "?",
-            str(r["requests"]), format_usd(r["cost_usd"]), format_usd(r["alt_cost_usd"]),
+            r["routing"], cell(r["rule"] or "-", 40), cell(r["requested_model"] or "?", 40),
+            cell(r["target"] or "?", 40), format_count(r["requests"]),
+            format_usd(r["cost_usd"]), format_usd(r["alt_cost_usd"]),
             format_usd(r["saving_usd"]) if r["routing"] != "fallback" else "-",
         ]
         for r in rows
     ]  # fmt: skip
-    lines = _align([headers, *body])
+    lines = align([headers, *body], numeric=4)
     saved = sum((r["saving_usd"] or 0 for r in rows if r["routing"] == "routed"), Decimal(0))
     would = sum((r["saving_usd"] or 0 for r in rows if r["routing"] == "shadow"), Decimal(0))
     lines += ["", f"saved {format_usd(saved)} by routing; shadow mode would have saved "
@@ -209,11 +230,17 @@ def alerts(conn: sqlite3.Connection, since: float | None = None) -> list[dict[st
 
 
 def alerts_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = [
-        f"{r['ts'][:19].replace('T', ' ')}  {r['kind']:<12} {r['scope']:<8} "
-        f"{format_usd(r['figure_usd']):>10}  {r['message']}"
+    headers = ["time", "kind", "scope", "about", "figure", "message"]
+    body = [
+        [
+            r["ts"][:19].replace("T", " "), cell(r["kind"], 20), cell(r["scope"], 10),
+            cell(r["key"] or "-", 40, "tail"), format_usd(r["figure_usd"], none="-"),
+            cell(r["message"], 400),
+        ]
         for r in rows
-    ]
+    ]  # fmt: skip
+    lines = align([headers, *body], numeric=(4,))
+    lines += ["", f"{plural(len(rows), 'alert')}"]
     return "\n".join(lines) + "\n"
 
 
@@ -244,9 +271,21 @@ def _usd(pusd: int) -> Decimal:
 
 
 # -- output ----------------------------------------------------------------------------------
+# JSON and CSV are for tools: exact values, field names that never change. Tables are for
+# people: every cell that came from the network goes through `cell` (safe_text), dollars
+# have two decimals (six under a cent), tokens have thousands separators, and the last row
+# adds the column up.
+
+NO_REPO = UNATTRIBUTED  # the one word for a call with no repo (or no session), everywhere
+SESSION_LABEL_MIN = 8  # a session label's shortest prefix
+SESSION_LABEL_MAX = 40  # longer ids are cut anyway (a UUID is 36)
+_CENT = Decimal("0.01")
+_MICRO = Decimal("0.000001")
 
 
 def to_json(rows: Sequence[dict[str, Any]]) -> str:
+    # ensure_ascii (the default): control characters and escapes come out as \u001b, so
+    # the output is exact, valid JSON and harmless on a terminal.
     return json.dumps(list(rows), default=_json_default, indent=1) + "\n"
 
 
@@ -258,6 +297,8 @@ def _json_default(value: object) -> object:
 
 
 def to_csv(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> str:
+    """CSV with a header row (even with no rows), booleans as true/false, and control
+    characters escaped (`\\x1b`) so a spreadsheet or a terminal shows them, not obeys them."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(fields), lineterminator="\n")
     writer.writeheader()
@@ -267,79 +308,160 @@ def to_csv(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> str:
 
 
 def _csv_value(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, Decimal):
         return format(round(value, 12).normalize(), "f")
+    if isinstance(value, str):
+        return safe_text(value, limit=None)
     return "" if value is None else value
 
 
-def format_usd(value: Decimal | None) -> str:
+def format_usd(value: Decimal | None, none: str = "unpriced") -> str:
+    """`$1,234.57`; under a cent `$0.003376` (six decimals), so a cheap call is not `$0.00`;
+    `none` (default "unpriced") when there is no price."""
     if value is None:
-        return "unpriced"
-    if value and abs(value) < Decimal("0.01"):
-        return f"${value:.6f}"
-    return f"${value:,.2f}" if abs(value) >= 100 else f"${value:.4f}"
+        return none
+    sign = "-" if value < 0 else ""
+    amount = abs(value)
+    if amount == 0:
+        return "$0.00"
+    if amount < _MICRO:
+        return f"{sign}<$0.000001"
+    if amount.quantize(_CENT, rounding=ROUND_HALF_UP) < _CENT:
+        return f"{sign}${amount.quantize(_MICRO, rounding=ROUND_HALF_UP)}"
+    return f"{sign}${amount.quantize(_CENT, rounding=ROUND_HALF_UP):,}"
 
 
 def format_tokens(n: int | None) -> str:
-    n = n or 0
-    if n >= 10_000_000:
-        return f"{n / 1_000_000:.0f}M"
-    if n >= 100_000:
-        return f"{n / 1000:.0f}k"
-    return str(n)
+    """Whole tokens with thousands separators: exact, and the same in every column."""
+    return f"{n or 0:,}"
 
 
-def to_table(rows: Sequence[dict[str, Any]], by: str) -> str:
+def format_count(n: int) -> str:
+    return f"{n:,}"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def cell(value: object, limit: int, keep: Literal["head", "tail"] = "head") -> str:
+    """A table cell from the ledger: printable, at most `limit` characters."""
+    if value is None or value == "":
+        return "-"
+    return safe_text(value, limit, keep)
+
+
+def session_labels(ids: Iterable[str | None]) -> dict[str, str]:
+    """Labels that tell sessions apart: each id's shortest prefix, at least 8 characters,
+    that no other id in `ids` shares, ending in an ellipsis when cut. (`--json` has the
+    whole id.)"""
+    unique = sorted({i for i in ids if i and i != UNATTRIBUTED})
+    labels: dict[str, str] = {}
+    for n, session in enumerate(unique):
+        shared = 0
+        for other in (unique[n - 1] if n else None, unique[n + 1] if n + 1 < len(unique) else None):
+            if other is not None:
+                shared = max(shared, _common_prefix(session, other))
+        length = max(SESSION_LABEL_MIN, shared + 1)
+        label = session if len(session) <= length else session[:length] + ELLIPSIS
+        labels[session] = safe_text(label, SESSION_LABEL_MAX)
+    return labels
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def to_table(rows: Sequence[dict[str, Any]], by: str, limit: int | None = None) -> str:
+    labels = session_labels(
+        r["session"] if by == "request" else r["key"] for r in rows if by in ("request", "session")
+    )
     if by == "request":
-        headers = ["time", "tool", "model", "session", "repo", "in", "cache r", "cache w", "out",
-                   "cost", ""]  # fmt: skip
+        headers = ["time", "tool", "model", "session", "repo", "in", "cache r", "cache w",
+                   "out", "cost", ""]  # fmt: skip
+        days = {str(r["ts"])[:10] for r in rows}
+        when = (lambda ts: ts[11:19]) if len(days) <= 1 else (lambda ts: f"{ts[:10]} {ts[11:19]}")
         body = [
             [
-                str(r["ts"])[11:19], r["tool"], r["model"] or r["requested_model"] or "?",
-                _short(r["session"], 12), _short(r["repo"], 28), format_tokens(r["input_tokens"]),
+                when(str(r["ts"])), cell(r["tool"], 24),
+                cell(r["model"] or r["requested_model"] or "?", 40),
+                labels.get(r["session"] or "", NO_REPO if not r["session"] else "?"),
+                cell(r["repo"] or NO_REPO, 32, "tail"), format_tokens(r["input_tokens"]),
                 format_tokens(r["cache_read_tokens"]), format_tokens(r["cache_write_tokens"]),
                 format_tokens(r["output_tokens"]), format_usd(r["cost_usd"]), _flags(r),
             ]
             for r in rows
         ]  # fmt: skip
+        unpriced = sum(1 for r in rows if r["cost_usd"] is None)
+        estimated = sum(1 for r in rows if r["estimated"])
+        calls = len(rows)
+        total_label = f"total, {plural(calls, 'call')}"
+        totals = [total_label, "", "", "", ""]
+        first_number = 5
     else:
         headers = [by, "calls", "in", "cache r", "cache w", "out", "cost", ""]
         body = [
             [
-                _short(str(r["key"]), 40), str(r["requests"]), format_tokens(r["input_tokens"]),
-                format_tokens(r["cache_read_tokens"]), format_tokens(r["cache_write_tokens"]),
-                format_tokens(r["output_tokens"]), format_usd(r["cost_usd"]),
+                _group_key(r["key"], by, labels), format_count(r["requests"]),
+                format_tokens(r["input_tokens"]), format_tokens(r["cache_read_tokens"]),
+                format_tokens(r["cache_write_tokens"]), format_tokens(r["output_tokens"]),
+                format_usd(r["cost_usd"] if r["unpriced"] < r["requests"] else None),
                 _group_flags(r),
             ]
             for r in rows
         ]  # fmt: skip
-    total = sum((r["cost_usd"] or Decimal(0) for r in rows), Decimal(0))
-    lines = _align([headers, *body])
-    lines.append("")
-    lines.append(f"total {format_usd(total)} over {_count(rows, by)} calls")
-    notes = _notes(rows, by)
-    return "\n".join(lines + notes) + "\n"
+        unpriced = sum(r["unpriced"] or 0 for r in rows)
+        estimated = sum(r["estimated"] or 0 for r in rows)
+        calls = sum(r["requests"] for r in rows)
+        totals = ["total", format_count(calls)]
+        first_number = 1
+    cost = sum((r["cost_usd"] or Decimal(0) for r in rows), Decimal(0))
+    totals += [
+        format_tokens(sum(r[name] or 0 for r in rows))
+        for name in ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens")
+    ]
+    totals += [
+        format_usd(cost if unpriced < calls else None),
+        _count_flags(unpriced, estimated),
+    ]
+    numeric = tuple(range(first_number, len(headers) - 1))
+    lines = align([headers, *body, totals], numeric=numeric, rule_before_last=True)
+    notes = _notes(unpriced, estimated)
+    if limit is not None and len(rows) >= limit:
+        shown = "the last" if by == "request" else "the most expensive"
+        notes.append(f"Showing {shown} {plural(len(rows), 'row')} (--limit {limit}).")
+    return "\n".join([*lines, *([""] if notes else []), *notes]) + "\n"
 
 
-def _count(rows: Sequence[dict[str, Any]], by: str) -> int:
-    return len(rows) if by == "request" else sum(r["requests"] for r in rows)
+def _group_key(key: object, by: str, labels: dict[str, str]) -> str:
+    if by == "session":
+        return labels.get(str(key)) or cell(key, SESSION_LABEL_MAX)
+    if by in ("repo", "branch"):
+        return cell(key, 60, "tail")
+    return cell(key, 48)
 
 
-def _notes(rows: Sequence[dict[str, Any]], by: str) -> list[str]:
-    if by == "request":
-        unpriced = sum(1 for r in rows if r["cost_usd"] is None)
-        estimated = sum(1 for r in rows if r["estimated"])
-    else:
-        unpriced = sum(r["unpriced"] for r in rows)
-        estimated = sum(r["estimated"] for r in rows)
+def _notes(unpriced: int, estimated: int) -> list[str]:
     notes = []
     if unpriced:
+        verb = "is" if unpriced == 1 else "are"
         notes.append(
-            f"! {unpriced} calls used a model with no known price and are not in the total; "
-            "add a [[prices]] entry for it in the config."
+            f"! {plural(unpriced, 'call')} used a model with no known price and {verb} not in "
+            "the total — add a [[prices]] entry for it in the config."
         )
     if estimated:
-        notes.append(f"~ {estimated} calls are estimated: the wire reported no usage for them.")
+        verb = "is" if estimated == 1 else "are"
+        notes.append(
+            f"~ {plural(estimated, 'call')} {verb} estimated: the wire reported no usage for "
+            f"{'it' if estimated == 1 else 'them'}."
+        )
     return notes
 
 
@@ -357,29 +479,30 @@ def _flags(row: dict[str, Any]) -> str:
 
 
 def _group_flags(row: dict[str, Any]) -> str:
+    return _count_flags(row["unpriced"] or 0, row["estimated"] or 0)
+
+
+def _count_flags(unpriced: int, estimated: int) -> str:
     flags = []
-    if row["unpriced"]:
-        flags.append(f"!{row['unpriced']} unpriced")
-    if row["estimated"]:
-        flags.append(f"~{row['estimated']} est")
+    if unpriced:
+        flags.append(f"!{unpriced:,} unpriced")
+    if estimated:
+        flags.append(f"~{estimated:,} est")
     return " ".join(flags)
 
 
-def _short(text: str | None, width: int) -> str:
-    if not text:
-        return "-"
-    return text if len(text) <= width else "…" + text[-(width - 1) :]
-
-
-def _align(table: list[list[str]]) -> list[str]:
+def align(
+    table: list[list[str]], numeric: Iterable[int] | int = (), rule_before_last: bool = False
+) -> list[str]:
+    """Columns padded to their widest cell: numbers right-aligned, text left; the header
+    row first. `numeric` is column indexes, or the first of the numeric columns up to the
+    last. Cells must already be printable (`cell`)."""
     widths = [max(map(len, column)) for column in zip(*table, strict=True)]
-    numeric = {
-        i
-        for i, h in enumerate(table[0])
-        if h in ("calls", "in", "cache r", "cache w", "out", "cost")
-    }
+    right = set(range(numeric, len(widths))) if isinstance(numeric, int) else set(numeric)
     # One format per line, built once: a report by session can have tens of thousands.
-    line = "  ".join(
-        f"{{:{'>' if i in numeric else '<'}{width}}}" for i, width in enumerate(widths)
-    )
-    return [line.format(*row).rstrip() for row in table]
+    line = "  ".join(f"{{:{'>' if i in right else '<'}{width}}}" for i, width in enumerate(widths))
+    lines = [line.format(*row).rstrip() for row in table]
+    if rule_before_last and len(lines) > 2:
+        rule = "  ".join("-" * width for width in widths).rstrip()
+        lines.insert(len(lines) - 1, rule)
+    return lines

@@ -2,7 +2,8 @@
 
 A session is what the guard rails call one (`runaway.session_key`): the tool's own
 session id, else `tool@repo` for calls that came with none. Shown: sessions with a
-call in the last 24 hours (by default), `live` when one ended in the last 5 minutes.
+call in the last 24 hours (by default), `live` when one ended in the last
+`LIVE_SECONDS` (10 minutes: the one live window, the tray's too).
 
 Burn rate, in $/hour:
 - **10 min**: spend in the last 10 minutes, scaled to an hour: over the whole window, or
@@ -27,21 +28,21 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from devmeter.budget import Advice, repo_name
 from devmeter.budget import format_usd as format_cents
 from devmeter.ledger import PICO
-from devmeter.reports import format_usd
+from devmeter.reports import NO_REPO, align, cell, format_count, format_usd, plural, session_labels
 from devmeter.runaway import burn_rate
 
 DEFAULT_SINCE = 24 * 3600.0
-LIVE_SECONDS = 5 * 60.0
+# A session with a call this recent is live: here, in the tray's menu and tooltip.
+LIVE_SECONDS = 10 * 60.0
 WINDOW_SECONDS = 10 * 60.0
 MIN_SPAN_SECONDS = 60.0
 
 FIELDS = (
     "key", "session", "tool", "repo", "branch", "model", "live", "first_seen", "last_seen",
     "calls", "cost_usd", "window_usd", "burn_usd_per_hour", "life_burn_usd_per_hour",
-    "unpriced", "estimated",
+    "unpriced", "estimated", "tools", "models",
 )  # fmt: skip
 
 
@@ -63,6 +64,8 @@ class Session:
     life_burn_usd_per_hour: Decimal | None  # over the session's span; None under a minute
     unpriced: int
     estimated: int
+    tools: tuple[str, ...] = ()  # every tool the session's calls came from, sorted
+    models: tuple[str, ...] = ()  # every model it used, sorted
 
 
 _SQL = """
@@ -86,7 +89,8 @@ latest AS (
 SELECT c.skey, max(c.session), latest.tool, latest.repo, latest.branch, latest.model,
        min(c.ts), max(c.end_ts), count(*), coalesce(sum(c.cost_pusd), 0),
        coalesce(sum(CASE WHEN c.end_ts > :window_start THEN c.cost_pusd END), 0),
-       sum(c.cost_pusd IS NULL), sum(c.estimated)
+       sum(c.cost_pusd IS NULL), sum(c.estimated),
+       json_group_array(DISTINCT c.tool), json_group_array(DISTINCT c.model)
 FROM c JOIN latest ON latest.skey = c.skey
 GROUP BY c.skey
 """
@@ -106,7 +110,7 @@ def query_sessions(
     sessions = []
     for row in conn.execute(_SQL, params).fetchall():
         (key, session, tool, repo, branch, model, first, last, calls, pusd, window_pusd,
-         unpriced, estimated) = row  # fmt: skip
+         unpriced, estimated, tools, models) = row  # fmt: skip
         cost, window = Decimal(pusd) / PICO, Decimal(window_pusd) / PICO
         span = last - first
         sessions.append(
@@ -129,12 +133,18 @@ def query_sessions(
                 ),
                 unpriced=unpriced or 0,
                 estimated=estimated or 0,
+                tools=_names(tools),
+                models=_names(models),
             )
         )
     if live_only:
         sessions = [s for s in sessions if s.live]
     sessions.sort(key=lambda s: (not s.live, -s.last_seen))
     return sessions
+
+
+def _names(json_array: str | None) -> tuple[str, ...]:
+    return tuple(sorted(n for n in json.loads(json_array or "[]") if isinstance(n, str) and n))
 
 
 # --- output --------------------------------------------------------------------------------
@@ -180,58 +190,57 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 3600:.0f} h ago"
 
 
+def _listed(names: Sequence[str], latest: str | None, limit: int) -> str:
+    """The latest name first, then the others: `claude-code, codex`."""
+    ordered = [latest] if latest else []
+    ordered += [n for n in names if n != latest]
+    return cell(", ".join(ordered), limit) if ordered else "?"
+
+
 def to_table(sessions: Sequence[Session], now: float | None = None) -> str:
     now = time.time() if now is None else now
     if not sessions:
         return "No sessions in this period.\n"
-    # Each id as short as it can be and still name one session for `devmeter allow/stop`
-    # (Codex's ids begin with a timestamp: sessions started together share 8 characters).
-    ids = Advice()
-    for s in sessions:
-        ids.know(s.session)
-    headers = ["", "session", "tool", "repo", "branch", "model", "first", "last", "calls",
+    headers = ["", "session", "tools", "repo", "branch", "models", "first", "last", "calls",
                "spend", "10 min", "life"]  # fmt: skip
+    labels = session_labels(s.session for s in sessions)
     body = [
         [
-            "●" if s.live else " ",
-            ids.short_id(s.session) if s.session else f"({s.tool}, no id)",
-            s.tool,
-            repo_name(s.repo) if s.repo else "-",
-            s.branch or "-",
-            s.model or "?",
+            "\u25cf" if s.live else " ",
+            labels.get(s.session, "?") if s.session else f"({cell(s.tool, 24)}, no id)",
+            _listed(s.tools, s.tool, 40),
+            cell(s.repo or NO_REPO, 40, "tail"),
+            cell(s.branch, 32),
+            _listed(s.models, s.model, 60),
             _when(s.first_seen, now),
             _ago(now - s.last_seen) if s.live else _when(s.last_seen, now),
-            str(s.calls),
-            format_usd(s.cost_usd) + ("+" if s.unpriced else ""),
+            format_count(s.calls),
+            format_usd(s.cost_usd if s.unpriced < s.calls else None)
+            + ("+" if s.unpriced and s.unpriced < s.calls else ""),
             _rate(s.burn_usd_per_hour) if s.window_usd else "-",
             _rate(s.life_burn_usd_per_hour),
         ]
         for s in sessions
     ]
-    numeric = {8, 9, 10, 11}
-    widths = [max(len(row[i]) for row in [headers, *body]) for i in range(len(headers))]
-    lines = [
-        "  ".join(
-            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
-            for i, cell in enumerate(row)
-        ).rstrip()
-        for row in [headers, *body]
-    ]
+    lines = align([headers, *body], numeric=(8, 9, 10, 11))
     live = sum(s.live for s in sessions)
     total = sum((s.cost_usd for s in sessions), Decimal(0))
     lines += [
         "",
-        f"{live} live (● a call in the last 5 min) of {len(sessions)} sessions, "
-        f"{format_usd(total)} spent",
+        f"{live} live (\u25cf a call in the last {int(LIVE_SECONDS // 60)} min) of "
+        f"{plural(len(sessions), 'session')}, {format_usd(total)} spent",
         "burn rate: $/hour over the last 10 minutes (a younger session: its age), and over "
         "each session's life",
     ]
     unpriced = sum(s.unpriced for s in sessions)
     if unpriced:
+        verb = "is" if unpriced == 1 else "are"
         lines.append(
-            f"+ {unpriced} calls used a model with no known price and are not in the spend."
+            f"+ {plural(unpriced, 'call')} used a model with no known price and {verb} not in "
+            "the spend."
         )
     estimated = sum(s.estimated for s in sessions)
     if estimated:
-        lines.append(f"~ {estimated} calls are estimated: the wire reported no usage for them.")
+        verb = "is" if estimated == 1 else "are"
+        lines.append(f"~ {plural(estimated, 'call')} {verb} estimated: the wire reported no usage.")
     return "\n".join(lines) + "\n"

@@ -182,8 +182,8 @@ def test_report_groupings_and_formats(
     assert main(["report", "--by", "tool"]) == 0
     table = capsys.readouterr().out
     assert "claude-code" in table and "codex" in table
-    assert "1 calls used a model with no known price" in table
-    assert "1 calls are estimated" in table
+    assert "1 call used a model with no known price and is not in the total" in table
+    assert "1 call is estimated" in table
 
     assert main(["report", "--by", "session", "--csv"]) == 0
     csv_lines = capsys.readouterr().out.splitlines()

@@ -115,7 +115,8 @@ def test_a_call_counts_in_the_window_by_when_it_ended(tmp_path: Path) -> None:
     ro = connect_readonly(path)
     assert ro is not None
     [s] = query_sessions(ro, now=NOW)
-    assert s.window_usd == Decimal("1.00") and s.live is False
+    # Live too: the call ended inside the one live window (10 minutes).
+    assert s.window_usd == Decimal("1.00") and s.live is True
     # One call's span is its duration: $1.00 over two minutes.
     assert s.life_burn_usd_per_hour == Decimal(30)
 
@@ -153,14 +154,16 @@ def test_json(conn: sqlite3.Connection) -> None:
 def test_table(conn: sqlite3.Connection) -> None:
     text = to_table(query_sessions(conn, now=NOW), now=NOW)
     lines = text.splitlines()
-    assert lines[0].split()[:3] == ["session", "tool", "repo"]
+    assert lines[0].split()[:3] == ["session", "tools", "repo"]
     live = lines[1]
-    assert live.startswith("●") and "s-claude " in live and "devmeter" in live
-    assert "$6.00/h" in live and "1 min ago" in live and "$3.0000+" in live
-    assert "(cursor, no id)" in lines[2]
-    assert "2 live (● a call in the last 5 min) of 4 sessions, $12.3000 spent" in text
-    assert "+ 1 calls used a model with no known price" in text
-    assert "~ 1 calls are estimated" in text
+    assert live.startswith("●") and "s-claude… " in live and "/home/dev/src/devmeter" in live
+    assert "$6.00/h" in live and "1 min ago" in live and "$3.00+" in live
+    # Every model the session used, its latest first.
+    assert "claude-next, claude-sonnet-4-5" in live
+    assert "(cursor, no id)" in lines[2] and "(unattributed)" in lines[2]
+    assert "2 live (● a call in the last 10 min) of 4 sessions, $12.30 spent" in text
+    assert "+ 1 call used a model with no known price and is not in the spend" in text
+    assert "~ 1 call is estimated" in text
     assert to_table([], now=NOW) == "No sessions in this period.\n"
 
 

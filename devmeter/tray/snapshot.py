@@ -25,10 +25,11 @@ from typing import Any
 
 from devmeter.control import Control
 from devmeter.ledger import PICO
+from devmeter.sessions import LIVE_SECONDS
 from devmeter.tray.menu import ROUTING_MODES, CapRow, RoutingMode, SessionRow, TraySnapshot
 
-# A session with a call this recent is live; a refusal this recent means "blocked now".
-LIVE_SECONDS = 600.0
+# LIVE_SECONDS: a session with a call this recent is live, and a refusal this recent means
+# "blocked now". One window for `devmeter sessions` and the tray alike (sessions.py).
 
 # budget.BudgetTracker.check words every cap refusal like this:
 # "devmeter: <who> reached its $5.00 cap (budgets.session.block_usd; $5.12 spent), ..."
