@@ -6,6 +6,13 @@ walk up from the directory to the first `.git` (a directory, or a file holding
 `ref: refs/heads/x` is branch `x`, a bare object id is a detached HEAD (reported
 as its short sha). Answers are cached for a short TTL because branches change.
 
+The paths come from the network (`X-Devmeter-Project`, Claude Code's working directory)
+and the proxy asks on its event loop, so nothing here may block: only regular files are
+opened (a FIFO `HEAD` would wait for a writer for ever), non-blocking and read to a
+bound, and `GitInfo` reads the disk in a worker thread it waits on briefly (a hung NFS
+mount or a slow automount answers "no repo" rather than stalling every client; the
+lookup keeps going, and its answer is cached when it comes).
+
 Like git, the walk stops at the filesystem root; unlike git, it ignores
 GIT_DIR, GIT_CEILING_DIRECTORIES and filesystem boundaries.
 """
@@ -13,11 +20,18 @@ GIT_DIR, GIT_CEILING_DIRECTORIES and filesystem boundaries.
 from __future__ import annotations
 
 import os
+import stat
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 SHORT_SHA = 7  # characters of a detached HEAD's object id, as `git log --oneline` shows it
+MAX_READ = 4096  # HEAD and `.git` files are one short line
+# Flags for opening a file named by the network: never wait (a FIFO), never adopt a tty.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
 
 
 @dataclass(frozen=True)
@@ -52,11 +66,10 @@ def find_git_dir(path: str) -> tuple[str, str] | None:
 
 def read_head(git_dir: str) -> tuple[str | None, bool]:
     """(branch, detached) from `git_dir/HEAD`; (None, False) when it cannot be read."""
-    try:
-        with open(os.path.join(git_dir, "HEAD"), encoding="utf-8", errors="replace") as f:
-            head = f.read(4096).strip()
-    except OSError:
+    text = read_small_file(os.path.join(git_dir, "HEAD"))
+    if text is None:
         return None, False
+    head = text.strip()
     if head.startswith("ref:"):
         ref = head[4:].strip()
         for prefix in ("refs/heads/", "refs/"):
@@ -68,13 +81,33 @@ def read_head(git_dir: str) -> tuple[str | None, bool]:
     return None, False
 
 
-def _read_gitdir_file(dot_git_file: str) -> str | None:
-    """The git dir a `.git` file points at (`gitdir: ...`, relative to the file's directory)."""
+def read_small_file(path: str, limit: int = MAX_READ) -> str | None:
+    """The first `limit` bytes of a regular file as text; None for anything else (a FIFO,
+    a device, a directory) or when it cannot be read. Checked before opening, and again
+    on the open file (it may have been swapped in between)."""
     try:
-        with open(dot_git_file, encoding="utf-8", errors="replace") as f:
-            first = f.readline(4096).strip()
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        fd = os.open(path, _OPEN_FLAGS)
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = os.read(fd, limit)
     except OSError:
         return None
+    finally:
+        os.close(fd)
+    return data.decode("utf-8", errors="replace")
+
+
+def _read_gitdir_file(dot_git_file: str) -> str | None:
+    """The git dir a `.git` file points at (`gitdir: ...`, relative to the file's directory)."""
+    text = read_small_file(dot_git_file)
+    if text is None:
+        return None
+    first = text.split("\n", 1)[0].strip()
     if not first.startswith("gitdir:"):
         return None
     target = first[len("gitdir:") :].strip()
@@ -85,32 +118,70 @@ def _read_gitdir_file(dot_git_file: str) -> str | None:
 
 
 class GitInfo:
-    """`repo_for` with a per-path cache; entries live `ttl` seconds (branches change)."""
+    """`repo_for` with a per-path cache; entries live `ttl` seconds (branches change).
+
+    The disk is read in a short-lived daemon thread; `repo_for` waits for it at most
+    `timeout` seconds. A lookup still running after that (a hung or slow mount) is not
+    waited for again: until it finishes, calls for that path get the last answer, or
+    None, at once, and at most `max_pending` such lookups run at a time (beyond that,
+    new paths get None without a lookup). Safe to call from several threads.
+    """
 
     def __init__(
         self,
         ttl: float = 2.0,
         max_entries: int = 4096,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        timeout: float = 0.5,
+        max_pending: int = 8,
+        resolve: Callable[[str], RepoInfo | None] | None = None,
     ) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
+        self.timeout = timeout
+        self.max_pending = max_pending
         self._clock = clock
+        self._resolve = resolve or repo_for_uncached
         self._cache: dict[str, tuple[float, RepoInfo | None]] = {}
+        self._pending: dict[str, Future[RepoInfo | None]] = {}
+        self._lock = threading.Lock()
 
     def repo_for(self, path: str) -> RepoInfo | None:
         now = self._clock()
-        hit = self._cache.get(path)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        info = repo_for_uncached(path)
-        if len(self._cache) >= self.max_entries:
-            self._cache.clear()
-        self._cache[path] = (now + self.ttl, info)
-        return info
+        with self._lock:
+            hit = self._cache.get(path)
+            if hit is not None and hit[0] > now:
+                return hit[1]
+            known = hit[1] if hit is not None else None
+            if path in self._pending or len(self._pending) >= self.max_pending:
+                return known  # a slow filesystem: never wait on it twice
+            future: Future[RepoInfo | None] = Future()
+            self._pending[path] = future
+        worker = threading.Thread(
+            target=self._look_up, args=(path, future), name="devmeter-git", daemon=True
+        )
+        worker.start()
+        try:
+            return future.result(timeout=self.timeout)
+        except FutureTimeout:
+            return known
+
+    def _look_up(self, path: str, future: Future[RepoInfo | None]) -> None:
+        try:
+            info = self._resolve(path)
+        except Exception:  # a path from the network must never break attribution
+            info = None
+        with self._lock:
+            if len(self._cache) >= self.max_entries:
+                self._cache.clear()
+            self._cache[path] = (self._clock() + self.ttl, info)
+            self._pending.pop(path, None)
+        future.set_result(info)
 
     def clear(self) -> None:
-        self._cache.clear()
+        with self._lock:
+            self._cache.clear()
 
 
 def repo_for_uncached(path: str) -> RepoInfo | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 from devmeter.gitinfo import GitInfo, RepoInfo, repo_for_uncached
@@ -176,3 +177,49 @@ def test_cache_is_bounded(tmp_path: Path) -> None:
         d.mkdir()
         assert gi.repo_for(str(d)) is None
     assert len(gi._cache) <= 3
+
+
+def test_a_fifo_head_or_dot_git_is_not_opened(tmp_path: Path) -> None:
+    # open() on a FIFO waits for a writer: the proxy's event loop would wait with it.
+    repo = tmp_path / "fifo"
+    (repo / ".git").mkdir(parents=True)
+    os.mkfifo(repo / ".git" / "HEAD")
+    assert repo_for_uncached(str(repo)) == RepoInfo(root=str(repo.resolve()), branch=None)
+    worktree = tmp_path / "wt"
+    worktree.mkdir()
+    os.mkfifo(worktree / ".git")
+    assert repo_for_uncached(str(worktree)) is None
+
+
+def test_a_huge_head_is_read_to_a_bound(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "acme")
+    (repo / ".git" / "HEAD").write_text("ref: refs/heads/" + "x" * 10_000_000)
+    info = repo_for_uncached(str(repo))
+    assert info is not None and info.branch is not None and len(info.branch) < 4096
+
+
+def test_a_slow_filesystem_is_waited_for_once_then_cached_when_it_answers(
+    tmp_path: Path,
+) -> None:
+    release = threading.Event()
+    asked: list[str] = []
+    answer = RepoInfo(root="/mnt/slow", branch="main")
+
+    def hung(path: str) -> RepoInfo | None:
+        asked.append(path)
+        release.wait(30)
+        return answer
+
+    gi = GitInfo(timeout=0.01, resolve=hung, max_pending=2)
+    assert gi.repo_for("/mnt/slow/a") is None  # gave up waiting: no repo, for now
+    assert gi.repo_for("/mnt/slow/a") is None  # still hung: not waited on again
+    assert asked == ["/mnt/slow/a"]
+    assert gi.repo_for("/mnt/slow/b") is None
+    # Two lookups hang: a third path is not looked up (no thread piles up behind them).
+    assert gi.repo_for("/mnt/slow/c") is None
+    assert asked == ["/mnt/slow/a", "/mnt/slow/b"]
+    release.set()
+    while gi._pending:  # the hung lookups finish and store their answer
+        threading.Event().wait(0.01)
+    assert gi.repo_for("/mnt/slow/a") == answer
+    assert asked == ["/mnt/slow/a", "/mnt/slow/b"]  # from the cache
