@@ -11,7 +11,9 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,11 +156,17 @@ def update(path: Path, **changes: Any) -> Control:
 
 
 class ControlWatcher:
-    """Hands out the control state when the file changed since the last look."""
+    """Hands out the control state when the file changed since the last look.
 
-    def __init__(self, path: Path, interval: float = 0.5) -> None:
+    A broken file keeps the last good state, and says so once per change of the file
+    (`on_problem`, by default a line on stderr)."""
+
+    def __init__(
+        self, path: Path, interval: float = 0.5, on_problem: Callable[[str], None] | None = None
+    ) -> None:
         self.path = path
         self.interval = interval
+        self.on_problem = on_problem or _print_problem
         self._checked = 0.0
         self._mtime: float | None = None
 
@@ -168,13 +176,21 @@ class ControlWatcher:
             return None
         self._checked = now
         try:
-            mtime = self.path.stat().st_mtime_ns / 1e9
-        except FileNotFoundError:
+            mtime: float | None = self.path.stat().st_mtime_ns / 1e9
+        except OSError:
             mtime = None
         if mtime == self._mtime:
             return None
         self._mtime = mtime
         try:
             return load(self.path)
-        except ValueError:
-            return None  # half-written or broken: keep the last good state
+        except ValueError as exc:  # broken: keep the last good state
+            self.on_problem(f"devmeter: {exc}; until then the proxy keeps its last good state")
+            return None
+
+
+def _print_problem(message: str) -> None:
+    # A diagnostic must never break the caller (the proxy's request hook), even when
+    # stderr is gone or its disk is full.
+    with contextlib.suppress(Exception):
+        print(message, file=sys.stderr, flush=True)

@@ -4,6 +4,7 @@
   path (`%1B...`): stored exactly, printed by `report` and `sessions` only escaped.
 - `X-Devmeter-Project` naming a directory whose `.git/HEAD` is a FIFO: opening it for
   reading used to wait for a writer on the proxy's event loop, stalling every client.
+- `"paused": "false"` (a string) in control.json: it used to pause the proxy.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx2
@@ -113,3 +115,29 @@ def test_a_fifo_head_does_not_stall_the_proxy(proxy: RunningProxy, tmp_path: Pat
     rows = proxy.new_calls(2)
     fifo_row = next(row for row in rows if row["repo"] == str(project.resolve()))
     assert fifo_row["branch"] is None  # HEAD is no file to read: no branch, no wait
+
+
+def test_paused_as_a_string_does_not_pause_the_proxy(proxy: RunningProxy) -> None:
+    control = proxy.home / "control.json"
+    control.write_text('{"paused": "false"}')
+    try:
+        deadline = time.monotonic() + 20
+        with client(proxy) as http:
+            # The proxy looks at control.json as requests come (at most twice a second).
+            while "[paused]: must be true or false" not in proxy.log.read_text(errors="replace"):
+                assert time.monotonic() < deadline, "the proxy never read control.json"
+                r = http.post(
+                    "https://api.anthropic.com/v1/messages",
+                    json=BODY,
+                    headers={"x-api-key": "sk-ant-test"},
+                )
+                assert r.status_code == 200, r.text  # not paused
+                time.sleep(0.1)
+            r = http.post(
+                "https://api.anthropic.com/v1/messages",
+                json=BODY,
+                headers={"x-api-key": "sk-ant-test"},
+            )
+            assert r.status_code == 200, r.text  # read, refused, and still not paused
+    finally:
+        control.unlink()
