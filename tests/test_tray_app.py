@@ -335,6 +335,19 @@ def test_open_report_writes_a_report_and_opens_it(app_for, where):
     assert "Session s-live" in opened[-1].read_text()
 
 
+def test_open_report_writes_under_the_data_dir_for_the_user_alone(app_for, where):
+    write_calls(where.ledger, [call(time.time() - 60, "1.25")])
+    app, icon, opened = app_for(report_dir=None)
+    app.refresh(force=True)
+    click(icon, "Open report")
+    (path,) = opened
+    assert path.parent == where.data_dir / "reports"  # not the shared /tmp
+    assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
+    path.chmod(0o644)
+    click(icon, "Open report")
+    assert path.stat().st_mode & 0o777 == 0o600 and "$1.25" in path.read_text()
+
+
 def test_report_text_with_no_ledger():
     assert "No calls metered yet" in report_text(None, NOW)
 

@@ -21,7 +21,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -237,6 +236,16 @@ def report_text(conn: sqlite3.Connection | None, now: float, session: str | None
     return "\n".join(out)
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path`, readable by the user alone (the directory too)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        if hasattr(os, "fchmod"):
+            os.fchmod(f.fileno(), 0o600)  # an older report may have been made readable
+        f.write(text)
+
+
 # --- the app -------------------------------------------------------------------------------
 
 
@@ -279,7 +288,8 @@ class TrayApp:
         self.clock = clock
         self.interval = interval
         self.icon_size = icon_size or default_icon_size()
-        self.report_dir = report_dir or Path(tempfile.gettempdir())
+        # Reports name sessions, repos and spend: the user's own directory, not shared /tmp.
+        self.report_dir = report_dir or paths.data_dir / "reports"
         self.icon: Any = None
         self.snapshot = TraySnapshot()
         self.stopped = threading.Event()
@@ -327,7 +337,7 @@ class TrayApp:
             finally:
                 if conn is not None:
                     conn.close()
-            path.write_text(text, encoding="utf-8")
+            write_private(path, text)
         except (OSError, sqlite3.Error) as exc:
             self._problem("Cannot write the report", f"{exc}. Run `devmeter report` instead.")
             return None
