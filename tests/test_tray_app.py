@@ -194,6 +194,18 @@ def test_the_headline_counts_todays_calls_and_names_the_last_alert(where):
     )
 
 
+def test_the_status_line_shows_escape_sequences_and_never_sends_them(where):
+    write_calls(where.ledger, [call(NOW - 30, repo="/src/\x1b]0;pwned\x07acme")])
+    add_alert(where.ledger, NOW - 20, "loop", "Possible loop on model gpt\x1b[2J")
+    conn = read(where)
+    snap = snapshot(conn, NOW, control.Control())
+    line = status_line(snap, headline(conn, NOW, snap), ProxyStatus("running"))
+    assert line.isprintable()
+    assert "(\\x1b]0;pwned\\x07acme)" in line and line.endswith(
+        "loop: Possible loop on model gpt\\x1b[2J"
+    )
+
+
 def test_the_status_line_says_when_the_proxy_is_down():
     line = status_line(
         TraySnapshot(paused=True),

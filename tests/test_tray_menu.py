@@ -63,13 +63,13 @@ def test_a_busy_day_reads_top_to_bottom():
     assert texts(sessions) == [  # most expensive first
         "$31.40  claude-code · acme-api · c94186ab",
         "$2.10  codex · web · 01a20804",
-        "$0.05  python-sdk · no repo · s-anon",
+        "$0.05  python-sdk · (unattributed) · s-anon",
     ]
     assert (sessions[0].action, sessions[0].args) == ("open_report", ("c94186ab-2b3f-417d",))
     assert texts(find(menu, "Today by repo").submenu) == [
         "$33.52  acme-api",
         "$8.60  web",
-        "$0.05  (no repo)",
+        "$0.05  (unattributed)",
     ]
 
 

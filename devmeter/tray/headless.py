@@ -26,6 +26,7 @@ from devmeter.budget import format_usd, repo_name
 from devmeter.config import Config
 from devmeter.ledger import connect_readonly
 from devmeter.paths import Paths
+from devmeter.safe_text import safe_text
 from devmeter.tray.menu import TraySnapshot
 from devmeter.tray.snapshot import Headline, headline, snapshot
 from devmeter.tray.supervisor import EventKind, ProxyStatus, Supervisor, proxy_command
@@ -51,7 +52,8 @@ def status_line(snap: TraySnapshot, head: Headline, proxy: ProxyStatus | None = 
     parts.append(f"{head.calls_today} call{'' if head.calls_today == 1 else 's'}")
     if head.last_alert:
         parts.append(f"last alert {head.last_alert}")
-    return SEP.join(parts)
+    # Repo names and alert messages come from the network; this line goes to a terminal.
+    return safe_text(SEP.join(parts), limit=None)
 
 
 class LiveLine:

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
 from devmeter.budget import format_usd, repo_name, short_session
+from devmeter.reports import NO_REPO
 from devmeter.tray.icon import State
 
 if TYPE_CHECKING:
@@ -133,7 +134,7 @@ def _sessions(rows: Sequence[SessionRow]) -> tuple[MenuItem, ...]:
     items = [
         MenuItem(
             f"{format_usd(r.spend_usd)}  {r.tool} \u00b7 "
-            f"{repo_name(r.repo) if r.repo else 'no repo'} \u00b7 {short_session(r.session)}",
+            f"{repo_name(r.repo) if r.repo else NO_REPO} \u00b7 {short_session(r.session)}",
             "open_report",
             (r.session,),
         )
@@ -147,7 +148,7 @@ def _repos(rows: Sequence[tuple[str | None, Decimal]]) -> tuple[MenuItem, ...]:
         return (MenuItem("Nothing spent today", enabled=False),)
     ranked = sorted(rows, key=lambda r: r[1], reverse=True)
     items = [
-        MenuItem(f"{format_usd(usd)}  {repo_name(repo) if repo else '(no repo)'}", enabled=False)
+        MenuItem(f"{format_usd(usd)}  {repo_name(repo) if repo else NO_REPO}", enabled=False)
         for repo, usd in ranked[:MAX_ROWS]
     ]
     return tuple(items + _more(ranked[MAX_ROWS:], lambda r: r[1], "repos"))
