@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -370,7 +371,7 @@ def cmd_report(args: argparse.Namespace, config: Config, where: Paths) -> int:
         elif args.csv:
             sys.stdout.write(reports.to_csv(saved, fields))
         else:
-            sys.stdout.write(reports.savings_table(saved))
+            sys.stdout.write(reports.savings_table(saved, _terminal_width()))
         return 0
     rows = reports.query(conn, args.by, since, args.limit)
     if args.json:
@@ -380,7 +381,7 @@ def cmd_report(args: argparse.Namespace, config: Config, where: Paths) -> int:
     elif not rows:
         print(f"No calls since {safe_text(args.since, 60)}.")
     else:
-        sys.stdout.write(reports.to_table(rows, args.by, args.limit))
+        sys.stdout.write(reports.to_table(rows, args.by, args.limit, _terminal_width()))
     return 0
 
 
@@ -390,8 +391,18 @@ def cmd_sessions(args: argparse.Namespace, config: Config, where: Paths) -> int:
     since = reports.parse_since(args.since) if args.since else None
     conn = connect_readonly(where.ledger)
     found = sessions.query_sessions(conn, since=since, live_only=args.live) if conn else []
-    sys.stdout.write(sessions.to_json(found) if args.json else sessions.to_table(found))
+    if args.json:
+        sys.stdout.write(sessions.to_json(found))
+    else:
+        sys.stdout.write(sessions.to_table(found, width=_terminal_width()))
     return 0
+
+
+def _terminal_width() -> int | None:
+    """A terminal's width, to fit tables to it; None for a pipe or a file (plain text)."""
+    if not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size().columns
 
 
 def cmd_import_cursor_csv(args: argparse.Namespace, config: Config, where: Paths) -> int:
@@ -453,7 +464,7 @@ def cmd_alerts(args: argparse.Namespace, config: Config, where: Paths) -> int:
     elif not rows:
         print("No alerts." if conn is not None else f"No ledger yet at {where.ledger}.")
     else:
-        sys.stdout.write(reports.alerts_table(rows))
+        sys.stdout.write(reports.alerts_table(rows, _terminal_width()))
     return 0
 
 

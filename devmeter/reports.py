@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from devmeter.ledger import BUCKET_SECONDS, PICO
 from devmeter.safe_text import ELLIPSIS, safe_text
+from devmeter.text_table import TextTable, render
 
 UNATTRIBUTED = "(unattributed)"
 
@@ -187,7 +188,7 @@ def savings(conn: sqlite3.Connection, since: float | None = None) -> list[dict[s
     return rows
 
 
-def savings_table(rows: Sequence[dict[str, Any]]) -> str:
+def savings_table(rows: Sequence[dict[str, Any]], width: int | None = None) -> str:
     if not rows:
         return (
             "No routed or shadowed calls yet. Routing runs in shadow mode by default once a "
@@ -203,12 +204,13 @@ def savings_table(rows: Sequence[dict[str, Any]]) -> str:
         ]
         for r in rows
     ]  # fmt: skip
-    lines = align([headers, *body], numeric=4)
     saved = sum((r["saving_usd"] or 0 for r in rows if r["routing"] == "routed"), Decimal(0))
     would = sum((r["saving_usd"] or 0 for r in rows if r["routing"] == "shadow"), Decimal(0))
-    lines += ["", f"saved {format_usd(saved)} by routing; shadow mode would have saved "
-              f"{format_usd(would)} more"]  # fmt: skip
-    return "\n".join(lines) + "\n"
+    summary = (
+        f"saved {format_usd(saved)} by routing; shadow mode would have saved "
+        f"{format_usd(would)} more"
+    )
+    return render(TextTable(headers, body, frozenset(range(4, 8)), footer=[summary]), width)
 
 
 ALERT_FIELDS = ("ts", "kind", "scope", "key", "figure_usd", "message", "session", "repo", "tool")
@@ -229,7 +231,7 @@ def alerts(conn: sqlite3.Connection, since: float | None = None) -> list[dict[st
     return rows
 
 
-def alerts_table(rows: Sequence[dict[str, Any]]) -> str:
+def alerts_table(rows: Sequence[dict[str, Any]], width: int | None = None) -> str:
     headers = ["time", "kind", "scope", "about", "figure", "message"]
     body = [
         [
@@ -239,9 +241,9 @@ def alerts_table(rows: Sequence[dict[str, Any]]) -> str:
         ]
         for r in rows
     ]  # fmt: skip
-    lines = align([headers, *body], numeric=(4,))
-    lines += ["", f"{plural(len(rows), 'alert')}"]
-    return "\n".join(lines) + "\n"
+    footer = [plural(len(rows), "alert")]
+    table = TextTable(headers, body, frozenset({4}), footer=footer, keep=frozenset({0}))
+    return render(table, width)
 
 
 def _request_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -379,7 +381,10 @@ def _common_prefix(a: str, b: str) -> int:
     return n
 
 
-def to_table(rows: Sequence[dict[str, Any]], by: str, limit: int | None = None) -> str:
+def to_table(
+    rows: Sequence[dict[str, Any]], by: str, limit: int | None = None, width: int | None = None
+) -> str:
+    """A report as a table: plain, or fitted to a terminal `width` columns wide."""
     labels = session_labels(
         r["session"] if by == "request" else r["key"] for r in rows if by in ("request", "session")
     )
@@ -402,8 +407,7 @@ def to_table(rows: Sequence[dict[str, Any]], by: str, limit: int | None = None) 
         unpriced = sum(1 for r in rows if r["cost_usd"] is None)
         estimated = sum(1 for r in rows if r["estimated"])
         calls = len(rows)
-        total_label = f"total, {plural(calls, 'call')}"
-        totals = [total_label, "", "", "", ""]
+        totals = ["total", plural(calls, "call"), "", "", ""]
         first_number = 5
     else:
         headers = [by, "calls", "in", "cache r", "cache w", "out", "cost", ""]
@@ -431,13 +435,17 @@ def to_table(rows: Sequence[dict[str, Any]], by: str, limit: int | None = None) 
         format_usd(cost if unpriced < calls else None),
         _count_flags(unpriced, estimated),
     ]
-    numeric = tuple(range(first_number, len(headers) - 1))
-    lines = align([headers, *body, totals], numeric=numeric, rule_before_last=True)
+    numeric = frozenset(range(first_number, len(headers) - 1))
     notes = _notes(unpriced, estimated)
     if limit is not None and len(rows) >= limit:
         shown = "the last" if by == "request" else "the most expensive"
         notes.append(f"Showing {shown} {plural(len(rows), 'row')} (--limit {limit}).")
-    return "\n".join([*lines, *([""] if notes else []), *notes]) + "\n"
+    if by == "request":
+        keep, tail = frozenset({0}), frozenset({4})  # the time; the repo path's end
+    else:
+        keep, tail = frozenset(), frozenset({0} if by in ("repo", "branch") else ())
+    table = TextTable(headers, body, numeric, totals, notes, keep=keep, tail=tail)
+    return render(table, width)
 
 
 def _group_key(key: object, by: str, labels: dict[str, str]) -> str:
@@ -489,20 +497,3 @@ def _count_flags(unpriced: int, estimated: int) -> str:
     if estimated:
         flags.append(f"~{estimated:,} est")
     return " ".join(flags)
-
-
-def align(
-    table: list[list[str]], numeric: Iterable[int] | int = (), rule_before_last: bool = False
-) -> list[str]:
-    """Columns padded to their widest cell: numbers right-aligned, text left; the header
-    row first. `numeric` is column indexes, or the first of the numeric columns up to the
-    last. Cells must already be printable (`cell`)."""
-    widths = [max(map(len, column)) for column in zip(*table, strict=True)]
-    right = set(range(numeric, len(widths))) if isinstance(numeric, int) else set(numeric)
-    # One format per line, built once: a report by session can have tens of thousands.
-    line = "  ".join(f"{{:{'>' if i in right else '<'}{width}}}" for i, width in enumerate(widths))
-    lines = [line.format(*row).rstrip() for row in table]
-    if rule_before_last and len(lines) > 2:
-        rule = "  ".join("-" * width for width in widths).rstrip()
-        lines.insert(len(lines) - 1, rule)
-    return lines

@@ -30,8 +30,9 @@ from typing import Any
 
 from devmeter.budget import format_usd as format_cents
 from devmeter.ledger import PICO
-from devmeter.reports import NO_REPO, align, cell, format_count, format_usd, plural, session_labels
+from devmeter.reports import NO_REPO, cell, format_count, format_usd, plural, session_labels
 from devmeter.runaway import burn_rate
+from devmeter.text_table import TextTable, render
 
 DEFAULT_SINCE = 24 * 3600.0
 # A session with a call this recent is live: here, in the tray's menu and tooltip.
@@ -197,7 +198,10 @@ def _listed(names: Sequence[str], latest: str | None, limit: int) -> str:
     return cell(", ".join(ordered), limit) if ordered else "?"
 
 
-def to_table(sessions: Sequence[Session], now: float | None = None) -> str:
+def to_table(
+    sessions: Sequence[Session], now: float | None = None, width: int | None = None
+) -> str:
+    """Sessions as a table: plain, or fitted to a terminal `width` columns wide."""
     now = time.time() if now is None else now
     if not sessions:
         return "No sessions in this period.\n"
@@ -222,11 +226,9 @@ def to_table(sessions: Sequence[Session], now: float | None = None) -> str:
         ]
         for s in sessions
     ]
-    lines = align([headers, *body], numeric=(8, 9, 10, 11))
     live = sum(s.live for s in sessions)
     total = sum((s.cost_usd for s in sessions), Decimal(0))
-    lines += [
-        "",
+    lines = [
         f"{live} live (\u25cf a call in the last {int(LIVE_SECONDS // 60)} min) of "
         f"{plural(len(sessions), 'session')}, {format_usd(total)} spent",
         "burn rate: $/hour over the last 10 minutes (a younger session: its age), and over "
@@ -243,4 +245,12 @@ def to_table(sessions: Sequence[Session], now: float | None = None) -> str:
     if estimated:
         verb = "is" if estimated == 1 else "are"
         lines.append(f"~ {plural(estimated, 'call')} {verb} estimated: the wire reported no usage.")
-    return "\n".join(lines) + "\n"
+    table = TextTable(
+        headers,
+        body,
+        right=frozenset({8, 9, 10, 11}),
+        footer=lines,
+        keep=frozenset({0, 6, 7}),  # live marker, first and last seen
+        tail=frozenset({3}),  # the repo path's end
+    )
+    return render(table, width)

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -22,7 +23,7 @@ import pytest
 
 from devmeter import reports
 from devmeter.cli import main
-from devmeter.ledger import connect, write_calls
+from devmeter.ledger import connect, connect_readonly, write_calls
 from devmeter.reports import format_usd, parse_since, session_labels
 from devmeter.safe_text import safe_text
 from devmeter.usage import Attribution, Call, Usage
@@ -150,7 +151,39 @@ def test_tables_read_like_a_report(seeded: Path, capsys: pytest.CaptureFixture[s
     requests = run(capsys, "report", "--by", "request")
     assert "$0.003376" in requests and "$70.46" in requests  # cents; six places under one
     assert "unpriced" in requests and "$0.0000" not in requests
-    assert "total, 8 calls" in requests
+    assert requests.splitlines()[-4].split()[:3] == ["total", "8", "calls"]
+
+
+def test_on_a_narrow_terminal_text_columns_give_way_and_numbers_stay_whole(
+    seeded: Path,
+) -> None:
+    conn = connect_readonly(seeded / "ledger.sqlite")
+    assert conn is not None
+    rows = reports.query(conn, "request")
+    plain = reports.to_table(rows, "request")
+    assert max(len(line) for line in plain.splitlines()) > 150
+    fitted = reports.to_table(rows, "request", width=120)
+    table = fitted.split("\n\n")[0].splitlines()
+    assert max(map(len, table)) <= 120
+    assert fitted.split("\n\n")[1] == plain.split("\n\n")[1]  # the notes, unchanged
+    for figure in ("4,000,000", "12,000,000", "$70.46", "$0.003376", "4,004,730", "$84.73"):
+        assert figure in fitted, figure
+    assert table[1].startswith("2026-11-02 09:00:00  ")  # the time is never cut
+    assert "\u2026cme-api  " in table[1]  # a path keeps its end
+    # Wide enough already: the same as plain.
+    assert reports.to_table(rows, "request", width=500) == plain
+
+
+def test_the_cli_fits_tables_to_a_terminal_and_not_to_a_pipe(
+    seeded: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "120")
+    piped = run(capsys, "report", "--by", "request")
+    assert max(len(line) for line in piped.split("\n\n")[0].splitlines()) > 150
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    for argv in (["report", "--by", "request"], ["sessions", "--since", "2026-01-01"]):
+        table = run(capsys, *argv).split("\n\n")[0].splitlines()
+        assert max(map(len, table)) <= 120, argv
 
 
 def test_session_labels_tell_sessions_apart() -> None:
