@@ -320,8 +320,8 @@ def _csv_value(value: object) -> object:
 
 
 def format_usd(value: Decimal | None, none: str = "unpriced") -> str:
-    """`$1,234.57`; under a cent `$0.003376` (six decimals), so a cheap call is not `$0.00`;
-    `none` (default "unpriced") when there is no price."""
+    """`$1,234.57`: two decimals, or six (`$0.003376`) for a figure under a cent that two
+    would show as `$0.00`; `none` (default "unpriced") when there is no price."""
     if value is None:
         return none
     sign = "-" if value < 0 else ""
@@ -391,8 +391,10 @@ def to_table(
     if by == "request":
         headers = ["time", "tool", "model", "session", "repo", "in", "cache r", "cache w",
                    "out", "cost", ""]  # fmt: skip
-        days = {str(r["ts"])[:10] for r in rows}
-        when = (lambda ts: ts[11:19]) if len(days) <= 1 else (lambda ts: f"{ts[:10]} {ts[11:19]}")
+        # Today's calls by time alone; any other day's with their date.
+        today = datetime.now().astimezone().date().isoformat()
+        only_today = all(str(r["ts"]).startswith(today) for r in rows)
+        when = (lambda ts: ts[11:19]) if only_today else (lambda ts: f"{ts[:10]} {ts[11:19]}")
         body = [
             [
                 when(str(r["ts"])), cell(r["tool"], 24),

@@ -186,6 +186,18 @@ def test_the_cli_fits_tables_to_a_terminal_and_not_to_a_pipe(
         assert max(map(len, table)) <= 120, argv
 
 
+def test_todays_calls_show_their_time_and_older_ones_their_date(
+    devmeter_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = time.time()
+    write_calls(devmeter_home / "ledger.sqlite", [call(now - 1, "1")])
+    row = run(capsys, "report", "--by", "request").splitlines()[1]
+    assert row.startswith(time.strftime("%H:%M:%S  ", time.localtime(now - 1))), row
+    write_calls(devmeter_home / "ledger.sqlite", [call(now - 3 * DAY, "1")])
+    row = run(capsys, "report", "--by", "request").splitlines()[1]
+    assert row.startswith(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now - 3 * DAY)))
+
+
 def test_session_labels_tell_sessions_apart() -> None:
     labels = session_labels([SESSION_A, SESSION_B, "proc-2130-1793610000", "proc-2131-1", "ab"])
     assert labels["proc-2130-1793610000"] == "proc-2130\u2026"
