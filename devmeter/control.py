@@ -74,9 +74,9 @@ def load(path: Path) -> Control:
     return Control(
         paused=_paused(path, raw.get("paused", False)),
         routing_mode=_routing_mode(path, raw.get("routing_mode")),
-        allowed=_allowed(path, raw.get("allowed", [])),
-        limits=tuple((str(s), str(k), float(v), float(t)) for s, k, v, t in raw.get("limits", [])),
-        stopped=tuple((str(k), float(t)) for k, t in raw.get("stopped", [])),
+        allowed=_entries(path, raw, "allowed", (str, str, float)),
+        limits=_entries(path, raw, "limits", (str, str, float, float)),
+        stopped=_entries(path, raw, "stopped", (str, float)),
     )
 
 
@@ -103,24 +103,33 @@ def _routing_mode(path: Path, value: object) -> str | None:
     return value  # type: ignore[return-value]
 
 
-def _allowed(path: Path, value: object) -> tuple[tuple[str, str, float], ...]:
+def _entries(path: Path, raw: dict[str, Any], key: str, shape: tuple[type, ...]) -> tuple[Any, ...]:
+    """`raw[key]`: a list of entries, each a list with one value of each type in `shape`
+    (`float`: any finite JSON number), as tuples."""
+    value = raw.get(key, [])
+    names = ", ".join("number" if kind is float else "text" for kind in shape)
     if not isinstance(value, list):
-        raise _bad(path, "allowed", "must be a list of [scope, key, unix time]")
-    allowed = []
+        raise _bad(path, key, f"must be a list of [{names}]")
+    entries = []
     for n, entry in enumerate(value):
-        ok = (
-            isinstance(entry, list)
-            and len(entry) == 3
-            and isinstance(entry[0], str)
-            and isinstance(entry[1], str)
-            and isinstance(entry[2], int | float)
-            and not isinstance(entry[2], bool)
-            and math.isfinite(entry[2])
+        if not isinstance(entry, list) or len(entry) != len(shape):
+            raise _bad(path, f"{key}[{n}]", f"must be [{names}]")
+        for item, kind in zip(entry, shape, strict=True):
+            if not (_is_number(item) if kind is float else isinstance(item, kind)):
+                raise _bad(path, f"{key}[{n}]", f"must be [{names}]")
+        entries.append(
+            tuple(float(i) if k is float else i for i, k in zip(entry, shape, strict=True))
         )
-        if not ok:
-            raise _bad(path, f"allowed[{n}]", "must be [scope, key, unix time]")
-        allowed.append((entry[0], entry[1], float(entry[2])))
-    return tuple(allowed)
+    return tuple(entries)
+
+
+def _is_number(value: object) -> bool:
+    """A finite JSON number (an integer too big for a float is not: float() would raise)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) < 2**63
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def _reason(exc: BaseException) -> str:

@@ -73,6 +73,8 @@ def test_a_string_false_does_not_pause(home: Path) -> None:
         ('{"routing_mode": "fast"}', "routing_mode"),
         ('{"allowed": [["day", "2026-11-02"]]}', "allowed[0]"),
         ('{"allowed": "all"}', "allowed"),
+        ('{"allowed": [["day", "2026-11-02", 1e999]]}', "allowed[0]"),
+        ('{"allowed": [["day", "2026-11-02", 1' + "0" * 400 + "]]}", "allowed[0]"),
         ("[]", ""),
     ):
         path.write_text(bad)
