@@ -64,12 +64,13 @@ def user_error(exc: BaseException, where: Paths) -> tuple[str | None, int]:
             ),
             1,
         )
-    if isinstance(exc, OSError):
-        name = exc.filename or where.data_dir
+    if isinstance(exc, OSError) and exc.filename is not None:
+        # A file or directory devmeter could not use (a socket error names none: it is
+        # not this kind of problem, and keeps its own handling).
         return (
             safe_text(
-                f"cannot use {name} ({exc.strerror or exc}) — check that it exists and is "
-                f"writable, or set DEVMETER_HOME to a directory that is",
+                f"cannot use {exc.filename} ({exc.strerror or exc}) — check that it exists "
+                "and is writable, or set DEVMETER_HOME to a directory that is",
                 2000,
             ),
             1,

@@ -117,3 +117,12 @@ def test_not_a_number_in_prices(home: Path, value: str) -> None:
 def test_a_bad_since(home: Path) -> None:
     line = one_clean_line(devmeter(home, "report", "--since", "\x1b[2Jlast week"), 2)
     assert "--since '\\x1b[2Jlast week' is not a time" in line and "yesterday, 1w" in line
+
+
+def test_a_data_dir_that_is_a_file(home: Path) -> None:
+    not_a_dir = home / "devmeter-home"
+    not_a_dir.write_text("a file where the directory should be\n")
+    line = one_clean_line(devmeter(not_a_dir, "config", "--init"), 1)
+    assert f"cannot use {not_a_dir}" in line and "DEVMETER_HOME" in line
+    line = one_clean_line(devmeter(not_a_dir, "pause"), 2)
+    assert f"{not_a_dir / 'control.json'}" in line
