@@ -330,9 +330,10 @@ def format_usd(value: Decimal | None, none: str = "unpriced") -> str:
         return "$0.00"
     if amount < _MICRO:
         return f"{sign}<$0.000001"
-    if amount.quantize(_CENT, rounding=ROUND_HALF_UP) < _CENT:
+    cents = amount.quantize(_CENT, rounding=ROUND_HALF_UP)
+    if cents < _CENT:
         return f"{sign}${amount.quantize(_MICRO, rounding=ROUND_HALF_UP)}"
-    return f"{sign}${amount.quantize(_CENT, rounding=ROUND_HALF_UP):,}"
+    return f"{sign}${cents:,}"
 
 
 def format_tokens(n: int | None) -> str:
@@ -360,25 +361,28 @@ def session_labels(ids: Iterable[str | None]) -> dict[str, str]:
     that no other id in `ids` shares, ending in an ellipsis when cut. (`--json` has the
     whole id.)"""
     unique = sorted({i for i in ids if i and i != UNATTRIBUTED})
+    # Sorted, an id shares its longest prefix with a neighbour: one comparison a pair.
+    shared = [_common_prefix(a, b) for a, b in zip(unique, unique[1:], strict=False)]
     labels: dict[str, str] = {}
     for n, session in enumerate(unique):
-        shared = 0
-        for other in (unique[n - 1] if n else None, unique[n + 1] if n + 1 < len(unique) else None):
-            if other is not None:
-                shared = max(shared, _common_prefix(session, other))
-        length = max(SESSION_LABEL_MIN, shared + 1)
+        before = shared[n - 1] if n else 0
+        after = shared[n] if n < len(shared) else 0
+        length = max(SESSION_LABEL_MIN, before + 1, after + 1)
         label = session if len(session) <= length else session[:length] + ELLIPSIS
         labels[session] = safe_text(label, SESSION_LABEL_MAX)
     return labels
 
 
 def _common_prefix(a: str, b: str) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+    """The length of the prefix `a` and `b` share (a binary search of slice compares)."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def to_table(
