@@ -26,6 +26,7 @@ from devmeter.cli import main
 from devmeter.ledger import connect, connect_readonly, write_calls
 from devmeter.reports import format_usd, parse_since, session_labels
 from devmeter.safe_text import safe_text
+from devmeter.text_table import TextTable, render
 from devmeter.usage import Attribution, Call, Usage
 
 SNAPSHOTS = Path(__file__).parent / "snapshots" / "report"
@@ -335,3 +336,18 @@ def test_hostile_names_never_reach_the_terminal(
     assert rows[0]["model"] == HOSTILE and rows[1]["model"] == huge
     sessions = json.loads(run(capsys, "sessions", "--json", *since))
     assert {s["model"] for s in sessions} == {HOSTILE, huge}
+
+
+def test_a_table_too_wide_to_fit_narrows_what_it_can_and_keeps_every_figure() -> None:
+    table = TextTable(
+        headers=["model", "path", "cost"],
+        rows=[["claude-opus-4-1-20250805", "/home/dev/src/acme-api", "$1,234.56"]],
+        right=frozenset({2}),
+        tail=frozenset({1}),
+    )
+    # Text columns stop at six characters; the figure is never cut.
+    assert (
+        render(table, width=10)
+        == "model   path         cost\nclaud\u2026  \u2026e-api  $1,234.56\n"
+    )
+    assert render(table) == render(table, width=200)  # room enough: unchanged
