@@ -15,7 +15,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
 from devmeter.ledger import BUCKET_SECONDS, PICO
-from devmeter.safe_text import ELLIPSIS, safe_text
+from devmeter.safe_text import safe_text
 from devmeter.text_table import TextTable, render
 
 UNATTRIBUTED = "(unattributed)"
@@ -280,6 +280,7 @@ def _usd(pusd: int) -> Decimal:
 
 NO_REPO = UNATTRIBUTED  # the one word for a call with no repo (or no session), everywhere
 SESSION_LABEL_MIN = 8  # a session label's shortest prefix
+SESSION_WHOLE = 12  # an id this short is shown whole (as budget.short_session does)
 SESSION_LABEL_MAX = 40  # longer ids are cut anyway (a UUID is 36)
 _CENT = Decimal("0.01")
 _MICRO = Decimal("0.000001")
@@ -358,8 +359,9 @@ def cell(value: object, limit: int, keep: Literal["head", "tail"] = "head") -> s
 
 def session_labels(ids: Iterable[str | None]) -> dict[str, str]:
     """Labels that tell sessions apart: each id's shortest prefix, at least 8 characters,
-    that no other id in `ids` shares, ending in an ellipsis when cut. (`--json` has the
-    whole id.)"""
+    that no other id in `ids` shares; an id of 12 characters or fewer whole. A label is a
+    prefix `devmeter allow` and `stop` take as it is, so it has no ellipsis; `--json`
+    has the whole id."""
     unique = sorted({i for i in ids if i and i != UNATTRIBUTED})
     # Sorted, an id shares its longest prefix with a neighbour: one comparison a pair.
     shared = [_common_prefix(a, b) for a, b in zip(unique, unique[1:], strict=False)]
@@ -368,7 +370,7 @@ def session_labels(ids: Iterable[str | None]) -> dict[str, str]:
         before = shared[n - 1] if n else 0
         after = shared[n] if n < len(shared) else 0
         length = max(SESSION_LABEL_MIN, before + 1, after + 1)
-        label = session if len(session) <= length else session[:length] + ELLIPSIS
+        label = session if len(session) <= max(length, SESSION_WHOLE) else session[:length]
         labels[session] = safe_text(label, SESSION_LABEL_MAX)
     return labels
 
@@ -449,7 +451,8 @@ def to_table(
     if by == "request":
         keep, tail = frozenset({0}), frozenset({4})  # the time; the repo path's end
     else:
-        keep, tail = frozenset(), frozenset({0} if by in ("repo", "branch") else ())
+        keep = frozenset({0} if by == "session" else ())  # a session label stays whole
+        tail = frozenset({0} if by in ("repo", "branch") else ())
     table = TextTable(headers, body, numeric, totals, notes, keep=keep, tail=tail)
     return render(table, width)
 

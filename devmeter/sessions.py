@@ -250,7 +250,7 @@ def to_table(
         body,
         right=frozenset({8, 9, 10, 11}),
         footer=lines,
-        keep=frozenset({0, 6, 7}),  # live marker, first and last seen
+        keep=frozenset({0, 1, 6, 7}),  # live marker, session label, first and last seen
         tail=frozenset({3}),  # the repo path's end
     )
     return render(table, width)

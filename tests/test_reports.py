@@ -201,12 +201,15 @@ def test_todays_calls_show_their_time_and_older_ones_their_date(
 
 def test_session_labels_tell_sessions_apart() -> None:
     labels = session_labels([SESSION_A, SESSION_B, "proc-2130-1793610000", "proc-2131-1", "ab"])
-    assert labels["proc-2130-1793610000"] == "proc-2130\u2026"
-    assert labels["proc-2131-1"] == "proc-2131\u2026"
-    assert labels[SESSION_A] == SESSION_A[:25] + "\u2026" != labels[SESSION_B]
+    assert labels["proc-2130-1793610000"] == "proc-2130"
+    assert labels["proc-2131-1"] == "proc-2131-1"  # twelve characters or fewer: whole
+    assert labels[SESSION_A] == SESSION_A[:25] != labels[SESSION_B] == SESSION_B[:25]
     assert labels["ab"] == "ab"
-    assert session_labels(["c94186ab-aaaa"]) == {"c94186ab-aaaa": "c94186ab\u2026"}
+    assert session_labels(["c94186ab-aaaa"]) == {"c94186ab-aaaa": "c94186ab"}
     assert len(set(labels.values())) == len(labels)
+    # Each label is a prefix of its id alone (what `devmeter allow` and `stop` take).
+    for session, label in labels.items():
+        assert [s for s in labels if s.startswith(label)] == [session]
 
 
 def test_dollars() -> None:

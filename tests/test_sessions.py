@@ -156,7 +156,7 @@ def test_table(conn: sqlite3.Connection) -> None:
     lines = text.splitlines()
     assert lines[0].split()[:3] == ["session", "tools", "repo"]
     live = lines[1]
-    assert live.startswith("●") and "s-claude… " in live and "/home/dev/src/devmeter" in live
+    assert live.startswith("●") and "s-claude " in live and "/home/dev/src/devmeter" in live
     assert "$6.00/h" in live and "1 min ago" in live and "$3.00+" in live
     # Every model the session used, its latest first.
     assert "claude-next, claude-sonnet-4-5" in live
