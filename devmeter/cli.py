@@ -42,8 +42,10 @@ def user_error(exc: BaseException, where: Paths) -> tuple[str | None, int]:
     the exit status; (None, 1) for a bug, which keeps its traceback."""
     if isinstance(exc, ConfigError):
         return safe_text(f"bad config: {exc}", 2000), 2
-    if isinstance(exc, reports.ReportError | control.ControlError):
-        return safe_text(str(exc), 2000), 2
+    from devmeter.guard_control import TargetError
+
+    if isinstance(exc, reports.ReportError | control.ControlError | TargetError):
+        return safe_text(str(exc).removeprefix("devmeter: "), 2000), 2
     if isinstance(exc, sqlite3.OperationalError):
         # "no such column" and the like are devmeter's bugs: they keep their traceback.
         reason = str(exc)
