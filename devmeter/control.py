@@ -43,6 +43,10 @@ def control_path(data_dir: Path) -> Path:
 ROUTING_MODES = ("off", "shadow", "on")
 
 
+# What deleting control.json forgets, for the message that suggests it.
+_RESETS = "pause, raised caps, stopped sessions and the routing mode"
+
+
 class ControlError(ValueError):
     """control.json exists but is not control state; the message names the file and key."""
 
@@ -66,8 +70,7 @@ def load(path: Path) -> Control:
         raw: Any = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise ControlError(
-            f"{path} is not valid JSON ({_reason(exc)}) — delete it to reset pause, lifted "
-            "caps and the routing mode"
+            f"{path} is not valid JSON ({_reason(exc)}) — delete it to reset {_RESETS}"
         ) from exc
     if not isinstance(raw, dict):
         raise ControlError(f"{path} must hold a JSON object — delete it to reset")
@@ -82,8 +85,7 @@ def load(path: Path) -> Control:
 
 def _bad(path: Path, key: str, what: str) -> ControlError:
     return ControlError(
-        f"{path} [{key}]: {what} — fix the value, or delete the file to reset pause, lifted "
-        "caps and the routing mode"
+        f"{path} [{key}]: {what} — fix the value, or delete the file to reset {_RESETS}"
     )
 
 
