@@ -33,7 +33,7 @@ from devmeter import reports
 from devmeter.budget import MENU_ENV
 from devmeter.config import Config, ConfigError, load
 from devmeter.ledger import connect_readonly
-from devmeter.paths import Paths
+from devmeter.paths import Paths, make_private_dir, write_private
 from devmeter.tray.icon import render_badge, render_icon, tooltip
 from devmeter.tray.menu import MenuItem, TraySnapshot, build_menu, to_pystray
 from devmeter.tray.snapshot import change_marker, day_start, snapshot
@@ -236,16 +236,6 @@ def report_text(conn: sqlite3.Connection | None, now: float, session: str | None
     return "\n".join(out)
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write `text` to `path`, readable by the user alone (the directory too)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        if hasattr(os, "fchmod"):
-            os.fchmod(f.fileno(), 0o600)  # an older report may have been made readable
-        f.write(text)
-
-
 # --- the app -------------------------------------------------------------------------------
 
 
@@ -337,7 +327,8 @@ class TrayApp:
             finally:
                 if conn is not None:
                     conn.close()
-            write_private(path, text)
+            make_private_dir(path.parent)
+            write_private(path, text)  # 0600, even over an older, readable report
         except (OSError, sqlite3.Error) as exc:
             self._problem("Cannot write the report", f"{exc}. Run `devmeter report` instead.")
             return None
