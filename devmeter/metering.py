@@ -57,6 +57,11 @@ def conclude_usage(
     )
 
 
+# APIs whose answers may carry no usage at all, and whose cost cannot be estimated from
+# text: a call of theirs without usage is unpriced, not $0.
+NO_USAGE_ON_WIRE = frozenset({"openai.images", "openai.speech", "openai.transcription"})
+
+
 def _billed_nothing(usage: Usage, status: int | None) -> bool:
     failed = status is None or status >= 400
     return failed and usage == Usage(service_tier=usage.service_tier)
@@ -92,6 +97,10 @@ def build_call(
     elif _billed_nothing(usage, status):
         # A refused or failed call that used no tokens costs nothing, priced model or not.
         priced = Price(Decimal(0), "not billed")
+    elif result.usage is None and endpoint.api in NO_USAGE_ON_WIRE:
+        # The API reports nothing to price from (speech audio, DALL-E images): recorded
+        # unpriced, so reports flag it rather than count it as $0.
+        priced = Price(None, None)
     else:
         priced = price(endpoint.provider, priced_model, usage, overrides, when)
     if priced.cost_usd is not None and not sane_cost(priced.cost_usd):

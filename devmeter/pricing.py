@@ -98,12 +98,19 @@ def list_price(
     provider: str, model: str, usage: Usage, when: datetime | None = None
 ) -> Decimal | None:
     tier = usage.service_tier if _priced_tier(usage.service_tier) else None
-    rates = _flat_rates(provider, model, when or datetime.now(UTC)) if tier is None else None
+    plain = tier is None and not usage.modality_tokens
+    rates = _flat_rates(provider, model, when or datetime.now(UTC)) if plain else None
     if rates is not None:
         fast = _cost_at_flat_rates(rates, usage)
         if fast is not None:
             return fast
-    context = {"service_tier": tier} if tier else None
+    # Batch results: genai-prices states batch rates as a `processing` variant; a model
+    # without one is priced at its list price, an upper bound.
+    context: dict[str, str] | None = None
+    if tier == "batch":
+        context = {"processing": "batch"}
+    elif tier:
+        context = {"service_tier": tier}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -114,7 +121,7 @@ def list_price(
                 genai_request_timestamp=when,
                 price_context=context,
             )
-    except LookupError:
+    except (LookupError, ValueError):  # unknown model; usage genai-prices cannot price
         return None
     return Decimal(calc.total_price)
 
@@ -217,6 +224,8 @@ def _genai_usage(usage: Usage) -> genai_prices.Usage:
         values["cache_write_1h_tokens"] = usage.cache_write_1h_tokens
     if usage.web_search_requests:
         values["web_searches"] = usage.web_search_requests
+    for key, count in usage.modality_tokens:
+        values[key] = values.get(key, 0) + count
     return genai_prices.Usage(**values)
 
 

@@ -48,6 +48,10 @@ class Usage:
     reported_cost_usd: Decimal | None = None
     # True when some counts were estimated with tiktoken rather than reported.
     estimated: bool = False
+    # The parts of input and output in other modalities, as genai-prices usage keys
+    # (input_audio_tokens, output_audio_tokens, input_image_tokens, ...): counted in
+    # input_tokens / output_tokens above, and priced at their own rates.
+    modality_tokens: tuple[tuple[str, int], ...] = ()
 
     @property
     def total_input_tokens(self) -> int:

@@ -16,11 +16,20 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, urlsplit
 
 from devmeter import fastjson
-from devmeter.providers import anthropic, cursor, gemini, openai_chat, openai_responses
+from devmeter.providers import (
+    anthropic,
+    anthropic_legacy,
+    cursor,
+    gemini,
+    openai_chat,
+    openai_media,
+    openai_responses,
+)
 from devmeter.providers.base import ResponseParser
+from devmeter.providers.paths import costs_nothing, normalise_path, refusal_family
 from devmeter.providers.request import uses_images
 from devmeter.tokens import estimate_request_tokens
 from devmeter.usage import RequestInfo
@@ -29,8 +38,13 @@ __all__ = [
     "INTERCEPT_HOSTS",
     "Endpoint",
     "ResponseParser",
+    "costs_nothing",
     "effective_endpoint",
     "match_endpoint",
+    "normalise_host",
+    "normalise_path",
+    "refusal_family",
+    "unmetered_endpoint",
     "new_response_parser",
     "parse_request",
     "request_uses_images",
@@ -48,16 +62,26 @@ class Endpoint:
     stream: bool = False  # the URL itself asks for a stream (Gemini)
 
 
-# host -> {path: (provider, api, free)}. Paths are matched exactly, without the query.
+# host -> {path: (provider, api, free)}. Paths are matched exactly, normalised (see
+# paths.normalise_path: lower case, without the query).
 _ROUTES: dict[str, dict[str, tuple[str, str, bool]]] = {
     "api.anthropic.com": {
         "/v1/messages": ("anthropic", "anthropic.messages", False),
         "/v1/messages/count_tokens": ("anthropic", "anthropic.count_tokens", True),
+        "/v1/complete": ("anthropic", "anthropic.complete", False),  # legacy Text Completions
     },
     "api.openai.com": {
         "/v1/chat/completions": ("openai", "openai.chat", False),
         "/v1/responses": ("openai", "openai.responses", False),
         "/v1/embeddings": ("openai", "openai.embeddings", False),
+        "/v1/completions": ("openai", "openai.completions", False),  # legacy
+        "/v1/images/generations": ("openai", "openai.images", False),
+        "/v1/images/edits": ("openai", "openai.images", False),
+        "/v1/images/variations": ("openai", "openai.images", False),
+        "/v1/audio/transcriptions": ("openai", "openai.transcription", False),
+        "/v1/audio/translations": ("openai", "openai.transcription", False),
+        "/v1/audio/speech": ("openai", "openai.speech", False),
+        "/v1/realtime": ("openai", "openai.realtime", False),  # a WebSocket
     },
     # Codex CLI signed in with a ChatGPT account.
     "chatgpt.com": {
@@ -65,37 +89,62 @@ _ROUTES: dict[str, dict[str, tuple[str, str, bool]]] = {
     },
     "openrouter.ai": {
         "/api/v1/chat/completions": ("openrouter", "openai.chat", False),
+        "/api/v1/completions": ("openrouter", "openai.completions", False),
+        "/api/v1/embeddings": ("openrouter", "openai.embeddings", False),
     },
     "api.deepseek.com": {
         "/chat/completions": ("deepseek", "openai.chat", False),
         "/v1/chat/completions": ("deepseek", "openai.chat", False),
+        "/beta/completions": ("deepseek", "openai.completions", False),  # fill in the middle
     },
     "api.groq.com": {
         "/openai/v1/chat/completions": ("groq", "openai.chat", False),
+        "/openai/v1/embeddings": ("groq", "openai.embeddings", False),
+        "/openai/v1/audio/transcriptions": ("groq", "openai.transcription", False),
+        "/openai/v1/audio/translations": ("groq", "openai.transcription", False),
     },
     "api.mistral.ai": {
         "/v1/chat/completions": ("mistral", "openai.chat", False),
+        "/v1/fim/completions": ("mistral", "openai.chat", False),  # same response shape
+        "/v1/embeddings": ("mistral", "openai.embeddings", False),
     },
     "api.x.ai": {
         "/v1/chat/completions": ("x-ai", "openai.chat", False),
         "/v1/responses": ("x-ai", "openai.responses", False),
+        "/v1/completions": ("x-ai", "openai.completions", False),
+        "/v1/embeddings": ("x-ai", "openai.embeddings", False),
+        "/v1/images/generations": ("x-ai", "openai.images", False),
     },
 }
+
+# Paths with an id in them: host -> [(regex, (provider, api, free))], GET only.
+_READ_ROUTES: dict[str, list[tuple[re.Pattern[str], tuple[str, str, bool]]]] = {
+    "api.anthropic.com": [
+        # Message Batches results: billed when the batch ran, metered when they are read.
+        (
+            re.compile(r"/v1/messages/batches/[^/]+/results"),
+            ("anthropic", "anthropic.batch_results", False),
+        ),
+    ],
+}
+# APIs a GET calls: a WebSocket (Codex's Responses transport, Realtime) or a results read.
+_GET_APIS = frozenset({"openai.responses", "openai.realtime", "anthropic.batch_results"})
 
 _GEMINI_HOST = "generativelanguage.googleapis.com"
 _CLOUDCODE_HOST = "cloudcode-pa.googleapis.com"  # Gemini CLI signed in with Google
 _GEMINI_PATH = re.compile(
-    r"/(?:v1|v1beta|v1alpha)/models/([^/:]+):(generateContent|streamGenerateContent)"
+    r"/(?:v1|v1beta|v1alpha)/models/([^/:]+)"
+    r":(generatecontent|streamgeneratecontent|embedcontent|batchembedcontents)"
 )
-_CLOUDCODE_PATH = re.compile(r"/v1internal:(generateContent|streamGenerateContent)")
+_CLOUDCODE_PATH = re.compile(r"/v1internal:(generatecontent|streamgeneratecontent)")
 # Cursor's editor: Connect-RPC chat streams (protobuf; metered as estimates). Not metered:
 # Cursor Tab (StreamCpp), BidiAppend (the client half of an HTTP/1.1 bidi emulation),
 # and the rest of its API (settings, indexing, telemetry), which passes through untouched.
 _CURSOR_HOST = cursor.HOST
 _CURSOR_PATH = re.compile(
-    r"/aiserver\.v1\.ChatService/StreamUnifiedChat\w*"
-    r"|/aiserver\.v1\.AiService/Stream(?:Chat|Composer|Edit)\w*"
-    r"|/agent\.v1\.AgentService/Run(?:SSE)?"
+    r"/aiserver\.v1\.chatservice/streamunifiedchat\w*"
+    r"|/aiserver\.v1\.aiservice/stream(?:chat|composer|edit)\w*"
+    r"|/agent\.v1\.agentservice/run(?:sse)?"
 )
 
 INTERCEPT_HOSTS: tuple[str, ...] = (*_ROUTES, _GEMINI_HOST, _CLOUDCODE_HOST, _CURSOR_HOST)
@@ -111,18 +160,29 @@ _ROUTE_ENDPOINTS: dict[str, dict[str, Endpoint]] = {
 _CURSOR_ENDPOINT = Endpoint("cursor", "cursor.chat", stream=True)
 
 
-def match_endpoint(host: str, method: str, path: str) -> Endpoint | None:
-    """The metered endpoint a request goes to, or None for everything else.
+_READ_ROUTE_ENDPOINTS: dict[str, list[tuple[re.Pattern[str], Endpoint]]] = {
+    host: [(pattern, Endpoint(provider, api, free=free)) for pattern, (provider, api, free) in rs]
+    for host, rs in _READ_ROUTES.items()
+}
 
-    Calls are POSTs. A GET to a Responses path is also matched: it is the
-    WebSocket upgrade Codex CLI opens before falling back to POST.
-    """
+
+def normalise_host(host: str) -> str:
+    """`API.OpenAI.com.:443` -> `api.openai.com`."""
     host = host.lower().rstrip(".")
     if host.rsplit(":", 1)[-1].isdigit():  # "api.openai.com:443"
         host = host.rsplit(":", 1)[0]
-    path = path.split("?", 1)[0].split("#", 1)[0]
-    if len(path) > 1:
-        path = path.rstrip("/")
+    return host
+
+
+def match_endpoint(host: str, method: str, path: str) -> Endpoint | None:
+    """The metered endpoint a request goes to, or None for everything else.
+
+    The path is normalised first (paths.normalise_path), so every spelling a server
+    routes to a metered API is metered. Calls are POSTs; GETs are matched for the
+    WebSocket upgrades (Codex CLI's Responses, Realtime) and batch results reads.
+    """
+    host = normalise_host(host)
+    raw_path, path = path, normalise_path(path)
     method = method.upper()
     if host == _CURSOR_HOST:
         if method == "POST" and _CURSOR_PATH.fullmatch(path):
@@ -133,29 +193,67 @@ def match_endpoint(host: str, method: str, path: str) -> Endpoint | None:
             return None
         if host == _GEMINI_HOST:
             m = _GEMINI_PATH.fullmatch(path)
-            model = unquote(m.group(1)) if m else None
+            model = m.group(1) if m else None
         else:
             m = _CLOUDCODE_PATH.fullmatch(path)
             model = None  # named in the body
         if m is None:
             return None
-        stream = m.group(m.lastindex or 0) == "streamGenerateContent"
+        method_name = m.group(m.lastindex or 0)
+        if method_name in ("embedcontent", "batchembedcontents"):
+            return Endpoint("google", "gemini.embed", path_model=model)
+        stream = method_name == "streamgeneratecontent"
         return Endpoint("google", "gemini.generate", path_model=model, stream=stream)
     endpoint = _ROUTE_ENDPOINTS.get(host, {}).get(path)
+    if endpoint is None and method == "GET":
+        for pattern, candidate in _READ_ROUTE_ENDPOINTS.get(host, ()):
+            if pattern.fullmatch(path):
+                endpoint = candidate
+                break
     if endpoint is None:
         return None
-    if method == "POST" or (method == "GET" and endpoint.api == "openai.responses"):
+    if endpoint.api == "anthropic.batch_results":
+        return endpoint if method == "GET" else None
+    if endpoint.api == "openai.realtime":
+        # The model is in the query: wss://api.openai.com/v1/realtime?model=gpt-realtime
+        models = parse_qs(urlsplit(raw_path).query).get("model")
+        return replace(endpoint, path_model=models[0][:200]) if models else endpoint
+    if method == "POST" or (method == "GET" and endpoint.api in _GET_APIS):
         return endpoint
     return None
 
 
-_REQUEST_PARSERS = {
+def unmetered_endpoint(host: str) -> Endpoint:
+    """The endpoint a refused request to a path devmeter does not meter is recorded
+    under, shaped so the refusal speaks the host's error format."""
+    host = normalise_host(host)
+    family = refusal_family(host) or "openai"
+    routes = _ROUTES.get(host)
+    provider = next(iter(routes.values()))[0] if routes else "google"
+    return Endpoint(provider, f"{family}.unmetered")
+
+
+def _images_request(body: dict[str, Any], path_model: str | None = None) -> RequestInfo:
+    info = openai_media.parse_json_request(body, path_model)
+    return replace(info, model=info.model or openai_media.DEFAULT_MODELS["openai.images"])
+
+
+_REQUEST_PARSERS: dict[str, Callable[[dict[str, Any], str | None], RequestInfo]] = {
     "anthropic.messages": anthropic.parse_request,
     "anthropic.count_tokens": anthropic.parse_request,
+    "anthropic.complete": anthropic_legacy.parse_complete_request,
     "openai.chat": openai_chat.parse_request,
+    "openai.completions": openai_chat.parse_request,
     "openai.embeddings": openai_chat.parse_embeddings_request,
     "openai.responses": openai_responses.parse_request,
+    "openai.images": _images_request,
+    "openai.transcription": openai_media.parse_json_request,
+    "openai.speech": openai_media.parse_json_request,
+    "openai.realtime": openai_media.parse_json_request,
+    "gemini.embed": gemini.parse_embed_request,
 }
+# Calls made with a GET: no body to read, the URL says all there is.
+_BODYLESS_APIS = frozenset({"openai.realtime", "anthropic.batch_results"})
 
 
 def parse_request(endpoint: Endpoint, body: bytes) -> RequestInfo:
@@ -176,6 +274,10 @@ def parse_request_doc(endpoint: Endpoint, body: bytes) -> tuple[RequestInfo, dic
 
     if endpoint.api == "cursor.chat":
         return cursor.parse_request(body), None  # protobuf, never raises
+    if not body and endpoint.api in _BODYLESS_APIS:
+        return RequestInfo(model=endpoint.path_model, prompt_tokens_estimate=0), None
+    if endpoint.api in openai_media.MULTIPART_APIS and openai_media.is_multipart(body):
+        return openai_media.parse_form_request(endpoint.api, body), None
     if not body:
         return failed("empty request body")
     try:
@@ -199,7 +301,7 @@ def parse_request_doc(endpoint: Endpoint, body: bytes) -> tuple[RequestInfo, dic
         stream=info.stream,
         prompt_tokens_estimate=info.prompt_tokens_estimate,
         facts=info.facts,
-        prompt_estimator=_prompt_estimator(body),
+        prompt_estimator=info.prompt_estimator or _prompt_estimator(body),
     )
     return with_estimate, doc
 
@@ -249,7 +351,7 @@ def new_response_parser(
         return anthropic.MessagesParser(request, content_type)
     if api == "anthropic.count_tokens":
         return anthropic.CountTokensParser(request, content_type)
-    if api == "openai.chat":
+    if api in ("openai.chat", "openai.completions"):
         return openai_chat.ChatParser(request, content_type, provider=endpoint.provider)
     if api == "openai.responses":
         return openai_responses.ResponsesParser(request, content_type)
@@ -257,6 +359,20 @@ def new_response_parser(
         return openai_chat.EmbeddingsParser(request, content_type)
     if api == "gemini.generate":
         return gemini.GenerateParser(request, content_type)
+    if api == "gemini.embed":
+        return gemini.EmbedParser(request, content_type)
+    if api == "anthropic.complete":
+        return anthropic_legacy.CompleteParser(request, content_type)
+    if api == "anthropic.batch_results":
+        return anthropic_legacy.BatchResultsParser(request, content_type)
+    if api == "openai.images":
+        return openai_media.ImagesParser(request, content_type)
+    if api == "openai.transcription":
+        return openai_media.TranscriptionParser(request, content_type)
+    if api == "openai.speech":
+        return openai_media.SpeechParser(request, content_type)
+    if api == "openai.realtime":
+        return openai_media.RealtimeParser(request, content_type)
     if api == "cursor.chat":
         return cursor.ChatParser(request, content_type)
     raise ValueError(f"no response parser for {api!r}")

@@ -160,29 +160,29 @@ class MessagesParser(BaseParser):
                 self._usage[key] = value
 
     def usage(self) -> Usage | None:
-        u = self._usage
-        if not u:
-            return None
-        split = as_dict(u.get("cache_creation"))
-        write_5m = as_int(split.get("ephemeral_5m_input_tokens"))
-        write_1h = as_int(split.get("ephemeral_1h_input_tokens"))
-        cache_write = (
-            as_int(u["cache_creation_input_tokens"])
-            if "cache_creation_input_tokens" in u
-            else write_5m + write_1h
-        )
-        return Usage(
-            input_tokens=as_int(u.get("input_tokens")),
-            cache_read_tokens=as_int(u.get("cache_read_input_tokens")),
-            cache_write_tokens=cache_write,
-            cache_write_1h_tokens=write_1h,
-            output_tokens=as_int(u.get("output_tokens")),
-            reasoning_tokens=as_int(as_dict(u.get("output_tokens_details")).get("thinking_tokens")),
-            web_search_requests=as_int(
-                as_dict(u.get("server_tool_use")).get("web_search_requests")
-            ),
-            service_tier=as_str(u.get("service_tier")),
-        )
+        return message_usage(self._usage) if self._usage else None
+
+
+def message_usage(u: dict[str, Any]) -> Usage:
+    """A Message's `usage` object in the ledger's meaning."""
+    split = as_dict(u.get("cache_creation"))
+    write_5m = as_int(split.get("ephemeral_5m_input_tokens"))
+    write_1h = as_int(split.get("ephemeral_1h_input_tokens"))
+    cache_write = (
+        as_int(u["cache_creation_input_tokens"])
+        if "cache_creation_input_tokens" in u
+        else write_5m + write_1h
+    )
+    return Usage(
+        input_tokens=as_int(u.get("input_tokens")),
+        cache_read_tokens=as_int(u.get("cache_read_input_tokens")),
+        cache_write_tokens=cache_write,
+        cache_write_1h_tokens=write_1h,
+        output_tokens=as_int(u.get("output_tokens")),
+        reasoning_tokens=as_int(as_dict(u.get("output_tokens_details")).get("thinking_tokens")),
+        web_search_requests=as_int(as_dict(u.get("server_tool_use")).get("web_search_requests")),
+        service_tier=as_str(u.get("service_tier")),
+    )
 
 
 class CountTokensParser(BaseParser):

@@ -16,6 +16,7 @@ from typing import Any
 
 from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
 from devmeter.providers.request import flag, set_int
+from devmeter.tokens import estimate_tokens
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
 # --- requests -------------------------------------------------------------------------
@@ -117,3 +118,58 @@ class GenerateParser(BaseParser):
             reasoning_tokens=thoughts,
             web_search_requests=len(self._searches),
         )
+
+
+# --- embeddings -----------------------------------------------------------------------
+
+
+def parse_embed_request(body: dict[str, Any], path_model: str | None = None) -> RequestInfo:
+    """embedContent `{content: {parts}}` or batchEmbedContents `{requests: [{content}]}`.
+
+    The response reports no tokens, so the estimate of the texts here is what is billed.
+    """
+    requests = body.get("requests")
+    contents = (
+        [as_dict(r).get("content") for r in requests]
+        if isinstance(requests, list)
+        else [body.get("content")]
+    )
+    texts = [
+        part["text"]
+        for content in contents
+        for part in as_dict(content).get("parts") or ()
+        if isinstance(part, dict) and isinstance(part.get("text"), str)
+    ]
+    model = path_model or as_str(body.get("model"))
+    if model and model.startswith("models/"):
+        model = model[len("models/") :]
+
+    def estimate() -> int | None:
+        return sum(estimate_tokens(text, model) for text in texts)
+
+    return RequestInfo(model=model, prompt_estimator=estimate)
+
+
+class EmbedParser(BaseParser):
+    """Gemini embeddings: `usageMetadata` when the API sends it, else the request's
+    estimate (the API reports no usage for most embedding models)."""
+
+    def __init__(self, request: RequestInfo, content_type: str = "") -> None:
+        super().__init__(request, content_type)
+        self._usage: dict[str, Any] | None = None
+
+    def on_event(self, name: str | None, obj: Any) -> None:
+        if not isinstance(obj, dict):
+            return
+        if "error" in obj:
+            self.set_error(obj["error"])
+            return
+        if isinstance(obj.get("usageMetadata"), dict):
+            self._usage = obj["usageMetadata"]
+
+    def usage(self) -> Usage | None:
+        if self.error is not None or not self.terminal:
+            return None
+        if self._usage is not None:
+            return Usage(input_tokens=max(0, as_int(self._usage.get("promptTokenCount"))))
+        return Usage(input_tokens=self.request.prompt_tokens() or 0, estimated=True)

@@ -118,8 +118,9 @@ class ChatParser(BaseParser):
         for choice in obj.get("choices") or ():
             if not isinstance(choice, dict):
                 continue
-            # Streams carry `delta`, whole responses `message`.
+            # Streams carry `delta`, whole responses `message`; legacy completions `text`.
             self._add_text(as_dict(choice.get("delta") or choice.get("message")))
+            self.text.add(choice.get("text"))
         usage = obj.get("usage")
         if not isinstance(usage, dict):
             usage = as_dict(obj.get("x_groq")).get("usage")  # Groq streams

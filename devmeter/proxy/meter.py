@@ -33,10 +33,14 @@ from devmeter.providers import (
     INTERCEPT_HOSTS,
     Endpoint,
     ResponseParser,
+    costs_nothing,
     cursor,
     match_endpoint,
     new_response_parser,
+    normalise_host,
+    normalise_path,
     parse_request,
+    unmetered_endpoint,
 )
 from devmeter.proxy import streaming
 from devmeter.proxy.deadlines import HeaderDeadline
@@ -315,6 +319,7 @@ class Meter:
     def _start(self, flow: http.HTTPFlow, host: str) -> None:
         endpoint = match_endpoint(host, flow.request.method, flow.request.path)
         if endpoint is None:
+            self._guard_unmetered(flow, host)
             return
         now = self._clock()
         headers = lower_headers(flow.request.headers)  # once: mitmproxy's lookups are slow
@@ -345,7 +350,8 @@ class Meter:
                     reserve = self._estimate(endpoint.provider, info, len(body), now)
                     verdict = self._guard.check(state.attribution, now, reserve)
                     self._raise_alerts(verdict)
-                    if verdict.block is not None:
+                    # A free request (count_tokens, batch results) passes a cap or a pause.
+                    if verdict.block is not None and not _is_free(flow, host, False):
                         _refuse(flow, state, verdict.block)
                         return
                     state.reservation = verdict.reservation
@@ -374,6 +380,27 @@ class Meter:
         if self._on_alert is not None:
             for alert in verdict.alerts:
                 self._on_alert(alert)
+
+    def _guard_unmetered(self, flow: http.HTTPFlow, host: str) -> None:
+        """A request devmeter does not meter, to an LLM API host: refused like a metered
+        one when paused or capped, unless it costs nothing (paths.costs_nothing). A
+        WebSocket here is refused at its handshake: no turn on it is ever checked."""
+        if self._guard is None:
+            return
+        upgrade = flow.request.headers.get("upgrade", "").lower() == "websocket"
+        if _is_free(flow, host, upgrade):
+            return
+        now = self._clock()
+        info = RequestInfo()
+        headers = lower_headers(flow.request.headers)
+        attribution = self._attribute(flow, info, headers, host, now)
+        verdict = self._guard.check(attribution, now)
+        self._raise_alerts(verdict)
+        if verdict.block is None:
+            return
+        state = FlowState(unmetered_endpoint(host), info, now, attribution, host, upgrade=upgrade)
+        flow.metadata[METADATA_KEY] = state
+        _refuse(flow, state, verdict.block)
 
     def _apply_control(self) -> None:
         control = self._control.poll() if self._control is not None else None
@@ -555,7 +582,12 @@ class Meter:
                 # The request streamed alongside the answer: only now is it whole.
                 state.request = state.request_reader.info()
                 result = _with_input_estimate(result, state.request)
-            if flow.response is not None and state.parser is None and flow.response.raw_content:
+            if (
+                flow.response is not None
+                and state.parser is None
+                and flow.response.raw_content
+                and not state.endpoint.api.endswith(".unmetered")  # a refusal: no parser
+            ):
                 # Not streamed through the tap (an error installing it, a fallback's answer):
                 # parse the whole body, decoded within the same budget as a stream.
                 parser = new_response_parser(
@@ -586,6 +618,21 @@ class Meter:
                     error=error,
                 ),
             )
+            # Batch results name several models: a row for each further one.
+            for more in state.parser.take_completed() if state.parser is not None else ():
+                self._record_settled(
+                    state,
+                    metering.build_call(
+                        ts=state.started,
+                        host=state.host,
+                        endpoint=state.endpoint,
+                        request=state.request,
+                        result=more,
+                        status=status,
+                        attribution=state.attribution,
+                        overrides=self._overrides,
+                    ),
+                )
         except Exception:
             self._internal_error(flow, state.host, "response")
             return
@@ -617,7 +664,8 @@ class Meter:
                 request = parse_request(state.endpoint, message.content)
                 if self._refuse_ws_turn(flow, state, message, request):
                     return
-                state.ws_requests.append(request)
+                if state.endpoint.api != "openai.realtime":  # events, not one per response
+                    state.ws_requests.append(request)
             else:
                 state.parser.feed_message(message.content)
                 for result in state.parser.take_completed():
@@ -804,6 +852,12 @@ def _release(flow: http.HTTPFlow, state: FlowState) -> None:
     flow.metadata.pop(METADATA_KEY, None)
     if flow.response is not None and callable(flow.response.stream):
         flow.response.stream = True  # the tap holds the state; what is left passes as is
+
+
+def _is_free(flow: http.HTTPFlow, host: str, upgrade: bool) -> bool:
+    """Whether the request costs nothing, and so passes a pause or a cap."""
+    path = normalise_path(flow.request.path)
+    return costs_nothing(normalise_host(host), flow.request.method, path, upgrade)
 
 
 def _state(flow: http.HTTPFlow) -> FlowState | None:
