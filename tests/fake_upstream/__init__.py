@@ -52,6 +52,10 @@ anything else: 404 in the provider's error format               ``unknown``
 =============================================================  ================================
 
 ``/backend-api/codex/responses`` (Codex with a ChatGPT login) is served like ``/v1/responses``.
+Paths are routed leniently, as many web frameworks do: ``//v1/messages``, ``/v1/%6Dessages``,
+``/V1/MESSAGES``, ``/v1/messages;x``, ``/v1/messages/`` and ``/v1/x/../messages`` all reach
+Messages (``RecordedRequest.path`` keeps what was sent), so tests can show the proxy meters
+and caps every spelling.
 The reply's ``model`` echoes the request's (Gemini: the model in the path). Streams: Anthropic
 ``message_start`` (input + cache usage, ``cache_creation`` 5m/1h split), ``content_block_*``,
 ``ping``, ``message_delta`` (cumulative usage incl. ``server_tool_use.web_search_requests``),

@@ -153,6 +153,26 @@ def _route(method: str, route: str, host: str, *, upgrade: bool) -> tuple[str, s
     return "unknown", "openai"
 
 
+def _lenient(path: str) -> str:
+    """The route a lenient server (as many web frameworks are) takes a path to: `//`
+    collapsed, %-escapes decoded, `;params` dropped, `.` and `..` resolved, no trailing
+    slash, and the case of a path without a Gemini `:method` folded. The proxy must
+    meter and cap every such spelling; this lets tests show that it does."""
+    path = unquote(path)
+    segments: list[str] = []
+    for segment in path.split("/"):
+        segment = segment.split(";", 1)[0]
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(segment)
+    route = "/" + "/".join(segments)
+    return route if ":" in route else route.lower()
+
+
 def _aux_answer(route: str) -> tuple[int, Any]:
     """Answers for the clients' non-API calls that let them start fast and quietly."""
     if route == "/v1internal:loadCodeAssist":
@@ -432,8 +452,7 @@ class FakeUpstream:
         self, request: HttpRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         """Answer one request; False when the connection must not be reused."""
-        split = urlsplit(request.target)
-        route = split.path
+        route = _lenient(request.target.split("?", 1)[0])  # urlsplit reads `//x` as a host
         if route.startswith("/_fake/"):
             return await self._control(request, route, writer)
         headers = request.header_dict
