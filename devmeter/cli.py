@@ -252,11 +252,10 @@ def cmd_proxy(args: argparse.Namespace, config: Config, where: Paths) -> int:
 
     if args.listen:
         config = replace(config, listen=parse_listen(args.listen, "--listen"))
-    if args.upstream:
-        upstreams = dict(config.upstreams)
-        upstreams.update(parse_upstream_arg(arg) for arg in args.upstream)
-        config = replace(config, upstreams=upstreams)
-    return run(config, where)
+    pinned = dict(parse_upstream_arg(arg) for arg in args.upstream or ())
+    if pinned:
+        config = replace(config, upstreams={**config.upstreams, **pinned})
+    return run(config, where, pinned)
 
 
 def proxy_address(config: Config, where: Paths) -> tuple[str, int, bool]:
@@ -518,7 +517,12 @@ def cmd_routing(args: argparse.Namespace, config: Config, where: Paths) -> int:
     if args.mode is not None:
         control.update(path, routing_mode=None if args.mode == "config" else args.mode)
     chosen = control.load(path).routing_mode
-    source = "set with `devmeter routing`" if chosen else f"from {where.config_file}"
+    if chosen:
+        source = "set with `devmeter routing`"
+    elif where.config_file.exists():
+        source = f"from {where.config_file}"
+    else:
+        source = f"the default: {where.config_file} does not exist"
     print(f"routing mode: {chosen or configured} ({source})")
     return 0
 

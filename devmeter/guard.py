@@ -120,6 +120,21 @@ class Guard:
         with self._lock:
             apply_control(self.budgets, control, time.time() if now is None else now)
 
+    def reconfigure(
+        self,
+        budgets: Budgets,
+        runaway: RunawayConfig,
+        seed: Mapping[tuple[str, str], Decimal] | None = None,
+        now: float | None = None,
+    ) -> None:
+        """A reloaded config: new caps, thresholds and runaway settings, all at once.
+        Spend counted so far is kept; `seed` fills in scopes only now watched."""
+        with self._lock:
+            self.budgets.budgets = budgets
+            self.runaway.config = runaway
+            if seed:
+                self.budgets.seed(seed, now)
+
     def seed_from_ledger(self, conn: sqlite3.Connection, now: float) -> None:
         """Start from what the ledger already holds, so a restart neither forgets a
         cap that was reached nor repeats a threshold or an alert already announced, and

@@ -75,6 +75,17 @@ class Router:
             raise ValueError(f"routing mode must be one of {', '.join(routing.MODES)}")
         self.config = replace(self.config, mode=mode)  # type: ignore[arg-type]
 
+    def reconfigure(
+        self, config: routing.RoutingConfig, overrides: tuple[PriceOverride, ...]
+    ) -> None:
+        """A reloaded config's rules and prices. A mode set with `devmeter routing` stays
+        set; sessions' spend and cache state are kept."""
+        with self._lock:
+            chosen = self.config.mode if self.config.mode != self.configured_mode else None
+            self.configured_mode = config.mode
+            self.config = replace(config, mode=chosen or config.mode)
+            self._overrides = overrides
+
     def price(self, provider: str, model: str, usage: Usage) -> Decimal | None:
         return price(provider, model, usage, self._overrides).cost_usd
 
@@ -149,7 +160,9 @@ class Router:
         """The call with its routing columns filled in; and remember it for the session."""
         if plan is not None:
             call = self._annotate(call, plan, fell_back)
-        if self.config.rules:  # only rules read what it remembers (rules are fixed at start)
+        # Only rules read what it remembers. Rules added by a config reload see each
+        # session's calls from then on.
+        if self.config.rules:
             self._observe(call)
         return call
 

@@ -147,6 +147,14 @@ class Meter:
         self._overrides = overrides
         self._clock = clock
 
+    def reconfigure(
+        self, upstreams: Mapping[str, str], overrides: tuple[PriceOverride, ...]
+    ) -> None:
+        """A reloaded config's upstreams and prices, for the requests from now on."""
+        self._upstreams = {h.lower(): Upstream.from_url(u) for h, u in upstreams.items()}
+        self._known_hosts = frozenset((*INTERCEPT_HOSTS, *self._upstreams))
+        self._overrides = overrides
+
     # -- request ---------------------------------------------------------------------------
 
     def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:

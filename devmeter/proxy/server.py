@@ -16,6 +16,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from decimal import Decimal
 from pathlib import Path
 
 from mitmproxy import connection, http, options
@@ -23,10 +24,11 @@ from mitmproxy.tools.dump import DumpMaster
 
 from devmeter import cabundle, ports, pricing
 from devmeter.attribution import Attributor
-from devmeter.budget import Alert
+from devmeter.budget import SCOPES, Alert, Budgets
 from devmeter.config import Config
+from devmeter.config_reload import ConfigReloader, clear_status, load_with_pins
 from devmeter.control import ControlWatcher, control_path
-from devmeter.guard import AlertDispatcher, Guard, print_alert
+from devmeter.guard import AlertDispatcher, Guard, print_alert, spend_so_far
 from devmeter.ledger import LedgerWriter, connect_readonly
 from devmeter.paths import Paths, write_private
 from devmeter.providers import INTERCEPT_HOSTS
@@ -120,7 +122,10 @@ async def serve(
     paths: Paths,
     on_call: Callable[[Call], None] | None = None,
     notify: bool = True,
+    pinned_upstreams: Mapping[str, str] | None = None,
 ) -> None:
+    """Run the proxy until stopped. `pinned_upstreams`: `--upstream` flags, which a
+    config reload keeps over the file's [upstream] table."""
     host, port = config.listen
     _check_listen(host, port)  # before anything slow: a taken port is the likeliest failure
     paths.ca_dir.mkdir(parents=True, exist_ok=True)
@@ -159,22 +164,50 @@ async def serve(
     )
     if "tcp_timeout" in master.options:  # mitmproxy 12; 11 has the same 600 s, fixed
         master.options.update(tcp_timeout=deadlines.IDLE_TIMEOUT)
-    intercepted = frozenset(h.lower() for h in (*INTERCEPT_HOSTS, *config.upstreams))
+    # A set, not a frozenset: a config reload can add an [upstream] host.
+    intercepted = {h.lower() for h in (*INTERCEPT_HOSTS, *config.upstreams)}
     deadline = deadlines.HeaderDeadline(intercepted.__contains__)
-    master.addons.add(
-        Meter(
-            record=record,
-            attribute=make_attribute(attributor),
-            upstreams=dict(config.upstreams),
-            overrides=config.prices,
-            router=Router(config.section("routing"), config.prices),
-            guard=guard,
-            on_alert=on_alert,
-            control=ControlWatcher(control_path(paths.data_dir)),
-            client_lookup=ClientProcessLookup(attributor),
-            deadline=deadline,
-        ),
+    router = Router(config.section("routing"), config.prices)
+    meter = Meter(
+        record=record,
+        attribute=make_attribute(attributor),
+        upstreams=dict(config.upstreams),
+        overrides=config.prices,
+        router=router,
+        guard=guard,
+        on_alert=on_alert,
+        control=ControlWatcher(control_path(paths.data_dir)),
+        client_lookup=ClientProcessLookup(attributor),
+        deadline=deadline,
     )
+    master.addons.add(meter)
+
+    def load_config() -> tuple[Config, dict[tuple[str, str], Decimal]]:
+        new = load_with_pins(paths.config_file, pinned_upstreams or {})
+        # Past spend for the scopes this config starts to watch, read here in the worker
+        # thread; the scopes already watched keep the proxy's own (later) figures.
+        new_budgets: Budgets = new.section("budgets")
+        if _watched(new_budgets) - _watched(guard.budgets.budgets):
+            return new, _ledger_spend(paths, new_budgets)
+        return new, {}
+
+    def apply_config(old: Config, new: Config, spend: dict[tuple[str, str], Decimal]) -> list[str]:
+        """Swap in a whole, validated config, on the event loop (between requests)."""
+        budgets: Budgets = new.section("budgets")
+        fresh = _watched(budgets) - _watched(guard.budgets.budgets)
+        seed = {key: usd for key, usd in spend.items() if key[0] in fresh}
+        guard.reconfigure(budgets, new.section("runaway"), seed)
+        router.reconfigure(new.section("routing"), new.prices)
+        meter.reconfigure(new.upstreams, new.prices)
+        if set(new.upstreams) != set(old.upstreams):
+            intercepted.update(h.lower() for h in new.upstreams)
+            master.options.update(allow_hosts=allow_hosts_patterns(tuple(new.upstreams)))
+        notes = []
+        if new.listen != old.listen:
+            notes.append("[proxy] listen applies when the proxy restarts")
+        return notes
+
+    reloader = ConfigReloader(paths.config_file, paths.data_dir, config, load_config, apply_config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
@@ -197,11 +230,15 @@ async def serve(
     cabundle.secure_ca_files(paths.ca_dir)
     cabundle.write_bundle(paths)
     _write_state(paths.proxy_state, bound)
+    reloader.start()
+    watching = asyncio.ensure_future(reloader.run())
     print(f"devmeter proxy listening on {bound[0]}:{bound[1]} (ledger: {paths.ledger})", flush=True)
     try:
         await run
     finally:
         watchdog.cancel()
+        watching.cancel()
+        clear_status(paths.data_dir)
         writer.close()
         if dispatcher is not None:
             dispatcher.close()
@@ -310,6 +347,31 @@ def _seed(guard: Guard, paths: Paths) -> None:
         )
 
 
+def _watched(budgets: Budgets) -> set[str]:
+    """The scopes whose spend the guard counts: those with a cap or a threshold."""
+    return {
+        scope
+        for scope in SCOPES
+        if budgets.scope(scope).block_usd is not None or budgets.scope(scope).notify_usd
+    }
+
+
+def _ledger_spend(paths: Paths, budgets: Budgets) -> dict[tuple[str, str], Decimal]:
+    """Spend so far in every scope, from the ledger; empty if it cannot be read."""
+    from devmeter.budget import BudgetTracker
+
+    try:
+        conn = connect_readonly(paths.ledger)
+        if conn is None:
+            return {}
+        try:
+            return spend_so_far(conn, BudgetTracker(budgets), time.time())
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return {}
+
+
 def _notifier() -> tuple[Callable[[Alert], object], Callable[[], object]]:
     from devmeter.tray.notify import Notifier
 
@@ -324,10 +386,10 @@ def _write_state(path: Path, bound: tuple[str, int]) -> None:
     tmp.replace(path)
 
 
-def run(config: Config, paths: Paths) -> int:
+def run(config: Config, paths: Paths, pinned_upstreams: Mapping[str, str] | None = None) -> int:
     route_warnings(paths.data_dir)  # e.g. plyer's, when an alert is first notified
     try:
-        asyncio.run(serve(config, paths))
+        asyncio.run(serve(config, paths, pinned_upstreams=pinned_upstreams))
     except SpoolBusy as exc:  # a second proxy on the same ledger would count calls twice
         print(exc, file=sys.stderr)
         return 1
