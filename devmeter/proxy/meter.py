@@ -13,6 +13,7 @@ import json
 import sys
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -99,6 +100,7 @@ class FlowState:
     body_unread: bool = False
     # Why the request body was not read (too large, a bomb, a parser bug): for the row.
     request_note: str | None = None
+    ws_refused: bool = False  # a Realtime socket's frames were refused (and said so once)
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,9 @@ class Meter:
         self._known_hosts = frozenset((*INTERCEPT_HOSTS, *self._upstreams))
         self._overrides = overrides
         self._clock = clock
+        # Message Batches results already metered in this run (by path): a second read of
+        # the same results bills nothing new. Least recent first, bounded.
+        self._batches_read: OrderedDict[str, None] = OrderedDict()
 
     def reconfigure(
         self, upstreams: Mapping[str, str], overrides: tuple[PriceOverride, ...]
@@ -329,6 +334,8 @@ class Meter:
         if endpoint is None:
             self._guard_unmetered(flow, host)
             return
+        if endpoint.api == "anthropic.batch_results" and self._batch_read(flow, record=False):
+            return  # metered when first read; reading it again costs nothing
         now = self._clock()
         headers = lower_headers(flow.request.headers)  # once: mitmproxy's lookups are slow
         body, note = streaming.request_body(flow.request, headers.get("content-encoding"))
@@ -388,6 +395,17 @@ class Meter:
         if self._on_alert is not None:
             for alert in verdict.alerts:
                 self._on_alert(alert)
+
+    def _batch_read(self, flow: http.HTTPFlow, record: bool) -> bool:
+        """Whether these batch results were metered already; `record`: they are now."""
+        key = normalise_path(flow.request.path)
+        seen = key in self._batches_read
+        if record:
+            self._batches_read[key] = None
+            self._batches_read.move_to_end(key)
+            while len(self._batches_read) > 4096:
+                self._batches_read.popitem(last=False)
+        return seen
 
     def _guard_unmetered(self, flow: http.HTTPFlow, host: str) -> None:
         """A request devmeter does not meter, to an LLM API host: refused like a metered
@@ -626,6 +644,8 @@ class Meter:
                     error=error,
                 ),
             )
+            if state.endpoint.api == "anthropic.batch_results" and status == 200:
+                self._batch_read(flow, record=True)
             # Batch results name several models: a row for each further one.
             for more in state.parser.take_completed() if state.parser is not None else ():
                 self._record_settled(
@@ -698,18 +718,29 @@ class Meter:
         self._apply_control()
         now = self._clock()
         prewarm = request.facts.get("prewarm") == "1"  # generates nothing
+        # A Realtime socket's events are not one per response (audio streams in dozens of
+        # frames a second): they reserve nothing; each response.done is recorded as it is.
+        realtime = state.endpoint.api == "openai.realtime"
         reserve = (
             Decimal(0)
-            if prewarm
+            if prewarm or realtime
             else self._estimate(state.endpoint.provider, request, len(message.content), now)
         )
         verdict = self._guard.check(state.attribution, now, reserve)
         self._raise_alerts(verdict)
         block = verdict.block
         if block is None:
-            state.ws_reservations.append(verdict.reservation)
+            if not realtime:
+                state.ws_reservations.append(verdict.reservation)
             return False
         message.drop()
+        if realtime:
+            # Refuse each frame, but answer and record once per socket and per response
+            # the client asks for.
+            asks = b"response.create" in (message.content or b"")
+            if state.ws_refused and not asks:
+                return True
+            state.ws_refused = True
         event = block.refusal(state.endpoint.api, state.attribution.tool).websocket_event
         ctx.master.commands.call("inject.websocket", flow, True, json.dumps(event).encode())
         status = event.get("status")

@@ -34,6 +34,9 @@ Endpoints
 =============================================================  ================================
 ``POST /v1/messages`` (``?beta=true`` too), JSON or SSE         ``anthropic.messages``
 ``POST /v1/messages/count_tokens`` -> ``{"input_tokens": N}``   ``anthropic.count_tokens``
+``POST /v1/complete`` (legacy; text, no usage)                   ``anthropic.complete``
+``GET /v1/messages/batches/{id}/results`` (JSON Lines)           ``anthropic.batch_results``
+``POST /v1/images/generations`` (usage for gpt-image-*)          ``openai.images``
 ``POST /v1/chat/completions``                                   ``openai.chat``
 ``POST /api/v1/chat/completions`` (or host openrouter.ai)       ``openrouter.chat`` (+ ``cost``)
 ``POST /chat/completions`` (or host *deepseek*)                 ``deepseek.chat`` (cache hit/miss)

@@ -260,6 +260,67 @@ def anthropic_messages(ctx: Ctx) -> Reply:
     )
 
 
+def anthropic_complete(ctx: Ctx) -> Reply:
+    """Legacy Text Completions: the text, no usage (the real API reports none)."""
+    return Reply(
+        body={
+            "type": "completion",
+            "id": ctx.id("compl_01"),
+            "completion": ctx.d.text,
+            "stop_reason": "stop_sequence",
+            "model": ctx.response_model,
+        }
+    )
+
+
+def anthropic_batch_results(ctx: Ctx) -> Reply:
+    """A Message Batch's results (JSON Lines): two succeeded requests on the scripted
+    model (default claude-sonnet-5-5) with the scripted usage each, and one errored."""
+    model = ctx.d.model or "claude-sonnet-5-5"
+    lines = []
+    for i in range(2):
+        usage = dict(anthropic_usage(ctx.d), service_tier="batch")
+        message = {
+            "id": ctx.id(f"msg_0{i}"),
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [{"type": "text", "text": ctx.d.text}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": usage,
+        }
+        lines.append({"custom_id": f"req-{i}", "result": {"type": "succeeded", "message": message}})
+    lines.append(
+        {
+            "custom_id": "req-2",
+            "result": {
+                "type": "errored",
+                "error": {"type": "error", "error": {"type": "invalid_request_error"}},
+            },
+        }
+    )
+    body = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    return Reply(body=body, content_type="application/binary")
+
+
+def openai_images(ctx: Ctx) -> Reply:
+    """Image generation: gpt-image models report token usage, DALL-E none."""
+    body: dict[str, Any] = {
+        "created": CREATED,
+        "data": [{"b64_json": base64.b64encode(b"\x89PNG fake image" * 64).decode()}],
+    }
+    if ctx.model.startswith("gpt-image"):
+        u = _u(ctx.d)
+        body["usage"] = {
+            "total_tokens": u["input_tokens"] + u["output_tokens"],
+            "input_tokens": u["input_tokens"],
+            "output_tokens": u["output_tokens"],
+            "input_tokens_details": {"text_tokens": u["input_tokens"], "image_tokens": 0},
+        }
+    return Reply(body=body)
+
+
 def anthropic_count_tokens(ctx: Ctx) -> Reply:
     u = _u(ctx.d)
     total = (

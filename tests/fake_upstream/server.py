@@ -117,9 +117,15 @@ def _route(method: str, route: str, host: str, *, upgrade: bool) -> tuple[str, s
     responses = route in ("/v1/responses", "/backend-api/codex/responses")  # API key / ChatGPT
     if method == "GET" and responses and upgrade:
         return "openai.responses.websocket", "openai"
+    if method == "GET" and re.fullmatch(r"/v1/messages/batches/[^/]+/results", route):
+        return "anthropic.batch_results", "anthropic"
     if method == "POST":
         if route == "/v1/messages":
             return "anthropic.messages", "anthropic"
+        if route == "/v1/complete":
+            return "anthropic.complete", "anthropic"
+        if route == "/v1/images/generations":
+            return "openai.images", "openai"
         if route == "/v1/messages/count_tokens":
             return "anthropic.count_tokens", "anthropic"
         if responses:
@@ -226,6 +232,9 @@ def _builder(endpoint: str, query: dict[str, list[str]]) -> Builder | None:
     table: dict[str, Builder] = {
         "anthropic.messages": p.anthropic_messages,
         "anthropic.count_tokens": p.anthropic_count_tokens,
+        "anthropic.complete": p.anthropic_complete,
+        "anthropic.batch_results": p.anthropic_batch_results,
+        "openai.images": p.openai_images,
         "openai.chat": p.chat_completions,
         "openrouter.chat": lambda c: p.chat_completions(c, "openrouter"),
         "deepseek.chat": lambda c: p.chat_completions(c, "deepseek"),
@@ -507,7 +516,7 @@ class FakeUpstream:
 
         if endpoint == "openai.responses.websocket":
             return await self._websocket(request, rec, reader, writer, d)
-        if not isinstance(parsed, dict):
+        if not isinstance(parsed, dict) and request.method != "GET":
             return await self._simple(
                 writer,
                 400,

@@ -1,0 +1,105 @@
+"""The paid APIs beside chat, through a real proxy with the real SDKs: each call is a row
+priced by genai-prices where the wire says what it used, unpriced where it says nothing."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+
+from devmeter.pricing import list_price
+from devmeter.usage import Usage
+from tests.fake_upstream import FakeUpstream
+from tests.proxy_harness import RunningProxy, start_proxy
+
+pytestmark = pytest.mark.proxy
+
+USAGE = {
+    "input_tokens": 1000, "cache_read_tokens": 0, "cache_write_5m_tokens": 0,
+    "cache_write_1h_tokens": 0, "output_tokens": 400, "reasoning_tokens": 0,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream(usage=USAGE) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def proxy(
+    upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningProxy]:
+    running = start_proxy(Path(tmp_path_factory.mktemp("home")), upstream.url)
+    yield running
+    running.stop()
+
+
+def trust(proxy: RunningProxy) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(proxy.bundle))
+
+
+def test_message_batch_results_are_metered_once_at_the_batch_rate(proxy: RunningProxy) -> None:
+    proxy.skip_existing()
+    with httpx2.Client(proxy=proxy.url, verify=trust(proxy), timeout=30) as client:
+        url = "https://api.anthropic.com/v1/messages/batches/msgbatch_01/results"
+        headers = {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"}
+        first = client.get(url, headers=headers)
+        assert first.status_code == 200 and first.text.count("\n") == 3
+        (row,) = proxy.new_calls(1)
+        again = client.get(url, headers=headers)  # the same results, read again
+        assert again.status_code == 200 and len(again.content) == len(first.content)
+    assert row["endpoint"] == "anthropic.batch_results" and row["model"] == "claude-sonnet-5-5"
+    assert (row["input_tokens"], row["output_tokens"]) == (2000, 800)  # two succeeded requests
+    standard = list_price(
+        "anthropic",
+        "claude-sonnet-5-5",
+        Usage(input_tokens=2000, output_tokens=800),
+        datetime.fromtimestamp(row["ts"], UTC),
+    )
+    assert standard is not None and row["cost_usd"] == standard / 2
+    assert proxy.rows(f"id > {row['id']}") == []  # the second read added nothing
+
+
+def test_legacy_text_completions_are_estimated(proxy: RunningProxy) -> None:
+    proxy.skip_existing()
+    # The SDKs no longer have this API; the wire still does.
+    with httpx2.Client(proxy=proxy.url, verify=trust(proxy), timeout=30) as client:
+        answer = client.post(
+            "https://api.anthropic.com/v1/complete",
+            headers={"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"},
+            json={
+                "model": "claude-2.1",
+                "prompt": "\n\nHuman: write a haiku about proxies\n\nAssistant:",
+                "max_tokens_to_sample": 100,
+            },
+        ).json()
+    assert answer["completion"]
+    (row,) = proxy.new_calls(1)
+    assert row["endpoint"] == "anthropic.complete" and row["estimated"]
+    assert row["input_tokens"] > 0 and row["output_tokens"] > 0 and row["cost_usd"] > 0
+
+
+def test_images_are_priced_from_their_usage_and_dall_e_is_unpriced(proxy: RunningProxy) -> None:
+    proxy.skip_existing()
+    http = openai.DefaultHttpxClient(proxy=proxy.url, verify=trust(proxy))
+    client = openai.OpenAI(api_key="sk-test", http_client=http)
+    client.images.generate(model="gpt-image-1", prompt="a lighthouse")
+    client.images.generate(model="dall-e-2", prompt="a lighthouse")
+    image, dall_e = proxy.new_calls(2)
+    assert image["endpoint"] == "openai.images" and image["model"] == "gpt-image-1"
+    assert (image["input_tokens"], image["output_tokens"]) == (1000, 400)
+    expected = list_price(
+        "openai",
+        "gpt-image-1",
+        Usage(input_tokens=1000, output_tokens=400),
+        datetime.fromtimestamp(image["ts"], UTC),
+    )
+    assert image["cost_usd"] == expected
+    assert dall_e["model"] == "dall-e-2" and dall_e["cost_usd"] is None
+    assert dall_e["status"] == 200
