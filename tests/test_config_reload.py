@@ -135,3 +135,15 @@ def test_routing_does_not_name_a_config_file_that_does_not_exist(tmp_path: Path)
         [sys.executable, "-m", "devmeter", "routing"], env=env, capture_output=True, text=True
     ).stdout
     assert out.strip() == f"routing mode: off (from {tmp_path / 'config.toml'})"
+
+
+def test_a_reload_keeps_a_routing_mode_set_from_the_cli_or_tray() -> None:
+    from devmeter.router import Router
+    from devmeter.routing import parse_routing
+
+    router = Router(parse_routing({"mode": "shadow"}))
+    router.reconfigure(parse_routing({"mode": "off"}), ())
+    assert router.mode == "off" and router.configured_mode == "off"
+    router.set_mode("on")  # `devmeter routing on`
+    router.reconfigure(parse_routing({"mode": "shadow"}), ())
+    assert router.mode == "on" and router.configured_mode == "shadow"

@@ -154,3 +154,24 @@ def test_an_edit_half_valid_is_not_half_applied(proxy: RunningProxy) -> None:
     assert "routing.mode" in json.dumps(read_status(proxy.home))
     with pytest.raises(anthropic.PermissionDeniedError):
         ask(c)
+
+
+def test_a_cap_added_by_a_reload_counts_the_spend_already_in_the_ledger(
+    proxy: RunningProxy,
+) -> None:
+    """Scopes without a cap or threshold are not counted while the proxy runs; a reload
+    that adds a day cap must start from the day's spend, not from $0."""
+    c = client(proxy)
+    config = proxy.home / "config.toml"
+    quiet = "[budgets.session]\nnotify_usd = []\n[budgets.day]\nnotify_usd = []\n"
+    edit(config, quiet)
+    wait_for(lambda: "config reloaded" in proxy.log.read_text(), "the first edit never applied")
+    proxy.skip_existing()
+    ask(c)
+    ask(c)  # $0.0234 today, counted by no scope
+    proxy.new_calls(2)  # committed to the ledger
+    edit(config, quiet.replace("[budgets.day]\n", "[budgets.day]\nblock_usd = 0.02\n"))
+    wait_for(lambda: proxy.log.read_text().count("config reloaded") == 2, "the cap never applied")
+    # Refused at once: from $0 it would take two more calls to reach $0.02.
+    with pytest.raises(anthropic.PermissionDeniedError):
+        ask(c)
