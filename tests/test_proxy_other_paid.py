@@ -3,6 +3,7 @@ priced by genai-prices where the wire says what it used, unpriced where it says 
 
 from __future__ import annotations
 
+import json
 import ssl
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -103,3 +104,71 @@ def test_images_are_priced_from_their_usage_and_dall_e_is_unpriced(proxy: Runnin
     assert image["cost_usd"] == expected
     assert dall_e["model"] == "dall-e-2" and dall_e["cost_usd"] is None
     assert dall_e["status"] == 200
+
+
+def realtime_socket(proxy: RunningProxy, session: str):  # type: ignore[no-untyped-def]
+    from websockets.sync.client import connect
+
+    return connect(
+        "wss://api.openai.com/v1/realtime?model=gpt-realtime",
+        ssl=trust(proxy),
+        proxy=proxy.url,
+        additional_headers={"Authorization": "Bearer sk-test", "X-Devmeter-Session": session},
+        open_timeout=10,
+    )
+
+
+def realtime_turn(socket) -> dict:  # type: ignore[no-untyped-def, type-arg]
+    """Audio in, then ask for a response; the response.done (or the error) that answers."""
+    for _ in range(5):
+        socket.send(json.dumps({"type": "input_audio_buffer.append", "audio": "AAAA" * 50}))
+    socket.send(json.dumps({"type": "response.create"}))
+    while True:
+        event = json.loads(socket.recv(timeout=10))
+        if event["type"] in ("response.done", "error"):
+            return event  # type: ignore[no-any-return]
+
+
+def test_realtime_meters_each_response_with_audio_at_audio_rates(proxy: RunningProxy) -> None:
+    proxy.skip_existing()
+    with realtime_socket(proxy, "voice-1") as socket:
+        assert realtime_turn(socket)["type"] == "response.done"
+        assert realtime_turn(socket)["type"] == "response.done"
+    rows = proxy.new_calls(2)
+    assert [r["endpoint"] for r in rows] == ["openai.realtime"] * 2
+    row = rows[0]
+    assert row["model"] == "gpt-realtime" and row["status"] == 101
+    assert (row["input_tokens"], row["output_tokens"]) == (1000, 400)
+    text_only = list_price(
+        "openai",
+        "gpt-realtime",
+        Usage(input_tokens=1000, output_tokens=400),
+        datetime.fromtimestamp(row["ts"], UTC),
+    )
+    assert text_only is not None and row["cost_usd"] > text_only  # half of it was audio
+
+
+def test_a_cap_on_an_open_realtime_socket_refuses_once_per_ask_not_per_frame(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text("[budgets.session]\nnotify_usd = []\nblock_usd = 0.001\n")
+    capped = start_proxy(home, upstream.url)
+    try:
+        with realtime_socket(capped, "voice-2") as socket:
+            assert realtime_turn(socket)["type"] == "response.done"  # crosses the cap
+            capped.new_calls(1)
+            upstream.clear()
+            refusal = realtime_turn(socket)
+            assert refusal["type"] == "error" and "devmeter" in json.dumps(refusal)
+            refusal = realtime_turn(socket)
+            assert refusal["type"] == "error"
+        # Neither the audio nor the asks reached the provider. Ten audio frames and two
+        # asks were refused: one row for the socket (its first refused frame), one per ask.
+        assert upstream.requests == []
+        rows = capped.new_calls(3)
+        assert [r["status"] for r in rows] == [403, 403, 403]
+        assert capped.rows("id > ?", (rows[-1]["id"],)) == []
+    finally:
+        capped.stop()

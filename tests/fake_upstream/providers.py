@@ -321,6 +321,36 @@ def openai_images(ctx: Ctx) -> Reply:
     return Reply(body=body)
 
 
+def realtime_response(d: Directives, serial: int) -> list[dict[str, Any]]:
+    """A Realtime response's events: its usage splits the scripted counts, half audio."""
+    u = _u(d)
+    prompt = u["input_tokens"] + u["cache_read_tokens"]
+    usage = {
+        "total_tokens": prompt + u["output_tokens"],
+        "input_tokens": prompt,
+        "output_tokens": u["output_tokens"],
+        "input_token_details": {
+            "cached_tokens": u["cache_read_tokens"],
+            "text_tokens": prompt - prompt // 2,
+            "audio_tokens": prompt // 2,
+            "image_tokens": 0,
+            "cached_tokens_details": {"text_tokens": u["cache_read_tokens"], "audio_tokens": 0},
+        },
+        "output_token_details": {
+            "text_tokens": u["output_tokens"] - u["output_tokens"] // 2,
+            "audio_tokens": u["output_tokens"] // 2,
+        },
+    }
+    response_id = f"resp_fake{serial:020d}"
+    return [
+        {"type": "response.created", "response": {"id": response_id, "status": "in_progress"}},
+        {
+            "type": "response.done",
+            "response": {"id": response_id, "status": "completed", "output": [], "usage": usage},
+        },
+    ]
+
+
 def anthropic_count_tokens(ctx: Ctx) -> Reply:
     u = _u(ctx.d)
     total = (

@@ -117,6 +117,8 @@ def _route(method: str, route: str, host: str, *, upgrade: bool) -> tuple[str, s
     responses = route in ("/v1/responses", "/backend-api/codex/responses")  # API key / ChatGPT
     if method == "GET" and responses and upgrade:
         return "openai.responses.websocket", "openai"
+    if method == "GET" and route == "/v1/realtime" and upgrade:
+        return "openai.realtime.websocket", "openai"
     if method == "GET" and re.fullmatch(r"/v1/messages/batches/[^/]+/results", route):
         return "anthropic.batch_results", "anthropic"
     if method == "POST":
@@ -514,7 +516,7 @@ class FakeUpstream:
             )
         rec.directives = d
 
-        if endpoint == "openai.responses.websocket":
+        if endpoint in ("openai.responses.websocket", "openai.realtime.websocket"):
             return await self._websocket(request, rec, reader, writer, d)
         if not isinstance(parsed, dict) and request.method != "GET":
             return await self._simple(
@@ -584,6 +586,12 @@ class FakeUpstream:
 
         if not await flush() or response.status_code != 101:
             return False
+        if rec.endpoint == "openai.realtime.websocket":
+            model = rec.query.get("model", ["gpt-realtime"])[0]
+            session = {"type": "session.created", "session": {"id": "sess_fake", "model": model}}
+            proto.send_text(dumps(session).encode())
+            if not await flush():
+                return False
         upgrade_layer = from_headers(rec.headers)
         while True:
             data = await reader.read(65536)
@@ -614,6 +622,8 @@ class FakeUpstream:
         except ValueError:
             message = None
         body = message if isinstance(message, dict) else {}
+        if upgrade.endpoint == "openai.realtime.websocket":
+            return await self._realtime_message(proto, writer, upgrade, data, body)
         prewarm = body.get("generate") is False
         rec = RecordedRequest(
             id=self._next_serial(),
@@ -670,6 +680,42 @@ class FakeUpstream:
             writer.write(frames)
             await writer.drain()
         return d.cut_after is None
+
+    async def _realtime_message(
+        self,
+        proto: ServerProtocol,
+        writer: asyncio.StreamWriter,
+        upgrade: RecordedRequest,
+        data: bytes,
+        body: dict[str, Any],
+    ) -> bool:
+        """Realtime: each client event is recorded; a `response.create` is answered with
+        `response.created` and `response.done` carrying the scripted usage (audio split)."""
+        rec = RecordedRequest(
+            id=self._next_serial(),
+            method="WS",
+            path=upgrade.path,
+            host=upgrade.host,
+            headers=upgrade.headers,
+            raw_headers=upgrade.raw_headers,
+            body=bytes(data),
+            json=body,
+            model=upgrade.query.get("model", [None])[0],
+            endpoint="openai.realtime.ws",
+            stream=True,
+            time=time.monotonic(),
+            websocket_of=upgrade.id,
+            status=200,
+        )
+        self.requests.append(rec)
+        if body.get("type") != "response.create":
+            return True
+        d = resolve(dict(self.defaults), {}, from_headers(upgrade.headers))
+        for event in p.realtime_response(d, rec.id):
+            proto.send_text(dumps(event).encode())
+        writer.write(b"".join(proto.data_to_send()))
+        await writer.drain()
+        return True
 
     # ----------------------------------------------------------------- control API
 
