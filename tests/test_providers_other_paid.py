@@ -13,7 +13,7 @@ import pytest
 from devmeter import metering
 from devmeter.pricing import list_price
 from devmeter.providers import match_endpoint, new_response_parser, parse_request
-from devmeter.usage import Attribution, Call, Usage
+from devmeter.usage import Attribution, Call, ResponseResult, Usage
 
 NOW = time.time()  # genai-prices' batch rates start on 2026-10-14
 JSON = "application/json"
@@ -37,7 +37,7 @@ def call(
     for i in range(0, len(response), 7):  # cut anywhere
         parser.feed(response[i : i + 7])
 
-    def build(result):  # type: ignore[no-untyped-def]
+    def build(result: ResponseResult) -> Call:
         return metering.build_call(
             ts=NOW,
             host=host,

@@ -8,10 +8,12 @@ import ssl
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import openai
 import pytest
+from websockets.sync.client import ClientConnection, connect
 
 from devmeter.pricing import list_price
 from devmeter.usage import Usage
@@ -106,9 +108,7 @@ def test_images_are_priced_from_their_usage_and_dall_e_is_unpriced(proxy: Runnin
     assert dall_e["status"] == 200
 
 
-def realtime_socket(proxy: RunningProxy, session: str):  # type: ignore[no-untyped-def]
-    from websockets.sync.client import connect
-
+def realtime_socket(proxy: RunningProxy, session: str) -> ClientConnection:
     return connect(
         "wss://api.openai.com/v1/realtime?model=gpt-realtime",
         ssl=trust(proxy),
@@ -118,15 +118,15 @@ def realtime_socket(proxy: RunningProxy, session: str):  # type: ignore[no-untyp
     )
 
 
-def realtime_turn(socket) -> dict:  # type: ignore[no-untyped-def, type-arg]
+def realtime_turn(socket: ClientConnection) -> dict[str, Any]:
     """Audio in, then ask for a response; the response.done (or the error) that answers."""
     for _ in range(5):
         socket.send(json.dumps({"type": "input_audio_buffer.append", "audio": "AAAA" * 50}))
     socket.send(json.dumps({"type": "response.create"}))
     while True:
-        event = json.loads(socket.recv(timeout=10))
+        event: dict[str, Any] = json.loads(socket.recv(timeout=10))
         if event["type"] in ("response.done", "error"):
-            return event  # type: ignore[no-any-return]
+            return event
 
 
 def test_realtime_meters_each_response_with_audio_at_audio_rates(proxy: RunningProxy) -> None:
