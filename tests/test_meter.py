@@ -267,3 +267,47 @@ def test_a_known_client_host_is_read_without_pretty_host(monkeypatch: pytest.Mon
     monkeypatch.setattr(http.Request, "pretty_host", property(slow))
     request = tutils.treq(headers=http.Headers([(b"host", b"API.anthropic.com:443")]))
     assert client_host(request, KNOWN_HOSTS) == "api.anthropic.com"
+
+
+def _paused_meter(recorded: list[Call]) -> Meter:
+    from devmeter.budget import Budgets
+    from devmeter.guard import Guard
+    from devmeter.runaway import RunawayConfig
+
+    guard = Guard(Budgets(), RunawayConfig())
+    guard.budgets.pause()
+    return Meter(record=recorded.append, attribute=attribute, guard=guard)
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "refused"),
+    [
+        ("api.anthropic.com", b"/v1/messages/batches", True),  # paid, not metered
+        ("api.anthropic.com", b"/V1//Messages/", True),  # a spelling of a metered path
+        ("api.anthropic.com", b"/v1/messages/count_tokens", False),  # free
+        ("api2.cursor.sh", b"/aiserver.v1.ChatService/StreamUnifiedChatWithTools", True),
+        ("api2.cursor.sh", b"/aiserver.v1.DashboardService/GetTeams", False),  # editor backend
+        ("example.com", b"/v1/messages", False),  # not an LLM host
+    ],
+)
+def test_a_pause_refuses_every_paid_request_and_lets_free_ones_through(
+    host: str, path: bytes, refused: bool
+) -> None:
+    recorded: list[Call] = []
+    meter = _paused_meter(recorded)
+    flow = tflow.tflow(
+        req=tutils.treq(
+            host=host, port=443, scheme=b"https", authority=host.encode(), path=path,
+            method=b"POST", content=REQUEST,
+            headers=http.Headers(host=host, content_type="application/json"),
+        )
+    )  # fmt: skip
+    meter.requestheaders(flow)
+    meter.request(flow)
+    assert (flow.response is not None) == refused
+    if refused:
+        assert flow.response is not None
+        assert b"devmeter: metered traffic is paused" in (flow.response.content or b"")
+        meter.response(flow)
+        (row,) = recorded
+        assert row.cost_usd == 0 and row.error and row.error.startswith("devmeter:")

@@ -92,6 +92,7 @@ def test_the_free_list(host: str, method: str, path: str) -> None:
         ("generativelanguage.googleapis.com", "POST", "/v1beta/models/imagen-4:predict"),
         ("cloudcode-pa.googleapis.com", "POST", "/v1internal:generatecontent"),
         ("chatgpt.com", "POST", "/backend-api/codex/responses"),
+        ("api2.cursor.sh", "POST", "/aiserver.v1.chatservice/streamunifiedchatwithtools"),
     ],
 )
 def test_everything_else_costs_money(host: str, method: str, path: str) -> None:

@@ -29,7 +29,12 @@ from devmeter.providers import (
     openai_responses,
 )
 from devmeter.providers.base import ResponseParser
-from devmeter.providers.paths import costs_nothing, normalise_path, refusal_family
+from devmeter.providers.paths import (
+    CURSOR_CHAT_PATH,
+    costs_nothing,
+    normalise_path,
+    refusal_family,
+)
 from devmeter.providers.request import uses_images
 from devmeter.tokens import estimate_request_tokens
 from devmeter.usage import RequestInfo
@@ -141,11 +146,7 @@ _CLOUDCODE_PATH = re.compile(r"/v1internal:(generatecontent|streamgenerateconten
 # Cursor Tab (StreamCpp), BidiAppend (the client half of an HTTP/1.1 bidi emulation),
 # and the rest of its API (settings, indexing, telemetry), which passes through untouched.
 _CURSOR_HOST = cursor.HOST
-_CURSOR_PATH = re.compile(
-    r"/aiserver\.v1\.chatservice/streamunifiedchat\w*"
-    r"|/aiserver\.v1\.aiservice/stream(?:chat|composer|edit)\w*"
-    r"|/agent\.v1\.agentservice/run(?:sse)?"
-)
+_CURSOR_PATH = CURSOR_CHAT_PATH
 
 INTERCEPT_HOSTS: tuple[str, ...] = (*_ROUTES, _GEMINI_HOST, _CLOUDCODE_HOST, _CURSOR_HOST)
 

@@ -124,6 +124,15 @@ _CLOUDCODE = _rules(
     ),
 )
 
+# Cursor's editor talks to one host for everything (settings, indexing, Tab): only the
+# chat devmeter meters is gated; the rest is its editor's backend, billed by plan.
+CURSOR_HOST = "api2.cursor.sh"
+CURSOR_CHAT_PATH = re.compile(
+    r"/aiserver\.v1\.chatservice/streamunifiedchat\w*"
+    r"|/aiserver\.v1\.aiservice/stream(?:chat|composer|edit)\w*"
+    r"|/agent\.v1\.agentservice/run(?:sse)?"
+)
+
 # chatgpt.com is a website as well as Codex's API: only Codex's backend is gated, and
 # its reads (model lists, settings) are free.
 _CHATGPT_API = re.compile(r"/backend-api/codex(/.*)?")
@@ -144,9 +153,8 @@ _HOSTS: dict[str, tuple[str, tuple[_Rule, ...]]] = {
 
 
 def refusal_family(host: str) -> str | None:
-    """The error shape ("anthropic", "openai", "gemini") a refusal on `host` takes, or
-    None for hosts whose requests are not gated (Cursor's editor backend: it gates its
-    metered chat only)."""
+    """The error shape ("anthropic", "openai", "gemini") a refusal of an unmetered
+    request on `host` takes; None for Cursor's host and hosts devmeter does not know."""
     entry = _HOSTS.get(host)
     return entry[0] if entry else None
 
@@ -155,11 +163,13 @@ def costs_nothing(host: str, method: str, path: str, upgrade: bool = False) -> b
     """Whether a request to an intercepted host is free, and so passes a pause or a cap.
 
     `path` is normalised (see `normalise_path`). `upgrade`: the client asked for a
-    WebSocket, which is never a free read. Hosts that are not gated are free.
+    WebSocket, which is never a free read. Hosts devmeter does not know are free.
     """
+    if host == CURSOR_HOST:
+        return method.upper() != "POST" or not CURSOR_CHAT_PATH.fullmatch(path)
     entry = _HOSTS.get(host)
     if entry is None:
-        return True
+        return True  # not an LLM API host devmeter knows
     if host == "chatgpt.com" and not _CHATGPT_API.fullmatch(path):
         return True  # the website, not the API
     if upgrade:
