@@ -23,9 +23,13 @@ from tests.proxy_harness import RunningProxy, start_proxy
 pytestmark = pytest.mark.proxy
 
 USAGE = {
-    "input_tokens": 1000, "cache_read_tokens": 0, "cache_write_5m_tokens": 0,
-    "cache_write_1h_tokens": 0, "output_tokens": 400, "reasoning_tokens": 0,
-}  # fmt: skip
+    "input_tokens": 1000,
+    "cache_read_tokens": 0,
+    "cache_write_5m_tokens": 0,
+    "cache_write_1h_tokens": 0,
+    "output_tokens": 400,
+    "reasoning_tokens": 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +51,19 @@ def trust(proxy: RunningProxy) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(proxy.bundle))
 
 
+def fence_row(proxy: RunningProxy) -> dict[str, Any]:
+    """The next row, after a call made now: a read that should have added no row and
+    did would show up here first, whenever the ledger committed it."""
+    with httpx2.Client(proxy=proxy.url, verify=trust(proxy), timeout=30) as client:
+        client.post(
+            "https://api.openai.com/v1/embeddings",
+            headers={"authorization": "Bearer sk-test"},
+            json={"model": "text-embedding-3-small", "input": "fence"},
+        )
+    (row,) = proxy.new_calls(1)
+    return row
+
+
 def test_message_batch_results_are_metered_once_at_the_batch_rate(proxy: RunningProxy) -> None:
     proxy.skip_existing()
     with httpx2.Client(proxy=proxy.url, verify=trust(proxy), timeout=30) as client:
@@ -66,7 +83,7 @@ def test_message_batch_results_are_metered_once_at_the_batch_rate(proxy: Running
         datetime.fromtimestamp(row["ts"], UTC),
     )
     assert standard is not None and row["cost_usd"] == standard / 2
-    assert proxy.rows(f"id > {row['id']}") == []  # the second read added nothing
+    assert fence_row(proxy)["endpoint"] == "openai.embeddings"  # the second read added none
 
 
 def test_legacy_text_completions_are_estimated(proxy: RunningProxy) -> None:
@@ -172,3 +189,26 @@ def test_a_cap_on_an_open_realtime_socket_refuses_once_per_ask_not_per_frame(
         assert capped.rows("id > ?", (rows[-1]["id"],)) == []
     finally:
         capped.stop()
+
+
+def test_an_openai_batch_is_metered_once_from_its_ended_status(proxy: RunningProxy) -> None:
+    proxy.skip_existing()
+    with httpx2.Client(proxy=proxy.url, verify=trust(proxy), timeout=30) as client:
+        headers = {"authorization": "Bearer sk-test"}
+        running = client.get("https://api.openai.com/v1/batches/batch_running_1", headers=headers)
+        assert running.json()["status"] == "in_progress"
+        for _ in range(2):  # clients poll: the ended batch is read more than once
+            done = client.get("https://api.openai.com/v1/batches/batch_done_1", headers=headers)
+            assert done.json()["status"] == "completed"
+    (row,) = proxy.new_calls(1)
+    assert row["endpoint"] == "openai.batch" and row["model"] == "gpt-5"
+    assert (row["input_tokens"], row["output_tokens"]) == (1000, 400)
+    standard = list_price(
+        "openai",
+        "gpt-5",
+        Usage(input_tokens=1000, output_tokens=400),
+        datetime.fromtimestamp(row["ts"], UTC),
+    )
+    assert standard is not None and row["cost_usd"] == standard / 2
+    # Neither the running read nor the second one made a row.
+    assert fence_row(proxy)["endpoint"] == "openai.embeddings"

@@ -24,6 +24,7 @@ from devmeter.providers import (
     anthropic_legacy,
     cursor,
     gemini,
+    openai_batch,
     openai_chat,
     openai_media,
     openai_responses,
@@ -40,6 +41,7 @@ from devmeter.tokens import estimate_request_tokens
 from devmeter.usage import RequestInfo
 
 __all__ = [
+    "BATCH_APIS",
     "INTERCEPT_HOSTS",
     "Endpoint",
     "ResponseParser",
@@ -131,9 +133,15 @@ _READ_ROUTES: dict[str, list[tuple[re.Pattern[str], tuple[str, str, bool]]]] = {
             ("anthropic", "anthropic.batch_results", False),
         ),
     ],
+    "api.openai.com": [
+        # A Batch's status: it carries the usage once the batch has ended.
+        (re.compile(r"/v1/batches/[^/]+"), ("openai", "openai.batch", False)),
+    ],
 }
-# APIs a GET calls: a WebSocket (Codex's Responses transport, Realtime) or a results read.
-_GET_APIS = frozenset({"openai.responses", "openai.realtime", "anthropic.batch_results"})
+# Reads that meter a batch: each batch once per proxy run (see proxy/meter.py).
+BATCH_APIS = frozenset({"anthropic.batch_results", "openai.batch"})
+# APIs a GET calls: a WebSocket (Codex's Responses transport, Realtime) or a batch read.
+_GET_APIS = frozenset({"openai.responses", "openai.realtime", *BATCH_APIS})
 
 _GEMINI_HOST = "generativelanguage.googleapis.com"
 _CLOUDCODE_HOST = "cloudcode-pa.googleapis.com"  # Gemini CLI signed in with Google
@@ -213,7 +221,7 @@ def match_endpoint(host: str, method: str, path: str) -> Endpoint | None:
                 break
     if endpoint is None:
         return None
-    if endpoint.api == "anthropic.batch_results":
+    if endpoint.api in BATCH_APIS:
         return endpoint if method == "GET" else None
     if endpoint.api == "openai.realtime":
         # The model is in the query: wss://api.openai.com/v1/realtime?model=gpt-realtime
@@ -254,7 +262,7 @@ _REQUEST_PARSERS: dict[str, Callable[[dict[str, Any], str | None], RequestInfo]]
     "gemini.embed": gemini.parse_embed_request,
 }
 # Calls made with a GET: no body to read, the URL says all there is.
-_BODYLESS_APIS = frozenset({"openai.realtime", "anthropic.batch_results"})
+_BODYLESS_APIS = frozenset({"openai.realtime", *BATCH_APIS})
 
 
 def parse_request(endpoint: Endpoint, body: bytes) -> RequestInfo:
@@ -366,6 +374,8 @@ def new_response_parser(
         return anthropic_legacy.CompleteParser(request, content_type)
     if api == "anthropic.batch_results":
         return anthropic_legacy.BatchResultsParser(request, content_type)
+    if api == "openai.batch":
+        return openai_batch.BatchStatusParser(request, content_type)
     if api == "openai.images":
         return openai_media.ImagesParser(request, content_type)
     if api == "openai.transcription":

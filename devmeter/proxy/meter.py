@@ -31,6 +31,7 @@ from devmeter.decoding import Decoder, decoder_for
 from devmeter.guard import Guard, Verdict, estimate_cost, request_signals
 from devmeter.pricing import PriceOverride
 from devmeter.providers import (
+    BATCH_APIS,
     INTERCEPT_HOSTS,
     Endpoint,
     ResponseParser,
@@ -148,8 +149,8 @@ class Meter:
         self._known_hosts = frozenset((*INTERCEPT_HOSTS, *self._upstreams))
         self._overrides = overrides
         self._clock = clock
-        # Message Batches results already metered in this run (by path): a second read of
-        # the same results bills nothing new. Least recent first, bounded.
+        # Batches already metered in this run (by path): a second read of the same results
+        # or status bills nothing new. Least recent first, bounded.
         self._batches_read: OrderedDict[str, None] = OrderedDict()
 
     def reconfigure(
@@ -334,7 +335,7 @@ class Meter:
         if endpoint is None:
             self._guard_unmetered(flow, host)
             return
-        if endpoint.api == "anthropic.batch_results" and self._batch_read(flow, record=False):
+        if endpoint.api in BATCH_APIS and self._batch_read(flow, record=False):
             return  # metered when first read; reading it again costs nothing
         now = self._clock()
         headers = lower_headers(flow.request.headers)  # once: mitmproxy's lookups are slow
@@ -623,6 +624,10 @@ class Meter:
                 result = parser.result()
                 if stopped is not None:
                     state.tap_error, state.body_unread = stopped, True
+            if state.endpoint.api == "openai.batch" and result.usage is None:
+                self._settle(state)  # the status of a batch still running: no call yet
+                _release(flow, state)
+                return
             result = streaming.with_estimate_if_unread(result, state.request, state.body_unread)
             if not complete_hint and result.complete and result.usage is None:
                 result = ResponseResult(usage=None, complete=False, model=result.model)
@@ -644,7 +649,7 @@ class Meter:
                     error=error,
                 ),
             )
-            if state.endpoint.api == "anthropic.batch_results" and status == 200:
+            if state.endpoint.api in BATCH_APIS and status == 200:
                 self._batch_read(flow, record=True)
             # Batch results name several models: a row for each further one.
             for more in state.parser.take_completed() if state.parser is not None else ():

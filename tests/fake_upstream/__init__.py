@@ -37,6 +37,7 @@ Endpoints
 ``POST /v1/complete`` (legacy; text, no usage)                   ``anthropic.complete``
 ``GET /v1/messages/batches/{id}/results`` (JSON Lines)           ``anthropic.batch_results``
 ``POST /v1/images/generations`` (usage for gpt-image-*)          ``openai.images``
+``GET /v1/batches/{id}`` (completed with usage; ``running`` ids not) ``openai.batch``
 ``GET /v1/realtime?model=…`` + WebSocket upgrade                 ``openai.realtime.websocket``
    each client event on it (``response.create`` answered)        ``openai.realtime.ws``
 ``POST /v1/chat/completions``                                   ``openai.chat``

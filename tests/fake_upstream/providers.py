@@ -304,6 +304,37 @@ def anthropic_batch_results(ctx: Ctx) -> Reply:
     return Reply(body=body, content_type="application/binary")
 
 
+def openai_batch(ctx: Ctx) -> Reply:
+    """A Batch's status (``ctx.model`` is the path here): ``in_progress`` without usage when
+    its id says ``running``, else ``completed`` on gpt-5 with the scripted usage."""
+    batch_id = ctx.model.rsplit("/", 1)[-1]
+    running = "running" in batch_id
+    u = _u(ctx.d)
+    body: dict[str, Any] = {
+        "id": batch_id,
+        "object": "batch",
+        "endpoint": "/v1/chat/completions",
+        "model": ctx.d.model or "gpt-5",
+        "input_file_id": "file-fakeinput",
+        "completion_window": "24h",
+        "status": "in_progress" if running else "completed",
+        "output_file_id": None if running else "file-fakeoutput",
+        "created_at": CREATED,
+        "request_counts": {"total": 2, "completed": 0 if running else 2, "failed": 0},
+        "usage": None,
+    }
+    if not running:
+        prompt = u["input_tokens"] + u["cache_read_tokens"]
+        body["usage"] = {
+            "input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": u["cache_read_tokens"]},
+            "output_tokens": u["output_tokens"],
+            "output_tokens_details": {"reasoning_tokens": u["reasoning_tokens"]},
+            "total_tokens": prompt + u["output_tokens"],
+        }
+    return Reply(body=body)
+
+
 def openai_images(ctx: Ctx) -> Reply:
     """Image generation: gpt-image models report token usage, DALL-E none."""
     body: dict[str, Any] = {

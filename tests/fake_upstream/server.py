@@ -121,6 +121,8 @@ def _route(method: str, route: str, host: str, *, upgrade: bool) -> tuple[str, s
         return "openai.realtime.websocket", "openai"
     if method == "GET" and re.fullmatch(r"/v1/messages/batches/[^/]+/results", route):
         return "anthropic.batch_results", "anthropic"
+    if method == "GET" and re.fullmatch(r"/v1/batches/[^/]+", route):
+        return "openai.batch", "openai"
     if method == "POST":
         if route == "/v1/messages":
             return "anthropic.messages", "anthropic"
@@ -237,6 +239,7 @@ def _builder(endpoint: str, query: dict[str, list[str]]) -> Builder | None:
         "anthropic.complete": p.anthropic_complete,
         "anthropic.batch_results": p.anthropic_batch_results,
         "openai.images": p.openai_images,
+        "openai.batch": p.openai_batch,
         "openai.chat": p.chat_completions,
         "openrouter.chat": lambda c: p.chat_completions(c, "openrouter"),
         "deepseek.chat": lambda c: p.chat_completions(c, "deepseek"),
@@ -534,7 +537,8 @@ class FakeUpstream:
             builder = _builder(endpoint, rec.query)
             if builder is None:  # pragma: no cover - _route only names endpoints with builders
                 raise AssertionError(endpoint)
-            ctx = p.Ctx(body=parsed or {}, model=rec.model or "unknown-model", d=d, serial=rec.id)
+            model = rec.model or ("" if request.method != "GET" else route) or "unknown-model"
+            ctx = p.Ctx(body=parsed or {}, model=model, d=d, serial=rec.id)
             reply = builder(ctx)
         rec.status = reply.status
         return await send_reply(writer, reply, d, self._on_sent(rec.id), head_only=head_only)
