@@ -174,3 +174,27 @@ def test_a_cap_added_by_a_reload_counts_the_spend_already_in_the_ledger(
     # Refused at once: from $0 it would take two more calls to reach $0.02.
     with pytest.raises(anthropic.PermissionDeniedError):
         ask(c)
+
+
+def test_an_upstream_edit_sends_the_next_call_to_the_new_place(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    home = tmp_path / "home2"
+    home.mkdir()
+    config = home / "config.toml"
+    table = '[budgets.session]\nnotify_usd = []\n[upstream]\n"api.anthropic.com" = "{url}"\n'
+    config.write_text(table.format(url=upstream.url))
+    running = start_proxy(home, None)  # no --upstream flags: the file decides
+    try:
+        with FakeUpstream(usage=USAGE) as other:
+            c = client(running)
+            upstream.clear()
+            ask(c)
+            assert len(upstream.find("anthropic.messages")) == 1
+            edit(config, table.format(url=other.url))
+            wait_for(lambda: "config reloaded" in running.log.read_text(), "never reloaded")
+            ask(c)
+            assert len(other.find("anthropic.messages")) == 1
+            assert len(upstream.find("anthropic.messages")) == 1
+    finally:
+        running.stop()
