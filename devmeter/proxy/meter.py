@@ -651,21 +651,24 @@ class Meter:
             )
             if state.endpoint.api in BATCH_APIS and status == 200:
                 self._batch_read(flow, record=True)
-            # Batch results name several models: a row for each further one.
-            for more in state.parser.take_completed() if state.parser is not None else ():
-                self._record_settled(
-                    state,
-                    metering.build_call(
-                        ts=state.started,
-                        host=state.host,
-                        endpoint=state.endpoint,
-                        request=state.request,
-                        result=more,
-                        status=status,
-                        attribution=state.attribution,
-                        overrides=self._overrides,
-                    ),
-                )
+            # Batch results name several models: a row for each further one. (Other
+            # parsers' take_completed is for WebSocket turns, not HTTP bodies.)
+            parser = state.parser
+            if state.endpoint.api == "anthropic.batch_results" and parser is not None:
+                for more in parser.take_completed():
+                    self._record_settled(
+                        state,
+                        metering.build_call(
+                            ts=state.started,
+                            host=state.host,
+                            endpoint=state.endpoint,
+                            request=state.request,
+                            result=more,
+                            status=status,
+                            attribution=state.attribution,
+                            overrides=self._overrides,
+                        ),
+                    )
         except Exception:
             self._internal_error(flow, state.host, "response")
             return
