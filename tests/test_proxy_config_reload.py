@@ -176,7 +176,7 @@ def test_a_cap_added_by_a_reload_counts_the_spend_already_in_the_ledger(
         ask(c)
 
 
-def test_an_upstream_edit_sends_the_next_call_to_the_new_place(
+def test_upstream_and_price_edits_apply_to_the_next_call(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     home = tmp_path / "home2"
@@ -196,5 +196,11 @@ def test_an_upstream_edit_sends_the_next_call_to_the_new_place(
             ask(c)
             assert len(other.find("anthropic.messages")) == 1
             assert len(upstream.find("anthropic.messages")) == 1
+            free = table.format(url=other.url) + '[[prices]]\nmodel = "claude-*"\nfree = true\n'
+            edit(config, free)
+            wait_for(lambda: running.log.read_text().count("config reloaded") == 2, "no reload")
+            ask(c)
+            paid, _, now_free = running.new_calls(3)
+            assert paid["cost_usd"] > 0 and now_free["cost_usd"] == 0
     finally:
         running.stop()
