@@ -212,3 +212,27 @@ def test_an_openai_batch_is_metered_once_from_its_ended_status(proxy: RunningPro
     assert standard is not None and row["cost_usd"] == standard / 2
     # Neither the running read nor the second one made a row.
     assert fence_row(proxy)["endpoint"] == "openai.embeddings"
+
+
+def test_a_transcription_reads_its_model_from_the_sdks_multipart_form(
+    proxy: RunningProxy,
+) -> None:
+    proxy.skip_existing()
+    http = openai.DefaultHttpxClient(proxy=proxy.url, verify=trust(proxy))
+    client = openai.OpenAI(api_key="sk-test", http_client=http)
+    audio = b"RIFF" + bytes(range(256)) * 400  # stands in for a WAV file
+    answer = client.audio.transcriptions.create(
+        model="gpt-4o-transcribe", file=("talk.wav", audio, "audio/wav")
+    )
+    assert answer.text
+    (row,) = proxy.new_calls(1)
+    assert row["endpoint"] == "openai.transcription"
+    assert row["requested_model"] == "gpt-4o-transcribe"
+    assert (row["input_tokens"], row["output_tokens"]) == (1000, 400)
+    text_only = list_price(
+        "openai",
+        "gpt-4o-transcribe",
+        Usage(input_tokens=1000, output_tokens=400),
+        datetime.fromtimestamp(row["ts"], UTC),
+    )
+    assert text_only is not None and row["cost_usd"] > text_only  # audio input, priced as audio

@@ -15,7 +15,6 @@ read from the form's `model` field.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
@@ -26,28 +25,32 @@ MULTIPART_APIS = frozenset({"openai.images", "openai.transcription"})
 # What OpenAI uses when a request names no model.
 DEFAULT_MODELS = {"openai.images": "dall-e-2"}
 
-_FORM_MODEL = re.compile(
-    rb'content-disposition:[^\r\n]*\bname="?model"?[^\r\n]*\r\n(?:[^\r\n]+\r\n)*\r\n([^\r\n]{1,200})\r\n',
-    re.IGNORECASE,
-)
-_FORM_STREAM = re.compile(
-    rb'content-disposition:[^\r\n]*\bname="?stream"?[^\r\n]*\r\n(?:[^\r\n]+\r\n)*\r\ntrue\r\n',
-    re.IGNORECASE,
-)
-
 
 def is_multipart(body: bytes) -> bool:
     return body[:2] == b"--"
 
 
+def form_field(body: bytes, name: str, limit: int = 200) -> str | None:
+    """A short text field of a multipart/form-data body, found with `bytes.find` (a
+    file part can be tens of megabytes: no regex over it, no copy of it)."""
+    marker = b'name="' + name.encode() + b'"'
+    at = body.find(marker)
+    while at != -1:
+        headers_end = body.find(b"\r\n\r\n", at, at + 1024)
+        if headers_end != -1:
+            start = headers_end + 4
+            end = body.find(b"\r\n", start, start + limit + 2)
+            if end != -1:
+                return body[start:end].decode("utf-8", "replace").strip()
+        at = body.find(marker, at + len(marker))
+    return None
+
+
 def parse_form_request(api: str, body: bytes) -> RequestInfo:
     """The model (and stream flag) of a multipart/form-data request; keeps no file bytes."""
-    # The model field comes before or after files of any size: search the whole body.
-    match = _FORM_MODEL.search(body)
-    model = match.group(1).decode("utf-8", "replace").strip() if match else None
     return RequestInfo(
-        model=model or DEFAULT_MODELS.get(api),
-        stream=_FORM_STREAM.search(body) is not None,
+        model=form_field(body, "model") or DEFAULT_MODELS.get(api),
+        stream=form_field(body, "stream") == "true",
         prompt_tokens_estimate=0,  # audio or images, not text: nothing to estimate from
     )
 

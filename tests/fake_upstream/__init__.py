@@ -38,6 +38,7 @@ Endpoints
 ``GET /v1/messages/batches/{id}/results`` (JSON Lines)           ``anthropic.batch_results``
 ``POST /v1/images/generations`` (usage for gpt-image-*)          ``openai.images``
 ``GET /v1/batches/{id}`` (completed with usage; ``running`` ids not) ``openai.batch``
+``POST /v1/audio/transcriptions`` (multipart; usage in tokens)   ``openai.transcription``
 ``GET /v1/realtime?model=…`` + WebSocket upgrade                 ``openai.realtime.websocket``
    each client event on it (``response.create`` answered)        ``openai.realtime.ws``
 ``POST /v1/chat/completions``                                   ``openai.chat``

@@ -335,6 +335,19 @@ def openai_batch(ctx: Ctx) -> Reply:
     return Reply(body=body)
 
 
+def openai_transcription(ctx: Ctx) -> Reply:
+    """A transcription in tokens (gpt-4o-transcribe's shape): all input is audio."""
+    u = _u(ctx.d)
+    usage = {
+        "type": "tokens",
+        "input_tokens": u["input_tokens"],
+        "input_token_details": {"text_tokens": 0, "audio_tokens": u["input_tokens"]},
+        "output_tokens": u["output_tokens"],
+        "total_tokens": u["input_tokens"] + u["output_tokens"],
+    }
+    return Reply(body={"text": ctx.d.text, "usage": usage})
+
+
 def openai_images(ctx: Ctx) -> Reply:
     """Image generation: gpt-image models report token usage, DALL-E none."""
     body: dict[str, Any] = {

@@ -130,6 +130,8 @@ def _route(method: str, route: str, host: str, *, upgrade: bool) -> tuple[str, s
             return "anthropic.complete", "anthropic"
         if route == "/v1/images/generations":
             return "openai.images", "openai"
+        if route == "/v1/audio/transcriptions":
+            return "openai.transcription", "openai"
         if route == "/v1/messages/count_tokens":
             return "anthropic.count_tokens", "anthropic"
         if responses:
@@ -240,6 +242,7 @@ def _builder(endpoint: str, query: dict[str, list[str]]) -> Builder | None:
         "anthropic.batch_results": p.anthropic_batch_results,
         "openai.images": p.openai_images,
         "openai.batch": p.openai_batch,
+        "openai.transcription": p.openai_transcription,
         "openai.chat": p.chat_completions,
         "openrouter.chat": lambda c: p.chat_completions(c, "openrouter"),
         "deepseek.chat": lambda c: p.chat_completions(c, "deepseek"),
@@ -521,7 +524,8 @@ class FakeUpstream:
 
         if endpoint in ("openai.responses.websocket", "openai.realtime.websocket"):
             return await self._websocket(request, rec, reader, writer, d)
-        if not isinstance(parsed, dict) and request.method != "GET":
+        form = endpoint == "openai.transcription"  # multipart/form-data, not JSON
+        if not isinstance(parsed, dict) and request.method != "GET" and not form:
             return await self._simple(
                 writer,
                 400,
