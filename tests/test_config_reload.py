@@ -147,3 +147,18 @@ def test_a_reload_keeps_a_routing_mode_set_from_the_cli_or_tray() -> None:
     router.set_mode("on")  # `devmeter routing on`
     router.reconfigure(parse_routing({"mode": "shadow"}), ())
     assert router.mode == "on" and router.configured_mode == "shadow"
+
+
+def test_scopes_a_reload_must_seed_from_the_ledger() -> None:
+    from devmeter.budget import parse_budgets
+    from devmeter.proxy.server import _unseeded
+
+    quiet = {"session": {"notify_usd": []}, "day": {"notify_usd": []}}
+    before = parse_budgets(quiet)
+    assert _unseeded(before, parse_budgets(quiet)) == set()
+    assert _unseeded(before, parse_budgets(quiet | {"month": {"block_usd": 9}})) == {"month"}
+    daily = parse_budgets(quiet | {"repo": {"block_usd": 9}})
+    assert _unseeded(before, daily) == {"repo"}
+    monthly = parse_budgets(quiet | {"repo": {"block_usd": 9, "period": "month"}})
+    assert _unseeded(daily, monthly) == {"repo"}  # counted per day so far
+    assert _unseeded(monthly, monthly) == set()

@@ -187,14 +187,14 @@ async def serve(
         # Past spend for the scopes this config starts to watch, read here in the worker
         # thread; the scopes already watched keep the proxy's own (later) figures.
         new_budgets: Budgets = new.section("budgets")
-        if _watched(new_budgets) - _watched(guard.budgets.budgets):
+        if _unseeded(guard.budgets.budgets, new_budgets):
             return new, _ledger_spend(paths, new_budgets)
         return new, {}
 
     def apply_config(old: Config, new: Config, spend: dict[tuple[str, str], Decimal]) -> list[str]:
         """Swap in a whole, validated config, on the event loop (between requests)."""
         budgets: Budgets = new.section("budgets")
-        fresh = _watched(budgets) - _watched(guard.budgets.budgets)
+        fresh = _unseeded(guard.budgets.budgets, budgets)
         seed = {key: usd for key, usd in spend.items() if key[0] in fresh}
         guard.reconfigure(budgets, new.section("runaway"), seed)
         router.reconfigure(new.section("routing"), new.prices)
@@ -345,6 +345,15 @@ def _seed(guard: Guard, paths: Paths) -> None:
             file=sys.stderr,
             flush=True,
         )
+
+
+def _unseeded(old: Budgets, new: Budgets) -> set[str]:
+    """Scopes whose spend the guard has not been counting the way `new` counts it: newly
+    watched, or the repo scope moved between a daily and a monthly period."""
+    fresh = _watched(new) - _watched(old)
+    if "repo" in _watched(new) and new.repo.period != old.repo.period:
+        fresh.add("repo")
+    return fresh
 
 
 def _watched(budgets: Budgets) -> set[str]:
