@@ -311,3 +311,42 @@ def test_a_pause_refuses_every_paid_request_and_lets_free_ones_through(
         meter.response(flow)
         (row,) = recorded
         assert row.cost_usd == 0 and row.error and row.error.startswith("devmeter:")
+
+
+def _batch_results_flow(meter: Meter, body: bytes, length: int) -> http.HTTPFlow:
+    flow = tflow.tflow(
+        req=tutils.treq(
+            host="api.anthropic.com", port=443, scheme=b"https", authority=b"api.anthropic.com",
+            path=b"/v1/messages/batches/msgbatch_9/results", method=b"GET", content=b"",
+            headers=http.Headers(host="api.anthropic.com"),
+        )
+    )  # fmt: skip
+    meter.requestheaders(flow)
+    meter.request(flow)
+    headers = {"content_type": "application/binary", "content_length": str(length)}
+    flow.response = tutils.tresp(content=None, headers=http.Headers(**headers))
+    meter.responseheaders(flow)
+    if callable(flow.response.stream):  # metered: the answer goes through the tap
+        flow.response.stream(body)
+    return flow
+
+
+def test_a_batch_read_cut_short_is_metered_when_read_whole() -> None:
+    line = json.dumps(
+        {"custom_id": "a", "result": {"type": "succeeded", "message": {
+            "model": "claude-sonnet-4-5", "usage": {"input_tokens": 1000, "output_tokens": 200}}}}
+    ).encode() + b"\n"  # fmt: skip
+    recorded: list[Call] = []
+    meter = Meter(record=recorded.append, attribute=attribute)
+    whole = line * 3
+    cut = _batch_results_flow(meter, whole[: len(line) + 10], len(whole))
+    cut.error = FlowError("client disconnected")
+    meter.error(cut)
+    (partial,) = recorded
+    assert partial.usage.input_tokens == 0 and not partial.complete
+    assert partial.error == "client disconnected"
+    _batch_results_flow(meter, whole, len(whole))
+    full = recorded[1]
+    assert full.usage.input_tokens == 3000 and full.complete and full.cost_usd
+    _batch_results_flow(meter, whole, len(whole))  # read again: already metered
+    assert len(recorded) == 2

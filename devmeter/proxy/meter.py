@@ -629,6 +629,16 @@ class Meter:
                 _release(flow, state)
                 return
             result = streaming.with_estimate_if_unread(result, state.request, state.body_unread)
+            batch_cut = state.endpoint.api in BATCH_APIS and not complete_hint
+            if batch_cut:
+                # Metered when read whole: counting part of it now would count that part
+                # twice when the client reads it again.
+                result = ResponseResult(
+                    usage=Usage(),
+                    model=result.model,
+                    complete=False,
+                    error="batch read cut short: metered when it is read whole",
+                )
             if not complete_hint and result.complete and result.usage is None:
                 result = ResponseResult(usage=None, complete=False, model=result.model)
             error = streaming.join_errors(
@@ -649,12 +659,12 @@ class Meter:
                     error=error,
                 ),
             )
-            if state.endpoint.api in BATCH_APIS and status == 200:
+            if state.endpoint.api in BATCH_APIS and status == 200 and not batch_cut:
                 self._batch_read(flow, record=True)
             # Batch results name several models: a row for each further one. (Other
             # parsers' take_completed is for WebSocket turns, not HTTP bodies.)
             parser = state.parser
-            if state.endpoint.api == "anthropic.batch_results" and parser is not None:
+            if state.endpoint.api == "anthropic.batch_results" and parser and not batch_cut:
                 for more in parser.take_completed():
                     self._record_settled(
                         state,
