@@ -128,7 +128,7 @@ class BatchResultsParser:
             return  # errored, canceled or expired requests are not billed
         message = as_dict(result.get("message"))
         model = as_str(message.get("model")) or self.request.model or "unknown"
-        usage = replace(message_usage(as_dict(message.get("usage"))), service_tier="batch")
+        usage = _non_negative(message_usage(as_dict(message.get("usage"))))
         seen = self._by_model.get(model)
         self._by_model[model] = usage if seen is None else _add(seen, usage)
 
@@ -163,6 +163,13 @@ class BatchResultsParser:
 
 
 _SUMMED = tuple(f.name for f in fields(Usage) if f.type in ("int", int) and f.name != "estimated")
+
+
+def _non_negative(usage: Usage) -> Usage:
+    """A line's usage at the batch rate, a negative count (no real batch reports one)
+    read as 0: summed over a whole batch it would lower the total."""
+    counts = {name: max(0, getattr(usage, name)) for name in _SUMMED}
+    return replace(usage, service_tier="batch", **counts)
 
 
 def _add(a: Usage, b: Usage) -> Usage:
