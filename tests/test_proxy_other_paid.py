@@ -186,6 +186,7 @@ def test_a_cap_on_an_open_realtime_socket_refuses_once_per_ask_not_per_frame(
         assert upstream.requests == []
         rows = capped.new_calls(3)
         assert [r["status"] for r in rows] == [403, 403, 403]
+        assert {r["requested_model"] for r in rows} == {"gpt-realtime"}
         assert capped.rows("id > ?", (rows[-1]["id"],)) == []
     finally:
         capped.stop()

@@ -762,6 +762,8 @@ class Meter:
         event = block.refusal(state.endpoint.api, state.attribution.tool).websocket_event
         ctx.master.commands.call("inject.websocket", flow, True, json.dumps(event).encode())
         status = event.get("status")
+        if realtime:
+            request = state.request  # its events name no model; the socket's URL does
         refused = metering.build_call(
             ts=now,
             host=state.host,
