@@ -17,7 +17,13 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-__all__ = ["costs_nothing", "normalise_path", "refusal_family"]
+__all__ = [
+    "CURSOR_CHAT_PATH",
+    "CURSOR_HOST",
+    "costs_nothing",
+    "normalise_path",
+    "refusal_family",
+]
 
 _MAX_DECODE_ROUNDS = 3  # %2525 -> %25 -> %: a server decoding twice must not win either
 # A path with nothing to normalise (nearly every request): returned as it is.
