@@ -22,6 +22,8 @@ DEFAULT_LISTEN = ("127.0.0.1", 8788)
 
 TEMPLATE = """\
 # devmeter configuration. Every key is optional; see the README for all of them.
+# A running proxy applies each saved edit within a second (all but [proxy] listen); an
+# edit with a mistake is reported, with its line, and changes nothing.
 
 [proxy]
 # listen = "127.0.0.1:8788"
