@@ -15,6 +15,7 @@ treated as one that costs money.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from urllib.parse import unquote
 
 __all__ = [
@@ -33,6 +34,17 @@ _PLAIN = re.compile(r"(?:/[a-z0-9_:\-]+(?:\.[a-z0-9_:\-]+)*)+|/")
 def normalise_path(path: str) -> str:
     """The lower-case path a server would route: no query or fragment, %-escapes decoded,
     `;params` dropped, empty and `.` segments removed, `..` resolved, no trailing slash."""
+    # Nearly every call goes to one of a few paths: remembered, ~0.1 us instead of ~0.5.
+    # Long ones are not, so a client cannot fill the memory with them.
+    return _normalise_cached(path) if len(path) <= 256 else _normalise(path)
+
+
+@lru_cache(maxsize=4096)
+def _normalise_cached(path: str) -> str:
+    return _normalise(path)
+
+
+def _normalise(path: str) -> str:
     path = path.split("?", 1)[0].split("#", 1)[0].lower()
     if _PLAIN.fullmatch(path):
         return path
