@@ -1,11 +1,11 @@
 """Live config reload: an edit to config.toml reaches the running proxy within a second.
 
-The proxy polls the file's modification time, size and inode twice a second, off the
-request path. A change is read and validated whole, in a worker thread, and only a
-config that passed as a whole is swapped in, on the event loop, between requests: never
-half of an edit. A broken edit keeps the last good config and is reported once: one
-stderr line naming file, line and key, and `config_error` in `config_status.json`
-beside control.json, where the tray and `devmeter doctor` read it.
+The proxy looks at the file's modification time, size and inode twice a second, in a
+worker thread, off the request path. A change is read and validated whole, in the worker
+thread too, and only a config that passed as a whole is swapped in, on the event loop,
+between requests: never half of an edit. A broken edit keeps the last good config and
+is reported once: one stderr line naming file, line and key, and `config_error` in
+`config_status.json` beside control.json, where the tray and `devmeter doctor` read it.
 
 Caps, thresholds, runaway settings, routing rules, prices and upstreams apply to the
 next request; spend already counted is kept. `[proxy] listen` needs a restart (the
@@ -137,13 +137,15 @@ class ConfigReloader:
 
     async def check(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Reload if the file changed; True when a new config was applied."""
-        seen = stamp(self.path)
+        # Even the stat runs off the event loop: a config on a hung network mount must
+        # not stall every client.
+        seen = await loop.run_in_executor(None, stamp, self.path)
         if seen == self._stamp:
             return False
         try:
             new, extra = await loop.run_in_executor(None, self._loader)
         except ConfigError as exc:
-            if stamp(self.path) != seen:
+            if await loop.run_in_executor(None, stamp, self.path) != seen:
                 return False  # caught mid-write: the next look reads the finished file
             self._stamp = seen
             self._report(str(exc))
