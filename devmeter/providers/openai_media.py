@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
+from devmeter.providers.base import BaseParser, as_dict, as_int, as_str, error_text
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
 # APIs whose requests may be multipart/form-data.
@@ -169,7 +169,6 @@ class RealtimeParser(BaseParser):
     def __init__(self, request: RequestInfo, content_type: str = "") -> None:
         super().__init__(request, content_type)
         self._completed: list[ResponseResult] = []
-        self._in_flight = 0
 
     def on_message(self, obj: Any) -> None:
         if not isinstance(obj, dict):
@@ -177,16 +176,13 @@ class RealtimeParser(BaseParser):
         kind = obj.get("type")
         if kind in ("session.created", "session.updated"):
             self.model = as_str(as_dict(obj.get("session")).get("model")) or self.model
-        elif kind == "response.created":
-            self._in_flight += 1
         elif kind == "response.done":
-            self._in_flight = max(0, self._in_flight - 1)
             response = as_dict(obj.get("response"))
             usage = response.get("usage")
             status = response.get("status")
             error = None
             if status == "failed":
-                error = str(as_dict(response.get("status_details")).get("error") or "failed")
+                error = error_text(as_dict(response.get("status_details")).get("error") or "failed")
             self._completed.append(
                 ResponseResult(
                     usage=realtime_usage(usage) if isinstance(usage, dict) else None,
