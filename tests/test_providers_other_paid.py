@@ -49,7 +49,9 @@ def call(
         )
 
     first = build(parser.result())
-    return first, [build(r) for r in parser.take_completed()]
+    # As the meter does: only batch results add rows past the first at a body's end.
+    more = parser.take_completed() if endpoint.api == "anthropic.batch_results" else []
+    return first, [build(r) for r in more]
 
 
 def price_of(provider: str, model: str, usage: Usage) -> Decimal | None:
@@ -328,3 +330,39 @@ def test_embeddings_on_compatible_hosts() -> None:
     )
     assert row.provider == "mistral" and row.usage.input_tokens == 12
     assert row.cost_usd is not None and row.cost_usd > 0
+
+
+@pytest.mark.parametrize(
+    ("host", "path"),
+    [
+        ("api.openai.com", "/v1/responses/compact"),
+        ("chatgpt.com", "/backend-api/codex/responses/compact"),
+    ],
+)
+def test_codex_remote_compaction_is_a_metered_responses_call(host: str, path: str) -> None:
+    request = json.dumps(
+        {
+            "model": "gpt-5",
+            "input": [{"role": "user", "content": "hi"}],
+            "instructions": "compact this",
+        }
+    ).encode()
+    answer = json.dumps(
+        {
+            "id": "resp_1",
+            "object": "response.compaction",
+            "created_at": 1,
+            "output": [{"type": "compaction", "encrypted_content": "x"}],
+            "usage": {
+                "input_tokens": 5000,
+                "input_tokens_details": {"cached_tokens": 1000},
+                "output_tokens": 300,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": 5300,
+            },
+        }
+    ).encode()
+    row, more = call(host, "POST", path, request, answer)
+    assert row.endpoint == "openai.compact" and more == []
+    assert (row.usage.input_tokens, row.usage.cache_read_tokens) == (4000, 1000)
+    assert row.usage.output_tokens == 300 and row.cost_usd is not None and row.cost_usd > 0

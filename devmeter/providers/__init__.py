@@ -89,10 +89,13 @@ _ROUTES: dict[str, dict[str, tuple[str, str, bool]]] = {
         "/v1/audio/translations": ("openai", "openai.transcription", False),
         "/v1/audio/speech": ("openai", "openai.speech", False),
         "/v1/realtime": ("openai", "openai.realtime", False),  # a WebSocket
+        # Codex's remote compaction of a long conversation: a paid Responses call.
+        "/v1/responses/compact": ("openai", "openai.compact", False),
     },
     # Codex CLI signed in with a ChatGPT account.
     "chatgpt.com": {
         "/backend-api/codex/responses": ("openai", "openai.responses", False),
+        "/backend-api/codex/responses/compact": ("openai", "openai.compact", False),
     },
     "openrouter.ai": {
         "/api/v1/chat/completions": ("openrouter", "openai.chat", False),
@@ -255,6 +258,7 @@ _REQUEST_PARSERS: dict[str, Callable[[dict[str, Any], str | None], RequestInfo]]
     "openai.completions": openai_chat.parse_request,
     "openai.embeddings": openai_chat.parse_embeddings_request,
     "openai.responses": openai_responses.parse_request,
+    "openai.compact": openai_responses.parse_request,
     "openai.images": _images_request,
     "openai.transcription": openai_media.parse_json_request,
     "openai.speech": openai_media.parse_json_request,
@@ -362,7 +366,7 @@ def new_response_parser(
         return anthropic.CountTokensParser(request, content_type)
     if api in ("openai.chat", "openai.completions"):
         return openai_chat.ChatParser(request, content_type, provider=endpoint.provider)
-    if api == "openai.responses":
+    if api in ("openai.responses", "openai.compact"):  # compact: not routed, same answer
         return openai_responses.ResponsesParser(request, content_type)
     if api == "openai.embeddings":
         return openai_chat.EmbeddingsParser(request, content_type)
