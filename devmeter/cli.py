@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from devmeter import __version__, control, reports, shellenv
@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     where = paths()
     try:
-        config = load(where.config_file)
+        config = load_or_default(where, args.func)
         return int(args.func(args, config, where) or 0)
     except KeyboardInterrupt:
         return 130
@@ -83,6 +83,19 @@ def user_error(exc: BaseException, where: Paths) -> tuple[str | None, int]:
 
 
 SINCE_HELP = "today, yesterday, 1w, 7d, 2h, 30m, or a date such as 2026-11-01"
+
+
+def load_or_default(where: Paths, command: Callable[..., object]) -> Config:
+    """The config file's settings. Commands that read none of them still run when the
+    file has a mistake (a running proxy keeps its last good config meanwhile): finding
+    the file, pausing, lifting a cap must not wait for the fix."""
+    try:
+        return load(where.config_file)
+    except ConfigError as exc:
+        if command not in (cmd_config, cmd_pause, cmd_allow, cmd_alerts, cmd_sessions):
+            raise
+        print(f"devmeter: bad config (ignored by this command): {exc}", file=sys.stderr)
+        return Config(path=where.config_file)
 
 
 def build_parser() -> argparse.ArgumentParser:
