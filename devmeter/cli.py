@@ -88,11 +88,12 @@ SINCE_HELP = "today, yesterday, 1w, 7d, 2h, 30m, or a date such as 2026-11-01"
 def load_or_default(where: Paths, command: Callable[..., object]) -> Config:
     """The config file's settings. Commands that read none of them still run when the
     file has a mistake (a running proxy keeps its last good config meanwhile): finding
-    the file, pausing, lifting a cap must not wait for the fix."""
+    the file, pausing, stopping a session must not wait for the fix. (`allow` reads the
+    caps it raises, so it waits.)"""
     try:
         return load(where.config_file)
     except ConfigError as exc:
-        if command not in (cmd_config, cmd_pause, cmd_allow, cmd_alerts, cmd_sessions):
+        if command not in (cmd_config, cmd_pause, cmd_stop, cmd_alerts, cmd_sessions):
             raise
         print(f"devmeter: bad config (ignored by this command): {exc}", file=sys.stderr)
         return Config(path=where.config_file)
