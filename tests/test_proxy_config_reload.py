@@ -1,4 +1,4 @@
-"""Live config reload through a real proxy: raising a cap as the 403 says lets the next
+"""Live config reload through a real proxy: raising a cap as the refusal says lets the next
 call through without a restart, spend counted so far is kept, and a broken edit keeps
 the last good config and says where it is broken."""
 
@@ -85,16 +85,16 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 10.0) ->
 def passes(c: anthropic.Anthropic) -> bool:
     try:
         ask(c)
-    except anthropic.PermissionDeniedError:
+    except anthropic.PaymentRequiredError:
         return False
     return True
 
 
-def test_raising_the_cap_as_the_403_says_lets_the_next_call_through(proxy: RunningProxy) -> None:
+def test_raising_the_cap_as_the_refusal_says_lets_the_next_call_in(proxy: RunningProxy) -> None:
     c = client(proxy)
     ask(c)
     ask(c)  # $0.0234: over the $0.02 cap
-    with pytest.raises(anthropic.PermissionDeniedError) as refused:
+    with pytest.raises(anthropic.PaymentRequiredError) as refused:
         ask(c)
     config = proxy.home / "config.toml"
     assert f"raise budgets.session.block_usd in {config}" in refused.value.message
@@ -104,7 +104,7 @@ def test_raising_the_cap_as_the_403_says_lets_the_next_call_through(proxy: Runni
     # The session's spend was kept across the reload: one more call passes the $0.04
     # cap, and the next is refused (from $0 it would take four).
     ask(c)
-    with pytest.raises(anthropic.PermissionDeniedError):
+    with pytest.raises(anthropic.PaymentRequiredError):
         ask(c)
     assert "devmeter: config reloaded from" in proxy.log.read_text()
     status = read_status(proxy.home)
@@ -128,7 +128,7 @@ def test_a_broken_edit_keeps_the_last_good_config_and_says_where(proxy: RunningP
     # The old $0.02 cap still holds, none of the broken edit applied.
     ask(c)
     ask(c)
-    with pytest.raises(anthropic.PermissionDeniedError):
+    with pytest.raises(anthropic.PaymentRequiredError):
         ask(c)
 
     # A fix clears the error and applies.
@@ -143,7 +143,7 @@ def test_an_edit_half_valid_is_not_half_applied(proxy: RunningProxy) -> None:
     config = proxy.home / "config.toml"
     ask(c)
     ask(c)
-    with pytest.raises(anthropic.PermissionDeniedError):
+    with pytest.raises(anthropic.PaymentRequiredError):
         ask(c)
     edit(config, CAP.format(cap=5) + '\n[routing]\nmode = "sometimes"\n')
     wait_for(
@@ -151,7 +151,7 @@ def test_an_edit_half_valid_is_not_half_applied(proxy: RunningProxy) -> None:
         "the broken edit was never reported",
     )
     assert "routing.mode" in json.dumps(read_status(proxy.home))
-    with pytest.raises(anthropic.PermissionDeniedError):
+    with pytest.raises(anthropic.PaymentRequiredError):
         ask(c)
 
 
@@ -172,7 +172,7 @@ def test_a_cap_added_by_a_reload_counts_the_spend_already_in_the_ledger(
     edit(config, quiet.replace("[budgets.day]\n", "[budgets.day]\nblock_usd = 0.02\n"))
     wait_for(lambda: proxy.log.read_text().count("config reloaded") == 2, "the cap never applied")
     # Refused at once: from $0 it would take two more calls to reach $0.02.
-    with pytest.raises(anthropic.PermissionDeniedError):
+    with pytest.raises(anthropic.PaymentRequiredError):
         ask(c)
 
 
