@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import sqlite3
+from collections.abc import Iterator
 from dataclasses import fields
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from devmeter.ledger import call_row, insert_calls, migrate
+from devmeter.metering import build_call
 from devmeter.providers import match_endpoint, new_response_parser
-from devmeter.usage import RequestInfo, ResponseResult, Usage
+from devmeter.usage import MAX_COST_USD, MAX_TOKENS, Attribution, RequestInfo, ResponseResult, Usage
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -273,3 +280,62 @@ def test_negative_and_absurd_numbers_are_never_negative(
         ):
             hostile = hostile.replace(f'"{key}": ', f'"{key}": {value}, "_was": ')
         no_negative(run(case, [hostile.encode()]))
+
+
+# Properties (Hypothesis), as tests/test_parser_properties.py checks the chat parsers:
+# arbitrary bytes and hostile numbers, cut anywhere, give a row a real ledger stores.
+PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+NUMBER = re.compile(rb'("[a-z_]*(?:tokens|seconds)[a-z_]*"\s*:\s*)(-?\d+(?:\.\d+)?)')
+HOSTILE = st.sampled_from(
+    ["-5", "1e30", "-1e30", "1e999", "NaN", "Infinity", str(2**63), "0.5", '"12"', "null"]
+)
+
+
+@pytest.fixture(scope="module")
+def ledger() -> Iterator[sqlite3.Connection]:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    migrate(conn)
+    yield conn
+    conn.close()
+
+
+def sane_row(
+    case: tuple[str, str, str, str, str, bytes], result: ResponseResult, conn: sqlite3.Connection
+) -> None:
+    _, method, host, path, _, _ = case
+    endpoint = match_endpoint(host, method, path)
+    assert endpoint is not None
+    call = build_call(
+        ts=1_800_000_000.0,
+        host=host,
+        endpoint=endpoint,
+        request=RequestInfo(model="m", prompt_tokens_estimate=3),
+        result=result,
+        status=200,
+        attribution=Attribution(),
+    )
+    for name in COUNTS:
+        value = getattr(call.usage, name)
+        assert type(value) is int and 0 <= value <= MAX_TOKENS, (name, value)
+    cost = call.cost_usd
+    assert cost is None or 0 <= cost <= MAX_COST_USD, cost
+    conn.execute("BEGIN")
+    insert_calls(conn, [call_row(call)])
+    conn.execute("ROLLBACK")
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@PROPERTY
+@given(data=st.data(), junk=st.binary(max_size=2000), cuts=st.lists(st.integers(0, 4000)))
+def test_any_bytes_or_numbers_give_a_row_the_ledger_stores(
+    ledger: sqlite3.Connection,
+    case: tuple[str, str, str, str, str, bytes],
+    data: st.DataObject,
+    junk: bytes,
+    cuts: list[int],
+) -> None:
+    hostile = NUMBER.sub(lambda m: m.group(1) + data.draw(HOSTILE).encode(), case[5])
+    for body in (junk, hostile):
+        points = sorted({c % (len(body) + 1) for c in cuts})
+        chunks = [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)]
+        sane_row(case, run(case, chunks), ledger)
