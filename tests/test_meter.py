@@ -350,3 +350,38 @@ def test_a_batch_read_cut_short_is_metered_when_read_whole() -> None:
     assert full.usage.input_tokens == 3000 and full.complete and full.cost_usd
     _batch_results_flow(meter, whole, len(whole))  # read again: already metered
     assert len(recorded) == 2
+
+
+def _chunked_upload(meter: Meter, path: bytes) -> http.HTTPFlow:
+    flow = tflow.tflow(
+        req=tutils.treq(
+            host="api.anthropic.com",
+            port=443,
+            scheme=b"https",
+            authority=b"api.anthropic.com",
+            path=path,
+            method=b"POST",
+            content=b"",
+            headers=http.Headers(host="api.anthropic.com", transfer_encoding="chunked"),
+        )
+    )
+    meter.requestheaders(flow)
+    return flow
+
+
+def test_a_paused_upload_to_an_unmetered_path_is_refused_before_it_streams() -> None:
+    """A chunked body goes upstream as it arrives, and its `request` hook only comes
+    after: a pause must stop it at its headers, not after it was sent."""
+    recorded: list[Call] = []
+    meter = _paused_meter(recorded)
+    flow = _chunked_upload(meter, b"/v1/messages/batches")
+    assert flow.error is not None and flow.request.stream is False  # killed, not streamed
+    meter.error(flow)
+    (row,) = recorded
+    assert row.endpoint == "anthropic.unmetered" and row.cost_usd == 0
+    assert row.error and "metered traffic is paused" in row.error and "closed" in row.error
+
+
+def test_an_upload_to_a_free_path_streams_while_paused() -> None:
+    flow = _chunked_upload(_paused_meter([]), b"/v1/files")
+    assert flow.error is None and flow.request.stream is True

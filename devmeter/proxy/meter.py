@@ -102,6 +102,7 @@ class FlowState:
     # Why the request body was not read (too large, a bomb, a parser bug): for the row.
     request_note: str | None = None
     ws_refused: bool = False  # a Realtime socket's frames were refused (and said so once)
+    block: Block | None = None  # an unmetered request's refusal (see _unmetered_refusal)
 
 
 @dataclass(frozen=True)
@@ -270,7 +271,18 @@ class Meter:
                 return
             endpoint = match_endpoint(host, request.method, request.path)
             if endpoint is None:
-                request.stream = True  # an upload to a path devmeter does not meter
+                # An upload to a path devmeter does not meter. Checked now: the `request`
+                # hook of a streamed request only comes once its body went upstream.
+                self._apply_control()
+                refused = self._unmetered_refusal(flow, host)
+                if refused is not None:
+                    refused.blocked = (
+                        f"{refused.blocked} (devmeter closed the connection: a request body "
+                        "that is not read cannot be answered before it is sent whole)"
+                    )
+                    flow.kill()  # the error hook records the refusal
+                    return
+                request.stream = True
                 return
             self._apply_control()
             counted = [0]
@@ -412,11 +424,20 @@ class Meter:
         """A request devmeter does not meter, to an LLM API host: refused like a metered
         one when paused or capped, unless it costs nothing (paths.costs_nothing). A
         WebSocket here is refused at its handshake: no turn on it is ever checked."""
+        if flow.request.stream:
+            return  # streamed: decided at its headers (`_stream_large_request`)
+        state = self._unmetered_refusal(flow, host)
+        if state is not None and state.block is not None:
+            _refuse(flow, state, state.block)
+
+    def _unmetered_refusal(self, flow: http.HTTPFlow, host: str) -> FlowState | None:
+        """The state of an unmetered request the guard refuses (its `block` says why, and
+        it is in the flow's metadata, for the row), or None to let it through."""
         if self._guard is None:
-            return
+            return None
         upgrade = flow.request.headers.get("upgrade", "").lower() == "websocket"
         if _is_free(flow, host, upgrade):
-            return
+            return None
         now = self._clock()
         info = RequestInfo()
         headers = lower_headers(flow.request.headers)
@@ -424,10 +445,12 @@ class Meter:
         verdict = self._guard.check(attribution, now)
         self._raise_alerts(verdict)
         if verdict.block is None:
-            return
+            return None
         state = FlowState(unmetered_endpoint(host), info, now, attribution, host, upgrade=upgrade)
+        state.block = verdict.block
+        state.blocked = verdict.block.message
         flow.metadata[METADATA_KEY] = state
-        _refuse(flow, state, verdict.block)
+        return state
 
     def _apply_control(self) -> None:
         control = self._control.poll() if self._control is not None else None
