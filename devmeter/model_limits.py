@@ -22,11 +22,10 @@ than guess its limits.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from typing import Literal
 
-from genai_prices import data_snapshot
-from genai_prices.types import ModelInfo, Provider
+# genai-prices is asked through pricing, the one module that looks anything up in it.
+from devmeter.pricing import bare_model_name, find_model
 
 # How a model takes Anthropic's `thinking` parameter (OpenAI reasoning models: "adaptive").
 #   none           no extended thinking at all
@@ -166,7 +165,7 @@ def canonical_id(provider: str | None, model: str) -> str | None:
 
 def model_spec(provider: str | None, model: str) -> ModelSpec | None:
     """What `model` accepts, or None when devmeter does not know (then never rewrite to it)."""
-    return SPECS.get(canonical_id(provider, model) or _bare(model))
+    return SPECS.get(canonical_id(provider, model) or bare_model_name(model))
 
 
 def model_limits(provider: str | None, model: str) -> ModelLimits | None:
@@ -187,28 +186,7 @@ def supports_fast_mode(provider: str | None, model: str) -> bool:
     return any(variant.when.get("speed") == "fast" for variant in variants)
 
 
-@lru_cache(maxsize=1024)
-def find_model(provider: str | None, model: str) -> tuple[Provider, ModelInfo] | None:
-    """genai-prices' provider and model for `model` (at `provider` when given), or None.
-
-    With a provider, the model may come from that provider's fallback list (Google
-    prices Anthropic models it resells); `natively_priced` says whether it did not.
-    """
-    snapshot = data_snapshot.get_snapshot()
-    for name in dict.fromkeys((model, _bare(model))):
-        try:
-            return snapshot.find_provider_model(name, None, provider, None)
-        except LookupError:
-            continue
-    return None
-
-
 def natively_priced(provider: str, model: str) -> bool:
     """Whether `provider` itself lists `model`, not through another provider's prices."""
     found = find_model(provider, model)
     return found is not None and any(m is found[1] for m in found[0].models)
-
-
-def _bare(model: str) -> str:
-    # OpenRouter-style "anthropic/claude-haiku-5-5" -> "claude-haiku-5-5".
-    return model.lower().rsplit("/", 1)[-1]

@@ -22,6 +22,7 @@ from devmeter.usage import Usage
 
 if TYPE_CHECKING:
     import genai_prices
+    import genai_prices.types
 
 
 # genai_prices is imported where a price is computed, not here: importing it (pydantic,
@@ -187,10 +188,58 @@ def warm() -> None:
     data_snapshot.get_snapshot()
 
 
-@lru_cache(maxsize=4096)
-def has_price(provider: str, model: str) -> bool:
-    """Whether genai-prices knows this model at this provider (for validating config)."""
-    return list_price(provider, normalise_model(model), Usage()) is not None
+# ----------------------------------------------------- genai-prices lookups (all of them)
+# Every other module asks these instead of querying genai-prices itself, so what
+# "known model", "provider id" and "canonical id" mean is decided in one place.
+
+
+def genai_providers() -> list[genai_prices.types.Provider]:
+    """Every provider genai-prices knows, in its own order."""
+    return list(_genai().data_snapshot.get_snapshot().providers)
+
+
+def find_provider(name: str) -> genai_prices.types.Provider | None:
+    """genai-prices' provider for a provider id or alias ("anthropic", "google-gla"), or None."""
+    return _genai().data_snapshot.find_provider_by_id(genai_providers(), name)  # type: ignore[no-any-return]
+
+
+@lru_cache(maxsize=1024)
+def find_model(
+    provider: str | None, model: str
+) -> tuple[genai_prices.types.Provider, genai_prices.types.ModelInfo] | None:
+    """genai-prices' provider and model for `model` (at `provider` when given), or None.
+
+    With a provider, the model may come from that provider's fallback list (Google
+    prices Anthropic models it resells); `model_limits.natively_priced` says whether it
+    did not.
+    """
+    snapshot = _genai().data_snapshot.get_snapshot()
+    for name in dict.fromkeys((model, bare_model_name(model))):
+        try:
+            return snapshot.find_provider_model(name, None, provider, None)  # type: ignore[no-any-return]
+        except LookupError:
+            continue
+    return None
+
+
+def resolve_model_ref(ref: str, provider: str | None = None) -> tuple[str, str] | None:
+    """(provider id, canonical model id) genai-prices matches `ref` to, or None.
+
+    genai-prices' own matching, loose spellings included ("claude-4.5-sonnet").
+    """
+    genai = _genai()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            calc = genai.calc_price(genai.Usage(), model_ref=ref, provider_id=provider)
+    except LookupError:
+        return None
+    return str(calc.provider.id), str(calc.model.id)
+
+
+def bare_model_name(model: str) -> str:
+    # OpenRouter-style "anthropic/claude-haiku-5-5" -> "claude-haiku-5-5".
+    return model.lower().rsplit("/", 1)[-1]
 
 
 def normalise_model(model: str) -> str:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import warnings
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from typing import Any
 import brotli
 import zstandard
 
-from devmeter import tokens
+from devmeter import pricing, tokens
 from devmeter.providers.base import ERROR_CAP, TEXT_CAP, TextBuffer, error_text
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
@@ -373,17 +372,7 @@ def _candidates(name: str) -> list[str]:
 
 def _lookup(ref: str, provider: str | None = None) -> tuple[str, str] | None:
     """(provider, canonical model id) genai-prices finds for `ref`, if any."""
-    import genai_prices  # slow to import; only needed once a model name is seen
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            calc = genai_prices.calc_price(
-                genai_prices.Usage(), model_ref=ref, provider_id=provider
-            )
-    except LookupError:
-        return None
-    return str(calc.provider.id), str(calc.model.id)
+    return pricing.resolve_model_ref(ref, provider)
 
 
 def _family_provider(name: str) -> str:
