@@ -138,8 +138,8 @@ def test_routing_does_not_name_a_config_file_that_does_not_exist(tmp_path: Path)
 
 
 def test_a_reload_keeps_a_routing_mode_set_from_the_cli_or_tray() -> None:
-    from devmeter.router import Router
     from devmeter.routing import parse_routing
+    from devmeter.routing.session_router import Router
 
     router = Router(parse_routing({"mode": "shadow"}))
     router.reconfigure(parse_routing({"mode": "off"}), ())

@@ -46,8 +46,8 @@ from devmeter.providers import (
 )
 from devmeter.proxy import streaming
 from devmeter.proxy.deadlines import HeaderDeadline
-from devmeter.router import REQUEST_CLASS_HEADER, RoutePlan, Router
-from devmeter.routing import should_fallback
+from devmeter.routing.fallback import should_fallback
+from devmeter.routing.session_router import REQUEST_CLASS_HEADER, RoutePlan, Router
 from devmeter.usage import Attribution, Call, RequestInfo, ResponseResult, Usage
 
 METADATA_KEY = "devmeter"

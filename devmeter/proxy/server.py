@@ -34,7 +34,7 @@ from devmeter.paths import Paths, write_private
 from devmeter.providers import INTERCEPT_HOSTS
 from devmeter.proxy import deadlines
 from devmeter.proxy.meter import Meter
-from devmeter.router import Router
+from devmeter.routing.session_router import Router
 from devmeter.spool import SpoolBusy
 from devmeter.usage import Attribution, Call, RequestInfo
 from devmeter.warnlog import route_warnings

@@ -1,4 +1,5 @@
-"""Routing for the proxy: per-session state around the pure rule engine in routing.py.
+"""Routing for the proxy: per-session state around the pure rule engine (rules, decision,
+rewrite in this package).
 
 The proxy asks `plan` before forwarding a request, sends `plan.body` when the plan
 rewrites, and hands each finished call to `settle`, which prices the other side of
@@ -166,6 +167,18 @@ class Router:
             self._observe(call)
         return call
 
+    def _session(self, key: str) -> _Session:
+        """The session's state, made most recent; the least recently seen beyond
+        `max_sessions` is forgotten. Call with the lock held."""
+        seen = self._sessions.get(key)
+        if seen is None:
+            seen = self._sessions[key] = _Session()
+            while len(self._sessions) > self.max_sessions:
+                self._sessions.popitem(last=False)
+        else:
+            self._sessions.move_to_end(key)
+        return seen
+
     def _annotate(self, call: Call, plan: RoutePlan, fell_back: bool) -> Call:
         decision = plan.decision
         note = _note(plan)
@@ -202,15 +215,8 @@ class Router:
         return replace(call, route_rule=decision.rule, route_note=note)
 
     def _observe(self, call: Call) -> None:
-        session = call.attribution.session or ""
         with self._lock:
-            seen = self._sessions.get(session)
-            if seen is None:
-                seen = self._sessions[session] = _Session()
-                while len(self._sessions) > self.max_sessions:
-                    self._sessions.popitem(last=False)
-            else:
-                self._sessions.move_to_end(session)
+            seen = self._session(call.attribution.session or "")
             if call.cost_usd is not None:
                 seen.spend = (seen.spend or Decimal(0)) + call.cost_usd
             if call.model:
