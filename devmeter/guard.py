@@ -198,6 +198,26 @@ def spend_so_far(
     return totals
 
 
+def spend_by_session_key(conn: sqlite3.Connection, now: float) -> dict[str, Decimal]:
+    """Spend per session key (`runaway.session_key`) for the router to start from: a
+    session with an id active in the last 7 days, its whole spend (as the session budget
+    counts it); calls without an id, their tool@repo's spend of the last 7 days."""
+    week = now - 7 * 86400
+    rows = conn.execute(
+        "SELECT session, NULL, NULL, sum(cost_pusd) FROM calls WHERE session IN "
+        "(SELECT DISTINCT session FROM calls WHERE ts >= ?) GROUP BY session "
+        "UNION ALL SELECT NULL, tool, repo, sum(cost_pusd) FROM calls "
+        "WHERE session IS NULL AND ts >= ? GROUP BY tool, repo",
+        (week, week),
+    )
+    totals: dict[str, Decimal] = {}
+    for session, tool, repo, pusd in rows:
+        if pusd:
+            key = session_key(Attribution(tool=tool, repo=repo, session=session))
+            totals[key] = from_pusd(pusd) or ZERO
+    return totals
+
+
 def _blocked_alerts(conn: sqlite3.Connection, now: float) -> list[tuple[str, str, Decimal, float]]:
     """Blocked alerts of the last 31 days: (scope, key, cap, ts)."""
     rows = conn.execute(

@@ -28,7 +28,13 @@ from devmeter.budget import SCOPES, Alert, Budgets
 from devmeter.config import Config
 from devmeter.config_reload import ConfigReloader, clear_status, load_with_pins
 from devmeter.control import ControlWatcher, control_path
-from devmeter.guard import AlertDispatcher, Guard, print_alert, spend_so_far
+from devmeter.guard import (
+    AlertDispatcher,
+    Guard,
+    print_alert,
+    spend_by_session_key,
+    spend_so_far,
+)
 from devmeter.ledger import LedgerWriter, connect_readonly
 from devmeter.paths import Paths, write_private
 from devmeter.providers import INTERCEPT_HOSTS
@@ -135,7 +141,8 @@ async def serve(
     guard = Guard(
         config.section("budgets"), config.section("runaway"), config_path=str(paths.config_file)
     )
-    _seed(guard, paths)
+    router = Router(config.section("routing"), config.prices)
+    _seed(guard, router, paths)
     pricing.warm()  # not on the first call: it would stall every call in flight
     dispatcher = AlertDispatcher(*_notifier()) if notify else None
 
@@ -167,7 +174,6 @@ async def serve(
     # A set, not a frozenset: a config reload can add an [upstream] host.
     intercepted = {h.lower() for h in (*INTERCEPT_HOSTS, *config.upstreams)}
     deadline = deadlines.HeaderDeadline(intercepted.__contains__)
-    router = Router(config.section("routing"), config.prices)
     meter = Meter(
         record=record,
         attribute=make_attribute(attributor),
@@ -328,14 +334,16 @@ async def _startup_failure(
     return SystemExit(f"devmeter: the proxy stopped before it listened on {host}:{port}: {why}")
 
 
-def _seed(guard: Guard, paths: Paths) -> None:
+def _seed(guard: Guard, router: Router, paths: Paths) -> None:
     """Past spend from the ledger; an unreadable ledger is reported, and the proxy serves."""
     try:
         conn = connect_readonly(paths.ledger)
         if conn is None:
             return
         try:
-            guard.seed_from_ledger(conn, time.time())
+            now = time.time()
+            guard.seed_from_ledger(conn, now)
+            router.seed(spend_by_session_key(conn, now))
         finally:
             conn.close()
     except sqlite3.Error as exc:

@@ -5,6 +5,9 @@ The proxy asks `plan` before forwarding a request, sends `plan.body` when the pl
 rewrites, and hands each finished call to `settle`, which prices the other side of
 the trade (what the requested model would have cost, or what the target would have)
 and remembers the session's spend and prompt-cache state for the next decision.
+Sessions are keyed like the guard's (`runaway.session_key`: the session id, or tool@repo
+without one), so unrelated clients without a session id do not share one routing
+session; `seed` restores each session's spend from the ledger after a restart.
 No mitmproxy here: bytes and headers in, a plan out.
 """
 
@@ -21,6 +24,7 @@ from typing import Any
 from devmeter import routing
 from devmeter.pricing import PriceOverride, price
 from devmeter.providers import Endpoint, request_uses_images
+from devmeter.runaway import session_key
 from devmeter.usage import Attribution, Call, RequestInfo, Usage
 
 REWRITABLE = ("anthropic.messages", "openai.chat", "openai.responses")
@@ -109,7 +113,7 @@ class Router:
             return None  # what `decide` says without rules; skip building its context
         if "request_error" in info.facts:
             return None
-        session = attribution.session or ""
+        session = session_key(attribution)
         with self._lock:
             seen = self._sessions.get(session) or _Session()
             spend, caches = seen.spend, dict(seen.caches)
@@ -167,6 +171,15 @@ class Router:
             self._observe(call)
         return call
 
+    def seed(self, spend_by_session: Mapping[str, Decimal]) -> None:
+        """Start from the ledger's spend per session key (after a restart), as the budgets do,
+        so a `session_spend_over_usd` rule does not forget what a session already spent."""
+        if not self.config.rules:
+            return  # only rules read session state
+        with self._lock:
+            for key, spend in spend_by_session.items():
+                self._session(key).spend = spend
+
     def _session(self, key: str) -> _Session:
         """The session's state, made most recent; the least recently seen beyond
         `max_sessions` is forgotten. Call with the lock held."""
@@ -216,7 +229,7 @@ class Router:
 
     def _observe(self, call: Call) -> None:
         with self._lock:
-            seen = self._session(call.attribution.session or "")
+            seen = self._session(session_key(call.attribution))
             if call.cost_usd is not None:
                 seen.spend = (seen.spend or Decimal(0)) + call.cost_usd
             if call.model:
