@@ -352,13 +352,12 @@ def _statements(script: str) -> list[str]:
 
 
 class _Item(NamedTuple):
-    """A row waiting for the writer: its statement and values, where the spool has it
-    (None: memory only), and the live call (None for alerts and replayed rows)."""
+    """A row waiting for the writer: its statement and values, and where the spool has it
+    (None: memory only)."""
 
     sql: str
     values: tuple[Any, ...]
     mark: Mark | None = None
-    call: Call | None = None
 
 
 # What one bad row raises when bound or inserted (an integer past 64 bits, a lone
@@ -380,6 +379,13 @@ def quarantine_path(ledger: Path) -> Path:
     return ledger.with_name(ledger.name + ".quarantine.jsonl")
 
 
+# Rows committed in one transaction at most.
+BATCH_SIZE = 500
+# Seconds between commits. Rows are safe in the spool meanwhile; a longer batch writes
+# each of the ledger's pages once for more rows (the tray reads it every 0.5 s).
+COMMIT_INTERVAL = 0.25
+
+
 class LedgerWriter:
     """The single writer: callers enqueue rows; one thread commits them in batches.
 
@@ -390,21 +396,14 @@ class LedgerWriter:
     (one that no retry can write) is set aside in `quarantine_path`, said once, and
     counted, so it can never stop the rows after it, now or on a replay. Nothing the
     thread meets stops it: an unexpected error is reported and the work goes on.
-    `on_problem` hears about failures (loudly, once per state change) and recoveries;
-    `on_written` hears about committed calls.
+    `on_problem` hears about failures (loudly, once per state change) and recoveries.
     """
 
     def __init__(
         self,
         path: Path,
         on_problem: Callable[[str], object] | None = None,
-        on_written: Callable[[Sequence[Call]], None] | None = None,
-        batch_size: int = 500,
         retry_seconds: float = 1.0,
-        spool: bool = True,
-        # Rows are safe in the spool meanwhile; a longer batch writes each of the ledger's
-        # pages once for more rows (the tray reads it every 0.5 s).
-        commit_interval: float = 0.25,
     ) -> None:
         self.path = path
         # A deque, not a queue.Queue: appending is one atomic step for the proxy's thread,
@@ -413,8 +412,7 @@ class LedgerWriter:
         self._wake = threading.Event()
         self._waiting = False  # the writer sleeps on `_wake` until a row arrives
         self._on_problem = on_problem or say
-        self._on_written = on_written
-        self._batch_size = batch_size
+        self._batch_size = BATCH_SIZE
         self._retry_seconds = retry_seconds
         self._conn: sqlite3.Connection | None = None
         self._pending: list[_Item] = []
@@ -432,9 +430,9 @@ class LedgerWriter:
         self.rows_recovered = 0
         self.rows_quarantined = 0
         self._order = threading.Lock()
-        self._spool = self._open_spool(spool_dir(path)) if spool else None
+        self._spool = self._open_spool(spool_dir(path))
         self._last_mark: Mark | None = None  # the newest mark committed
-        self._commit_interval = commit_interval
+        self._commit_interval = COMMIT_INTERVAL
         self._hurry = threading.Event()  # cuts the wait between commits short (flush)
         # Create and migrate the ledger now, so readers starting alongside find its tables;
         # if it cannot be opened, the writer thread retries and says why.
@@ -482,9 +480,7 @@ class LedgerWriter:
         # mark committed with a batch covers exactly the rows before it.
         with self._order:
             mark = self._spool_row(row)
-            # The live call only for a listener: held until the next commit, every call
-            # would otherwise wait there, for the garbage collector to trace meanwhile.
-            self._enqueue(_Item(INSERT_CALL, row, mark, call if self._on_written else None))
+            self._enqueue(_Item(INSERT_CALL, row, mark))
         return mark is not None
 
     def add_alert(self, alert: Alert) -> None:
@@ -740,12 +736,6 @@ class LedgerWriter:
             self._quarantined(len(refused))
         if marks:
             self._advance(marks[-1])
-        live = [item.call for item in items if item.call is not None]
-        if self._on_written and live:
-            try:
-                self._on_written(live)
-            except Exception as exc:  # a listener bug must not stop the writer
-                say(f"devmeter: ledger listener failed: {exc!r}")
         return True
 
     def _insert(

@@ -188,16 +188,5 @@ class Call:
     import_key: str | None = None
 
     @property
-    def saving_usd(self) -> Decimal | None:
-        """Saved by routing (routed) or what routing would have saved (shadow)."""
-        if self.cost_usd is None or self.alt_cost_usd is None:
-            return None
-        if self.routing == "routed":
-            return self.alt_cost_usd - self.cost_usd
-        if self.routing == "shadow":
-            return self.cost_usd - self.alt_cost_usd
-        return None
-
-    @property
     def estimated(self) -> bool:
         return self.usage.estimated

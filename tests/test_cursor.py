@@ -202,13 +202,6 @@ def test_sse_variant_request_carries_only_an_id() -> None:
     assert info.prompt_tokens() == 0
 
 
-def test_bidi_append_carries_the_chat_request() -> None:
-    request_id, info = cursor.parse_bidi_append(fixture("bidi_append.bin"))
-    assert request_id == build.BIDI_REQUEST_ID
-    assert info is not None and info.model == "gpt-5" and info.facts["provider"] == "openai"
-    assert cursor.parse_bidi_append(b"\xff\xff") == (None, None)
-
-
 @pytest.mark.parametrize(
     ("body", "problem"),
     [
@@ -232,7 +225,6 @@ def test_random_bytes_never_raise() -> None:
         assert isinstance(cursor.parse_request(body), RequestInfo)
         assert isinstance(respond(body, ctype=rng.choice([CONNECT, "", "application/proto"])),
                           ResponseResult)  # fmt: skip
-        cursor.parse_bidi_append(body)
 
 
 def test_deep_nesting_is_bounded() -> None:
@@ -344,7 +336,7 @@ def test_oversize_frame_is_skipped_not_buffered() -> None:
 
 def test_end_stream_error_is_what_cursor_expects() -> None:
     body = cursor.end_stream_error("devmeter: the repo budget of $20/day is spent")
-    [(flags, payload)] = list(cursor.iter_frames(body))
+    [(flags, payload)] = list(cursor.FrameReader().feed(body))
     assert flags == 0x02
     assert json.loads(payload)["error"]["code"] == "resource_exhausted"
     assert respond(body).error == (

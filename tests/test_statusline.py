@@ -76,7 +76,7 @@ def test_session_today_repo_and_burn_rate(tmp_path: Path, repo: Path) -> None:
 def test_a_cap_and_a_pause_stand_out_in_red(tmp_path: Path, repo: Path) -> None:
     db = tmp_path / "ledger.sqlite"
     now = time.time()
-    writer = ledger.LedgerWriter(db, spool=False)
+    writer = ledger.LedgerWriter(db)
     writer.add_call(call(now - 10, "21", SESSION, str(repo)))
     writer.add_alert(
         Alert(

@@ -29,7 +29,6 @@ import io
 import json
 import re
 import zlib
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -118,7 +117,6 @@ _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"%PDF")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
 # Opaque tokens (signatures, hashes, encrypted blobs): long, no spaces, base64/hex alphabet.
 _BLOB = re.compile(r"[A-Za-z0-9+/=_-]{40,}")
-_HEX = re.compile(rb"(?:[0-9a-f]{2})+")
 
 # A model id as Cursor names it: a known family, dash-separated parts, dots only inside
 # version numbers (so "gpt-4.py" is a file, not a model), an optional [option] suffix.
@@ -515,37 +513,6 @@ def parse_request(body: bytes) -> RequestInfo:
     return RequestReader().feed(body).info()
 
 
-def parse_bidi_append(body: bytes) -> tuple[str | None, RequestInfo | None]:
-    """A `BidiAppend` body: (bidi request id, the chat request it carries, if any).
-
-    Over HTTP/1.1 Cursor emulates a bidi stream: the answer streams on an `…SSE` call
-    whose request holds only a request id, and the chat request itself is POSTed to
-    `/aiserver.v1.BidiService/BidiAppend` hex-encoded inside a small message that also
-    names the request id. Join the two on the id to price the SSE call.
-    """
-    try:
-        fields = parse_fields(body)
-        if not fields:
-            return None, None
-        request_id: str | None = None
-        info: RequestInfo | None = None
-        for _number, wire, value in fields:
-            if wire != 2 or not isinstance(value, memoryview) or not value:
-                continue
-            raw = bytes(value)
-            if len(raw) >= 64 and len(raw) % 2 == 0 and _HEX.fullmatch(raw):
-                info = parse_request(bytes.fromhex(raw.decode("ascii")))
-            elif request_id is None:
-                scan = Scan(keep_text=False)
-                if scan_message(raw, scan) and scan.ids:
-                    request_id = scan.ids[0]
-                elif _UUID.fullmatch(raw.decode("utf-8", "replace")):
-                    request_id = raw.decode("ascii").lower()
-        return request_id, info
-    except Exception:
-        return None, None
-
-
 # --- responses -----------------------------------------------------------------------------
 
 
@@ -755,9 +722,3 @@ def end_stream_error(message: str, code: str = "resource_exhausted") -> bytes:
     """
     trailer = json.dumps({"error": {"code": code, "message": message}}).encode()
     return bytes([_FLAG_END_STREAM]) + len(trailer).to_bytes(4, "big") + trailer
-
-
-def iter_frames(body: bytes) -> Iterable[tuple[int, bytes]]:
-    """The frames of a whole Connect body (tests and tools)."""
-    reader = FrameReader()
-    yield from reader.feed(body)

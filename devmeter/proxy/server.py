@@ -126,8 +126,6 @@ def _address(address: object) -> tuple[str, int] | None:
 async def serve(
     config: Config,
     paths: Paths,
-    on_call: Callable[[Call], None] | None = None,
-    notify: bool = True,
     pinned_upstreams: Mapping[str, str] | None = None,
 ) -> None:
     """Run the proxy until stopped. `pinned_upstreams`: `--upstream` flags, which a
@@ -144,18 +142,15 @@ async def serve(
     router = Router(config.section("routing"), config.prices)
     _seed(guard, router, paths)
     pricing.warm()  # not on the first call: it would stall every call in flight
-    dispatcher = AlertDispatcher(*_notifier()) if notify else None
+    dispatcher = AlertDispatcher(*_notifier())
 
     def on_alert(alert: Alert) -> None:
         writer.add_alert(alert)
         print_alert(alert)
-        if dispatcher is not None:
-            dispatcher.send(alert)
+        dispatcher.send(alert)
 
     def record(call: Call) -> None:
         writer.add_call(call)  # spooled to disk before the client gets the answer
-        if on_call is not None:
-            on_call(call)
 
     deadlines.raise_file_limit()
     master = DumpMaster(options.Options(), with_termlog=False, with_dumper=False)
@@ -223,8 +218,7 @@ async def serve(
         bound = await _wait_bound(master, run, errors, host, port)
     except BaseException:
         writer.close()
-        if dispatcher is not None:
-            dispatcher.close()
+        dispatcher.close()
         raise
     proxyserver = master.addons.get("proxyserver")
     watchdog = asyncio.ensure_future(deadline.watch(lambda: proxyserver.connections))
@@ -246,8 +240,7 @@ async def serve(
         watching.cancel()
         clear_status(paths.data_dir)
         writer.close()
-        if dispatcher is not None:
-            dispatcher.close()
+        dispatcher.close()
         paths.proxy_state.unlink(missing_ok=True)
 
 
