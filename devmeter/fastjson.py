@@ -1,7 +1,7 @@
 """JSON on the request path: orjson where it can, the standard library where it cannot.
 
 Every metered call parses its request and its answer (each event of a stream) on the
-proxy's event loop, and spools a row: orjson does each ~4-10x faster than `json`. It is
+proxy's event loop, and spools a row: orjson does each several times faster than `json`. It is
 stricter (no NaN, no lone surrogate escapes): what it refuses goes to `json`, which gives
 the same value, or the same error, as before. One difference remains: an integer beyond
 64 bits reads as a float (no token count or price comes near 2**64).

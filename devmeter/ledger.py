@@ -241,7 +241,7 @@ def insert_calls(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> N
 
     In the proxy this runs on the writer thread, next to the event loop: `executemany`
     takes the GIL back from the loop for every row (binding it) and drops it again while
-    SQLite steps, two thread switches a row that cost the loop ~50 us a call under load.
+    SQLite steps, two thread switches a row that the loop pays for under load.
     A multi-row statement binds a batch in one go and steps it once, without the GIL.
     Statements come in power-of-two sizes only: each size is a prepared statement the
     connection caches (~0.2 MB for 64 rows), and one per batch length grew the proxy by

@@ -26,9 +26,9 @@ if TYPE_CHECKING:
 
 
 # genai_prices is imported where a price is computed, not here: importing it (pydantic,
-# its price data) takes ~0.2 s, and every CLI command imports this module via the config.
+# its price data) is slow, and every CLI command imports this module via the config.
 # Its version (the price source every row names) is looked up there too: importlib.metadata
-# alone is ~30 ms of a `devmeter report`.
+# alone is a noticeable part of a `devmeter report`.
 @lru_cache(maxsize=1)
 def genai_prices_source() -> str:
     from importlib.metadata import version
@@ -129,8 +129,8 @@ def list_price(
 
 # Rates genai-prices states per million tokens (web searches: per thousand) that devmeter
 # can apply itself. genai-prices' own calculation is general (units, tiers, variants) and
-# costs ~0.2 ms a call on the proxy's event loop; for a model whose price is only these
-# flat rates, the same sum is exact and ~50x cheaper. Anything else goes to genai-prices.
+# is costly on the proxy's event loop, every call; for a model whose price is only these
+# flat rates, the same sum is exact and far cheaper. Anything else goes to genai-prices.
 _FLAT_KEYS = frozenset(
     ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok",
      "web_searches_kcount")
@@ -179,9 +179,9 @@ def _cost_at_flat_rates(rates: dict[str, Decimal], usage: Usage) -> Decimal | No
 
 
 def warm() -> None:
-    """Load genai-prices' price data now. It loads on first use: ~25 ms from its bytecode
-    cache, 0.2-0.4 s when Python has to compile the 1 MB module (PYTHONDONTWRITEBYTECODE, a
-    read-only or fresh install). In the proxy, call this before listening, or the first
+    """Load genai-prices' price data now. It loads on first use, and slowly when Python
+    has to compile its 1 MB module (PYTHONDONTWRITEBYTECODE, a read-only or fresh
+    install). In the proxy, call this before listening, or the first
     metered call stalls the event loop, and every call in flight with it."""
     from genai_prices import data_snapshot
 

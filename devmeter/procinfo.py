@@ -10,9 +10,9 @@ address. Finding the owner takes two steps:
 
 On Linux step 1 asks the kernel (netlink sock_diag, like `ss`), falling back to
 /proc/net/tcp{,6}, and step 2 scans /proc/<pid>/fd of the socket owner's uid,
-recently seen client pids first, then newest pid first. A whole lookup costs
-~0.5-0.8 ms there (most of it reading the process's details), against ~10 ms
-for psutil.net_connections(), which reads every fd of every process. Elsewhere
+recently seen client pids first, then newest pid first. That is an order of
+magnitude cheaper than psutil.net_connections(), which reads every fd of every
+process (figures: benchmarks/RESULTS.md). Elsewhere
 psutil does both steps; on macOS psutil.net_connections() needs root, so it
 falls back to asking each process (recent client pids first) for its sockets.
 
@@ -194,7 +194,7 @@ def _devmeter_env(proc: psutil.Process) -> tuple[str | None, str | None]:
 
 
 def _devmeter_env_procfs(pid: int) -> tuple[str | None, str | None]:
-    """Linux: the same walk over /proc/<pid>/environ and stat, ~10x cheaper than psutil."""
+    """Linux: the same walk over /proc/<pid>/environ and stat, without psutil's overhead."""
     wanted = {ENV_SESSION.encode(): 0, ENV_PROJECT.encode(): 1}
     found: list[str | None] = [None, None]
     for _ in range(MAX_PARENT_DEPTH + 1):
@@ -244,9 +244,9 @@ def _same_address(a: str, b: str) -> bool:
 # -- Linux: netlink sock_diag, /proc ------------------------------------------
 #
 # Step 1 asks the kernel for the socket by its 4-tuple (NETLINK_SOCK_DIAG, as
-# `ss` does): ~15 us. Without the proxy's own address it dumps TCP sockets
-# filtered by port (~1.5 ms: the kernel walks its hash table), and where netlink
-# is unavailable it reads /proc/net/tcp{,6} (~4 ms per file on a 2-vCPU VM).
+# `ss` does), the cheapest way. Without the proxy's own address it dumps TCP
+# sockets filtered by port (dearer: the kernel walks its hash table), and where
+# netlink is unavailable it reads /proc/net/tcp{,6} (dearest: text of every socket).
 
 _NETLINK_SOCK_DIAG = 4
 _SOCK_DIAG_BY_FAMILY = 20

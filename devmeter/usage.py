@@ -28,7 +28,7 @@ _COUNT_FIELDS = (
 
 @dataclass(frozen=True)
 class Usage:
-    """Token counts for one call, in the ledger's meaning (see DESIGN.md).
+    """Token counts for one call, as the ledger records them.
 
     `input_tokens` excludes cache reads and writes (Anthropic's meaning);
     `output_tokens` includes reasoning; `reasoning_tokens` is a breakdown of it.

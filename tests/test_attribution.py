@@ -26,7 +26,7 @@ from devmeter.procinfo import ClientProcess, Lookup
 from devmeter.usage import Attribution
 
 # Headers as captured from Claude Code 2.1.328 (POST /v1/messages) and
-# Codex CLI 0.169.0 (WebSocket upgrade to /v1/responses); see DESIGN.md.
+# Codex CLI 0.169.0 (WebSocket upgrade to /v1/responses).
 CLAUDE_CODE = {
     "Accept": "application/json",
     "Content-Type": "application/json",

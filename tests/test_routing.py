@@ -43,8 +43,8 @@ from devmeter.usage import Usage
 
 NOW = 1_800_000_000.0
 
-# The /v1/messages request Claude Code 2.1.328 sent for `claude -p "say hi"`
-# (/work/shared/captures/claude-code-2.1.328-messages.json), text elided.
+# The /v1/messages request Claude Code 2.1.328 sent for `claude -p "say hi"`, as
+# captured, text elided.
 CLAUDE_CODE_BETAS = (
     "claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27,"
     "prompt-caching-scope-2026-01-05,per-turn-control-2026-07-01,"
@@ -76,8 +76,7 @@ CLAUDE_CODE_BODY: dict[str, Any] = {
     "messages": [{"role": "user", "content": "say hi"}],
 }
 
-# Codex CLI 0.169's first response.create frame
-# (/work/shared/captures/codex-0.169.0-websocket.json), input elided.
+# Codex CLI 0.169's first response.create frame, as captured, input elided.
 CODEX_FRAME: dict[str, Any] = {
     "type": "response.create",
     "model": "gpt-6.1-sol",

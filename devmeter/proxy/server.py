@@ -161,8 +161,8 @@ async def serve(
         confdir=str(paths.ca_dir),
         allow_hosts=allow_hosts_patterns(tuple(config.upstreams)),
         connection_strategy="lazy",
-        # Not stream_large_bodies: it costs every call two of mitmproxy's body-size checks
-        # (~5-10 us); the Meter streams what is large or of unknown length itself.
+        # Not stream_large_bodies: it costs every call two of mitmproxy's body-size checks;
+        # the Meter streams what is large or of unknown length itself.
     )
     if "tcp_timeout" in master.options:  # mitmproxy 12; 11 has the same 600 s, fixed
         master.options.update(tcp_timeout=deadlines.IDLE_TIMEOUT)
@@ -224,7 +224,7 @@ async def serve(
     watchdog = asyncio.ensure_future(deadline.watch(lambda: proxyserver.connections))
     # What startup built (price tables, mitmproxy's addons, certificates) lives as long
     # as the proxy: out of the collector's sight, full collections stop rescanning it on
-    # the event loop (~0.1 ms a call, and pauses of tens of ms under load).
+    # the event loop (a cost on every call, and long pauses under load).
     gc.collect()
     gc.freeze()
     cabundle.secure_ca_files(paths.ca_dir)
