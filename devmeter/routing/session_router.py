@@ -27,7 +27,7 @@ from devmeter.providers import Endpoint, request_uses_images
 from devmeter.runaway import session_key
 from devmeter.usage import Attribution, Call, RequestInfo, Usage
 
-REWRITABLE = ("anthropic.messages", "openai.chat", "openai.responses")
+REWRITABLE = routing.REWRITABLE_ENDPOINTS  # one list: what decide may rewrite
 REQUEST_CLASS_HEADER = "x-claude-code-request-class"
 
 
