@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from devmeter import model_limits, pricing
-from devmeter.routing.rules import REWRITABLE_ENDPOINTS, Applied, RoutingConfig, _is_api_id
+from devmeter.routing.rules import REWRITABLE_ENDPOINTS, Applied, RoutingConfig, is_api_id
 from devmeter.usage import Usage
 
 # Prompt cache lifetimes (Anthropic: 5 minutes by default, 1 hour on request).
@@ -165,7 +165,7 @@ def unsafe_reason(ctx: RouteContext, target: str) -> str | None:
     if not model_limits.natively_priced(ctx.provider, target):
         return f"{target} has no price at {ctx.provider}; routing never crosses providers"
     canonical = model_limits.canonical_id(ctx.provider, target) or target
-    if not _is_api_id(target, canonical):
+    if not is_api_id(target, canonical):
         return f"{ctx.provider} calls {target} {canonical}; a rule for it must use that id"
     limits = model_limits.model_limits(ctx.provider, target)
     if limits is None:

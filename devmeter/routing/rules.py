@@ -250,17 +250,17 @@ def _target(value: Any, providers: tuple[str, ...], key: str) -> str:
         raise ConfigError(key, f"genai-prices has no price for {value!r}{_suggest(value, None)}")
     # genai-prices also matches loose spellings ("claude-haiku-5.5"); the API takes only its id.
     canonical = [model_limits.canonical_id(provider, value) or value for provider in where]
-    if not any(_is_api_id(value, c) for c in canonical):
+    if not any(is_api_id(value, c) for c in canonical):
         raise ConfigError(
             key, f"{value!r} is a name for {canonical[0]}; write its API id: to = {canonical[0]!r}"
         )
-    bad = next((c for c in canonical if not _is_api_id(value, c)), None)
+    bad = next((c for c in canonical if not is_api_id(value, c)), None)
     if providers and bad is not None:
         raise ConfigError(key, f"{value!r} is a name for {bad}; write its API id: to = {bad!r}")
     return value
 
 
-def _is_api_id(value: str, canonical: str) -> bool:
+def is_api_id(value: str, canonical: str) -> bool:
     # The id itself or a dated snapshot of it (claude-haiku-4-5-20251001, model@20251001).
     value = value.lower()
     return value == canonical or value.startswith((canonical + "-", canonical + "@"))
