@@ -25,7 +25,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     where = paths()
     try:
-        config = load_or_default(where, args.func)
+        # doctor, setup and uninstall read the config themselves, and say what is wrong.
+        needs_config = getattr(args, "needs_config", True)
+        config = load_or_default(where, args.func) if needs_config else None
         return int(args.func(args, config, where) or 0)
     except KeyboardInterrupt:
         return 130
@@ -249,6 +251,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="show the config file's path, or create it")
     p.add_argument("--init", action="store_true", help="write a commented template if missing")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("doctor", help="check that metering works here, and say what to fix")
+    p.add_argument("--json", action="store_true", help="a list of {name, status, detail, fix}")
+    p.add_argument("--notify", action="store_true", help="also send a test notification")
+    p.set_defaults(func=cmd_doctor, needs_config=False)
+
+    p = sub.add_parser(
+        "setup", help="route new shells through devmeter and start it at login (undo: uninstall)"
+    )
+    p.add_argument(
+        "--shell",
+        action="append",
+        choices=shellenv.SHELLS,
+        dest="shells",
+        help="only this shell (repeatable; default: every one installed)",
+    )
+    p.add_argument("--no-autostart", action="store_true", help="do not start devmeter at login")
+    p.set_defaults(func=cmd_setup, needs_config=False)
+
+    p = sub.add_parser("uninstall", help="undo everything `devmeter setup` changed")
+    p.set_defaults(func=cmd_uninstall, needs_config=False)
     return parser
 
 
@@ -551,6 +574,42 @@ def cmd_config(args: argparse.Namespace, config: Config, where: Paths) -> int:
     else:
         print(where.config_file)
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace, config: Config | None, where: Paths) -> int:
+    from devmeter import doctor
+
+    checks = doctor.run_checks(where, notify=args.notify)
+    if args.json:
+        sys.stdout.write(doctor.to_json(checks))
+    else:
+        colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+        sys.stdout.write(doctor.to_text(checks, colour=colour))
+    return doctor.exit_status(checks)
+
+
+def cmd_setup(args: argparse.Namespace, config: Config | None, where: Paths) -> int:
+    from devmeter.config import DEFAULT_LISTEN
+    from devmeter.integration import steps
+
+    try:
+        listen = load(where.config_file).listen
+    except ConfigError as exc:
+        print(f"devmeter: note: bad config ({exc}); the hook assumes the default address")
+        listen = DEFAULT_LISTEN
+    return steps.setup(
+        where,
+        listen,
+        shells=args.shells,
+        with_autostart=not args.no_autostart,
+        devmeter=steps.devmeter_command(),
+    )
+
+
+def cmd_uninstall(args: argparse.Namespace, config: Config | None, where: Paths) -> int:
+    from devmeter.integration import steps
+
+    return steps.uninstall(where)
 
 
 def cmd_tray(args: argparse.Namespace, config: Config, where: Paths) -> int:

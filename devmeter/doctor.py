@@ -1,0 +1,584 @@
+"""`devmeter doctor`: one screen of what works, and what to do about what does not.
+
+Each check returns a `Check`: green (fine), amber (works, but something to do) or red
+(something stops calls from being metered, or stops this shell's calls altogether).
+`devmeter doctor` exits non-zero when any check is red. `--json` prints the list as
+`{name, status, detail, fix}` objects; the names are a contract scripts read.
+
+Checks read files, the environment and sockets; only `--notify` changes anything (it
+shows one test notification).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from devmeter.config import Config, ConfigError, load
+from devmeter.integration import rcblock, steps
+from devmeter.paths import Paths, read_proxy_state
+
+Status = Literal["green", "amber", "red"]
+LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1", "[::1]"}
+# Status files other parts of devmeter may leave in the data folder for doctor to show:
+# (file name, what it is about). Read tolerantly: absent, unreadable or odd means nothing.
+STATUS_FILES = (
+    ("config-status.json", "config"),
+    ("config_error.json", "config"),
+    ("tray-status.json", "proxy"),
+    ("proxy-status.json", "proxy"),
+    ("notify-status.json", "notifications"),
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """The proxy doctor found: where it listens, and whether it answers."""
+
+    host: str
+    port: int
+    pid: int | None
+    answers: bool
+
+
+def run_checks(
+    paths: Paths,
+    environ: Mapping[str, str] | None = None,
+    *,
+    notify: bool = False,
+    which: Callable[[str], str | None] = shutil.which,
+    platform: str = sys.platform,
+) -> list[Check]:
+    env = os.environ if environ is None else environ
+    config, config_check = check_config(paths)
+    proxy = find_proxy(paths, config)
+    checks = [
+        check_on_path(which),
+        check_proxy(proxy, config),
+        config_check,
+        check_ca(paths),
+        check_shell(proxy, env),
+        *check_trust(paths, proxy, env),
+        check_ledger(paths),
+        check_tray(env, platform),
+        check_notifications(env, platform, which, send=notify),
+        check_shell_integration(paths, env),
+        check_autostart(paths),
+    ]
+    return [*checks, *status_file_checks(paths)]
+
+
+def exit_status(checks: list[Check]) -> int:
+    return 1 if any(c.status == "red" for c in checks) else 0
+
+
+# --- the proxy -----------------------------------------------------------------------------
+
+
+def find_proxy(paths: Paths, config: Config) -> Proxy:
+    state = read_proxy_state(paths)
+    if state and isinstance(state.get("port"), int):
+        host = str(state.get("host") or "127.0.0.1")
+        port = int(state["port"])
+        pid = state.get("pid") if isinstance(state.get("pid"), int) else None
+        alive = pid is not None and _pid_alive(pid)
+        return Proxy(host, port, pid, alive and _connects(host, port))
+    host, port = config.listen
+    return Proxy(host, port, None, False)
+
+
+def check_proxy(proxy: Proxy, config: Config) -> Check:
+    if proxy.answers:
+        return Check("proxy", "green", f"running on {proxy.host}:{proxy.port} (pid {proxy.pid})")
+    host, port = config.listen
+    holder = port_holder(host, port)
+    if holder is not None:
+        return Check(
+            "proxy",
+            "red",
+            f"not running; {host}:{port} is taken by {holder}",
+            f"stop that process, or give devmeter another port: `[proxy] listen = "
+            f'"{host}:PORT"` in {paths_hint(config)}',
+        )
+    stale = f" (proxy.json names pid {proxy.pid}, which is gone)" if proxy.pid else ""
+    return Check(
+        "proxy",
+        "red",
+        f"not running{stale}: nothing is metered",
+        "start it: `devmeter` (tray, or headless without a desktop), or `devmeter proxy`",
+    )
+
+
+def paths_hint(config: Config) -> str:
+    return str(config.path) if config.path else "config.toml"
+
+
+def port_holder(host: str, port: int) -> str | None:
+    """Who listens on host:port, when it is taken: "pid 42 (nginx)", or "another process"."""
+    if port == 0:
+        return None
+    try:
+        import psutil
+
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status != psutil.CONN_LISTEN or not conn.laddr or conn.laddr.port != port:
+                continue
+            if conn.laddr.ip not in (host, "0.0.0.0", "::") and host not in LOOPBACK_NAMES:
+                continue
+            if conn.pid is None:
+                return "a process of another user"
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(conn.pid)
+                return f"pid {conn.pid} ({' '.join(proc.cmdline()[:3]) or proc.name()})"
+            return f"pid {conn.pid}"
+    except Exception:  # psutil may be refused (macOS without root): try binding instead
+        pass
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError:
+            return "another process"
+    return None
+
+
+# --- config, CA, ledger --------------------------------------------------------------------
+
+
+def check_config(paths: Paths) -> tuple[Config, Check]:
+    path = paths.config_file
+    try:
+        config = load(path)
+    except ConfigError as exc:
+        return Config(path=path), Check(
+            "config", "red", f"bad config: {exc}", f"edit {path} as the message says"
+        )
+    except OSError as exc:
+        return Config(path=path), Check("config", "red", f"cannot read {path}: {exc}")
+    if not path.exists():
+        return config, Check(
+            "config", "green", f"no config file: defaults ({path}; `devmeter config --init`)"
+        )
+    return config, Check("config", "green", f"{path} is valid")
+
+
+def check_ca(paths: Paths) -> Check:
+    ca_dir, cert = paths.ca_dir, paths.ca_cert
+    if not cert.exists():
+        return Check(
+            "ca",
+            "red",
+            f"no CA yet at {cert}: clients cannot trust devmeter",
+            "start devmeter once (`devmeter` or `devmeter proxy`): it creates the CA",
+        )
+    if os.name != "posix":
+        return Check("ca", "green", f"{cert}")
+    loose = []
+    if ca_dir.stat().st_mode & 0o077:
+        loose.append(f"{ca_dir} is {oct(ca_dir.stat().st_mode & 0o777)}")
+    for name in ("mitmproxy-ca.pem", "mitmproxy-ca.p12"):
+        key = ca_dir / name
+        if key.exists() and key.stat().st_mode & 0o077:
+            loose.append(f"{key.name} is {oct(key.stat().st_mode & 0o777)}")
+    if loose:
+        return Check(
+            "ca",
+            "amber",
+            f"the CA's private key is readable by others ({'; '.join(loose)}): anyone holding "
+            "it can forge any site for clients that trust it",
+            f"chmod 700 {ca_dir} && chmod 600 {ca_dir}/mitmproxy-ca.pem {ca_dir}/mitmproxy-ca.p12",
+        )
+    return Check("ca", "green", f"{cert} (private key readable by you alone)")
+
+
+def check_ledger(paths: Paths) -> Check:
+    folder, ledger = paths.data_dir, paths.ledger
+    probe_dir = folder if folder.exists() else _existing_parent(folder)
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=".doctor-"):
+            pass
+    except OSError as exc:
+        return Check(
+            "ledger",
+            "red",
+            f"cannot write in {probe_dir}: {exc.strerror or exc}",
+            f"make {folder} writable (or set DEVMETER_HOME to a folder that is)",
+        )
+    if not ledger.exists():
+        return Check("ledger", "green", f"{ledger} (created with the first call)")
+    if not os.access(ledger, os.R_OK | os.W_OK):
+        return Check("ledger", "red", f"{ledger} is not writable", f"chmod u+rw {ledger}")
+    try:
+        conn = sqlite3.connect(f"{ledger.as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            (calls,) = conn.execute("SELECT count(*) FROM calls").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return Check("ledger", "red", f"{ledger} cannot be read: {exc}")
+    return Check("ledger", "green", f"{ledger}: {calls} call{'' if calls == 1 else 's'}, writable")
+
+
+def _existing_parent(path: Path) -> Path:
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+# --- this shell --------------------------------------------------------------------------
+
+
+def check_shell(proxy: Proxy, env: Mapping[str, str]) -> Check:
+    value = env.get("HTTPS_PROXY") or env.get("https_proxy")
+    here = f"{proxy.host}:{proxy.port}"
+    if not value:
+        return Check(
+            "shell",
+            "amber",
+            "this shell does not route through devmeter: tools started here are not metered",
+            '`eval "$(devmeter env)"` here, or `devmeter setup` for every new shell',
+        )
+    if not _same_address(value, proxy.host, proxy.port):
+        return Check(
+            "shell",
+            "amber",
+            f"HTTPS_PROXY is {value}, not devmeter ({here}): tools started here are not metered",
+            '`eval "$(devmeter env)"` here, or `devmeter setup` for every new shell',
+        )
+    if not proxy.answers:
+        return Check(
+            "shell",
+            "red",
+            f"HTTPS_PROXY is {value} but no proxy answers there: HTTPS from this shell fails",
+            "start devmeter (`devmeter`), or unset HTTPS_PROXY https_proxy; `devmeter setup`'s "
+            "shell hook goes direct by itself when the proxy is down",
+        )
+    return Check("shell", "green", f"HTTPS_PROXY={value}: tools started here are metered")
+
+
+def _same_address(url: str, host: str, port: int) -> bool:
+    try:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        their_port = parts.port
+    except ValueError:
+        return False
+    their_host = parts.hostname or ""
+    same_host = their_host == host or {their_host, host} <= LOOPBACK_NAMES
+    return same_host and their_port == port
+
+
+def check_trust(paths: Paths, proxy: Proxy, env: Mapping[str, str]) -> list[Check]:
+    """Each known client's CA setting: does it make the client trust devmeter's CA?"""
+    https_proxy = env.get("HTTPS_PROXY") or env.get("https_proxy") or ""
+    routed = _same_address(https_proxy, proxy.host, proxy.port)
+    ca = _ca_body(paths.ca_cert)
+    # Codex reads the first of its two that is set; Python clients read one each
+    # (httpx and the SDKs SSL_CERT_FILE, requests REQUESTS_CA_BUNDLE).
+    codex = next((v for v in ("CODEX_CA_CERTIFICATE", "SSL_CERT_FILE") if env.get(v)), None)
+    clients = (
+        ("trust_node", "Node (Claude Code, Gemini CLI, Node SDKs)", ("NODE_EXTRA_CA_CERTS",)),
+        ("trust_codex", "Codex CLI", (codex or "CODEX_CA_CERTIFICATE",)),
+        ("trust_python", "Python (SDKs, httpx, requests)", ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")),
+    )
+    checks = []
+    for name, who, variables in clients:
+        bad = [p for p in (_trust_problem(v, env.get(v), ca) for v in variables) if p]
+        if not bad:
+            settings = ", ".join(f"{v}={env.get(v)}" for v in variables)
+            checks.append(Check(name, "green", f"{who} trusts devmeter's CA ({settings})"))
+        elif routed:
+            checks.append(
+                Check(
+                    name,
+                    "red",
+                    f"{who}: {'; '.join(bad)}, so its calls through devmeter fail TLS",
+                    '`eval "$(devmeter env)"` sets it',
+                )
+            )
+        else:
+            checks.append(
+                Check(
+                    name,
+                    "amber",
+                    f"{who}: {'; '.join(bad)} (this shell does not route through devmeter)",
+                    '`eval "$(devmeter env)"` sets it, with HTTPS_PROXY',
+                )
+            )
+    return checks
+
+
+def _ca_body(cert: Path) -> str | None:
+    try:
+        text = cert.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    body = text.split("-----BEGIN CERTIFICATE-----", 1)[-1].split("-----END", 1)[0]
+    return "".join(body.split()) or None
+
+
+def _trust_problem(variable: str, value: str | None, ca: str | None) -> str | None:
+    if not value:
+        return f"{variable} is not set"
+    path = Path(value)
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return f"{variable}={value} cannot be read"
+    if ca is None:
+        return f"devmeter has no CA yet for {variable} to hold"
+    if ca not in "".join(text.split()):
+        return f"{variable}={value} does not hold devmeter's current CA"
+    return None
+
+
+# --- desktop -------------------------------------------------------------------------------
+
+
+def _has_display(env: Mapping[str, str], platform: str) -> bool:
+    if platform in ("darwin", "win32", "cygwin"):
+        return True
+    return bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
+
+
+def check_tray(env: Mapping[str, str], platform: str) -> Check:
+    if platform == "darwin":
+        return Check("tray", "green", "the macOS menu bar")
+    if platform.startswith("win"):
+        return Check("tray", "green", "the Windows notification area")
+    if not _has_display(env, platform):
+        return Check(
+            "tray",
+            "green",
+            "no desktop in this session: `devmeter` runs headless (the proxy and a live line)",
+        )
+    owner = _x_tray_owner(env.get("DISPLAY"))
+    if owner:
+        return Check("tray", "green", f"a tray host is running on {env.get('DISPLAY')}")
+    if owner is None:
+        return Check(
+            "tray",
+            "amber",
+            "could not ask the display for a tray host (Wayland or no X access)",
+            "if no icon shows, install a tray host (GNOME: the AppIndicator extension)",
+        )
+    return Check(
+        "tray",
+        "amber",
+        f"no tray host on {env.get('DISPLAY')}: the icon has nowhere to go",
+        "start your panel's system tray (GNOME: the AppIndicator extension; or tint2, "
+        "stalonetray); devmeter keeps metering meanwhile",
+    )
+
+
+def _x_tray_owner(display: str | None) -> bool | None:
+    """Whether an X system tray (XEmbed) owns its selection; None when X cannot be asked."""
+    if not display:
+        return None
+    try:
+        from Xlib import X
+        from Xlib import display as xdisplay
+
+        conn = xdisplay.Display(display)
+    except Exception:
+        return None
+    try:
+        atom = conn.intern_atom(f"_NET_SYSTEM_TRAY_S{conn.get_default_screen()}")
+        return conn.get_selection_owner(atom) != X.NONE
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+def check_notifications(
+    env: Mapping[str, str], platform: str, which: Callable[[str], str | None], *, send: bool
+) -> Check:
+    if send:
+        return _send_test_notification()
+    if platform == "darwin":
+        found = which("osascript")
+    elif platform.startswith("win"):
+        found = which("powershell")
+    else:
+        if not _has_display(env, platform) and not env.get("DBUS_SESSION_BUS_ADDRESS"):
+            return Check(
+                "notifications",
+                "green",
+                "no desktop in this session: alerts go to devmeter's output and `devmeter alerts`",
+            )
+        found = which("notify-send")
+    if found:
+        return Check(
+            "notifications", "green", f"{Path(found).name} found (`--notify` sends a test)"
+        )
+    return Check(
+        "notifications",
+        "amber",
+        "no notification command found: alerts reach only devmeter's output and `devmeter alerts`",
+        "install libnotify's notify-send (Debian: libnotify-bin)"
+        if not platform.startswith(("win", "darwin"))
+        else "",
+    )
+
+
+def _send_test_notification() -> Check:
+    from devmeter.tray.notify import Unavailable, default_backends
+
+    failures = []
+    for backend in default_backends():
+        try:
+            backend.send("devmeter: test notification", "Sent by `devmeter doctor --notify`.")
+        except Unavailable as exc:
+            failures.append(f"{backend.name}: {exc}")
+            continue
+        except Exception as exc:
+            failures.append(f"{backend.name}: {type(exc).__name__}: {exc}")
+            continue
+        return Check("notifications", "green", f"test notification sent through {backend.name}")
+    return Check(
+        "notifications",
+        "amber",
+        "no backend could show a test notification (" + "; ".join(failures) + ")",
+        "run a notification service (a desktop session, or dunst) and install notify-send",
+    )
+
+
+# --- what `devmeter setup` installed ---------------------------------------------------------
+
+
+def check_on_path(which: Callable[[str], str | None]) -> Check:
+    found = which("devmeter")
+    if found:
+        return Check("devmeter_on_path", "green", found)
+    return Check(
+        "devmeter_on_path",
+        "amber",
+        "`devmeter` is not on PATH here",
+        "`sh scripts/install.sh` from a checkout, then open a new shell",
+    )
+
+
+def check_shell_integration(paths: Paths, env: Mapping[str, str]) -> Check:
+    shell = Path(env.get("SHELL", "")).name or ("powershell" if os.name == "nt" else "")
+    records = [c for c in steps.load_manifest(paths) if c.get("kind") == "rc"]
+    mine = [c for c in records if c.get("shell") == shell] or records
+    for record in mine:
+        path = Path(str(record.get("path")))
+        with contextlib.suppress(OSError):
+            if rcblock.has_block(path.read_text(encoding="utf-8", errors="replace")):
+                return Check(
+                    "shell_integration",
+                    "green",
+                    f"{path} sources devmeter's hook: new {record.get('shell')} shells route "
+                    "through devmeter while it answers",
+                )
+    return Check(
+        "shell_integration",
+        "amber",
+        f"no devmeter hook in {shell or 'your shell'}'s startup file: new shells are not metered",
+        "`devmeter setup`",
+    )
+
+
+def check_autostart(paths: Paths) -> Check:
+    autostarts = ("autostart", "systemd", "LaunchAgents", "Startup")
+    for record in steps.load_manifest(paths):
+        path = Path(str(record.get("path", "")))
+        if record.get("kind") == "file" and any(part in path.parts for part in autostarts):
+            if path.exists():
+                return Check("autostart", "green", f"devmeter starts at login ({path})")
+            return Check(
+                "autostart",
+                "amber",
+                f"{path} is gone: devmeter will not start at login",
+                "`devmeter setup`",
+            )
+    return Check("autostart", "amber", "devmeter does not start at login", "`devmeter setup`")
+
+
+def status_file_checks(paths: Paths) -> list[Check]:
+    """Problems other parts of devmeter reported in a status file (e.g. a broken config
+    edit the running proxy refused), shown as they are."""
+    found = []
+    for name, about in STATUS_FILES:
+        try:
+            data = json.loads((paths.data_dir / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        problem = data.get("error") or data.get("config_error") or data.get("problem")
+        if problem:
+            found.append(
+                Check(f"{about}_status", "red", f"{name}: {problem}", str(data.get("fix") or ""))
+            )
+    return found
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def to_json(checks: list[Check]) -> str:
+    return json.dumps([asdict(c) for c in checks], indent=1) + "\n"
+
+
+MARKS = {"green": "ok", "amber": "!!", "red": "XX"}
+COLOURS = {"green": "32", "amber": "33", "red": "31"}
+
+
+def to_text(checks: list[Check], colour: bool = False) -> str:
+    width = max(len(c.name) for c in checks)
+    lines = []
+    for check in checks:
+        mark = MARKS[check.status]
+        if colour:
+            mark = f"\x1b[{COLOURS[check.status]}m{mark}\x1b[0m"
+        lines.append(f"{mark} {check.name.ljust(width)}  {check.detail}")
+        if check.fix and check.status != "green":
+            lines.append(f"   {' ' * width}  fix: {check.fix}")
+    reds = sum(c.status == "red" for c in checks)
+    ambers = sum(c.status == "amber" for c in checks)
+    if reds:
+        lines.append(f"\n{reds} problem{'s' if reds > 1 else ''} stop metering (XX above).")
+    elif ambers:
+        lines.append(f"\nMetering works; {ambers} thing{'s' if ambers > 1 else ''} to look at.")
+    else:
+        lines.append("\nAll good.")
+    return "\n".join(lines) + "\n"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        import psutil
+
+        return bool(psutil.pid_exists(pid))
+    except Exception:
+        return False
+
+
+def _connects(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host.strip("[]"), port), timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,106 @@
+"""Start devmeter at login: the packaging/ files, written for this install's paths.
+
+packaging/ holds one template per way of starting at login; `render` fills in the path of
+this install's `devmeter` (and the home folder, which launchd cannot expand), and `plan`
+picks the way for this machine. Installing and removing them is `steps`' job.
+
+Linux: a systemd user unit where a systemd user manager runs (it restarts a crash),
+else an XDG autostart entry (the desktop starts it at login). macOS: a launchd agent.
+Windows: a shortcut in the Startup folder, made by packaging/windows/install-startup.ps1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def packaging_dir() -> Path:
+    """packaging/ in a checkout, or its copy inside the installed package (see pyproject)."""
+    here = Path(__file__).resolve().parent.parent  # devmeter/
+    for candidate in (here / "packaging", here.parent / "packaging"):
+        if (candidate / "linux").is_dir():
+            return candidate
+    raise FileNotFoundError(f"devmeter's packaging files are missing (looked beside {here})")
+
+
+@dataclass(frozen=True)
+class Autostart:
+    kind: str  # "systemd" | "xdg" | "launchd" | "windows-startup"
+    template: str  # path under packaging/
+    target: Path  # where the rendered file goes (Windows: the shortcut the script makes)
+    unit: str | None = None  # the systemd unit or launchd label to enable / remove
+
+
+def plan(
+    environ: Mapping[str, str] | None = None,
+    platform: str = sys.platform,
+    home: Path | None = None,
+    systemd_user: bool | None = None,
+) -> Autostart:
+    env = os.environ if environ is None else environ
+    home = home or Path.home()
+    if platform == "darwin":
+        label = "dev.devmeter.tray"
+        return Autostart(
+            "launchd",
+            "macos/dev.devmeter.tray.plist",
+            home / "Library" / "LaunchAgents" / f"{label}.plist",
+            label,
+        )
+    if platform.startswith("win"):
+        appdata = Path(env.get("APPDATA") or home / "AppData" / "Roaming")
+        startup = appdata / "Microsoft" / "Windows" / "Start Menu" / "Programs" / "Startup"
+        return Autostart("windows-startup", "windows/install-startup.ps1", startup / "devmeter.lnk")
+    config_home = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
+    if systemd_user is None:
+        systemd_user = has_systemd_user()
+    if systemd_user:
+        desktop = bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
+        name = "devmeter.service" if desktop else "devmeter-headless.service"
+        return Autostart("systemd", f"linux/{name}", config_home / "systemd" / "user" / name, name)
+    return Autostart(
+        "xdg", "linux/devmeter.desktop", config_home / "autostart" / "devmeter.desktop"
+    )
+
+
+def has_systemd_user() -> bool:
+    """A systemd user manager this session can talk to (not in most containers)."""
+    exe = shutil.which("systemctl")
+    if exe is None:
+        return False
+    try:
+        done = subprocess.run(
+            [exe, "--user", "show-environment"], capture_output=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def render(template: str, text: str, devmeter: Path, home: Path) -> str:
+    """The template with this install's `devmeter` (and home folder) written in."""
+    exe = str(devmeter)
+    if template.endswith(".desktop"):
+        # The Exec key takes a quoted path: quote always, escaping what the spec says to.
+        quoted = '"' + re.sub(r'(["`$\\])', r"\\\1", exe) + '"'
+        return re.sub(r"(?m)^Exec=devmeter\b", lambda _: f"Exec={quoted}", text)
+    if template.endswith(".service"):
+        # systemd takes a path quoted with "" (and expands % specifiers: escape them).
+        quoted = '"' + exe.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+        return re.sub(
+            r"(?m)^ExecStart=%h/\.local/bin/devmeter\b", lambda _: f"ExecStart={quoted}", text
+        )
+    if template.endswith(".plist"):
+        return text.replace("@DEVMETER_BIN@", _xml(exe)).replace("@HOME_DIR@", _xml(str(home)))
+    return text
+
+
+def _xml(value: str) -> str:
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
