@@ -52,5 +52,8 @@ def remove(text: str, inserted: str | None) -> str:
     """
     if inserted and inserted in text:
         at = text.rindex(inserted)
-        return text[:at] + text[at + len(inserted) :]
+        end = at + len(inserted)
+        if inserted.startswith("\n") and end < len(text):
+            at += 1  # lines added after the block need the newline devmeter put before it
+        return text[:at] + text[end:]
     return _BLOCK.sub("", text)

@@ -1,0 +1,172 @@
+"""`devmeter setup` then `devmeter uninstall`: every file back as it was, byte for byte."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from devmeter.integration import autostart, rcblock, steps
+from devmeter.paths import Paths, paths
+
+# Latin-1 bytes, and no newline at the end: both must come back exactly.
+ORIGINAL_BASHRC = b"# my bashrc\nalias ll='ls -l'\n# \xe9t\xe9\nexport EDITOR=vi"
+ORIGINAL_AUTOSTART = b"[Desktop Entry]\nExec=something-of-mine\n"
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
+
+
+def machine(home: Path, *, platform: str = "linux", systemd: bool = False) -> steps.Environment:
+    shells = {"bash": "/bin/bash", "zsh": "/bin/zsh", "fish": "/usr/bin/fish"}
+    return steps.Environment(
+        home=home,
+        environ={"HOME": str(home)},
+        platform=platform,
+        which=shells.get,
+        systemd_user=systemd,
+    )
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    (home / ".config" / "autostart").mkdir(parents=True)
+    (home / ".bashrc").write_bytes(ORIGINAL_BASHRC)
+    return home
+
+
+@pytest.fixture
+def where(home: Path) -> Paths:
+    return paths({"DEVMETER_HOME": str(home / ".local" / "share" / "devmeter")})
+
+
+def fake_devmeter(home: Path) -> Path:
+    exe = home / ".local" / "bin" / "devmeter"
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    return exe
+
+
+def test_setup_then_uninstall_leaves_every_file_as_it_was(home: Path, where: Paths) -> None:
+    said: list[str] = []
+    exe = fake_devmeter(home)
+    before = snapshot(home)
+    steps.setup(where, ("127.0.0.1", 8788), env=machine(home), devmeter=exe, say=said.append)
+
+    bashrc = (home / ".bashrc").read_bytes()
+    assert bashrc.startswith(ORIGINAL_BASHRC + b"\n# >>> devmeter shell integration >>>")
+    assert (home / ".bashrc.devmeter-backup").read_bytes() == ORIGINAL_BASHRC
+    assert rcblock.has_block((home / ".zshrc").read_text())
+    assert (home / ".config" / "fish" / "conf.d" / "devmeter.fish").exists()
+    desktop = (home / ".config" / "autostart" / "devmeter.desktop").read_text()
+    assert f'Exec="{exe}"' in desktop
+    # Each step says what it changed, and where the backup is.
+    assert any("~/.bashrc" in line and "backup: ~/.bashrc.devmeter-backup" in line for line in said)
+    assert any("created ~/.zshrc" in line for line in said)
+    assert any("start at login" in line and "XDG autostart" in line for line in said)
+
+    said.clear()
+    assert steps.uninstall(where, env=machine(home), say=said.append) == 0
+    assert snapshot(home) == before
+    assert any("ledger" in line for line in said) and any("rm -rf" in line for line in said)
+    assert any("uv tool uninstall devmeter" in line for line in said)
+
+
+def test_setup_twice_adds_one_block_and_uninstall_still_restores(home: Path, where: Paths) -> None:
+    exe = fake_devmeter(home)
+    before = snapshot(home)
+    for _ in range(2):
+        steps.setup(where, ("127.0.0.1", 8788), env=machine(home), devmeter=exe, say=lambda _: None)
+    assert (home / ".bashrc").read_text(errors="replace").count(rcblock.BEGIN) == 1
+    assert not list(home.glob(".bashrc.devmeter-backup-*"))  # the first backup is the original
+    steps.uninstall(where, env=machine(home), say=lambda _: None)
+    assert snapshot(home) == before
+
+
+def test_user_edits_after_setup_survive_uninstall(home: Path, where: Paths) -> None:
+    exe = fake_devmeter(home)
+    steps.setup(where, ("127.0.0.1", 8788), env=machine(home), devmeter=exe, say=lambda _: None)
+    with (home / ".bashrc").open("ab") as rc:
+        rc.write(b"export MINE=1\n")
+    said: list[str] = []
+    steps.uninstall(where, env=machine(home), say=said.append)
+    assert (home / ".bashrc").read_bytes() == ORIGINAL_BASHRC + b"\nexport MINE=1\n"
+    # The file differs from the backup now, so the backup stays and uninstall says where.
+    assert (home / ".bashrc.devmeter-backup").read_bytes() == ORIGINAL_BASHRC
+    assert any("changed since setup" in line and ".bashrc.devmeter-backup" in line for line in said)
+
+
+def test_an_existing_autostart_file_is_backed_up_and_put_back(home: Path, where: Paths) -> None:
+    mine = home / ".config" / "autostart" / "devmeter.desktop"
+    mine.write_bytes(ORIGINAL_AUTOSTART)
+    exe = fake_devmeter(home)
+    before = snapshot(home)
+    steps.setup(where, ("127.0.0.1", 8788), env=machine(home), devmeter=exe, say=lambda _: None)
+    assert mine.read_bytes() != ORIGINAL_AUTOSTART
+    assert (mine.parent / "devmeter.desktop.devmeter-backup").read_bytes() == ORIGINAL_AUTOSTART
+    steps.uninstall(where, env=machine(home), say=lambda _: None)
+    assert snapshot(home) == before
+
+
+def test_a_symlinked_startup_file_stays_a_symlink(home: Path, where: Paths, tmp_path: Path) -> None:
+    dotfiles = tmp_path / "dotfiles" / "zshrc"
+    dotfiles.parent.mkdir()
+    dotfiles.write_bytes(b"setopt autocd\n")
+    (home / ".zshrc").symlink_to(dotfiles)
+    steps.setup(where, ("127.0.0.1", 8788), shells=["zsh"], with_autostart=False,
+                env=machine(home), say=lambda _: None)  # fmt: skip
+    assert (home / ".zshrc").is_symlink() and rcblock.has_block(dotfiles.read_text())
+    steps.uninstall(where, env=machine(home), say=lambda _: None)
+    assert (home / ".zshrc").is_symlink() and dotfiles.read_bytes() == b"setopt autocd\n"
+
+
+def test_systemd_and_launchd_units_are_written_for_this_install(tmp_path: Path) -> None:
+    exe = tmp_path / "my bin" / "devmeter"
+    folder = autostart.packaging_dir()
+    service = autostart.render(
+        "linux/devmeter.service", (folder / "linux/devmeter.service").read_text(), exe, tmp_path
+    )
+    assert f'ExecStart="{exe}"' in service and "%h/.local/bin" not in service.split("[Service]")[1]
+    plist = autostart.render(
+        "macos/dev.devmeter.tray.plist",
+        (folder / "macos/dev.devmeter.tray.plist").read_text(),
+        exe,
+        tmp_path,
+    )
+    assert f"<string>{exe}</string>" in plist and "@" not in plist.split("<plist")[1]
+    choice = autostart.plan({"DISPLAY": ":0"}, "linux", tmp_path, systemd_user=True)
+    assert choice.target == tmp_path / ".config/systemd/user/devmeter.service"
+    headless = autostart.plan({}, "linux", tmp_path, systemd_user=True)
+    assert headless.unit == "devmeter-headless.service"
+    mac = autostart.plan({}, "darwin", tmp_path)
+    assert mac.target == tmp_path / "Library/LaunchAgents/dev.devmeter.tray.plist"
+
+
+def test_the_cli_setup_and_uninstall(tmp_path: Path) -> None:
+    """`devmeter setup --shell bash --no-autostart` and `devmeter uninstall`, as a user runs
+    them: a real process with its own HOME."""
+    home = tmp_path / "h"
+    home.mkdir()
+    (home / ".bashrc").write_bytes(b"# mine\n")
+    env = {**os.environ, "HOME": str(home), "DEVMETER_HOME": str(home / "dm")}
+    run = ["python", "-m", "devmeter"]
+    done = subprocess.run([*run, "setup", "--shell", "bash", "--no-autostart"], env=env,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert "bash: added devmeter's block to ~/.bashrc" in done.stdout
+    hook = home / "dm" / "shell" / "hook.bash"
+    assert stat.S_ISREG(hook.stat().st_mode)
+    done = subprocess.run([*run, "uninstall"], env=env, capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    assert (home / ".bashrc").read_bytes() == b"# mine\n"
+    assert not hook.exists() and not (home / ".bashrc.devmeter-backup").exists()
+    assert "as it was before setup" in done.stdout

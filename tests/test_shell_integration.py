@@ -1,0 +1,219 @@
+"""The shell hook `devmeter setup` installs, in real bash, zsh and fish.
+
+With the proxy down a shell's HTTPS goes direct (curl reaches a local TLS server that a
+dead HTTPS_PROXY would have cut off); with it up, a call is metered; the shell says
+which, once per change.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import shutil
+import ssl
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devmeter.integration import shellhook
+from devmeter.paths import paths
+from devmeter.shellenv import proxy_environment
+from tests.proxy_harness import RunningProxy
+
+SHELLS = [
+    pytest.param(s, marks=pytest.mark.skipif(not shutil.which(s), reason=f"{s} not installed"))
+    for s in ("bash", "zsh")
+]
+# Variables the hook manages; the test machine may set some of them itself.
+MANAGED = tuple(proxy_environment(paths({"DEVMETER_HOME": "/x"}), "h", 1))
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
+    """An HTTPS server on loopback for `tls.test`, with its own self-signed certificate."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=tls.test", "-addext", "subjectAltName=DNS:tls.test",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"direct-ok")
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1], cert
+    server.shutdown()
+
+
+def write_hook(shell: str, home: Path) -> Path:
+    where = paths({"DEVMETER_HOME": str(home)})
+    settings = shellhook.settings_for(where, ("127.0.0.1", 8788), None)
+    hook = home / shellhook.hook_file_name(shell)
+    home.mkdir(parents=True, exist_ok=True)
+    hook.write_text(shellhook.hook_script(shell, settings))
+    return hook
+
+
+def run_interactive(shell: str, hook: Path, lines: list[str], env: dict[str, str]) -> str:
+    """Feed `lines` to an interactive shell that sourced the hook; its stdout and stderr.
+
+    An interactive shell runs its prompt hooks before each line it reads, as in a terminal.
+    """
+    argv = {"bash": ["bash", "--norc", "--noprofile", "-i"], "zsh": ["zsh", "-f", "-i"]}[shell]
+    script = "\n".join([f". '{hook}'", *lines, "exit"]) + "\n"
+    done = subprocess.run(
+        argv, input=script, capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    return done.stdout + done.stderr
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in MANAGED}
+    env.update(PS1="$ ", PROMPT="$ ", TERM="dumb", **extra)
+    return env
+
+
+def curl_line(port: int, cert: Path) -> str:
+    # tls.test is in no NO_PROXY list: with HTTPS_PROXY set, curl must go through it.
+    return (
+        f"curl -sS --max-time 10 --cacert '{cert}' --resolve tls.test:{port}:127.0.0.1 "
+        f"https://tls.test:{port}/ && echo ' <- curl'"
+    )
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_proxy_down_tools_go_direct(
+    shell: str, tls_server: tuple[int, Path], tmp_path: Path
+) -> None:
+    port, cert = tls_server
+    home = tmp_path / "dm"
+    hook = write_hook(shell, home)
+    # A proxy that died without cleaning up: its state file names a pid that is gone.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (home / "proxy.json").write_text(
+        f'{{"host": "127.0.0.1", "port": 9, "pid": {dead.pid}, "started": 1.0}}'
+    )
+    out = run_interactive(
+        shell,
+        hook,
+        ['echo "proxy=${HTTPS_PROXY-unset}"', curl_line(port, cert), curl_line(port, cert)],
+        clean_env(),
+    )
+    assert "proxy=unset" in out
+    assert out.count("direct-ok <- curl") == 2
+    assert out.count("devmeter: no proxy answers") == 1  # said once, not on every prompt
+
+    # The control: the same curl with `devmeter env`'s variables and no proxy fails.
+    env = clean_env(**proxy_environment(paths({"DEVMETER_HOME": str(home)}), "127.0.0.1", 9))
+    failed = subprocess.run(
+        ["sh", "-c", curl_line(port, cert)], capture_output=True, text=True, env=env, check=False
+    )
+    assert failed.returncode != 0 and "direct-ok" not in failed.stdout
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_proxy_up_a_call_is_metered_and_down_goes_direct_again(
+    shell: str, proxy: RunningProxy, tls_server: tuple[int, Path], tmp_path: Path
+) -> None:
+    port, cert = tls_server
+    hook = write_hook(shell, proxy.home)  # the running proxy's own proxy.json
+    proxy.skip_existing()
+    body = '{"model":"claude-opus-5-5","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}'
+    call = (
+        "curl -sS --max-time 20 https://api.anthropic.com/v1/messages "
+        "-H 'x-api-key: sk-test' -H 'anthropic-version: 2023-06-01' "
+        f"-H 'content-type: application/json' -d '{body}' "
+        "-o /dev/null -w '%{http_code} <- api\\n'"
+    )
+    out = run_interactive(shell, hook, ['echo "proxy=${HTTPS_PROXY-unset}"', call], clean_env())
+    assert f"proxy={proxy.url}" in out
+    assert "200 <- api" in out
+    [row] = proxy.new_calls(1)
+    assert row["endpoint"] == "anthropic.messages"
+    assert "devmeter: no proxy answers" not in out
+
+    # The proxy goes away under a running shell: the next prompt goes direct, once.
+    state = proxy.home / "proxy.json"
+    saved = state.read_text()
+    fake_state = tmp_path / "elsewhere.json"
+    try:
+        lines = [
+            'echo "proxy=${HTTPS_PROXY-unset}"',
+            f"mv '{state}' '{fake_state}'",  # as when the proxy stops
+            'echo "proxy=${HTTPS_PROXY-unset}"',
+            curl_line(port, cert),
+            f"mv '{fake_state}' '{state}'",  # and starts again
+            'echo "proxy=${HTTPS_PROXY-unset}"',
+        ]
+        out = run_interactive(shell, hook, lines, clean_env())
+    finally:
+        if not state.exists():
+            state.write_text(saved)
+    shown = [line for line in out.splitlines() if line.startswith("proxy=")]
+    assert shown == [f"proxy={proxy.url}", "proxy=unset", f"proxy={proxy.url}"]
+    assert out.count("direct-ok <- curl") == 1  # direct while the proxy was away
+    assert out.count("devmeter: no proxy answers") == 1
+    assert out.count("devmeter: the proxy answers again") == 1
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_going_direct_puts_back_what_the_user_had(shell: str, proxy: RunningProxy) -> None:
+    hook = write_hook(shell, proxy.home)
+    state = proxy.home / "proxy.json"
+    saved = state.read_text()
+    lines = [
+        'echo "up=$HTTPS_PROXY ssl=$SSL_CERT_FILE"',
+        f"rm '{state}'",
+        'echo "down=${HTTPS_PROXY-unset} ssl=$SSL_CERT_FILE"',
+    ]
+    try:
+        out = run_interactive(shell, hook, lines, clean_env(SSL_CERT_FILE="/etc/mine.pem"))
+    finally:
+        state.write_text(saved)
+    assert f"up={proxy.url} ssl={proxy.bundle}" in out
+    assert "down=unset ssl=/etc/mine.pem" in out
+
+
+@pytest.mark.skipif(not shutil.which("fish"), reason="fish not installed")
+def test_fish_routes_while_the_proxy_runs(proxy: RunningProxy, tmp_path: Path) -> None:
+    hook = write_hook("fish", proxy.home)
+    env = clean_env()
+    up = subprocess.run(
+        ["fish", "--no-config", "-i", "-c", f"source '{hook}'; echo proxy=$HTTPS_PROXY"],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert f"proxy={proxy.url}" in up.stdout
+    other = tmp_path / "down"
+    down_hook = write_hook("fish", other)
+    down = subprocess.run(
+        ["fish", "--no-config", "-i", "-c", f"source '{down_hook}'; echo \"proxy=$HTTPS_PROXY.\""],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )  # fmt: skip
+    assert "proxy=." in down.stdout
+    assert "devmeter: no proxy answers" in down.stderr
+
+
+def test_the_hook_starts_no_process_on_a_prompt(tmp_path: Path, proxy: RunningProxy) -> None:
+    """bash's prompt check is builtins only: strace would show no fork; short of that, the
+    hook's text names no external command."""
+    text = write_hook("bash", proxy.home).read_text()
+    body = text.split("__devmeter_probe() {", 1)[1]
+    for command in ("python", "devmeter env", "$(", "`", "cat ", "nc ", "curl"):
+        assert command not in body, command
