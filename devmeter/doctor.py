@@ -14,17 +14,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import socket
 import sqlite3
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from devmeter.cabundle import PRIVATE_FILES
 from devmeter.config import Config, ConfigError, load
 from devmeter.integration import rcblock, steps
 from devmeter.paths import Paths, read_proxy_state
@@ -195,17 +198,20 @@ def check_ca(paths: Paths) -> Check:
     loose = []
     if ca_dir.stat().st_mode & 0o077:
         loose.append(f"{ca_dir} is {oct(ca_dir.stat().st_mode & 0o777)}")
-    for name in ("mitmproxy-ca.pem", "mitmproxy-ca.p12"):
-        key = ca_dir / name
-        if key.exists() and key.stat().st_mode & 0o077:
+    keys = [ca_dir / name for name in PRIVATE_FILES if (ca_dir / name).exists()]
+    for key in keys:
+        if key.stat().st_mode & 0o077:
             loose.append(f"{key.name} is {oct(key.stat().st_mode & 0o777)}")
     if loose:
+        fix = f"chmod 700 {shlex.quote(str(ca_dir))}"
+        if keys:
+            fix += " && chmod 600 " + " ".join(shlex.quote(str(k)) for k in keys)
         return Check(
             "ca",
             "amber",
             f"the CA's private key is readable by others ({'; '.join(loose)}): anyone holding "
             "it can forge any site for clients that trust it",
-            f"chmod 700 {ca_dir} && chmod 600 {ca_dir}/mitmproxy-ca.pem {ca_dir}/mitmproxy-ca.p12",
+            fix,
         )
     return Check("ca", "green", f"{cert} (private key readable by you alone)")
 
@@ -447,7 +453,9 @@ def _send_test_notification() -> Check:
     failures = []
     for backend in default_backends():
         try:
-            backend.send("devmeter: test notification", "Sent by `devmeter doctor --notify`.")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # plyer warns about each piece it lacks
+                backend.send("devmeter: test notification", "Sent by `devmeter doctor --notify`.")
         except Unavailable as exc:
             failures.append(f"{backend.name}: {exc}")
             continue

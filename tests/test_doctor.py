@@ -1,0 +1,146 @@
+"""`devmeter doctor`: each check green, amber or red, with the fix, against real things."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devmeter import doctor
+from devmeter.paths import Paths, paths
+from tests.proxy_harness import RunningProxy
+
+
+def where(home: Path) -> Paths:
+    return paths({"DEVMETER_HOME": str(home)})
+
+
+def by_name(checks: list[doctor.Check]) -> dict[str, doctor.Check]:
+    return {c.name: c for c in checks}
+
+
+def bare_env(**extra: str) -> dict[str, str]:
+    """No proxy or CA variables: a shell devmeter was never set up in."""
+    return {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/"), **extra}
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """Another program listening on a loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_nothing_running_is_red_and_says_how_to_start(devmeter_home: Path) -> None:
+    checks = doctor.run_checks(where(devmeter_home), bare_env())
+    found = by_name(checks)
+    assert found["proxy"].status == "red" and "`devmeter`" in found["proxy"].fix
+    assert found["ca"].status == "red" and "creates the CA" in found["ca"].fix
+    assert found["shell"].status == "amber" and "devmeter env" in found["shell"].fix
+    assert found["ledger"].status == "green"
+    assert doctor.exit_status(checks) == 1
+    for check in json.loads(doctor.to_json(checks)):
+        assert set(check) == {"name", "status", "detail", "fix"}
+        assert check["status"] in ("green", "amber", "red")
+
+
+def test_a_taken_port_names_the_process_holding_it(devmeter_home: Path, listener: int) -> None:
+    devmeter_home.mkdir(parents=True, exist_ok=True)
+    (devmeter_home / "config.toml").write_text(f'[proxy]\nlisten = "127.0.0.1:{listener}"\n')
+    proxy = by_name(doctor.run_checks(where(devmeter_home), bare_env()))["proxy"]
+    assert proxy.status == "red"
+    assert f"127.0.0.1:{listener} is taken by pid {os.getpid()}" in proxy.detail
+    assert "listen" in proxy.fix and str(devmeter_home / "config.toml") in proxy.fix
+
+
+def test_a_ca_others_can_read_is_amber_with_the_chmod(devmeter_home: Path) -> None:
+    ca = where(devmeter_home).ca_dir
+    ca.mkdir(parents=True)
+    (ca / "mitmproxy-ca-cert.pem").write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END")
+    (ca / "mitmproxy-ca.pem").write_text("private")
+    ca.chmod(0o755)
+    (ca / "mitmproxy-ca.pem").chmod(0o644)
+    check = doctor.check_ca(where(devmeter_home))
+    assert check.status == "amber" and "mitmproxy-ca.pem is 0o644" in check.detail
+    assert check.fix.startswith(f"chmod 700 {ca}")
+    subprocess.run(check.fix, shell=True, check=True)  # the fix, as printed, fixes it
+    assert doctor.check_ca(where(devmeter_home)).status == "green"
+
+
+def test_a_shell_pointing_at_a_dead_proxy_is_red(devmeter_home: Path, listener: int) -> None:
+    env = bare_env(HTTPS_PROXY="http://127.0.0.1:8788")
+    found = by_name(doctor.run_checks(where(devmeter_home), env))
+    assert found["shell"].status == "red" and "HTTPS from this shell fails" in found["shell"].detail
+
+
+def test_a_routed_shell_with_a_running_proxy_is_green(proxy: RunningProxy) -> None:
+    env = proxy.env(bare_env())
+    found = by_name(doctor.run_checks(where(proxy.home), env))
+    assert found["proxy"].status == "green" and f":{proxy.port} (pid " in found["proxy"].detail
+    assert found["shell"].status == "green"
+    for name in ("trust_node", "trust_codex", "trust_python", "ca", "ledger", "config"):
+        assert found[name].status == "green", found[name]
+
+    # Routed, but Node given another CA file: Claude Code's calls would fail TLS.
+    env["NODE_EXTRA_CA_CERTS"] = str(Path(__file__))
+    found = by_name(doctor.run_checks(where(proxy.home), env))
+    assert found["trust_node"].status == "red"
+    assert "does not hold devmeter's current CA" in found["trust_node"].detail
+
+
+def test_doctor_runs_and_says_so_with_a_broken_config(devmeter_home: Path) -> None:
+    devmeter_home.mkdir(parents=True, exist_ok=True)
+    (devmeter_home / "config.toml").write_text('[proxy]\nlisten = "example.com:80"\n')
+    (devmeter_home / "config-status.json").write_text(
+        json.dumps({"config_error": "config.toml, line 3 [budgets.day]: not a number"})
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "devmeter", "doctor", "--json"],
+        env={**os.environ, "DEVMETER_HOME": str(devmeter_home)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    found = {c["name"]: c for c in json.loads(done.stdout)}
+    assert found["config"]["status"] == "red" and "line 2" in found["config"]["detail"]
+    assert "not a loopback address" in found["config"]["detail"]
+    assert found["config_status"]["status"] == "red"
+    assert "line 3 [budgets.day]" in found["config_status"]["detail"]
+
+
+def test_notify_sends_a_real_test_notification(
+    devmeter_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent = tmp_path / "sent.txt"
+    fake = tmp_path / "bin" / "notify-send"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> "{sent}"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS", raising=False)
+    check = doctor.check_notifications({}, "linux", lambda _: None, send=True)
+    assert check.status == "green" and "test notification sent" in check.detail
+    assert "devmeter: test notification" in sent.read_text()
+
+
+def test_text_output_is_one_line_per_check_with_fixes() -> None:
+    checks = [
+        doctor.Check("proxy", "red", "not running", "start it: `devmeter`"),
+        doctor.Check("ca", "green", "/x/ca.pem"),
+    ]
+    text = doctor.to_text(checks)
+    assert text.splitlines()[:3] == [
+        "XX proxy  not running",
+        "          fix: start it: `devmeter`",
+        "ok ca     /x/ca.pem",
+    ]
+    assert "1 problem stop" in text
