@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from devmeter.cabundle import PRIVATE_FILES
@@ -34,15 +34,6 @@ from devmeter.paths import Paths, read_proxy_state
 
 Status = Literal["green", "amber", "red"]
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1", "[::1]"}
-# Status files other parts of devmeter may leave in the data folder for doctor to show:
-# (file name, what it is about). Read tolerantly: absent, unreadable or odd means nothing.
-STATUS_FILES = (
-    ("config-status.json", "config"),
-    ("config_error.json", "config"),
-    ("tray-status.json", "proxy"),
-    ("proxy-status.json", "proxy"),
-    ("notify-status.json", "notifications"),
-)
 
 
 @dataclass(frozen=True)
@@ -61,6 +52,7 @@ class Proxy:
     port: int
     pid: int | None
     answers: bool
+    alive: bool = False
 
 
 def run_checks(
@@ -104,7 +96,7 @@ def find_proxy(paths: Paths, config: Config) -> Proxy:
         port = int(state["port"])
         pid = state.get("pid") if isinstance(state.get("pid"), int) else None
         alive = pid is not None and _pid_alive(pid)
-        return Proxy(host, port, pid, alive and _connects(host, port))
+        return Proxy(host, port, pid, alive and _connects(host, port), alive)
     host, port = config.listen
     return Proxy(host, port, None, False)
 
@@ -112,6 +104,15 @@ def find_proxy(paths: Paths, config: Config) -> Proxy:
 def check_proxy(proxy: Proxy, config: Config) -> Check:
     if proxy.answers:
         return Check("proxy", "green", f"running on {proxy.host}:{proxy.port} (pid {proxy.pid})")
+    if proxy.alive:
+        return Check(
+            "proxy",
+            "red",
+            f"pid {proxy.pid} runs but does not answer on {proxy.host}:{proxy.port} "
+            "(still starting, or stuck)",
+            f"wait a few seconds and run `devmeter doctor` again; if it stays so, "
+            f"`kill {proxy.pid}` and start devmeter again",
+        )
     host, port = config.listen
     holder = port_holder(host, port)
     if holder is not None:
@@ -525,22 +526,90 @@ def check_autostart(paths: Paths) -> Check:
 
 
 def status_file_checks(paths: Paths) -> list[Check]:
-    """Problems other parts of devmeter reported in a status file (e.g. a broken config
-    edit the running proxy refused), shown as they are."""
-    found = []
-    for name, about in STATUS_FILES:
-        try:
-            data = json.loads((paths.data_dir / name).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if not isinstance(data, dict):
-            continue
-        problem = data.get("error") or data.get("config_error") or data.get("problem")
-        if problem:
-            found.append(
-                Check(f"{about}_status", "red", f"{name}: {problem}", str(data.get("fix") or ""))
+    """What the running proxy, tray and notifier say about themselves in their status
+    files beside the ledger: a config edit the proxy refused (config_status.json), a
+    port the tray cannot have or an icon not docked (supervisor.json), notifications
+    that are not shown (notify-status.json). Read tolerantly: a file that is missing,
+    unreadable, of another shape or written by a process now gone says nothing."""
+    checks = []
+    config = _status(paths, "config_status.json")
+    if config is not None:
+        error = config.get("config_error")
+        where = str(config.get("config_file") or paths.config_file)
+        if error:
+            checks.append(
+                Check(
+                    "config_reload",
+                    "amber",
+                    f"the running proxy refused your last edit and keeps its last good config: "
+                    f"{error}",
+                    f"fix {where} as the message says; the proxy applies it within a second",
+                )
             )
-    return found
+        else:
+            checks.append(Check("config_reload", "green", f"the running proxy uses {where}"))
+    tray = _status(paths, "supervisor.json")
+    if tray is not None:
+        state, detail = str(tray.get("state") or ""), str(tray.get("detail") or "")
+        if state == "port_taken":
+            holder = tray.get("port_holder")
+            who = (
+                f"pid {holder.get('pid')} ({holder.get('name')})"
+                if isinstance(holder, dict)
+                else "another process"
+            )
+            checks.append(
+                Check(
+                    "tray_proxy",
+                    "red",
+                    f"devmeter cannot listen on {tray.get('listen')}: {detail or who}",
+                    f"stop {who}, or start devmeter on another port: "
+                    "`devmeter --listen 127.0.0.1:PORT`",
+                )
+            )
+        elif state in ("running", "external"):
+            checks.append(Check("tray_proxy", "green", detail or f"proxy {state}"))
+        elif state:
+            checks.append(Check("tray_proxy", "amber", detail or f"proxy {state}"))
+        if tray.get("tray") is False:
+            checks.append(
+                Check(
+                    "tray_icon",
+                    "amber",
+                    "devmeter runs, but its icon is not in the tray yet (no tray host)",
+                    "start your panel's tray; devmeter docks as soon as it appears",
+                )
+            )
+    notes = _status(paths, "notify-status.json", needs_pid=False)
+    if notes is not None and notes.get("ok") is False:
+        problems = notes.get("problems")
+        said = (
+            "; ".join(f"{k}: {v}" for k, v in problems.items())
+            if isinstance(problems, dict)
+            else ""
+        )
+        checks.append(
+            Check(
+                "notifications_delivery",
+                "amber",
+                f"the last alert could not be shown on the desktop ({said or 'no backend'})",
+                "`devmeter doctor --notify` to try again; alerts are in `devmeter alerts`",
+            )
+        )
+    return checks
+
+
+def _status(paths: Paths, name: str, *, needs_pid: bool = True) -> dict[str, Any] | None:
+    try:
+        data = json.loads((paths.data_dir / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    pid = data.get("pid")
+    if needs_pid and not (isinstance(pid, int) and _pid_alive(pid)):
+        return None  # left behind by a process that is gone: it speaks for nothing now
+    return data
 
 
 # --- output ----------------------------------------------------------------------------------

@@ -99,9 +99,17 @@ def test_a_routed_shell_with_a_running_proxy_is_green(proxy: RunningProxy) -> No
 def test_doctor_runs_and_says_so_with_a_broken_config(devmeter_home: Path) -> None:
     devmeter_home.mkdir(parents=True, exist_ok=True)
     (devmeter_home / "config.toml").write_text('[proxy]\nlisten = "example.com:80"\n')
-    (devmeter_home / "config-status.json").write_text(
-        json.dumps({"config_error": "config.toml, line 3 [budgets.day]: not a number"})
+    # What a running proxy writes when it refuses a live edit (and a tray whose port is
+    # taken): doctor shows both.
+    (devmeter_home / "config_status.json").write_text(
+        json.dumps({"pid": os.getpid(), "config_error": "line 3 [budgets.day]: not a number"})
     )
+    (devmeter_home / "supervisor.json").write_text(
+        json.dumps(
+            {"pid": os.getpid(), "state": "port_taken", "listen": "127.0.0.1:8788",
+             "detail": "port 8788 is taken", "port_holder": {"pid": 1, "name": "nginx"}}
+        )
+    )  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "devmeter", "doctor", "--json"],
         env={**os.environ, "DEVMETER_HOME": str(devmeter_home)},
@@ -113,8 +121,21 @@ def test_doctor_runs_and_says_so_with_a_broken_config(devmeter_home: Path) -> No
     found = {c["name"]: c for c in json.loads(done.stdout)}
     assert found["config"]["status"] == "red" and "line 2" in found["config"]["detail"]
     assert "not a loopback address" in found["config"]["detail"]
-    assert found["config_status"]["status"] == "red"
-    assert "line 3 [budgets.day]" in found["config_status"]["detail"]
+    assert found["config_reload"]["status"] == "amber"
+    assert "line 3 [budgets.day]" in found["config_reload"]["detail"]
+    assert found["tray_proxy"]["status"] == "red" and "pid 1 (nginx)" in found["tray_proxy"]["fix"]
+
+
+def test_status_files_from_a_process_that_is_gone_say_nothing(devmeter_home: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    devmeter_home.mkdir(parents=True, exist_ok=True)
+    (devmeter_home / "config_status.json").write_text(
+        json.dumps({"pid": gone.pid, "config_error": "old news"})
+    )
+    (devmeter_home / "supervisor.json").write_text("not json")
+    names = {c.name for c in doctor.run_checks(where(devmeter_home), bare_env())}
+    assert not names & {"config_reload", "tray_proxy"}
 
 
 def test_notify_sends_a_real_test_notification(

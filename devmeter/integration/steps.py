@@ -200,6 +200,11 @@ class Setup:
                 "(install it with `sh scripts/install.sh`, then run `devmeter setup` again)"
             )
             return
+        if command_dir(self.devmeter) is None:
+            self.say(
+                f"note: {self.devmeter} is in a virtualenv (a checkout's?): start at login "
+                "runs it from there; `sh scripts/install.sh` installs a devmeter of its own"
+            )
         choice = autostart.plan(
             self.env.environ, self.env.platform, self.env.home, self.env.systemd_user
         )
@@ -231,7 +236,16 @@ class Setup:
             self.say("start at login: skipped: PowerShell not found")
             return
         done = subprocess.run(
-            [powershell, "-NoProfile", "-ExecutionPolicy", "Bypass", "-File", str(script)],
+            [
+                powershell,
+                "-NoProfile",
+                "-ExecutionPolicy",
+                "Bypass",
+                "-File",
+                str(script),
+                "-Devmeter",
+                str(self.devmeter),
+            ],
             capture_output=True,
             text=True,
             check=False,

@@ -6,11 +6,13 @@
 # Default: a shortcut in your Startup folder (shell:startup). -TaskScheduler: a logon task
 # instead, which also restarts devmeter if it crashes. Either runs `pythonw -m devmeter`
 # with the Python devmeter is installed in (pythonw: no console window behind the tray).
-param([switch]$TaskScheduler, [string]$Python = "")
+# `devmeter setup` runs this with -Devmeter, the installed devmeter.exe, which need not be
+# on PATH yet.
+param([switch]$TaskScheduler, [string]$Python = "", [string]$Devmeter = "")
 
 $ErrorActionPreference = "Stop"
 if (-not $Python) {
-    $devmeter = (Get-Command devmeter -ErrorAction Stop).Source
+    $devmeter = if ($Devmeter) { $Devmeter } else { (Get-Command devmeter -ErrorAction Stop).Source }
     # pipx / uv tool: devmeter.exe sits in the venv's Scripts folder, beside pythonw.exe;
     # a plain pip install puts it in Python's Scripts folder, one level below pythonw.exe.
     $scripts = Split-Path $devmeter
