@@ -143,6 +143,20 @@ def test_readme_install_puts_devmeter_on_path_and_doctor_is_all_green(tmp_path: 
     assert by_name["devmeter_on_path"]["detail"] == str(home / ".local/bin/devmeter")
     assert f"127.0.0.1:{state['port']}" in by_name["proxy"]["detail"]
 
+    # The README's undo: uninstall, then the command itself; the data stays, as it says.
+    undo = subprocess.run(
+        ["bash", "-ic", "devmeter uninstall && uv tool uninstall devmeter"],
+        cwd=outside, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert undo.returncode == 0, undo.stdout + undo.stderr
+    data = home / ".local/share/devmeter"
+    assert "ledger and spend history: ~/.local/share/devmeter/ledger.sqlite" in undo.stdout
+    assert "rm -rf ~/.local/share/devmeter" in undo.stdout
+    left = {str(p.relative_to(home)) for p in home.rglob("*") if p.is_file()}
+    assert not {".bashrc", ".zshrc", ".config/autostart/devmeter.desktop"} & left
+    assert not (home / ".local/bin/devmeter").exists()
+    assert (data / "ca" / "mitmproxy-ca-cert.pem").exists() and not (data / "shell").exists()
+
 
 @needs_uv_and_git
 def test_python_311_installs_with_the_shipped_override(tmp_path: Path) -> None:
