@@ -236,7 +236,10 @@ def test_a_built_wheel_installs_with_the_override_and_sets_up(tmp_path: Path) ->
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     desktop = home / ".config/autostart/devmeter.desktop"
-    assert f'Exec="{devmeter}"' in desktop.read_text(), done.stdout
+    entry = desktop.read_text()
+    assert f'Exec="{devmeter}"' in entry, done.stdout
+    [icon] = re.findall(r"(?m)^Icon=(.*)$", entry)  # devmeter's own, from the wheel
+    assert icon.startswith(str(home / ".local/share/uv/tools/devmeter")) and Path(icon).is_file()
     subprocess.run([str(devmeter), "uninstall"], env=env, capture_output=True, check=True)
     assert not desktop.exists() and not (home / ".bashrc").exists()
 

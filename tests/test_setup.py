@@ -70,6 +70,7 @@ def test_setup_then_uninstall_leaves_every_file_as_it_was(home: Path, where: Pat
     assert (home / ".config" / "fish" / "conf.d" / "devmeter.fish").exists()
     desktop = (home / ".config" / "autostart" / "devmeter.desktop").read_text()
     assert f'Exec="{exe}"' in desktop
+    assert f"Icon={autostart.app_icon()}" in desktop and autostart.app_icon().is_file()
     # Each step says what it changed, and where the backup is.
     assert any("~/.bashrc" in line and "backup: ~/.bashrc.devmeter-backup" in line for line in said)
     assert any("created ~/.zshrc" in line for line in said)

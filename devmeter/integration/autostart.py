@@ -30,6 +30,15 @@ def packaging_dir() -> Path:
     raise FileNotFoundError(f"devmeter's packaging files are missing (looked beside {here})")
 
 
+def app_icon() -> Path | None:
+    """devmeter's own icon (assets/devmeter.png), in a checkout or the installed package."""
+    here = Path(__file__).resolve().parent.parent  # devmeter/
+    for candidate in (here / "assets", here.parent / "assets"):
+        if (candidate / "devmeter.png").is_file():
+            return candidate / "devmeter.png"
+    return None
+
+
 @dataclass(frozen=True)
 class Autostart:
     kind: str  # "systemd" | "xdg" | "launchd" | "windows-startup"
@@ -84,13 +93,16 @@ def has_systemd_user() -> bool:
     return done.returncode == 0
 
 
-def render(template: str, text: str, devmeter: Path, home: Path) -> str:
-    """The template with this install's `devmeter` (and home folder) written in."""
+def render(template: str, text: str, devmeter: Path, home: Path, icon: Path | None = None) -> str:
+    """The template with this install's `devmeter` (and home folder, and icon) written in."""
     exe = str(devmeter)
     if template.endswith(".desktop"):
         # The Exec key takes a quoted path: quote always, escaping what the spec says to.
         quoted = '"' + re.sub(r'(["`$\\])', r"\\\1", exe) + '"'
-        return re.sub(r"(?m)^Exec=devmeter\b", lambda _: f"Exec={quoted}", text)
+        text = re.sub(r"(?m)^Exec=devmeter\b", lambda _: f"Exec={quoted}", text)
+        if icon is not None:  # an absolute path is a valid Icon value: no theme needed
+            text = re.sub(r"(?m)^Icon=.*$", lambda _: f"Icon={icon}", text)
+        return text
     if template.endswith(".service"):
         # systemd takes a path quoted with "" (and expands % specifiers: escape them).
         quoted = '"' + exe.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'

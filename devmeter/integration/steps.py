@@ -217,6 +217,7 @@ class Setup:
             template_path.read_text(encoding="utf-8"),
             self.devmeter,
             self.env.home,
+            autostart.app_icon(),
         )
         self._write_file(choice.target, text, "start at login")
         if choice.kind == "systemd" and choice.unit:
