@@ -171,3 +171,14 @@ def test_the_cli_setup_and_uninstall(tmp_path: Path) -> None:
     assert (home / ".bashrc").read_bytes() == b"# mine\n"
     assert not hook.exists() and not (home / ".bashrc.devmeter-backup").exists()
     assert "as it was before setup" in done.stdout
+
+
+def test_uninstall_takes_out_blocks_whose_record_was_deleted(home: Path, where: Paths) -> None:
+    exe = fake_devmeter(home)
+    steps.setup(where, ("127.0.0.1", 8788), env=machine(home), devmeter=exe, say=lambda _: None)
+    steps.manifest_path(where).unlink()  # e.g. the data folder removed before uninstalling
+    said: list[str] = []
+    steps.uninstall(where, env=machine(home), say=said.append)
+    bashrc = (home / ".bashrc").read_bytes()
+    assert bashrc.startswith(ORIGINAL_BASHRC) and not rcblock.has_block(bashrc.decode("latin-1"))
+    assert any("leftover devmeter block out of ~/.bashrc" in line for line in said)

@@ -324,14 +324,14 @@ def uninstall(paths: Paths, *, env: Environment | None = None, say: Say = print)
     changes = load_manifest(paths)
     if not changes:
         say(f"Nothing to undo: no record of `devmeter setup` at {manifest_path(paths)}.")
-    problems = 0
+    failed: list[dict[str, Any]] = []
     for change in reversed(changes):
         kind = change.get("kind")
         try:
             if kind == "rc":
-                problems += _undo_rc(change, env, say)
-            elif kind == "file":
-                problems += _undo_file(change, env, say)
+                _undo_rc(change, env, say)
+            elif kind == "file" and _undo_file(change, env, say):
+                failed.append(change)
             elif kind == "systemd":
                 _systemctl("disable", str(change.get("unit")))
                 say(f"start at login: disabled systemd user unit {change.get('unit')}")
@@ -339,56 +339,75 @@ def uninstall(paths: Paths, *, env: Environment | None = None, say: Say = print)
                 _launchctl_bootout(str(change.get("label")))
                 say(f"start at login: unloaded launchd agent {change.get('label')}")
         except OSError as exc:
-            problems += 1
+            failed.append(change)
             say(f"could not undo a change to {change.get('path')}: {exc}")
     if any(c.get("kind") == "systemd" for c in changes):
         _systemctl("daemon-reload")
-    manifest_path(paths).unlink(missing_ok=True)
+    _sweep_leftover_blocks(env, say)
+    if failed:  # kept, so that `devmeter uninstall` can try those again
+        _save_manifest(paths, list(reversed(failed)))
+    else:
+        manifest_path(paths).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         (paths.data_dir / "shell").rmdir()
     _say_what_is_left(paths, env, say)
-    return 1 if problems else 0
+    return 1 if failed else 0
 
 
-def _undo_rc(change: dict[str, Any], env: Environment, say: Say) -> int:
+def _sweep_leftover_blocks(env: Environment, say: Say) -> None:
+    """Blocks setup.json does not know of (its folder deleted first, say): out too."""
+    candidates = [env.home / ".bashrc", env.home / ".bash_profile"]
+    for shell in ("zsh", "fish"):
+        candidates += rc_files(shell, env)
+    if "powershell" in installed_shells(env):
+        candidates += rc_files("powershell", env)
+    for rc in dict.fromkeys(candidates):
+        with contextlib.suppress(OSError):
+            text = _read(rc)
+            if rcblock.has_block(text):
+                _write(rc, rcblock.remove(text, None))
+                say(f"took a leftover devmeter block out of {_tilde(rc, env)}")
+
+
+def _undo_rc(change: dict[str, Any], env: Environment, say: Say) -> None:
     rc = Path(str(change["path"]))
     shell = change.get("shell", "shell")
     backup = Path(change["backup"]) if change.get("backup") else None
     if not rc.exists():
         say(f"{shell}: {_tilde(rc, env)} is gone already")
-        return 0
+        return
     text = rcblock.remove(_read(rc), change.get("inserted"))
     if change.get("created") and text == "":
         rc.unlink()
         say(f"{shell}: removed {_tilde(rc, env)} (setup had created it)")
-        return 0
+        return
     _write(rc, text)
     if backup is None or not backup.exists():
         say(f"{shell}: took devmeter's block out of {_tilde(rc, env)}")
-        return 0
+        return
     if rc.read_bytes() == backup.read_bytes():
         backup.unlink()
         say(f"{shell}: took devmeter's block out of {_tilde(rc, env)}: as it was before setup")
-        return 0
+        return
     say(
         f"{shell}: took devmeter's block out of {_tilde(rc, env)}; it changed since setup, so "
         f"the copy from before setup stays at {_tilde(backup, env)}"
     )
-    return 0
 
 
-def _undo_file(change: dict[str, Any], env: Environment, say: Say) -> int:
+def _undo_file(change: dict[str, Any], env: Environment, say: Say) -> bool:
+    """Remove (or put back) a file setup wrote; True when it had to be left (changed since)."""
     path = Path(str(change["path"]))
     backup = Path(change["backup"]) if change.get("backup") else None
     if not path.exists():
         if backup is not None and backup.exists():
             backup.replace(path)
             say(f"put back {_tilde(path, env)} (from before setup)")
-        return 0
+        return False
     expected = change.get("sha256")
     if expected is not None and _sha256(path.read_bytes()) != expected:
         say(f"left {_tilde(path, env)}: it changed since setup wrote it; delete it yourself")
-        return 1
+        return True
     if backup is not None and backup.exists():
         backup.replace(path)
         say(f"put back {_tilde(path, env)} as it was before setup")
@@ -397,7 +416,7 @@ def _undo_file(change: dict[str, Any], env: Environment, say: Say) -> int:
         say(f"removed {_tilde(path, env)}")
     with contextlib.suppress(OSError):
         path.parent.rmdir()  # only if setup's file was all it held
-    return 0
+    return False
 
 
 def _say_what_is_left(paths: Paths, env: Environment, say: Say) -> None:
