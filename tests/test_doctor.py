@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -165,3 +166,33 @@ def test_text_output_is_one_line_per_check_with_fixes() -> None:
         "ok ca     /x/ca.pem",
     ]
     assert "1 problem stop" in text
+
+
+@pytest.mark.skipif(not shutil.which("Xvfb"), reason="Xvfb is not installed (Debian: xvfb)")
+def test_tray_host_absent_then_present_on_a_real_display() -> None:
+    """A tray host is whoever owns the display's _NET_SYSTEM_TRAY_S0 selection (tint2 and
+    every XEmbed panel take it): the test takes it itself, as a panel starting would."""
+    from Xlib import X
+    from Xlib import display as xdisplay
+
+    read_fd, write_fd = os.pipe()
+    server = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "640x200x24", "-nolisten", "tcp"],
+        pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    os.close(write_fd)
+    try:
+        with os.fdopen(read_fd) as pipe:
+            display = f":{pipe.readline().strip()}"
+        before = doctor.check_tray({"DISPLAY": display}, "linux")
+        assert before.status == "amber" and "no tray host" in before.detail
+        panel = xdisplay.Display(display)
+        window = panel.screen().root.create_window(0, 0, 1, 1, 0, X.CopyFromParent)
+        window.set_selection_owner(panel.intern_atom("_NET_SYSTEM_TRAY_S0"), X.CurrentTime)
+        panel.sync()
+        after = doctor.check_tray({"DISPLAY": display}, "linux")
+        assert after.status == "green" and display in after.detail
+        panel.close()
+    finally:
+        server.terminate()
+        server.wait(10)
