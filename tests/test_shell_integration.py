@@ -232,3 +232,33 @@ def test_the_prompt_check_starts_no_process(
     assert not re.search(r"\b(clone3?|v?fork)\(", calls), calls
     to_proxy = re.findall(rf"connect\(\d+, .*htons\({proxy.port}\)", calls)
     assert len(to_proxy) >= 6  # once when sourced, then before each of 5 prompts
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_sourced_twice_or_nested_it_never_keeps_a_dead_proxy(
+    shell: str, proxy: RunningProxy, tmp_path: Path
+) -> None:
+    """Sourcing the startup file again in a routed shell, or starting a shell from a routed
+    one, must not mistake devmeter's values for the user's own and put them back."""
+    hook = write_hook(shell, proxy.home)
+    state = proxy.home / "proxy.json"
+    copy = tmp_path / "proxy.json"
+    copy.write_text(state.read_text())
+    child = tmp_path / "child.sh"  # what the child shell is fed
+    child.write_text(f". '{hook}'\nrm '{state}'\necho \"child=${{HTTPS_PROXY-unset}}\"\nexit\n")
+    child_shell = {"bash": "bash --norc --noprofile -i", "zsh": "zsh -f -i"}[shell]
+    lines = [
+        f". '{hook}'",  # again, while routed
+        f"rm '{state}'",  # the proxy stops
+        'echo "again=${HTTPS_PROXY-unset} ssl=$SSL_CERT_FILE"',
+        f"cp '{copy}' '{state}'",  # and starts again
+        'echo "up=${HTTPS_PROXY-unset}"',
+        f"{child_shell} < '{child}' 2>&1",  # a routed child; the proxy stops under it
+    ]
+    try:
+        out = run_interactive(shell, hook, lines, clean_env(SSL_CERT_FILE="/etc/mine.pem"))
+    finally:
+        state.write_text(copy.read_text())
+    assert "again=unset ssl=/etc/mine.pem" in out
+    assert f"up={proxy.url}" in out
+    assert "child=unset" in out, out

@@ -102,8 +102,6 @@ _POSIX_PROBE = {
 _POSIX_BODY = r"""
 __devmeter_state_file=@STATE_FILE@
 __devmeter_expected=@EXPECTED@
-__devmeter_now=''   # the proxy URL this shell's tools use now; '' while they go direct
-__devmeter_said=''  # what this shell last said about the proxy: up or down
 __devmeter_url=''
 
 __devmeter_probe() {
@@ -193,13 +191,27 @@ def _posix(shell: str, s: HookSettings) -> str:
         lines.append("[[ -o interactive ]] || return 0  # only shells a person types in\n")
     else:
         lines.append("case $- in *i*) ;; *) return 0 ;; esac  # only shells a person types in\n")
-    lines.append("# What the user had before devmeter set anything: put back when going direct.")
+    # Once per shell, even if its startup file is sourced again. A shell started from a
+    # routed one inherits devmeter's values (DEVMETER_ROUTED names the URL): those are
+    # not the user's, and this shell takes the routing over from its parent.
+    lines.append('if [ -z "${__devmeter_loaded-}" ]; then')
+    lines.append("    __devmeter_loaded=1")
+    lines.append(
+        "    __devmeter_now=${DEVMETER_ROUTED-}  # the proxy URL tools here use; '' when direct"
+    )
+    lines.append("    __devmeter_said=''  # what this shell last said about the proxy: up or down")
+    lines.append(
+        "    # What the user had before devmeter set anything: put back when going direct."
+    )
     for name in s.names:
+        mine = '"${DEVMETER_ROUTED-}"' if name in s.url_names else _sq(dict(s.fixed)[name])
         lines.append(
-            f'if [ -n "${{{name}+x}}" ]; then __devmeter_had_{name}=1; '
-            f'__devmeter_was_{name}="${name}"; fi'
+            f'    if [ -n "${{{name}+x}}" ] && [ "${name}" != {mine} ]; then '
+            f'__devmeter_had_{name}=1; __devmeter_was_{name}="${name}"; fi'
         )
+    lines.append("fi")
     lines.append("\n__devmeter_route() {  # $1: the proxy URL")
+    lines.append('    export DEVMETER_ROUTED="$1"')
     for name in s.url_names:
         lines.append(f'    export {name}="$1"')
     for name, value in s.fixed:
@@ -208,6 +220,7 @@ def _posix(shell: str, s: HookSettings) -> str:
     lines.append(
         "__devmeter_direct() {  # $1: the URL set; a value the user changed since is theirs"
     )
+    lines.append('    if [ "${DEVMETER_ROUTED-}" = "$1" ]; then unset DEVMETER_ROUTED; fi')
     for name in s.names:
         set_to = '"$1"' if name in s.url_names else _sq(dict(s.fixed)[name])
         lines.append(
@@ -254,18 +267,30 @@ def _fish(s: HookSettings) -> str:
     lines.append(
         f"set -g __devmeter_expected {_fq(f'expected at {s.default_host}:{s.default_port}')}"
     )
-    lines.append("set -g __devmeter_now ''")
-    lines.append("set -g __devmeter_said ''")
-    lines.append("# What the user had before devmeter set anything: put back when going direct.")
+    # Once per shell; a shell started from a routed one takes its routing over (see _posix).
+    lines.append("if not set -q __devmeter_loaded")
+    lines.append("    set -g __devmeter_loaded 1")
+    lines.append('    set -g __devmeter_now "$DEVMETER_ROUTED"')
+    lines.append("    set -g __devmeter_said ''")
+    lines.append(
+        "    # What the user had before devmeter set anything: put back when going direct."
+    )
     for name in s.names:
-        lines.append(f"set -q {name}; and set -g __devmeter_was_{name} ${name}")
+        mine = '"$DEVMETER_ROUTED"' if name in s.url_names else _fq(dict(s.fixed)[name])
+        lines.append(
+            f'    if set -q {name}; and test "${name}" != {mine}; '
+            f"set -g __devmeter_was_{name} ${name}; end"
+        )
+    lines.append("end")
     lines.append("\nfunction __devmeter_route  # $argv[1]: the proxy URL")
+    lines.append("    set -gx DEVMETER_ROUTED $argv[1]")
     for name in s.url_names:
         lines.append(f"    set -gx {name} $argv[1]")
     for name, value in s.fixed:
         lines.append(f"    set -gx {name} {_fq(value)}")
     lines.append("end\n")
     lines.append("function __devmeter_direct  # a value the user changed since is theirs")
+    lines.append('    if test "$DEVMETER_ROUTED" = $argv[1]; set -e DEVMETER_ROUTED; end')
     for name in s.names:
         set_to = "$argv[1]" if name in s.url_names else _fq(dict(s.fixed)[name])
         lines.append(
@@ -358,13 +383,20 @@ def _powershell(s: HookSettings) -> str:
 
 _PS_BODY = r"""
 if ($null -eq $global:__devmeterSaved) {
+    # Once per shell. A shell started from a routed one inherits devmeter's values
+    # (DEVMETER_ROUTED names the URL): not the user's; this shell takes the routing over.
+    $routed = [Environment]::GetEnvironmentVariable('DEVMETER_ROUTED')
     # What the user had before devmeter set anything: put back when going direct.
     $global:__devmeterSaved = @{}
-    foreach ($name in @($global:__devmeterUrlNames) + @($global:__devmeterFixed.Keys)) {
+    foreach ($name in $global:__devmeterUrlNames) {
         $value = [Environment]::GetEnvironmentVariable($name)
-        if ($null -ne $value) { $global:__devmeterSaved[$name] = $value }
+        if ($null -ne $value -and $value -ne $routed) { $global:__devmeterSaved[$name] = $value }
     }
-    $global:__devmeterNow = ''
+    foreach ($name in $global:__devmeterFixed.Keys) {
+        $value = [Environment]::GetEnvironmentVariable($name)
+        if ($null -ne $value -and $value -ne $global:__devmeterFixed[$name]) { $global:__devmeterSaved[$name] = $value }
+    }
+    $global:__devmeterNow = if ($routed) { $routed } else { '' }
     $global:__devmeterSaid = ''
 }
 
@@ -391,6 +423,7 @@ function global:__devmeterCheck {
     $url = __devmeterProbe
     if ($url) {
         if ($global:__devmeterNow -ne $url) {
+            __devmeterSet 'DEVMETER_ROUTED' $url
             foreach ($name in $global:__devmeterUrlNames) { __devmeterSet $name $url }
             foreach ($name in $global:__devmeterFixed.Keys) { __devmeterSet $name $global:__devmeterFixed[$name] }
             $global:__devmeterNow = $url
@@ -402,7 +435,7 @@ function global:__devmeterCheck {
     } else {
         if ($global:__devmeterNow) {
             # A value the user changed since is theirs.
-            $set = @{}
+            $set = @{ 'DEVMETER_ROUTED' = $global:__devmeterNow }
             foreach ($name in $global:__devmeterUrlNames) { $set[$name] = $global:__devmeterNow }
             foreach ($name in $global:__devmeterFixed.Keys) { $set[$name] = $global:__devmeterFixed[$name] }
             foreach ($name in $set.Keys) {
