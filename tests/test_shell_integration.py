@@ -262,3 +262,14 @@ def test_sourced_twice_or_nested_it_never_keeps_a_dead_proxy(
     assert "again=unset ssl=/etc/mine.pem" in out
     assert f"up={proxy.url}" in out
     assert "child=unset" in out, out
+
+
+def test_the_powershell_hook_names_each_variable_once_ignoring_case(tmp_path: Path) -> None:
+    """PowerShell refuses a hash literal with keys that differ only in case (NO_PROXY and
+    no_proxy): the hook would not even load. (No pwsh here to run it; see the README.)"""
+    text = write_hook("powershell", tmp_path).read_text()
+    [fixed] = re.findall(r"(?m)^\$global:__devmeterFixed = @\{(.*)\}$", text)
+    keys = [k.upper() for k in re.findall(r"'([A-Za-z_]+)' = ", fixed)]
+    assert len(keys) == len(set(keys)) and "NO_PROXY" in keys and "SSL_CERT_FILE" in keys
+    [urls] = re.findall(r"(?m)^\$global:__devmeterUrlNames = @\((.*)\)$", text)
+    assert urls == "'HTTPS_PROXY'"

@@ -374,8 +374,13 @@ def _powershell(s: HookSettings) -> str:
     lines.append(
         f"$global:__devmeterExpected = {_ps(f'expected at {s.default_host}:{s.default_port}')}"
     )
-    lines.append(f"$global:__devmeterUrlNames = @({', '.join(_ps(n) for n in s.url_names)})")
-    fixed = "; ".join(f"{_ps(name)} = {_ps(value)}" for name, value in s.fixed)
+    # PowerShell's hash literals (and Windows' environment) ignore case: HTTPS_PROXY and
+    # https_proxy are one name there, and a literal naming both would not even parse.
+    url_names = _unique_ignoring_case(s.url_names)
+    fixed_names = _unique_ignoring_case(tuple(name for name, _ in s.fixed))
+    lines.append(f"$global:__devmeterUrlNames = @({', '.join(_ps(n) for n in url_names)})")
+    values = dict(s.fixed)
+    fixed = "; ".join(f"{_ps(name)} = {_ps(values[name])}" for name in fixed_names)
     lines.append(f"$global:__devmeterFixed = @{{ {fixed} }}")
     lines.append(_PS_BODY)
     return "\n".join(lines)
@@ -458,6 +463,13 @@ if ($null -eq $global:__devmeterPrompt) {
 }
 __devmeterCheck
 """
+
+
+def _unique_ignoring_case(names: tuple[str, ...]) -> list[str]:
+    seen: dict[str, str] = {}
+    for name in names:
+        seen.setdefault(name.upper(), name)
+    return list(seen.values())
 
 
 def _ps(value: str) -> str:
