@@ -269,3 +269,23 @@ def test_pipx_installs_on_python_312_and_not_on_311(tmp_path: Path) -> None:
             text=True, timeout=600, check=False,
         )  # fmt: skip
         assert failed.returncode != 0 and "h11" in failed.stdout + failed.stderr
+
+
+@needs_uv_and_git
+def test_install_sh_installs_uv_when_the_machine_has_none(tmp_path: Path) -> None:
+    """A machine with Python but no uv: the script gets uv from PyPI with pip first."""
+    clone, home, env = fresh_machine(tmp_path)
+    uv_dir = str(Path(str(UV)).parent)
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != uv_dir)
+    assert shutil.which("uv", path=env["PATH"]) is None
+    done = subprocess.run(
+        ["sh", "scripts/install.sh", "--no-setup", "--no-run"],
+        cwd=clone, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "installing uv" in done.stdout
+    assert (home / ".local/bin/uv").exists()  # pip --user, in the new HOME
+    version = subprocess.run(
+        [str(home / ".local/bin/devmeter"), "--version"], capture_output=True, text=True
+    )
+    assert version.stdout.startswith("devmeter ")
