@@ -40,9 +40,11 @@ find_uv() {
 
 if ! uv="$(find_uv)"; then
     say "installing uv (it installs devmeter with the right mitmproxy for your Python)"
+    # Debian's and Ubuntu's own Python refuse a --user install (PEP 668) unless told:
+    # uv is one static binary in its wheel and touches no system package.
     python3 -m pip install --quiet --user uv 2>/dev/null \
         || python3 -m pip install --quiet --user --break-system-packages uv \
-        || { echo "install.sh: could not install uv with pip; see https://docs.astral.sh/uv/ and run this again" >&2; exit 1; }
+        || { echo "install.sh: could not install uv with pip (no pip? Debian: apt install python3-pip); or install uv as https://docs.astral.sh/uv/ says, then run this again" >&2; exit 1; }
     PATH="$(python3 -m site --user-base)/bin:$PATH"
     uv="$(find_uv)" || { echo "install.sh: uv was installed but is not on PATH" >&2; exit 1; }
 fi
