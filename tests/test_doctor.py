@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -196,3 +197,12 @@ def test_tray_host_absent_then_present_on_a_real_display() -> None:
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_the_readme_names_every_check(devmeter_home: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    sentence = readme.split("the names are", 1)[1].split(".\n", 1)[0]
+    documented = set(re.findall(r"`([a-z_]+)`", sentence))
+    produced = {c.name for c in doctor.run_checks(where(devmeter_home), bare_env())}
+    assert produced <= documented
+    assert {"config_reload", "tray_proxy", "tray_icon", "notifications_delivery"} <= documented
