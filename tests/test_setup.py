@@ -182,3 +182,32 @@ def test_uninstall_takes_out_blocks_whose_record_was_deleted(home: Path, where: 
     bashrc = (home / ".bashrc").read_bytes()
     assert bashrc.startswith(ORIGINAL_BASHRC) and not rcblock.has_block(bashrc.decode("latin-1"))
     assert any("leftover devmeter block out of ~/.bashrc" in line for line in said)
+
+
+def test_systemd_user_unit_enabled_and_disabled(
+    home: Path, where: Paths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where a systemd user manager runs, setup writes the unit and enables it; uninstall
+    disables and removes it. (No systemd in this container: a systemctl on PATH records
+    what it is asked; the unit file itself is real.)"""
+    calls = tmp_path / "systemctl.log"
+    fake = tmp_path / "bin" / "systemctl"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$*" >> "{calls}"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    exe = fake_devmeter(home)
+    env = machine(home, systemd=True)
+    steps.setup(where, ("127.0.0.1", 8788), shells=[], env=env, devmeter=exe, say=lambda _: None)
+    unit = home / ".config/systemd/user/devmeter-headless.service"
+    assert f'ExecStart="{exe}" --headless' in unit.read_text()
+    assert calls.read_text().splitlines() == [
+        "--user daemon-reload",
+        "--user enable devmeter-headless.service",
+    ]
+    steps.uninstall(where, env=env, say=lambda _: None)
+    assert not unit.exists()
+    assert calls.read_text().splitlines()[2:] == [
+        "--user disable devmeter-headless.service",
+        "--user daemon-reload",
+    ]
