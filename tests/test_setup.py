@@ -25,11 +25,13 @@ def snapshot(root: Path) -> dict[str, bytes]:
     }
 
 
-def machine(home: Path, *, platform: str = "linux", systemd: bool = False) -> steps.Environment:
+def machine(
+    home: Path, *, platform: str = "linux", systemd: bool = False, login: str = "zsh"
+) -> steps.Environment:
     shells = {"bash": "/bin/bash", "zsh": "/bin/zsh", "fish": "/usr/bin/fish"}
     return steps.Environment(
         home=home,
-        environ={"HOME": str(home)},
+        environ={"HOME": str(home), "SHELL": f"/bin/{login}"},
         platform=platform,
         which=shells.get,
         systemd_user=systemd,
@@ -40,7 +42,8 @@ def machine(home: Path, *, platform: str = "linux", systemd: bool = False) -> st
 def home(tmp_path: Path) -> Path:
     home = tmp_path / "home"
     (home / ".config" / "autostart").mkdir(parents=True)
-    (home / ".bashrc").write_bytes(ORIGINAL_BASHRC)
+    (home / ".config" / "fish").mkdir()  # fish has been run here
+    (home / ".bashrc").write_bytes(ORIGINAL_BASHRC)  # bash too; zsh is the login shell
     return home
 
 
@@ -211,3 +214,14 @@ def test_systemd_user_unit_enabled_and_disabled(
         "--user disable devmeter-headless.service",
         "--user daemon-reload",
     ]
+
+
+def test_shells_nobody_uses_are_skipped_and_said(home: Path, where: Paths) -> None:
+    """zsh installed but not the login shell, and no ~/.zshrc: no ~/.zshrc is created."""
+    said: list[str] = []
+    env = machine(home, login="bash")
+    steps.setup(where, ("127.0.0.1", 8788), with_autostart=False, env=env, say=said.append)
+    assert not (home / ".zshrc").exists()
+    assert any(line.startswith("zsh: installed, but not your login shell") for line in said)
+    assert rcblock.has_block((home / ".bashrc").read_text(errors="replace"))
+    assert (home / ".config/fish/conf.d/devmeter.fish").exists()

@@ -81,6 +81,24 @@ def installed_shells(env: Environment) -> list[str]:
     return found
 
 
+def shells_in_use(env: Environment) -> tuple[list[str], list[str]]:
+    """(shells to hook, shells installed but skipped). A shell is in use when it is the
+    login shell, or its startup file (fish: its config folder) exists; setup does not
+    create a ~/.zshrc for a zsh nobody runs. On Windows PowerShell is the shell."""
+    login = Path(env.environ.get("SHELL", "")).name
+    used, skipped = [], []
+    for shell in installed_shells(env):
+        if shell == "fish":
+            present = rc_files("fish", env)[0].parent.parent.is_dir()
+        else:
+            present = any(rc.exists() for rc in rc_files(shell, env))
+        if shell == login or present or (shell == "powershell" and env.platform == "win32"):
+            used.append(shell)
+        else:
+            skipped.append(shell)
+    return used, skipped
+
+
 def rc_files(shell: str, env: Environment) -> list[Path]:
     """The startup file(s) an interactive shell of this kind reads."""
     home = env.home
@@ -303,7 +321,15 @@ def setup(
 ) -> int:
     env = env or Environment.current()
     run = Setup(paths, listen, env, say, devmeter, changes=load_manifest(paths))
-    chosen = list(shells) if shells is not None else installed_shells(env)
+    if shells is not None:
+        chosen = list(shells)
+    else:
+        chosen, skipped = shells_in_use(env)
+        for shell in skipped:
+            say(
+                f"{shell}: installed, but not your login shell and without a startup file: "
+                f"skipped (`devmeter setup --shell {shell}` hooks it)"
+            )
     for shell in chosen:
         run.shell(shell)
     if with_autostart:
@@ -379,6 +405,8 @@ def _undo_rc(change: dict[str, Any], env: Environment, say: Say) -> None:
     text = rcblock.remove(_read(rc), change.get("inserted"))
     if change.get("created") and text == "":
         rc.unlink()
+        with contextlib.suppress(OSError):
+            rc.parent.rmdir()  # fish's conf.d, if setup's file was all it held
         say(f"{shell}: removed {_tilde(rc, env)} (setup had created it)")
         return
     _write(rc, text)
