@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         choices=shellenv.SHELLS,
         dest="shells",
-        help="only this shell (repeatable; default: every one installed)",
+        help="hook this shell (repeatable; default: your login shell and any with a startup file)",
     )
     p.add_argument("--no-autostart", action="store_true", help="do not start devmeter at login")
     p.set_defaults(func=cmd_setup, needs_config=False)
