@@ -85,7 +85,13 @@ fi
 
 case ":$PATH:" in
     *":$bin:"*) ;;
-    *) echo "(devmeter is in $bin: new shells have it on PATH; in this one: export PATH=\"$bin:\$PATH\")" ;;
+    *)
+        if [ "$setup" = 1 ]; then
+            echo "(devmeter is in $bin: new shells have it on PATH; in this one: export PATH=\"$bin:\$PATH\")"
+        else
+            echo "(devmeter is in $bin, which is not on PATH: add it, e.g. export PATH=\"$bin:\$PATH\")"
+        fi
+        ;;
 esac
 
 if [ "$run" = 1 ]; then
