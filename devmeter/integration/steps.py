@@ -178,10 +178,10 @@ class Setup:
         settings = shellhook.settings_for(self.paths, self.listen, command_dir(self.devmeter))
         hook = self.paths.data_dir / "shell" / shellhook.hook_file_name(shell)
         self._write_file(hook, shellhook.hook_script(shell, settings), f"{shell} hook")
-        comment = "#"
-        body = shellhook.source_line(shell, hook)
+        # "#" starts a comment in all four shells.
+        block = rcblock.block("#", shellhook.source_line(shell, hook))
         for rc in rc_files(shell, self.env):
-            self._add_block(shell, rc, rcblock.block(comment, body))
+            self._add_block(shell, rc, block)
 
     def _add_block(self, shell: str, rc: Path, new_block: str) -> None:
         previous = self._find("rc", rc)
