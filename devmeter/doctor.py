@@ -90,11 +90,11 @@ def exit_status(checks: list[Check]) -> int:
 
 
 def find_proxy(paths: Paths, config: Config) -> Proxy:
-    state = read_proxy_state(paths)
-    if state and isinstance(state.get("port"), int):
+    state = read_proxy_state(paths) or {}
+    port, raw_pid = state.get("port"), state.get("pid")
+    if isinstance(port, int):
         host = str(state.get("host") or "127.0.0.1")
-        port = int(state["port"])
-        pid = state.get("pid") if isinstance(state.get("pid"), int) else None
+        pid = raw_pid if isinstance(raw_pid, int) else None
         alive = pid is not None and _pid_alive(pid)
         return Proxy(host, port, pid, alive and _connects(host, port), alive)
     host, port = config.listen

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from devmeter.integration import autostart, rcblock, shellhook
+from devmeter.integration.autostart import Autostart
 from devmeter.paths import Paths
 
 Say = Callable[[str], None]
@@ -249,7 +250,7 @@ class Setup:
         else:
             self.say("start at login: XDG autostart entry, started by your desktop at login")
 
-    def _windows_startup(self, script: Path, choice: autostart.Autostart) -> None:
+    def _windows_startup(self, script: Path, choice: Autostart) -> None:
         powershell = self.env.which("powershell") or self.env.which("pwsh")
         if powershell is None:
             self.say("start at login: skipped: PowerShell not found")
