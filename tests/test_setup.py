@@ -73,7 +73,8 @@ def test_setup_then_uninstall_leaves_every_file_as_it_was(home: Path, where: Pat
     assert (home / ".config" / "fish" / "conf.d" / "devmeter.fish").exists()
     desktop = (home / ".config" / "autostart" / "devmeter.desktop").read_text()
     assert f'Exec="{exe}"' in desktop
-    assert f"Icon={autostart.app_icon()}" in desktop and autostart.app_icon().is_file()
+    icon = autostart.app_icon()
+    assert icon is not None and icon.is_file() and f"Icon={icon}" in desktop
     # Each step says what it changed, and where the backup is.
     assert any("~/.bashrc" in line and "backup: ~/.bashrc.devmeter-backup" in line for line in said)
     assert any("created ~/.zshrc" in line for line in said)
