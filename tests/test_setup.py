@@ -226,3 +226,16 @@ def test_shells_nobody_uses_are_skipped_and_said(home: Path, where: Paths) -> No
     assert any(line.startswith("zsh: installed, but not your login shell") for line in said)
     assert rcblock.has_block((home / ".bashrc").read_text(errors="replace"))
     assert (home / ".config/fish/conf.d/devmeter.fish").exists()
+
+
+def test_macos_bash_uses_the_login_file_bash_reads(tmp_path: Path) -> None:
+    """A login bash reads the first of ~/.bash_profile, ~/.bash_login, ~/.profile: setup must
+    not create a ~/.bash_profile that would hide the user's ~/.profile."""
+    home = tmp_path / "mac"
+    home.mkdir()
+    env = machine(home, platform="darwin", login="bash")
+    assert steps.rc_files("bash", env) == [home / ".bash_profile"]
+    (home / ".profile").write_text("export A=1\n")
+    assert steps.rc_files("bash", env) == [home / ".profile"]
+    (home / ".bash_profile").write_text("")
+    assert steps.rc_files("bash", env) == [home / ".bash_profile"]

@@ -104,8 +104,12 @@ def rc_files(shell: str, env: Environment) -> list[Path]:
     """The startup file(s) an interactive shell of this kind reads."""
     home = env.home
     if shell == "bash":
-        # macOS terminals start login shells, which read ~/.bash_profile and not ~/.bashrc.
-        return [home / (".bash_profile" if env.platform == "darwin" else ".bashrc")]
+        if env.platform != "darwin":
+            return [home / ".bashrc"]
+        # macOS terminals start login shells, which read the first of these that exists
+        # and not ~/.bashrc: creating ~/.bash_profile would hide a ~/.profile.
+        login_files = [home / name for name in (".bash_profile", ".bash_login", ".profile")]
+        return [next((f for f in login_files if f.exists()), login_files[0])]
     if shell == "zsh":
         return [Path(env.environ.get("ZDOTDIR") or home) / ".zshrc"]
     if shell == "fish":
