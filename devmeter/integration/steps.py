@@ -387,7 +387,8 @@ def uninstall(paths: Paths, *, env: Environment | None = None, say: Say = print)
 
 def _sweep_leftover_blocks(env: Environment, say: Say) -> None:
     """Blocks setup.json does not know of (its folder deleted first, say): out too."""
-    candidates = [env.home / ".bashrc", env.home / ".bash_profile"]
+    bash_files = (".bashrc", ".bash_profile", ".bash_login", ".profile")
+    candidates = [env.home / name for name in bash_files]
     for shell in ("zsh", "fish"):
         candidates += rc_files(shell, env)
     if "powershell" in installed_shells(env):
