@@ -6,9 +6,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -140,19 +142,56 @@ def test_status_files_from_a_process_that_is_gone_say_nothing(devmeter_home: Pat
     assert not names & {"config_reload", "tray_proxy"}
 
 
-def test_notify_sends_a_real_test_notification(
-    devmeter_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    sent = tmp_path / "sent.txt"
-    fake = tmp_path / "bin" / "notify-send"
-    fake.parent.mkdir()
-    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> "{sent}"\n')
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS", raising=False)
-    check = doctor.check_notifications({}, "linux", lambda _: None, send=True)
-    assert check.status == "green" and "test notification sent" in check.detail
-    assert "devmeter: test notification" in sent.read_text()
+@pytest.mark.skipif(
+    not all(shutil.which(t) for t in ("dbus-launch", "dbus-monitor", "dunst", "Xvfb")),
+    reason="needs dbus-launch, dbus-monitor, dunst and Xvfb (Debian: dbus-x11 dunst xvfb)",
+)
+def test_notify_shows_a_real_test_notification(devmeter_home: Path, tmp_path: Path) -> None:
+    """`doctor --notify` on a desktop: a session bus, a notification daemon (dunst) on a
+    virtual display, and dbus-monitor recording what reaches the daemon."""
+    launched = subprocess.run(
+        ["dbus-launch", "--sh-syntax"], capture_output=True, text=True, check=True
+    ).stdout
+    bus = dict(re.findall(r"^(DBUS_SESSION_BUS_\w+)='?([^';]*)'?;", launched, re.M))
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        read_fd, write_fd = os.pipe()
+        started.append(subprocess.Popen(
+            ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "640x200x24", "-nolisten",
+             "tcp"], pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))  # fmt: skip
+        os.close(write_fd)
+        with os.fdopen(read_fd) as pipe:
+            display = f":{pipe.readline().strip()}"
+        env = {**os.environ, "DISPLAY": display, "DEVMETER_HOME": str(devmeter_home),
+               "DBUS_SESSION_BUS_ADDRESS": bus["DBUS_SESSION_BUS_ADDRESS"]}  # fmt: skip
+        monitor_log = tmp_path / "monitor.log"
+        with monitor_log.open("wb") as out:
+            started.append(subprocess.Popen(
+                ["dbus-monitor", "interface='org.freedesktop.Notifications',member='Notify'"],
+                env=env, stdout=out, stderr=subprocess.STDOUT,
+            ))  # fmt: skip
+        started.append(subprocess.Popen(
+            ["dunst"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ))  # fmt: skip
+        deadline = time.monotonic() + 10
+        while b"NameAcquired" not in monitor_log.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.05)  # dbus-monitor is listening once it has its name
+        done = subprocess.run(
+            [sys.executable, "-m", "devmeter", "doctor", "--notify", "--json"],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        check = {c["name"]: c for c in json.loads(done.stdout)}["notifications"]
+        assert check["status"] == "green" and "test notification sent" in check["detail"]
+        while "devmeter: test notification" not in monitor_log.read_text(errors="replace"):
+            assert time.monotonic() < deadline + 10, monitor_log.read_text(errors="replace")
+            time.sleep(0.05)
+    finally:
+        for proc in reversed(started):
+            proc.terminate()
+            proc.wait(10)
+        if bus.get("DBUS_SESSION_BUS_PID"):
+            os.kill(int(bus["DBUS_SESSION_BUS_PID"]), signal.SIGTERM)
 
 
 def test_text_output_is_one_line_per_check_with_fixes() -> None:
