@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,23 @@ UV = shutil.which("uv")
 needs_uv_and_git = pytest.mark.skipif(
     UV is None or shutil.which("git") is None, reason="uv and git are needed to install"
 )
+
+
+def test_the_shipped_overrides_are_the_projects_own() -> None:
+    """scripts/uv-overrides.txt is what `uv tool install` gets in place of pyproject's
+    [tool.uv] override-dependencies, which it does not read: the two must agree."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    wanted = project["tool"]["uv"]["override-dependencies"]
+    lines = (REPO_ROOT / "scripts/uv-overrides.txt").read_text().splitlines()
+    shipped = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    assert sorted(shipped) == sorted(wanted)
+
+
+def system_python(version: str) -> str | None:
+    """A python{version} of the machine's, not the test run's own virtualenv."""
+    venv = str(Path(sys.prefix) / "bin")
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv)
+    return shutil.which(f"python{version}", path=path)
 
 
 def readme_install_command() -> str:
@@ -160,10 +178,11 @@ def test_readme_install_puts_devmeter_on_path_and_doctor_is_all_green(tmp_path: 
 
 @needs_uv_and_git
 def test_python_311_installs_with_the_shipped_override(tmp_path: Path) -> None:
-    """mitmproxy 11.0.2 pins h11<=0.14; genai-prices needs h11>=0.16 (through httpx2).
-    `uv tool install` does not read pyproject's [tool.uv] overrides, so on 3.11 it cannot
-    resolve without scripts/uv-overrides.txt, and with it installs and runs."""
-    py311 = shutil.which("python3.11")
+    """mitmproxy 11.0.2 pins h11<=0.14 and Brotli<=1.1; devmeter needs h11>=0.16 (through
+    httpx2) and brotli>=1.2. `uv tool install` does not read pyproject's [tool.uv]
+    overrides, so on 3.11 it cannot resolve without scripts/uv-overrides.txt, and with it
+    installs and runs."""
+    py311 = system_python("3.11")
     if py311 is None:
         pytest.skip("no Python 3.11 on this machine")
     clone, home, env = fresh_machine(tmp_path)
@@ -171,7 +190,7 @@ def test_python_311_installs_with_the_shipped_override(tmp_path: Path) -> None:
         [str(UV), "tool", "install", "--python", py311, str(clone)],
         env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
-    assert bare.returncode != 0 and "h11" in bare.stderr  # the problem, as users met it
+    assert bare.returncode != 0 and re.search(r"h11|brotli", bare.stderr)  # as users met it
 
     done = subprocess.run(
         ["sh", "scripts/install.sh", "--no-setup", "--no-run"],
@@ -182,11 +201,14 @@ def test_python_311_installs_with_the_shipped_override(tmp_path: Path) -> None:
     tool_python = home / ".local/share/uv/tools/devmeter/bin/python"
     probe = subprocess.run(
         [str(tool_python), "-c",
-         "import sys, h11, mitmproxy.version, genai_prices, devmeter.cli;"
-         "print(sys.version_info[:2], mitmproxy.version.VERSION, h11.__version__)"],
+         "import sys, h11, brotli, mitmproxy.version, genai_prices, devmeter.cli;"
+         "print(sys.version_info[:2], mitmproxy.version.VERSION, h11.__version__,"
+         " brotli.__version__)"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    assert probe.stdout.startswith("(3, 11) 11.0.2 0.16"), probe.stdout
+    assert re.fullmatch(r"\(3, 11\) 11\.0\.2 0\.1[6-9]\S* 1\.([2-9]|\d\d)\S*\n", probe.stdout), (
+        probe.stdout
+    )
     version = subprocess.run(
         [str(home / ".local/bin/devmeter"), "--version"], capture_output=True, text=True,
         check=True,
@@ -215,7 +237,7 @@ def python312() -> str | None:
 def test_a_built_wheel_installs_with_the_override_and_sets_up(tmp_path: Path) -> None:
     """The README's `uv tool install --overrides scripts/uv-overrides.txt dist/*.whl`, on
     Python 3.11: the wheel carries packaging/, so setup writes the start-at-login entry."""
-    py311 = shutil.which("python3.11")
+    py311 = system_python("3.11")
     if py311 is None:
         pytest.skip("no Python 3.11 on this machine")
     clone, home, env = fresh_machine(tmp_path)
@@ -262,13 +284,13 @@ def test_pipx_installs_on_python_312_and_not_on_311(tmp_path: Path) -> None:
         [str(home / ".local/bin/devmeter"), "--version"], capture_output=True, text=True
     )
     assert version.stdout.startswith("devmeter ")
-    py311 = shutil.which("python3.11")
+    py311 = system_python("3.11")
     if py311 is not None:
         failed = subprocess.run(
             [*pipx, py311, "--suffix", "-311", "."], cwd=clone, env=env, capture_output=True,
             text=True, timeout=600, check=False,
         )  # fmt: skip
-        assert failed.returncode != 0 and "h11" in failed.stdout + failed.stderr
+        assert failed.returncode != 0 and re.search(r"h11|brotli", failed.stdout + failed.stderr)
 
 
 @needs_uv_and_git
