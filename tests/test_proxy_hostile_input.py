@@ -67,7 +67,7 @@ def test_escape_sequences_in_model_names_are_shown_not_obeyed(
         )
         assert r.status_code == 200
         r = http.post(
-            "https://generativelanguage.googleapis.com/v1beta/models/gemini%1B%5B2J%1B%5D0%3Bx%07:"
+            "https://generativelanguage.googleapis.com/v1beta/models/gemini%1B%5B2J%1B%5B31m%07:"
             "generateContent",
             json={"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
             headers={"x-goog-api-key": "test", "x-devmeter-session": "hostile-names"},
