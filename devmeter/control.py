@@ -34,6 +34,8 @@ class Control:
     # Sessions stopped with `devmeter stop`: (session id, unix time); a later `allowed`
     # entry for the session lets it continue.
     stopped: tuple[tuple[str, float], ...] = field(default_factory=tuple)
+    # Answers to asks (devmeter/ask.py): (ask id, "continue" | "stop", unix time).
+    answers: tuple[tuple[str, str, float], ...] = field(default_factory=tuple)
 
 
 def control_path(data_dir: Path) -> Path:
@@ -80,6 +82,7 @@ def load(path: Path) -> Control:
         allowed=_entries(path, raw, "allowed", (str, str, float)),
         limits=_entries(path, raw, "limits", (str, str, float, float)),
         stopped=_entries(path, raw, "stopped", (str, float)),
+        answers=_entries(path, raw, "answers", (str, str, float)),
     )
 
 
@@ -140,6 +143,18 @@ def _reason(exc: BaseException) -> str:
     return str(exc)
 
 
+# An answer list grows by one per ask: keep the newest, enough for every open ask.
+MAX_ANSWERS = 200
+
+
+def answer(path: Path, ask_id: str, choice: str, now: float | None = None) -> Control:
+    """Record the user's answer to an ask (the tray, a notification button, the CLI)."""
+    current = load(path)
+    when = time.time() if now is None else now
+    answers = (*current.answers, (ask_id, choice, when))[-MAX_ANSWERS:]
+    return update(path, answers=answers)
+
+
 def save(path: Path, control: Control) -> None:
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     try:
@@ -159,7 +174,7 @@ def update(path: Path, **changes: Any) -> Control:
     """Read, change and write the control state."""
     current = load(path)
     values = asdict(current) | changes
-    for name in ("allowed", "limits", "stopped"):
+    for name in ("allowed", "limits", "stopped", "answers"):
         values[name] = tuple(tuple(a) for a in values[name])
     new = Control(**values)
     save(path, new)

@@ -108,6 +108,14 @@ class Guard:
         with self._lock:
             self.budgets.settle(reservation)
 
+    def spend_in(
+        self, scope: str, attribution: Attribution, now: float
+    ) -> tuple[str | None, Decimal]:
+        """The key a request counts under in `scope` and that key's spend (for asks)."""
+        with self._lock:
+            key = self.budgets.key(scope, attribution, now)
+            return key, self.budgets.spent(scope, key, now) if key is not None else Decimal(0)
+
     def observe(self, call: Call, fingerprint: str | None, human_turn: bool | None) -> list[Alert]:
         with self._lock:
             self.advice.know(call.attribution.session)

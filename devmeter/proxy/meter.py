@@ -8,6 +8,7 @@ copies each chunk into the parser and returns it unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sys
@@ -24,6 +25,7 @@ import httpx2
 from mitmproxy import connection, ctx, http, websocket
 
 from devmeter import metering
+from devmeter.ask import Ask, AskBook
 from devmeter.attribution import lower_headers
 from devmeter.budget import Alert, Block
 from devmeter.control import ControlWatcher
@@ -51,6 +53,9 @@ from devmeter.routing.session_router import REQUEST_CLASS_HEADER, RoutePlan, Rou
 from devmeter.usage import Attribution, Call, RequestInfo, ResponseResult, Usage
 
 METADATA_KEY = "devmeter"
+# How often a request held by an ask looks for the answer (control.json is re-read at most
+# twice a second anyway).
+ASK_POLL_SECONDS = 0.25
 HOST_KEY = "devmeter.host"  # the provider host the client asked for
 
 # (flow, its request, its headers with lower-case names, the provider host the client
@@ -134,6 +139,8 @@ class Meter:
         clock: Callable[[], float] = time.time,
         client_lookup: ClientLookup | None = None,
         deadline: HeaderDeadline | None = None,
+        asks: AskBook | None = None,
+        on_asks_changed: Callable[[list[Ask]], None] | None = None,
     ) -> None:
         # The lookup runs from the Meter's hooks rather than as an addon of its own:
         # mitmproxy calls every addon on every event, ~3 us an addon an event, 8 events
@@ -153,6 +160,9 @@ class Meter:
         # Batches already metered in this run (by path): a second read of the same results
         # or status bills nothing new. Least recent first, bounded.
         self._batches_read: OrderedDict[str, None] = OrderedDict()
+        self._asks = asks
+        self._on_asks_changed = on_asks_changed
+        self._asks_shown = 0  # the AskBook version last handed to on_asks_changed
 
     def reconfigure(
         self, upstreams: Mapping[str, str], overrides: tuple[PriceOverride, ...]
@@ -333,22 +343,25 @@ class Meter:
         flow.kill()  # the error hook records the refusal
         return True
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
+        # Sync, returning a coroutine only for a request held by an ask (mitmproxy awaits
+        # it, and serves other flows meanwhile).
         host = flow.metadata.get(HOST_KEY) or client_host(flow.request, self._known_hosts)
         try:
             self._apply_control()
             if _state(flow) is None:  # Cursor's streamed requests started in requestheaders
-                self._start(flow, host)
+                return self._start(flow, host)
         except Exception:
             self._internal_error(flow, host, "request")
+        return None
 
-    def _start(self, flow: http.HTTPFlow, host: str) -> None:
+    def _start(self, flow: http.HTTPFlow, host: str) -> Coroutine[None, None, None] | None:
         endpoint = match_endpoint(host, flow.request.method, flow.request.path)
         if endpoint is None:
             self._guard_unmetered(flow, host)
-            return
+            return None
         if endpoint.api in BATCH_APIS and self._batch_read(flow, record=False):
-            return  # metered when first read; reading it again costs nothing
+            return None  # metered when first read; reading it again costs nothing
         now = self._clock()
         headers = lower_headers(flow.request.headers)  # once: mitmproxy's lookups are slow
         body, note = streaming.request_body(flow.request, headers.get("content-encoding"))
@@ -381,11 +394,26 @@ class Meter:
                     # A free request (count_tokens, batch results) passes a cap or a pause.
                     if verdict.block is not None and not _is_free(flow, host, False):
                         _refuse(flow, state, verdict.block)
-                        return
+                        return None
                     state.reservation = verdict.reservation
                 state.signals = request_signals(doc, headers.get(REQUEST_CLASS_HEADER))
             except Exception:
                 state.tap_error = f"devmeter guard failed (call let through): {_short_traceback()}"
+        held = self._ask_first(flow, state, now)
+        if held is not None:
+            return self._hold(held, flow, state, headers, body, doc)
+        self._maybe_route(flow, state, headers, body, doc, now)
+        return None
+
+    def _maybe_route(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        headers: Mapping[str, str],
+        body: bytes,
+        doc: dict[str, Any] | None,
+        now: float,
+    ) -> None:
         if self._router is not None and flow.websocket is None and doc is not None:
             try:
                 self._route(flow, state, headers, body, doc, now)
@@ -452,10 +480,83 @@ class Meter:
         flow.metadata[METADATA_KEY] = state
         return state
 
+    # -- asks (devmeter/ask.py): hold a request until the user answers --------------------
+
+    def _ask_first(self, flow: http.HTTPFlow, state: FlowState, now: float) -> Ask | None:
+        """The ask this request must wait for, or None to send it now (or refused)."""
+        if self._asks is None or state.blocked is not None:
+            return None
+        try:
+            verdict = self._asks.check(state.attribution, now)
+        except Exception:
+            state.tap_error = f"devmeter ask failed (call let through): {_short_traceback()}"
+            return None
+        if verdict is None:
+            return None
+        if isinstance(verdict, Block):
+            _refuse(flow, state, verdict)
+            return None
+        ask, new = verdict
+        if new and self._on_alert is not None:
+            self._on_alert(ask.alert())
+        self._publish_asks()
+        return ask
+
+    async def _hold(
+        self,
+        ask: Ask,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        headers: Mapping[str, str],
+        body: bytes,
+        doc: dict[str, Any] | None,
+    ) -> None:
+        """Wait for the answer without blocking other flows: poll control.json, then send
+        the request, refuse it, or (no answer in time) refuse it and every later one."""
+        try:
+            current: Ask | None = ask
+            while current is not None:
+                await asyncio.sleep(ASK_POLL_SECONDS)
+                self._apply_control()
+                now = self._clock()
+                block = self._guard.check(state.attribution, now).block if self._guard else None
+                if block is not None:  # `devmeter stop`, a cap, a pause meanwhile
+                    _refuse(flow, state, block)
+                    return
+                if not self._asks_answered(current) and now < current.deadline:
+                    continue
+                if not self._asks_answered(current) and self._asks is not None:
+                    self._asks.expire(current)
+                current = self._ask_first(flow, state, now)  # the next answer, or refusal
+                if state.blocked is not None:
+                    return
+            self._publish_asks()
+            self._maybe_route(flow, state, headers, body, doc, self._clock())
+        except Exception:
+            state.tap_error = f"devmeter ask failed (call let through): {_short_traceback()}"
+        finally:
+            self._publish_asks()
+
+    def _asks_answered(self, ask: Ask) -> bool:
+        return self._asks is None or self._asks.answered(ask)
+
+    def _publish_asks(self) -> None:
+        book = self._asks
+        if book is None or self._on_asks_changed is None or book.version == self._asks_shown:
+            return
+        self._asks_shown = book.version
+        try:
+            self._on_asks_changed(book.open_asks)
+        except Exception:
+            print(f"devmeter: could not publish open asks: {_short_traceback()}", file=sys.stderr)
+
     def _apply_control(self) -> None:
         control = self._control.poll() if self._control is not None else None
         if control is None:
             return
+        if self._asks is not None:
+            self._asks.apply(control)
+            self._publish_asks()
         if self._guard is not None:
             self._guard.apply(control)
         if self._router is not None:

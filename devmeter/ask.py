@@ -1,0 +1,343 @@
+"""Asks: before a scope spends past an ask level, hold its next request until the user answers.
+
+`[budgets.<scope>] ask_usd = [25, 50]` sets the levels. When a scope's spend reaches the
+level it may spend up to, the next request of that scope is held and an `ask` alert goes
+out (a notification with Continue / Stop buttons, the tray menu, a push). The answer
+arrives through `control.json` (`control.answer`, or an `allowed` entry written by
+`devmeter allow`):
+
+- **continue**: the scope may spend up to its next level; the held requests go on.
+- **stop**: the held requests, and every later one of that scope, are refused until
+  `devmeter allow` lifts the stop.
+- **no answer** within `ask_timeout_seconds`: the held requests are refused with a
+  `devmeter:` message saying how to go on, and so is every later request of that scope
+  until someone answers, so an unattended runaway stops by itself.
+
+Past the last listed level the asks go on, one step apart (the gap between the last two
+levels, or the last level itself when there is one): `[25, 50]` asks at 25, 50, 75, 100...
+
+`AskBook` is pure state: no I/O, no clock, no asyncio. The proxy's Meter checks it
+before forwarding a request and waits for the answer off the request path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+from devmeter.budget import (
+    SCOPES,
+    Alert,
+    Block,
+    Budgets,
+    describe,
+    format_usd,
+    lift_command,
+    repo_name,
+)
+from devmeter.control import Control
+from devmeter.usage import Attribution
+
+Choice = Literal["continue", "stop"]
+CHOICES: tuple[Choice, ...] = ("continue", "stop")
+# (scope, attribution, now) -> the scope's key for this request and what it spent so far.
+Spend = Callable[[str, Attribution, float], tuple[str | None, Decimal]]
+
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One open question: may `(scope, key)` spend past `level`?"""
+
+    scope: str
+    key: str
+    level: Decimal  # the ask level crossed
+    until: Decimal  # what Continue allows: the next level above the spend
+    spent: Decimal
+    created: float
+    deadline: float
+    attribution: Attribution
+
+    @property
+    def id(self) -> str:
+        return ask_id(self.scope, self.key, self.level)
+
+    @property
+    def stop_label(self) -> str:
+        return STOP_LABELS.get(self.scope, "Stop")
+
+    def alert(self) -> Alert:
+        return Alert(
+            self.created,
+            "ask",
+            self.scope,
+            self.key,
+            self.level,
+            ask_message(self),
+            self.attribution.tool,
+            self.attribution.repo,
+            self.attribution.session,
+        )
+
+
+STOP_LABELS = {
+    "session": "Stop this session",
+    "repo": "Stop this repo",
+    "day": "Stop for today",
+    "month": "Stop for this month",
+}
+
+
+def ask_id(scope: str, key: str, level: Decimal) -> str:
+    """`session:<key>:25`: names one level of one key, so an old answer never answers a
+    later ask. The key may hold colons (a Windows repo path); scope and level cannot."""
+    return f"{scope}:{key}:{level.normalize():f}"
+
+
+def parse_ask_id(value: str) -> tuple[str, str, Decimal] | None:
+    scope, _, rest = value.partition(":")
+    key, _, level = rest.rpartition(":")
+    if scope not in SCOPES or not key:
+        return None
+    try:
+        return scope, key, Decimal(level)
+    except ArithmeticError:
+        return None
+
+
+def levels_after(levels: tuple[Decimal, ...], spent: Decimal) -> Decimal:
+    """The first ask level above `spent`, extending the list by its last step."""
+    for level in levels:
+        if level > spent:
+            return level
+    step = levels[-1] - levels[-2] if len(levels) > 1 else levels[-1]
+    last = levels[-1]
+    steps = int((spent - last) // step) + 1
+    return last + step * steps
+
+
+def level_reached(levels: tuple[Decimal, ...], spent: Decimal) -> Decimal:
+    """The highest ask level at or below `spent` (levels extended by their last step)."""
+    above = levels_after(levels, spent)
+    below = [level for level in levels if level <= spent]
+    if above in levels:
+        return below[-1] if below else levels[0]
+    step = levels[-1] - levels[-2] if len(levels) > 1 else levels[-1]
+    return above - step
+
+
+def _subject(ask: Ask) -> str:
+    if ask.scope == "session":
+        text = describe(ask.attribution)
+        return text[0].upper() + text[1:]
+    if ask.scope == "repo":
+        return f"Repo {repo_name(ask.key)}"
+    return f"Spend for {ask.key}"
+
+
+def ask_message(ask: Ask) -> str:
+    """The notification's text: what crossed, what is held, what each answer does."""
+    return (
+        f"{_subject(ask)} passed {format_usd(ask.level)} ({format_usd(ask.spent)} spent). "
+        f"Its next request waits for you: Continue lets it spend up to {format_usd(ask.until)}; "
+        f"no answer in {_seconds(ask)} stops it. `{lift_command(ask.scope, ask.key)}` continues."
+    )
+
+
+def _seconds(ask: Ask) -> str:
+    return f"{round(ask.deadline - ask.created)} s"
+
+
+class AskBook:
+    """Open asks, what each scope may spend before the next one, and stopped scopes."""
+
+    def __init__(self, budgets: Budgets, spend: Spend) -> None:
+        self.budgets = budgets
+        self._spend = spend
+        self._limits: dict[tuple[str, str], Decimal] = {}  # spend allowed before asking
+        self._open: dict[tuple[str, str], Ask] = {}
+        self._expired: set[str] = set()  # ids of open asks nobody answered in time
+        # -> (when it was stopped, what `devmeter allow` then lets it spend up to)
+        self._stopped: dict[tuple[str, str], tuple[float, Decimal]] = {}
+        self._applied_answers = 0
+        self.version = 0  # bumped whenever the open asks change (for whoever shows them)
+
+    @property
+    def open_asks(self) -> list[Ask]:
+        return list(self._open.values())
+
+    def check(self, attribution: Attribution, now: float) -> tuple[Ask, bool] | Block | None:
+        """None: send the request. A Block: refuse it. (ask, new): hold it for `ask`;
+        `new` the first time, when the caller raises the ask's alert."""
+        for scope in SCOPES:
+            levels = self.budgets.scope(scope).ask_usd
+            if not levels:
+                continue
+            key, spent = self._spend(scope, attribution, now)
+            if key is None:
+                continue
+            slot = (scope, key)
+            if slot in self._stopped:
+                return stopped_block(scope, key, attribution)
+            ask = self._open.get(slot)
+            if ask is not None:
+                if ask.id in self._expired:
+                    return unanswered_block(ask, attribution)
+                return ask, False
+            limit = self._limits.get(slot, levels[0])
+            if spent < limit:
+                continue
+            level = max(level_reached(levels, spent), limit)
+            ask = Ask(
+                scope,
+                key,
+                level,
+                levels_after(levels, spent),
+                spent,
+                now,
+                now + self.budgets.ask_timeout_seconds,
+                attribution,
+            )
+            self._open[slot] = ask
+            self.version += 1
+            return ask, True
+        return None
+
+    def expire(self, ask: Ask) -> None:
+        """Nobody answered in time: refuse this scope's requests until someone does."""
+        if self._open.get((ask.scope, ask.key)) == ask and ask.id not in self._expired:
+            self._expired.add(ask.id)
+            self.version += 1
+
+    def answered(self, ask: Ask) -> bool:
+        return self._open.get((ask.scope, ask.key)) != ask
+
+    def apply(self, control: Control) -> None:
+        """The answers in control.json: to asks (by id), and `devmeter allow` entries."""
+        for ask_id_text, choice, when in control.answers:
+            self._answer(ask_id_text, choice, when)
+        for scope, key, when in control.allowed:
+            slot = (scope, key)
+            stopped = self._stopped.get(slot)
+            if stopped is not None and when >= stopped[0]:
+                del self._stopped[slot]
+                self._limits[slot] = max(self._limits.get(slot, ZERO), stopped[1])
+                self.version += 1
+            ask = self._open.get(slot)
+            if ask is not None and when >= ask.created:
+                self._continue(ask.scope, ask.key, ask.level)
+
+    def answer(self, ask: Ask, choice: Choice, when: float) -> None:
+        self._answer(ask.id, choice, when)
+
+    def _answer(self, ask_id_text: str, choice: str, when: float) -> None:
+        parsed = parse_ask_id(ask_id_text)
+        if parsed is None:
+            return
+        scope, key, level = parsed
+        ask = self._open.get((scope, key))
+        if choice == "stop":
+            # Only the open ask can be stopped: an old "stop" in control.json, answered
+            # before a restart and lifted with `allow` since, must not stop it again.
+            if ask is not None and ask.level == level:
+                self._close(ask)
+                self._stopped[(scope, key)] = (when, ask.until)
+        elif choice == "continue":
+            self._continue(scope, key, level)
+
+    def _continue(self, scope: str, key: str, level: Decimal) -> None:
+        levels = self.budgets.scope(scope).ask_usd
+        if not levels:
+            return
+        slot = (scope, key)
+        ask = self._open.get(slot)
+        until = ask.until if ask is not None and ask.level == level else levels_after(levels, level)
+        if until > self._limits.get(slot, ZERO):
+            self._limits[slot] = until
+        if ask is not None and ask.level <= level:
+            self._close(ask)
+
+    def _close(self, ask: Ask) -> None:
+        self._open.pop((ask.scope, ask.key), None)
+        self._expired.discard(ask.id)
+        self.version += 1
+
+    def forget(self, keep: Iterable[tuple[str, str]] = ()) -> None:
+        """Drop limits of scopes nobody uses any more (bounded memory)."""
+        wanted = set(keep) | set(self._open) | set(self._stopped)
+        if len(self._limits) > 4096:
+            self._limits = {slot: v for slot, v in self._limits.items() if slot in wanted}
+
+
+def stopped_block(scope: str, key: str, attribution: Attribution) -> Block:
+    where = "" if scope == "session" else f" (this request: {describe(attribution)})"
+    return Block(
+        scope,
+        key,
+        None,
+        None,
+        f"devmeter: you chose {STOP_LABELS.get(scope, 'Stop')} when devmeter asked before "
+        f"spending more{where}, so this request was not sent. Run "
+        f"`{lift_command(scope, key)}` to let it go on.",
+    )
+
+
+def unanswered_block(ask: Ask, attribution: Attribution) -> Block:
+    where = "" if ask.scope == "session" else f" (this request: {describe(attribution)})"
+    return Block(
+        ask.scope,
+        ask.key,
+        ask.level,
+        ask.spent,
+        f"devmeter: {_subject(ask)} passed {format_usd(ask.level)} ({format_usd(ask.spent)} "
+        f"spent) and nobody answered devmeter's ask within {_seconds(ask)}, so this "
+        f"request{where} was not sent. To go on up to {format_usd(ask.until)}, run "
+        f"`{lift_command(ask.scope, ask.key)}` or choose Continue in the devmeter "
+        "notification or tray menu.",
+    )
+
+
+def pending_json(asks: Iterable[Ask]) -> list[dict[str, object]]:
+    """The open asks as the tray reads them from `asks.json`."""
+    return [
+        {
+            "id": ask.id,
+            "scope": ask.scope,
+            "key": ask.key,
+            "level_usd": float(ask.level),
+            "until_usd": float(ask.until),
+            "spent_usd": float(ask.spent),
+            "created": ask.created,
+            "deadline": ask.deadline,
+            "tool": ask.attribution.tool,
+            "repo": ask.attribution.repo,
+            "session": ask.attribution.session,
+        }
+        for ask in asks
+    ]
+
+
+def asks_path(data_dir: Path) -> Path:
+    """Where the proxy lists its open asks for the tray menu."""
+    return data_dir / "asks.json"
+
+
+def write_pending(path: Path, asks: Iterable[Ask]) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(pending_json(asks), indent=1), encoding="utf-8")
+    tmp.replace(path)
+
+
+def read_pending(path: Path) -> list[dict[str, Any]]:
+    """The open asks the proxy listed; nothing if it listed none or the file is unreadable."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [a for a in raw if isinstance(a, dict) and "id" in a] if isinstance(raw, list) else []

@@ -1,0 +1,146 @@
+"""Asks through a real proxy and the real anthropic SDK: held, answered, or refused in time.
+
+No desktop here (no D-Bus session), so the notification falls through desktop-notifier to
+a stand-in `notify-send` on the proxy's PATH, which records what it was asked to show.
+The end-to-end run with a real notification daemon is tests/test_e2e_ask_desktop.py.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import anthropic
+import pytest
+
+from devmeter.ask import read_pending
+from tests.fake_upstream import FakeUpstream
+from tests.proxy_harness import RunningProxy, start_proxy
+from tests.test_proxy_guard import USAGE, ask, client, devmeter, notifications, shown
+
+pytestmark = pytest.mark.proxy
+__all__ = ["notifications"]  # a fixture, used by name
+
+# $0.0117 a call: the second call passes $0.02, so the third request is held.
+CONFIG = """
+[budgets]
+ask_timeout_seconds = 3
+
+[budgets.session]
+notify_usd = []
+ask_usd = [0.02, 0.04]
+
+[budgets.day]
+notify_usd = []
+ask_usd = []
+"""
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream(usage=USAGE) as server:
+        yield server
+
+
+@pytest.fixture()
+def proxy(upstream: FakeUpstream, notifications: Path, tmp_path: Path) -> Iterator[RunningProxy]:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(CONFIG)
+    running = start_proxy(home, upstream.url)
+    yield running
+    running.stop()
+
+
+def open_asks(proxy: RunningProxy, timeout: float = 10) -> list[dict[str, object]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pending := read_pending(proxy.home / "asks.json"):
+            return pending
+        time.sleep(0.05)
+    raise AssertionError(f"no open ask:\n{proxy.log.read_text()[-3000:]}")
+
+
+def in_thread(action: object) -> tuple[threading.Thread, list[object]]:
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(action())  # type: ignore[operator]
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_held_until_continue_while_other_sessions_go_on(
+    proxy: RunningProxy, upstream: FakeUpstream, notifications: Path
+) -> None:
+    c = client(proxy, "runaway-ask")
+    ask(c)
+    ask(c)  # $0.0234: past the $0.02 ask level
+    sent = len(upstream.find("anthropic.messages"))
+    thread, outcome = in_thread(lambda: ask(c))
+    (pending,) = open_asks(proxy)
+    assert pending["session"] == "runaway-ask" and pending["until_usd"] == 0.04
+    (note,) = shown(notifications)
+    assert "--urgency=critical" in note and "--expire-time=0" in note
+    assert "devmeter: Continue spending?" in note
+    assert any("runaway-ask" in part and "$0.02" in part for part in note)
+
+    # Held: the provider has not seen it, and another session is not held meanwhile.
+    time.sleep(1)
+    assert thread.is_alive() and len(upstream.find("anthropic.messages")) == sent
+    ask(client(proxy, "someone-else"))
+    assert thread.is_alive()
+
+    devmeter(proxy, "allow", "runaway-ask")  # the CLI's answer; the menu and buttons write too
+    thread.join(5)
+    assert outcome == [None]
+    assert len(upstream.find("anthropic.messages")) == sent + 2
+    assert read_pending(proxy.home / "asks.json") == []
+    rows = proxy.new_calls(4)
+    assert all(r["status"] == 200 for r in rows)
+    alerts = json.loads(devmeter(proxy, "alerts", "--json").stdout)
+    assert [(a["kind"], a["key"], a["figure_usd"]) for a in alerts] == [
+        ("ask", "runaway-ask", 0.02)
+    ]
+
+
+def test_no_answer_refuses_the_held_request_and_the_next_at_once(
+    proxy: RunningProxy, upstream: FakeUpstream
+) -> None:
+    c = client(proxy, "unattended")
+    ask(c)
+    ask(c)
+    sent = len(upstream.find("anthropic.messages"))
+    started = time.monotonic()
+    with pytest.raises(anthropic.PermissionDeniedError) as caught:
+        ask(c)
+    waited = time.monotonic() - started
+    assert 2.5 < waited < 8, waited  # ask_timeout_seconds = 3, then refused
+    message = caught.value.body["error"]["message"]  # type: ignore[index]
+    assert message.startswith("devmeter: Session unattended")
+    assert "nobody answered devmeter's ask within 3 s" in message
+    assert "devmeter allow unattended" in message
+    started = time.monotonic()
+    with pytest.raises(anthropic.PermissionDeniedError):
+        ask(c)  # nobody is there: refused at once, not held again
+    assert time.monotonic() - started < 2
+    assert len(upstream.find("anthropic.messages")) == sent  # nothing reached the provider
+    rows = proxy.new_calls(4)
+    assert [r["status"] for r in rows] == [200, 200, 403, 403]
+    assert all(r["error"].startswith("devmeter:") and r["cost_usd"] == 0 for r in rows[2:])
+
+    # Answering later still works: the session goes on to its next level.
+    devmeter(proxy, "allow", "unattended")
+    time.sleep(0.6)
+    ask(c)
+    assert len(upstream.find("anthropic.messages")) == sent + 1
+    assert Decimal(0) < sum(r["cost_usd"] for r in proxy.rows("session = 'unattended'"))
