@@ -20,16 +20,19 @@ else
     echo "npm is missing: the Claude Code, Codex and Gemini CLI tests will say so and skip" >&2
 fi
 
-# A virtual display, a tray host and a screenshot tool for the tray tests, and the system's
-# PyGObject with GTK 3 and a D-Bus daemon for the tray's GTK backend.
+# A virtual display, a tray host and a screenshot tool for the tray tests, the system's
+# PyGObject with GTK 3 and a D-Bus daemon for the tray's GTK backend, and a D-Bus session
+# and a notification daemon (dunst) for the notification and ask tests.
 missing=()
-for tool in Xvfb tint2 import xdotool dbus-daemon; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+for tool in Xvfb tint2 import xdotool dbus-daemon dbus-launch dunst; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
 /usr/bin/python3 -c 'import gi; gi.require_version("Gtk", "3.0")' 2>/dev/null || missing+=(python3-gi)
 if ((${#missing[@]})) && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing the virtual display and tray host (${missing[*]})"
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb tint2 imagemagick xdotool \
-        libnotify-bin dbus python3-gi gir1.2-gtk-3.0 >/dev/null
+        libnotify-bin dbus python3-gi gir1.2-gtk-3.0 dbus-x11 dunst >/dev/null
 fi
 
 say "Python 3.11 with mitmproxy 11.0.2: the whole suite"

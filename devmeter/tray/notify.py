@@ -225,7 +225,7 @@ class DesktopNotifierBackend:
                 ).start()
 
                 async def make() -> Any:  # its constructor wants a running loop
-                    return DesktopNotifier(app_name="devmeter")
+                    return DesktopNotifier(app_name="devmeter", app_icon=None)
 
                 notifier = asyncio.run_coroutine_threadsafe(make(), loop).result(5)
                 if isinstance(notifier._backend, DummyNotificationCenter):
