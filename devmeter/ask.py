@@ -172,6 +172,10 @@ class AskBook:
     def open_asks(self) -> list[Ask]:
         return list(self._open.values())
 
+    def pending(self) -> list[dict[str, Any]]:
+        """The open asks for `asks.json`, each saying whether it already timed out."""
+        return pending_json(self._open.values(), self._expired)
+
     def check(self, attribution: Attribution, now: float) -> tuple[Ask, bool] | Block | None:
         """None: send the request. A Block: refuse it. (ask, new): hold it for `ask`;
         `new` the first time, when the caller raises the ask's alert."""
@@ -303,8 +307,9 @@ def unanswered_block(ask: Ask, attribution: Attribution) -> Block:
     )
 
 
-def pending_json(asks: Iterable[Ask]) -> list[dict[str, object]]:
+def pending_json(asks: Iterable[Ask], expired: Iterable[str] = ()) -> list[dict[str, Any]]:
     """The open asks as the tray reads them from `asks.json`."""
+    expired = set(expired)
     return [
         {
             "id": ask.id,
@@ -318,6 +323,7 @@ def pending_json(asks: Iterable[Ask]) -> list[dict[str, object]]:
             "tool": ask.attribution.tool,
             "repo": ask.attribution.repo,
             "session": ask.attribution.session,
+            "expired": ask.id in expired,
         }
         for ask in asks
     ]
@@ -328,9 +334,9 @@ def asks_path(data_dir: Path) -> Path:
     return data_dir / "asks.json"
 
 
-def write_pending(path: Path, asks: Iterable[Ask]) -> None:
+def write_pending(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(pending_json(asks), indent=1), encoding="utf-8")
+    tmp.write_text(json.dumps(rows, indent=1), encoding="utf-8")
     tmp.replace(path)
 
 

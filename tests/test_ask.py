@@ -206,8 +206,12 @@ def test_the_tray_reads_what_the_proxy_writes(
     ledger.add("30")
     ask, _ = held(book.check(ME, T0))
     path = tmp_path / "asks.json"
-    write_pending(path, book.open_asks)
+    write_pending(path, book.pending())
     (row,) = read_pending(path)
     assert row["id"] == ask.id and row["until_usd"] == 50 and row["session"] == ME.session
+    assert row["expired"] is False
+    book.expire(ask)
+    write_pending(path, book.pending())
+    assert read_pending(path)[0]["expired"] is True
     path.write_text("{half")
     assert read_pending(path) == []

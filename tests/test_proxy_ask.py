@@ -28,7 +28,7 @@ __all__ = ["notifications"]  # a fixture, used by name
 # $0.0117 a call: the second call passes $0.02, so the third request is held.
 CONFIG = """
 [budgets]
-ask_timeout_seconds = 3
+ask_timeout_seconds = {timeout}
 
 [budgets.session]
 notify_usd = []
@@ -46,12 +46,26 @@ def upstream() -> Iterator[FakeUpstream]:
         yield server
 
 
+def proxy_with(upstream: FakeUpstream, home: Path, timeout: int) -> RunningProxy:
+    home.mkdir()
+    (home / "config.toml").write_text(CONFIG.format(timeout=timeout))
+    return start_proxy(home, upstream.url)
+
+
 @pytest.fixture()
 def proxy(upstream: FakeUpstream, notifications: Path, tmp_path: Path) -> Iterator[RunningProxy]:
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "config.toml").write_text(CONFIG)
-    running = start_proxy(home, upstream.url)
+    """Asks wait 30 s: long enough for the test to answer on a busy machine."""
+    running = proxy_with(upstream, tmp_path / "home", 30)
+    yield running
+    running.stop()
+
+
+@pytest.fixture()
+def impatient_proxy(
+    upstream: FakeUpstream, notifications: Path, tmp_path: Path
+) -> Iterator[RunningProxy]:
+    """Asks wait 3 s."""
+    running = proxy_with(upstream, tmp_path / "home", 3)
     yield running
     running.stop()
 
@@ -114,8 +128,9 @@ def test_held_until_continue_while_other_sessions_go_on(
 
 
 def test_no_answer_refuses_the_held_request_and_the_next_at_once(
-    proxy: RunningProxy, upstream: FakeUpstream
+    impatient_proxy: RunningProxy, upstream: FakeUpstream
 ) -> None:
+    proxy = impatient_proxy
     c = client(proxy, "unattended")
     ask(c)
     ask(c)

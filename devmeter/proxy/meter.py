@@ -140,7 +140,7 @@ class Meter:
         client_lookup: ClientLookup | None = None,
         deadline: HeaderDeadline | None = None,
         asks: AskBook | None = None,
-        on_asks_changed: Callable[[list[Ask]], None] | None = None,
+        on_asks_changed: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
         # The lookup runs from the Meter's hooks rather than as an addon of its own:
         # mitmproxy calls every addon on every event, ~3 us an addon an event, 8 events
@@ -546,7 +546,7 @@ class Meter:
             return
         self._asks_shown = book.version
         try:
-            self._on_asks_changed(book.open_asks)
+            self._on_asks_changed(book.pending())
         except Exception:
             print(f"devmeter: could not publish open asks: {_short_traceback()}", file=sys.stderr)
 

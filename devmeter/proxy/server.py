@@ -18,13 +18,14 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from mitmproxy import connection, http, options
 from mitmproxy.tools.dump import DumpMaster
 
 from devmeter import cabundle, ports, pricing
 from devmeter import control as control_state
-from devmeter.ask import Ask, AskBook, asks_path, write_pending
+from devmeter.ask import AskBook, asks_path, write_pending
 from devmeter.attribution import Attributor
 from devmeter.budget import SCOPES, Alert, Budgets
 from devmeter.config import Config
@@ -159,7 +160,7 @@ async def serve(
 
     pending = asks_path(paths.data_dir)
 
-    def on_asks_changed(open_asks: list[Ask]) -> None:
+    def on_asks_changed(open_asks: list[dict[str, Any]]) -> None:
         write_pending(pending, open_asks)  # for the tray menu; rare and tiny
 
     def record(call: Call) -> None:
