@@ -8,6 +8,7 @@ The end-to-end run with a real notification daemon is tests/test_e2e_ask_desktop
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -159,3 +160,41 @@ def test_no_answer_refuses_the_held_request_and_the_next_at_once(
     ask(c)
     assert len(upstream.find("anthropic.messages")) == sent + 1
     assert Decimal(0) < sum(r["cost_usd"] for r in proxy.rows("session = 'unattended'"))
+
+
+def test_a_turn_on_codexs_open_websocket_waits_for_the_answer_too(
+    proxy: RunningProxy, upstream: FakeUpstream
+) -> None:
+    """Codex keeps one WebSocket for a session: the ask must hold a turn on it as well."""
+    from websockets.sync.client import connect
+
+    context = ssl.create_default_context(cafile=str(proxy.bundle))
+    turn = json.dumps({"type": "response.create", "model": "gpt-5", "input": "hi", "stream": True})
+    headers = {"X-Devmeter-Session": "codex-ask", "Authorization": "Bearer sk-t"}
+    with connect(
+        "wss://api.openai.com/v1/responses",
+        ssl=context,
+        proxy=proxy.url,
+        additional_headers=headers,
+        open_timeout=10,
+    ) as socket:
+
+        def one_turn() -> str:
+            socket.send(turn)
+            while True:
+                event = json.loads(socket.recv(timeout=20))
+                if event["type"] in ("response.completed", "error"):
+                    return str(event["type"])
+
+        # gpt-5: $0.00495 a turn; the fifth passes the $0.02 ask level.
+        assert [one_turn() for _ in range(5)] == ["response.completed"] * 5
+        thread, outcome = in_thread(one_turn)
+        (pending,) = open_asks(proxy)
+        assert pending["session"] == "codex-ask"
+        time.sleep(1)
+        assert thread.is_alive(), outcome
+        sent = [r for r in upstream.find() if r.method == "WS" and b"response.create" in r.body]
+        assert len(sent) == 5  # the held turn has not reached the provider
+        devmeter(proxy, "allow", "codex-ask")
+        thread.join(10)
+        assert outcome == ["response.completed"]

@@ -399,7 +399,9 @@ class Meter:
                 state.signals = request_signals(doc, headers.get(REQUEST_CLASS_HEADER))
             except Exception:
                 state.tap_error = f"devmeter guard failed (call let through): {_short_traceback()}"
-        held = self._ask_first(flow, state, now)
+        # A WebSocket handshake is not held, as the guard lets it through: each turn on
+        # the socket is asked about instead.
+        held = None if state.upgrade else self._ask_first(flow, state, now)
         if held is not None:
             return self._hold(held, flow, state, headers, body, doc)
         self._maybe_route(flow, state, headers, body, doc, now)
@@ -487,15 +489,22 @@ class Meter:
         if self._asks is None or state.blocked is not None:
             return None
         try:
-            verdict = self._asks.check(state.attribution, now)
+            verdict = self._ask_verdict(state, now)
         except Exception:
             state.tap_error = f"devmeter ask failed (call let through): {_short_traceback()}"
-            return None
-        if verdict is None:
             return None
         if isinstance(verdict, Block):
             _refuse(flow, state, verdict)
             return None
+        return verdict
+
+    def _ask_verdict(self, state: FlowState, now: float) -> Ask | Block | None:
+        """The AskBook's answer for this request; a new ask's alert goes out here, once."""
+        if self._asks is None:
+            return None
+        verdict = self._asks.check(state.attribution, now)
+        if verdict is None or isinstance(verdict, Block):
+            return verdict
         ask, new = verdict
         if new and self._on_alert is not None:
             self._on_alert(ask.alert())
@@ -511,31 +520,40 @@ class Meter:
         body: bytes,
         doc: dict[str, Any] | None,
     ) -> None:
-        """Wait for the answer without blocking other flows: poll control.json, then send
-        the request, refuse it, or (no answer in time) refuse it and every later one."""
+        """Wait for the answer without blocking other flows, then send the request or
+        refuse it."""
         try:
-            current: Ask | None = ask
-            while current is not None:
-                await asyncio.sleep(ASK_POLL_SECONDS)
-                self._apply_control()
-                now = self._clock()
-                block = self._guard.check(state.attribution, now).block if self._guard else None
-                if block is not None:  # `devmeter stop`, a cap, a pause meanwhile
-                    _refuse(flow, state, block)
-                    return
-                if not self._asks_answered(current) and now < current.deadline:
-                    continue
-                if not self._asks_answered(current) and self._asks is not None:
-                    self._asks.expire(current)
-                current = self._ask_first(flow, state, now)  # the next answer, or refusal
-                if state.blocked is not None:
-                    return
-            self._publish_asks()
+            block = await self._answer_to(ask, state)
+            if block is not None:
+                _refuse(flow, state, block)
+                return
             self._maybe_route(flow, state, headers, body, doc, self._clock())
         except Exception:
             state.tap_error = f"devmeter ask failed (call let through): {_short_traceback()}"
         finally:
             self._publish_asks()
+
+    async def _answer_to(self, ask: Ask, state: FlowState) -> Block | None:
+        """Poll control.json until `ask` is answered: None to go on, or the Block to refuse
+        with (Stop; no answer by the deadline; a stop, cap or pause meanwhile). Continue
+        can lead straight to another scope's ask, which is waited for in turn."""
+        current: Ask | None = ask
+        while current is not None:
+            await asyncio.sleep(ASK_POLL_SECONDS)
+            self._apply_control()
+            now = self._clock()
+            block = self._guard.check(state.attribution, now).block if self._guard else None
+            if block is not None:
+                return block
+            if not self._asks_answered(current) and now < current.deadline:
+                continue
+            if not self._asks_answered(current) and self._asks is not None:
+                self._asks.expire(current)
+            verdict = self._ask_verdict(state, now)
+            if isinstance(verdict, Block):
+                return verdict
+            current = verdict
+        return None
 
     def _asks_answered(self, ask: Ask) -> bool:
         return self._asks is None or self._asks.answered(ask)
@@ -819,21 +837,26 @@ class Meter:
         except Exception:
             state.tap_error = _short_traceback()
 
-    def websocket_message(self, flow: http.HTTPFlow) -> None:
+    def websocket_message(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
+        # Sync, returning a coroutine only for a turn held by an ask: mitmproxy awaits it
+        # before it forwards (or drops) the message.
         state = _state(flow)
         if flow.websocket is None:
-            return
+            return None
         if state is None or state.parser is None:
             streaming.drop_frames(flow.websocket.messages)  # nothing reads them
-            return
+            return None
         try:
             message = flow.websocket.messages[-1]
             if message.injected:
-                return  # devmeter's own refusal, already recorded
+                return None  # devmeter's own refusal, already recorded
             if message.from_client:
                 request = parse_request(state.endpoint, message.content)
                 if self._refuse_ws_turn(flow, state, message, request):
-                    return
+                    return None
+                held = self._ws_ask_first(flow, state, message, request)
+                if held is not None:
+                    return self._hold_ws_turn(held, flow, state, message, request)
                 if state.endpoint.api != "openai.realtime":  # events, not one per response
                     state.ws_requests.append(request)
             else:
@@ -844,6 +867,59 @@ class Meter:
             del flow.websocket.messages[:-1]
         except Exception:
             self._internal_error(flow, state.host, "websocket")
+        return None
+
+    def _ws_ask_first(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        message: websocket.WebSocketMessage,
+        request: RequestInfo,
+    ) -> Ask | None:
+        """Codex keeps one socket for a session: a turn past an ask level waits too. (Not a
+        Realtime socket's frames, dozens a second: they are not one per response.)"""
+        if state.endpoint.api == "openai.realtime":
+            return None
+        try:
+            verdict = self._ask_verdict(state, self._clock())
+        except Exception:
+            state.tap_error = f"devmeter ask failed (call let through): {_short_traceback()}"
+            return None
+        if isinstance(verdict, Block):
+            self._unreserve_last_ws_turn(state)
+            self._refuse_ws_message(flow, state, message, request, verdict, self._clock())
+            return None
+        return verdict
+
+    def _unreserve_last_ws_turn(self, state: FlowState) -> None:
+        """The guard let the turn through and reserved for it; the ask refused it."""
+        if state.ws_reservations:
+            reservation = state.ws_reservations.pop()
+            if self._guard is not None:
+                with contextlib.suppress(Exception):
+                    self._guard.settle(reservation)
+
+    async def _hold_ws_turn(
+        self,
+        ask: Ask,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        message: websocket.WebSocketMessage,
+        request: RequestInfo,
+    ) -> None:
+        try:
+            block = await self._answer_to(ask, state)
+            if block is not None:
+                self._unreserve_last_ws_turn(state)
+                self._refuse_ws_message(flow, state, message, request, block, self._clock())
+            elif state.endpoint.api != "openai.realtime":  # events, not one per response
+                state.ws_requests.append(request)
+            if flow.websocket is not None:
+                del flow.websocket.messages[:-1]
+        except Exception:
+            self._internal_error(flow, state.host, "websocket")
+        finally:
+            self._publish_asks()
 
     def _refuse_ws_turn(
         self,
@@ -875,13 +951,27 @@ class Meter:
             if not realtime:
                 state.ws_reservations.append(verdict.reservation)
             return False
+        self._refuse_ws_message(flow, state, message, request, block, now)
+        return True
+
+    def _refuse_ws_message(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        message: websocket.WebSocketMessage,
+        request: RequestInfo,
+        block: Block,
+        now: float,
+    ) -> None:
+        """Drop the client's turn and answer it on the socket, in the API's error shape."""
         message.drop()
+        realtime = state.endpoint.api == "openai.realtime"
         if realtime:
             # Refuse each frame, but answer and record once per socket and per response
             # the client asks for.
             asks = b"response.create" in (message.content or b"")
             if state.ws_refused and not asks:
-                return True
+                return
             state.ws_refused = True
         event = block.refusal(state.endpoint.api, state.attribution.tool).websocket_event
         ctx.master.commands.call("inject.websocket", flow, True, json.dumps(event).encode())
@@ -899,7 +989,6 @@ class Meter:
             error=block.message,
         )
         self._record(refused)
-        return True
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         state = _state(flow)
