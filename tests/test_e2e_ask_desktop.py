@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 import anthropic
@@ -231,3 +232,70 @@ def test_with_nobody_there_the_held_request_is_refused_after_the_timeout(
         assert "ActionInvoked" not in desktop.bus()
     finally:
         proxy.stop()
+
+
+# --- the real Claude Code CLI in a runaway -------------------------------------------------
+
+# Every answer is a tool call, so Claude Code never ends its turn: ~$0.03 a call on Opus
+# (3,000 input and 600 output tokens at $5 / $25 per million).
+RUNAWAY_USAGE = {
+    "input_tokens": 3000, "cache_read_tokens": 0, "cache_write_5m_tokens": 0,
+    "cache_write_1h_tokens": 0, "output_tokens": 600, "reasoning_tokens": 0,
+}  # fmt: skip
+RUNAWAY_CONFIG = """
+[budgets]
+ask_timeout_seconds = 10
+
+[budgets.session]
+notify_usd = []
+ask_usd = [0.2, 0.4]
+
+[budgets.day]
+notify_usd = []
+ask_usd = []
+"""
+
+
+def test_a_claude_code_runaway_is_asked_continues_on_a_click_and_stops_unanswered(
+    desktop: Desktop, tmp_path: Path
+) -> None:
+    from tests.clients_env import _kill_tree, claude_env, cli, git_repo
+
+    claude = cli("claude")
+    loop = {"name": "Bash", "input": {"command": "ls", "description": "List files"}}
+    with FakeUpstream(usage=RUNAWAY_USAGE, tool_use=loop) as fake:
+        home = tmp_path / "home"
+        home.mkdir()
+        (home / "config.toml").write_text(RUNAWAY_CONFIG)
+        env = {k: desktop.env[k] for k in ("DISPLAY", "DBUS_SESSION_BUS_ADDRESS")}
+        proxy = start_proxy(home, fake.url, env=env)
+        repo = git_repo(tmp_path / "acme-api", "runaway")
+        run = subprocess.Popen(
+            [sys.executable, "-m", "devmeter", "run", "--", str(claude), "-p",
+             "list the files, again and again", "--output-format", "json"],
+            cwd=repo, env=claude_env(proxy, tmp_path), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        try:
+            asked = r'member=Notify\s.*?string "devmeter: Continue spending\?"\s+string "([^"]*)"'
+            first = desktop.wait_for_bus(asked, timeout=60).group(1)
+            assert "claude-code in acme-api" in first and "passed $0.20" in first
+            held_at = len(fake.find("anthropic.messages"))
+            subprocess.run(["dunstctl", "context"], env=desktop.env, check=True, timeout=10)
+            desktop.wait_for_bus(r'member=ActionInvoked\s+uint32 \d+\s+string "continue"')
+            # Continued: it runs on to the next level, where it is asked again, and this
+            # time nobody answers.
+            second = desktop.wait_for_bus(asked + r".*?" + asked, timeout=60).group(2)
+            assert "passed $0.40" in second
+            assert len(fake.find("anthropic.messages")) > held_at
+            stdout, stderr = run.communicate(timeout=60)
+        finally:
+            if run.poll() is None:
+                _kill_tree(run)  # type: ignore[arg-type]
+            proxy.stop()
+        assert run.returncode != 0
+        assert "devmeter:" in stdout + stderr and "nobody answered" in stdout + stderr
+        refused = proxy.rows("status = 403")
+        assert len(refused) == 1, refused  # Claude Code showed it; no retry storm
+        spent = sum(r["cost_usd"] for r in proxy.rows("status = 200"))
+        assert Decimal("0.40") <= spent < Decimal("0.60"), spent
