@@ -9,6 +9,9 @@ arrives through `control.json` (`control.answer`, or an `allowed` entry written 
 - **continue**: the scope may spend up to its next level; the held requests go on.
 - **stop**: the held requests, and every later one of that scope, are refused until
   `devmeter allow` lifts the stop.
+- **switch** (offered for a session when a routing rule could send its request to a
+  cheaper model): continue, with that session's requests routed from now on, whatever
+  the routing mode (devmeter/router.py).
 - **no answer** within `ask_timeout_seconds`: the held requests are refused with a
   `devmeter:` message saying how to go on, and so is every later request of that scope
   until someone answers, so an unattended runaway stops by itself.
@@ -25,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -43,8 +46,8 @@ from devmeter.budget import (
 from devmeter.control import Control
 from devmeter.usage import Attribution
 
-Choice = Literal["continue", "stop"]
-CHOICES: tuple[Choice, ...] = ("continue", "stop")
+Choice = Literal["continue", "stop", "switch"]
+CHOICES: tuple[Choice, ...] = ("continue", "stop", "switch")
 # (scope, attribution, now) -> the scope's key for this request and what it spent so far.
 Spend = Callable[[str, Attribution, float], tuple[str | None, Decimal]]
 
@@ -63,6 +66,7 @@ class Ask:
     created: float
     deadline: float
     attribution: Attribution
+    switch_to: str | None = None  # the cheaper model a routing rule would send it to
 
     @property
     def id(self) -> str:
@@ -72,8 +76,8 @@ class Ask:
     def stop_label(self) -> str:
         return STOP_LABELS.get(self.scope, "Stop")
 
-    def alert(self) -> Alert:
-        return Alert(
+    def alert(self) -> AskAlert:
+        return AskAlert(
             self.created,
             "ask",
             self.scope,
@@ -83,7 +87,15 @@ class Ask:
             self.attribution.tool,
             self.attribution.repo,
             self.attribution.session,
+            switch_to=self.switch_to,
         )
+
+
+@dataclass(frozen=True)
+class AskAlert(Alert):
+    """An ask's alert (a ledger row like any other), with what its buttons may offer."""
+
+    switch_to: str | None = None
 
 
 STOP_LABELS = {
@@ -145,8 +157,10 @@ def ask_message(ask: Ask) -> str:
     """The notification's text: what crossed, what is held, what each answer does."""
     return (
         f"{_subject(ask)} passed {format_usd(ask.level)} ({format_usd(ask.spent)} spent). "
-        f"Its next request waits for you: Continue lets it spend up to {format_usd(ask.until)}; "
-        f"no answer in {_seconds(ask)} stops it. `{lift_command(ask.scope, ask.key)}` continues."
+        f"Its next request waits for you: Continue lets it spend up to {format_usd(ask.until)}"
+        + (f" (or switch it to {ask.switch_to})" if ask.switch_to else "")
+        + f"; no answer in {_seconds(ask)} stops it. `{lift_command(ask.scope, ask.key)}` "
+        "continues."
     )
 
 
@@ -165,7 +179,7 @@ class AskBook:
         self._expired: set[str] = set()  # ids of open asks nobody answered in time
         # -> (when it was stopped, what `devmeter allow` then lets it spend up to)
         self._stopped: dict[tuple[str, str], tuple[float, Decimal]] = {}
-        self._applied_answers = 0
+        self._switched: list[str] = []  # sessions switched to a cheaper model, not yet taken
         self.version = 0  # bumped whenever the open asks change (for whoever shows them)
 
     @property
@@ -213,6 +227,19 @@ class AskBook:
             return ask, True
         return None
 
+    def offer_switch(self, ask: Ask, model: str | None) -> Ask:
+        """A session's open ask may offer Switch, to `model`; returns the ask as it is now."""
+        if model is None or ask.scope != "session" or self._open.get(("session", ask.key)) != ask:
+            return ask
+        offered = replace(ask, switch_to=model)
+        self._open[("session", ask.key)] = offered
+        return offered
+
+    def take_switched(self) -> list[str]:
+        """Sessions the user switched to a cheaper model since the last call."""
+        taken, self._switched = self._switched, []
+        return taken
+
     def expire(self, ask: Ask) -> None:
         """Nobody answered in time: refuse this scope's requests until someone does."""
         if self._open.get((ask.scope, ask.key)) == ask and ask.id not in self._expired:
@@ -254,6 +281,10 @@ class AskBook:
                 self._stopped[(scope, key)] = (when, ask.until)
         elif choice == "continue":
             self._continue(scope, key, level)
+        elif choice == "switch" and scope == "session":
+            if key not in self._switched:
+                self._switched.append(key)
+            self._continue(scope, key, level)
 
     def _continue(self, scope: str, key: str, level: Decimal) -> None:
         levels = self.budgets.scope(scope).ask_usd
@@ -271,12 +302,6 @@ class AskBook:
         self._open.pop((ask.scope, ask.key), None)
         self._expired.discard(ask.id)
         self.version += 1
-
-    def forget(self, keep: Iterable[tuple[str, str]] = ()) -> None:
-        """Drop limits of scopes nobody uses any more (bounded memory)."""
-        wanted = set(keep) | set(self._open) | set(self._stopped)
-        if len(self._limits) > 4096:
-            self._limits = {slot: v for slot, v in self._limits.items() if slot in wanted}
 
 
 def stopped_block(scope: str, key: str, attribution: Attribution) -> Block:
@@ -324,6 +349,7 @@ def pending_json(asks: Iterable[Ask], expired: Iterable[str] = ()) -> list[dict[
             "repo": ask.attribution.repo,
             "session": ask.attribution.session,
             "expired": ask.id in expired,
+            "switch_to": ask.switch_to,
         }
         for ask in asks
     ]

@@ -215,3 +215,18 @@ def test_the_tray_reads_what_the_proxy_writes(
     assert read_pending(path)[0]["expired"] is True
     path.write_text("{half")
     assert read_pending(path) == []
+
+
+def test_switch_continues_and_names_the_session_for_the_router(
+    ledger: Ledger, book: AskBook
+) -> None:
+    ledger.add("30")
+    ask, _ = held(book.check(ME, T0))
+    offered = book.offer_switch(ask, "claude-sonnet-5-5")
+    assert "or switch it to claude-sonnet-5-5" in offered.alert().message
+    assert offered.alert().switch_to == "claude-sonnet-5-5"  # what the buttons offer
+    assert book.pending()[0]["switch_to"] == "claude-sonnet-5-5"
+    book.apply(control.Control(answers=((offered.id, "switch", T0 + 1),)))
+    assert book.take_switched() == [ME.session] and book.take_switched() == []
+    assert book.answered(offered) and book.check(ME, T0 + 2) is None
+    assert book.offer_switch(offered, None) == offered  # nothing to offer: unchanged

@@ -302,6 +302,20 @@ def test_an_asks_buttons_answer_it_by_id():
     assert answers == [("session:abc-123:25", "continue")]
 
 
+def test_an_ask_with_a_cheaper_model_offers_switch():
+    from devmeter.ask import AskAlert
+
+    notices: list[Notice] = []
+    notifier = Notifier([Backend("fake", lambda t, m: None, notices.append)], on_answer=print)
+    ask = AskAlert(T0, "ask", "session", "s", Decimal(25), "m", switch_to="claude-haiku-5-5")
+    notifier.notify(ask, T0)
+    assert [a.label for a in notices[0].actions] == [
+        "Continue",
+        "Switch to claude-haiku-5-5",
+        "Stop this session",
+    ]
+
+
 def test_an_ask_is_never_held_behind_a_flood(notifier, shown):
     for i in range(5):
         notifier.notify(alert("threshold", key=f"s{i}"), T0)

@@ -18,6 +18,7 @@ from pathlib import Path
 import anthropic
 import pytest
 
+from devmeter import control
 from devmeter.ask import read_pending
 from tests.fake_upstream import FakeUpstream
 from tests.proxy_harness import RunningProxy, start_proxy
@@ -198,3 +199,50 @@ def test_a_turn_on_codexs_open_websocket_waits_for_the_answer_too(
         devmeter(proxy, "allow", "codex-ask")
         thread.join(10)
         assert outcome == ["response.completed"]
+
+
+SWITCH_CONFIG = (
+    CONFIG.format(timeout=30)
+    + """
+[routing]
+mode = "shadow"
+
+[[routing.rules]]
+name = "opus-to-haiku"
+provider = "anthropic"
+model = "claude-opus-*"
+to = "claude-haiku-5-5"
+"""
+)
+
+
+def test_switch_routes_the_held_request_and_the_sessions_next_ones_to_the_cheaper_model(
+    upstream: FakeUpstream, notifications: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(SWITCH_CONFIG)
+    proxy = start_proxy(home, upstream.url)
+    try:
+        c = client(proxy, "switch-me")
+        ask(c)
+        ask(c)
+        thread, outcome = in_thread(lambda: ask(c))
+        (pending,) = open_asks(proxy)
+        assert pending["switch_to"] == "claude-haiku-5-5"  # a rule allows it (shadow mode)
+        (note,) = shown(notifications)
+        assert any("switch it to claude-haiku-5-5" in part for part in note)
+        # What the notification's Switch button and the tray menu write:
+        control.answer(proxy.home / "control.json", str(pending["id"]), "switch")
+        thread.join(10)
+        assert outcome == [None]
+        ask(c)
+        ask(client(proxy, "someone-else"))
+        models = [json.loads(r.body)["model"] for r in upstream.find("anthropic.messages")][-4:]
+        assert models == ["claude-opus-5-5", "claude-haiku-5-5", "claude-haiku-5-5",
+                          "claude-opus-5-5"]  # fmt: skip
+        rows = proxy.new_calls(5)
+        assert [r["routing"] for r in rows[2:4]] == ["routed", "routed"]
+        assert rows[4]["routing"] == "shadow"  # other sessions keep the configured mode
+    finally:
+        proxy.stop()

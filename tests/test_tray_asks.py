@@ -46,6 +46,9 @@ def test_the_menu_asks_with_continue_and_stop() -> None:
         ("Continue up to $50.00", "answer_ask", (row.id, "continue")),
         ("Stop this session", "answer_ask", (row.id, "stop")),
     ]
+    switch = build_menu(TraySnapshot(asks=(AskRow(**{**row.__dict__, "switch_to": "x-mini"}),)))
+    assert [i.text for i in switch[1].submenu][1] == "Switch to x-mini"
+    assert switch[1].submenu[1].args == (row.id, "switch")
     expired = build_menu(TraySnapshot(asks=(AskRow(**{**row.__dict__, "expired": True}),)))[1]
     assert expired.text.startswith("Refused until you answer: session 0bcf16ce")
 

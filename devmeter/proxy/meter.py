@@ -401,7 +401,13 @@ class Meter:
                 state.tap_error = f"devmeter guard failed (call let through): {_short_traceback()}"
         # A WebSocket handshake is not held, as the guard lets it through: each turn on
         # the socket is asked about instead.
-        held = None if state.upgrade else self._ask_first(flow, state, now)
+        held = (
+            None
+            if state.upgrade
+            else self._ask_first(
+                flow, state, now, lambda: self._switch_target(state, headers, body, doc, now)
+            )
+        )
         if held is not None:
             return self._hold(held, flow, state, headers, body, doc)
         self._maybe_route(flow, state, headers, body, doc, now)
@@ -484,12 +490,18 @@ class Meter:
 
     # -- asks (devmeter/ask.py): hold a request until the user answers --------------------
 
-    def _ask_first(self, flow: http.HTTPFlow, state: FlowState, now: float) -> Ask | None:
+    def _ask_first(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        now: float,
+        switch: Callable[[], str | None] | None = None,
+    ) -> Ask | None:
         """The ask this request must wait for, or None to send it now (or refused)."""
         if self._asks is None or state.blocked is not None:
             return None
         try:
-            verdict = self._ask_verdict(state, now)
+            verdict = self._ask_verdict(state, now, switch)
         except Exception:
             state.tap_error = f"devmeter ask failed (call let through): {_short_traceback()}"
             return None
@@ -498,14 +510,22 @@ class Meter:
             return None
         return verdict
 
-    def _ask_verdict(self, state: FlowState, now: float) -> Ask | Block | None:
-        """The AskBook's answer for this request; a new ask's alert goes out here, once."""
+    def _ask_verdict(
+        self, state: FlowState, now: float, switch: Callable[[], str | None] | None = None
+    ) -> Ask | Block | None:
+        """The AskBook's answer for this request; a new ask's alert goes out here, once,
+        offering Switch when `switch` names a cheaper model a rule would route it to."""
         if self._asks is None:
             return None
         verdict = self._asks.check(state.attribution, now)
         if verdict is None or isinstance(verdict, Block):
             return verdict
         ask, new = verdict
+        if new and switch is not None:
+            try:
+                ask = self._asks.offer_switch(ask, switch())
+            except Exception:  # routing's problem: ask without the offer
+                print(f"devmeter: no switch offered: {_short_traceback()}", file=sys.stderr)
         if new and self._on_alert is not None:
             self._on_alert(ask.alert())
         self._publish_asks()
@@ -555,6 +575,20 @@ class Meter:
             current = verdict
         return None
 
+    def _switch_target(
+        self,
+        state: FlowState,
+        headers: Mapping[str, str],
+        body: bytes,
+        doc: dict[str, Any] | None,
+        now: float,
+    ) -> str | None:
+        if self._router is None:
+            return None
+        return self._router.switch_target(
+            state.endpoint, state.request, state.attribution, headers, body, now, doc
+        )
+
     def _asks_answered(self, ask: Ask) -> bool:
         return self._asks is None or self._asks.answered(ask)
 
@@ -575,6 +609,9 @@ class Meter:
         if self._asks is not None:
             self._asks.apply(control)
             self._publish_asks()
+            for session in self._asks.take_switched():
+                if self._router is not None:
+                    self._router.switch(session)
         if self._guard is not None:
             self._guard.apply(control)
         if self._router is not None:

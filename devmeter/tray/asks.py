@@ -30,6 +30,7 @@ def held_asks(data_dir: Path) -> tuple[AskRow, ...]:
                     tool=raw.get("tool"),
                     repo=raw.get("repo"),
                     expired=bool(raw.get("expired")),
+                    switch_to=raw.get("switch_to") or None,
                 )
             )
         except (KeyError, ArithmeticError, TypeError):

@@ -61,6 +61,7 @@ class AskRow:
     tool: str | None = None
     repo: str | None = None
     expired: bool = False  # nobody answered in time: the scope's requests are refused
+    switch_to: str | None = None  # a cheaper model a routing rule offers
 
 
 @dataclass(frozen=True)
@@ -195,14 +196,15 @@ def _ask_item(ask: AskRow) -> MenuItem:
     }.get(ask.scope, ask.key)
     where = " \u00b7 ".join(x for x in (ask.tool, repo_name(ask.repo) if ask.repo else None) if x)
     state = "Refused until you answer" if ask.expired else "Waiting for you"
+    answers = [
+        MenuItem(f"Continue up to {format_usd(ask.until_usd)}", "answer_ask", (ask.id, "continue"))
+    ]
+    if ask.switch_to:
+        answers.append(MenuItem(f"Switch to {ask.switch_to}", "answer_ask", (ask.id, "switch")))
+    answers.append(MenuItem(STOP_LABELS.get(ask.scope, "Stop"), "answer_ask", (ask.id, "stop")))
     return MenuItem(
         f"{state}: {what} passed {format_usd(ask.level_usd)}" + (f" ({where})" if where else ""),
-        submenu=(
-            MenuItem(
-                f"Continue up to {format_usd(ask.until_usd)}", "answer_ask", (ask.id, "continue")
-            ),
-            MenuItem(STOP_LABELS.get(ask.scope, "Stop"), "answer_ask", (ask.id, "stop")),
-        ),
+        submenu=tuple(answers),
     )
 
 

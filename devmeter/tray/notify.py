@@ -467,12 +467,15 @@ class Notifier:
         from devmeter.ask import STOP_LABELS, ask_id
 
         answer, the_id = self.on_answer, ask_id(alert.scope, alert.key, alert.figure_usd)
+        actions = [
+            Action("continue", "Continue"),
+            Action("stop", STOP_LABELS.get(alert.scope, "Stop")),
+        ]
+        switch_to = getattr(alert, "switch_to", None)  # an AskAlert's offer
+        if switch_to:
+            actions.insert(1, Action("switch", f"Switch to {switch_to}"))
         return Notice(
-            title,
-            message,
-            "critical",
-            (Action("continue", "Continue"), Action("stop", STOP_LABELS.get(alert.scope, "Stop"))),
-            lambda choice: answer(the_id, choice),
+            title, message, "critical", tuple(actions), lambda choice: answer(the_id, choice)
         )
 
     def _report(self, ok: bool, backend: str | None, problems: dict[str, str], now: float) -> None:
