@@ -180,6 +180,9 @@ class AskBook:
         # -> (when it was stopped, what `devmeter allow` then lets it spend up to)
         self._stopped: dict[tuple[str, str], tuple[float, Decimal]] = {}
         self._switched: list[str] = []  # sessions switched to a cheaper model, not yet taken
+        self._asking_cache: tuple[Budgets, tuple[tuple[str, tuple[Decimal, ...]], ...]] | None = (
+            None
+        )
         self.version = 0  # bumped whenever the open asks change (for whoever shows them)
 
     @property
@@ -193,10 +196,7 @@ class AskBook:
     def check(self, attribution: Attribution, now: float) -> tuple[Ask, bool] | Block | None:
         """None: send the request. A Block: refuse it. (ask, new): hold it for `ask`;
         `new` the first time, when the caller raises the ask's alert."""
-        for scope in SCOPES:
-            levels = self.budgets.scope(scope).ask_usd
-            if not levels:
-                continue
+        for scope, levels in self._asking():
             key, spent = self._spend(scope, attribution, now)
             if key is None:
                 continue
@@ -226,6 +226,18 @@ class AskBook:
             self.version += 1
             return ask, True
         return None
+
+    def _asking(self) -> tuple[tuple[str, tuple[Decimal, ...]], ...]:
+        """The scopes with ask levels: worked out once per Budgets (this runs per request)."""
+        cached = self._asking_cache
+        if cached is None or cached[0] is not self.budgets:
+            scopes = tuple(
+                (scope, self.budgets.scope(scope).ask_usd)
+                for scope in SCOPES
+                if self.budgets.scope(scope).ask_usd
+            )
+            cached = self._asking_cache = (self.budgets, scopes)
+        return cached[1]
 
     def offer_switch(self, ask: Ask, model: str | None) -> Ask:
         """A session's open ask may offer Switch, to `model`; returns the ask as it is now."""
