@@ -246,3 +246,54 @@ def test_switch_routes_the_held_request_and_the_sessions_next_ones_to_the_cheape
         assert rows[4]["routing"] == "shadow"  # other sessions keep the configured mode
     finally:
         proxy.stop()
+
+
+def test_cursors_streamed_request_waits_before_its_body_streams(tmp_path: Path) -> None:
+    """Cursor streams its request body while the answer streams back: the ask holds it
+    in the request-headers hook, before any of the body has gone upstream."""
+    import http.server
+
+    import httpx2
+
+    from devmeter.providers import cursor
+    from tests.test_proxy_cursor import PATH, REQUEST, RESPONSE, ConnectServer
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ConnectServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        "[budgets.session]\nnotify_usd = []\nask_usd = [0.000001]\n"
+        "[budgets.day]\nnotify_usd = []\nask_usd = []\n"
+    )
+    proxy = start_proxy(home, f"http://127.0.0.1:{server.server_address[1]}", hosts=(cursor.HOST,))
+    ConnectServer.received.clear()
+    context = ssl.create_default_context(cafile=str(proxy.bundle))
+
+    def post() -> int:
+        def chunks() -> Iterator[bytes]:
+            for i in range(0, len(REQUEST), 1000):
+                yield REQUEST[i : i + 1000]
+
+        with httpx2.Client(proxy=proxy.url, verify=context, timeout=30) as client:
+            answer = client.post(
+                f"https://{cursor.HOST}{PATH}",
+                content=chunks(),
+                headers={"content-type": "application/connect+proto",
+                         "connect-protocol-version": "1", "X-Devmeter-Session": "cursor-s"},
+            )  # fmt: skip
+            assert answer.content == RESPONSE
+            return answer.status_code
+
+    try:
+        assert post() == 200  # its estimated cost passes the level
+        thread, outcome = in_thread(post)
+        (pending,) = open_asks(proxy)
+        time.sleep(1)
+        assert thread.is_alive() and ConnectServer.received == [REQUEST]
+        control.answer(proxy.home / "control.json", str(pending["id"]), "continue")
+        thread.join(10)
+        assert outcome == [200] and ConnectServer.received == [REQUEST, REQUEST]
+    finally:
+        proxy.stop()
+        server.shutdown()

@@ -182,28 +182,30 @@ class Meter:
         lookup = self._client_lookup.requestheaders(flow) if self._client_lookup else None
         if lookup is not None:
             return self._look_up_then_map(lookup, flow)
-        self._map_request(flow)
-        return None
+        return self._map_request(flow)
 
     async def _look_up_then_map(
         self, lookup: Coroutine[None, None, None], flow: http.HTTPFlow
     ) -> None:
         await lookup
-        self._map_request(flow)
+        held = self._map_request(flow)
+        if held is not None:
+            await held
 
-    def _map_request(self, flow: http.HTTPFlow) -> None:
+    def _map_request(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
+        """Map the request to its upstream; a coroutine when an ask holds a streamed one."""
         host = client_host(flow.request, self._known_hosts)
         flow.metadata[HOST_KEY] = host  # before the mapping below changes the request's host
         if self._refused_request_headers(flow, host):
-            return
-        if host == cursor.HOST:
-            self._stream_cursor_request(flow, host)
+            return None
+        held = self._stream_cursor_request(flow, host) if host == cursor.HOST else None
         if _state(flow) is None and flow.response is None:
             self._stream_large_request(flow, host)
         # A streamed request connects upstream right after its headers: map it now.
         upstream = self._upstreams.get(host)
         if upstream is not None:
             _send_to(flow, upstream)
+        return held
 
     def client_connected(self, client: connection.Client) -> None:
         if self._deadline is not None:
@@ -219,24 +221,29 @@ class Meter:
         if self._client_lookup is not None:
             self._client_lookup.client_disconnected(client)
 
-    def _stream_cursor_request(self, flow: http.HTTPFlow, host: str) -> None:
+    def _stream_cursor_request(
+        self, flow: http.HTTPFlow, host: str
+    ) -> Coroutine[None, None, None] | None:
         """Cursor keeps its request open while the answer streams (Connect bidi streams):
         forward its body as it comes, reading a copy, or the call would never start."""
         try:
             endpoint = match_endpoint(host, flow.request.method, flow.request.path)
             streaming = "connect+" in flow.request.headers.get("content-type", "")
             if endpoint is None or endpoint.api != "cursor.chat" or not streaming:
-                return
+                return None
             self._apply_control()
             reader = cursor.RequestReader()
-            self._start(flow, host)
+            held = self._start(flow, host)
             state = _state(flow)
             if state is not None:
                 state.request_reader = reader
+            if held is not None:
+                return _then_stream(held, flow, reader)
             if flow.response is None:  # mitmproxy refuses a streamed request it answered
                 flow.request.stream = _request_tap(reader)
         except Exception:
             self._internal_error(flow, host, "requestheaders")
+        return None
 
     def _refused_request_headers(self, flow: http.HTTPFlow, host: str) -> bool:
         """Request headers too large to pass on safely: answered 431 (or, when the body
@@ -1215,6 +1222,15 @@ def _with_input_estimate(result: ResponseResult, request: RequestInfo) -> Respon
     if usage is None or not usage.estimated or usage.input_tokens:
         return result
     return replace(result, usage=replace(usage, input_tokens=request.prompt_tokens() or 0))
+
+
+async def _then_stream(
+    held: Coroutine[None, None, None], flow: http.HTTPFlow, reader: cursor.RequestReader
+) -> None:
+    """A streamed request held by an ask: stream it once answered, unless it was refused."""
+    await held
+    if flow.response is None:
+        flow.request.stream = _request_tap(reader)
 
 
 def _request_tap(reader: cursor.RequestReader) -> Callable[[bytes], bytes]:
