@@ -154,13 +154,13 @@ def _subject(ask: Ask) -> str:
 
 
 def ask_message(ask: Ask) -> str:
-    """The notification's text: what crossed, what is held, what each answer does."""
+    """The notification's text: what crossed, what is held, what each answer does. The
+    command comes early: desktops cut long texts (Windows at 256 characters)."""
+    switch = f"; Switch moves it to {ask.switch_to}" if ask.switch_to else ""
     return (
-        f"{_subject(ask)} passed {format_usd(ask.level)} ({format_usd(ask.spent)} spent). "
-        f"Its next request waits for you: Continue lets it spend up to {format_usd(ask.until)}"
-        + (f" (or switch it to {ask.switch_to})" if ask.switch_to else "")
-        + f"; no answer in {_seconds(ask)} stops it. `{lift_command(ask.scope, ask.key)}` "
-        "continues."
+        f"{_subject(ask)} passed {format_usd(ask.level)}: its next request waits for you. "
+        f"Continue, or `{lift_command(ask.scope, ask.key)}`, lets it spend up to "
+        f"{format_usd(ask.until)}{switch}; no answer in {_seconds(ask)} stops it."
     )
 
 

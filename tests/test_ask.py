@@ -88,6 +88,7 @@ def test_below_the_level_nothing_waits_and_past_it_the_next_request_is_held(
     assert alert.kind == "ask" and alert.figure_usd == 25
     assert "0bcf16ce" in alert.message and "$25.00" in alert.message and "$50.00" in alert.message
     assert f"devmeter allow {ME.session}" in alert.message
+    assert len(alert.message) < 255  # whole on every desktop, the command included
     # The next request waits for the same ask (no second alert); other sessions never wait.
     again, new = held(book.check(ME, T0 + 2))
     assert again == ask and not new
@@ -223,7 +224,7 @@ def test_switch_continues_and_names_the_session_for_the_router(
     ledger.add("30")
     ask, _ = held(book.check(ME, T0))
     offered = book.offer_switch(ask, "claude-sonnet-5-5")
-    assert "or switch it to claude-sonnet-5-5" in offered.alert().message
+    assert "Switch moves it to claude-sonnet-5-5" in offered.alert().message
     assert offered.alert().switch_to == "claude-sonnet-5-5"  # what the buttons offer
     assert book.pending()[0]["switch_to"] == "claude-sonnet-5-5"
     book.apply(control.Control(answers=((offered.id, "switch", T0 + 1),)))

@@ -231,7 +231,7 @@ def test_switch_routes_the_held_request_and_the_sessions_next_ones_to_the_cheape
         (pending,) = open_asks(proxy)
         assert pending["switch_to"] == "claude-haiku-5-5"  # a rule allows it (shadow mode)
         (note,) = shown(notifications)
-        assert any("switch it to claude-haiku-5-5" in part for part in note)
+        assert any("Switch moves it to claude-haiku-5-5" in part for part in note)
         # What the notification's Switch button and the tray menu write:
         control.answer(proxy.home / "control.json", str(pending["id"]), "switch")
         thread.join(10)
