@@ -299,3 +299,62 @@ def test_a_claude_code_runaway_is_asked_continues_on_a_click_and_stops_unanswere
         assert len(refused) == 1, refused  # Claude Code showed it; no retry storm
         spent = sum(r["cost_usd"] for r in proxy.rows("status = 200"))
         assert Decimal("0.40") <= spent < Decimal("0.60"), spent
+
+
+CODEX_RUNAWAY_USAGE = {
+    "input_tokens": 20000, "cache_read_tokens": 0, "cache_write_5m_tokens": 0,
+    "cache_write_1h_tokens": 0, "output_tokens": 500, "reasoning_tokens": 0,
+}  # fmt: skip
+
+
+def test_a_codex_runaway_on_its_websocket_is_asked_and_stops_unanswered(
+    desktop: Desktop, tmp_path: Path
+) -> None:
+    """Codex keeps one WebSocket for the session: the ask holds a turn on it, Continue
+    (clicked in dunst) lets it through, and with no answer the turn is refused."""
+    from tests.clients_env import _kill_tree, cli, codex_env, git_repo
+
+    codex = cli("codex")
+    loop = {"name": "shell", "input": {"command": ["ls"]}}
+    with FakeUpstream(usage=CODEX_RUNAWAY_USAGE, tool_use=loop, websocket=True) as fake:
+        home = tmp_path / "home"
+        home.mkdir()
+        (home / "config.toml").write_text(RUNAWAY_CONFIG)
+        env = {k: desktop.env[k] for k in ("DISPLAY", "DBUS_SESSION_BUS_ADDRESS")}
+        proxy = start_proxy(home, fake.url, env=env)
+        repo = git_repo(tmp_path / "payments", "runaway")
+        run = subprocess.Popen(
+            [sys.executable, "-m", "devmeter", "run", "--", str(codex), "exec", "--json",
+             "list the files, again and again"],
+            cwd=repo, env=codex_env(proxy, tmp_path), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+
+        def turns() -> int:
+            return len([r for r in fake.find() if b"response.create" in r.body])
+
+        try:
+            asked = r'member=Notify\s.*?string "devmeter: Continue spending\?"\s+string "([^"]*)"'
+            first = desktop.wait_for_bus(asked, timeout=90).group(1)
+            assert "passed $0.20" in first and "in payments" in first
+            held_at = turns()
+            subprocess.run(["dunstctl", "context"], env=desktop.env, check=True, timeout=10)
+            desktop.wait_for_bus(r'member=ActionInvoked\s+uint32 \d+\s+string "continue"')
+            second = desktop.wait_for_bus(asked + r".*?" + asked, timeout=90).group(2)
+            assert "passed $0.40" in second
+            assert turns() > held_at  # Continue let it run on
+            at_second = turns()
+            stdout, stderr = run.communicate(timeout=120)
+        finally:
+            if run.poll() is None:
+                _kill_tree(run)  # type: ignore[arg-type]
+            proxy.stop()
+        assert run.returncode != 0
+        assert "devmeter:" in stdout + stderr, (stdout[-2000:], stderr[-2000:])
+        # Codex 0.169 retries a refusal (5 WebSocket reconnects, then HTTPS): each retry is
+        # refused at once, not held and asked again.
+        assert len(re.findall(r'string "devmeter: Continue spending\?"', desktop.bus())) == 2
+        assert 1 <= len(proxy.rows("status = 403")) <= 12
+        assert turns() == at_second  # nothing after the unanswered ask reached the provider
+        spent = sum(r["cost_usd"] or 0 for r in proxy.rows("status != 403"))
+        assert Decimal("0.40") <= spent < Decimal("0.60"), spent
