@@ -297,3 +297,16 @@ def test_cursors_streamed_request_waits_before_its_body_streams(tmp_path: Path) 
     finally:
         proxy.stop()
         server.shutdown()
+
+
+def test_a_killed_proxys_held_requests_leave_no_ask_in_the_tray(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "asks.json").write_text('[{"id": "session:gone:25", "scope": "session"}]')
+    proxy = start_proxy(home, upstream.url)
+    try:
+        assert read_pending(home / "asks.json") == []
+    finally:
+        proxy.stop()

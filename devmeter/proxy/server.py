@@ -159,6 +159,7 @@ async def serve(
             pusher.send(alert)
 
     pending = asks_path(paths.data_dir)
+    pending.unlink(missing_ok=True)  # a killed proxy's held requests died with it
 
     def on_asks_changed(open_asks: list[dict[str, Any]]) -> None:
         write_pending(pending, open_asks)  # for the tray menu; rare and tiny
