@@ -203,6 +203,8 @@ class AskBook:
             slot = (scope, key)
             if slot in self._stopped:
                 return stopped_block(scope, key, attribution)
+            if self._open:
+                self._drop_past_periods(scope, key, spent)
             ask = self._open.get(slot)
             if ask is not None:
                 if ask.id in self._expired:
@@ -226,6 +228,21 @@ class AskBook:
             self.version += 1
             return ask, True
         return None
+
+    def _drop_past_periods(self, scope: str, key: str, spent: Decimal) -> None:
+        """Close asks a new period made moot: yesterday's day ask, or a repo's whose
+        spend started again from $0 (spend only ever falls when its period ends)."""
+        for slot, ask in list(self._open.items()):
+            if slot[0] != scope:
+                continue
+            moot = (
+                slot[1] != key
+                if scope in ("day", "month")
+                else (slot[1] == key and spent < ask.level)
+            )
+            if moot:
+                self._close(ask)
+                self._limits.pop(slot, None)
 
     def _asking(self) -> tuple[tuple[str, tuple[Decimal, ...]], ...]:
         """The scopes with ask levels: worked out once per Budgets (this runs per request)."""

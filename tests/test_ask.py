@@ -231,3 +231,21 @@ def test_switch_continues_and_names_the_session_for_the_router(
     assert book.take_switched() == [ME.session] and book.take_switched() == []
     assert book.answered(offered) and book.check(ME, T0 + 2) is None
     assert book.offer_switch(offered, None) == offered  # nothing to offer: unchanged
+
+
+def test_a_new_period_closes_the_asks_of_the_last_one() -> None:
+    day = Ledger(parse_budgets({"session": {"ask_usd": []}, "day": {"ask_usd": [10]}}))
+    day.add("12")
+    book = AskBook(day.tracker.budgets, day.spend)
+    ask, _ = held(book.check(ME, T0))
+    book.expire(ask)
+    assert isinstance(book.check(ME, T0 + 60), Block)  # refused for the rest of the day
+    tomorrow = T0 + 86400
+    assert book.check(ME, tomorrow) is None and book.open_asks == []
+    repo = Ledger(parse_budgets({"session": {"ask_usd": []}, "day": {"ask_usd": []},
+                                 "repo": {"ask_usd": [10]}}))  # fmt: skip
+    repo.add("12")
+    book = AskBook(repo.tracker.budgets, repo.spend)
+    ask, _ = held(book.check(ME, T0))
+    book.expire(ask)
+    assert book.check(ME, tomorrow) is None and book.open_asks == []  # the repo's day is new
