@@ -227,8 +227,12 @@ class DesktopNotifierBackend:
                 async def make() -> Any:  # its constructor wants a running loop
                     return DesktopNotifier(app_name="devmeter", app_icon=None)
 
-                notifier = asyncio.run_coroutine_threadsafe(make(), loop).result(5)
-                if isinstance(notifier._backend, DummyNotificationCenter):
+                try:
+                    notifier = asyncio.run_coroutine_threadsafe(make(), loop).result(5)
+                except Exception as exc:  # no backend for this platform at all
+                    loop.call_soon_threadsafe(loop.stop)
+                    raise Unavailable(f"desktop-notifier: {type(exc).__name__}: {exc}") from exc
+                if isinstance(getattr(notifier, "_backend", None), DummyNotificationCenter):
                     # macOS outside an app bundle, old Windows: it would "show" nothing.
                     loop.call_soon_threadsafe(loop.stop)
                     raise Unavailable("desktop-notifier has no notification service here")
