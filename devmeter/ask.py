@@ -310,18 +310,28 @@ class AskBook:
                 self._stopped[(scope, key)] = (when, ask.until)
         elif choice == "continue":
             self._continue(scope, key, level)
+        elif choice.startswith("continue:"):  # `devmeter allow --by`: up to this much
+            try:
+                until = Decimal(choice.partition(":")[2])
+            except ArithmeticError:
+                return
+            self._continue(scope, key, level, until)
         elif choice == "switch" and scope == "session":
             if key not in self._switched:
                 self._switched.append(key)
             self._continue(scope, key, level)
 
-    def _continue(self, scope: str, key: str, level: Decimal) -> None:
+    def _continue(
+        self, scope: str, key: str, level: Decimal, chosen: Decimal | None = None
+    ) -> None:
         levels = self.budgets.scope(scope).ask_usd
         if not levels:
             return
         slot = (scope, key)
         ask = self._open.get(slot)
         until = ask.until if ask is not None and ask.level == level else levels_after(levels, level)
+        if chosen is not None:
+            until = chosen
         if until > self._limits.get(slot, ZERO):
             self._limits[slot] = until
         if ask is not None and ask.level <= level:

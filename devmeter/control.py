@@ -34,7 +34,8 @@ class Control:
     # Sessions stopped with `devmeter stop`: (session id, unix time); a later `allowed`
     # entry for the session lets it continue.
     stopped: tuple[tuple[str, float], ...] = field(default_factory=tuple)
-    # Answers to asks (devmeter/ask.py): (ask id, "continue" | "stop", unix time).
+    # Answers to asks (devmeter/ask.py): (ask id, choice, unix time); the choice is
+    # "continue", "continue:<USD>" (`devmeter allow --by`), "switch" or "stop".
     answers: tuple[tuple[str, str, float], ...] = field(default_factory=tuple)
 
 
@@ -152,6 +153,11 @@ def answer(path: Path, ask_id: str, choice: str, now: float | None = None) -> Co
     current = load(path)
     when = time.time() if now is None else now
     answers = (*current.answers, (ask_id, choice, when))[-MAX_ANSWERS:]
+    scope, _, rest = ask_id.partition(":")
+    session = rest.rpartition(":")[0]
+    if choice == "stop" and scope == "session" and session:
+        # The same stop as `devmeter stop`: refused until `devmeter allow`, which says so.
+        return update(path, answers=answers, stopped=(*current.stopped, (session, when)))
     return update(path, answers=answers)
 
 

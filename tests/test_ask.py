@@ -190,8 +190,9 @@ def test_config_defaults_and_errors() -> None:
     assert defaults.repo.ask_usd == defaults.month.ask_usd == ()
     assert defaults.ask_timeout_seconds == 60
     assert parse_budgets({"ask_timeout_seconds": 90}).ask_timeout_seconds == 90
+    # Kept with a cap, like thresholds: those above it work once `devmeter allow` raises it.
     assert parse_budgets({"session": {"block_usd": 30}}).session == ScopeBudget(
-        notify_usd=(D(5), D(20)), block_usd=D(30), ask_usd=(D(25),)
+        notify_usd=(D(5), D(20), D(100)), block_usd=D(30), ask_usd=(D(25), D(50))
     )
     with pytest.raises(ConfigError, match="ascending") as caught:
         parse_budgets({"session": {"ask_usd": [50, 25]}})

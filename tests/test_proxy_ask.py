@@ -138,7 +138,7 @@ def test_no_answer_refuses_the_held_request_and_the_next_at_once(
     ask(c)
     sent = len(upstream.find("anthropic.messages"))
     started = time.monotonic()
-    with pytest.raises(anthropic.PermissionDeniedError) as caught:
+    with pytest.raises(anthropic.APIStatusError) as caught:
         ask(c)
     waited = time.monotonic() - started
     assert 2.5 < waited < 8, waited  # ask_timeout_seconds = 3, then refused
@@ -147,12 +147,12 @@ def test_no_answer_refuses_the_held_request_and_the_next_at_once(
     assert "nobody answered devmeter's ask within 3 s" in message
     assert "devmeter allow unattended" in message
     started = time.monotonic()
-    with pytest.raises(anthropic.PermissionDeniedError):
+    with pytest.raises(anthropic.APIStatusError):
         ask(c)  # nobody is there: refused at once, not held again
     assert time.monotonic() - started < 2
     assert len(upstream.find("anthropic.messages")) == sent  # nothing reached the provider
     rows = proxy.new_calls(4)
-    assert [r["status"] for r in rows] == [200, 200, 403, 403]
+    assert [r["status"] for r in rows] == [200, 200, 402, 402]  # billing_error: not retried
     assert all(r["error"].startswith("devmeter:") and r["cost_usd"] == 0 for r in rows[2:])
 
     # Answering later still works: the session goes on to its next level.
