@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from devmeter.budget import (
     SCOPES,
+    Advice,
     Alert,
     Block,
     Budgets,
@@ -76,14 +77,14 @@ class Ask:
     def stop_label(self) -> str:
         return STOP_LABELS.get(self.scope, "Stop")
 
-    def alert(self) -> AskAlert:
+    def alert(self, advice: Advice | None = None) -> AskAlert:
         return AskAlert(
             self.created,
             "ask",
             self.scope,
             self.key,
             self.level,
-            ask_message(self),
+            ask_message(self, advice),
             self.attribution.tool,
             self.attribution.repo,
             self.attribution.session,
@@ -144,22 +145,27 @@ def level_reached(levels: tuple[Decimal, ...], spent: Decimal) -> Decimal:
     return above - step
 
 
-def _subject(ask: Ask) -> str:
+def _subject(ask: Ask, advice: Advice) -> str:
     if ask.scope == "session":
-        text = describe(ask.attribution)
-        return text[0].upper() + text[1:]
+        return advice.who(ask.attribution)
     if ask.scope == "repo":
         return f"Repo {repo_name(ask.key)}"
     return f"Spend for {ask.key}"
 
 
-def ask_message(ask: Ask) -> str:
+def _command(scope: str, key: str, advice: Advice) -> str:
+    """The command that continues, with the shortest session id that resolves."""
+    return lift_command(scope, advice.short_id(key) if scope == "session" else key)
+
+
+def ask_message(ask: Ask, advice: Advice | None = None) -> str:
     """The notification's text: what crossed, what is held, what each answer does. The
     command comes early: desktops cut long texts (Windows at 256 characters)."""
+    advice = advice or Advice()
     switch = f"; Switch moves it to {ask.switch_to}" if ask.switch_to else ""
     return (
-        f"{_subject(ask)} passed {format_usd(ask.level)}: its next request waits for you. "
-        f"Continue, or `{lift_command(ask.scope, ask.key)}`, lets it spend up to "
+        f"{_subject(ask, advice)} passed {format_usd(ask.level)}: its next request waits for "
+        f"you. Continue, or `{_command(ask.scope, ask.key, advice)}`, lets it spend up to "
         f"{format_usd(ask.until)}{switch}; no answer in {_seconds(ask)} stops it."
     )
 
@@ -171,8 +177,10 @@ def _seconds(ask: Ask) -> str:
 class AskBook:
     """Open asks, what each scope may spend before the next one, and stopped scopes."""
 
-    def __init__(self, budgets: Budgets, spend: Spend) -> None:
+    def __init__(self, budgets: Budgets, spend: Spend, advice: Advice | None = None) -> None:
         self.budgets = budgets
+        # How messages name sessions and actions (the guard's: shortest ids, menu or not).
+        self.advice = advice or Advice()
         self._spend = spend
         self._limits: dict[tuple[str, str], Decimal] = {}  # spend allowed before asking
         self._open: dict[tuple[str, str], Ask] = {}
@@ -202,13 +210,13 @@ class AskBook:
                 continue
             slot = (scope, key)
             if slot in self._stopped:
-                return stopped_block(scope, key, attribution)
+                return stopped_block(scope, key, attribution, self.advice)
             if self._open:
                 self._drop_past_periods(scope, key, spent)
             ask = self._open.get(slot)
             if ask is not None:
                 if ask.id in self._expired:
-                    return unanswered_block(ask, attribution)
+                    return unanswered_block(ask, attribution, self.advice)
                 return ask, False
             limit = self._limits.get(slot, levels[0])
             if spent < limit:
@@ -343,7 +351,10 @@ class AskBook:
         self.version += 1
 
 
-def stopped_block(scope: str, key: str, attribution: Attribution) -> Block:
+def stopped_block(
+    scope: str, key: str, attribution: Attribution, advice: Advice | None = None
+) -> Block:
+    advice = advice or Advice()
     where = "" if scope == "session" else f" (this request: {describe(attribution)})"
     return Block(
         scope,
@@ -352,22 +363,25 @@ def stopped_block(scope: str, key: str, attribution: Attribution) -> Block:
         None,
         f"devmeter: you chose {STOP_LABELS.get(scope, 'Stop')} when devmeter asked before "
         f"spending more{where}, so this request was not sent. Run "
-        f"`{lift_command(scope, key)}` to let it go on.",
+        f"`{_command(scope, key, advice)}` to let it go on.",
     )
 
 
-def unanswered_block(ask: Ask, attribution: Attribution) -> Block:
+def unanswered_block(ask: Ask, attribution: Attribution, advice: Advice | None = None) -> Block:
+    advice = advice or Advice()
     where = "" if ask.scope == "session" else f" (this request: {describe(attribution)})"
+    menu = "tray menu or notification" if advice.menu else "notification"
     return Block(
         ask.scope,
         ask.key,
         ask.level,
         ask.spent,
-        f"devmeter: {_subject(ask)} passed {format_usd(ask.level)} ({format_usd(ask.spent)} "
+        f"devmeter: {_subject(ask, advice)} passed {format_usd(ask.level)} "
+        f"({format_usd(ask.spent)} "
         f"spent) and nobody answered devmeter's ask within {_seconds(ask)}, so this "
         f"request{where} was not sent. To go on up to {format_usd(ask.until)}, run "
-        f"`{lift_command(ask.scope, ask.key)}` or choose Continue in the devmeter "
-        "notification or tray menu.",
+        f"`{_command(ask.scope, ask.key, advice)}` or choose Continue in the devmeter "
+        f"{menu}.",
     )
 
 

@@ -87,7 +87,7 @@ def test_below_the_level_nothing_waits_and_past_it_the_next_request_is_held(
     alert = ask.alert()
     assert alert.kind == "ask" and alert.figure_usd == 25
     assert "0bcf16ce" in alert.message and "$25.00" in alert.message and "$50.00" in alert.message
-    assert f"devmeter allow {ME.session}" in alert.message
+    assert f"devmeter allow {ME.session[:8]}`" in alert.message
     assert len(alert.message) < 255  # whole on every desktop, the command included
     # The next request waits for the same ask (no second alert); other sessions never wait.
     again, new = held(book.check(ME, T0 + 2))
@@ -128,7 +128,7 @@ def test_stop_refuses_this_scope_until_allowed(ledger: Ledger, book: AskBook) ->
     book.apply(control.Control(answers=((ask.id, "stop", T0 + 2),)))
     block = book.check(ME, T0 + 3)
     assert isinstance(block, Block) and block.message.startswith("devmeter: you chose Stop")
-    assert f"devmeter allow {ME.session}" in block.message
+    assert f"devmeter allow {ME.session[:8]}`" in block.message
     assert book.check(OTHER, T0 + 3) is None
     lifted = control.Control(
         answers=((ask.id, "stop", T0 + 2),), allowed=(("session", ME.session, T0 + 9),)
@@ -147,7 +147,7 @@ def test_no_answer_refuses_now_and_later_until_someone_answers(
     block = book.check(ME, T0 + 61)
     assert isinstance(block, Block)
     assert "nobody answered devmeter's ask within 60 s" in block.message
-    assert "up to $50.00" in block.message and f"devmeter allow {ME.session}" in block.message
+    assert "up to $50.00" in block.message and f"devmeter allow {ME.session[:8]}`" in block.message
     assert book.open_asks == [ask]  # still answerable from the menu or the command
     book.answer(ask, "continue", T0 + 300)
     assert book.check(ME, T0 + 301) is None
@@ -250,3 +250,25 @@ def test_a_new_period_closes_the_asks_of_the_last_one() -> None:
     ask, _ = held(book.check(ME, T0))
     book.expire(ask)
     assert book.check(ME, tomorrow) is None and book.open_asks == []  # the repo's day is new
+
+
+def test_messages_name_the_shortest_id_that_resolves_and_the_menu_only_with_one(
+    ledger: Ledger,
+) -> None:
+    from devmeter.budget import Advice
+
+    twin = "0bcf16ce-1111-9999-0000-000000000000"  # shares 14 characters with ME's id
+    advice = Advice(menu=True)
+    advice.know(ME.session)
+    advice.know(twin)
+    book = AskBook(ledger.tracker.budgets, ledger.spend, advice)
+    ledger.add("30")
+    ask, _ = held(book.check(ME, T0))
+    assert "`devmeter allow 0bcf16ce-1111-2`" in ask.alert(advice).message
+    book.expire(ask)
+    block = book.check(ME, T0 + 61)
+    assert isinstance(block, Block) and "Continue in the devmeter tray menu" in block.message
+    headless = AskBook(ledger.tracker.budgets, ledger.spend)
+    headless.expire(held(headless.check(ME, T0))[0])
+    refused = headless.check(ME, T0 + 61)
+    assert isinstance(refused, Block) and "menu" not in refused.message

@@ -227,7 +227,7 @@ def test_with_nobody_there_the_held_request_is_refused_after_the_timeout(
         message = caught.value.body["error"]["message"]  # type: ignore[index]
         assert message.startswith("devmeter: Session desk-una (anthropic-sdk-python in ")
         assert "passed $0.02" in message and "nobody answered" in message
-        assert "devmeter allow desk-unattended" in message
+        assert "`devmeter allow desk-una`" in message
         desktop.wait_for_bus(r'member=Notify\s.*?string "devmeter: Continue spending\?"')
         assert "ActionInvoked" not in desktop.bus()
     finally:

@@ -534,7 +534,7 @@ class Meter:
             except Exception:  # routing's problem: ask without the offer
                 print(f"devmeter: no switch offered: {_short_traceback()}", file=sys.stderr)
         if new and self._on_alert is not None:
-            self._on_alert(ask.alert())
+            self._on_alert(ask.alert(self._asks.advice))
         self._publish_asks()
         return ask
 

@@ -145,7 +145,7 @@ async def serve(
     )
     router = Router(config.section("routing"), config.prices)
     _seed(guard, router, paths)
-    asks = AskBook(config.section("budgets"), guard.spend_in)
+    asks = AskBook(config.section("budgets"), guard.spend_in, guard.advice)
     pricing.warm()  # not on the first call: it would stall every call in flight
     control_file = control_path(paths.data_dir)
     dispatcher = AlertDispatcher(*_notifier(paths, control_file))
