@@ -45,6 +45,7 @@ from devmeter.budget import (
     repo_name,
 )
 from devmeter.control import Control
+from devmeter.paths import write_private
 from devmeter.usage import Attribution
 
 Choice = Literal["continue", "stop", "switch"]
@@ -415,7 +416,7 @@ def asks_path(data_dir: Path) -> Path:
 
 def write_pending(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+    write_private(tmp, json.dumps(rows, indent=1))  # 0600, as all state
     tmp.replace(path)
 
 

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from devmeter.budget import Alert
+from devmeter.paths import write_private
 
 log = logging.getLogger(__name__)
 
@@ -489,7 +490,7 @@ class Notifier:
         if changed and self.status_file is not None:
             try:
                 tmp = self.status_file.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(self.status, indent=1), encoding="utf-8")
+                write_private(tmp, json.dumps(self.status, indent=1))  # 0600, as all state
                 tmp.replace(self.status_file)
             except OSError as exc:
                 log.info("notifications: cannot write %s: %s", self.status_file, exc)
