@@ -161,7 +161,21 @@ class Proxy:
                 self.proc.wait(5)
 
 
+# A benchmark spends thousands of fake dollars in one session and day: the default asks
+# would hold its requests for an answer. Levels out of reach keep the per-request check
+# (what is measured) without ever holding one.
+BENCH_CONFIG = """
+[budgets.session]
+ask_usd = [1000000000]
+
+[budgets.day]
+ask_usd = [1000000000]
+"""
+
+
 def start_devmeter(home: Path, upstream: str) -> Proxy:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(BENCH_CONFIG)
     running = start_proxy(home, upstream)
     return Proxy("devmeter", running.proc, running.host, running.port, running.ca_cert, running)
 

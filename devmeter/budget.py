@@ -42,7 +42,7 @@ from devmeter.usage import Attribution, Call
 
 Scope = Literal["session", "repo", "day", "month"]
 SCOPES: tuple[Scope, ...] = ("session", "repo", "day", "month")
-AlertKind = Literal["threshold", "projection", "loop", "long_running", "blocked"]
+AlertKind = Literal["threshold", "projection", "loop", "long_running", "blocked", "ask"]
 RepoPeriod = Literal["day", "month"]
 
 ZERO = Decimal(0)
@@ -162,6 +162,8 @@ class ScopeBudget:
     notify_usd: tuple[Decimal, ...] = ()
     block_usd: Decimal | None = None
     period: RepoPeriod = "day"  # only read for the repo scope
+    # Levels at which the next request is held until the user answers (devmeter/ask.py).
+    ask_usd: tuple[Decimal, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -171,12 +173,25 @@ class Budgets:
     # one developer. Repo and month figures say nothing the day's do not, so they stay
     # quiet until configured. Nothing blocks unless the user sets a block_usd: a proxy
     # that refuses work by surprise gets uninstalled.
+    #
+    # Asks (ask_usd) are the exception that does stop work, by default: they hold a
+    # request until the user says Continue, and refuse it if nobody answers, so an
+    # unattended runaway stops by itself. A session past $25 is several times a heavy
+    # session's spend (the README's guard-rails section says why), and a day past $100
+    # is twice the day's first threshold.
     session: ScopeBudget = field(
-        default_factory=lambda: ScopeBudget(notify_usd=_usd_tuple(5, 20, 100))
+        default_factory=lambda: ScopeBudget(
+            notify_usd=_usd_tuple(5, 20, 100), ask_usd=_usd_tuple(25, 50)
+        )
     )
     repo: ScopeBudget = field(default_factory=ScopeBudget)
-    day: ScopeBudget = field(default_factory=lambda: ScopeBudget(notify_usd=_usd_tuple(50, 200)))
+    day: ScopeBudget = field(
+        default_factory=lambda: ScopeBudget(notify_usd=_usd_tuple(50, 200), ask_usd=_usd_tuple(100))
+    )
     month: ScopeBudget = field(default_factory=ScopeBudget)
+    # How long a held request waits for an answer: within every supported client's own
+    # request timeout (Claude Code, Codex and the SDKs wait 5 to 10 minutes).
+    ask_timeout_seconds: float = 60.0
 
     def scope(self, scope: str) -> ScopeBudget:
         return getattr(self, scope)  # type: ignore[no-any-return]
@@ -347,11 +362,16 @@ def _table(key: str, value: object) -> Mapping[str, object]:
 
 
 _SCOPE_KEYS = {
-    "session": ("notify_usd", "block_usd"),
-    "repo": ("notify_usd", "block_usd", "period"),
-    "day": ("notify_usd", "block_usd"),
-    "month": ("notify_usd", "block_usd"),
+    "session": ("notify_usd", "block_usd", "ask_usd"),
+    "repo": ("notify_usd", "block_usd", "period", "ask_usd"),
+    "day": ("notify_usd", "block_usd", "ask_usd"),
+    "month": ("notify_usd", "block_usd", "ask_usd"),
 }
+# Keys of [budgets] itself, beside the scope tables.
+_BUDGETS_KEYS = ("ask_timeout_seconds",)
+# The held request must be answered before the client gives up on it: Claude Code, the
+# SDKs and Codex wait 5 to 10 minutes, so asks wait at most 5.
+ASK_TIMEOUT_MAX = 300
 
 
 def parse_budgets(table: Mapping[str, object] | None) -> Budgets:
@@ -362,11 +382,26 @@ def parse_budgets(table: Mapping[str, object] | None) -> Budgets:
     """
     defaults = Budgets()
     table = _table("budgets", table if table is not None else {})
-    reject_unknown("budgets", table, SCOPES)
-    parsed = {
+    reject_unknown("budgets", table, (*SCOPES, *_BUDGETS_KEYS))
+    parsed: dict[str, Any] = {
         scope: _parse_scope(scope, table.get(scope), defaults.scope(scope)) for scope in SCOPES
     }
+    if "ask_timeout_seconds" in table:
+        parsed["ask_timeout_seconds"] = _ask_timeout(table["ask_timeout_seconds"])
     return Budgets(**parsed)
+
+
+def _ask_timeout(value: object) -> float:
+    key = "budgets.ask_timeout_seconds"
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    seconds = float(value) if number else math.nan  # type: ignore[arg-type]
+    if not 0 < seconds <= ASK_TIMEOUT_MAX:
+        raise ConfigError(
+            key,
+            f"expected a number of seconds above 0 and at most {ASK_TIMEOUT_MAX} (clients "
+            f"give up on a request after 5 to 10 minutes), got {value!r}",
+        )
+    return seconds
 
 
 def _parse_scope(scope: str, value: object, default: ScopeBudget) -> ScopeBudget:
@@ -402,6 +437,12 @@ def _parse_scope(scope: str, value: object, default: ScopeBudget) -> ScopeBudget
         # raised with `devmeter allow`, and never before (spend stops at the cap).
         notify = default.notify_usd
 
+    # Default asks are kept with a cap too, like thresholds: those above it work once
+    # `devmeter allow` raises the cap.
+    ask = default.ask_usd
+    if "ask_usd" in table:
+        ask = _ascending_usd(f"{prefix}.ask_usd", table["ask_usd"], "ask levels")
+
     period = default.period
     if "period" in table:
         if table["period"] not in ("day", "month"):
@@ -409,7 +450,18 @@ def _parse_scope(scope: str, value: object, default: ScopeBudget) -> ScopeBudget
                 f"{prefix}.period", f'expected "day" or "month", got {table["period"]!r}'
             )
         period = table["period"]  # type: ignore[assignment]
-    return ScopeBudget(notify_usd=notify, block_usd=block, period=period)
+    return ScopeBudget(notify_usd=notify, block_usd=block, period=period, ask_usd=ask)
+
+
+def _ascending_usd(key: str, raw: object, what: str) -> tuple[Decimal, ...]:
+    """A TOML list of dollar amounts in ascending order (empty: turned off)."""
+    if not isinstance(raw, list):
+        raise ConfigError(key, f"expected a list of dollar amounts like [25, 50], got {raw!r}")
+    levels = tuple(config_usd(key, v) for v in raw)
+    for lower, higher in zip(levels, levels[1:], strict=False):
+        if higher <= lower:
+            raise ConfigError(key, f"{what} must be in ascending order: {higher} follows {lower}")
+    return levels
 
 
 # --- tracking ------------------------------------------------------------------------------
@@ -577,7 +629,7 @@ class BudgetTracker:
                 (scope, budget)
                 for scope in SCOPES
                 for budget in (self.budgets.scope(scope),)
-                if budget.block_usd is not None or budget.notify_usd
+                if budget.block_usd is not None or budget.notify_usd or budget.ask_usd
             )
             cached = self._watched_cache = (self.budgets, watched)
         return cached[1]

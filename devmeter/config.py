@@ -49,6 +49,21 @@ TEMPLATE = """\
 #
 # [budgets.day]
 # notify_usd = [50, 200]
+#
+# Asks: past each level the next request waits until you answer Continue or Stop (a
+# notification, the tray menu, `devmeter allow`); no answer in time refuses it. [] = off.
+# [budgets]
+# ask_timeout_seconds = 60
+# [budgets.session]
+# ask_usd = [25, 50]
+# [budgets.day]
+# ask_usd = [100]
+
+# Alerts and asks pushed to your phone or chat; secrets come from the environment.
+# [notify.ntfy]
+# topic_env = "DEVMETER_NTFY_TOPIC"   # server = "https://ntfy.sh" by default
+# [notify.slack]
+# webhook_url_env = "DEVMETER_SLACK_WEBHOOK"
 
 # Burn rate, loops and sessions running with nobody at the keyboard.
 # [runaway]
@@ -96,6 +111,7 @@ EXTRA_SECTIONS: dict[str, tuple[str, str]] = {
     "budgets": ("devmeter.budget", "parse_budgets"),
     "runaway": ("devmeter.runaway", "parse_runaway"),
     "import": ("devmeter.importers.auto", "parse_import"),
+    "notify": ("devmeter.push", "parse_notify"),
 }
 
 KNOWN_SECTIONS = ("proxy", "upstream", "prices")

@@ -34,6 +34,9 @@ class Control:
     # Sessions stopped with `devmeter stop`: (session id, unix time); a later `allowed`
     # entry for the session lets it continue.
     stopped: tuple[tuple[str, float], ...] = field(default_factory=tuple)
+    # Answers to asks (devmeter/ask.py): (ask id, choice, unix time); the choice is
+    # "continue", "continue:<USD>" (`devmeter allow --by`), "switch" or "stop".
+    answers: tuple[tuple[str, str, float], ...] = field(default_factory=tuple)
 
 
 def control_path(data_dir: Path) -> Path:
@@ -80,6 +83,7 @@ def load(path: Path) -> Control:
         allowed=_entries(path, raw, "allowed", (str, str, float)),
         limits=_entries(path, raw, "limits", (str, str, float, float)),
         stopped=_entries(path, raw, "stopped", (str, float)),
+        answers=_entries(path, raw, "answers", (str, str, float)),
     )
 
 
@@ -140,6 +144,23 @@ def _reason(exc: BaseException) -> str:
     return str(exc)
 
 
+# An answer list grows by one per ask: keep the newest, enough for every open ask.
+MAX_ANSWERS = 200
+
+
+def answer(path: Path, ask_id: str, choice: str, now: float | None = None) -> Control:
+    """Record the user's answer to an ask (the tray, a notification button, the CLI)."""
+    current = load(path)
+    when = time.time() if now is None else now
+    answers = (*current.answers, (ask_id, choice, when))[-MAX_ANSWERS:]
+    scope, _, rest = ask_id.partition(":")
+    session = rest.rpartition(":")[0]
+    if choice == "stop" and scope == "session" and session:
+        # The same stop as `devmeter stop`: refused until `devmeter allow`, which says so.
+        return update(path, answers=answers, stopped=(*current.stopped, (session, when)))
+    return update(path, answers=answers)
+
+
 def save(path: Path, control: Control) -> None:
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     try:
@@ -159,7 +180,7 @@ def update(path: Path, **changes: Any) -> Control:
     """Read, change and write the control state."""
     current = load(path)
     values = asdict(current) | changes
-    for name in ("allowed", "limits", "stopped"):
+    for name in ("allowed", "limits", "stopped", "answers"):
         values[name] = tuple(tuple(a) for a in values[name])
     new = Control(**values)
     save(path, new)

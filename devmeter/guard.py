@@ -108,6 +108,15 @@ class Guard:
         with self._lock:
             self.budgets.settle(reservation)
 
+    def spend_in(
+        self, scope: str, attribution: Attribution, now: float
+    ) -> tuple[str | None, Decimal]:
+        """The key a request counts under in `scope` and that key's spend (for asks)."""
+        tracker = self.budgets
+        with self._lock:
+            key = tracker.key(scope, attribution, now)
+            return key, tracker.spent(scope, key, now) if key is not None else ZERO
+
     def observe(self, call: Call, fingerprint: str | None, human_turn: bool | None) -> list[Alert]:
         with self._lock:
             self.advice.know(call.attribution.session)

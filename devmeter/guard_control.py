@@ -110,6 +110,9 @@ def allow(
     label = _label(scope, key, where)
     was_stopped = scope == "session" and key in tracker.stopped
     cap = tracker.cap(scope, key, now)
+    asked = _answer_ask(where, scope, key, by, now)
+    if asked is not None and cap is None and not was_stopped:
+        return 0, f"devmeter: {label} {asked}"
     if cap is None:
         if not was_stopped:
             other = (
@@ -151,6 +154,29 @@ def allow(
             f"Its thresholds still warn; `{_allow_command(scope, key, where)}` raises it again."
         )
     return 0, " ".join(lines)
+
+
+def _answer_ask(where: Paths, scope: str, key: str, by: Decimal | None, now: float) -> str | None:
+    """Continue the request an ask holds for `(scope, key)`, if there is one (the proxy
+    lists its open asks in asks.json): up to the scope's next ask level, or `by` more
+    than it has spent. What to tell the user, or None when nothing waits."""
+    from devmeter.ask import asks_path, read_pending
+
+    for ask in read_pending(asks_path(where.data_dir)):
+        if ask.get("scope") != scope or ask.get("key") != key:
+            continue
+        until = Decimal(str(ask.get("until_usd", 0)))
+        choice = "continue"
+        if by is not None:
+            until = Decimal(str(ask.get("spent_usd", 0))) + by
+            choice = f"continue:{until}"
+        control.answer(control.control_path(where.data_dir), str(ask["id"]), choice, now)
+        return (
+            f"may spend up to {format_usd(until)} (devmeter asked at "
+            f"{format_usd(Decimal(str(ask.get('level_usd', 0))))}); the held request goes on "
+            "within a second."
+        )
+    return None
 
 
 def stop(where: Paths, session: str, now: float) -> str:

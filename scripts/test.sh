@@ -23,7 +23,7 @@ fi
 # A virtual display, a tray host and a screenshot tool for the tray tests, the system's
 # PyGObject with GTK 3 and a D-Bus daemon for the tray's GTK backend; a session bus and a
 # notification daemon for doctor's test notification; zsh, fish and strace for the shell
-# hook's tests.
+# hook's tests; dunst also shows the ask popups in their tests.
 missing=()
 for tool in Xvfb tint2 import xdotool dbus-daemon dbus-launch dunst zsh fish strace; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")

@@ -71,8 +71,11 @@ def test_config_overrides_only_what_it_names():
             "month": {"notify_usd": [300], "block_usd": 1000},
         }
     )
-    # Default thresholds above the cap are kept: they warn once `devmeter allow` raises it.
-    assert budgets.session == ScopeBudget(notify_usd=(D(5), D(20), D(100)), block_usd=D(50))
+    # Default thresholds and asks above the cap are kept: they work once `devmeter allow`
+    # raises it.
+    assert budgets.session == ScopeBudget(
+        notify_usd=(D(5), D(20), D(100)), block_usd=D(50), ask_usd=(D(25), D(50))
+    )
     assert budgets.repo.notify_usd == (D(10), D("25.5"))  # exact, not 25.5000000001
     assert budgets.repo.period == "month"
     assert budgets.month == ScopeBudget(notify_usd=(D(300),), block_usd=D(1000))

@@ -14,13 +14,16 @@ import pytest
 from devmeter.budget import Alert
 from devmeter.tray.notify import (
     Backend,
+    Notice,
     Notifier,
     default_backends,
+    desktop_notifier_backend,
     icon_backend,
     notify_send_backend,
     osascript_backend,
     plyer_backend,
     powershell_backend,
+    read_status,
     summary,
 )
 
@@ -188,12 +191,16 @@ def test_a_backend_that_cannot_work_here_is_not_retried():
 def test_the_default_chain_per_platform():
     icon = FakeIcon()
     names = {p: [b.name for b in default_backends(icon, p)] for p in ("darwin", "linux", "win32")}
+    # plyer is not used on Linux: it runs notify-send there and ignores its exit status.
     assert names == {
-        "darwin": ["plyer", "osascript", "tray icon"],
-        "linux": ["plyer", "notify-send", "tray icon"],
-        "win32": ["plyer", "powershell", "tray icon"],
+        "darwin": ["desktop-notifier", "osascript", "plyer", "tray icon"],
+        "linux": ["desktop-notifier", "notify-send", "tray icon"],
+        "win32": ["desktop-notifier", "powershell", "plyer", "tray icon"],
     }
-    assert [b.name for b in default_backends(None, "freebsd14")] == ["plyer", "notify-send"]
+    assert [b.name for b in default_backends(None, "freebsd14")] == [
+        "desktop-notifier",
+        "notify-send",
+    ]
 
 
 def test_long_texts_are_clipped_to_what_windows_shows():
@@ -260,3 +267,90 @@ def test_summary_leads_with_the_most_severe():
     title, message = summary([alert("threshold"), alert("loop", msg="looping"), alert("threshold")])
     assert title == "3 alerts"
     assert message == "2 spend thresholds passed; 1 possible loop. Most urgent: looping"
+
+
+# --- urgency, buttons, delivery checked, status --------------------------------------------
+
+
+def test_urgent_alerts_ask_notify_send_to_stay_until_dismissed(bin_dir):
+    log = fake_binary(bin_dir, "notify-send")
+    notifier = Notifier([notify_send_backend()])
+    notifier.notify(alert("threshold"), T0)
+    notifier.notify(alert("blocked", key="s2"), T0)
+    notifier.notify(alert("ask", key="s3"), T0)
+    flags = [[a for a in c["argv"] if a.startswith("--urgency") or a.startswith("--expire")]
+             for c in calls(log)]  # fmt: skip
+    assert flags == [[], ["--urgency=critical", "--expire-time=0"]] + [
+        ["--urgency=critical", "--expire-time=0"]
+    ]
+
+
+def test_an_asks_buttons_answer_it_by_id():
+    notices: list[Notice] = []
+    answers: list[tuple[str, str]] = []
+    backend = Backend("fake", lambda t, m: None, notices.append)
+    notifier = Notifier([backend], on_answer=lambda i, c: answers.append((i, c)))
+    ask = Alert(T0, "ask", "session", "abc-123", Decimal("25"), "passed $25", "codex", None, "abc")
+    assert notifier.notify(ask, T0) == "sent"
+    (notice,) = notices
+    assert notice.urgency == "critical" and notice.title == "devmeter: Continue spending?"
+    assert [(a.id, a.label) for a in notice.actions] == [
+        ("continue", "Continue"),
+        ("stop", "Stop this session"),
+    ]
+    notice.on_action("continue")
+    assert answers == [("session:abc-123:25", "continue")]
+
+
+def test_an_ask_with_a_cheaper_model_offers_switch():
+    from devmeter.ask import AskAlert
+
+    notices: list[Notice] = []
+    notifier = Notifier([Backend("fake", lambda t, m: None, notices.append)], on_answer=print)
+    ask = AskAlert(T0, "ask", "session", "s", Decimal(25), "m", switch_to="claude-haiku-5-5")
+    notifier.notify(ask, T0)
+    assert [a.label for a in notices[0].actions] == [
+        "Continue",
+        "Switch to claude-haiku-5-5",
+        "Stop this session",
+    ]
+
+
+def test_an_ask_is_never_held_behind_a_flood(notifier, shown):
+    for i in range(5):
+        notifier.notify(alert("threshold", key=f"s{i}"), T0)
+    assert len(shown) == 2 and notifier.held
+    notifier.notify(alert("ask", key="runaway"), T0 + 1)
+    assert shown[-1][0] == "devmeter: Continue spending?"
+
+
+def test_no_notification_service_falls_through_and_the_status_says_which_worked(
+    bin_dir, tmp_path, monkeypatch
+):
+    """desktop-notifier for real, on a D-Bus address where nothing listens: notify-send next."""
+    monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", f"unix:path={tmp_path}/no-bus")
+    log = fake_binary(bin_dir, "notify-send")
+    status = tmp_path / "notify-status.json"
+    notifier = Notifier([desktop_notifier_backend(), notify_send_backend()], status_file=status)
+    assert notifier.notify(alert("ask"), T0) == "sent"
+    assert len(calls(log)) == 1
+    written = json.loads(status.read_text())
+    assert written["ok"] is True and written["backend"] == "notify-send"
+    assert "did not take the notification" in written["problems"]["desktop-notifier"]
+
+
+def test_a_desktop_with_no_working_backend_is_reported_once(bin_dir, tmp_path, caplog):
+    fake_binary(bin_dir, "notify-send", exit_code=1)  # no daemon: libnotify exits 1
+    status = tmp_path / "notify-status.json"
+    notifier = Notifier([notify_send_backend()], status_file=status)
+    with caplog.at_level(logging.WARNING, logger="devmeter.tray.notify"):
+        assert notifier.notify(alert(key="a"), T0) == "failed"
+        assert notifier.notify(alert(key="b"), T0 + 1) == "failed"
+    assert caplog.text.count("none could be shown") == 1
+    assert "notify-send: exit status 1" in caplog.text
+    assert read_status(tmp_path) == {
+        "ok": False, "backend": None, "problems": {"notify-send": "exit status 1"}, "ts": T0
+    }  # fmt: skip
+    fake_binary(bin_dir, "notify-send")  # a daemon came up
+    assert notifier.notify(alert(key="c"), T0 + 2) == "sent"
+    assert read_status(tmp_path)["ok"] is True

@@ -8,6 +8,7 @@ copies each chunk into the parser and returns it unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import sys
@@ -24,6 +25,7 @@ import httpx2
 from mitmproxy import connection, ctx, http, websocket
 
 from devmeter import metering
+from devmeter.ask import Ask, AskBook
 from devmeter.attribution import lower_headers
 from devmeter.budget import Alert, Block
 from devmeter.control import ControlWatcher
@@ -51,6 +53,9 @@ from devmeter.routing.session_router import REQUEST_CLASS_HEADER, RoutePlan, Rou
 from devmeter.usage import Attribution, Call, RequestInfo, ResponseResult, Usage
 
 METADATA_KEY = "devmeter"
+# How often a request held by an ask looks for the answer (control.json is re-read at most
+# twice a second anyway).
+ASK_POLL_SECONDS = 0.25
 HOST_KEY = "devmeter.host"  # the provider host the client asked for
 
 # (flow, its request, its headers with lower-case names, the provider host the client
@@ -134,6 +139,8 @@ class Meter:
         clock: Callable[[], float] = time.time,
         client_lookup: ClientLookup | None = None,
         deadline: HeaderDeadline | None = None,
+        asks: AskBook | None = None,
+        on_asks_changed: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
         # The lookup runs from the Meter's hooks rather than as an addon of its own:
         # mitmproxy calls every addon on every event, ~3 us an addon an event, 8 events
@@ -153,6 +160,9 @@ class Meter:
         # Batches already metered in this run (by path): a second read of the same results
         # or status bills nothing new. Least recent first, bounded.
         self._batches_read: OrderedDict[str, None] = OrderedDict()
+        self._asks = asks
+        self._on_asks_changed = on_asks_changed
+        self._asks_shown = 0  # the AskBook version last handed to on_asks_changed
 
     def reconfigure(
         self, upstreams: Mapping[str, str], overrides: tuple[PriceOverride, ...]
@@ -172,28 +182,30 @@ class Meter:
         lookup = self._client_lookup.requestheaders(flow) if self._client_lookup else None
         if lookup is not None:
             return self._look_up_then_map(lookup, flow)
-        self._map_request(flow)
-        return None
+        return self._map_request(flow)
 
     async def _look_up_then_map(
         self, lookup: Coroutine[None, None, None], flow: http.HTTPFlow
     ) -> None:
         await lookup
-        self._map_request(flow)
+        held = self._map_request(flow)
+        if held is not None:
+            await held
 
-    def _map_request(self, flow: http.HTTPFlow) -> None:
+    def _map_request(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
+        """Map the request to its upstream; a coroutine when an ask holds a streamed one."""
         host = client_host(flow.request, self._known_hosts)
         flow.metadata[HOST_KEY] = host  # before the mapping below changes the request's host
         if self._refused_request_headers(flow, host):
-            return
-        if host == cursor.HOST:
-            self._stream_cursor_request(flow, host)
+            return None
+        held = self._stream_cursor_request(flow, host) if host == cursor.HOST else None
         if _state(flow) is None and flow.response is None:
             self._stream_large_request(flow, host)
         # A streamed request connects upstream right after its headers: map it now.
         upstream = self._upstreams.get(host)
         if upstream is not None:
             _send_to(flow, upstream)
+        return held
 
     def client_connected(self, client: connection.Client) -> None:
         if self._deadline is not None:
@@ -209,24 +221,29 @@ class Meter:
         if self._client_lookup is not None:
             self._client_lookup.client_disconnected(client)
 
-    def _stream_cursor_request(self, flow: http.HTTPFlow, host: str) -> None:
+    def _stream_cursor_request(
+        self, flow: http.HTTPFlow, host: str
+    ) -> Coroutine[None, None, None] | None:
         """Cursor keeps its request open while the answer streams (Connect bidi streams):
         forward its body as it comes, reading a copy, or the call would never start."""
         try:
             endpoint = match_endpoint(host, flow.request.method, flow.request.path)
             streaming = "connect+" in flow.request.headers.get("content-type", "")
             if endpoint is None or endpoint.api != "cursor.chat" or not streaming:
-                return
+                return None
             self._apply_control()
             reader = cursor.RequestReader()
-            self._start(flow, host)
+            held = self._start(flow, host)
             state = _state(flow)
             if state is not None:
                 state.request_reader = reader
+            if held is not None:
+                return _then_stream(held, flow, reader)
             if flow.response is None:  # mitmproxy refuses a streamed request it answered
                 flow.request.stream = _request_tap(reader)
         except Exception:
             self._internal_error(flow, host, "requestheaders")
+        return None
 
     def _refused_request_headers(self, flow: http.HTTPFlow, host: str) -> bool:
         """Request headers too large to pass on safely: answered 431 (or, when the body
@@ -333,22 +350,25 @@ class Meter:
         flow.kill()  # the error hook records the refusal
         return True
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
+        # Sync, returning a coroutine only for a request held by an ask (mitmproxy awaits
+        # it, and serves other flows meanwhile).
         host = flow.metadata.get(HOST_KEY) or client_host(flow.request, self._known_hosts)
         try:
             self._apply_control()
             if _state(flow) is None:  # Cursor's streamed requests started in requestheaders
-                self._start(flow, host)
+                return self._start(flow, host)
         except Exception:
             self._internal_error(flow, host, "request")
+        return None
 
-    def _start(self, flow: http.HTTPFlow, host: str) -> None:
+    def _start(self, flow: http.HTTPFlow, host: str) -> Coroutine[None, None, None] | None:
         endpoint = match_endpoint(host, flow.request.method, flow.request.path)
         if endpoint is None:
             self._guard_unmetered(flow, host)
-            return
+            return None
         if endpoint.api in BATCH_APIS and self._batch_read(flow, record=False):
-            return  # metered when first read; reading it again costs nothing
+            return None  # metered when first read; reading it again costs nothing
         now = self._clock()
         headers = lower_headers(flow.request.headers)  # once: mitmproxy's lookups are slow
         body, note = streaming.request_body(flow.request, headers.get("content-encoding"))
@@ -381,11 +401,34 @@ class Meter:
                     # A free request (count_tokens, batch results) passes a cap or a pause.
                     if verdict.block is not None and not _is_free(flow, host, False):
                         _refuse(flow, state, verdict.block)
-                        return
+                        return None
                     state.reservation = verdict.reservation
                 state.signals = request_signals(doc, headers.get(REQUEST_CLASS_HEADER))
             except Exception:
                 state.tap_error = f"devmeter guard failed (call let through): {_short_traceback()}"
+        # A WebSocket handshake is not held, as the guard lets it through: each turn on
+        # the socket is asked about instead.
+        held = (
+            None
+            if state.upgrade
+            else self._ask_first(
+                flow, state, now, lambda: self._switch_target(state, headers, body, doc, now)
+            )
+        )
+        if held is not None:
+            return self._hold(held, flow, state, headers, body, doc)
+        self._maybe_route(flow, state, headers, body, doc, now)
+        return None
+
+    def _maybe_route(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        headers: Mapping[str, str],
+        body: bytes,
+        doc: dict[str, Any] | None,
+        now: float,
+    ) -> None:
         if self._router is not None and flow.websocket is None and doc is not None:
             try:
                 self._route(flow, state, headers, body, doc, now)
@@ -452,10 +495,130 @@ class Meter:
         flow.metadata[METADATA_KEY] = state
         return state
 
+    # -- asks (devmeter/ask.py): hold a request until the user answers --------------------
+
+    def _ask_first(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        now: float,
+        switch: Callable[[], str | None] | None = None,
+    ) -> Ask | None:
+        """The ask this request must wait for, or None to send it now (or refused)."""
+        if self._asks is None or state.blocked is not None:
+            return None
+        try:
+            verdict = self._ask_verdict(state, now, switch)
+        except Exception:
+            state.tap_error = f"devmeter ask failed (call let through): {_short_traceback()}"
+            return None
+        if isinstance(verdict, Block):
+            _refuse(flow, state, verdict)
+            return None
+        return verdict
+
+    def _ask_verdict(
+        self, state: FlowState, now: float, switch: Callable[[], str | None] | None = None
+    ) -> Ask | Block | None:
+        """The AskBook's answer for this request; a new ask's alert goes out here, once,
+        offering Switch when `switch` names a cheaper model a rule would route it to."""
+        if self._asks is None:
+            return None
+        verdict = self._asks.check(state.attribution, now)
+        if verdict is None or isinstance(verdict, Block):
+            return verdict
+        ask, new = verdict
+        if new and switch is not None:
+            try:
+                ask = self._asks.offer_switch(ask, switch())
+            except Exception:  # routing's problem: ask without the offer
+                print(f"devmeter: no switch offered: {_short_traceback()}", file=sys.stderr)
+        if new and self._on_alert is not None:
+            self._on_alert(ask.alert(self._asks.advice))
+        self._publish_asks()
+        return ask
+
+    async def _hold(
+        self,
+        ask: Ask,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        headers: Mapping[str, str],
+        body: bytes,
+        doc: dict[str, Any] | None,
+    ) -> None:
+        """Wait for the answer without blocking other flows, then send the request or
+        refuse it."""
+        try:
+            block = await self._answer_to(ask, state)
+            if block is not None:
+                _refuse(flow, state, block)
+                return
+            self._maybe_route(flow, state, headers, body, doc, self._clock())
+        except Exception:
+            state.tap_error = f"devmeter ask failed (call let through): {_short_traceback()}"
+        finally:
+            self._publish_asks()
+
+    async def _answer_to(self, ask: Ask, state: FlowState) -> Block | None:
+        """Poll control.json until `ask` is answered: None to go on, or the Block to refuse
+        with (Stop; no answer by the deadline; a stop, cap or pause meanwhile). Continue
+        can lead straight to another scope's ask, which is waited for in turn."""
+        current: Ask | None = ask
+        while current is not None:
+            await asyncio.sleep(ASK_POLL_SECONDS)
+            self._apply_control()
+            now = self._clock()
+            block = self._guard.check(state.attribution, now).block if self._guard else None
+            if block is not None:
+                return block
+            if not self._asks_answered(current) and now < current.deadline:
+                continue
+            if not self._asks_answered(current) and self._asks is not None:
+                self._asks.expire(current)
+            verdict = self._ask_verdict(state, now)
+            if isinstance(verdict, Block):
+                return verdict
+            current = verdict
+        return None
+
+    def _switch_target(
+        self,
+        state: FlowState,
+        headers: Mapping[str, str],
+        body: bytes,
+        doc: dict[str, Any] | None,
+        now: float,
+    ) -> str | None:
+        if self._router is None:
+            return None
+        return self._router.switch_target(
+            state.endpoint, state.request, state.attribution, headers, body, now, doc
+        )
+
+    def _asks_answered(self, ask: Ask) -> bool:
+        return self._asks is None or self._asks.answered(ask)
+
+    def _publish_asks(self) -> None:
+        book = self._asks
+        if book is None or self._on_asks_changed is None or book.version == self._asks_shown:
+            return
+        self._asks_shown = book.version
+        try:
+            self._on_asks_changed(book.pending())
+        except Exception:
+            print(f"devmeter: could not publish open asks: {_short_traceback()}", file=sys.stderr)
+
     def _apply_control(self) -> None:
         control = self._control.poll() if self._control is not None else None
         if control is None:
             return
+        if self._asks is not None:
+            self._asks.apply(control)
+            self._publish_asks()
+            for session in self._asks.take_switched():
+                if self._router is not None:
+                    self._router.switch(session)
         if self._guard is not None:
             self._guard.apply(control)
         if self._router is not None:
@@ -718,21 +881,26 @@ class Meter:
         except Exception:
             state.tap_error = _short_traceback()
 
-    def websocket_message(self, flow: http.HTTPFlow) -> None:
+    def websocket_message(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
+        # Sync, returning a coroutine only for a turn held by an ask: mitmproxy awaits it
+        # before it forwards (or drops) the message.
         state = _state(flow)
         if flow.websocket is None:
-            return
+            return None
         if state is None or state.parser is None:
             streaming.drop_frames(flow.websocket.messages)  # nothing reads them
-            return
+            return None
         try:
             message = flow.websocket.messages[-1]
             if message.injected:
-                return  # devmeter's own refusal, already recorded
+                return None  # devmeter's own refusal, already recorded
             if message.from_client:
                 request = parse_request(state.endpoint, message.content)
                 if self._refuse_ws_turn(flow, state, message, request):
-                    return
+                    return None
+                held = self._ws_ask_first(flow, state, message, request)
+                if held is not None:
+                    return self._hold_ws_turn(held, flow, state, message, request)
                 if state.endpoint.api != "openai.realtime":  # events, not one per response
                     state.ws_requests.append(request)
             else:
@@ -743,6 +911,59 @@ class Meter:
             del flow.websocket.messages[:-1]
         except Exception:
             self._internal_error(flow, state.host, "websocket")
+        return None
+
+    def _ws_ask_first(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        message: websocket.WebSocketMessage,
+        request: RequestInfo,
+    ) -> Ask | None:
+        """Codex keeps one socket for a session: a turn past an ask level waits too. (Not a
+        Realtime socket's frames, dozens a second: they are not one per response.)"""
+        if state.endpoint.api == "openai.realtime":
+            return None
+        try:
+            verdict = self._ask_verdict(state, self._clock())
+        except Exception:
+            state.tap_error = f"devmeter ask failed (call let through): {_short_traceback()}"
+            return None
+        if isinstance(verdict, Block):
+            self._unreserve_last_ws_turn(state)
+            self._refuse_ws_message(flow, state, message, request, verdict, self._clock())
+            return None
+        return verdict
+
+    def _unreserve_last_ws_turn(self, state: FlowState) -> None:
+        """The guard let the turn through and reserved for it; the ask refused it."""
+        if state.ws_reservations:
+            reservation = state.ws_reservations.pop()
+            if self._guard is not None:
+                with contextlib.suppress(Exception):
+                    self._guard.settle(reservation)
+
+    async def _hold_ws_turn(
+        self,
+        ask: Ask,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        message: websocket.WebSocketMessage,
+        request: RequestInfo,
+    ) -> None:
+        try:
+            block = await self._answer_to(ask, state)
+            if block is not None:
+                self._unreserve_last_ws_turn(state)
+                self._refuse_ws_message(flow, state, message, request, block, self._clock())
+            elif state.endpoint.api != "openai.realtime":  # events, not one per response
+                state.ws_requests.append(request)
+            if flow.websocket is not None:
+                del flow.websocket.messages[:-1]
+        except Exception:
+            self._internal_error(flow, state.host, "websocket")
+        finally:
+            self._publish_asks()
 
     def _refuse_ws_turn(
         self,
@@ -774,13 +995,27 @@ class Meter:
             if not realtime:
                 state.ws_reservations.append(verdict.reservation)
             return False
+        self._refuse_ws_message(flow, state, message, request, block, now)
+        return True
+
+    def _refuse_ws_message(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        message: websocket.WebSocketMessage,
+        request: RequestInfo,
+        block: Block,
+        now: float,
+    ) -> None:
+        """Drop the client's turn and answer it on the socket, in the API's error shape."""
         message.drop()
+        realtime = state.endpoint.api == "openai.realtime"
         if realtime:
             # Refuse each frame, but answer and record once per socket and per response
             # the client asks for.
             asks = b"response.create" in (message.content or b"")
             if state.ws_refused and not asks:
-                return True
+                return
             state.ws_refused = True
         event = block.refusal(state.endpoint.api, state.attribution.tool).websocket_event
         ctx.master.commands.call("inject.websocket", flow, True, json.dumps(event).encode())
@@ -798,7 +1033,6 @@ class Meter:
             error=block.message,
         )
         self._record(refused)
-        return True
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         state = _state(flow)
@@ -988,6 +1222,15 @@ def _with_input_estimate(result: ResponseResult, request: RequestInfo) -> Respon
     if usage is None or not usage.estimated or usage.input_tokens:
         return result
     return replace(result, usage=replace(usage, input_tokens=request.prompt_tokens() or 0))
+
+
+async def _then_stream(
+    held: Coroutine[None, None, None], flow: http.HTTPFlow, reader: cursor.RequestReader
+) -> None:
+    """A streamed request held by an ask: stream it once answered, unless it was refused."""
+    await held
+    if flow.response is None:
+        flow.request.stream = _request_tap(reader)
 
 
 def _request_tap(reader: cursor.RequestReader) -> Callable[[bytes], bytes]:

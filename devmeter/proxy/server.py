@@ -18,11 +18,14 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from mitmproxy import connection, http, options
 from mitmproxy.tools.dump import DumpMaster
 
 from devmeter import cabundle, ports, pricing
+from devmeter import control as control_state
+from devmeter.ask import AskBook, asks_path, write_pending
 from devmeter.attribution import Attributor
 from devmeter.budget import SCOPES, Alert, Budgets
 from devmeter.config import Config
@@ -40,6 +43,7 @@ from devmeter.paths import Paths, write_private
 from devmeter.providers import INTERCEPT_HOSTS
 from devmeter.proxy import deadlines
 from devmeter.proxy.meter import Meter
+from devmeter.push import Pusher
 from devmeter.routing.session_router import Router
 from devmeter.spool import SpoolBusy
 from devmeter.usage import Attribution, Call, RequestInfo
@@ -141,13 +145,24 @@ async def serve(
     )
     router = Router(config.section("routing"), config.prices)
     _seed(guard, router, paths)
+    asks = AskBook(config.section("budgets"), guard.spend_in, guard.advice)
     pricing.warm()  # not on the first call: it would stall every call in flight
-    dispatcher = AlertDispatcher(*_notifier())
+    control_file = control_path(paths.data_dir)
+    dispatcher = AlertDispatcher(*_notifier(paths, control_file))
+    pusher = _pusher(config)
 
     def on_alert(alert: Alert) -> None:
         writer.add_alert(alert)
         print_alert(alert)
         dispatcher.send(alert)
+        if pusher is not None:
+            pusher.send(alert)
+
+    pending = asks_path(paths.data_dir)
+    pending.unlink(missing_ok=True)  # a killed proxy's held requests died with it
+
+    def on_asks_changed(open_asks: list[dict[str, Any]]) -> None:
+        write_pending(pending, open_asks)  # for the tray menu; rare and tiny
 
     def record(call: Call) -> None:
         writer.add_call(call)  # spooled to disk before the client gets the answer
@@ -177,9 +192,11 @@ async def serve(
         router=router,
         guard=guard,
         on_alert=on_alert,
-        control=ControlWatcher(control_path(paths.data_dir)),
+        control=ControlWatcher(control_file),
         client_lookup=ClientProcessLookup(attributor),
         deadline=deadline,
+        asks=asks,
+        on_asks_changed=on_asks_changed,
     )
     master.addons.add(meter)
 
@@ -198,6 +215,7 @@ async def serve(
         fresh = _unseeded(guard.budgets.budgets, budgets)
         seed = {key: usd for key, usd in spend.items() if key[0] in fresh}
         guard.reconfigure(budgets, new.section("runaway"), seed)
+        asks.budgets = budgets  # new ask levels and timeout from the next request on
         router.reconfigure(new.section("routing"), new.prices)
         meter.reconfigure(new.upstreams, new.prices)
         if set(new.upstreams) != set(old.upstreams):
@@ -241,6 +259,9 @@ async def serve(
         clear_status(paths.data_dir)
         writer.close()
         dispatcher.close()
+        if pusher is not None:
+            pusher.close()
+        pending.unlink(missing_ok=True)  # held requests end with the proxy
         paths.proxy_state.unlink(missing_ok=True)
 
 
@@ -358,11 +379,13 @@ def _unseeded(old: Budgets, new: Budgets) -> set[str]:
 
 
 def _watched(budgets: Budgets) -> set[str]:
-    """The scopes whose spend the guard counts: those with a cap or a threshold."""
+    """The scopes whose spend the guard counts: those with a cap, a threshold or asks."""
     return {
         scope
         for scope in SCOPES
-        if budgets.scope(scope).block_usd is not None or budgets.scope(scope).notify_usd
+        if budgets.scope(scope).block_usd is not None
+        or budgets.scope(scope).notify_usd
+        or budgets.scope(scope).ask_usd
     }
 
 
@@ -382,11 +405,24 @@ def _ledger_spend(paths: Paths, budgets: Budgets) -> dict[tuple[str, str], Decim
         return {}
 
 
-def _notifier() -> tuple[Callable[[Alert], object], Callable[[], object]]:
-    from devmeter.tray.notify import Notifier
+def _notifier(
+    paths: Paths, control_file: Path
+) -> tuple[Callable[[Alert], object], Callable[[], object]]:
+    """Desktop notifications from the proxy itself, so they work without the tray too; an
+    ask's buttons answer through control.json, like the tray menu and `devmeter allow`."""
+    from devmeter.tray.notify import Notifier, status_path
 
-    notifier = Notifier()
+    def on_answer(ask_id: str, choice: str) -> None:
+        control_state.answer(control_file, ask_id, choice)
+
+    notifier = Notifier(on_answer=on_answer, status_file=status_path(paths.data_dir))
     return notifier.notify, notifier.flush
+
+
+def _pusher(config: Config) -> Pusher | None:
+    """Alerts pushed to a phone or chat ([notify]), if any target is configured."""
+    targets = config.section("notify")
+    return Pusher(targets) if targets.targets else None
 
 
 def _write_state(path: Path, bound: tuple[str, int]) -> None:

@@ -70,6 +70,29 @@ class Router:
         # end, and one not seen among the last `max_sessions` starts afresh if it returns.
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self.max_sessions = max_sessions
+        # Sessions whose user chose "Switch to a cheaper model" when devmeter asked before
+        # spending more (devmeter/ask.py): routed as in mode "on", whatever the mode.
+        self._switched: set[str] = set()
+
+    def switch(self, session: str) -> None:
+        """Route this session's requests from now on, as if the mode were "on"."""
+        with self._lock:
+            self._switched.add(session)
+
+    def switch_target(
+        self,
+        endpoint: Endpoint,
+        info: RequestInfo,
+        attribution: Attribution,
+        headers: Mapping[str, str],
+        body: bytes,
+        now: float,
+        doc: Any = None,
+    ) -> str | None:
+        """The model a rule would route this request to if routing were on, else None:
+        what an ask's Switch button offers."""
+        plan = self.plan(endpoint, info, attribution, headers, body, now, doc, force_on=True)
+        return plan.decision.target if plan is not None and plan.rewrite else None
 
     @property
     def mode(self) -> str:
@@ -103,11 +126,16 @@ class Router:
         body: bytes,
         now: float,
         doc: Any = None,
+        force_on: bool = False,
     ) -> RoutePlan | None:
         """What routing does with this request; None when no rule has anything to say.
 
-        `doc` is the body already parsed, when the caller has it."""
-        if self.config.mode == "off" or endpoint.api not in REWRITABLE or not info.model:
+        `doc` is the body already parsed, when the caller has it. `force_on`: as if the
+        mode were "on" (a switched session always is)."""
+        config = self.config
+        if config.mode != "on" and (force_on or attribution.session in self._switched):
+            config = replace(config, mode="on")
+        if config.mode == "off" or endpoint.api not in REWRITABLE or not info.model:
             return None
         if not self.config.rules:
             return None  # what `decide` says without rules; skip building its context
@@ -136,7 +164,7 @@ class Router:
             now=now,
             expected_output_tokens=outputs // calls if calls else 0,
         )
-        decision = routing.decide(self.config, ctx, self.price)
+        decision = routing.decide(config, ctx, self.price)
         if decision.rule is None:
             return None
         if not decision.rewrite or decision.target is None:

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from devmeter.budget import MENU_ENV
 from devmeter.config import Config, ConfigError, load
 from devmeter.ledger import connect_readonly
 from devmeter.paths import Paths, make_private_dir, write_private
+from devmeter.tray import asks as tray_asks
 from devmeter.tray.icon import render_badge, render_icon, tooltip
 from devmeter.tray.menu import MenuItem, TraySnapshot, build_menu, to_pystray
 from devmeter.tray.snapshot import change_marker, day_start, snapshot
@@ -306,6 +308,7 @@ class TrayApp:
             "pause": lambda: self._control(paused=True),
             "resume": lambda: self._control(paused=False),
             "allow": self.allow,
+            "answer_ask": self.answer_ask,
             "open_config": self.open_config,
             "quit": self.quit,
         }
@@ -316,6 +319,15 @@ class TrayApp:
     def allow(self, scope: str, key: str) -> None:
         current = self._load_control()
         self._control(allowed=(*current.allowed, (scope, key, self.clock())))
+
+    def answer_ask(self, ask_id: str, choice: str) -> None:
+        """Continue or Stop a request held by an ask (the proxy reads control.json)."""
+        try:
+            control_state.answer(self.control_file, ask_id, choice, self.clock())
+        except (OSError, ValueError) as exc:
+            self._problem("Cannot answer devmeter's question", str(exc))
+            return
+        self._redraw_soon()
 
     def open_report(self, session: str | None = None) -> Path | None:
         name = f"devmeter-report-{session[:16] if session else 'today'}.txt"
@@ -442,11 +454,17 @@ class TrayApp:
                     self.supervisor.status,
                     day_start(now),
                     int(now // REDRAW_SECONDS),
+                    *map(_mtime, tray_asks.files(self.paths.data_dir)),
                 )
                 if not force and marker == self._marker:
                     return False
                 snap = snapshot(
                     conn, now, self._load_control(), configured_routing=self._configured_routing()
+                )
+                snap = replace(
+                    snap,
+                    asks=tray_asks.held_asks(self.paths.data_dir),
+                    notify_problem=tray_asks.notify_problem(self.paths.data_dir),
                 )
             except sqlite3.Error as exc:
                 print(f"devmeter: cannot read the ledger: {exc}", file=sys.stderr)

@@ -4,7 +4,8 @@
 turns them into a `pystray.Menu`, calling `handlers[item.action](*item.args)` on a click.
 
 Actions (and their args): `open_report` (session id, or none), `set_routing` (mode),
-`pause`, `resume`, `allow` (scope, key), `open_config`, `quit`.
+`pause`, `resume`, `allow` (scope, key), `answer_ask` (ask id, "continue" | "stop"),
+`open_config`, `quit`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,22 @@ class CapRow:
 
 
 @dataclass(frozen=True)
+class AskRow:
+    """A request held until the user answers (devmeter/ask.py, from the proxy's asks.json)."""
+
+    id: str
+    scope: str
+    key: str
+    level_usd: Decimal
+    until_usd: Decimal
+    spent_usd: Decimal
+    tool: str | None = None
+    repo: str | None = None
+    expired: bool = False  # nobody answered in time: the scope's requests are refused
+    switch_to: str | None = None  # a cheaper model a routing rule offers
+
+
+@dataclass(frozen=True)
 class TraySnapshot:
     today_usd: Decimal = Decimal(0)
     month_usd: Decimal = Decimal(0)
@@ -57,13 +74,16 @@ class TraySnapshot:
     paused: bool = False
     blocked: Sequence[CapRow] = ()
     warning: bool = False  # an alert the developer has not looked at yet
+    asks: Sequence[AskRow] = ()  # requests waiting for the user's answer
+    notify_problem: str | None = None  # why desktop notifications cannot be shown
 
     @property
     def state(self) -> State:
-        """The icon's state: paused wins (the user chose it), then blocked, then warning."""
+        """The icon's state: paused wins (the user chose it), then blocked or a request
+        waiting for an answer, then warning."""
         if self.paused:
             return "paused"
-        if self.blocked:
+        if self.blocked or self.asks:
             return "blocked"
         return "warning" if self.warning else "normal"
 
@@ -92,6 +112,11 @@ def build_menu(snapshot: TraySnapshot) -> list[MenuItem]:
     ]
     if snapshot.paused:
         items.append(MenuItem("Paused: metered requests are refused", enabled=False))
+    items += [_ask_item(ask) for ask in snapshot.asks]
+    if snapshot.notify_problem:
+        items.append(
+            MenuItem(f"Notifications are not shown: {snapshot.notify_problem}", enabled=False)
+        )
     if snapshot.blocked:
         items.append(
             MenuItem(
@@ -159,6 +184,28 @@ def _more(rest: Sequence[Any], usd: Callable[[Any], Decimal], what: str) -> list
         return []
     total = sum((usd(r) for r in rest), Decimal(0))
     return [MenuItem(f"{format_usd(total)}  {len(rest)} more {what}", enabled=False)]
+
+
+def _ask_item(ask: AskRow) -> MenuItem:
+    """An ask's question and its answers; the same as the notification's buttons."""
+    from devmeter.ask import STOP_LABELS
+
+    what = {
+        "session": f"session {short_session(ask.key)}",
+        "repo": f"repo {repo_name(ask.key)}",
+    }.get(ask.scope, ask.key)
+    where = " \u00b7 ".join(x for x in (ask.tool, repo_name(ask.repo) if ask.repo else None) if x)
+    state = "Refused until you answer" if ask.expired else "Waiting for you"
+    answers = [
+        MenuItem(f"Continue up to {format_usd(ask.until_usd)}", "answer_ask", (ask.id, "continue"))
+    ]
+    if ask.switch_to:
+        answers.append(MenuItem(f"Switch to {ask.switch_to}", "answer_ask", (ask.id, "switch")))
+    answers.append(MenuItem(STOP_LABELS.get(ask.scope, "Stop"), "answer_ask", (ask.id, "stop")))
+    return MenuItem(
+        f"{state}: {what} passed {format_usd(ask.level_usd)}" + (f" ({where})" if where else ""),
+        submenu=tuple(answers),
+    )
 
 
 def _cap_item(cap: CapRow) -> MenuItem:

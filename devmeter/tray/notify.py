@@ -1,14 +1,30 @@
-"""Desktop notifications for alerts: several ways to show one, and no flood.
+"""Desktop notifications for alerts: several ways to show one, each checked, and no flood.
 
-`Notifier` tries its backends in order until one works: plyer first, then the OS's own
-command (`osascript` on macOS, `notify-send` on Linux, a PowerShell toast on Windows),
-then the tray icon's `notify`. A failure is logged, never raised. A backend that cannot
-work on this machine at all (missing module or binary) is skipped from then on.
+`Notifier` tries its backends in order until one shows the notification:
+
+1. desktop-notifier: D-Bus `org.freedesktop.Notifications` on Linux, WinRT toasts on
+   Windows, the Notification Center from a macOS app bundle. The only one with action
+   buttons (an ask's Continue / Stop), and it reports whether the notification service
+   took the notification, so a desktop with no notification daemon falls through.
+2. the OS's own command, its exit status checked: `notify-send` (Linux), `osascript`
+   (macOS), a PowerShell toast (Windows);
+3. plyer, off Linux (on Linux it runs notify-send and ignores the exit status, so it
+   would report a failed notification as shown);
+4. the tray icon's `notify`.
+
+A failure is logged, never raised. A backend that cannot work on this machine at all
+(missing module or binary) is skipped from then on. When no backend works, the log says
+so once and `notify-status.json` beside the ledger says so for the tray and `devmeter
+doctor` (`ok`, the backend that worked, each one's problem).
+
+"blocked" and "ask" are urgent (critical) and stay until dismissed; the others use the
+platform's normal timeout. An ask's buttons call `on_answer(ask id, choice)`.
 
 Rate limits: an alert is shown once (by kind, scope, key and figure, for
 `dedupe_seconds`); at most `max_per_minute` notifications a minute, the last of which
 is kept for a summary: when alerts pile up, they are held for `collapse_seconds` and
-shown as one. A "blocked" alert is never held: the developer's tool just stopped.
+shown as one. A "blocked" or "ask" alert is never held: the developer's tool just
+stopped, or waits for an answer.
 
 Backends run in the calling thread and may block for seconds (plyer's Windows balloon
 sleeps), so call `notify` and `flush` off the tray's main thread (any thread will do);
@@ -17,6 +33,8 @@ call `flush` every few seconds so held alerts go out.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
 import shutil
@@ -27,16 +45,20 @@ import time
 import warnings
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Literal
 
 from devmeter.budget import Alert
+from devmeter.paths import write_private
 
 log = logging.getLogger(__name__)
 
 Delivery = Literal["sent", "duplicate", "held", "failed"]
 Send = Callable[[str, str], None]  # (title, message); raises when it cannot show it
+Urgency = Literal["normal", "critical"]
+Answer = Callable[[str, str], object]  # (ask id, choice): an ask's button was pressed
 
 # Windows cuts balloon titles at 64 and texts at 256 characters; others are roomier.
 TITLE_MAX = 63
@@ -49,6 +71,7 @@ TITLES = {
     "loop": "Possible agent loop",
     "long_running": "Long unattended session",
     "blocked": "Requests blocked",
+    "ask": "Continue spending?",
 }
 # How a summary counts them: (one, many).
 COUNTED = {
@@ -57,15 +80,39 @@ COUNTED = {
     "loop": ("possible loop", "possible loops"),
     "long_running": ("unattended session", "unattended sessions"),
     "blocked": ("cap blocking requests", "caps blocking requests"),
+    "ask": ("request waiting for you", "requests waiting for you"),
 }
 # Which held alert a summary leads with.
-SEVERITY = ("blocked", "projection", "loop", "long_running", "threshold")
+SEVERITY = ("ask", "blocked", "projection", "loop", "long_running", "threshold")
+# Urgent, shown at once and kept on screen until dismissed.
+URGENT = ("blocked", "ask")
+# How long a backend may take to say whether it showed a notification.
+DELIVERY_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Action:
+    id: str  # what on_answer hears: "continue", "stop"
+    label: str
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One notification as a backend with buttons and urgency sees it."""
+
+    title: str
+    message: str
+    urgency: Urgency = "normal"
+    actions: tuple[Action, ...] = ()
+    on_action: Callable[[str], object] | None = None  # called with Action.id
 
 
 @dataclass(frozen=True)
 class Backend:
     name: str
     send: Send
+    # A backend that can show urgency and buttons takes the whole Notice instead.
+    send_notice: Callable[[Notice], None] | None = field(default=None, compare=False)
 
 
 class Unavailable(Exception):
@@ -136,12 +183,98 @@ def osascript_backend() -> Backend:
 
 
 def notify_send_backend() -> Backend:
-    """Linux and BSDs: libnotify's `notify-send`."""
+    """Linux and BSDs: libnotify's `notify-send`; a non-zero exit (no D-Bus session, no
+    notification daemon) is a failure, so the next backend is tried."""
+
+    def send_notice(notice: Notice) -> None:
+        urgency = ["--urgency=critical", "--expire-time=0"] if notice.urgency == "critical" else []
+        _run(["notify-send", "--app-name=devmeter", *urgency, "--", notice.title, notice.message])
 
     def send(title: str, message: str) -> None:
-        _run(["notify-send", "--app-name=devmeter", "--", title, message])
+        send_notice(Notice(title, message))
 
-    return Backend("notify-send", send)
+    return Backend("notify-send", send, send_notice)
+
+
+class DesktopNotifierBackend:
+    """desktop-notifier in a thread of its own, whose asyncio loop stays up to hear the
+    buttons pressed (D-Bus `ActionInvoked` on Linux) for as long as the process lives."""
+
+    name = "desktop-notifier"
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._notifier: Any = None
+        self._lock = threading.Lock()
+
+    def backend(self) -> Backend:
+        return Backend(self.name, lambda t, m: self.send(Notice(t, m)), self.send)
+
+    def _start(self) -> tuple[asyncio.AbstractEventLoop, Any]:
+        with self._lock:
+            if self._loop is None:
+                try:
+                    from desktop_notifier import DesktopNotifier
+                    from desktop_notifier.backends.dummy import DummyNotificationCenter
+                except ImportError as exc:
+                    raise Unavailable(f"desktop-notifier: {exc}") from exc
+                # It logs each failure with a traceback; devmeter logs one line instead.
+                logging.getLogger("desktop_notifier").setLevel(logging.CRITICAL)
+                loop = asyncio.new_event_loop()
+                threading.Thread(
+                    target=loop.run_forever, name="devmeter-desktop-notifier", daemon=True
+                ).start()
+
+                async def make() -> Any:  # its constructor wants a running loop
+                    return DesktopNotifier(app_name="devmeter", app_icon=None)
+
+                try:
+                    notifier = asyncio.run_coroutine_threadsafe(make(), loop).result(5)
+                except Exception as exc:  # no backend for this platform at all
+                    loop.call_soon_threadsafe(loop.stop)
+                    raise Unavailable(f"desktop-notifier: {type(exc).__name__}: {exc}") from exc
+                if isinstance(getattr(notifier, "_backend", None), DummyNotificationCenter):
+                    # macOS outside an app bundle, old Windows: it would "show" nothing.
+                    loop.call_soon_threadsafe(loop.stop)
+                    raise Unavailable("desktop-notifier has no notification service here")
+                self._loop, self._notifier = loop, notifier
+            return self._loop, self._notifier
+
+    def send(self, notice: Notice) -> None:
+        loop, notifier = self._start()
+        from desktop_notifier import Button, Notification, Urgency
+
+        shown = threading.Event()
+
+        def pressed(action_id: str) -> Callable[[], None]:
+            def on_pressed() -> None:
+                if notice.on_action is not None:
+                    try:
+                        notice.on_action(action_id)
+                    except Exception as exc:  # a button must never take devmeter down
+                        log.warning("notifications: answering %s failed: %s", action_id, exc)
+
+            return on_pressed
+
+        critical = notice.urgency == "critical"
+        notification = Notification(
+            title=notice.title,
+            message=notice.message,
+            urgency=Urgency.Critical if critical else Urgency.Normal,
+            buttons=tuple(Button(a.label, pressed(a.id), identifier=a.id) for a in notice.actions),
+            on_dispatched=shown.set,
+            timeout=0 if critical else -1,  # 0: until dismissed; -1: the platform's own
+        )
+        future = asyncio.run_coroutine_threadsafe(notifier.send_notification(notification), loop)
+        future.result(DELIVERY_TIMEOUT)
+        if not shown.is_set():
+            # desktop-notifier logs and swallows failures; only `on_dispatched` says it
+            # was shown (no D-Bus session bus, no notification daemon on it, ...).
+            raise RuntimeError("the notification service did not take the notification")
+
+
+def desktop_notifier_backend() -> Backend:
+    return DesktopNotifierBackend().backend()
 
 
 # Windows PowerShell 5.1 (not pwsh 7) can reach the WinRT toast API. The AppUserModelID is
@@ -186,17 +319,30 @@ def icon_backend(icon: Any) -> Backend:
 
 
 def default_backends(icon: Any = None, platform: str = sys.platform) -> list[Backend]:
-    """plyer, then this OS's command, then the tray icon if there is one."""
-    backends = [plyer_backend()]
+    """desktop-notifier, this OS's command, plyer (not on Linux), then the tray icon."""
+    backends = [desktop_notifier_backend()]
     if platform == "darwin":
-        backends.append(osascript_backend())
+        backends += [osascript_backend(), plyer_backend()]
     elif platform.startswith("win"):
-        backends.append(powershell_backend())
+        backends += [powershell_backend(), plyer_backend()]
     else:
         backends.append(notify_send_backend())
     if icon is not None:
         backends.append(icon_backend(icon))
     return backends
+
+
+def status_path(data_dir: Path) -> Path:
+    """Where the notifier says whether notifications can be shown (tray, doctor)."""
+    return data_dir / "notify-status.json"
+
+
+def read_status(data_dir: Path) -> dict[str, Any] | None:
+    try:
+        raw = json.loads(status_path(data_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return raw if isinstance(raw, dict) else None
 
 
 # --- the notifier --------------------------------------------------------------------------
@@ -214,6 +360,8 @@ class Notifier:
         max_per_minute: int = 3,
         collapse_seconds: float = 10.0,
         dedupe_seconds: float = 3600.0,
+        on_answer: Answer | None = None,
+        status_file: Path | None = None,
     ) -> None:
         if max_per_minute < 1:
             raise ValueError("max_per_minute must be at least 1")
@@ -221,6 +369,10 @@ class Notifier:
         self.max_per_minute = max_per_minute
         self.collapse_seconds = collapse_seconds
         self.dedupe_seconds = dedupe_seconds
+        self.on_answer = on_answer
+        self.status_file = status_file
+        # Whether the last notification was shown, by which backend, and each problem.
+        self.status: dict[str, Any] = {"ok": None, "backend": None, "problems": {}}
         self._unavailable: set[str] = set()
         self._sent: deque[float] = deque()  # when each notification went out
         self._seen: dict[tuple[str, str, str, Decimal], float] = {}
@@ -249,10 +401,10 @@ class Notifier:
         if key in self._seen:
             return "duplicate"
         self._seen[key] = now
-        if alert.kind == "blocked" or (
+        if alert.kind in URGENT or (
             not self._held and len(self._sent) < max(1, self.max_per_minute - 1)
         ):
-            return self._show(TITLES.get(alert.kind, "Alert"), alert.message, now)
+            return self._show(TITLES.get(alert.kind, "Alert"), alert.message, now, alert)
         if not self._held:
             self._held_since = now
         self._held.append(alert)
@@ -277,24 +429,78 @@ class Notifier:
         for k in expired:
             del self._seen[k]
 
-    def _show(self, title: str, message: str, now: float) -> Delivery:
-        title = _clip(f"devmeter: {title}", TITLE_MAX)
-        message = _clip(message, MESSAGE_MAX)
+    def _show(self, title: str, message: str, now: float, alert: Alert | None = None) -> Delivery:
+        notice = self._notice(
+            _clip(f"devmeter: {title}", TITLE_MAX), _clip(message, MESSAGE_MAX), alert
+        )
+        problems: dict[str, str] = {}
         for backend in self.backends:
             if backend.name in self._unavailable:
+                problems[backend.name] = "unavailable here"
                 continue
             try:
-                backend.send(title, message)
+                if backend.send_notice is not None:
+                    backend.send_notice(notice)
+                else:
+                    backend.send(notice.title, notice.message)
             except Unavailable as exc:
                 log.info("notifications: %s unavailable here (%s)", backend.name, exc)
                 self._unavailable.add(backend.name)
+                problems[backend.name] = f"unavailable here: {exc}"
             except Exception as exc:  # a notification must never take devmeter down
                 log.info("notifications: %s failed: %s", backend.name, exc)
+                problems[backend.name] = _describe(exc)
             else:
                 self._sent.append(now)
+                self._report(True, backend.name, problems, now)
                 return "sent"
-        log.warning("notifications: no way to show %r: %s", title, message)
+        if self.status["ok"] is not False:  # once, not for every alert
+            log.warning(
+                "notifications: none could be shown (%s); alerts stay in `devmeter alerts` "
+                "and this log",
+                "; ".join(f"{name}: {why}" for name, why in problems.items()) or "no backends",
+            )
+        log.info("notifications: no way to show %r: %s", notice.title, notice.message)
+        self._report(False, None, problems, now)
         return "failed"
+
+    def _notice(self, title: str, message: str, alert: Alert | None) -> Notice:
+        if alert is None or alert.kind not in URGENT:
+            return Notice(title, message)
+        if alert.kind != "ask" or self.on_answer is None:
+            return Notice(title, message, "critical")
+        from devmeter.ask import STOP_LABELS, ask_id
+
+        answer, the_id = self.on_answer, ask_id(alert.scope, alert.key, alert.figure_usd)
+        actions = [
+            Action("continue", "Continue"),
+            Action("stop", STOP_LABELS.get(alert.scope, "Stop")),
+        ]
+        switch_to = getattr(alert, "switch_to", None)  # an AskAlert's offer
+        if switch_to:
+            actions.insert(1, Action("switch", f"Switch to {switch_to}"))
+        return Notice(
+            title, message, "critical", tuple(actions), lambda choice: answer(the_id, choice)
+        )
+
+    def _report(self, ok: bool, backend: str | None, problems: dict[str, str], now: float) -> None:
+        """Keep `status` (and its file) saying whether notifications can be shown."""
+        changed = (ok, backend) != (self.status["ok"], self.status["backend"])
+        self.status = {"ok": ok, "backend": backend, "problems": problems, "ts": now}
+        if changed and self.status_file is not None:
+            try:
+                tmp = self.status_file.with_suffix(f".{os.getpid()}.tmp")
+                write_private(tmp, json.dumps(self.status, indent=1))  # 0600, as all state
+                tmp.replace(self.status_file)
+            except OSError as exc:
+                log.info("notifications: cannot write %s: %s", self.status_file, exc)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, subprocess.CalledProcessError):
+        err = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
+        return f"exit status {exc.returncode}" + (f": {err[-1]}" if err else "")
+    return f"{type(exc).__name__}: {exc}"
 
 
 def summary(alerts: Sequence[Alert]) -> tuple[str, str]:
