@@ -208,6 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_statusline)
 
+    p = sub.add_parser("dashboard", help="the ledger as a local web page with charts")
+    p.add_argument(
+        "--no-open",
+        action="store_true",
+        help="print the page's URL (token included) as the first line, do not open a browser",
+    )
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free)")
+    p.set_defaults(func=cmd_dashboard)
+
     p = sub.add_parser("alerts", help="budget, burn-rate and loop alerts the proxy raised")
     p.add_argument("--since", help=SINCE_HELP)
     p.add_argument("--json", action="store_true")
@@ -491,6 +500,33 @@ def cmd_statusline(args: argparse.Namespace, config: Config, where: Paths) -> in
         return 0
     hook = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()  # no waiting
     sys.stdout.write(statusline.render(hook, where.ledger) + "\n")
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace, config: Config, where: Paths) -> int:
+    from devmeter.dashboard.server import Dashboard
+
+    try:
+        server = Dashboard(where, config, args.port)
+    except OSError as exc:
+        print(
+            f"devmeter: cannot serve the dashboard on 127.0.0.1:{args.port} ({exc.strerror}) — "
+            "choose another --port, or leave it out for any free one",
+            file=sys.stderr,
+        )
+        return 75
+    print(server.url, flush=True)
+    if not args.no_open:
+        import webbrowser
+
+        webbrowser.open(server.url)
+        print("devmeter: dashboard open in your browser; Ctrl-C stops it", file=sys.stderr)
+    try:
+        server.serve_forever(poll_interval=0.25)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 

@@ -222,13 +222,14 @@ def alerts(conn: sqlite3.Connection, since: float | None = None) -> list[dict[st
         "SELECT ts, kind, scope, key, figure_pusd, message, session, repo, tool "
         f"FROM alerts {where} ORDER BY ts, id"
     )
-    rows = []
-    for row in conn.execute(sql, params).fetchall():
-        item = dict(zip(ALERT_FIELDS, row, strict=True))
-        item["ts"] = datetime.fromtimestamp(item["ts"]).astimezone().isoformat(timespec="seconds")
-        item["figure_usd"] = None if item["figure_usd"] is None else _usd(item["figure_usd"])
-        rows.append(item)
-    return rows
+    return [_alert_row(row) for row in conn.execute(sql, params).fetchall()]
+
+
+def _alert_row(row: Sequence[Any]) -> dict[str, Any]:
+    item = dict(zip(ALERT_FIELDS, row, strict=True))
+    item["ts"] = datetime.fromtimestamp(item["ts"]).astimezone().isoformat(timespec="seconds")
+    item["figure_usd"] = None if item["figure_usd"] is None else _usd(item["figure_usd"])
+    return item
 
 
 def alerts_table(rows: Sequence[dict[str, Any]], width: int | None = None) -> str:
@@ -506,3 +507,50 @@ def _count_flags(unpriced: int, estimated: int) -> str:
     if estimated:
         flags.append(f"~{estimated:,} est")
     return " ".join(flags)
+
+
+# -- series for charts (the dashboard) --------------------------------------------------------
+# The same rows as `query` (rollup plus the calls of a partial quarter hour), summed per
+# time step and key, so a chart adds up to `devmeter report` to the pico-dollar.
+
+SERIES_STEPS: dict[str, str] = {
+    "hour": "strftime('%Y-%m-%d %H:00', ts, 'unixepoch', 'localtime')",
+    "day": "date(ts, 'unixepoch', 'localtime')",
+}
+
+
+def spend_series(
+    conn: sqlite3.Connection, since: float, step: str, by: str
+) -> list[tuple[str, str, Decimal]]:
+    """(time step, key, cost in USD) for every step and key with calls since `since`,
+    in time order; `step` is `hour` or `day`, `by` any grouping but `request`."""
+    if step not in SERIES_STEPS or by not in GROUP_KEYS:
+        raise ReportError(f"no series by {safe_text(step, 20)} and {safe_text(by, 20)}")
+    sql = f"""
+        SELECT {SERIES_STEPS[step]} AS step, {GROUP_KEYS[by]} AS key, sum(cost_pusd)
+        FROM ({_GROUPED_ROWS}) GROUP BY step, key ORDER BY step, key
+    """
+    bounds = {"since": since, "first_bucket": math.ceil(since / BUCKET_SECONDS)}
+    return [(s, k, _usd(p or 0)) for s, k, p in conn.execute(sql, bounds).fetchall()]
+
+
+def session_calls(
+    conn: sqlite3.Connection, session: str, limit: int = 500
+) -> list[dict[str, Any]]:
+    """A session's last `limit` calls as `report --by request` rows, oldest first."""
+    columns = list(_REQUEST_COLUMNS)
+    sql = (
+        f"SELECT {', '.join(columns)} FROM (SELECT id, {', '.join(columns)} FROM calls "
+        "WHERE session = ? ORDER BY ts DESC, id DESC LIMIT ?) ORDER BY ts, id"
+    )
+    rows = conn.execute(sql, (session, int(limit))).fetchall()
+    return [_request_row(dict(zip(columns, row, strict=True))) for row in rows]
+
+
+def session_alerts(conn: sqlite3.Connection, session: str) -> list[dict[str, Any]]:
+    """The alerts raised about one session, as `alerts` rows."""
+    sql = (
+        "SELECT ts, kind, scope, key, figure_pusd, message, session, repo, tool "
+        "FROM alerts WHERE session = ? OR key = ? ORDER BY ts, id"
+    )
+    return [_alert_row(row) for row in conn.execute(sql, (session, session)).fetchall()]

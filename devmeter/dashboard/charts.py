@@ -1,0 +1,87 @@
+"""Stacked bar charts as SVG text: no JavaScript, no network, nothing to vendor."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from html import escape
+
+# Colour-blind-safe palette (Okabe-Ito), then grey for "everything else".
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442")
+OTHER_COLOUR = "#999999"
+OTHER = "(other)"
+
+
+def colours(keys: Sequence[str]) -> dict[str, str]:
+    return {
+        key: OTHER_COLOUR if key == OTHER else PALETTE[n % len(PALETTE)]
+        for n, key in enumerate(keys)
+    }
+
+
+def top_keys(points: Sequence[tuple[str, str, Decimal]], most: int = 6) -> list[str]:
+    """The `most` keys that cost the most; the rest are drawn together as (other)."""
+    totals: dict[str, Decimal] = {}
+    for _, key, usd in points:
+        totals[key] = totals.get(key, Decimal(0)) + usd
+    ranked = sorted(totals, key=lambda k: (-totals[k], k))
+    return ranked[:most] + ([OTHER] if len(ranked) > most else [])
+
+
+def stacked_bars(
+    steps: Sequence[str],
+    points: Sequence[tuple[str, str, Decimal]],
+    title: str,
+    width: int = 720,
+    height: int = 220,
+    label_every: int = 1,
+) -> str:
+    """A bar per step, stacked by key: each segment has a <title> with its exact figure."""
+    keys = top_keys(points)
+    shown = set(keys)
+    stack: dict[str, dict[str, Decimal]] = {step: {} for step in steps}
+    for step, key, usd in points:
+        if step not in stack:
+            continue
+        key = key if key in shown else OTHER
+        stack[step][key] = stack[step].get(key, Decimal(0)) + usd
+    peak = max((sum(v.values(), Decimal(0)) for v in stack.values()), default=Decimal(0))
+    scale = float(peak) if peak > 0 else 1.0
+    left, bottom, top = 56, 22, 8
+    plot_h = height - bottom - top
+    slot = (width - left) / max(len(steps), 1)
+    bar_w = max(slot * 0.8, 1.0)
+    palette = colours(keys)
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" '
+        f'viewBox="0 0 {width} {height}" width="{width}" height="{height}">',
+        f"<title>{escape(title)}</title>",
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{width}" y2="{top + plot_h}" stroke="#888"/>',
+        f'<text x="{left - 4}" y="{top + 10}" text-anchor="end" font-size="11">'
+        f"${float(peak):,.2f}</text>",
+        f'<text x="{left - 4}" y="{top + plot_h}" text-anchor="end" font-size="11">$0</text>',
+    ]
+    for n, step in enumerate(steps):
+        x = left + n * slot + (slot - bar_w) / 2
+        y = float(top + plot_h)
+        for key in keys:
+            usd = stack[step].get(key)
+            if not usd:
+                continue
+            h = float(usd) / scale * plot_h
+            y -= h
+            out.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}" '
+                f'fill="{palette[key]}"><title>{escape(step)} · {escape(key)} · '
+                f"${usd:.6f}</title></rect>"
+            )
+        if n % label_every == 0:
+            out.append(
+                f'<text x="{x + bar_w / 2:.1f}" y="{height - 6}" text-anchor="middle" '
+                f'font-size="10">{escape(step[-5:])}</text>'
+            )
+    out.append("</svg>")
+    legend = "".join(
+        f'<span class="key"><i style="background:{palette[k]}"></i>{escape(k)}</span>' for k in keys
+    )
+    return "".join(out) + f'<div class="legend">{legend}</div>'

@@ -1,0 +1,208 @@
+"""The dashboard's HTTP server: loopback only, one token per run, POST for changes.
+
+Checks, in order, on every request:
+- `Host` must be the exact `127.0.0.1:PORT` the URL was opened with, so a page on
+  another name that resolves to 127.0.0.1 (DNS rebinding) is refused;
+- the per-run token, from `?token=` (which sets an HttpOnly SameSite=Strict cookie and
+  redirects to the URL without it) or from that cookie, on every page and API call;
+- a state change (pause, resume, lift a session's cap) only by POST, with the token in
+  the form and an `Origin` that is this server's own.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from html import escape
+from http import cookies
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+from devmeter import control
+from devmeter.config import Config
+from devmeter.dashboard import pages
+from devmeter.ledger import connect_readonly
+from devmeter.paths import Paths
+
+LOOPBACK = "127.0.0.1"
+MAX_FORM_BYTES = 4096
+
+
+class Dashboard(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, where: Paths, config: Config, port: int = 0,
+                 clock: Callable[[], float] = time.time) -> None:  # fmt: skip
+        super().__init__((LOOPBACK, port), Handler)
+        self.where = where
+        self.config = config
+        self.clock = clock
+        self.token = secrets.token_urlsafe(32)
+        self.origin = f"http://{LOOPBACK}:{self.server_address[1]}"
+        self.cookie_name = f"devmeter_dashboard_{self.server_address[1]}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.origin}/?token={self.token}"
+
+    def token_ok(self, offered: str | None) -> bool:
+        return offered is not None and hmac.compare_digest(offered.encode(), self.token.encode())
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Dashboard
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass  # request lines name sessions; nothing to the terminal the URL is printed on
+
+    # --- checks --------------------------------------------------------------------------
+
+    def _host_ok(self) -> bool:
+        return self.headers.get("Host") == self.server.origin.removeprefix("http://")
+
+    def _cookie_token(self) -> str | None:
+        jar = cookies.SimpleCookie()
+        try:
+            jar.load(self.headers.get("Cookie", ""))
+        except cookies.CookieError:
+            return None
+        morsel = jar.get(self.server.cookie_name)
+        return morsel.value if morsel else None
+
+    def _refuse(self, status: int, why: str) -> None:
+        self._send(status, "text/plain; charset=utf-8", f"{why}\n".encode())
+
+    def _send(
+        self, status: int, kind: str, body: bytes, extra: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        headers = {
+            "Content-Type": kind,
+            "Content-Length": str(len(body)),
+            "Cache-Control": "no-store",
+            "Referrer-Policy": "no-referrer",
+            "X-Content-Type-Options": "nosniff",
+            "X-Frame-Options": "DENY",
+            "Content-Security-Policy": "default-src 'none'; script-src 'self'; "
+            "style-src 'unsafe-inline'; img-src 'self'; connect-src 'self'; "
+            "form-action 'self'; frame-ancestors 'none'",
+            **(extra or {}),
+        }
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    # --- GET -----------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        if not self._host_ok():
+            return self._refuse(421, "wrong Host: open the URL `devmeter dashboard` printed")
+        url = urlsplit(self.path)
+        query = parse_qs(url.query)
+        offered = query.get("token", [None])[0]
+        if offered is not None:
+            if not self.server.token_ok(offered):
+                return self._refuse(403, "wrong token: open the URL `devmeter dashboard` printed")
+            rest = "&".join(
+                f"{quote(k)}={quote(v)}" for k, vs in query.items() if k != "token" for v in vs
+            )
+            cookie = (
+                f"{self.server.cookie_name}={self.server.token}; HttpOnly; SameSite=Strict; Path=/"
+            )
+            location = url.path + (f"?{rest}" if rest else "")
+            return self._send(303, "text/plain", b"", {"Location": location, "Set-Cookie": cookie})
+        if not self.server.token_ok(self._cookie_token()):
+            return self._refuse(403, "no token: open the URL `devmeter dashboard` printed")
+        try:
+            self._page(url.path, query)
+        except Exception as exc:  # a page that fails says so; the server keeps serving
+            self._refuse(500, f"devmeter dashboard: could not read the ledger ({exc})")
+
+    def _page(self, path: str, query: dict[str, list[str]]) -> None:
+        server = self.server
+        now = server.clock()
+        form = f'<input type=hidden name=token value="{escape(server.token)}">'
+        paused = control.load(control.control_path(server.where.data_dir)).paused
+        conn = connect_readonly(server.where.ledger)
+        try:
+            if path == "/dashboard.js":
+                return self._send(200, "text/javascript", pages.SCRIPT.encode())
+            if path == "/api/today":
+                data = pages.today_data(conn, now, form)
+                body = json.dumps(data, default=_json_default).encode()
+                return self._send(200, "application/json", body)
+            if path == "/":
+                body_html = pages.today_data(conn, now, form)["html"]
+                html = pages.layout("devmeter · today", pages.nav("today"), body_html, form,
+                                    paused, poll=True)  # fmt: skip
+            elif path == "/period":
+                period = query.get("p", ["7d"])[0]
+                by = query.get("by", ["repo"])[0]
+                if period not in pages.PERIODS or by not in pages.PERIOD_BYS:
+                    return self._refuse(404, "no such period or grouping")
+                html = pages.layout(f"devmeter · {period}", pages.nav(period),
+                                    pages.period_html(conn, now, period, by), form, paused,
+                                    poll=False)  # fmt: skip
+            elif path == "/session":
+                session = query.get("id", [""])[0]
+                html = pages.layout("devmeter · session", pages.nav(""),
+                                    pages.session_html(conn, session, form), form, paused,
+                                    poll=False)  # fmt: skip
+            else:
+                return self._refuse(404, "not found")
+        finally:
+            if conn is not None:
+                conn.close()
+        self._send(200, "text/html; charset=utf-8", html.encode())
+
+    do_HEAD = do_GET
+
+    # --- POST ----------------------------------------------------------------------------
+
+    def do_POST(self) -> None:
+        if not self._host_ok():
+            return self._refuse(421, "wrong Host")
+        if self.headers.get("Origin") != self.server.origin:
+            return self._refuse(403, "cross-origin request refused")
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_FORM_BYTES:
+            return self._refuse(413, "form too large")
+        form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
+        if not self.server.token_ok(form.get("token", [None])[0]):
+            return self._refuse(403, "no or wrong token")
+        path = urlsplit(self.path).path
+        where = self.server.where
+        back = "/"
+        if path in ("/api/pause", "/api/resume"):
+            control.update(control.control_path(where.data_dir), paused=path == "/api/pause")
+        elif path == "/api/allow":
+            from devmeter import guard_control
+
+            session = form.get("session", [""])[0]
+            try:
+                key = guard_control.resolve_session(where, session)
+            except guard_control.TargetError as exc:
+                return self._refuse(404, str(exc))
+            code, message = guard_control.allow(
+                where, self.server.config, "session", key, None, self.server.clock()
+            )
+            if code != 0:
+                return self._refuse(409, message)
+            back = f"/session?id={quote(key)}"
+        else:
+            return self._refuse(404, "not found")
+        self._send(303, "text/plain", b"", {"Location": back})
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Decimal):
+        return float(round(value, 12))
+    raise TypeError(type(value).__name__)
