@@ -24,10 +24,13 @@ PERIOD_BYS = ("repo", "model", "tool")
 POLL_SECONDS = 2
 
 
-def _money(usd: Decimal | None, figure: str = "") -> str:
+def _money(usd: Decimal | None, figure: str = "", exact: Decimal | None = None) -> str:
+    """A dollar figure as people read it, with the exact one in `data-usd` for tools
+    (`exact` when it differs from what is shown: an unpriced group's priced part, $0)."""
     attr = f' data-figure="{escape(figure)}"' if figure else ""
-    exact = "" if usd is None else f' data-usd="{usd}"'
-    return f'<span class="usd"{attr}{exact}>{escape(reports.format_usd(usd))}</span>'
+    exact = usd if exact is None else exact
+    data = "" if exact is None else f' data-usd="{exact}"'
+    return f'<span class="usd"{attr}{data}>{escape(reports.format_usd(usd))}</span>'
 
 
 def _name(value: object, limit: int = 60) -> str:
@@ -43,7 +46,8 @@ def _group_table(rows: list[dict[str, Any]], by: str) -> str:
     body = "".join(
         f'<tr data-key="{escape(str(r["key"]))}"><td>{_name(r["key"])}</td>'
         f'<td class="n">{r["requests"]:,}</td><td class="n">'
-        f"{_money(r['cost_usd'] if r['unpriced'] < r['requests'] else None)}</td></tr>"
+        f"{_money(r['cost_usd'] if r['unpriced'] < r['requests'] else None, exact=r['cost_usd'])}"
+        "</td></tr>"
         for r in rows
     )
     return (

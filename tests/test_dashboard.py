@@ -1,0 +1,242 @@
+"""`devmeter dashboard`: its security checks, and that its figures are `report --json`'s.
+
+An in-process `Dashboard` on 127.0.0.1, port 0, over a seeded ledger; requests go over
+a real socket with http.client, so every header is what a browser (or an attacker's
+page) could send. The CLI test runs the real `devmeter dashboard --no-open`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from devmeter import control, guard_control
+from devmeter.config import load
+from devmeter.dashboard.server import Dashboard
+from devmeter.ledger import write_calls
+from devmeter.paths import paths
+from devmeter.usage import Attribution, Call, Usage
+
+SESSION = "5b1f0c2e-7a44-4d1b-9c3e-0123456789ab"
+
+
+def make_call(ts: float, cost: str | None, repo: str | None, model: str, tool: str,
+              session: str | None = SESSION) -> Call:  # fmt: skip
+    return Call(
+        ts=ts, provider="anthropic", endpoint="anthropic.messages", host="api.anthropic.com",
+        requested_model=model, model=model,
+        attribution=Attribution(tool=tool, session=session, repo=repo, branch="main"),
+        usage=Usage(input_tokens=1200, cache_read_tokens=3000, cache_write_tokens=500,
+                    output_tokens=345),
+        cost_usd=None if cost is None else Decimal(cost),
+        price_source=None if cost is None else "test", status=200, complete=True,
+    )  # fmt: skip
+
+
+def seed(home: Path, now: float) -> None:
+    midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0).timestamp()
+    recent = max(midnight + 1, now - 120)
+    write_calls(
+        home / "ledger.sqlite",
+        [
+            make_call(recent, "1.234567", "/src/acme-api", "claude-opus-4-1", "claude-code"),
+            make_call(recent + 1, "0.003376", "/src/acme-api", "claude-sonnet-4-5", "claude-code"),
+            make_call(recent + 2, "2.5", "/src/web", "gpt-5", "codex", "codex-sess-1"),
+            make_call(recent + 3, None, None, "my-llama", "curl", None),
+            make_call(midnight - 3 * 86400 + 50, "9.99", "/src/web", "gpt-5", "codex", "old-1"),
+        ],
+    )
+
+
+@pytest.fixture
+def dashboard(devmeter_home: Path) -> Iterator[Dashboard]:
+    seed(devmeter_home, time.time())
+    where = paths()
+    server = Dashboard(where, load(where.config_file))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def request(server: Dashboard, method: str, path: str, headers: dict[str, str] | None = None,
+            body: str | None = None) -> http.client.HTTPResponse:  # fmt: skip
+    conn = http.client.HTTPConnection(*server.server_address[:2], timeout=10)
+    sent = {"Host": server.origin.removeprefix("http://"), **(headers or {})}
+    conn.request(method, path, body=body, headers=sent)
+    response = conn.getresponse()
+    response.read_body = response.read()  # type: ignore[attr-defined]
+    conn.close()
+    return response
+
+
+def cookie(server: Dashboard) -> dict[str, str]:
+    return {"Cookie": f"{server.cookie_name}={server.token}"}
+
+
+def post(server: Dashboard, path: str, form: str, origin: str | None) -> int:
+    headers = {"Content-Type": "application/x-www-form-urlencoded", **cookie(server)}
+    if origin is not None:
+        headers["Origin"] = origin
+    return request(server, "POST", path, headers, form).status
+
+
+def test_bound_to_loopback_only(dashboard: Dashboard) -> None:
+    assert dashboard.socket.getsockname()[0] == "127.0.0.1"
+    assert dashboard.url.startswith(f"http://127.0.0.1:{dashboard.server_address[1]}/?token=")
+
+
+@pytest.mark.parametrize("host", ["evil.example", "localhost", "127.0.0.1", "evil.example:{port}",
+                                  "localhost:{port}", ""])  # fmt: skip
+def test_wrong_host_is_refused(dashboard: Dashboard, host: str) -> None:
+    """DNS rebinding: a page on another name that resolves to 127.0.0.1 sends its own
+    name as Host; only the exact `127.0.0.1:PORT` the URL was opened with is served."""
+    host = host.format(port=dashboard.server_address[1])
+    for path in (f"/?token={dashboard.token}", "/", "/api/today"):
+        response = request(dashboard, "GET", path, {"Host": host, **cookie(dashboard)})
+        assert response.status == 421
+        assert b"Today" not in response.read_body  # type: ignore[attr-defined]
+    headers = {"Host": host, "Origin": dashboard.origin, **cookie(dashboard)}
+    assert (
+        request(dashboard, "POST", "/api/pause", headers, f"token={dashboard.token}").status == 421
+    )
+
+
+@pytest.mark.parametrize("path", ["/", "/api/today", "/period?p=7d", f"/session?id={SESSION}",
+                                  "/dashboard.js"])  # fmt: skip
+def test_no_or_wrong_token_is_refused(dashboard: Dashboard, path: str) -> None:
+    assert request(dashboard, "GET", path).status == 403
+    wrong = {"Cookie": f"{dashboard.cookie_name}={dashboard.token[:-1]}x"}
+    assert request(dashboard, "GET", path, wrong).status == 403
+    joiner = "&" if "?" in path else "?"
+    assert request(dashboard, "GET", f"{path}{joiner}token=nope").status == 403
+    assert request(dashboard, "GET", path, cookie(dashboard)).status == 200
+
+
+def test_url_token_sets_a_strict_httponly_cookie_and_leaves_the_url(dashboard: Dashboard) -> None:
+    response = request(dashboard, "GET", f"/period?p=30d&token={dashboard.token}")
+    assert response.status == 303
+    assert response.getheader("Location") == "/period?p=30d"
+    set_cookie = response.getheader("Set-Cookie") or ""
+    assert set_cookie.startswith(f"{dashboard.cookie_name}={dashboard.token};")
+    assert "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie
+
+
+def test_cross_origin_post_is_refused(dashboard: Dashboard) -> None:
+    where = paths()
+    form = f"token={dashboard.token}"
+    for origin in ("http://evil.example", "null", f"http://localhost:{dashboard.server_address[1]}",
+                   None):  # fmt: skip
+        assert post(dashboard, "/api/pause", form, origin) == 403
+    assert post(dashboard, "/api/pause", "token=wrong", dashboard.origin) == 403
+    assert post(dashboard, "/api/pause", "", dashboard.origin) == 403
+    assert not control.load(control.control_path(where.data_dir)).paused
+    # A GET never changes anything.
+    assert request(dashboard, "GET", "/api/pause", cookie(dashboard)).status == 404
+    assert not control.load(control.control_path(where.data_dir)).paused
+    # The page's own form: same Origin and the token.
+    assert post(dashboard, "/api/pause", form, dashboard.origin) == 303
+    assert control.load(control.control_path(where.data_dir)).paused
+    assert post(dashboard, "/api/resume", form, dashboard.origin) == 303
+    assert not control.load(control.control_path(where.data_dir)).paused
+
+
+def test_lift_a_stopped_sessions_cap_like_devmeter_allow(dashboard: Dashboard) -> None:
+    where = paths()
+    guard_control.stop(where, SESSION, time.time() - 1)
+    path = control.control_path(where.data_dir)
+    assert not any(a[0] == "session" and a[1] == SESSION for a in control.load(path).allowed)
+    assert post(dashboard, "/api/allow", f"session={SESSION[:10]}&token=x", dashboard.origin) == 403
+    status = post(dashboard, "/api/allow", f"session={SESSION[:10]}&token={dashboard.token}",
+                  dashboard.origin)  # fmt: skip
+    assert status == 303
+    assert any(a[0] == "session" and a[1] == SESSION for a in control.load(path).allowed)
+
+
+def report_usd(*argv: str) -> dict[str, Decimal]:
+    """`devmeter report --json ARGV` as key → cost, run as a user would."""
+    out = subprocess.run(
+        [sys.executable, "-m", "devmeter", "report", "--json", *argv],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return {r["key"]: Decimal(str(r["cost_usd"])) for r in json.loads(out.stdout)}
+
+
+def page(server: Dashboard, path: str) -> str:
+    response = request(server, "GET", path, cookie(server))
+    assert response.status == 200
+    return response.read_body.decode()  # type: ignore[attr-defined]
+
+
+def figures(html: str, table: str) -> dict[str, Decimal]:
+    """`data-key` → exact `data-usd` of each row of one table on the page."""
+    part = html.split(f'<table class="{table}">', 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r'<tr data-key="([^"]*)">.*?data-usd="([^"]*)"', part)
+    return {key: Decimal(usd) for key, usd in rows}
+
+
+def assert_same(shown: dict[str, Decimal], expected: dict[str, Decimal]) -> None:
+    assert shown.keys() == expected.keys()
+    for key, usd in shown.items():
+        assert abs(usd - expected[key]) < Decimal("0.000000001"), key
+
+
+def test_today_and_period_figures_are_report_json_to_the_cent(dashboard: Dashboard) -> None:
+    today = page(dashboard, "/")
+    shown = figures(today, "by-repo")
+    assert len(shown) == 3  # acme-api, web and (unattributed); not 3 days ago
+    assert_same(shown, report_usd("--by", "repo", "--since", "today"))
+    total = re.search(r'data-figure="today-total" data-usd="([^"]*)"', today)
+    assert total is not None and Decimal(total[1]) == Decimal("3.737943")
+    polled = json.loads(page(dashboard, "/api/today"))
+    assert polled["total_usd"] == pytest.approx(3.737943, abs=1e-12)
+    first_day = datetime.fromtimestamp(time.time() - 6 * 86400).strftime("%Y-%m-%d")
+    week = figures(page(dashboard, "/period?p=7d&by=model"), "by-model")
+    assert week["gpt-5"] == Decimal("12.49")
+    assert_same(week, report_usd("--by", "model", "--since", first_day))
+
+
+def test_session_page_lists_its_calls_and_escapes_names(dashboard: Dashboard) -> None:
+    html = page(dashboard, f"/session?id={SESSION}")
+    assert html.count("<tr><td>") == 2  # its two calls, not the other sessions'
+    assert 'data-figure="session-total" data-usd="1.237943"' in html
+    assert "Lift this session" in html
+    assert "<script>x" not in page(dashboard, "/session?id=%3Cscript%3Ex%3C/script%3E")
+
+
+def test_cli_prints_the_url_first_and_serves(devmeter_home: Path) -> None:
+    seed(devmeter_home, time.time())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devmeter", "dashboard", "--no-open"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        parts = urlsplit(url)
+        assert parts.hostname == "127.0.0.1" and re.fullmatch(r"token=[\w-]{40,}", parts.query)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        conn.request("GET", f"/?{parts.query}")
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 303
+        conn.request("GET", "/", headers={"Cookie": response.getheader("Set-Cookie", "")})
+        page = conn.getresponse().read().decode()
+        assert 'data-figure="today-total"' in page
+    finally:
+        proc.terminate()
+        proc.wait(10)
