@@ -35,6 +35,7 @@ def stacked_bars(
     width: int = 720,
     height: int = 220,
     label_every: int = 1,
+    label_chars: int = 5,
 ) -> str:
     """A bar per step, stacked by key: each segment has a <title> with its exact figure."""
     keys = top_keys(points)
@@ -78,7 +79,7 @@ def stacked_bars(
         if n % label_every == 0:
             out.append(
                 f'<text x="{x + bar_w / 2:.1f}" y="{height - 6}" text-anchor="middle" '
-                f'font-size="10">{escape(step[-5:])}</text>'
+                f'font-size="10">{escape(step[-label_chars:])}</text>'
             )
     out.append("</svg>")
     legend = "".join(

@@ -59,16 +59,18 @@ def _group_table(rows: list[dict[str, Any]], by: str) -> str:
 def _sessions_table(found: list[sessions.Session], token_form: str) -> str:
     if not found:
         return "<p>No live sessions (none with a call in the last 10 minutes).</p>"
+    labels = reports.session_labels(s.session for s in found)
     rows = []
     for s in found:
-        link = _name(s.key, 40)
+        link = escape(labels.get(s.session or "", "")) or _name(s.key, 40)
+        spend = s.cost_usd if s.unpriced < s.calls else None  # "unpriced", as reports say
         if s.session:
             link = f'<a href="/session?id={quote(s.session)}">{link}</a>'
         rows.append(
             f'<tr data-key="{escape(s.key)}"><td>{link}</td><td>{_name(s.tool, 24)}</td>'
             f"<td>{_name(s.repo or reports.NO_REPO)}</td><td>{_name(s.branch or '-', 24)}</td>"
             f"<td>{_name(', '.join(s.models), 60)}</td><td class=n>{s.calls:,}</td>"
-            f'<td class="n">{_money(s.cost_usd)}</td>'
+            f'<td class="n">{_money(spend, exact=s.cost_usd)}</td>'
             f'<td class="n">{escape(reports.format_usd(s.burn_usd_per_hour))}/h</td></tr>'
         )
     return (
@@ -178,13 +180,17 @@ def session_html(conn: sqlite3.Connection | None, session: str, token_form: str)
     lift = (
         '<form method=post action="/api/allow">'
         f'<input type=hidden name=session value="{escape(session)}">{token_form}'
-        "<button>Lift this session's cap</button></form>"
+        "<button>Lift this session's cap</button></form> (as `devmeter allow` does)"
     )
     return (
         f"<h2>Session {_name(session, 60)}</h2>"
-        f"<p class=total>{len(calls):,} calls · {_money(total, 'session-total')}</p>{lift}"
+        f"<p class=total>{len(calls):,} calls · {_money(total, 'session-total')}</p><p>{lift}</p>"
         + stacked_bars(
-            steps, points, "Cost per call, by model", label_every=max(len(steps) // 12, 1)
+            steps,
+            points,
+            "Cost per call, by model",
+            label_every=max(len(steps) // 12, 1),
+            label_chars=8,
         )
         + "<table class=calls><tr><th>time</th><th>tool</th><th>model</th><th>in</th>"
         "<th>cache r</th><th>cache w</th><th>out</th><th>cost</th><th>routing</th></tr>"
@@ -198,7 +204,8 @@ STYLE = """
 body{font:14px system-ui,sans-serif;margin:1em 2em;color:#222}
 nav a{margin-right:1em} nav a.on,p a.on{font-weight:bold}
 table{border-collapse:collapse;margin:.5em 0} td,th{padding:2px 8px;border-bottom:1px solid #ddd}
-td.n{text-align:right;font-variant-numeric:tabular-nums} .total{font-size:1.3em}
+td{white-space:nowrap} td.n{text-align:right;font-variant-numeric:tabular-nums}
+.total{font-size:1.3em}
 .legend .key{margin-right:1em} .legend i{display:inline-block;width:10px;height:10px;
 margin-right:4px} form{display:inline}
 """
