@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from datetime import datetime
 from decimal import Decimal
@@ -334,16 +336,38 @@ def test_open_config_writes_the_template_when_missing_then_opens_it(app_for, whe
     assert where.config_file.read_text() == "# mine\n"  # never overwritten
 
 
+def test_open_dashboard_serves_it_from_the_tray_and_opens_the_browser(app_for, where):
+    write_calls(where.ledger, [call(time.time() - 60, "1.25")])
+    urls: list[str] = []
+    app, icon, _ = app_for(url_opener=urls.append)
+    app.refresh(force=True)
+    click(icon, "Open dashboard")
+    click(icon, "$1.25  claude-code · acme-api · s-live")  # Live sessions > that session
+    assert app.dashboard is not None and urls[0] == app.dashboard.url  # one server, kept
+    assert urls[1] == app.dashboard.url.replace("/?", "/session?id=s-live&")
+    for url, expected in zip(urls, ("Today by repo", "Session s-live"), strict=True):
+        parts = urllib.parse.urlsplit(url)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        conn.request("GET", f"{parts.path}?{parts.query}")
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 303  # the token becomes the cookie
+        location = response.getheader("Location")
+        conn.request("GET", location, headers={"Cookie": response.getheader("Set-Cookie")})
+        page = conn.getresponse().read().decode()
+        assert expected in page and "$1.25" in page
+        conn.close()
+
+
 def test_open_report_writes_a_report_and_opens_it(app_for, where):
     write_calls(where.ledger, [call(time.time() - 60, "1.25")])
     app, icon, opened = app_for()
     app.refresh(force=True)
-    click(icon, "Open report")
+    app.open_report()  # the fallback when the dashboard cannot start
     (path,) = opened
     text = path.read_text()
     assert "Today by repo" in text and "acme-api" in text and "$1.25" in text
-    click(icon, "$1.25  claude-code · acme-api · s-live")  # Live sessions > that session
-
+    app.open_report("s-live")
     assert "Session s-live" in opened[-1].read_text()
 
 
@@ -351,12 +375,12 @@ def test_open_report_writes_under_the_data_dir_for_the_user_alone(app_for, where
     write_calls(where.ledger, [call(time.time() - 60, "1.25")])
     app, icon, opened = app_for(report_dir=None)
     app.refresh(force=True)
-    click(icon, "Open report")
+    app.open_report()
     (path,) = opened
     assert path.parent == where.data_dir / "reports"  # not the shared /tmp
     assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
     path.chmod(0o644)
-    click(icon, "Open report")
+    app.open_report()
     assert path.stat().st_mode & 0o777 == 0o600 and "$1.25" in path.read_text()
 
 

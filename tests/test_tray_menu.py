@@ -53,7 +53,7 @@ def test_a_busy_day_reads_top_to_bottom():
         "Routing",
         "Pause all metered traffic",
         "---",
-        "Open report",
+        "Open dashboard",
         "Open config",
         "---",
         "Quit devmeter",
@@ -65,7 +65,7 @@ def test_a_busy_day_reads_top_to_bottom():
         "$2.10  codex · web · 01a20804",
         "$0.05  python-sdk · (unattributed) · s-anon",
     ]
-    assert (sessions[0].action, sessions[0].args) == ("open_report", ("c94186ab-2b3f-417d",))
+    assert (sessions[0].action, sessions[0].args) == ("open_dashboard", ("c94186ab-2b3f-417d",))
     assert texts(find(menu, "Today by repo").submenu) == [
         "$33.52  acme-api",
         "$8.60  web",
@@ -153,7 +153,7 @@ def test_to_pystray_wires_every_click_to_its_handler(pystray_module):
     handlers = {
         name: record(name)
         for name in (
-            "open_report",
+            "open_dashboard",
             "set_routing",
             "pause",
             "resume",
@@ -186,7 +186,7 @@ def test_to_pystray_wires_every_click_to_its_handler(pystray_module):
     assert calls == [
         ("quit",),
         ("pause",),
-        ("open_report", "c94186ab-2b3f-417d"),
+        ("open_dashboard", "c94186ab-2b3f-417d"),
         ("set_routing", "shadow"),
         ("allow", "session", "abc"),
     ]
@@ -198,6 +198,6 @@ def test_an_action_without_a_handler_is_disabled_not_a_crash(pystray_module, cap
     menu = to_pystray(build_menu(TraySnapshot()), {"quit": lambda: None})
     items = {item.text: item for item in menu.items}
     assert items["Quit devmeter"].enabled is True
-    assert items["Open report"].enabled is False
-    items["Open report"](None)  # nothing happens
-    assert "no handler for action 'open_report'" in caplog.text
+    assert items["Open dashboard"].enabled is False
+    items["Open dashboard"](None)  # nothing happens
+    assert "no handler for action 'open_dashboard'" in caplog.text

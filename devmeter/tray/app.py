@@ -23,11 +23,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devmeter import control as control_state
 from devmeter import reports
@@ -42,8 +43,12 @@ from devmeter.tray.snapshot import change_marker, day_start, snapshot
 from devmeter.tray.supervisor import EventKind, Supervisor, proxy_command
 from devmeter.warnlog import route_warnings
 
+if TYPE_CHECKING:
+    from devmeter.dashboard.server import Dashboard
+
 MakeMenu = Callable[[Sequence[MenuItem], dict[str, Callable[..., object]]], Any]
 Opener = Callable[[Path], None]
+UrlOpener = Callable[[str], object]  # webbrowser.open
 Notify = Callable[[str, str], None]  # (title, message)
 
 POLL_SECONDS = 0.5
@@ -164,6 +169,13 @@ def default_icon_size(
 # --- the OS's opener and notifications -----------------------------------------------------
 
 
+def _open_in_browser(url: str) -> None:
+    import webbrowser
+
+    if not webbrowser.open(url):
+        raise OSError("no web browser found")
+
+
 def open_with_os(path: Path) -> None:
     """Open a file with the desktop's default application, without waiting for it."""
     if sys.platform == "win32":
@@ -208,7 +220,7 @@ def desktop_notifier(icon: Any = None) -> Notify:
 
 
 def report_text(conn: sqlite3.Connection | None, now: float, session: str | None = None) -> str:
-    """What "Open report" shows: a session's calls, or today by repo, session and model,
+    """What the tray opens when its dashboard cannot start: a session's calls, or today by repo, session and model,
     then the last 30 days by day and today's alerts."""
     stamp = datetime.fromtimestamp(now).strftime("%Y-%m-%d %H:%M")
     if conn is None or not reports.has_calls(conn):
@@ -262,6 +274,7 @@ class TrayApp:
         icon_size: int | None = None,
         report_dir: Path | None = None,
         listen: str | None = None,
+        url_opener: UrlOpener | None = None,
     ) -> None:
         self.paths = paths
         self.config = config
@@ -282,6 +295,10 @@ class TrayApp:
         self.icon_size = icon_size or default_icon_size()
         # Reports name sessions, repos and spend: the user's own directory, not shared /tmp.
         self.report_dir = report_dir or paths.data_dir / "reports"
+        self.url_opener = url_opener or _open_in_browser
+        # Started on the first "Open dashboard", then kept for the tray's life (one URL).
+        self.dashboard: Dashboard | None = None
+        self._dashboard_lock = threading.Lock()
         self.icon: Any = None
         self.snapshot = TraySnapshot()
         self.stopped = threading.Event()
@@ -303,6 +320,7 @@ class TrayApp:
     @property
     def handlers(self) -> dict[str, Callable[..., object]]:
         return {
+            "open_dashboard": self.open_dashboard,
             "open_report": self.open_report,
             "set_routing": self.set_routing,
             "pause": lambda: self._control(paused=True),
@@ -328,6 +346,33 @@ class TrayApp:
             self._problem("Cannot answer devmeter's question", str(exc))
             return
         self._redraw_soon()
+
+    def open_dashboard(self, session: str | None = None) -> str | None:
+        """Open the dashboard (a session's page, or today) in the browser, serving it from
+        this process on loopback; the text report if the server cannot start."""
+        try:
+            with self._dashboard_lock:
+                if self.dashboard is None:
+                    from devmeter.dashboard.server import Dashboard
+
+                    server = Dashboard(self.paths, self.config)
+                    threading.Thread(
+                        target=server.serve_forever, name="devmeter-dashboard", daemon=True
+                    ).start()
+                    self.dashboard = server
+                dashboard = self.dashboard
+        except OSError as exc:
+            self._problem("Cannot start the dashboard", f"{exc}; opening the text report instead")
+            self.open_report(session)
+            return None
+        url = dashboard.url
+        if session:
+            url = url.replace("/?", f"/session?id={urllib.parse.quote(session)}&", 1)
+        try:
+            self.url_opener(url)
+        except Exception as exc:  # a browser that cannot start: say where the page is
+            self._problem("Cannot open a browser", f"{exc}; the dashboard is at {url}")
+        return url
 
     def open_report(self, session: str | None = None) -> Path | None:
         name = f"devmeter-report-{session[:16] if session else 'today'}.txt"
@@ -549,6 +594,9 @@ class TrayApp:
         if self._updates is not None and self._updates is not threading.current_thread():
             self._updates.join(5)
         self.supervisor.stop()
+        if self.dashboard is not None:
+            self.dashboard.shutdown()
+            self.dashboard.server_close()
         self._drop_connection()
 
     def _connection(self) -> sqlite3.Connection | None:
@@ -598,10 +646,10 @@ class TrayApp:
         if self.notify is None:
             self.notify = desktop_notifier(icon)
         if not getattr(icon, "HAS_MENU", True):
-            # The plain X backend has no menu: a click opens the report instead.
+            # The plain X backend has no menu: a click opens the dashboard instead.
             def click_menu(_items: Sequence[MenuItem], _handlers: object) -> pystray.Menu:
                 return pystray.Menu(
-                    pystray.MenuItem("Open report", lambda: self.open_report(), default=True)
+                    pystray.MenuItem("Open dashboard", lambda: self.open_dashboard(), default=True)
                 )
 
             self.make_menu = click_menu

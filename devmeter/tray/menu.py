@@ -3,7 +3,7 @@
 `build_menu(snapshot)` is pure and returns `MenuItem`s; `to_pystray(items, handlers)`
 turns them into a `pystray.Menu`, calling `handlers[item.action](*item.args)` on a click.
 
-Actions (and their args): `open_report` (session id, or none), `set_routing` (mode),
+Actions (and their args): `open_dashboard` (session id, or none), `set_routing` (mode),
 `pause`, `resume`, `allow` (scope, key), `answer_ask` (ask id, "continue" | "stop"),
 `open_config`, `quit`.
 """
@@ -144,7 +144,7 @@ def build_menu(snapshot: TraySnapshot) -> list[MenuItem]:
         if snapshot.paused
         else MenuItem("Pause all metered traffic", "pause"),
         SEPARATOR,
-        MenuItem("Open report", "open_report"),
+        MenuItem("Open dashboard", "open_dashboard"),
         MenuItem("Open config", "open_config"),
         SEPARATOR,
         MenuItem("Quit devmeter", "quit"),
@@ -160,7 +160,7 @@ def _sessions(rows: Sequence[SessionRow]) -> tuple[MenuItem, ...]:
         MenuItem(
             f"{format_usd(r.spend_usd)}  {r.tool} \u00b7 "
             f"{repo_name(r.repo) if r.repo else NO_REPO} \u00b7 {short_session(r.session)}",
-            "open_report",
+            "open_dashboard",
             (r.session,),
         )
         for r in ranked[:MAX_ROWS]
