@@ -106,8 +106,8 @@ class Chromium:
     def screenshot(self, path: Path) -> None:
         import base64
 
-        data = self.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True},
-                         self.session)["data"]  # fmt: skip
+        shot = {"format": "png", "captureBeyondViewport": False}  # the window, not the page
+        data = self.send("Page.captureScreenshot", shot, self.session)["data"]
         path.write_bytes(base64.b64decode(data))
 
     def close(self) -> None:
