@@ -240,3 +240,26 @@ def test_cli_prints_the_url_first_and_serves(devmeter_home: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.parametrize(("days", "step", "by"), [(0, "hour", "repo"), (6, "day", "model"),
+                                                  (6, "day", "tool")])  # fmt: skip
+def test_chart_series_add_up_to_the_report(devmeter_home: Path, days: int, step: str,
+                                           by: str) -> None:  # fmt: skip
+    """What the charts draw is what the tables (and `report`) say, key by key, exactly."""
+    from devmeter import reports
+    from devmeter.ledger import connect_readonly
+
+    now = time.time()
+    seed(devmeter_home, now)
+    conn = connect_readonly(paths().ledger)
+    assert conn is not None
+    midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0).timestamp()
+    since = datetime.fromtimestamp(midnight - days * 86400).replace(hour=0).timestamp()
+    drawn: dict[str, Decimal] = {}
+    for name, key, usd in reports.spend_series(conn, since, step, by):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d( \d\d:00)?", name)
+        assert (":00" in name) == (step == "hour")
+        drawn[key] = drawn.get(key, Decimal(0)) + usd
+    assert drawn == {r["key"]: r["cost_usd"] for r in reports.query(conn, by, since)}
+    assert sum(drawn.values()) > 0
