@@ -4,7 +4,8 @@ What this proves: the page Chromium renders (not just the HTML the server sends)
 row by row, the exact figures of `devmeter report --json`, to the cent on screen; and
 a call made through a real `devmeter proxy` while the page is open shows up in it with
 no reload: a marker set on the page's `window` survives, so the polling script changed
-the DOM in place. DEVMETER_SCREENSHOTS=DIR also saves the today view and a session page.
+the DOM in place; and its Pause button, a real form POST, gets through the Origin and
+token checks. DEVMETER_SCREENSHOTS=DIR also saves the today view and a session page.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 import anthropic
 import pytest
 
+from devmeter import control
+from devmeter.paths import paths
 from devmeter.reports import format_usd
 from tests.fake_upstream import FakeUpstream
 from tests.headless_chromium import Chromium, chromium_path
@@ -104,6 +107,11 @@ def test_rendered_page_matches_report_and_updates_live(
     assert browser.eval("window.devmeterMarker") == "same page"  # no reload happened
     total = report_json("--by", "day", "--since", "today")
     assert Decimal(browser.eval(TOTAL_JS)) == pytest.approx(Decimal(str(total[0]["cost_usd"])))
+
+    # The page's own Pause button: a real browser's POST passes the Origin and token checks.
+    browser.eval("document.querySelector('form[action=\"/api/pause\"] button').click()")
+    browser.wait_for("document.querySelector('form[action=\"/api/resume\"]')")
+    assert control.load(control.control_path(paths().data_dir)).paused
 
     if shots:
         browser.open(
