@@ -220,8 +220,8 @@ def desktop_notifier(icon: Any = None) -> Notify:
 
 
 def report_text(conn: sqlite3.Connection | None, now: float, session: str | None = None) -> str:
-    """What the tray opens when its dashboard cannot start: a session's calls, or today by repo, session and model,
-    then the last 30 days by day and today's alerts."""
+    """What the tray opens when its dashboard cannot start: a session's calls, or today by
+    repo, session and model, then the last 30 days by day and today's alerts."""
     stamp = datetime.fromtimestamp(now).strftime("%Y-%m-%d %H:%M")
     if conn is None or not reports.has_calls(conn):
         return f"devmeter report, {stamp}\n\nNo calls metered yet.\n"
