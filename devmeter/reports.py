@@ -520,29 +520,50 @@ def spend_series(
     conn: sqlite3.Connection, since: float, step: str, by: str
 ) -> list[tuple[str, str, Decimal]]:
     """(time step, key, cost in USD) for every step and key with calls since `since`,
-    in time order; `step` is `hour` or `day` (local time), `by` any grouping but `request`.
+    in time order; `step` is `hour` or `day` (local time), `by` any grouping but `request`."""
+    return grouped_series(conn, since, step, by)[1]
 
-    SQLite sums per quarter hour; Python names each quarter hour's local hour or day
-    (a few thousand conversions, not one per row: `localtime` in SQL is the slow part).
-    Every zone's offset is a whole number of quarter hours, so no quarter hour straddles
-    a local hour or day."""
+
+def grouped_series(
+    conn: sqlite3.Connection, since: float, step: str, by: str
+) -> tuple[list[dict[str, Any]], list[tuple[str, str, Decimal]]]:
+    """`query(conn, by, since)`'s rows and `spend_series`' points from one pass over the
+    ledger (a dashboard page needs both: a table and its chart).
+
+    SQLite sums per quarter hour and key; Python names each quarter hour's local hour or
+    day (a few thousand conversions, not one per row: `localtime` in SQL is the slow
+    part) and adds up the groups. Every zone's offset is a whole number of quarter hours,
+    so no quarter hour straddles a local hour or day."""
     if step not in SERIES_STEPS or by not in GROUP_KEYS or by == "day":
         raise ReportError(f"no series by {safe_text(step, 20)} and {safe_text(by, 20)}")
     sql = f"""
         SELECT CAST(ts / {BUCKET_SECONDS} AS INTEGER) AS quarter, {GROUP_KEYS[by]} AS key,
-               sum(cost_pusd)
+               sum(requests), sum(input_tokens), sum(cache_read_tokens),
+               sum(cache_write_tokens), sum(output_tokens), sum(reasoning_tokens),
+               sum(cost_pusd), sum(unpriced), sum(estimated)
         FROM ({_GROUPED_ROWS}) GROUP BY quarter, key
     """
     bounds = {"since": since, "first_bucket": math.ceil(since / BUCKET_SECONDS)}
     names: dict[int, str] = {}
-    sums: dict[tuple[str, str], int] = {}
-    for quarter, key, pusd in conn.execute(sql, bounds).fetchall():
+    points: dict[tuple[str, str], int] = {}
+    groups: dict[str, list[int]] = {}
+    for quarter, key, *sums in conn.execute(sql, bounds).fetchall():
         name = names.get(quarter)
         if name is None:
             name = datetime.fromtimestamp(quarter * BUCKET_SECONDS).strftime(SERIES_STEPS[step])
             names[quarter] = name
-        sums[(name, key)] = sums.get((name, key), 0) + (pusd or 0)
-    return [(name, key, _usd(pusd)) for (name, key), pusd in sorted(sums.items())]
+        sums = [n or 0 for n in sums]
+        points[(name, key)] = points.get((name, key), 0) + sums[6]
+        group = groups.setdefault(key, [0] * len(sums))
+        for n, value in enumerate(sums):
+            group[n] += value
+    rows = []
+    for key, sums in sorted(groups.items(), key=lambda item: (-item[1][6], item[0])):
+        item = dict(zip(GROUP_FIELDS, [key, *sums], strict=True))
+        item["cost_usd"] = _usd(item["cost_usd"])
+        rows.append(item)
+    series = [(name, key, _usd(pusd)) for (name, key), pusd in sorted(points.items())]
+    return rows, series
 
 
 def session_calls(

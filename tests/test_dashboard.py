@@ -262,4 +262,6 @@ def test_chart_series_add_up_to_the_report(devmeter_home: Path, days: int, step:
         assert (":00" in name) == (step == "hour")
         drawn[key] = drawn.get(key, Decimal(0)) + usd
     assert drawn == {r["key"]: r["cost_usd"] for r in reports.query(conn, by, since)}
+    # The table a page draws beside its chart comes from the same pass: `query`'s rows.
+    assert reports.grouped_series(conn, since, step, by)[0] == reports.query(conn, by, since)
     assert sum(drawn.values()) > 0

@@ -99,8 +99,7 @@ def today_data(conn: sqlite3.Connection | None, now: float, token_form: str) -> 
         live: list[sessions.Session] = []
         alerts: list[dict[str, Any]] = []
     else:
-        by_repo = reports.query(conn, "repo", since)
-        series = reports.spend_series(conn, since, "hour", "repo")
+        by_repo, series = reports.grouped_series(conn, since, "hour", "repo")
         live = sessions.query_sessions(conn, now=now, live_only=True)
         alerts = reports.alerts(conn, since)
     total = sum((r["cost_usd"] for r in by_repo), Decimal(0))
@@ -132,8 +131,7 @@ def today_data(conn: sqlite3.Connection | None, now: float, token_form: str) -> 
 def period_html(conn: sqlite3.Connection | None, now: float, period: str, by: str) -> str:
     days = PERIODS[period]
     since = _midnight(now) - (days - 1) * 86400
-    rows = reports.query(conn, by, since) if conn else []
-    series = reports.spend_series(conn, since, "day", by) if conn else []
+    rows, series = reports.grouped_series(conn, since, "day", by) if conn else ([], [])
     top = reports.query(conn, "session", since, limit=10) if conn else []
     start = datetime.fromtimestamp(since)
     steps = [(start + timedelta(days=d)).strftime("%Y-%m-%d") for d in range(days)]
