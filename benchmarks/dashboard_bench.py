@@ -8,11 +8,12 @@ process, and times whole HTTP round trips of each page (after one warm-up reques
 a client on the same machine. The issue's target: every page under 300 ms at 1M calls.
 Figures go to stdout as JSON, with the machine's load for context.
 
-Where the time goes (1M calls, warm): each rollup query over 30 days takes ~80 ms, and a
-30-day page runs three (the grouped table, the chart's series, the top sessions); the
-today view's live sessions (`sessions.query_sessions`, over the calls of the last 24 h)
-~120 ms. Left to do for the 300 ms target under load: one pass over the rollup for the
-table and the series together, and live sessions from a narrower window.
+Where the time goes (1M calls, warm, at a load average of ~5 on 2 cores): a 30-day
+page's one rollup pass for its table and chart (`reports.grouped_series`) ~130 ms and
+its top sessions (`reports.query(..., "session")`) ~90 ms; the today view's live sessions
+(`sessions.query_sessions`, the calls of the last 24 h) ~160 ms. Left to do for the
+300 ms target: the top sessions from the same pass, and live sessions read from a
+narrower window without changing what `devmeter sessions --live` shows.
 """
 
 from __future__ import annotations
