@@ -144,6 +144,8 @@ def test_cross_origin_post_is_refused(dashboard: Dashboard) -> None:
         assert post(dashboard, "/api/pause", form, origin) == 403
     assert post(dashboard, "/api/pause", "token=wrong", dashboard.origin) == 403
     assert post(dashboard, "/api/pause", "", dashboard.origin) == 403
+    huge = {"Origin": dashboard.origin, "Content-Length": "99999999", **cookie(dashboard)}
+    assert request(dashboard, "POST", "/api/pause", huge).status == 413
     assert not control.load(control.control_path(where.data_dir)).paused
     # A GET never changes anything.
     assert request(dashboard, "GET", "/api/pause", cookie(dashboard)).status == 404

@@ -174,8 +174,11 @@ class Handler(BaseHTTPRequestHandler):
             return self._refuse(421, "wrong Host")
         if self.headers.get("Origin") != self.server.origin:
             return self._refuse(403, "cross-origin request refused")
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_FORM_BYTES:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            return self._refuse(400, "bad Content-Length")
+        if not 0 <= length <= MAX_FORM_BYTES:
             return self._refuse(413, "form too large")
         form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
         if not self.server.token_ok(form.get("token", [None])[0]):
