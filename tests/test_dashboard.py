@@ -202,6 +202,9 @@ def test_today_and_period_figures_are_report_json_to_the_cent(dashboard: Dashboa
     shown = figures(today, "by-repo")
     assert len(shown) == 3  # acme-api, web and (unattributed); not 3 days ago
     assert_same(shown, report_usd("--by", "repo", "--since", "today"))
+    # Cache hit rate: cache reads over all input, 3000 / (1200 + 3000 + 500) a call.
+    web = today.split('<tr data-key="/src/web">', 1)[1].split("</tr>", 1)[0]
+    assert '<td class="n cache">63.8%</td>' in web
     total = re.search(r'data-figure="today-total" data-usd="([^"]*)"', today)
     assert total is not None and Decimal(total[1]) == Decimal("3.737943")
     polled = json.loads(page(dashboard, "/api/today"))

@@ -42,17 +42,25 @@ def _midnight(now: float) -> float:
     return day.timestamp()
 
 
+def cache_hit_rate(row: dict[str, Any]) -> str:
+    """Cache reads as a share of all input tokens (fresh, cache reads, cache writes)."""
+    read = row["cache_read_tokens"] or 0
+    total = (row["input_tokens"] or 0) + read + (row["cache_write_tokens"] or 0)
+    return f"{read / total:.1%}" if total else "-"
+
+
 def _group_table(rows: list[dict[str, Any]], by: str) -> str:
     body = "".join(
         f'<tr data-key="{escape(str(r["key"]))}"><td>{_name(r["key"])}</td>'
-        f'<td class="n">{r["requests"]:,}</td><td class="n">'
+        f'<td class="n">{r["requests"]:,}</td><td class="n cache">{cache_hit_rate(r)}</td>'
+        '<td class="n">'
         f"{_money(r['cost_usd'] if r['unpriced'] < r['requests'] else None, exact=r['cost_usd'])}"
         "</td></tr>"
         for r in rows
     )
     return (
-        f'<table class="by-{by}"><tr><th>{by}</th><th>calls</th><th>cost</th></tr>'
-        f"{body or '<tr><td colspan=3>No calls.</td></tr>'}</table>"
+        f'<table class="by-{by}"><tr><th>{by}</th><th>calls</th><th>cache hit</th>'
+        f"<th>cost</th></tr>{body or '<tr><td colspan=4>No calls.</td></tr>'}</table>"
     )
 
 
