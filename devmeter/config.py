@@ -112,6 +112,7 @@ EXTRA_SECTIONS: dict[str, tuple[str, str]] = {
     "runaway": ("devmeter.runaway", "parse_runaway"),
     "import": ("devmeter.importers.auto", "parse_import"),
     "notify": ("devmeter.push", "parse_notify"),
+    "export": ("devmeter.export.settings", "parse_export"),
 }
 
 KNOWN_SECTIONS = ("proxy", "upstream", "prices")

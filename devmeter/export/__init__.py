@@ -1,0 +1,83 @@
+"""Export to a team's monitoring: Prometheus `/metrics` and OTLP push, from the ledger.
+
+The proxy starts them (`start`), because the proxy runs wherever calls are metered, with
+or without the tray, and a restart of the proxy is a restart of the export; every figure
+is read from the ledger, never from the request path: the exporters live on their own
+threads and a failed export never touches a call. `[export]` is read from the config
+file; a live reload swaps the exporters (`Exporters.reconfigure`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from devmeter.config import Config
+from devmeter.diagnostics import say
+from devmeter.export.counters import LedgerCounters
+from devmeter.export.settings import ExportSettings, is_loopback
+from devmeter.paths import Paths
+
+
+@dataclass
+class Exporters:
+    settings: ExportSettings
+    paths: Paths
+    prometheus: object | None = None  # devmeter.export.prometheus.PrometheusServer
+    otlp: object | None = None  # devmeter.export.otlp.OtlpPusher
+
+    @property
+    def metrics_url(self) -> str | None:
+        return getattr(self.prometheus, "url", None)
+
+    def reconfigure(self, config: Config) -> None:
+        """A reloaded config: restart what changed (a new listen, a new endpoint)."""
+        new: ExportSettings = config.section("export")
+        if new == self.settings:
+            return
+        self.close()
+        fresh = start(config, self.paths)
+        self.settings, self.prometheus, self.otlp = fresh.settings, fresh.prometheus, fresh.otlp
+
+    def close(self) -> None:
+        for exporter in (self.otlp, self.prometheus):
+            if exporter is not None:
+                try:
+                    exporter.close()  # type: ignore[attr-defined]
+                except Exception as exc:  # stopping an exporter must not stop the proxy
+                    say(f"devmeter: stopping an exporter failed: {exc!r}")
+        self.prometheus = self.otlp = None
+
+
+def start(config: Config, paths: Paths) -> Exporters:
+    """Start the exporters the config asks for; one that cannot start is said, and the
+    proxy serves on without it."""
+    settings: ExportSettings = config.section("export")
+    exporters = Exporters(settings, paths)
+
+    def counters(histograms: bool) -> LedgerCounters:
+        return LedgerCounters(
+            paths.ledger, paths.data_dir, settings.labels, settings.machine(),
+            budgets=config.section("budgets"), histograms=histograms,
+        )  # fmt: skip
+
+    if settings.prometheus is not None:
+        from devmeter.export.prometheus import PrometheusServer
+
+        host, port = settings.prometheus.listen
+        try:
+            exporters.prometheus = PrometheusServer(counters(False), (host, port))
+        except OSError as exc:
+            say(
+                f"devmeter: cannot serve metrics on {host}:{port}: {exc.strerror or exc}; "
+                "change [export.prometheus] listen in the config. The proxy runs without it."
+            )
+        else:
+            where = exporters.metrics_url
+            exposed = "" if is_loopback(host) else " (not loopback: reachable from the network)"
+            say(f"devmeter: Prometheus metrics at {where}{exposed}")
+    if settings.otlp is not None:
+        from devmeter.export.otlp import OtlpPusher
+
+        exporters.otlp = OtlpPusher(counters(True), settings.otlp, paths.data_dir)
+        say(f"devmeter: pushing OTLP metrics to {settings.otlp.endpoint}")
+    return exporters
