@@ -62,8 +62,11 @@ def send_calls(proxy: RunningProxy, rounds: int = 1, error: bool = True) -> int:
             if error:
                 answer = c.post(
                     "https://api.anthropic.com/v1/messages",
-                    headers={"x-api-key": KEY_CANARY, "anthropic-version": "2023-06-01",
-                             "x-fake-status": "500"},  # fmt: skip
+                    headers={
+                        "x-api-key": KEY_CANARY,
+                        "anthropic-version": "2023-06-01",
+                        "x-fake-status": "500",
+                    },  # fmt: skip
                     json={"model": "claude-opus-4-8", "max_tokens": 16, "messages": hello},
                 )
                 assert answer.status_code == 500

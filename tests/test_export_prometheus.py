@@ -58,8 +58,10 @@ def test_prometheus_scrapes_the_ledger_totals_and_a_restart_sends_nothing_backwa
             proxy.new_calls(sent)
             ledger = ledger_totals(proxy)
             assert ledger["cost"] > 0 and ledger["requests"] == sent
-            prom = wait_for("PromQL totals to equal the ledger's",
-                            lambda: (p := promql_totals(server)) and same(p, ledger) and p)  # fmt: skip
+            prom = wait_for(
+                "PromQL totals to equal the ledger's",
+                lambda: (p := promql_totals(server)) and same(p, ledger) and p,
+            )
             assert prom["cost"].quantize(MICRO) == ledger["cost"].quantize(MICRO)
             # Labels as documented: machine, status, the error's code.
             assert server.scalar('sum(devmeter_requests_total{status="error"})') == 2
@@ -74,10 +76,15 @@ def test_prometheus_scrapes_the_ledger_totals_and_a_restart_sends_nothing_backwa
             proxy.new_calls(sent_after)
             after = ledger_totals(proxy)
             assert after["cost"] > ledger["cost"]
-            wait_for("PromQL totals after the restart",
-                     lambda: (p := promql_totals(server)) and same(p, after) and p)  # fmt: skip
-            for metric in ("devmeter_cost_usd_total", "devmeter_tokens_total",
-                           "devmeter_requests_total"):  # fmt: skip
+            wait_for(
+                "PromQL totals after the restart",
+                lambda: (p := promql_totals(server)) and same(p, after) and p,
+            )
+            for metric in (
+                "devmeter_cost_usd_total",
+                "devmeter_tokens_total",
+                "devmeter_requests_total",
+            ):
                 assert server.scalar(f"sum(resets({metric}[10m]))") == 0, metric
     finally:
         proxy.stop()
