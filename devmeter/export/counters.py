@@ -51,7 +51,7 @@ class Key(NamedTuple):
     tool: str
     repo: str  # the ledger's repo path; "" when unattributed
     status: str  # ok | error | blocked
-    code: str  # an error's HTTP status, or "none" (no answer, or cut off mid-stream)
+    code: str  # an error's HTTP status; "none": no answer; "cut": cut off mid-stream
     routing: str  # routed | shadow | fallback | ""
     rule: str
     billing: str  # "" until the ledger records billing mode (see `_billing_expr`)
@@ -110,7 +110,10 @@ def _outcome_sql() -> str:
 _GROUPED = """
 SELECT provider, coalesce(requested_model, model, ''), coalesce(model, requested_model, ''),
        tool, coalesce(repo, ''), {outcome} AS outcome,
-       CASE WHEN {outcome} = 'error' THEN coalesce(CAST(status AS TEXT), 'none') ELSE '' END,
+       CASE WHEN {outcome} != 'error' THEN ''
+            WHEN status IS NULL THEN 'none'
+            WHEN status < 400 THEN 'cut'
+            ELSE CAST(status AS TEXT) END,
        coalesce(routing, ''), coalesce(route_rule, ''), {billing},
        count(*), sum(input_tokens), sum(cache_read_tokens), sum(cache_write_tokens),
        sum(output_tokens), sum(coalesce(cost_pusd, 0)), sum(cost_pusd IS NULL),

@@ -53,7 +53,7 @@ class LedgerCollector(Collector):
         )  # fmt: skip
         errors = CounterMetricFamily(
             "devmeter_errors",
-            "Calls that failed, by HTTP status (none: no answer, or cut off mid-stream).",
+            "Calls that failed, by HTTP status (none: no answer; cut: cut off mid-stream).",
             labels=[*COMMON, "code"],
         )
         blocked = CounterMetricFamily(
