@@ -36,6 +36,10 @@ OTHER = "other"
 TOKEN_TYPES = ("input", "cache_read", "cache_write", "output")
 LIVE_SECONDS = 600.0  # the tray's live session: a call in the last 10 minutes
 BURN_WINDOW_SECONDS = 600.0  # the burn-rate window `devmeter sessions` uses
+# Calls that ended in a window started at most this long before it (the ledger's `ts`
+# index bounds the scan; without it every scrape would read the whole ledger).
+LONGEST_CALL_SECONDS = 3600.0
+_ENDED_SINCE = "ts >= ? AND ts + duration_ms / 1000.0 >= ?"
 # OpenTelemetry's advised bucket boundaries for gen_ai.client.token.usage.
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
                  16777216, 67108864)  # fmt: skip
@@ -295,20 +299,19 @@ class LedgerCounters:
         live: dict[str, int] = {}
         for tool, count in conn.execute(
             "SELECT tool, count(DISTINCT coalesce(session, tool || '@' || coalesce(repo, '?'))) "
-            "FROM calls WHERE ts + duration_ms / 1000.0 >= ? AND endpoint NOT LIKE '%.import' "
-            "GROUP BY tool",
-            (now - LIVE_SECONDS,),
+            f"FROM calls WHERE {_ENDED_SINCE} AND endpoint NOT LIKE '%.import' GROUP BY tool",
+            (now - LIVE_SECONDS - LONGEST_CALL_SECONDS, now - LIVE_SECONDS),
         ):
             live[tool] = count
         window = now - BURN_WINDOW_SECONDS
         (recent,) = conn.execute(
-            "SELECT coalesce(sum(cost_pusd), 0) FROM calls WHERE ts + duration_ms / 1000.0 >= ?",
-            (window,),
+            f"SELECT coalesce(sum(cost_pusd), 0) FROM calls WHERE {_ENDED_SINCE}",
+            (window - LONGEST_CALL_SECONDS, window),
         ).fetchone()
         (top_session,) = conn.execute(
             "SELECT coalesce(max(s), 0) FROM (SELECT sum(cost_pusd) AS s FROM calls "
-            "WHERE ts + duration_ms / 1000.0 >= ? GROUP BY session)",
-            (window,),
+            f"WHERE {_ENDED_SINCE} GROUP BY session)",
+            (window - LONGEST_CALL_SECONDS, window),
         ).fetchone()
         per_hour = Decimal(3600) / Decimal(BURN_WINDOW_SECONDS)
         return Gauges(
