@@ -144,3 +144,20 @@ def test_cost_gets_a_billing_label_once_the_ledger_records_billing(tmp_path: Pat
 def test_no_ledger_yet_exports_nothing_and_does_not_fail(tmp_path: Path) -> None:
     text = scrape(counters(tmp_path))
     assert "devmeter_cost_usd_total{" not in text
+
+
+def test_the_grafana_dashboard_reads_only_metrics_devmeter_exports(tmp_path: Path) -> None:
+    import json
+    import re
+
+    dashboard = json.loads(
+        (
+            Path(__file__).resolve().parent.parent / "packaging" / "grafana-dashboard.json"
+        ).read_text()
+    )
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {name for e in exprs for name in re.findall(r"\bdevmeter_[a-z_]+", e)}
+    write_calls(tmp_path / "ledger.sqlite", [call("/r")])
+    # Every family, with samples or not yet (no cap set, no routing yet): its HELP line.
+    exported = set(re.findall(r"^# HELP (devmeter_[a-z_]+)", scrape(counters(tmp_path)), re.M))
+    assert used and used <= exported, used - exported
