@@ -161,3 +161,34 @@ def test_the_grafana_dashboard_reads_only_metrics_devmeter_exports(tmp_path: Pat
     # Every family, with samples or not yet (no cap set, no routing yet): its HELP line.
     exported = set(re.findall(r"^# HELP (devmeter_[a-z_]+)", scrape(counters(tmp_path)), re.M))
     assert used and used <= exported, used - exported
+
+
+def test_scrapes_from_different_threads_each_see_the_ledger(tmp_path: Path) -> None:
+    # prometheus-client answers each scrape on a new thread; sqlite3 connections are tied
+    # to the thread that opened them. Each thread stays alive until the end, so no two
+    # share a thread id (a finished thread's id is reused at once).
+    import threading
+
+    ledger = tmp_path / "ledger.sqlite"
+    write_calls(ledger, [call("/r")])
+    c = counters(tmp_path)
+    seen: list[float] = []
+    finish = threading.Event()
+
+    def scrape_once(scraped: threading.Event) -> None:
+        seen.append(sum(series(scrape(c), "devmeter_requests_total").values()))
+        scraped.set()
+        finish.wait(10)
+
+    workers = []
+    for _ in range(3):
+        scraped = threading.Event()
+        worker = threading.Thread(target=scrape_once, args=(scraped,))
+        worker.start()
+        workers.append(worker)
+        assert scraped.wait(10)
+        write_calls(ledger, [call("/r")])
+    finish.set()
+    for worker in workers:
+        worker.join()
+    assert seen == [1.0, 2.0, 3.0]

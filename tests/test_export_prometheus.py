@@ -70,6 +70,13 @@ def test_prometheus_scrapes_the_ledger_totals_and_a_restart_sends_nothing_backwa
             providers = {r["metric"]["provider"] for r in server.query("devmeter_cost_usd_total")}
             assert providers == {"anthropic", "openai", "google"}
 
+            # Every scrape so far succeeded (each one runs on a new server thread).
+            wait_for(
+                "three scrapes",
+                lambda: (server.scalar('count_over_time(up{job="devmeter"}[1m])') or 0) >= 3,
+            )
+            assert server.scalar('min_over_time(up{job="devmeter"}[1m])') == 1
+
             proxy.stop()
             proxy = start_proxy(home, upstream.url)
             sent_after = send_calls(proxy, rounds=1, error=False)

@@ -51,6 +51,14 @@ class Exporters:
 def start(config: Config, paths: Paths) -> Exporters:
     """Start the exporters the config asks for; one that cannot start is said, and the
     proxy serves on without it."""
+    try:
+        return _start(config, paths)
+    except Exception as exc:  # export is never a reason for the proxy not to meter
+        say(f"devmeter: export could not start: {type(exc).__name__}: {exc}; metering goes on")
+        return Exporters(config.section("export"), paths)
+
+
+def _start(config: Config, paths: Paths) -> Exporters:
     settings: ExportSettings = config.section("export")
     exporters = Exporters(settings, paths)
 

@@ -14,6 +14,7 @@ never leaves the data directory.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -21,7 +22,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -161,7 +162,6 @@ class LedgerCounters:
         self._histograms = histograms
         self._clock = clock
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
         self.last_id = 0
         self.first_ts: float | None = None  # the ledger's first call: when counting began
         self.sums: dict[Key, Sums] = {}
@@ -178,43 +178,38 @@ class LedgerCounters:
         be read now (what was counted so far stays)."""
         with self._lock:
             try:
-                conn = self._connection()
-                if conn is None:
-                    return False
-                self._fold(conn)
-                return True
+                with self._connection() as conn:
+                    if conn is None:
+                        return False
+                    self._fold(conn)
+                    return True
             except sqlite3.Error:
-                self._close()
                 return False
 
     def gauges(self) -> Gauges:
         with self._lock:
             try:
-                conn = self._connection()
-                if conn is not None:
-                    return self._gauges(conn, self._clock())
+                with self._connection() as conn:
+                    if conn is not None:
+                        return self._gauges(conn, self._clock())
             except sqlite3.Error:
-                self._close()
+                pass
             return Gauges({}, Decimal(0), Decimal(0), {})
 
-    def close(self) -> None:
-        with self._lock:
-            self._close()
-
-    def _connection(self) -> sqlite3.Connection | None:
-        if self._conn is None:
-            conn = connect_readonly(self.ledger)
-            if conn is None:
-                return None
-            self._conn = conn
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
-            self._billing = "billing" in columns
-        return self._conn
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection | None]:
+        """A connection for one read. A new one each time: callers are whichever thread
+        the HTTP server started for a scrape, and sqlite3 ties a connection to its
+        thread; opening the ledger read-only costs well under a millisecond."""
+        conn = connect_readonly(self.ledger)
+        try:
+            if conn is not None and self._billing is None:
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(calls)")}
+                self._billing = "billing" in columns
+            yield conn
+        finally:
+            if conn is not None:
+                conn.close()
 
     def billing_known(self) -> bool:
         """Whether the ledger records billing mode (billed vs covered by a plan). Until a

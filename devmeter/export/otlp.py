@@ -255,6 +255,7 @@ class OtlpPusher:
 
     def _run(self) -> None:
         delay = 0.0
+        ok = False
         while not self._stop.is_set():
             self._wake.wait(delay)
             self._wake.clear()
@@ -267,8 +268,9 @@ class OtlpPusher:
                 self._failed(f"{type(exc).__name__}: {exc}")
             interval = self.settings.interval_seconds
             delay = interval if ok else min(max(delay, interval) * 2, MAX_BACKOFF_SECONDS)
-        with contextlib.suppress(Exception):
-            self.push()  # the last totals on a clean stop, if the collector is up
+        if ok:  # the last totals on a clean stop; a collector already failing is not waited on
+            with contextlib.suppress(Exception):
+                self.push()
 
     def push(self) -> bool:
         """One round: metrics, then any log records past the cursor. True if all landed."""
@@ -379,7 +381,7 @@ class OtlpPusher:
 
         say(line)
 
-    def close(self, timeout: float = 5.0) -> None:
+    def close(self, timeout: float = 3.0) -> None:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
