@@ -192,3 +192,34 @@ def test_scrapes_from_different_threads_each_see_the_ledger(tmp_path: Path) -> N
     for worker in workers:
         worker.join()
     assert seen == [1.0, 2.0, 3.0]
+
+
+def test_gauges_live_sessions_burn_rate_and_budget_state(tmp_path: Path) -> None:
+    from devmeter.budget import parse_budgets
+
+    write_calls(
+        tmp_path / "ledger.sqlite",
+        [call("/r", cost="0.50"), call("/r", cost="0.25"), call("/r", ts=NOW - 7200)],
+    )
+    budgets = parse_budgets(
+        {"day": {"notify_usd": [0.5], "block_usd": 2}, "session": {"block_usd": 0.5}}
+    )
+    c = LedgerCounters(tmp_path / "ledger.sqlite", tmp_path, Labels(), "box", budgets=budgets)
+    text = scrape(c)
+    assert series(text, "devmeter_live_sessions") == {
+        'devmeter_live_sessions{machine="box",tool="claude-code"}': 1.0
+    }
+    # $0.75 in the last 10 minutes is $4.50 an hour; the call two hours ago is not in it.
+    assert series(text, "devmeter_burn_rate_usd_per_hour") == {
+        'devmeter_burn_rate_usd_per_hour{machine="box"}': 4.5
+    }
+    state = {
+        k.split('scope="')[1].split('"')[0]: v
+        for k, v in series(text, "devmeter_budget_state").items()
+    }
+    assert state == {"day": 1.0, "session": 2.0, "repo": 0.0, "month": 0.0}
+    caps = {
+        k.split('scope="')[1].split('"')[0]: v
+        for k, v in series(text, "devmeter_budget_cap_usd").items()
+    }
+    assert caps == {"day": 2.0, "session": 0.5}

@@ -32,11 +32,18 @@ class Exporters:
     def reconfigure(self, config: Config) -> None:
         """A reloaded config: restart what changed (a new listen, a new endpoint)."""
         new: ExportSettings = config.section("export")
-        if new == self.settings:
+        if new == self.settings:  # the same exporters; budgets may have changed
+            for counters in self._counters():
+                counters.budgets = config.section("budgets")
             return
         self.close()
         fresh = start(config, self.paths)
         self.settings, self.prometheus, self.otlp = fresh.settings, fresh.prometheus, fresh.otlp
+
+    def _counters(self) -> list[LedgerCounters]:
+        prometheus = getattr(self.prometheus, "collector", None)
+        found = [getattr(prometheus, "counters", None), getattr(self.otlp, "counters", None)]
+        return [c for c in found if isinstance(c, LedgerCounters)]
 
     def close(self) -> None:
         for exporter in (self.otlp, self.prometheus):

@@ -144,7 +144,8 @@ def _budget_gauges(machine: str, spent: dict[str, Decimal], budgets: Any) -> Ite
         "0: under every threshold; 1: past a notify_usd threshold; 2: at or past the cap.",
         labels=["machine", "scope"],
     )
-    for scope, usd in sorted(spent.items()):
+    for scope in sorted(("session", "repo", "day", "month")):
+        usd = spent.get(scope, Decimal(0))  # no ledger yet: nothing spent, caps still shown
         spent_family.add_metric([machine, scope], float(usd))
         config = budgets.scope(scope) if budgets is not None else None
         state = 0
