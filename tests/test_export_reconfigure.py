@@ -46,7 +46,7 @@ def test_a_reload_moves_and_stops_the_exporters(
         with pytest.raises(urllib.error.URLError):
             scrape(old_url)
 
-        exporters.reconfigure(parse("", config_path))
+        exporters.reconfigure_soon(parse("", config_path)).join(10)  # as a reload does
         assert exporters.metrics_url is None and exporters.prometheus is None
         with pytest.raises(urllib.error.URLError):
             scrape(new_url)

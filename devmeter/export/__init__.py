@@ -9,6 +9,7 @@ file; a live reload swaps the exporters (`Exporters.reconfigure`).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from devmeter.config import Config
@@ -16,6 +17,8 @@ from devmeter.diagnostics import say
 from devmeter.export.counters import LedgerCounters
 from devmeter.export.settings import ExportSettings, is_loopback
 from devmeter.paths import Paths
+
+_RECONFIGURING = threading.Lock()  # one reload at a time, in the order they came
 
 
 @dataclass
@@ -29,8 +32,28 @@ class Exporters:
     def metrics_url(self) -> str | None:
         return getattr(self.prometheus, "url", None)
 
+    def reconfigure_soon(self, config: Config) -> threading.Thread:
+        """`reconfigure` on a thread of its own, for a caller on the event loop: stopping
+        an exporter waits for its threads (up to seconds), which no call should."""
+        worker = threading.Thread(
+            target=self._reconfigure_safely, args=(config,), name="devmeter-export-reload",
+            daemon=True,
+        )  # fmt: skip
+        worker.start()
+        return worker
+
+    def _reconfigure_safely(self, config: Config) -> None:
+        try:
+            self.reconfigure(config)
+        except Exception as exc:  # a reload must never stop the proxy
+            say(f"devmeter: export could not follow the new config: {exc!r}")
+
     def reconfigure(self, config: Config) -> None:
         """A reloaded config: restart what changed (a new listen, a new endpoint)."""
+        with _RECONFIGURING:
+            self._reconfigure(config)
+
+    def _reconfigure(self, config: Config) -> None:
         new: ExportSettings = config.section("export")
         if new == self.settings:  # the same exporters; budgets may have changed
             for counters in self._counters():

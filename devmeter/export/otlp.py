@@ -360,9 +360,17 @@ class OtlpPusher:
                 answer.read()
             return True
         except urllib.error.HTTPError as exc:
-            self._failed(f"the collector answered {exc.code} for {path}")
+            hint = (
+                f"; check the auth headers in ${self.settings.headers_env}"
+                if exc.code in (401, 403)
+                else ""
+            )
+            self._failed(f"the collector answered {exc.code} for {path}{hint}")
         except (OSError, ValueError) as exc:
-            self._failed(f"cannot reach {self.settings.endpoint}: {getattr(exc, 'reason', exc)}")
+            self._failed(
+                f"cannot reach {self.settings.endpoint}: {getattr(exc, 'reason', exc)}; check "
+                "[export.otlp] endpoint and that the collector runs"
+            )
         return False
 
     def _failed(self, why: str) -> None:
