@@ -36,7 +36,7 @@ def test_a_reload_moves_and_stops_the_exporters(
         )
         exporters.reconfigure(capped)  # the same exporter: it keeps serving, with the cap
         assert exporters.metrics_url == old_url
-        assert 'devmeter_budget_cap_usd{machine=' in scrape(old_url)
+        assert "devmeter_budget_cap_usd{machine=" in scrape(old_url)
 
         moved = parse('[export]\nmachine = "m2"\n[export.prometheus]\nlisten = 0\n', config_path)
         exporters.reconfigure(moved)
@@ -66,3 +66,33 @@ def test_a_taken_port_is_said_and_nothing_else_stops(
     assert exporters.prometheus is None
     said = capsys.readouterr().err
     assert f"cannot serve metrics on 127.0.0.1:{port}" in said and "[export.prometheus]" in said
+
+
+@pytest.mark.proxy
+def test_editing_config_toml_starts_and_stops_metrics_in_a_running_proxy(tmp_path: Path) -> None:
+    from tests.export_helpers import free_port, wait_for
+    from tests.fake_upstream import FakeUpstream
+    from tests.proxy_harness import start_proxy
+
+    home = tmp_path / "home"
+    home.mkdir()
+    with FakeUpstream() as upstream:
+        proxy = start_proxy(home, upstream.url)
+        try:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}/metrics"
+
+            def serving() -> bool:
+                try:
+                    return "devmeter_cost_usd_total" in scrape(url)
+                except OSError:
+                    return False
+
+            assert not serving()
+            (home / "config.toml").write_text(f'[export.prometheus]\nlisten = "127.0.0.1:{port}"\n')
+            wait_for("the reloaded config to serve /metrics", serving, timeout=15)
+            (home / "config.toml").write_text("# export switched off again\n")
+            wait_for("/metrics to stop after the next reload", lambda: not serving(), timeout=15)
+            assert proxy.proc.poll() is None
+        finally:
+            proxy.stop()

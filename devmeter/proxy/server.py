@@ -218,6 +218,7 @@ async def serve(
         asks.budgets = budgets  # new ask levels and timeout from the next request on
         router.reconfigure(new.section("routing"), new.prices)
         meter.reconfigure(new.upstreams, new.prices)
+        exporters.reconfigure_soon(new)  # on its own thread: stopping one waits for it
         if set(new.upstreams) != set(old.upstreams):
             intercepted.update(h.lower() for h in new.upstreams)
             master.options.update(allow_hosts=allow_hosts_patterns(tuple(new.upstreams)))
