@@ -85,6 +85,13 @@ mode = "shadow"
 # model = "claude-opus-*"
 # session_spend_over_usd = 20
 # to = "claude-sonnet-5-5"
+
+# Team monitoring (see the README): Prometheus /metrics and OTLP push, off until written.
+# [export.prometheus]
+# listen = "127.0.0.1:9464"
+#
+# [export.otlp]
+# endpoint = "http://collector:4318"    # auth: DEVMETER_OTLP_HEADERS="k=v,..." in the env
 """
 
 
@@ -112,6 +119,7 @@ EXTRA_SECTIONS: dict[str, tuple[str, str]] = {
     "runaway": ("devmeter.runaway", "parse_runaway"),
     "import": ("devmeter.importers.auto", "parse_import"),
     "notify": ("devmeter.push", "parse_notify"),
+    "export": ("devmeter.export.settings", "parse_export"),
 }
 
 KNOWN_SECTIONS = ("proxy", "upstream", "prices")

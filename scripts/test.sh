@@ -23,19 +23,20 @@ fi
 # A virtual display, a tray host and a screenshot tool for the tray tests, the system's
 # PyGObject with GTK 3 and a D-Bus daemon for the tray's GTK backend; a session bus and a
 # notification daemon for doctor's test notification; zsh, fish and strace for the shell
-# hook's tests; dunst also shows the ask popups in their tests.
-# Headless Chromium for the dashboard's browser test.
+# hook's tests; dunst also shows the ask popups in their tests; headless Chromium for the
+# dashboard's browser test; a real Prometheus server for the metrics export test.
 missing=()
-for tool in Xvfb tint2 import xdotool dbus-daemon dbus-launch dunst zsh fish strace chromium; do
+for tool in Xvfb tint2 import xdotool dbus-daemon dbus-launch dunst zsh fish strace chromium \
+    prometheus; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 /usr/bin/python3 -c 'import gi; gi.require_version("Gtk", "3.0")' 2>/dev/null || missing+=(python3-gi)
 if ((${#missing[@]})) && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing the virtual display, tray host and shells (${missing[*]})"
+    say "installing the virtual display, tray host, shells and Prometheus (${missing[*]})"
     apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb tint2 imagemagick xdotool \
         libnotify-bin dbus python3-gi gir1.2-gtk-3.0 dbus-x11 dunst zsh fish strace \
-        chromium >/dev/null
+        chromium prometheus >/dev/null
 fi
 
 say "Python 3.11 with mitmproxy 11.0.2: the whole suite"

@@ -23,7 +23,7 @@ from typing import Any
 from mitmproxy import connection, http, options
 from mitmproxy.tools.dump import DumpMaster
 
-from devmeter import cabundle, ports, pricing
+from devmeter import cabundle, export, ports, pricing
 from devmeter import control as control_state
 from devmeter.ask import AskBook, asks_path, write_pending
 from devmeter.attribution import Attributor
@@ -218,6 +218,7 @@ async def serve(
         asks.budgets = budgets  # new ask levels and timeout from the next request on
         router.reconfigure(new.section("routing"), new.prices)
         meter.reconfigure(new.upstreams, new.prices)
+        exporters.reconfigure_soon(new)  # on its own thread: stopping one waits for it
         if set(new.upstreams) != set(old.upstreams):
             intercepted.update(h.lower() for h in new.upstreams)
             master.options.update(allow_hosts=allow_hosts_patterns(tuple(new.upstreams)))
@@ -247,7 +248,8 @@ async def serve(
     gc.freeze()
     cabundle.secure_ca_files(paths.ca_dir)
     cabundle.write_bundle(paths)
-    _write_state(paths.proxy_state, bound)
+    exporters = export.start(config, paths)  # own threads, reading the ledger
+    _write_state(paths.proxy_state, bound, exporters.metrics_url)
     reloader.start()
     watching = asyncio.ensure_future(reloader.run())
     print(f"devmeter proxy listening on {bound[0]}:{bound[1]} (ledger: {paths.ledger})", flush=True)
@@ -257,6 +259,7 @@ async def serve(
         watchdog.cancel()
         watching.cancel()
         clear_status(paths.data_dir)
+        exporters.close()
         writer.close()
         dispatcher.close()
         if pusher is not None:
@@ -425,8 +428,10 @@ def _pusher(config: Config) -> Pusher | None:
     return Pusher(targets) if targets.targets else None
 
 
-def _write_state(path: Path, bound: tuple[str, int]) -> None:
+def _write_state(path: Path, bound: tuple[str, int], metrics_url: str | None = None) -> None:
     state = {"host": bound[0], "port": bound[1], "pid": os.getpid(), "started": time.time()}
+    if metrics_url is not None:
+        state["metrics_url"] = metrics_url
     tmp = path.with_suffix(".tmp")
     write_private(tmp, json.dumps(state))  # 0600: names the pid and port
     tmp.replace(path)
