@@ -42,7 +42,11 @@ from devmeter.usage import Attribution, Call
 
 Scope = Literal["session", "repo", "day", "month"]
 SCOPES: tuple[Scope, ...] = ("session", "repo", "day", "month")
-AlertKind = Literal["threshold", "projection", "loop", "long_running", "blocked", "ask"]
+AlertKind = Literal[
+    "threshold", "projection", "loop", "long_running", "blocked", "ask",
+    # devmeter/quota_watch.py
+    "billing_switch", "quota", "quota_pace", "quota_rejected", "overage",
+]  # fmt: skip
 RepoPeriod = Literal["day", "month"]
 
 ZERO = Decimal(0)

@@ -112,6 +112,8 @@ EXTRA_SECTIONS: dict[str, tuple[str, str]] = {
     "runaway": ("devmeter.runaway", "parse_runaway"),
     "import": ("devmeter.importers.auto", "parse_import"),
     "notify": ("devmeter.push", "parse_notify"),
+    "quota": ("devmeter.quota_watch", "parse_quota"),
+    "accounts": ("devmeter.billing", "parse_accounts"),
 }
 
 KNOWN_SECTIONS = ("proxy", "upstream", "prices")
