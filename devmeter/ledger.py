@@ -216,6 +216,55 @@ MIGRATIONS: tuple[str, ...] = (
         repo TEXT
     );
     CREATE INDEX quota_readings_key ON quota_readings (provider, account, window, ts);
+    ALTER TABLE rollup ADD COLUMN billed_pusd INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE rollup ADD COLUMN covered_pusd INTEGER NOT NULL DEFAULT 0;
+    DROP TRIGGER calls_rollup;
+    CREATE TRIGGER calls_rollup AFTER INSERT ON calls BEGIN
+        INSERT INTO rollup VALUES (
+            CAST(NEW.ts / 900 AS INTEGER), coalesce(NEW.session, ''), coalesce(NEW.repo, ''),
+            coalesce(NEW.branch, ''), NEW.tool, NEW.provider,
+            coalesce(NEW.model, NEW.requested_model, ''), 1, NEW.input_tokens,
+            NEW.cache_read_tokens, NEW.cache_write_tokens, NEW.output_tokens,
+            NEW.reasoning_tokens, coalesce(NEW.cost_pusd, 0), NEW.cost_pusd IS NULL,
+            NEW.estimated,
+            CASE WHEN NEW.billing IN ('api', 'overage') THEN coalesce(NEW.cost_pusd, 0) ELSE 0 END,
+            CASE WHEN NEW.billing = 'subscription' THEN coalesce(NEW.cost_pusd, 0) ELSE 0 END
+        )
+        ON CONFLICT DO UPDATE SET
+            requests = requests + 1,
+            input_tokens = input_tokens + excluded.input_tokens,
+            cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
+            cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
+            output_tokens = output_tokens + excluded.output_tokens,
+            reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
+            cost_pusd = cost_pusd + excluded.cost_pusd,
+            unpriced = unpriced + excluded.unpriced,
+            estimated = estimated + excluded.estimated,
+            billed_pusd = billed_pusd + excluded.billed_pusd,
+            covered_pusd = covered_pusd + excluded.covered_pusd;
+    END;
+    DROP TRIGGER calls_rollup_delete;
+    CREATE TRIGGER calls_rollup_delete AFTER DELETE ON calls BEGIN
+        UPDATE rollup SET
+            requests = requests - 1,
+            input_tokens = input_tokens - OLD.input_tokens,
+            cache_read_tokens = cache_read_tokens - OLD.cache_read_tokens,
+            cache_write_tokens = cache_write_tokens - OLD.cache_write_tokens,
+            output_tokens = output_tokens - OLD.output_tokens,
+            reasoning_tokens = reasoning_tokens - OLD.reasoning_tokens,
+            cost_pusd = cost_pusd - coalesce(OLD.cost_pusd, 0),
+            unpriced = unpriced - (OLD.cost_pusd IS NULL),
+            estimated = estimated - OLD.estimated,
+            billed_pusd = billed_pusd - CASE WHEN OLD.billing IN ('api', 'overage')
+                THEN coalesce(OLD.cost_pusd, 0) ELSE 0 END,
+            covered_pusd = covered_pusd - CASE WHEN OLD.billing = 'subscription'
+                THEN coalesce(OLD.cost_pusd, 0) ELSE 0 END
+        WHERE bucket = CAST(OLD.ts / 900 AS INTEGER) AND session = coalesce(OLD.session, '')
+            AND repo = coalesce(OLD.repo, '') AND branch = coalesce(OLD.branch, '')
+            AND tool = OLD.tool AND provider = OLD.provider
+            AND model = coalesce(OLD.model, OLD.requested_model, '');
+        DELETE FROM rollup WHERE requests <= 0 AND bucket = CAST(OLD.ts / 900 AS INTEGER);
+    END;
     """,
 )
 BUCKET_SECONDS = 900
