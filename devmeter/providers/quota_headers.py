@@ -101,16 +101,12 @@ def from_headers(headers: Mapping[str, str], now: float) -> QuotaReading:
     overall = unified.pop("", {})
     status = _status(overall.get("status"), "unified status", notes)
     for name, fields in sorted(unified.items()):
-        if "utilization" not in fields and "reset" not in fields:
+        utilization = _fraction(fields.get("utilization"), f"{name} utilization", notes)
+        resets_at = _epoch(fields.get("reset"), f"{name} reset", notes)
+        if utilization is None and resets_at is None:
             continue  # e.g. overage-status alone: a state, not a window
-        windows.append(
-            Window(
-                window=name,
-                utilization=_fraction(fields.get("utilization"), f"{name} utilization", notes),
-                resets_at=_epoch(fields.get("reset"), f"{name} reset", notes),
-                status=_status(fields.get("status"), f"{name} status", notes) or status,
-            )
-        )
+        window_status = _status(fields.get("status"), f"{name} status", notes)
+        windows.append(Window(name, utilization, resets_at, window_status or status))
     overage_status = _status(unified.get("overage", {}).get("status"), "overage status", notes)
     in_use = overall.get("overage-in-use", "").strip().lower() == "true"
     overage = in_use or (status == "rejected" and overage_status in ("allowed", "allowed_warning"))
