@@ -72,7 +72,9 @@ def mode_of(host: str, headers: Mapping[str, str], query_key: bool = False) -> s
     token, source = credential(headers)
     beta = headers.get("anthropic-beta", "").lower()
     if token is None:
-        return API if query_key else UNKNOWN
+        # api.openai.com bills API keys only (a ChatGPT login goes to chatgpt.com), and
+        # Codex 0.169's WebSocket handshake to it carries no credential devmeter can see.
+        return API if query_key or host == "api.openai.com" else UNKNOWN
     if token.startswith("sk-ant-oat") or (source == "bearer" and "oauth-" in beta):
         return SUBSCRIPTION
     if host == _CHATGPT_HOST and source == "bearer":
