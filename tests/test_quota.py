@@ -321,3 +321,44 @@ def test_billing_switch_once_and_only_after_a_subscription() -> None:
     old = QuotaWatch(QuotaConfig(billing_switch_days=7))
     old.observe(call(NOW, "subscription"), billing.Billing("subscription", "acct-1"), None)
     assert old.observe(call(NOW + 8 * 86400, "api", "acct-2"), key, None)[1] == []
+
+
+# -- budgets count billed dollars unless a scope counts covered ones too -------------------
+
+
+def test_budgets_count_billed_dollars_and_covered_ones_only_when_asked(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from devmeter.budget import BudgetTracker, parse_budgets
+    from devmeter.config_error import ConfigError
+    from devmeter.guard import spend_so_far
+    from devmeter.ledger import connect, write_calls
+
+    budgets = parse_budgets(
+        {"session": {"notify_usd": [5]}, "day": {"notify_usd": [5], "count_covered": True}}
+    )
+    tracker = BudgetTracker(budgets, tz=UTC)
+    expensive = Decimal(6)
+    sub = replace_cost(call(NOW, "subscription"), expensive)
+    alerts = tracker.observe(sub)
+    assert [a.scope for a in alerts] == ["day"]  # the session does not count covered dollars
+    alerts = tracker.observe(replace_cost(call(NOW + 1, "api", "acct-2"), expensive))
+    assert [a.scope for a in alerts] == ["session"]
+
+    with pytest.raises(ConfigError, match="count_covered"):
+        parse_budgets({"day": {"count_covered": "yes"}})
+
+    # A restart seeds each scope from the ledger the same way.
+    ledger = tmp_path / "ledger.sqlite"
+    write_calls(ledger, [sub, replace_cost(call(NOW + 1, "api", "acct-2"), Decimal(2))])
+    conn = connect(ledger)
+    totals = spend_so_far(conn, BudgetTracker(budgets, tz=UTC), NOW + 2)
+    assert totals[("session", "s")] == Decimal(2)
+    day = datetime.fromtimestamp(NOW + 2).strftime("%Y-%m-%d")  # spend_so_far's local day
+    assert totals[("day", day)] == Decimal(8)
+
+
+def replace_cost(c: Call, cost: Decimal) -> Call:
+    from dataclasses import replace
+
+    return replace(c, cost_usd=cost, attribution=Attribution(tool="claude-code", session="s"))

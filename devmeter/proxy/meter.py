@@ -422,6 +422,8 @@ class Meter:
                 # without retrying, where a refused handshake makes it reconnect.
                 if not state.upgrade:
                     reserve = self._estimate(endpoint.provider, info, len(body), now)
+                    if state.billing.mode == SUBSCRIPTION and not self._guard.counts_covered:
+                        reserve = Decimal(0)  # no cap counts it (`count_covered`)
                     verdict = self._guard.check(state.attribution, now, reserve)
                     self._raise_alerts(verdict)
                     # A free request (count_tokens, batch results) passes a cap or a pause.
