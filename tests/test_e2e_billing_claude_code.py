@@ -191,6 +191,13 @@ def test_subscription_then_api_key(
     assert Decimal(str(repo_row["cost_usd"])).quantize(MICRO) == (sub_cost + api_cost).quantize(
         MICRO
     )
+    sessions = json.loads(devmeter(proxy, "sessions", "--json"))
+    covered = sum((Decimal(str(x["covered_usd"])) for x in sessions), Decimal(0))
+    billed = sum((Decimal(str(x["billed_usd"])) for x in sessions), Decimal(0))
+    assert (covered.quantize(MICRO), billed.quantize(MICRO)) == (
+        sub_cost.quantize(MICRO),
+        api_cost.quantize(MICRO),
+    )
     table = report(proxy, "--by", "repo")
     assert f"billed {format_usd(api_cost)}" in table
     assert f"covered {format_usd(sub_cost)}" in table
