@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -362,3 +363,44 @@ def replace_cost(c: Call, cost: Decimal) -> Call:
     from dataclasses import replace
 
     return replace(c, cost_usd=cost, attribution=Attribution(tool="claude-code", session="s"))
+
+
+# -- the tray and the headless line ---------------------------------------------------------
+
+
+def test_the_tray_shows_billed_covered_and_the_tightest_window(tmp_path: Path) -> None:
+    import time as clock
+
+    from devmeter.control import Control
+    from devmeter.ledger import UPSERT_QUOTA, connect, connect_readonly, quota_row, write_calls
+    from devmeter.tray.headless import status_line
+    from devmeter.tray.icon import tooltip
+    from devmeter.tray.menu import build_menu
+    from devmeter.tray.snapshot import Headline, snapshot
+
+    now = clock.time()
+    ledger = tmp_path / "ledger.sqlite"
+    api_only = [replace_cost(call(now - 60, "api", "acct-2"), Decimal(3))]
+    write_calls(ledger, api_only)
+    conn = connect_readonly(ledger)
+    assert conn is not None
+    plain = snapshot(conn, now, Control())
+    assert plain.billing_line is None  # API keys only: nothing to split
+    assert not any("billed" in item.text for item in build_menu(plain))
+
+    write_calls(ledger, [replace_cost(call(now - 30, "subscription"), Decimal(2))])
+    writer = connect(ledger)
+    for util, window in ((0.62, "5h"), (0.31, "7d")):
+        resets = now + 3600
+        writer.execute(
+            UPSERT_QUOTA,
+            quota_row(Snapshot(now, "anthropic", "acct-1", window, util, resets, "allowed")),
+        )
+    snap = snapshot(conn, now, Control())
+    when = datetime.fromtimestamp(now + 3600).strftime("%H:%M")
+    expected = f"billed $3.00 · covered $2.00 · quota 5h 62% · resets {when}"
+    assert snap.billing_line == expected
+    assert build_menu(snap)[1].text == f"Today {expected}"
+    assert expected in status_line(snap, Headline())
+    title = tooltip(None, snap.today_usd, snap.month_usd, "off", billing=snap.billing_line)
+    assert title.endswith(f"routing off · {expected}") and len(title) <= 127
