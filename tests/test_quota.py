@@ -404,3 +404,25 @@ def test_the_tray_shows_billed_covered_and_the_tightest_window(tmp_path: Path) -
     assert expected in status_line(snap, Headline())
     title = tooltip(None, snap.today_usd, snap.month_usd, "off", billing=snap.billing_line)
     assert title.endswith(f"routing off · {expected}") and len(title) <= 127
+
+
+_NAMES = [U + "status", U + "5h-utilization", U + "5h-reset", U + "overage-status",
+          U + "x-y-status", "x-codex-primary-used-percent", "x-codex-primary-window-minutes",
+          "x-codex-secondary-reset-after-seconds", "x-ratelimit-reset-tokens",
+          "x-ratelimit-limit-requests", "anthropic-ratelimit-tokens-reset"]  # fmt: skip
+
+
+def test_no_header_value_makes_the_parser_raise() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.dictionaries(st.sampled_from(_NAMES), st.text(max_size=30)))
+    def check(headers: dict[str, str]) -> None:
+        reading = from_headers(headers, NOW)
+        for window in reading.windows:
+            assert window.utilization is None or 0 <= window.utilization <= 10
+        events = RateLimitEvents(NOW)
+        events.feed(("data: " + json.dumps(headers) + "codex.rate_limits\n").encode())
+
+    check()

@@ -93,6 +93,8 @@ def from_headers(headers: Mapping[str, str], now: float) -> QuotaReading:
         elif name.startswith("x-codex-"):
             if m := _CODEX.match(name):
                 codex.setdefault(m.group(1), {})[m.group(2)] = value
+        elif "ratelimit" not in name:
+            continue  # most headers: one substring test, no regex (this runs on every call)
         elif m := _STANDARD.match(name):
             standard.setdefault(m.group(2), {})[m.group(1)] = value
         elif m := _ANTHROPIC_API.match(name):
