@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import os
 import stat
-from datetime import datetime
+from dataclasses import replace
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -426,3 +427,59 @@ def test_no_header_value_makes_the_parser_raise() -> None:
         events.feed(("data: " + json.dumps(headers) + "codex.rate_limits\n").encode())
 
     check()
+
+
+def test_devmeter_quota_json_with_pace_and_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time as clock
+
+    from devmeter.cli import main
+    from devmeter.ledger import (
+        INSERT_QUOTA_READING,
+        UPSERT_QUOTA,
+        connect,
+        quota_reading_row,
+        quota_row,
+        write_calls,
+    )
+
+    monkeypatch.setenv("DEVMETER_HOME", str(tmp_path))
+    (tmp_path / "config.toml").write_text('[accounts]\n"acct-1" = "work"\n')
+    now = clock.time()
+    resets = now + 4 * 3600
+    readings = [
+        Snapshot(now - 3600, "anthropic", "acct-1", "5h", 0.2, resets, "allowed", "s1"),
+        Snapshot(now - 1800, "anthropic", "acct-1", "5h", 0.5, resets, "allowed", "s2"),
+    ]
+    calls = [
+        SpentCall(now - 2400, "acct-1", "s1", "/r/a", Decimal(1)),
+        SpentCall(now - 2000, "acct-1", "s2", "/r/b", Decimal(3)),
+    ]
+    write_calls(tmp_path / "ledger.sqlite", [
+        replace(call(c.ts, "subscription"), cost_usd=c.cost_usd,
+                attribution=Attribution(tool="claude-code", session=c.session, repo=c.repo))
+        for c in calls
+    ])  # fmt: skip
+    conn = connect(tmp_path / "ledger.sqlite")
+    for reading in readings:
+        conn.execute(INSERT_QUOTA_READING, quota_reading_row(reading))
+    conn.execute(UPSERT_QUOTA, quota_row(readings[-1]))
+    conn.close()
+
+    assert main(["quota", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert {k: row[k] for k in ("provider", "account", "window", "utilization", "status")} == {
+        "provider": "anthropic", "account": "acct-1", "window": "5h", "utilization": 0.5,
+        "status": "allowed",
+    }  # fmt: skip
+    assert row["resets_at"] == datetime.fromtimestamp(resets, UTC).isoformat().replace(
+        "+00:00", "Z"
+    )
+    assert row["label"] == "work"
+    assert row["rate_per_hour"] == pytest.approx(0.6)  # 30 points in half an hour
+    assert row["runs_out_before_reset"] is True  # 50% left at 60%/h: 50 min, reset in 4 h
+    assert row["share_by_session"] == pytest.approx({"s1": 0.075, "s2": 0.225})
+    assert main(["quota"]) == 0
+    table = capsys.readouterr().out
+    assert "work" in table and "50%" in table and "share (estimate) by session" in table
