@@ -411,7 +411,7 @@ def to_table(
     )
     if by == "request":
         headers = ["time", "tool", "model", "session", "repo", "in", "cache r", "cache w",
-                   "out", "cost", "billing", ""]  # fmt: skip
+                   "out", "cost", ""]  # fmt: skip
         # Today's calls by time alone; any other day's with their date.
         today = datetime.now().astimezone().date().isoformat()
         only_today = all(str(r["ts"]).startswith(today) for r in rows)
@@ -423,8 +423,7 @@ def to_table(
                 labels.get(r["session"] or "", NO_REPO if not r["session"] else "?"),
                 cell(r["repo"] or NO_REPO, 32, "tail"), format_tokens(r["input_tokens"]),
                 format_tokens(r["cache_read_tokens"]), format_tokens(r["cache_write_tokens"]),
-                format_tokens(r["output_tokens"]), format_usd(r["cost_usd"]), r["billing"],
-                _flags(r),
+                format_tokens(r["output_tokens"]), format_usd(r["cost_usd"]), _flags(r),
             ]
             for r in rows
         ]  # fmt: skip
@@ -434,14 +433,18 @@ def to_table(
         totals = ["total", plural(calls, "call"), "", "", ""]
         first_number = 5
     else:
-        headers = [by, "calls", "in", "cache r", "cache w", "out", "cost", "billed", "covered", ""]
+        # Who paid: shown once the ledger knows (devmeter/billing.py), else nothing to split.
+        split = any(r["billed_usd"] or r["covered_usd"] for r in rows)
+        headers = [by, "calls", "in", "cache r", "cache w", "out", "cost",
+                   *(("billed", "covered") if split else ()), ""]  # fmt: skip
         body = [
             [
                 _group_key(r["key"], by, labels), format_count(r["requests"]),
                 format_tokens(r["input_tokens"]), format_tokens(r["cache_read_tokens"]),
                 format_tokens(r["cache_write_tokens"]), format_tokens(r["output_tokens"]),
                 format_usd(r["cost_usd"] if r["unpriced"] < r["requests"] else None),
-                format_usd(r["billed_usd"]), format_usd(r["covered_usd"]), _group_flags(r),
+                *((format_usd(r["billed_usd"]), format_usd(r["covered_usd"])) if split else ()),
+                _group_flags(r),
             ]
             for r in rows
         ]  # fmt: skip
@@ -458,17 +461,16 @@ def to_table(
         for name in ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens")
     ]
     totals.append(format_usd(cost if unpriced < calls else None))
-    # Who pays (devmeter/billing.py): a request row names its mode, a group sums both.
-    totals += [""] if by == "request" else [format_usd(billed), format_usd(covered)]
+    if by != "request" and split:
+        totals += [format_usd(billed), format_usd(covered)]
     totals.append(_count_flags(unpriced, estimated))
-    numeric = frozenset(range(first_number, len(headers) - 1)) - (
-        frozenset({len(headers) - 2}) if by == "request" else frozenset()
-    )
+    numeric = frozenset(range(first_number, len(headers) - 1))
     notes = _notes(unpriced, estimated)
-    notes.append(
-        f"billed {format_usd(billed)} (API keys and extra usage) · covered "
-        f"{format_usd(covered)} (list-price equivalent of subscription calls)"
-    )
+    if billed or covered:
+        notes.append(
+            f"billed {format_usd(billed)} (API keys and extra usage) · covered "
+            f"{format_usd(covered)} (list-price equivalent of subscription calls)"
+        )
     if limit is not None and len(rows) >= limit:
         shown = "the last" if by == "request" else "the most expensive"
         notes.append(f"Showing {shown} {plural(len(rows), 'row')} (--limit {limit}).")
@@ -506,8 +508,11 @@ def _notes(unpriced: int, estimated: int) -> list[str]:
     return notes
 
 
+_BILLING_FLAGS = {"subscription": "sub", "api": "api", "overage": "overage"}
+
+
 def _flags(row: dict[str, Any]) -> str:
-    flags = []
+    flags = [_BILLING_FLAGS[row["billing"]]] if row.get("billing") in _BILLING_FLAGS else []
     if row["estimated"]:
         flags.append("~est")
     if row["cost_usd"] is None:
