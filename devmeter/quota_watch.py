@@ -16,6 +16,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -171,9 +172,9 @@ class QuotaWatch:
             found = pace(self._readings.get(snap.key, []))
             if found is not None and found.before_reset and found.full_at is not None:
                 minutes = int(((snap.resets_at or found.full_at) - found.full_at) / 60)
+                full = datetime.fromtimestamp(found.full_at).strftime("%H:%M")
                 alerts += self._once(call, "quota_pace", period, (
-                    f"{label} full at {iso(found.full_at)} at this pace, {minutes} min before "
-                    "it resets"
+                    f"{label} full at {full} at this pace, {minutes} min before it resets"
                 ))  # fmt: skip
         return alerts
 

@@ -288,6 +288,8 @@ def test_threshold_pace_rejected_and_overage_alerts_fire_once() -> None:
     assert [k for k, _ in kinds].count("quota") == 2
     assert any("passed 80%" in m for _, m in kinds) and any("passed 95%" in m for _, m in kinds)
     assert [k for k, _ in kinds].count("quota_pace") == 1
+    (paced,) = [m for k, m in kinds if k == "quota_pace"]
+    assert paced.startswith("anthropic 5h window full at ") and "min before it resets" in paced
     _, alerts = watch.observe(call(NOW + 600, "overage"), sub, reading(1.0, "rejected"))
     assert sorted(a.kind for a in alerts) == ["overage", "quota_rejected"]
     _, alerts = watch.observe(call(NOW + 660, "overage"), sub, reading(1.0, "rejected"))
