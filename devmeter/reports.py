@@ -568,7 +568,8 @@ def grouped_series(
         SELECT CAST(ts / {BUCKET_SECONDS} AS INTEGER) AS quarter, {GROUP_KEYS[by]} AS key,
                sum(requests), sum(input_tokens), sum(cache_read_tokens),
                sum(cache_write_tokens), sum(output_tokens), sum(reasoning_tokens),
-               sum(cost_pusd), sum(unpriced), sum(estimated)
+               sum(cost_pusd), sum(unpriced), sum(estimated), sum(billed_pusd),
+               sum(covered_pusd)
         FROM ({_GROUPED_ROWS}) GROUP BY quarter, key
     """
     bounds = {"since": since, "first_bucket": math.ceil(since / BUCKET_SECONDS)}
@@ -588,7 +589,8 @@ def grouped_series(
     rows = []
     for key, sums in sorted(groups.items(), key=lambda item: (-item[1][6], item[0])):
         item = dict(zip(GROUP_FIELDS, [key, *sums], strict=True))
-        item["cost_usd"] = _usd(item["cost_usd"])
+        for money in ("cost_usd", "billed_usd", "covered_usd"):
+            item[money] = _usd(item[money])
         rows.append(item)
     series = [(name, key, _usd(pusd)) for (name, key), pusd in sorted(points.items())]
     return rows, series
