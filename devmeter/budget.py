@@ -42,7 +42,11 @@ from devmeter.usage import Attribution, Call
 
 Scope = Literal["session", "repo", "day", "month"]
 SCOPES: tuple[Scope, ...] = ("session", "repo", "day", "month")
-AlertKind = Literal["threshold", "projection", "loop", "long_running", "blocked", "ask"]
+AlertKind = Literal[
+    "threshold", "projection", "loop", "long_running", "blocked", "ask",
+    # devmeter/quota_watch.py
+    "billing_switch", "quota", "quota_pace", "quota_rejected", "overage",
+]  # fmt: skip
 RepoPeriod = Literal["day", "month"]
 
 ZERO = Decimal(0)
@@ -164,6 +168,9 @@ class ScopeBudget:
     period: RepoPeriod = "day"  # only read for the repo scope
     # Levels at which the next request is held until the user answers (devmeter/ask.py).
     ask_usd: tuple[Decimal, ...] = ()
+    # Subscription calls cost list-price dollars nobody is billed (devmeter/billing.py):
+    # counted against this scope only when asked.
+    count_covered: bool = False
 
 
 @dataclass(frozen=True)
@@ -362,10 +369,10 @@ def _table(key: str, value: object) -> Mapping[str, object]:
 
 
 _SCOPE_KEYS = {
-    "session": ("notify_usd", "block_usd", "ask_usd"),
-    "repo": ("notify_usd", "block_usd", "period", "ask_usd"),
-    "day": ("notify_usd", "block_usd", "ask_usd"),
-    "month": ("notify_usd", "block_usd", "ask_usd"),
+    "session": ("notify_usd", "block_usd", "ask_usd", "count_covered"),
+    "repo": ("notify_usd", "block_usd", "period", "ask_usd", "count_covered"),
+    "day": ("notify_usd", "block_usd", "ask_usd", "count_covered"),
+    "month": ("notify_usd", "block_usd", "ask_usd", "count_covered"),
 }
 # Keys of [budgets] itself, beside the scope tables.
 _BUDGETS_KEYS = ("ask_timeout_seconds",)
@@ -450,7 +457,16 @@ def _parse_scope(scope: str, value: object, default: ScopeBudget) -> ScopeBudget
                 f"{prefix}.period", f'expected "day" or "month", got {table["period"]!r}'
             )
         period = table["period"]  # type: ignore[assignment]
-    return ScopeBudget(notify_usd=notify, block_usd=block, period=period, ask_usd=ask)
+    covered = table.get("count_covered", False)
+    if not isinstance(covered, bool):
+        raise ConfigError(
+            f"{prefix}.count_covered",
+            f"expected true or false (count subscription calls' list-price dollars), got "
+            f"{covered!r}",
+        )
+    return ScopeBudget(
+        notify_usd=notify, block_usd=block, period=period, ask_usd=ask, count_covered=covered
+    )
 
 
 def _ascending_usd(key: str, raw: object, what: str) -> tuple[Decimal, ...]:
@@ -597,7 +613,10 @@ class BudgetTracker:
             return []
         alerts = []
         ts = call.ts
+        covered = call.billing == "subscription"
         for scope, budget in self._watched_scopes():
+            if covered and not budget.count_covered:
+                continue
             key = self.key(scope, call.attribution, ts)
             if key is None:
                 continue

@@ -217,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free)")
     p.set_defaults(func=cmd_dashboard)
 
+    p = sub.add_parser(
+        "quota", help="subscription quota windows and rate limits: use, reset, pace, share"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_quota)
+
     p = sub.add_parser("alerts", help="budget, burn-rate and loop alerts the proxy raised")
     p.add_argument("--since", help=SINCE_HELP)
     p.add_argument("--json", action="store_true")
@@ -540,6 +546,16 @@ def cmd_alerts(args: argparse.Namespace, config: Config, where: Paths) -> int:
         print("No alerts." if conn is not None else f"No ledger yet at {where.ledger}.")
     else:
         sys.stdout.write(reports.alerts_table(rows, _terminal_width()))
+    return 0
+
+
+def cmd_quota(args: argparse.Namespace, config: Config, where: Paths) -> int:
+    from devmeter import quota_report
+
+    conn = connect_readonly(where.ledger)
+    rows = quota_report.quota_rows(conn, config.section("accounts"), time.time()) if conn else []
+    out = quota_report.to_json(rows) if args.json else quota_report.to_table(rows)
+    sys.stdout.write(out)
     return 0
 
 

@@ -120,6 +120,8 @@ EXTRA_SECTIONS: dict[str, tuple[str, str]] = {
     "import": ("devmeter.importers.auto", "parse_import"),
     "notify": ("devmeter.push", "parse_notify"),
     "export": ("devmeter.export.settings", "parse_export"),
+    "quota": ("devmeter.quota_watch", "parse_quota"),
+    "accounts": ("devmeter.billing", "parse_accounts"),
 }
 
 KNOWN_SECTIONS = ("proxy", "upstream", "prices")

@@ -31,6 +31,7 @@ from devmeter.budget import (
     Block,
     Budgets,
     BudgetTracker,
+    ScopeBudget,
 )
 from devmeter.ledger import from_pusd
 from devmeter.pricing import PriceOverride
@@ -90,6 +91,12 @@ class Guard:
     def has_caps(self) -> bool:
         """Whether any cap could refuse a request (then requests reserve an estimate)."""
         return self.budgets.has_caps
+
+    @property
+    def counts_covered(self) -> bool:
+        """Whether any scope counts subscription calls' list-price dollars."""
+        budgets = self.budgets.budgets
+        return any(budgets.scope(scope).count_covered for scope in SCOPES)
 
     def check(self, attribution: Attribution, now: float, reserve_usd: Decimal = ZERO) -> Verdict:
         """Allow or refuse a request; an allowed one reserves `reserve_usd` (its estimated
@@ -194,16 +201,21 @@ def spend_so_far(
             if key is not None and pusd:
                 totals[(scope, str(key))] = from_pusd(pusd) or Decimal(0)
 
+    budgets = tracker.budgets
     add(
         "session",
-        "SELECT session, sum(cost_pusd) FROM calls WHERE session IN "
+        f"SELECT session, sum({_counted(budgets.session)}) FROM calls WHERE session IN "
         "(SELECT DISTINCT session FROM calls WHERE ts >= ?) GROUP BY session",
         (now - 7 * 86400,),
     )
-    add("repo", "SELECT repo, sum(cost_pusd) FROM calls WHERE ts >= ? GROUP BY repo",
-        (repo_start.timestamp(),))  # fmt: skip
-    totals[("day", tracker.period("day", now))] = _total(conn, day_start.timestamp())
-    totals[("month", tracker.period("month", now))] = _total(conn, month_start.timestamp())
+    add("repo", f"SELECT repo, sum({_counted(budgets.repo)}) FROM calls WHERE ts >= ? "
+        "GROUP BY repo", (repo_start.timestamp(),))  # fmt: skip
+    totals[("day", tracker.period("day", now))] = _total(
+        conn, day_start.timestamp(), _counted(budgets.day)
+    )
+    totals[("month", tracker.period("month", now))] = _total(
+        conn, month_start.timestamp(), _counted(budgets.month)
+    )
     return totals
 
 
@@ -225,6 +237,13 @@ def spend_by_session_key(conn: sqlite3.Connection, now: float) -> dict[str, Deci
             key = session_key(Attribution(tool=tool, repo=repo, session=session))
             totals[key] = from_pusd(pusd) or ZERO
     return totals
+
+
+def _counted(budget: ScopeBudget) -> str:
+    """The spend a scope counts: subscription calls' only with `count_covered`."""
+    if budget.count_covered:
+        return "cost_pusd"
+    return "CASE WHEN billing = 'subscription' THEN 0 ELSE cost_pusd END"
 
 
 def _blocked_alerts(conn: sqlite3.Connection, now: float) -> list[tuple[str, str, Decimal, float]]:
@@ -272,8 +291,8 @@ def recent_alerts(conn: sqlite3.Connection, now: float) -> list[tuple[str, str, 
     return [(kind, key, from_pusd(f or 0) or ZERO, ts) for kind, key, f, ts in rows]
 
 
-def _total(conn: sqlite3.Connection, since: float) -> Decimal:
-    (pusd,) = conn.execute("SELECT sum(cost_pusd) FROM calls WHERE ts >= ?", (since,)).fetchone()
+def _total(conn: sqlite3.Connection, since: float, counted: str = "cost_pusd") -> Decimal:
+    (pusd,) = conn.execute(f"SELECT sum({counted}) FROM calls WHERE ts >= ?", (since,)).fetchone()
     return from_pusd(pusd or 0) or Decimal(0)
 
 

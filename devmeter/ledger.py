@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 from devmeter.budget import Alert
 from devmeter.diagnostics import say
 from devmeter.paths import make_private_dir, make_private_file
+from devmeter.quota import Snapshot
 from devmeter.spool import Mark, Spool, SpoolBusy, spool_dir
 from devmeter.spool import pending as spool_pending
 from devmeter.usage import Call
@@ -187,6 +188,84 @@ MIGRATIONS: tuple[str, ...] = (
         state TEXT
     );
     """,
+    # v5: who pays for each call (devmeter/billing.py), and quota windows (devmeter/quota.py):
+    # the latest snapshot per provider, account and window, and a reading whenever one moved.
+    """
+    ALTER TABLE calls ADD COLUMN billing TEXT NOT NULL DEFAULT 'unknown';
+    ALTER TABLE calls ADD COLUMN account TEXT;
+    CREATE TABLE quota (
+        provider TEXT NOT NULL,
+        account TEXT NOT NULL,
+        window TEXT NOT NULL,
+        ts REAL NOT NULL,
+        utilization REAL,
+        resets_at REAL,
+        status TEXT,
+        PRIMARY KEY (provider, account, window)
+    );
+    CREATE TABLE quota_readings (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        provider TEXT NOT NULL,
+        account TEXT NOT NULL,
+        window TEXT NOT NULL,
+        utilization REAL,
+        resets_at REAL,
+        status TEXT,
+        session TEXT,
+        repo TEXT
+    );
+    CREATE INDEX quota_readings_key ON quota_readings (provider, account, window, ts);
+    ALTER TABLE rollup ADD COLUMN billed_pusd INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE rollup ADD COLUMN covered_pusd INTEGER NOT NULL DEFAULT 0;
+    DROP TRIGGER calls_rollup;
+    CREATE TRIGGER calls_rollup AFTER INSERT ON calls BEGIN
+        INSERT INTO rollup VALUES (
+            CAST(NEW.ts / 900 AS INTEGER), coalesce(NEW.session, ''), coalesce(NEW.repo, ''),
+            coalesce(NEW.branch, ''), NEW.tool, NEW.provider,
+            coalesce(NEW.model, NEW.requested_model, ''), 1, NEW.input_tokens,
+            NEW.cache_read_tokens, NEW.cache_write_tokens, NEW.output_tokens,
+            NEW.reasoning_tokens, coalesce(NEW.cost_pusd, 0), NEW.cost_pusd IS NULL,
+            NEW.estimated,
+            CASE WHEN NEW.billing IN ('api', 'overage') THEN coalesce(NEW.cost_pusd, 0) ELSE 0 END,
+            CASE WHEN NEW.billing = 'subscription' THEN coalesce(NEW.cost_pusd, 0) ELSE 0 END
+        )
+        ON CONFLICT DO UPDATE SET
+            requests = requests + 1,
+            input_tokens = input_tokens + excluded.input_tokens,
+            cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
+            cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
+            output_tokens = output_tokens + excluded.output_tokens,
+            reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
+            cost_pusd = cost_pusd + excluded.cost_pusd,
+            unpriced = unpriced + excluded.unpriced,
+            estimated = estimated + excluded.estimated,
+            billed_pusd = billed_pusd + excluded.billed_pusd,
+            covered_pusd = covered_pusd + excluded.covered_pusd;
+    END;
+    DROP TRIGGER calls_rollup_delete;
+    CREATE TRIGGER calls_rollup_delete AFTER DELETE ON calls BEGIN
+        UPDATE rollup SET
+            requests = requests - 1,
+            input_tokens = input_tokens - OLD.input_tokens,
+            cache_read_tokens = cache_read_tokens - OLD.cache_read_tokens,
+            cache_write_tokens = cache_write_tokens - OLD.cache_write_tokens,
+            output_tokens = output_tokens - OLD.output_tokens,
+            reasoning_tokens = reasoning_tokens - OLD.reasoning_tokens,
+            cost_pusd = cost_pusd - coalesce(OLD.cost_pusd, 0),
+            unpriced = unpriced - (OLD.cost_pusd IS NULL),
+            estimated = estimated - OLD.estimated,
+            billed_pusd = billed_pusd - CASE WHEN OLD.billing IN ('api', 'overage')
+                THEN coalesce(OLD.cost_pusd, 0) ELSE 0 END,
+            covered_pusd = covered_pusd - CASE WHEN OLD.billing = 'subscription'
+                THEN coalesce(OLD.cost_pusd, 0) ELSE 0 END
+        WHERE bucket = CAST(OLD.ts / 900 AS INTEGER) AND session = coalesce(OLD.session, '')
+            AND repo = coalesce(OLD.repo, '') AND branch = coalesce(OLD.branch, '')
+            AND tool = OLD.tool AND provider = OLD.provider
+            AND model = coalesce(OLD.model, OLD.requested_model, '');
+        DELETE FROM rollup WHERE requests <= 0 AND bucket = CAST(OLD.ts / 900 AS INTEGER);
+    END;
+    """,
 )
 BUCKET_SECONDS = 900
 
@@ -196,8 +275,11 @@ CALL_COLUMNS = (
     "cache_write_tokens", "cache_write_1h_tokens", "output_tokens", "reasoning_tokens",
     "web_search_requests", "service_tier", "cost_pusd", "price_source", "estimated",
     "complete", "status", "duration_ms", "error", "routing", "route_rule", "route_target",
-    "alt_cost_pusd", "route_note", "response_id", "source", "import_key",
+    "alt_cost_pusd", "route_note", "response_id", "source", "import_key", "billing",
+    "account",
 )  # fmt: skip
+# What `_padded` gives a column an older spooled row lacks, where NULL is not allowed.
+_PAD_DEFAULTS = {"billing": "unknown"}
 
 
 @functools.cache
@@ -215,6 +297,20 @@ INSERT_ALERT = (
     f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(ALERT_COLUMNS))})"
 )
+
+QUOTA_COLUMNS = ("provider", "account", "window", "ts", "utilization", "resets_at", "status")
+UPSERT_QUOTA = (
+    f"INSERT OR REPLACE INTO quota ({', '.join(QUOTA_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(QUOTA_COLUMNS))})"
+)
+READING_COLUMNS = (
+    "ts", "provider", "account", "window", "utilization", "resets_at", "status", "session", "repo"
+)
+INSERT_QUOTA_READING = (
+    f"INSERT INTO quota_readings ({', '.join(READING_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(READING_COLUMNS))})"
+)
+_TABLES = {INSERT_CALL: "calls", UPSERT_QUOTA: "quota", INSERT_QUOTA_READING: "quota_readings"}
 
 
 # SQLite's integers are 64-bit: a larger one cannot be bound at all.
@@ -271,7 +367,7 @@ def call_row(call: Call) -> tuple[Any, ...]:
         call.price_source, int(u.estimated), int(call.complete), call.status,
         call.duration_ms, call.error, call.routing, call.route_rule, call.route_target,
         to_pusd(call.alt_cost_usd), call.route_note, call.response_id, call.source,
-        call.import_key,
+        call.import_key, call.billing, call.account,
     )  # fmt: skip
 
 
@@ -280,6 +376,40 @@ def alert_row(alert: Alert) -> tuple[Any, ...]:
         alert.ts, alert.kind, alert.scope, alert.key, to_pusd(alert.figure_usd), alert.message,
         alert.session, alert.repo, alert.tool,
     )  # fmt: skip
+
+
+def quota_row(s: Snapshot) -> tuple[Any, ...]:
+    return (s.provider, s.account, s.window, s.ts, s.utilization, s.resets_at, s.status)
+
+
+def quota_reading_row(s: Snapshot) -> tuple[Any, ...]:
+    return (
+        s.ts, s.provider, s.account, s.window, s.utilization, s.resets_at, s.status, s.session,
+        s.repo,
+    )  # fmt: skip
+
+
+def read_quota(conn: sqlite3.Connection) -> list[Snapshot]:
+    """The latest snapshot of every window, by provider, account and window."""
+    rows = conn.execute(
+        f"SELECT {', '.join(QUOTA_COLUMNS)} FROM quota ORDER BY provider, account, window"
+    ).fetchall()
+    return [
+        Snapshot(ts=ts, provider=p, account=a, window=w, utilization=u, resets_at=r, status=st)
+        for p, a, w, ts, u, r, st in rows
+    ]
+
+
+def read_quota_readings(conn: sqlite3.Connection, since: float = 0.0) -> list[Snapshot]:
+    """Readings since `since`, oldest first."""
+    rows = conn.execute(
+        f"SELECT {', '.join(READING_COLUMNS)} FROM quota_readings WHERE ts >= ? ORDER BY ts, id",
+        (since,),
+    ).fetchall()
+    return [
+        Snapshot(ts, p, a, w, u, r, st, session, repo)
+        for ts, p, a, w, u, r, st, session, repo in rows
+    ]
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -486,6 +616,14 @@ class LedgerWriter:
     def add_alert(self, alert: Alert) -> None:
         with self._order:
             self._enqueue(_Item(INSERT_ALERT, alert_row(alert)))
+
+    def add_quota(self, snapshot: Snapshot, moved: bool) -> None:
+        """Keep `snapshot` as its window's latest; `moved`: also as a reading (its
+        utilization changed since the last one), for pace and share."""
+        with self._order:
+            self._enqueue(_Item(UPSERT_QUOTA, quota_row(snapshot)))
+            if moved:
+                self._enqueue(_Item(INSERT_QUOTA_READING, quota_reading_row(snapshot)))
 
     def _enqueue(self, item: _Item | None) -> None:
         self._queue.append(item)
@@ -774,7 +912,7 @@ class LedgerWriter:
         when it cannot be written: the batch is then retried, like any failed write."""
         lines = b"".join(
             json.dumps(
-                {"table": "calls" if item.sql is INSERT_CALL else "alerts",
+                {"table": _TABLES.get(item.sql, "alerts"),
                  "reason": f"{type(exc).__name__}: {exc}", "row": list(item.values)},
                 default=repr,
             ).encode("ascii")
@@ -832,8 +970,10 @@ class LedgerWriter:
 
 
 def _padded(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A spooled row written before the ledger grew columns: the new ones are NULL."""
-    return tuple(row) + (None,) * (len(CALL_COLUMNS) - len(row))
+    """A spooled row written before the ledger grew columns: the new ones are NULL (or
+    their `_PAD_DEFAULTS`)."""
+    missing = CALL_COLUMNS[len(row) :]
+    return tuple(row) + tuple(_PAD_DEFAULTS.get(name) for name in missing)
 
 
 def write_calls(path: Path, calls: Iterable[Call]) -> None:

@@ -33,18 +33,22 @@ GROUP_KEYS: dict[str, str] = {
     "provider": "provider",
     "day": "date(ts, 'unixepoch', 'localtime')",
 }
+# Who pays (devmeter/billing.py): billed is real money (an API key, or a subscription's
+# extra usage); covered is the list-price equivalent of subscription calls.
+_BILLED_SQL = "CASE WHEN billing IN ('api', 'overage') THEN coalesce(cost_pusd, 0) ELSE 0 END"
+_COVERED_SQL = "CASE WHEN billing = 'subscription' THEN coalesce(cost_pusd, 0) ELSE 0 END"
 # Whole quarter hours come from the rollup the ledger keeps; the part of a --since window
 # that starts inside a quarter hour comes from the calls themselves.
 _GROUPED_ROWS = f"""
     SELECT bucket * {BUCKET_SECONDS} AS ts, session, repo, branch, tool, provider, model,
            requests, input_tokens, cache_read_tokens, cache_write_tokens, output_tokens,
-           reasoning_tokens, cost_pusd, unpriced, estimated
+           reasoning_tokens, cost_pusd, unpriced, estimated, billed_pusd, covered_pusd
     FROM rollup WHERE bucket >= :first_bucket
     UNION ALL
     SELECT ts, coalesce(session, ''), coalesce(repo, ''), coalesce(branch, ''), tool, provider,
            coalesce(model, requested_model, ''), 1, input_tokens, cache_read_tokens,
            cache_write_tokens, output_tokens, reasoning_tokens, coalesce(cost_pusd, 0),
-           cost_pusd IS NULL, estimated
+           cost_pusd IS NULL, estimated, {_BILLED_SQL}, {_COVERED_SQL}
     FROM calls WHERE ts >= :since AND ts < :first_bucket * {BUCKET_SECONDS}
 """
 GROUPINGS = ("request", *GROUP_KEYS)
@@ -58,10 +62,13 @@ REQUEST_FIELDS = (
     "cache_write_1h_tokens", "output_tokens", "reasoning_tokens", "web_search_requests",
     "cost_usd", "estimated", "status", "complete", "error", "price_source", "routing",
     "route_rule", "route_target", "alt_cost_usd", "saving_usd", "route_note", "source",
+    "billing", "account", "billed_usd", "covered_usd",
 )  # fmt: skip
 # Columns read from the ledger for a request row; the rest are derived.
 _REQUEST_COLUMNS = tuple(
-    f for f in REQUEST_FIELDS if f not in ("cost_usd", "alt_cost_usd", "saving_usd")
+    f
+    for f in REQUEST_FIELDS
+    if f not in ("cost_usd", "alt_cost_usd", "saving_usd", "billed_usd", "covered_usd")
 ) + ("cost_pusd", "alt_cost_pusd")
 SAVINGS_FIELDS = (
     "routing", "rule", "requested_model", "target", "requests", "cost_usd", "alt_cost_usd",
@@ -69,7 +76,8 @@ SAVINGS_FIELDS = (
 )  # fmt: skip
 GROUP_FIELDS = (
     "key", "requests", "input_tokens", "cache_read_tokens", "cache_write_tokens",
-    "output_tokens", "reasoning_tokens", "cost_usd", "unpriced", "estimated",
+    "output_tokens", "reasoning_tokens", "cost_usd", "unpriced", "estimated", "billed_usd",
+    "covered_usd",
 )  # fmt: skip
 
 
@@ -141,7 +149,8 @@ def query(
     sql = f"""
         SELECT {key} AS key, sum(requests), sum(input_tokens), sum(cache_read_tokens),
                sum(cache_write_tokens), sum(output_tokens), sum(reasoning_tokens),
-               sum(cost_pusd), sum(unpriced), sum(estimated)
+               sum(cost_pusd), sum(unpriced), sum(estimated), sum(billed_pusd),
+               sum(covered_pusd)
         FROM {source} GROUP BY {group} ORDER BY sum(cost_pusd) DESC, key
     """
     if limit:
@@ -151,6 +160,8 @@ def query(
     for row in conn.execute(sql, bounds).fetchall():
         item = dict(zip(GROUP_FIELDS, row, strict=True))
         item["cost_usd"] = _usd(item["cost_usd"] or 0)
+        item["billed_usd"] = _usd(item["billed_usd"] or 0)
+        item["covered_usd"] = _usd(item["covered_usd"] or 0)
         result.append(item)
     return result
 
@@ -253,6 +264,9 @@ def _request_row(row: dict[str, Any]) -> dict[str, Any]:
     alt = row.pop("alt_cost_pusd")
     row["alt_cost_usd"] = None if alt is None else _usd(alt)
     row["saving_usd"] = _saving(row["routing"], row["cost_usd"], row["alt_cost_usd"])
+    cost = row["cost_usd"] or Decimal(0)
+    row["billed_usd"] = cost if row["billing"] in ("api", "overage") else Decimal(0)
+    row["covered_usd"] = cost if row["billing"] == "subscription" else Decimal(0)
     row["estimated"] = bool(row["estimated"])
     row["complete"] = bool(row["complete"])
     row["ts"] = datetime.fromtimestamp(row["ts"]).astimezone().isoformat(timespec="milliseconds")
@@ -419,13 +433,17 @@ def to_table(
         totals = ["total", plural(calls, "call"), "", "", ""]
         first_number = 5
     else:
-        headers = [by, "calls", "in", "cache r", "cache w", "out", "cost", ""]
+        # Who paid: shown once the ledger knows (devmeter/billing.py), else nothing to split.
+        split = any(r["billed_usd"] or r["covered_usd"] for r in rows)
+        headers = [by, "calls", "in", "cache r", "cache w", "out", "cost",
+                   *(("billed", "covered") if split else ()), ""]  # fmt: skip
         body = [
             [
                 _group_key(r["key"], by, labels), format_count(r["requests"]),
                 format_tokens(r["input_tokens"]), format_tokens(r["cache_read_tokens"]),
                 format_tokens(r["cache_write_tokens"]), format_tokens(r["output_tokens"]),
                 format_usd(r["cost_usd"] if r["unpriced"] < r["requests"] else None),
+                *((format_usd(r["billed_usd"]), format_usd(r["covered_usd"])) if split else ()),
                 _group_flags(r),
             ]
             for r in rows
@@ -436,16 +454,23 @@ def to_table(
         totals = ["total", format_count(calls)]
         first_number = 1
     cost = sum((r["cost_usd"] or Decimal(0) for r in rows), Decimal(0))
+    billed = sum((r["billed_usd"] for r in rows), Decimal(0))
+    covered = sum((r["covered_usd"] for r in rows), Decimal(0))
     totals += [
         format_tokens(sum(r[name] or 0 for r in rows))
         for name in ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens")
     ]
-    totals += [
-        format_usd(cost if unpriced < calls else None),
-        _count_flags(unpriced, estimated),
-    ]
+    totals.append(format_usd(cost if unpriced < calls else None))
+    if by != "request" and split:
+        totals += [format_usd(billed), format_usd(covered)]
+    totals.append(_count_flags(unpriced, estimated))
     numeric = frozenset(range(first_number, len(headers) - 1))
     notes = _notes(unpriced, estimated)
+    if billed or covered:
+        notes.append(
+            f"billed {format_usd(billed)} (API keys and extra usage) · covered "
+            f"{format_usd(covered)} (list-price equivalent of subscription calls)"
+        )
     if limit is not None and len(rows) >= limit:
         shown = "the last" if by == "request" else "the most expensive"
         notes.append(f"Showing {shown} {plural(len(rows), 'row')} (--limit {limit}).")
@@ -483,8 +508,11 @@ def _notes(unpriced: int, estimated: int) -> list[str]:
     return notes
 
 
+_BILLING_FLAGS = {"subscription": "sub", "api": "api", "overage": "overage"}
+
+
 def _flags(row: dict[str, Any]) -> str:
-    flags = []
+    flags = [_BILLING_FLAGS[row["billing"]]] if row.get("billing") in _BILLING_FLAGS else []
     if row["estimated"]:
         flags.append("~est")
     if row["cost_usd"] is None:
@@ -540,7 +568,8 @@ def grouped_series(
         SELECT CAST(ts / {BUCKET_SECONDS} AS INTEGER) AS quarter, {GROUP_KEYS[by]} AS key,
                sum(requests), sum(input_tokens), sum(cache_read_tokens),
                sum(cache_write_tokens), sum(output_tokens), sum(reasoning_tokens),
-               sum(cost_pusd), sum(unpriced), sum(estimated)
+               sum(cost_pusd), sum(unpriced), sum(estimated), sum(billed_pusd),
+               sum(covered_pusd)
         FROM ({_GROUPED_ROWS}) GROUP BY quarter, key
     """
     bounds = {"since": since, "first_bucket": math.ceil(since / BUCKET_SECONDS)}
@@ -560,7 +589,8 @@ def grouped_series(
     rows = []
     for key, sums in sorted(groups.items(), key=lambda item: (-item[1][6], item[0])):
         item = dict(zip(GROUP_FIELDS, [key, *sums], strict=True))
-        item["cost_usd"] = _usd(item["cost_usd"])
+        for money in ("cost_usd", "billed_usd", "covered_usd"):
+            item[money] = _usd(item[money])
         rows.append(item)
     series = [(name, key, _usd(pusd)) for (name, key), pusd in sorted(points.items())]
     return rows, series

@@ -43,7 +43,7 @@ MIN_SPAN_SECONDS = 60.0
 FIELDS = (
     "key", "session", "tool", "repo", "branch", "model", "live", "first_seen", "last_seen",
     "calls", "cost_usd", "window_usd", "burn_usd_per_hour", "life_burn_usd_per_hour",
-    "unpriced", "estimated", "tools", "models",
+    "unpriced", "estimated", "tools", "models", "billed_usd", "covered_usd",
 )  # fmt: skip
 
 
@@ -67,12 +67,15 @@ class Session:
     estimated: int
     tools: tuple[str, ...] = ()  # every tool the session's calls came from, sorted
     models: tuple[str, ...] = ()  # every model it used, sorted
+    # Who paid (devmeter/billing.py): API keys and extra usage; subscriptions' list price.
+    billed_usd: Decimal = Decimal(0)
+    covered_usd: Decimal = Decimal(0)
 
 
 _SQL = """
 WITH c AS (
     SELECT id, ts, ts + duration_ms / 1000.0 AS end_ts, tool, repo, branch, session,
-           coalesce(model, requested_model) AS model, cost_pusd, estimated,
+           coalesce(model, requested_model) AS model, cost_pusd, estimated, billing,
            coalesce(session, tool || '@' || coalesce(repo, '?')) AS skey
     FROM calls
     WHERE endpoint NOT LIKE '%.import'
@@ -91,7 +94,9 @@ SELECT c.skey, max(c.session), latest.tool, latest.repo, latest.branch, latest.m
        min(c.ts), max(c.end_ts), count(*), coalesce(sum(c.cost_pusd), 0),
        coalesce(sum(CASE WHEN c.end_ts > :window_start THEN c.cost_pusd END), 0),
        sum(c.cost_pusd IS NULL), sum(c.estimated),
-       json_group_array(DISTINCT c.tool), json_group_array(DISTINCT c.model)
+       json_group_array(DISTINCT c.tool), json_group_array(DISTINCT c.model),
+       coalesce(sum(CASE WHEN c.billing IN ('api', 'overage') THEN c.cost_pusd END), 0),
+       coalesce(sum(CASE WHEN c.billing = 'subscription' THEN c.cost_pusd END), 0)
 FROM c JOIN latest ON latest.skey = c.skey
 GROUP BY c.skey
 """
@@ -111,7 +116,7 @@ def query_sessions(
     sessions = []
     for row in conn.execute(_SQL, params).fetchall():
         (key, session, tool, repo, branch, model, first, last, calls, pusd, window_pusd,
-         unpriced, estimated, tools, models) = row  # fmt: skip
+         unpriced, estimated, tools, models, billed_pusd, covered_pusd) = row  # fmt: skip
         cost, window = Decimal(pusd) / PICO, Decimal(window_pusd) / PICO
         span = last - first
         sessions.append(
@@ -136,6 +141,8 @@ def query_sessions(
                 estimated=estimated or 0,
                 tools=_names(tools),
                 models=_names(models),
+                billed_usd=Decimal(billed_pusd) / PICO,
+                covered_usd=Decimal(covered_pusd) / PICO,
             )
         )
     if live_only:
@@ -228,9 +235,13 @@ def to_table(
     ]
     live = sum(s.live for s in sessions)
     total = sum((s.cost_usd for s in sessions), Decimal(0))
+    billed = sum((s.billed_usd for s in sessions), Decimal(0))
+    covered = sum((s.covered_usd for s in sessions), Decimal(0))
     lines = [
         f"{live} live (\u25cf a call in the last {int(LIVE_SECONDS // 60)} min) of "
-        f"{plural(len(sessions), 'session')}, {format_usd(total)} spent",
+        f"{plural(len(sessions), 'session')}, {format_usd(total)} spent: billed "
+        f"{format_usd(billed)} (API keys, extra usage), covered {format_usd(covered)} "
+        "(subscriptions, at list price)",
         "burn rate: $/hour over the last 10 minutes (a younger session: its age), and over "
         "each session's life",
     ]

@@ -186,6 +186,10 @@ class Call:
     source: str | None = None
     # An imported row's identity across imports (devmeter/importers/): unique in the ledger.
     import_key: str | None = None
+    # Who pays (devmeter/billing.py): subscription, api, overage or unknown; the account is
+    # a salted fingerprint of the credential, never the credential.
+    billing: str = "unknown"
+    account: str | None = None
 
     @property
     def estimated(self) -> bool:

@@ -27,6 +27,7 @@ from mitmproxy import connection, ctx, http, websocket
 from devmeter import metering
 from devmeter.ask import Ask, AskBook
 from devmeter.attribution import lower_headers
+from devmeter.billing import OVERAGE, SUBSCRIPTION, Accounts, Billing
 from devmeter.budget import Alert, Block
 from devmeter.control import ControlWatcher
 from devmeter.decoding import Decoder, decoder_for
@@ -44,6 +45,7 @@ from devmeter.providers import (
     normalise_host,
     normalise_path,
     parse_request,
+    quota_headers,
     unmetered_endpoint,
 )
 from devmeter.proxy import streaming
@@ -64,6 +66,8 @@ Attribute = Callable[[http.HTTPFlow, RequestInfo, Mapping[str, str], str, float]
 # Records a call. It must be on disk (spooled) when this returns: for a whole body the
 # client gets the answer right after, and a proxy killed then must still have the row.
 Record = Callable[[Call], object]
+# Hears each recorded call with who pays for it and what its answer said about quota.
+OnBilled = Callable[[Call, Billing, "quota_headers.QuotaReading | None"], None]
 
 
 class ClientLookup(Protocol):
@@ -108,6 +112,10 @@ class FlowState:
     request_note: str | None = None
     ws_refused: bool = False  # a Realtime socket's frames were refused (and said so once)
     block: Block | None = None  # an unmetered request's refusal (see _unmetered_refusal)
+    # Who pays (from the request's credential), and the answer's quota reading.
+    billing: Billing = field(default_factory=Billing)
+    quota: quota_headers.QuotaReading | None = None
+    rate_events: quota_headers.RateLimitEvents | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,8 @@ class Meter:
         deadline: HeaderDeadline | None = None,
         asks: AskBook | None = None,
         on_asks_changed: Callable[[list[dict[str, Any]]], None] | None = None,
+        accounts: Accounts | None = None,
+        on_billed: OnBilled | None = None,
     ) -> None:
         # The lookup runs from the Meter's hooks rather than as an addon of its own:
         # mitmproxy calls every addon on every event, ~3 us an addon an event, 8 events
@@ -157,6 +167,8 @@ class Meter:
         self._known_hosts = frozenset((*INTERCEPT_HOSTS, *self._upstreams))
         self._overrides = overrides
         self._clock = clock
+        self._accounts = accounts
+        self._on_billed = on_billed
         # Batches already metered in this run (by path): a second read of the same results
         # or status bills nothing new. Least recent first, bounded.
         self._batches_read: OrderedDict[str, None] = OrderedDict()
@@ -329,6 +341,7 @@ class Meter:
             request_note=info.facts["request_error"],
         )
         flow.metadata[METADATA_KEY] = state
+        self._set_billing(flow, state, headers)
         if self._guard is None:
             return False
         try:  # fails open, as in `_start`
@@ -349,6 +362,18 @@ class Meter:
         )
         flow.kill()  # the error hook records the refusal
         return True
+
+    def _set_billing(
+        self, flow: http.HTTPFlow, state: FlowState, headers: Mapping[str, str]
+    ) -> None:
+        """Who pays for the call, from its credential (never kept: only its fingerprint)."""
+        if self._accounts is None:
+            return
+        try:
+            query_key = flow.request.query.get("key") if "key=" in flow.request.path else None
+            state.billing = self._accounts.billing(state.host, headers, query_key)
+        except Exception:
+            state.tap_error = f"devmeter billing failed: {_short_traceback()}"
 
     def request(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
         # Sync, returning a coroutine only for a request held by an ask (mitmproxy awaits
@@ -387,6 +412,7 @@ class Meter:
             request_note=note,
         )
         flow.metadata[METADATA_KEY] = state
+        self._set_billing(flow, state, headers)
         # Guard rails and routing fail open, each on its own: a bug in either must not
         # lose the metering of the call, nor stop it from reaching the provider.
         if self._guard is not None:
@@ -396,6 +422,8 @@ class Meter:
                 # without retrying, where a refused handshake makes it reconnect.
                 if not state.upgrade:
                     reserve = self._estimate(endpoint.provider, info, len(body), now)
+                    if state.billing.mode == SUBSCRIPTION and not self._guard.counts_covered:
+                        reserve = Decimal(0)  # no cap counts it (`count_covered`)
                     verdict = self._guard.check(state.attribution, now, reserve)
                     self._raise_alerts(verdict)
                     # A free request (count_tokens, batch results) passes a cap or a pause.
@@ -660,7 +688,11 @@ class Meter:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         state = _state(flow)
-        if flow.response is None or flow.response.status_code == 101:
+        if flow.response is None:
+            return
+        if flow.response.status_code == 101:
+            if state is not None:  # Codex's WebSocket: its quota headers are here
+                _read_quota(state, lower_headers(flow.response.headers), self._clock())
             return
         if self._refused_headers(flow, state):
             return
@@ -672,6 +704,7 @@ class Meter:
                 return  # a refused rewrite: keep the (small) error body for a fallback
             state.original = None  # too large to hold: the client gets it as it is
         headers = lower_headers(flow.response.headers)  # once: mitmproxy's lookups are slow
+        _read_quota(state, headers, self._clock())
         try:
             state.parser = new_response_parser(
                 state.endpoint, state.request, headers.get("content-type", "")
@@ -688,6 +721,8 @@ class Meter:
         flow.response.stream = _tap(
             state, _body_length(headers), lambda: self._finish(flow, complete_hint=True)
         )
+        if state.host == "chatgpt.com" and "event-stream" in headers.get("content-type", ""):
+            state.rate_events = quota_headers.RateLimitEvents(self._clock())
 
     def _refused_headers(self, flow: http.HTTPFlow, state: FlowState | None) -> bool:
         """Response headers too large to pass on safely: the client gets a 502 instead,
@@ -905,6 +940,7 @@ class Meter:
                     state.ws_requests.append(request)
             else:
                 state.parser.feed_message(message.content)
+                _scan_ws_message(state, message.content, self._clock())
                 for result in state.parser.take_completed():
                     self._record_ws_turn(flow, state, result)
             # The socket can live for a whole Codex session: do not keep every frame.
@@ -1074,6 +1110,7 @@ class Meter:
 
     def _record_settled(self, state: FlowState, call: Call) -> None:
         self._settle(state)
+        call = _with_billing(state, call)
         if state.blocked is not None:
             call = replace(call, error=state.blocked)
         if self._router is not None:
@@ -1084,6 +1121,11 @@ class Meter:
                     call, error=f"devmeter routing bookkeeping failed: {_short_traceback()}"
                 )
         self._record(call)
+        if self._on_billed is not None:
+            try:
+                self._on_billed(call, state.billing, state.quota)
+            except Exception:
+                print(f"devmeter: quota bookkeeping failed: {_short_traceback()}", file=sys.stderr)
         if self._guard is not None and state.blocked is None:
             for alert in self._guard.observe(call, *state.signals):
                 if self._on_alert is not None:
@@ -1195,7 +1237,8 @@ def _tap(
         nonlocal received
         if state.tap_error is None and state.parser is not None and state.decoder is not None:
             try:
-                state.decoder.feed(chunk, state.parser.feed)
+                sink = state.parser.feed if state.rate_events is None else _sse_sink(state)
+                state.decoder.feed(chunk, sink)
                 if state.decoder.limit_error is not None:
                     state.tap_error, state.body_unread = state.decoder.limit_error, True
             except Exception:
@@ -1207,6 +1250,86 @@ def _tap(
         return chunk
 
     return tap
+
+
+def _read_quota(state: FlowState, headers: Mapping[str, str], now: float) -> None:
+    """The answer's quota headers; a failure only loses the reading."""
+    try:
+        reading = quota_headers.from_headers(headers, now)
+    except Exception:
+        reading = quota_headers.QuotaReading(notes=(f"quota headers: {_short_traceback()}",))
+    if reading.windows or reading.notes or reading.status:
+        state.quota = reading
+
+
+def _sse_sink(state: FlowState) -> Callable[[bytes], None]:
+    """The parser's feed, also looking for Codex's rate-limits event (chatgpt.com SSE)."""
+    parser = state.parser
+    assert parser is not None
+
+    def sink(data: bytes) -> None:
+        parser.feed(data)
+        _scan_sse(state, data)
+
+    return sink
+
+
+def _scan_sse(state: FlowState, chunk: bytes) -> None:
+    """Codex's rate-limits event in an SSE answer (chatgpt.com), from the decoded bytes;
+    a failure only loses the reading."""
+    events = state.rate_events
+    assert events is not None
+    try:
+        events.feed(chunk)
+    except Exception:
+        state.rate_events = None
+        return
+    if events.readings:
+        state.quota = _merge(state.quota, events.readings.pop())
+        events.readings.clear()
+
+
+def _scan_ws_message(state: FlowState, content: bytes | str, now: float) -> None:
+    """Codex's rate-limits event on its WebSocket: applies to the turns after it."""
+    try:
+        events = quota_headers.RateLimitEvents(now)
+        events.feed_message(content)
+        if events.readings:
+            state.quota = _merge(state.quota, events.readings[-1])
+    except Exception:
+        pass  # quota is a bonus: never a failed call
+
+
+def _merge(
+    old: quota_headers.QuotaReading | None, new: quota_headers.QuotaReading
+) -> quota_headers.QuotaReading:
+    if old is None:
+        return new
+    names = {w.window for w in new.windows}
+    return replace(
+        new,
+        windows=(*(w for w in old.windows if w.window not in names), *new.windows),
+        status=new.status or old.status,
+        claim=new.claim or old.claim,
+        overage=new.overage or old.overage,
+        plan=new.plan or old.plan,
+        notes=(*old.notes, *new.notes),
+    )
+
+
+def _with_billing(state: FlowState, call: Call) -> Call:
+    """The call's billing mode and account; overage when a subscription call's answer
+    says it was billed as extra usage. A quota value devmeter could not read is named in
+    the row's error, and the call is otherwise untouched."""
+    mode = state.billing.mode
+    reading = state.quota
+    if reading is not None and reading.overage and mode == SUBSCRIPTION:
+        mode = OVERAGE
+    error = call.error
+    if reading is not None and reading.notes:
+        note = "quota headers ignored: " + "; ".join(reading.notes[:3])
+        error = f"{error}; {note}" if error else note
+    return replace(call, billing=mode, account=state.billing.account, error=error)
 
 
 def _body_length(headers: Mapping[str, str]) -> int | None:

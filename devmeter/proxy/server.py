@@ -27,6 +27,7 @@ from devmeter import cabundle, export, ports, pricing
 from devmeter import control as control_state
 from devmeter.ask import AskBook, asks_path, write_pending
 from devmeter.attribution import Attributor
+from devmeter.billing import Accounts, Billing
 from devmeter.budget import SCOPES, Alert, Budgets
 from devmeter.config import Config
 from devmeter.config_reload import ConfigReloader, clear_status, load_with_pins
@@ -41,9 +42,11 @@ from devmeter.guard import (
 from devmeter.ledger import LedgerWriter, connect_readonly
 from devmeter.paths import Paths, write_private
 from devmeter.providers import INTERCEPT_HOSTS
+from devmeter.providers.quota_headers import QuotaReading
 from devmeter.proxy import deadlines
 from devmeter.proxy.meter import Meter
 from devmeter.push import Pusher
+from devmeter.quota_watch import QuotaWatch
 from devmeter.routing.session_router import Router
 from devmeter.spool import SpoolBusy
 from devmeter.usage import Attribution, Call, RequestInfo
@@ -146,6 +149,8 @@ async def serve(
     router = Router(config.section("routing"), config.prices)
     _seed(guard, router, paths)
     asks = AskBook(config.section("budgets"), guard.spend_in, guard.advice)
+    quota_watch = QuotaWatch(config.section("quota"))
+    _seed_quota(quota_watch, paths)
     pricing.warm()  # not on the first call: it would stall every call in flight
     control_file = control_path(paths.data_dir)
     dispatcher = AlertDispatcher(*_notifier(paths, control_file))
@@ -163,6 +168,13 @@ async def serve(
 
     def on_asks_changed(open_asks: list[dict[str, Any]]) -> None:
         write_pending(pending, open_asks)  # for the tray menu; rare and tiny
+
+    def on_billed(call: Call, billing: Billing, reading: QuotaReading | None) -> None:
+        snapshots, alerts = quota_watch.observe(call, billing, reading)
+        for snapshot, moved in snapshots:
+            writer.add_quota(snapshot, moved)
+        for alert in alerts:
+            on_alert(alert)
 
     def record(call: Call) -> None:
         writer.add_call(call)  # spooled to disk before the client gets the answer
@@ -197,6 +209,8 @@ async def serve(
         deadline=deadline,
         asks=asks,
         on_asks_changed=on_asks_changed,
+        accounts=Accounts(paths.data_dir),
+        on_billed=on_billed,
     )
     master.addons.add(meter)
 
@@ -349,6 +363,21 @@ async def _startup_failure(
         return _listen_error(host, port, problem)
     why = "; ".join(messages) or "no reason given"
     return SystemExit(f"devmeter: the proxy stopped before it listened on {host}:{port}: {why}")
+
+
+def _seed_quota(watch: QuotaWatch, paths: Paths) -> None:
+    """Recent subscription use and the latest quota windows (billing-switch alerts and
+    quota moves survive a restart); an unreadable ledger only starts them afresh."""
+    try:
+        conn = connect_readonly(paths.ledger)
+        if conn is None:
+            return
+        try:
+            watch.seed_from_ledger(conn, time.time())
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        print(f"devmeter: could not read quota history from {paths.ledger}: {exc}", file=sys.stderr)
 
 
 def _seed(guard: Guard, router: Router, paths: Paths) -> None:

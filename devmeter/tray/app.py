@@ -552,7 +552,14 @@ class TrayApp:
     def _draw_on(self, icon: Any, snap: TraySnapshot) -> None:
         proxy = self.supervisor.status
         session = snap.sessions[0].spend_usd if snap.sessions else None
-        title = tooltip(session, snap.today_usd, snap.month_usd, snap.routing, paused=snap.paused)
+        title = tooltip(
+            session,
+            snap.today_usd,
+            snap.month_usd,
+            snap.routing,
+            paused=snap.paused,
+            billing=snap.billing_line,
+        )
         items = build_menu(snap)
         if proxy.state not in ("running", "external"):
             title = (f"devmeter \u00b7 {proxy.detail}" + title.removeprefix("devmeter"))[:127]

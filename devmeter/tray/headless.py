@@ -49,6 +49,8 @@ def status_line(snap: TraySnapshot, head: Headline, proxy: ProxyStatus | None = 
         where = repo_name(head.session.repo) if head.session.repo else head.session.tool
         parts.append(f"session {format_usd(head.session.spend_usd)} ({where})")
     parts.append(f"month {format_usd(snap.month_usd)}")
+    if snap.billing_line is not None:
+        parts.append(snap.billing_line)
     parts.append(f"{head.calls_today} call{'' if head.calls_today == 1 else 's'}")
     if head.last_alert:
         parts.append(f"last alert {head.last_alert}")

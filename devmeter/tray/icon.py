@@ -85,6 +85,7 @@ def tooltip(
     mode: str,
     *,
     paused: bool = False,
+    billing: str | None = None,
 ) -> str:
     """The icon's hover text, one line under Windows' 128-character limit.
 
@@ -99,6 +100,8 @@ def tooltip(
         parts.append(f"session {format_usd(session_usd)}")
     parts += [f"today {format_usd(today_usd)}", f"month {format_usd(month_usd)}"]
     parts.append(f"routing {mode}")
+    if billing:
+        parts.append(billing)  # `TraySnapshot.billing_line`: billed, covered, quota
     return " \u00b7 ".join(parts)[:127]
 
 

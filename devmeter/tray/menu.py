@@ -76,6 +76,21 @@ class TraySnapshot:
     warning: bool = False  # an alert the developer has not looked at yet
     asks: Sequence[AskRow] = ()  # requests waiting for the user's answer
     notify_problem: str | None = None  # why desktop notifications cannot be shown
+    # Who pays (devmeter/billing.py) today, and the tightest quota window ("5h 62% ·
+    # resets 14:10"), shown once a subscription is in play.
+    today_billed_usd: Decimal = Decimal(0)
+    today_covered_usd: Decimal = Decimal(0)
+    quota: str | None = None
+
+    @property
+    def billing_line(self) -> str | None:
+        if not self.today_covered_usd and self.quota is None:
+            return None  # API keys only: every dollar is billed, the split says nothing
+        line = (
+            f"billed {format_usd(self.today_billed_usd)} \u00b7 covered "
+            f"{format_usd(self.today_covered_usd)}"
+        )
+        return f"{line} \u00b7 quota {self.quota}" if self.quota else line
 
     @property
     def state(self) -> State:
@@ -110,6 +125,8 @@ def build_menu(snapshot: TraySnapshot) -> list[MenuItem]:
             enabled=False,
         )
     ]
+    if snapshot.billing_line is not None:
+        items.append(MenuItem(f"Today {snapshot.billing_line}", enabled=False))
     if snapshot.paused:
         items.append(MenuItem("Paused: metered requests are refused", enabled=False))
     items += [_ask_item(ask) for ask in snapshot.asks]

@@ -24,7 +24,8 @@ from decimal import Decimal
 from typing import Any
 
 from devmeter.control import Control
-from devmeter.ledger import PICO
+from devmeter.ledger import PICO, read_quota
+from devmeter.quota import tightest, tray_line
 from devmeter.sessions import LIVE_SECONDS
 from devmeter.tray.menu import ROUTING_MODES, CapRow, RoutingMode, SessionRow, TraySnapshot
 
@@ -84,7 +85,24 @@ def snapshot(
         blocked=blocked_caps(conn, now, control),
         warning=conn.execute("SELECT 1 FROM alerts WHERE ts >= ? LIMIT 1", (today,)).fetchone()
         is not None,
+        **_billing(conn, today, now),
     )
+
+
+def _billing(conn: sqlite3.Connection, today: float, now: float) -> dict[str, Any]:
+    """Today's billed and covered dollars and the tightest quota window; nothing from a
+    ledger the proxy has not yet migrated to hold them."""
+    try:
+        billed = _sum(conn, "ts >= ? AND billing IN ('api', 'overage')", (today,))
+        covered = _sum(conn, "ts >= ? AND billing = 'subscription'", (today,))
+        found = tightest(read_quota(conn), now)
+    except sqlite3.OperationalError:
+        return {}
+    return {
+        "today_billed_usd": billed,
+        "today_covered_usd": covered,
+        "quota": None if found is None else tray_line(found),
+    }
 
 
 def live_sessions(conn: sqlite3.Connection, now: float) -> tuple[SessionRow, ...]:

@@ -89,8 +89,12 @@ class Directives:
     final_status: str = "completed"
     #: Seed for ``chunking: random``.
     seed: int = 0
-    #: Extra response headers.
+    #: Extra response headers (on a WebSocket: on its 101 handshake).
     headers: dict[str, str] = field(default_factory=dict)
+    #: Responses streams: a Codex rate-limits event sent first, as chatgpt.com does, e.g.
+    #: ``{"plan_type": "plus", "rate_limits": {"primary": {"used_percent": 12.5, ...}}}``
+    #: (sent as ``{"type": "codex.rate_limits", ...}``).
+    rate_limits: dict[str, Any] | None = None
 
 
 FIELDS = tuple(Directives.__dataclass_fields__)

@@ -681,6 +681,9 @@ def responses(ctx: Ctx, *, websocket: bool = False) -> Reply:
     def emit(kind: str, **fields: Any) -> None:
         events.append(Event(kind, {"type": kind, "sequence_number": next(seq), **fields}))
 
+    if ctx.d.rate_limits is not None:
+        kind = "codex.rate_limits"
+        events.append(Event(kind, {"type": kind, **ctx.d.rate_limits}))
     emit("response.created", response=base)
     if not prewarm:
         emit("response.in_progress", response=base)

@@ -580,6 +580,8 @@ class FakeUpstream:
         assert isinstance(handshake, WsRequest)
         response = proto.accept(handshake)
         response.headers["x-request-id"] = f"req_fake{rec.id:020d}"
+        for name, value in d.headers.items():
+            response.headers[name] = value
         proto.send_response(response)
         rec.status = response.status_code
 
