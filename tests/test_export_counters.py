@@ -124,21 +124,19 @@ def test_statuses_errors_blocked_and_savings(tmp_path: Path) -> None:
     assert "session=" not in text and '"s1"' not in text  # sessions are never a label
 
 
-def test_cost_gets_a_billing_label_once_the_ledger_records_billing(tmp_path: Path) -> None:
+def test_cost_carries_the_billing_mode_the_ledger_records(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.sqlite"
-    write_calls(ledger, [call("/r")])
-    assert "billing=" not in scrape(counters(tmp_path))
-    # The seam: a later migration adding `billing` to calls lights the label up.
-    conn = connect(ledger)
-    conn.execute("ALTER TABLE calls ADD COLUMN billing TEXT")
-    conn.close()
-    write_calls(ledger, [call("/r")])
-    conn = sqlite3.connect(ledger)
-    conn.execute("UPDATE calls SET billing = 'plan' WHERE id = 2")
-    conn.commit()
-    conn.close()
+    write_calls(
+        ledger,
+        [
+            call("/r", billing="api"),
+            call("/r", billing="subscription", cost="0.02"),
+            call("/r", billing="subscription", cost="0.03"),
+        ],
+    )
     cost = series(scrape(counters(tmp_path)), "devmeter_cost_usd_total")
-    assert sorted(k.split('billing="')[1].split('"')[0] for k in cost) == ["", "plan"]
+    by_billing = {k.split('billing="')[1].split('"')[0]: v for k, v in cost.items()}
+    assert by_billing == {"api": 0.01, "subscription": 0.05}
 
 
 def test_no_ledger_yet_exports_nothing_and_does_not_fail(tmp_path: Path) -> None:
