@@ -3,7 +3,6 @@ statuses as documented, repo labels as configured, and the billing seam."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import replace
 from decimal import Decimal
@@ -14,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from devmeter.export.counters import LedgerCounters, load_salt
 from devmeter.export.prometheus import LedgerCollector
 from devmeter.export.settings import Labels
-from devmeter.ledger import connect, write_calls
+from devmeter.ledger import write_calls
 from devmeter.usage import Attribution, Call, Usage
 
 NOW = time.time()
