@@ -160,10 +160,11 @@ class ConfigReloader:
         return True
 
     def _report(self, error: str) -> None:
-        write_status(self.data_dir, self.path, error)
+        # The line first, the status file after: whoever sees the status can find the line.
         if error != self._reported:
             self._reported = error
             _say(f"devmeter: bad config, keeping the last good one: {error}")
+        write_status(self.data_dir, self.path, error)
 
 
 def _say(line: str) -> None:
