@@ -1,0 +1,258 @@
+"""Text -> findings. Detectors are Yelp's detect-secrets plugins where it has one
+(AWS, Azure storage, GitHub, GitLab, Slack, Stripe, npm, PyPI, OpenAI, private-key
+headers, JWT, URLs with credentials), plus rules for what it lacks: Anthropic and Google
+API keys, GCP service-account JSON, whole PEM/OpenSSH blocks (so redaction removes the
+key body, not only its header), and high-entropy `.env`-style assignments.
+
+Pure: no I/O. A Finding carries the secret in memory only (for redaction and the keyed
+fingerprint); callers store `preview` and `fingerprint`, never `secret`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # aws-access-key, private-key, ...: what it is, also the placeholder's name
+    rule: str  # which detector fired: detect-secrets:AWSKeyDetector, devmeter:dotenv, user:NAME
+    start: int
+    end: int
+    secret: str  # in memory only: never stored, logged or shown
+
+    @property
+    def preview(self) -> str:
+        return mask(self.secret)
+
+
+@dataclass(frozen=True)
+class UserRule:
+    name: str
+    pattern: re.Pattern[str]
+
+
+# A detector: text -> (start, end) spans of secrets.
+Spans = Callable[[str], Iterator[tuple[int, int]]]
+
+
+def mask(secret: str) -> str:
+    """`AKIA…XQ7Z`: enough to recognise which key, too little to use it."""
+    pem = _PEM_LABEL.match(secret)
+    if pem:
+        body = re.sub(r"-----END.*|\\n|\s", "", secret[pem.end() :])
+        return f"{pem.group(1)} …{body[-4:]}"
+    flat = " ".join(secret.split())
+    if len(flat) <= 12:
+        return flat[:2] + "…"
+    return f"{flat[:4]}…{flat[-4:]}"
+
+
+_PEM_LABEL = re.compile(r"-----BEGIN ([ A-Z0-9]*PRIVATE KEY)-----")
+
+
+def fingerprint(salt: bytes, kind: str, secret: str) -> str:
+    """Keyed so that the ledger's fingerprints cannot be brute-forced back to keys."""
+    return hmac.new(salt, f"{kind}\0{secret}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def placeholder(kind: str) -> str:
+    return f"[REDACTED by devmeter: {kind}]"
+
+
+def shannon_entropy(text: str) -> float:
+    if not text:
+        return 0.0
+    counts: dict[str, int] = {}
+    for char in text:
+        counts[char] = counts.get(char, 0) + 1
+    n = len(text)
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+# Providers' documented example keys, and values that are plainly placeholders.
+_EXAMPLE = re.compile(
+    r"EXAMPLE|x{8,}|0{12,}|your[-_]?(api[-_]?)?key|<[^>]*>|\$\{|changeme"
+    r"|^(?:password|passwd|pass|secret|pwd|test|user|admin|root)$",
+    re.IGNORECASE,
+)
+
+
+def is_example(secret: str) -> bool:
+    return _EXAMPLE.search(secret) is not None
+
+
+def _regex_spans(pattern: re.Pattern[str], group: int = 0) -> Spans:
+    def spans(text: str) -> Iterator[tuple[int, int]]:
+        for match in pattern.finditer(text):
+            if match.group(group):
+                yield match.span(group)
+
+    return spans
+
+
+def _plugin_spans(plugin: Any) -> Spans:
+    """Runs a detect-secrets plugin's own patterns and checks, keeping positions.
+
+    Its `analyze_string` yields values (sometimes only an alternation group, `ghp`), so
+    each pattern match is confirmed by the plugin and the secret is the longest value it
+    yields when that value is key-sized, else the whole match.
+    """
+
+    def spans(text: str) -> Iterator[tuple[int, int]]:
+        for pattern in plugin.denylist:
+            for match in pattern.finditer(text):
+                candidate = match.group(0)
+                values = [v for v in plugin.analyze_string(candidate) if v]
+                if not values:
+                    continue
+                value = max(values, key=len)
+                offset = candidate.find(value) if len(value) >= 12 else -1
+                if value.startswith("AccountKey="):
+                    offset, value = offset + len("AccountKey="), value[len("AccountKey=") :]
+                if offset < 0:
+                    yield match.span()
+                else:
+                    yield match.start() + offset, match.start() + offset + len(value)
+
+    return spans
+
+
+def _jwt_spans(text: str) -> Iterator[tuple[int, int]]:
+    """detect-secrets' JWT check on a greedy match: its own pattern stops before the
+    signature, which redaction must remove too."""
+    from detect_secrets.plugins.jwt import JwtTokenDetector
+
+    for match in _JWT.finditer(text):
+        if JwtTokenDetector.is_formally_valid(match.group(0)):
+            yield match.span()
+
+
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
+_PEM_BLOCK = re.compile(
+    r"-----BEGIN[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----[\s\S]{16,20000}?"
+    r"-----END[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----"
+)
+# The same key inside JSON (a service-account file): newlines are the two characters `\n`.
+_PEM_ESCAPED = re.compile(
+    r"-----BEGIN[ A-Z0-9]*PRIVATE KEY-----(?:\\n|[A-Za-z0-9+/=\s]){16,20000}?"
+    r"-----END[ A-Z0-9]*PRIVATE KEY-----(?:\\n)?"
+)
+_GCP_SA_KEY = re.compile(
+    r'"type"\s*:\s*"service_account"(?:.|\n){0,400}?"private_key_id"\s*:\s*"([0-9a-f]{40})"'
+)
+_ANTHROPIC = re.compile(r"\bsk-ant-(?:api|admin|oat|ort)\d\d-[A-Za-z0-9_-]{40,}")
+_OPENAI_PROJECT = re.compile(r"\bsk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{40,}")
+_GOOGLE_API = re.compile(r"\bAIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])")
+_DB_URL = re.compile(
+    r"\b(?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|redis|rediss|amqps?|mssql|sqlserver)"
+    r"://[^\s:/@'\"]+:([^\s@/'\"]{3,})@"
+)
+_AZURE_CONN = re.compile(r"(?:SharedAccessKey|AccountKey|ClientSecret)=([A-Za-z0-9+/=_~.-]{30,})")
+# KEY=value lines where the name says secret; the value must look random (not `true`).
+# A line may carry the line number agents' file readers add (`    12→`, `12\t`).
+_DOTENV = re.compile(
+    r"(?im)^[ \t]*(?:\d+(?:\u2192|\t|:|\|)[ \t]*)?(?:export[ \t]+)?[A-Za-z0-9_]*"
+    r"(?:SECRET|TOKEN|PASSWORD|PASSWD|PWD|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIALS?|AUTH)"
+    r"[A-Za-z0-9_]*[ \t]*[=:][ \t]*['\"]?([A-Za-z0-9+/=_.~-]{12,})(?![^\s'\"#])"
+)
+
+
+def _dotenv_spans(text: str) -> Iterator[tuple[int, int]]:
+    for match in _DOTENV.finditer(text):
+        value = match.group(1)
+        # Random values have digits and letters; code (`self.refresh_token`) does not.
+        looks_random = any(c.isdigit() for c in value) and any(c.isalpha() for c in value)
+        if looks_random and shannon_entropy(value) >= 3.3:
+            yield match.span(1)
+
+
+@lru_cache(maxsize=1)
+def builtin_detectors() -> tuple[tuple[str, str, Spans], ...]:
+    """(kind, rule, spans) in priority order: a span claimed by an earlier one is not
+    reported again by a later, vaguer one (a `.env` line holding an AWS key is an AWS key)."""
+    # Imported here: detect-secrets takes about a second to import, and only a proxy
+    # with inspection on needs it.
+    from detect_secrets.plugins.aws import AWSKeyDetector
+    from detect_secrets.plugins.azure_storage_key import AzureStorageKeyDetector
+    from detect_secrets.plugins.github_token import GitHubTokenDetector
+    from detect_secrets.plugins.gitlab_token import GitLabTokenDetector
+    from detect_secrets.plugins.npm import NpmDetector
+    from detect_secrets.plugins.openai import OpenAIDetector
+    from detect_secrets.plugins.pypi_token import PypiTokenDetector
+    from detect_secrets.plugins.slack import SlackDetector
+    from detect_secrets.plugins.stripe import StripeDetector
+
+    def plugin(kind: str, cls: Any) -> tuple[str, str, Spans]:
+        return kind, f"detect-secrets:{cls.__name__}", _plugin_spans(cls())
+
+    def own(kind: str, name: str, spans: Spans) -> tuple[str, str, Spans]:
+        return kind, f"devmeter:{name}", spans
+
+    return (
+        own("private-key", "pem-block", _regex_spans(_PEM_BLOCK)),
+        own("private-key", "pem-block-json", _regex_spans(_PEM_ESCAPED)),
+        own("gcp-service-account", "gcp-service-account", _regex_spans(_GCP_SA_KEY, 1)),
+        own("anthropic-api-key", "anthropic-key", _regex_spans(_ANTHROPIC)),
+        own("openai-api-key", "openai-project-key", _regex_spans(_OPENAI_PROJECT)),
+        plugin("openai-api-key", OpenAIDetector),
+        own("google-api-key", "google-api-key", _regex_spans(_GOOGLE_API)),
+        plugin("aws-access-key", AWSKeyDetector),
+        plugin("azure-storage-key", AzureStorageKeyDetector),
+        own("azure-connection-secret", "azure-connection-string", _regex_spans(_AZURE_CONN, 1)),
+        plugin("github-token", GitHubTokenDetector),
+        plugin("gitlab-token", GitLabTokenDetector),
+        plugin("slack-token", SlackDetector),
+        plugin("stripe-key", StripeDetector),
+        plugin("npm-token", NpmDetector),
+        plugin("pypi-token", PypiTokenDetector),
+        ("jwt", "detect-secrets:JwtTokenDetector", _jwt_spans),
+        own("database-password", "database-url", _regex_spans(_DB_URL, 1)),
+        own("dotenv-secret", "dotenv", _dotenv_spans),
+    )
+
+
+def scan(text: str, user_rules: Sequence[UserRule] = ()) -> list[Finding]:
+    """Every secret in `text`, spans not overlapping, in text order."""
+    found: list[Finding] = []
+    taken: list[tuple[int, int]] = []
+    detectors: Iterable[tuple[str, str, Spans]] = [
+        *(
+            (rule.name, f"user:{rule.name}", _regex_spans(rule.pattern, _group(rule.pattern)))
+            for rule in user_rules
+        ),
+        *builtin_detectors(),
+    ]
+    for kind, rule, spans in detectors:
+        for start, end in spans(text):
+            secret = text[start:end]
+            if is_example(secret) or any(s < end and start < e for s, e in taken):
+                continue
+            taken.append((start, end))
+            found.append(Finding(kind, rule, start, end, secret))
+    found.sort(key=lambda f: f.start)
+    return found
+
+
+def _group(pattern: re.Pattern[str]) -> int:
+    """A user rule with a capture group reports the group (`password=(\\S+)`), else all."""
+    return 1 if pattern.groups >= 1 else 0
+
+
+def redact(text: str, findings: Sequence[Finding]) -> str:
+    """`text` with each finding's span replaced by its placeholder."""
+    out: list[str] = []
+    last = 0
+    for finding in sorted(findings, key=lambda f: f.start):
+        out.append(text[last : finding.start])
+        out.append(placeholder(finding.kind))
+        last = finding.end
+    out.append(text[last:])
+    return "".join(out)
