@@ -46,6 +46,7 @@ AlertKind = Literal[
     "threshold", "projection", "loop", "long_running", "blocked", "ask",
     # devmeter/quota_watch.py
     "billing_switch", "quota", "quota_pace", "quota_rejected", "overage",
+    "secret",  # devmeter/secrets/inspector.py
 ]  # fmt: skip
 RepoPeriod = Literal["day", "month"]
 

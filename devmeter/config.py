@@ -92,6 +92,14 @@ mode = "shadow"
 #
 # [export.otlp]
 # endpoint = "http://collector:4318"    # auth: DEVMETER_OTLP_HEADERS="k=v,..." in the env
+
+# Secrets in what agents send (keys, tokens, private keys, passwords): warn, block or
+# redact them. See the README.
+# [secrets]
+# mode = "warn"            # off | warn | block | redact
+# allow = []               # regexes of values never to report
+# [secrets.repos]
+# "/home/me/fixtures" = "off"
 """
 
 
@@ -122,6 +130,7 @@ EXTRA_SECTIONS: dict[str, tuple[str, str]] = {
     "export": ("devmeter.export.settings", "parse_export"),
     "quota": ("devmeter.quota_watch", "parse_quota"),
     "accounts": ("devmeter.billing", "parse_accounts"),
+    "secrets": ("devmeter.secrets.policy", "parse_secrets"),
 }
 
 KNOWN_SECTIONS = ("proxy", "upstream", "prices")

@@ -72,6 +72,7 @@ TITLES = {
     "long_running": "Long unattended session",
     "blocked": "Requests blocked",
     "ask": "Continue spending?",
+    "secret": "Secret in a request",
 }
 # How a summary counts them: (one, many).
 COUNTED = {
@@ -81,9 +82,10 @@ COUNTED = {
     "long_running": ("unattended session", "unattended sessions"),
     "blocked": ("cap blocking requests", "caps blocking requests"),
     "ask": ("request waiting for you", "requests waiting for you"),
+    "secret": ("secret in a request", "secrets in requests"),
 }
 # Which held alert a summary leads with.
-SEVERITY = ("ask", "blocked", "projection", "loop", "long_running", "threshold")
+SEVERITY = ("ask", "blocked", "secret", "projection", "loop", "long_running", "threshold")
 # Urgent, shown at once and kept on screen until dismissed.
 URGENT = ("blocked", "ask")
 # How long a backend may take to say whether it showed a notification.

@@ -1,0 +1,205 @@
+"""The proxy's side of secret inspection: policy, dedupe, ledger rows and alerts around
+the pure scan. Meter calls `inspect` once per request (and per Codex WebSocket turn).
+
+warn: only the user's new content is scanned, on a worker thread, after the request
+is on its way; nothing waits for it. block/redact: the whole request is scanned before
+it is forwarded (a secret sent in an earlier turn is still in the history the client
+re-sends), and that delay is the price of those modes.
+
+Each secret is reported once per (fingerprint, action) while the proxy runs, and the
+ledger's fingerprints are loaded at start so a restart does not report it again.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as _random
+import sqlite3
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from devmeter.budget import Alert, Block
+from devmeter.paths import make_private_dir
+from devmeter.secrets.new_content import Piece, all_pieces, new_pieces
+from devmeter.secrets.policy import SecretsPolicy, strictest
+from devmeter.secrets.scan import Finding, fingerprint, redact, scan
+from devmeter.usage import Attribution
+
+SALT_FILE = "secrets.salt"
+
+
+def load_salt(data_dir: Path) -> bytes:
+    """The fingerprint key: 32 random bytes in a 0600 file, made on first use."""
+    path = data_dir / SALT_FILE
+    try:
+        salt = path.read_bytes()
+        if len(salt) >= 32:
+            return salt
+    except FileNotFoundError:
+        pass
+    make_private_dir(data_dir)
+    salt = _random.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(salt)
+    return salt
+
+
+@dataclass(frozen=True)
+class Reported:
+    """One finding as stored and shown: no secret, no surrounding text."""
+
+    ts: float
+    kind: str
+    rule: str
+    preview: str
+    location: str
+    tool: str | None
+    repo: str | None
+    session: str | None
+    action: str  # warned, blocked, redacted
+    fingerprint: str
+
+    def row(self) -> tuple[Any, ...]:
+        return (self.ts, self.kind, self.rule, self.preview, self.location, self.tool,
+                self.repo, self.session, self.action, self.fingerprint)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Outcome:
+    block: Block | None = None
+    redacted: bool = False  # the document was changed in place
+
+
+PASS = Outcome()
+_ACTION = {"warn": "warned", "block": "blocked", "redact": "redacted"}
+
+
+class SecretInspector:
+    def __init__(
+        self,
+        policy: SecretsPolicy,
+        salt: bytes,
+        on_finding: Callable[[Reported], None],
+        on_alert: Callable[[Alert], None] | None = None,
+        seen: set[tuple[str, str]] | None = None,
+    ) -> None:
+        self.policy = policy
+        self._salt = salt
+        self._on_finding = on_finding
+        self._on_alert = on_alert
+        self._seen = seen if seen is not None else set()
+        self._lock = threading.Lock()
+        # One worker: scans are short and ordered; a burst queues rather than competing
+        # with the event loop for the GIL on several threads.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="devmeter-secrets")
+
+    def inspect(self, api: str, doc: Any, who: Attribution, now: float) -> Outcome:
+        """Scan a parsed request (or WebSocket frame). warn: returns at once, the scan runs
+        on the worker; block/redact: returns what to do with the request."""
+        mode = self.policy.strictest_possible(who.repo)
+        if mode == "off":
+            return PASS
+        if mode == "warn":
+            pieces = [(p.where, p.text) for p in new_pieces(api, doc)]  # strings: immutable
+            if pieces:
+                self._worker.submit(self._scan_beside, pieces, who, now)
+            return PASS
+        return self._scan_before(api, doc, who, now)
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True)
+
+    def wait_idle(self) -> None:
+        """For tests and shutdown: every scan queued so far has finished."""
+        self._worker.submit(lambda: None).result()
+
+    def _scan_beside(self, pieces: list[tuple[str, str]], who: Attribution, now: float) -> None:
+        try:
+            for where, text in pieces:
+                for finding in scan(text, self.policy.user_rules):
+                    self._consider(finding, where, who, now)
+        except Exception as exc:  # fail open: a scanner bug never touches the request
+            print(f"devmeter: secret scan failed: {type(exc).__name__}", file=sys.stderr)
+
+    def _consider(self, finding: Finding, where: str, who: Attribution, now: float) -> str:
+        """The mode that applies to this finding ("off" when allowed); reports it once."""
+        mark = fingerprint(self._salt, finding.kind, finding.secret)
+        mode = self.policy.mode_for(finding, who.repo)
+        if mode == "off" or self.policy.allowed(finding, mark):
+            return "off"
+        action = _ACTION[mode]
+        with self._lock:
+            first = (mark, action) not in self._seen
+            self._seen.add((mark, action))
+        if first:
+            reported = Reported(now, finding.kind, finding.rule, finding.preview, where,
+                                who.tool, who.repo, who.session, action, mark)  # fmt: skip
+            self._on_finding(reported)
+            if self._on_alert is not None:
+                self._on_alert(_alert(reported))
+        return mode
+
+    def _scan_before(self, api: str, doc: Any, who: Attribution, now: float) -> Outcome:
+        new = {(id(p.container), p.key): p.where for p in new_pieces(api, doc)}
+        hits: list[tuple[Piece, list[Finding], list[str]]] = []
+        for piece in all_pieces(api, doc):
+            where = new.get((id(piece.container), piece.key), "earlier in the conversation")
+            findings = scan(piece.text, self.policy.user_rules)
+            if findings:
+                modes = [self._consider(f, where, who, now) for f in findings]
+                hits.append((piece, findings, modes))
+        decided = strictest([m for _, _, modes in hits for m in modes])
+        if decided == "block":
+            found = [(f, m) for _, fs, ms in hits for f, m in zip(fs, ms, strict=True)]
+            return Outcome(block=_block([f for f, m in found if m == "block"], self._salt))
+        redacted = False
+        for piece, findings, modes in hits:
+            chosen = [f for f, m in zip(findings, modes, strict=True) if m == "redact"]
+            if chosen:
+                piece.container[piece.key] = redact(piece.text, chosen)  # type: ignore[index]
+                redacted = True
+        return Outcome(redacted=redacted)
+
+
+def _alert(found: Reported) -> Alert:
+    where = found.location
+    verb = {"warned": "was sent", "blocked": "was refused", "redacted": "was redacted"}
+    message = (
+        f"{found.kind} ({found.preview}) in a {where} from {found.tool or 'unknown tool'}"
+        f" ({found.repo or 'no repo'}, session {found.session or '-'}) {verb[found.action]}"
+    )
+    return Alert(found.ts, "secret", "session", found.session or found.repo or "-", Decimal(0),
+                 message, found.tool, found.repo, found.session)  # fmt: skip
+
+
+def _block(findings: list[Finding], salt: bytes) -> Block:
+    first = findings[0]
+    more = f" and {len(findings) - 1} more" if len(findings) > 1 else ""
+    mark = fingerprint(salt, first.kind, first.secret)
+    message = (
+        f"devmeter: refused: the request holds a secret, {first.kind} {first.preview}{more}. "
+        f'Remove it from what the agent reads, or allow it: add "{mark}" to '
+        'allow_fingerprints under [secrets] in config.toml (or set mode = "warn" there); '
+        "`devmeter findings` lists what was found."
+    )
+    return Block("secret", first.kind, None, None, message)
+
+
+def seen_in_ledger(ledger: Path) -> set[tuple[str, str]]:
+    """(fingerprint, action) already reported, so a restarted proxy does not repeat them."""
+    try:
+        conn = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+        try:
+            rows = conn.execute("SELECT fingerprint, action FROM findings").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return set()
+    return {(str(f), str(a)) for f, a in rows}

@@ -1,0 +1,250 @@
+"""The user's NEW content in a request, per wire format, so a secret is reported once:
+in the turn that first sent it, not again each time the conversation is re-sent.
+
+Agents re-send the whole conversation every turn; what is new is what follows the
+model's last turn: Anthropic's and OpenAI chat's trailing user/tool messages, the
+Responses input items after the last assistant/tool-call/reasoning item (Codex's
+WebSocket `response.create` frames carry the same shape), Gemini's last content. The
+first turn (nothing from the model yet) also carries the system prompt/instructions.
+
+Each Piece points at the string inside the parsed document, so redaction can replace
+it in place and the caller re-serialises the document. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+# Keys whose strings are ids, types or binary payloads, never text a person wrote.
+_SKIP_KEYS = frozenset(
+    {
+        "type",
+        "id",
+        "tool_use_id",
+        "call_id",
+        "role",
+        "signature",
+        "encrypted_content",
+        "media_type",
+        "mime_type",
+        "mimeType",
+        "cache_control",
+        "status",
+        "name",
+    }
+)
+_BINARY_KEYS = frozenset({"data", "image_url", "file_data"})
+
+
+@dataclass
+class Piece:
+    where: str  # "message", "tool result", "tool result (.env)", "system prompt"
+    container: dict[str, Any] | list[Any]  # holds the string, for redaction in place
+    key: str | int
+    text: str
+
+
+def new_pieces(api: str, doc: Any) -> list[Piece]:
+    """The new strings of a request body (or a Codex WebSocket frame) of wire format `api`."""
+    if not isinstance(doc, dict):
+        return []
+    if api == "anthropic.messages":
+        return list(_anthropic(doc))
+    if api == "openai.chat":
+        return list(_openai_chat(doc))
+    if api == "openai.responses":
+        return list(_openai_responses(doc))
+    if api.startswith("gemini"):
+        inner = doc.get("request") if isinstance(doc.get("request"), dict) else doc
+        return list(_gemini(inner))
+    return []
+
+
+def all_pieces(api: str, doc: Any) -> list[Piece]:
+    """Every string of the request's conversation (block and redact look at it all:
+    a secret sent in an earlier turn is re-sent with every later one)."""
+    if not isinstance(doc, dict):
+        return []
+    if api.startswith("gemini") and isinstance(doc.get("request"), dict):
+        doc = doc["request"]
+    keys = ("system", "messages", "instructions", "input", "contents", "systemInstruction",
+            "system_instruction")  # fmt: skip
+    return [
+        piece for key in keys if key in doc for piece in _strings(doc[key], "message", doc, key)
+    ]
+
+
+def _strings(node: Any, where: str, container: Any = None, key: Any = None) -> Iterator[Piece]:
+    if isinstance(node, str):
+        if container is not None and node:
+            yield Piece(where, container, key, node)
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            if k in _SKIP_KEYS or k in _BINARY_KEYS and not isinstance(v, list):
+                continue
+            yield from _strings(v, where, node, k)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _strings(v, where, node, i)
+
+
+def _file_of(tool_input: Any) -> str | None:
+    if isinstance(tool_input, dict):
+        for key in ("file_path", "path", "filePath", "absolute_path", "filename"):
+            if isinstance(tool_input.get(key), str):
+                return tool_input[key]
+    return None
+
+
+def _where(file: str | None) -> str:
+    return f"tool result ({file})" if file else "tool result"
+
+
+def _anthropic(doc: dict[str, Any]) -> Iterator[Piece]:
+    messages = doc.get("messages")
+    if not isinstance(messages, list):
+        return
+    last_model = max(
+        (i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "assistant"),
+        default=-1,
+    )
+    if last_model < 0:
+        yield from _strings(doc.get("system"), "system prompt", doc, "system")
+    files: dict[str, str] = {}  # tool_use id -> the file it read, from the model's calls
+    if last_model >= 0 and isinstance(messages[last_model].get("content"), list):
+        for block in messages[last_model]["content"]:
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                file = _file_of(block.get("input"))
+                if file and isinstance(block.get("id"), str):
+                    files[block["id"]] = file
+    for message in messages[last_model + 1 :]:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            yield from _strings(content, "message", message, "content")
+        elif isinstance(content, list):
+            for i, block in enumerate(content):
+                if isinstance(block, dict) and block.get("type") == "tool_result":
+                    yield from _strings(
+                        block.get("content"),
+                        _where(files.get(str(block.get("tool_use_id")))),
+                        block,
+                        "content",
+                    )
+                else:
+                    yield from _strings(block, "message", content, i)
+
+
+def _openai_chat(doc: dict[str, Any]) -> Iterator[Piece]:
+    messages = doc.get("messages")
+    if not isinstance(messages, list):
+        return
+    last_model = max(
+        (i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "assistant"),
+        default=-1,
+    )
+    files: dict[str, str] = {}
+    if last_model >= 0:
+        for call in messages[last_model].get("tool_calls") or []:
+            try:
+                import json
+
+                file = _file_of(json.loads(call["function"]["arguments"]))
+            except (KeyError, TypeError, ValueError):
+                file = None
+            if file and isinstance(call.get("id"), str):
+                files[call["id"]] = file
+    for message in messages[last_model + 1 :]:
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role")
+        if role in ("system", "developer") and last_model >= 0:
+            continue
+        where = (
+            _where(files.get(str(message.get("tool_call_id"))))
+            if role in ("tool", "function")
+            else ("system prompt" if role in ("system", "developer") else "message")
+        )
+        yield from _strings(message.get("content"), where, message, "content")
+
+
+_MODEL_ITEMS = frozenset(
+    {"function_call", "reasoning", "custom_tool_call", "local_shell_call", "web_search_call"}
+)
+
+
+def _openai_responses(doc: dict[str, Any]) -> Iterator[Piece]:
+    items = doc.get("input")
+    if isinstance(items, str):
+        yield Piece("message", doc, "input", items)
+        return
+    if not isinstance(items, list):
+        return
+
+    def from_model(item: Any) -> bool:
+        return isinstance(item, dict) and (
+            item.get("role") == "assistant" or item.get("type") in _MODEL_ITEMS
+        )
+
+    last_model = max((i for i, item in enumerate(items) if from_model(item)), default=-1)
+    if last_model < 0 and not doc.get("previous_response_id"):
+        yield from _strings(doc.get("instructions"), "system prompt", doc, "instructions")
+    files: dict[str, str] = {}
+    for item in items[: last_model + 1]:
+        if (
+            isinstance(item, dict)
+            and item.get("type") == "function_call"
+            and isinstance(item.get("call_id"), str)
+        ):
+            try:
+                import json
+
+                file = _file_of(json.loads(item.get("arguments") or "{}"))
+            except (TypeError, ValueError):
+                file = None
+            if file:
+                files[item["call_id"]] = file
+    for item in items[last_model + 1 :]:
+        if not isinstance(item, dict):
+            continue
+        if item.get("role") in ("system", "developer"):
+            continue  # Codex re-sends its own instructions as developer items each turn
+        if str(item.get("type", "")).endswith("_output"):
+            yield from _strings(
+                item.get("output"), _where(files.get(str(item.get("call_id")))), item, "output"
+            )
+        else:
+            yield from _strings(item.get("content"), "message", item, "content")
+
+
+def _gemini(doc: dict[str, Any]) -> Iterator[Piece]:
+    contents = doc.get("contents")
+    if not isinstance(contents, list) or not contents:
+        return
+    if not any(isinstance(c, dict) and c.get("role") == "model" for c in contents):
+        yield from _strings(
+            doc.get("systemInstruction") or doc.get("system_instruction"),
+            "system prompt",
+            doc,
+            "systemInstruction" if "systemInstruction" in doc else "system_instruction",
+        )
+    last_model = max(
+        (i for i, c in enumerate(contents) if isinstance(c, dict) and c.get("role") == "model"),
+        default=-1,
+    )
+    for content in contents[last_model + 1 :]:
+        if not isinstance(content, dict) or not isinstance(content.get("parts"), list):
+            continue
+        for i, part in enumerate(content["parts"]):
+            if not isinstance(part, dict):
+                continue
+            response = part.get("functionResponse") or part.get("function_response")
+            if isinstance(response, dict):
+                yield from _strings(response.get("response"), "tool result", response, "response")
+            elif isinstance(part.get("text"), str):
+                yield Piece("message", part, "text", part["text"])
+            else:
+                yield from _strings(part, "message", content["parts"], i)
