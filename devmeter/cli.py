@@ -228,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_alerts)
 
+    p = sub.add_parser("findings", help="secrets found in what agents sent (masked)")
+    p.add_argument("--since", help=SINCE_HELP)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_findings)
+
     p = sub.add_parser(
         "allow",
         help="raise a hard cap a step (a session's, a repo's, today's or this month's), "
@@ -556,6 +561,21 @@ def cmd_quota(args: argparse.Namespace, config: Config, where: Paths) -> int:
     rows = quota_report.quota_rows(conn, config.section("accounts"), time.time()) if conn else []
     out = quota_report.to_json(rows) if args.json else quota_report.to_table(rows)
     sys.stdout.write(out)
+    return 0
+
+
+def cmd_findings(args: argparse.Namespace, config: Config, where: Paths) -> int:
+    from devmeter.secrets import report
+
+    since = reports.parse_since(args.since) if args.since else None
+    conn = connect_readonly(where.ledger)
+    rows = report.findings(conn, since) if conn is not None else []
+    if args.json:
+        sys.stdout.write(reports.to_json(rows))
+    elif not rows:
+        print("No secrets found." if conn is not None else f"No ledger yet at {where.ledger}.")
+    else:
+        sys.stdout.write(report.findings_table(rows, _terminal_width()))
     return 0
 
 

@@ -266,6 +266,24 @@ MIGRATIONS: tuple[str, ...] = (
         DELETE FROM rollup WHERE requests <= 0 AND bucket = CAST(OLD.ts / 900 AS INTEGER);
     END;
     """,
+    # v6: secrets found in what agents sent (devmeter/secrets): what and where, never the
+    # secret or its surrounding text; the fingerprint is an HMAC keyed by a private salt.
+    """
+    CREATE TABLE findings (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        kind TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        preview TEXT NOT NULL,
+        location TEXT NOT NULL,
+        tool TEXT,
+        repo TEXT,
+        session TEXT,
+        action TEXT NOT NULL,
+        fingerprint TEXT NOT NULL
+    );
+    CREATE INDEX findings_ts ON findings (ts);
+    """,
 )
 BUCKET_SECONDS = 900
 
@@ -293,6 +311,14 @@ INSERT_CALL = _insert_rows_sql(1)
 # allows, up to this.
 ROWS_PER_INSERT = 64
 ALERT_COLUMNS = ("ts", "kind", "scope", "key", "figure_pusd", "message", "session", "repo", "tool")
+FINDING_COLUMNS = (
+    "ts", "kind", "rule", "preview", "location", "tool", "repo", "session", "action",
+    "fingerprint",
+)  # fmt: skip
+INSERT_FINDING = (
+    f"INSERT INTO findings ({', '.join(FINDING_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(FINDING_COLUMNS))})"
+)
 INSERT_ALERT = (
     f"INSERT INTO alerts ({', '.join(ALERT_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(ALERT_COLUMNS))})"
@@ -310,7 +336,10 @@ INSERT_QUOTA_READING = (
     f"INSERT INTO quota_readings ({', '.join(READING_COLUMNS)}) "
     f"VALUES ({', '.join('?' * len(READING_COLUMNS))})"
 )
-_TABLES = {INSERT_CALL: "calls", UPSERT_QUOTA: "quota", INSERT_QUOTA_READING: "quota_readings"}
+_TABLES = {
+    INSERT_CALL: "calls", UPSERT_QUOTA: "quota", INSERT_QUOTA_READING: "quota_readings",
+    INSERT_FINDING: "findings",
+}  # fmt: skip
 
 
 # SQLite's integers are 64-bit: a larger one cannot be bound at all.
@@ -624,6 +653,11 @@ class LedgerWriter:
             self._enqueue(_Item(UPSERT_QUOTA, quota_row(snapshot)))
             if moved:
                 self._enqueue(_Item(INSERT_QUOTA_READING, quota_reading_row(snapshot)))
+
+    def add_finding(self, row: tuple[Any, ...]) -> None:
+        """A secret finding's row, in FINDING_COLUMNS order (devmeter.secrets.inspector)."""
+        with self._order:
+            self._enqueue(_Item(INSERT_FINDING, row))
 
     def _enqueue(self, item: _Item | None) -> None:
         self._queue.append(item)

@@ -52,6 +52,7 @@ from devmeter.proxy import streaming
 from devmeter.proxy.deadlines import HeaderDeadline
 from devmeter.routing.fallback import should_fallback
 from devmeter.routing.session_router import REQUEST_CLASS_HEADER, RoutePlan, Router
+from devmeter.secrets.inspector import SecretInspector
 from devmeter.usage import Attribution, Call, RequestInfo, ResponseResult, Usage
 
 METADATA_KEY = "devmeter"
@@ -151,6 +152,7 @@ class Meter:
         on_asks_changed: Callable[[list[dict[str, Any]]], None] | None = None,
         accounts: Accounts | None = None,
         on_billed: OnBilled | None = None,
+        secrets: SecretInspector | None = None,
     ) -> None:
         # The lookup runs from the Meter's hooks rather than as an addon of its own:
         # mitmproxy calls every addon on every event, ~3 us an addon an event, 8 events
@@ -158,6 +160,7 @@ class Meter:
         self._client_lookup = client_lookup
         self._deadline = deadline
         self._router = router
+        self._secrets = secrets
         self._guard = guard
         self._on_alert = on_alert
         self._control = control
@@ -413,6 +416,10 @@ class Meter:
         )
         flow.metadata[METADATA_KEY] = state
         self._set_billing(flow, state, headers)
+        if self._secrets is not None and doc is not None:
+            body = self._inspect_secrets(flow, state, doc, body, now)
+            if state.blocked is not None:
+                return None
         # Guard rails and routing fail open, each on its own: a bug in either must not
         # lose the metering of the call, nor stop it from reaching the provider.
         if self._guard is not None:
@@ -464,6 +471,50 @@ class Meter:
                 state.tap_error = (
                     f"devmeter routing failed (call sent as asked): {_short_traceback()}"
                 )
+
+    def _inspect_secrets(
+        self, flow: http.HTTPFlow, state: FlowState, doc: Any, body: bytes, now: float
+    ) -> bytes:
+        """Secrets in the request (devmeter/secrets): refuse it, or forward it redacted.
+        Fails open: a scanner bug lets the request through as sent, and says so."""
+        assert self._secrets is not None
+        try:
+            outcome = self._secrets.inspect(state.endpoint.api, doc, state.attribution, now)
+            if outcome.block is not None:
+                _refuse(flow, state, outcome.block)
+            elif outcome.redacted:
+                body = json.dumps(doc).encode()
+                flow.request.content = body
+        except Exception:
+            state.tap_error = (
+                f"devmeter secret scan failed (call let through): {_short_traceback()}"
+            )
+        return body
+
+    def _secrets_in_ws_turn(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        message: websocket.WebSocketMessage,
+        request: RequestInfo,
+    ) -> bool:
+        """A Codex turn on its socket holding a secret: refused (True) or redacted."""
+        assert self._secrets is not None
+        try:
+            doc = json.loads(message.content)
+            now = self._clock()
+            outcome = self._secrets.inspect(state.endpoint.api, doc, state.attribution, now)
+            if outcome.redacted:
+                message.content = json.dumps(doc).encode()
+            if outcome.block is None:
+                return False
+        except Exception:
+            state.tap_error = (
+                f"devmeter secret scan failed (turn let through): {_short_traceback()}"
+            )
+            return False
+        self._refuse_ws_message(flow, state, message, request, outcome.block, now)
+        return True
 
     def _estimate(self, provider: str, request: RequestInfo, size: int, now: float) -> Decimal:
         """What the call reserves against its caps: nothing when there is no cap, and
@@ -931,6 +982,10 @@ class Meter:
                 return None  # devmeter's own refusal, already recorded
             if message.from_client:
                 request = parse_request(state.endpoint, message.content)
+                if self._secrets is not None and self._secrets_in_ws_turn(
+                    flow, state, message, request
+                ):
+                    return None
                 if self._refuse_ws_turn(flow, state, message, request):
                     return None
                 held = self._ws_ask_first(flow, state, message, request)

@@ -48,6 +48,8 @@ from devmeter.proxy.meter import Meter
 from devmeter.push import Pusher
 from devmeter.quota_watch import QuotaWatch
 from devmeter.routing.session_router import Router
+from devmeter.secrets.inspector import SecretInspector, load_salt, seen_in_ledger
+from devmeter.secrets.scan import builtin_detectors
 from devmeter.spool import SpoolBusy
 from devmeter.usage import Attribution, Call, RequestInfo
 from devmeter.warnlog import route_warnings
@@ -179,6 +181,7 @@ async def serve(
     def record(call: Call) -> None:
         writer.add_call(call)  # spooled to disk before the client gets the answer
 
+    secrets = _secret_inspector(config, paths, writer, on_alert)
     deadlines.raise_file_limit()
     master = DumpMaster(options.Options(), with_termlog=False, with_dumper=False)
     # Addon options exist only once DumpMaster has loaded its addons.
@@ -211,11 +214,13 @@ async def serve(
         on_asks_changed=on_asks_changed,
         accounts=Accounts(paths.data_dir),
         on_billed=on_billed,
+        secrets=secrets,
     )
     master.addons.add(meter)
 
     def load_config() -> tuple[Config, dict[tuple[str, str], Decimal]]:
         new = load_with_pins(paths.config_file, pinned_upstreams or {})
+        _warm_detectors(new)  # here, in the worker thread: not on the first request
         # Past spend for the scopes this config starts to watch, read here in the worker
         # thread; the scopes already watched keep the proxy's own (later) figures.
         new_budgets: Budgets = new.section("budgets")
@@ -233,6 +238,7 @@ async def serve(
         router.reconfigure(new.section("routing"), new.prices)
         meter.reconfigure(new.upstreams, new.prices)
         exporters.reconfigure_soon(new)  # on its own thread: stopping one waits for it
+        secrets.policy = new.section("secrets")  # from the next request on
         if set(new.upstreams) != set(old.upstreams):
             intercepted.update(h.lower() for h in new.upstreams)
             master.options.update(allow_hosts=allow_hosts_patterns(tuple(new.upstreams)))
@@ -274,12 +280,36 @@ async def serve(
         watching.cancel()
         clear_status(paths.data_dir)
         exporters.close()
+        secrets.close()  # its last findings reach the writer before it closes
         writer.close()
         dispatcher.close()
         if pusher is not None:
             pusher.close()
         pending.unlink(missing_ok=True)  # held requests end with the proxy
         paths.proxy_state.unlink(missing_ok=True)
+
+
+def _secret_inspector(
+    config: Config, paths: Paths, writer: LedgerWriter, on_alert: Callable[[Alert], None]
+) -> SecretInspector:
+    """Always made, so a config reload can turn inspection on; with mode "off" it costs a
+    dictionary lookup per request and detect-secrets is never imported."""
+    _warm_detectors(config)
+    return SecretInspector(
+        config.section("secrets"),
+        load_salt(paths.data_dir),
+        lambda found: writer.add_finding(found.row()),
+        on_alert,
+        seen=seen_in_ledger(paths.ledger),
+    )
+
+
+def _warm_detectors(config: Config) -> None:
+    policy = config.section("secrets")
+    if policy.mode != "off" or any(
+        mode != "off" for mode in (*policy.repos.values(), *policy.modes.values())
+    ):
+        builtin_detectors()  # detect-secrets takes ~1 s to import
 
 
 class ListenError(Exception):

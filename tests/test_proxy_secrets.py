@@ -1,0 +1,157 @@
+"""Secrets through a real proxy with the real anthropic SDK: warn lets the call through
+and records a masked finding, block refuses it with the devmeter: message, redact
+forwards a body the upstream sees no secret in. Nothing under DEVMETER_HOME, nor the
+proxy's output, ever holds a planted secret."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+
+from tests.fake_upstream import FakeUpstream
+from tests.proxy_harness import RunningProxy, start_proxy
+from tests.secrets_corpus import PLANTED
+from tests.test_secrets_inspect import claude_code_read_env
+
+pytestmark = pytest.mark.proxy
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as server:
+        yield server
+
+
+def run_proxy(tmp_path: Path, upstream: FakeUpstream, mode: str) -> RunningProxy:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(f'[secrets]\nmode = "{mode}"\n')
+    return start_proxy(home, upstream.url)
+
+
+def send_env_read(proxy: RunningProxy) -> anthropic.types.Message:
+    http = anthropic.DefaultHttpxClient(
+        proxy=proxy.url, verify=ssl.create_default_context(cafile=str(proxy.bundle))
+    )
+    client = anthropic.Anthropic(
+        api_key="sk-ant-test", http_client=http, max_retries=0,
+        default_headers={"X-Devmeter-Session": "sess-secrets"},
+    )  # fmt: skip
+    body = claude_code_read_env()
+    return client.messages.create(
+        model=body["model"], max_tokens=64, system=body["system"], messages=body["messages"]
+    )
+
+
+def findings(proxy: RunningProxy, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+    ledger = proxy.home / "ledger.sqlite"
+    deadline = time.monotonic() + timeout
+    rows: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        try:
+            conn = sqlite3.connect(f"{ledger.as_uri()}?mode=ro", uri=True)
+            conn.row_factory = sqlite3.Row
+            rows = [dict(r) for r in conn.execute("SELECT * FROM findings ORDER BY id")]
+            conn.close()
+        except sqlite3.Error:
+            rows = []
+        if len(rows) >= count:
+            return rows
+        time.sleep(0.05)
+    return rows
+
+
+def assert_no_secret_leaked(proxy: RunningProxy, cli_output: str = "") -> None:
+    proxy.stop()  # flushed and closed: every file is as it will stay
+    for path in proxy.home.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for kind, secret in PLANTED.items():
+                assert secret.encode() not in data, f"{kind} leaked into {path}"
+    for secret in PLANTED.values():
+        assert secret not in cli_output
+
+
+def test_warn_lets_the_call_through_and_records_a_masked_finding(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    proxy = run_proxy(tmp_path, upstream, "warn")
+    upstream.clear()
+    try:
+        reply = send_env_read(proxy)
+        assert reply.content  # the call went through, unchanged
+        assert PLANTED["stripe-key"] in upstream.requests[-1].body.decode()
+        rows = findings(proxy, 4)
+        assert sorted(r["kind"] for r in rows) == [
+            "database-password",
+            "dotenv-secret",
+            "openai-api-key",
+            "stripe-key",
+        ]
+        assert {r["action"] for r in rows} == {"warned"}
+        assert {r["location"] for r in rows} == {"tool result (/home/dev/acme/.env)"}
+        assert {r["session"] for r in rows} == {"sess-secrets"}
+        send_env_read(proxy)  # the same turn again (a retry): not reported again
+        time.sleep(0.5)
+        assert len(findings(proxy, 5, timeout=0.5)) == 4
+        out = subprocess.run(
+            [sys.executable, "-m", "devmeter", "findings", "--json"],
+            env=proxy.env(), capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+        shown = json.loads(out)
+        assert {"ts", "kind", "rule", "preview", "tool", "repo", "session", "action"} <= set(
+            shown[0]
+        )
+        stripe = next(r for r in shown if r["kind"] == "stripe-key")
+        assert stripe["preview"] == PLANTED["stripe-key"][:4] + "…" + PLANTED["stripe-key"][-4:]
+        alerts = subprocess.run(
+            [sys.executable, "-m", "devmeter", "alerts", "--json"],
+            env=proxy.env(), capture_output=True, text=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+        assert [a["kind"] for a in json.loads(alerts)] == ["secret"] * 4
+    finally:
+        assert_no_secret_leaked(proxy, proxy.log.read_text() if proxy.log.exists() else "")
+
+
+def test_block_refuses_with_the_devmeter_message_and_sends_nothing(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    proxy = run_proxy(tmp_path, upstream, "block")
+    upstream.clear()
+    try:
+        with pytest.raises(anthropic.APIStatusError) as refused:
+            send_env_read(proxy)
+        assert refused.value.status_code == 402
+        assert "devmeter: refused: the request holds a secret" in str(refused.value)
+        assert "allow_fingerprints" in str(refused.value)
+        assert not [r for r in upstream.requests if r.method == "POST"]
+        assert {r["action"] for r in findings(proxy, 4)} == {"blocked"}
+        calls = proxy.new_calls(1)
+        assert calls[0]["error"].startswith("devmeter: refused")
+    finally:
+        assert_no_secret_leaked(proxy)
+
+
+def test_redact_forwards_a_body_without_the_secrets(tmp_path: Path, upstream: FakeUpstream) -> None:
+    proxy = run_proxy(tmp_path, upstream, "redact")
+    upstream.clear()
+    try:
+        assert send_env_read(proxy).content
+        seen = upstream.requests[-1].body.decode()
+        for secret in PLANTED.values():
+            assert secret not in seen
+        assert "[REDACTED by devmeter: stripe-key]" in seen
+        assert "DEBUG=false" in seen  # the rest of the file still reaches the model
+        assert {r["action"] for r in findings(proxy, 4)} == {"redacted"}
+    finally:
+        assert_no_secret_leaked(proxy)
