@@ -12,11 +12,13 @@ ledger's fingerprints are loaded at start so a restart does not report it again.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets as _random
 import sqlite3
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -99,6 +101,9 @@ class SecretInspector:
         # One worker: scans are short and ordered; a burst queues rather than competing
         # with the event loop for the GIL on several threads.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="devmeter-secrets")
+        # block/redact re-scan the whole conversation every turn; what was scanned before
+        # is looked up by digest instead (a 1 MB history: a hash, not a scan).
+        self._scanned: OrderedDict[bytes, list[Finding]] = OrderedDict()
 
     def inspect(self, api: str, doc: Any, who: Attribution, now: float) -> Outcome:
         """Scan a parsed request (or WebSocket frame). warn: returns at once, the scan runs
@@ -151,7 +156,7 @@ class SecretInspector:
         hits: list[tuple[Piece, list[Finding], list[str]]] = []
         for piece in all_pieces(api, doc):
             where = new.get((id(piece.container), piece.key), "earlier in the conversation")
-            findings = scan(piece.text, self.policy.user_rules)
+            findings = self._scan_cached(piece.text)
             if findings:
                 modes = [self._consider(f, where, who, now) for f in findings]
                 hits.append((piece, findings, modes))
@@ -166,6 +171,25 @@ class SecretInspector:
                 piece.container[piece.key] = redact(piece.text, chosen)  # type: ignore[index]
                 redacted = True
         return Outcome(redacted=redacted)
+
+
+    def _scan_cached(self, text: str) -> list[Finding]:
+        if len(text) < _CACHE_FROM:
+            return scan(text, self.policy.user_rules)
+        key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        found = self._scanned.get(key)
+        if found is None:
+            found = scan(text, self.policy.user_rules)
+            self._scanned[key] = found
+            if len(self._scanned) > _CACHE_ENTRIES:
+                self._scanned.popitem(last=False)
+        else:
+            self._scanned.move_to_end(key)
+        return found
+
+
+_CACHE_FROM = 256  # shorter strings scan faster than they hash
+_CACHE_ENTRIES = 20_000
 
 
 def _alert(found: Reported) -> Alert:

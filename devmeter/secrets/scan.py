@@ -174,8 +174,17 @@ def _dotenv_spans(text: str) -> Iterator[tuple[int, int]]:
             yield match.span(1)
 
 
+@dataclass(frozen=True)
+class Detector:
+    kind: str
+    rule: str
+    # Substrings (upper-case) one of which any match contains: without one, skip.
+    anchors: tuple[str, ...]
+    spans: Spans
+
+
 @lru_cache(maxsize=1)
-def builtin_detectors() -> tuple[tuple[str, str, Spans], ...]:
+def builtin_detectors() -> tuple[Detector, ...]:
     """(kind, rule, spans) in priority order: a span claimed by an earlier one is not
     reported again by a later, vaguer one (a `.env` line holding an AWS key is an AWS key)."""
     # Imported here: detect-secrets takes about a second to import, and only a proxy
@@ -190,32 +199,64 @@ def builtin_detectors() -> tuple[tuple[str, str, Spans], ...]:
     from detect_secrets.plugins.slack import SlackDetector
     from detect_secrets.plugins.stripe import StripeDetector
 
-    def plugin(kind: str, cls: Any) -> tuple[str, str, Spans]:
-        return kind, f"detect-secrets:{cls.__name__}", _plugin_spans(cls())
+    def plugin(kind: str, cls: Any, *anchors: str) -> Detector:
+        return Detector(kind, f"detect-secrets:{cls.__name__}", anchors, _plugin_spans(cls()))
 
-    def own(kind: str, name: str, spans: Spans) -> tuple[str, str, Spans]:
-        return kind, f"devmeter:{name}", spans
+    def own(kind: str, name: str, spans: Spans, *anchors: str) -> Detector:
+        return Detector(kind, f"devmeter:{name}", anchors, spans)
 
+    gitlab = ("GLPAT-", "GLDT-", "GLFT-", "GLSOAT-", "GLRT-", "GR1348941", "GLCBT-", "GLIMT-",
+              "GLPTT-", "GLAGENT-", "GLOAS-")  # fmt: skip
     return (
-        own("private-key", "pem-block", _regex_spans(_PEM_BLOCK)),
-        own("private-key", "pem-block-json", _regex_spans(_PEM_ESCAPED)),
-        own("gcp-service-account", "gcp-service-account", _regex_spans(_GCP_SA_KEY, 1)),
-        own("anthropic-api-key", "anthropic-key", _regex_spans(_ANTHROPIC)),
-        own("openai-api-key", "openai-project-key", _regex_spans(_OPENAI_PROJECT)),
-        plugin("openai-api-key", OpenAIDetector),
-        own("google-api-key", "google-api-key", _regex_spans(_GOOGLE_API)),
-        plugin("aws-access-key", AWSKeyDetector),
-        plugin("azure-storage-key", AzureStorageKeyDetector),
-        own("azure-connection-secret", "azure-connection-string", _regex_spans(_AZURE_CONN, 1)),
-        plugin("github-token", GitHubTokenDetector),
-        plugin("gitlab-token", GitLabTokenDetector),
-        plugin("slack-token", SlackDetector),
-        plugin("stripe-key", StripeDetector),
-        plugin("npm-token", NpmDetector),
-        plugin("pypi-token", PypiTokenDetector),
-        ("jwt", "detect-secrets:JwtTokenDetector", _jwt_spans),
-        own("database-password", "database-url", _regex_spans(_DB_URL, 1)),
-        own("dotenv-secret", "dotenv", _dotenv_spans),
+        own("private-key", "pem-block", _regex_spans(_PEM_BLOCK), "PRIVATE KEY"),
+        own("private-key", "pem-block-json", _regex_spans(_PEM_ESCAPED), "PRIVATE KEY"),
+        own(
+            "gcp-service-account",
+            "gcp-service-account",
+            _regex_spans(_GCP_SA_KEY, 1),
+            "SERVICE_ACCOUNT",
+        ),  # fmt: skip
+        own("anthropic-api-key", "anthropic-key", _regex_spans(_ANTHROPIC), "SK-ANT-"),
+        own(
+            "openai-api-key",
+            "openai-project-key",
+            _regex_spans(_OPENAI_PROJECT),
+            "SK-PROJ-",
+            "SK-SVCACCT-",
+            "SK-ADMIN-",
+        ),  # fmt: skip
+        plugin("openai-api-key", OpenAIDetector, "T3BLBKFJ"),
+        own("google-api-key", "google-api-key", _regex_spans(_GOOGLE_API), "AIZA"),
+        plugin("aws-access-key", AWSKeyDetector, "AKIA", "ASIA", "ABIA", "ACCA", "A3T", "AWS"),
+        plugin("azure-storage-key", AzureStorageKeyDetector, "ACCOUNTKEY="),
+        own(
+            "azure-connection-secret",
+            "azure-connection-string",
+            _regex_spans(_AZURE_CONN, 1),
+            "SHAREDACCESSKEY=",
+            "ACCOUNTKEY=",
+            "CLIENTSECRET=",
+        ),  # fmt: skip
+        plugin("github-token", GitHubTokenDetector, "GHP_", "GHO_", "GHU_", "GHS_", "GHR_"),
+        plugin("gitlab-token", GitLabTokenDetector, *gitlab),
+        plugin("slack-token", SlackDetector, "XOX", "HOOKS.SLACK.COM"),
+        plugin("stripe-key", StripeDetector, "K_LIVE_"),
+        plugin("npm-token", NpmDetector, "_AUTHTOKEN"),
+        plugin("pypi-token", PypiTokenDetector, "PYPI-"),
+        Detector("jwt", "detect-secrets:JwtTokenDetector", ("EYJ",), _jwt_spans),
+        own("database-password", "database-url", _regex_spans(_DB_URL, 1), "://"),
+        own(
+            "dotenv-secret",
+            "dotenv",
+            _dotenv_spans,
+            "SECRET",
+            "TOKEN",
+            "PASSW",
+            "PWD",
+            "KEY",
+            "CREDENTIAL",
+            "AUTH",
+        ),  # fmt: skip
     )
 
 
@@ -223,20 +264,25 @@ def scan(text: str, user_rules: Sequence[UserRule] = ()) -> list[Finding]:
     """Every secret in `text`, spans not overlapping, in text order."""
     found: list[Finding] = []
     taken: list[tuple[int, int]] = []
-    detectors: Iterable[tuple[str, str, Spans]] = [
+    upper = text.upper()  # anchors are matched case-blind, in one pass per anchor
+    detectors: Iterable[Detector] = [
         *(
-            (rule.name, f"user:{rule.name}", _regex_spans(rule.pattern, _group(rule.pattern)))
+            Detector(
+                rule.name, f"user:{rule.name}", (), _regex_spans(rule.pattern, _group(rule.pattern))
+            )  # fmt: skip
             for rule in user_rules
         ),
         *builtin_detectors(),
     ]
-    for kind, rule, spans in detectors:
-        for start, end in spans(text):
+    for detector in detectors:
+        if detector.anchors and not any(a in upper for a in detector.anchors):
+            continue  # a substring test skips the regexes on text that cannot match
+        for start, end in detector.spans(text):
             secret = text[start:end]
             if is_example(secret) or any(s < end and start < e for s, e in taken):
                 continue
             taken.append((start, end))
-            found.append(Finding(kind, rule, start, end, secret))
+            found.append(Finding(detector.kind, detector.rule, start, end, secret))
     found.sort(key=lambda f: f.start)
     return found
 
