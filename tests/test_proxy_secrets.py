@@ -155,3 +155,55 @@ def test_redact_forwards_a_body_without_the_secrets(tmp_path: Path, upstream: Fa
         assert {r["action"] for r in findings(proxy, 4)} == {"redacted"}
     finally:
         assert_no_secret_leaked(proxy)
+
+
+def test_codex_websocket_turns_per_rule_block_and_redact(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    """On Codex's socket: a turn holding a private key is refused (per-kind "block"), a
+    turn holding a Stripe key goes through redacted (mode "redact"); the socket stays up."""
+    from websockets.sync.client import connect
+
+    from tests.test_secrets_inspect import codex_ws_turn
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        '[secrets]\nmode = "redact"\n[secrets.modes]\n"private-key" = "block"\n'
+    )
+    proxy = start_proxy(home, upstream.url)
+    upstream.clear()
+    pem_turn = codex_ws_turn()
+    stripe_turn = codex_ws_turn()
+    stripe_turn["input"][-1]["output"] = "STRIPE_KEY=" + PLANTED["stripe-key"] + "\n"
+    events: list[dict[str, Any]] = []
+    try:
+        with connect(
+            "wss://api.openai.com/v1/responses",
+            ssl=ssl.create_default_context(cafile=str(proxy.bundle)),
+            proxy=proxy.url,
+            additional_headers={"X-Devmeter-Session": "codex-ws", "Authorization": "Bearer sk-t"},
+            open_timeout=10,
+        ) as socket:
+            for turn in (pem_turn, stripe_turn):
+                socket.send(json.dumps(turn))
+                while True:
+                    event = json.loads(socket.recv(timeout=10))
+                    if event["type"] in ("response.completed", "error"):
+                        events.append(event)
+                        break
+        assert events[0]["type"] == "error"
+        assert "devmeter: refused: the request holds a secret, private-key" in json.dumps(events[0])
+        assert events[1]["type"] == "response.completed"
+        sent = [r.body.decode() for r in upstream.find() if r.method == "WS"]
+        assert len(sent) == 1  # the refused turn never reached the provider
+        assert "[REDACTED by devmeter: stripe-key]" in sent[0]
+        assert PLANTED["stripe-key"] not in sent[0] and "PRIVATE KEY" not in sent[0]
+        rows = findings(proxy, 2)
+        assert [(r["kind"], r["action"], r["tool"]) for r in rows] == [
+            ("private-key", "blocked", rows[0]["tool"]),
+            ("stripe-key", "redacted", rows[0]["tool"]),
+        ]
+        assert rows[0]["location"] == "tool result (deploy/id_ed25519)"
+    finally:
+        assert_no_secret_leaked(proxy)

@@ -80,7 +80,9 @@ def test_new_content_is_the_turn_after_the_models_last() -> None:
     later = new_pieces("anthropic.messages", claude_code_read_env(extra_turn=True))
     assert [p.text for p in later] == ["thanks, now fix it"]  # the .env is not new any more
     codex = new_pieces("openai.responses", codex_ws_turn())
-    assert [(p.where, p.text) for p in codex] == [("tool result", CONTEXT["private-key"])]
+    assert [(p.where, p.text) for p in codex] == [
+        ("tool result (deploy/id_ed25519)", CONTEXT["private-key"])
+    ]
     gemini = new_pieces("gemini.generate", gemini_request())
     assert [p.where for p in gemini] == ["system prompt", "message"]
     # The whole conversation, for block and redact, reaches the old .env too.

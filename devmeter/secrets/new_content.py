@@ -90,11 +90,27 @@ def _strings(node: Any, where: str, container: Any = None, key: Any = None) -> I
             yield from _strings(v, where, node, i)
 
 
+_READERS = frozenset({"cat", "head", "tail", "less", "more", "bat", "nl", "type"})
+
+
 def _file_of(tool_input: Any) -> str | None:
-    if isinstance(tool_input, dict):
-        for key in ("file_path", "path", "filePath", "absolute_path", "filename"):
-            if isinstance(tool_input.get(key), str):
-                return tool_input[key]
+    """The file a tool call read: a Read tool's path, or the file a shell call printed
+    (`cat .env`, Codex's `["bash", "-lc", "cat .env"]`)."""
+    if not isinstance(tool_input, dict):
+        return None
+    for key in ("file_path", "path", "filePath", "absolute_path", "filename"):
+        if isinstance(tool_input.get(key), str):
+            return tool_input[key]
+    command = tool_input.get("command") or tool_input.get("cmd")
+    if isinstance(command, list) and all(isinstance(word, str) for word in command):
+        if len(command) == 3 and command[1] in ("-lc", "-c"):
+            command = command[2]
+        else:
+            command = " ".join(command)
+    if isinstance(command, str):
+        words = command.split()
+        if len(words) >= 2 and words[0].rsplit("/", 1)[-1] in _READERS:
+            return words[-1]
     return None
 
 
