@@ -206,3 +206,36 @@ def test_per_repo_and_per_rule_modes() -> None:
     assert policy.strictest_possible("/elsewhere") == "block"  # a rule may block: scan first
     assert parse_secrets({}).strictest_possible(None) == "warn"
     assert policy.repo_mode("/prod") == "redact"
+
+
+def test_findings_survive_a_restart_and_list_without_secrets(tmp_path: Path) -> None:
+    """Rows go through the ledger writer; a restarted proxy loads what was reported and
+    does not report it again; the table shows the masked preview only."""
+    from devmeter.ledger import LedgerWriter, connect_readonly
+    from devmeter.secrets.inspector import seen_in_ledger
+    from devmeter.secrets.report import findings, findings_table
+
+    ledger = tmp_path / "ledger.sqlite"
+    writer = LedgerWriter(ledger)
+    sink = Sink()
+    ins = SecretInspector(
+        SecretsPolicy(mode="block"), load_salt(tmp_path), lambda f: writer.add_finding(f.row())
+    )
+    ins.inspect("openai.responses", codex_ws_turn(), WHO, 1_800_000_000.0)
+    writer.close()
+    seen = seen_in_ledger(ledger)
+    assert len(seen) == 1
+    again = SecretInspector(
+        SecretsPolicy(mode="block"), load_salt(tmp_path), sink.found.append, seen=seen
+    )
+    assert again.inspect("openai.responses", codex_ws_turn(), WHO, 1_800_000_100.0).block
+    assert sink.found == []  # still refused, not reported twice
+    conn = connect_readonly(ledger)
+    assert conn is not None
+    rows = findings(conn)
+    assert [(r["kind"], r["action"], r["location"]) for r in rows] == [
+        ("private-key", "blocked", "tool result (deploy/id_ed25519)")
+    ]
+    table = findings_table(rows, 200)
+    assert "OPENSSH PRIVATE KEY …" in table and "1 finding" in table
+    assert PLANTED["private-key"][40:60] not in table
