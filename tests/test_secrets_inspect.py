@@ -239,3 +239,42 @@ def test_findings_survive_a_restart_and_list_without_secrets(tmp_path: Path) -> 
     table = findings_table(rows, 200)
     assert "OPENSSH PRIVATE KEY …" in table and "1 finding" in table
     assert PLANTED["private-key"][40:60] not in table
+
+
+def test_a_scanner_failure_lets_the_request_through_and_says_so_without_its_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fail open, in block mode too: the request is forwarded as sent, the call's row is
+    kept and names the failure by type only (its message could quote the request)."""
+    from mitmproxy import http
+    from mitmproxy.test import tflow, tutils
+
+    from devmeter.proxy.meter import Meter
+    from devmeter.secrets import inspector as inspector_module
+
+    def broken(*_: Any) -> list[Any]:
+        raise ValueError(PLANTED["stripe-key"])
+
+    monkeypatch.setattr(inspector_module, "scan", broken)
+    recorded: list[Any] = []
+    ins = SecretInspector(SecretsPolicy(mode="block"), load_salt(tmp_path), lambda _: None)
+    meter = Meter(recorded.append, lambda *_: WHO, secrets=ins)
+    body = json.dumps(claude_code_read_env()).encode()
+    flow = tflow.tflow(
+        req=tutils.treq(
+            host="api.anthropic.com", port=443, scheme=b"https", authority=b"api.anthropic.com",
+            path=b"/v1/messages", method=b"POST", content=body,
+            headers=http.Headers(host="api.anthropic.com", content_type="application/json"),
+        )
+    )  # fmt: skip
+    meter.requestheaders(flow)
+    meter.request(flow)
+    assert flow.response is None and flow.request.content == body  # forwarded, untouched
+    flow.response = tutils.tresp(
+        content=b"{}", headers=http.Headers(content_type="application/json")
+    )
+    meter.responseheaders(flow)
+    meter.response(flow)
+    (call,) = recorded
+    assert "devmeter secret scan failed (call let through): ValueError" in call.error
+    assert PLANTED["stripe-key"] not in call.error

@@ -485,10 +485,10 @@ class Meter:
             elif outcome.redacted:
                 body = json.dumps(doc).encode()
                 flow.request.content = body
-        except Exception:
-            state.tap_error = (
-                f"devmeter secret scan failed (call let through): {_short_traceback()}"
-            )
+        except Exception as exc:
+            # The exception's type only: its message could quote the request's text.
+            reason = type(exc).__name__
+            state.tap_error = f"devmeter secret scan failed (call let through): {reason}"
         return body
 
     def _secrets_in_ws_turn(
@@ -508,10 +508,9 @@ class Meter:
                 message.content = json.dumps(doc).encode()
             if outcome.block is None:
                 return False
-        except Exception:
-            state.tap_error = (
-                f"devmeter secret scan failed (turn let through): {_short_traceback()}"
-            )
+        except Exception as exc:  # the type only, as for a request
+            reason = type(exc).__name__
+            state.tap_error = f"devmeter secret scan failed (turn let through): {reason}"
             return False
         self._refuse_ws_message(flow, state, message, request, outcome.block, now)
         return True
