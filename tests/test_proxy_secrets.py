@@ -207,3 +207,27 @@ def test_codex_websocket_turns_per_rule_block_and_redact(
         assert rows[0]["location"] == "tool result (deploy/id_ed25519)"
     finally:
         assert_no_secret_leaked(proxy)
+
+
+def test_a_config_reload_turns_blocking_on_without_a_restart(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    """Started with inspection off, the proxy blocks once `mode = "block"` is saved."""
+    from tests.test_proxy_config_reload import edit, wait_for
+
+    proxy = run_proxy(tmp_path, upstream, "off")
+    try:
+        send_env_read(proxy)  # off: through, and nothing recorded
+        edit(proxy.home / "config.toml", '[secrets]\nmode = "block"\n')
+
+        def refused() -> bool:
+            try:
+                send_env_read(proxy)
+            except anthropic.APIStatusError as exc:
+                return "devmeter: refused" in str(exc)
+            return False
+
+        wait_for(refused, "mode = block never took effect")
+        assert {r["action"] for r in findings(proxy, 4)} == {"blocked"}
+    finally:
+        assert_no_secret_leaked(proxy)
