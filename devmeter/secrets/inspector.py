@@ -172,7 +172,6 @@ class SecretInspector:
                 redacted = True
         return Outcome(redacted=redacted)
 
-
     def _scan_cached(self, text: str) -> list[Finding]:
         if len(text) < _CACHE_FROM:
             return scan(text, self.policy.user_rules)

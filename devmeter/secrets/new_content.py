@@ -13,6 +13,7 @@ it in place and the caller re-serialises the document. Pure: no I/O.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -166,8 +167,6 @@ def _openai_chat(doc: dict[str, Any]) -> Iterator[Piece]:
     if last_model >= 0:
         for call in messages[last_model].get("tool_calls") or []:
             try:
-                import json
-
                 file = _file_of(json.loads(call["function"]["arguments"]))
             except (KeyError, TypeError, ValueError):
                 file = None
@@ -216,8 +215,6 @@ def _openai_responses(doc: dict[str, Any]) -> Iterator[Piece]:
             and isinstance(item.get("call_id"), str)
         ):
             try:
-                import json
-
                 file = _file_of(json.loads(item.get("arguments") or "{}"))
             except (TypeError, ValueError):
                 file = None
