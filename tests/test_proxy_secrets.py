@@ -231,3 +231,43 @@ def test_a_config_reload_turns_blocking_on_without_a_restart(
         assert {r["action"] for r in findings(proxy, 4)} == {"blocked"}
     finally:
         assert_no_secret_leaked(proxy)
+
+
+def test_gemini_service_account_is_redacted_in_both_gemini_hosts(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    """Gemini's API and Gemini CLI's cloudcode envelope: the service-account key and its
+    private key are replaced before the request leaves; the rest of the JSON stays."""
+    import httpx2
+
+    from tests.test_secrets_inspect import gemini_request
+
+    proxy = run_proxy(tmp_path, upstream, "redact")
+    upstream.clear()
+    try:
+        trust = ssl.create_default_context(cafile=str(proxy.bundle))
+        with httpx2.Client(proxy=proxy.url, verify=trust, timeout=30) as http:
+            r = http.post(
+                "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-pro:"
+                "generateContent",
+                json=gemini_request(), headers={"x-goog-api-key": "test"},
+            )  # fmt: skip
+            assert r.status_code == 200
+            r = http.post(
+                "https://cloudcode-pa.googleapis.com/v1internal:streamGenerateContent?alt=sse",
+                json={"model": "gemini-2.5-pro", "project": "p", "request": gemini_request()},
+            )
+            assert r.status_code == 200
+        sent = [r.body.decode() for r in upstream.requests if r.method == "POST"]
+        assert len(sent) == 2
+        for body in sent:
+            assert PLANTED["gcp-service-account"] not in body
+            assert "[REDACTED by devmeter: gcp-service-account]" in body
+            assert "[REDACTED by devmeter: private-key]" in body
+            assert "deployer@acme-prod-4471.iam.gserviceaccount.com" in body
+        # Once per fingerprint: the second request's same key is not reported again.
+        assert sorted(r["kind"] for r in findings(proxy, 2)) == [
+            "gcp-service-account", "private-key",
+        ]  # fmt: skip
+    finally:
+        assert_no_secret_leaked(proxy)
