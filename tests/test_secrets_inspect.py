@@ -278,3 +278,15 @@ def test_a_scanner_failure_lets_the_request_through_and_says_so_without_its_text
     (call,) = recorded
     assert "devmeter secret scan failed (call let through): ValueError" in call.error
     assert PLANTED["stripe-key"] not in call.error
+
+
+def test_count_tokens_and_embeddings_are_inspected_too(tmp_path: Path) -> None:
+    sink = Sink()
+    ins = inspector(tmp_path, SecretsPolicy(mode="redact"), sink)
+    counted = claude_code_read_env()
+    del counted["max_tokens"]
+    assert ins.inspect("anthropic.count_tokens", counted, WHO, 1.0).redacted
+    embedded = {"model": "text-embedding-3-small", "input": [CONTEXT["github-token"], "x"]}
+    assert ins.inspect("openai.embeddings", embedded, WHO, 1.0).redacted
+    assert PLANTED["github-token"] not in json.dumps(embedded)
+    assert new_pieces("openai.embeddings", {"input": "a"})[0].where == "embedding input"

@@ -51,8 +51,10 @@ def new_pieces(api: str, doc: Any) -> list[Piece]:
     """The new strings of a request body (or a Codex WebSocket frame) of wire format `api`."""
     if not isinstance(doc, dict):
         return []
-    if api == "anthropic.messages":
+    if api in ("anthropic.messages", "anthropic.count_tokens"):
         return list(_anthropic(doc))
+    if api == "openai.embeddings":  # every input is new: nothing is re-sent
+        return list(_strings(doc.get("input"), "embedding input", doc, "input"))
     if api == "openai.chat":
         return list(_openai_chat(doc))
     if api == "openai.responses":
