@@ -81,6 +81,28 @@ def read_status(data_dir: Path) -> dict[str, Any] | None:
     return raw if isinstance(raw, dict) else None
 
 
+def live_config_error(data_dir: Path) -> str | None:
+    """The edit the running proxy refused, as it worded it (file, line, key, problem);
+    None when it took the file, or no live proxy said anything (a status file left by a
+    proxy that is gone speaks for nothing: its pid is checked)."""
+    status = read_status(data_dir)
+    if status is None or not status.get("config_error"):
+        return None
+    pid = status.get("pid")
+    if not isinstance(pid, int) or not _pid_alive(pid):
+        return None
+    return str(status["config_error"])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        import psutil
+
+        return bool(psutil.pid_exists(pid))
+    except Exception:
+        return False
+
+
 def clear_status(data_dir: Path) -> None:
     with contextlib.suppress(OSError):
         status_path(data_dir).unlink(missing_ok=True)
