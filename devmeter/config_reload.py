@@ -108,11 +108,19 @@ def clear_status(data_dir: Path) -> None:
         status_path(data_dir).unlink(missing_ok=True)
 
 
-def load_with_pins(path: Path, pinned_upstreams: Mapping[str, str]) -> Config:
-    """The file's config, whole and validated, with `--upstream` flags still winning."""
+def load_with_pins(
+    path: Path,
+    pinned_upstreams: Mapping[str, str],
+    pinned_listen: tuple[str, int] | None = None,
+) -> Config:
+    """The file's config, whole and validated, with `--upstream` and `--listen` flags
+    still winning (a proxy started with `--listen` is restarted with it too, so the
+    file's `[proxy] listen` does not concern it)."""
     config = load(path)
     if pinned_upstreams:
         config = replace(config, upstreams={**config.upstreams, **pinned_upstreams})
+    if pinned_listen is not None:
+        config = replace(config, listen=pinned_listen)
     return config
 
 
