@@ -636,7 +636,8 @@ def to_text(checks: list[Check], colour: bool = False) -> str:
     reds = sum(c.status == "red" for c in checks)
     ambers = sum(c.status == "amber" for c in checks)
     if reds:
-        lines.append(f"\n{reds} problem{'s' if reds > 1 else ''} stop metering (XX above).")
+        verb = "stops" if reds == 1 else "stop"
+        lines.append(f"\n{reds} problem{'s' if reds > 1 else ''} {verb} metering (XX above).")
     elif ambers:
         lines.append(f"\nMetering works; {ambers} thing{'s' if ambers > 1 else ''} to look at.")
     else:

@@ -205,7 +205,9 @@ def test_text_output_is_one_line_per_check_with_fixes() -> None:
         "          fix: start it: `devmeter`",
         "ok ca     /x/ca.pem",
     ]
-    assert "1 problem stop" in text
+    assert text.endswith("\n1 problem stops metering (XX above).\n")
+    two = doctor.to_text([checks[0], doctor.Check("ca", "red", "none", "start it")])
+    assert "\n2 problems stop metering (XX above)." in two
 
 
 @pytest.mark.skipif(not shutil.which("Xvfb"), reason="Xvfb is not installed (Debian: xvfb)")
