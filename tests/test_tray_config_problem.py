@@ -147,3 +147,24 @@ def test_headless_shows_the_state_files(where) -> None:  # noqa: F811
     line = out.getvalue().splitlines()[-1]
     assert "WAITING for you: session 0bcf16ce passed $25.00" in line
     assert "config edit not applied: config.toml, line 2 [budgets.session.block_usd]" in line
+
+
+def test_headless_advice_follows_the_shell_hook(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from devmeter import cli
+    from devmeter.paths import paths
+    from devmeter.tray.headless import route_hint
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("SHELL", "/bin/bash")
+    monkeypatch.setenv("DEVMETER_HOME", str(tmp_path / "dm"))
+    home = paths()
+    # No hook: eval routes this shell, and setup is named for the rest.
+    assert 'eval "$(devmeter env)"' in route_hint(home)
+    assert "`devmeter setup`" in route_hint(home)
+    assert cli.main(["setup", "--shell", "bash", "--no-autostart"]) == 0
+    capsys.readouterr()
+    # Hooked: eval would leave a dead shell once the proxy stops; the hook needs nothing.
+    assert "eval" not in route_hint(home)
+    assert "from their next prompt" in route_hint(home)

@@ -24,6 +24,7 @@ from typing import TextIO
 from devmeter import control as control_state
 from devmeter.budget import format_usd, repo_name, short_session
 from devmeter.config import Config
+from devmeter.integration import steps
 from devmeter.ledger import connect_readonly
 from devmeter.paths import Paths
 from devmeter.safe_text import safe_text
@@ -61,6 +62,21 @@ def status_line(snap: TraySnapshot, head: Headline, proxy: ProxyStatus | None = 
         parts.append(f"last alert {head.last_alert}")
     # Repo names and alert messages come from the network; this line goes to a terminal.
     return safe_text(SEP.join(parts), limit=None)
+
+
+def route_hint(paths: Paths) -> str:
+    """How to send tools through the proxy that just started. With devmeter's shell hook
+    installed, new shells already do (and open ones at their next prompt): `eval` would
+    pin a shell to the proxy, and leave its HTTPS dead once the proxy stops."""
+    if any(change.get("kind") == "rc" for change in steps.load_manifest(paths)):
+        return (
+            "devmeter: shells with devmeter's hook (`devmeter setup`) route through it from "
+            "their next prompt; `devmeter run -- CMD` routes one command; Ctrl-C stops it."
+        )
+    return (
+        'devmeter: route your tools through it with `eval "$(devmeter env)"`, '
+        "or `devmeter run -- CMD` (`devmeter setup` hooks every new shell); Ctrl-C stops it."
+    )
 
 
 def _waiting(asks: Sequence[AskRow]) -> str:
@@ -191,10 +207,7 @@ def run_headless(
         while not stop.is_set():
             if not announced and supervisor.status.state in ("running", "external"):
                 announced = True
-                live.message(
-                    'devmeter: route your tools through it with `eval "$(devmeter env)"`, '
-                    "or `devmeter run -- CMD`; Ctrl-C stops it."
-                )
+                live.message(route_hint(paths))
             if conn is None:
                 conn = connect_readonly(paths.ledger)
             now = clock()
