@@ -168,3 +168,14 @@ def test_headless_advice_follows_the_shell_hook(
     # Hooked: eval would leave a dead shell once the proxy stops; the hook needs nothing.
     assert "eval" not in route_hint(home)
     assert "from their next prompt" in route_hint(home)
+
+
+def test_the_status_line_shows_a_sub_cent_spend_as_reports_do() -> None:
+    from devmeter.tray.menu import SessionRow
+
+    session = SessionRow("proc-1", "python-urllib", None, D("0.004"))
+    snap = TraySnapshot(today_usd=D("0.004"), month_usd=D("12.5"), sessions=(session,))
+    line = status_line(snap, Headline(calls_today=1, session=session))
+    assert line == (
+        "devmeter · today $0.004000 · session $0.004000 (python-urllib) · month $12.50 · 1 call"
+    )
