@@ -307,12 +307,13 @@ def cmd_proxy(args: argparse.Namespace, config: Config, where: Paths) -> int:
 
     from devmeter.proxy.server import run
 
-    if args.listen:
-        config = replace(config, listen=parse_listen(args.listen, "--listen"))
+    listen = parse_listen(args.listen, "--listen") if args.listen else None
+    if listen is not None:
+        config = replace(config, listen=listen)
     pinned = dict(parse_upstream_arg(arg) for arg in args.upstream or ())
     if pinned:
         config = replace(config, upstreams={**config.upstreams, **pinned})
-    return run(config, where, pinned)
+    return run(config, where, pinned, listen)
 
 
 def proxy_address(config: Config, where: Paths) -> tuple[str, int, bool]:

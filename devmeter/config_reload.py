@@ -81,16 +81,46 @@ def read_status(data_dir: Path) -> dict[str, Any] | None:
     return raw if isinstance(raw, dict) else None
 
 
+def live_config_error(data_dir: Path) -> str | None:
+    """The edit the running proxy refused, as it worded it (file, line, key, problem);
+    None when it took the file, or no live proxy said anything (a status file left by a
+    proxy that is gone speaks for nothing: its pid is checked)."""
+    status = read_status(data_dir)
+    if status is None or not status.get("config_error"):
+        return None
+    pid = status.get("pid")
+    if not isinstance(pid, int) or not _pid_alive(pid):
+        return None
+    return str(status["config_error"])
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        import psutil
+
+        return bool(psutil.pid_exists(pid))
+    except Exception:
+        return False
+
+
 def clear_status(data_dir: Path) -> None:
     with contextlib.suppress(OSError):
         status_path(data_dir).unlink(missing_ok=True)
 
 
-def load_with_pins(path: Path, pinned_upstreams: Mapping[str, str]) -> Config:
-    """The file's config, whole and validated, with `--upstream` flags still winning."""
+def load_with_pins(
+    path: Path,
+    pinned_upstreams: Mapping[str, str],
+    pinned_listen: tuple[str, int] | None = None,
+) -> Config:
+    """The file's config, whole and validated, with `--upstream` and `--listen` flags
+    still winning (a proxy started with `--listen` is restarted with it too, so the
+    file's `[proxy] listen` does not concern it)."""
     config = load(path)
     if pinned_upstreams:
         config = replace(config, upstreams={**config.upstreams, **pinned_upstreams})
+    if pinned_listen is not None:
+        config = replace(config, listen=pinned_listen)
     return config
 
 

@@ -66,17 +66,18 @@ def run_checks(
     env = os.environ if environ is None else environ
     config, config_check = check_config(paths)
     proxy = find_proxy(paths, config)
+    integration = check_shell_integration(paths, env)
     checks = [
         check_on_path(which),
         check_proxy(proxy, config),
         config_check,
         check_ca(paths),
-        check_shell(proxy, env),
+        check_shell(proxy, env, hooked=integration.status == "green"),
         *check_trust(paths, proxy, env),
         check_ledger(paths),
         check_tray(env, platform),
         check_notifications(env, platform, which, send=notify),
-        check_shell_integration(paths, env),
+        integration,
         check_autostart(paths),
     ]
     return [*checks, *status_file_checks(paths)]
@@ -254,15 +255,27 @@ def _existing_parent(path: Path) -> Path:
 # --- this shell --------------------------------------------------------------------------
 
 
-def check_shell(proxy: Proxy, env: Mapping[str, str]) -> Check:
+def check_shell(proxy: Proxy, env: Mapping[str, str], hooked: bool = False) -> Check:
+    """`hooked`: devmeter's shell hook is in this shell's startup file. Then `eval` is the
+    wrong advice (it pins the shell to the proxy, dead once the proxy stops): the hook
+    routes by itself, from the next prompt of a shell started after setup."""
     value = env.get("HTTPS_PROXY") or env.get("https_proxy")
     here = f"{proxy.host}:{proxy.port}"
     if not value:
+        if hooked and not proxy.answers:
+            fix = (
+                "start devmeter (`devmeter`): the shell hook routes this shell from its "
+                "next prompt"
+            )
+        elif hooked:
+            fix = "open a new shell: devmeter's hook routes shells started since `devmeter setup`"
+        else:
+            fix = '`eval "$(devmeter env)"` here, or `devmeter setup` for every new shell'
         return Check(
             "shell",
             "amber",
             "this shell does not route through devmeter: tools started here are not metered",
-            '`eval "$(devmeter env)"` here, or `devmeter setup` for every new shell',
+            fix,
         )
     if not _same_address(value, proxy.host, proxy.port):
         return Check(
@@ -636,7 +649,8 @@ def to_text(checks: list[Check], colour: bool = False) -> str:
     reds = sum(c.status == "red" for c in checks)
     ambers = sum(c.status == "amber" for c in checks)
     if reds:
-        lines.append(f"\n{reds} problem{'s' if reds > 1 else ''} stop metering (XX above).")
+        verb = "stops" if reds == 1 else "stop"
+        lines.append(f"\n{reds} problem{'s' if reds > 1 else ''} {verb} metering (XX above).")
     elif ambers:
         lines.append(f"\nMetering works; {ambers} thing{'s' if ambers > 1 else ''} to look at.")
     else:

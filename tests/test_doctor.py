@@ -56,6 +56,28 @@ def test_nothing_running_is_red_and_says_how_to_start(devmeter_home: Path) -> No
         assert check["status"] in ("green", "amber", "red")
 
 
+def test_with_the_shell_hook_installed_doctor_never_advises_eval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found trying it as a new user: after install.sh set the hook up, with devmeter not
+    # started yet, doctor said `eval "$(devmeter env)"`, the dead-shell the hook avoids.
+    from devmeter.integration import steps
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "SHELL": "/bin/bash", "PATH": os.environ.get("PATH", "")}
+    where_ = paths({"DEVMETER_HOME": str(tmp_path / "dm")})
+    machine = steps.Environment(home=home, environ=env, which={"bash": "/bin/bash"}.get,
+                                systemd_user=False)  # fmt: skip
+    steps.setup(where_, ("127.0.0.1", 9), env=machine, devmeter=None, say=lambda _l: None,
+                with_autostart=False)  # fmt: skip
+    found = by_name(doctor.run_checks(where_, env))
+    assert found["shell_integration"].status == "green"
+    assert found["shell"].status == "amber"
+    assert "eval" not in found["shell"].fix
+    assert "the shell hook routes this shell from its next prompt" in found["shell"].fix
+
+
 def test_a_taken_port_names_the_process_holding_it(devmeter_home: Path, listener: int) -> None:
     devmeter_home.mkdir(parents=True, exist_ok=True)
     (devmeter_home / "config.toml").write_text(f'[proxy]\nlisten = "127.0.0.1:{listener}"\n')
@@ -205,7 +227,9 @@ def test_text_output_is_one_line_per_check_with_fixes() -> None:
         "          fix: start it: `devmeter`",
         "ok ca     /x/ca.pem",
     ]
-    assert "1 problem stop" in text
+    assert text.endswith("\n1 problem stops metering (XX above).\n")
+    two = doctor.to_text([checks[0], doctor.Check("ca", "red", "none", "start it")])
+    assert "\n2 problems stop metering (XX above)." in two
 
 
 @pytest.mark.skipif(not shutil.which("Xvfb"), reason="Xvfb is not installed (Debian: xvfb)")

@@ -204,3 +204,15 @@ def test_upstream_and_price_edits_apply_to_the_next_call(
             assert paid["cost_usd"] > 0 and now_free["cost_usd"] == 0
     finally:
         running.stop()
+
+
+def test_a_proxy_started_with_listen_does_not_claim_the_files_listen_changed(
+    proxy: RunningProxy,
+) -> None:
+    # `devmeter --listen …` (tray or headless) starts its proxy with --listen; the file
+    # has no [proxy] listen. An unrelated edit must not say "listen applies when the
+    # proxy restarts": nothing about listen changed, and the restart uses the flag.
+    edit(proxy.home / "config.toml", CAP.format(cap=5))
+    wait_for(lambda: "config reloaded" in proxy.log.read_text(), "never reloaded")
+    reloaded = [ln for ln in proxy.log.read_text().splitlines() if "config reloaded" in ln]
+    assert reloaded == [f"devmeter: config reloaded from {proxy.home / 'config.toml'}"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,17 @@ def test_setup_then_uninstall_leaves_every_file_as_it_was(home: Path, where: Pat
     assert snapshot(home) == before
     assert any("ledger" in line for line in said) and any("rm -rf" in line for line in said)
     assert any("uv tool uninstall devmeter" in line for line in said)
+
+
+def test_uninstall_names_uv_by_its_path(home: Path, where: Paths) -> None:
+    # install.sh puts uv in ~/.local/bin, which only setup's hook put on PATH: once
+    # uninstall took the hook out, a bare `uv` is "command not found" in a new shell.
+    uv = home / ".local" / "bin" / "uv"
+    env = replace(machine(home), which={"uv": str(uv), "bash": "/bin/bash"}.get)
+    steps.setup(where, ("127.0.0.1", 8788), env=env, devmeter=fake_devmeter(home), say=print)
+    said: list[str] = []
+    steps.uninstall(where, env=env, say=said.append)
+    assert "And the command itself: `~/.local/bin/uv tool uninstall devmeter`" in said[-2]
 
 
 def test_setup_twice_adds_one_block_and_uninstall_still_restores(home: Path, where: Paths) -> None:

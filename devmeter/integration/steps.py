@@ -469,7 +469,11 @@ def _say_what_is_left(paths: Paths, env: Environment, say: Say) -> None:
     say(f"  {rm} {_quoted(data)}")
     if paths.config_file.exists() and paths.config_file.parent != paths.data_dir:
         say(f"  {rm} {_quoted(_tilde(paths.config_file.parent, env))}")
-    say("And the command itself: `uv tool uninstall devmeter` (or `pipx uninstall devmeter`).")
+    # By its path: install.sh may have put uv in the folder only setup's hook had on PATH,
+    # which a new shell no longer has once the hook is gone.
+    found = env.which("uv")
+    uv = _quoted(_tilde(Path(found), env)) if found else "uv"
+    say(f"And the command itself: `{uv} tool uninstall devmeter` (or `pipx uninstall devmeter`).")
     say("A devmeter still running keeps running until you quit it (tray menu: Quit).")
 
 

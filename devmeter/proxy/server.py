@@ -136,9 +136,11 @@ async def serve(
     config: Config,
     paths: Paths,
     pinned_upstreams: Mapping[str, str] | None = None,
+    pinned_listen: tuple[str, int] | None = None,
 ) -> None:
     """Run the proxy until stopped. `pinned_upstreams`: `--upstream` flags, which a
-    config reload keeps over the file's [upstream] table."""
+    config reload keeps over the file's [upstream] table; `pinned_listen`: `--listen`,
+    likewise over its [proxy] listen."""
     host, port = config.listen
     _check_listen(host, port)  # before anything slow: a taken port is the likeliest failure
     paths.ca_dir.mkdir(parents=True, exist_ok=True)
@@ -219,7 +221,7 @@ async def serve(
     master.addons.add(meter)
 
     def load_config() -> tuple[Config, dict[tuple[str, str], Decimal]]:
-        new = load_with_pins(paths.config_file, pinned_upstreams or {})
+        new = load_with_pins(paths.config_file, pinned_upstreams or {}, pinned_listen)
         _warm_detectors(new)  # here, in the worker thread: not on the first request
         # Past spend for the scopes this config starts to watch, read here in the worker
         # thread; the scopes already watched keep the proxy's own (later) figures.
@@ -496,10 +498,17 @@ def _write_state(path: Path, bound: tuple[str, int], metrics_url: str | None = N
     tmp.replace(path)
 
 
-def run(config: Config, paths: Paths, pinned_upstreams: Mapping[str, str] | None = None) -> int:
+def run(
+    config: Config,
+    paths: Paths,
+    pinned_upstreams: Mapping[str, str] | None = None,
+    pinned_listen: tuple[str, int] | None = None,
+) -> int:
     route_warnings(paths.data_dir)  # e.g. plyer's, when an alert is first notified
     try:
-        asyncio.run(serve(config, paths, pinned_upstreams=pinned_upstreams))
+        asyncio.run(
+            serve(config, paths, pinned_upstreams=pinned_upstreams, pinned_listen=pinned_listen)
+        )
     except SpoolBusy as exc:  # a second proxy on the same ledger would count calls twice
         print(exc, file=sys.stderr)
         return 1

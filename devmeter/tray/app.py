@@ -25,7 +25,6 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +37,13 @@ from devmeter.ledger import connect_readonly
 from devmeter.paths import Paths, make_private_dir, write_private
 from devmeter.tray import asks as tray_asks
 from devmeter.tray.icon import render_badge, render_icon, tooltip
-from devmeter.tray.menu import MenuItem, TraySnapshot, build_menu, to_pystray
+from devmeter.tray.menu import (
+    MenuItem,
+    TraySnapshot,
+    build_menu,
+    short_config_problem,
+    to_pystray,
+)
 from devmeter.tray.snapshot import change_marker, day_start, snapshot
 from devmeter.tray.supervisor import EventKind, Supervisor, proxy_command
 from devmeter.warnlog import route_warnings
@@ -506,11 +511,7 @@ class TrayApp:
                 snap = snapshot(
                     conn, now, self._load_control(), configured_routing=self._configured_routing()
                 )
-                snap = replace(
-                    snap,
-                    asks=tray_asks.held_asks(self.paths.data_dir),
-                    notify_problem=tray_asks.notify_problem(self.paths.data_dir),
-                )
+                snap = tray_asks.with_state_files(snap, self.paths.data_dir)
             except sqlite3.Error as exc:
                 print(f"devmeter: cannot read the ledger: {exc}", file=sys.stderr)
                 self._drop_connection()
@@ -559,6 +560,9 @@ class TrayApp:
             snap.routing,
             paused=snap.paused,
             billing=snap.billing_line,
+            config_problem=short_config_problem(snap.config_problem)
+            if snap.config_problem
+            else None,
         )
         items = build_menu(snap)
         if proxy.state not in ("running", "external"):

@@ -1,17 +1,21 @@
-"""What the tray shows of asks and notifications, read from the proxy's small state files.
+"""What the tray shows of asks, notifications and config edits, read from the proxy's
+small state files.
 
-The proxy lists its open asks in `asks.json` (devmeter/ask.py) and says whether desktop
-notifications can be shown in `notify-status.json` (devmeter/tray/notify.py); both sit
-beside the ledger. Unreadable or missing files read as "nothing to show".
+The proxy lists its open asks in `asks.json` (devmeter/ask.py), says whether desktop
+notifications can be shown in `notify-status.json` (devmeter/tray/notify.py) and whether
+it took the last config edit in `config_status.json` (devmeter/config_reload.py); all
+sit beside the ledger. Unreadable or missing files read as "nothing to show".
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
+from devmeter import config_reload
 from devmeter.ask import asks_path, read_pending
-from devmeter.tray.menu import AskRow
+from devmeter.tray.menu import AskRow, TraySnapshot
 from devmeter.tray.notify import read_status, status_path
 
 
@@ -49,6 +53,17 @@ def notify_problem(data_dir: Path) -> str | None:
     return "no notification service"
 
 
-def files(data_dir: Path) -> tuple[Path, Path]:
+def with_state_files(snap: TraySnapshot, data_dir: Path) -> TraySnapshot:
+    """`snap` with what the state files say: held asks, notification and config problems.
+    The tray and the headless line both show these."""
+    return replace(
+        snap,
+        asks=held_asks(data_dir),
+        notify_problem=notify_problem(data_dir),
+        config_problem=config_reload.live_config_error(data_dir),
+    )
+
+
+def files(data_dir: Path) -> tuple[Path, Path, Path]:
     """The files whose changes the tray must redraw for."""
-    return asks_path(data_dir), status_path(data_dir)
+    return asks_path(data_dir), status_path(data_dir), config_reload.status_path(data_dir)

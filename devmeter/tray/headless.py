@@ -18,16 +18,19 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from devmeter import control as control_state
-from devmeter.budget import format_usd, repo_name
+from devmeter.budget import repo_name, short_session
 from devmeter.config import Config
+from devmeter.integration import steps
 from devmeter.ledger import connect_readonly
 from devmeter.paths import Paths
+from devmeter.reports import format_usd  # as reports show it: a sub-cent spend is not $0.00
 from devmeter.safe_text import safe_text
-from devmeter.tray.menu import TraySnapshot
+from devmeter.tray.asks import with_state_files
+from devmeter.tray.menu import AskRow, TraySnapshot, short_config_problem
 from devmeter.tray.snapshot import Headline, headline, snapshot
 from devmeter.tray.supervisor import EventKind, ProxyStatus, Supervisor, proxy_command
 from devmeter.warnlog import route_warnings
@@ -44,6 +47,10 @@ def status_line(snap: TraySnapshot, head: Headline, proxy: ProxyStatus | None = 
         parts.append(f"BLOCKED by {len(snap.blocked)} cap{'s' if len(snap.blocked) > 1 else ''}")
     if proxy is not None and proxy.state not in ("running", "external"):
         parts.append(proxy.detail)
+    if snap.asks:
+        parts.append(_waiting(snap.asks))
+    if snap.config_problem:
+        parts.append(f"config edit not applied: {short_config_problem(snap.config_problem)}")
     parts.append(f"today {format_usd(snap.today_usd)}")
     if head.session is not None:
         where = repo_name(head.session.repo) if head.session.repo else head.session.tool
@@ -56,6 +63,36 @@ def status_line(snap: TraySnapshot, head: Headline, proxy: ProxyStatus | None = 
         parts.append(f"last alert {head.last_alert}")
     # Repo names and alert messages come from the network; this line goes to a terminal.
     return safe_text(SEP.join(parts), limit=None)
+
+
+def route_hint(paths: Paths) -> str:
+    """How to send tools through the proxy that just started. With devmeter's shell hook
+    installed, new shells already do (and open ones at their next prompt): `eval` would
+    pin a shell to the proxy, and leave its HTTPS dead once the proxy stops."""
+    if any(change.get("kind") == "rc" for change in steps.load_manifest(paths)):
+        return (
+            "devmeter: shells with devmeter's hook (`devmeter setup`) route through it from "
+            "their next prompt; `devmeter run -- CMD` routes one command; Ctrl-C stops it."
+        )
+    return (
+        'devmeter: route your tools through it with `eval "$(devmeter env)"`, '
+        "or `devmeter run -- CMD` (`devmeter setup` hooks every new shell); Ctrl-C stops it."
+    )
+
+
+def _waiting(asks: Sequence[AskRow]) -> str:
+    """The first held request and the command that answers it: nobody clicks a live line."""
+    ask = asks[0]
+    if ask.scope == "session":
+        who = short_session(ask.key)
+        what, answer = f"session {who}", f"`devmeter allow {who}` or `devmeter stop {who}`"
+    elif ask.scope == "repo":
+        what, answer = f"repo {repo_name(ask.key)}", f"`devmeter allow --repo {ask.key}`"
+    else:
+        what, answer = ask.key, f"`devmeter allow --{ask.scope}`"
+    more = f" (+{len(asks) - 1} more)" if len(asks) > 1 else ""
+    state = "REFUSED until you answer" if ask.expired else "WAITING for you"
+    return f"{state}: {what} passed {format_usd(ask.level_usd)}{more}, answer {answer}"
 
 
 class LiveLine:
@@ -171,10 +208,7 @@ def run_headless(
         while not stop.is_set():
             if not announced and supervisor.status.state in ("running", "external"):
                 announced = True
-                live.message(
-                    'devmeter: route your tools through it with `eval "$(devmeter env)"`, '
-                    "or `devmeter run -- CMD`; Ctrl-C stops it."
-                )
+                live.message(route_hint(paths))
             if conn is None:
                 conn = connect_readonly(paths.ledger)
             now = clock()
@@ -183,7 +217,9 @@ def run_headless(
             except ValueError:
                 ctl = control_state.Control()
             try:
-                snap = snapshot(conn, now, ctl, configured_routing=configured)
+                snap = with_state_files(
+                    snapshot(conn, now, ctl, configured_routing=configured), paths.data_dir
+                )
                 line = status_line(snap, headline(conn, now, snap), supervisor.status)
             except sqlite3.Error as exc:
                 line = f"devmeter{SEP}cannot read the ledger {paths.ledger}: {exc}"

@@ -11,6 +11,7 @@ Actions (and their args): `open_dashboard` (session id, or none), `set_routing` 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -81,6 +82,9 @@ class TraySnapshot:
     today_billed_usd: Decimal = Decimal(0)
     today_covered_usd: Decimal = Decimal(0)
     quota: str | None = None
+    # The config edit the running proxy refused (file, line, key, problem): it keeps
+    # its last good config until the file is fixed (devmeter/config_reload.py).
+    config_problem: str | None = None
 
     @property
     def billing_line(self) -> str | None:
@@ -95,12 +99,13 @@ class TraySnapshot:
     @property
     def state(self) -> State:
         """The icon's state: paused wins (the user chose it), then blocked or a request
-        waiting for an answer, then warning."""
+        waiting for an answer, then warning (an alert today, or a config edit the proxy
+        refused: what is metered is not what the file says)."""
         if self.paused:
             return "paused"
         if self.blocked or self.asks:
             return "blocked"
-        return "warning" if self.warning else "normal"
+        return "warning" if self.warning or self.config_problem else "normal"
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,14 @@ def build_menu(snapshot: TraySnapshot) -> list[MenuItem]:
     if snapshot.paused:
         items.append(MenuItem("Paused: metered requests are refused", enabled=False))
     items += [_ask_item(ask) for ask in snapshot.asks]
+    if snapshot.config_problem:
+        # A click opens the file to fix; the proxy applies the fix within a second.
+        items.append(
+            MenuItem(
+                f"Config edit not applied: {short_config_problem(snapshot.config_problem)}"[:160],
+                "open_config",
+            )
+        )
     if snapshot.notify_problem:
         items.append(
             MenuItem(f"Notifications are not shown: {snapshot.notify_problem}", enabled=False)
@@ -167,6 +180,16 @@ def build_menu(snapshot: TraySnapshot) -> list[MenuItem]:
         MenuItem("Quit devmeter", "quit"),
     ]
     return items
+
+
+# "/home/me/.config/devmeter/config.toml, line 4 [key]: ..." (ConfigError's wording):
+# the folder is noise in a menu line or a tooltip; the file name, line and key are not.
+_CONFIG_PATH = re.compile(r"^\S*[/\\](?=[^/\\\s]+(?:, line | \[|: ))")
+
+
+def short_config_problem(problem: str) -> str:
+    """A config error with its file's folder left out: `config.toml, line 4 [key]: ...`."""
+    return _CONFIG_PATH.sub("", problem, count=1)
 
 
 def _sessions(rows: Sequence[SessionRow]) -> tuple[MenuItem, ...]:
