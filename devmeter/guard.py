@@ -36,6 +36,7 @@ from devmeter.budget import (
 from devmeter.ledger import from_pusd
 from devmeter.pricing import PriceOverride
 from devmeter.runaway import (
+    PROCESS_KEY,
     RunawayConfig,
     RunawayDetector,
     is_human_turn,
@@ -81,8 +82,12 @@ class Guard:
         runaway: RunawayConfig,
         config_path: str = "your devmeter config",
         advice: Advice | None = None,
+        fingerprint_key: bytes | None = None,
     ) -> None:
         self.advice = advice or Advice(menu=os.environ.get(MENU_ENV) == "1")
+        # The data folder's loop key (paths.read_loop_key), so fingerprints in the ledger
+        # match the ones a restarted proxy computes; a per-process one without it.
+        self.fingerprint_key = fingerprint_key or PROCESS_KEY
         self.budgets = BudgetTracker(budgets, config_path=config_path, advice=self.advice)
         self.runaway = RunawayDetector(runaway, advice=self.advice)
         self._lock = threading.Lock()
@@ -160,8 +165,12 @@ class Guard:
             self.budgets.seed_announced(_blocked_alerts(conn, now))
             for session in _recent_sessions(conn, now):
                 self.advice.know(session)
+            config = self.runaway.config
             self.runaway.seed(
-                recent_calls(conn, now, self.runaway.config), recent_alerts(conn, now), now
+                recent_calls(conn, now, config),
+                recent_alerts(conn, now),
+                now,
+                recent_prints(conn, now, config),
             )
 
 
@@ -281,6 +290,25 @@ def recent_calls(
     return calls
 
 
+def recent_prints(
+    conn: sqlite3.Connection, now: float, config: RunawayConfig
+) -> list[tuple[str, float, str, Decimal]]:
+    """Loop fingerprints of the calls within the loop window: (session key, end,
+    fingerprint, cost), oldest first, for `RunawayDetector.seed`."""
+    since = now - config.loop_window_minutes * 60
+    rows = conn.execute(
+        "SELECT session, tool, repo, ts + duration_ms / 1000.0, loop_fingerprint, cost_pusd "
+        "FROM calls WHERE ts >= ? AND loop_fingerprint IS NOT NULL ORDER BY ts, id",
+        (since - 3600,),  # calls that ended inside the window may have started earlier
+    )
+    prints = []
+    for session, tool, repo, end, fingerprint, pusd in rows:
+        if end > since:
+            key = session_key(Attribution(tool=tool, repo=repo, session=session))
+            prints.append((key, end, str(fingerprint), from_pusd(pusd or 0) or ZERO))
+    return prints
+
+
 def recent_alerts(conn: sqlite3.Connection, now: float) -> list[tuple[str, str, Decimal, float]]:
     """Burn-rate and loop alerts of the last hour: (kind, session key, figure, ts)."""
     rows = conn.execute(
@@ -331,12 +359,13 @@ def estimate_cost(
 
 
 def request_signals(
-    body: Mapping[str, Any] | None, request_class: str | None
+    body: Mapping[str, Any] | None, request_class: str | None, key: bytes = PROCESS_KEY
 ) -> tuple[str | None, bool | None]:
-    """The loop fingerprint and whether a human spoke, from a parsed request body."""
+    """The loop fingerprint (hashed with `key`) and whether a human spoke, from a parsed
+    request body."""
     if type(body) is not dict and not isinstance(body, Mapping):  # the ABC check is slow
         return None, None
-    fingerprint = request_fingerprint(body)
+    fingerprint = request_fingerprint(body, key=key)
     human = is_human_turn(body) if request_class in MAIN_REQUEST_CLASSES else None
     return fingerprint, human
 

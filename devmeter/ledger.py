@@ -284,6 +284,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX findings_ts ON findings (ts);
     """,
+    # v7: the loop fingerprint of a metered call (runaway.request_fingerprint: a hash keyed
+    # by the data folder's loop key, no prompt text), so loop counts survive a restart.
+    """
+    ALTER TABLE calls ADD COLUMN loop_fingerprint TEXT;
+    """,
 )
 BUCKET_SECONDS = 900
 
@@ -294,7 +299,7 @@ CALL_COLUMNS = (
     "web_search_requests", "service_tier", "cost_pusd", "price_source", "estimated",
     "complete", "status", "duration_ms", "error", "routing", "route_rule", "route_target",
     "alt_cost_pusd", "route_note", "response_id", "source", "import_key", "billing",
-    "account",
+    "account", "loop_fingerprint",
 )  # fmt: skip
 # What `_padded` gives a column an older spooled row lacks, where NULL is not allowed.
 _PAD_DEFAULTS = {"billing": "unknown"}
@@ -396,7 +401,7 @@ def call_row(call: Call) -> tuple[Any, ...]:
         call.price_source, int(u.estimated), int(call.complete), call.status,
         call.duration_ms, call.error, call.routing, call.route_rule, call.route_target,
         to_pusd(call.alt_cost_usd), call.route_note, call.response_id, call.source,
-        call.import_key, call.billing, call.account,
+        call.import_key, call.billing, call.account, call.loop_fingerprint,
     )  # fmt: skip
 
 

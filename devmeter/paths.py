@@ -41,6 +41,11 @@ class Paths:
         """Written by a running proxy: its address and pid, read by `env`, `run` and the tray."""
         return self.data_dir / "proxy.json"
 
+    @property
+    def loop_key(self) -> Path:
+        """The key loop fingerprints are hashed with (see `read_loop_key`)."""
+        return self.data_dir / "loop.key"
+
 
 def paths(environ: dict[str, str] | None = None) -> Paths:
     env = os.environ if environ is None else environ
@@ -82,6 +87,35 @@ def write_private(path: Path, text: str) -> None:
         if _POSIX and os.fstat(fd).st_mode & 0o077:
             os.fchmod(fd, 0o600)
         f.write(text)
+
+
+LOOP_KEY_BYTES = 16
+
+
+def read_loop_key(where: Paths) -> bytes | None:
+    """The data folder's loop-fingerprint key, made (random, 0600) on first use.
+
+    Fingerprints are stored in the ledger so a restarted proxy goes on counting a loop;
+    they must hash the same across runs, yet a fingerprint of a short prompt must not be
+    reversible by hashing guesses: a random key kept beside the ledger does both. None
+    when it can be neither read nor made (the caller keeps a per-process key).
+    """
+    path = where.loop_key
+    try:
+        make_private_dir(where.data_dir)
+        key = path.read_bytes() if path.exists() else b""
+        if len(key) == LOOP_KEY_BYTES:
+            return key
+        # Missing or damaged: a fresh key (the old fingerprints just stop matching).
+        key = os.urandom(LOOP_KEY_BYTES)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        os.replace(tmp, path)
+        return key
+    except OSError:
+        return None
 
 
 def read_proxy_state(where: Paths) -> dict[str, object] | None:

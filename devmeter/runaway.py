@@ -29,7 +29,7 @@ import json
 import os
 import re
 from collections import Counter, OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
@@ -240,8 +240,9 @@ _IDS_AND_NUMBERS = re.compile(
 _TEXT_EDGE = 2048
 # Deeper than any real message; a hostile body cannot exhaust the stack.
 _MAX_DEPTH = 32
-# A per-process key: a fingerprint of a short prompt cannot be looked up in a table.
-_PROCESS_KEY = os.urandom(16)
+# A per-process key, for callers without the data folder's (paths.read_loop_key): a
+# fingerprint of a short prompt cannot be looked up in a table.
+PROCESS_KEY = os.urandom(16)
 
 
 # Short strings recur in every request (roles, block types, tool names, short prompts):
@@ -352,7 +353,7 @@ def _conversation(body: Mapping[str, Any]) -> list[Any] | None:
 
 
 def request_fingerprint(
-    body_json: Mapping[str, Any], *, model: str | None = None, key: bytes = _PROCESS_KEY
+    body_json: Mapping[str, Any], *, model: str | None = None, key: bytes = PROCESS_KEY
 ) -> str:
     """A short hash that is equal for near-identical requests.
 
@@ -519,12 +520,13 @@ class RunawayDetector:
         calls: list[tuple[str, float, float, Decimal]],
         alerts: list[tuple[str, str, Decimal, float]],
         now: float,
+        prints: Sequence[tuple[str, float, str, Decimal]] = (),
     ) -> None:
         """Go on from the ledger after a restart. `calls`: (session key, start, end, cost),
         oldest first; `alerts`: recent (kind, session key, figure, ts) of burn-rate and loop
-        alerts. Burn windows and session ages are rebuilt from the calls; a burn level or
-        loop already announced is not announced again. (Loop counts start again: the
-        ledger keeps no request fingerprints.)"""
+        alerts; `prints`: (session key, end, loop fingerprint, cost) of recent calls, oldest
+        first. Burn windows, session ages and loop counts are rebuilt from them; a burn
+        level or loop already announced is not announced again."""
         window_start = now - self.config.window_minutes * 60
         for key, start, end, cost in calls:
             session = self._sessions.get(key)
@@ -537,6 +539,17 @@ class RunawayDetector:
             if end > window_start:
                 session.costs.append((end, cost))
                 session.window_usd += cost
+        loop_start = now - self.config.loop_window_minutes * 60
+        for key, end, fingerprint, cost in prints:
+            session = self._sessions.get(key)
+            if session is None or end <= loop_start:
+                continue
+            cost = max(cost, ZERO)
+            session.prints.append((end, fingerprint, cost))
+            session.print_count[fingerprint] += 1
+            session.print_usd[fingerprint] = session.print_usd.get(fingerprint, ZERO) + cost
+            if session.print_count[fingerprint] >= self.config.loop_count > 0:
+                session.looping.add(fingerprint)  # announced before, or within the restart
         for kind, key, figure, ts in alerts:
             session = self._sessions.get(key)
             if session is None:

@@ -190,6 +190,9 @@ class Call:
     # a salted fingerprint of the credential, never the credential.
     billing: str = "unknown"
     account: str | None = None
+    # The request's loop fingerprint (runaway.request_fingerprint, a keyed hash, no text):
+    # kept so a restarted proxy goes on counting a loop where it was.
+    loop_fingerprint: str | None = None
 
     @property
     def estimated(self) -> bool:

@@ -210,6 +210,37 @@ def test_a_loop_that_stops_and_starts_again_is_reported_again():
     assert [a.ts for a in alerts] == [first[7].ts, again[7].ts]
 
 
+def test_a_loop_seeded_from_the_ledger_counts_on_and_old_prints_do_not():
+    """After a restart: 5 repeats in the window plus 3 more is a loop of 8; repeats that
+    left the loop window before the restart count for nothing."""
+    key = "c94186ab-2b3f-417d"
+    before = steady(T0, 20, 5, "0.10")
+    prints = [(key, c.ts, "retry", D("0.10")) for c in before]
+    stale = [(key, T0 - 10 * MIN + i, "stale", D("0.10")) for i in range(7)]
+    now = before[-1].ts + 5
+    seeded = RunawayDetector()
+    seeded.seed([(key, c.ts, c.ts, D("0.10")) for c in before], [], now, stale + prints)
+    after = steady(now + 5, 20, 3, "0.10")
+    alerts = [a for c in after for a in seeded.observe(c, fingerprint="retry")]
+    assert kinds(alerts) == [("loop", D("0.80"))]
+    assert alerts[0].ts == after[2].ts
+    assert seeded.observe(call(now + 80, "0.10"), fingerprint="stale") == []
+
+
+def test_a_loop_already_announced_before_a_restart_is_not_announced_again():
+    key = "c94186ab-2b3f-417d"
+    before = steady(T0, 10, 9, "0.10")
+    detector = RunawayDetector()
+    now = before[-1].ts + 1
+    detector.seed(
+        [(key, c.ts, c.ts, D("0.10")) for c in before],
+        [("loop", key, D("0.80"), before[7].ts)],
+        now,
+        [(key, c.ts, "retry", D("0.10")) for c in before],
+    )
+    assert detector.observe(call(now + 5, "0.10"), fingerprint="retry") == []
+
+
 # --- unattended sessions -------------------------------------------------------------------
 
 

@@ -438,7 +438,9 @@ class Meter:
                         _refuse(flow, state, verdict.block)
                         return None
                     state.reservation = verdict.reservation
-                state.signals = request_signals(doc, headers.get(REQUEST_CLASS_HEADER))
+                state.signals = request_signals(
+                    doc, headers.get(REQUEST_CLASS_HEADER), self._guard.fingerprint_key
+                )
             except Exception:
                 state.tap_error = f"devmeter guard failed (call let through): {_short_traceback()}"
         # A WebSocket handshake is not held, as the guard lets it through: each turn on
@@ -1174,6 +1176,8 @@ class Meter:
                 call = replace(
                     call, error=f"devmeter routing bookkeeping failed: {_short_traceback()}"
                 )
+        if state.signals[0] is not None and state.blocked is None:
+            call = replace(call, loop_fingerprint=state.signals[0])
         self._record(call)
         if self._on_billed is not None:
             try:

@@ -40,7 +40,7 @@ from devmeter.guard import (
     spend_so_far,
 )
 from devmeter.ledger import LedgerWriter, connect_readonly
-from devmeter.paths import Paths, write_private
+from devmeter.paths import Paths, read_loop_key, write_private
 from devmeter.providers import INTERCEPT_HOSTS
 from devmeter.providers.quota_headers import QuotaReading
 from devmeter.proxy import deadlines
@@ -148,7 +148,10 @@ async def serve(
     writer = LedgerWriter(paths.ledger)
     attributor = Attributor(proxy_port=port or None)
     guard = Guard(
-        config.section("budgets"), config.section("runaway"), config_path=str(paths.config_file)
+        config.section("budgets"),
+        config.section("runaway"),
+        config_path=str(paths.config_file),
+        fingerprint_key=read_loop_key(paths),
     )
     router = Router(config.section("routing"), config.prices)
     _seed(guard, router, paths)
