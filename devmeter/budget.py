@@ -124,7 +124,11 @@ class Block:
         - Codex CLI: 400 with the message as plain text. Codex retries any other status
           (11 attempts for a 403) and prints a 400's body verbatim; on its WebSocket, an
           `error` event with status 400 (it prints that event's JSON, and does not retry).
-        - OpenAI-compatible SDKs and Gemini: 403 in the provider's shape (not retried).
+        - Gemini CLI (API key and Google login) and the Gemini SDKs: 403
+          `PERMISSION_DENIED` in Google's shape. The CLI prints the body as it is and
+          retries none of 400, 402 and 403 (it retries 429 and 5xx); a refused router
+          call makes it fall back to its default model, whose turn is refused once too.
+        - OpenAI-compatible SDKs: 403 in the provider's shape (not retried).
         """
         headers = {"content-type": "application/json", "x-should-retry": "false"}
         if endpoint.startswith("anthropic"):

@@ -5,7 +5,9 @@ once. What each shows, and how many attempts reach the proxy, was found by tryin
 codes and bodies on the real CLIs (see `Block.refusal`): Claude Code prints "Failed to
 authenticate" for a 403 and shows a 402 `billing_error` as it is; Codex retries every
 status but 400 (eleven attempts in ~12 s for a 403), prints a 400's plain-text body as it
-is, and on its WebSocket stops at an `error` event with status 400.
+is, and on its WebSocket stops at an `error` event with status 400. Gemini CLI shows
+the body of a 400, 402 or 403 in Google's error shape as it is and retries none of them
+(it retries 429 and 5xx): devmeter answers 403 `PERMISSION_DENIED`, what the API says.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 import pytest
 
 from devmeter import control
-from tests.clients_env import claude_env, cli, codex_env
+from tests.clients_env import claude_env, cli, client_env, codex_env
 from tests.fake_upstream import FakeUpstream
 from tests.proxy_harness import RunningProxy, start_proxy
 
@@ -127,6 +129,40 @@ def test_codex_over_https_shows_the_message_as_it_is_after_one_attempt(
             assert [(r["endpoint"], r["status"]) for r in rows] == [("openai.responses", 400)]
         finally:
             proxy.stop()
+
+
+GEMINI_LOGINS = {
+    "api-key": {"GEMINI_API_KEY": "fake"},
+    "google-login": {"GOOGLE_GENAI_USE_GCA": "true", "GOOGLE_CLOUD_ACCESS_TOKEN": "ya29.e2e"},
+}
+
+
+@pytest.mark.parametrize("login", list(GEMINI_LOGINS))
+def test_gemini_cli_shows_the_message_as_it_is_without_retrying(
+    paused: tuple[RunningProxy, FakeUpstream], tmp_path: Path, login: str
+) -> None:
+    proxy, upstream = paused
+    home = tmp_path / "home"
+    (home / ".gemini").mkdir(parents=True)
+    (home / ".gemini" / "settings.json").write_text(
+        json.dumps({"privacy": {"usageStatisticsEnabled": False}})
+    )
+    env = client_env(proxy, home, GEMINI_CLI_TRUST_WORKSPACE="true", **GEMINI_LOGINS[login])
+    args = [str(cli("gemini")), "-p", "say hi", "--output-format", "json"]
+    done, seconds = run_client(proxy, args, env, tmp_path)
+    # With --output-format json the CLI writes its error report to stderr: the status and
+    # the body it got, as it got it (the body's JSON, the devmeter message inside).
+    report = done.stderr[done.stderr.rindex('{\n  "session_id"') :]
+    error = json.loads(report)["error"]
+    assert error["code"] == 403, done.stderr
+    shown = json.loads(error["message"])["error"]
+    assert shown["message"].startswith(PAUSED) and "devmeter resume" in shown["message"]
+    rows = refused_rows(proxy)
+    # One attempt each: the router's classifying call (refused, the CLI falls back to its
+    # default model, no retry) and the turn itself.
+    assert [(r["endpoint"], r["status"]) for r in rows] == [("gemini.generate", 403)] * 2
+    assert [r for r in upstream.requests if "generate" in r.path.lower()] == []
+    assert seconds < 30
 
 
 def test_the_sdks_raise_the_message_once_without_retrying(
