@@ -19,6 +19,7 @@ import httpx2
 import pytest
 
 from devmeter.cabundle import PRIVATE_FILES
+from devmeter.paths import paths, read_loop_key
 from tests.fake_upstream import FakeUpstream
 from tests.proxy_harness import start_proxy
 
@@ -62,7 +63,7 @@ def test_every_folder_and_state_file_is_private(
     finally:
         proxy.stop()
     for name in ("ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm", "proxy.json",
-                 "control.json", "ledger.sqlite.spool/lock"):  # fmt: skip
+                 "control.json", "ledger.sqlite.spool/lock", "loop.key"):  # fmt: skip
         assert running.get(name) == 0o600, (name, oct(running.get(name, 0)), running)
     folders = [name for name in running if (home / name).is_dir()]
     assert {"ledger.sqlite.spool", "ca"} <= set(folders)
@@ -76,3 +77,23 @@ def test_every_folder_and_state_file_is_private(
     for name in PRIVATE_FILES:  # the CA's private key
         if f"ca/{name}" in running:
             assert running[f"ca/{name}"] == 0o600
+
+
+def test_the_loop_key_is_made_once_kept_private_and_a_damaged_one_replaced(
+    tmp_path: Path, usual_umask: None
+) -> None:
+    where = paths({"DEVMETER_HOME": str(tmp_path / "home")})
+    key = read_loop_key(where)
+    assert key is not None and len(key) == 16
+    assert stat.S_IMODE(where.loop_key.stat().st_mode) == 0o600
+    assert read_loop_key(where) == key
+    where.loop_key.write_bytes(b"short")
+    fresh = read_loop_key(where)
+    assert fresh is not None and len(fresh) == 16 and fresh != key
+    assert read_loop_key(where) == fresh
+
+
+def test_without_a_writable_data_folder_there_is_no_loop_key(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    assert read_loop_key(paths({"DEVMETER_HOME": str(blocked / "home")})) is None
