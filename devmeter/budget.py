@@ -126,8 +126,9 @@ class Block:
           `error` event with status 400 (it prints that event's JSON, and does not retry).
         - Gemini CLI (API key and Google login) and the Gemini SDKs: 403
           `PERMISSION_DENIED` in Google's shape. The CLI prints the body as it is and
-          retries none of 400, 402 and 403 (it retries 429 and 5xx); a refused router
-          call makes it fall back to its default model, whose turn is refused once too.
+          retries none of 400, 402 and 403 (a 429 it retries, 5 times over ~70 s); a
+          refused router call makes it fall back to its default model, whose turn is
+          refused once too.
         - OpenAI-compatible SDKs: 403 in the provider's shape (not retried).
         """
         headers = {"content-type": "application/json", "x-should-retry": "false"}

@@ -7,7 +7,8 @@ authenticate" for a 403 and shows a 402 `billing_error` as it is; Codex retries 
 status but 400 (eleven attempts in ~12 s for a 403), prints a 400's plain-text body as it
 is, and on its WebSocket stops at an `error` event with status 400. Gemini CLI shows
 the body of a 400, 402 or 403 in Google's error shape as it is and retries none of them
-(it retries 429 and 5xx): devmeter answers 403 `PERMISSION_DENIED`, what the API says.
+(a 429 it retries, with backoff): devmeter answers 403 `PERMISSION_DENIED`, as Google
+would.
 """
 
 from __future__ import annotations
