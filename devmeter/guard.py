@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import queue
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -21,7 +20,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from devmeter import control as control_state
-from devmeter import pricing
+from devmeter import diagnostics, pricing
 from devmeter.budget import (
     MENU_ENV,
     SCOPES,
@@ -403,9 +402,10 @@ class AlertDispatcher:
         try:
             action()
         except Exception as exc:  # a notification problem must not stop the next one
-            print(f"devmeter: notification failed: {exc!r}", file=sys.stderr, flush=True)
+            diagnostics.say(f"devmeter: notification failed: {exc!r}")
 
 
 def print_alert(alert: Alert) -> None:
+    # Through diagnostics.say: stderr on a full disk must not raise on the event loop.
     stamp = time.strftime("%H:%M:%S", time.localtime(alert.ts))
-    print(f"devmeter [{stamp}] {alert.kind}: {alert.message}", file=sys.stderr, flush=True)
+    diagnostics.say(f"devmeter [{stamp}] {alert.kind}: {alert.message}")
