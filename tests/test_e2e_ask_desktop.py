@@ -82,7 +82,7 @@ class Desktop:
         command (the chooser) and emits ActionInvoked itself. Notify is on the bus a moment
         before dunst shows the popup, so a first try can find nothing to open: try again."""
         invoked = r'member=ActionInvoked\s+uint32 \d+\s+string "continue"'
-        for _ in range(10):
+        for _ in range(25):  # a loaded machine can take this long to show the popup
             subprocess.run(["dunstctl", "context"], env=self.env, check=True, timeout=10)
             try:
                 self.wait_for_bus(invoked, timeout=1)
@@ -257,7 +257,7 @@ RUNAWAY_USAGE = {
 }  # fmt: skip
 RUNAWAY_CONFIG = """
 [budgets]
-ask_timeout_seconds = 10
+ask_timeout_seconds = 30
 
 [budgets.session]
 notify_usd = []
