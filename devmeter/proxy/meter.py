@@ -919,15 +919,11 @@ class Meter:
             )
             self._record_settled(
                 state,
-                metering.build_call(
+                self._priced_call(
+                    state,
+                    result,
+                    status,
                     ts=state.started,
-                    host=state.host,
-                    endpoint=state.endpoint,
-                    request=state.request,
-                    result=result,
-                    status=status,
-                    attribution=state.attribution,
-                    overrides=self._overrides,
                     duration_ms=int((self._clock() - state.started) * 1000),
                     error=error,
                 ),
@@ -941,16 +937,7 @@ class Meter:
                 for more in parser.take_completed():
                     self._record_settled(
                         state,
-                        metering.build_call(
-                            ts=state.started,
-                            host=state.host,
-                            endpoint=state.endpoint,
-                            request=state.request,
-                            result=more,
-                            status=status,
-                            attribution=state.attribution,
-                            overrides=self._overrides,
-                        ),
+                        self._priced_call(state, more, status, ts=state.started),
                     )
         except Exception:
             self._internal_error(flow, state.host, "response")
@@ -1151,17 +1138,34 @@ class Meter:
         now = self._clock()
         self._record_settled(
             state,
-            metering.build_call(
-                ts=now,
-                host=state.host,
-                endpoint=state.endpoint,
-                request=request,
-                result=result,
-                status=101,
-                attribution=state.attribution,
-                overrides=self._overrides,
-                error=state.tap_error,
+            self._priced_call(
+                state, result, 101, ts=now, request=request, error=state.tap_error
             ),
+        )
+
+    def _priced_call(
+        self,
+        state: FlowState,
+        result: ResponseResult,
+        status: int | None,
+        *,
+        ts: float,
+        request: RequestInfo | None = None,
+        duration_ms: int = 0,
+        error: str | None = None,
+    ) -> Call:
+        """The ledger row of one answer on this flow, priced with the user's overrides."""
+        return metering.build_call(
+            ts=ts,
+            host=state.host,
+            endpoint=state.endpoint,
+            request=state.request if request is None else request,
+            result=result,
+            status=status,
+            attribution=state.attribution,
+            overrides=self._overrides,
+            duration_ms=duration_ms,
+            error=error,
         )
 
     def _record_settled(self, state: FlowState, call: Call) -> None:
