@@ -179,8 +179,9 @@ def test_notify_shows_a_real_test_notification(devmeter_home: Path, tmp_path: Pa
     try:
         read_fd, write_fd = os.pipe()
         started.append(subprocess.Popen(
-            ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "640x200x24", "-nolisten",
-             "tcp"], pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "640x200x24", "-noreset",
+             "-nolisten", "tcp"], pass_fds=(write_fd,), stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         ))  # fmt: skip
         os.close(write_fd)
         with os.fdopen(read_fd) as pipe:
@@ -241,7 +242,10 @@ def test_tray_host_absent_then_present_on_a_real_display() -> None:
 
     read_fd, write_fd = os.pipe()
     server = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "640x200x24", "-nolisten", "tcp"],
+        # -noreset: else the server resets when doctor's connection closes, and the next
+        # connection can find it closing (seen once under load: ConnectionClosedError)
+        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "640x200x24", "-noreset",
+         "-nolisten", "tcp"],
         pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     os.close(write_fd)

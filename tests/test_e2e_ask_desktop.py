@@ -65,6 +65,7 @@ class Desktop:
     env: dict[str, str]  # DISPLAY and DBUS_SESSION_BUS_ADDRESS
     monitor_log: Path
     menu_log: Path
+    dunst_log: Path
 
     def bus(self) -> str:
         return self.monitor_log.read_text(errors="replace")
@@ -75,17 +76,35 @@ class Desktop:
             if found := re.search(pattern, self.bus(), re.S):
                 return found
             time.sleep(0.05)
-        raise AssertionError(f"not seen on D-Bus: {pattern!r}\n{self.bus()[-3000:]}")
+        raise AssertionError(f"not seen on D-Bus: {pattern!r}\n{self.evidence()}")
+
+    def evidence(self) -> str:
+        """What the bus, dunst and the menu saw: a failure here is otherwise opaque."""
+        menu = self.menu_log.read_text(errors="replace") if self.menu_log.exists() else "-"
+        dunst = self.dunst_log.read_text(errors="replace")[-2000:]
+        return f"{self.bus()[-3000:]}\n--- dunst menu ---\n{menu}\n--- dunst log ---\n{dunst}"
+
+    def displayed(self) -> int:
+        out = subprocess.run(
+            ["dunstctl", "count", "displayed"], env=self.env, capture_output=True, text=True
+        ).stdout.strip()
+        return int(out) if out.isdigit() else 0
 
     def choose_continue(self) -> None:
         """Open the popup's actions and pick Continue, as a user would: dunst runs its menu
-        command (the chooser) and emits ActionInvoked itself. Notify is on the bus a moment
-        before dunst shows the popup, so a first try can find nothing to open: try again."""
+        command (the chooser) and emits ActionInvoked itself (to the sender of the
+        notification only, which dbus-monitor also sees). Notify is on the bus a while
+        before a loaded machine's dunst shows the popup, and dunst 1.9 opens a menu only
+        over popups on screen, so wait for one before opening the menu, and try again."""
         invoked = r'member=ActionInvoked\s+uint32 \d+\s+string "continue"'
-        for _ in range(25):  # a loaded machine can take this long to show the popup
+        deadline = time.monotonic() + 40  # under the ask's 30 s plus a loaded machine
+        while time.monotonic() < deadline:
+            if not self.displayed():
+                time.sleep(0.2)
+                continue
             subprocess.run(["dunstctl", "context"], env=self.env, check=True, timeout=10)
             try:
-                self.wait_for_bus(invoked, timeout=1)
+                self.wait_for_bus(invoked, timeout=3)
                 return
             except AssertionError:
                 continue
@@ -101,7 +120,17 @@ def desktop(tmp_path: Path) -> Iterator[Desktop]:
     read_fd, write_fd = os.pipe()
     procs.append(
         subprocess.Popen(
-            [xvfb, "-displayfd", str(write_fd), "-screen", "0", "800x300x24", "-nolisten", "tcp"],
+            [
+                xvfb,
+                "-displayfd",
+                str(write_fd),
+                "-screen",
+                "0",
+                "800x300x24",
+                "-noreset",
+                "-nolisten",
+                "tcp",
+            ],
             pass_fds=(write_fd,),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -142,19 +171,21 @@ def desktop(tmp_path: Path) -> Iterator[Desktop]:
                     stderr=subprocess.STDOUT,
                 )
             )
-        procs.append(
-            subprocess.Popen(
-                [dunst, "-config", str(rc)],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+        dunst_log = tmp_path / "dunst.log"
+        with dunst_log.open("wb") as out:
+            procs.append(
+                subprocess.Popen(
+                    [dunst, "-config", str(rc), "-verbosity", "info"],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
             )
-        )
         deadline = time.monotonic() + 10
         while subprocess.run([dunstctl, "is-paused"], env=env, capture_output=True).returncode:
             assert time.monotonic() < deadline, "dunst did not come up on the session bus"
             time.sleep(0.1)
-        yield Desktop(env, monitor_log, menu_log)
+        yield Desktop(env, monitor_log, menu_log, dunst_log)
     finally:
         for proc in reversed(procs):
             proc.terminate()
