@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 from devmeter.cabundle import PRIVATE_FILES
 from devmeter.config import Config, ConfigError, load
-from devmeter.integration import rcblock, steps
+from devmeter.integration import autostart, rcblock, steps
 from devmeter.paths import Paths, read_proxy_state
 
 Status = Literal["green", "amber", "red"]
@@ -78,7 +78,7 @@ def run_checks(
         check_tray(env, platform),
         check_notifications(env, platform, which, send=notify),
         integration,
-        check_autostart(paths),
+        check_autostart(paths, env, platform),
     ]
     return [*checks, *status_file_checks(paths)]
 
@@ -522,11 +522,36 @@ def check_shell_integration(paths: Paths, env: Mapping[str, str]) -> Check:
     )
 
 
-def check_autostart(paths: Paths) -> Check:
+def check_autostart(
+    paths: Paths,
+    environ: Mapping[str, str] | None = None,
+    platform: str = sys.platform,
+    *,
+    desktop: bool | None = None,
+    systemd_user: bool | None = None,
+) -> Check:
+    env = os.environ if environ is None else environ
     autostarts = ("autostart", "systemd", "LaunchAgents", "Startup")
+
+    def nothing_reads_xdg() -> bool:
+        """An XDG autostart entry is read by a desktop session only (found trying it in a
+        container: the entry was written and doctor said green, yet nothing started)."""
+        if not platform.startswith("linux"):
+            return False
+        has_desktop = autostart.has_desktop(env) if desktop is None else desktop
+        return not has_desktop
+
     for record in steps.load_manifest(paths):
         path = Path(str(record.get("path", "")))
         if record.get("kind") == "file" and any(part in path.parts for part in autostarts):
+            if path.exists() and "autostart" in path.parts and nothing_reads_xdg():
+                return Check(
+                    "autostart",
+                    "amber",
+                    f"{path} is read by a desktop session, and this machine has none: "
+                    "devmeter will not start at login",
+                    autostart.START_BY_HAND,
+                )
             if path.exists():
                 return Check("autostart", "green", f"devmeter starts at login ({path})")
             return Check(
@@ -534,6 +559,12 @@ def check_autostart(paths: Paths) -> Check:
                 "amber",
                 f"{path} is gone: devmeter will not start at login",
                 "`devmeter setup`",
+            )
+    if nothing_reads_xdg():
+        has_systemd = autostart.has_systemd_user() if systemd_user is None else systemd_user
+        if not has_systemd:
+            return Check(
+                "autostart", "amber", f"{autostart.NO_AUTOSTART}", autostart.START_BY_HAND
             )
     return Check("autostart", "amber", "devmeter does not start at login", "`devmeter setup`")
 

@@ -27,7 +27,12 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 
 def machine(
-    home: Path, *, platform: str = "linux", systemd: bool = False, login: str = "zsh"
+    home: Path,
+    *,
+    platform: str = "linux",
+    systemd: bool = False,
+    login: str = "zsh",
+    desktop: bool = True,
 ) -> steps.Environment:
     shells = {"bash": "/bin/bash", "zsh": "/bin/zsh", "fish": "/usr/bin/fish"}
     return steps.Environment(
@@ -36,6 +41,7 @@ def machine(
         platform=platform,
         which=shells.get,
         systemd_user=systemd,
+        desktop=desktop,
     )
 
 
@@ -251,3 +257,39 @@ def test_macos_bash_uses_the_login_file_bash_reads(tmp_path: Path) -> None:
     assert steps.rc_files("bash", env) == [home / ".profile"]
     (home / ".bash_profile").write_text("")
     assert steps.rc_files("bash", env) == [home / ".bash_profile"]
+
+
+def test_no_desktop_and_no_systemd_writes_no_autostart_and_doctor_says_so(
+    home: Path, where: Paths
+) -> None:
+    """Found trying it in a container: setup wrote an XDG autostart entry that nothing
+    would ever read, and doctor called it green."""
+    from devmeter import doctor
+
+    exe = fake_devmeter(home)
+    said: list[str] = []
+    steps.setup(where, ("127.0.0.1", 8788), env=machine(home, desktop=False), devmeter=exe,
+                say=said.append)  # fmt: skip
+    assert not (home / ".config" / "autostart" / "devmeter.desktop").exists()
+    [line] = [s for s in said if s.startswith("start at login")]
+    assert "skipped" in line and "no systemd user manager and no desktop session" in line
+    assert "`devmeter --headless`" in line
+    check = doctor.check_autostart(where, {}, "linux", desktop=False, systemd_user=False)
+    assert check.status == "amber" and "`devmeter --headless`" in check.fix
+
+    # An entry written on a desktop machine, read on one without a desktop: not green.
+    steps.setup(where, ("127.0.0.1", 8788), env=machine(home), devmeter=exe, say=said.append)
+    assert (home / ".config" / "autostart" / "devmeter.desktop").exists()
+    assert doctor.check_autostart(where, {}, "linux", desktop=True).status == "green"
+    headless = doctor.check_autostart(where, {}, "linux", desktop=False)
+    assert headless.status == "amber" and "read by a desktop session" in headless.detail
+
+
+def test_a_desktop_is_found_by_its_session_or_its_login_sessions(tmp_path: Path) -> None:
+    assert autostart.has_desktop({"XDG_CURRENT_DESKTOP": "GNOME"}, data_dirs=[])
+    assert autostart.has_desktop({"WAYLAND_DISPLAY": "wayland-0"}, data_dirs=[])
+    assert not autostart.has_desktop({}, data_dirs=[tmp_path])
+    (tmp_path / "xsessions").mkdir()
+    (tmp_path / "xsessions" / "xfce.desktop").write_text("[Desktop Entry]\n")
+    assert autostart.has_desktop({}, data_dirs=[tmp_path])  # setup over SSH on a desktop
+    assert autostart.plan({}, "linux", tmp_path, systemd_user=False, desktop=False).kind == "none"

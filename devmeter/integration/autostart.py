@@ -5,8 +5,10 @@ this install's `devmeter` (and the home folder, which launchd cannot expand), an
 picks the way for this machine. Installing and removing them is `steps`' job.
 
 Linux: a systemd user unit where a systemd user manager runs (it restarts a crash),
-else an XDG autostart entry (the desktop starts it at login). macOS: a launchd agent.
-Windows: a shortcut in the Startup folder, made by packaging/windows/install-startup.ps1.
+else an XDG autostart entry (the desktop starts it at login), else nothing: a machine with
+neither (a container, WSL without systemd, a bare server) has nothing that would read one.
+macOS: a launchd agent. Windows: a shortcut in the Startup folder, made by
+packaging/windows/install-startup.ps1.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def app_icon() -> Path | None:
 
 @dataclass(frozen=True)
 class Autostart:
-    kind: str  # "systemd" | "xdg" | "launchd" | "windows-startup"
+    kind: str  # "systemd" | "xdg" | "launchd" | "windows-startup" | "none"
     template: str  # path under packaging/
     target: Path  # where the rendered file goes (Windows: the shortcut the script makes)
     unit: str | None = None  # the systemd unit or launchd label to enable / remove
@@ -52,6 +54,7 @@ def plan(
     platform: str = sys.platform,
     home: Path | None = None,
     systemd_user: bool | None = None,
+    desktop: bool | None = None,
 ) -> Autostart:
     env = os.environ if environ is None else environ
     home = home or Path.home()
@@ -74,9 +77,39 @@ def plan(
         desktop = bool(env.get("DISPLAY") or env.get("WAYLAND_DISPLAY"))
         name = "devmeter.service" if desktop else "devmeter-headless.service"
         return Autostart("systemd", f"linux/{name}", config_home / "systemd" / "user" / name, name)
+    if desktop is None:
+        desktop = has_desktop(env)
+    if not desktop:
+        return Autostart("none", "", config_home / "autostart" / "devmeter.desktop")
     return Autostart(
         "xdg", "linux/devmeter.desktop", config_home / "autostart" / "devmeter.desktop"
     )
+
+
+NO_AUTOSTART = (
+    "this machine has no systemd user manager and no desktop session, so nothing here "
+    "would start devmeter at login"
+)
+# Advice that works without either: the headless mode is the proxy plus a line of spend.
+START_BY_HAND = "start it yourself: `devmeter --headless` in a terminal or tmux, or from your init"
+
+
+def has_desktop(environ: Mapping[str, str], data_dirs: list[Path] | None = None) -> bool:
+    """A desktop session that reads XDG autostart entries: this session is one, or the
+    machine has a desktop to log in to (setup run over SSH on a desktop machine)."""
+    if any(environ.get(k) for k in ("DISPLAY", "WAYLAND_DISPLAY", "XDG_CURRENT_DESKTOP")):
+        return True
+    if data_dirs is None:
+        raw = environ.get("XDG_DATA_DIRS") or "/usr/local/share:/usr/share"
+        data_dirs = [Path(d) for d in raw.split(":") if d]
+    for base in data_dirs:
+        for kind in ("xsessions", "wayland-sessions"):
+            try:
+                if any((base / kind).glob("*.desktop")):
+                    return True
+            except OSError:
+                continue
+    return False
 
 
 def has_systemd_user() -> bool:

@@ -68,6 +68,7 @@ class Environment:
     platform: str = sys.platform
     which: Callable[[str], str | None] = shutil.which
     systemd_user: bool | None = None  # None: ask systemctl
+    desktop: bool | None = None  # None: look (autostart.has_desktop)
 
     @classmethod
     def current(cls) -> Environment:
@@ -229,8 +230,16 @@ class Setup:
                 "runs it from there; `sh scripts/install.sh` installs a devmeter of its own"
             )
         choice = autostart.plan(
-            self.env.environ, self.env.platform, self.env.home, self.env.systemd_user
+            self.env.environ,
+            self.env.platform,
+            self.env.home,
+            self.env.systemd_user,
+            self.env.desktop,
         )
+        if choice.kind == "none":
+            self.say(f"start at login: skipped: {autostart.NO_AUTOSTART}; "
+                     f"{autostart.START_BY_HAND}")  # fmt: skip
+            return
         template_path = autostart.packaging_dir() / choice.template
         if choice.kind == "windows-startup":
             self._windows_startup(template_path, choice)
