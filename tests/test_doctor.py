@@ -18,6 +18,7 @@ import pytest
 
 from devmeter import doctor
 from devmeter.paths import Paths, paths
+from tests.desktop_bus import launch_session_bus
 from tests.proxy_harness import RunningProxy
 
 
@@ -171,10 +172,7 @@ def test_status_files_from_a_process_that_is_gone_say_nothing(devmeter_home: Pat
 def test_notify_shows_a_real_test_notification(devmeter_home: Path, tmp_path: Path) -> None:
     """`doctor --notify` on a desktop: a session bus, a notification daemon (dunst) on a
     virtual display, and dbus-monitor recording what reaches the daemon."""
-    launched = subprocess.run(
-        ["dbus-launch", "--sh-syntax"], capture_output=True, text=True, check=True
-    ).stdout
-    bus = dict(re.findall(r"^(DBUS_SESSION_BUS_\w+)='?([^';]*)'?;", launched, re.M))
+    address, bus_pid = launch_session_bus("dbus-launch", dict(os.environ), tmp_path)
     started: list[subprocess.Popen[bytes]] = []
     try:
         read_fd, write_fd = os.pipe()
@@ -187,7 +185,7 @@ def test_notify_shows_a_real_test_notification(devmeter_home: Path, tmp_path: Pa
         with os.fdopen(read_fd) as pipe:
             display = f":{pipe.readline().strip()}"
         env = {**os.environ, "DISPLAY": display, "DEVMETER_HOME": str(devmeter_home),
-               "DBUS_SESSION_BUS_ADDRESS": bus["DBUS_SESSION_BUS_ADDRESS"]}  # fmt: skip
+               "DBUS_SESSION_BUS_ADDRESS": address}  # fmt: skip
         monitor_log = tmp_path / "monitor.log"
         with monitor_log.open("wb") as out:
             started.append(subprocess.Popen(
@@ -200,6 +198,9 @@ def test_notify_shows_a_real_test_notification(devmeter_home: Path, tmp_path: Pa
         deadline = time.monotonic() + 10
         while b"NameAcquired" not in monitor_log.read_bytes() and time.monotonic() < deadline:
             time.sleep(0.05)  # dbus-monitor is listening once it has its name
+        while subprocess.run(["dunstctl", "is-paused"], env=env, capture_output=True).returncode:
+            assert time.monotonic() < deadline, "dunst did not come up on the session bus"
+            time.sleep(0.05)  # nothing is activatable on this bus: this waits for our dunst
         done = subprocess.run(
             [sys.executable, "-m", "devmeter", "doctor", "--notify", "--json"],
             env=env, capture_output=True, text=True, timeout=60, check=False,
@@ -213,8 +214,7 @@ def test_notify_shows_a_real_test_notification(devmeter_home: Path, tmp_path: Pa
         for proc in reversed(started):
             proc.terminate()
             proc.wait(10)
-        if bus.get("DBUS_SESSION_BUS_PID"):
-            os.kill(int(bus["DBUS_SESSION_BUS_PID"]), signal.SIGTERM)
+        os.kill(bus_pid, signal.SIGTERM)
 
 
 def test_text_output_is_one_line_per_check_with_fixes() -> None:

@@ -29,6 +29,7 @@ import anthropic
 import pytest
 
 from devmeter.tray.notify import read_status
+from tests.desktop_bus import launch_session_bus
 from tests.fake_upstream import FakeUpstream
 from tests.proxy_harness import RunningProxy, start_proxy
 from tests.test_proxy_ask import in_thread, open_asks
@@ -142,14 +143,8 @@ def desktop(tmp_path: Path) -> Iterator[Desktop]:
         with os.fdopen(read_fd) as pipe:
             display = f":{pipe.readline().strip()}"
         env = {**os.environ, "DISPLAY": display}
-        launched = subprocess.run(
-            [dbus_launch, "--sh-syntax"], env=env, capture_output=True, text=True, check=True
-        ).stdout
-        address = re.search(r"DBUS_SESSION_BUS_ADDRESS='([^']+)'", launched)
-        pid = re.search(r"DBUS_SESSION_BUS_PID=(\d+)", launched)
-        assert address and pid, launched
-        bus_pid = int(pid.group(1))
-        env["DBUS_SESSION_BUS_ADDRESS"] = address.group(1)
+        address, bus_pid = launch_session_bus(dbus_launch, env, tmp_path)
+        env["DBUS_SESSION_BUS_ADDRESS"] = address
         # dunst shows an action menu through a dmenu-like command: this one records the
         # menu and picks Continue, as a user clicking it would.
         menu_log = tmp_path / "dunst-menu.txt"
