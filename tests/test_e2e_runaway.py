@@ -77,17 +77,21 @@ def loop_rows(proxy: RunningProxy, session: str) -> list[dict[str, Any]]:
 
 
 def main_session(proxy: RunningProxy, tool: str) -> tuple[str, list[dict[str, Any]]]:
-    rows = proxy.rows("tool = ? AND status = 200", (tool,))
+    rows = proxy.rows("tool = ? AND status IN (200, 101)", (tool,))  # 101: a WebSocket turn
     assert rows, f"no {tool} calls were metered"
     sessions = {r["session"] for r in rows}
     session = max(sessions, key=lambda s: sum(r["session"] == s for r in rows))
     return session, [r for r in rows if r["session"] == session]
 
 
+@pytest.mark.parametrize("websocket", [False, True], ids=["https", "websocket"])
 def test_codex_stuck_on_one_command_is_reported_once_with_a_stop_command(
-    setup: Setup, tmp_path: Path
+    setup: Setup, tmp_path: Path, websocket: bool
 ) -> None:
+    """Over HTTPS and over its Responses WebSocket (Codex's default where the server
+    offers one): each turn on the socket is fingerprinted from its own message."""
     proxy, upstream, work = setup
+    upstream.defaults["websocket"] = websocket
     # Every answer is the same call (Codex 0.169's shell tool): a stuck agent.
     upstream.defaults["tool_use"] = {"name": "exec_command", "input": {"cmd": "ls"}}
     env = codex_env(proxy, tmp_path)

@@ -44,7 +44,7 @@ from devmeter.providers import (
     new_response_parser,
     normalise_host,
     normalise_path,
-    parse_request,
+    parse_request_doc,
     quota_headers,
     unmetered_endpoint,
 )
@@ -92,8 +92,11 @@ class FlowState:
     decoder: Decoder | None = None
     done: bool = False
     tap_error: str | None = None
-    # WebSocket (Codex): the request of each response.create, in order.
-    ws_requests: list[RequestInfo] = field(default_factory=list)
+    # WebSocket (Codex): the request of each response.create, in order, with its own loop
+    # fingerprint and human turn (the handshake's are empty: it has no body).
+    ws_requests: list[tuple[RequestInfo, tuple[str | None, bool | None]]] = field(
+        default_factory=list
+    )
     # ... and what each reserved against its caps (burst caps), in the same order.
     ws_reservations: list[int | None] = field(default_factory=list)
     # Routing: the plan, and the request as the client sent it (for a fallback).
@@ -969,7 +972,8 @@ class Meter:
             if message.injected:
                 return None  # devmeter's own refusal, already recorded
             if message.from_client:
-                request = parse_request(state.endpoint, message.content)
+                request, doc = parse_request_doc(state.endpoint, message.content)
+                signals = self._turn_signals(flow, state, doc)
                 if self._secrets is not None and self._secrets_in_ws_turn(
                     flow, state, message, request
                 ):
@@ -978,9 +982,9 @@ class Meter:
                     return None
                 held = self._ws_ask_first(flow, state, message, request)
                 if held is not None:
-                    return self._hold_ws_turn(held, flow, state, message, request)
+                    return self._hold_ws_turn(held, flow, state, message, request, signals)
                 if state.endpoint.api != "openai.realtime":  # events, not one per response
-                    state.ws_requests.append(request)
+                    state.ws_requests.append((request, signals))
             else:
                 state.parser.feed_message(message.content)
                 _scan_ws_message(state, message.content, self._clock())
@@ -1029,6 +1033,7 @@ class Meter:
         state: FlowState,
         message: websocket.WebSocketMessage,
         request: RequestInfo,
+        signals: tuple[str | None, bool | None],
     ) -> None:
         try:
             block = await self._answer_to(ask, state)
@@ -1036,7 +1041,7 @@ class Meter:
                 self._unreserve_last_ws_turn(state)
                 self._refuse_ws_message(flow, state, message, request, block, self._clock())
             elif state.endpoint.api != "openai.realtime":  # events, not one per response
-                state.ws_requests.append(request)
+                state.ws_requests.append((request, signals))
             if flow.websocket is not None:
                 del flow.websocket.messages[:-1]
         except Exception:
@@ -1129,7 +1134,9 @@ class Meter:
     def _record_ws_turn(
         self, flow: http.HTTPFlow, state: FlowState, result: ResponseResult
     ) -> None:
-        request = state.ws_requests.pop(0) if state.ws_requests else state.request
+        request, signals = (
+            state.ws_requests.pop(0) if state.ws_requests else (state.request, state.signals)
+        )
         self._settle_ws_turns(state, 1)
         if request.facts.get("prewarm") == "1" and not (
             result.usage and any(_counts(result.usage))
@@ -1141,7 +1148,22 @@ class Meter:
             self._priced_call(
                 state, result, 101, ts=now, request=request, error=state.tap_error
             ),
+            signals,
         )
+
+    def _turn_signals(
+        self, flow: http.HTTPFlow, state: FlowState, doc: Any
+    ) -> tuple[str | None, bool | None]:
+        """A WebSocket turn's loop fingerprint and human turn, from its own message (a
+        `response.create` carries a request body's fields): without them a Codex loop on
+        its socket, its default transport, was never seen."""
+        if self._guard is None or state.endpoint.api == "openai.realtime":
+            return None, None
+        try:
+            request_class = flow.request.headers.get(REQUEST_CLASS_HEADER)
+            return request_signals(doc, request_class, self._guard.fingerprint_key)
+        except Exception:  # fail open: the turn goes through unfingerprinted
+            return None, None
 
     def _priced_call(
         self,
@@ -1168,7 +1190,13 @@ class Meter:
             error=error,
         )
 
-    def _record_settled(self, state: FlowState, call: Call) -> None:
+    def _record_settled(
+        self,
+        state: FlowState,
+        call: Call,
+        signals: tuple[str | None, bool | None] | None = None,
+    ) -> None:
+        signals = state.signals if signals is None else signals
         self._settle(state)
         call = _with_billing(state, call)
         if state.blocked is not None:
@@ -1180,8 +1208,8 @@ class Meter:
                 call = replace(
                     call, error=f"devmeter routing bookkeeping failed: {_short_traceback()}"
                 )
-        if state.signals[0] is not None and state.blocked is None:
-            call = replace(call, loop_fingerprint=state.signals[0])
+        if signals[0] is not None and state.blocked is None:
+            call = replace(call, loop_fingerprint=signals[0])
         self._record(call)
         if self._on_billed is not None:
             try:
@@ -1189,7 +1217,7 @@ class Meter:
             except Exception:
                 print(f"devmeter: quota bookkeeping failed: {_short_traceback()}", file=sys.stderr)
         if self._guard is not None and state.blocked is None:
-            for alert in self._guard.observe(call, *state.signals):
+            for alert in self._guard.observe(call, *signals):
                 if self._on_alert is not None:
                     self._on_alert(alert)
 
