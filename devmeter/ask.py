@@ -33,18 +33,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from devmeter.budget import (
-    SCOPES,
-    Advice,
-    Alert,
-    Block,
-    Budgets,
-    describe,
-    format_usd,
-    lift_command,
-    repo_name,
-)
+from devmeter.alerts import Alert, Block
+from devmeter.budget import SCOPES, Advice, Budgets, describe, lift_command
 from devmeter.control import Control
+from devmeter.labels import repo_name
+from devmeter.money import format_usd
 from devmeter.paths import write_private
 from devmeter.usage import Attribution
 

@@ -21,18 +21,10 @@ from typing import Any, Literal
 
 from devmeter import control as control_state
 from devmeter import diagnostics, pricing
-from devmeter.budget import (
-    MENU_ENV,
-    SCOPES,
-    ZERO,
-    Advice,
-    Alert,
-    Block,
-    Budgets,
-    BudgetTracker,
-    ScopeBudget,
-)
-from devmeter.ledger import from_pusd
+from devmeter.alerts import Alert, Block
+from devmeter.budget import MENU_ENV, SCOPES, Advice, Budgets, BudgetTracker, ScopeBudget
+from devmeter.clock import local_midnight, local_month_start
+from devmeter.money import ZERO, from_pusd
 from devmeter.pricing import PriceOverride
 from devmeter.runaway import (
     PROCESS_KEY,
@@ -199,8 +191,7 @@ def apply_control(tracker: BudgetTracker, control: control_state.Control, now: f
 def spend_so_far(
     conn: sqlite3.Connection, tracker: BudgetTracker, now: float
 ) -> dict[tuple[str, str], Decimal]:
-    day_start = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
-    month_start = day_start.replace(day=1)
+    day_start, month_start = local_midnight(now), local_month_start(now)
     repo_start = day_start if tracker.budgets.repo.period == "day" else month_start
     totals: dict[tuple[str, str], Decimal] = {}
 
@@ -217,12 +208,12 @@ def spend_so_far(
         (now - 7 * 86400,),
     )
     add("repo", f"SELECT repo, sum({_counted(budgets.repo)}) FROM calls WHERE ts >= ? "
-        "GROUP BY repo", (repo_start.timestamp(),))  # fmt: skip
+        "GROUP BY repo", (repo_start,))  # fmt: skip
     totals[("day", tracker.period("day", now))] = _total(
-        conn, day_start.timestamp(), _counted(budgets.day)
+        conn, day_start, _counted(budgets.day)
     )
     totals[("month", tracker.period("month", now))] = _total(
-        conn, month_start.timestamp(), _counted(budgets.month)
+        conn, month_start, _counted(budgets.month)
     )
     return totals
 

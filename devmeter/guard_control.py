@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from devmeter import control
-from devmeter.budget import Advice, BudgetTracker, format_usd, next_limit, repo_name
+from devmeter.budget import Advice, BudgetTracker, next_limit
 from devmeter.config import Config
 from devmeter.guard import apply_control, spend_so_far
+from devmeter.labels import repo_name
 from devmeter.ledger import connect_readonly
+from devmeter.money import format_usd
 from devmeter.paths import Paths
 
 # How many candidates an error lists.

@@ -18,19 +18,17 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from devmeter.budget import Alert
+from devmeter.alerts import Alert
 from devmeter.diagnostics import say
+from devmeter.money import to_pusd
 from devmeter.paths import make_private_dir, make_private_file
 from devmeter.quota import Snapshot
 from devmeter.spool import Mark, Spool, SpoolBusy, spool_dir
 from devmeter.spool import pending as spool_pending
 from devmeter.usage import Call
-
-PICO = Decimal(10) ** 12
 
 # Numbered migrations: index + 1 is the schema version after it runs. Append, never edit.
 MIGRATIONS: tuple[str, ...] = (
@@ -345,25 +343,6 @@ _TABLES = {
     INSERT_CALL: "calls", UPSERT_QUOTA: "quota", INSERT_QUOTA_READING: "quota_readings",
     INSERT_FINDING: "findings",
 }  # fmt: skip
-
-
-# SQLite's integers are 64-bit: a larger one cannot be bound at all.
-_SQLITE_MAX_INT = 2**63 - 1
-
-
-def to_pusd(usd: Decimal | None) -> int | None:
-    """USD as integer pico-dollars; None for what no ledger column can hold (NaN,
-    infinities, past 64 bits). `metering.build_call` flags such costs on the row;
-    this keeps any other amount (a routing alternative, an alert figure) from reaching
-    SQLite, where it would raise in the writer."""
-    if usd is None or not usd.is_finite():
-        return None
-    pusd = int((usd * PICO).to_integral_value(ROUND_HALF_EVEN))
-    return pusd if -_SQLITE_MAX_INT <= pusd <= _SQLITE_MAX_INT else None
-
-
-def from_pusd(pusd: int | None) -> Decimal | None:
-    return None if pusd is None else Decimal(pusd) / PICO
 
 
 def insert_calls(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:

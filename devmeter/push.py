@@ -27,8 +27,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from devmeter.budget import Alert, reject_unknown
+from devmeter.alerts import Alert
 from devmeter.config_error import ConfigError
+from devmeter.config_values import reject_unknown
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from devmeter.ledger import from_pusd, read_quota, read_quota_readings
+from devmeter.ledger import read_quota, read_quota_readings
+from devmeter.money import from_pusd
 from devmeter.quota import SpentCall, iso, pace, share
 
 SHARE_NOTE = (

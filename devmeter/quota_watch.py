@@ -20,8 +20,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from devmeter.alerts import Alert, AlertKind
 from devmeter.billing import API, OVERAGE, SUBSCRIPTION, Billing
-from devmeter.budget import Alert, AlertKind
 from devmeter.config_error import ConfigError
 from devmeter.providers.quota_headers import QuotaReading
 from devmeter.quota import Snapshot, iso, pace, same_window

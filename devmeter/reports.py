@@ -14,7 +14,8 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
-from devmeter.ledger import BUCKET_SECONDS, PICO
+from devmeter.ledger import BUCKET_SECONDS
+from devmeter.money import from_pusd, usd
 from devmeter.safe_text import safe_text
 from devmeter.text_table import TextTable, render
 
@@ -159,9 +160,9 @@ def query(
     result = []
     for row in conn.execute(sql, bounds).fetchall():
         item = dict(zip(GROUP_FIELDS, row, strict=True))
-        item["cost_usd"] = _usd(item["cost_usd"] or 0)
-        item["billed_usd"] = _usd(item["billed_usd"] or 0)
-        item["covered_usd"] = _usd(item["covered_usd"] or 0)
+        item["cost_usd"] = usd(item["cost_usd"] or 0)
+        item["billed_usd"] = usd(item["billed_usd"] or 0)
+        item["covered_usd"] = usd(item["covered_usd"] or 0)
         result.append(item)
     return result
 
@@ -194,7 +195,7 @@ def savings(conn: sqlite3.Connection, since: float | None = None) -> list[dict[s
     for row in conn.execute(sql, params).fetchall():
         item = dict(zip(SAVINGS_FIELDS, row, strict=True))
         for money in ("cost_usd", "alt_cost_usd", "saving_usd"):
-            item[money] = None if item[money] is None else _usd(item[money])
+            item[money] = from_pusd(item[money])
         rows.append(item)
     return rows
 
@@ -239,7 +240,7 @@ def alerts(conn: sqlite3.Connection, since: float | None = None) -> list[dict[st
 def _alert_row(row: Sequence[Any]) -> dict[str, Any]:
     item = dict(zip(ALERT_FIELDS, row, strict=True))
     item["ts"] = datetime.fromtimestamp(item["ts"]).astimezone().isoformat(timespec="seconds")
-    item["figure_usd"] = None if item["figure_usd"] is None else _usd(item["figure_usd"])
+    item["figure_usd"] = from_pusd(item["figure_usd"])
     return item
 
 
@@ -260,9 +261,9 @@ def alerts_table(rows: Sequence[dict[str, Any]], width: int | None = None) -> st
 
 def _request_row(row: dict[str, Any]) -> dict[str, Any]:
     pusd = row.pop("cost_pusd")
-    row["cost_usd"] = None if pusd is None else _usd(pusd)
+    row["cost_usd"] = from_pusd(pusd)
     alt = row.pop("alt_cost_pusd")
-    row["alt_cost_usd"] = None if alt is None else _usd(alt)
+    row["alt_cost_usd"] = from_pusd(alt)
     row["saving_usd"] = _saving(row["routing"], row["cost_usd"], row["alt_cost_usd"])
     cost = row["cost_usd"] or Decimal(0)
     row["billed_usd"] = cost if row["billing"] in ("api", "overage") else Decimal(0)
@@ -281,10 +282,6 @@ def _saving(routing: str | None, cost: Decimal | None, alt: Decimal | None) -> D
     if routing == "shadow":
         return cost - alt
     return None
-
-
-def _usd(pusd: int) -> Decimal:
-    return Decimal(pusd) / PICO
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -590,9 +587,9 @@ def grouped_series(
     for key, sums in sorted(groups.items(), key=lambda item: (-item[1][6], item[0])):
         item = dict(zip(GROUP_FIELDS, [key, *sums], strict=True))
         for money in ("cost_usd", "billed_usd", "covered_usd"):
-            item[money] = _usd(item[money])
+            item[money] = usd(item[money])
         rows.append(item)
-    series = [(name, key, _usd(pusd)) for (name, key), pusd in sorted(points.items())]
+    series = [(name, key, usd(pusd)) for (name, key), pusd in sorted(points.items())]
     return rows, series
 
 

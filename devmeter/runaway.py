@@ -35,17 +35,11 @@ from decimal import Decimal
 from typing import Any
 
 from devmeter import fastjson
-from devmeter.budget import (
-    ZERO,
-    Advice,
-    Alert,
-    AlertKind,
-    config_usd,
-    fit,
-    format_usd,
-    reject_unknown,
-)
+from devmeter.alerts import Alert, AlertKind, fit
+from devmeter.budget import Advice
 from devmeter.config_error import ConfigError
+from devmeter.config_values import config_usd, reject_unknown
+from devmeter.money import ZERO, format_usd
 from devmeter.usage import Attribution, Call
 
 HOUR = Decimal(3600)

@@ -28,8 +28,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from devmeter.budget import format_usd as format_cents
-from devmeter.ledger import PICO
+from devmeter.money import PICO
+from devmeter.money import format_usd as format_cents
 from devmeter.reports import NO_REPO, cell, format_count, format_usd, plural, session_labels
 from devmeter.runaway import burn_rate
 from devmeter.text_table import TextTable, render

@@ -13,7 +13,8 @@ import time
 from datetime import datetime
 from decimal import Decimal
 
-from devmeter.budget import Alert, Budgets, BudgetTracker, ScopeBudget
+from devmeter.alerts import Alert
+from devmeter.budget import Budgets, BudgetTracker, ScopeBudget
 from devmeter.ledger import INSERT_ALERT, alert_row, connect, write_calls
 from devmeter.paths import paths
 from devmeter.usage import Attribution, Call, Usage

@@ -14,7 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from devmeter.ledger import PICO
+from devmeter.money import PICO
 from devmeter.paths import paths
 from devmeter.providers import INTERCEPT_HOSTS
 from devmeter.shellenv import proxy_environment

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from devmeter import control
+from devmeter.alerts import Block
 from devmeter.ask import (
     Ask,
     AskBook,
@@ -18,7 +19,7 @@ from devmeter.ask import (
     read_pending,
     write_pending,
 )
-from devmeter.budget import Block, Budgets, BudgetTracker, ScopeBudget, parse_budgets
+from devmeter.budget import Budgets, BudgetTracker, ScopeBudget, parse_budgets
 from devmeter.config_error import ConfigError
 from devmeter.usage import Attribution, Call, Usage
 

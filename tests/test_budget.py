@@ -7,15 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from devmeter.budget import (
-    Alert,
-    Budgets,
-    BudgetTracker,
-    ScopeBudget,
-    format_usd,
-    parse_budgets,
-)
+from devmeter.alerts import Alert
+from devmeter.budget import Budgets, BudgetTracker, ScopeBudget, parse_budgets
 from devmeter.config_error import ConfigError
+from devmeter.money import format_usd
 from devmeter.usage import Attribution, Call, Usage
 
 D = Decimal

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from devmeter.importers import CursorCSVError, import_cursor_csv, read_cursor_csv
-from devmeter.ledger import from_pusd
+from devmeter.money import from_pusd
 from devmeter.pricing import price
 from devmeter.usage import Usage
 

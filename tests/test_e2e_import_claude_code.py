@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from devmeter.importers.claude_code import import_claude_code
-from devmeter.ledger import from_pusd
+from devmeter.money import from_pusd
 from tests.clients_env import claude_env, cli, devmeter_run, git_repo, last_id, rows_after
 from tests.fake_upstream import FakeUpstream
 from tests.proxy_harness import RunningProxy

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from devmeter.ledger import PICO
+from devmeter.money import PICO
 from tests.clients_env import claude_env, cli, codex_env
 from tests.fake_upstream import FakeUpstream
 from tests.proxy_harness import RunningProxy, start_proxy

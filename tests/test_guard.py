@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from devmeter.budget import MESSAGE_MAX, Advice, BudgetTracker, fit, parse_budgets
+from devmeter.alerts import MESSAGE_MAX, fit
+from devmeter.budget import Advice, BudgetTracker, parse_budgets
 from devmeter.control import Control
 from devmeter.guard import Guard
 from devmeter.ledger import LedgerWriter, connect_readonly, write_calls

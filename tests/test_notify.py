@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from devmeter.budget import Alert
+from devmeter.alerts import Alert
 from devmeter.tray.notify import (
     Backend,
     Notice,

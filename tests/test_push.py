@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from devmeter.budget import Alert
+from devmeter.alerts import Alert
 from devmeter.config import parse
 from devmeter.config_error import ConfigError
 from devmeter.push import NotifyConfig, Pusher, Target, parse_notify

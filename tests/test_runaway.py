@@ -7,7 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from devmeter.budget import Alert, BudgetTracker
+from devmeter.alerts import Alert
+from devmeter.budget import BudgetTracker
 from devmeter.config_error import ConfigError
 from devmeter.runaway import (
     RunawayConfig,

@@ -15,7 +15,7 @@ import platformdirs
 import pytest
 
 from devmeter import ledger, statusline
-from devmeter.budget import Alert
+from devmeter.alerts import Alert
 from devmeter.usage import Attribution, Call, Usage
 
 # What Claude Code 2.1.197 piped to its statusLine command in a real session (captured

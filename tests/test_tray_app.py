@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from devmeter import control
-from devmeter.budget import Alert, Budgets, BudgetTracker, ScopeBudget
+from devmeter.alerts import Alert
+from devmeter.budget import Budgets, BudgetTracker, ScopeBudget
 from devmeter.config import TEMPLATE, Config
 from devmeter.ledger import INSERT_ALERT, alert_row, connect, connect_readonly, write_calls
 from devmeter.paths import paths

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from devmeter import reports, sessions
+from devmeter.clock import local_midnight
 from devmeter.dashboard.charts import stacked_bars
 
 PERIODS = {"today": 1, "7d": 7, "30d": 30}
@@ -35,11 +36,6 @@ def _money(usd: Decimal | None, figure: str = "", exact: Decimal | None = None) 
 
 def _name(value: object, limit: int = 60) -> str:
     return escape(reports.cell(value, limit, "tail"))
-
-
-def _midnight(now: float) -> float:
-    day = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
-    return day.timestamp()
 
 
 def cache_hit_rate(row: dict[str, Any]) -> str:
@@ -100,7 +96,7 @@ def _alerts_list(rows: list[dict[str, Any]]) -> str:
 
 def today_data(conn: sqlite3.Connection | None, now: float, token_form: str) -> dict[str, Any]:
     """What the today view shows, and what its poll returns: figures plus the HTML."""
-    since = _midnight(now)
+    since = local_midnight(now)
     if conn is None:
         by_repo: list[dict[str, Any]] = []
         series: list[tuple[str, str, Decimal]] = []
@@ -138,7 +134,7 @@ def today_data(conn: sqlite3.Connection | None, now: float, token_form: str) -> 
 
 def period_html(conn: sqlite3.Connection | None, now: float, period: str, by: str) -> str:
     days = PERIODS[period]
-    since = _midnight(now) - (days - 1) * 86400
+    since = local_midnight(now) - (days - 1) * 86400
     rows, series = reports.grouped_series(conn, since, "day", by) if conn else ([], [])
     top = reports.query(conn, "session", since, limit=10) if conn else []
     start = datetime.fromtimestamp(since)

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from devmeter.export.settings import Labels
-from devmeter.ledger import PICO, connect_readonly
+from devmeter.ledger import connect_readonly
+from devmeter.money import PICO
 
 SALT_FILE = "export_salt"
 UNATTRIBUTED = "unattributed"

@@ -58,7 +58,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 import devmeter
 from devmeter.export.counters import TOKEN_BUCKETS, TOKEN_TYPES, LedgerCounters
 from devmeter.export.settings import OtlpSettings, parse_headers
-from devmeter.ledger import PICO
+from devmeter.money import PICO
 
 CURSOR_FILE = "otlp_cursor.json"
 LOG_BATCH = 500

@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from devmeter.export.counters import TOKEN_TYPES, Key, LedgerCounters
-from devmeter.ledger import PICO
+from devmeter.money import PICO
 
 COMMON = ("provider", "model", "tool", "repo", "machine")
 

@@ -25,10 +25,10 @@ import httpx2
 from mitmproxy import connection, ctx, http, websocket
 
 from devmeter import metering
+from devmeter.alerts import Alert, Block
 from devmeter.ask import Ask, AskBook
 from devmeter.attribution import lower_headers
 from devmeter.billing import OVERAGE, SUBSCRIPTION, Accounts, Billing
-from devmeter.budget import Alert, Block
 from devmeter.control import ControlWatcher
 from devmeter.decoding import Decoder, decoder_for
 from devmeter.guard import Guard, Verdict, estimate_cost, request_signals

@@ -25,10 +25,11 @@ from mitmproxy.tools.dump import DumpMaster
 
 from devmeter import cabundle, export, ports, pricing
 from devmeter import control as control_state
+from devmeter.alerts import Alert
 from devmeter.ask import AskBook, asks_path, write_pending
 from devmeter.attribution import Attributor
 from devmeter.billing import Accounts, Billing
-from devmeter.budget import SCOPES, Alert, Budgets
+from devmeter.budget import SCOPES, Budgets
 from devmeter.config import Config
 from devmeter.config_reload import ConfigReloader, clear_status, load_with_pins
 from devmeter.control import ControlWatcher, control_path

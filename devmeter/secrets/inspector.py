@@ -26,7 +26,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from devmeter.budget import Alert, Block
+from devmeter.alerts import Alert, Block
 from devmeter.paths import make_private_dir
 from devmeter.secrets.new_content import Piece, all_pieces, new_pieces
 from devmeter.secrets.policy import SecretsPolicy, strictest

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from devmeter import control as control_state
 from devmeter import reports
 from devmeter.budget import MENU_ENV
+from devmeter.clock import local_midnight
 from devmeter.config import Config, ConfigError, load
 from devmeter.ledger import connect_readonly
 from devmeter.paths import Paths, make_private_dir, write_private
@@ -44,7 +45,7 @@ from devmeter.tray.menu import (
     short_config_problem,
     to_pystray,
 )
-from devmeter.tray.snapshot import change_marker, day_start, snapshot
+from devmeter.tray.snapshot import change_marker, snapshot
 from devmeter.tray.supervisor import EventKind, Supervisor, proxy_command
 from devmeter.warnlog import route_warnings
 
@@ -242,7 +243,7 @@ def report_text(conn: sqlite3.Connection | None, now: float, session: str | None
         out += [f"Session {session}", ""]
         out.append(reports.to_table(rows, "request") if rows else "No calls in this session.\n")
         return "\n".join(out)
-    today = day_start(now)
+    today = local_midnight(now)
     for by in ("repo", "session", "model", "tool"):
         rows = reports.query(conn, by, since=today)
         out += [f"Today by {by}", ""]
@@ -502,7 +503,7 @@ class TrayApp:
                     _mtime(self.control_file),
                     self._configured_routing(),
                     self.supervisor.status,
-                    day_start(now),
+                    local_midnight(now),
                     int(now // REDRAW_SECONDS),
                     *map(_mtime, tray_asks.files(self.paths.data_dir)),
                 )

@@ -22,9 +22,9 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from devmeter import control as control_state
-from devmeter.budget import repo_name, short_session
 from devmeter.config import Config
 from devmeter.integration import steps
+from devmeter.labels import repo_name, short_session
 from devmeter.ledger import connect_readonly
 from devmeter.paths import Paths
 from devmeter.reports import format_usd  # as reports show it: a sub-cent spend is not $0.00

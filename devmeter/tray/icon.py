@@ -15,7 +15,7 @@ from typing import Literal
 
 from PIL import Image, ImageDraw, ImageFont
 
-from devmeter.budget import format_usd
+from devmeter.money import format_usd
 
 State = Literal["normal", "warning", "blocked", "paused"]
 RGB = tuple[int, int, int]

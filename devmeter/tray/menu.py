@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
-from devmeter.budget import format_usd, repo_name, short_session
+from devmeter.labels import repo_name, short_session
+from devmeter.money import format_usd
 from devmeter.reports import NO_REPO
 from devmeter.tray.icon import State
 

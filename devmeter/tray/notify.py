@@ -50,7 +50,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from devmeter.budget import Alert
+from devmeter.alerts import Alert
 from devmeter.paths import write_private
 
 log = logging.getLogger(__name__)

@@ -23,8 +23,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from devmeter.clock import local_midnight, local_month_start
 from devmeter.control import Control
-from devmeter.ledger import PICO, read_quota
+from devmeter.ledger import read_quota
+from devmeter.money import usd
 from devmeter.quota import tightest, tray_line
 from devmeter.sessions import LIVE_SECONDS
 from devmeter.tray.menu import ROUTING_MODES, CapRow, RoutingMode, SessionRow, TraySnapshot
@@ -38,17 +40,6 @@ _CAP_SCOPE = re.compile(r"budgets\.(session|repo|day|month)\.block_usd")
 _CAP_FIGURE = re.compile(r"reached its \$([0-9,]+(?:\.[0-9]+)?) cap")
 # The statuses refusals are answered with, per client (budget.Block.refusal).
 REFUSED = "status IN (400, 402, 403) AND error LIKE 'devmeter:%'"
-
-
-def day_start(now: float) -> float:
-    """Local midnight before `now`: the day budgets and `report --since today` count from."""
-    midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
-    return midnight.timestamp()
-
-
-def month_start(now: float) -> float:
-    midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
-    return midnight.replace(day=1).timestamp()
 
 
 def snapshot(
@@ -67,13 +58,13 @@ def snapshot(
     routing = _routing(control.routing_mode or configured_routing)
     if conn is None:
         return TraySnapshot(routing=routing, paused=control.paused)
-    today = day_start(now)
+    today = local_midnight(now)
     return TraySnapshot(
         today_usd=_sum(conn, "ts >= ?", (today,)),
-        month_usd=_sum(conn, "ts >= ?", (month_start(now),)),
+        month_usd=_sum(conn, "ts >= ?", (local_month_start(now),)),
         sessions=live_sessions(conn, now),
         today_by_repo=tuple(
-            (repo, _usd(pusd))
+            (repo, usd(pusd))
             for repo, pusd in conn.execute(
                 "SELECT repo, sum(coalesce(cost_pusd, 0)) FROM calls WHERE ts >= ? "
                 "GROUP BY repo ORDER BY 2 DESC",
@@ -122,7 +113,7 @@ def live_sessions(conn: sqlite3.Connection, now: float) -> tuple[SessionRow, ...
         (now - LIVE_SECONDS,),
     ).fetchall()
     return tuple(
-        SessionRow(session=session, tool=tool or "unknown", repo=repo, spend_usd=_usd(pusd))
+        SessionRow(session=session, tool=tool or "unknown", repo=repo, spend_usd=usd(pusd))
         for session, _last, pusd, tool, repo in rows
     )
 
@@ -190,11 +181,9 @@ def _routing(mode: str) -> RoutingMode:
 
 def _sum(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> Decimal:
     (pusd,) = conn.execute(f"SELECT sum(cost_pusd) FROM calls WHERE {where}", params).fetchone()
-    return _usd(pusd)
+    return usd(pusd)
 
 
-def _usd(pusd: int | None) -> Decimal:
-    return Decimal(pusd or 0) / PICO
 
 
 # --- the headless line ---------------------------------------------------------------------
@@ -210,7 +199,7 @@ class Headline:
 def headline(conn: sqlite3.Connection | None, now: float, snap: TraySnapshot) -> Headline:
     if conn is None:
         return Headline()
-    today = day_start(now)
+    today = local_midnight(now)
     (count,) = conn.execute("SELECT count(*) FROM calls WHERE ts >= ?", (today,)).fetchone()
     alert = conn.execute(
         "SELECT ts, kind, message FROM alerts WHERE ts >= ? ORDER BY ts DESC, id DESC LIMIT 1",

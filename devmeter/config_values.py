@@ -1,0 +1,37 @@
+"""Checks on single values and tables of the config file, shared by every section's
+parser: each failure is a `ConfigError` naming the key (config.py adds file and line).
+
+Base layer: imports nothing of the project but `config_error`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+
+from devmeter.config_error import ConfigError
+
+
+def config_usd(key: str, value: object) -> Decimal:
+    """A positive, finite dollar amount from TOML (int or float; never bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(key, f"expected a number of US dollars, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(key, f"expected a finite number of US dollars, got {value!r}")
+    # str() first: 0.1 is Decimal("0.1"), not 0.1000000000000000055511151231257827...
+    amount = Decimal(str(value))
+    if amount <= 0:
+        raise ConfigError(key, f"must be above 0, got {value!r}")
+    return amount
+
+
+def reject_unknown(prefix: str, table: Mapping[str, object], valid: Iterable[str]) -> None:
+    """Raise on the first key of `[prefix]` that is not one of `valid`, listing them."""
+    valid = list(valid)
+    for name in table:
+        if name not in valid:
+            raise ConfigError(
+                f"{prefix}.{name}",
+                f"unknown key {name!r}; valid keys in [{prefix}]: {', '.join(valid)}",
+            )
