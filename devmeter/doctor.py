@@ -462,21 +462,15 @@ def check_notifications(
 
 
 def _send_test_notification() -> Check:
-    from devmeter.tray.notify import Unavailable, default_backends
+    from devmeter.alert_delivery import Notice, default_backends, show_first
 
-    failures = []
-    for backend in default_backends():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # plyer warns about each piece it lacks
-                backend.send("devmeter: test notification", "Sent by `devmeter doctor --notify`.")
-        except Unavailable as exc:
-            failures.append(f"{backend.name}: {exc}")
-            continue
-        except Exception as exc:
-            failures.append(f"{backend.name}: {type(exc).__name__}: {exc}")
-            continue
-        return Check("notifications", "green", f"test notification sent through {backend.name}")
+    notice = Notice("devmeter: test notification", "Sent by `devmeter doctor --notify`.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # plyer warns about each piece it lacks
+        shown_by, problems = show_first(default_backends(), notice)
+    if shown_by is not None:
+        return Check("notifications", "green", f"test notification sent through {shown_by}")
+    failures = [f"{name}: {why}" for name, why in problems.items()]
     return Check(
         "notifications",
         "amber",

@@ -28,7 +28,7 @@ from pathlib import Path
 import anthropic
 import pytest
 
-from devmeter.tray.notify import read_status
+from devmeter.alert_delivery import read_status
 from tests.desktop_bus import launch_session_bus
 from tests.fake_upstream import FakeUpstream
 from tests.proxy_harness import RunningProxy, start_proxy

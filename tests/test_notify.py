@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from devmeter.alerts import Alert
-from devmeter.tray.notify import (
+from devmeter.alert_delivery import (
     Backend,
     Notice,
     Notifier,
     default_backends,
     desktop_notifier_backend,
-    icon_backend,
     notify_send_backend,
     osascript_backend,
     plyer_backend,
@@ -26,6 +24,8 @@ from devmeter.tray.notify import (
     read_status,
     summary,
 )
+from devmeter.alerts import Alert
+from devmeter.tray.icon_notify import icon_backend
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="fake binaries are sh scripts")
 
@@ -165,7 +165,7 @@ def test_when_nothing_works_it_logs_and_carries_on(bin_dir, caplog):
             icon_backend(NoBalloons()),
         ]
     )
-    with caplog.at_level(logging.INFO, logger="devmeter.tray.notify"):
+    with caplog.at_level(logging.INFO, logger="devmeter.alert_delivery"):
         assert notifier.notify(alert(msg="the message"), T0) == "failed"
     assert "plyer failed: dbus exploded" in caplog.text
     assert "notify-send unavailable here (notify-send not found on PATH)" in caplog.text
@@ -190,14 +190,15 @@ def test_a_backend_that_cannot_work_here_is_not_retried():
 
 def test_the_default_chain_per_platform():
     icon = FakeIcon()
-    names = {p: [b.name for b in default_backends(icon, p)] for p in ("darwin", "linux", "win32")}
+    platforms = ("darwin", "linux", "win32")
+    names = {p: [b.name for b in default_backends([icon_backend(icon)], p)] for p in platforms}
     # plyer is not used on Linux: it runs notify-send there and ignores its exit status.
     assert names == {
         "darwin": ["desktop-notifier", "osascript", "plyer", "tray icon"],
         "linux": ["desktop-notifier", "notify-send", "tray icon"],
         "win32": ["desktop-notifier", "powershell", "plyer", "tray icon"],
     }
-    assert [b.name for b in default_backends(None, "freebsd14")] == [
+    assert [b.name for b in default_backends((), "freebsd14")] == [
         "desktop-notifier",
         "notify-send",
     ]
@@ -343,7 +344,7 @@ def test_a_desktop_with_no_working_backend_is_reported_once(bin_dir, tmp_path, c
     fake_binary(bin_dir, "notify-send", exit_code=1)  # no daemon: libnotify exits 1
     status = tmp_path / "notify-status.json"
     notifier = Notifier([notify_send_backend()], status_file=status)
-    with caplog.at_level(logging.WARNING, logger="devmeter.tray.notify"):
+    with caplog.at_level(logging.WARNING, logger="devmeter.alert_delivery"):
         assert notifier.notify(alert(key="a"), T0) == "failed"
         assert notifier.notify(alert(key="b"), T0 + 1) == "failed"
     assert caplog.text.count("none could be shown") == 1

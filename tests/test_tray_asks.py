@@ -7,10 +7,10 @@ import json
 from decimal import Decimal
 
 from devmeter import control
+from devmeter.alert_delivery import status_path
 from devmeter.ask import AskBook, asks_path, write_pending
 from devmeter.budget import BudgetTracker, parse_budgets
 from devmeter.tray.menu import AskRow, TraySnapshot, build_menu
-from devmeter.tray.notify import status_path
 from devmeter.usage import Attribution, Call, Usage
 from tests.test_tray_app import FakeIcon, app_for, click, where  # noqa: F401 - fixtures
 

@@ -478,7 +478,7 @@ def _notifier(
 ) -> tuple[Callable[[Alert], object], Callable[[], object]]:
     """Desktop notifications from the proxy itself, so they work without the tray too; an
     ask's buttons answer through control.json, like the tray menu and `devmeter allow`."""
-    from devmeter.tray.notify import Notifier, status_path
+    from devmeter.alert_delivery import Notifier, status_path
 
     def on_answer(ask_id: str, choice: str) -> None:
         control_state.answer(control_file, ask_id, choice)

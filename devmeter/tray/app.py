@@ -202,20 +202,15 @@ def open_with_os(path: Path) -> None:
 
 def desktop_notifier(icon: Any = None) -> Notify:
     """Show a notification off the calling thread, trying each backend in turn."""
-    from devmeter.tray.notify import Unavailable, default_backends
+    from devmeter.alert_delivery import Notice, default_backends, show_first
+    from devmeter.tray.icon_notify import icon_backend
 
-    backends = default_backends(icon)
+    backends = default_backends([icon_backend(icon)] if icon is not None else [])
+    unavailable: set[str] = set()
 
     def send(title: str, message: str) -> None:
         def run() -> None:
-            for backend in backends:
-                try:
-                    backend.send(f"devmeter: {title}", message)
-                    return
-                except Unavailable:
-                    continue
-                except Exception:  # a notification must never take the tray down
-                    continue
+            show_first(backends, Notice(f"devmeter: {title}", message), unavailable)
 
         threading.Thread(target=run, name="devmeter-tray-notify", daemon=True).start()
 

@@ -2,7 +2,7 @@
 small state files.
 
 The proxy lists its open asks in `asks.json` (devmeter/ask.py), says whether desktop
-notifications can be shown in `notify-status.json` (devmeter/tray/notify.py) and whether
+notifications can be shown in `notify-status.json` (devmeter/alert_delivery.py) and whether
 it took the last config edit in `config_status.json` (devmeter/config_reload.py); all
 sit beside the ledger. Unreadable or missing files read as "nothing to show".
 """
@@ -14,9 +14,9 @@ from decimal import Decimal
 from pathlib import Path
 
 from devmeter import config_reload
+from devmeter.alert_delivery import read_status, status_path
 from devmeter.ask import asks_path, read_pending
 from devmeter.tray.menu import AskRow, TraySnapshot
-from devmeter.tray.notify import read_status, status_path
 
 
 def held_asks(data_dir: Path) -> tuple[AskRow, ...]:

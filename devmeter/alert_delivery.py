@@ -1,4 +1,6 @@
-"""Desktop notifications for alerts: several ways to show one, each checked, and no flood.
+"""Alert delivery: desktop notifications for alerts, several ways to show one, each
+checked, and no flood. One module for the proxy (which notifies on its own, tray or not),
+the tray and `devmeter doctor`; it imports neither.
 
 `Notifier` tries its backends in order until one shows the notification:
 
@@ -10,7 +12,7 @@
    (macOS), a PowerShell toast (Windows);
 3. plyer, off Linux (on Linux it runs notify-send and ignores the exit status, so it
    would report a failed notification as shown);
-4. the tray icon's `notify`.
+4. the tray icon's `notify` (the tray passes `tray/icon_notify.py`'s backend in).
 
 A failure is logged, never raised. A backend that cannot work on this machine at all
 (missing module or binary) is skipped from then on. When no backend works, the log says
@@ -27,8 +29,8 @@ shown as one. A "blocked" or "ask" alert is never held: the developer's tool jus
 stopped, or waits for an answer.
 
 Backends run in the calling thread and may block for seconds (plyer's Windows balloon
-sleeps), so call `notify` and `flush` off the tray's main thread (any thread will do);
-call `flush` every few seconds so held alerts go out.
+sleeps), so call `notify`, `flush` and `show_first` off the tray's main thread (any
+thread will do); call `flush` every few seconds so held alerts go out.
 """
 
 from __future__ import annotations
@@ -309,19 +311,11 @@ def powershell_backend() -> Backend:
     return Backend("powershell", send)
 
 
-def icon_backend(icon: Any) -> Backend:
-    """The tray icon's own `notify` (pystray): a balloon on Windows, where it has one."""
-
-    def send(title: str, message: str) -> None:
-        if not getattr(icon, "HAS_NOTIFICATION", True):
-            raise Unavailable(f"{type(icon).__name__} has no notifications")
-        icon.notify(message, title)
-
-    return Backend("tray icon", send)
-
-
-def default_backends(icon: Any = None, platform: str = sys.platform) -> list[Backend]:
-    """desktop-notifier, this OS's command, plyer (not on Linux), then the tray icon."""
+def default_backends(
+    last: Sequence[Backend] = (), platform: str = sys.platform
+) -> list[Backend]:
+    """desktop-notifier, this OS's command, plyer (not on Linux), then `last` (the tray
+    passes its icon's)."""
     backends = [desktop_notifier_backend()]
     if platform == "darwin":
         backends += [osascript_backend(), plyer_backend()]
@@ -329,8 +323,7 @@ def default_backends(icon: Any = None, platform: str = sys.platform) -> list[Bac
         backends += [powershell_backend(), plyer_backend()]
     else:
         backends.append(notify_send_backend())
-    if icon is not None:
-        backends.append(icon_backend(icon))
+    backends.extend(last)
     return backends
 
 
@@ -345,6 +338,36 @@ def read_status(data_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return raw if isinstance(raw, dict) else None
+
+
+def show_first(
+    backends: Sequence[Backend], notice: Notice, unavailable: set[str] | None = None
+) -> tuple[str | None, dict[str, str]]:
+    """Show `notice` through the first backend that can: that backend's name (None when
+    none could) and what went wrong with each one tried before it. A backend that cannot
+    work here at all joins `unavailable` and is skipped while that set is kept. Never
+    raises: a notification must never take devmeter down."""
+    unavailable = set() if unavailable is None else unavailable
+    problems: dict[str, str] = {}
+    for backend in backends:
+        if backend.name in unavailable:
+            problems[backend.name] = "unavailable here"
+            continue
+        try:
+            if backend.send_notice is not None:
+                backend.send_notice(notice)
+            else:
+                backend.send(notice.title, notice.message)
+        except Unavailable as exc:
+            log.info("notifications: %s unavailable here (%s)", backend.name, exc)
+            unavailable.add(backend.name)
+            problems[backend.name] = f"unavailable here: {exc}"
+        except Exception as exc:  # a notification must never take devmeter down
+            log.info("notifications: %s failed: %s", backend.name, exc)
+            problems[backend.name] = _describe(exc)
+        else:
+            return backend.name, problems
+    return None, problems
 
 
 # --- the notifier --------------------------------------------------------------------------
@@ -435,27 +458,11 @@ class Notifier:
         notice = self._notice(
             _clip(f"devmeter: {title}", TITLE_MAX), _clip(message, MESSAGE_MAX), alert
         )
-        problems: dict[str, str] = {}
-        for backend in self.backends:
-            if backend.name in self._unavailable:
-                problems[backend.name] = "unavailable here"
-                continue
-            try:
-                if backend.send_notice is not None:
-                    backend.send_notice(notice)
-                else:
-                    backend.send(notice.title, notice.message)
-            except Unavailable as exc:
-                log.info("notifications: %s unavailable here (%s)", backend.name, exc)
-                self._unavailable.add(backend.name)
-                problems[backend.name] = f"unavailable here: {exc}"
-            except Exception as exc:  # a notification must never take devmeter down
-                log.info("notifications: %s failed: %s", backend.name, exc)
-                problems[backend.name] = _describe(exc)
-            else:
-                self._sent.append(now)
-                self._report(True, backend.name, problems, now)
-                return "sent"
+        shown_by, problems = show_first(self.backends, notice, self._unavailable)
+        if shown_by is not None:
+            self._sent.append(now)
+            self._report(True, shown_by, problems, now)
+            return "sent"
         if self.status["ok"] is not False:  # once, not for every alert
             log.warning(
                 "notifications: none could be shown (%s); alerts stay in `devmeter alerts` "
