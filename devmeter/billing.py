@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from devmeter.config_error import ConfigError
-from devmeter.paths import make_private_dir
+from devmeter.paths import load_key_or_ephemeral
 
 SUBSCRIPTION = "subscription"
 API = "api"
@@ -129,26 +127,7 @@ def load_salt(data_dir: Path) -> bytes:
     """The salt, created readable by the user alone on first use. A salt that cannot be
     kept (read-only folder) is made up for this run: accounts are then stable only
     within the run, which is said by nothing worse than new account ids."""
-    path = data_dir / SALT_FILE
-    try:
-        data = path.read_bytes()
-        if len(data) >= 16:
-            return data
-    except OSError:
-        pass
-    salt = secrets.token_bytes(_SALT_BYTES)
-    try:
-        make_private_dir(data_dir)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, salt)
-        finally:
-            os.close(fd)
-    except FileExistsError:
-        return path.read_bytes()  # another process made it first: use theirs
-    except OSError:
-        pass
-    return salt
+    return load_key_or_ephemeral(data_dir / SALT_FILE, _SALT_BYTES)
 
 
 def label(account: str | None, labels: Mapping[str, str]) -> str | None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
+
+log = logging.getLogger(__name__)
 
 # Windows has no mode bits to tighten: a user's profile folder is private already.
 _POSIX = os.name == "posix"
@@ -89,6 +93,98 @@ def write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
+class KeyFileError(Exception):
+    """A key or salt file devmeter keeps exists but cannot be used: unreadable, or not
+    holding a key. Its text names the file and the fix."""
+
+
+def load_key(path: Path, size: int, *, hex_text: bool = False) -> bytes:
+    """The secret key kept in `path` (a salt, the loop key), made on first use.
+
+    Made once: random `size` bytes, written to a private temporary file (0600) and linked
+    into place, so a reader never sees half a key and two processes starting together
+    both end up with the first one's. Never overwritten: every hash made with a key
+    (repo labels, account ids, fingerprints) changes with it, so a file that cannot be
+    read, or holds less than `size` bytes, raises `KeyFileError` instead of being
+    replaced. `hex_text`: the file holds the key as hex digits and a newline (the
+    export salt's format since it was introduced).
+    """
+    try:
+        return _read_key(path, size, hex_text)
+    except FileNotFoundError:
+        pass
+    key = secrets.token_bytes(size)
+    try:
+        make_private_dir(path.parent)
+        _create_once(path, (key.hex() + "\n").encode("ascii") if hex_text else key)
+    except FileExistsError:
+        return _read_key(path, size, hex_text)  # another process made it first: use theirs
+    except OSError as exc:
+        raise KeyFileError(
+            f"devmeter: cannot create {path}: {exc.strerror or exc}. "
+            f"Make {path.parent} writable by you."
+        ) from exc
+    return key
+
+
+def load_key_or_ephemeral(path: Path, size: int, *, hex_text: bool = False) -> bytes:
+    """`load_key`, or, when the file cannot be used, a key for this run only (said once in
+    the log): what it hashes is then stable only within the run, which costs less than
+    stopping metering over it."""
+    try:
+        return load_key(path, size, hex_text=hex_text)
+    except KeyFileError as exc:
+        log.warning("%s Using a key for this run only.", exc)
+        return secrets.token_bytes(size)
+
+
+def _read_key(path: Path, size: int, hex_text: bool) -> bytes:
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise FileNotFoundError(str(path)) from exc  # not there: made by `load_key`
+    except OSError as exc:
+        raise KeyFileError(
+            f"devmeter: cannot read {path}: {exc.strerror or exc}. "
+            "Make it readable by you (chmod 600), or delete it to have a new one made."
+        ) from exc
+    try:
+        key = bytes.fromhex(data.decode("ascii").strip()) if hex_text else data
+    except ValueError:
+        key = b""
+    if len(key) < size:
+        expected = f"{size * 2} hex digits" if hex_text else f"{size} bytes"
+        raise KeyFileError(
+            f"devmeter: {path} does not hold a key (at least {expected} expected). "
+            "Delete it to have a new one made (what was hashed with the old one changes)."
+        )
+    return key
+
+
+def _create_once(path: Path, content: bytes) -> None:
+    """Write `path` whole with `content`, 0600, or raise FileExistsError if it exists."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if _POSIX and os.fstat(f.fileno()).st_mode & 0o077:
+                os.fchmod(f.fileno(), 0o600)
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # fails if `path` exists: never replaces a key
+        except FileExistsError:
+            raise
+        except OSError:
+            # No hard links here (some network and FUSE file systems): exclusive create.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 LOOP_KEY_BYTES = 16
 
 
@@ -100,21 +196,10 @@ def read_loop_key(where: Paths) -> bytes | None:
     reversible by hashing guesses: a random key kept beside the ledger does both. None
     when it can be neither read nor made (the caller keeps a per-process key).
     """
-    path = where.loop_key
     try:
-        make_private_dir(where.data_dir)
-        key = path.read_bytes() if path.exists() else b""
-        if len(key) == LOOP_KEY_BYTES:
-            return key
-        # Missing or damaged: a fresh key (the old fingerprints just stop matching).
-        key = os.urandom(LOOP_KEY_BYTES)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key)
-        os.replace(tmp, path)
-        return key
-    except OSError:
+        return load_key(where.loop_key, LOOP_KEY_BYTES)[:LOOP_KEY_BYTES]
+    except KeyFileError as exc:
+        log.warning("%s Loops are fingerprinted with a key for this run only.", exc)
         return None
 
 

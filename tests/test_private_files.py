@@ -79,7 +79,7 @@ def test_every_folder_and_state_file_is_private(
             assert running[f"ca/{name}"] == 0o600
 
 
-def test_the_loop_key_is_made_once_kept_private_and_a_damaged_one_replaced(
+def test_the_loop_key_is_made_once_kept_private_and_a_damaged_one_kept(
     tmp_path: Path, usual_umask: None
 ) -> None:
     where = paths({"DEVMETER_HOME": str(tmp_path / "home")})
@@ -87,10 +87,13 @@ def test_the_loop_key_is_made_once_kept_private_and_a_damaged_one_replaced(
     assert key is not None and len(key) == 16
     assert stat.S_IMODE(where.loop_key.stat().st_mode) == 0o600
     assert read_loop_key(where) == key
+    # Never overwritten (paths.load_key): the proxy uses a per-process key instead.
     where.loop_key.write_bytes(b"short")
+    assert read_loop_key(where) is None
+    assert where.loop_key.read_bytes() == b"short"
+    where.loop_key.unlink()  # what the warning tells the user to do
     fresh = read_loop_key(where)
     assert fresh is not None and len(fresh) == 16 and fresh != key
-    assert read_loop_key(where) == fresh
 
 
 def test_without_a_writable_data_folder_there_is_no_loop_key(tmp_path: Path) -> None:

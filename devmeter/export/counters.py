@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import os
-import secrets
 import sqlite3
 import threading
 import time
@@ -31,8 +29,10 @@ from typing import NamedTuple
 from devmeter.export.settings import Labels
 from devmeter.ledger import connect_readonly
 from devmeter.money import PICO
+from devmeter.paths import load_key_or_ephemeral
 
-SALT_FILE = "export_salt"
+SALT_FILE = "export_salt"  # the salt as hex digits and a newline
+SALT_BYTES = 32
 UNATTRIBUTED = "unattributed"
 OTHER = "other"
 TOKEN_TYPES = ("input", "cache_read", "cache_write", "output")
@@ -344,19 +344,4 @@ class LedgerCounters:
 def load_salt(data_dir: Path) -> bytes:
     """The salt of hashed repo labels: made once, kept in the data dir, readable by the
     user alone, never exported. Stable, so a repo keeps its hash across restarts."""
-    path = data_dir / SALT_FILE
-    try:
-        text = path.read_text(encoding="ascii").strip()
-        if len(text) >= 32:
-            return bytes.fromhex(text)
-    except (OSError, ValueError):
-        pass
-    data_dir.mkdir(parents=True, exist_ok=True)
-    salt = secrets.token_hex(32)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as out:
-        out.write(salt + "\n")
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-    return bytes.fromhex(salt)
+    return load_key_or_ephemeral(data_dir / SALT_FILE, SALT_BYTES, hex_text=True)

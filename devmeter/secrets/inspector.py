@@ -13,8 +13,6 @@ ledger's fingerprints are loaded at start so a restart does not report it again.
 from __future__ import annotations
 
 import hashlib
-import os
-import secrets as _random
 import sqlite3
 import sys
 import threading
@@ -27,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from devmeter.alerts import Alert, Block
-from devmeter.paths import make_private_dir
+from devmeter.paths import load_key_or_ephemeral
 from devmeter.secrets.new_content import Piece, all_pieces, new_pieces
 from devmeter.secrets.policy import SecretsPolicy, strictest
 from devmeter.secrets.scan import Finding, fingerprint, redact, scan
@@ -37,20 +35,9 @@ SALT_FILE = "secrets.salt"
 
 
 def load_salt(data_dir: Path) -> bytes:
-    """The fingerprint key: 32 random bytes in a 0600 file, made on first use."""
-    path = data_dir / SALT_FILE
-    try:
-        salt = path.read_bytes()
-        if len(salt) >= 32:
-            return salt
-    except FileNotFoundError:
-        pass
-    make_private_dir(data_dir)
-    salt = _random.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(salt)
-    return salt
+    """The fingerprint key: 32 random bytes in a 0600 file, made on first use (for this
+    run only, said in the log, when the file cannot be used)."""
+    return load_key_or_ephemeral(data_dir / SALT_FILE, 32)
 
 
 @dataclass(frozen=True)
