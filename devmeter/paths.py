@@ -63,15 +63,43 @@ def paths(environ: dict[str, str] | None = None) -> Paths:
     )
 
 
+# The folders devmeter names itself (platformdirs' data folder, mitmproxy's CA folder, a
+# ledger's spool): tightened even when they exist, since a devmeter before issue 13 made
+# them 0755. Any other folder that exists is the user's (DEVMETER_HOME=~) and left alone.
+_OWN_DIR_NAMES = ("devmeter", "ca")
+_OWN_DIR_SUFFIX = ".spool"
+
+
 def make_private_dir(path: Path) -> None:
-    """Create `path` (and missing parents) readable by the user alone, or make it so.
+    """Create `path` (and missing parents) readable by the user alone.
 
     The ledger names every repo, branch and session you work in: the data and spool
-    folders are 0700 and their files 0600, whatever the umask.
+    folders are 0700 and their files 0600, whatever the umask. A folder that already
+    exists is tightened only when it is one devmeter names itself (see _OWN_DIR_NAMES):
+    never a folder of the user's, such as their home with DEVMETER_HOME=~.
     """
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)  # parents keep the usual modes...
+    _made_here.update(missing[1:])  # ...but are ours to tighten (the spool's first)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        if not _is_own_dir(path):
+            return
+    _made_here.add(path)
     if _POSIX and path.stat().st_mode & 0o077:
         os.chmod(path, 0o700)
+
+
+# Folders this process made: a data folder made as the spool's parent is still ours.
+_made_here: set[Path] = set()
+
+
+def _is_own_dir(path: Path) -> bool:
+    name = path.name
+    return path in _made_here or name in _OWN_DIR_NAMES or name.endswith(_OWN_DIR_SUFFIX)
 
 
 def make_private_file(path: Path) -> None:
@@ -116,9 +144,8 @@ def load_key(path: Path, size: int, *, hex_text: bool = False) -> bytes:
     key = secrets.token_bytes(size)
     try:
         make_private_dir(path.parent)
-        _create_once(path, (key.hex() + "\n").encode("ascii") if hex_text else key)
-    except FileExistsError:
-        return _read_key(path, size, hex_text)  # another process made it first: use theirs
+        if not _create_once(path, (key.hex() + "\n").encode("ascii") if hex_text else key):
+            return _read_key(path, size, hex_text)  # another process made it first
     except OSError as exc:
         raise KeyFileError(
             f"devmeter: cannot create {path}: {exc.strerror or exc}. "
@@ -161,8 +188,8 @@ def _read_key(path: Path, size: int, hex_text: bool) -> bytes:
     return key
 
 
-def _create_once(path: Path, content: bytes) -> None:
-    """Write `path` whole with `content`, 0600, or raise FileExistsError if it exists."""
+def _create_once(path: Path, content: bytes) -> bool:
+    """Write `path` whole with `content`, 0600; False (and nothing written) if it exists."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -175,12 +202,16 @@ def _create_once(path: Path, content: bytes) -> None:
         try:
             os.link(tmp, path)  # fails if `path` exists: never replaces a key
         except FileExistsError:
-            raise
+            return False
         except OSError:
             # No hard links here (some network and FUSE file systems): exclusive create.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                return False
             with os.fdopen(fd, "wb") as f:
                 f.write(content)
+        return True
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -106,3 +106,32 @@ def test_a_key_that_cannot_be_made_says_where(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError, match="cannot create .*file/home/loop.key"):
         load_key(blocked / "home" / "loop.key", 16)
     assert read_loop_key(paths({"DEVMETER_HOME": str(blocked / "home")})) is None
+
+
+@pytest.mark.skipif(not POSIX, reason="mode bits")
+def test_a_folder_of_the_users_is_never_tightened(tmp_path: Path) -> None:
+    # DEVMETER_HOME=~ : devmeter's files go in the user's home, which must stay as it was.
+    home = tmp_path / "me"
+    home.mkdir(mode=0o755)
+    os.chmod(home, 0o755)
+    where = paths({"DEVMETER_HOME": str(home)})
+    assert read_loop_key(where) is not None  # makes the data folder (it exists)
+    from devmeter.paths import make_private_dir
+
+    make_private_dir(where.data_dir)
+    assert stat.S_IMODE(home.stat().st_mode) == 0o755
+    assert stat.S_IMODE(where.loop_key.stat().st_mode) == 0o600
+
+    # What devmeter makes itself is private, whatever the umask, and so is a folder it
+    # names itself that an older devmeter left 0755.
+    old = os.umask(0o000)
+    try:
+        make_private_dir(home / "fresh")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((home / "fresh").stat().st_mode) == 0o700
+    for own in ("devmeter", "ca", "ledger.sqlite.spool"):
+        (home / own).mkdir(mode=0o755)
+        os.chmod(home / own, 0o755)
+        make_private_dir(home / own)
+        assert stat.S_IMODE((home / own).stat().st_mode) == 0o700, own
