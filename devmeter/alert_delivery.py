@@ -311,9 +311,7 @@ def powershell_backend() -> Backend:
     return Backend("powershell", send)
 
 
-def default_backends(
-    last: Sequence[Backend] = (), platform: str = sys.platform
-) -> list[Backend]:
+def default_backends(last: Sequence[Backend] = (), platform: str = sys.platform) -> list[Backend]:
     """desktop-notifier, this OS's command, plyer (not on Linux), then `last` (the tray
     passes its icon's)."""
     backends = [desktop_notifier_backend()]
@@ -359,11 +357,11 @@ def show_first(
             else:
                 backend.send(notice.title, notice.message)
         except Unavailable as exc:
-            log.info("notifications: %s unavailable here (%s)", backend.name, exc)
+            log.debug("notifications: %s unavailable here (%s)", backend.name, exc)
             unavailable.add(backend.name)
             problems[backend.name] = f"unavailable here: {exc}"
         except Exception as exc:  # a notification must never take devmeter down
-            log.info("notifications: %s failed: %s", backend.name, exc)
+            log.debug("notifications: %s failed: %s", backend.name, exc)
             problems[backend.name] = _describe(exc)
         else:
             return backend.name, problems
@@ -469,7 +467,7 @@ class Notifier:
                 "and this log",
                 "; ".join(f"{name}: {why}" for name, why in problems.items()) or "no backends",
             )
-        log.info("notifications: no way to show %r: %s", notice.title, notice.message)
+        log.debug("notifications: no way to show %r: %s", notice.title, notice.message)
         self._report(False, None, problems, now)
         return "failed"
 
@@ -502,7 +500,7 @@ class Notifier:
                 write_private(tmp, json.dumps(self.status, indent=1))  # 0600, as all state
                 tmp.replace(self.status_file)
             except OSError as exc:
-                log.info("notifications: cannot write %s: %s", self.status_file, exc)
+                log.debug("notifications: cannot write %s: %s", self.status_file, exc)
 
 
 def _describe(exc: Exception) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from devmeter import __version__, control, reports, shellenv
 from devmeter.config import Config, ConfigError, load, parse_listen, parse_upstream_arg
+from devmeter.diagnostics import log_to_stderr
 from devmeter.ledger import connect_readonly
 from devmeter.paths import Paths, paths, read_proxy_state
 from devmeter.safe_text import safe_text
@@ -21,6 +22,7 @@ from devmeter.sessions import LIVE_SECONDS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    log_to_stderr()  # diagnostics of the modules a command runs, one line each
     parser = build_parser()
     args = parser.parse_args(argv)
     where = paths()

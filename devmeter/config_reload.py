@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from devmeter.config import Config, ConfigError, load
+
+log = logging.getLogger(__name__)
 
 STATUS_FILE = "config_status.json"
 POLL_SECONDS = 0.5
@@ -69,7 +71,7 @@ def write_status(data_dir: Path, config_file: Path, error: str | None) -> None:
         os.chmod(tmp, 0o600)
         tmp.replace(path)
     except OSError as exc:
-        _say(f"devmeter: could not write {path}: {exc}")
+        log.warning("devmeter: could not write %s: %s", path, exc)
 
 
 def read_status(data_dir: Path) -> dict[str, Any] | None:
@@ -163,7 +165,7 @@ class ConfigReloader:
             try:
                 await self.check(loop)
             except Exception as exc:  # a reload bug must never stop the proxy
-                _say(f"devmeter: config reload failed: {type(exc).__name__}: {exc}")
+                log.warning("devmeter: config reload failed: %s: %s", type(exc).__name__, exc)
 
     async def check(self, loop: asyncio.AbstractEventLoop) -> bool:
         """Reload if the file changed; True when a new config was applied."""
@@ -186,18 +188,12 @@ class ConfigReloader:
         self._reported = None
         write_status(self.data_dir, self.path, None)
         what = "defaults (the file is gone)" if seen is None else str(self.path)
-        _say(f"devmeter: config reloaded from {what}" + "".join(f"; {n}" for n in notes))
+        log.info("devmeter: config reloaded from %s%s", what, "".join(f"; {n}" for n in notes))
         return True
 
     def _report(self, error: str) -> None:
         # The line first, the status file after: whoever sees the status can find the line.
         if error != self._reported:
             self._reported = error
-            _say(f"devmeter: bad config, keeping the last good one: {error}")
+            log.warning("devmeter: bad config, keeping the last good one: %s", error)
         write_status(self.data_dir, self.path, error)
-
-
-def _say(line: str) -> None:
-    # stderr on a full disk, or closed: the status file still says it.
-    with contextlib.suppress(OSError, ValueError):
-        print(line, file=sys.stderr, flush=True)

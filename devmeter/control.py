@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from devmeter.paths import make_private_dir, write_private
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -222,7 +224,6 @@ class ControlWatcher:
 
 
 def _print_problem(message: str) -> None:
-    # A diagnostic must never break the caller (the proxy's request hook), even when
-    # stderr is gone or its disk is full.
-    with contextlib.suppress(Exception):
-        print(message, file=sys.stderr, flush=True)
+    # The handler (diagnostics.log_to_stderr) never raises into the proxy's request hook,
+    # even when stderr is gone or its disk is full.
+    log.warning("%s", message)

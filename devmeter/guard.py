@@ -209,9 +209,7 @@ def spend_so_far(
     )
     add("repo", f"SELECT repo, sum({_counted(budgets.repo)}) FROM calls WHERE ts >= ? "
         "GROUP BY repo", (repo_start,))  # fmt: skip
-    totals[("day", tracker.period("day", now))] = _total(
-        conn, day_start, _counted(budgets.day)
-    )
+    totals[("day", tracker.period("day", now))] = _total(conn, day_start, _counted(budgets.day))
     totals[("month", tracker.period("month", now))] = _total(
         conn, month_start, _counted(budgets.month)
     )

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import queue
-import sys
 import threading
 import time
 import urllib.error
@@ -300,7 +299,9 @@ class Pusher:
                 try:
                     self._queue.get_nowait()  # the oldest goes: the newest says more
                     self.dropped += 1
-                    _say(f"devmeter: push queue full; dropped the oldest alert ({self.dropped})")
+                    log.warning(
+                        "devmeter: push queue full; dropped the oldest alert (%d)", self.dropped
+                    )
                 except queue.Empty:
                     pass
 
@@ -325,7 +326,7 @@ class Pusher:
         except LookupError as exc:
             if target.kind not in self._warned:  # once per target, not per alert
                 self._warned.add(target.kind)
-                _say(f"devmeter: [notify.{target.kind}] is off: {exc}")
+                log.warning("devmeter: [notify.%s] is off: %s", target.kind, exc)
             return
         backoff = self.first_backoff
         for attempt in range(1, self.attempts + 1):
@@ -336,16 +337,14 @@ class Pusher:
             except Retry as exc:
                 if attempt == self.attempts or self._stop.is_set():
                     self.failed += 1
-                    _say(f"devmeter: could not push to {target.kind} ({exc}); gave up")
+                    log.warning("devmeter: could not push to %s (%s); gave up", target.kind, exc)
                     return
                 self._sleep(backoff)
                 backoff *= 2
             except Exception as exc:  # a 4xx: the URL or token is wrong; retrying won't help
                 self.failed += 1
                 where = f"[notify.{target.kind}]"
-                _say(f"devmeter: {target.kind} refused the alert ({exc}); check {where}")
+                log.warning(
+                    "devmeter: %s refused the alert (%s); check %s", target.kind, exc, where
+                )
                 return
-
-
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)

@@ -12,8 +12,16 @@ from pathlib import Path
 
 import pytest
 
+from devmeter.diagnostics import log_to_stderr
 from tests.fake_upstream import FakeUpstream
 from tests.proxy_harness import RunningProxy, start_proxy
+
+
+@pytest.fixture(autouse=True, scope="session")
+def diagnostics_on_stderr() -> None:
+    """devmeter's log lines on stderr, as every entry point (CLI, proxy, tray) sets up, so
+    tests that call a module directly read the same lines a user sees."""
+    log_to_stderr()
 
 
 @pytest.fixture(autouse=True)

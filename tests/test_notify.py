@@ -165,7 +165,8 @@ def test_when_nothing_works_it_logs_and_carries_on(bin_dir, caplog):
             icon_backend(NoBalloons()),
         ]
     )
-    with caplog.at_level(logging.INFO, logger="devmeter.alert_delivery"):
+    # Each backend's failure is a debug line (stderr shows the one warning below).
+    with caplog.at_level(logging.DEBUG, logger="devmeter.alert_delivery"):
         assert notifier.notify(alert(msg="the message"), T0) == "failed"
     assert "plyer failed: dbus exploded" in caplog.text
     assert "notify-send unavailable here (notify-send not found on PATH)" in caplog.text

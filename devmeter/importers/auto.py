@@ -14,7 +14,7 @@ printed and retried at the next interval; it never stops the tray.
 
 from __future__ import annotations
 
-import sys
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,6 +22,8 @@ from pathlib import Path
 
 from devmeter.config_error import ConfigError
 from devmeter.pricing import PriceOverride
+
+log = logging.getLogger(__name__)
 
 _KEYS = ("auto", "interval_minutes")
 FIRST_DELAY = 5.0  # seconds after start
@@ -67,7 +69,7 @@ def start_auto_import(
     if not settings.auto:
         return None
     stop = stop or threading.Event()
-    say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+    say = say or _log_line
 
     def loop() -> None:
         from devmeter.importers.history import import_all
@@ -90,3 +92,7 @@ def start_auto_import(
     thread = threading.Thread(target=loop, name="devmeter-import", daemon=True)
     thread.start()
     return thread
+
+
+def _log_line(text: str) -> None:
+    log.info("%s", text)

@@ -13,12 +13,14 @@ kept-alive connection are covered by the idle timeout.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 
 from mitmproxy import connection, http
+
+log = logging.getLogger(__name__)
 
 HEADER_TIMEOUT = 30.0  # seconds from connecting to the first request's headers
 IDLE_TIMEOUT = 600  # seconds without a byte, mitmproxy's own default, set where it can be
@@ -89,7 +91,7 @@ class HeaderDeadline:
                         # mitmproxy's own inactivity close, in both 11 and 12.
                         asyncio.ensure_future(handler.on_timeout())  # type: ignore[attr-defined]
             except Exception as exc:  # never let the watchdog take the proxy down
-                print(f"devmeter: header deadline check failed: {exc!r}", file=sys.stderr)
+                log.warning("devmeter: header deadline check failed: %r", exc)
 
 
 def raise_file_limit(want: int = 65536) -> None:

@@ -33,6 +33,7 @@ from devmeter.budget import SCOPES, Budgets
 from devmeter.config import Config
 from devmeter.config_reload import ConfigReloader, clear_status, load_with_pins
 from devmeter.control import ControlWatcher, control_path
+from devmeter.diagnostics import log_to_stderr
 from devmeter.guard import (
     AlertDispatcher,
     Guard,
@@ -54,6 +55,8 @@ from devmeter.secrets.scan import builtin_detectors
 from devmeter.spool import SpoolBusy
 from devmeter.usage import Attribution, Call, RequestInfo
 from devmeter.warnlog import route_warnings
+
+log = logging.getLogger(__name__)
 
 
 def allow_hosts_patterns(extra_hosts: tuple[str, ...] = ()) -> list[str]:
@@ -118,7 +121,7 @@ class ClientProcessLookup:
         try:
             await loop.run_in_executor(self._lookups, lookup)
         except Exception as exc:  # attribution is best effort; the call goes on
-            print(f"devmeter: client process lookup failed: {exc!r}", file=sys.stderr)
+            log.warning("devmeter: client process lookup failed: %r", exc)
 
     def client_disconnected(self, client: connection.Client) -> None:
         peer = _address(client.peername)
@@ -413,7 +416,7 @@ def _seed_quota(watch: QuotaWatch, paths: Paths) -> None:
         finally:
             conn.close()
     except sqlite3.Error as exc:
-        print(f"devmeter: could not read quota history from {paths.ledger}: {exc}", file=sys.stderr)
+        log.warning("devmeter: could not read quota history from %s: %s", paths.ledger, exc)
 
 
 def _seed(guard: Guard, router: Router, paths: Paths) -> None:
@@ -508,23 +511,24 @@ def run(
     pinned_upstreams: Mapping[str, str] | None = None,
     pinned_listen: tuple[str, int] | None = None,
 ) -> int:
+    log_to_stderr()
     route_warnings(paths.data_dir)  # e.g. plyer's, when an alert is first notified
     try:
         asyncio.run(
             serve(config, paths, pinned_upstreams=pinned_upstreams, pinned_listen=pinned_listen)
         )
     except SpoolBusy as exc:  # a second proxy on the same ledger would count calls twice
-        print(exc, file=sys.stderr)
+        log.error("%s", exc)
         return 1
     except ListenError as exc:
-        print(exc, file=sys.stderr, flush=True)
+        log.error("%s", exc)
         return exc.exit_code
     except OSError as exc:
         host, port = config.listen
-        print(
-            f"devmeter: cannot listen on {host}:{port}: {exc.strerror or exc}. "
-            "Stop the other proxy or pass --listen 127.0.0.1:PORT.",
-            file=sys.stderr,
-        )
+        log.error(
+            "devmeter: cannot listen on %s:%s: %s. Stop the other proxy or pass "
+            "--listen 127.0.0.1:PORT.",
+            host, port, exc.strerror or exc,
+        )  # fmt: skip
         return 1
     return 0

@@ -17,7 +17,7 @@ Pure helpers and small mitmproxy adapters; the Meter calls them from its hooks.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from itertools import chain
 from typing import Any
@@ -27,6 +27,8 @@ from mitmproxy import http
 from devmeter.decoding import decode_bounded, decoder_for
 from devmeter.providers import Endpoint, ResponseParser, parse_request_doc
 from devmeter.usage import RequestInfo, ResponseResult, Usage
+
+log = logging.getLogger(__name__)
 
 # A request body over this is forwarded as it arrives, unread: Anthropic refuses requests
 # over 32 MB, and every other API's limit for a model call is in the same range. Below it,
@@ -119,7 +121,7 @@ def read_request(
         return info, doc, None
     except Exception as exc:
         reason = f"devmeter could not read the request: {type(exc).__name__}: {exc}"[:300]
-        print(f"devmeter: {reason}", file=sys.stderr, flush=True)
+        log.warning("devmeter: %s", reason)
         info = RequestInfo(
             model=endpoint.path_model, stream=endpoint.stream, facts={"request_error": reason}
         )

@@ -13,8 +13,8 @@ ledger's fingerprints are loaded at start so a restart does not report it again.
 from __future__ import annotations
 
 import hashlib
+import logging
 import sqlite3
-import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,6 +30,8 @@ from devmeter.secrets.new_content import Piece, all_pieces, new_pieces
 from devmeter.secrets.policy import SecretsPolicy, strictest
 from devmeter.secrets.scan import Finding, fingerprint, redact, scan
 from devmeter.usage import Attribution
+
+log = logging.getLogger(__name__)
 
 SALT_FILE = "secrets.salt"
 
@@ -118,7 +120,7 @@ class SecretInspector:
                 for finding in scan(text, self.policy.user_rules):
                     self._consider(finding, where, who, now)
         except Exception as exc:  # fail open: a scanner bug never touches the request
-            print(f"devmeter: secret scan failed: {type(exc).__name__}", file=sys.stderr)
+            log.warning("devmeter: secret scan failed: %s", type(exc).__name__)
 
     def _consider(self, finding: Finding, where: str, who: Attribution, now: float) -> str:
         """The mode that applies to this finding ("off" when allowed); reports it once."""

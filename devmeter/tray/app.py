@@ -15,6 +15,7 @@ fails at import time with no X server.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -34,6 +35,7 @@ from devmeter import reports
 from devmeter.budget import MENU_ENV
 from devmeter.clock import local_midnight
 from devmeter.config import Config, ConfigError, load
+from devmeter.diagnostics import log_to_stderr, say
 from devmeter.ledger import connect_readonly
 from devmeter.paths import Paths, make_private_dir, write_private
 from devmeter.tray import asks as tray_asks
@@ -48,6 +50,8 @@ from devmeter.tray.menu import (
 from devmeter.tray.snapshot import change_marker, snapshot
 from devmeter.tray.supervisor import EventKind, Supervisor, proxy_command
 from devmeter.warnlog import route_warnings
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from devmeter.dashboard.server import Dashboard
@@ -431,7 +435,7 @@ class TrayApp:
         if loop_done is not None and not loop_done.wait(LOOP_STOP_GRACE):
             # Seen with pystray's X backend now and then: the window is gone but its loop
             # never hears so. Quitting must still quit, and stop the proxy first.
-            print("devmeter: the tray's event loop did not stop; exiting", file=sys.stderr)
+            log.warning("devmeter: the tray's event loop did not stop; exiting")
             self.shutdown()
             for stream in (sys.stdout, sys.stderr):  # None under pythonw
                 if stream is not None:
@@ -458,7 +462,7 @@ class TrayApp:
         try:
             return control_state.load(self.control_file)
         except ValueError as exc:
-            print(f"devmeter: {exc}", file=sys.stderr)
+            log.warning("devmeter: %s", exc)
             return control_state.Control()
 
     def _open(self, path: Path) -> None:
@@ -468,12 +472,12 @@ class TrayApp:
             self._problem("Cannot open a file", f"{exc}; the file is at {path}")
 
     def _problem(self, title: str, message: str) -> None:
-        print(f"devmeter: {title.lower()}: {message}", file=sys.stderr, flush=True)
+        log.warning("devmeter: %s: %s", title.lower(), message)
         if self.notify is not None:
             self.notify(title, message)
 
     def _proxy_event(self, kind: EventKind, message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+        log.warning("%s", message)
         now = time.monotonic()
         if kind in ("died", "killed") and now - self._proxy_noticed >= PROXY_NOTICE_GAP:
             self._proxy_noticed = now
@@ -509,7 +513,7 @@ class TrayApp:
                 )
                 snap = tray_asks.with_state_files(snap, self.paths.data_dir)
             except sqlite3.Error as exc:
-                print(f"devmeter: cannot read the ledger: {exc}", file=sys.stderr)
+                log.warning("devmeter: cannot read the ledger: %s", exc)
                 self._drop_connection()
                 return False
             self._marker = marker
@@ -590,7 +594,7 @@ class TrayApp:
                 try:
                     self.refresh()
                 except Exception as exc:  # the tray must outlive any one bad redraw
-                    print(f"devmeter: tray update failed: {exc!r}", file=sys.stderr, flush=True)
+                    log.warning("devmeter: tray update failed: %r", exc)
                 self._wake.wait(self.interval)
         finally:
             self._updating = False
@@ -625,7 +629,7 @@ class TrayApp:
             try:
                 self.config = load(self.paths.config_file)
             except ConfigError as exc:
-                print(f"devmeter: bad config, keeping the last good one: {exc}", file=sys.stderr)
+                log.warning("devmeter: bad config, keeping the last good one: %s", exc)
         return str(self.config.section("routing").mode)
 
     # --- on screen ----------------------------------------------------------------------------
@@ -678,7 +682,7 @@ class TrayApp:
             if self.stopped.is_set():
                 # Quitting: e.g. pystray's GTK backend fails to withdraw a notification
                 # when no notification service runs. Nothing is left to do.
-                print(f"devmeter: the tray closed with an error: {exc!r}", file=sys.stderr)
+                log.warning("devmeter: the tray closed with an error: %r", exc)
                 return 0
             self._release_setup(icon)
             raise
@@ -699,7 +703,7 @@ class TrayApp:
         """From the X backend's loop: the icon docked, or lost its tray host."""
         if docked:
             if self._undocked_once:
-                print("devmeter: the icon is back in the system tray", file=sys.stderr, flush=True)
+                log.info("devmeter: the icon is back in the system tray")
         elif not self._undocked_once:
             print(
                 "devmeter: no system tray to show the icon in yet; it appears as soon as one "
@@ -774,7 +778,7 @@ def _survive_x_errors_in_gtk() -> None:
 
         Gdk.error_trap_push()
     except Exception as exc:  # without it the tray still works, it is only less sturdy
-        print(f"devmeter: cannot trap X errors in GTK: {exc!r}", file=sys.stderr)
+        log.warning("devmeter: cannot trap X errors in GTK: %r", exc)
 
 
 def _quit_on_signals(quit: Callable[[], None]) -> Callable[[], None]:
@@ -847,7 +851,7 @@ def _mtime(path: Path) -> int | None:
 
 
 def _print_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    say(line)  # the proxy's own lines, relayed as they are
 
 
 def main(config: Config, paths: Paths, *, headless: bool = False, listen: str | None = None) -> int:
@@ -858,6 +862,7 @@ def main(config: Config, paths: Paths, *, headless: bool = False, listen: str | 
     from devmeter.importers.auto import start_auto_import
     from devmeter.tray.headless import run_headless
 
+    log_to_stderr()
     route_warnings(paths.data_dir)
     # Tools used without the proxy still show up: their own history, in the background.
     start_auto_import(config.section("import"), paths.ledger, config.prices)

@@ -17,5 +17,3 @@ def icon_backend(icon: Any) -> Backend:
         icon.notify(message, title)
 
     return Backend("tray icon", send)
-
-

@@ -184,8 +184,6 @@ def _sum(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> Decim
     return usd(pusd)
 
 
-
-
 # --- the headless line ---------------------------------------------------------------------
 
 

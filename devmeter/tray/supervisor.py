@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -39,7 +40,10 @@ from typing import IO, Any, Literal
 import psutil
 
 from devmeter import ports
+from devmeter.diagnostics import say
 from devmeter.paths import Paths
+
+log = logging.getLogger(__name__)
 
 State = Literal["starting", "running", "external", "restarting", "port_taken", "stopped"]
 EventKind = Literal["external", "gone", "died", "killed", "error", "port_taken", "port_free"]
@@ -476,8 +480,8 @@ def _die_with_parent() -> None:
 
 
 def _print_event(_kind: EventKind, message: str) -> None:
-    _print_stderr(message)
+    log.warning("%s", message)
 
 
 def _print_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    say(line)  # the proxy's own lines, relayed as they are
