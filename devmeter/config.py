@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from devmeter.config_error import ConfigError
+from devmeter.config_values import reject_unknown
 from devmeter.pricing import PriceOverride, parse_overrides
 
 DEFAULT_LISTEN = ("127.0.0.1", 8788)
@@ -168,7 +169,7 @@ def _config_from_table(table: dict[str, Any], path: Path) -> Config:
         if name not in known:
             raise ConfigError(name, f"unknown section; valid sections are {', '.join(known)}")
     proxy = _table(table, "proxy")
-    _only_keys("proxy", proxy, ("listen",))
+    reject_unknown("proxy", proxy, ("listen",))
     sections = {name: _parse_extra(name, table.get(name, {})) for name in EXTRA_SECTIONS}
     return Config(
         path=path,
@@ -236,14 +237,6 @@ def _table(table: dict[str, Any], name: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(name, f"must be a table: [{name}]")
     return value
-
-
-def _only_keys(section: str, table: dict[str, Any], allowed: tuple[str, ...]) -> None:
-    for name in table:
-        if name not in allowed:
-            raise ConfigError(
-                f"{section}.{name}", f"unknown key; valid keys are {', '.join(allowed)}"
-            )
 
 
 def _toml_error_line(exc: tomllib.TOMLDecodeError) -> int | None:

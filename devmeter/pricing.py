@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from devmeter.config_error import ConfigError
+from devmeter.config_values import reject_unknown
 from devmeter.usage import Usage
 
 if TYPE_CHECKING:
@@ -318,11 +319,7 @@ def _parse_override(index: int, entry: Any) -> PriceOverride:
     if not isinstance(entry, dict):
         raise ConfigError(key, "must be a table with at least `model`")
     allowed = {"model", "provider", "discount", "free", *RATE_KEYS}
-    for name in entry:
-        if name not in allowed:
-            raise ConfigError(
-                f"{key}.{name}", f"unknown key; valid keys are {', '.join(sorted(allowed))}"
-            )
+    reject_unknown(key, entry, sorted(allowed))
     model = entry.get("model")
     if not isinstance(model, str) or not model:
         raise ConfigError(f"{key}.model", 'is required: a model name or glob, e.g. "claude-*"')

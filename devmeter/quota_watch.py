@@ -23,6 +23,7 @@ from typing import Any
 from devmeter.alerts import Alert, AlertKind
 from devmeter.billing import API, OVERAGE, SUBSCRIPTION, Billing
 from devmeter.config_error import ConfigError
+from devmeter.config_values import reject_unknown
 from devmeter.providers.quota_headers import QuotaReading
 from devmeter.quota import Snapshot, iso, pace, same_window
 from devmeter.usage import Call
@@ -39,11 +40,7 @@ class QuotaConfig:
 
 def parse_quota(table: Mapping[str, object] | None) -> QuotaConfig:
     table = table or {}
-    for key in table:
-        if key not in ("thresholds", "billing_switch_days"):
-            raise ConfigError(
-                f"quota.{key}", "unknown key; valid keys are thresholds, billing_switch_days"
-            )
+    reject_unknown("quota", table, ("thresholds", "billing_switch_days"))
     thresholds = table.get("thresholds", [0.8, 0.95])
     if not isinstance(thresholds, list) or not all(
         isinstance(t, int | float) and not isinstance(t, bool) and 0 < t <= 1 for t in thresholds

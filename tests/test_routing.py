@@ -183,7 +183,7 @@ def test_a_rule_accepts_a_string_or_a_list_and_a_dated_target() -> None:
     ("table", "key", "says"),
     [
         ({"mode": "auto"}, "routing.mode", '"off", "shadow", "on"'),
-        ({"modes": "on"}, "routing.modes", "valid keys are mode, enable, rules"),
+        ({"modes": "on"}, "routing.modes", "valid keys in [routing]: mode, enable, rules"),
         ({"enable": "claude-code-background-to-haiku"}, "routing.enable", "list of built-in"),
         (
             {"enable": ["haiku-everything"]},
@@ -226,7 +226,7 @@ def test_a_rule_accepts_a_string_or_a_list_and_a_dated_target() -> None:
         (
             {"rules": [{"name": "a", "modle": "claude-*", "to": "claude-haiku-5-5"}]},
             "routing.rules[0].modle",
-            "valid keys are name, to, tool, provider, model",
+            "valid keys in [routing.rules[0]]: name, to, tool, provider, model",
         ),
         (
             {"rules": [{"name": "a", "max_prompt_tokens": -1, "to": "claude-haiku-5-5"}]},

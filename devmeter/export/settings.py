@@ -14,6 +14,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from devmeter.config_error import ConfigError
+from devmeter.config_values import reject_unknown
 
 RepoLabel = Literal["path", "name", "hash"]
 REPO_LABELS: tuple[RepoLabel, ...] = ("path", "name", "hash")
@@ -62,7 +63,7 @@ _LABEL_KEYS = ("repo_label", "repo_limit", "machine")
 def parse_export(table: Mapping[str, object]) -> ExportSettings:
     """The `[export]` table. `repo_label`, `repo_limit` and `machine` may sit in
     `[export]` for both exporters, or in either exporter's section."""
-    _only("export", table, ("prometheus", "otlp", *_LABEL_KEYS))
+    reject_unknown("export", table, ("prometheus", "otlp", *_LABEL_KEYS))
     prom = _subtable(table, "prometheus")
     otlp = _subtable(table, "otlp")
     shared = {k: table[k] for k in _LABEL_KEYS if k in table}
@@ -99,7 +100,7 @@ def _labels(table: Mapping[str, object]) -> Labels:
 
 
 def _prometheus(table: Mapping[str, object]) -> PrometheusSettings:
-    _only("export.prometheus", table, ("listen", *_LABEL_KEYS))
+    reject_unknown("export.prometheus", table, ("listen", *_LABEL_KEYS))
     if "listen" not in table:
         return PrometheusSettings()
     return PrometheusSettings(listen=parse_metrics_listen(table["listen"]))
@@ -127,7 +128,7 @@ def is_loopback(host: str) -> bool:
 
 def _otlp(table: Mapping[str, object]) -> OtlpSettings:
     allowed = ("endpoint", "headers_env", "interval_seconds", "timeout_seconds", "logs")
-    _only("export.otlp", table, (*allowed, "headers", *_LABEL_KEYS))
+    reject_unknown("export.otlp", table, (*allowed, "headers", *_LABEL_KEYS))
     if "headers" in table:
         raise ConfigError(
             "export.otlp.headers",
@@ -190,11 +191,3 @@ def _subtable(table: Mapping[str, object], name: str) -> Mapping[str, object] | 
     if not isinstance(value, dict):
         raise ConfigError(f"export.{name}", f"must be a table: [export.{name}]")
     return value
-
-
-def _only(section: str, table: Mapping[str, object], allowed: tuple[str, ...]) -> None:
-    for name in table:
-        if name not in allowed:
-            raise ConfigError(
-                f"{section}.{name}", f"unknown key; valid keys are {', '.join(allowed)}"
-            )

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devmeter.config_error import ConfigError
+from devmeter.config_values import reject_unknown
 from devmeter.pricing import PriceOverride
 
 log = logging.getLogger(__name__)
@@ -40,12 +41,7 @@ def parse_import(table: Mapping[str, object] | None) -> ImportConfig:
     table = table if table is not None else {}
     if not isinstance(table, Mapping):
         raise ConfigError("import", f"expected a table ([import]), got {table!r}")
-    for name in table:
-        if name not in _KEYS:
-            raise ConfigError(
-                f"import.{name}",
-                f"unknown key {name!r}; valid keys in [import]: {', '.join(_KEYS)}",
-            )
+    reject_unknown("import", table, _KEYS)
     auto = table.get("auto", True)
     if not isinstance(auto, bool):
         raise ConfigError("import.auto", f"expected true or false, got {auto!r}")

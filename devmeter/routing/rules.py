@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from devmeter import model_limits, pricing
 from devmeter.config_error import ConfigError
+from devmeter.config_values import reject_unknown
 
 if TYPE_CHECKING:
     from devmeter.routing.decision import RouteContext
@@ -153,7 +154,7 @@ _RULE_KEYS = (
 
 def parse_routing(table: dict[str, Any]) -> RoutingConfig:
     """Validate the `[routing]` table; a ConfigError names the dotted key at fault."""
-    _only_keys("routing", table, _SECTION_KEYS)
+    reject_unknown("routing", table, _SECTION_KEYS)
     mode = table.get("mode", "shadow")
     if mode not in MODES:
         raise ConfigError("routing.mode", f"must be one of {_quoted(MODES)}, got {mode!r}")
@@ -188,7 +189,7 @@ def parse_routing(table: dict[str, Any]) -> RoutingConfig:
 
 
 def _parse_rule(raw: dict[str, Any], key: str) -> Rule:
-    _only_keys(key, raw, _RULE_KEYS)
+    reject_unknown(key, raw, _RULE_KEYS)
     name = raw.get("name")
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"{key}.name", "every rule needs a name (a non-empty string)")
@@ -286,12 +287,6 @@ def _provider_id(name: str, key: str) -> str:
 
 def _provider_list() -> list[Any]:
     return pricing.genai_providers()
-
-
-def _only_keys(key: str, table: dict[str, Any], allowed: tuple[str, ...]) -> None:
-    for name in table:
-        if name not in allowed:
-            raise ConfigError(f"{key}.{name}", f"unknown key; valid keys are {', '.join(allowed)}")
 
 
 def _strings(raw: dict[str, Any], name: str, key: str) -> tuple[str, ...]:

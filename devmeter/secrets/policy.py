@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devmeter.config_error import ConfigError
+from devmeter.config_values import reject_unknown
 from devmeter.secrets.scan import Finding, UserRule
 
 MODES = ("off", "warn", "block", "redact")
@@ -68,9 +69,7 @@ def strictest(modes: list[str]) -> str:
 
 
 def parse_secrets(table: Mapping[str, Any]) -> SecretsPolicy:
-    for key in table:
-        if key not in _KEYS:
-            raise ConfigError(f"secrets.{key}", f"unknown key; valid keys are {', '.join(_KEYS)}")
+    reject_unknown("secrets", table, _KEYS)
     mode = _mode("secrets.mode", table.get("mode", "warn"))
     allow = tuple(_regex(f"secrets.allow[{i}]", v) for i, v in enumerate(_list(table, "allow")))
     fingerprints = frozenset(_str(f"secrets.allow_fingerprints[{i}]", v)
@@ -82,9 +81,7 @@ def parse_secrets(table: Mapping[str, Any]) -> SecretsPolicy:
         key = f"secrets.detect[{i}]"
         if not isinstance(rule, dict) or not isinstance(rule.get("name"), str):
             raise ConfigError(key, 'each rule needs a name and a regex: {name = "…", regex = "…"}')
-        for k in rule:
-            if k not in ("name", "regex", "mode"):
-                raise ConfigError(f"{key}.{k}", "unknown key; valid keys are name, regex, mode")
+        reject_unknown(key, rule, ("name", "regex", "mode"))
         rules.append(UserRule(rule["name"], _regex(f"{key}.regex", rule.get("regex"))))
         if "mode" in rule:
             modes[rule["name"]] = _mode(f"{key}.mode", rule["mode"])
