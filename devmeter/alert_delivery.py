@@ -52,7 +52,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from devmeter.alerts import Alert
+from devmeter.alerts import MESSAGE_MAX, Alert
 from devmeter.paths import write_private
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,6 @@ Answer = Callable[[str, str], object]  # (ask id, choice): an ask's button was p
 
 # Windows cuts balloon titles at 64 and texts at 256 characters; others are roomier.
 TITLE_MAX = 63
-MESSAGE_MAX = 255
 SUBPROCESS_TIMEOUT = 10
 
 TITLES = {

@@ -38,7 +38,7 @@ from typing import Any, Literal
 from devmeter.alerts import Alert, Block, fit
 from devmeter.config_error import ConfigError
 from devmeter.config_values import config_usd, reject_unknown
-from devmeter.labels import repo_name, short_session
+from devmeter.labels import SESSION_PREFIX, SESSION_WHOLE, repo_name, short_session
 from devmeter.money import ZERO, format_usd
 from devmeter.usage import Attribution, Call
 
@@ -129,8 +129,8 @@ class Advice:
             self._ids.popitem(last=False)
 
     def short_id(self, session: str) -> str:
-        length = 8
-        if len(session) <= 12:  # as `short_session`: a short id is shown whole
+        length = SESSION_PREFIX
+        if len(session) <= SESSION_WHOLE:  # as `short_session`: a short id is shown whole
             return session
         for other in self._ids:
             if other != session and other[:length] == session[:length]:

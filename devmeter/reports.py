@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
+from devmeter.labels import SESSION_WHOLE  # an id this short is shown whole
 from devmeter.ledger import BUCKET_SECONDS
 from devmeter.money import from_pusd, usd
 from devmeter.safe_text import safe_text
@@ -292,7 +293,6 @@ def _saving(routing: str | None, cost: Decimal | None, alt: Decimal | None) -> D
 
 NO_REPO = UNATTRIBUTED  # the one word for a call with no repo (or no session), everywhere
 SESSION_LABEL_MIN = 8  # a session label's shortest prefix
-SESSION_WHOLE = 12  # an id this short is shown whole (as budget.short_session does)
 SESSION_LABEL_MAX = 40  # longer ids are cut anyway (a UUID is 36)
 _CENT = Decimal("0.01")
 _MICRO = Decimal("0.000001")

@@ -38,7 +38,7 @@ from devmeter.tray.menu import ROUTING_MODES, CapRow, RoutingMode, SessionRow, T
 # "devmeter: <who> reached its $5.00 cap (budgets.session.block_usd; $5.12 spent), ..."
 _CAP_SCOPE = re.compile(r"budgets\.(session|repo|day|month)\.block_usd")
 _CAP_FIGURE = re.compile(r"reached its \$([0-9,]+(?:\.[0-9]+)?) cap")
-# The statuses refusals are answered with, per client (budget.Block.refusal).
+# The statuses refusals are answered with, per client (alerts.Block.refusal).
 REFUSED = "status IN (400, 402, 403) AND error LIKE 'devmeter:%'"
 
 
