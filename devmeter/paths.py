@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,7 +140,7 @@ def load_key(path: Path, size: int, *, hex_text: bool = False) -> bytes:
         return _read_key(path, size, hex_text)
     except FileNotFoundError:
         pass
-    key = secrets.token_bytes(size)
+    key = os.urandom(size)
     try:
         make_private_dir(path.parent)
         if not _create_once(path, (key.hex() + "\n").encode("ascii") if hex_text else key):
@@ -162,7 +161,7 @@ def load_key_or_ephemeral(path: Path, size: int, *, hex_text: bool = False) -> b
         return load_key(path, size, hex_text=hex_text)
     except KeyFileError as exc:
         log.warning("%s Using a key for this run only.", exc)
-        return secrets.token_bytes(size)
+        return os.urandom(size)
 
 
 def _read_key(path: Path, size: int, hex_text: bool) -> bytes:
@@ -190,7 +189,7 @@ def _read_key(path: Path, size: int, hex_text: bool) -> bytes:
 
 def _create_once(path: Path, content: bytes) -> bool:
     """Write `path` whole with `content`, 0600; False (and nothing written) if it exists."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
