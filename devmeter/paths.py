@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -77,7 +78,7 @@ def make_private_dir(path: Path) -> None:
     exists is tightened only when it is one devmeter names itself (see _OWN_DIR_NAMES):
     never a folder of the user's, such as their home with DEVMETER_HOME=~.
     """
-    missing = [p for p in (path, *path.parents) if not p.exists()]
+    missing = list(itertools.takewhile(lambda p: not p.exists(), (path, *path.parents)))
     path.parent.mkdir(parents=True, exist_ok=True)  # parents keep the usual modes...
     _made_here.update(missing[1:])  # ...but are ours to tighten (the spool's first)
     try:
