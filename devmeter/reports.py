@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
+from devmeter.clock import local_midnight
 from devmeter.labels import SESSION_WHOLE  # an id this short is shown whole
 from devmeter.ledger import BUCKET_SECONDS
 from devmeter.money import from_pusd, usd
@@ -93,11 +94,10 @@ def parse_since(text: str, now: float | None = None) -> float:
     `today` and `yesterday` start at local midnight; a bare date is local midnight too."""
     now = time.time() if now is None else now
     spelled = text.strip().lower()
-    midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
     if spelled == "today":
-        return midnight.timestamp()
+        return local_midnight(now)
     if spelled == "yesterday":
-        return (midnight - timedelta(days=1)).timestamp()
+        return local_midnight(local_midnight(now) - 1)  # the midnight before today's
     match = re.fullmatch(r"(\d{1,6})\s*([wdhm])", spelled)
     if match:
         amount, unit = int(match.group(1)), match.group(2)
