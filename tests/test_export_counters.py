@@ -16,12 +16,10 @@ from devmeter.export.settings import Labels
 from devmeter.ledger import write_calls
 from devmeter.usage import Attribution, Call, Usage
 
-NOW = time.time()
-
 
 def call(repo: str | None, cost: str | None = "0.01", **kw: object) -> Call:
     base = Call(
-        ts=NOW,
+        ts=time.time(),  # now, not at import: a full run takes minutes to reach a test
         provider="anthropic",
         endpoint="anthropic.messages",
         host="api.anthropic.com",
@@ -196,7 +194,7 @@ def test_gauges_live_sessions_burn_rate_and_budget_state(tmp_path: Path) -> None
 
     write_calls(
         tmp_path / "ledger.sqlite",
-        [call("/r", cost="0.50"), call("/r", cost="0.25"), call("/r", ts=NOW - 7200)],
+        [call("/r", cost="0.50"), call("/r", cost="0.25"), call("/r", ts=time.time() - 7200)],
     )
     budgets = parse_budgets(
         {"day": {"notify_usd": [0.5], "block_usd": 2}, "session": {"block_usd": 0.5}}
