@@ -14,7 +14,8 @@ from mitmproxy.flow import Error as FlowError
 from mitmproxy.test import tflow, tutils
 
 from devmeter import providers
-from devmeter.proxy.meter import Meter, client_host
+from devmeter.proxy.meter import Meter
+from devmeter.proxy.upstream import client_host
 from devmeter.usage import Attribution, Call, RequestInfo
 
 REQUEST = json.dumps(

@@ -19,7 +19,6 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import httpx2
 from mitmproxy import connection, ctx, http, websocket
@@ -35,7 +34,6 @@ from devmeter.guard import Guard, Verdict, estimate_cost, request_signals
 from devmeter.pricing import PriceOverride
 from devmeter.providers import (
     BATCH_APIS,
-    INTERCEPT_HOSTS,
     Endpoint,
     ResponseParser,
     costs_nothing,
@@ -50,6 +48,7 @@ from devmeter.providers import (
 )
 from devmeter.proxy import streaming
 from devmeter.proxy.deadlines import HeaderDeadline
+from devmeter.proxy.upstream import UpstreamMapping
 from devmeter.routing.fallback import should_fallback
 from devmeter.routing.session_router import REQUEST_CLASS_HEADER, RoutePlan, Router
 from devmeter.secrets.inspector import SecretInspector
@@ -59,7 +58,6 @@ METADATA_KEY = "devmeter"
 # How often a request held by an ask looks for the answer (control.json is re-read at most
 # twice a second anyway).
 ASK_POLL_SECONDS = 0.25
-HOST_KEY = "devmeter.host"  # the provider host the client asked for
 
 # (flow, its request, its headers with lower-case names, the provider host the client
 # asked for, now) -> who made the call.
@@ -122,21 +120,6 @@ class FlowState:
     rate_events: quota_headers.RateLimitEvents | None = None
 
 
-@dataclass(frozen=True)
-class Upstream:
-    scheme: str
-    host: str
-    port: int
-    path_prefix: str
-
-    @classmethod
-    def from_url(cls, url: str) -> Upstream:
-        parts = urlsplit(url)
-        default_port = 443 if parts.scheme == "https" else 80
-        assert parts.hostname is not None
-        return cls(parts.scheme, parts.hostname, parts.port or default_port, parts.path.rstrip("/"))
-
-
 class Meter:
     def __init__(
         self,
@@ -169,8 +152,7 @@ class Meter:
         self._control = control
         self._record = record
         self._attribute = attribute
-        self._upstreams = {h.lower(): Upstream.from_url(u) for h, u in (upstreams or {}).items()}
-        self._known_hosts = frozenset((*INTERCEPT_HOSTS, *self._upstreams))
+        self._upstream = UpstreamMapping(upstreams)
         self._overrides = overrides
         self._clock = clock
         self._accounts = accounts
@@ -186,8 +168,7 @@ class Meter:
         self, upstreams: Mapping[str, str], overrides: tuple[PriceOverride, ...]
     ) -> None:
         """A reloaded config's upstreams and prices, for the requests from now on."""
-        self._upstreams = {h.lower(): Upstream.from_url(u) for h, u in upstreams.items()}
-        self._known_hosts = frozenset((*INTERCEPT_HOSTS, *self._upstreams))
+        self._upstream.reconfigure(upstreams)
         self._overrides = overrides
 
     # -- request ---------------------------------------------------------------------------
@@ -212,17 +193,14 @@ class Meter:
 
     def _map_request(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
         """Map the request to its upstream; a coroutine when an ask holds a streamed one."""
-        host = client_host(flow.request, self._known_hosts)
-        flow.metadata[HOST_KEY] = host  # before the mapping below changes the request's host
+        host = self._upstream.requestheaders(flow)
         if self._refused_request_headers(flow, host):
             return None
         held = self._stream_cursor_request(flow, host) if host == cursor.HOST else None
         if _state(flow) is None and flow.response is None:
             self._stream_large_request(flow, host)
         # A streamed request connects upstream right after its headers: map it now.
-        upstream = self._upstreams.get(host)
-        if upstream is not None:
-            _send_to(flow, upstream)
+        self._upstream.send_upstream(flow, host)
         return held
 
     def client_connected(self, client: connection.Client) -> None:
@@ -384,7 +362,7 @@ class Meter:
     def request(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
         # Sync, returning a coroutine only for a request held by an ask (mitmproxy awaits
         # it, and serves other flows meanwhile).
-        host = flow.metadata.get(HOST_KEY) or client_host(flow.request, self._known_hosts)
+        host = self._upstream.host_of(flow)
         try:
             self._apply_control()
             if _state(flow) is None:  # Cursor's streamed requests started in requestheaders
@@ -1272,26 +1250,6 @@ class Meter:
             print(f"devmeter: could not record the failure: {_short_traceback()}", file=sys.stderr)
 
 
-def client_host(request: http.Request, known: frozenset[str]) -> str:
-    """`request.pretty_host.lower()`, read straight from the Host header (HTTP/2: the
-    authority) when that names a `known` host: pretty_host parses, validates and
-    IDNA-checks the name on every request (~8 us), for an answer known in advance."""
-    raw = request.data.authority if request.is_http2 or request.is_http3 else b""
-    if not raw:
-        for field_name, value in request.data.headers.fields:
-            if field_name.lower() == b"host":
-                raw = value
-                break
-    name, colon, port = raw.rpartition(b":")
-    if not colon or not port.isdigit():
-        name = raw
-    if name.isascii():
-        host = name.decode("ascii").lower()
-        if host in known:
-            return host
-    return request.pretty_host.lower()  # anything else: whatever mitmproxy makes of it
-
-
 def _release(flow: http.HTTPFlow, state: FlowState) -> None:
     """Let go of a recorded call's state: freed now rather than by the garbage collector,
     which would otherwise trace it along with the flow's own cycles, on every call. Later
@@ -1489,17 +1447,6 @@ def _refuse(flow: http.HTTPFlow, state: FlowState, block: Block) -> None:
 def _counts(usage: Usage) -> tuple[int, ...]:
     return (usage.input_tokens, usage.cache_read_tokens, usage.cache_write_tokens,
             usage.output_tokens)  # fmt: skip
-
-
-def _send_to(flow: http.HTTPFlow, upstream: Upstream) -> None:
-    original_host = flow.request.host_header
-    flow.request.scheme = upstream.scheme
-    flow.request.host = upstream.host
-    flow.request.port = upstream.port
-    if upstream.path_prefix:
-        flow.request.path = upstream.path_prefix + flow.request.path
-    if original_host:
-        flow.request.headers["X-Forwarded-Host"] = original_host
 
 
 def _short_traceback() -> str:
