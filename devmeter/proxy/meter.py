@@ -13,10 +13,9 @@ import contextlib
 import json
 import sys
 import time
-import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -29,13 +28,12 @@ from devmeter.ask import Ask, AskBook
 from devmeter.attribution import lower_headers
 from devmeter.billing import OVERAGE, SUBSCRIPTION, Accounts, Billing
 from devmeter.control import ControlWatcher
-from devmeter.decoding import Decoder, decoder_for
+from devmeter.decoding import decoder_for
 from devmeter.guard import Guard, Verdict, estimate_cost, request_signals
 from devmeter.pricing import PriceOverride
 from devmeter.providers import (
     BATCH_APIS,
     Endpoint,
-    ResponseParser,
     costs_nothing,
     cursor,
     match_endpoint,
@@ -48,13 +46,13 @@ from devmeter.providers import (
 )
 from devmeter.proxy import streaming
 from devmeter.proxy.deadlines import HeaderDeadline
+from devmeter.proxy.flow_state import METADATA_KEY, FlowState, release, short_traceback, state_of
 from devmeter.proxy.upstream import UpstreamMapping
 from devmeter.routing.fallback import should_fallback
-from devmeter.routing.session_router import REQUEST_CLASS_HEADER, RoutePlan, Router
+from devmeter.routing.session_router import REQUEST_CLASS_HEADER, Router
 from devmeter.secrets.inspector import SecretInspector
 from devmeter.usage import Attribution, Call, RequestInfo, ResponseResult, Usage
 
-METADATA_KEY = "devmeter"
 # How often a request held by an ask looks for the answer (control.json is re-read at most
 # twice a second anyway).
 ASK_POLL_SECONDS = 0.25
@@ -75,49 +73,6 @@ class ClientLookup(Protocol):
     def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None: ...
 
     def client_disconnected(self, client: connection.Client) -> None: ...
-
-
-@dataclass
-class FlowState:
-    """What the meter knows about one flow while it is under way."""
-
-    endpoint: Endpoint
-    request: RequestInfo
-    started: float
-    attribution: Attribution
-    host: str
-    parser: ResponseParser | None = None
-    decoder: Decoder | None = None
-    done: bool = False
-    tap_error: str | None = None
-    # WebSocket (Codex): the request of each response.create, in order, with its own loop
-    # fingerprint and human turn (the handshake's are empty: it has no body).
-    ws_requests: list[tuple[RequestInfo, tuple[str | None, bool | None]]] = field(
-        default_factory=list
-    )
-    # ... and what each reserved against its caps (burst caps), in the same order.
-    ws_reservations: list[int | None] = field(default_factory=list)
-    # Routing: the plan, and the request as the client sent it (for a fallback).
-    plan: RoutePlan | None = None
-    # Guard rails: loop fingerprint and human turn of the request; the block, if refused.
-    signals: tuple[str | None, bool | None] = (None, None)
-    blocked: str | None = None
-    reservation: int | None = None  # what the call holds against its caps until it ends
-    original: tuple[bytes, list[tuple[str, str]]] | None = None
-    fell_back: bool = False
-    # Cursor: its request body, read as it streams to the upstream.
-    request_reader: cursor.RequestReader | None = None
-    upgrade: bool = False  # the client asked for a WebSocket
-    # The response body could not be metered whole (over the decode budget).
-    body_unread: bool = False
-    # Why the request body was not read (too large, a bomb, a parser bug): for the row.
-    request_note: str | None = None
-    ws_refused: bool = False  # a Realtime socket's frames were refused (and said so once)
-    block: Block | None = None  # an unmetered request's refusal (see _unmetered_refusal)
-    # Who pays (from the request's credential), and the answer's quota reading.
-    billing: Billing = field(default_factory=Billing)
-    quota: quota_headers.QuotaReading | None = None
-    rate_events: quota_headers.RateLimitEvents | None = None
 
 
 class Meter:
@@ -197,7 +152,7 @@ class Meter:
         if self._refused_request_headers(flow, host):
             return None
         held = self._stream_cursor_request(flow, host) if host == cursor.HOST else None
-        if _state(flow) is None and flow.response is None:
+        if state_of(flow) is None and flow.response is None:
             self._stream_large_request(flow, host)
         # A streamed request connects upstream right after its headers: map it now.
         self._upstream.send_upstream(flow, host)
@@ -230,7 +185,7 @@ class Meter:
             self._apply_control()
             reader = cursor.RequestReader()
             held = self._start(flow, host)
-            state = _state(flow)
+            state = state_of(flow)
             if state is not None:
                 state.request_reader = reader
             if held is not None:
@@ -333,7 +288,7 @@ class Meter:
             verdict = self._guard.check(state.attribution, now, reserve)
             self._raise_alerts(verdict)
         except Exception:
-            state.tap_error = f"devmeter guard failed (call let through): {_short_traceback()}"
+            state.tap_error = f"devmeter guard failed (call let through): {short_traceback()}"
             return False
         block = verdict.block
         if block is None:
@@ -357,7 +312,7 @@ class Meter:
             query_key = flow.request.query.get("key") if "key=" in flow.request.path else None
             state.billing = self._accounts.billing(state.host, headers, query_key)
         except Exception:
-            state.tap_error = f"devmeter billing failed: {_short_traceback()}"
+            state.tap_error = f"devmeter billing failed: {short_traceback()}"
 
     def request(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
         # Sync, returning a coroutine only for a request held by an ask (mitmproxy awaits
@@ -365,7 +320,7 @@ class Meter:
         host = self._upstream.host_of(flow)
         try:
             self._apply_control()
-            if _state(flow) is None:  # Cursor's streamed requests started in requestheaders
+            if state_of(flow) is None:  # Cursor's streamed requests started in requestheaders
                 return self._start(flow, host)
         except Exception:
             self._internal_error(flow, host, "request")
@@ -423,7 +378,7 @@ class Meter:
                     doc, headers.get(REQUEST_CLASS_HEADER), self._guard.fingerprint_key
                 )
             except Exception:
-                state.tap_error = f"devmeter guard failed (call let through): {_short_traceback()}"
+                state.tap_error = f"devmeter guard failed (call let through): {short_traceback()}"
         # A WebSocket handshake is not held, as the guard lets it through: each turn on
         # the socket is asked about instead.
         held = (
@@ -452,7 +407,7 @@ class Meter:
                 self._route(flow, state, headers, body, doc, now)
             except Exception:
                 state.tap_error = (
-                    f"devmeter routing failed (call sent as asked): {_short_traceback()}"
+                    f"devmeter routing failed (call sent as asked): {short_traceback()}"
                 )
 
     def _inspect_secrets(
@@ -571,7 +526,7 @@ class Meter:
         try:
             verdict = self._ask_verdict(state, now, switch)
         except Exception:
-            state.tap_error = f"devmeter ask failed (call let through): {_short_traceback()}"
+            state.tap_error = f"devmeter ask failed (call let through): {short_traceback()}"
             return None
         if isinstance(verdict, Block):
             _refuse(flow, state, verdict)
@@ -593,7 +548,7 @@ class Meter:
             try:
                 ask = self._asks.offer_switch(ask, switch())
             except Exception:  # routing's problem: ask without the offer
-                print(f"devmeter: no switch offered: {_short_traceback()}", file=sys.stderr)
+                print(f"devmeter: no switch offered: {short_traceback()}", file=sys.stderr)
         if new and self._on_alert is not None:
             self._on_alert(ask.alert(self._asks.advice))
         self._publish_asks()
@@ -617,7 +572,7 @@ class Meter:
                 return
             self._maybe_route(flow, state, headers, body, doc, self._clock())
         except Exception:
-            state.tap_error = f"devmeter ask failed (call let through): {_short_traceback()}"
+            state.tap_error = f"devmeter ask failed (call let through): {short_traceback()}"
         finally:
             self._publish_asks()
 
@@ -668,7 +623,7 @@ class Meter:
         try:
             self._on_asks_changed(book.pending())
         except Exception:
-            print(f"devmeter: could not publish open asks: {_short_traceback()}", file=sys.stderr)
+            print(f"devmeter: could not publish open asks: {short_traceback()}", file=sys.stderr)
 
     def _apply_control(self) -> None:
         control = self._control.poll() if self._control is not None else None
@@ -720,7 +675,7 @@ class Meter:
     # -- response ----------------------------------------------------------------------------
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        state = _state(flow)
+        state = state_of(flow)
         if flow.response is None:
             return
         if flow.response.status_code == 101:
@@ -744,7 +699,7 @@ class Meter:
             )
             state.decoder = decoder_for(headers.get("content-encoding"))
         except Exception:
-            state.tap_error = _short_traceback()
+            state.tap_error = short_traceback()
             return  # buffered instead, and parsed whole in `response`
         # Every answer passes through as it arrives, whole bodies too: holding one back
         # until its last byte costs the client ~2 ms a call. A body with a length is
@@ -779,7 +734,7 @@ class Meter:
         # Sync, returning a coroutine only for a rewritten request (mitmproxy awaits what
         # a hook returns): every other answer is metered and sent in one step.
         streaming.restore_replacement(flow)
-        state = _state(flow)
+        state = state_of(flow)
         if state is None:
             return None  # not metered, or recorded already (the tap metered the whole body)
         if state.original is not None and flow.response is not None:
@@ -791,7 +746,7 @@ class Meter:
         try:
             await self._maybe_fall_back(flow, state)
         except Exception:
-            print(f"devmeter: routing fallback failed: {_short_traceback()}", file=sys.stderr)
+            print(f"devmeter: routing fallback failed: {short_traceback()}", file=sys.stderr)
         self._finish(flow, complete_hint=True)
 
     async def _maybe_fall_back(self, flow: http.HTTPFlow, state: FlowState) -> None:
@@ -843,7 +798,7 @@ class Meter:
         self._finish(flow, complete_hint=False)
 
     def _finish(self, flow: http.HTTPFlow, complete_hint: bool) -> None:
-        state = _state(flow)
+        state = state_of(flow)
         if state is None or state.done:
             return
         if flow.websocket is not None:
@@ -880,7 +835,7 @@ class Meter:
                     state.tap_error, state.body_unread = stopped, True
             if state.endpoint.api == "openai.batch" and result.usage is None:
                 self._settle(state)  # the status of a batch still running: no call yet
-                _release(flow, state)
+                release(flow, state)
                 return
             result = streaming.with_estimate_if_unread(result, state.request, state.body_unread)
             batch_cut = state.endpoint.api in BATCH_APIS and not complete_hint
@@ -923,23 +878,23 @@ class Meter:
         except Exception:
             self._internal_error(flow, state.host, "response")
             return
-        _release(flow, state)
+        release(flow, state)
 
     # -- WebSocket (Codex CLI's Responses transport) -------------------------------------
 
     def websocket_start(self, flow: http.HTTPFlow) -> None:
-        state = _state(flow)
+        state = state_of(flow)
         if state is None:
             return
         try:
             state.parser = new_response_parser(state.endpoint, state.request, "websocket")
         except Exception:
-            state.tap_error = _short_traceback()
+            state.tap_error = short_traceback()
 
     def websocket_message(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
         # Sync, returning a coroutine only for a turn held by an ask: mitmproxy awaits it
         # before it forwards (or drops) the message.
-        state = _state(flow)
+        state = state_of(flow)
         if flow.websocket is None:
             return None
         if state is None or state.parser is None:
@@ -988,7 +943,7 @@ class Meter:
         try:
             verdict = self._ask_verdict(state, self._clock())
         except Exception:
-            state.tap_error = f"devmeter ask failed (call let through): {_short_traceback()}"
+            state.tap_error = f"devmeter ask failed (call let through): {short_traceback()}"
             return None
         if isinstance(verdict, Block):
             self._unreserve_last_ws_turn(state)
@@ -1097,7 +1052,7 @@ class Meter:
         self._record(refused)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
-        state = _state(flow)
+        state = state_of(flow)
         if state is None or state.parser is None or state.done:
             return
         state.done = True
@@ -1123,9 +1078,7 @@ class Meter:
         now = self._clock()
         self._record_settled(
             state,
-            self._priced_call(
-                state, result, 101, ts=now, request=request, error=state.tap_error
-            ),
+            self._priced_call(state, result, 101, ts=now, request=request, error=state.tap_error),
             signals,
         )
 
@@ -1184,7 +1137,7 @@ class Meter:
                 call = self._router.settle(call, state.plan, state.fell_back)
             except Exception:
                 call = replace(
-                    call, error=f"devmeter routing bookkeeping failed: {_short_traceback()}"
+                    call, error=f"devmeter routing bookkeeping failed: {short_traceback()}"
                 )
         if signals[0] is not None and state.blocked is None:
             call = replace(call, loop_fingerprint=signals[0])
@@ -1193,7 +1146,7 @@ class Meter:
             try:
                 self._on_billed(call, state.billing, state.quota)
             except Exception:
-                print(f"devmeter: quota bookkeeping failed: {_short_traceback()}", file=sys.stderr)
+                print(f"devmeter: quota bookkeeping failed: {short_traceback()}", file=sys.stderr)
         if self._guard is not None and state.blocked is None:
             for alert in self._guard.observe(call, *signals):
                 if self._on_alert is not None:
@@ -1222,9 +1175,9 @@ class Meter:
 
     def _internal_error(self, flow: http.HTTPFlow, host: str, hook: str) -> None:
         """Record that metering failed for this call, and let the call go on."""
-        detail = _short_traceback()
+        detail = short_traceback()
         print(f"devmeter: metering failed in {hook} for {host}: {detail}", file=sys.stderr)
-        state = _state(flow)
+        state = state_of(flow)
         if state is not None:
             state.done = True
             self._settle(state)
@@ -1247,28 +1200,13 @@ class Meter:
                 )
             )
         except Exception:
-            print(f"devmeter: could not record the failure: {_short_traceback()}", file=sys.stderr)
-
-
-def _release(flow: http.HTTPFlow, state: FlowState) -> None:
-    """Let go of a recorded call's state: freed now rather than by the garbage collector,
-    which would otherwise trace it along with the flow's own cycles, on every call. Later
-    hooks (the `response` after the tap metered the body, an `error` as the client hangs
-    up) then find nothing left to do, as they would for a call already recorded."""
-    flow.metadata.pop(METADATA_KEY, None)
-    if flow.response is not None and callable(flow.response.stream):
-        flow.response.stream = True  # the tap holds the state; what is left passes as is
+            print(f"devmeter: could not record the failure: {short_traceback()}", file=sys.stderr)
 
 
 def _is_free(flow: http.HTTPFlow, host: str, upgrade: bool) -> bool:
     """Whether the request costs nothing, and so passes a pause or a cap."""
     path = normalise_path(flow.request.path)
     return costs_nothing(normalise_host(host), flow.request.method, path, upgrade)
-
-
-def _state(flow: http.HTTPFlow) -> FlowState | None:
-    state = flow.metadata.get(METADATA_KEY)
-    return state if isinstance(state, FlowState) else None
 
 
 def _tap(
@@ -1290,7 +1228,7 @@ def _tap(
                 if state.decoder.limit_error is not None:
                     state.tap_error, state.body_unread = state.decoder.limit_error, True
             except Exception:
-                state.tap_error = f"could not read the response: {_short_traceback()}"
+                state.tap_error = f"could not read the response: {short_traceback()}"
         received += len(chunk)
         if length is not None and chunk and received >= length and not state.done:
             with contextlib.suppress(Exception):  # _finish records its own failures
@@ -1305,7 +1243,7 @@ def _read_quota(state: FlowState, headers: Mapping[str, str], now: float) -> Non
     try:
         reading = quota_headers.from_headers(headers, now)
     except Exception:
-        reading = quota_headers.QuotaReading(notes=(f"quota headers: {_short_traceback()}",))
+        reading = quota_headers.QuotaReading(notes=(f"quota headers: {short_traceback()}",))
     if reading.windows or reading.notes or reading.status:
         state.quota = reading
 
@@ -1447,8 +1385,3 @@ def _refuse(flow: http.HTTPFlow, state: FlowState, block: Block) -> None:
 def _counts(usage: Usage) -> tuple[int, ...]:
     return (usage.input_tokens, usage.cache_read_tokens, usage.cache_write_tokens,
             usage.output_tokens)  # fmt: skip
-
-
-def _short_traceback() -> str:
-    lines = traceback.format_exc().strip().splitlines()
-    return " | ".join(line.strip() for line in lines[-3:])

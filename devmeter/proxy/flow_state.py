@@ -1,0 +1,86 @@
+"""What the Meter knows about one flow while it is under way, and the helpers every
+stage shares to read it and to say what went wrong.
+
+`FlowState` holds what the call is (endpoint, request, attribution) and how it is going
+(its answer's parser, its refusal, its errors); each stage keeps its own fields in a
+small state of its own, hung on the FlowState only when that stage has something to keep.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+
+from mitmproxy import http
+
+from devmeter.alerts import Block
+from devmeter.billing import Billing
+from devmeter.decoding import Decoder
+from devmeter.providers import Endpoint, ResponseParser, cursor, quota_headers
+from devmeter.routing.session_router import RoutePlan
+from devmeter.usage import Attribution, RequestInfo
+
+METADATA_KEY = "devmeter"
+
+
+@dataclass
+class FlowState:
+    """What the meter knows about one flow while it is under way."""
+
+    endpoint: Endpoint
+    request: RequestInfo
+    started: float
+    attribution: Attribution
+    host: str
+    parser: ResponseParser | None = None
+    decoder: Decoder | None = None
+    done: bool = False
+    tap_error: str | None = None
+    # WebSocket (Codex): the request of each response.create, in order, with its own loop
+    # fingerprint and human turn (the handshake's are empty: it has no body).
+    ws_requests: list[tuple[RequestInfo, tuple[str | None, bool | None]]] = field(
+        default_factory=list
+    )
+    # ... and what each reserved against its caps (burst caps), in the same order.
+    ws_reservations: list[int | None] = field(default_factory=list)
+    # Routing: the plan, and the request as the client sent it (for a fallback).
+    plan: RoutePlan | None = None
+    # Guard rails: loop fingerprint and human turn of the request; the block, if refused.
+    signals: tuple[str | None, bool | None] = (None, None)
+    blocked: str | None = None
+    reservation: int | None = None  # what the call holds against its caps until it ends
+    original: tuple[bytes, list[tuple[str, str]]] | None = None
+    fell_back: bool = False
+    # Cursor: its request body, read as it streams to the upstream.
+    request_reader: cursor.RequestReader | None = None
+    upgrade: bool = False  # the client asked for a WebSocket
+    # The response body could not be metered whole (over the decode budget).
+    body_unread: bool = False
+    # Why the request body was not read (too large, a bomb, a parser bug): for the row.
+    request_note: str | None = None
+    ws_refused: bool = False  # a Realtime socket's frames were refused (and said so once)
+    block: Block | None = None  # an unmetered request's refusal (see _unmetered_refusal)
+    # Who pays (from the request's credential), and the answer's quota reading.
+    billing: Billing = field(default_factory=Billing)
+    quota: quota_headers.QuotaReading | None = None
+    rate_events: quota_headers.RateLimitEvents | None = None
+
+
+def state_of(flow: http.HTTPFlow) -> FlowState | None:
+    state = flow.metadata.get(METADATA_KEY)
+    return state if isinstance(state, FlowState) else None
+
+
+def release(flow: http.HTTPFlow, state: FlowState) -> None:
+    """Let go of a recorded call's state: freed now rather than by the garbage collector,
+    which would otherwise trace it along with the flow's own cycles, on every call. Later
+    hooks (the `response` after the tap metered the body, an `error` as the client hangs
+    up) then find nothing left to do, as they would for a call already recorded."""
+    flow.metadata.pop(METADATA_KEY, None)
+    if flow.response is not None and callable(flow.response.stream):
+        flow.response.stream = True  # the tap holds the state; what is left passes as is
+
+
+def short_traceback() -> str:
+    lines = traceback.format_exc().strip().splitlines()
+    return " | ".join(line.strip() for line in lines[-3:])
