@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from mitmproxy import http
 
@@ -17,8 +18,10 @@ from devmeter.alerts import Block
 from devmeter.billing import Billing
 from devmeter.decoding import Decoder
 from devmeter.providers import Endpoint, ResponseParser, cursor, quota_headers
-from devmeter.routing.session_router import RoutePlan
 from devmeter.usage import Attribution, RequestInfo
+
+if TYPE_CHECKING:  # the stages' own states (they import this module)
+    from devmeter.proxy.routing_stage import RouteState
 
 METADATA_KEY = "devmeter"
 
@@ -43,14 +46,10 @@ class FlowState:
     )
     # ... and what each reserved against its caps (burst caps), in the same order.
     ws_reservations: list[int | None] = field(default_factory=list)
-    # Routing: the plan, and the request as the client sent it (for a fallback).
-    plan: RoutePlan | None = None
     # Guard rails: loop fingerprint and human turn of the request; the block, if refused.
     signals: tuple[str | None, bool | None] = (None, None)
     blocked: str | None = None
     reservation: int | None = None  # what the call holds against its caps until it ends
-    original: tuple[bytes, list[tuple[str, str]]] | None = None
-    fell_back: bool = False
     # Cursor: its request body, read as it streams to the upstream.
     request_reader: cursor.RequestReader | None = None
     upgrade: bool = False  # the client asked for a WebSocket
@@ -64,6 +63,7 @@ class FlowState:
     billing: Billing = field(default_factory=Billing)
     quota: quota_headers.QuotaReading | None = None
     rate_events: quota_headers.RateLimitEvents | None = None
+    route: RouteState | None = None  # the routing stage's, once it planned the call
 
 
 def state_of(flow: http.HTTPFlow) -> FlowState | None:

@@ -19,7 +19,6 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any, Protocol
 
-import httpx2
 from mitmproxy import connection, ctx, http, websocket
 
 from devmeter import metering
@@ -47,8 +46,8 @@ from devmeter.providers import (
 from devmeter.proxy import streaming
 from devmeter.proxy.deadlines import HeaderDeadline
 from devmeter.proxy.flow_state import METADATA_KEY, FlowState, release, short_traceback, state_of
+from devmeter.proxy.routing_stage import RoutingStage
 from devmeter.proxy.upstream import UpstreamMapping
-from devmeter.routing.fallback import should_fallback
 from devmeter.routing.session_router import REQUEST_CLASS_HEADER, Router
 from devmeter.secrets.inspector import SecretInspector
 from devmeter.usage import Attribution, Call, RequestInfo, ResponseResult, Usage
@@ -101,6 +100,7 @@ class Meter:
         self._client_lookup = client_lookup
         self._deadline = deadline
         self._router = router
+        self._routing = RoutingStage(router)
         self._secrets = secrets
         self._guard = guard
         self._on_alert = on_alert
@@ -385,30 +385,16 @@ class Meter:
             None
             if state.upgrade
             else self._ask_first(
-                flow, state, now, lambda: self._switch_target(state, headers, body, doc, now)
+                flow,
+                state,
+                now,
+                lambda: self._routing.switch_target(state, headers, body, doc, now),
             )
         )
         if held is not None:
             return self._hold(held, flow, state, headers, body, doc)
-        self._maybe_route(flow, state, headers, body, doc, now)
+        self._routing.request(flow, state, headers, body, doc, now)
         return None
-
-    def _maybe_route(
-        self,
-        flow: http.HTTPFlow,
-        state: FlowState,
-        headers: Mapping[str, str],
-        body: bytes,
-        doc: dict[str, Any] | None,
-        now: float,
-    ) -> None:
-        if self._router is not None and flow.websocket is None and doc is not None:
-            try:
-                self._route(flow, state, headers, body, doc, now)
-            except Exception:
-                state.tap_error = (
-                    f"devmeter routing failed (call sent as asked): {short_traceback()}"
-                )
 
     def _inspect_secrets(
         self, flow: http.HTTPFlow, state: FlowState, doc: Any, body: bytes, now: float
@@ -570,7 +556,7 @@ class Meter:
             if block is not None:
                 _refuse(flow, state, block)
                 return
-            self._maybe_route(flow, state, headers, body, doc, self._clock())
+            self._routing.request(flow, state, headers, body, doc, self._clock())
         except Exception:
             state.tap_error = f"devmeter ask failed (call let through): {short_traceback()}"
         finally:
@@ -597,20 +583,6 @@ class Meter:
                 return verdict
             current = verdict
         return None
-
-    def _switch_target(
-        self,
-        state: FlowState,
-        headers: Mapping[str, str],
-        body: bytes,
-        doc: dict[str, Any] | None,
-        now: float,
-    ) -> str | None:
-        if self._router is None:
-            return None
-        return self._router.switch_target(
-            state.endpoint, state.request, state.attribution, headers, body, now, doc
-        )
 
     def _asks_answered(self, ask: Ask) -> bool:
         return self._asks is None or self._asks.answered(ask)
@@ -640,38 +612,6 @@ class Meter:
         if self._router is not None:
             self._router.set_mode(control.routing_mode or self._router.configured_mode)
 
-    def _route(
-        self,
-        flow: http.HTTPFlow,
-        state: FlowState,
-        headers: Mapping[str, str],
-        body: bytes,
-        doc: dict[str, Any] | None,
-        now: float,
-    ) -> None:
-        router = self._router
-        assert router is not None
-        plan = router.plan(
-            state.endpoint, state.request, state.attribution, headers, body, now, doc
-        )
-        state.plan = plan
-        if plan is None or not plan.rewrite or plan.body is None:
-            return
-        original_headers = flow.request.headers.copy()
-        try:
-            flow.request.content = plan.body  # re-encoded if the client compressed it
-            for name in plan.removed_headers:
-                flow.request.headers.pop(name, None)
-            for name, value in plan.headers.items():
-                flow.request.headers[name] = value
-        except Exception:
-            # Put the request back exactly as the client sent it, then report.
-            flow.request.headers = original_headers
-            flow.request.content = body
-            state.plan = None
-            raise
-        state.original = (body, list(original_headers.items()))
-
     # -- response ----------------------------------------------------------------------------
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -687,10 +627,8 @@ class Meter:
         if state is None:
             flow.response.stream = True  # not metered: pass it on as it arrives, unheld
             return
-        if state.original is not None and 400 <= flow.response.status_code < 500:
-            if not streaming.fallback_body_too_large(flow.response):
-                return  # a refused rewrite: keep the (small) error body for a fallback
-            state.original = None  # too large to hold: the client gets it as it is
+        if self._routing.responseheaders(flow, state):
+            return  # a refused rewrite: keep the (small) error body for a fallback
         headers = lower_headers(flow.response.headers)  # once: mitmproxy's lookups are slow
         _read_quota(state, headers, self._clock())
         try:
@@ -724,7 +662,7 @@ class Meter:
         streaming.replace_with_error(flow, error, api)
         if state is not None:
             state.tap_error = error
-            state.original = None  # nothing to fall back from
+            self._routing.forget_original(state)
             # A parser fed nothing: the row shows an answer with no usage, not complete
             # (rather than devmeter's own error body, parsed as if the provider sent it).
             state.parser = new_response_parser(state.endpoint, state.request, "")
@@ -737,61 +675,14 @@ class Meter:
         state = state_of(flow)
         if state is None:
             return None  # not metered, or recorded already (the tap metered the whole body)
-        if state.original is not None and flow.response is not None:
+        if self._routing.may_fall_back(flow, state):
             return self._fall_back_and_finish(flow, state)
         self._finish(flow, complete_hint=True)
         return None
 
     async def _fall_back_and_finish(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        try:
-            await self._maybe_fall_back(flow, state)
-        except Exception:
-            print(f"devmeter: routing fallback failed: {short_traceback()}", file=sys.stderr)
+        await self._routing.response(flow, state)
         self._finish(flow, complete_hint=True)
-
-    async def _maybe_fall_back(self, flow: http.HTTPFlow, state: FlowState) -> None:
-        """The rewritten request was refused where the original would not have been:
-        send the original once, and give the client that answer instead."""
-        assert flow.response is not None and state.original is not None
-        status = flow.response.status_code
-        if not 400 <= status < 500 or flow.response.stream:
-            return  # not refused, or already passed on to the client
-        if not should_fallback(status, streaming.fallback_error_text(flow.response)):
-            return
-        body, headers = state.original
-        skip = {"content-length", "content-encoding", "host", "transfer-encoding", "connection"}
-        async with httpx2.AsyncClient(timeout=600) as client:
-            request = client.build_request(
-                flow.request.method,
-                flow.request.url,
-                headers=[(k, v) for k, v in headers if k.lower() not in skip],
-                content=body,
-            )
-            answer = await client.send(request, stream=True)
-            try:
-                # Held whole (the client gets it in one piece), so within a bound.
-                raw, error = await streaming.read_capped(answer.aiter_raw())
-            finally:
-                await answer.aclose()
-        fallback = http.Response.make(
-            answer.status_code,
-            b"",
-            [
-                (k.encode(), v.encode())
-                for k, v in answer.headers.multi_items()
-                if k.lower() not in ("content-length", "transfer-encoding")
-            ],
-        )
-        # The bytes as the provider sent them: setting `content` would compress them
-        # again per their content-encoding, and the client would get them twice encoded.
-        fallback.raw_content = raw
-        fallback.headers["content-length"] = str(len(raw))
-        error = error or streaming.oversized_headers_error(fallback)
-        if error is not None:  # the client gets the refusal instead; the row says why
-            state.tap_error = f"routing fallback abandoned: {error}"
-            return
-        flow.response = fallback
-        state.fell_back = True
 
     def error(self, flow: http.HTTPFlow) -> None:
         # Client hung up, upstream reset, or the upstream never answered.
@@ -1132,9 +1023,9 @@ class Meter:
         call = _with_billing(state, call)
         if state.blocked is not None:
             call = replace(call, error=state.blocked)
-        if self._router is not None:
+        if self._routing.router is not None:
             try:
-                call = self._router.settle(call, state.plan, state.fell_back)
+                call = self._routing.settle(call, state)
             except Exception:
                 call = replace(
                     call, error=f"devmeter routing bookkeeping failed: {short_traceback()}"
