@@ -50,7 +50,7 @@ class FlowState:
     signals: tuple[str | None, bool | None] = (None, None)
     blocked: str | None = None
     reservation: int | None = None  # what the call holds against its caps until it ends
-    # Cursor: its request body, read as it streams to the upstream.
+    # The Cursor stage's: its request body, read as it streams to the upstream.
     request_reader: cursor.RequestReader | None = None
     upgrade: bool = False  # the client asked for a WebSocket
     # The response body could not be metered whole (over the decode budget).

@@ -44,6 +44,7 @@ from devmeter.providers import (
     unmetered_endpoint,
 )
 from devmeter.proxy import streaming
+from devmeter.proxy.cursor_stage import CursorStage, request_whole
 from devmeter.proxy.deadlines import HeaderDeadline
 from devmeter.proxy.flow_state import METADATA_KEY, FlowState, release, short_traceback, state_of
 from devmeter.proxy.routing_stage import RoutingStage
@@ -101,6 +102,7 @@ class Meter:
         self._deadline = deadline
         self._router = router
         self._routing = RoutingStage(router)
+        self._cursor = CursorStage()
         self._secrets = secrets
         self._guard = guard
         self._on_alert = on_alert
@@ -151,7 +153,7 @@ class Meter:
         host = self._upstream.requestheaders(flow)
         if self._refused_request_headers(flow, host):
             return None
-        held = self._stream_cursor_request(flow, host) if host == cursor.HOST else None
+        held = self._stream_cursor_request(flow, host)
         if state_of(flow) is None and flow.response is None:
             self._stream_large_request(flow, host)
         # A streamed request connects upstream right after its headers: map it now.
@@ -178,20 +180,9 @@ class Meter:
         """Cursor keeps its request open while the answer streams (Connect bidi streams):
         forward its body as it comes, reading a copy, or the call would never start."""
         try:
-            endpoint = match_endpoint(host, flow.request.method, flow.request.path)
-            streaming = "connect+" in flow.request.headers.get("content-type", "")
-            if endpoint is None or endpoint.api != "cursor.chat" or not streaming:
-                return None
-            self._apply_control()
-            reader = cursor.RequestReader()
-            held = self._start(flow, host)
-            state = state_of(flow)
-            if state is not None:
-                state.request_reader = reader
-            if held is not None:
-                return _then_stream(held, flow, reader)
-            if flow.response is None:  # mitmproxy refuses a streamed request it answered
-                flow.request.stream = _request_tap(reader)
+            if self._cursor.streams(flow, host):
+                self._apply_control()
+                return self._cursor.requestheaders(flow, host, self._start)
         except Exception:
             self._internal_error(flow, host, "requestheaders")
         return None
@@ -707,8 +698,7 @@ class Meter:
             result = _result(state)
             if state.request_reader is not None:
                 # The request streamed alongside the answer: only now is it whole.
-                state.request = state.request_reader.info()
-                result = _with_input_estimate(result, state.request)
+                state.request, result = request_whole(state.request_reader, result)
             if (
                 flow.response is not None
                 and state.parser is None
@@ -1215,31 +1205,6 @@ def _body_length(headers: Mapping[str, str]) -> int | None:
         return None
     value = headers.get("content-length", "").strip()
     return int(value) if value.isdigit() else None
-
-
-def _with_input_estimate(result: ResponseResult, request: RequestInfo) -> ResponseResult:
-    usage = result.usage
-    if usage is None or not usage.estimated or usage.input_tokens:
-        return result
-    return replace(result, usage=replace(usage, input_tokens=request.prompt_tokens() or 0))
-
-
-async def _then_stream(
-    held: Coroutine[None, None, None], flow: http.HTTPFlow, reader: cursor.RequestReader
-) -> None:
-    """A streamed request held by an ask: stream it once answered, unless it was refused."""
-    await held
-    if flow.response is None:
-        flow.request.stream = _request_tap(reader)
-
-
-def _request_tap(reader: cursor.RequestReader) -> Callable[[bytes], bytes]:
-    def tap(chunk: bytes) -> bytes:
-        with contextlib.suppress(Exception):  # never break the stream over metering
-            reader.feed(chunk)
-        return chunk
-
-    return tap
 
 
 def _result(state: FlowState) -> ResponseResult:
