@@ -25,7 +25,7 @@ from devmeter import metering
 from devmeter.alerts import Alert, Block
 from devmeter.ask import Ask, AskBook
 from devmeter.attribution import lower_headers
-from devmeter.billing import OVERAGE, SUBSCRIPTION, Accounts, Billing
+from devmeter.billing import SUBSCRIPTION, Accounts, Billing
 from devmeter.control import ControlWatcher
 from devmeter.decoding import decoder_for
 from devmeter.guard import Guard, Verdict, estimate_cost, request_signals
@@ -33,20 +33,25 @@ from devmeter.pricing import PriceOverride
 from devmeter.providers import (
     BATCH_APIS,
     Endpoint,
-    costs_nothing,
-    cursor,
     match_endpoint,
     new_response_parser,
-    normalise_host,
     normalise_path,
     parse_request_doc,
     quota_headers,
     unmetered_endpoint,
 )
 from devmeter.proxy import streaming
+from devmeter.proxy.billing_reading import (
+    read_quota,
+    scan_ws_message,
+    set_billing,
+    sse_sink,
+    with_billing,
+)
 from devmeter.proxy.cursor_stage import CursorStage, request_whole
 from devmeter.proxy.deadlines import HeaderDeadline
 from devmeter.proxy.flow_state import METADATA_KEY, FlowState, release, short_traceback, state_of
+from devmeter.proxy.refusal import is_free, refuse
 from devmeter.proxy.routing_stage import RoutingStage
 from devmeter.proxy.upstream import UpstreamMapping
 from devmeter.routing.session_router import REQUEST_CLASS_HEADER, Router
@@ -271,7 +276,7 @@ class Meter:
             request_note=info.facts["request_error"],
         )
         flow.metadata[METADATA_KEY] = state
-        self._set_billing(flow, state, headers)
+        set_billing(self._accounts, flow, state, headers)
         if self._guard is None:
             return False
         try:  # fails open, as in `_start`
@@ -292,18 +297,6 @@ class Meter:
         )
         flow.kill()  # the error hook records the refusal
         return True
-
-    def _set_billing(
-        self, flow: http.HTTPFlow, state: FlowState, headers: Mapping[str, str]
-    ) -> None:
-        """Who pays for the call, from its credential (never kept: only its fingerprint)."""
-        if self._accounts is None:
-            return
-        try:
-            query_key = flow.request.query.get("key") if "key=" in flow.request.path else None
-            state.billing = self._accounts.billing(state.host, headers, query_key)
-        except Exception:
-            state.tap_error = f"devmeter billing failed: {short_traceback()}"
 
     def request(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
         # Sync, returning a coroutine only for a request held by an ask (mitmproxy awaits
@@ -342,7 +335,7 @@ class Meter:
             request_note=note,
         )
         flow.metadata[METADATA_KEY] = state
-        self._set_billing(flow, state, headers)
+        set_billing(self._accounts, flow, state, headers)
         if self._secrets is not None and doc is not None:
             body = self._inspect_secrets(flow, state, doc, body, now)
             if state.blocked is not None:
@@ -361,8 +354,8 @@ class Meter:
                     verdict = self._guard.check(state.attribution, now, reserve)
                     self._raise_alerts(verdict)
                     # A free request (count_tokens, batch results) passes a cap or a pause.
-                    if verdict.block is not None and not _is_free(flow, host, False):
-                        _refuse(flow, state, verdict.block)
+                    if verdict.block is not None and not is_free(flow, host, False):
+                        refuse(flow, state, verdict.block)
                         return None
                     state.reservation = verdict.reservation
                 state.signals = request_signals(
@@ -396,7 +389,7 @@ class Meter:
         try:
             outcome = self._secrets.inspect(state.endpoint.api, doc, state.attribution, now)
             if outcome.block is not None:
-                _refuse(flow, state, outcome.block)
+                refuse(flow, state, outcome.block)
             elif outcome.redacted:
                 body = json.dumps(doc).encode()
                 flow.request.content = body
@@ -464,7 +457,7 @@ class Meter:
             return  # streamed: decided at its headers (`_stream_large_request`)
         state = self._unmetered_refusal(flow, host)
         if state is not None and state.block is not None:
-            _refuse(flow, state, state.block)
+            refuse(flow, state, state.block)
 
     def _unmetered_refusal(self, flow: http.HTTPFlow, host: str) -> FlowState | None:
         """The state of an unmetered request the guard refuses (its `block` says why, and
@@ -472,7 +465,7 @@ class Meter:
         if self._guard is None:
             return None
         upgrade = flow.request.headers.get("upgrade", "").lower() == "websocket"
-        if _is_free(flow, host, upgrade):
+        if is_free(flow, host, upgrade):
             return None
         now = self._clock()
         info = RequestInfo()
@@ -506,7 +499,7 @@ class Meter:
             state.tap_error = f"devmeter ask failed (call let through): {short_traceback()}"
             return None
         if isinstance(verdict, Block):
-            _refuse(flow, state, verdict)
+            refuse(flow, state, verdict)
             return None
         return verdict
 
@@ -545,7 +538,7 @@ class Meter:
         try:
             block = await self._answer_to(ask, state)
             if block is not None:
-                _refuse(flow, state, block)
+                refuse(flow, state, block)
                 return
             self._routing.request(flow, state, headers, body, doc, self._clock())
         except Exception:
@@ -611,7 +604,7 @@ class Meter:
             return
         if flow.response.status_code == 101:
             if state is not None:  # Codex's WebSocket: its quota headers are here
-                _read_quota(state, lower_headers(flow.response.headers), self._clock())
+                read_quota(state, lower_headers(flow.response.headers), self._clock())
             return
         if self._refused_headers(flow, state):
             return
@@ -621,7 +614,7 @@ class Meter:
         if self._routing.responseheaders(flow, state):
             return  # a refused rewrite: keep the (small) error body for a fallback
         headers = lower_headers(flow.response.headers)  # once: mitmproxy's lookups are slow
-        _read_quota(state, headers, self._clock())
+        read_quota(state, headers, self._clock())
         try:
             state.parser = new_response_parser(
                 state.endpoint, state.request, headers.get("content-type", "")
@@ -801,7 +794,7 @@ class Meter:
                     state.ws_requests.append((request, signals))
             else:
                 state.parser.feed_message(message.content)
-                _scan_ws_message(state, message.content, self._clock())
+                scan_ws_message(state, message.content, self._clock())
                 for result in state.parser.take_completed():
                     self._record_ws_turn(flow, state, result)
             # The socket can live for a whole Codex session: do not keep every frame.
@@ -1010,7 +1003,7 @@ class Meter:
     ) -> None:
         signals = state.signals if signals is None else signals
         self._settle(state)
-        call = _with_billing(state, call)
+        call = with_billing(state, call)
         if state.blocked is not None:
             call = replace(call, error=state.blocked)
         if self._routing.router is not None:
@@ -1084,12 +1077,6 @@ class Meter:
             print(f"devmeter: could not record the failure: {short_traceback()}", file=sys.stderr)
 
 
-def _is_free(flow: http.HTTPFlow, host: str, upgrade: bool) -> bool:
-    """Whether the request costs nothing, and so passes a pause or a cap."""
-    path = normalise_path(flow.request.path)
-    return costs_nothing(normalise_host(host), flow.request.method, path, upgrade)
-
-
 def _tap(
     state: FlowState, length: int | None, on_complete: Callable[[], None]
 ) -> Callable[[bytes], bytes]:
@@ -1104,7 +1091,7 @@ def _tap(
         nonlocal received
         if state.tap_error is None and state.parser is not None and state.decoder is not None:
             try:
-                sink = state.parser.feed if state.rate_events is None else _sse_sink(state)
+                sink = state.parser.feed if state.rate_events is None else sse_sink(state)
                 state.decoder.feed(chunk, sink)
                 if state.decoder.limit_error is not None:
                     state.tap_error, state.body_unread = state.decoder.limit_error, True
@@ -1117,86 +1104,6 @@ def _tap(
         return chunk
 
     return tap
-
-
-def _read_quota(state: FlowState, headers: Mapping[str, str], now: float) -> None:
-    """The answer's quota headers; a failure only loses the reading."""
-    try:
-        reading = quota_headers.from_headers(headers, now)
-    except Exception:
-        reading = quota_headers.QuotaReading(notes=(f"quota headers: {short_traceback()}",))
-    if reading.windows or reading.notes or reading.status:
-        state.quota = reading
-
-
-def _sse_sink(state: FlowState) -> Callable[[bytes], None]:
-    """The parser's feed, also looking for Codex's rate-limits event (chatgpt.com SSE)."""
-    parser = state.parser
-    assert parser is not None
-
-    def sink(data: bytes) -> None:
-        parser.feed(data)
-        _scan_sse(state, data)
-
-    return sink
-
-
-def _scan_sse(state: FlowState, chunk: bytes) -> None:
-    """Codex's rate-limits event in an SSE answer (chatgpt.com), from the decoded bytes;
-    a failure only loses the reading."""
-    events = state.rate_events
-    assert events is not None
-    try:
-        events.feed(chunk)
-    except Exception:
-        state.rate_events = None
-        return
-    if events.readings:
-        state.quota = _merge(state.quota, events.readings.pop())
-        events.readings.clear()
-
-
-def _scan_ws_message(state: FlowState, content: bytes | str, now: float) -> None:
-    """Codex's rate-limits event on its WebSocket: applies to the turns after it."""
-    try:
-        events = quota_headers.RateLimitEvents(now)
-        events.feed_message(content)
-        if events.readings:
-            state.quota = _merge(state.quota, events.readings[-1])
-    except Exception:
-        pass  # quota is a bonus: never a failed call
-
-
-def _merge(
-    old: quota_headers.QuotaReading | None, new: quota_headers.QuotaReading
-) -> quota_headers.QuotaReading:
-    if old is None:
-        return new
-    names = {w.window for w in new.windows}
-    return replace(
-        new,
-        windows=(*(w for w in old.windows if w.window not in names), *new.windows),
-        status=new.status or old.status,
-        claim=new.claim or old.claim,
-        overage=new.overage or old.overage,
-        plan=new.plan or old.plan,
-        notes=(*old.notes, *new.notes),
-    )
-
-
-def _with_billing(state: FlowState, call: Call) -> Call:
-    """The call's billing mode and account; overage when a subscription call's answer
-    says it was billed as extra usage. A quota value devmeter could not read is named in
-    the row's error, and the call is otherwise untouched."""
-    mode = state.billing.mode
-    reading = state.quota
-    if reading is not None and reading.overage and mode == SUBSCRIPTION:
-        mode = OVERAGE
-    error = call.error
-    if reading is not None and reading.notes:
-        note = "quota headers ignored: " + "; ".join(reading.notes[:3])
-        error = f"{error}; {note}" if error else note
-    return replace(call, billing=mode, account=state.billing.account, error=error)
 
 
 def _body_length(headers: Mapping[str, str]) -> int | None:
@@ -1213,29 +1120,6 @@ def _result(state: FlowState) -> ResponseResult:
     if state.decoder is None and state.tap_error is None:
         state.tap_error = "response body in an encoding devmeter cannot decode"
     return state.parser.result()
-
-
-def _refuse(flow: http.HTTPFlow, state: FlowState, block: Block) -> None:
-    """Answer in the provider's own error shape, with a status clients do not retry."""
-    if flow.request.stream:
-        # The body streamed on as it came (never the case for a call started in `request`
-        # today; kept for safety): the provider has the call whatever devmeter does now,
-        # so it finishes, metered, and counts against the cap, rather than costing money
-        # with neither an answer nor a row to show for it.
-        note = f"{block.message} (reached while the request streamed on: let through)"
-        state.request_note = streaming.join_errors((state.request_note, note))
-        return
-    state.blocked = block.message
-    if state.endpoint.api == "cursor.chat":
-        # Connect streams report errors in an end-stream frame of a 200 response.
-        flow.response = http.Response.make(
-            200,
-            cursor.end_stream_error(block.message, code="permission_denied"),
-            {"content-type": "application/connect+proto"},
-        )
-        return
-    refusal = block.refusal(state.endpoint.api, state.attribution.tool)
-    flow.response = http.Response.make(refusal.status, refusal.body, refusal.headers)
 
 
 def _counts(usage: Usage) -> tuple[int, ...]:
