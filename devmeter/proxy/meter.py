@@ -8,7 +8,6 @@ copies each chunk into the parser and returns it unchanged.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import sys
@@ -41,6 +40,7 @@ from devmeter.providers import (
     unmetered_endpoint,
 )
 from devmeter.proxy import streaming
+from devmeter.proxy.ask_stage import AskStage
 from devmeter.proxy.billing_reading import (
     read_quota,
     scan_ws_message,
@@ -57,10 +57,6 @@ from devmeter.proxy.upstream import UpstreamMapping
 from devmeter.routing.session_router import REQUEST_CLASS_HEADER, Router
 from devmeter.secrets.inspector import SecretInspector
 from devmeter.usage import Attribution, Call, RequestInfo, ResponseResult, Usage
-
-# How often a request held by an ask looks for the answer (control.json is re-read at most
-# twice a second anyway).
-ASK_POLL_SECONDS = 0.25
 
 # (flow, its request, its headers with lower-case names, the provider host the client
 # asked for, now) -> who made the call.
@@ -122,9 +118,7 @@ class Meter:
         # Batches already metered in this run (by path): a second read of the same results
         # or status bills nothing new. Least recent first, bounded.
         self._batches_read: OrderedDict[str, None] = OrderedDict()
-        self._asks = asks
-        self._on_asks_changed = on_asks_changed
-        self._asks_shown = 0  # the AskBook version last handed to on_asks_changed
+        self._ask = AskStage(asks, clock, on_alert, on_asks_changed)
 
     def reconfigure(
         self, upstreams: Mapping[str, str], overrides: tuple[PriceOverride, ...]
@@ -368,7 +362,7 @@ class Meter:
         held = (
             None
             if state.upgrade
-            else self._ask_first(
+            else self._ask.request(
                 flow,
                 state,
                 now,
@@ -376,7 +370,14 @@ class Meter:
             )
         )
         if held is not None:
-            return self._hold(held, flow, state, headers, body, doc)
+            return self._ask.hold(
+                held,
+                flow,
+                state,
+                self._apply_control,
+                self._check_caps,
+                lambda now: self._routing.request(flow, state, headers, body, doc, now),
+            )
         self._routing.request(flow, state, headers, body, doc, now)
         return None
 
@@ -481,116 +482,17 @@ class Meter:
         flow.metadata[METADATA_KEY] = state
         return state
 
-    # -- asks (devmeter/ask.py): hold a request until the user answers --------------------
-
-    def _ask_first(
-        self,
-        flow: http.HTTPFlow,
-        state: FlowState,
-        now: float,
-        switch: Callable[[], str | None] | None = None,
-    ) -> Ask | None:
-        """The ask this request must wait for, or None to send it now (or refused)."""
-        if self._asks is None or state.blocked is not None:
-            return None
-        try:
-            verdict = self._ask_verdict(state, now, switch)
-        except Exception:
-            state.tap_error = f"devmeter ask failed (call let through): {short_traceback()}"
-            return None
-        if isinstance(verdict, Block):
-            refuse(flow, state, verdict)
-            return None
-        return verdict
-
-    def _ask_verdict(
-        self, state: FlowState, now: float, switch: Callable[[], str | None] | None = None
-    ) -> Ask | Block | None:
-        """The AskBook's answer for this request; a new ask's alert goes out here, once,
-        offering Switch when `switch` names a cheaper model a rule would route it to."""
-        if self._asks is None:
-            return None
-        verdict = self._asks.check(state.attribution, now)
-        if verdict is None or isinstance(verdict, Block):
-            return verdict
-        ask, new = verdict
-        if new and switch is not None:
-            try:
-                ask = self._asks.offer_switch(ask, switch())
-            except Exception:  # routing's problem: ask without the offer
-                print(f"devmeter: no switch offered: {short_traceback()}", file=sys.stderr)
-        if new and self._on_alert is not None:
-            self._on_alert(ask.alert(self._asks.advice))
-        self._publish_asks()
-        return ask
-
-    async def _hold(
-        self,
-        ask: Ask,
-        flow: http.HTTPFlow,
-        state: FlowState,
-        headers: Mapping[str, str],
-        body: bytes,
-        doc: dict[str, Any] | None,
-    ) -> None:
-        """Wait for the answer without blocking other flows, then send the request or
-        refuse it."""
-        try:
-            block = await self._answer_to(ask, state)
-            if block is not None:
-                refuse(flow, state, block)
-                return
-            self._routing.request(flow, state, headers, body, doc, self._clock())
-        except Exception:
-            state.tap_error = f"devmeter ask failed (call let through): {short_traceback()}"
-        finally:
-            self._publish_asks()
-
-    async def _answer_to(self, ask: Ask, state: FlowState) -> Block | None:
-        """Poll control.json until `ask` is answered: None to go on, or the Block to refuse
-        with (Stop; no answer by the deadline; a stop, cap or pause meanwhile). Continue
-        can lead straight to another scope's ask, which is waited for in turn."""
-        current: Ask | None = ask
-        while current is not None:
-            await asyncio.sleep(ASK_POLL_SECONDS)
-            self._apply_control()
-            now = self._clock()
-            block = self._guard.check(state.attribution, now).block if self._guard else None
-            if block is not None:
-                return block
-            if not self._asks_answered(current) and now < current.deadline:
-                continue
-            if not self._asks_answered(current) and self._asks is not None:
-                self._asks.expire(current)
-            verdict = self._ask_verdict(state, now)
-            if isinstance(verdict, Block):
-                return verdict
-            current = verdict
-        return None
-
-    def _asks_answered(self, ask: Ask) -> bool:
-        return self._asks is None or self._asks.answered(ask)
-
-    def _publish_asks(self) -> None:
-        book = self._asks
-        if book is None or self._on_asks_changed is None or book.version == self._asks_shown:
-            return
-        self._asks_shown = book.version
-        try:
-            self._on_asks_changed(book.pending())
-        except Exception:
-            print(f"devmeter: could not publish open asks: {short_traceback()}", file=sys.stderr)
+    def _check_caps(self, state: FlowState, now: float) -> Block | None:
+        """What a cap or a pause says of the call now (while an ask holds it)."""
+        return self._guard.check(state.attribution, now).block if self._guard else None
 
     def _apply_control(self) -> None:
         control = self._control.poll() if self._control is not None else None
         if control is None:
             return
-        if self._asks is not None:
-            self._asks.apply(control)
-            self._publish_asks()
-            for session in self._asks.take_switched():
-                if self._router is not None:
-                    self._router.switch(session)
+        for session in self._ask.apply(control):
+            if self._router is not None:
+                self._router.switch(session)
         if self._guard is not None:
             self._guard.apply(control)
         if self._router is not None:
@@ -815,7 +717,7 @@ class Meter:
         if state.endpoint.api == "openai.realtime":
             return None
         try:
-            verdict = self._ask_verdict(state, self._clock())
+            verdict = self._ask.verdict(state, self._clock())
         except Exception:
             state.tap_error = f"devmeter ask failed (call let through): {short_traceback()}"
             return None
@@ -843,7 +745,7 @@ class Meter:
         signals: tuple[str | None, bool | None],
     ) -> None:
         try:
-            block = await self._answer_to(ask, state)
+            block = await self._ask.answer_to(ask, state, self._apply_control, self._check_caps)
             if block is not None:
                 self._unreserve_last_ws_turn(state)
                 self._refuse_ws_message(flow, state, message, request, block, self._clock())
@@ -854,7 +756,7 @@ class Meter:
         except Exception:
             self._internal_error(flow, state.host, "websocket")
         finally:
-            self._publish_asks()
+            self._ask.publish()
 
     def _refuse_ws_turn(
         self,
