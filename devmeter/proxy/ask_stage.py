@@ -14,8 +14,8 @@ from typing import Any
 
 from mitmproxy import http
 
+from devmeter.alerts import Alert, Block
 from devmeter.ask import Ask, AskBook
-from devmeter.budget import Alert, Block
 from devmeter.control import Control
 from devmeter.proxy.flow_state import FlowState, short_traceback
 from devmeter.proxy.refusal import refuse

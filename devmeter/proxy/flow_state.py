@@ -9,6 +9,7 @@ small state of its own, hung on the FlowState only when that stage has something
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,9 +22,14 @@ from devmeter.providers import Endpoint, ResponseParser, cursor, quota_headers
 from devmeter.usage import Attribution, RequestInfo
 
 if TYPE_CHECKING:  # the stages' own states (they import this module)
+    from devmeter.proxy.guard_stage import GuardHold
     from devmeter.proxy.routing_stage import RouteState
 
 METADATA_KEY = "devmeter"
+
+# (flow, its request, its headers with lower-case names, the provider host the client
+# asked for, now) -> who made the call.
+Attribute = Callable[[http.HTTPFlow, RequestInfo, Mapping[str, str], str, float], Attribution]
 
 
 @dataclass
@@ -46,10 +52,7 @@ class FlowState:
     )
     # ... and what each reserved against its caps (burst caps), in the same order.
     ws_reservations: list[int | None] = field(default_factory=list)
-    # Guard rails: loop fingerprint and human turn of the request; the block, if refused.
-    signals: tuple[str | None, bool | None] = (None, None)
-    blocked: str | None = None
-    reservation: int | None = None  # what the call holds against its caps until it ends
+    blocked: str | None = None  # why devmeter refused the call (for the row)
     # The Cursor stage's: its request body, read as it streams to the upstream.
     request_reader: cursor.RequestReader | None = None
     upgrade: bool = False  # the client asked for a WebSocket
@@ -63,6 +66,7 @@ class FlowState:
     billing: Billing = field(default_factory=Billing)
     quota: quota_headers.QuotaReading | None = None
     rate_events: quota_headers.RateLimitEvents | None = None
+    guard: GuardHold | None = None  # the guard stage's, once it let the call through
     route: RouteState | None = None  # the routing stage's, once it planned the call
 
 

@@ -24,10 +24,10 @@ from devmeter import metering
 from devmeter.alerts import Alert, Block
 from devmeter.ask import Ask, AskBook
 from devmeter.attribution import lower_headers
-from devmeter.billing import SUBSCRIPTION, Accounts, Billing
+from devmeter.billing import Accounts, Billing
 from devmeter.control import ControlWatcher
 from devmeter.decoding import decoder_for
-from devmeter.guard import Guard, Verdict, estimate_cost, request_signals
+from devmeter.guard import Guard
 from devmeter.pricing import PriceOverride
 from devmeter.providers import (
     BATCH_APIS,
@@ -37,7 +37,6 @@ from devmeter.providers import (
     normalise_path,
     parse_request_doc,
     quota_headers,
-    unmetered_endpoint,
 )
 from devmeter.proxy import streaming
 from devmeter.proxy.ask_stage import AskStage
@@ -50,17 +49,22 @@ from devmeter.proxy.billing_reading import (
 )
 from devmeter.proxy.cursor_stage import CursorStage, request_whole
 from devmeter.proxy.deadlines import HeaderDeadline
-from devmeter.proxy.flow_state import METADATA_KEY, FlowState, release, short_traceback, state_of
-from devmeter.proxy.refusal import is_free, refuse
+from devmeter.proxy.flow_state import (
+    METADATA_KEY,
+    Attribute,
+    FlowState,
+    release,
+    short_traceback,
+    state_of,
+)
+from devmeter.proxy.guard_stage import GuardStage
+from devmeter.proxy.refusal import refuse
 from devmeter.proxy.routing_stage import RoutingStage
 from devmeter.proxy.upstream import UpstreamMapping
-from devmeter.routing.session_router import REQUEST_CLASS_HEADER, Router
+from devmeter.routing.session_router import Router
 from devmeter.secrets.inspector import SecretInspector
 from devmeter.usage import Attribution, Call, RequestInfo, ResponseResult, Usage
 
-# (flow, its request, its headers with lower-case names, the provider host the client
-# asked for, now) -> who made the call.
-Attribute = Callable[[http.HTTPFlow, RequestInfo, Mapping[str, str], str, float], Attribution]
 # Records a call. It must be on disk (spooled) when this returns: for a whole body the
 # client gets the answer right after, and a proxy killed then must still have the row.
 Record = Callable[[Call], object]
@@ -106,12 +110,14 @@ class Meter:
         self._cursor = CursorStage()
         self._secrets = secrets
         self._guard = guard
+        self._guards = GuardStage(guard, attribute, clock, on_alert, overrides)
         self._on_alert = on_alert
         self._control = control
         self._record = record
         self._attribute = attribute
         self._upstream = UpstreamMapping(upstreams)
         self._overrides = overrides
+        self._guards.overrides = overrides
         self._clock = clock
         self._accounts = accounts
         self._on_billed = on_billed
@@ -126,6 +132,7 @@ class Meter:
         """A reloaded config's upstreams and prices, for the requests from now on."""
         self._upstream.reconfigure(upstreams)
         self._overrides = overrides
+        self._guards.overrides = overrides
 
     # -- request ---------------------------------------------------------------------------
 
@@ -232,7 +239,7 @@ class Meter:
                 # An upload to a path devmeter does not meter. Checked now: the `request`
                 # hook of a streamed request only comes once its body went upstream.
                 self._apply_control()
-                refused = self._unmetered_refusal(flow, host)
+                refused = self._guards.unmetered_refusal(flow, host)
                 if refused is not None:
                     refused.blocked = (
                         f"{refused.blocked} (devmeter closed the connection: a request body "
@@ -271,26 +278,7 @@ class Meter:
         )
         flow.metadata[METADATA_KEY] = state
         set_billing(self._accounts, flow, state, headers)
-        if self._guard is None:
-            return False
-        try:  # fails open, as in `_start`
-            reserve = self._estimate(endpoint.provider, info, length or 0, now)
-            verdict = self._guard.check(state.attribution, now, reserve)
-            self._raise_alerts(verdict)
-        except Exception:
-            state.tap_error = f"devmeter guard failed (call let through): {short_traceback()}"
-            return False
-        block = verdict.block
-        if block is None:
-            state.reservation = verdict.reservation
-            return False
-        state.blocked = (
-            f"{block.message} (devmeter closed the connection: a request body of "
-            f"{'unknown size' if length is None else f'{length:,} bytes'} cannot be "
-            "answered before it is sent whole)"
-        )
-        flow.kill()  # the error hook records the refusal
-        return True
+        return self._guards.unread_request(flow, state, length, now)
 
     def request(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
         # Sync, returning a coroutine only for a request held by an ask (mitmproxy awaits
@@ -307,7 +295,7 @@ class Meter:
     def _start(self, flow: http.HTTPFlow, host: str) -> Coroutine[None, None, None] | None:
         endpoint = match_endpoint(host, flow.request.method, flow.request.path)
         if endpoint is None:
-            self._guard_unmetered(flow, host)
+            self._guards.unmetered_request(flow, host)
             return None
         if endpoint.api in BATCH_APIS and self._batch_read(flow, record=False):
             return None  # metered when first read; reading it again costs nothing
@@ -336,27 +324,8 @@ class Meter:
                 return None
         # Guard rails and routing fail open, each on its own: a bug in either must not
         # lose the metering of the call, nor stop it from reaching the provider.
-        if self._guard is not None:
-            try:
-                # A WebSocket handshake costs nothing and is let through: each turn on the
-                # socket is checked (`_refuse_ws_turn`), and Codex shows a refused turn
-                # without retrying, where a refused handshake makes it reconnect.
-                if not state.upgrade:
-                    reserve = self._estimate(endpoint.provider, info, len(body), now)
-                    if state.billing.mode == SUBSCRIPTION and not self._guard.counts_covered:
-                        reserve = Decimal(0)  # no cap counts it (`count_covered`)
-                    verdict = self._guard.check(state.attribution, now, reserve)
-                    self._raise_alerts(verdict)
-                    # A free request (count_tokens, batch results) passes a cap or a pause.
-                    if verdict.block is not None and not is_free(flow, host, False):
-                        refuse(flow, state, verdict.block)
-                        return None
-                    state.reservation = verdict.reservation
-                state.signals = request_signals(
-                    doc, headers.get(REQUEST_CLASS_HEADER), self._guard.fingerprint_key
-                )
-            except Exception:
-                state.tap_error = f"devmeter guard failed (call let through): {short_traceback()}"
+        if self._guards.request(flow, state, doc, headers, len(body), now):
+            return None
         # A WebSocket handshake is not held, as the guard lets it through: each turn on
         # the socket is asked about instead.
         held = (
@@ -375,7 +344,7 @@ class Meter:
                 flow,
                 state,
                 self._apply_control,
-                self._check_caps,
+                self._guards.block,
                 lambda now: self._routing.request(flow, state, headers, body, doc, now),
             )
         self._routing.request(flow, state, headers, body, doc, now)
@@ -424,21 +393,6 @@ class Meter:
         self._refuse_ws_message(flow, state, message, request, outcome.block, now)
         return True
 
-    def _estimate(self, provider: str, request: RequestInfo, size: int, now: float) -> Decimal:
-        """What the call reserves against its caps: nothing when there is no cap, and
-        nothing when the estimate fails (the cap is still checked, on spend alone)."""
-        if self._guard is None or not self._guard.has_caps:
-            return Decimal(0)
-        try:
-            return estimate_cost(provider, request, size, self._overrides, now)
-        except Exception:
-            return Decimal(0)
-
-    def _raise_alerts(self, verdict: Verdict) -> None:
-        if self._on_alert is not None:
-            for alert in verdict.alerts:
-                self._on_alert(alert)
-
     def _batch_read(self, flow: http.HTTPFlow, record: bool) -> bool:
         """Whether these batch results were metered already; `record`: they are now."""
         key = normalise_path(flow.request.path)
@@ -449,42 +403,6 @@ class Meter:
             while len(self._batches_read) > 4096:
                 self._batches_read.popitem(last=False)
         return seen
-
-    def _guard_unmetered(self, flow: http.HTTPFlow, host: str) -> None:
-        """A request devmeter does not meter, to an LLM API host: refused like a metered
-        one when paused or capped, unless it costs nothing (paths.costs_nothing). A
-        WebSocket here is refused at its handshake: no turn on it is ever checked."""
-        if flow.request.stream:
-            return  # streamed: decided at its headers (`_stream_large_request`)
-        state = self._unmetered_refusal(flow, host)
-        if state is not None and state.block is not None:
-            refuse(flow, state, state.block)
-
-    def _unmetered_refusal(self, flow: http.HTTPFlow, host: str) -> FlowState | None:
-        """The state of an unmetered request the guard refuses (its `block` says why, and
-        it is in the flow's metadata, for the row), or None to let it through."""
-        if self._guard is None:
-            return None
-        upgrade = flow.request.headers.get("upgrade", "").lower() == "websocket"
-        if is_free(flow, host, upgrade):
-            return None
-        now = self._clock()
-        info = RequestInfo()
-        headers = lower_headers(flow.request.headers)
-        attribution = self._attribute(flow, info, headers, host, now)
-        verdict = self._guard.check(attribution, now)
-        self._raise_alerts(verdict)
-        if verdict.block is None:
-            return None
-        state = FlowState(unmetered_endpoint(host), info, now, attribution, host, upgrade=upgrade)
-        state.block = verdict.block
-        state.blocked = verdict.block.message
-        flow.metadata[METADATA_KEY] = state
-        return state
-
-    def _check_caps(self, state: FlowState, now: float) -> Block | None:
-        """What a cap or a pause says of the call now (while an ask holds it)."""
-        return self._guard.check(state.attribution, now).block if self._guard else None
 
     def _apply_control(self) -> None:
         control = self._control.poll() if self._control is not None else None
@@ -610,7 +528,7 @@ class Meter:
                 if stopped is not None:
                     state.tap_error, state.body_unread = stopped, True
             if state.endpoint.api == "openai.batch" and result.usage is None:
-                self._settle(state)  # the status of a batch still running: no call yet
+                self._guards.settle(state)  # the status of a batch still running: no call yet
                 release(flow, state)
                 return
             result = streaming.with_estimate_if_unread(result, state.request, state.body_unread)
@@ -682,7 +600,7 @@ class Meter:
                 return None  # devmeter's own refusal, already recorded
             if message.from_client:
                 request, doc = parse_request_doc(state.endpoint, message.content)
-                signals = self._turn_signals(flow, state, doc)
+                signals = self._guards.turn_signals(flow, state, doc)
                 if self._secrets is not None and self._secrets_in_ws_turn(
                     flow, state, message, request
                 ):
@@ -745,7 +663,7 @@ class Meter:
         signals: tuple[str | None, bool | None],
     ) -> None:
         try:
-            block = await self._ask.answer_to(ask, state, self._apply_control, self._check_caps)
+            block = await self._ask.answer_to(ask, state, self._apply_control, self._guards.block)
             if block is not None:
                 self._unreserve_last_ws_turn(state)
                 self._refuse_ws_message(flow, state, message, request, block, self._clock())
@@ -779,10 +697,9 @@ class Meter:
         reserve = (
             Decimal(0)
             if prewarm or realtime
-            else self._estimate(state.endpoint.provider, request, len(message.content), now)
+            else self._guards.estimate(state.endpoint.provider, request, len(message.content), now)
         )
-        verdict = self._guard.check(state.attribution, now, reserve)
-        self._raise_alerts(verdict)
+        verdict = self._guards.check(state, now, reserve)
         block = verdict.block
         if block is None:
             if not realtime:
@@ -844,7 +761,9 @@ class Meter:
         self, flow: http.HTTPFlow, state: FlowState, result: ResponseResult
     ) -> None:
         request, signals = (
-            state.ws_requests.pop(0) if state.ws_requests else (state.request, state.signals)
+            state.ws_requests.pop(0)
+            if state.ws_requests
+            else (state.request, self._guards.signals(state))
         )
         self._settle_ws_turns(state, 1)
         if request.facts.get("prewarm") == "1" and not (
@@ -857,20 +776,6 @@ class Meter:
             self._priced_call(state, result, 101, ts=now, request=request, error=state.tap_error),
             signals,
         )
-
-    def _turn_signals(
-        self, flow: http.HTTPFlow, state: FlowState, doc: Any
-    ) -> tuple[str | None, bool | None]:
-        """A WebSocket turn's loop fingerprint and human turn, from its own message (a
-        `response.create` carries a request body's fields): without them a Codex loop on
-        its socket, its default transport, was never seen."""
-        if self._guard is None or state.endpoint.api == "openai.realtime":
-            return None, None
-        try:
-            request_class = flow.request.headers.get(REQUEST_CLASS_HEADER)
-            return request_signals(doc, request_class, self._guard.fingerprint_key)
-        except Exception:  # fail open: the turn goes through unfingerprinted
-            return None, None
 
     def _priced_call(
         self,
@@ -903,8 +808,7 @@ class Meter:
         call: Call,
         signals: tuple[str | None, bool | None] | None = None,
     ) -> None:
-        signals = state.signals if signals is None else signals
-        self._settle(state)
+        self._guards.settle(state)
         call = with_billing(state, call)
         if state.blocked is not None:
             call = replace(call, error=state.blocked)
@@ -915,18 +819,14 @@ class Meter:
                 call = replace(
                     call, error=f"devmeter routing bookkeeping failed: {short_traceback()}"
                 )
-        if signals[0] is not None and state.blocked is None:
-            call = replace(call, loop_fingerprint=signals[0])
+        call = self._guards.fingerprinted(call, state, signals)
         self._record(call)
         if self._on_billed is not None:
             try:
                 self._on_billed(call, state.billing, state.quota)
             except Exception:
                 print(f"devmeter: quota bookkeeping failed: {short_traceback()}", file=sys.stderr)
-        if self._guard is not None and state.blocked is None:
-            for alert in self._guard.observe(call, *signals):
-                if self._on_alert is not None:
-                    self._on_alert(alert)
+        self._guards.observe(call, state, signals)
 
     def _settle_ws_turns(self, state: FlowState, count: int) -> None:
         """Hand back what the socket's oldest `count` turns reserved (they were answered)."""
@@ -939,14 +839,6 @@ class Meter:
                 with contextlib.suppress(Exception):
                     self._guard.settle(reservation)
 
-    def _settle(self, state: FlowState) -> None:
-        """The call ended: what it reserved against its caps no longer counts (its cost,
-        recorded right after, does)."""
-        if state.reservation is not None and self._guard is not None:
-            reservation, state.reservation = state.reservation, None
-            with contextlib.suppress(Exception):  # fail open: a bookkeeping slip never breaks
-                self._guard.settle(reservation)
-
     # -- failures ----------------------------------------------------------------------------
 
     def _internal_error(self, flow: http.HTTPFlow, host: str, hook: str) -> None:
@@ -956,7 +848,7 @@ class Meter:
         state = state_of(flow)
         if state is not None:
             state.done = True
-            self._settle(state)
+            self._guards.settle(state)
         try:
             self._record(
                 Call(
