@@ -14,7 +14,6 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import replace
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -24,7 +23,7 @@ from devmeter import metering
 from devmeter.alerts import Alert, Block
 from devmeter.ask import Ask, AskBook
 from devmeter.attribution import lower_headers
-from devmeter.billing import Accounts, Billing
+from devmeter.billing import Accounts
 from devmeter.control import ControlWatcher
 from devmeter.decoding import decoder_for
 from devmeter.guard import Guard
@@ -45,7 +44,6 @@ from devmeter.proxy.billing_reading import (
     scan_ws_message,
     set_billing,
     sse_sink,
-    with_billing,
 )
 from devmeter.proxy.cursor_stage import CursorStage, request_whole
 from devmeter.proxy.deadlines import HeaderDeadline
@@ -58,18 +56,13 @@ from devmeter.proxy.flow_state import (
     state_of,
 )
 from devmeter.proxy.guard_stage import GuardStage
-from devmeter.proxy.refusal import refuse
+from devmeter.proxy.recorder import OnBilled, Record, Recorder
 from devmeter.proxy.routing_stage import RoutingStage
+from devmeter.proxy.secrets_stage import SecretsStage
 from devmeter.proxy.upstream import UpstreamMapping
 from devmeter.routing.session_router import Router
 from devmeter.secrets.inspector import SecretInspector
-from devmeter.usage import Attribution, Call, RequestInfo, ResponseResult, Usage
-
-# Records a call. It must be on disk (spooled) when this returns: for a whole body the
-# client gets the answer right after, and a proxy killed then must still have the row.
-Record = Callable[[Call], object]
-# Hears each recorded call with who pays for it and what its answer said about quota.
-OnBilled = Callable[[Call, Billing, "quota_headers.QuotaReading | None"], None]
+from devmeter.usage import RequestInfo, ResponseResult, Usage
 
 
 class ClientLookup(Protocol):
@@ -108,19 +101,16 @@ class Meter:
         self._router = router
         self._routing = RoutingStage(router)
         self._cursor = CursorStage()
-        self._secrets = secrets
+        self._secrets = SecretsStage(secrets)
         self._guard = guard
         self._guards = GuardStage(guard, attribute, clock, on_alert, overrides)
         self._on_alert = on_alert
         self._control = control
-        self._record = record
         self._attribute = attribute
         self._upstream = UpstreamMapping(upstreams)
-        self._overrides = overrides
-        self._guards.overrides = overrides
         self._clock = clock
         self._accounts = accounts
-        self._on_billed = on_billed
+        self._recorder = Recorder(record, clock, overrides, self._guards, self._routing, on_billed)
         # Batches already metered in this run (by path): a second read of the same results
         # or status bills nothing new. Least recent first, bounded.
         self._batches_read: OrderedDict[str, None] = OrderedDict()
@@ -131,8 +121,8 @@ class Meter:
     ) -> None:
         """A reloaded config's upstreams and prices, for the requests from now on."""
         self._upstream.reconfigure(upstreams)
-        self._overrides = overrides
         self._guards.overrides = overrides
+        self._recorder.overrides = overrides
 
     # -- request ---------------------------------------------------------------------------
 
@@ -190,7 +180,7 @@ class Meter:
                 self._apply_control()
                 return self._cursor.requestheaders(flow, host, self._start)
         except Exception:
-            self._internal_error(flow, host, "requestheaders")
+            self._recorder.internal_error(flow, host, "requestheaders")
         return None
 
     def _refused_request_headers(self, flow: http.HTTPFlow, host: str) -> bool:
@@ -254,7 +244,7 @@ class Meter:
             if not self._refuse_unread(flow, host, endpoint, length, counted):
                 request.stream = streaming.counting_tap(counted)
         except Exception:
-            self._internal_error(flow, host, "requestheaders")
+            self._recorder.internal_error(flow, host, "requestheaders")
 
     def _refuse_unread(
         self,
@@ -289,7 +279,7 @@ class Meter:
             if state_of(flow) is None:  # Cursor's streamed requests started in requestheaders
                 return self._start(flow, host)
         except Exception:
-            self._internal_error(flow, host, "request")
+            self._recorder.internal_error(flow, host, "request")
         return None
 
     def _start(self, flow: http.HTTPFlow, host: str) -> Coroutine[None, None, None] | None:
@@ -318,10 +308,9 @@ class Meter:
         )
         flow.metadata[METADATA_KEY] = state
         set_billing(self._accounts, flow, state, headers)
-        if self._secrets is not None and doc is not None:
-            body = self._inspect_secrets(flow, state, doc, body, now)
-            if state.blocked is not None:
-                return None
+        body = self._secrets.request(flow, state, doc, body, now)
+        if state.blocked is not None:
+            return None
         # Guard rails and routing fail open, each on its own: a bug in either must not
         # lose the metering of the call, nor stop it from reaching the provider.
         if self._guards.request(flow, state, doc, headers, len(body), now):
@@ -349,49 +338,6 @@ class Meter:
             )
         self._routing.request(flow, state, headers, body, doc, now)
         return None
-
-    def _inspect_secrets(
-        self, flow: http.HTTPFlow, state: FlowState, doc: Any, body: bytes, now: float
-    ) -> bytes:
-        """Secrets in the request (devmeter/secrets): refuse it, or forward it redacted.
-        Fails open: a scanner bug lets the request through as sent, and says so."""
-        assert self._secrets is not None
-        try:
-            outcome = self._secrets.inspect(state.endpoint.api, doc, state.attribution, now)
-            if outcome.block is not None:
-                refuse(flow, state, outcome.block)
-            elif outcome.redacted:
-                body = json.dumps(doc).encode()
-                flow.request.content = body
-        except Exception as exc:
-            # The exception's type only: its message could quote the request's text.
-            reason = type(exc).__name__
-            state.tap_error = f"devmeter secret scan failed (call let through): {reason}"
-        return body
-
-    def _secrets_in_ws_turn(
-        self,
-        flow: http.HTTPFlow,
-        state: FlowState,
-        message: websocket.WebSocketMessage,
-        request: RequestInfo,
-    ) -> bool:
-        """A Codex turn on its socket holding a secret: refused (True) or redacted."""
-        assert self._secrets is not None
-        try:
-            doc = json.loads(message.content)
-            now = self._clock()
-            outcome = self._secrets.inspect(state.endpoint.api, doc, state.attribution, now)
-            if outcome.redacted:
-                message.content = json.dumps(doc).encode()
-            if outcome.block is None:
-                return False
-        except Exception as exc:  # the type only, as for a request
-            reason = type(exc).__name__
-            state.tap_error = f"devmeter secret scan failed (turn let through): {reason}"
-            return False
-        self._refuse_ws_message(flow, state, message, request, outcome.block, now)
-        return True
 
     def _batch_read(self, flow: http.HTTPFlow, record: bool) -> bool:
         """Whether these batch results were metered already; `record`: they are now."""
@@ -547,9 +493,9 @@ class Meter:
             error = streaming.join_errors(
                 (state.request_note, state.tap_error or (str(flow.error) if flow.error else None))
             )
-            self._record_settled(
+            self._recorder.record_settled(
                 state,
-                self._priced_call(
+                self._recorder.priced_call(
                     state,
                     result,
                     status,
@@ -565,12 +511,12 @@ class Meter:
             parser = state.parser
             if state.endpoint.api == "anthropic.batch_results" and parser and not batch_cut:
                 for more in parser.take_completed():
-                    self._record_settled(
+                    self._recorder.record_settled(
                         state,
-                        self._priced_call(state, more, status, ts=state.started),
+                        self._recorder.priced_call(state, more, status, ts=state.started),
                     )
         except Exception:
-            self._internal_error(flow, state.host, "response")
+            self._recorder.internal_error(flow, state.host, "response")
             return
         release(flow, state)
 
@@ -601,9 +547,10 @@ class Meter:
             if message.from_client:
                 request, doc = parse_request_doc(state.endpoint, message.content)
                 signals = self._guards.turn_signals(flow, state, doc)
-                if self._secrets is not None and self._secrets_in_ws_turn(
-                    flow, state, message, request
-                ):
+                now = self._clock()
+                secret = self._secrets.websocket_message(state, message, now)
+                if secret is not None:
+                    self._refuse_ws_message(flow, state, message, request, secret, now)
                     return None
                 if self._refuse_ws_turn(flow, state, message, request):
                     return None
@@ -620,7 +567,7 @@ class Meter:
             # The socket can live for a whole Codex session: do not keep every frame.
             del flow.websocket.messages[:-1]
         except Exception:
-            self._internal_error(flow, state.host, "websocket")
+            self._recorder.internal_error(flow, state.host, "websocket")
         return None
 
     def _ws_ask_first(
@@ -672,7 +619,7 @@ class Meter:
             if flow.websocket is not None:
                 del flow.websocket.messages[:-1]
         except Exception:
-            self._internal_error(flow, state.host, "websocket")
+            self._recorder.internal_error(flow, state.host, "websocket")
         finally:
             self._ask.publish()
 
@@ -742,7 +689,7 @@ class Meter:
             attribution=state.attribution,
             error=block.message,
         )
-        self._record(refused)
+        self._recorder.record(refused)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)
@@ -755,7 +702,7 @@ class Meter:
                 self._record_ws_turn(flow, state, result)
             self._settle_ws_turns(state, len(state.ws_reservations))  # never answered
         except Exception:
-            self._internal_error(flow, state.host, "websocket")
+            self._recorder.internal_error(flow, state.host, "websocket")
 
     def _record_ws_turn(
         self, flow: http.HTTPFlow, state: FlowState, result: ResponseResult
@@ -771,62 +718,13 @@ class Meter:
         ):
             return  # Codex's prewarm (generate: false) that reported no usage: nothing billed
         now = self._clock()
-        self._record_settled(
+        self._recorder.record_settled(
             state,
-            self._priced_call(state, result, 101, ts=now, request=request, error=state.tap_error),
+            self._recorder.priced_call(
+                state, result, 101, ts=now, request=request, error=state.tap_error
+            ),
             signals,
         )
-
-    def _priced_call(
-        self,
-        state: FlowState,
-        result: ResponseResult,
-        status: int | None,
-        *,
-        ts: float,
-        request: RequestInfo | None = None,
-        duration_ms: int = 0,
-        error: str | None = None,
-    ) -> Call:
-        """The ledger row of one answer on this flow, priced with the user's overrides."""
-        return metering.build_call(
-            ts=ts,
-            host=state.host,
-            endpoint=state.endpoint,
-            request=state.request if request is None else request,
-            result=result,
-            status=status,
-            attribution=state.attribution,
-            overrides=self._overrides,
-            duration_ms=duration_ms,
-            error=error,
-        )
-
-    def _record_settled(
-        self,
-        state: FlowState,
-        call: Call,
-        signals: tuple[str | None, bool | None] | None = None,
-    ) -> None:
-        self._guards.settle(state)
-        call = with_billing(state, call)
-        if state.blocked is not None:
-            call = replace(call, error=state.blocked)
-        if self._routing.router is not None:
-            try:
-                call = self._routing.settle(call, state)
-            except Exception:
-                call = replace(
-                    call, error=f"devmeter routing bookkeeping failed: {short_traceback()}"
-                )
-        call = self._guards.fingerprinted(call, state, signals)
-        self._record(call)
-        if self._on_billed is not None:
-            try:
-                self._on_billed(call, state.billing, state.quota)
-            except Exception:
-                print(f"devmeter: quota bookkeeping failed: {short_traceback()}", file=sys.stderr)
-        self._guards.observe(call, state, signals)
 
     def _settle_ws_turns(self, state: FlowState, count: int) -> None:
         """Hand back what the socket's oldest `count` turns reserved (they were answered)."""
@@ -838,37 +736,6 @@ class Meter:
             for reservation in taken:
                 with contextlib.suppress(Exception):
                     self._guard.settle(reservation)
-
-    # -- failures ----------------------------------------------------------------------------
-
-    def _internal_error(self, flow: http.HTTPFlow, host: str, hook: str) -> None:
-        """Record that metering failed for this call, and let the call go on."""
-        detail = short_traceback()
-        print(f"devmeter: metering failed in {hook} for {host}: {detail}", file=sys.stderr)
-        state = state_of(flow)
-        if state is not None:
-            state.done = True
-            self._guards.settle(state)
-        try:
-            self._record(
-                Call(
-                    ts=state.started if state else self._clock(),
-                    provider=state.endpoint.provider if state else "unknown",
-                    endpoint=state.endpoint.api if state else "unknown",
-                    host=host,
-                    requested_model=state.request.model if state else None,
-                    model=None,
-                    attribution=state.attribution if state else Attribution(),
-                    usage=Usage(),
-                    cost_usd=None,
-                    price_source=None,
-                    status=flow.response.status_code if flow.response else None,
-                    complete=False,
-                    error=f"devmeter internal error in {hook}: {detail}",
-                )
-            )
-        except Exception:
-            print(f"devmeter: could not record the failure: {short_traceback()}", file=sys.stderr)
 
 
 def _tap(
