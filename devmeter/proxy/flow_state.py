@@ -24,6 +24,7 @@ from devmeter.usage import Attribution, RequestInfo
 if TYPE_CHECKING:  # the stages' own states (they import this module)
     from devmeter.proxy.guard_stage import GuardHold
     from devmeter.proxy.routing_stage import RouteState
+    from devmeter.proxy.websocket_turns import SocketTurns
 
 METADATA_KEY = "devmeter"
 
@@ -45,13 +46,6 @@ class FlowState:
     decoder: Decoder | None = None
     done: bool = False
     tap_error: str | None = None
-    # WebSocket (Codex): the request of each response.create, in order, with its own loop
-    # fingerprint and human turn (the handshake's are empty: it has no body).
-    ws_requests: list[tuple[RequestInfo, tuple[str | None, bool | None]]] = field(
-        default_factory=list
-    )
-    # ... and what each reserved against its caps (burst caps), in the same order.
-    ws_reservations: list[int | None] = field(default_factory=list)
     blocked: str | None = None  # why devmeter refused the call (for the row)
     # The Cursor stage's: its request body, read as it streams to the upstream.
     request_reader: cursor.RequestReader | None = None
@@ -60,14 +54,15 @@ class FlowState:
     body_unread: bool = False
     # Why the request body was not read (too large, a bomb, a parser bug): for the row.
     request_note: str | None = None
-    ws_refused: bool = False  # a Realtime socket's frames were refused (and said so once)
     block: Block | None = None  # an unmetered request's refusal (see _unmetered_refusal)
     # Who pays (from the request's credential), and the answer's quota reading.
     billing: Billing = field(default_factory=Billing)
     quota: quota_headers.QuotaReading | None = None
     rate_events: quota_headers.RateLimitEvents | None = None
-    guard: GuardHold | None = None  # the guard stage's, once it let the call through
-    route: RouteState | None = None  # the routing stage's, once it planned the call
+    # Each stage's own state, once it has something to keep.
+    guard: GuardHold | None = None  # guard_stage.py
+    route: RouteState | None = None  # routing_stage.py
+    turns: SocketTurns | None = None  # websocket_turns.py
 
 
 def state_of(flow: http.HTTPFlow) -> FlowState | None:

@@ -14,14 +14,12 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping
-from decimal import Decimal
 from typing import Any, Protocol
 
-from mitmproxy import connection, ctx, http, websocket
+from mitmproxy import connection, http
 
-from devmeter import metering
-from devmeter.alerts import Alert, Block
-from devmeter.ask import Ask, AskBook
+from devmeter.alerts import Alert
+from devmeter.ask import AskBook
 from devmeter.attribution import lower_headers
 from devmeter.billing import Accounts
 from devmeter.control import ControlWatcher
@@ -34,14 +32,12 @@ from devmeter.providers import (
     match_endpoint,
     new_response_parser,
     normalise_path,
-    parse_request_doc,
     quota_headers,
 )
 from devmeter.proxy import streaming
 from devmeter.proxy.ask_stage import AskStage
 from devmeter.proxy.billing_reading import (
     read_quota,
-    scan_ws_message,
     set_billing,
     sse_sink,
 )
@@ -60,9 +56,10 @@ from devmeter.proxy.recorder import OnBilled, Record, Recorder
 from devmeter.proxy.routing_stage import RoutingStage
 from devmeter.proxy.secrets_stage import SecretsStage
 from devmeter.proxy.upstream import UpstreamMapping
+from devmeter.proxy.websocket_turns import WebSocketTurns
 from devmeter.routing.session_router import Router
 from devmeter.secrets.inspector import SecretInspector
-from devmeter.usage import RequestInfo, ResponseResult, Usage
+from devmeter.usage import ResponseResult, Usage
 
 
 class ClientLookup(Protocol):
@@ -115,6 +112,9 @@ class Meter:
         # or status bills nothing new. Least recent first, bounded.
         self._batches_read: OrderedDict[str, None] = OrderedDict()
         self._ask = AskStage(asks, clock, on_alert, on_asks_changed)
+        self._turns = WebSocketTurns(
+            clock, self._secrets, self._guards, self._ask, self._recorder, self._apply_control
+        )
 
     def reconfigure(
         self, upstreams: Mapping[str, str], overrides: tuple[PriceOverride, ...]
@@ -523,219 +523,13 @@ class Meter:
     # -- WebSocket (Codex CLI's Responses transport) -------------------------------------
 
     def websocket_start(self, flow: http.HTTPFlow) -> None:
-        state = state_of(flow)
-        if state is None:
-            return
-        try:
-            state.parser = new_response_parser(state.endpoint, state.request, "websocket")
-        except Exception:
-            state.tap_error = short_traceback()
+        self._turns.websocket_start(flow)
 
     def websocket_message(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
-        # Sync, returning a coroutine only for a turn held by an ask: mitmproxy awaits it
-        # before it forwards (or drops) the message.
-        state = state_of(flow)
-        if flow.websocket is None:
-            return None
-        if state is None or state.parser is None:
-            streaming.drop_frames(flow.websocket.messages)  # nothing reads them
-            return None
-        try:
-            message = flow.websocket.messages[-1]
-            if message.injected:
-                return None  # devmeter's own refusal, already recorded
-            if message.from_client:
-                request, doc = parse_request_doc(state.endpoint, message.content)
-                signals = self._guards.turn_signals(flow, state, doc)
-                now = self._clock()
-                secret = self._secrets.websocket_message(state, message, now)
-                if secret is not None:
-                    self._refuse_ws_message(flow, state, message, request, secret, now)
-                    return None
-                if self._refuse_ws_turn(flow, state, message, request):
-                    return None
-                held = self._ws_ask_first(flow, state, message, request)
-                if held is not None:
-                    return self._hold_ws_turn(held, flow, state, message, request, signals)
-                if state.endpoint.api != "openai.realtime":  # events, not one per response
-                    state.ws_requests.append((request, signals))
-            else:
-                state.parser.feed_message(message.content)
-                scan_ws_message(state, message.content, self._clock())
-                for result in state.parser.take_completed():
-                    self._record_ws_turn(flow, state, result)
-            # The socket can live for a whole Codex session: do not keep every frame.
-            del flow.websocket.messages[:-1]
-        except Exception:
-            self._recorder.internal_error(flow, state.host, "websocket")
-        return None
-
-    def _ws_ask_first(
-        self,
-        flow: http.HTTPFlow,
-        state: FlowState,
-        message: websocket.WebSocketMessage,
-        request: RequestInfo,
-    ) -> Ask | None:
-        """Codex keeps one socket for a session: a turn past an ask level waits too. (Not a
-        Realtime socket's frames, dozens a second: they are not one per response.)"""
-        if state.endpoint.api == "openai.realtime":
-            return None
-        try:
-            verdict = self._ask.verdict(state, self._clock())
-        except Exception:
-            state.tap_error = f"devmeter ask failed (call let through): {short_traceback()}"
-            return None
-        if isinstance(verdict, Block):
-            self._unreserve_last_ws_turn(state)
-            self._refuse_ws_message(flow, state, message, request, verdict, self._clock())
-            return None
-        return verdict
-
-    def _unreserve_last_ws_turn(self, state: FlowState) -> None:
-        """The guard let the turn through and reserved for it; the ask refused it."""
-        if state.ws_reservations:
-            reservation = state.ws_reservations.pop()
-            if self._guard is not None:
-                with contextlib.suppress(Exception):
-                    self._guard.settle(reservation)
-
-    async def _hold_ws_turn(
-        self,
-        ask: Ask,
-        flow: http.HTTPFlow,
-        state: FlowState,
-        message: websocket.WebSocketMessage,
-        request: RequestInfo,
-        signals: tuple[str | None, bool | None],
-    ) -> None:
-        try:
-            block = await self._ask.answer_to(ask, state, self._apply_control, self._guards.block)
-            if block is not None:
-                self._unreserve_last_ws_turn(state)
-                self._refuse_ws_message(flow, state, message, request, block, self._clock())
-            elif state.endpoint.api != "openai.realtime":  # events, not one per response
-                state.ws_requests.append((request, signals))
-            if flow.websocket is not None:
-                del flow.websocket.messages[:-1]
-        except Exception:
-            self._recorder.internal_error(flow, state.host, "websocket")
-        finally:
-            self._ask.publish()
-
-    def _refuse_ws_turn(
-        self,
-        flow: http.HTTPFlow,
-        state: FlowState,
-        message: websocket.WebSocketMessage,
-        request: RequestInfo,
-    ) -> bool:
-        """A cap reached, or a pause, while Codex keeps its socket open: refuse the next turn
-        on the socket itself (the handshake is let through). A turn let through reserves
-        its estimated cost until it is recorded, as an HTTP call does."""
-        if self._guard is None:
-            return False
-        self._apply_control()
-        now = self._clock()
-        prewarm = request.facts.get("prewarm") == "1"  # generates nothing
-        # A Realtime socket's events are not one per response (audio streams in dozens of
-        # frames a second): they reserve nothing; each response.done is recorded as it is.
-        realtime = state.endpoint.api == "openai.realtime"
-        reserve = (
-            Decimal(0)
-            if prewarm or realtime
-            else self._guards.estimate(state.endpoint.provider, request, len(message.content), now)
-        )
-        verdict = self._guards.check(state, now, reserve)
-        block = verdict.block
-        if block is None:
-            if not realtime:
-                state.ws_reservations.append(verdict.reservation)
-            return False
-        self._refuse_ws_message(flow, state, message, request, block, now)
-        return True
-
-    def _refuse_ws_message(
-        self,
-        flow: http.HTTPFlow,
-        state: FlowState,
-        message: websocket.WebSocketMessage,
-        request: RequestInfo,
-        block: Block,
-        now: float,
-    ) -> None:
-        """Drop the client's turn and answer it on the socket, in the API's error shape."""
-        message.drop()
-        realtime = state.endpoint.api == "openai.realtime"
-        if realtime:
-            # Refuse each frame, but answer and record once per socket and per response
-            # the client asks for.
-            asks = b"response.create" in (message.content or b"")
-            if state.ws_refused and not asks:
-                return
-            state.ws_refused = True
-        event = block.refusal(state.endpoint.api, state.attribution.tool).websocket_event
-        ctx.master.commands.call("inject.websocket", flow, True, json.dumps(event).encode())
-        status = event.get("status")
-        if realtime:
-            request = state.request  # its events name no model; the socket's URL does
-        refused = metering.build_call(
-            ts=now,
-            host=state.host,
-            endpoint=state.endpoint,
-            request=request,
-            result=ResponseResult(usage=None),
-            status=status if isinstance(status, int) else 403,
-            attribution=state.attribution,
-            error=block.message,
-        )
-        self._recorder.record(refused)
+        return self._turns.websocket_message(flow)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
-        state = state_of(flow)
-        if state is None or state.parser is None or state.done:
-            return
-        state.done = True
-        try:
-            # Responses still in flight when the socket closed generated tokens too.
-            for result in state.parser.take_unfinished():
-                self._record_ws_turn(flow, state, result)
-            self._settle_ws_turns(state, len(state.ws_reservations))  # never answered
-        except Exception:
-            self._recorder.internal_error(flow, state.host, "websocket")
-
-    def _record_ws_turn(
-        self, flow: http.HTTPFlow, state: FlowState, result: ResponseResult
-    ) -> None:
-        request, signals = (
-            state.ws_requests.pop(0)
-            if state.ws_requests
-            else (state.request, self._guards.signals(state))
-        )
-        self._settle_ws_turns(state, 1)
-        if request.facts.get("prewarm") == "1" and not (
-            result.usage and any(_counts(result.usage))
-        ):
-            return  # Codex's prewarm (generate: false) that reported no usage: nothing billed
-        now = self._clock()
-        self._recorder.record_settled(
-            state,
-            self._recorder.priced_call(
-                state, result, 101, ts=now, request=request, error=state.tap_error
-            ),
-            signals,
-        )
-
-    def _settle_ws_turns(self, state: FlowState, count: int) -> None:
-        """Hand back what the socket's oldest `count` turns reserved (they were answered)."""
-        taken, state.ws_reservations = (
-            state.ws_reservations[:count],
-            state.ws_reservations[count:],
-        )
-        if self._guard is not None:
-            for reservation in taken:
-                with contextlib.suppress(Exception):
-                    self._guard.settle(reservation)
+        self._turns.websocket_end(flow)
 
 
 def _tap(
@@ -781,8 +575,3 @@ def _result(state: FlowState) -> ResponseResult:
     if state.decoder is None and state.tap_error is None:
         state.tap_error = "response body in an encoding devmeter cannot decode"
     return state.parser.result()
-
-
-def _counts(usage: Usage) -> tuple[int, ...]:
-    return (usage.input_tokens, usage.cache_read_tokens, usage.cache_write_tokens,
-            usage.output_tokens)  # fmt: skip
