@@ -9,8 +9,6 @@ copies each chunk into the parser and returns it unchanged.
 from __future__ import annotations
 
 import contextlib
-import json
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping
@@ -28,7 +26,6 @@ from devmeter.guard import Guard
 from devmeter.pricing import PriceOverride
 from devmeter.providers import (
     BATCH_APIS,
-    Endpoint,
     match_endpoint,
     new_response_parser,
     normalise_path,
@@ -41,6 +38,7 @@ from devmeter.proxy.billing_reading import (
     set_billing,
     sse_sink,
 )
+from devmeter.proxy.bounds_stage import BoundsStage
 from devmeter.proxy.cursor_stage import CursorStage, request_whole
 from devmeter.proxy.deadlines import HeaderDeadline
 from devmeter.proxy.flow_state import (
@@ -112,6 +110,10 @@ class Meter:
         # or status bills nothing new. Least recent first, bounded.
         self._batches_read: OrderedDict[str, None] = OrderedDict()
         self._ask = AskStage(asks, clock, on_alert, on_asks_changed)
+        self._bounds = BoundsStage(
+            clock, attribute, accounts, self._guards, self._routing, self._recorder,
+            self._apply_control,
+        )  # fmt: skip
         self._turns = WebSocketTurns(
             clock, self._secrets, self._guards, self._ask, self._recorder, self._apply_control
         )
@@ -147,11 +149,11 @@ class Meter:
     def _map_request(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
         """Map the request to its upstream; a coroutine when an ask holds a streamed one."""
         host = self._upstream.requestheaders(flow)
-        if self._refused_request_headers(flow, host):
+        if self._bounds.requestheaders(flow, host):
             return None
         held = self._stream_cursor_request(flow, host)
         if state_of(flow) is None and flow.response is None:
-            self._stream_large_request(flow, host)
+            self._bounds.stream_large_request(flow, host)
         # A streamed request connects upstream right after its headers: map it now.
         self._upstream.send_upstream(flow, host)
         return held
@@ -182,93 +184,6 @@ class Meter:
         except Exception:
             self._recorder.internal_error(flow, host, "requestheaders")
         return None
-
-    def _refused_request_headers(self, flow: http.HTTPFlow, host: str) -> bool:
-        """Request headers too large to pass on safely: answered 431 (or, when the body
-        would have to be held whole first, the connection closed), never sent on."""
-        error = streaming.oversized_request_headers_error(flow.request)
-        if error is None:
-            return False
-        print(f"{error} ({host})", file=sys.stderr, flush=True)
-        request = flow.request
-        length, chunked = streaming.body_framing(request.headers)
-        endpoint = match_endpoint(host, request.method, request.path)
-        if endpoint is not None:  # a call refused: its row says why
-            now = self._clock()
-            info = streaming.unread_request_info(endpoint, length, reason=error)
-            attribution = self._attribute(flow, info, lower_headers(request.headers), host, now)
-            state = FlowState(
-                endpoint=endpoint, request=info, started=now, attribution=attribution, host=host
-            )
-            state.blocked = error
-            flow.metadata[METADATA_KEY] = state
-        if streaming.held_whole_if_read(request, length, chunked):
-            flow.kill()  # a 431 would wait for the whole body, held in memory
-            return True
-        api = endpoint.api if endpoint is not None else ""
-        body = json.dumps(streaming.error_body(api, 431, error)).encode()
-        flow.response = http.Response.make(
-            431, body, {"content-type": "application/json", "x-should-retry": "false"}
-        )
-        return True
-
-    def _stream_large_request(self, flow: http.HTTPFlow, host: str) -> None:
-        """A request body over the limit, or of no declared length (chunked, or an HTTP/2
-        POST naming none, which mitmproxy would hold whole however large), goes through
-        as it arrives, unread, and its call is metered by an estimate from its length
-        (the provider's reported usage still counts). A cap or a pause still refuses it:
-        before anything is sent, by closing the connection (no answer can go back before
-        the client has sent its whole body, and holding that is what this avoids)."""
-        try:
-            request = flow.request
-            length, chunked = streaming.body_framing(request.headers)
-            if not streaming.held_whole_if_read(request, length, chunked):
-                return
-            endpoint = match_endpoint(host, request.method, request.path)
-            if endpoint is None:
-                # An upload to a path devmeter does not meter. Checked now: the `request`
-                # hook of a streamed request only comes once its body went upstream.
-                self._apply_control()
-                refused = self._guards.unmetered_refusal(flow, host)
-                if refused is not None:
-                    refused.blocked = (
-                        f"{refused.blocked} (devmeter closed the connection: a request body "
-                        "that is not read cannot be answered before it is sent whole)"
-                    )
-                    flow.kill()  # the error hook records the refusal
-                    return
-                request.stream = True
-                return
-            self._apply_control()
-            counted = [0]
-            if not self._refuse_unread(flow, host, endpoint, length, counted):
-                request.stream = streaming.counting_tap(counted)
-        except Exception:
-            self._recorder.internal_error(flow, host, "requestheaders")
-
-    def _refuse_unread(
-        self,
-        flow: http.HTTPFlow,
-        host: str,
-        endpoint: Endpoint,
-        length: int | None,
-        counted: list[int],
-    ) -> bool:
-        """Start metering a call whose body will not be read; True if a cap refused it."""
-        now = self._clock()
-        info = streaming.unread_request_info(endpoint, length, counted)
-        headers = lower_headers(flow.request.headers)
-        state = FlowState(
-            endpoint=endpoint,
-            request=info,
-            started=now,
-            attribution=self._attribute(flow, info, headers, host, now),
-            host=host,
-            request_note=info.facts["request_error"],
-        )
-        flow.metadata[METADATA_KEY] = state
-        set_billing(self._accounts, flow, state, headers)
-        return self._guards.unread_request(flow, state, length, now)
 
     def request(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
         # Sync, returning a coroutine only for a request held by an ask (mitmproxy awaits
@@ -372,7 +287,7 @@ class Meter:
             if state is not None:  # Codex's WebSocket: its quota headers are here
                 read_quota(state, lower_headers(flow.response.headers), self._clock())
             return
-        if self._refused_headers(flow, state):
+        if self._bounds.responseheaders(flow, state):
             return
         if state is None:
             flow.response.stream = True  # not metered: pass it on as it arrives, unheld
@@ -399,24 +314,6 @@ class Meter:
         )
         if state.host == "chatgpt.com" and "event-stream" in headers.get("content-type", ""):
             state.rate_events = quota_headers.RateLimitEvents(self._clock())
-
-    def _refused_headers(self, flow: http.HTTPFlow, state: FlowState | None) -> bool:
-        """Response headers too large to pass on safely: the client gets a 502 instead,
-        and the call's row says so."""
-        assert flow.response is not None
-        error = streaming.oversized_headers_error(flow.response)
-        if error is None:
-            return False
-        print(f"{error} ({flow.request.pretty_url})", file=sys.stderr, flush=True)
-        api = state.endpoint.api if state is not None else ""
-        streaming.replace_with_error(flow, error, api)
-        if state is not None:
-            state.tap_error = error
-            self._routing.forget_original(state)
-            # A parser fed nothing: the row shows an answer with no usage, not complete
-            # (rather than devmeter's own error body, parsed as if the provider sent it).
-            state.parser = new_response_parser(state.endpoint, state.request, "")
-        return True
 
     def response(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
         # Sync, returning a coroutine only for a rewritten request (mitmproxy awaits what
