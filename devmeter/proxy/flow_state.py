@@ -54,7 +54,7 @@ class FlowState:
     body_unread: bool = False
     # Why the request body was not read (too large, a bomb, a parser bug): for the row.
     request_note: str | None = None
-    block: Block | None = None  # an unmetered request's refusal (see _unmetered_refusal)
+    block: Block | None = None  # an unmetered request's refusal (guard_stage.unmetered_refusal)
     # Who pays (from the request's credential), and the answer's quota reading.
     billing: Billing = field(default_factory=Billing)
     quota: quota_headers.QuotaReading | None = None

@@ -234,7 +234,7 @@ def _tap(
                 state.tap_error = f"could not read the response: {short_traceback()}"
         received += len(chunk)
         if length is not None and chunk and received >= length and not state.done:
-            with contextlib.suppress(Exception):  # _finish records its own failures
+            with contextlib.suppress(Exception):  # finish records its own failures
                 on_complete()
         return chunk
 
