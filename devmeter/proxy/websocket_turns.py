@@ -85,27 +85,27 @@ class WebSocketTurns:
                 now = self._clock()
                 secret = self._secrets.websocket_message(state, message, now)
                 if secret is not None:
-                    self._refuse_ws_message(flow, state, message, request, secret, now)
+                    self._refuse_message(flow, state, message, request, secret, now)
                     return None
-                if self._refuse_ws_turn(flow, state, message, request):
+                if self._refuse_turn(flow, state, message, request):
                     return None
-                held = self._ws_ask_first(flow, state, message, request)
+                held = self._ask_first(flow, state, message, request)
                 if held is not None:
-                    return self._hold_ws_turn(held, flow, state, message, request, signals)
+                    return self._hold_turn(held, flow, state, message, request, signals)
                 if state.endpoint.api != "openai.realtime":  # events, not one per response
                     _turns(state).requests.append((request, signals))
             else:
                 state.parser.feed_message(message.content)
                 scan_ws_message(state, message.content, self._clock())
                 for result in state.parser.take_completed():
-                    self._record_ws_turn(flow, state, result)
+                    self._record_turn(flow, state, result)
             # The socket can live for a whole Codex session: do not keep every frame.
             del flow.websocket.messages[:-1]
         except Exception:
             self._recorder.internal_error(flow, state.host, "websocket")
         return None
 
-    def _ws_ask_first(
+    def _ask_first(
         self,
         flow: http.HTTPFlow,
         state: FlowState,
@@ -122,18 +122,18 @@ class WebSocketTurns:
             state.tap_error = f"devmeter ask failed (call let through): {short_traceback()}"
             return None
         if isinstance(verdict, Block):
-            self._unreserve_last_ws_turn(state)
-            self._refuse_ws_message(flow, state, message, request, verdict, self._clock())
+            self._unreserve_last_turn(state)
+            self._refuse_message(flow, state, message, request, verdict, self._clock())
             return None
         return verdict
 
-    def _unreserve_last_ws_turn(self, state: FlowState) -> None:
+    def _unreserve_last_turn(self, state: FlowState) -> None:
         """The guard let the turn through and reserved for it; the ask refused it."""
         turns = _turns(state)
         if turns.reservations:
             self._guards.settle_reservation(turns.reservations.pop())
 
-    async def _hold_ws_turn(
+    async def _hold_turn(
         self,
         ask: Ask,
         flow: http.HTTPFlow,
@@ -145,8 +145,8 @@ class WebSocketTurns:
         try:
             block = await self._ask.answer_to(ask, state, self._apply_control, self._guards.block)
             if block is not None:
-                self._unreserve_last_ws_turn(state)
-                self._refuse_ws_message(flow, state, message, request, block, self._clock())
+                self._unreserve_last_turn(state)
+                self._refuse_message(flow, state, message, request, block, self._clock())
             elif state.endpoint.api != "openai.realtime":  # events, not one per response
                 _turns(state).requests.append((request, signals))
             if flow.websocket is not None:
@@ -156,7 +156,7 @@ class WebSocketTurns:
         finally:
             self._ask.publish()
 
-    def _refuse_ws_turn(
+    def _refuse_turn(
         self,
         flow: http.HTTPFlow,
         state: FlowState,
@@ -185,10 +185,10 @@ class WebSocketTurns:
             if not realtime:
                 _turns(state).reservations.append(verdict.reservation)
             return False
-        self._refuse_ws_message(flow, state, message, request, block, now)
+        self._refuse_message(flow, state, message, request, block, now)
         return True
 
-    def _refuse_ws_message(
+    def _refuse_message(
         self,
         flow: http.HTTPFlow,
         state: FlowState,
@@ -232,21 +232,19 @@ class WebSocketTurns:
         try:
             # Responses still in flight when the socket closed generated tokens too.
             for result in state.parser.take_unfinished():
-                self._record_ws_turn(flow, state, result)
-            self._settle_ws_turns(state, len(_turns(state).reservations))  # never answered
+                self._record_turn(flow, state, result)
+            self._settle_turns(state, len(_turns(state).reservations))  # never answered
         except Exception:
             self._recorder.internal_error(flow, state.host, "websocket")
 
-    def _record_ws_turn(
-        self, flow: http.HTTPFlow, state: FlowState, result: ResponseResult
-    ) -> None:
+    def _record_turn(self, flow: http.HTTPFlow, state: FlowState, result: ResponseResult) -> None:
         turns = _turns(state)
         request, signals = (
             turns.requests.pop(0)
             if turns.requests
             else (state.request, self._guards.signals(state))
         )
-        self._settle_ws_turns(state, 1)
+        self._settle_turns(state, 1)
         if request.facts.get("prewarm") == "1" and not (
             result.usage and any(_counts(result.usage))
         ):
@@ -260,7 +258,7 @@ class WebSocketTurns:
             signals,
         )
 
-    def _settle_ws_turns(self, state: FlowState, count: int) -> None:
+    def _settle_turns(self, state: FlowState, count: int) -> None:
         """Hand back what the socket's oldest `count` turns reserved (they were answered)."""
         turns = _turns(state)
         taken, turns.reservations = turns.reservations[:count], turns.reservations[count:]
