@@ -8,7 +8,7 @@ Fails open: an ask that fails lets the call through, and the row says so.
 from __future__ import annotations
 
 import asyncio
-import sys
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +19,8 @@ from devmeter.ask import Ask, AskBook
 from devmeter.control import Control
 from devmeter.proxy.flow_state import FlowState, short_traceback
 from devmeter.proxy.refusal import refuse
+
+log = logging.getLogger(__name__)
 
 # How often a request held by an ask looks for the answer (control.json is re-read at most
 # twice a second anyway).
@@ -77,7 +79,7 @@ class AskStage:
             try:
                 ask = self.asks.offer_switch(ask, switch())
             except Exception:  # routing's problem: ask without the offer
-                print(f"devmeter: no switch offered: {short_traceback()}", file=sys.stderr)
+                log.warning("devmeter: no switch offered: %s", short_traceback())
         if new and self._on_alert is not None:
             self._on_alert(ask.alert(self.asks.advice))
         self.publish()
@@ -153,4 +155,4 @@ class AskStage:
         try:
             self._on_asks_changed(book.pending())
         except Exception:
-            print(f"devmeter: could not publish open asks: {short_traceback()}", file=sys.stderr)
+            log.warning("devmeter: could not publish open asks: %s", short_traceback())

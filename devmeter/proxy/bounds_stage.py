@@ -9,7 +9,7 @@ The limits themselves are in streaming.py.
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from collections.abc import Callable
 
 from mitmproxy import http
@@ -23,6 +23,8 @@ from devmeter.proxy.flow_state import METADATA_KEY, Attribute, FlowState
 from devmeter.proxy.guard_stage import GuardStage
 from devmeter.proxy.recorder import Recorder
 from devmeter.proxy.routing_stage import RoutingStage
+
+log = logging.getLogger(__name__)
 
 
 class BoundsStage:
@@ -50,7 +52,7 @@ class BoundsStage:
         error = streaming.oversized_request_headers_error(flow.request)
         if error is None:
             return False
-        print(f"{error} ({host})", file=sys.stderr, flush=True)
+        log.warning("%s (%s)", error, host)
         request = flow.request
         length, chunked = streaming.body_framing(request.headers)
         endpoint = match_endpoint(host, request.method, request.path)
@@ -138,7 +140,7 @@ class BoundsStage:
         error = streaming.oversized_headers_error(flow.response)
         if error is None:
             return False
-        print(f"{error} ({flow.request.pretty_url})", file=sys.stderr, flush=True)
+        log.warning("%s (%s)", error, flow.request.pretty_url)
         api = state.endpoint.api if state is not None else ""
         streaming.replace_with_error(flow, error, api)
         if state is not None:

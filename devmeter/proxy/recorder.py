@@ -6,7 +6,7 @@ row of a call metering failed on, so a failure never vanishes.
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -21,6 +21,8 @@ from devmeter.proxy.flow_state import FlowState, short_traceback, state_of
 from devmeter.proxy.guard_stage import GuardStage, Signals
 from devmeter.proxy.routing_stage import RoutingStage
 from devmeter.usage import Attribution, Call, RequestInfo, ResponseResult, Usage
+
+log = logging.getLogger(__name__)
 
 # Records a call. It must be on disk (spooled) when this returns: for a whole body the
 # client gets the answer right after, and a proxy killed then must still have the row.
@@ -90,13 +92,13 @@ class Recorder:
             try:
                 self._on_billed(call, state.billing, state.quota)
             except Exception:
-                print(f"devmeter: quota bookkeeping failed: {short_traceback()}", file=sys.stderr)
+                log.warning("devmeter: quota bookkeeping failed: %s", short_traceback())
         self._guards.observe(call, state, signals)
 
     def internal_error(self, flow: http.HTTPFlow, host: str, hook: str) -> None:
         """Record that metering failed for this call, and let the call go on."""
         detail = short_traceback()
-        print(f"devmeter: metering failed in {hook} for {host}: {detail}", file=sys.stderr)
+        log.warning("devmeter: metering failed in %s for %s: %s", hook, host, detail)
         state = state_of(flow)
         if state is not None:
             state.done = True
@@ -120,4 +122,4 @@ class Recorder:
                 )
             )
         except Exception:
-            print(f"devmeter: could not record the failure: {short_traceback()}", file=sys.stderr)
+            log.warning("devmeter: could not record the failure: %s", short_traceback())

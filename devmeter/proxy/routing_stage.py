@@ -7,7 +7,7 @@ Fails open: a routing bug sends the request as the client asked, and the row say
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +20,8 @@ from devmeter.proxy.flow_state import FlowState, short_traceback
 from devmeter.routing.fallback import should_fallback
 from devmeter.routing.session_router import RoutePlan, Router
 from devmeter.usage import Call
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -130,7 +132,7 @@ class RoutingStage:
         try:
             await self._maybe_fall_back(flow, state)
         except Exception:
-            print(f"devmeter: routing fallback failed: {short_traceback()}", file=sys.stderr)
+            log.warning("devmeter: routing fallback failed: %s", short_traceback())
 
     async def _maybe_fall_back(self, flow: http.HTTPFlow, state: FlowState) -> None:
         """The rewritten request was refused where the original would not have been:
