@@ -59,11 +59,20 @@ class Alert:
 class Block:
     """Why a request is refused before it reaches the provider."""
 
-    scope: str  # a Scope, "pause", or "stop" (a session stopped with `devmeter stop`)
+    scope: str  # a Scope, "pause", "stop" (`devmeter stop`) or "secret"
     key: str
     cap_usd: Decimal | None  # None for a pause
     spent_usd: Decimal | None
     message: str  # starts with "devmeter:", names the cap and how to lift it
+    # "cap" (a block_usd cap), "ask" (Stop chosen, or no answer, at an ask level: cap_usd
+    # is that level), or "other" (a pause, a stop, a secret).
+    reason: str = "cap"
+
+    def ledger_fields(self) -> dict[str, Any]:
+        """What the refused call's ledger row keeps of this block, as data (`Call`'s
+        refused_* fields): its scope and key, and the cap when a hard cap refused."""
+        cap = self.cap_usd if self.reason == "cap" else None
+        return {"refused_scope": self.scope, "refused_key": self.key, "refused_cap_usd": cap}
 
     def error_response(self, endpoint: str) -> tuple[int, dict[str, Any]]:
         """Status and JSON body shaped like the provider's own errors for `endpoint`.

@@ -358,6 +358,7 @@ def stopped_block(
         f"devmeter: you chose {STOP_LABELS.get(scope, 'Stop')} when devmeter asked before "
         f"spending more{where}, so this request was not sent. Run "
         f"`{_command(scope, key, advice)}` to let it go on.",
+        reason="ask",
     )
 
 
@@ -376,6 +377,7 @@ def unanswered_block(ask: Ask, attribution: Attribution, advice: Advice | None =
         f"request{where} was not sent. To go on up to {format_usd(ask.until)}, run "
         f"`{_command(ask.scope, ask.key, advice)}` or choose Continue in the devmeter "
         f"{menu}.",
+        reason="ask",
     )
 
 

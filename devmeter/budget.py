@@ -551,6 +551,7 @@ class BudgetTracker:
                 None,
                 None,
                 fit("devmeter: metered traffic is paused.", advice.lift_action("pause", "all")),
+                reason="other",
             ), None
         session = attribution.session
         if session is not None and session in self.stopped:
@@ -559,7 +560,7 @@ class BudgetTracker:
                 "this request was not sent."
             )
             action = advice.lift_action("stop", session)
-            return Block("stop", session, None, None, fit(text, action)), None
+            return Block("stop", session, None, None, fit(text, action), "other"), None
         capped: list[tuple[str, str]] = []
         for scope in SCOPES:
             if self.budgets.scope(scope).block_usd is None and not self._limits:

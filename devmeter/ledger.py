@@ -287,6 +287,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE calls ADD COLUMN loop_fingerprint TEXT;
     """,
+    # v8: what refused a request (alerts.Block's scope, key and cap), as data: the tray
+    # shows the caps refusing now from these, not from the message's wording.
+    """
+    ALTER TABLE calls ADD COLUMN refused_scope TEXT;
+    ALTER TABLE calls ADD COLUMN refused_key TEXT;
+    ALTER TABLE calls ADD COLUMN refused_cap_pusd INTEGER;
+    """,
 )
 BUCKET_SECONDS = 900
 
@@ -297,7 +304,7 @@ CALL_COLUMNS = (
     "web_search_requests", "service_tier", "cost_pusd", "price_source", "estimated",
     "complete", "status", "duration_ms", "error", "routing", "route_rule", "route_target",
     "alt_cost_pusd", "route_note", "response_id", "source", "import_key", "billing",
-    "account", "loop_fingerprint",
+    "account", "loop_fingerprint", "refused_scope", "refused_key", "refused_cap_pusd",
 )  # fmt: skip
 # What `_padded` gives a column an older spooled row lacks, where NULL is not allowed.
 _PAD_DEFAULTS = {"billing": "unknown"}
@@ -381,6 +388,7 @@ def call_row(call: Call) -> tuple[Any, ...]:
         call.duration_ms, call.error, call.routing, call.route_rule, call.route_target,
         to_pusd(call.alt_cost_usd), call.route_note, call.response_id, call.source,
         call.import_key, call.billing, call.account, call.loop_fingerprint,
+        call.refused_scope, call.refused_key, to_pusd(call.refused_cap_usd),
     )  # fmt: skip
 
 

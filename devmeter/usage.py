@@ -193,6 +193,12 @@ class Call:
     # The request's loop fingerprint (runaway.request_fingerprint, a keyed hash, no text):
     # kept so a restarted proxy goes on counting a loop where it was.
     loop_fingerprint: str | None = None
+    # A request devmeter refused: the cap's scope ("session", "repo", "day", "month") or
+    # "pause" / "stop" / "ask" / "secret", its key, and the cap, as data for the tray and
+    # reports (no reading them back out of the message).
+    refused_scope: str | None = None
+    refused_key: str | None = None
+    refused_cap_usd: Decimal | None = None
 
     @property
     def estimated(self) -> bool:

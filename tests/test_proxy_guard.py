@@ -20,6 +20,10 @@ from pathlib import Path
 import anthropic
 import pytest
 
+from devmeter import control
+from devmeter.ledger import connect_readonly
+from devmeter.tray.menu import CapRow
+from devmeter.tray.snapshot import snapshot
 from tests.fake_upstream import FakeUpstream
 from tests.proxy_harness import RunningProxy, start_proxy
 
@@ -130,6 +134,10 @@ def test_threshold_notifies_once_then_the_cap_blocks_without_retries(
     blocked = rows[-1]
     assert blocked["status"] == 402 and blocked["cost_usd"] == 0
     assert blocked["error"].startswith("devmeter:")
+    # What refused it is data on the row, and the tray shows the cap from that.
+    assert (blocked["refused_scope"], blocked["refused_key"]) == ("session", "runaway-1")
+    assert blocked["refused_cap_pusd"] == 3 * 10**10  # $0.03
+    assert tray_blocked(proxy) == (CapRow("session", "runaway-1", Decimal("0.03")),)
     assert sum(r["cost_usd"] for r in rows) == 3 * PER_CALL
     assert len(proxy.rows("status = 402")) == 1  # one attempt, not ten
 
@@ -148,6 +156,15 @@ def test_threshold_notifies_once_then_the_cap_blocks_without_retries(
     ask(c)
 
 
+def tray_blocked(proxy: RunningProxy) -> tuple[CapRow, ...]:
+    """The caps the tray shows as refusing now, read as the tray reads the ledger."""
+    conn = connect_readonly(proxy.home / "ledger.sqlite")
+    try:
+        return snapshot(conn, time.time(), control.load(proxy.home / "control.json")).blocked
+    finally:
+        conn.close()
+
+
 def test_pause_refuses_everything_until_resume(proxy: RunningProxy) -> None:
     devmeter(proxy, "pause")
     time.sleep(0.6)
@@ -155,6 +172,11 @@ def test_pause_refuses_everything_until_resume(proxy: RunningProxy) -> None:
         ask(client(proxy, "p"))
     assert "devmeter: metered traffic is paused" in caught.value.message
     assert "devmeter resume" in caught.value.message
+    (row,) = proxy.rows("session = 'p'")
+    assert (row["refused_scope"], row["refused_key"], row["refused_cap_pusd"]) == (
+        "pause", "all", None
+    )  # fmt: skip
+    assert tray_blocked(proxy) == ()  # a pause is not a cap to lift
     devmeter(proxy, "resume")
     time.sleep(0.6)
     ask(client(proxy, "p"))

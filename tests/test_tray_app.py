@@ -12,6 +12,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -141,7 +142,7 @@ def cap_refusal(ts: float) -> Call:
     block = tracker.check(Attribution(tool="claude-code", session="s-live", repo="/src"), ts)
     assert block is not None and block.message.startswith("devmeter:")
     status = block.refusal("anthropic.messages", "claude-code").status  # what the proxy sends
-    return call(ts, "0", status=status, error=block.message)
+    return replace(call(ts, "0", status=status, error=block.message), **block.ledger_fields())
 
 
 def test_a_refused_call_makes_it_blocked_until_the_cap_is_lifted(where):

@@ -47,6 +47,7 @@ class FlowState:
     done: bool = False
     tap_error: str | None = None
     blocked: str | None = None  # why devmeter refused the call (for the row)
+    refused_by: Block | None = None  # ... and the block that did, kept on the row as data
     # The Cursor stage's: its request body, read as it streams to the upstream.
     request_reader: cursor.RequestReader | None = None
     upgrade: bool = False  # the client asked for a WebSocket

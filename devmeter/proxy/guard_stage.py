@@ -110,6 +110,7 @@ class GuardStage:
         if block is None:
             state.guard = GuardHold(reservation=verdict.reservation)
             return False
+        state.refused_by = block
         state.blocked = (
             f"{block.message} (devmeter closed the connection: a request body of "
             f"{'unknown size' if length is None else f'{length:,} bytes'} cannot be "
@@ -146,7 +147,7 @@ class GuardStage:
             return None
         state = FlowState(unmetered_endpoint(host), info, now, attribution, host, upgrade=upgrade)
         state.block = verdict.block
-        state.blocked = verdict.block.message
+        state.blocked, state.refused_by = verdict.block.message, verdict.block
         flow.metadata[METADATA_KEY] = state
         return state
 

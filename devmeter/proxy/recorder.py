@@ -79,6 +79,8 @@ class Recorder:
         call = with_billing(state, call)
         if state.blocked is not None:
             call = replace(call, error=state.blocked)
+        if state.refused_by is not None:
+            call = replace(call, **state.refused_by.ledger_fields())
         if self._routing.router is not None:
             try:
                 call = self._routing.settle(call, state)

@@ -29,7 +29,7 @@ def refuse(flow: http.HTTPFlow, state: FlowState, block: Block) -> None:
         note = f"{block.message} (reached while the request streamed on: let through)"
         state.request_note = streaming.join_errors((state.request_note, note))
         return
-    state.blocked = block.message
+    state.blocked, state.refused_by = block.message, block
     if state.endpoint.api == "cursor.chat":
         # Connect streams report errors in an end-stream frame of a 200 response.
         flow.response = http.Response.make(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from mitmproxy import ctx, http, websocket
@@ -222,7 +222,7 @@ class WebSocketTurns:
             attribution=state.attribution,
             error=block.message,
         )
-        self._recorder.record(refused)
+        self._recorder.record(replace(refused, **block.ledger_fields()))
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         state = state_of(flow)

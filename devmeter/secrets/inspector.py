@@ -201,7 +201,7 @@ def _block(findings: list[Finding], salt: bytes) -> Block:
         'allow_fingerprints under [secrets] in config.toml (or set mode = "warn" there); '
         "`devmeter findings` lists what was found."
     )
-    return Block("secret", first.kind, None, None, message)
+    return Block("secret", first.kind, None, None, message, "other")
 
 
 def seen_in_ledger(ledger: Path) -> set[tuple[str, str]]:

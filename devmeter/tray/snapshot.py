@@ -5,9 +5,9 @@ are drawn from: today's and this month's spend (local calendar), the live sessio
 (a call in the last `LIVE_SECONDS`), today's spend by repo, whether an alert fired
 today (warning) and which caps are refusing requests now (blocked).
 
-A cap is "refusing now" when a call in the last `LIVE_SECONDS` was answered by devmeter
-itself (status 400, 402 or 403, error starting `devmeter:`), unless the user lifted that cap since
-(`control.allowed`) or a later call in the same scope went through.
+A cap is "refusing now" when a call in the last `LIVE_SECONDS` was refused by that cap (the
+row's `refused_scope`, `refused_key` and `refused_cap_pusd`), unless the user lifted that
+cap since (`control.allowed`) or a later call in the same scope went through.
 
 `headline(conn, now)` adds what the headless status line shows: today's call count, the
 live session the last call came from, and the last alert. Both only read; the caller
@@ -16,7 +16,6 @@ owns the connection (read-only, see `ledger.connect_readonly`).
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,8 +35,6 @@ from devmeter.tray.menu import ROUTING_MODES, CapRow, RoutingMode, SessionRow, T
 
 # budget.BudgetTracker.check words every cap refusal like this:
 # "devmeter: <who> reached its $5.00 cap (budgets.session.block_usd; $5.12 spent), ..."
-_CAP_SCOPE = re.compile(r"budgets\.(session|repo|day|month)\.block_usd")
-_CAP_FIGURE = re.compile(r"reached its \$([0-9,]+(?:\.[0-9]+)?) cap")
 # The statuses refusals are answered with, per client (alerts.Block.refusal).
 REFUSED = "status IN (400, 402, 403) AND error LIKE 'devmeter:%'"
 
@@ -119,16 +116,17 @@ def live_sessions(conn: sqlite3.Connection, now: float) -> tuple[SessionRow, ...
 
 
 def blocked_caps(conn: sqlite3.Connection, now: float, control: Control) -> tuple[CapRow, ...]:
-    """Caps that refused a request in the last `LIVE_SECONDS` and still stand."""
+    """Caps that refused a request in the last `LIVE_SECONDS` and still stand, from the
+    scope, key and cap each refused row keeps (ledger v8)."""
     refusals = conn.execute(
-        f"SELECT ts, session, repo, error FROM calls WHERE ts >= ? AND {REFUSED} ORDER BY ts",
+        "SELECT ts, refused_scope, refused_key, refused_cap_pusd FROM calls "
+        "WHERE ts >= ? AND refused_cap_pusd IS NOT NULL ORDER BY ts",
         (now - LIVE_SECONDS,),
     ).fetchall()
     latest: dict[tuple[str, str], tuple[float, Decimal]] = {}
-    for ts, session, repo, error in refusals:
-        cap = parse_refusal(error, ts, session, repo)
-        if cap is not None:
-            latest[(cap.scope, cap.key)] = (ts, cap.cap_usd)
+    for ts, scope, key, cap_pusd in refusals:
+        if scope and key:
+            latest[(scope, key)] = (ts, usd(cap_pusd))
     caps = []
     for (scope, key), (ts, cap_usd) in latest.items():
         if scope in ("day", "month") and key != _period(scope, now):
@@ -139,26 +137,6 @@ def blocked_caps(conn: sqlite3.Connection, now: float, control: Control) -> tupl
             continue  # the cap was raised in the config, or the proxy restarted without it
         caps.append(CapRow(scope, key, cap_usd))
     return tuple(caps)
-
-
-def parse_refusal(
-    error: str | None, ts: float, session: str | None, repo: str | None
-) -> CapRow | None:
-    """The cap named by a devmeter refusal's message; None for a pause or another text."""
-    if not error:
-        return None
-    scope_match = _CAP_SCOPE.search(error)
-    figure_match = _CAP_FIGURE.search(error)
-    if scope_match is None:
-        return None
-    scope = scope_match.group(1)
-    key = {"session": session, "repo": repo}.get(scope) or (
-        _period(scope, ts) if scope in ("day", "month") else None
-    )
-    if key is None:
-        return None
-    cap = Decimal(figure_match.group(1).replace(",", "")) if figure_match else Decimal(0)
-    return CapRow(scope, key, cap)
 
 
 def _went_through_since(conn: sqlite3.Connection, scope: str, key: str, ts: float) -> bool:
