@@ -40,6 +40,7 @@ from devmeter.config_error import ConfigError
 from devmeter.config_values import config_usd, reject_unknown
 from devmeter.labels import SESSION_PREFIX, SESSION_WHOLE, repo_name, short_session
 from devmeter.money import ZERO, format_usd
+from devmeter.session_table import BUDGET_PART, SessionTable
 from devmeter.usage import Attribution, Call
 
 Scope = Literal["session", "repo", "day", "month"]
@@ -337,7 +338,11 @@ class BudgetTracker:
         tz: tzinfo | None = None,  # None: the machine's local time
         max_keys: int = 4096,
         advice: Advice | None = None,
+        sessions: SessionTable | None = None,
     ) -> None:
+        """`sessions`: the session table shared with runaway detection and routing (one of
+        its own if None); the session scope's spend is its entries' BUDGET_PART, so a
+        session is kept and forgotten once for all three."""
         self.budgets = budgets or Budgets()
         self.config_path = config_path
         self.tz = tz
@@ -345,7 +350,9 @@ class BudgetTracker:
         self.advice = advice or Advice()
         self.paused = False
         # (scope, key) -> spend in the key's current period; least recently used first.
+        # Not the session scope's: that is in the session table.
         self._spend: OrderedDict[tuple[str, str], _Spend] = OrderedDict()
+        self._sessions = sessions if sessions is not None else SessionTable(max_sessions=max_keys)
         # (scope, key) -> (the period a cap was raised for, the raised cap).
         self._limits: OrderedDict[tuple[str, str], tuple[str, Decimal]] = OrderedDict()
         # Sessions stopped with `devmeter stop`.
@@ -367,6 +374,7 @@ class BudgetTracker:
     def key(self, scope: str, attribution: Attribution, ts: float) -> str | None:
         """The key a call at `ts` counts under in `scope`, or None if it has none."""
         if scope == "session":
+            # session_table.session_key for a call with an id; one without has none to cap.
             return attribution.session
         if scope == "repo":
             return attribution.repo
@@ -390,7 +398,7 @@ class BudgetTracker:
         return cached[1], cached[2]
 
     def spent(self, scope: str, key: str, ts: float) -> Decimal:
-        entry = self._spend.get((scope, key))
+        entry = self._counted((scope, key))
         if entry is None or entry.period != self.period(scope, ts):
             return ZERO
         return entry.spent
@@ -431,7 +439,7 @@ class BudgetTracker:
             if scope not in SCOPES:
                 raise ValueError(f"unknown budget scope {scope!r}")
             amount = usd if isinstance(usd, Decimal) else Decimal(str(usd))
-            self._remember((scope, key), _Spend(self.period(scope, now), amount))
+            self._remember((scope, key), _Spend(self.period(scope, now), amount), now)
 
     def seed_announced(self, blocked: Iterable[tuple[str, str, Decimal, float]]) -> None:
         """Blocked alerts the ledger already holds, `(scope, key, cap, ts)`: not repeated."""
@@ -461,15 +469,15 @@ class BudgetTracker:
             # (a day or month key is its period) and the entry updated in place.
             period = key if scope in ("day", "month") else self.period(scope, ts)
             slot = (scope, key)
-            entry = self._spend.get(slot)
+            entry = self._counted(slot)
             if entry is not None and entry.period == period:
                 before = entry.spent
                 entry.spent = after = before + cost
-                self._spend.move_to_end(slot)
+                self._seen(slot, ts)
             else:
                 before = ZERO
                 after = before + cost
-                self._remember(slot, _Spend(period, after))
+                self._remember(slot, _Spend(period, after), ts)
             cap = self.cap(scope, key, ts) if self._limits else budget.block_usd
             if _crosses(budget, cap, before, after):  # rarely: build no Alert to throw away
                 alert = self._crossing(scope, key, period, cap, before, after, call)
@@ -574,8 +582,7 @@ class BudgetTracker:
             spent = self.spent(scope, key, now)
             if spent + self.in_flight(scope, key) >= cap:
                 # Refused requests add no spend; keep a blocking key from looking idle.
-                if (scope, key) in self._spend:
-                    self._spend.move_to_end((scope, key))
+                self._seen((scope, key), now)
                 return self._block(scope, key, cap, spent, attribution), None
             capped.append((scope, key))
         if not capped or reserve_usd <= 0:
@@ -665,7 +672,24 @@ class BudgetTracker:
         while len(self._announced) > self.max_keys:
             self._announced.popitem(last=False)
 
-    def _remember(self, slot: tuple[str, str], entry: _Spend) -> None:
+    def _counted(self, slot: tuple[str, str]) -> _Spend | None:
+        if slot[0] == "session":
+            part: _Spend | None = self._sessions.part(slot[1], BUDGET_PART)
+            return part
+        return self._spend.get(slot)
+
+    def _seen(self, slot: tuple[str, str], ts: float) -> None:
+        """Mark a counted key as recently used, so it is not the one forgotten."""
+        if slot[0] == "session":
+            if slot[1] in self._sessions:
+                self._sessions.touch(slot[1], ts)
+        elif slot in self._spend:
+            self._spend.move_to_end(slot)
+
+    def _remember(self, slot: tuple[str, str], entry: _Spend, ts: float) -> None:
+        if slot[0] == "session":
+            self._sessions.touch(slot[1], ts).parts[BUDGET_PART] = entry
+            return
         self._spend[slot] = entry
         self._spend.move_to_end(slot)
         while len(self._spend) > self.max_keys:

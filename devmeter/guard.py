@@ -32,8 +32,8 @@ from devmeter.runaway import (
     RunawayDetector,
     is_human_turn,
     request_fingerprint,
-    session_key,
 )
+from devmeter.session_table import SessionTable, session_key
 from devmeter.usage import Attribution, Call, RequestInfo, Usage
 
 # What `Guard.check` decides for a request. "ask" (hold the request and ask the user
@@ -74,13 +74,19 @@ class Guard:
         config_path: str = "your devmeter config",
         advice: Advice | None = None,
         fingerprint_key: bytes | None = None,
+        sessions: SessionTable | None = None,
     ) -> None:
+        """`sessions`: the session table to share with the router (one of its own if None).
+        The guard counts each session's spend in it, once per call, for the router to read."""
         self.advice = advice or Advice(menu=os.environ.get(MENU_ENV) == "1")
         # The data folder's loop key (paths.read_loop_key), so fingerprints in the ledger
         # match the ones a restarted proxy computes; a per-process one without it.
         self.fingerprint_key = fingerprint_key or PROCESS_KEY
-        self.budgets = BudgetTracker(budgets, config_path=config_path, advice=self.advice)
-        self.runaway = RunawayDetector(runaway, advice=self.advice)
+        self.sessions = sessions if sessions is not None else SessionTable()
+        self.budgets = BudgetTracker(
+            budgets, config_path=config_path, advice=self.advice, sessions=self.sessions
+        )
+        self.runaway = RunawayDetector(runaway, advice=self.advice, sessions=self.sessions)
         self._lock = threading.Lock()
 
     @property
@@ -123,6 +129,8 @@ class Guard:
     def observe(self, call: Call, fingerprint: str | None, human_turn: bool | None) -> list[Alert]:
         with self._lock:
             self.advice.know(call.attribution.session)
+            if call.cost_usd is not None:
+                self.sessions.add_spend(session_key(call.attribution), call.cost_usd, call.ts)
             alerts = self.budgets.observe(call)
             alerts += self.runaway.observe(call, fingerprint=fingerprint, human_turn=human_turn)
             self.budgets.expire_reservations(call.ts)
@@ -154,6 +162,8 @@ class Guard:
         with self._lock:
             self.budgets.seed(spend_so_far(conn, self.budgets, now), now)
             self.budgets.seed_announced(_blocked_alerts(conn, now))
+            # Each session's spend so far, which routing's spend rules read.
+            self.sessions.seed_spend(spend_by_session_key(conn, now), now)
             for session in _recent_sessions(conn, now):
                 self.advice.know(session)
             config = self.runaway.config
@@ -217,7 +227,7 @@ def spend_so_far(
 
 
 def spend_by_session_key(conn: sqlite3.Connection, now: float) -> dict[str, Decimal]:
-    """Spend per session key (`runaway.session_key`) for the router to start from: a
+    """Spend per session key (`session_table.session_key`) for the router to start from: a
     session with an id active in the last 7 days, its whole spend (as the session budget
     counts it); calls without an id, their tool@repo's spend of the last 7 days."""
     week = now - 7 * 86400

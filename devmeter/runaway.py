@@ -16,8 +16,10 @@ Three signals, each pure over the calls of one session:
 - **no human in the loop**: a session that has run `long_running_minutes` or
   `long_running_calls` since its last plain user text turn (`is_human_turn`).
 
-Memory is bounded: windows are deques trimmed by time and length, idle sessions are
-evicted, and at most `max_sessions` are tracked. `seed` rebuilds the burn windows and
+Memory is bounded: windows are deques trimmed by time and length, and each session's
+state is a part of its entry in the session table (`session_table.SessionTable`, shared
+with the budgets and routing), which forgets idle sessions and holds at most
+`max_sessions`. `seed` rebuilds the burn windows and
 what was already announced from the ledger after a restart.
 """
 
@@ -28,7 +30,7 @@ import hashlib
 import json
 import os
 import re
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -40,7 +42,8 @@ from devmeter.budget import Advice
 from devmeter.config_error import ConfigError
 from devmeter.config_values import config_usd, reject_unknown
 from devmeter.money import ZERO, format_usd
-from devmeter.usage import Attribution, Call
+from devmeter.session_table import RUNAWAY_PART, SessionTable, session_key
+from devmeter.usage import Call
 
 HOUR = Decimal(3600)
 # The shortest span a rate is taken over, and the youngest a session can be for its rate to
@@ -464,20 +467,43 @@ class _Session:
     stretch_alerted: bool = False
 
 
-def session_key(attribution: Attribution) -> str:
-    """The session a call belongs to; without an id, its tool and repo stand in."""
-    if attribution.session:
-        return attribution.session
-    return f"{attribution.tool}@{attribution.repo or '?'}"
-
-
 class RunawayDetector:
     """Burn rate, loops and unattended sessions over a stream of calls. One thread."""
 
-    def __init__(self, config: RunawayConfig | None = None, advice: Advice | None = None) -> None:
-        self.config = config or RunawayConfig()
+    def __init__(
+        self,
+        config: RunawayConfig | None = None,
+        advice: Advice | None = None,
+        sessions: SessionTable | None = None,
+    ) -> None:
+        """`sessions`: the table shared with the budgets and routing (one of its own if
+        None), which holds each session's state here as its RUNAWAY_PART."""
+        config = config or RunawayConfig()
+        self._table = (
+            sessions if sessions is not None else SessionTable(max_sessions=config.max_sessions)
+        )
+        self.config = config
         self.advice = advice or Advice()
-        self._sessions: OrderedDict[str, _Session] = OrderedDict()  # least recent first
+
+    @property
+    def config(self) -> RunawayConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: RunawayConfig) -> None:
+        # The table forgets idle sessions for all its owners, after runaway's idle time.
+        self._config = config
+        self._table.idle_seconds = config.idle_evict_minutes * 60
+
+    def _session(self, key: str) -> _Session | None:
+        part: _Session | None = self._table.part(key, RUNAWAY_PART)
+        return part
+
+    def _new_session(self, key: str, now: float, first_ts: float, stretch_start: float) -> _Session:
+        """The session's part, made most recent in the table (and created if absent)."""
+        return self._table.own(
+            key, RUNAWAY_PART, lambda: _Session(now, first_ts, stretch_start=stretch_start), now
+        )
 
     def observe(
         self, call: Call, *, fingerprint: str | None = None, human_turn: bool | None = None
@@ -488,16 +514,9 @@ class RunawayDetector:
         `is_human_turn(body)` of its request; leave either out when unknown and that
         detector skips the call.
         """
-        cfg = self.config
         now = call.ts + call.duration_ms / 1000  # the cost lands when the call ends
-        self._evict(now)
         key = session_key(call.attribution)
-        session = self._sessions.get(key)
-        if session is None:
-            session = self._sessions[key] = _Session(now, call.ts, stretch_start=call.ts)
-            while len(self._sessions) > cfg.max_sessions:
-                self._sessions.popitem(last=False)
-        self._sessions.move_to_end(key)
+        session = self._new_session(key, now, call.ts, call.ts)
         session.last_ts = max(session.last_ts, now)
         cost = call.cost_usd if call.cost_usd is not None and call.cost_usd > 0 else ZERO
         session.spent += cost
@@ -523,10 +542,8 @@ class RunawayDetector:
         level or loop already announced is not announced again."""
         window_start = now - self.config.window_minutes * 60
         for key, start, end, cost in calls:
-            session = self._sessions.get(key)
-            if session is None:
-                # No human-turn history in the ledger: the unattended stretch starts now.
-                session = self._sessions[key] = _Session(end, start, stretch_start=now)
+            # No human-turn history in the ledger: the unattended stretch starts now.
+            session = self._new_session(key, end, start, now)
             session.last_ts = max(session.last_ts, end)
             cost = max(cost, ZERO)
             session.spent += cost
@@ -535,7 +552,7 @@ class RunawayDetector:
                 session.window_usd += cost
         loop_start = now - self.config.loop_window_minutes * 60
         for key, end, fingerprint, cost in prints:
-            session = self._sessions.get(key)
+            session = self._session(key)
             if session is None or end <= loop_start:
                 continue
             cost = max(cost, ZERO)
@@ -545,7 +562,7 @@ class RunawayDetector:
             if session.print_count[fingerprint] >= self.config.loop_count > 0:
                 session.looping.add(fingerprint)  # announced before, or within the restart
         for kind, key, figure, ts in alerts:
-            session = self._sessions.get(key)
+            session = self._session(key)
             if session is None:
                 continue
             if kind == "projection" and ts > window_start:
@@ -556,19 +573,18 @@ class RunawayDetector:
             elif kind == "loop":
                 quiet = ts + self.config.loop_window_minutes * 60
                 session.loop_quiet_until = max(session.loop_quiet_until, quiet)
-        while len(self._sessions) > self.config.max_sessions:
-            self._sessions.popitem(last=False)
 
     def burn(self, session: str, now: float) -> Burn | None:
         """The session's current burn rate, or None for a session not (or no longer) seen."""
-        state = self._sessions.get(session)
+        state = self._session(session)
         if state is None:
             return None
         self._trim_costs(state, now)
         return Burn(self._rate(state, now), state.window_usd, state.spent)
 
     def __len__(self) -> int:
-        return len(self._sessions)
+        """Sessions tracked here (a walk over the table: for tests and diagnostics)."""
+        return sum(1 for key in self._table.by_recency() if self._session(key) is not None)
 
     # burn rate
 
@@ -710,16 +726,6 @@ class RunawayDetector:
         )
         message = fit(message, self.advice.stop_action(call.attribution))
         return _alert(call, "long_running", key, session.stretch_usd, message)
-
-    # memory
-
-    def _evict(self, now: float) -> None:
-        cutoff = now - self.config.idle_evict_minutes * 60
-        while self._sessions:
-            oldest = next(iter(self._sessions.values()))
-            if oldest.last_ts >= cutoff:
-                break
-            self._sessions.popitem(last=False)
 
 
 def _minutes(value: float) -> str:

@@ -296,7 +296,8 @@ def test_a_long_loop_keeps_bounded_windows():
     detector = RunawayDetector()
     for c in steady(T0, 0.01, 20_000, "0.0001"):
         detector.observe(c, fingerprint="x", human_turn=False)
-    state = detector._sessions[AGENT.session]
+    state = detector._session(AGENT.session)
+    assert state is not None
     assert len(state.prints) <= 4 * 8 + 64
     assert len(state.costs) <= 4096
 

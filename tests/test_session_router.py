@@ -63,8 +63,9 @@ def test_session_spend_survives_a_restart(tmp_path: Path) -> None:
         # Sessionless spend older than a week is not the same "session" any more.
         spent(Attribution(tool="aider", repo="/src/acme"), "5", now - 8 * 86400),
     ])  # fmt: skip
-    router = Router(parse_routing(RULES))
-    _seed(Guard({}, {}), router, paths)
+    guard = Guard({}, {})
+    router = Router(parse_routing(RULES), sessions=guard.sessions)  # as proxy/server.py does
+    _seed(guard, paths)
     assert routed(router, with_id)
     assert routed(router, without_id)
     assert not routed(router, cheap)

@@ -38,7 +38,6 @@ from devmeter.guard import (
     AlertDispatcher,
     Guard,
     print_alert,
-    spend_by_session_key,
     spend_so_far,
 )
 from devmeter.ledger import LedgerWriter, connect_readonly
@@ -157,8 +156,9 @@ async def serve(
         config_path=str(paths.config_file),
         fingerprint_key=read_loop_key(paths),
     )
-    router = Router(config.section("routing"), config.prices)
-    _seed(guard, router, paths)
+    # One session table: routing reads the spend the guard counts and seeds.
+    router = Router(config.section("routing"), config.prices, sessions=guard.sessions)
+    _seed(guard, paths)
     asks = AskBook(config.section("budgets"), guard.spend_in, guard.advice)
     quota_watch = QuotaWatch(config.section("quota"))
     _seed_quota(quota_watch, paths)
@@ -419,7 +419,7 @@ def _seed_quota(watch: QuotaWatch, paths: Paths) -> None:
         log.warning("devmeter: could not read quota history from %s: %s", paths.ledger, exc)
 
 
-def _seed(guard: Guard, router: Router, paths: Paths) -> None:
+def _seed(guard: Guard, paths: Paths) -> None:
     """Past spend from the ledger; an unreadable ledger is reported, and the proxy serves."""
     try:
         conn = connect_readonly(paths.ledger)
@@ -428,7 +428,6 @@ def _seed(guard: Guard, router: Router, paths: Paths) -> None:
         try:
             now = time.time()
             guard.seed_from_ledger(conn, now)
-            router.seed(spend_by_session_key(conn, now))
         finally:
             conn.close()
     except sqlite3.Error as exc:

@@ -5,9 +5,10 @@ The proxy asks `plan` before forwarding a request, sends `plan.body` when the pl
 rewrites, and hands each finished call to `settle`, which prices the other side of
 the trade (what the requested model would have cost, or what the target would have)
 and remembers the session's spend and prompt-cache state for the next decision.
-Sessions are keyed like the guard's (`runaway.session_key`: the session id, or tool@repo
-without one), so unrelated clients without a session id do not share one routing
-session; `seed` restores each session's spend from the ledger after a restart.
+Sessions are the guard's (`session_table.session_key`: the session id, or tool@repo
+without one), kept in the session table the budgets and runaway detection share: its
+entries hold each session's spend (counted by the guard, seeded from the ledger after a
+restart, so spend rules survive one) and routing's own part (cache state, output sizes).
 No mitmproxy here: bytes and headers in, a plan out.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import OrderedDict
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -24,7 +25,7 @@ from typing import Any
 from devmeter import routing
 from devmeter.pricing import PriceOverride, price
 from devmeter.providers import Endpoint, request_uses_images
-from devmeter.runaway import session_key
+from devmeter.session_table import ROUTING_PART, SessionTable, session_key
 from devmeter.usage import Attribution, Call, RequestInfo, Usage
 
 REWRITABLE = routing.REWRITABLE_ENDPOINTS  # one list: what decide may rewrite
@@ -47,9 +48,8 @@ class RoutePlan:
 
 @dataclass
 class _Session:
-    """What the rules may ask about a session's calls so far."""
+    """What the rules may ask about a session's calls so far (its spend is the table's)."""
 
-    spend: Decimal | None = None  # None until a call of the session was priced
     caches: dict[str, routing.CacheState] = field(default_factory=dict)  # by model
     calls: int = 0  # calls that produced output, and their output tokens
     outputs: int = 0
@@ -61,15 +61,20 @@ class Router:
         config: routing.RoutingConfig,
         overrides: tuple[PriceOverride, ...] = (),
         max_sessions: int = 4096,
+        sessions: SessionTable | None = None,
     ) -> None:
+        """`sessions`: the table shared with the guard, which then counts each session's
+        spend (`Guard.observe`); None: a table of its own, and the router counts it."""
         self.config = config
         self.configured_mode = config.mode
         self._overrides = overrides
         self._lock = threading.Lock()
-        # Least recently seen first: a proxy that runs for months meets sessions without
-        # end, and one not seen among the last `max_sessions` starts afresh if it returns.
-        self._sessions: OrderedDict[str, _Session] = OrderedDict()
-        self.max_sessions = max_sessions
+        # A proxy that runs for months meets sessions without end: the table holds at most
+        # `max_sessions`, and one forgotten starts afresh if it returns.
+        self._counts_spend = sessions is None
+        self._sessions = (
+            sessions if sessions is not None else SessionTable(max_sessions=max_sessions)
+        )
         # Sessions whose user chose "Switch to a cheaper model" when devmeter asked before
         # spending more (devmeter/ask.py): routed as in mode "on", whatever the mode.
         self._switched: set[str] = set()
@@ -143,8 +148,8 @@ class Router:
             return None
         session = session_key(attribution)
         with self._lock:
-            seen = self._sessions.get(session) or _Session()
-            spend, caches = seen.spend, dict(seen.caches)
+            seen = self._sessions.part(session, ROUTING_PART) or _Session()
+            spend, caches = self._sessions.spent(session), dict(seen.caches)
             calls, outputs = seen.calls, seen.outputs
         facts = info.facts
         ctx = routing.RouteContext(
@@ -199,26 +204,11 @@ class Router:
             self._observe(call)
         return call
 
-    def seed(self, spend_by_session: Mapping[str, Decimal]) -> None:
-        """Start from the ledger's spend per session key (after a restart), as the budgets do,
-        so a `session_spend_over_usd` rule does not forget what a session already spent."""
-        if not self.config.rules:
-            return  # only rules read session state
-        with self._lock:
-            for key, spend in spend_by_session.items():
-                self._session(key).spend = spend
-
-    def _session(self, key: str) -> _Session:
-        """The session's state, made most recent; the least recently seen beyond
-        `max_sessions` is forgotten. Call with the lock held."""
-        seen = self._sessions.get(key)
-        if seen is None:
-            seen = self._sessions[key] = _Session()
-            while len(self._sessions) > self.max_sessions:
-                self._sessions.popitem(last=False)
-        else:
-            self._sessions.move_to_end(key)
-        return seen
+    def seed(self, spend_by_session: Mapping[str, Decimal], now: float | None = None) -> None:
+        """Start from the ledger's spend per session key (after a restart), so a
+        `session_spend_over_usd` rule does not forget what a session already spent. A
+        shared table is seeded by the guard (`Guard.seed_from_ledger`) instead."""
+        self._sessions.seed_spend(spend_by_session, time.time() if now is None else now)
 
     def _annotate(self, call: Call, plan: RoutePlan, fell_back: bool) -> Call:
         decision = plan.decision
@@ -256,10 +246,11 @@ class Router:
         return replace(call, route_rule=decision.rule, route_note=note)
 
     def _observe(self, call: Call) -> None:
+        key = session_key(call.attribution)
         with self._lock:
-            seen = self._session(session_key(call.attribution))
-            if call.cost_usd is not None:
-                seen.spend = (seen.spend or Decimal(0)) + call.cost_usd
+            seen = self._sessions.own(key, ROUTING_PART, _Session, call.ts)
+            if self._counts_spend and call.cost_usd is not None:
+                self._sessions.add_spend(key, call.cost_usd, call.ts)
             if call.model:
                 state = routing.next_cache_state(seen.caches.get(call.model), call.usage, call.ts)
                 if state is not None:
