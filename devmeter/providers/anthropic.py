@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from devmeter.providers import anthropic_rewrite
 from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
+from devmeter.providers.registry import Endpoint, WireFormat, register, register_host
 from devmeter.providers.request import flag, set_int
 from devmeter.usage import RequestInfo, Usage
 
@@ -194,3 +196,53 @@ class CountTokensParser(BaseParser):
 
     def usage(self) -> Usage | None:
         return Usage() if self.error is None and self.terminal else None
+
+
+# --- the wire formats -------------------------------------------------------------------
+
+HOST = "api.anthropic.com"
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    """Anthropic's error shape. 402 (a cap: Claude Code shows it and stops), 403 (refused),
+    else devmeter could not pass the call on."""
+    kind = {402: "billing_error", 403: "permission_error"}.get(status, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def conversation(doc: dict[str, Any]) -> list[Any] | None:
+    messages = doc.get("messages")
+    return messages if isinstance(messages, list) else None
+
+
+def _parse(doc: dict[str, Any], endpoint: Endpoint) -> RequestInfo:
+    return parse_request(doc, endpoint.path_model)
+
+
+register(
+    WireFormat(
+        "anthropic.messages",
+        "anthropic",
+        lambda endpoint, request, content_type: MessagesParser(request, content_type),
+        error_body,
+        parse_json=_parse,
+        conversation=conversation,
+        rewrite=anthropic_rewrite.adapt,
+    )
+)
+register(
+    WireFormat(
+        "anthropic.count_tokens",
+        "anthropic",
+        lambda endpoint, request, content_type: CountTokensParser(request, content_type),
+        error_body,
+        parse_json=_parse,
+        conversation=conversation,
+    )
+)
+register_host(
+    HOST,
+    "anthropic",
+    {"/v1/messages": "anthropic.messages", "/v1/messages/count_tokens": "anthropic.count_tokens"},
+    free=frozenset({"anthropic.count_tokens"}),
+)

@@ -17,8 +17,9 @@ from dataclasses import fields, replace
 from typing import Any
 
 from devmeter import fastjson
-from devmeter.providers.anthropic import message_usage
+from devmeter.providers.anthropic import HOST, error_body, message_usage
 from devmeter.providers.base import ERROR_CAP, BaseParser, as_dict, as_str, error_text
+from devmeter.providers.registry import Endpoint, WireFormat, fixed, register, register_host
 from devmeter.providers.request import stream_facts
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
@@ -174,3 +175,38 @@ def _non_negative(usage: Usage) -> Usage:
 
 def _add(a: Usage, b: Usage) -> Usage:
     return replace(a, **{name: getattr(a, name) + getattr(b, name) for name in _SUMMED})
+
+
+# --- the wire formats -------------------------------------------------------------------
+
+register(
+    WireFormat(
+        "anthropic.complete",
+        "anthropic",
+        lambda endpoint, request, content_type: CompleteParser(request, content_type),
+        error_body,
+        parse_json=lambda doc, endpoint: parse_complete_request(doc, endpoint.path_model),
+    )
+)
+# Message Batches results: billed when the batch ran, metered when they are read (a GET).
+register(
+    WireFormat(
+        "anthropic.batch_results",
+        "anthropic",
+        lambda endpoint, request, content_type: BatchResultsParser(request, content_type),
+        error_body,
+        bodyless=True,
+        methods=frozenset({"GET"}),
+    )
+)
+register_host(
+    HOST,
+    "anthropic",
+    {"/v1/complete": "anthropic.complete"},  # legacy Text Completions
+    patterns=(
+        (
+            r"/v1/messages/batches/[^/]+/results",
+            fixed(Endpoint("anthropic", "anthropic.batch_results")),
+        ),
+    ),
+)

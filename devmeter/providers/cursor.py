@@ -38,6 +38,9 @@ import zstandard
 
 from devmeter import pricing, tokens
 from devmeter.providers.base import ERROR_CAP, TEXT_CAP, TextBuffer, error_text
+from devmeter.providers.openai_chat import error_body
+from devmeter.providers.paths import CURSOR_CHAT_PATH
+from devmeter.providers.registry import Endpoint, WireFormat, fixed, register, register_host
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
 # Keys of RequestInfo.facts this module fills.
@@ -722,3 +725,26 @@ def end_stream_error(message: str, code: str = "resource_exhausted") -> bytes:
     """
     trailer = json.dumps({"error": {"code": code, "message": message}}).encode()
     return bytes([_FLAG_END_STREAM]) + len(trailer).to_bytes(4, "big") + trailer
+
+
+# --- the wire format --------------------------------------------------------------------
+
+# Connect-RPC chat streams (protobuf; metered as estimates). Not metered: Cursor Tab
+# (StreamCpp), BidiAppend (the client half of an HTTP/1.1 bidi emulation), and the rest of
+# its API (settings, indexing, telemetry), which passes through untouched. A refusal is a
+# Connect end-stream frame (`end_stream_error`); `error_body` is OpenAI's JSON shape, for
+# devmeter's own errors on the plain HTTP side.
+register(
+    WireFormat(
+        "cursor.chat",
+        "cursor",
+        lambda endpoint, request, content_type: ChatParser(request, content_type),
+        error_body,
+        parse_bytes=lambda body, endpoint: parse_request(body),
+    )
+)
+register_host(
+    HOST,
+    "cursor",
+    patterns=((CURSOR_CHAT_PATH.pattern, fixed(Endpoint("cursor", "cursor.chat", stream=True))),),
+)

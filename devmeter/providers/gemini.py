@@ -12,9 +12,11 @@ a candidate's `finishReason`.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
+from devmeter.providers.registry import Endpoint, WireFormat, register, register_host
 from devmeter.providers.request import flag, set_int
 from devmeter.tokens import estimate_tokens
 from devmeter.usage import RequestInfo, ResponseResult, Usage
@@ -173,3 +175,79 @@ class EmbedParser(BaseParser):
         if self._usage is not None:
             return Usage(input_tokens=max(0, as_int(self._usage.get("promptTokenCount"))))
         return Usage(input_tokens=self.request.prompt_tokens() or 0, estimated=True)
+
+
+# --- the wire formats -------------------------------------------------------------------
+
+HOST = "generativelanguage.googleapis.com"
+CLOUDCODE_HOST = "cloudcode-pa.googleapis.com"  # Gemini CLI signed in with Google
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    """Google's error shape: 403 PERMISSION_DENIED when devmeter refused the call (the
+    Gemini CLI shows it and does not retry), else UNAVAILABLE."""
+    reason = "PERMISSION_DENIED" if status == 403 else "UNAVAILABLE"
+    return {"error": {"code": status, "message": message, "status": reason}}
+
+
+def conversation(doc: dict[str, Any]) -> list[Any] | None:
+    """The contents, in a Gemini CLI Code Assist envelope (`request`) or not."""
+    contents = doc.get("contents")
+    if isinstance(contents, list):
+        return contents
+    inner = doc.get("request")
+    if isinstance(inner, dict) and isinstance(inner.get("contents"), list):
+        return inner["contents"]  # type: ignore[no-any-return]
+    return None
+
+
+def _endpoint(method_name: str, model: str | None) -> Endpoint:
+    if method_name in ("embedcontent", "batchembedcontents"):
+        return Endpoint("google", "gemini.embed", path_model=model)
+    stream = method_name == "streamgeneratecontent"
+    return Endpoint("google", "gemini.generate", path_model=model, stream=stream)
+
+
+def _api_path(m: re.Match[str]) -> Endpoint:
+    return _endpoint(m.group(2), m.group(1))
+
+
+def _cloudcode_path(m: re.Match[str]) -> Endpoint:
+    return _endpoint(m.group(1), None)  # the model is named in the body
+
+
+register(
+    WireFormat(
+        "gemini.generate",
+        "gemini",
+        lambda endpoint, request, content_type: GenerateParser(request, content_type),
+        error_body,
+        parse_json=lambda doc, endpoint: parse_request(doc, endpoint.path_model, endpoint.stream),
+        conversation=conversation,
+    )
+)
+register(
+    WireFormat(
+        "gemini.embed",
+        "gemini",
+        lambda endpoint, request, content_type: EmbedParser(request, content_type),
+        error_body,
+        parse_json=lambda doc, endpoint: parse_embed_request(doc, endpoint.path_model),
+    )
+)
+register_host(
+    HOST,
+    "google",
+    patterns=(
+        (
+            r"/(?:v1|v1beta|v1alpha)/models/([^/:]+)"
+            r":(generatecontent|streamgeneratecontent|embedcontent|batchembedcontents)",
+            _api_path,
+        ),
+    ),
+)
+register_host(
+    CLOUDCODE_HOST,
+    "google",
+    patterns=((r"/v1internal:(generatecontent|streamgeneratecontent)", _cloudcode_path),),
+)

@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
+from devmeter.providers.openai_chat import error_body
+from devmeter.providers.registry import WireFormat, register
 from devmeter.usage import Usage
 
 ENDED = frozenset({"completed", "expired", "cancelled", "failed"})
@@ -49,3 +51,16 @@ class BatchStatusParser(BaseParser):
             reasoning_tokens=reasoning,
             service_tier="batch",
         )
+
+
+# A Batch's status (a GET): it carries the usage once the batch has ended.
+register(
+    WireFormat(
+        "openai.batch",
+        "openai",
+        lambda endpoint, request, content_type: BatchStatusParser(request, content_type),
+        error_body,
+        bodyless=True,
+        methods=frozenset({"GET"}),
+    )
+)

@@ -14,7 +14,9 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from devmeter.providers import openai_rewrite
 from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
+from devmeter.providers.registry import Endpoint, WireFormat, register
 from devmeter.providers.request import flag, set_int, stream_facts
 from devmeter.usage import RequestInfo, Usage
 
@@ -168,3 +170,57 @@ class EmbeddingsParser(BaseParser):
         if self._usage is None:
             return None
         return Usage(input_tokens=as_int(self._usage.get("prompt_tokens")))
+
+
+# --- the wire formats -------------------------------------------------------------------
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    """OpenAI's error shape, which every OpenAI-compatible SDK reads. 403: devmeter refused
+    the call (a cap, a pause); else devmeter could not pass it on."""
+    if status == 403:
+        return {
+            "error": {
+                "message": message,
+                "type": "devmeter_budget_exceeded",
+                "param": None,
+                "code": "devmeter_blocked",
+            }
+        }
+    return {"error": {"message": message, "type": "devmeter_error", "param": None, "code": None}}
+
+
+def conversation(doc: dict[str, Any]) -> list[Any] | None:
+    messages = doc.get("messages")
+    return messages if isinstance(messages, list) else None
+
+
+def _chat_parser(endpoint: Endpoint, request: RequestInfo, content_type: str) -> ChatParser:
+    return ChatParser(request, content_type, provider=endpoint.provider)
+
+
+def _parse(doc: dict[str, Any], endpoint: Endpoint) -> RequestInfo:
+    return parse_request(doc, endpoint.path_model)
+
+
+register(
+    WireFormat(
+        "openai.chat",
+        "openai",
+        _chat_parser,
+        error_body,
+        parse_json=_parse,
+        conversation=conversation,
+        rewrite=openai_rewrite.adapt_chat,
+    )
+)
+register(WireFormat("openai.completions", "openai", _chat_parser, error_body, parse_json=_parse))
+register(
+    WireFormat(
+        "openai.embeddings",
+        "openai",
+        lambda endpoint, request, content_type: EmbeddingsParser(request, content_type),
+        error_body,
+        parse_json=lambda doc, endpoint: parse_embeddings_request(doc, endpoint.path_model),
+    )
+)

@@ -15,9 +15,12 @@ read from the form's `model` field.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from devmeter.providers.base import BaseParser, as_dict, as_int, as_str, error_text
+from devmeter.providers.openai_chat import error_body
+from devmeter.providers.registry import Endpoint, WireFormat, register
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
 # APIs whose requests may be multipart/form-data.
@@ -207,3 +210,64 @@ class RealtimeParser(BaseParser):
 
     def usage(self) -> Usage | None:
         return None
+
+
+# --- the wire formats -------------------------------------------------------------------
+
+
+def _form(endpoint: Endpoint, body: bytes) -> RequestInfo | None:
+    """A multipart/form-data request's facts; None for a JSON one."""
+    return parse_form_request(endpoint.api, body) if is_multipart(body) else None
+
+
+def _json(doc: dict[str, Any], endpoint: Endpoint) -> RequestInfo:
+    return parse_json_request(doc, endpoint.path_model)
+
+
+def _images_json(doc: dict[str, Any], endpoint: Endpoint) -> RequestInfo:
+    info = parse_json_request(doc, endpoint.path_model)
+    return replace(info, model=info.model or DEFAULT_MODELS["openai.images"])
+
+
+register(
+    WireFormat(
+        "openai.images",
+        "openai",
+        lambda endpoint, request, content_type: ImagesParser(request, content_type),
+        error_body,
+        parse_json=_images_json,
+        parse_bytes=lambda body, endpoint: _form(endpoint, body),
+    )
+)
+register(
+    WireFormat(
+        "openai.transcription",
+        "openai",
+        lambda endpoint, request, content_type: TranscriptionParser(request, content_type),
+        error_body,
+        parse_json=_json,
+        parse_bytes=lambda body, endpoint: _form(endpoint, body),
+    )
+)
+register(
+    WireFormat(
+        "openai.speech",
+        "openai",
+        lambda endpoint, request, content_type: SpeechParser(request, content_type),
+        error_body,
+        parse_json=_json,
+    )
+)
+# A WebSocket: wss://api.openai.com/v1/realtime?model=gpt-realtime, whatever the method.
+register(
+    WireFormat(
+        "openai.realtime",
+        "openai",
+        lambda endpoint, request, content_type: RealtimeParser(request, content_type),
+        error_body,
+        parse_json=_json,
+        bodyless=True,
+        methods=None,
+        query_model=True,
+    )
+)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from devmeter.providers import openai_rewrite
 from devmeter.providers.base import (
     ERROR_CAP,
     BaseParser,
@@ -25,7 +26,8 @@ from devmeter.providers.base import (
     as_str,
     error_text,
 )
-from devmeter.providers.openai_chat import output_with_reasoning
+from devmeter.providers.openai_chat import error_body, output_with_reasoning
+from devmeter.providers.registry import Endpoint, WireFormat, register
 from devmeter.providers.request import flag, set_int, stream_facts
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
@@ -228,3 +230,41 @@ class ResponsesParser(BaseParser):
 
     def usage(self) -> Usage | None:  # build() is overridden; kept for the base contract
         return self._last.usage if self._last else None
+
+
+# --- the wire formats -------------------------------------------------------------------
+
+
+def conversation(doc: dict[str, Any]) -> list[Any] | None:
+    """The input items; a one-string prompt is one user message."""
+    value = doc.get("input")
+    if isinstance(value, list):
+        return value
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    return None
+
+
+def _parser(endpoint: Endpoint, request: RequestInfo, content_type: str) -> ResponsesParser:
+    return ResponsesParser(request, content_type)
+
+
+def _parse(doc: dict[str, Any], endpoint: Endpoint) -> RequestInfo:
+    return parse_request(doc, endpoint.path_model)
+
+
+register(
+    WireFormat(
+        "openai.responses",
+        "openai",
+        _parser,
+        error_body,
+        parse_json=_parse,
+        # Codex CLI's Responses-over-WebSocket opens with a GET.
+        methods=frozenset({"POST", "GET"}),
+        conversation=conversation,
+        rewrite=openai_rewrite.adapt_responses,
+    )
+)
+# Codex's remote compaction of a long conversation: a paid Responses call, not routed.
+register(WireFormat("openai.compact", "openai", _parser, error_body, parse_json=_parse))

@@ -1,0 +1,192 @@
+"""The wire-format registry: one `WireFormat` object per API, and the hosts that serve them.
+
+Each provider module registers what it knows at import time (`register`, `register_host`):
+how its requests are read, which response parser concludes their usage, where its
+conversation is, what its errors look like and, for the formats routing may rewrite, the
+rewrite adapter. Everything else asks the registry (`wire_format(api)`) instead of
+branching on `endpoint.api` strings, so adding a provider is one new module and its
+import in `providers/__init__.py`.
+
+Pure data and lookups: no parsing here, and nothing above `providers/` is imported.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from devmeter.usage import RequestInfo
+
+if TYPE_CHECKING:
+    from devmeter.model_limits import ModelSpec
+    from devmeter.providers.base import ResponseParser
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A metered API endpoint: who bills it, and which wire format it speaks."""
+
+    provider: str  # genai-prices provider id
+    api: str  # wire format: anthropic.messages, openai.chat, openai.responses, ...
+    path_model: str | None = None  # the model named in the URL (Gemini)
+    free: bool = False  # count_tokens: recorded at $0
+    stream: bool = False  # the URL itself asks for a stream (Gemini)
+
+
+# (body, headers, target's spec, provider, target model, changes): adapts the body and
+# headers in place to what the target takes, appending each change as ledger text;
+# raises IncompatibleRequest (providers/rewrite_common.py) when no rewrite can keep it.
+RewriteAdapter = Callable[[dict[str, Any], dict[str, str], "ModelSpec", str, str, list[str]], None]
+# (status, message) -> the JSON error body this API's clients read.
+ErrorBody = Callable[[int, str], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class WireFormat:
+    """One API's wire format: everything devmeter knows about its requests and answers."""
+
+    name: str  # the `Endpoint.api` it serves: "anthropic.messages"
+    family: str  # whose error shapes its clients read: "anthropic", "openai", "gemini"
+    # A response parser for one call: (endpoint, request, content type).
+    response_parser: Callable[[Endpoint, RequestInfo, str], ResponseParser]
+    error_body: ErrorBody
+    # The request's facts from its parsed JSON body; None: it has no JSON body to read.
+    parse_json: Callable[[dict[str, Any], Endpoint], RequestInfo] | None = None
+    # A reader of the raw body, tried before JSON (protobuf, multipart forms): its
+    # RequestInfo, or None to read the body as JSON.
+    parse_bytes: Callable[[bytes, Endpoint], RequestInfo | None] | None = None
+    # A call made with a GET (a WebSocket, a batch read): an empty body is no error.
+    bodyless: bool = False
+    # Methods a request to it may use; None: any (the URL alone makes it a call).
+    methods: frozenset[str] | None = frozenset({"POST"})
+    # The model is in the URL's query (`?model=`), as Realtime's WebSocket URL has it.
+    query_model: bool = False
+    # The conversation items of a parsed body (whose blocks may be images, whose last
+    # turn a loop repeats); None: the body holds no conversation.
+    conversation: Callable[[dict[str, Any]], list[Any] | None] | None = None
+    # Adapts a request to another model of the same provider; None: not rewritable.
+    rewrite: RewriteAdapter | None = None
+
+
+Matcher = Callable[["re.Match[str]"], Endpoint]
+
+
+@dataclass
+class HostRoutes:
+    """The metered paths of one host: exact (normalised) paths first, then patterns."""
+
+    host: str
+    provider: str  # who bills the host's calls; the provider of its refusals
+    exact: dict[str, Endpoint] = field(default_factory=dict)
+    patterns: list[tuple[re.Pattern[str], Matcher]] = field(default_factory=list)
+
+    def match(self, path: str) -> Endpoint | None:
+        endpoint = self.exact.get(path)
+        if endpoint is not None:
+            return endpoint
+        for pattern, build in self.patterns:
+            m = pattern.fullmatch(path)
+            if m is not None:
+                return build(m)
+        return None
+
+
+_FORMATS: dict[str, WireFormat] = {}
+_HOSTS: dict[str, HostRoutes] = {}
+_FAMILY_ERRORS: dict[str, ErrorBody] = {}
+
+
+def register(wire: WireFormat) -> WireFormat:
+    """Make a wire format known; the first of a family also gives the family's error shape
+    (for refusals of paths devmeter does not meter: `anthropic.unmetered`, ...)."""
+    _FORMATS[wire.name] = wire
+    _FAMILY_ERRORS.setdefault(wire.family, wire.error_body)
+    return wire
+
+
+def register_host(
+    host: str,
+    provider: str,
+    paths: dict[str, str] | None = None,
+    *,
+    free: frozenset[str] = frozenset(),
+    patterns: tuple[tuple[str, Matcher], ...] = (),
+) -> HostRoutes:
+    """Meter `host`: each exact path in `paths` calls its API (billed by `provider`; the
+    APIs in `free` at $0), then each (regex, build) of `patterns` in order. Registering a
+    host again adds to it."""
+    routes = _HOSTS.setdefault(host, HostRoutes(host, provider))
+    for path, api in (paths or {}).items():
+        routes.exact[path] = Endpoint(provider, api, free=api in free)
+    for regex, build in patterns:
+        routes.patterns.append((re.compile(regex), build))
+    return routes
+
+
+def fixed(endpoint: Endpoint) -> Matcher:
+    """A pattern's matcher that always gives `endpoint` (built once, shared by every call)."""
+    return lambda _match: endpoint
+
+
+def unregister(name: str) -> None:
+    """Forget a wire format (tests register toy ones)."""
+    _FORMATS.pop(name, None)
+
+
+def unregister_host(host: str) -> None:
+    _HOSTS.pop(host, None)
+
+
+def wire_format(api: str) -> WireFormat | None:
+    return _FORMATS.get(api)
+
+
+def host_routes(host: str) -> HostRoutes | None:
+    """The routes of a normalised host name, or None for a host devmeter does not meter."""
+    return _HOSTS.get(host)
+
+
+def hosts() -> tuple[str, ...]:
+    """Every metered host, in the order they were registered."""
+    return tuple(_HOSTS)
+
+
+def formats() -> Iterator[WireFormat]:
+    return iter(tuple(_FORMATS.values()))
+
+
+def family(api: str) -> str:
+    """The family of an API's error shapes: its wire format's, else its name's prefix
+    (`gemini.unmetered` -> gemini; Google's APIs read Gemini's errors)."""
+    wire = _FORMATS.get(api)
+    if wire is not None:
+        return wire.family
+    prefix = api.split(".", 1)[0]
+    return "gemini" if prefix == "google" else prefix
+
+
+def error_body(api: str, status: int, message: str) -> dict[str, Any]:
+    """An error in the shape the client's SDK reads for `api` (OpenAI's for APIs of no
+    known family: every OpenAI-compatible SDK reads it)."""
+    wire = _FORMATS.get(api)
+    shape = wire.error_body if wire is not None else _FAMILY_ERRORS.get(family(api))
+    if shape is None:
+        shape = _FAMILY_ERRORS["openai"]
+    return shape(status, message)
+
+
+def any_conversation(doc: dict[str, Any]) -> list[Any] | None:
+    """The conversation of a body whose API is not known here (the loop fingerprint's
+    view): the first registered format's view that finds one."""
+    seen: set[int] = set()
+    for wire in tuple(_FORMATS.values()):
+        view = wire.conversation
+        if view is None or id(view) in seen:
+            continue
+        seen.add(id(view))
+        items = view(doc)
+        if items is not None:
+            return items
+    return None
