@@ -12,7 +12,7 @@ from decimal import Decimal
 
 from devmeter import tokens
 from devmeter.pricing import Price, PriceOverride, price
-from devmeter.providers import Endpoint, effective_endpoint
+from devmeter.providers import Endpoint, effective_endpoint, wire_format
 from devmeter.providers.base import scrub
 from devmeter.usage import (
     MAX_COST_USD,
@@ -57,9 +57,10 @@ def conclude_usage(
     )
 
 
-# APIs whose answers may carry no usage at all, and whose cost cannot be estimated from
-# text: a call of theirs without usage is unpriced, not $0.
-NO_USAGE_ON_WIRE = frozenset({"openai.images", "openai.speech", "openai.transcription"})
+def _estimable(api: str) -> bool:
+    """Whether a call of `api` without usage can be estimated (its wire format says)."""
+    wire = wire_format(api)
+    return wire is None or wire.estimable
 
 
 def _billed_nothing(usage: Usage, status: int | None) -> bool:
@@ -97,7 +98,7 @@ def build_call(
     elif _billed_nothing(usage, status):
         # A refused or failed call that used no tokens costs nothing, priced model or not.
         priced = Price(Decimal(0), "not billed")
-    elif result.usage is None and endpoint.api in NO_USAGE_ON_WIRE:
+    elif result.usage is None and not _estimable(endpoint.api):
         # The API reports nothing to price from (speech audio, DALL-E images): recorded
         # unpriced, so reports flag it rather than count it as $0.
         priced = Price(None, None)

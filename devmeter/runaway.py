@@ -42,6 +42,7 @@ from devmeter.budget import Advice
 from devmeter.config_error import ConfigError
 from devmeter.config_values import config_usd, reject_unknown
 from devmeter.money import ZERO, format_usd
+from devmeter.providers.registry import any_conversation
 from devmeter.session_table import RUNAWAY_PART, SessionTable, session_key
 from devmeter.usage import Call
 
@@ -336,17 +337,9 @@ def _last_turn(items: list[Any], limit: int = 8) -> list[Any]:
 
 
 def _conversation(body: Mapping[str, Any]) -> list[Any] | None:
-    """The message list of an Anthropic, OpenAI chat, Responses or Gemini body."""
-    for name in ("messages", "input", "contents"):
-        value = body.get(name)
-        if isinstance(value, list):
-            return value
-        if name == "input" and isinstance(value, str):  # Responses' one-string prompt
-            return [{"role": "user", "content": value}]
-    request = body.get("request")  # Gemini CLI's Code Assist envelope
-    if isinstance(request, Mapping):
-        return _conversation(request)
-    return None
+    """The message list of a body of any wire format with a conversation (Anthropic, OpenAI
+    chat, Responses, Gemini, ...): its view in the providers' registry."""
+    return any_conversation(body if isinstance(body, dict) else dict(body))
 
 
 def request_fingerprint(

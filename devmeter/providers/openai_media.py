@@ -133,7 +133,7 @@ class TranscriptionParser(BaseParser):
 
 
 class SpeechParser(BaseParser):
-    """Audio bytes back, no usage: the row is unpriced (see metering.NO_USAGE_ON_WIRE)."""
+    """Audio bytes back, no usage: the row is unpriced (its WireFormat is not estimable)."""
 
     def on_event(self, name: str | None, obj: Any) -> None:
         if isinstance(obj, dict) and obj.get("error"):
@@ -237,6 +237,7 @@ register(
         error_body,
         parse_json=_images_json,
         parse_bytes=lambda body, endpoint: _form(endpoint, body),
+        estimable=False,
     )
 )
 register(
@@ -247,6 +248,7 @@ register(
         error_body,
         parse_json=_json,
         parse_bytes=lambda body, endpoint: _form(endpoint, body),
+        estimable=False,
     )
 )
 register(
@@ -256,6 +258,7 @@ register(
         lambda endpoint, request, content_type: SpeechParser(request, content_type),
         error_body,
         parse_json=_json,
+        estimable=False,
     )
 )
 # A WebSocket: wss://api.openai.com/v1/realtime?model=gpt-realtime, whatever the method.

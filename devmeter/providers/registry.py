@@ -68,6 +68,9 @@ class WireFormat:
     conversation: Callable[[dict[str, Any]], list[Any] | None] | None = None
     # Adapts a request to another model of the same provider; None: not rewritable.
     rewrite: RewriteAdapter | None = None
+    # Whether an answer without usage can be estimated from its text. False for APIs whose
+    # answers are audio or images: a call of theirs without usage is unpriced, not $0.
+    estimable: bool = True
 
 
 Matcher = Callable[["re.Match[str]"], Endpoint]
@@ -96,6 +99,16 @@ class HostRoutes:
 _FORMATS: dict[str, WireFormat] = {}
 _HOSTS: dict[str, HostRoutes] = {}
 _FAMILY_ERRORS: dict[str, ErrorBody] = {}
+# The distinct conversation views, in registration order (asked on every request).
+_VIEWS: list[Callable[[dict[str, Any]], list[Any] | None]] = []
+
+
+def _refresh_views() -> None:
+    views = []
+    for wire in _FORMATS.values():
+        if wire.conversation is not None and wire.conversation not in views:
+            views.append(wire.conversation)
+    _VIEWS[:] = views
 
 
 def register(wire: WireFormat) -> WireFormat:
@@ -103,6 +116,7 @@ def register(wire: WireFormat) -> WireFormat:
     (for refusals of paths devmeter does not meter: `anthropic.unmetered`, ...)."""
     _FORMATS[wire.name] = wire
     _FAMILY_ERRORS.setdefault(wire.family, wire.error_body)
+    _refresh_views()
     return wire
 
 
@@ -133,6 +147,7 @@ def fixed(endpoint: Endpoint) -> Matcher:
 def unregister(name: str) -> None:
     """Forget a wire format (tests register toy ones)."""
     _FORMATS.pop(name, None)
+    _refresh_views()
 
 
 def unregister_host(host: str) -> None:
@@ -180,12 +195,7 @@ def error_body(api: str, status: int, message: str) -> dict[str, Any]:
 def any_conversation(doc: dict[str, Any]) -> list[Any] | None:
     """The conversation of a body whose API is not known here (the loop fingerprint's
     view): the first registered format's view that finds one."""
-    seen: set[int] = set()
-    for wire in tuple(_FORMATS.values()):
-        view = wire.conversation
-        if view is None or id(view) in seen:
-            continue
-        seen.add(id(view))
+    for view in _VIEWS:
         items = view(doc)
         if items is not None:
             return items

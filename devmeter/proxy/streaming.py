@@ -24,6 +24,7 @@ from typing import Any
 
 from mitmproxy import http
 
+from devmeter import providers
 from devmeter.decoding import decode_bounded, decoder_for
 from devmeter.providers import Endpoint, ResponseParser, parse_request_doc
 from devmeter.usage import RequestInfo, ResponseResult, Usage
@@ -193,12 +194,8 @@ def restore_replacement(flow: http.HTTPFlow) -> None:
 
 
 def error_body(api: str, status: int, message: str) -> dict[str, Any]:
-    """An error in the shape the client's SDK reads for `api`."""
-    if api.startswith("anthropic"):
-        return {"type": "error", "error": {"type": "api_error", "message": message}}
-    if api.startswith("gemini") or api.startswith("google"):
-        return {"error": {"code": status, "message": message, "status": "UNAVAILABLE"}}
-    return {"error": {"message": message, "type": "devmeter_error", "param": None, "code": None}}
+    """An error in the shape the client's SDK reads for `api` (its wire format's)."""
+    return providers.error_body(api, status, message)
 
 
 def fallback_body_too_large(response: http.Response) -> bool:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from devmeter import model_limits, pricing
 from devmeter.config_error import ConfigError
 from devmeter.config_values import reject_unknown
+from devmeter.providers import registry
 
 if TYPE_CHECKING:
     from devmeter.routing.decision import RouteContext
@@ -27,9 +28,10 @@ MODES = ("off", "shadow", "on")
 Mode = Literal["off", "shadow", "on"]
 Applied = Literal["routed", "shadow"]
 
-# Wire formats whose model is a field of the JSON body. Gemini, Bedrock and Vertex
-# name the model in the URL path, which a body rewrite cannot change.
-REWRITABLE_ENDPOINTS = ("anthropic.messages", "openai.chat", "openai.responses")
+# Wire formats whose model is a field of the JSON body: those with a rewrite adapter in
+# the registry. Gemini, Bedrock and Vertex name the model in the URL path, which a body
+# rewrite cannot change.
+REWRITABLE_ENDPOINTS = tuple(wire.name for wire in registry.formats() if wire.rewrite is not None)
 
 # Request classes a rule may name. Claude Code sends x-claude-code-request-class:
 # main (a turn of the main conversation), subagent, workflow, compaction (the
