@@ -16,6 +16,7 @@ from devmeter import providers
 from devmeter.model_limits import ModelSpec
 from devmeter.providers import registry
 from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
+from devmeter.providers.paths import READ, free_rules
 from devmeter.providers.registry import Endpoint, WireFormat
 from devmeter.proxy import streaming
 from devmeter.proxy.meter import Meter
@@ -96,7 +97,13 @@ ACME = WireFormat(
 def acme() -> Iterator[WireFormat]:
     """The toy module's two registry lines, undone after the test."""
     registry.register(ACME)
-    registry.register_host(HOST, "openai", {"/v2/generate": API})
+    registry.register_host(
+        HOST,
+        "openai",
+        {"/v2/generate": API},
+        family="acme",
+        free_paths=free_rules((READ, r"/v2/models")),
+    )
     try:
         yield ACME
     finally:
@@ -183,6 +190,15 @@ def test_the_toys_views_reach_routing_errors_and_loop_detection(acme: WireFormat
     assert streaming.error_body(API, 502, "upstream gone") == {
         "acme_error": {"status": 502, "text": "upstream gone"}
     }
+    # A pause or a cap lets its free paths through, and refuses the rest in its shape.
+    assert providers.costs_nothing(HOST, "GET", "/v2/models")
+    assert not providers.costs_nothing(HOST, "POST", "/v2/generate")
+    assert not providers.costs_nothing(HOST, "POST", "/v2/finetune")  # default deny
+    refused = providers.unmetered_endpoint(HOST)
+    assert (refused.provider, refused.api) == ("openai", "acme.unmetered")
+    assert providers.error_body(refused.api, 403, "paused") == {
+        "acme_error": {"status": 403, "text": "paused"}
+    }
     # Its rewrite adapter, which routing reaches through the registry.
     body, _, changes = adapt_request(REQUEST, {}, API, "gpt-5-mini", provider="openai")
     assert body["model"] == "gpt-5-mini" and "creativity" not in body
@@ -197,6 +213,8 @@ def test_the_toys_views_reach_routing_errors_and_loop_detection(acme: WireFormat
 def test_unregistered_it_is_gone() -> None:
     assert registry.wire_format(API) is None
     assert providers.match_endpoint(HOST, "POST", "/v2/generate") is None
+    assert providers.costs_nothing(HOST, "POST", "/v2/generate")  # not a host devmeter knows
+    assert "error" in providers.error_body("acme.unmetered", 403, "x")  # OpenAI's shape
     assert request_fingerprint({"turns": [1]}, key=b"k" * 16) == request_fingerprint(
         {"turns": [2]}, key=b"k" * 16
     )  # no view reads "turns" now: both have no conversation

@@ -13,6 +13,7 @@ from typing import Any
 
 from devmeter.providers import anthropic_rewrite
 from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
+from devmeter.providers.paths import READ, free_rules
 from devmeter.providers.registry import Endpoint, WireFormat, register, register_host
 from devmeter.providers.request import flag, set_int
 from devmeter.usage import RequestInfo, Usage
@@ -245,4 +246,17 @@ register_host(
     "anthropic",
     {"/v1/messages": "anthropic.messages", "/v1/messages/count_tokens": "anthropic.count_tokens"},
     free=frozenset({"anthropic.count_tokens"}),
+    family="anthropic",
+    free_paths=free_rules(
+        (READ, r"/"),
+        (READ, r"/v1/models(/[^/]+)?"),
+        (READ + " POST DELETE", r"/v1/files(/.*)?"),  # uploads, listing, downloads: no charge
+        (READ, r"/v1/messages/batches(/[^/]+(/results)?)?"),  # status reads, results
+        ("POST", r"/v1/messages/batches/[^/]+/cancel"),
+        ("DELETE", r"/v1/messages/batches/[^/]+"),
+        ("POST", r"/v1/messages/count_tokens"),
+        # Claude Code's own side calls: settings, feature flags, telemetry, MCP registry.
+        (READ + " POST", r"/api(/.*)?"),
+        (READ, r"/mcp-registry(/.*)?"),
+    ),
 )

@@ -39,12 +39,18 @@ import zstandard
 from devmeter import pricing, tokens
 from devmeter.providers.base import ERROR_CAP, TEXT_CAP, TextBuffer, error_text
 from devmeter.providers.openai_chat import error_body
-from devmeter.providers.paths import CURSOR_CHAT_PATH
 from devmeter.providers.registry import Endpoint, WireFormat, fixed, register, register_host
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
 # Keys of RequestInfo.facts this module fills.
 HOST = "api2.cursor.sh"
+# Cursor's editor talks to one host for everything (settings, indexing, Tab): only the
+# chat devmeter meters is gated; the rest is its editor's backend, billed by plan.
+CHAT_PATH = re.compile(
+    r"/aiserver\.v1\.chatservice/streamunifiedchat\w*"
+    r"|/aiserver\.v1\.aiservice/stream(?:chat|composer|edit)\w*"
+    r"|/agent\.v1\.agentservice/run(?:sse)?"
+)
 FACT_PROVIDER = "provider"  # the model's maker (genai-prices provider id), or "cursor"
 FACT_PRICE_MODEL = "price_model"  # the genai-prices model id the Cursor name resolved to
 FACT_REQUEST_ID = "cursor_request_id"  # a bidi request id (SSE variants carry only that)
@@ -746,5 +752,6 @@ register(
 register_host(
     HOST,
     "cursor",
-    patterns=((CURSOR_CHAT_PATH.pattern, fixed(Endpoint("cursor", "cursor.chat", stream=True))),),
+    patterns=((CHAT_PATH.pattern, fixed(Endpoint("cursor", "cursor.chat", stream=True))),),
+    gate=(frozenset({"POST"}), CHAT_PATH),  # nothing else there is paid per call
 )

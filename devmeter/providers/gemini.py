@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
+from devmeter.providers.paths import READ, free_rules
 from devmeter.providers.registry import Endpoint, WireFormat, register, register_host
 from devmeter.providers.request import flag, set_int
 from devmeter.tokens import estimate_tokens
@@ -245,9 +246,29 @@ register_host(
             _api_path,
         ),
     ),
+    family="gemini",
+    free_paths=free_rules(
+        (READ, r"/v1\w*/models(/[^/:]+)?"),
+        (READ + " DELETE", r"/v1\w*/(files|cachedcontents|operations|batches|tunedmodels)(/.*)?"),
+        ("POST", r"/(upload/)?v1\w*/files(:register)?"),
+        ("POST", r"/v1\w*/models/[^/:]+:counttokens"),
+        ("POST", r"/v1\w*/batches/[^/:]+:cancel"),
+        (READ, r"/download/.*"),
+    ),
 )
+# Gemini CLI's Code Assist: its setup, quota and settings calls are free; generation is paid.
 register_host(
     CLOUDCODE_HOST,
     "google",
     patterns=((r"/v1internal:(generatecontent|streamgeneratecontent)", _cloudcode_path),),
+    family="gemini",
+    free_paths=free_rules(
+        (READ, r"/v1internal(/.*)?"),  # long-running operation polls
+        (
+            "POST",
+            r"/v1internal:(loadcodeassist|onboarduser|counttokens|listexperiments"
+            r"|retrieveuserquota|recordcodeassistmetrics|fetchadmincontrols"
+            r"|getcodeassistglobalusersetting|setcodeassistglobalusersetting|listmodels)",
+        ),
+    ),
 )

@@ -8,7 +8,25 @@ one more `register_host` here.
 
 from __future__ import annotations
 
+import re
+
+from devmeter.providers.paths import READ, free_rules
 from devmeter.providers.registry import Endpoint, fixed, register_host
+
+# OpenAI-compatible APIs, under their own prefixes: reads of models, files and batches,
+# and each one's account reads (OpenRouter's credits and generation stats, DeepSeek's
+# balance).
+COMPATIBLE_FREE = free_rules(
+    (READ, r"(/api|/openai)?(/v1)?/models(/.*)?"),
+    (READ + " DELETE", r"(/api|/openai)?(/v1)?/files(/.*)?"),
+    ("POST", r"(/api|/openai)?(/v1)?/files"),
+    (READ, r"(/api|/openai)?(/v1)?/batches(/[^/]+)?"),
+    ("POST", r"(/api|/openai)?(/v1)?/batches/[^/]+/cancel"),
+    (READ, r"/api/v1/(credits|generation|key|auth/key|providers)(/.*)?"),
+    (READ, r"/user/balance"),
+    ("POST", r"/v1/tokenize-text"),  # xAI
+)
+
 
 register_host(
     "api.openai.com",
@@ -30,8 +48,24 @@ register_host(
     },
     # A Batch's status: it carries the usage once the batch has ended.
     patterns=((r"/v1/batches/[^/]+", fixed(Endpoint("openai", "openai.batch"))),),
+    family="openai",
+    free_paths=free_rules(
+        (READ, r"/v1/models(/[^/]+)?"),
+        (READ + " POST DELETE", r"/v1/files(/.*)?"),
+        (READ + " POST", r"/v1/uploads(/.*)?"),
+        (READ, r"/v1/batches(/[^/]+)?"),
+        ("POST", r"/v1/batches/[^/]+/cancel"),
+        (READ + " DELETE", r"/v1/responses/[^/]+(/input_items)?"),
+        ("POST", r"/v1/responses/[^/]+/cancel"),
+        ("POST", r"/v1/responses/input_tokens"),  # token counting
+        (READ + " DELETE", r"/v1/chat/completions(/[^/]+(/messages)?)?"),  # stored completions
+        ("POST", r"/v1/moderations"),  # free of charge at OpenAI
+        (READ, r"/v1/(fine_tuning|organization|conversations|vector_stores|containers)(/.*)?"),
+        ("POST", r"/v1/fine_tuning/jobs/[^/]+/cancel"),
+    ),
 )
-# Codex CLI signed in with a ChatGPT account.
+# Codex CLI signed in with a ChatGPT account. chatgpt.com is a website as well as Codex's
+# API: only Codex's backend is gated, and its reads (model lists, settings) are free.
 register_host(
     "chatgpt.com",
     "openai",
@@ -39,6 +73,9 @@ register_host(
         "/backend-api/codex/responses": "openai.responses",
         "/backend-api/codex/responses/compact": "openai.compact",
     },
+    family="openai",
+    free_paths=free_rules((READ, r"/backend-api/codex(/.*)?")),
+    gate=(frozenset(), re.compile(r"/backend-api/codex(/.*)?")),  # any method
 )
 register_host(
     "openrouter.ai",
@@ -48,6 +85,8 @@ register_host(
         "/api/v1/completions": "openai.completions",
         "/api/v1/embeddings": "openai.embeddings",
     },
+    family="openai",
+    free_paths=COMPATIBLE_FREE,
 )
 register_host(
     "api.deepseek.com",
@@ -57,6 +96,8 @@ register_host(
         "/v1/chat/completions": "openai.chat",
         "/beta/completions": "openai.completions",  # fill in the middle
     },
+    family="openai",
+    free_paths=COMPATIBLE_FREE,
 )
 register_host(
     "api.groq.com",
@@ -67,6 +108,8 @@ register_host(
         "/openai/v1/audio/transcriptions": "openai.transcription",
         "/openai/v1/audio/translations": "openai.transcription",
     },
+    family="openai",
+    free_paths=COMPATIBLE_FREE,
 )
 register_host(
     "api.mistral.ai",
@@ -76,6 +119,8 @@ register_host(
         "/v1/fim/completions": "openai.chat",  # same response shape
         "/v1/embeddings": "openai.embeddings",
     },
+    family="openai",
+    free_paths=COMPATIBLE_FREE,
 )
 register_host(
     "api.x.ai",
@@ -87,4 +132,6 @@ register_host(
         "/v1/embeddings": "openai.embeddings",
         "/v1/images/generations": "openai.images",
     },
+    family="openai",
+    free_paths=COMPATIBLE_FREE,
 )

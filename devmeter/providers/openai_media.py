@@ -23,8 +23,6 @@ from devmeter.providers.openai_chat import error_body
 from devmeter.providers.registry import Endpoint, WireFormat, register
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
-# APIs whose requests may be multipart/form-data.
-MULTIPART_APIS = frozenset({"openai.images", "openai.transcription"})
 # What OpenAI uses when a request names no model.
 DEFAULT_MODELS = {"openai.images": "dall-e-2"}
 

@@ -74,16 +74,24 @@ class WireFormat:
 
 
 Matcher = Callable[["re.Match[str]"], Endpoint]
+# (methods, regex over the normalised path): a free path, or a host's API (its gate).
+PathRule = tuple[frozenset[str], "re.Pattern[str]"]
 
 
 @dataclass
 class HostRoutes:
-    """The metered paths of one host: exact (normalised) paths first, then patterns."""
+    """One host: its metered paths (exact normalised paths first, then patterns), and what
+    a pause or a cap lets through (paths.costs_nothing)."""
 
     host: str
     provider: str  # who bills the host's calls; the provider of its refusals
     exact: dict[str, Endpoint] = field(default_factory=dict)
     patterns: list[tuple[re.Pattern[str], Matcher]] = field(default_factory=list)
+    # The error shape of a refused request to a path it does not meter; None: no JSON one.
+    family: str | None = None
+    free: tuple[PathRule, ...] = ()  # requests that cost nothing (default deny)
+    # The host's API (no methods: any method); None: all of it. Outside it: free.
+    gate: PathRule | None = None
 
     def match(self, path: str) -> Endpoint | None:
         endpoint = self.exact.get(path)
@@ -103,20 +111,24 @@ _FAMILY_ERRORS: dict[str, ErrorBody] = {}
 _VIEWS: list[Callable[[dict[str, Any]], list[Any] | None]] = []
 
 
-def _refresh_views() -> None:
+def _refresh() -> None:
+    """The views and family error shapes, from the formats registered, in order."""
     views = []
+    errors: dict[str, ErrorBody] = {}
     for wire in _FORMATS.values():
         if wire.conversation is not None and wire.conversation not in views:
             views.append(wire.conversation)
+        errors.setdefault(wire.family, wire.error_body)
     _VIEWS[:] = views
+    _FAMILY_ERRORS.clear()
+    _FAMILY_ERRORS.update(errors)
 
 
 def register(wire: WireFormat) -> WireFormat:
     """Make a wire format known; the first of a family also gives the family's error shape
     (for refusals of paths devmeter does not meter: `anthropic.unmetered`, ...)."""
     _FORMATS[wire.name] = wire
-    _FAMILY_ERRORS.setdefault(wire.family, wire.error_body)
-    _refresh_views()
+    _refresh()
     return wire
 
 
@@ -127,11 +139,17 @@ def register_host(
     *,
     free: frozenset[str] = frozenset(),
     patterns: tuple[tuple[str, Matcher], ...] = (),
+    family: str | None = None,
+    free_paths: tuple[PathRule, ...] = (),
+    gate: PathRule | None = None,
 ) -> HostRoutes:
     """Meter `host`: each exact path in `paths` calls its API (billed by `provider`; the
-    APIs in `free` at $0), then each (regex, build) of `patterns` in order. Registering a
-    host again adds to it."""
+    APIs in `free` at $0), then each (regex, build) of `patterns` in order. `family`,
+    `free_paths` and `gate`: see HostRoutes. Registering a host again adds to it."""
     routes = _HOSTS.setdefault(host, HostRoutes(host, provider))
+    routes.family = family or routes.family
+    routes.free = routes.free + free_paths
+    routes.gate = gate or routes.gate
     for path, api in (paths or {}).items():
         routes.exact[path] = Endpoint(provider, api, free=api in free)
     for regex, build in patterns:
@@ -147,7 +165,7 @@ def fixed(endpoint: Endpoint) -> Matcher:
 def unregister(name: str) -> None:
     """Forget a wire format (tests register toy ones)."""
     _FORMATS.pop(name, None)
-    _refresh_views()
+    _refresh()
 
 
 def unregister_host(host: str) -> None:
