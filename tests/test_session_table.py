@@ -150,3 +150,18 @@ def test_the_table_stays_bounded_with_100k_distinct_sessions() -> None:
     for i in range(1000):
         finished(guard, router, call(NOW + 2000 + i, "0.01", who(None)))
     assert table.by_recency()[-1] == "claude-code@/src/acme" and len(table) == 1000
+
+
+def test_a_session_cap_still_holds_after_a_long_pause_and_a_reload_sets_the_idle_time() -> None:
+    table = SessionTable()
+    guard = Guard(parse_budgets({"session": {"block_usd": 5}}), RunawayConfig(), sessions=table)
+    guard.observe(call(NOW, "6", who("capped")), None, None)
+    assert not guard.check(who("capped"), NOW + 60).allowed
+
+    later = NOW + 5 * 3600  # back from a long pause: the windows go, the spend stays
+    guard.observe(call(later, "0.01", who("other")), None, None)  # sweeps the idle ones
+    assert guard.runaway.burn("capped", later) is None
+    assert not guard.check(who("capped"), later).allowed
+
+    guard.reconfigure(guard.budgets.budgets, RunawayConfig(idle_evict_minutes=30))
+    assert table.idle_seconds == 30 * 60
