@@ -11,6 +11,8 @@ from devmeter.alerts import Alert
 from devmeter.budget import Budgets, BudgetTracker, ScopeBudget, parse_budgets
 from devmeter.config_error import ConfigError
 from devmeter.money import format_usd
+from devmeter.providers import error_body
+from devmeter.providers.refusal import refusal
 from devmeter.usage import Attribution, Call, Usage
 
 D = Decimal
@@ -301,16 +303,15 @@ def test_block_error_bodies_look_like_each_providers_own():
     replay(t, ["2"])
     block = t.check(ACME, T0)
     assert block is not None
-    status, body = block.error_response("anthropic.messages")
-    assert status == 403  # not 429: clients retry those
+    body = error_body("anthropic.messages", 403, block.message)  # 403, not 429: retried
     assert body == {
         "type": "error",
         "error": {"type": "permission_error", "message": block.message},
     }
-    status, body = block.error_response("openai.responses")
+    body = error_body("openai.responses", 403, block.message)
     assert body["error"]["message"] == block.message
     assert body["error"]["code"] == "devmeter_blocked"
-    status, body = block.error_response("gemini.generate_content")
+    body = error_body("gemini.generate_content", 403, block.message)
     assert body["error"]["status"] == "PERMISSION_DENIED"
 
 
@@ -322,18 +323,18 @@ def test_refusals_are_shaped_per_client_so_none_retries():
     replay(t, ["2"])
     block = t.check(ACME, T0)
     assert block is not None
-    claude = block.refusal("anthropic.messages", "claude-code")
+    claude = refusal("anthropic.messages", "claude-code", block.message)
     assert claude.status == 402 and claude.headers["x-should-retry"] == "false"
     assert json.loads(claude.body)["error"] == {"type": "billing_error", "message": block.message}
-    codex = block.refusal("openai.responses", "codex")
+    codex = refusal("openai.responses", "codex", block.message)
     assert codex.status == 400 and codex.body == block.message.encode()
     assert codex.headers["content-type"].startswith("text/plain")
     assert codex.websocket_event["status"] == 400
     assert codex.websocket_event["error"]["message"] == block.message
-    sdk = block.refusal("openai.chat", "openai-sdk-python")
+    sdk = refusal("openai.chat", "openai-sdk-python", block.message)
     assert sdk.status == 403 and json.loads(sdk.body)["error"]["code"] == "devmeter_blocked"
     assert sdk.websocket_event["type"] == "error"
-    gemini = block.refusal("gemini.generate_content", "gemini-cli")
+    gemini = refusal("gemini.generate_content", "gemini-cli", block.message)
     assert gemini.status == 403
 
 

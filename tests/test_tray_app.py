@@ -26,6 +26,7 @@ from devmeter.budget import Budgets, BudgetTracker, ScopeBudget
 from devmeter.config import TEMPLATE, Config
 from devmeter.ledger import INSERT_ALERT, alert_row, connect, connect_readonly, write_calls
 from devmeter.paths import paths
+from devmeter.providers.refusal import refusal
 from devmeter.tray.app import TrayApp, display_problem, report_text
 from devmeter.tray.headless import LiveLine, run_headless, status_line
 from devmeter.tray.menu import CapRow, MenuItem, TraySnapshot
@@ -141,7 +142,7 @@ def cap_refusal(ts: float) -> Call:
     tracker.seed({("session", "s-live"): D("5.10")}, ts)
     block = tracker.check(Attribution(tool="claude-code", session="s-live", repo="/src"), ts)
     assert block is not None and block.message.startswith("devmeter:")
-    status = block.refusal("anthropic.messages", "claude-code").status  # what the proxy sends
+    status = refusal("anthropic.messages", "claude-code", block.message).status  # as the proxy
     return replace(call(ts, "0", status=status, error=block.message), **block.ledger_fields())
 
 

@@ -9,6 +9,7 @@ from mitmproxy import http
 
 from devmeter.alerts import Block
 from devmeter.providers import costs_nothing, cursor, normalise_host, normalise_path
+from devmeter.providers.refusal import refusal
 from devmeter.proxy import streaming
 from devmeter.proxy.flow_state import FlowState
 
@@ -38,5 +39,5 @@ def refuse(flow: http.HTTPFlow, state: FlowState, block: Block) -> None:
             {"content-type": "application/connect+proto"},
         )
         return
-    refusal = block.refusal(state.endpoint.api, state.attribution.tool)
-    flow.response = http.Response.make(refusal.status, refusal.body, refusal.headers)
+    answer = refusal(state.endpoint.api, state.attribution.tool, block.message)
+    flow.response = http.Response.make(answer.status, answer.body, answer.headers)

@@ -18,6 +18,7 @@ from devmeter import metering
 from devmeter.alerts import Block
 from devmeter.ask import Ask
 from devmeter.providers import new_response_parser, parse_request_doc
+from devmeter.providers.refusal import refusal
 from devmeter.proxy import streaming
 from devmeter.proxy.ask_stage import AskStage
 from devmeter.proxy.billing_reading import scan_ws_message
@@ -207,7 +208,7 @@ class WebSocketTurns:
             if _turns(state).refused and not asks:
                 return
             _turns(state).refused = True
-        event = block.refusal(state.endpoint.api, state.attribution.tool).websocket_event
+        event = refusal(state.endpoint.api, state.attribution.tool, block.message).websocket_event
         ctx.master.commands.call("inject.websocket", flow, True, json.dumps(event).encode())
         status = event.get("status")
         if realtime:
