@@ -137,10 +137,6 @@ class SessionTable:
         entry = self._entries.get(key)
         return None if entry is None else entry.spent_usd
 
-    def forget(self, key: str) -> None:
-        with self._lock:
-            self._entries.pop(key, None)
-
     def evict_idle(self, now: float) -> None:
         """Forget the sessions silent for `idle_seconds` now, not at the next minute."""
         with self._lock:
