@@ -14,9 +14,10 @@ from mitmproxy.test import tflow, tutils
 
 from devmeter import providers
 from devmeter.model_limits import ModelSpec
-from devmeter.providers import registry
+from devmeter.providers import cursor, registry
 from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
 from devmeter.providers.paths import READ, free_rules
+from devmeter.providers.refusal import refusal
 from devmeter.providers.registry import Endpoint, WireFormat
 from devmeter.proxy import streaming
 from devmeter.proxy.meter import Meter
@@ -234,3 +235,17 @@ def test_every_api_has_one_wire_format_and_every_route_one_api() -> None:
     assert providers.error_body("anthropic.unmetered", 402, "no")["error"]["type"] == (
         "billing_error"
     )
+
+
+def test_a_refusal_takes_the_shape_of_the_calls_wire_format() -> None:
+    """Per client where the clients differ (tests/test_e2e_refusals.py), and the whole
+    answer where the format has no JSON errors (Cursor's Connect streams)."""
+    claude = refusal("anthropic.messages", "claude-code", "devmeter: capped")
+    assert claude.status == 402
+    assert json.loads(claude.body)["error"]["type"] == "billing_error"
+    gemini = refusal("gemini.generate", "gemini-cli", "devmeter: capped")
+    assert gemini.status == 403
+    assert json.loads(gemini.body)["error"]["status"] == "PERMISSION_DENIED"
+    editor = refusal("cursor.chat", "cursor", "devmeter: capped")
+    assert (editor.status, editor.headers["content-type"]) == (200, "application/connect+proto")
+    assert editor.body == cursor.end_stream_error("devmeter: capped", code="permission_denied")

@@ -37,6 +37,7 @@ import brotli
 import zstandard
 
 from devmeter import pricing, tokens
+from devmeter.alerts import Refusal
 from devmeter.providers.base import ERROR_CAP, TEXT_CAP, TextBuffer, error_text
 from devmeter.providers.openai_chat import error_body
 from devmeter.providers.registry import Endpoint, WireFormat, fixed, register, register_host
@@ -735,10 +736,18 @@ def end_stream_error(message: str, code: str = "resource_exhausted") -> bytes:
 
 # --- the wire format --------------------------------------------------------------------
 
+
+def refusal(message: str) -> Refusal:
+    """A refused chat: Connect streams report errors in an end-stream frame of a 200."""
+    body = end_stream_error(message, code="permission_denied")
+    event = {"type": "error", "error": {"code": "permission_denied", "message": message}}
+    return Refusal(200, {"content-type": "application/connect+proto"}, body, event)
+
+
 # Connect-RPC chat streams (protobuf; metered as estimates). Not metered: Cursor Tab
 # (StreamCpp), BidiAppend (the client half of an HTTP/1.1 bidi emulation), and the rest of
 # its API (settings, indexing, telemetry), which passes through untouched. A refusal is a
-# Connect end-stream frame (`end_stream_error`); `error_body` is OpenAI's JSON shape, for
+# Connect end-stream frame (`refusal`); `error_body` is OpenAI's JSON shape, for
 # devmeter's own errors on the plain HTTP side.
 register(
     WireFormat(
@@ -747,6 +756,7 @@ register(
         lambda endpoint, request, content_type: ChatParser(request, content_type),
         error_body,
         parse_bytes=lambda body, endpoint: parse_request(body),
+        refusal=refusal,
     )
 )
 register_host(

@@ -31,10 +31,14 @@ def refusal(api: str, tool: str | None, message: str) -> Refusal:
       retries none of 400, 402 and 403 (a 429 it retries, 5 times over ~70 s); a
       refused router call makes it fall back to its default model, whose turn is
       refused once too.
+    - Cursor: its wire format's own answer (an end-stream frame of a 200).
     - OpenAI-compatible SDKs: 403 in the provider's shape (not retried). 403, not 429:
       clients retry a 429 (Claude Code does, for minutes), and a cap will not lift by
       itself.
     """
+    wire = registry.wire_format(api)
+    if wire is not None and wire.refusal is not None:
+        return wire.refusal(message)  # not a JSON error (Cursor's Connect streams)
     family = registry.family(api)
     if family == "anthropic":
         body = registry.error_body(api, 402, message)

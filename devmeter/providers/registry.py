@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from devmeter.usage import RequestInfo
 
 if TYPE_CHECKING:
+    from devmeter.alerts import Refusal
     from devmeter.model_limits import ModelSpec
     from devmeter.providers.base import ResponseParser
 
@@ -68,6 +69,9 @@ class WireFormat:
     conversation: Callable[[dict[str, Any]], list[Any] | None] | None = None
     # Adapts a request to another model of the same provider; None: not rewritable.
     rewrite: RewriteAdapter | None = None
+    # The whole answer to a refused call, for a format whose errors are not a JSON body
+    # (Cursor's Connect streams); None: `error_body`, per client (providers/refusal.py).
+    refusal: Callable[[str], Refusal] | None = None
     # Whether an answer without usage can be estimated from its text. False for APIs whose
     # answers are audio or images: a call of theirs without usage is unpriced, not $0.
     estimable: bool = True

@@ -8,7 +8,7 @@ from __future__ import annotations
 from mitmproxy import http
 
 from devmeter.alerts import Block
-from devmeter.providers import costs_nothing, cursor, normalise_host, normalise_path
+from devmeter.providers import costs_nothing, normalise_host, normalise_path
 from devmeter.providers.refusal import refusal
 from devmeter.proxy import streaming
 from devmeter.proxy.flow_state import FlowState
@@ -31,13 +31,5 @@ def refuse(flow: http.HTTPFlow, state: FlowState, block: Block) -> None:
         state.request_note = streaming.join_errors((state.request_note, note))
         return
     state.blocked, state.refused_by = block.message, block
-    if state.endpoint.api == "cursor.chat":
-        # Connect streams report errors in an end-stream frame of a 200 response.
-        flow.response = http.Response.make(
-            200,
-            cursor.end_stream_error(block.message, code="permission_denied"),
-            {"content-type": "application/connect+proto"},
-        )
-        return
     answer = refusal(state.endpoint.api, state.attribution.tool, block.message)
     flow.response = http.Response.make(answer.status, answer.body, answer.headers)
