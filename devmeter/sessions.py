@@ -1,6 +1,6 @@
 """`devmeter sessions`: live and recent sessions from the ledger, with their burn rate.
 
-A session is what the guard rails call one (`runaway.session_key`): the tool's own
+A session is what the guard rails call one (`session_table.session_key`): the tool's own
 session id, else `tool@repo` for calls that came with none. Shown: sessions with a
 call in the last 24 hours (by default), `live` when one ended in the last
 `LIVE_SECONDS` (10 minutes: the one live window, the tray's too).
