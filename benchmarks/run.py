@@ -54,14 +54,23 @@ import httpx2
 import psutil
 
 from benchmarks import ledger_bench
-from benchmarks.load import MESSAGES_BODY, PROVIDER_HOST, ClientPool, Target, run_load
+from benchmarks.large_body import conversation_body
+from benchmarks.load import (
+    MESSAGES_BODY,
+    PROVIDER_HOST,
+    ClientPool,
+    Connection,
+    Target,
+    request_bytes,
+    run_load,
+)
 from tests.fake_upstream.process import FakeUpstreamProcess
 from tests.proxy_harness import RunningProxy, start_proxy
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
-PHASES = ("latency", "stream", "throughput", "memory", "ledger", "report")
+PHASES = ("latency", "large", "stream", "throughput", "memory", "ledger", "report")
 CONFIGS = ("direct", "bare", "devmeter")
 THROUGHPUT_SLICE_SECONDS = 0.5
 MESSAGES_URL = f"https://{PROVIDER_HOST}/v1/messages"
@@ -94,6 +103,10 @@ class Settings:
     writer_rows: int = 100_000
     ledger_rows: int = 1_000_000
     rounds: int = 8
+    # The large-request phase: sequential 1 MB calls per target per round, and the
+    # seconds of 16 concurrent 1 MB calls while a small call is timed.
+    large_calls: int = 12
+    large_load_seconds: float = 1.5
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -119,6 +132,8 @@ class Settings:
             writer_rows=20_000,
             ledger_rows=200_000,
             rounds=4,
+            large_calls=6,
+            large_load_seconds=1.0,
         )
 
 
@@ -349,6 +364,172 @@ def phase_latency(bench: Bench) -> None:
         f"+{m['added_p50_ms']:.3f} ms vs +{b['added_p50_ms']:.3f} ms = "
         f"{ratio(m['added_p50_ms'], b['added_p50_ms']):.2f}x)",
     )
+
+
+LARGE_SIZE = 1_000_000  # bytes: Claude Code's request late in a long session
+IDLE_SMALL_CALLS = 10  # small calls timed on an idle proxy each round, the baseline
+
+
+def phase_large(bench: Bench) -> None:
+    """A 1 MB Claude Code conversation re-sent, as late in a session: (a) one call's added
+    latency, devmeter against bare, median of paired rounds; (b) 16 of them concurrently
+    while a small call on its own connection is timed: how much the load delays it."""
+    s = bench.settings
+    body = conversation_body(LARGE_SIZE)
+    pairs = bench.pairs
+    say(
+        f"large: {len(body):,}-byte Claude Code conversation; {s.large_calls} sequential calls "
+        f"per target a round, then {s.concurrency} concurrent for {s.large_load_seconds:g} s "
+        f"while a small call is timed; {s.rounds} interleaved rounds, {len(pairs)} process pairs"
+    )
+    targets = bench.targets()
+    bench.upstream.reset()  # it records every body: forget them as the phase goes
+    clients = {t: http_client(bench, t) for t in targets}
+    samples: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    pair_ratios: list[list[float]] = [[] for _ in pairs]
+    try:
+        for client, url in clients.values():
+            for _ in range(3):
+                client.post(url, content=body, headers=HEADERS).raise_for_status()
+        for _ in range(s.rounds):
+            p50s: dict[str, float] = {}
+            for target, (client, url) in clients.items():
+                taken = []
+                for _ in range(s.large_calls):
+                    start = time.perf_counter()
+                    response = client.post(url, content=body, headers=HEADERS)
+                    taken.append(time.perf_counter() - start)
+                    if response.status_code != 200:
+                        raise RuntimeError(f"{target}: HTTP {response.status_code}")
+                samples[target.split("#")[0]] += taken
+                p50s[target] = pct(taken, 50)
+            bench.upstream.reset()
+            for ratios, (bare, devmeter) in zip(pair_ratios, pairs, strict=True):
+                ratios.append(ratio(p50s[devmeter] - p50s["direct"], p50s[bare] - p50s["direct"]))
+    finally:
+        for client, _ in clients.values():
+            client.close()
+    out: dict[str, Any] = {"body_bytes": len(body)}
+    for config in CONFIGS:
+        out[config] = {"p50_ms": pct(samples[config], 50) * 1e3, "calls": len(samples[config])}
+    for config in ("bare", "devmeter"):
+        out[config]["added_p50_ms"] = out[config]["p50_ms"] - out["direct"]["p50_ms"]
+    pooled = [r for ratios in pair_ratios for r in ratios]
+    out["paired"] = {
+        "added_p50_ratio_median": statistics.median(pooled),
+        "added_p50_ratios": pooled,
+        "pair_medians": [statistics.median(r) for r in pair_ratios],
+    }
+    d, b, m = out["direct"], out["bare"], out["devmeter"]
+    say(
+        f"  1 MB call p50: direct {d['p50_ms']:.2f} ms | bare {b['p50_ms']:.2f} ms "
+        f"(+{b['added_p50_ms']:.2f}) | devmeter {m['p50_ms']:.2f} ms (+{m['added_p50_ms']:.2f})"
+    )
+    for k, ratios in enumerate(pair_ratios, start=1):
+        say(
+            f"  pair {k}: added p50 devmeter/bare within each round: {_spread(ratios)}; "
+            f"median {statistics.median(ratios):.2f}x"
+        )
+    r = out["paired"]["added_p50_ratio_median"]
+    bench.check(
+        "1 MB request: added p50 latency <= 1.25x bare mitmproxy's",
+        r <= 1.25,
+        f"median of {len(pooled)} paired rounds over {len(pairs)} process pairs {r:.2f}x "
+        f"(pairs: {', '.join(f'{x:.2f}x' for x in out['paired']['pair_medians'])}; pooled: "
+        f"+{m['added_p50_ms']:.2f} ms vs +{b['added_p50_ms']:.2f} ms)",
+    )
+    out["under_load"] = asyncio.run(_small_call_under_load(bench, body))
+    bench.results["large"] = out
+    bench.upstream.reset()
+
+
+async def _small_call_under_load(bench: Bench, body: bytes) -> dict[str, Any]:
+    """Per round and target: a small call's p50 on an idle proxy, then its p50 while
+    `concurrency` clients send the 1 MB body back to back through the same proxy. The
+    delay is the difference; devmeter's is judged against bare's within each round."""
+    s = bench.settings
+    pairs = bench.pairs
+    small = request_bytes()
+    big = request_bytes(body)
+    targets = bench.targets()
+    pools = {t: ClientPool(bench.target(t), s.concurrency, big) for t in targets}
+    smalls = {t: await Connection.open(bench.target(t)) for t in targets}
+    delays: dict[str, list[float]] = {t: [] for t in targets}
+    loaded: dict[str, list[float]] = {t: [] for t in targets}
+    big_rates: dict[str, list[float]] = {t: [] for t in targets}
+    try:
+        for t in targets:
+            await pools[t].open()  # one 1 MB call on each connection: per-connection work
+            await smalls[t].call(small)
+        bench.upstream.reset()
+        for _ in range(s.rounds):
+            for t in targets:
+                idle = [await _timed(smalls[t], small) for _ in range(IDLE_SMALL_CALLS)]
+                load = asyncio.create_task(pools[t].run(s.large_load_seconds))
+                await asyncio.sleep(0.2)  # every client has a 1 MB call on its way
+                timed: list[float] = []
+                while not load.done():
+                    timed.append(await _timed(smalls[t], small))
+                result = await load
+                if result.errors:
+                    raise RuntimeError(f"{t}: {result.errors} of {result.calls} 1 MB calls failed")
+                big_rates[t].append(result.rate)
+                loaded[t].append(pct(timed, 50))
+                delays[t].append(pct(timed, 50) - pct(idle, 50))
+                await asyncio.to_thread(bench.upstream.reset)
+    finally:
+        for t in targets:
+            await pools[t].close()
+            await smalls[t].close()
+    pair_ratios = [
+        [ratio(dm, db) for dm, db in zip(delays[devmeter], delays[bare], strict=True)]
+        for bare, devmeter in pairs
+    ]
+    pooled = [r for ratios in pair_ratios for r in ratios]
+    out: dict[str, Any] = {}
+    for config in CONFIGS:
+        names = [t for t in targets if t.split("#")[0] == config]
+        out[config] = {
+            "small_p50_loaded_ms": statistics.median(x for t in names for x in loaded[t]) * 1e3,
+            "small_delay_ms": statistics.median(x for t in names for x in delays[t]) * 1e3,
+            "large_calls_per_s": statistics.median(x for t in names for x in big_rates[t]),
+        }
+    out["paired"] = {
+        "delay_ratio_median": statistics.median(pooled),
+        "delay_ratios": pooled,
+        "pair_medians": [statistics.median(r) for r in pair_ratios],
+    }
+    d, b, m = out["direct"], out["bare"], out["devmeter"]
+    say(
+        f"  small call under {s.concurrency} concurrent 1 MB calls, p50 (delay over idle): "
+        f"direct {d['small_p50_loaded_ms']:.1f} ms (+{d['small_delay_ms']:.1f}) | bare "
+        f"{b['small_p50_loaded_ms']:.1f} ms (+{b['small_delay_ms']:.1f}) | devmeter "
+        f"{m['small_p50_loaded_ms']:.1f} ms (+{m['small_delay_ms']:.1f}); 1 MB calls/s "
+        f"direct {d['large_calls_per_s']:.0f}, bare {b['large_calls_per_s']:.0f}, "
+        f"devmeter {m['large_calls_per_s']:.0f}"
+    )
+    for k, ratios in enumerate(pair_ratios, start=1):
+        say(
+            f"  pair {k}: small call's delay devmeter/bare within each round: {_spread(ratios)}; "
+            f"median {statistics.median(ratios):.2f}x"
+        )
+    r = out["paired"]["delay_ratio_median"]
+    bench.check(
+        f"{s.concurrency} concurrent 1 MB requests delay a small call <= 1.25x bare's delay",
+        r <= 1.25,
+        f"median of {len(pooled)} paired rounds over {len(pairs)} process pairs {r:.2f}x "
+        f"(pairs: {', '.join(f'{x:.2f}x' for x in out['paired']['pair_medians'])}; delay "
+        f"+{m['small_delay_ms']:.1f} ms vs +{b['small_delay_ms']:.1f} ms)",
+    )
+    return out
+
+
+async def _timed(conn: Connection, request: bytes) -> float:
+    start = time.perf_counter()
+    status, _ = await conn.call(request)
+    if status != 200:
+        raise RuntimeError(f"small call: HTTP {status}")
+    return time.perf_counter() - start
 
 
 def _spread(values: list[float]) -> str:
@@ -860,6 +1041,8 @@ def summary_rows(bench: Bench) -> list[tuple[str, str, str, str, str, str]]:
                 "",
             )
         )
+    if "large" in r:
+        rows += _large_rows(r["large"], bench.settings.concurrency)
     if "stream" in r:
         st = r["stream"]
         d, b, m = (st[c]["ttfe_ms"] for c in CONFIGS)
@@ -995,6 +1178,38 @@ def summary_rows(bench: Bench) -> list[tuple[str, str, str, str, str, str]]:
     return rows
 
 
+def _large_rows(
+    large: dict[str, Any], concurrency: int
+) -> list[tuple[str, str, str, str, str, str]]:
+    kb = large["body_bytes"] // 1000
+    d, b, m = (large[c]["p50_ms"] for c in CONFIGS)
+    ab, am = large["bare"]["added_p50_ms"], large["devmeter"]["added_p50_ms"]
+    paired = large["paired"]
+    load = large["under_load"]
+    ld, lb, lm = (load[c] for c in CONFIGS)
+    return [
+        (f"{kb} KB request, p50 (ms)", f"{d:.2f}", f"{b:.2f}", f"{m:.2f}",
+         f"{ratio(m, b):.2f}x", f"{ratio(m, d):.2f}x"),
+        (f"{kb} KB request, added latency p50 (ms)", "0", f"{ab:.2f}", f"{am:.2f}",
+         f"{ratio(am, ab):.2f}x", ""),
+        (f"{kb} KB request, added p50, median of {len(paired['added_p50_ratios'])} paired "
+         f"rounds ({len(paired['pair_medians'])} process pairs)", "", "", "",
+         f"{paired['added_p50_ratio_median']:.2f}x", ""),
+        (f"small call during {concurrency} concurrent {kb} KB requests, p50 (ms)",
+         f"{ld['small_p50_loaded_ms']:.1f}", f"{lb['small_p50_loaded_ms']:.1f}",
+         f"{lm['small_p50_loaded_ms']:.1f}",
+         f"{ratio(lm['small_p50_loaded_ms'], lb['small_p50_loaded_ms']):.2f}x", ""),
+        ("  its delay over the same proxy idle (ms)", f"{ld['small_delay_ms']:.1f}",
+         f"{lb['small_delay_ms']:.1f}", f"{lm['small_delay_ms']:.1f}",
+         f"{ratio(lm['small_delay_ms'], lb['small_delay_ms']):.2f}x", ""),
+        (f"  its delay, median of {len(load['paired']['delay_ratios'])} paired rounds", "", "",
+         "", f"{load['paired']['delay_ratio_median']:.2f}x", ""),
+        (f"  {kb} KB calls/s meanwhile ({concurrency} clients)", f"{ld['large_calls_per_s']:.0f}",
+         f"{lb['large_calls_per_s']:.0f}", f"{lm['large_calls_per_s']:.0f}",
+         f"{ratio(lm['large_calls_per_s'], lb['large_calls_per_s']):.2f}x", ""),
+    ]  # fmt: skip
+
+
 def markdown(bench: Bench, command: str, info: dict[str, str]) -> str:
     lines = [
         "# devmeter benchmark results",
@@ -1035,10 +1250,10 @@ def running(settings: Settings, phases: set[str]) -> Iterator[Bench]:
     upstream = FakeUpstreamProcess("--no-websocket").start()
     bench = Bench(settings, workdir, upstream)
     try:
-        if phases & {"latency", "stream", "throughput"}:
+        if phases & {"latency", "large", "stream", "throughput"}:
             bench.proxies["bare"] = start_bare(workdir / "bare", upstream.url)
             bench.proxies["devmeter"] = start_devmeter(workdir / "devmeter", upstream.url)
-        if phases & {"latency", "throughput"}:
+        if phases & {"latency", "large", "throughput"}:
             bench.pairs = start_pairs(bench, settings.process_pairs)
         yield bench
     finally:
