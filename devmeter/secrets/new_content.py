@@ -14,7 +14,7 @@ it in place and the caller re-serialises the document. Pure: no I/O.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +117,23 @@ def _file_of(tool_input: Any) -> str | None:
     return None
 
 
+def _last_index(items: list[Any], is_model: Callable[[Any], bool]) -> int:
+    """The index of the model's last item, -1 if none: searched from the end, as the new
+    content is the tail of a conversation that grows every turn."""
+    for i in range(len(items) - 1, -1, -1):
+        if is_model(items[i]):
+            return i
+    return -1
+
+
+def _is_assistant(message: Any) -> bool:
+    return isinstance(message, dict) and message.get("role") == "assistant"
+
+
+def _is_model(content: Any) -> bool:
+    return isinstance(content, dict) and content.get("role") == "model"
+
+
 def _where(file: str | None) -> str:
     return f"tool result ({file})" if file else "tool result"
 
@@ -125,10 +142,7 @@ def _anthropic(doc: dict[str, Any]) -> Iterator[Piece]:
     messages = doc.get("messages")
     if not isinstance(messages, list):
         return
-    last_model = max(
-        (i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "assistant"),
-        default=-1,
-    )
+    last_model = _last_index(messages, _is_assistant)
     if last_model < 0:
         yield from _strings(doc.get("system"), "system prompt", doc, "system")
     files: dict[str, str] = {}  # tool_use id -> the file it read, from the model's calls
@@ -161,10 +175,7 @@ def _openai_chat(doc: dict[str, Any]) -> Iterator[Piece]:
     messages = doc.get("messages")
     if not isinstance(messages, list):
         return
-    last_model = max(
-        (i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "assistant"),
-        default=-1,
-    )
+    last_model = _last_index(messages, _is_assistant)
     files: dict[str, str] = {}
     if last_model >= 0:
         for call in messages[last_model].get("tool_calls") or []:
@@ -206,11 +217,15 @@ def _openai_responses(doc: dict[str, Any]) -> Iterator[Piece]:
             item.get("role") == "assistant" or item.get("type") in _MODEL_ITEMS
         )
 
-    last_model = max((i for i, item in enumerate(items) if from_model(item)), default=-1)
+    last_model = _last_index(items, from_model)
     if last_model < 0 and not doc.get("previous_response_id"):
         yield from _strings(doc.get("instructions"), "system prompt", doc, "instructions")
     files: dict[str, str] = {}
-    for item in items[: last_model + 1]:
+    # The calls the new outputs answer are in the model's last run of items.
+    first_call = last_model
+    while first_call > 0 and from_model(items[first_call - 1]):
+        first_call -= 1
+    for item in items[max(first_call, 0) : last_model + 1]:
         if (
             isinstance(item, dict)
             and item.get("type") == "function_call"
@@ -239,17 +254,14 @@ def _gemini(doc: dict[str, Any]) -> Iterator[Piece]:
     contents = doc.get("contents")
     if not isinstance(contents, list) or not contents:
         return
-    if not any(isinstance(c, dict) and c.get("role") == "model" for c in contents):
+    last_model = _last_index(contents, _is_model)
+    if last_model < 0:
         yield from _strings(
             doc.get("systemInstruction") or doc.get("system_instruction"),
             "system prompt",
             doc,
             "systemInstruction" if "systemInstruction" in doc else "system_instruction",
         )
-    last_model = max(
-        (i for i, c in enumerate(contents) if isinstance(c, dict) and c.get("role") == "model"),
-        default=-1,
-    )
     for content in contents[last_model + 1 :]:
         if not isinstance(content, dict) or not isinstance(content.get("parts"), list):
             continue
