@@ -279,8 +279,15 @@ def estimate_request_tokens(body_json: dict[str, Any]) -> int:
     (also inside Gemini CLI's `{"request": {...}}` envelope), a fixed amount per
     image or document, and a small overhead per message. Keeps no text.
     """
+    texts, model, fixed = _prompt_parts(body_json)
+    return _count_texts(texts, model) + fixed
+
+
+def _prompt_parts(body_json: Any) -> tuple[list[str], str | None, int]:
+    """(the prompt's strings, the model, the tokens counted without reading text: media,
+    per-message overhead, token ids) of a request body."""
     if not isinstance(body_json, dict):
-        return 0
+        return [], None, 0
     if isinstance(body_json.get("request"), dict):  # cloudcode-pa envelope
         model = body_json.get("model")
         body_json = body_json["request"]
@@ -297,8 +304,84 @@ def estimate_request_tokens(body_json: dict[str, Any]) -> int:
         # Tool schemas are sent as JSON: their property names are tokens too.
         _walk(value, texts, counts, keys_are_text=key in ("tools", "functions"))
     media, messages, token_ids = counts
-    text_tokens = _count_texts(texts, model if isinstance(model, str) else None)
-    return text_tokens + media * IMAGE_TOKENS + messages * MESSAGE_OVERHEAD + token_ids
+    fixed = media * IMAGE_TOKENS + messages * MESSAGE_OVERHEAD + token_ids
+    return texts, model if isinstance(model, str) else None, fixed
+
+
+# How far tiktoken's count of a text can be from the heuristic's, either way: English and
+# code run 3 to 5 characters a token against the heuristic's 4, CJK about one a character,
+# as it counts them. A threshold further than this from the heuristic is answered without
+# the tokenizer.
+HEURISTIC_SPREAD = 4
+
+
+class TokenizerNeeded(Exception):
+    """A `PromptSize` made with `tokenize=False` was asked what only the tokenizer can say."""
+
+
+class PromptSize:
+    """A request's prompt in tokens, worked out only as far as a question needs.
+
+    Routing rules ask whether the prompt is under or over a threshold. The heuristic over
+    the prompt's text (one walk over the parsed body, no tokenizer) answers a threshold it
+    is far from (`HEURISTIC_SPREAD`); `estimate_request_tokens`, with tiktoken when its
+    file is cached, runs only near one, or when a value is asked for. Over a long
+    conversation the walk costs about a millisecond, tiktoken tens of them.
+
+    `tokenize=False`: raise `TokenizerNeeded` instead of running tiktoken here, so the
+    proxy can run `exact` on a worker thread (tiktoken releases the GIL) and ask again.
+    Every answer is remembered.
+    """
+
+    def __init__(self, body_json: Any, *, tokenize: bool = True) -> None:
+        self._body = body_json
+        self.tokenize = tokenize
+        self._parts: tuple[list[str], str | None, int] | None = None
+        self._rough: int | None = None
+        self._exact: int | None = None
+
+    def _prompt(self) -> tuple[list[str], str | None, int]:
+        if self._parts is None:
+            self._parts = _prompt_parts(self._body)
+        return self._parts
+
+    def rough(self) -> int:
+        """The heuristic's count (what `exact` is when tiktoken is not available)."""
+        if self._rough is None:
+            texts, _, fixed = self._prompt()
+            self._rough = sum(heuristic_tokens(t) for t in texts) + fixed
+        return self._rough
+
+    def exact(self) -> int:
+        """`estimate_request_tokens` of the body."""
+        if self._exact is None:
+            texts, model, fixed = self._prompt()
+            if _encoder(model) is None:
+                self._exact = self.rough()
+            elif not self.tokenize:
+                raise TokenizerNeeded
+            else:
+                self._exact = _count_texts(texts, model) + fixed
+            self._parts = None  # the strings are the body's; hold them no longer
+        return self._exact
+
+    def known(self) -> bool:
+        """Whether `exact` is worked out already (it costs nothing now)."""
+        return self._exact is not None
+
+    def at_most(self, limit: int) -> bool:
+        """`exact() <= limit`, without the tokenizer when the heuristic is far from it."""
+        if self._exact is None:
+            rough = self.rough()
+            if rough * HEURISTIC_SPREAD <= limit:
+                return True
+            if rough > limit * HEURISTIC_SPREAD:
+                return False
+        return self.exact() <= limit
+
+    def at_least(self, limit: int) -> bool:
+        """`exact() >= limit`, as `at_most`."""
+        return not self.at_most(limit - 1)
 
 
 # --- responses ------------------------------------------------------------------------

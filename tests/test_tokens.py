@@ -334,3 +334,57 @@ class TestConcludeUsage:
             usage=usage, complete=False, output_chars=2_000_000, output_text=kept
         )
         assert self.conclude(result).output_tokens == 500_000
+
+
+class TestPromptSize:
+    """A routing rule's prompt threshold: the tokenizer runs only near it."""
+
+    BODY = {"model": "gpt-5", "messages": [{"role": "user", "content": "the " * 1000}]}
+
+    @pytest.fixture
+    def tokenized(self, cached_tiny: list[str], monkeypatch: pytest.MonkeyPatch) -> list[int]:
+        """The texts' lengths every tiktoken count was run on."""
+        runs: list[int] = []
+        real = tokens._count_texts
+
+        def counting(texts: list[str], model: str | None) -> int:
+            runs.append(sum(len(t) for t in texts))
+            return real(texts, model)
+
+        monkeypatch.setattr(tokens, "_count_texts", counting)
+        return runs
+
+    def test_far_thresholds_are_answered_without_the_tokenizer(self, tokenized: list[int]) -> None:
+        size = tokens.PromptSize(self.BODY)
+        rough = size.rough()
+        assert rough == 1000 + tokens.MESSAGE_OVERHEAD  # "the " is 4 characters
+        assert size.at_most(rough * tokens.HEURISTIC_SPREAD) is True
+        assert size.at_most(rough // tokens.HEURISTIC_SPREAD - 1) is False
+        assert size.at_least(rough // tokens.HEURISTIC_SPREAD - 1) is True
+        assert tokenized == [] and not size.known()
+
+    def test_near_a_threshold_the_tokenizer_decides_as_estimate_request_tokens(
+        self, tokenized: list[int]
+    ) -> None:
+        exact = tokens.estimate_request_tokens(self.BODY)
+        assert exact != tokens.PromptSize(self.BODY).rough()  # the tiny encoding differs
+        size = tokens.PromptSize(self.BODY)
+        assert size.at_most(exact) is True and size.at_most(exact - 1) is False
+        assert size.at_least(exact) is True and size.at_least(exact + 1) is False
+        assert size.exact() == exact and size.known()
+        assert len(tokenized) == 2  # once above, once for this size: then remembered
+
+    def test_without_tokenize_it_asks_for_a_worker_instead(self, tokenized: list[int]) -> None:
+        size = tokens.PromptSize(self.BODY, tokenize=False)
+        assert size.at_most(10**9) is True  # far: no tokenizer needed
+        with pytest.raises(tokens.TokenizerNeeded):
+            size.at_most(size.rough())
+        size.tokenize = True  # what the worker thread does: work it out, then ask again
+        assert size.exact() == tokens.estimate_request_tokens(self.BODY)
+        size.tokenize = False
+        assert size.at_most(size.exact()) is True
+
+    def test_without_tiktoken_the_heuristic_is_the_estimate(self, no_download: list[str]) -> None:
+        size = tokens.PromptSize(self.BODY, tokenize=False)
+        assert size.exact() == size.rough() == tokens.estimate_request_tokens(self.BODY)
+        assert size.at_most(size.rough()) is True and size.at_most(size.rough() - 1) is False

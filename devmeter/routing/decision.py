@@ -10,10 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from devmeter import model_limits, pricing
 from devmeter.routing.rules import REWRITABLE_ENDPOINTS, Applied, RoutingConfig, is_api_id
 from devmeter.usage import Usage
+
+if TYPE_CHECKING:
+    from devmeter.tokens import PromptSize
 
 # Prompt cache lifetimes (Anthropic: 5 minutes by default, 1 hour on request).
 TTL_5M = 300
@@ -72,7 +76,9 @@ class RouteContext:
     # Claude Code's x-claude-code-request-class, or Codex's request_kind.
     request_class: str | None = None
     repo: str | None = None
-    prompt_tokens: int | None = None  # estimate of the whole prompt
+    prompt_tokens: int | None = None  # estimate of the whole prompt, when known up front
+    # Else the prompt, sized only as far as a rule asks (`prompt_at_most`, `prompt_estimate`).
+    prompt_size: PromptSize | None = None
     max_tokens: int | None = None  # the output limit the request asks for
     uses_tools: bool = False
     uses_images: bool = False
@@ -83,6 +89,19 @@ class RouteContext:
     now: float  # unix seconds, for cache lifetimes
     # Output the call is expected to produce (e.g. the session's average); 0 prices input only.
     expected_output_tokens: int = 0
+
+    def prompt_estimate(self) -> int | None:
+        """The prompt's estimated tokens; None when the request could not be read."""
+        if self.prompt_tokens is not None or self.prompt_size is None:
+            return self.prompt_tokens
+        return self.prompt_size.exact()
+
+    def prompt_at_most(self, limit: int) -> bool | None:
+        """Whether the prompt is at most `limit` tokens, worked out only as far as that
+        needs; None when it is unknown."""
+        if self.prompt_tokens is not None or self.prompt_size is None:
+            return None if self.prompt_tokens is None else self.prompt_tokens <= limit
+        return self.prompt_size.at_most(limit)
 
 
 @dataclass(frozen=True)
@@ -126,12 +145,13 @@ def decide(config: RoutingConfig, ctx: RouteContext, pricer: Pricer | None = Non
     reason = unsafe_reason(ctx, rule.to)
     if reason is not None:
         return RouteDecision(rule=rule.name, reason=reason)
-    assert ctx.requested_model is not None and ctx.prompt_tokens is not None
+    prompt_tokens = ctx.prompt_estimate()
+    assert ctx.requested_model is not None and prompt_tokens is not None
     choice = cache_aware_choice(
         ctx.provider,
         ctx.requested_model,
         rule.to,
-        ctx.prompt_tokens,
+        prompt_tokens,
         requested_cache=ctx.cache_states.get(ctx.requested_model),
         target_cache=ctx.cache_states.get(rule.to),
         now=ctx.now,
@@ -170,11 +190,12 @@ def unsafe_reason(ctx: RouteContext, target: str) -> str | None:
     limits = model_limits.model_limits(ctx.provider, target)
     if limits is None:
         return f"devmeter does not know {target}'s context and output limits"
-    if ctx.prompt_tokens is None:
+    within_input = ctx.prompt_at_most(limits.max_input_tokens)
+    if within_input is None:
         return f"no prompt token estimate to check against {target}'s context window"
-    if ctx.prompt_tokens > limits.max_input_tokens:
+    if not within_input:
         return (
-            f"the prompt (~{ctx.prompt_tokens} tokens) is over {target}'s "
+            f"the prompt (~{ctx.prompt_estimate()} tokens) is over {target}'s "
             f"{limits.max_input_tokens} input tokens"
         )
     if ctx.max_tokens is not None and ctx.max_tokens > limits.max_output_tokens:
@@ -182,10 +203,10 @@ def unsafe_reason(ctx: RouteContext, target: str) -> str | None:
             f"max_tokens {ctx.max_tokens} is over {target}'s output limit of "
             f"{limits.max_output_tokens}"
         )
-    if ctx.prompt_tokens + (ctx.max_tokens or 0) > limits.context_window:
+    if not ctx.prompt_at_most(limits.context_window - (ctx.max_tokens or 0)):
         return (
-            f"the prompt (~{ctx.prompt_tokens} tokens) plus max_tokens {ctx.max_tokens} is over "
-            f"{target}'s context window of {limits.context_window}"
+            f"the prompt (~{ctx.prompt_estimate()} tokens) plus max_tokens {ctx.max_tokens} "
+            f"is over {target}'s context window of {limits.context_window}"
         )
     return None
 

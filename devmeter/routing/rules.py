@@ -80,14 +80,6 @@ class Rule:
             and (not self.models or _glob_any(ctx.requested_model, self.models, fold=True))
             and (not self.request_classes or ctx.request_class in self.request_classes)
             and (not self.repos or _glob_any(ctx.repo, self.repos))
-            and (
-                self.max_prompt_tokens is None
-                or (ctx.prompt_tokens is not None and ctx.prompt_tokens <= self.max_prompt_tokens)
-            )
-            and (
-                self.min_prompt_tokens is None
-                or (ctx.prompt_tokens is not None and ctx.prompt_tokens >= self.min_prompt_tokens)
-            )
             and (self.uses_tools is None or ctx.uses_tools == self.uses_tools)
             and (self.uses_images is None or ctx.uses_images == self.uses_images)
             and (self.uses_thinking is None or ctx.uses_thinking == self.uses_thinking)
@@ -97,6 +89,16 @@ class Rule:
                     ctx.session_spend_usd is not None
                     and ctx.session_spend_usd > self.session_spend_over_usd
                 )
+            )
+            # The prompt's size is worked out only here, after every cheaper test, and only
+            # as far as the threshold needs (`RouteContext.prompt_at_most`).
+            and (
+                self.max_prompt_tokens is None
+                or ctx.prompt_at_most(self.max_prompt_tokens) is True
+            )
+            and (
+                self.min_prompt_tokens is None
+                or ctx.prompt_at_most(self.min_prompt_tokens - 1) is False
             )
         )
 

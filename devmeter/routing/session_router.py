@@ -22,10 +22,11 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
-from devmeter import routing
+from devmeter import fastjson, routing
 from devmeter.pricing import PriceOverride, price
 from devmeter.providers import Endpoint, request_uses_images
 from devmeter.session_table import ROUTING_PART, SessionTable, session_key
+from devmeter.tokens import PromptSize
 from devmeter.usage import Attribution, Call, RequestInfo, Usage
 
 REWRITABLE = routing.REWRITABLE_ENDPOINTS  # one list: what decide may rewrite
@@ -132,11 +133,14 @@ class Router:
         now: float,
         doc: Any = None,
         force_on: bool = False,
+        prompt: PromptSize | None = None,
     ) -> RoutePlan | None:
         """What routing does with this request; None when no rule has anything to say.
 
         `doc` is the body already parsed, when the caller has it. `force_on`: as if the
-        mode were "on" (a switched session always is)."""
+        mode were "on" (a switched session always is). `prompt`: the prompt's size, when
+        the caller sizes it (a `PromptSize` of `doc` that may raise `TokenizerNeeded`, so
+        the proxy can run the tokenizer off its event loop and ask again)."""
         config = self.config
         if config.mode != "on" and (force_on or attribution.session in self._switched):
             config = replace(config, mode="on")
@@ -152,6 +156,10 @@ class Router:
             spend, caches = self._sessions.spent(session), dict(seen.caches)
             calls, outputs = seen.calls, seen.outputs
         facts = info.facts
+        if doc is None:
+            doc = _parsed(body)
+        if prompt is None and isinstance(doc, dict):
+            prompt = PromptSize(doc)
         ctx = routing.RouteContext(
             provider=endpoint.provider,
             endpoint=endpoint.api,
@@ -159,10 +167,12 @@ class Router:
             tool=attribution.tool,
             request_class=_header(headers, REQUEST_CLASS_HEADER) or facts.get("request_kind"),
             repo=attribution.repo,
-            prompt_tokens=info.prompt_tokens(),
+            # Sized from the parsed body, as far as a rule asks: not parsed again.
+            prompt_tokens=info.prompt_tokens() if prompt is None else None,
+            prompt_size=prompt,
             max_tokens=int(facts["max_tokens"]) if "max_tokens" in facts else None,
             uses_tools=facts.get("uses_tools") == "1",
-            uses_images=request_uses_images(endpoint, info, _parsed(body) if doc is None else doc),
+            uses_images=request_uses_images(endpoint, info, doc),
             uses_thinking=facts.get("uses_thinking") == "1",
             session_spend_usd=spend,
             cache_states=caches,
@@ -175,7 +185,7 @@ class Router:
         if not decision.rewrite or decision.target is None:
             return RoutePlan(decision, info.model)
         try:
-            parsed: Any = json.loads(body)
+            parsed: Any = fastjson.loads(body)  # a copy to rewrite: `doc` is the client's
             new_body, new_headers, changes = routing.adapt_request(
                 parsed, dict(headers), endpoint.api, decision.target, provider=endpoint.provider
             )
@@ -277,7 +287,7 @@ def _note(plan: RoutePlan) -> str | None:
 
 def _parsed(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        return fastjson.loads(body)
     except (ValueError, UnicodeDecodeError):
         return None
 
