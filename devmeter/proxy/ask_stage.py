@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from mitmproxy import http
@@ -92,7 +92,7 @@ class AskStage:
         state: FlowState,
         apply_control: Callable[[], None],
         check_caps: CheckCaps,
-        then: Callable[[float], None],
+        then: Callable[[float], Coroutine[None, None, None] | None],
     ) -> None:
         """Wait for the answer without blocking other flows, then refuse the request or
         go on with it (`then`: the stages after this one)."""
@@ -101,7 +101,9 @@ class AskStage:
             if block is not None:
                 refuse(flow, state, block)
                 return
-            then(self._clock())
+            going_on = then(self._clock())
+            if going_on is not None:  # routing tokenizes the prompt off the event loop
+                await going_on
         except Exception:
             state.tap_error = f"devmeter ask failed (call let through): {short_traceback()}"
         finally:

@@ -223,8 +223,7 @@ class Meter:
                 self._guards.block,
                 lambda now: self._routing.request(flow, state, headers, body, doc, now),
             )
-        self._routing.request(flow, state, headers, body, doc, now)
-        return None
+        return self._routing.request(flow, state, headers, body, doc, now)
 
     def _apply_control(self) -> None:
         control = self._control.poll() if self._control is not None else None

@@ -7,8 +7,9 @@ Fails open: a routing bug sends the request as the client asked, and the row say
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from devmeter.proxy import streaming
 from devmeter.proxy.flow_state import FlowState, short_traceback
 from devmeter.routing.fallback import should_fallback
 from devmeter.routing.session_router import RoutePlan, Router
+from devmeter.tokens import PromptSize, TokenizerNeeded
 from devmeter.usage import Call
 
 log = logging.getLogger(__name__)
@@ -46,15 +48,41 @@ class RoutingStage:
         body: bytes,
         doc: dict[str, Any] | None,
         now: float,
-    ) -> None:
-        """Route the call (a parsed HTTP request only: a WebSocket's turns are not)."""
+        prompt: PromptSize | None = None,
+    ) -> Coroutine[None, None, None] | None:
+        """Route the call (a parsed HTTP request only: a WebSocket's turns are not); a
+        coroutine instead when a rule needs the prompt tokenized: tiktoken over a long
+        conversation takes tens of milliseconds, which run on a worker thread (tiktoken
+        lets go of the GIL) while the event loop serves other flows."""
         if self.router is not None and flow.websocket is None and doc is not None:
+            prompt = prompt or PromptSize(doc, tokenize=False)
             try:
-                self._route(flow, state, headers, body, doc, now)
+                self._route(flow, state, headers, body, doc, now, prompt)
+            except TokenizerNeeded:
+                return self._route_once_sized(flow, state, headers, body, doc, now, prompt)
             except Exception:
                 state.tap_error = (
                     f"devmeter routing failed (call sent as asked): {short_traceback()}"
                 )
+        return None
+
+    async def _route_once_sized(
+        self,
+        flow: http.HTTPFlow,
+        state: FlowState,
+        headers: Mapping[str, str],
+        body: bytes,
+        doc: dict[str, Any],
+        now: float,
+        prompt: PromptSize,
+    ) -> None:
+        prompt.tokenize = True
+        try:
+            await asyncio.to_thread(prompt.exact)
+        except Exception:
+            state.tap_error = f"devmeter routing failed (call sent as asked): {short_traceback()}"
+            return
+        self.request(flow, state, headers, body, doc, now, prompt)
 
     def _route(
         self,
@@ -64,12 +92,14 @@ class RoutingStage:
         body: bytes,
         doc: dict[str, Any] | None,
         now: float,
+        prompt: PromptSize | None = None,
     ) -> None:
         router = self.router
         assert router is not None
         plan = router.plan(
-            state.endpoint, state.request, state.attribution, headers, body, now, doc
-        )
+            state.endpoint, state.request, state.attribution, headers, body, now, doc,
+            prompt=prompt,
+        )  # fmt: skip
         state.route = route = RouteState(plan)
         if plan is None or not plan.rewrite or plan.body is None:
             return
