@@ -352,6 +352,15 @@ class PromptSize:
             self._rough = sum(heuristic_tokens(t) for t in texts) + fixed
         return self._rough
 
+    def _rough_bounds(self) -> tuple[int, int]:
+        """Bounds on `rough` from the texts' lengths alone: the heuristic counts a quarter
+        of a token to one token a character."""
+        if self._rough is not None:
+            return self._rough, self._rough
+        texts, _, fixed = self._prompt()
+        chars = sum(map(len, texts))
+        return chars // 4 + fixed, chars + fixed
+
     def exact(self) -> int:
         """`estimate_request_tokens` of the body."""
         if self._exact is None:
@@ -372,6 +381,11 @@ class PromptSize:
     def at_most(self, limit: int) -> bool:
         """`exact() <= limit`, without the tokenizer when the heuristic is far from it."""
         if self._exact is None:
+            low, high = self._rough_bounds()
+            if high * HEURISTIC_SPREAD <= limit:
+                return True
+            if low > limit * HEURISTIC_SPREAD:
+                return False
             rough = self.rough()
             if rough * HEURISTIC_SPREAD <= limit:
                 return True

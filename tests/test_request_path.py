@@ -147,3 +147,22 @@ def test_the_body_is_parsed_once_for_metering_guard_and_routing(
     if pending is not None:  # the trade is priced on the tokenized prompt: off the loop
         asyncio.run(pending)
     assert parsed == [len(BODY)]
+
+
+@pytest.mark.parametrize(("rule", "looked"), [({}, False), ({"uses_images": False}, True)])
+def test_images_are_looked_for_only_when_a_rule_asks(
+    rule: dict[str, Any], looked: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from devmeter.routing import session_router
+
+    asked: list[object] = []
+    real = session_router.request_uses_images
+
+    def recording(*args: Any) -> bool:
+        asked.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(session_router, "request_uses_images", recording)
+    meter = meter_with({"min_prompt_tokens": 100_000, "to": "claude-haiku-5-5", **rule})
+    request_flow(meter)
+    assert bool(asked) is looked

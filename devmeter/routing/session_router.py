@@ -172,7 +172,9 @@ class Router:
             prompt_size=prompt,
             max_tokens=int(facts["max_tokens"]) if "max_tokens" in facts else None,
             uses_tools=facts.get("uses_tools") == "1",
-            uses_images=request_uses_images(endpoint, info, doc),
+            # A walk over every block of the conversation: only when a rule asks.
+            uses_images=any(r.uses_images is not None for r in config.rules)
+            and request_uses_images(endpoint, info, doc),
             uses_thinking=facts.get("uses_thinking") == "1",
             session_spend_usd=spend,
             cache_states=caches,
