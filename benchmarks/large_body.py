@@ -13,10 +13,10 @@ Deterministic (no randomness), so every process and round sends the same bytes.
 from __future__ import annotations
 
 import json
+import sysconfig
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
 SESSION_ID = "c94186ab-2b3f-417d-a580-48a4be19ff53"
 ENVIRONMENT = (
     "# Environment\nYou have been invoked in the following environment: \n"
@@ -26,9 +26,16 @@ ENVIRONMENT = (
 
 
 def _sources() -> list[tuple[str, str]]:
-    """(path, text) of the repository's own modules: real code for the model to 'read'."""
-    files = sorted((REPO / "devmeter").rglob("*.py"))
-    return [(str(p.relative_to(REPO)), p.read_text()) for p in files if p.stat().st_size > 2000]
+    """(path, text) of real code for the model to 'read': the standard library's asyncio
+    and email packages, which do not change with this repository's commits (so the body
+    is the same before and after a change to devmeter)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted([*(stdlib / "asyncio").glob("*.py"), *(stdlib / "email").glob("*.py")])
+    return [
+        (str(p.relative_to(stdlib)), p.read_text(encoding="utf-8"))
+        for p in files
+        if p.stat().st_size > 2000
+    ]
 
 
 def _numbered(text: str) -> str:
