@@ -41,13 +41,19 @@ class SecretsStage:
         return body
 
     def websocket_message(
-        self, state: FlowState, message: websocket.WebSocketMessage, now: float
+        self,
+        state: FlowState,
+        message: websocket.WebSocketMessage,
+        now: float,
+        doc: dict[str, Any] | None = None,
     ) -> Block | None:
-        """A Codex turn on its socket: redacted in place, or the Block to refuse it with."""
+        """A Codex turn on its socket: redacted in place, or the Block to refuse it with.
+        `doc` is the turn already parsed for metering (a turn re-sends the conversation)."""
         if self.inspector is None:
             return None
         try:
-            doc = json.loads(message.content)
+            if doc is None:  # not a JSON object: scanned as before, or failed as before
+                doc = json.loads(message.content)
             outcome = self.inspector.inspect(state.endpoint.api, doc, state.attribution, now)
             if outcome.redacted:
                 message.content = json.dumps(doc).encode()

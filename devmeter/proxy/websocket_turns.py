@@ -84,7 +84,7 @@ class WebSocketTurns:
                 request, doc = parse_request_doc(state.endpoint, message.content)
                 signals = self._guards.turn_signals(flow, state, doc)
                 now = self._clock()
-                secret = self._secrets.websocket_message(state, message, now)
+                secret = self._secrets.websocket_message(state, message, now, doc)
                 if secret is not None:
                     self._refuse_message(flow, state, message, request, secret, now)
                     return None
