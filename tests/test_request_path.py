@@ -166,3 +166,40 @@ def test_images_are_looked_for_only_when_a_rule_asks(
     meter = meter_with({"min_prompt_tokens": 100_000, "to": "claude-haiku-5-5", **rule})
     request_flow(meter)
     assert bool(asked) is looked
+
+
+class Watched(dict[str, Any]):
+    """A message that counts how often it is read."""
+
+    reads = 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        Watched.reads += 1
+        return super().get(key, default)
+
+
+@pytest.mark.parametrize(
+    ("api", "key", "model_item", "new_item"),
+    [
+        ("anthropic.messages", "messages", {"role": "assistant", "content": "ok"},
+         {"role": "user", "content": "AKIA new"}),
+        ("openai.chat", "messages", {"role": "assistant", "content": "ok"},
+         {"role": "user", "content": "AKIA new"}),
+        ("openai.responses", "input", {"type": "function_call", "call_id": "c", "arguments": "{}"},
+         {"type": "function_call_output", "call_id": "c", "output": "AKIA new"}),
+        ("gemini.generate", "contents", {"role": "model", "parts": [{"text": "ok"}]},
+         {"role": "user", "parts": [{"text": "AKIA new"}]}),
+    ],
+)  # fmt: skip
+def test_the_new_turn_is_found_without_reading_the_conversation_before_it(
+    api: str, key: str, model_item: dict[str, Any], new_item: dict[str, Any]
+) -> None:
+    from devmeter.secrets.new_content import new_pieces
+
+    history = [Watched(new_item if i % 2 else model_item) for i in range(1000)]
+    Watched.reads = 0
+    pieces = new_pieces(api, {key: [*history, model_item, new_item]})
+    assert [p.text for p in pieces] == ["AKIA new"]
+    # A re-sent history of 1,000 items is not walked: at most the item next to the
+    # model's last turn is looked at (Responses: where that turn's run of calls starts).
+    assert Watched.reads <= 2
