@@ -404,6 +404,9 @@ def phase_large(bench: Bench) -> None:
     samples: dict[str, list[float]] = {c: [] for c in (*CONFIGS, ROUTING)}
     pair_ratios: list[list[float]] = [[] for _ in pairs]
     routing_ratios: list[float] = []  # against the first pair's bare
+    # Each proxy process's CPU time a 1 MB call (psutil): steadier than wall-clock on a
+    # shared machine, and what the call costs whatever else runs.
+    cpu: dict[str, list[float]] = {c: [] for c in ("bare", "devmeter", ROUTING)}
     try:
         for client, url in clients.values():
             for _ in range(3):
@@ -412,6 +415,7 @@ def phase_large(bench: Bench) -> None:
             # Call by call in turn: a 1 MB call takes tens of milliseconds, and a burst of
             # load elsewhere on the machine must hit every target alike.
             taken: dict[str, list[float]] = {t: [] for t in clients}
+            cpu_before = {t: bench.proxies[t].cpu_seconds() for t in clients if t != "direct"}
             for _ in range(s.large_calls):
                 for target, (client, url) in clients.items():
                     start = time.perf_counter()
@@ -419,6 +423,10 @@ def phase_large(bench: Bench) -> None:
                     taken[target].append(time.perf_counter() - start)
                     if response.status_code != 200:
                         raise RuntimeError(f"{target}: HTTP {response.status_code}")
+            for t, before in cpu_before.items():
+                cpu[t.split("#")[0]].append(
+                    (bench.proxies[t].cpu_seconds() - before) / s.large_calls * 1e3
+                )
             p50s = {t: pct(times, 50) for t, times in taken.items()}
             for t, times in taken.items():
                 samples[t.split("#")[0]] += times
@@ -433,6 +441,7 @@ def phase_large(bench: Bench) -> None:
         for client, _ in clients.values():
             client.close()
     out: dict[str, Any] = {"body_bytes": len(body)}
+    out["cpu_ms_per_call"] = {c: statistics.median(v) for c, v in cpu.items() if v}
     if routing_ratios:
         p50 = pct(samples[ROUTING], 50) * 1e3
         out["routing"] = {
@@ -461,6 +470,10 @@ def phase_large(bench: Bench) -> None:
             f"  pair {k}: added p50 devmeter/bare within each round: {_spread(ratios)}; "
             f"median {statistics.median(ratios):.2f}x"
         )
+    say(
+        "  proxy CPU a 1 MB call (median of process-rounds): "
+        + " | ".join(f"{c} {v:.2f} ms" for c, v in out["cpu_ms_per_call"].items())
+    )
     if routing_ratios:
         rt = out["routing"]
         say(
@@ -1234,6 +1247,7 @@ def _large_rows(
          f"rounds ({len(paired['pair_medians'])} process pairs)", "", "", "",
          f"{paired['added_p50_ratio_median']:.2f}x", ""),
         *_routing_row(large, kb),
+        *_cpu_row(large, kb),
         (f"small call during {concurrency} concurrent {kb} KB requests, p50 (ms)",
          f"{ld['small_p50_loaded_ms']:.1f}", f"{lb['small_p50_loaded_ms']:.1f}",
          f"{lm['small_p50_loaded_ms']:.1f}",
@@ -1247,6 +1261,16 @@ def _large_rows(
          f"{lb['large_calls_per_s']:.0f}", f"{lm['large_calls_per_s']:.0f}",
          f"{ratio(lm['large_calls_per_s'], lb['large_calls_per_s']):.2f}x", ""),
     ]  # fmt: skip
+
+
+def _cpu_row(large: dict[str, Any], kb: int) -> list[tuple[str, str, str, str, str, str]]:
+    cpu = large.get("cpu_ms_per_call", {})
+    if "bare" not in cpu or "devmeter" not in cpu:
+        return []
+    b, m = cpu["bare"], cpu["devmeter"]
+    routed = f"; with the routing rule {cpu[ROUTING]:.2f}" if ROUTING in cpu else ""
+    return [(f"proxy CPU per {kb} KB call (ms{routed})", "", f"{b:.2f}", f"{m:.2f}",
+             f"{ratio(m, b):.2f}x", "")]  # fmt: skip
 
 
 def _routing_row(large: dict[str, Any], kb: int) -> list[tuple[str, str, str, str, str, str]]:
