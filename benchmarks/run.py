@@ -11,7 +11,7 @@ and `python -m devmeter proxy --upstream ...`, each with its own CA. The clients
 The latency and throughput phases use 3 bare/devmeter process pairs (2 with --quick): two
 starts of the same proxy differ by up to 10%, more than one pair can be judged on.
 
-Phases (``--only``): latency, stream, throughput, memory, ledger, report. Every phase
+Phases (``--only``): latency, large, stream, throughput, memory, ledger, report. Every phase
 interleaves the three targets in rounds so a burst of load elsewhere on the machine hits
 all of them alike. The proxies' CPU time per call (psutil) is printed next to throughput:
 it is much steadier than wall-clock figures on a shared machine.
