@@ -7,9 +7,9 @@ between requests: never half of an edit. A broken edit keeps the last good confi
 is reported once: one stderr line naming file, line and key, and `config_error` in
 `config_status.json` beside control.json, where the tray and `devmeter doctor` read it.
 
-Caps, thresholds, runaway settings, routing rules, prices and upstreams apply to the
-next request; spend already counted is kept. `[proxy] listen` needs a restart (the
-socket is bound), and the proxy says so.
+Caps, thresholds (budget and quota alert levels), runaway settings, routing rules,
+prices and upstreams apply to the next request; spend already counted is kept.
+`[proxy] listen` needs a restart (the socket is bound), and the proxy says so.
 """
 
 from __future__ import annotations

@@ -71,6 +71,12 @@ class QuotaWatch:
         # (tool, repo) -> when it last made a subscription call.
         self._on_subscription: dict[tuple[str, str | None], float] = {}
 
+    def reconfigure(self, config: QuotaConfig) -> None:
+        """A reloaded `[quota]`: its thresholds apply from the next snapshot on. Alerts
+        already raised stay raised (each is keyed by its own threshold), so a new level
+        below the current use alerts once, with the next answer."""
+        self._config = config
+
     def seed_from_ledger(self, conn: sqlite3.Connection, now: float) -> None:
         """Subscription use in the last days, and the latest windows, from the ledger."""
         since = now - self._config.billing_switch_days * DAY

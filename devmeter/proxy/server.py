@@ -244,6 +244,7 @@ async def serve(
         seed = {key: usd for key, usd in spend.items() if key[0] in fresh}
         guard.reconfigure(budgets, new.section("runaway"), seed)
         asks.budgets = budgets  # new ask levels and timeout from the next request on
+        quota_watch.reconfigure(new.section("quota"))  # alert levels: from the next answer
         router.reconfigure(new.section("routing"), new.prices)
         meter.reconfigure(new.upstreams, new.prices)
         exporters.reconfigure_soon(new)  # on its own thread: stopping one waits for it
