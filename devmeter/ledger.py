@@ -410,6 +410,28 @@ def quota_reading_row(s: Snapshot) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+# A spooled quota snapshot starts with this tag; a call's row starts with its timestamp.
+QUOTA_SPOOL_TAG = "quota"
+
+
+def spool_quota_row(s: Snapshot, moved: bool) -> tuple[Any, ...]:
+    """A snapshot as one spool row: the tag, whether it moved, then its reading's values."""
+    return (QUOTA_SPOOL_TAG, int(moved), *quota_reading_row(s))
+
+
+def quota_items(spooled: tuple[Any, ...], mark: Mark | None) -> list[_Item]:
+    """The ledger writes a spooled snapshot stands for: the window's latest, and a reading
+    when it moved. A row of the wrong shape (a damaged spool) is handed on as it is, for
+    the writer to set aside in the quarantine file."""
+    values = tuple(spooled[2:])
+    if len(values) != len(READING_COLUMNS):
+        return [_Item(UPSERT_QUOTA, values, mark)]
+    latest = quota_row(Snapshot(*values))  # READING_COLUMNS are Snapshot's fields, in order
+    if not spooled[1]:
+        return [_Item(UPSERT_QUOTA, latest, mark)]
+    return [_Item(UPSERT_QUOTA, latest), _Item(INSERT_QUOTA_READING, values, mark)]
+
+
 def read_quota(conn: sqlite3.Connection) -> list[Snapshot]:
     """The latest snapshot of every window, by provider, account and window."""
     rows = conn.execute(
@@ -638,18 +660,25 @@ class LedgerWriter:
         with self._order:
             self._enqueue(_Item(INSERT_ALERT, alert_row(alert)))
 
-    def add_quota(self, snapshot: Snapshot, moved: bool) -> None:
+    def add_quota(self, snapshot: Snapshot, moved: bool) -> bool:
         """Keep `snapshot` as its window's latest; `moved`: also as a reading (its
-        utilization changed since the last one), for pace and share."""
+        utilization changed since the last one), for pace and share. Spooled like a
+        call's row, so a proxy killed right after the answer keeps it; True once it is
+        on disk."""
+        spooled = spool_quota_row(snapshot, moved)
         with self._order:
-            self._enqueue(_Item(UPSERT_QUOTA, quota_row(snapshot)))
-            if moved:
-                self._enqueue(_Item(INSERT_QUOTA_READING, quota_reading_row(snapshot)))
+            mark = self._spool_row(spooled)
+            self._enqueue_items(quota_items(spooled, mark))
+        return mark is not None
 
     def add_finding(self, row: tuple[Any, ...]) -> None:
         """A secret finding's row, in FINDING_COLUMNS order (devmeter.secrets.inspector)."""
         with self._order:
             self._enqueue(_Item(INSERT_FINDING, row))
+
+    def _enqueue_items(self, items: Iterable[_Item]) -> None:
+        for item in items:
+            self._enqueue(item)
 
     def _enqueue(self, item: _Item | None) -> None:
         self._queue.append(item)
@@ -839,7 +868,7 @@ class LedgerWriter:
             for mark, row in spool_pending(self._spool.directory, Mark(file, end_byte)):
                 if mark.file >= this_run:
                     break  # this run's own rows: the normal path writes them
-                batch.append(_Item(INSERT_CALL, _padded(row), mark))
+                batch.extend(_spooled_items(row, mark))
                 if len(batch) >= self._batch_size:
                     if not self._commit(batch):
                         return False
@@ -993,6 +1022,14 @@ class LedgerWriter:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
         self._conn = None
+
+
+def _spooled_items(row: tuple[Any, ...], mark: Mark) -> list[_Item]:
+    """A spooled row as the ledger items it stands for (the mark on the last of them:
+    the spool mark moves past a row only once all of it is committed)."""
+    if row and row[0] == QUOTA_SPOOL_TAG:
+        return quota_items(row, mark)
+    return [_Item(INSERT_CALL, _padded(row), mark)]
 
 
 def _padded(row: tuple[Any, ...]) -> tuple[Any, ...]:
