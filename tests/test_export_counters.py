@@ -218,3 +218,50 @@ def test_gauges_live_sessions_burn_rate_and_budget_state(tmp_path: Path) -> None
         for k, v in series(text, "devmeter_budget_cap_usd").items()
     }
     assert caps == {"day": 2.0, "session": 0.5}
+
+
+def test_quota_gauges_label_accounts_and_leave_out_windows_past_their_reset(
+    tmp_path: Path,
+) -> None:
+    from devmeter.export.otlp import metrics_request
+    from devmeter.ledger import UPSERT_QUOTA, connect, quota_row
+    from devmeter.quota import Snapshot
+    from tests.otlp_receiver import attrs
+
+    now = time.time()
+    ledger = tmp_path / "ledger.sqlite"
+    write_calls(ledger, [call("/r")])
+    conn = connect(ledger)
+    for account, window, util, resets in (
+        ("acct-aaaa", "5h", 0.62, now + 3600),
+        ("acct-aaaa", "7d", 0.31, now + 86400),
+        ("acct-bbbb", "5h", 0.97, now - 60),  # reset a minute ago: its 97% is stale
+        ("acct-cccc", "requests", 0.25, None),
+    ):
+        conn.execute(UPSERT_QUOTA, quota_row(Snapshot(now, "anthropic", account, window, util,
+                                                      resets, "allowed")))  # fmt: skip
+    conn.commit()
+    conn.close()
+    c = LedgerCounters(ledger, tmp_path, Labels(), "box", accounts={"acct-aaaa": "work"})
+    text = scrape(c)
+    assert series(text, "devmeter_quota_utilization_ratio") == {
+        'devmeter_quota_utilization_ratio{account="acct-cccc",machine="box",provider="anthropic",'
+        'window="requests"}': 0.25,
+        'devmeter_quota_utilization_ratio{account="work",machine="box",provider="anthropic",'
+        'window="5h"}': 0.62,
+        'devmeter_quota_utilization_ratio{account="work",machine="box",provider="anthropic",'
+        'window="7d"}': 0.31,
+    }
+    resets = series(text, "devmeter_quota_reset_timestamp_seconds")
+    assert sorted(resets.values()) == [now + 3600, now + 86400]  # no reset time: no sample
+
+    # OTLP: the same windows, as gauges.
+    sent = metrics_request(c, now).resource_metrics[0].scope_metrics[0].metrics
+    found = {m.name: m for m in sent}
+    points = {
+        (attrs(p.attributes)["devmeter.account"], attrs(p.attributes)["devmeter.quota.window"]):
+        p.as_double for p in found["devmeter.quota.utilization"].gauge.data_points
+    }  # fmt: skip
+    assert points == {("work", "5h"): 0.62, ("work", "7d"): 0.31, ("acct-cccc", "requests"): 0.25}
+    assert found["devmeter.quota.utilization"].unit == "1"
+    assert len(found["devmeter.quota.reset_time"].gauge.data_points) == 2

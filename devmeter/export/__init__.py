@@ -58,6 +58,7 @@ class Exporters:
         if new == self.settings:  # the same exporters; budgets may have changed
             for counters in self._counters():
                 counters.budgets = config.section("budgets")
+                counters.accounts = config.section("accounts")
             return
         self.close()
         fresh = start(config, self.paths)
@@ -96,6 +97,7 @@ def _start(config: Config, paths: Paths) -> Exporters:
         return LedgerCounters(
             paths.ledger, paths.data_dir, settings.labels, settings.machine(),
             budgets=config.section("budgets"), histograms=histograms,
+            accounts=config.section("accounts"),
         )  # fmt: skip
 
     if settings.prometheus is not None:

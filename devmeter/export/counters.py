@@ -20,14 +20,14 @@ import hmac
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import NamedTuple
 
 from devmeter.export.settings import Labels
-from devmeter.ledger import connect_readonly
+from devmeter.ledger import connect_readonly, read_quota
 from devmeter.money import PICO
 from devmeter.paths import load_key_or_ephemeral
 
@@ -106,6 +106,17 @@ class Gauges:
     spent_usd: dict[str, Decimal]  # day, month: this period; session, repo: the highest
 
 
+@dataclass(frozen=True)
+class QuotaWindow:
+    """A quota window's latest reading, as exported (devmeter/quota.py)."""
+
+    provider: str
+    account: str  # the user's label from `[accounts]`, else the salted fingerprint
+    window: str  # 5h, 7d, weekly, requests, ...
+    utilization: float  # 0..1
+    resets_at: float | None  # epoch seconds
+
+
 def _outcome_sql() -> str:
     # devmeter's own refusals carry its message, which always starts "devmeter:".
     return """CASE WHEN error LIKE 'devmeter:%' THEN 'blocked'
@@ -153,13 +164,14 @@ class LedgerCounters:
     def __init__(
         self, ledger: Path, data_dir: Path, labels: Labels, machine: str,
         budgets: object | None = None, histograms: bool = False,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, accounts: Mapping[str, str] | None = None,
     ) -> None:  # fmt: skip
         self.ledger = ledger
         self._data_dir = data_dir
         self.labels = labels
         self.machine = machine
         self.budgets = budgets  # devmeter.budget.Budgets, for caps per scope
+        self.accounts: Mapping[str, str] = accounts or {}  # `[accounts]`: id -> label
         self._histograms = histograms
         self._clock = clock
         self._lock = threading.Lock()
@@ -196,6 +208,31 @@ class LedgerCounters:
             except sqlite3.Error:
                 pass
             return Gauges({}, Decimal(0), Decimal(0), {})
+
+    def quota_windows(self) -> list[QuotaWindow]:
+        """The quota windows not yet past their reset, from the ledger's latest snapshot
+        of each (a window past its reset is left out until an answer reports it again:
+        its last figure would be stale). Two accounts given the same label are one
+        series: the fuller window wins, the one that needs watching."""
+        with self._lock:
+            try:
+                with self._connection() as conn:
+                    snapshots = [] if conn is None else read_quota(conn)
+            except sqlite3.Error:  # no quota table yet, or the ledger is busy: none now
+                return []
+        now = self._clock()
+        found: dict[tuple[str, str, str], QuotaWindow] = {}
+        for s in snapshots:
+            if s.utilization is None or (s.resets_at is not None and s.resets_at <= now):
+                continue
+            window = QuotaWindow(
+                s.provider, self.accounts.get(s.account, s.account), s.window,
+                s.utilization, s.resets_at,
+            )  # fmt: skip
+            key = (window.provider, window.account, window.window)
+            if key not in found or found[key].utilization < window.utilization:
+                found[key] = window
+        return [found[key] for key in sorted(found)]
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection | None]:

@@ -45,6 +45,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationSc
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     AggregationTemporality,
+    Gauge,
     Histogram,
     HistogramDataPoint,
     Metric,
@@ -56,7 +57,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 import devmeter
-from devmeter.export.counters import TOKEN_BUCKETS, TOKEN_TYPES, LedgerCounters
+from devmeter.export.counters import TOKEN_BUCKETS, TOKEN_TYPES, LedgerCounters, QuotaWindow
 from devmeter.export.settings import OtlpSettings, parse_headers
 from devmeter.money import PICO
 
@@ -180,6 +181,7 @@ def metrics_request(counters: LedgerCounters, now: float) -> ExportMetricsServic
             True,
         ),  # fmt: skip
     ]
+    metrics += _quota_gauges(counters.quota_windows(), machine, stamp)
     return ExportMetricsServiceRequest(
         resource_metrics=[
             ResourceMetrics(
@@ -188,6 +190,35 @@ def metrics_request(counters: LedgerCounters, now: float) -> ExportMetricsServic
             )
         ]
     )
+
+
+def _quota_gauges(windows: Iterable[QuotaWindow], machine: str, stamp: int) -> list[Metric]:
+    """Each quota window's fill and reset time, as gauges (the last value is the truth)."""
+    utilization, resets = [], []
+    for w in windows:
+        attributes = _attrs({
+            "gen_ai.provider.name": w.provider, "devmeter.account": w.account,
+            "devmeter.quota.window": w.window, "devmeter.machine": machine,
+        })  # fmt: skip
+        utilization.append(
+            NumberDataPoint(attributes=attributes, time_unix_nano=stamp, as_double=w.utilization)
+        )
+        if w.resets_at is not None:
+            resets.append(
+                NumberDataPoint(attributes=attributes, time_unix_nano=stamp, as_double=w.resets_at)
+            )
+    return [
+        Metric(
+            name="devmeter.quota.utilization", unit="1",
+            description="How full each quota window is, 0 to 1, as the provider last said.",
+            gauge=Gauge(data_points=utilization),
+        ),
+        Metric(
+            name="devmeter.quota.reset_time", unit="s",
+            description="When each quota window resets, in Unix seconds.",
+            gauge=Gauge(data_points=resets),
+        ),
+    ]  # fmt: skip
 
 
 _LOG_COLUMNS = (

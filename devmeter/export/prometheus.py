@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from devmeter.export.counters import TOKEN_TYPES, Key, LedgerCounters
+from devmeter.export.counters import TOKEN_TYPES, Key, LedgerCounters, QuotaWindow
 from devmeter.money import PICO
 
 COMMON = ("provider", "model", "tool", "repo", "machine")
@@ -126,6 +126,28 @@ class LedgerCollector(Collector):
         top.add_metric([machine], float(g.max_session_burn_usd_per_hour))
         yield top
         yield from _budget_gauges(machine, g.spent_usd, c.budgets)
+        yield from _quota_gauges(machine, c.quota_windows())
+
+
+def _quota_gauges(machine: str, windows: Iterable[QuotaWindow]) -> Iterable[Metric]:
+    labels = ["machine", "provider", "account", "window"]
+    utilization = GaugeMetricFamily(
+        "devmeter_quota_utilization_ratio",
+        "How full each subscription or rate-limit window is, 0 to 1, as the provider's "
+        "last answer said; account: its [accounts] label, else a salted fingerprint.",
+        labels=labels,
+    )
+    resets = GaugeMetricFamily(
+        "devmeter_quota_reset_timestamp_seconds",
+        "When each quota window resets, in Unix seconds.",
+        labels=labels,
+    )
+    for w in windows:
+        utilization.add_metric([machine, w.provider, w.account, w.window], w.utilization)
+        if w.resets_at is not None:
+            resets.add_metric([machine, w.provider, w.account, w.window], w.resets_at)
+    yield utilization
+    yield resets
 
 
 def _budget_gauges(machine: str, spent: dict[str, Decimal], budgets: Any) -> Iterable[Metric]:
