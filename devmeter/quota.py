@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Literal
 
 # Two readings whose reset times differ by more than this are in different windows (a
 # rolling window's reset time drifts by a second or so between answers).
@@ -152,6 +153,25 @@ def tightest(snapshots: Iterable[Snapshot], now: float) -> Snapshot | None:
         if s.utilization is not None and (s.resets_at is None or s.resets_at > now)
     ]
     return max(live, key=lambda s: s.utilization or 0.0, default=None)
+
+
+# `[quota] thresholds` when the config says none: the alert levels, and the tray's amber
+# and red.
+DEFAULT_THRESHOLDS = (0.8, 0.95)
+# What the tray's colour says about the tightest window.
+QuotaLevel = Literal["ok", "warning", "critical"]
+
+
+def quota_level(utilization: float | None, thresholds: Sequence[float]) -> QuotaLevel:
+    """`warning` (amber) from the lowest alert level, `critical` (red) from the highest;
+    with a single level, amber from it and red once the window is full."""
+    if utilization is None or not thresholds:
+        return "ok"
+    levels = sorted(thresholds)
+    top = levels[-1] if len(levels) > 1 else 1.0
+    if utilization >= top:
+        return "critical"
+    return "warning" if utilization >= levels[0] else "ok"
 
 
 def tray_line(snapshot: Snapshot, local: bool = True) -> str:

@@ -25,7 +25,7 @@ from devmeter.billing import API, OVERAGE, SUBSCRIPTION, Billing
 from devmeter.config_error import ConfigError
 from devmeter.config_values import reject_unknown
 from devmeter.providers.quota_headers import QuotaReading
-from devmeter.quota import Snapshot, iso, pace, same_window
+from devmeter.quota import DEFAULT_THRESHOLDS, Snapshot, iso, pace, same_window
 from devmeter.usage import Call
 
 DAY = 86400.0
@@ -34,14 +34,14 @@ _READINGS_KEPT = 64  # per window, in memory, for pace
 
 @dataclass(frozen=True)
 class QuotaConfig:
-    thresholds: tuple[float, ...] = (0.8, 0.95)
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     billing_switch_days: float = 7.0
 
 
 def parse_quota(table: Mapping[str, object] | None) -> QuotaConfig:
     table = table or {}
     reject_unknown("quota", table, ("thresholds", "billing_switch_days"))
-    thresholds = table.get("thresholds", [0.8, 0.95])
+    thresholds = table.get("thresholds", list(DEFAULT_THRESHOLDS))
     if not isinstance(thresholds, list) or not all(
         isinstance(t, int | float) and not isinstance(t, bool) and 0 < t <= 1 for t in thresholds
     ):

@@ -409,6 +409,47 @@ def test_the_tray_shows_billed_covered_and_the_tightest_window(tmp_path: Path) -
     assert title.endswith(f"routing off · {expected}") and len(title) <= 127
 
 
+def test_the_tray_turns_amber_then_red_at_the_quota_alert_levels(tmp_path: Path) -> None:
+    import time as clock
+
+    from devmeter.control import Control
+    from devmeter.ledger import UPSERT_QUOTA, connect, connect_readonly, quota_row, write_calls
+    from devmeter.quota import quota_level
+    from devmeter.tray.icon import tooltip
+    from devmeter.tray.snapshot import snapshot
+
+    assert [quota_level(u, (0.8, 0.95)) for u in (None, 0.79, 0.8, 0.949, 0.95, 1.0)] == [
+        "ok", "ok", "warning", "warning", "critical", "critical"
+    ]  # fmt: skip
+    # One level: amber from it, red once the window is full; no levels: never coloured.
+    assert [quota_level(u, (0.5,)) for u in (0.4, 0.5, 1.0)] == ["ok", "warning", "critical"]
+    assert quota_level(1.0, ()) == "ok"
+
+    now = clock.time()
+    ledger = tmp_path / "ledger.sqlite"
+    write_calls(ledger, [call(now - 30, "subscription")])
+    conn = connect_readonly(ledger)
+    assert conn is not None
+    writer = connect(ledger)
+    resets = now + 3600
+    when = datetime.fromtimestamp(resets).strftime("%H:%M")
+    seen = []
+    for util in (0.62, 0.85, 0.96):
+        writer.execute(UPSERT_QUOTA, quota_row(
+            Snapshot(now, "anthropic", "acct-1", "5h", util, resets, "allowed")
+        ))  # fmt: skip
+        writer.commit()
+        snap = snapshot(conn, now, Control())
+        title = tooltip(None, snap.today_usd, snap.month_usd, "off", billing=snap.billing_line)
+        assert f"5h {round(util * 100)}% · resets {when}" in title
+        seen.append(snap.state)
+    assert seen == ["normal", "warning", "critical"]
+    # The configured levels, not the defaults: 96% is only amber under a 99% red.
+    assert snapshot(conn, now, Control(), quota_thresholds=(0.6, 0.99)).state == "warning"
+    # A paused proxy or a cap refusing calls says more than the quota does.
+    assert snapshot(conn, now, Control(paused=True)).state == "paused"
+
+
 _NAMES = [U + "status", U + "5h-utilization", U + "5h-reset", U + "overage-status",
           U + "x-y-status", "x-codex-primary-used-percent", "x-codex-primary-window-minutes",
           "x-codex-secondary-reset-after-seconds", "x-ratelimit-reset-tokens",

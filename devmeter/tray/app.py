@@ -501,6 +501,7 @@ class TrayApp:
                     change_marker(conn),
                     _mtime(self.control_file),
                     self._configured_routing(),
+                    self._quota_thresholds(),
                     self.supervisor.status,
                     local_midnight(now),
                     int(now // REDRAW_SECONDS),
@@ -509,8 +510,10 @@ class TrayApp:
                 if not force and marker == self._marker:
                     return False
                 snap = snapshot(
-                    conn, now, self._load_control(), configured_routing=self._configured_routing()
-                )
+                    conn, now, self._load_control(),
+                    configured_routing=self._configured_routing(),
+                    quota_thresholds=self._quota_thresholds(),
+                )  # fmt: skip
                 snap = tray_asks.with_state_files(snap, self.paths.data_dir)
             except sqlite3.Error as exc:
                 log.warning("devmeter: cannot read the ledger: %s", exc)
@@ -631,6 +634,11 @@ class TrayApp:
             except ConfigError as exc:
                 log.warning("devmeter: bad config, keeping the last good one: %s", exc)
         return str(self.config.section("routing").mode)
+
+    def _quota_thresholds(self) -> tuple[float, ...]:
+        """The `[quota]` alert levels the icon turns amber and red at (the file as last
+        read by `_configured_routing`, which the marker reads first)."""
+        return tuple(self.config.section("quota").thresholds)
 
     # --- on screen ----------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from devmeter.money import format_usd
 
-State = Literal["normal", "warning", "blocked", "paused"]
+State = Literal["normal", "warning", "critical", "blocked", "paused"]
 RGB = tuple[int, int, int]
 
 WHITE: RGB = (255, 255, 255)
@@ -37,6 +37,8 @@ class Palette:
 PALETTES: dict[State, Palette] = {
     "normal": Palette((21, 101, 52), WHITE),  # green 800: 7.1:1
     "warning": Palette((255, 179, 0), INK),  # amber 600: 10.5:1
+    # A quota window nearly spent: red, and a bar along the foot (see `render_badge`).
+    "critical": Palette((198, 40, 40), WHITE),  # red 800: 5.6:1
     "blocked": Palette((198, 40, 40), WHITE),  # red 800: 5.6:1, and an octagon
     "paused": Palette((48, 48, 48), WHITE),  # charcoal: 13.2:1
 }
@@ -136,7 +138,8 @@ def render_badge(text: str, state: State, size: int) -> Image.Image:
     """`text` as large as fits on the state's shape and colour.
 
     A rounded square, except `blocked`: a stop-sign octagon, so it does not rely on
-    telling red from green.
+    telling red from green; `critical` (a quota window nearly spent) is the red square
+    with a bar along its foot, for the same reason.
     """
     if size < 8:
         raise ValueError(f"an icon needs at least 8 px, got {size}")
@@ -148,6 +151,11 @@ def render_badge(text: str, state: State, size: int) -> Image.Image:
     left = (size - mask.width) // 2
     top = (size - mask.height) // 2
     icon.paste(palette.text, (left, top, left + mask.width, top + mask.height), mask)
+    if state == "critical":
+        foot = max(1, round(size * 0.08))
+        ImageDraw.Draw(icon).rectangle(
+            (pad + 1, size - pad - foot, size - pad - 2, size - pad - 1), fill=palette.text
+        )
     return icon
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from devmeter.labels import repo_name, short_session
 from devmeter.money import format_usd
+from devmeter.quota import QuotaLevel
 from devmeter.reports import NO_REPO
 from devmeter.tray.icon import State
 
@@ -83,6 +84,9 @@ class TraySnapshot:
     today_billed_usd: Decimal = Decimal(0)
     today_covered_usd: Decimal = Decimal(0)
     quota: str | None = None
+    # How full that window is against the `[quota] thresholds` (devmeter/quota.py):
+    # amber from the lowest, red from the highest.
+    quota_level: QuotaLevel = "ok"
     # The config edit the running proxy refused (file, line, key, problem): it keeps
     # its last good config until the file is fixed (devmeter/config_reload.py).
     config_problem: str | None = None
@@ -100,13 +104,18 @@ class TraySnapshot:
     @property
     def state(self) -> State:
         """The icon's state: paused wins (the user chose it), then blocked or a request
-        waiting for an answer, then warning (an alert today, or a config edit the proxy
-        refused: what is metered is not what the file says)."""
+        waiting for an answer, then a quota window past its highest alert level
+        (critical), then warning (an alert today, a window past its lowest level, or a
+        config edit the proxy refused: what is metered is not what the file says)."""
         if self.paused:
             return "paused"
         if self.blocked or self.asks:
             return "blocked"
-        return "warning" if self.warning or self.config_problem else "normal"
+        if self.quota_level == "critical":
+            return "critical"
+        if self.warning or self.config_problem or self.quota_level == "warning":
+            return "warning"
+        return "normal"
 
 
 @dataclass(frozen=True)

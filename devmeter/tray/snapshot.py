@@ -17,6 +17,7 @@ owns the connection (read-only, see `ledger.connect_readonly`).
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -26,7 +27,7 @@ from devmeter.clock import local_midnight, local_month_start
 from devmeter.control import Control
 from devmeter.ledger import read_quota
 from devmeter.money import usd
-from devmeter.quota import tightest, tray_line
+from devmeter.quota import DEFAULT_THRESHOLDS, quota_level, tightest, tray_line
 from devmeter.sessions import LIVE_SECONDS
 from devmeter.tray.menu import ROUTING_MODES, CapRow, RoutingMode, SessionRow, TraySnapshot
 
@@ -45,12 +46,14 @@ def snapshot(
     control: Control,
     *,
     configured_routing: str = "shadow",
+    quota_thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
 ) -> TraySnapshot:
     """The tray's view of the ledger at `now`; an empty one when there is no ledger yet.
 
     `sessions` come most recently active first (the tooltip's "session" is the first);
     the menu sorts them by spend itself. `configured_routing` is the config file's mode,
-    used when control.json does not override it.
+    used when control.json does not override it; `quota_thresholds` its `[quota]` alert
+    levels, which colour the icon as the tightest window fills.
     """
     routing = _routing(control.routing_mode or configured_routing)
     if conn is None:
@@ -73,11 +76,13 @@ def snapshot(
         blocked=blocked_caps(conn, now, control),
         warning=conn.execute("SELECT 1 FROM alerts WHERE ts >= ? LIMIT 1", (today,)).fetchone()
         is not None,
-        **_billing(conn, today, now),
+        **_billing(conn, today, now, quota_thresholds),
     )
 
 
-def _billing(conn: sqlite3.Connection, today: float, now: float) -> dict[str, Any]:
+def _billing(
+    conn: sqlite3.Connection, today: float, now: float, thresholds: Sequence[float]
+) -> dict[str, Any]:
     """Today's billed and covered dollars and the tightest quota window; nothing from a
     ledger the proxy has not yet migrated to hold them."""
     try:
@@ -90,6 +95,7 @@ def _billing(conn: sqlite3.Connection, today: float, now: float) -> dict[str, An
         "today_billed_usd": billed,
         "today_covered_usd": covered,
         "quota": None if found is None else tray_line(found),
+        "quota_level": quota_level(None if found is None else found.utilization, thresholds),
     }
 
 
