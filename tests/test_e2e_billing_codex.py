@@ -1,17 +1,17 @@
-"""Codex's billing and quota through a real proxy.
+"""Codex's billing and quota through a real proxy, with the real Codex CLI (0.169).
 
-With `OPENAI_API_KEY`, the real Codex CLI against api.openai.com: billed to the key.
+With `OPENAI_API_KEY`, against api.openai.com: billed to the key.
 
-With a ChatGPT login, the real Codex CLI 0.169 does accept an offline `auth.json` (an
-unsigned JWT, a recent `last_refresh`): it then sends to chatgpt.com, but before every
-turn it asks `GET /backend-api/wham/accounts/check` which workspace serves the account,
-and its answer's schema is private (an `AccountEntry` of 11 fields and a routing override
-it validates): no answer built offline was accepted ("workspace routing discovery has
-invalid account routing override"), so Codex never sends a turn. The test therefore
-replays what Codex sends and gets on that path through the proxy: a ChatGPT access token
-(a JWT) as a Bearer to chatgpt.com/backend-api/codex/responses, over its WebSocket and
-over HTTPS with SSE, answered with the `x-codex-*` headers and the `codex.rate_limits`
-event by the fake upstream.
+With a ChatGPT login: an offline `auth.json` (unsigned JWTs, a recent `last_refresh`)
+that Codex accepts as it is. Before a turn it asks chatgpt.com's
+`GET /backend-api/wham/accounts/check` which backend serves the selected workspace, and
+sends nothing until the account its `auth.json` names is listed there with a
+`workspace_backend_origin` and an `account_routing_override` it knows; the fake upstream
+answers with `NO_CONSTRAINT` for both (tests/fake_upstream/server.py), which keeps the
+turns on chatgpt.com. Codex then sends its turns, with the ChatGPT access token as a
+Bearer, to chatgpt.com/backend-api/codex/responses over its WebSocket (or, when the
+WebSocket is refused, over HTTPS with SSE), and the fake answers with the `x-codex-*`
+headers and the `codex.rate_limits` event.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import ssl
 import subprocess
 import sys
 import time
@@ -27,7 +26,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx2
 import pytest
 
 from tests.clients_env import (
@@ -46,6 +44,7 @@ from tests.proxy_harness import RunningProxy
 pytestmark = [pytest.mark.proxy, pytest.mark.e2e]
 
 ACCESS_TOKEN_MARK = "PLANTEDchatgptAccessQw8Er4Ty6"
+CHATGPT_ACCOUNT = "acct-fake-0001"  # auth.json's ChatGPT account (a workspace id)
 PRIMARY_RESET = 1_796_650_000
 SECONDARY_RESET = 1_797_100_000
 CODEX_HEADERS = {
@@ -91,46 +90,27 @@ def run_codex(proxy: RunningProxy, cwd: Path, env: dict[str, str]) -> list[dict[
     return rows_after(proxy, mark, at_least=1)
 
 
-def chatgpt_token() -> str:
+def chatgpt_login_env(proxy: RunningProxy, tmp: Path) -> dict[str, str]:
+    """Codex with a ChatGPT login and no API key: the `auth.json` `codex login` writes."""
+    env = codex_env(proxy, tmp)
+    env.pop("OPENAI_API_KEY")
     claims = {
         "email": "dev@example.com",
         "exp": int(time.time()) + 86400,
-        "https://api.openai.com/auth": {"chatgpt_plan_type": "plus"},
-    }
-    return fake_jwt(claims)
-
-
-def replay_chatgpt_turn(proxy: RunningProxy, transport: str, session: str) -> None:
-    """One Codex turn as Codex sends it with a ChatGPT login."""
-    context = ssl.create_default_context(cafile=str(proxy.bundle))
-    headers = {
-        "Authorization": f"Bearer {chatgpt_token()}",
-        "chatgpt-account-id": "acct-fake-0001",
-        "originator": "codex_exec",
-        "User-Agent": "codex_exec/0.169.0 (Debian 13.0.0; x86_64) xterm",
-        "session-id": session,
-        "X-Devmeter-Session": session,
-    }
-    turn = {"model": "gpt-6.1-sol", "input": [], "stream": True, "store": False}
-    if transport == "websocket":
-        from websockets.sync.client import connect
-
-        with connect(
-            "wss://chatgpt.com/backend-api/codex/responses",
-            ssl=context,
-            proxy=proxy.url,
-            additional_headers=headers,
-            open_timeout=10,
-        ) as socket:
-            socket.send(json.dumps({"type": "response.create", **turn}))
-            while json.loads(socket.recv(timeout=10))["type"] != "response.completed":
-                pass
-    else:
-        with httpx2.Client(proxy=proxy.url, verify=context, timeout=30) as http:
-            r = http.post(
-                "https://chatgpt.com/backend-api/codex/responses", json=turn, headers=headers
-            )
-            assert r.status_code == 200 and "codex.rate_limits" in r.text
+        "https://api.openai.com/auth": {
+            "chatgpt_plan_type": "plus", "chatgpt_account_id": CHATGPT_ACCOUNT,
+            "chatgpt_user_id": "user-fake-0001",
+        },
+    }  # fmt: skip
+    token = fake_jwt(claims)
+    auth = {
+        "OPENAI_API_KEY": None,
+        "tokens": {"id_token": token, "access_token": token,
+                   "refresh_token": "rt-fake-never-used", "account_id": CHATGPT_ACCOUNT},
+        "last_refresh": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }  # fmt: skip
+    (Path(env["CODEX_HOME"]) / "auth.json").write_text(json.dumps(auth))
+    return env
 
 
 def quota(proxy: RunningProxy) -> dict[tuple[str, str], dict[str, Any]]:
@@ -151,21 +131,29 @@ def iso(ts: int) -> str:
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_codex_chatgpt_login_is_a_subscription_with_exact_quota(
-    proxy: RunningProxy, upstream: FakeUpstream, transport: str
+    proxy: RunningProxy, upstream: FakeUpstream, transport: str, tmp_path: Path
 ) -> None:
-    upstream.defaults.update(headers=CODEX_HEADERS, rate_limits=RATE_LIMITS_EVENT)
-    session = f"codex-chatgpt-{transport}"
-    mark = last_id(proxy)
-    replay_chatgpt_turn(proxy, transport, session)
-    rows = rows_after(proxy, mark, at_least=1)
+    upstream.defaults.update(
+        headers=CODEX_HEADERS, rate_limits=RATE_LIMITS_EVENT, websocket=TRANSPORTS[transport]
+    )
+    repo = git_repo(tmp_path / "web", "main")
+    rows = run_codex(proxy, repo, chatgpt_login_env(proxy, tmp_path))
 
+    (check,) = {r.headers.get("chatgpt-account-id") for r in upstream.find("aux.chatgpt")}
+    assert check == CHATGPT_ACCOUNT  # the workspace discovery came first, and was answered
     sent = upstream.find("openai.responses")
     assert sent and all(r.path.startswith("/backend-api/codex/responses") for r in sent)
-    turns = [r for r in rows if r["session"] == session and r["output_tokens"]]
-    assert len(turns) == 1, describe(rows)
-    (turn,) = turns
-    assert (turn["billing"], turn["host"], turn["error"]) == ("subscription", "chatgpt.com", None)
-    account = turn["account"]
+    if transport == "websocket":
+        assert upstream.find("openai.responses.ws"), [r.endpoint for r in sent]
+    else:  # the WebSocket refused (426): Codex falls back to POST with SSE
+        assert upstream.find("openai.responses", method="POST"), [r.endpoint for r in sent]
+    turns = [r for r in rows if r["endpoint"] == "openai.responses" and r["output_tokens"]]
+    assert turns, describe(rows)
+    assert {(r["billing"], r["host"], r["error"]) for r in turns} == {
+        ("subscription", "chatgpt.com", None)
+    }, describe(turns)
+    (account,) = {r["account"] for r in turns}
+    assert account.startswith("acct-")
 
     windows = quota(proxy)
     five, week = windows[(account, "5h")], windows[(account, "7d")]

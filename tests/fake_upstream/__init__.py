@@ -164,9 +164,12 @@ as a WebSocket (``permessage-deflate``; headers ``openai-beta: responses_websock
 Responses WebSocket" line and fall back at once to ``POST /v1/responses`` with SSE. Through a
 proxy: ``HTTPS_PROXY`` + ``CODEX_CA_CERTIFICATE`` + ``SSL_CERT_FILE``, no base URL; it then
 also calls ``chatgpt.com/backend-api/plugins/export/curated`` and ``ab.chatgpt.com/otlp/…``
-(not LLM hosts). Either way ~0.6 s. Do not send an ``openai-model`` header on the WebSocket
-handshake: Codex compares it with the requested model and prints "model rerouted" plus a
-cyber-safety warning when they differ.
+(not LLM hosts). Either way ~0.6 s. With a ChatGPT login (an offline ``auth.json``, see
+tests/test_e2e_billing_codex.py) it first asks ``GET /backend-api/wham/accounts/check``,
+answered here for the ``chatgpt-account-id`` it sends, then talks to
+``/backend-api/codex/responses`` on chatgpt.com. Do not send an ``openai-model`` header on
+the WebSocket handshake: Codex compares it with the requested model and prints "model
+rerouted" plus a cyber-safety warning when they differ.
 
 Gemini CLI 0.61.0 against it
 ----------------------------

@@ -158,6 +158,8 @@ def _route(method: str, route: str, host: str, *, upgrade: bool) -> tuple[str, s
         return "aux.anthropic", "anthropic"  # Claude Code's settings, flags, telemetry
     if route.startswith("/otlp/"):
         return "aux.otlp", "openai"  # Codex's metrics
+    if method == "GET" and route == CHATGPT_ACCOUNTS_CHECK:
+        return "aux.chatgpt", "openai"  # Codex's workspace discovery (a ChatGPT login)
     if "anthropic" in host:
         return "unknown", "anthropic"
     if "google" in host:
@@ -185,8 +187,34 @@ def _lenient(path: str) -> str:
     return route if ":" in route else route.lower()
 
 
-def _aux_answer(route: str) -> tuple[int, Any]:
+CHATGPT_ACCOUNTS_CHECK = "/backend-api/wham/accounts/check"
+
+
+def _accounts_check(account_id: str) -> dict[str, Any]:
+    """Codex 0.169's workspace discovery, answered for the account its `auth.json` names
+    (the `chatgpt-account-id` header): it sends no turn with a ChatGPT login until the
+    selected account is listed with a backend origin and a routing override it knows;
+    `NO_CONSTRAINT` for both keeps the turns on chatgpt.com."""
+    return {
+        "accounts": [{
+            "id": account_id, "name": "Fake workspace", "structure": "personal",
+            "plan_type": "plus", "is_deactivated": False, "can_access_with_session": True,
+            "is_fedramp_compliant_workspace": False,
+            "workspace_backend_origin": "NO_CONSTRAINT",
+            "account_routing_override": "NO_CONSTRAINT",
+        }],
+        "account_ordering": [account_id],
+        "default_account_id": account_id,
+    }  # fmt: skip
+
+
+def _aux_answer(route: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """Answers for the clients' non-API calls that let them start fast and quietly."""
+    if route == CHATGPT_ACCOUNTS_CHECK:
+        account = (headers or {}).get("chatgpt-account-id", "")
+        if not account:
+            return 401, {"detail": "fake upstream: no chatgpt-account-id"}
+        return 200, _accounts_check(account)
     if route == "/v1internal:loadCodeAssist":
         return 200, {
             "currentTier": {"id": "standard-tier", "name": "Fake"},
@@ -501,7 +529,7 @@ class FakeUpstream:
 
         if endpoint == "unknown" or endpoint.startswith("aux."):
             if endpoint != "unknown":
-                status, body = _aux_answer(route)
+                status, body = _aux_answer(route, headers)
             else:
                 status = 404
                 body = p.error_reply(
