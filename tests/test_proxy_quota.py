@@ -128,6 +128,9 @@ def test_a_proxy_killed_right_after_the_answer_keeps_the_latest_snapshot(
         wait_for(lambda: len(again.rows()) == 2, "the killed run's calls were not replayed")
         (five,) = [q for q in quota_json(home) if q["window"] == "5h"]
         assert (five["utilization"], five["status"]) == (0.47, "allowed")
+        # The restarted proxy knows the replayed window: the same 47% is not a new move.
+        ask(again, upstream, "0.47")
+        again.new_calls(3)
         conn = sqlite3.connect(f"{(home / 'ledger.sqlite').as_uri()}?mode=ro", uri=True)
         readings = conn.execute("SELECT utilization FROM quota_readings ORDER BY id").fetchall()
         conn.close()
