@@ -594,6 +594,7 @@ class LedgerWriter:
         self._stopping = threading.Event()  # close() was called: finish up, no waiting
         self._ended = False  # the writer took close()'s end marker off the queue
         self._recovered = False
+        self._replayed = threading.Event()  # the first try at an earlier run's spool is over
         self._last_attempt = False  # the writer's round began after close(): no retry
         self.problem: str | None = None
         self.spool_problem: str | None = None
@@ -713,6 +714,14 @@ class LedgerWriter:
             self._tell(f"devmeter: the spool in {self._spool.directory} is writable again.")
         return mark
 
+    def wait_replayed(self, timeout: float = 5.0) -> bool:
+        """Wait until what a killed earlier run spooled is committed, so that reading the
+        ledger now (the proxy's budgets and quota windows at start) sees those calls too.
+        False when the first try failed (a ledger that cannot be written: the writer
+        retries on its own, and the proxy starts from what the ledger has) or took longer
+        than `timeout`."""
+        return self._replayed.wait(timeout) and self._recovered
+
     @property
     def backlog(self) -> int:
         return len(self._queue) + len(self._pending)
@@ -771,6 +780,7 @@ class LedgerWriter:
         self._last_attempt = self._stopping.is_set()
         if not self._recovered:
             self._recovered = self._recover()
+            self._replayed.set()  # done, or the ledger refused: no one waits for a retry
             if not self._recovered:
                 if self._last_attempt:
                     self._give_up(None)  # the spool keeps those rows for the next start

@@ -215,3 +215,25 @@ def test_a_second_process_cannot_write_the_same_ledger(tmp_path: Path) -> None:
         first.close()
     again = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert again.returncode == 0, again.stdout + again.stderr  # free once the first closed
+
+
+def test_a_new_writer_says_when_an_earlier_runs_spool_is_in_the_ledger(tmp_path: Path) -> None:
+    """The proxy seeds budgets and quota windows from the ledger at start: it waits for
+    the replay first, so a killed run's last calls count."""
+    from devmeter.ledger import connect_readonly
+
+    ledger = tmp_path / "ledger.sqlite"
+    LedgerWriter(ledger).close()  # a ledger with its mark
+    leftover = Spool(spool_dir(ledger))
+    for i in range(200):
+        leftover.append(call_row(make_call(2000.0 + i, "0.01", session=f"spooled-{i}")))
+    leftover.close()
+
+    writer = LedgerWriter(ledger)
+    assert writer.wait_replayed(10)
+    conn = connect_readonly(ledger)  # another reader, at once: no flush, no close
+    assert conn is not None
+    (count,) = conn.execute("SELECT count(*) FROM calls").fetchone()
+    conn.close()
+    writer.close()
+    assert count == 200

@@ -149,6 +149,7 @@ async def serve(
     paths.ca_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(paths.ca_dir, 0o700)
     writer = LedgerWriter(paths.ledger)
+    writer.wait_replayed()  # the seeds below read a killed run's spooled calls too
     attributor = Attributor(proxy_port=port or None)
     guard = Guard(
         config.section("budgets"),
