@@ -1,7 +1,8 @@
 """The Grafana dashboard in packaging/, proven against a real Prometheus (Grafana itself is
 not installable here): every panel's PromQL, with the dashboard's variables filled in as
 Grafana would, runs through Prometheus' HTTP API after calls flowed through a real proxy
-and returns data, with no error. The same run checks the quota-window gauges exactly.
+and returns data, with no error. The same run checks the quota-window gauges exactly, in
+Prometheus and as pushed over OTLP to a local receiver (tests/otlp_receiver.py).
 
 Calls: API-key calls to three providers and a 500 (billed, errors), a Claude subscription
 call answered with the unified quota headers (covered, quota), with model routing first
@@ -27,6 +28,7 @@ import pytest
 
 from tests.export_helpers import Prometheus, free_port, prometheus, send_calls, wait_for
 from tests.fake_upstream import FakeUpstream
+from tests.otlp_receiver import OtlpReceiver, attrs
 from tests.proxy_harness import RunningProxy, start_proxy
 from tests.test_proxy_config_reload import edit
 
@@ -41,6 +43,10 @@ CONFIG = """
 [export.prometheus]
 listen = "127.0.0.1:{port}"
 machine = "ci-box"
+
+[export.otlp]
+endpoint = "{otlp}"
+interval_seconds = 0.2
 
 [budgets.day]
 notify_usd = [1000]
@@ -65,6 +71,7 @@ class Flowed:
     server: Prometheus
     proxy: RunningProxy
     account: str
+    receiver: OtlpReceiver
 
 
 def expressions() -> list[tuple[str, str]]:
@@ -99,7 +106,8 @@ def flowed(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> 
     home.mkdir()
     port = free_port()
     config = home / "config.toml"
-    config.write_text(CONFIG.format(port=port, mode="shadow", accounts=""))
+    receiver = OtlpReceiver().start()
+    config.write_text(CONFIG.format(port=port, otlp=receiver.url, mode="shadow", accounts=""))
     upstream.reset()
     proxy = start_proxy(home, upstream.url)
     try:
@@ -118,12 +126,14 @@ def flowed(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> 
             (account,) = {r["account"] for r in rows if r["billing"] == "subscription"}
             # Routing on, and a label for the subscription's account: a live reload.
             labelled = f'\n[accounts]\n"{account}" = "team-max"\n'
-            edit(config, CONFIG.format(port=port, mode="on", accounts=labelled))
+            edit(config, CONFIG.format(port=port, otlp=receiver.url, mode="on",
+                                       accounts=labelled))  # fmt: skip
             wait_for("the reload", lambda: "config reloaded" in proxy.log.read_text())
             proxy.new_calls(send_calls(proxy, rounds=1, error=False))  # routed
-            yield Flowed(server, proxy, account)
+            yield Flowed(server, proxy, account, receiver)
     finally:
         proxy.stop()
+        receiver.stop()
         upstream.reset()
 
 
@@ -164,7 +174,7 @@ def test_every_panel_query_of_the_grafana_dashboard_returns_data(flowed: Flowed)
             assert result, (title, promql)
 
 
-def test_quota_windows_reach_prometheus_exactly(flowed: Flowed) -> None:
+def test_quota_windows_reach_prometheus_and_otlp_exactly(flowed: Flowed) -> None:
     server = flowed.server
 
     def windows() -> dict[str, tuple[Decimal, Decimal]] | None:
@@ -186,3 +196,26 @@ def test_quota_windows_reach_prometheus_exactly(flowed: Flowed) -> None:
     }
     # The account's label replaced its fingerprint; the fingerprint is not another series.
     assert server.query(f'devmeter_quota_utilization_ratio{{account="{flowed.account}"}}') == []
+
+    def pushed() -> dict[str, tuple[Decimal, Decimal]] | None:
+        metrics = flowed.receiver.latest_metrics()
+        if "devmeter.quota.utilization" not in metrics:
+            return None
+        resets = {
+            attrs(p.attributes)["devmeter.quota.window"]: p.as_double
+            for p in metrics["devmeter.quota.reset_time"].gauge.data_points
+        }
+        found = {}
+        for point in metrics["devmeter.quota.utilization"].gauge.data_points:
+            a = attrs(point.attributes)
+            if a["devmeter.account"] != "team-max":
+                return None  # a push from before the reload
+            assert (a["gen_ai.provider.name"], a["devmeter.machine"]) == ("anthropic", "ci-box")
+            window = a["devmeter.quota.window"]
+            found[window] = (Decimal(repr(point.as_double)), Decimal(repr(resets[window])))
+        return found or None
+
+    assert wait_for("the quota windows pushed over OTLP", pushed) == {
+        "5h": (Decimal("0.62"), Decimal(FIVE_H_RESET)),
+        "7d": (Decimal("0.31"), Decimal(SEVEN_D_RESET)),
+    }
