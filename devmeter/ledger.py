@@ -294,6 +294,29 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE calls ADD COLUMN refused_key TEXT;
     ALTER TABLE calls ADD COLUMN refused_cap_pusd INTEGER;
     """,
+    # v9: a live row replaces its imported twin when the import names no response id
+    # (Codex rollouts, Gemini CLI chats): the same tool's imported row with the same token
+    # counts within 15 minutes, the same session first, the nearest in time first, one per
+    # live row (devmeter/importers/history.py TWIN_WINDOW: the same rule the other way
+    # round). The partial index keeps the lookup free for the proxy while nothing is
+    # imported.
+    """
+    CREATE INDEX calls_unkeyed_import ON calls (tool, output_tokens, input_tokens)
+        WHERE source = 'import' AND response_id IS NULL;
+    CREATE TRIGGER calls_live_replaces_unkeyed_import AFTER INSERT ON calls
+    WHEN NEW.source IS NULL BEGIN
+        DELETE FROM calls WHERE id = (
+            SELECT id FROM calls
+            WHERE source = 'import' AND response_id IS NULL AND tool = NEW.tool
+                AND output_tokens = NEW.output_tokens AND input_tokens = NEW.input_tokens
+                AND cache_read_tokens = NEW.cache_read_tokens
+                AND cache_write_tokens = NEW.cache_write_tokens
+                AND ts BETWEEN NEW.ts - 900 AND NEW.ts + 900
+            ORDER BY session IS NOT NEW.session, abs(ts - NEW.ts)
+            LIMIT 1
+        );
+    END;
+    """,
 )
 BUCKET_SECONDS = 900
 

@@ -3,7 +3,10 @@
 Codex runs through `devmeter run` (two turns: `exec`, then `exec resume --last`); the
 rollout it wrote is then imported twice: into a fresh ledger, where its rows must equal
 the live ones token for token and to the micro-dollar, and into the proxy's own ledger,
-where every response is already there and nothing is added.
+where every response is already there and nothing is added. Then the other order: into
+a third ledger the rollout is imported first and the proxy's rows arrive after (as its
+spool replays them once a ledger that could not be written is writable again): each live
+row replaces its imported twin, one row per response.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from devmeter import ledger
 from devmeter.importers.codex import import_codex
 from tests.clients_env import cli, codex_env, devmeter_run, git_repo, last_id, rows_after
 from tests.fake_upstream import FakeUpstream
@@ -54,6 +58,20 @@ def billed(db: Path, where: str) -> list[dict[str, Any]]:
     ]
     conn.close()
     return rows
+
+
+def replay_live(live_db: Path, after: int, into: Path) -> None:
+    """The proxy's rows after id `after`, inserted into `into` as its writer inserts them."""
+    conn = sqlite3.connect(live_db)
+    live_rows = conn.execute(
+        f"SELECT {', '.join(ledger.CALL_COLUMNS)} FROM calls WHERE id > ? ORDER BY id", (after,)
+    ).fetchall()
+    conn.close()
+    target = ledger.connect(into)
+    target.execute("BEGIN IMMEDIATE")
+    ledger.insert_calls(target, live_rows)
+    target.execute("COMMIT")
+    target.close()
 
 
 def test_codex_rollouts_imported_equal_the_live_rows_and_never_double(
@@ -96,3 +114,13 @@ def test_codex_rollouts_imported_equal_the_live_rows_and_never_double(
     into_live = import_codex(live_db, codex_home)
     assert (into_live.imported, into_live.live) == (0, 2), into_live
     assert len(billed(live_db, "1")) == before
+
+    # Imported first, metered live after: one row per response, the live one.
+    first_db = tmp_path / "import-first" / "ledger.sqlite"
+    assert import_codex(first_db, codex_home).imported == 2
+    replay_live(live_db, mark, first_db)
+    after = billed(first_db, "1")
+    assert [(r["source"], r["response_id"]) for r in after] == [
+        (None, r["response_id"]) for r in live
+    ]
+    assert import_codex(first_db, codex_home).imported == 0

@@ -3,7 +3,8 @@
 Gemini CLI (API key) runs through `devmeter run`: a router call, then a turn that calls a
 tool and the answer after it. Its chat log (`~/.gemini/tmp/<hash>/chats/*.jsonl`) is then
 imported into a fresh ledger, where each answer's row must equal the live one token for
-token, and into the proxy's own ledger, where nothing is added. The router's call is in
+token, and into the proxy's own ledger, where nothing is added; then into a third ledger
+before the proxy's rows reach it, which then replace their imported twins. The router's call is in
 no chat: only the proxy sees it.
 """
 
@@ -18,6 +19,7 @@ import pytest
 from devmeter.importers.gemini_cli import import_gemini_cli
 from tests.clients_env import cli, devmeter_run, git_repo, last_id, rows_after
 from tests.fake_upstream import FakeUpstream
+from tests.test_e2e_import_codex import replay_live
 from tests.proxy_harness import RunningProxy
 from tests.test_e2e_gemini_cli import ANSWER_USAGE, LOGINS, ROUTER_USAGE, TURN_USAGE, gemini_env
 
@@ -76,3 +78,13 @@ def test_gemini_cli_chats_imported_equal_the_live_rows_and_never_double(
     into_live = import_gemini_cli(live_db, gemini_home)
     assert (into_live.imported, into_live.live) == (0, 2), into_live
     assert len(table(live_db, "1")) == before
+
+    # Imported first, metered live after: one row per answer, the live one (the router's
+    # call, in no chat, is there once too).
+    first_db = tmp_path / "import-first" / "ledger.sqlite"
+    assert import_gemini_cli(first_db, gemini_home).imported == 2
+    replay_live(live_db, mark, first_db)
+    after = table(first_db, "1")
+    assert len(after) == len(table(live_db, f"id > {mark}"))
+    assert {r["source"] for r in after} == {None}
+    assert import_gemini_cli(first_db, gemini_home).imported == 0

@@ -508,3 +508,72 @@ def test_gemini_cli_0_61_jsonl_chats(tmp_path: Path) -> None:
     second = import_gemini_cli(db, tmp_path / "gemini")
     assert (second.imported, second.lines) == (1, 2)
     assert [r["import_key"] for r in rows(db)] == ["gemini-cli:g-2:m1", "gemini-cli:g-2:m2"]
+
+
+def test_codex_and_gemini_rows_imported_first_are_replaced_by_their_live_twins(
+    tmp_path: Path,
+) -> None:
+    """Rollouts and chats name no response id: a live row arriving after the import (the
+    proxy's spool replayed once the ledger could be written again) replaces the imported
+    row with the same tool, token counts and time (within 15 minutes), one for one."""
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    db = tmp_path / "ledger.sqlite"
+    write_jsonl(
+        tmp_path / "codex" / "sessions" / "rollout-1.jsonl",
+        [
+            codex_line("session_meta", {"id": "sess-1"}),
+            codex_line("turn_context", {"model": "gpt-5"}),
+            token_count(1000, 200, 50, 0, "2026-12-01T09:00:01Z"),
+            token_count(2000, 400, 100, 0, "2026-12-01T09:00:09Z"),  # the same counts again
+            token_count(3500, 400, 170, 0, "2026-12-01T09:00:20Z"),
+        ],
+    )
+    log = tmp_path / "gemini" / "tmp" / "abc" / "chats" / "session-2026-12-01T10-00-g3aa.jsonl"
+    tokens = {"input": 9000, "output": 300, "cached": 4000, "thoughts": 120, "tool": 50}
+    write_jsonl(
+        log,
+        [
+            {"sessionId": "g-3", "projectHash": "abc", "kind": "main"},
+            {"id": "m1", "timestamp": "2026-12-01T10:00:02Z", "type": "gemini",
+             "model": "gemini-2.5-pro", "tokens": tokens},  # fmt: skip
+        ],
+    )
+    assert import_codex(db, tmp_path / "codex").imported == 3
+    assert import_gemini_cli(db, tmp_path / "gemini").imported == 1
+    assert len(rows(db)) == 4
+
+    at = datetime(2026, 12, 1, 9, 0, 0, tzinfo=UTC).timestamp()
+    codex_live = Call(
+        ts=at, provider="openai", endpoint="openai.responses", host="api.openai.com",
+        requested_model="gpt-5", model="gpt-5",
+        attribution=Attribution(tool="codex", session="sess-1"),
+        usage=Usage(input_tokens=800, cache_read_tokens=200, output_tokens=50),
+        cost_usd=Decimal(1), price_source="x", status=200, response_id="resp_1",
+    )  # fmt: skip
+    gemini_live = replace(
+        codex_live, ts=at + 3602, provider="google", endpoint="gemini.generate",
+        model="gemini-2.5-pro", requested_model="gemini-2.5-pro",
+        attribution=Attribution(tool="gemini-cli", session="proc-123"),  # another session id
+        usage=Usage(input_tokens=5050, cache_read_tokens=4000, output_tokens=420),
+        response_id="gem-resp-1",
+    )  # fmt: skip
+    # The second Codex response has the same counts as the first: one live row takes one
+    # imported row, the nearest in time; a live row matching nothing imported replaces nothing.
+    unrelated = replace(codex_live, usage=Usage(input_tokens=1, output_tokens=1), response_id="r9")
+    ledger.write_calls(db, [codex_live, gemini_live, unrelated])
+    got = sorted((r["tool"], r["source"] or "live", r["ts"] - at) for r in rows(db))
+    assert got == [
+        ("codex", "import", 9.0), ("codex", "import", 20.0), ("codex", "live", 0.0),
+        ("codex", "live", 0.0), ("gemini-cli", "live", 3602.0),
+    ]  # fmt: skip
+    # The rollup forgot the replaced rows: the report counts each response once.
+    conn = ledger.connect(db)
+    by_tool = {r["key"]: r["requests"] for r in reports.query(conn, "tool", None, None)}
+    conn.close()
+    assert by_tool == {"codex": 4, "gemini-cli": 1}, by_tool
+    # Importing again adds nothing back: the files were read, and the live rows are twins.
+    assert import_codex(db, tmp_path / "codex").imported == 0
+    assert import_gemini_cli(db, tmp_path / "gemini").imported == 0
+    assert len(rows(db)) == 5

@@ -14,7 +14,9 @@ module does the rest:
   has is skipped, and a live row arriving later replaces the imported one (a trigger in
   the ledger, migration v4). Rows without a response id (Codex, Gemini CLI), and rows
   whose live twin was written before live rows had response ids, are matched to a live
-  row of the same tool with the same token counts within `TWIN_WINDOW` seconds.
+  row of the same tool with the same token counts within `TWIN_WINDOW` seconds, the same
+  session first, then the nearest in time; and such an imported row is replaced by the
+  first live row that matches it the same way when that one arrives later (migration v9).
 """
 
 from __future__ import annotations
