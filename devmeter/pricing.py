@@ -101,7 +101,8 @@ def list_price(
 ) -> Decimal | None:
     tier = usage.service_tier if _priced_tier(usage.service_tier) else None
     plain = tier is None and not usage.modality_tokens
-    rates = _flat_rates(provider, model, when or datetime.now(UTC)) if plain else None
+    when = when or datetime.now(UTC)
+    rates = _flat_rates(provider, model, when, usage.total_input_tokens) if plain else None
     if rates is not None:
         fast = _cost_at_flat_rates(rates, usage)
         if fast is not None:
@@ -130,33 +131,74 @@ def list_price(
 
 # Rates genai-prices states per million tokens (web searches: per thousand) that devmeter
 # can apply itself. genai-prices' own calculation is general (units, tiers, variants) and
-# is costly on the proxy's event loop, every call; for a model whose price is only these
-# flat rates, the same sum is exact and far cheaper. Anything else goes to genai-prices.
+# is costly on the proxy's event loop, every call, and for every line of a history import;
+# for a model whose price is only these rates, flat or tiered, the same sum is exact and
+# far cheaper. Anything else goes to genai-prices.
 _FLAT_KEYS = frozenset(
     ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok",
      "web_searches_kcount")
 )  # fmt: skip
 
+# A model's rates by tier: (threshold, rates per token) from the highest threshold down,
+# the base rates last (threshold -1). As genai-prices applies them (TieredPrices, the
+# "cliff" model): a call whose total input (cache reads and writes included) is above a
+# tier's start pays that tier's rate for every token of a tiered kind.
+RateTiers = tuple[tuple[int, dict[str, Decimal]], ...]
+
 
 @lru_cache(maxsize=4096)
-def _flat_rates_for_hour(provider: str, model: str, hour: int) -> dict[str, Decimal] | None:
-    """The model's flat rates per token (web searches: per search), or None."""
+def _flat_rates_for_hour(provider: str, model: str, hour: int) -> RateTiers | None:
+    """The model's rates per token (web searches: per search) by tier, or None."""
     try:
         snapshot = _genai().data_snapshot.get_snapshot()
         _, info = snapshot.find_provider_model(model, None, provider, None)
         prices = info.get_prices(datetime.fromtimestamp(hour * 3600, UTC))
     except (LookupError, AttributeError):
         return None
+    from genai_prices.types import TieredPrices
+
     rates = {k: v for k, v in vars(prices).items() if v is not None and not k.startswith("_")}
-    if not rates.keys() <= _FLAT_KEYS or not all(isinstance(v, Decimal) for v in rates.values()):
-        return None  # tiers, other units: genai-prices prices it
+    if not rates.keys() <= _FLAT_KEYS:
+        return None  # other units: genai-prices prices it
+    starts = {-1}
+    for value in rates.values():
+        if isinstance(value, TieredPrices):
+            starts |= {tier.start for tier in value.tiers}
+        elif not isinstance(value, Decimal):
+            return None
+
+    def at(value: Decimal | TieredPrices, total_input: int) -> Decimal:
+        if isinstance(value, Decimal):
+            return value
+        for tier in reversed(value.tiers):  # sorted by start, as genai-prices keeps them
+            if total_input > tier.start:
+                return tier.price
+        return value.base
+
     # Divided once here, not on every call: a power of ten divides a Decimal exactly.
-    return {k: v / (1000 if k == "web_searches_kcount" else MILLION) for k, v in rates.items()}
+    return tuple(
+        (
+            start,
+            {
+                k: at(v, start + 1) / (1000 if k == "web_searches_kcount" else MILLION)
+                for k, v in rates.items()
+            },
+        )
+        for start in sorted(starts, reverse=True)
+    )
 
 
-def _flat_rates(provider: str, model: str, when: datetime) -> dict[str, Decimal] | None:
+def _flat_rates(
+    provider: str, model: str, when: datetime, total_input: int = 0
+) -> dict[str, Decimal] | None:
     # Prices change at dates genai-prices knows; an hour's granularity is plenty.
-    return _flat_rates_for_hour(provider, model, int(when.timestamp()) // 3600)
+    tiers = _flat_rates_for_hour(provider, model, int(when.timestamp()) // 3600)
+    if tiers is None:
+        return None
+    for start, rates in tiers:
+        if total_input > start:
+            return rates
+    return tiers[-1][1]
 
 
 def _cost_at_flat_rates(rates: dict[str, Decimal], usage: Usage) -> Decimal | None:

@@ -111,7 +111,7 @@ def test_flat_rate_fast_path_equals_genai_prices_for_every_model() -> None:
 
     rng = random.Random(7)
     when = datetime(2026, 11, 23, 12, tzinfo=UTC)
-    checked = fast = 0
+    checked = fast = tiered_fast = 0
     for provider in data_snapshot.get_snapshot().providers:
         for model in provider.models:
             for _ in range(3):
@@ -137,11 +137,33 @@ def test_flat_rate_fast_path_equals_genai_prices_for_every_model() -> None:
                 except Exception:  # genai-prices refuses some usages for some models
                     continue
                 checked += 1
-                rates = pricing._flat_rates(provider.id, model.id, when)
-                fast += rates is not None and pricing._cost_at_flat_rates(rates, usage) is not None
+                rates = pricing._flat_rates(provider.id, model.id, when, usage.total_input_tokens)
+                took_fast = rates is not None and pricing._cost_at_flat_rates(rates, usage)
+                fast += took_fast is not None and took_fast is not False
+                tiered_fast += took_fast is not None and took_fast is not False and any(
+                    tiers is not None and len(tiers) > 1
+                    for tiers in [pricing._flat_rates_for_hour(provider.id, model.id,
+                                                               int(when.timestamp()) // 3600)]
+                )  # fmt: skip
                 assert ours == Decimal(theirs), (provider.id, model.id, usage)
     assert checked > 500
     assert fast > 1000  # the fast path was really exercised, and agreed every time
+    assert tiered_fast > 50  # tiered models (long-context prices) too
+    # Either side of a tier's start (genai-prices: above it, every token at the tier rate).
+    tiers = pricing._flat_rates_for_hour("anthropic", "claude-sonnet-4-5",
+                                         int(when.timestamp()) // 3600)  # fmt: skip
+    assert tiers is not None and len(tiers) > 1
+    start = tiers[0][0]
+    for total in (start - 1, start, start + 1, start + 2):
+        usage = Usage(input_tokens=total - 1000, cache_read_tokens=600, cache_write_tokens=400,
+                      cache_write_1h_tokens=100, output_tokens=777)  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = genai_prices.calc_price(
+                pricing._genai_usage(usage), model_ref="claude-sonnet-4-5",
+                provider_id="anthropic", genai_request_timestamp=when,
+            ).total_price  # fmt: skip
+        assert pricing.list_price("anthropic", "claude-sonnet-4-5", usage, when) == theirs, total
     # ... and it is what the proxy's everyday calls take.
     typical = Usage(input_tokens=1200, cache_read_tokens=3000, cache_write_tokens=500,
                     cache_write_1h_tokens=200, output_tokens=345)  # fmt: skip
