@@ -19,9 +19,9 @@ import pytest
 from devmeter.importers.gemini_cli import import_gemini_cli
 from tests.clients_env import cli, devmeter_run, git_repo, last_id, rows_after
 from tests.fake_upstream import FakeUpstream
-from tests.test_e2e_import_codex import replay_live
 from tests.proxy_harness import RunningProxy
 from tests.test_e2e_gemini_cli import ANSWER_USAGE, LOGINS, ROUTER_USAGE, TURN_USAGE, gemini_env
+from tests.test_e2e_import_codex import replay_live
 
 pytestmark = [pytest.mark.proxy, pytest.mark.e2e]
 

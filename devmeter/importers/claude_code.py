@@ -20,17 +20,17 @@ Prices come from devmeter's own pricing, exactly as for live rows.
 from __future__ import annotations
 
 import functools
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from devmeter import fastjson
 from devmeter.gitinfo import repo_for
-from devmeter.importers.history import ImportResult, home_dir, jsonl_files, run_import
+from devmeter.importers.history import SOURCE, ImportResult, run_import
+from devmeter.importers.scan import history_files, history_root
 from devmeter.pricing import PriceOverride, price
-from devmeter.providers.anthropic import MessagesParser
-from devmeter.usage import Attribution, Call, RequestInfo
+from devmeter.providers.anthropic import document_usage
+from devmeter.usage import Attribution, Call
 
 IMPORTER = "claude-code"
 TOOL = "claude-code"
@@ -40,11 +40,12 @@ PROVIDER = "anthropic"
 
 
 def default_root() -> Path:
-    return home_dir("CLAUDE_CONFIG_DIR", "~/.claude") / "projects"
+    return history_root(IMPORTER)
 
 
 def transcript_files(root: Path) -> list[Path]:
-    return jsonl_files(root, "**/*.jsonl")
+    (files,) = history_files(IMPORTER, root)
+    return files
 
 
 def parse_lines(
@@ -76,12 +77,6 @@ def parse_lines(
     return [call for call in calls if call is not None]
 
 
-def _priced(call: Call, overrides: tuple[PriceOverride, ...]) -> Call:
-    when = datetime.fromtimestamp(call.ts, UTC)
-    priced = price(PROVIDER, call.model, call.usage, overrides, when)
-    return replace(call, cost_usd=priced.cost_usd, price_source=priced.source)
-
-
 def line_call(
     obj: Any, overrides: tuple[PriceOverride, ...] = (), priced: bool = True
 ) -> Call | None:
@@ -108,16 +103,18 @@ def line_call(
     if ts is None:
         return None
     # The same reading of `usage` as the proxy's (5m/1h cache writes, web searches, tier).
-    parser = MessagesParser(RequestInfo(model=model))
-    parser.on_document({"model": model, "usage": message["usage"]})
-    usage = parser.usage()
+    usage = document_usage(message["usage"])
     if usage is None:
         return None
     session = obj.get("sessionId") if isinstance(obj.get("sessionId"), str) else None
     cwd = obj.get("cwd") if isinstance(obj.get("cwd"), str) else None
     branch = obj.get("gitBranch") if isinstance(obj.get("gitBranch"), str) else None
     repo, repo_branch = _repo(cwd) if cwd else (None, None)
-    call = Call(
+    cost, source = None, None
+    if priced:
+        found = price(PROVIDER, model, usage, overrides, datetime.fromtimestamp(ts, UTC))
+        cost, source = found.cost_usd, found.source
+    return Call(
         ts=ts,
         provider=PROVIDER,
         endpoint=ENDPOINT,
@@ -133,13 +130,13 @@ def line_call(
             repo_source="transcript" if repo else None,
         ),
         usage=usage,
-        cost_usd=None,
-        price_source=None,
+        cost_usd=cost,
+        price_source=source,
         status=None,
         response_id=message_id,
+        source=SOURCE,
         import_key=key,
     )
-    return _priced(call, overrides) if priced else call
 
 
 @functools.lru_cache(maxsize=4096)
@@ -170,9 +167,7 @@ def import_claude_code(
     progress: TextIO | None = None,
 ) -> ImportResult:
     """Import what is new in Claude Code's transcripts under `root` (its projects folder)."""
-    where = root if root is not None else default_root()
-    if (where / "projects").is_dir():
-        where = where / "projects"  # given the config folder itself
+    where = history_root(IMPORTER, root)  # given the config folder or its projects
     files = transcript_files(where)
 
     def parse(lines: list[bytes], state: dict[str, Any], path: Path) -> list[Call]:

@@ -26,7 +26,8 @@ from typing import Any, TextIO
 
 from devmeter import fastjson
 from devmeter.gitinfo import repo_for
-from devmeter.importers.history import ImportResult, home_dir, jsonl_files, run_import
+from devmeter.importers.history import SOURCE, ImportResult, run_import
+from devmeter.importers.scan import history_files, history_root
 from devmeter.pricing import PriceOverride, price
 from devmeter.usage import Attribution, Call, Usage
 
@@ -39,11 +40,12 @@ _FIELDS = ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_ou
 
 
 def default_root() -> Path:
-    return home_dir("CODEX_HOME", "~/.codex") / "sessions"
+    return history_root(IMPORTER)
 
 
 def rollout_files(root: Path) -> list[Path]:
-    return jsonl_files(root, "**/rollout-*.jsonl")
+    (files,) = history_files(IMPORTER, root)
+    return files
 
 
 def parse_lines(
@@ -126,6 +128,7 @@ def _token_count(
         cost_usd=priced.cost_usd,
         price_source=priced.source,
         status=None,
+        source=SOURCE,
         import_key=f"{IMPORTER}:{session}:{':'.join(map(str, now))}",
     )
 
@@ -161,9 +164,7 @@ def import_codex(
     progress: TextIO | None = None,
 ) -> ImportResult:
     """Import what is new in Codex's rollouts under `root` (its sessions folder)."""
-    where = root if root is not None else default_root()
-    if (where / "sessions").is_dir():
-        where = where / "sessions"  # given CODEX_HOME itself
+    where = history_root(IMPORTER, root)  # given CODEX_HOME or its sessions
     files = rollout_files(where)
 
     def parse(lines: list[bytes], state: dict[str, Any], path: Path) -> list[Call]:

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from devmeter import fastjson
-from devmeter.importers.history import ImportResult, jsonl_files, run_import
+from devmeter.importers.history import SOURCE, ImportResult, run_import
+from devmeter.importers.scan import history_files, history_root
 from devmeter.pricing import PriceOverride, price
 from devmeter.usage import Attribution, Call, Usage
 
@@ -39,17 +40,17 @@ PROVIDER = "google"
 
 
 def default_root() -> Path:
-    return Path("~/.gemini").expanduser()
+    return history_root(IMPORTER)
 
 
 def chat_files(root: Path) -> list[Path]:
     """The older whole-document chats."""
-    return jsonl_files(root, "tmp/*/chats/**/session-*.json")
+    return history_files(IMPORTER, root)[1]
 
 
 def chat_logs(root: Path) -> list[Path]:
     """Gemini CLI 0.61's JSONL chats (sessions and subagents)."""
-    return jsonl_files(root, "tmp/*/chats/**/*.jsonl")
+    return history_files(IMPORTER, root)[0]
 
 
 def parse_lines(
@@ -133,6 +134,7 @@ def _message_call(
         cost_usd=priced.cost_usd,
         price_source=priced.source,
         status=None,
+        source=SOURCE,
         import_key=f"{IMPORTER}:{session}:{ident}",
     )
 
@@ -144,8 +146,8 @@ def import_gemini_cli(
     progress: TextIO | None = None,
 ) -> ImportResult:
     """Import what is new in Gemini CLI's recorded chats under `root` (~/.gemini)."""
-    where = root if root is not None else default_root()
-    logs, documents = chat_logs(where), chat_files(where)
+    where = history_root(IMPORTER, root)
+    logs, documents = history_files(IMPORTER, where)
 
     def parse_log(lines: list[bytes], state: dict[str, Any], path: Path) -> list[Call]:
         return parse_lines(lines, state, path, overrides)

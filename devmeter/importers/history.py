@@ -22,7 +22,6 @@ module does the rest:
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import sys
 import time
@@ -181,21 +180,28 @@ def store(
     """Add imported rows exactly once (see the module docstring); inside a transaction.
 
     `claimed`: the live rows already matched in this run (a resumed session's file repeats
-    lines that another file already matched), shared across calls."""
+    lines that another file already matched), shared across calls. The ledger is asked
+    once per batch, not once per row: which keys it has, which response ids it metered
+    live, and whether any live row of the tool is near enough in time to be a twin."""
     claimed = set() if claimed is None else claimed
-    for call in _final_per_key(calls):
-        row = conn.execute(
-            "SELECT id, output_tokens FROM calls WHERE import_key = ?", (call.import_key,)
-        ).fetchone()
-        if row is not None:
-            if call.usage.output_tokens > row[1]:
-                conn.execute("DELETE FROM calls WHERE id = ?", (row[0],))
-                ledger.insert_calls(conn, [ledger.call_row(call)])
+    finals = _final_per_key(calls)
+    held = _held_keys(conn, [c.import_key for c in finals if c.import_key is not None])
+    live_ids = _live_response_ids(conn, [c.response_id for c in finals if c.response_id])
+    near = _tools_with_live_rows_near(conn, finals)
+    rows = []
+    for call in finals:
+        same = held.get(call.import_key) if call.import_key is not None else None
+        if same is not None:
+            if call.usage.output_tokens > same[1]:
+                conn.execute("DELETE FROM calls WHERE id = ?", (same[0],))
+                rows.append(ledger.call_row(call))
                 result.updated += 1
             else:
                 result.duplicates += 1
             continue
-        twin = _live_twin(conn, call, claimed)
+        twin = live_ids.get(call.response_id) if call.response_id is not None else None
+        if twin is None and call.attribution.tool in near:
+            twin = _live_twin(conn, call, claimed)
         if twin is not None:
             if twin in claimed:
                 result.duplicates += 1  # the same response again, in another file
@@ -203,13 +209,63 @@ def store(
                 claimed.add(twin)
                 result.live += 1
             continue
-        ledger.insert_calls(conn, [ledger.call_row(call)])
+        rows.append(ledger.call_row(call))
         result.imported += 1
         if call.cost_usd is None:
             result.unpriced += 1
             result.unpriced_models.add(call.model or "(no model)")
         else:
             result.cost_usd += call.cost_usd
+    ledger.insert_calls(conn, rows)
+
+
+_IN_BATCH = 500  # values per `IN (...)`: far below SQLite's oldest variable limit
+
+
+def _held_keys(conn: sqlite3.Connection, keys: list[str]) -> dict[str, tuple[int, int]]:
+    """import_key -> (id, output tokens) of the rows the ledger already has."""
+    held: dict[str, tuple[int, int]] = {}
+    for at in range(0, len(keys), _IN_BATCH):
+        batch = keys[at : at + _IN_BATCH]
+        for key, row_id, output in conn.execute(
+            "SELECT import_key, id, output_tokens FROM calls WHERE import_key IN "
+            f"({','.join('?' * len(batch))})",
+            batch,
+        ):
+            held[key] = (row_id, output)
+    return held
+
+
+def _live_response_ids(conn: sqlite3.Connection, ids: list[str]) -> dict[str, int]:
+    """response_id -> the id of a live row (metered by the proxy) with it."""
+    live: dict[str, int] = {}
+    for at in range(0, len(ids), _IN_BATCH):
+        batch = ids[at : at + _IN_BATCH]
+        for response_id, row_id in conn.execute(
+            "SELECT response_id, min(id) FROM calls WHERE source IS NULL AND response_id IN "
+            f"({','.join('?' * len(batch))}) GROUP BY response_id",
+            batch,
+        ):
+            live[response_id] = row_id
+    return live
+
+
+def _tools_with_live_rows_near(conn: sqlite3.Connection, calls: list[Call]) -> set[str]:
+    """The tools among `calls` with a live row within TWIN_WINDOW of the batch's times:
+    only their calls can have a twin matched by tokens (a first import has none)."""
+    spans: dict[str, tuple[float, float]] = {}
+    for call in calls:
+        low, high = spans.get(call.attribution.tool, (call.ts, call.ts))
+        spans[call.attribution.tool] = (min(low, call.ts), max(high, call.ts))
+    return {
+        tool
+        for tool, (low, high) in spans.items()
+        if conn.execute(
+            "SELECT 1 FROM calls WHERE ts BETWEEN ? AND ? AND tool = ? AND source IS NULL "
+            "LIMIT 1",
+            (low - TWIN_WINDOW, high + TWIN_WINDOW, tool),
+        ).fetchone()
+    }
 
 
 def _final_per_key(calls: Iterable[Call]) -> list[Call]:
@@ -223,14 +279,8 @@ def _final_per_key(calls: Iterable[Call]) -> list[Call]:
 
 
 def _live_twin(conn: sqlite3.Connection, call: Call, claimed: set[int]) -> int | None:
-    """The id of the live row for the same response, if the proxy metered it."""
-    if call.response_id is not None:
-        row = conn.execute(
-            "SELECT id FROM calls WHERE response_id = ? AND source IS NULL LIMIT 1",
-            (call.response_id,),
-        ).fetchone()
-        if row is not None:
-            return int(row[0])  # claimed or not: the same response
+    """The id of the live row for the same response, matched by its tokens (the batch
+    looked up response ids already)."""
     # No id to match (Codex, Gemini CLI; or a live row a devmeter without response ids
     # wrote): the same tool's live row with the same token counts near the same time, the
     # same session first (a live Gemini CLI session with an API key is its process, not
@@ -292,7 +342,7 @@ def run_import(
                 done = mark if last else FileMark(mark.inode, -1, 0, at, dict(mark.state))
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    store(conn, [replace(c, source=SOURCE) for c in calls], result, claimed)
+                    store(conn, [_imported(c) for c in calls], result, claimed)
                     save_mark(conn, importer, path, done)
                     conn.execute("COMMIT")
                 except BaseException:
@@ -311,6 +361,11 @@ def run_import(
     return result
 
 
+def _imported(call: Call) -> Call:
+    """The call marked as imported (parsers that build their rows with SOURCE need no copy)."""
+    return call if call.source == SOURCE else replace(call, source=SOURCE)
+
+
 def _show(out: TextIO, importer: str, done: int, total: int, r: ImportResult, secs: float) -> None:
     width = 24
     filled = width * done // max(total, 1)
@@ -324,25 +379,6 @@ def _show(out: TextIO, importer: str, done: int, total: int, r: ImportResult, se
 def progress_stream() -> TextIO | None:
     """stderr when it is a terminal (a progress bar there), else None."""
     return sys.stderr if sys.stderr.isatty() else None
-
-
-def jsonl_files(root: Path, pattern: str) -> list[Path]:
-    """The files under `root` matching `pattern`, oldest first (a resumed session's copy
-    of earlier lines then meets the original already imported)."""
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.glob(pattern):
-        try:
-            found.append((path.stat().st_mtime_ns, str(path), path))
-        except OSError:
-            continue
-    return [p for _, _, p in sorted(found)]
-
-
-def home_dir(env_var: str, default: str) -> Path:
-    value = os.environ.get(env_var)
-    return Path(value).expanduser() if value else Path(default).expanduser()
 
 
 def _importers() -> dict[str, Callable[..., ImportResult]]:

@@ -188,6 +188,18 @@ def message_usage(u: dict[str, Any]) -> Usage:
     )
 
 
+def document_usage(usage: Any) -> Usage | None:
+    """The usage of a whole Message's `usage` object, as MessagesParser.on_document reads
+    it (None when it holds no count), without a parser per message: Claude Code's
+    transcripts carry one per response, hundreds of thousands in a history import."""
+    fields = {
+        key: value
+        for key, value in as_dict(usage).items()
+        if key in _USAGE_FIELDS and value is not None
+    }
+    return message_usage(fields) if fields else None
+
+
 class CountTokensParser(BaseParser):
     """count_tokens is free: it is recorded with zero usage, whatever it counted."""
 
