@@ -1,5 +1,5 @@
 import sys
 
-from devmeter.cli import main
+from devmeter.entry import main
 
 sys.exit(main())

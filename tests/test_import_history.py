@@ -346,6 +346,58 @@ def test_cli_import_and_statusline(
     assert capsys.readouterr().out.startswith("devmeter · session $")
 
 
+def test_a_rescan_with_nothing_new_loads_neither_the_cli_nor_the_importers(
+    tmp_path: Path, devmeter_home: Path, capsys: Any
+) -> None:
+    """`devmeter import ...` with nothing new answers from file sizes and times and the
+    ledger's marks (devmeter/entry.py, importers/scan.py): the same summary as the full
+    import, without loading the CLI, the ledger module, pricing or the parsers."""
+    import subprocess
+    import sys
+
+    from devmeter.cli import main
+    from devmeter.entry import main as entry
+
+    claude = tmp_path / "claude"
+    transcript = write_jsonl(claude / "projects" / "p" / "s.jsonl", [assistant("msg_A", "r", 4)])
+    write_jsonl(
+        tmp_path / "codex" / "sessions" / "rollout-1.jsonl",
+        [codex_line("session_meta", {"id": "s"}), token_count(10, 0, 5, 0, "2026-12-01T09:00:01Z")],
+    )  # fmt: skip
+    gemini = tmp_path / "gemini" / "tmp" / "h" / "chats"
+    write_jsonl(gemini / "session-1.jsonl", [{"sessionId": "g", "kind": "main"}])
+    write_jsonl(gemini / "session-2.json", [{"sessionId": "g2", "messages": []}])
+    for name, home in (("claude-code", claude), ("codex", tmp_path / "codex"),
+                       ("gemini-cli", tmp_path / "gemini")):  # fmt: skip
+        assert main(["import", name, "--path", str(home), "--json"]) == 0
+        capsys.readouterr()
+        assert main(["import", name, "--path", str(home), "--json"]) == 0
+        full = json.loads(capsys.readouterr().out)
+        assert entry(["import", name, f"--path={home}", "--json"]) == 0
+        quick = json.loads(capsys.readouterr().out)
+        assert {**quick, "seconds": 0} == {**full, "seconds": 0}, name
+        assert main(["import", name, "--path", str(home)]) == 0
+        text = capsys.readouterr().out
+        assert entry(["import", name, "--path", str(home)]) == 0
+        assert capsys.readouterr().out.split(" in ")[0] == text.split(" in ")[0]
+    probe = (
+        "import sys; from devmeter.entry import main; status = main(sys.argv[1:]); "
+        "heavy = [m for m in ('devmeter.cli', 'devmeter.ledger', 'devmeter.pricing', "
+        "'devmeter.providers', 'devmeter.importers.history', 'argparse', 'platformdirs') "
+        "if m in sys.modules]; print(status, heavy, file=sys.stderr)"
+    )
+    args = [sys.executable, "-c", probe, "import", "claude-code", "--path", str(claude)]
+    quick_run = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True)
+    assert quick_run.stderr.strip() == "0 []", quick_run.stderr
+    assert "imported 0 calls" in quick_run.stdout
+    # Something new: the full import runs (and finds it).
+    with transcript.open("a") as f:
+        f.write(json.dumps(assistant("msg_B", "r2", 9)) + "\n")
+    grown = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True)
+    assert "imported 1 calls" in grown.stdout
+    assert "devmeter.cli" in grown.stderr and "devmeter.ledger" in grown.stderr
+
+
 def test_import_config_and_the_background_import(tmp_path: Path, monkeypatch: Any) -> None:
     import threading
     import time

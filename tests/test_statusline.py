@@ -141,6 +141,22 @@ def test_imports_nothing_slow(tmp_path: Path) -> None:
         assert slow not in modules, slow
 
 
+def test_the_devmeter_command_answers_it_without_loading_its_cli(tmp_path: Path) -> None:
+    """`devmeter statusline` (what a user may put in settings.json by hand) starts as
+    lightly as `python -m devmeter.statusline`: the full CLI is not loaded for it."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "devmeter", "statusline"],
+        input=json.dumps(HOOK), capture_output=True, text=True, timeout=30,
+        env={**os.environ, "DEVMETER_HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert done.stdout == "devmeter · no ledger yet (run devmeter)\n", done.stderr[-2000:]
+    modules = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert {"devmeter.entry", "devmeter.statusline", "sqlite3"} <= modules
+    for slow in ("devmeter.cli", "argparse", "mitmproxy", "genai_prices", "platformdirs",
+                 "devmeter.ledger", "decimal"):  # fmt: skip
+        assert slow not in modules, slow
+
+
 def test_install_keeps_an_existing_statusline_and_uninstall_restores_it(tmp_path: Path) -> None:
     settings = tmp_path / "settings.json"
     theirs = {"type": "command", "command": "echo theirs"}

@@ -1,0 +1,78 @@
+"""The `devmeter` command's entry point: the commands that run often start fast.
+
+`devmeter statusline` runs on every refresh of Claude Code's statusline, and `devmeter
+import claude-code|codex|gemini-cli` is mostly a re-scan that finds nothing new. Both are
+answered here from small modules (statusline.py, importers/scan.py) before the full CLI
+(cli.py: argparse, every command's imports) is loaded. Everything else, and any form of
+these two this module does not recognise (help, an unknown flag, `--install`, a re-scan
+with something new), goes to cli.main unchanged.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args == ["statusline"]:
+        return _statusline()
+    if len(args) >= 2 and args[0] == "import":
+        done = _rescan(args[1], args[2:])
+        if done is not None:
+            return done
+    from devmeter.cli import main as full
+
+    return full(args)
+
+
+def _statusline() -> int:
+    from devmeter import statusline
+
+    hook = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()  # no waiting
+    sys.stdout.write(statusline.render(hook, statusline.data_dir() / "ledger.sqlite") + "\n")
+    return 0
+
+
+def _rescan(importer: str, options: list[str]) -> int | None:
+    """The answer to `devmeter import IMPORTER [--path DIR] [--json]` when none of its
+    files changed since the last import; None when the full import must run."""
+    from devmeter.importers import scan
+
+    if importer not in scan.SOURCES:
+        return None
+    as_json, given = False, None
+    rest = iter(options)
+    for option in rest:
+        if option == "--json":
+            as_json = True
+        elif option == "--path":
+            given = next(rest, None)
+            if given is None:
+                return None
+        elif option.startswith("--path="):
+            given = option.removeprefix("--path=")
+        else:
+            return None  # -h, a flag this does not know: argparse says what it means
+    started = time.monotonic()
+    from devmeter.statusline import data_dir  # platformdirs' rule, without platformdirs
+
+    root = scan.history_root(importer, Path(given) if given else None)
+    files = [path for found in scan.history_files(importer, root) for path in found]
+    if not scan.nothing_new(data_dir() / "ledger.sqlite", importer, files):
+        return None
+    seconds = time.monotonic() - started
+    if as_json:
+        import json
+
+        summary = scan.summary(importer, len(files), seconds)
+        sys.stdout.write(json.dumps(summary, indent=1) + "\n")
+    else:
+        sys.stdout.write(
+            f"{importer}: imported 0 calls ($0.0000) from 0 of {len(files)} files in "
+            f"{seconds:.1f}s\n"
+        )
+    return 0
