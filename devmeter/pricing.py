@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 # alone is a noticeable part of a `devmeter report`.
 @lru_cache(maxsize=1)
 def genai_prices_source() -> str:
+    if _remembered_source is not None:
+        return _remembered_source
     from importlib.metadata import version
 
     return f"genai-prices {version('genai-prices')}"
@@ -188,13 +190,47 @@ def _flat_rates_for_hour(provider: str, model: str, hour: int) -> RateTiers | No
     )
 
 
+# Rates worked out before, by (provider, model, hour), asked before genai-prices is loaded.
+# An edge that prices the same models over and over in short-lived processes (a history
+# import: importers/price_memory.py) keeps them in a file and hands them back here, so
+# such a process need not load genai-prices (half a second of CPU) to price what it has
+# priced before; the price source named on its rows is remembered with them.
+_remembered: dict[tuple[str, str, int], RateTiers] = {}
+_remembered_source: str | None = None
+_REMEMBER_AT_MOST = 200_000  # hours x models: a heavy user's years
+
+
+def remember_rates(rates: Mapping[tuple[str, str, int], RateTiers], source: str) -> None:
+    """Rates (as `remembered_rates` gave them, with their source) from the same
+    genai-prices data: the caller checks that it is the same."""
+    global _remembered_source
+    _remembered.update(rates)
+    if _remembered_source is None:
+        _remembered_source = source
+        genai_prices_source.cache_clear()
+
+
+def remembered_rates() -> tuple[dict[tuple[str, str, int], RateTiers], str | None]:
+    """The rates this process knows by now, and their source (None: none priced)."""
+    source = _remembered_source
+    if _remembered and source is None:
+        source = genai_prices_source()
+    return dict(_remembered), source
+
+
 def _flat_rates(
     provider: str, model: str, when: datetime, total_input: int = 0
 ) -> dict[str, Decimal] | None:
     # Prices change at dates genai-prices knows; an hour's granularity is plenty.
-    tiers = _flat_rates_for_hour(provider, model, int(when.timestamp()) // 3600)
+    key = (provider, model, int(when.timestamp()) // 3600)
+    tiers = _remembered.get(key)
     if tiers is None:
-        return None
+        tiers = _flat_rates_for_hour(*key)
+        if tiers is None:
+            return None
+        if len(_remembered) >= _REMEMBER_AT_MOST:  # a proxy running for years: start over
+            _remembered.clear()
+        _remembered[key] = tiers
     for start, rates in tiers:
         if total_input > start:
             return rates

@@ -629,3 +629,59 @@ def test_codex_and_gemini_rows_imported_first_are_replaced_by_their_live_twins(
     assert import_codex(db, tmp_path / "codex").imported == 0
     assert import_gemini_cli(db, tmp_path / "gemini").imported == 0
     assert len(rows(db)) == 5
+
+
+def test_rates_kept_from_an_earlier_import_price_the_next_without_genai_prices(
+    tmp_path: Path,
+) -> None:
+    """A later import (a new process) prices with the rates an earlier one kept beside the
+    ledger: the same costs and price source, genai-prices never loaded; rates kept for
+    other genai-prices data, or a damaged file, are not used."""
+    import stat
+    import subprocess
+    import sys
+
+    from devmeter.importers import price_memory
+
+    home = tmp_path / "home"
+    one = write_jsonl(tmp_path / "one" / "p" / "a.jsonl", [
+        assistant("msg_1", "r1", 50, model="claude-sonnet-4-5"),
+        assistant("msg_2", "r2", 60, model="claude-haiku-4-5", ts="2026-12-01T11:30:00.000Z"),
+    ])  # fmt: skip
+    two = write_jsonl(tmp_path / "two" / "p" / "b.jsonl", [
+        assistant("msg_3", "r3", 50, model="claude-sonnet-4-5"),
+        assistant("msg_4", "r4", 60, model="claude-haiku-4-5", ts="2026-12-01T11:30:00.000Z"),
+    ])  # fmt: skip
+    probe = (
+        "import sys; from pathlib import Path; "
+        "from devmeter.importers.claude_code import import_claude_code; "
+        "r = import_claude_code(Path(sys.argv[1]) / 'ledger.sqlite', Path(sys.argv[2])); "
+        "print(r.imported, 'genai_prices' in sys.modules)"
+    )
+
+    def run(folder: Path) -> str:
+        return subprocess.run(
+            [sys.executable, "-c", probe, str(home), str(folder)],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout.split()  # fmt: skip
+
+    assert run(one.parent.parent) == ["2", "True"]  # nothing kept yet: genai-prices prices
+    kept = home / price_memory.FILE
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert run(two.parent.parent) == ["2", "False"]  # the same hours and models: kept rates
+    got = {
+        r["response_id"]: (r["cost_pusd"], r["price_source"]) for r in rows(home / "ledger.sqlite")
+    }
+    assert got["msg_3"] == got["msg_1"] and got["msg_4"] == got["msg_2"]
+    assert got["msg_1"][0] > 0 and got["msg_1"][1].startswith("genai-prices ")
+
+    memory = json.loads(kept.read_text())
+    memory["genai_prices"] = "another version"
+    kept.write_text(json.dumps(memory))
+    sonnet = "claude-sonnet-4-5"
+    three = write_jsonl(tmp_path / "3" / "p" / "c.jsonl", [assistant("m5", "r5", 5, model=sonnet)])
+    assert run(three.parent.parent) == ["1", "True"]  # kept for other data: not used
+    kept.write_text("{not json")
+    four = write_jsonl(tmp_path / "4" / "p" / "d.jsonl", [assistant("m6", "r6", 6, model=sonnet)])
+    assert run(four.parent.parent) == ["1", "True"]
+    assert json.loads(kept.read_text())["genai_prices"] != "another version"  # rewritten

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from devmeter import ledger
+from devmeter.importers import price_memory
 from devmeter.pricing import PriceOverride
 from devmeter.usage import Call
 
@@ -316,6 +317,7 @@ def run_import(
     result = ImportResult(importer, files=len(files))
     claimed: set[int] = set()
     conn = ledger.connect(ledger_path)
+    price_memory.recall(ledger_path.parent)
     shown = 0.0
     try:
         marks = load_marks(conn, importer)
@@ -354,6 +356,7 @@ def run_import(
                 _show(progress, importer, index, len(files), result, now - started)
     finally:
         conn.close()
+    price_memory.keep(ledger_path.parent)
     result.seconds = time.monotonic() - started
     if progress is not None and shown:
         _show(progress, importer, len(files), len(files), result, result.seconds)
