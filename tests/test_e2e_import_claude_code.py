@@ -7,6 +7,11 @@ imported from the transcripts Claude Code wrote, once through `devmeter run`. Th
 must agree token for token and to the micro-dollar, and each session's total must be
 Claude Code's own `total_cost_usd`. Then the proxied run's transcripts are imported into
 the proxy's own ledger: nothing doubles; and importing twice adds nothing.
+
+A second conversation has Claude Code spawn a subagent (its `Agent` tool, scripted as the
+fake upstream's answer): the subagent's calls go to a transcript of their own
+(`<session>/subagents/agent-*.jsonl`, every line `isSidechain`), which imports once, in
+the parent's session, and again agrees with the proxy and with Claude Code's total.
 """
 
 from __future__ import annotations
@@ -177,3 +182,87 @@ def test_imported_transcripts_equal_the_proxied_run(
     assert len(ledger_rows(live_db)) == len(before)
     assert again.duplicates == 3  # the fork's copies of the first session's lines
     assert [r["session_id"] for r in proxied][:2] == [proxied[0]["session_id"]] * 2
+
+
+SUBAGENT = {"name": "Agent", "input": {"description": "look around", "prompt": "list the files",
+                                       "subagent_type": "general-purpose"}}  # fmt: skip
+
+
+def _usage(inp: int, read: int, write_5m: int, write_1h: int, out: int) -> dict[str, int]:
+    return {
+        "input_tokens": inp,
+        "cache_read_tokens": read,
+        "cache_write_5m_tokens": write_5m,
+        "cache_write_1h_tokens": write_1h,
+        "output_tokens": out,
+        "reasoning_tokens": 0,
+    }
+
+
+ASKS_AGENT = _usage(1500, 4000, 600, 0, 120)
+AGENT_ANSWERS = _usage(2600, 0, 2100, 0, 310)  # the subagent's own call
+MAIN_ANSWERS = _usage(300, 5600, 90, 10, 75)
+
+
+def test_a_subagent_s_calls_import_once_in_the_parent_session(
+    proxy: RunningProxy, upstream: FakeUpstream, tmp_path: Path, devmeter_home: Path
+) -> None:
+    claude = cli("claude")
+    repo = git_repo(tmp_path / "acme-agents", BRANCH)
+
+    def script_subagent() -> None:
+        upstream.set_next(path="/v1/messages", usage=ASKS_AGENT, tool_use=SUBAGENT)
+        upstream.set_next(path="/v1/messages", usage=AGENT_ANSWERS)  # the subagent's call
+        upstream.set_next(path="/v1/messages", usage=MAIN_ANSWERS)
+
+    # Without the proxy, then imported.
+    script_subagent()
+    direct_env = claude_env(proxy, tmp_path / "direct")
+    direct_env["ANTHROPIC_BASE_URL"] = upstream.url
+    direct_env.pop("DEVMETER_HOME")
+    result = run_direct(claude, repo, direct_env, ["-p", "say hi"])
+    assert result["num_turns"] == 2, result
+    session = result["session_id"]
+    config_dir = Path(direct_env["CLAUDE_CONFIG_DIR"])
+    (sidechain,) = (config_dir / "projects").rglob("subagents/*.jsonl")
+    agent_lines = [json.loads(line) for line in sidechain.read_text().splitlines()]
+    agent_ids = {
+        line["message"]["id"]
+        for line in agent_lines
+        if line.get("type") == "assistant" and isinstance(line.get("message"), dict)
+    }
+    assert len(agent_ids) == 1 and all(line.get("isSidechain") for line in agent_lines)
+    assert {line.get("sessionId") for line in agent_lines} == {session}
+
+    db = devmeter_home / "ledger.sqlite"
+    assert import_claude_code(db, config_dir).imported == 3
+    assert import_claude_code(db, config_dir).imported == 0  # twice: nothing more
+    imported = ledger_rows(db)
+    assert len(imported) == 3
+    (agent_row,) = [r for r in imported if r["response_id"] in agent_ids]
+    assert (agent_row["session"], agent_row["repo"], agent_row["branch"]) == (
+        session, str(repo), BRANCH,
+    )  # fmt: skip
+    assert (agent_row["input_tokens"], agent_row["output_tokens"]) == (2600, 310)
+    assert {r["session"] for r in imported} == {session}
+    # The session's total, subagent included, is Claude Code's own.
+    assert per_session_cost(imported)[session].quantize(MICRO) == Decimal(
+        repr(result["total_cost_usd"])
+    ).quantize(MICRO)
+
+    # Through the proxy: the same three calls, token for token; its transcripts imported
+    # into the proxy's ledger add nothing.
+    script_subagent()
+    mark = last_id(proxy)
+    proxied_env = claude_env(proxy, tmp_path / "proxied")
+    devmeter_run(
+        [str(claude), "-p", "say hi", "--output-format", "json"], cwd=repo, env=proxied_env
+    )
+    rows_after(proxy, mark, at_least=3)
+    live_db = proxy.home / "ledger.sqlite"
+    live = ledger_rows(live_db, f"id > {mark} AND endpoint = 'anthropic.messages'")
+    assert [tuple(r[k] for k in TOKENS) for r in live] == [
+        tuple(r[k] for k in TOKENS) for r in imported
+    ]
+    again = import_claude_code(live_db, Path(proxied_env["CLAUDE_CONFIG_DIR"]))
+    assert (again.imported, again.live) == (0, 3), again
