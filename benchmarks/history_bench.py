@@ -15,8 +15,9 @@ session repeating earlier lines, and ~1.5 kB of text per line (so 100k responses
   where the npm package `ccusage` is installed (`npm install --prefix DIR ccusage@20.0.24`;
   20.0.26 has no published linux-x64 binary package),
   with the ratios and both totals;
-- `python -m devmeter.statusline` fed a statusline JSON, against `python3 -c pass`
-  (p95 of `--runs` starts each, interleaved), and `ccusage statusline` when present.
+- `python -m devmeter.statusline` (what `--install` writes) and `python -m devmeter
+  statusline` fed a statusline JSON, against `python3 -c pass` (p95 of `--runs` starts
+  each, interleaved), and `ccusage statusline` when present.
 
 Ratios are what matter: the machine's speed varies, the ratios much less.
 """
@@ -214,10 +215,11 @@ def main() -> None:
             "cost": {"total_cost_usd": 1},
         }
     )
-    ours, bare, theirs_sl = [], [], []
+    ours, command, bare, theirs_sl = [], [], [], []
     for _ in range(args.runs):
         for target, sink in (
-            ([sys.executable, "-m", "devmeter.statusline"], ours),
+            ([sys.executable, "-m", "devmeter.statusline"], ours),  # what --install writes
+            ([sys.executable, "-m", "devmeter", "statusline"], command),  # the command
             ([sys.executable, "-c", "pass"], bare),  # the same interpreter, bare
         ):
             started = time.perf_counter()
@@ -225,7 +227,13 @@ def main() -> None:
             sink.append(time.perf_counter() - started)
     print(
         f"statusline p95 {p95(ours) * 1000:6.1f} ms; python -c pass p95 "
-        f"{p95(bare) * 1000:6.1f} ms: {p95(ours) / p95(bare):.2f}x (target <= 3)"
+        f"{p95(bare) * 1000:6.1f} ms: {p95(ours) / p95(bare):.2f}x (target <= 3); medians "
+        f"{statistics.median(ours) * 1000:.1f} / {statistics.median(bare) * 1000:.1f} ms: "
+        f"{statistics.median(ours) / statistics.median(bare):.2f}x"
+    )
+    print(
+        f"  `devmeter statusline` p95 {p95(command) * 1000:6.1f} ms: "
+        f"{p95(command) / p95(bare):.2f}x"
     )
     if ccusage is not None:
         for _ in range(min(args.runs, 10)):

@@ -14,7 +14,8 @@ A row is the difference between one cumulative total and the one before it (kept
 the file's import state, so an incremental read continues from it); a repeat adds
 nothing. Rollouts carry no response id: the `import_key` is the session and the
 cumulative total it reached, and a response the proxy metered live is recognised by
-its session and token counts (devmeter/importers/history.py).
+its tool, token counts and time, the same session first, whichever of the two reached the
+ledger first (devmeter/importers/history.py, ledger migration v8).
 """
 
 from __future__ import annotations
