@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
-from pathlib import Path
+
+TYPE_CHECKING = False  # typing, collections.abc, pathlib: not for the statusline's start
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,7 +35,7 @@ def _statusline() -> int:
     from devmeter import statusline
 
     hook = "" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()  # no waiting
-    sys.stdout.write(statusline.render(hook, statusline.data_dir() / "ledger.sqlite") + "\n")
+    sys.stdout.write(statusline.render(hook) + "\n")  # the ledger in devmeter's data folder
     return 0
 
 
@@ -58,6 +60,8 @@ def _rescan(importer: str, options: list[str]) -> int | None:
         else:
             return None  # -h, a flag this does not know: argparse says what it means
     started = time.monotonic()
+    from pathlib import Path
+
     from devmeter.statusline import data_dir  # platformdirs' rule, without platformdirs
 
     root = scan.history_root(importer, Path(given) if given else None)

@@ -137,7 +137,8 @@ def test_imports_nothing_slow(tmp_path: Path) -> None:
     assert done.stdout == "devmeter · no ledger yet (run devmeter)\n"
     modules = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
     assert {"devmeter", "sqlite3"} <= modules  # run as __main__, from the package
-    for slow in ("mitmproxy", "genai_prices", "platformdirs", "devmeter.ledger", "decimal"):
+    for slow in ("mitmproxy", "genai_prices", "platformdirs", "devmeter.ledger", "decimal",
+                 "pathlib", "typing"):  # fmt: skip
         assert slow not in modules, slow
 
 
@@ -153,7 +154,7 @@ def test_the_devmeter_command_answers_it_without_loading_its_cli(tmp_path: Path)
     modules = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line}
     assert {"devmeter.entry", "devmeter.statusline", "sqlite3"} <= modules
     for slow in ("devmeter.cli", "argparse", "mitmproxy", "genai_prices", "platformdirs",
-                 "devmeter.ledger", "decimal"):  # fmt: skip
+                 "devmeter.ledger", "decimal", "pathlib", "typing"):  # fmt: skip
         assert slow not in modules, slow
 
 
