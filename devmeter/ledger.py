@@ -298,13 +298,14 @@ MIGRATIONS: tuple[str, ...] = (
     # (Codex rollouts, Gemini CLI chats): the same tool's imported row with the same token
     # counts within 15 minutes, the same session first, the nearest in time first, one per
     # live row (devmeter/importers/history.py TWIN_WINDOW: the same rule the other way
-    # round). The partial index keeps the lookup free for the proxy while nothing is
-    # imported.
+    # round). A live row without tokens (a refusal, an error) is no response's twin. The
+    # partial index keeps the lookup free for the proxy while nothing is imported.
     """
     CREATE INDEX calls_unkeyed_import ON calls (tool, output_tokens, input_tokens)
         WHERE source = 'import' AND response_id IS NULL;
     CREATE TRIGGER calls_live_replaces_unkeyed_import AFTER INSERT ON calls
-    WHEN NEW.source IS NULL BEGIN
+    WHEN NEW.source IS NULL AND NEW.input_tokens + NEW.cache_read_tokens
+        + NEW.cache_write_tokens + NEW.output_tokens > 0 BEGIN
         DELETE FROM calls WHERE id = (
             SELECT id FROM calls
             WHERE source = 'import' AND response_id IS NULL AND tool = NEW.tool

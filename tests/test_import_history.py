@@ -590,11 +590,13 @@ def test_codex_and_gemini_rows_imported_first_are_replaced_by_their_live_twins(
             {"sessionId": "g-3", "projectHash": "abc", "kind": "main"},
             {"id": "m1", "timestamp": "2026-12-01T10:00:02Z", "type": "gemini",
              "model": "gemini-2.5-pro", "tokens": tokens},  # fmt: skip
+            {"id": "m2", "timestamp": "2026-12-01T10:00:05Z", "type": "gemini",
+             "model": "gemini-2.5-pro", "tokens": {}},  # an answer that recorded no tokens
         ],
     )
     assert import_codex(db, tmp_path / "codex").imported == 3
-    assert import_gemini_cli(db, tmp_path / "gemini").imported == 1
-    assert len(rows(db)) == 4
+    assert import_gemini_cli(db, tmp_path / "gemini").imported == 2
+    assert len(rows(db)) == 5
 
     at = datetime(2026, 12, 1, 9, 0, 0, tzinfo=UTC).timestamp()
     codex_live = Call(
@@ -614,21 +616,24 @@ def test_codex_and_gemini_rows_imported_first_are_replaced_by_their_live_twins(
     # The second Codex response has the same counts as the first: one live row takes one
     # imported row, the nearest in time; a live row matching nothing imported replaces nothing.
     unrelated = replace(codex_live, usage=Usage(input_tokens=1, output_tokens=1), response_id="r9")
-    ledger.write_calls(db, [codex_live, gemini_live, unrelated])
+    # A refusal (no tokens) is no answer's twin, not even of one that recorded no tokens.
+    refused = replace(gemini_live, ts=at + 3605, usage=Usage(), status=429, response_id=None)
+    ledger.write_calls(db, [codex_live, gemini_live, unrelated, refused])
     got = sorted((r["tool"], r["source"] or "live", r["ts"] - at) for r in rows(db))
     assert got == [
         ("codex", "import", 9.0), ("codex", "import", 20.0), ("codex", "live", 0.0),
-        ("codex", "live", 0.0), ("gemini-cli", "live", 3602.0),
+        ("codex", "live", 0.0), ("gemini-cli", "import", 3605.0), ("gemini-cli", "live", 3602.0),
+        ("gemini-cli", "live", 3605.0),
     ]  # fmt: skip
     # The rollup forgot the replaced rows: the report counts each response once.
     conn = ledger.connect(db)
     by_tool = {r["key"]: r["requests"] for r in reports.query(conn, "tool", None, None)}
     conn.close()
-    assert by_tool == {"codex": 4, "gemini-cli": 1}, by_tool
+    assert by_tool == {"codex": 4, "gemini-cli": 3}, by_tool
     # Importing again adds nothing back: the files were read, and the live rows are twins.
     assert import_codex(db, tmp_path / "codex").imported == 0
     assert import_gemini_cli(db, tmp_path / "gemini").imported == 0
-    assert len(rows(db)) == 5
+    assert len(rows(db)) == 7
 
 
 def test_rates_kept_from_an_earlier_import_price_the_next_without_genai_prices(

@@ -287,6 +287,8 @@ def _live_twin(conn: sqlite3.Connection, call: Call, claimed: set[int]) -> int |
     # same session first (a live Gemini CLI session with an API key is its process, not
     # the id its chat file names).
     u = call.usage
+    if not (u.input_tokens or u.cache_read_tokens or u.cache_write_tokens or u.output_tokens):
+        return None  # no tokens: nothing tells it from a refusal or another empty answer
     only_old = "AND response_id IS NULL " if call.response_id is not None else ""
     for (row_id,) in conn.execute(
         "SELECT id FROM calls WHERE tool = ? AND source IS NULL AND ts BETWEEN ? AND ? "
