@@ -197,15 +197,18 @@ def _flat_rates_for_hour(provider: str, model: str, hour: int) -> RateTiers | No
 # priced before; the price source named on its rows is remembered with them.
 _remembered: dict[tuple[str, str, int], RateTiers] = {}
 _remembered_source: str | None = None
+_recording = False  # only a process that keeps them records them (not the proxy)
 _REMEMBER_AT_MOST = 200_000  # hours x models: a heavy user's years
 
 
-def remember_rates(rates: Mapping[tuple[str, str, int], RateTiers], source: str) -> None:
+def remember_rates(rates: Mapping[tuple[str, str, int], RateTiers], source: str | None) -> None:
     """Rates (as `remembered_rates` gave them, with their source) from the same
-    genai-prices data: the caller checks that it is the same."""
-    global _remembered_source
+    genai-prices data: the caller checks that it is the same. From then on, rates worked
+    out in this process are remembered too, for `remembered_rates`."""
+    global _remembered_source, _recording
+    _recording = True
     _remembered.update(rates)
-    if _remembered_source is None:
+    if _remembered_source is None and source is not None:
         _remembered_source = source
         genai_prices_source.cache_clear()
 
@@ -228,9 +231,10 @@ def _flat_rates(
         tiers = _flat_rates_for_hour(*key)
         if tiers is None:
             return None
-        if len(_remembered) >= _REMEMBER_AT_MOST:  # a proxy running for years: start over
-            _remembered.clear()
-        _remembered[key] = tiers
+        if _recording:
+            if len(_remembered) >= _REMEMBER_AT_MOST:  # a tray running for years: start over
+                _remembered.clear()
+            _remembered[key] = tiers
     for start, rates in tiers:
         if total_input > start:
             return rates

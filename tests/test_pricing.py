@@ -170,3 +170,28 @@ def test_flat_rate_fast_path_equals_genai_prices_for_every_model() -> None:
     for provider, model in (("anthropic", "claude-opus-5-5"), ("anthropic", "claude-haiku-4-5")):
         assert pricing._flat_rates(provider, model, when) is not None, model
         assert pricing._cost_at_flat_rates(pricing._flat_rates(provider, model, when), typical)
+
+
+def test_rates_are_remembered_only_where_an_import_keeps_them() -> None:
+    """The proxy prices for months: it must not collect a rate per model and hour. Only
+    a process that recalled kept rates (a history import) records the ones it works out."""
+    import subprocess
+    import sys
+
+    probe = (
+        "from datetime import UTC, datetime\n"
+        "from devmeter import pricing\n"
+        "from devmeter.usage import Usage\n"
+        "u = Usage(input_tokens=1000, output_tokens=10)\n"
+        "for hour in range(48):\n"
+        "    when = datetime.fromtimestamp(1_796_000_000 + hour * 3600, UTC)\n"
+        "    assert pricing.price('anthropic', 'claude-haiku-4-5', u, (), when).cost_usd\n"
+        "print(len(pricing.remembered_rates()[0]), end=' ')\n"
+        "pricing.remember_rates({}, None)\n"
+        "pricing.price('anthropic', 'claude-haiku-4-5', u, (), datetime.now(UTC))\n"
+        "print(len(pricing.remembered_rates()[0]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["0", "1"]

@@ -53,6 +53,7 @@ def recall(folder: Path) -> None:
         return
     _recalled.add(folder)
     stamp = _data_stamp()
+    pricing.remember_rates({}, None)  # remember what this import works out, to keep it
     try:
         kept = json.loads((folder / FILE).read_text(encoding="utf-8"))
         if stamp is None or not isinstance(kept, dict) or kept.get("genai_prices") != stamp:
