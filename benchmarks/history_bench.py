@@ -3,6 +3,7 @@
     uv run --extra test python benchmarks/history_bench.py              # ~1-2 minutes
     uv run --extra test python benchmarks/history_bench.py --responses 150000   # heavy user
     uv run --extra test python benchmarks/history_bench.py --ccusage DIR  # + ccusage daily
+    ... --bytecode   # Python caches bytecode, as on a user's install
 
 Generates a Claude Code config folder: sessions of user turns and assistant responses,
 each response written as Claude Code streams it (three lines, output growing), a resumed
@@ -159,6 +160,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=40, help="statusline starts to time")
     parser.add_argument("--ccusage", type=Path, help="a folder with npm's ccusage installed")
     parser.add_argument("--keep", type=Path, help="generate into this folder and keep it")
+    parser.add_argument(
+        "--bytecode",
+        action="store_true",
+        help="let Python cache bytecode (in the work folder) as on a user's install, even "
+        "where PYTHONDONTWRITEBYTECODE is set; warmed before timing",
+    )
     args = parser.parse_args()
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="devmeter-history-"))
@@ -171,6 +178,14 @@ def main() -> None:
     )
 
     env = {**os.environ, "DEVMETER_HOME": str(home), "CLAUDE_CONFIG_DIR": str(claude_dir)}
+    if args.bytecode:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+        warm = (
+            "import devmeter.cli, devmeter.entry, devmeter.statusline, "
+            "devmeter.importers.claude_code; from devmeter import pricing; pricing.warm()"
+        )
+        subprocess.run([sys.executable, "-c", warm], env=env, check=True)
     devmeter = [sys.executable, "-m", "devmeter", "import", "claude-code", "--json"]
     first, _ = timed(devmeter, env)
     rescan, out = timed(devmeter, env)
