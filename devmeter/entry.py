@@ -5,7 +5,9 @@ import claude-code|codex|gemini-cli` is mostly a re-scan that finds nothing new.
 answered here from small modules (statusline.py, importers/scan.py) before the full CLI
 (cli.py: argparse, every command's imports) is loaded. Everything else, and any form of
 these two this module does not recognise (help, an unknown flag, `--install`, a re-scan
-with something new), goes to cli.main unchanged.
+with something new), goes to cli.main unchanged. A re-scan that finds nothing new prices
+nothing, so it does not read the config file: a mistake there is reported by the next
+command that needs the config (the import that has something to read among them).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def _rescan(importer: str, options: list[str]) -> int | None:
 
     from devmeter.statusline import data_dir  # platformdirs' rule, without platformdirs
 
-    root = scan.history_root(importer, Path(given) if given else None)
+    root = scan.history_root(importer, Path(given) if given is not None else None)
     files = [path for found in scan.history_files(importer, root) for path in found]
     if not scan.nothing_new(data_dir() / "ledger.sqlite", importer, files):
         return None
