@@ -383,7 +383,8 @@ def test_a_rescan_with_nothing_new_loads_neither_the_cli_nor_the_importers(
     probe = (
         "import sys; from devmeter.entry import main; status = main(sys.argv[1:]); "
         "heavy = [m for m in ('devmeter.cli', 'devmeter.ledger', 'devmeter.pricing', "
-        "'devmeter.providers', 'devmeter.importers.history', 'argparse', 'platformdirs') "
+        "'devmeter.providers', 'devmeter.importers.history', 'argparse', 'platformdirs', "
+        "'typing') "
         "if m in sys.modules]; print(status, heavy, file=sys.stderr)"
     )
     args = [sys.executable, "-c", probe, "import", "claude-code", "--path", str(claude)]

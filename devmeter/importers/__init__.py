@@ -10,7 +10,9 @@ is new (a re-scan with nothing new starts no more than that).
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing is not imported at run time: a re-scan starts from here
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["BadLine", "CursorCSVError", "ImportSummary", "import_cursor_csv", "read_cursor_csv"]
 
