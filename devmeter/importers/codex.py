@@ -15,7 +15,7 @@ the file's import state, so an incremental read continues from it); a repeat add
 nothing. Rollouts carry no response id: the `import_key` is the session and the
 cumulative total it reached, and a response the proxy metered live is recognised by
 its tool, token counts and time, the same session first, whichever of the two reached the
-ledger first (devmeter/importers/history.py, ledger migration v8).
+ledger first (devmeter/importers/history.py, ledger migration v9).
 """
 
 from __future__ import annotations
