@@ -318,6 +318,146 @@ MIGRATIONS: tuple[str, ...] = (
         );
     END;
     """,
+    # v10: narrower rollups for the dashboard and the reports grouped by one of their keys
+    # (a quarter hour's calls of many sessions are one row per repo, tool and model here),
+    # kept by triggers like `rollup` and backfilled from it; and the routed calls, indexed
+    # for the savings report.
+    """
+    CREATE TABLE rollup_group (
+        bucket INTEGER NOT NULL,
+        repo TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        cache_read_tokens INTEGER NOT NULL,
+        cache_write_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        reasoning_tokens INTEGER NOT NULL,
+        cost_pusd INTEGER NOT NULL,
+        unpriced INTEGER NOT NULL,
+        estimated INTEGER NOT NULL,
+        billed_pusd INTEGER NOT NULL,
+        covered_pusd INTEGER NOT NULL,
+        PRIMARY KEY (bucket, repo, tool, provider, model)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER calls_rollup_group AFTER INSERT ON calls BEGIN
+        INSERT INTO rollup_group VALUES (
+            CAST(NEW.ts / 900 AS INTEGER), coalesce(NEW.repo, ''), NEW.tool, NEW.provider,
+            coalesce(NEW.model, NEW.requested_model, ''),
+            1, NEW.input_tokens, NEW.cache_read_tokens, NEW.cache_write_tokens,
+            NEW.output_tokens, NEW.reasoning_tokens, coalesce(NEW.cost_pusd, 0),
+            NEW.cost_pusd IS NULL, NEW.estimated,
+            CASE WHEN NEW.billing IN ('api', 'overage') THEN coalesce(NEW.cost_pusd, 0) ELSE 0 END,
+            CASE WHEN NEW.billing = 'subscription' THEN coalesce(NEW.cost_pusd, 0) ELSE 0 END
+        )
+        ON CONFLICT DO UPDATE SET
+            requests = requests + 1,
+            input_tokens = input_tokens + excluded.input_tokens,
+            cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
+            cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
+            output_tokens = output_tokens + excluded.output_tokens,
+            reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
+            cost_pusd = cost_pusd + excluded.cost_pusd,
+            unpriced = unpriced + excluded.unpriced,
+            estimated = estimated + excluded.estimated,
+            billed_pusd = billed_pusd + excluded.billed_pusd,
+            covered_pusd = covered_pusd + excluded.covered_pusd;
+    END;
+    CREATE TRIGGER calls_rollup_group_delete AFTER DELETE ON calls BEGIN
+        UPDATE rollup_group SET
+            requests = requests - 1,
+            input_tokens = input_tokens - OLD.input_tokens,
+            cache_read_tokens = cache_read_tokens - OLD.cache_read_tokens,
+            cache_write_tokens = cache_write_tokens - OLD.cache_write_tokens,
+            output_tokens = output_tokens - OLD.output_tokens,
+            reasoning_tokens = reasoning_tokens - OLD.reasoning_tokens,
+            cost_pusd = cost_pusd - coalesce(OLD.cost_pusd, 0),
+            unpriced = unpriced - (OLD.cost_pusd IS NULL),
+            estimated = estimated - OLD.estimated,
+            billed_pusd = billed_pusd - CASE WHEN OLD.billing IN ('api', 'overage')
+                THEN coalesce(OLD.cost_pusd, 0) ELSE 0 END,
+            covered_pusd = covered_pusd - CASE WHEN OLD.billing = 'subscription'
+                THEN coalesce(OLD.cost_pusd, 0) ELSE 0 END
+        WHERE bucket = CAST(OLD.ts / 900 AS INTEGER)
+            AND repo = coalesce(OLD.repo, '')
+            AND tool = OLD.tool
+            AND provider = OLD.provider
+            AND model = coalesce(OLD.model, OLD.requested_model, '');
+        DELETE FROM rollup_group WHERE requests <= 0 AND bucket = CAST(OLD.ts / 900 AS INTEGER);
+    END;
+    INSERT INTO rollup_group
+        SELECT bucket, repo, tool, provider, model, sum(requests), sum(input_tokens),
+               sum(cache_read_tokens), sum(cache_write_tokens), sum(output_tokens),
+               sum(reasoning_tokens), sum(cost_pusd), sum(unpriced), sum(estimated),
+               sum(billed_pusd), sum(covered_pusd)
+        FROM rollup GROUP BY bucket, repo, tool, provider, model;
+    CREATE TABLE rollup_session (
+        bucket INTEGER NOT NULL,
+        session TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        cache_read_tokens INTEGER NOT NULL,
+        cache_write_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        reasoning_tokens INTEGER NOT NULL,
+        cost_pusd INTEGER NOT NULL,
+        unpriced INTEGER NOT NULL,
+        estimated INTEGER NOT NULL,
+        billed_pusd INTEGER NOT NULL,
+        covered_pusd INTEGER NOT NULL,
+        PRIMARY KEY (bucket, session)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER calls_rollup_session AFTER INSERT ON calls BEGIN
+        INSERT INTO rollup_session VALUES (
+            CAST(NEW.ts / 900 AS INTEGER), coalesce(NEW.session, ''),
+            1, NEW.input_tokens, NEW.cache_read_tokens, NEW.cache_write_tokens,
+            NEW.output_tokens, NEW.reasoning_tokens, coalesce(NEW.cost_pusd, 0),
+            NEW.cost_pusd IS NULL, NEW.estimated,
+            CASE WHEN NEW.billing IN ('api', 'overage') THEN coalesce(NEW.cost_pusd, 0) ELSE 0 END,
+            CASE WHEN NEW.billing = 'subscription' THEN coalesce(NEW.cost_pusd, 0) ELSE 0 END
+        )
+        ON CONFLICT DO UPDATE SET
+            requests = requests + 1,
+            input_tokens = input_tokens + excluded.input_tokens,
+            cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
+            cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
+            output_tokens = output_tokens + excluded.output_tokens,
+            reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
+            cost_pusd = cost_pusd + excluded.cost_pusd,
+            unpriced = unpriced + excluded.unpriced,
+            estimated = estimated + excluded.estimated,
+            billed_pusd = billed_pusd + excluded.billed_pusd,
+            covered_pusd = covered_pusd + excluded.covered_pusd;
+    END;
+    CREATE TRIGGER calls_rollup_session_delete AFTER DELETE ON calls BEGIN
+        UPDATE rollup_session SET
+            requests = requests - 1,
+            input_tokens = input_tokens - OLD.input_tokens,
+            cache_read_tokens = cache_read_tokens - OLD.cache_read_tokens,
+            cache_write_tokens = cache_write_tokens - OLD.cache_write_tokens,
+            output_tokens = output_tokens - OLD.output_tokens,
+            reasoning_tokens = reasoning_tokens - OLD.reasoning_tokens,
+            cost_pusd = cost_pusd - coalesce(OLD.cost_pusd, 0),
+            unpriced = unpriced - (OLD.cost_pusd IS NULL),
+            estimated = estimated - OLD.estimated,
+            billed_pusd = billed_pusd - CASE WHEN OLD.billing IN ('api', 'overage')
+                THEN coalesce(OLD.cost_pusd, 0) ELSE 0 END,
+            covered_pusd = covered_pusd - CASE WHEN OLD.billing = 'subscription'
+                THEN coalesce(OLD.cost_pusd, 0) ELSE 0 END
+        WHERE bucket = CAST(OLD.ts / 900 AS INTEGER)
+            AND session = coalesce(OLD.session, '');
+        DELETE FROM rollup_session WHERE requests <= 0 AND bucket = CAST(OLD.ts / 900 AS INTEGER);
+    END;
+    INSERT INTO rollup_session
+        SELECT bucket, session, sum(requests), sum(input_tokens),
+               sum(cache_read_tokens), sum(cache_write_tokens), sum(output_tokens),
+               sum(reasoning_tokens), sum(cost_pusd), sum(unpriced), sum(estimated),
+               sum(billed_pusd), sum(covered_pusd)
+        FROM rollup GROUP BY bucket, session;
+    CREATE INDEX calls_routed ON calls (ts) WHERE routing IN ('routed', 'shadow', 'fallback');
+    """,
 )
 BUCKET_SECONDS = 900
 

@@ -24,7 +24,7 @@ from devmeter.text_table import TextTable, render
 UNATTRIBUTED = "(unattributed)"
 
 # The SQL expression each grouping is keyed on.
-# The key each grouping is computed on, over rollup-shaped rows (see `_GROUPED_ROWS`):
+# The key each grouping is computed on, over rollup-shaped rows (see `_grouped_rows`):
 # a missing session, repo or branch is '' there.
 GROUP_KEYS: dict[str, str] = {
     "session": f"coalesce(nullif(session, ''), '{UNATTRIBUTED}')",
@@ -40,20 +40,47 @@ GROUP_KEYS: dict[str, str] = {
 # extra usage); covered is the list-price equivalent of subscription calls.
 _BILLED_SQL = "CASE WHEN billing IN ('api', 'overage') THEN coalesce(cost_pusd, 0) ELSE 0 END"
 _COVERED_SQL = "CASE WHEN billing = 'subscription' THEN coalesce(cost_pusd, 0) ELSE 0 END"
-# Whole quarter hours come from the rollup the ledger keeps; the part of a --since window
-# that starts inside a quarter hour comes from the calls themselves.
-_GROUPED_ROWS = f"""
-    SELECT bucket * {BUCKET_SECONDS} AS ts, session, repo, branch, tool, provider, model,
-           requests, input_tokens, cache_read_tokens, cache_write_tokens, output_tokens,
-           reasoning_tokens, cost_pusd, unpriced, estimated, billed_pusd, covered_pusd
-    FROM rollup WHERE bucket >= :first_bucket
+# Whole quarter hours come from a rollup the ledger keeps; the part of a --since window
+# that starts inside a quarter hour comes from the calls themselves. Each grouping reads
+# the narrowest rollup that has its key: a quarter hour of many sessions is one
+# `rollup_group` row per repo, tool and model.
+_ROLLUPS: dict[str, tuple[str, ...]] = {
+    "rollup": ("session", "repo", "branch", "tool", "provider", "model"),
+    "rollup_group": ("repo", "tool", "provider", "model"),
+    "rollup_session": ("session",),
+}
+ROLLUP_OF: dict[str, str] = {
+    "session": "rollup_session", "branch": "rollup", "repo": "rollup_group",
+    "model": "rollup_group", "tool": "rollup_group", "provider": "rollup_group",
+    "day": "rollup_group",
+}  # fmt: skip
+_CALL_KEYS = {
+    "session": "coalesce(session, '')", "repo": "coalesce(repo, '')",
+    "branch": "coalesce(branch, '')", "tool": "tool", "provider": "provider",
+    "model": "coalesce(model, requested_model, '')",
+}  # fmt: skip
+_SUMS = (
+    "requests, input_tokens, cache_read_tokens, cache_write_tokens, output_tokens, "
+    "reasoning_tokens, cost_pusd, unpriced, estimated, billed_pusd, covered_pusd"
+)
+_CALL_SUMS = (
+    "1, input_tokens, cache_read_tokens, cache_write_tokens, output_tokens, reasoning_tokens, "
+    f"coalesce(cost_pusd, 0), cost_pusd IS NULL, estimated, {_BILLED_SQL}, {_COVERED_SQL}"
+)
+
+
+def _grouped_rows(table: str) -> str:
+    """Rollup-shaped rows of `table` since :since (:first_bucket its first whole quarter)."""
+    keys = _ROLLUPS[table]
+    return f"""
+    SELECT bucket * {BUCKET_SECONDS} AS ts, {", ".join(keys)}, {_SUMS}
+    FROM {table} WHERE bucket >= :first_bucket
     UNION ALL
-    SELECT ts, coalesce(session, ''), coalesce(repo, ''), coalesce(branch, ''), tool, provider,
-           coalesce(model, requested_model, ''), 1, input_tokens, cache_read_tokens,
-           cache_write_tokens, output_tokens, reasoning_tokens, coalesce(cost_pusd, 0),
-           cost_pusd IS NULL, estimated, {_BILLED_SQL}, {_COVERED_SQL}
+    SELECT ts, {", ".join(f"{_CALL_KEYS[k]} AS {k}" for k in keys)}, {_CALL_SUMS}
     FROM calls WHERE ts >= :since AND ts < :first_bucket * {BUCKET_SECONDS}
 """
+
+
 GROUPINGS = ("request", *GROUP_KEYS)
 # Keys that are one rollup column, where grouping by the column equals grouping by the key
 # (the rollup keeps '' for a missing session or repo, which the key names).
@@ -146,7 +173,7 @@ def query(
     # where the key is one, lets SQLite skip materializing a union (a third of the time
     # of a report over a million calls).
     direct = since is None and by in _ROLLUP_COLUMNS
-    source = "rollup" if direct else f"({_GROUPED_ROWS})"
+    source = ROLLUP_OF[by] if direct else f"({_grouped_rows(ROLLUP_OF[by])})"
     group = by if direct else "key"
     sql = f"""
         SELECT {key} AS key, sum(requests), sum(input_tokens), sum(cache_read_tokens),
@@ -550,34 +577,43 @@ def spend_series(
 
 
 def grouped_series(
-    conn: sqlite3.Connection, since: float, step: str, by: str
+    conn: sqlite3.Connection, since: float, step: str, by: str, until: float | None = None
 ) -> tuple[list[dict[str, Any]], list[tuple[str, str, Decimal]]]:
     """`query(conn, by, since)`'s rows and `spend_series`' points from one pass over the
     ledger (a dashboard page needs both: a table and its chart).
 
-    SQLite sums per quarter hour and key; Python names each quarter hour's local hour or
-    day (a few thousand conversions, not one per row: `localtime` in SQL is the slow
-    part) and adds up the groups. Every zone's offset is a whole number of quarter hours,
-    so no quarter hour straddles a local hour or day."""
+    SQLite sums per local hour or day and key: a quarter hour's local step is its number
+    plus the zone's offset in quarter hours (every zone's offset is a whole number of
+    them, so no quarter hour straddles a local hour or day), the offset taken from the
+    stretches between the zone's changes (`local_offsets`) rather than `localtime` per
+    row, the slow part. Python names the steps and adds up the groups."""
     if step not in SERIES_STEPS or by not in GROUP_KEYS or by == "day":
         raise ReportError(f"no series by {safe_text(step, 20)} and {safe_text(by, 20)}")
+    per_step = _QUARTERS_PER_STEP[step]
+    until = time.time() + 86400 if until is None else until
+    offsets = local_offsets(since, until)
+    shift = " ".join(
+        f"WHEN quarter < {first} THEN {offset}"
+        for (_, offset), (first, _) in zip(offsets, offsets[1:], strict=False)
+    )
+    shift_sql = f"CASE {shift} ELSE {offsets[-1][1]} END" if shift else str(offsets[-1][1])
     sql = f"""
-        SELECT CAST(ts / {BUCKET_SECONDS} AS INTEGER) AS quarter, {GROUP_KEYS[by]} AS key,
+        SELECT (quarter + {shift_sql}) / {per_step} AS local_step, key,
                sum(requests), sum(input_tokens), sum(cache_read_tokens),
                sum(cache_write_tokens), sum(output_tokens), sum(reasoning_tokens),
                sum(cost_pusd), sum(unpriced), sum(estimated), sum(billed_pusd),
                sum(covered_pusd)
-        FROM ({_GROUPED_ROWS}) GROUP BY quarter, key
+        FROM (SELECT CAST(ts / {BUCKET_SECONDS} AS INTEGER) AS quarter, {GROUP_KEYS[by]} AS key,
+                     {_SUMS} FROM ({_grouped_rows(ROLLUP_OF[by])}))
+        GROUP BY local_step, key
     """
     bounds = {"since": since, "first_bucket": math.ceil(since / BUCKET_SECONDS)}
-    names: dict[int, str] = {}
+    epoch = datetime(1970, 1, 1)
     points: dict[tuple[str, str], int] = {}
     groups: dict[str, list[int]] = {}
-    for quarter, key, *sums in conn.execute(sql, bounds).fetchall():
-        name = names.get(quarter)
-        if name is None:
-            name = datetime.fromtimestamp(quarter * BUCKET_SECONDS).strftime(SERIES_STEPS[step])
-            names[quarter] = name
+    for local_step, key, *sums in conn.execute(sql, bounds).fetchall():
+        local = epoch + timedelta(seconds=local_step * per_step * BUCKET_SECONDS)
+        name = local.strftime(SERIES_STEPS[step])
         sums = [n or 0 for n in sums]
         points[(name, key)] = points.get((name, key), 0) + sums[6]
         group = groups.setdefault(key, [0] * len(sums))
@@ -591,6 +627,36 @@ def grouped_series(
         rows.append(item)
     series = [(name, key, usd(pusd)) for (name, key), pusd in sorted(points.items())]
     return rows, series
+
+
+_QUARTERS_PER_STEP = {"hour": 3600 // BUCKET_SECONDS, "day": 86400 // BUCKET_SECONDS}
+
+
+def _offset_quarters(ts: float) -> int:
+    offset = datetime.fromtimestamp(ts).astimezone().utcoffset() or timedelta(0)
+    return round(offset.total_seconds()) // BUCKET_SECONDS
+
+
+def local_offsets(since: float, until: float) -> list[tuple[int, int]]:
+    """The local zone's offset from UTC, in quarter hours, over [since, until]: a list of
+    (first quarter, offset), one entry per stretch between changes (daylight saving).
+
+    Looked at every hour, and at each quarter of an hour where it changed: a zone changes
+    its clocks on a quarter hour."""
+    first = math.floor(since / BUCKET_SECONDS)
+    last = math.ceil(until / BUCKET_SECONDS)
+    stretches = [(first, _offset_quarters(first * BUCKET_SECONDS))]
+    per_hour = _QUARTERS_PER_STEP["hour"]
+    for hour in range(first + per_hour, last + per_hour, per_hour):
+        offset = _offset_quarters(hour * BUCKET_SECONDS)
+        if offset == stretches[-1][1]:
+            continue
+        changed = next(
+            q for q in range(hour - per_hour + 1, hour + 1)
+            if _offset_quarters(q * BUCKET_SECONDS) == offset
+        )  # fmt: skip
+        stretches.append((changed, offset))
+    return stretches
 
 
 def session_calls(
