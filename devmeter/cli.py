@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", choices=reports.GROUPINGS, default="day")
     p.add_argument("--since", help=SINCE_HELP)
     p.add_argument(
+        "--until", help="calls before this time only (same forms as --since; a date: its start)"
+    )
+    p.add_argument(
         "--limit", type=int, help="the last N calls (--by request), else the N costliest rows"
     )
     p.add_argument(
@@ -402,6 +405,7 @@ def _start_proxy_for_run(where: Paths) -> tuple[subprocess.Popen[bytes], str, in
 
 def cmd_report(args: argparse.Namespace, config: Config, where: Paths) -> int:
     since = reports.parse_since(args.since) if args.since else None
+    until = reports.parse_since(args.until, flag="--until") if args.until else None
     if args.limit is not None and args.limit < 1:
         raise reports.ReportError(
             f"--limit {args.limit} shows nothing — give a number of rows, 1 or more"
@@ -427,7 +431,7 @@ def cmd_report(args: argparse.Namespace, config: Config, where: Paths) -> int:
             sys.stdout.write(reports.to_csv([], fields))
         return 0
     if args.savings:
-        saved = reports.savings(conn, since)[: args.limit]
+        saved = reports.savings(conn, since, until)[: args.limit]
         if args.json:
             sys.stdout.write(reports.to_json(saved))
         elif args.csv:
@@ -435,7 +439,7 @@ def cmd_report(args: argparse.Namespace, config: Config, where: Paths) -> int:
         else:
             sys.stdout.write(reports.savings_table(saved, _terminal_width()))
         return 0
-    rows = reports.query(conn, args.by, since, args.limit)
+    rows = reports.query(conn, args.by, since, args.limit, until)
     if args.json:
         sys.stdout.write(reports.to_json(rows))
     elif args.csv:

@@ -70,15 +70,39 @@ _CALL_SUMS = (
 
 
 def _grouped_rows(table: str) -> str:
-    """Rollup-shaped rows of `table` since :since (:first_bucket its first whole quarter)."""
+    """Rollup-shaped rows of `table` from :since to :until: the whole quarter hours
+    between (:first_bucket to :end_bucket) from the rollup, the ends from the calls."""
     keys = _ROLLUPS[table]
+    calls = (
+        f"SELECT ts, {', '.join(f'{_CALL_KEYS[k]} AS {k}' for k in keys)}, {_CALL_SUMS} "
+        "FROM calls WHERE ts >= {start} AND ts < {end}"
+    )
+    head = calls.format(start=":since", end=f"min(:until, :first_bucket * {BUCKET_SECONDS})")
+    tail = calls.format(start=f"max(:since, :end_bucket * {BUCKET_SECONDS})", end=":until")
     return f"""
     SELECT bucket * {BUCKET_SECONDS} AS ts, {", ".join(keys)}, {_SUMS}
-    FROM {table} WHERE bucket >= :first_bucket
-    UNION ALL
-    SELECT ts, {", ".join(f"{_CALL_KEYS[k]} AS {k}" for k in keys)}, {_CALL_SUMS}
-    FROM calls WHERE ts >= :since AND ts < :first_bucket * {BUCKET_SECONDS}
+    FROM {table} WHERE bucket >= :first_bucket AND bucket < :end_bucket
+    UNION ALL {head}
+    UNION ALL {tail}
 """
+
+
+# Far beyond any call: the end of an open window.
+_NO_END = 1e13
+
+
+def _window(since: float | None, until: float | None) -> dict[str, float | int]:
+    """`_grouped_rows`' parameters for calls from `since` (None: the first) to `until`
+    (None: the last), `until` excluded."""
+    start = 0.0 if since is None else since
+    end = _NO_END if until is None else max(until, start)
+    first = math.ceil(start / BUCKET_SECONDS)
+    return {
+        "since": start,
+        "until": end,
+        "first_bucket": first,
+        "end_bucket": max(math.floor(end / BUCKET_SECONDS), first),
+    }
 
 
 GROUPINGS = ("request", *GROUP_KEYS)
@@ -115,7 +139,7 @@ class ReportError(ValueError):
     pass
 
 
-def parse_since(text: str, now: float | None = None) -> float:
+def parse_since(text: str, now: float | None = None, flag: str = "--since") -> float:
     """`7d`, `2h`, `30m`, `1w`, `today`, `yesterday`, or an ISO date/time, as a unix timestamp.
 
     `today` and `yesterday` start at local midnight; a bare date is local midnight too."""
@@ -139,23 +163,27 @@ def parse_since(text: str, now: float | None = None) -> float:
         return datetime.fromisoformat(text.strip()).timestamp()
     except (ValueError, OverflowError, OSError):
         raise ReportError(
-            f"--since '{safe_text(text, 60)}' is not a time — use today, yesterday, 1w, 7d, "
+            f"{flag} '{safe_text(text, 60)}' is not a time — use today, yesterday, 1w, 7d, "
             "2h, 30m or a date such as 2026-11-01"
         ) from None
 
 
 def query(
-    conn: sqlite3.Connection, by: str, since: float | None = None, limit: int | None = None
+    conn: sqlite3.Connection,
+    by: str,
+    since: float | None = None,
+    limit: int | None = None,
+    until: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of a report. With `limit`: the last N calls (`request`), else the N groups
-    that cost the most."""
+    """Rows of a report: calls from `since` to `until` (excluded; None: no bound). With
+    `limit`: the last N calls (`request`), else the N groups that cost the most."""
     if by not in GROUPINGS:
         raise ReportError(
             f"--by {safe_text(by, 40)!r} is not a grouping — choose one of {', '.join(GROUPINGS)}"
         )
     if limit is not None and limit < 1:
         raise ReportError(f"--limit {limit} shows nothing — give a number of rows, 1 or more")
-    where, params = ("WHERE ts >= ?", [since]) if since is not None else ("", [])
+    where, params = _where_ts(since, until)
     if by == "request":
         columns = list(_REQUEST_COLUMNS)
         sql = f"SELECT {', '.join(columns)} FROM calls {where} ORDER BY ts, id"
@@ -168,11 +196,10 @@ def query(
         rows = conn.execute(sql, params).fetchall()
         return [_request_row(dict(zip(columns, row, strict=True))) for row in rows]
     key = GROUP_KEYS[by]
-    start = since if since is not None else 0.0
     # All of history is the rollup alone: grouping its rows directly, by the bare column
     # where the key is one, lets SQLite skip materializing a union (a third of the time
     # of a report over a million calls).
-    direct = since is None and by in _ROLLUP_COLUMNS
+    direct = since is None and until is None and by in _ROLLUP_COLUMNS
     source = ROLLUP_OF[by] if direct else f"({_grouped_rows(ROLLUP_OF[by])})"
     group = by if direct else "key"
     sql = f"""
@@ -184,7 +211,7 @@ def query(
     """
     if limit:
         sql += f" LIMIT {int(limit)}"
-    bounds = {"since": start, "first_bucket": math.ceil(start / BUCKET_SECONDS)}
+    bounds = _window(since, until)
     result = []
     for row in conn.execute(sql, bounds).fetchall():
         item = dict(zip(GROUP_FIELDS, row, strict=True))
@@ -195,11 +222,21 @@ def query(
     return result
 
 
+def _where_ts(since: float | None, until: float | None) -> tuple[str, list[float]]:
+    """A WHERE clause on `ts` for calls from `since` to `until` (excluded)."""
+    terms = [(t, v) for t, v in (("ts >= ?", since), ("ts < ?", until)) if v is not None]
+    if not terms:
+        return "", []
+    return "WHERE " + " AND ".join(t for t, _ in terms), [v for _, v in terms]
+
+
 def has_calls(conn: sqlite3.Connection) -> bool:
     return conn.execute("SELECT EXISTS (SELECT 1 FROM calls)").fetchone()[0] == 1
 
 
-def savings(conn: sqlite3.Connection, since: float | None = None) -> list[dict[str, Any]]:
+def savings(
+    conn: sqlite3.Connection, since: float | None = None, until: float | None = None
+) -> list[dict[str, Any]]:
     """Routed calls (what was saved) and shadowed ones (what would have been), by rule.
 
     Routed: the requested model's cost minus what the call cost. Shadow: what the call
@@ -210,6 +247,9 @@ def savings(conn: sqlite3.Connection, since: float | None = None) -> list[dict[s
     if since is not None:
         where += " AND ts >= ?"
         params.append(since)
+    if until is not None:
+        where += " AND ts < ?"
+        params.append(until)
     sql = f"""
         SELECT routing, route_rule, requested_model, route_target, count(*),
                sum(cost_pusd), sum(alt_cost_pusd),
@@ -256,8 +296,10 @@ def savings_table(rows: Sequence[dict[str, Any]], width: int | None = None) -> s
 ALERT_FIELDS = ("ts", "kind", "scope", "key", "figure_usd", "message", "session", "repo", "tool")
 
 
-def alerts(conn: sqlite3.Connection, since: float | None = None) -> list[dict[str, Any]]:
-    where, params = ("WHERE ts >= ?", [since]) if since is not None else ("", [])
+def alerts(
+    conn: sqlite3.Connection, since: float | None = None, until: float | None = None
+) -> list[dict[str, Any]]:
+    where, params = _where_ts(since, until)
     sql = (
         "SELECT ts, kind, scope, key, figure_pusd, message, session, repo, tool "
         f"FROM alerts {where} ORDER BY ts, id"
@@ -579,8 +621,8 @@ def spend_series(
 def grouped_series(
     conn: sqlite3.Connection, since: float, step: str, by: str, until: float | None = None
 ) -> tuple[list[dict[str, Any]], list[tuple[str, str, Decimal]]]:
-    """`query(conn, by, since)`'s rows and `spend_series`' points from one pass over the
-    ledger (a dashboard page needs both: a table and its chart).
+    """`query(conn, by, since, until=until)`'s rows and `spend_series`' points from one
+    pass over the ledger (a dashboard page needs both: a table and its chart).
 
     SQLite sums per local hour or day and key: a quarter hour's local step is its number
     plus the zone's offset in quarter hours (every zone's offset is a whole number of
@@ -590,8 +632,8 @@ def grouped_series(
     if step not in SERIES_STEPS or by not in GROUP_KEYS or by == "day":
         raise ReportError(f"no series by {safe_text(step, 20)} and {safe_text(by, 20)}")
     per_step = _QUARTERS_PER_STEP[step]
-    until = time.time() + 86400 if until is None else until
-    offsets = local_offsets(since, until)
+    # A call from a clock running ahead: looked up to a day beyond now.
+    offsets = local_offsets(since, time.time() + 86400 if until is None else until)
     shift = " ".join(
         f"WHEN quarter < {first} THEN {offset}"
         for (_, offset), (first, _) in zip(offsets, offsets[1:], strict=False)
@@ -607,7 +649,7 @@ def grouped_series(
                      {_SUMS} FROM ({_grouped_rows(ROLLUP_OF[by])}))
         GROUP BY local_step, key
     """
-    bounds = {"since": since, "first_bucket": math.ceil(since / BUCKET_SECONDS)}
+    bounds = _window(since, until)
     epoch = datetime(1970, 1, 1)
     points: dict[tuple[str, str], int] = {}
     groups: dict[str, list[int]] = {}

@@ -270,3 +270,43 @@ def test_chart_series_add_up_to_the_report(devmeter_home: Path, days: int, step:
     # The table a page draws beside its chart comes from the same pass: `query`'s rows.
     assert reports.grouped_series(conn, since, step, by)[0] == reports.query(conn, by, since)
     assert sum(drawn.values()) > 0
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Kathmandu", "Australia/Lord_Howe"])
+def test_series_steps_are_local_hours_and_days_across_clock_changes(
+    devmeter_home: Path, monkeypatch: pytest.MonkeyPatch, zone: str
+) -> None:
+    """SQLite names each call's local hour and day from the zone's offset per stretch
+    between clock changes: across New York's fall back, in a +5:45 zone and in one that
+    moves its clocks by half an hour, every call lands where `datetime` puts it."""
+    from devmeter import reports
+    from devmeter.ledger import connect_readonly
+
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        start = datetime(2026, 10, 31, 20, 7).timestamp()  # NY: clocks go back on Nov 1
+        if zone == "Australia/Lord_Howe":
+            start = datetime(2026, 4, 4, 20, 7).timestamp()  # back by 30 min on Apr 5
+        calls = [
+            make_call(start + i * 431.7, str(Decimal(i + 1) / 1000), f"/src/r{i % 3}",
+                      "claude-opus-4-1", "claude-code")
+            for i in range(400)
+        ]  # fmt: skip
+        write_calls(devmeter_home / "ledger.sqlite", calls)
+        conn = connect_readonly(paths().ledger)
+        assert conn is not None
+        since, until = start + 1000.5, start + 400 * 431.7 - 5000.25
+        for step, form in (("hour", "%Y-%m-%d %H:00"), ("day", "%Y-%m-%d")):
+            want: dict[tuple[str, str], Decimal] = {}
+            for c in calls:
+                if since <= c.ts < until:
+                    name = datetime.fromtimestamp(c.ts).strftime(form)
+                    key = (name, c.attribution.repo or "")
+                    want[key] = want.get(key, Decimal(0)) + (c.cost_usd or Decimal(0))
+            rows, series = reports.grouped_series(conn, since, step, "repo", until)
+            assert {(name, key): usd for name, key, usd in series} == want
+            assert rows == reports.query(conn, "repo", since, until=until)
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -228,14 +228,21 @@ def test_grouped_reports_from_the_rollup_equal_the_calls(tmp_path: Path) -> None
 
     conn = connect_readonly(path)
     assert conn is not None
-    for since in (None, start + 5000.5, start + 900 * 20):
+    windows = [(None, None), (start + 5000.5, None), (start + 900 * 20, None),
+               (None, start + 9000.3), (start + 5000.5, start + 30000.7),
+               (start + 900 * 20, start + 900 * 30), (start + 100, start + 700)]  # fmt: skip
+    for since, until in windows:
         for by in ("session", "repo", "tool", "model", "day", "branch", "provider"):
-            got = {r["key"]: r for r in reports.query(conn, by, since)}
-            chosen = [c for c in calls if since is None or c.ts >= since]
+            got = {r["key"]: r for r in reports.query(conn, by, since, until=until)}
+            chosen = [
+                c
+                for c in calls
+                if (since is None or c.ts >= since) and (until is None or c.ts < until)
+            ]
             want: dict[str, list[Call]] = {}
             for c in chosen:
                 want.setdefault(_key(by, c), []).append(c)
-            assert set(got) == set(want), (by, since)
+            assert set(got) == set(want), (by, since, until)
             for key, group in want.items():
                 row = got[key]
                 assert row["requests"] == len(group)
