@@ -160,6 +160,26 @@ def query_sessions(
     return sessions
 
 
+def spend_by_interval(
+    conn: sqlite3.Connection, keys: Sequence[str], start: float, step: float, count: int
+) -> dict[str, list[Decimal]]:
+    """The spend of each session in `keys` (`Session.key`) per `step` seconds, `count`
+    steps from `start`, oldest first: a sparkline's points. Unpriced calls add nothing."""
+    sql = """
+        SELECT coalesce(session, tool || '@' || coalesce(repo, '?')),
+               CAST((ts - :start) / :step AS INTEGER), sum(cost_pusd)
+        FROM calls WHERE ts >= :start AND endpoint NOT LIKE '%.import'
+        GROUP BY 1, 2
+    """
+    wanted = set(keys)
+    series = {key: [Decimal(0)] * count for key in keys}
+    params = {"start": start, "step": step}
+    for key, n, pusd in conn.execute(sql, params).fetchall():
+        if key in wanted and 0 <= n < count and pusd:
+            series[key][n] = Decimal(pusd) / PICO
+    return series
+
+
 def _names(json_array: str | None) -> tuple[str, ...]:
     return tuple(sorted(n for n in json.loads(json_array or "[]") if isinstance(n, str) and n))
 

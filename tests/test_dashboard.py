@@ -217,7 +217,7 @@ def test_today_and_period_figures_are_report_json_to_the_cent(dashboard: Dashboa
 
 def test_session_page_lists_its_calls_and_escapes_names(dashboard: Dashboard) -> None:
     html = page(dashboard, f"/session?id={SESSION}")
-    assert html.count("<tr><td>") == 2  # its two calls, not the other sessions'
+    assert html.count("<tr data-n=") == 2  # its two calls, not the other sessions'
     assert 'data-figure="session-total" data-usd="1.237943"' in html
     assert "Lift this session" in html
     assert "<script>x" not in page(dashboard, "/session?id=%3Cscript%3Ex%3C/script%3E")

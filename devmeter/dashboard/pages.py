@@ -1,28 +1,42 @@
-"""The dashboard's pages: HTML and the JSON the today view polls.
+"""The dashboard's pages: HTML, and the JSON the today view polls.
 
 Every figure comes from the query layer `devmeter report` uses (`reports.query`,
-`reports.spend_series`, `sessions.query_sessions`), so the page and `report --json`
-agree to the pico-dollar; each money cell carries its exact figure in `data-usd`.
-Everything from the ledger is escaped: names come from the network.
+`reports.grouped_series`, `reports.savings`, `sessions.query_sessions`), so the page and
+`report --json` agree to the pico-dollar; each money cell carries its exact figure in
+`data-usd`. Everything from the ledger is escaped: names come from the network.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from html import escape
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from devmeter import reports, sessions
 from devmeter.clock import local_midnight
-from devmeter.dashboard.charts import stacked_bars
+from devmeter.control import ROUTING_MODES
+from devmeter.dashboard import charts
+from devmeter.dashboard.charts import sparkline, stacked_bars
 
 PERIODS = {"today": 1, "7d": 7, "30d": 30}
+CUSTOM = "custom"
 PERIOD_BYS = ("repo", "model", "tool")
 POLL_SECONDS = 2
+MAX_CUSTOM_DAYS = 366
+# A live session's sparkline: its spend per 5 minutes over the last hour.
+SPARK_STEP_SECONDS = 300
+SPARK_STEPS = 12
+# Tokens by kind, in the order they stack on a session page (cache writes: 5 min and 1 h).
+TOKEN_KINDS = ("input", "cache read", "cache write 5m", "cache write 1h", "output", "reasoning")
+
+
+class PageError(ValueError):
+    """A page asked for with parameters it cannot show: the message says what to send."""
 
 
 def _money(usd: Decimal | None, figure: str = "", exact: Decimal | None = None) -> str:
@@ -38,6 +52,10 @@ def _name(value: object, limit: int = 60) -> str:
     return escape(reports.cell(value, limit, "tail"))
 
 
+def _day_start(day: date) -> float:
+    return datetime(day.year, day.month, day.day).timestamp()
+
+
 def cache_hit_rate(row: dict[str, Any]) -> str:
     """Cache reads as a share of all input tokens (fresh, cache reads, cache writes)."""
     read = row["cache_read_tokens"] or 0
@@ -45,22 +63,39 @@ def cache_hit_rate(row: dict[str, Any]) -> str:
     return f"{read / total:.1%}" if total else "-"
 
 
+def _billing_split(rows: list[dict[str, Any]]) -> bool:
+    """Whether the ledger knows who paid for any of these calls (devmeter/billing.py)."""
+    return any(r["billed_usd"] or r["covered_usd"] for r in rows)
+
+
 def _group_table(rows: list[dict[str, Any]], by: str) -> str:
+    split = _billing_split(rows)
     body = "".join(
         f'<tr data-key="{escape(str(r["key"]))}"><td>{_name(r["key"])}</td>'
         f'<td class="n">{r["requests"]:,}</td><td class="n cache">{cache_hit_rate(r)}</td>'
         '<td class="n">'
         f"{_money(r['cost_usd'] if r['unpriced'] < r['requests'] else None, exact=r['cost_usd'])}"
-        "</td></tr>"
+        "</td>"
+        + (
+            f'<td class="n billed">{_money(r["billed_usd"])}</td>'
+            f'<td class="n covered">{_money(r["covered_usd"])}</td>'
+            if split
+            else ""
+        )
+        + "</tr>"
         for r in rows
     )
+    extra = "<th>billed</th><th>covered</th>" if split else ""
+    empty = f"<tr><td colspan={6 if split else 4}>No calls.</td></tr>"
     return (
         f'<table class="by-{by}"><tr><th>{by}</th><th>calls</th><th>cache hit</th>'
-        f"<th>cost</th></tr>{body or '<tr><td colspan=4>No calls.</td></tr>'}</table>"
+        f"<th>cost</th>{extra}</tr>{body or empty}</table>"
     )
 
 
-def _sessions_table(found: list[sessions.Session], token_form: str) -> str:
+def _sessions_table(
+    found: list[sessions.Session], sparks: dict[str, list[Decimal]] | None = None
+) -> str:
     if not found:
         return "<p>No live sessions (none with a call in the last 10 minutes).</p>"
     labels = reports.session_labels(s.session for s in found)
@@ -70,16 +105,21 @@ def _sessions_table(found: list[sessions.Session], token_form: str) -> str:
         spend = s.cost_usd if s.unpriced < s.calls else None  # "unpriced", as reports say
         if s.session:
             link = f'<a href="/session?id={quote(s.session)}">{link}</a>'
+        points = (sparks or {}).get(s.key, [])
+        spark = sparkline(points, f"{s.key}: spend per 5 minutes, last hour") if points else ""
         rows.append(
             f'<tr data-key="{escape(s.key)}"><td>{link}</td><td>{_name(s.tool, 24)}</td>'
             f"<td>{_name(s.repo or reports.NO_REPO)}</td><td>{_name(s.branch or '-', 24)}</td>"
             f"<td>{_name(', '.join(s.models), 60)}</td><td class=n>{s.calls:,}</td>"
             f'<td class="n">{_money(spend, exact=s.cost_usd)}</td>'
-            f'<td class="n">{escape(reports.format_usd(s.burn_usd_per_hour))}/h</td></tr>'
+            f'<td class="n">{escape(reports.format_usd(s.burn_usd_per_hour))}/h</td>'
+            f"<td class=spark>{spark}</td></tr>"
         )
     return (
         "<table class=sessions><tr><th>session</th><th>tool</th><th>repo</th><th>branch</th>"
-        "<th>models</th><th>calls</th><th>spend</th><th>burn</th></tr>" + "".join(rows) + "</table>"
+        "<th>models</th><th>calls</th><th>spend</th><th>burn</th><th>last hour</th></tr>"
+        + "".join(rows)
+        + "</table>"
     )
 
 
@@ -87,16 +127,17 @@ def _alerts_list(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "<p>No alerts.</p>"
     items = "".join(
-        f"<li><time>{escape(r['ts'][11:19])}</time> <b>{_name(r['kind'], 20)}</b> "
-        f"{_name(r['message'], 300)}</li>"
+        f"<li><time>{escape(r['ts'][:19].replace('T', ' '))}</time> "
+        f"<b>{_name(r['kind'], 20)}</b> {_name(r['message'], 300)}</li>"
         for r in reversed(rows[-20:])
     )
     return f"<ul class=alerts>{items}</ul>"
 
 
-def today_data(conn: sqlite3.Connection | None, now: float, token_form: str) -> dict[str, Any]:
+def today_data(conn: sqlite3.Connection | None, now: float) -> dict[str, Any]:
     """What the today view shows, and what its poll returns: figures plus the HTML."""
     since = local_midnight(now)
+    sparks: dict[str, list[Decimal]] = {}
     if conn is None:
         by_repo: list[dict[str, Any]] = []
         series: list[tuple[str, str, Decimal]] = []
@@ -106,19 +147,23 @@ def today_data(conn: sqlite3.Connection | None, now: float, token_form: str) -> 
         by_repo, series = reports.grouped_series(conn, since, "hour", "repo")
         live = sessions.query_sessions(conn, now=now, live_only=True)
         alerts = reports.alerts(conn, since)
+        spark_start = now - SPARK_STEP_SECONDS * SPARK_STEPS
+        sparks = sessions.spend_by_interval(
+            conn, [s.key for s in live], spark_start, SPARK_STEP_SECONDS, SPARK_STEPS
+        )
     total = sum((r["cost_usd"] for r in by_repo), Decimal(0))
     hour0 = datetime.fromtimestamp(since)
     steps = [(hour0 + timedelta(hours=h)).strftime("%Y-%m-%d %H:00") for h in range(24)]
     html = (
         f"<p class=total>Today: {_money(total, 'today-total')} in "
         f"<span data-figure=today-calls>{sum(r['requests'] for r in by_repo):,}</span> calls"
-        f" · updated {datetime.fromtimestamp(now).strftime('%H:%M:%S')}</p>"
+        f"{_billed_line(by_repo)}</p>"
         "<h2>Spend by hour, by repo</h2>"
         + stacked_bars(steps, series, "Today's spend by hour, stacked by repo", label_every=3)
         + "<h2>Today by repo</h2>"
         + _group_table(by_repo, "repo")
         + "<h2>Live sessions</h2>"
-        + _sessions_table(live, token_form)
+        + _sessions_table(live, sparks)
         + "<h2>Alerts today</h2>"
         + _alerts_list(alerts)
     )
@@ -132,71 +177,235 @@ def today_data(conn: sqlite3.Connection | None, now: float, token_form: str) -> 
     }
 
 
-def period_html(conn: sqlite3.Connection | None, now: float, period: str, by: str) -> str:
-    days = PERIODS[period]
-    since = local_midnight(now) - (days - 1) * 86400
-    rows, series = reports.grouped_series(conn, since, "day", by) if conn else ([], [])
-    top = reports.query(conn, "session", since, limit=10) if conn else []
-    start = datetime.fromtimestamp(since)
-    steps = [(start + timedelta(days=d)).strftime("%Y-%m-%d") for d in range(days)]
+def _billed_line(rows: list[dict[str, Any]]) -> str:
+    """Billed (real money) beside covered (list-price equivalent), once the ledger knows."""
+    if not _billing_split(rows):
+        return ""
+    billed = sum((r["billed_usd"] for r in rows), Decimal(0))
+    covered = sum((r["covered_usd"] for r in rows), Decimal(0))
+    return (
+        f" · billed {_money(billed, 'billed')} (API keys, extra usage) · covered "
+        f"{_money(covered, 'covered')} (list-price equivalent of subscription calls)"
+    )
+
+
+@dataclass(frozen=True)
+class Period:
+    """The days a period page shows: `first` to `last`, both included (local dates)."""
+
+    name: str  # today, 7d, 30d or custom
+    first: date
+    last: date
+    open_ended: bool  # up to now (no end bound): the last day is today
+
+    @property
+    def since(self) -> float:
+        return _day_start(self.first)
+
+    @property
+    def until(self) -> float | None:
+        return None if self.open_ended else _day_start(self.last + timedelta(days=1))
+
+    @property
+    def days(self) -> list[date]:
+        return [self.first + timedelta(days=n) for n in range((self.last - self.first).days + 1)]
+
+    def query(self, by: str | None = None) -> str:
+        """This period's URL query (with a grouping)."""
+        params = {"p": self.name}
+        if self.name == CUSTOM:
+            params |= {"from": self.first.isoformat(), "to": self.last.isoformat()}
+        if by:
+            params["by"] = by
+        return urlencode(params)
+
+
+def period(name: str, now: float, first: str = "", last: str = "") -> Period:
+    """The period a page asks for: today, 7d, 30d, or custom from/to dates (YYYY-MM-DD)."""
+    today = datetime.fromtimestamp(now).date()
+    if name in PERIODS:
+        return Period(name, today - timedelta(days=PERIODS[name] - 1), today, True)
+    if name != CUSTOM:
+        raise PageError(f"no period {name[:20]!r}: use p=today, 7d, 30d or custom")
+    try:
+        start, end = date.fromisoformat(first), date.fromisoformat(last)
+    except ValueError:
+        raise PageError(
+            "a custom period needs from= and to= dates such as 2026-11-01 (YYYY-MM-DD)"
+        ) from None
+    if end < start:
+        raise PageError("the custom period ends before it starts: swap from= and to=")
+    if (end - start).days + 1 > MAX_CUSTOM_DAYS:
+        raise PageError(f"a custom period shows {MAX_CUSTOM_DAYS} days at most: narrow it")
+    return Period(CUSTOM, start, end, False)
+
+
+def period_html(conn: sqlite3.Connection | None, chosen: Period, by: str) -> str:
+    since, until = chosen.since, chosen.until
+    if conn is None:
+        rows: list[dict[str, Any]] = []
+        series: list[tuple[str, str, Decimal]] = []
+        top: list[dict[str, Any]] = []
+        saved: list[dict[str, Any]] = []
+    else:
+        rows, series = reports.grouped_series(conn, since, "day", by, until)
+        top = reports.query(conn, "session", since, limit=11, until=until)
+        saved = reports.savings(conn, since, until)
+    steps = [day.isoformat() for day in chosen.days]
     total = sum((r["cost_usd"] for r in rows), Decimal(0))
     pickers = " ".join(
-        f'<a href="/period?p={period}&amp;by={b}"{" class=on" if b == by else ""}>{b}</a>'
+        f'<a href="/period?{escape(chosen.query(b))}"{" class=on" if b == by else ""}>{b}</a>'
         for b in PERIOD_BYS
     )
+    span = (
+        chosen.first.isoformat()
+        if chosen.first == chosen.last
+        else f"{chosen.first.isoformat()} to {chosen.last.isoformat()}"
+    )
+    labels = reports.session_labels(str(r["key"]) for r in top)
     top_rows = "".join(
-        f'<tr><td><a href="/session?id={quote(str(r["key"]))}">{_name(r["key"], 40)}</a></td>'
+        f'<tr data-key="{escape(str(r["key"]))}"><td><a href="/session?id={quote(str(r["key"]))}">'
+        f"{escape(labels.get(str(r['key']), '')) or _name(r['key'], 40)}</a></td>"
         f"<td class=n>{r['requests']:,}</td><td class=n>{_money(r['cost_usd'])}</td></tr>"
         for r in top
         if r["key"] != reports.UNATTRIBUTED
     )
     return (
-        f"<p class=total>{escape(period)}: {_money(total, 'period-total')} · by {pickers}</p>"
+        f"<p class=total><span data-figure=period-span>{escape(span)}</span>: "
+        f"{_money(total, 'period-total')} in "
+        f"<span data-figure=period-calls>{sum(r['requests'] for r in rows):,}</span> calls"
+        f"{_billed_line(rows)} · by {pickers}</p>"
         f"<h2>Spend by day, by {by}</h2>"
         + stacked_bars(
-            steps, series, f"Spend by day, stacked by {by}", label_every=1 if days < 10 else 3
-        )
+            steps,
+            series,
+            f"Spend by day, stacked by {by}",
+            label_every=max(len(steps) // 10, 1),
+        )  # fmt: skip
         + f"<h2>By {by}</h2>"
         + _group_table(rows, by)
         + "<h2>Top sessions</h2><table class=top><tr><th>session</th><th>calls</th>"
-        f"<th>cost</th></tr>{top_rows}</table>"
+        f"<th>cost</th></tr>{top_rows or '<tr><td colspan=3>No sessions.</td></tr>'}</table>"
+        + "<h2>Model routing</h2>"
+        + _savings_html(saved)
     )
+
+
+def _savings_html(rows: list[dict[str, Any]]) -> str:
+    """What routing saved (routed calls) and would have saved (shadow mode), per rule: the
+    rows of `devmeter report --savings`."""
+    if not rows:
+        return (
+            "<p>No routed or shadowed calls in this period. Routing runs in shadow mode once "
+            "a rule in the config's [routing] section matches.</p>"
+        )
+    saved = sum((r["saving_usd"] or 0 for r in rows if r["routing"] == "routed"), Decimal(0))
+    would = sum((r["saving_usd"] or 0 for r in rows if r["routing"] == "shadow"), Decimal(0))
+    body = "".join(
+        f'<tr data-mode="{escape(r["routing"])}" data-rule="{escape(r["rule"] or "")}">'
+        f"<td>{escape(r['routing'])}</td><td>{_name(r['rule'] or '-', 40)}</td>"
+        f"<td>{_name(r['requested_model'] or '?', 40)}</td><td>{_name(r['target'] or '?', 40)}"
+        f"</td><td class=n>{r['requests']:,}</td><td class=n>{_money(r['cost_usd'])}</td>"
+        f"<td class=n>{_money(r['alt_cost_usd'])}</td><td class=n>"
+        + (_money(r["saving_usd"]) if r["routing"] != "fallback" else "-")
+        + "</td></tr>"
+        for r in rows
+    )
+    return (
+        f"<p>Saved {_money(saved, 'routing-saved')} by routing; shadow mode would have saved "
+        f"{_money(would, 'routing-would-save')} more.</p>"
+        "<table class=savings><tr><th>mode</th><th>rule</th><th>requested</th><th>target</th>"
+        "<th>calls</th><th>cost</th><th>other model</th><th>saved / would save</th></tr>"
+        f"{body}</table>"
+    )
+
+
+def _token_points(calls: list[dict[str, Any]]) -> tuple[list[str], list[tuple[str, str, Decimal]]]:
+    """Each call's tokens by kind, a step per call (its number and time)."""
+    steps, points = [], []
+    for n, c in enumerate(calls, start=1):
+        step = f"#{n} {c['ts'][11:19]}"
+        steps.append(step)
+        one_hour = c["cache_write_1h_tokens"] or 0
+        kinds = (
+            c["input_tokens"], c["cache_read_tokens"],
+            max((c["cache_write_tokens"] or 0) - one_hour, 0), one_hour,
+            c["output_tokens"], c["reasoning_tokens"],
+        )  # fmt: skip
+        points += [
+            (step, kind, Decimal(v or 0)) for kind, v in zip(TOKEN_KINDS, kinds, strict=True)
+        ]
+    return steps, points
+
+
+def _routed(call: dict[str, Any]) -> str:
+    mode = call["routing"]
+    if not mode:
+        return "-"
+    what = {"routed": "routed to", "shadow": "would route to", "fallback": "fell back from"}
+    target = f" {what.get(mode, '→')} {call['route_target']}" if call["route_target"] else ""
+    rule = f" (rule {call['route_rule']})" if call["route_rule"] else ""
+    return _name(f"{mode}{target}{rule}", 80)
 
 
 def session_html(conn: sqlite3.Connection | None, session: str, token_form: str) -> str:
     calls = reports.session_calls(conn, session) if conn else []
     alerts = reports.session_alerts(conn, session) if conn else []
     total = sum((c["cost_usd"] or Decimal(0) for c in calls), Decimal(0))
-    points = [(c["ts"][11:19], c["model"] or "?", c["cost_usd"] or Decimal(0)) for c in calls]
-    steps = [p[0] for p in points]
+    steps, token_points = _token_points(calls)
+    cost_points = [
+        (step, c["model"] or c["requested_model"] or "?", c["cost_usd"] or Decimal(0))
+        for step, c in zip(steps, calls, strict=True)
+    ]
+    every = max(len(steps) // 12, 1)
     rows = "".join(
-        f"<tr><td>{escape(c['ts'][:19].replace('T', ' '))}</td><td>{_name(c['tool'], 24)}</td>"
+        f'<tr data-n="{n}"><td>{escape(c["ts"][:19].replace("T", " "))}</td>'
+        f"<td>{_name(c['tool'], 24)}</td>"
         f"<td>{_name(c['model'] or c['requested_model'] or '?', 40)}</td>"
         + "".join(
-            f"<td class=n>{c[k] or 0:,}</td>"
-            for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens")
-        )
-        + f"<td class=n>{_money(c['cost_usd'])}</td><td>{_name(c['routing'] or '-', 12)}</td></tr>"
-        for c in calls
+            f'<td class="n {k}">{c[k] or 0:,}</td>'
+            for k in (
+                "input_tokens",
+                "cache_read_tokens",
+                "cache_write_tokens",
+                "cache_write_1h_tokens",
+                "output_tokens",
+                "reasoning_tokens",
+            )
+        )  # fmt: skip
+        + f"<td class=n>{_money(c['cost_usd'])}</td><td class=routing>{_routed(c)}</td></tr>"
+        for n, c in enumerate(calls, start=1)
     )
     lift = (
         '<form method=post action="/api/allow">'
         f'<input type=hidden name=session value="{escape(session)}">{token_form}'
         "<button>Lift this session's cap</button></form> (as `devmeter allow` does)"
     )
+    tokens = sum(int(v) for _, _, v in token_points)
     return (
         f"<h2>Session {_name(session, 60)}</h2>"
-        f"<p class=total>{len(calls):,} calls · {_money(total, 'session-total')}</p><p>{lift}</p>"
+        f"<p class=total><span data-figure=session-calls>{len(calls):,}</span> calls · "
+        f"{_money(total, 'session-total')} · <span data-figure=session-tokens>{tokens:,}"
+        f"</span> tokens</p><p>{lift}</p>"
+        "<h3>Tokens by kind, per call</h3>"
         + stacked_bars(
             steps,
-            points,
-            "Cost per call, by model",
-            label_every=max(len(steps) // 12, 1),
+            token_points,
+            "Tokens by kind, per call",
+            label_every=every,
             label_chars=8,
-        )
+            keys=TOKEN_KINDS,
+            figure=charts.tokens,
+            axis=charts.tokens_axis,
+        )  # fmt: skip
+        + "<h3>Cost per call, by model</h3>"
+        + stacked_bars(
+            steps, cost_points, "Cost per call, by model", label_every=every, label_chars=8
+        )  # fmt: skip
         + "<table class=calls><tr><th>time</th><th>tool</th><th>model</th><th>in</th>"
-        "<th>cache r</th><th>cache w</th><th>out</th><th>cost</th><th>routing</th></tr>"
-        + (rows or "<tr><td colspan=9>No calls.</td></tr>")
+        "<th>cache r</th><th>cache w</th><th>of which 1h</th><th>out</th><th>reasoning</th>"
+        "<th>cost</th><th>routing</th></tr>"
+        + (rows or "<tr><td colspan=11>No calls.</td></tr>")
         + "</table><h2>Alerts</h2>"
         + _alerts_list(alerts)
     )
@@ -204,49 +413,83 @@ def session_html(conn: sqlite3.Connection | None, session: str, token_form: str)
 
 STYLE = """
 body{font:14px system-ui,sans-serif;margin:1em 2em;color:#222}
-nav a{margin-right:1em} nav a.on,p a.on{font-weight:bold}
+nav a{margin-right:1em} nav a.on,p a.on{font-weight:bold} nav form{margin-left:1em}
 table{border-collapse:collapse;margin:.5em 0} td,th{padding:2px 8px;border-bottom:1px solid #ddd}
 td{white-space:nowrap} td.n{text-align:right;font-variant-numeric:tabular-nums}
-.total{font-size:1.3em}
+td.spark{padding:0 8px} .total{font-size:1.3em}
 .legend .key{margin-right:1em} .legend i{display:inline-block;width:10px;height:10px;
 margin-right:4px} form{display:inline}
 """
 
 
-def layout(title: str, nav: str, body: str, token_form: str, paused: bool, poll: bool) -> str:
+def _routing_switch(mode: str, pinned: bool, token_form: str) -> str:
+    """Off / shadow / on, as `devmeter routing MODE` sets it (control.json); the mode in
+    use is bold, and "config" hands it back to the config file once one is pinned."""
+
+    choices = [*ROUTING_MODES, *(("config",) if pinned else ())]
+    buttons = "".join(
+        f'<button name=mode value="{m}"{" class=on disabled" if m == mode else ""}>{m}</button>'
+        for m in choices
+    )
+    return (
+        f'routing <b data-figure="routing-mode">{escape(mode)}</b> '
+        f'<form method=post action="/api/routing" class=routing>{token_form}{buttons}</form>'
+    )
+
+
+def layout(title: str, nav: str, body: str, token_form: str, paused: bool, poll: str,
+           routing: tuple[str, bool] = ("off", False)) -> str:  # fmt: skip
+    """A whole page; `poll` is the URL its script polls to redraw `main` in place."""
     action = "resume" if paused else "pause"
     state = "<b>paused</b>: metered traffic is refused" if paused else "metering"
     control = (
         f'<form method=post action="/api/{action}">{token_form}'
         f"<button>{action.title()} all metered traffic</button></form>"
     )
-    script = '<script src="/dashboard.js"></script>' if poll else ""
     return (
         "<!doctype html><html><head><meta charset=utf-8>"
         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
-        f"<nav>{nav} · {state} {control}</nav>"
-        f'<main id=live data-poll="{POLL_SECONDS}">{body}</main>{script}</body></html>'
+        f"<nav>{nav} · {state} {control} · {_routing_switch(*routing, token_form)}</nav>"
+        f'<main id=live data-poll="{POLL_SECONDS}" data-src="{escape(poll)}">{body}</main>'
+        '<script src="/dashboard.js"></script></body></html>'
     )
 
 
-def nav(current: str) -> str:
+def nav(current: str, chosen: Period | None = None) -> str:
     links = [("today", "/", "Today"), ("7d", "/period?p=7d", "7 days"),
              ("30d", "/period?p=30d", "30 days")]  # fmt: skip
-    return " ".join(
-        f'<a href="{href}"{" class=on" if key == current else ""}>{label}</a>'
-        for key, href, label in links
+    first = chosen.first.isoformat() if chosen else ""
+    last = chosen.last.isoformat() if chosen else ""
+    custom = (
+        "<form method=get action=/period class=custom><input type=hidden name=p value=custom>"
+        f'<input type=date name=from value="{first}" required> to '
+        f'<input type=date name=to value="{last}" required> <button>Show</button></form>'
+    )
+    return (
+        " ".join(
+            f'<a href="{href}"{" class=on" if key == current else ""}>{label}</a>'
+            for key, href, label in links
+        )
+        + custom
     )
 
 
-# Polls the JSON endpoint and swaps in the fresh HTML: no reload, no library.
+# Polls its page's fragment and swaps it in: no reload, no library. The server answers
+# 304 while the ledger has not changed (the ETag it sent), so an idle page costs little.
 SCRIPT = """
 (function () {
   var main = document.getElementById('live');
   var every = 1000 * Number(main.dataset.poll || 2);
+  var etag = null;
   function poll() {
-    fetch('/api/today', {credentials: 'same-origin', cache: 'no-store'})
-      .then(function (r) { return r.ok ? r.json() : null; })
-      .then(function (data) { if (data) { main.innerHTML = data.html; } })
+    var headers = etag ? {'If-None-Match': etag} : {};
+    fetch(main.dataset.src, {credentials: 'same-origin', cache: 'no-store', headers: headers})
+      .then(function (r) {
+        if (r.status !== 200) { return null; }
+        etag = r.headers.get('ETag');
+        return r.text();
+      })
+      .then(function (html) { if (html !== null) { main.innerHTML = html; } })
       .catch(function () {})
       .then(function () { setTimeout(poll, every); });
   }

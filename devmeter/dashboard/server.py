@@ -5,8 +5,11 @@ Checks, in order, on every request:
   another name that resolves to 127.0.0.1 (DNS rebinding) is refused;
 - the per-run token, from `?token=` (which sets an HttpOnly SameSite=Strict cookie and
   redirects to the URL without it) or from that cookie, on every page and API call;
-- a state change (pause, resume, lift a session's cap) only by POST, with the token in
-  the form and an `Origin` that is this server's own.
+- a state change (pause, resume, routing mode, lift a session's cap) only by POST, with
+  the token in the form and an `Origin` that is this server's own.
+
+Every page polls a fragment of itself (`?fragment=1`) and redraws in place; the server
+answers 304 while its ETag (the ledger's last call and alert, and the minute) holds.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import hmac
 import json
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -132,37 +136,58 @@ class Handler(BaseHTTPRequestHandler):
         server = self.server
         now = server.clock()
         form = f'<input type=hidden name=token value="{escape(server.token)}">'
-        paused = control.load(control.control_path(server.where.data_dir)).paused
+        if path == "/dashboard.js":
+            return self._send(200, "text/javascript", pages.SCRIPT.encode())
+        state = control.load(control.control_path(server.where.data_dir))
+        pinned = state.routing_mode is not None
+        routing = (state.routing_mode or str(server.config.section("routing").mode), pinned)
+        fragment = query.get("fragment", [""])[0] == "1"
+        etag = ""
         conn = connect_readonly(server.where.ledger)
         try:
-            if path == "/dashboard.js":
-                return self._send(200, "text/javascript", pages.SCRIPT.encode())
             if path == "/api/today":
-                data = pages.today_data(conn, now, form)
+                data = pages.today_data(conn, now)
                 body = json.dumps(data, default=_json_default).encode()
                 return self._send(200, "application/json", body)
+            if fragment:
+                # The page's poll: 304 while nothing it shows can have changed.
+                etag = _version(conn, now)
+                if self.headers.get("If-None-Match") == etag:
+                    return self._send(304, "text/html; charset=utf-8", b"", {"ETag": etag})
             if path == "/":
-                body_html = pages.today_data(conn, now, form)["html"]
-                html = pages.layout("devmeter · today", pages.nav("today"), body_html, form,
-                                    paused, poll=True)  # fmt: skip
+                title, nav = "devmeter · today", pages.nav("today")
+                main = pages.today_data(conn, now)["html"]
+                poll = "/?fragment=1"
             elif path == "/period":
-                period = query.get("p", ["7d"])[0]
                 by = query.get("by", ["repo"])[0]
-                if period not in pages.PERIODS or by not in pages.PERIOD_BYS:
-                    return self._refuse(404, "no such period or grouping")
-                html = pages.layout(f"devmeter · {period}", pages.nav(period),
-                                    pages.period_html(conn, now, period, by), form, paused,
-                                    poll=False)  # fmt: skip
+                try:
+                    chosen = pages.period(
+                        query.get("p", ["7d"])[0],
+                        now,
+                        query.get("from", [""])[0],
+                        query.get("to", [""])[0],
+                    )
+                except pages.PageError as exc:
+                    return self._refuse(400, f"devmeter dashboard: {exc}")
+                if by not in pages.PERIOD_BYS:
+                    return self._refuse(400, "devmeter dashboard: by= is repo, model or tool")
+                title = f"devmeter · {chosen.name}"
+                nav = pages.nav(chosen.name, chosen)
+                main = pages.period_html(conn, chosen, by)
+                poll = f"/period?{chosen.query(by)}&fragment=1"
             elif path == "/session":
                 session = query.get("id", [""])[0]
-                html = pages.layout("devmeter · session", pages.nav(""),
-                                    pages.session_html(conn, session, form), form, paused,
-                                    poll=False)  # fmt: skip
+                title, nav = "devmeter · session", pages.nav("")
+                main = pages.session_html(conn, session, form)
+                poll = f"/session?id={quote(session)}&fragment=1"
             else:
                 return self._refuse(404, "not found")
         finally:
             if conn is not None:
                 conn.close()
+        if fragment:
+            return self._send(200, "text/html; charset=utf-8", main.encode(), {"ETag": etag})
+        html = pages.layout(title, nav, main, form, state.paused, poll, routing)
         self._send(200, "text/html; charset=utf-8", html.encode())
 
     do_HEAD = do_GET
@@ -188,6 +213,17 @@ class Handler(BaseHTTPRequestHandler):
         back = "/"
         if path in ("/api/pause", "/api/resume"):
             control.update(control.control_path(where.data_dir), paused=path == "/api/pause")
+            back = _back(self.headers.get("Referer"), self.server.origin)
+        elif path == "/api/routing":
+            mode = form.get("mode", [""])[0]
+            if mode not in (*control.ROUTING_MODES, "config"):
+                return self._refuse(400, "mode is off, shadow, on or config")
+            # As `devmeter routing MODE` does; "config": the config file's mode again.
+            control.update(
+                control.control_path(where.data_dir),
+                routing_mode=None if mode == "config" else mode,
+            )
+            back = _back(self.headers.get("Referer"), self.server.origin)
         elif path == "/api/allow":
             from devmeter import guard_control
 
@@ -205,6 +241,24 @@ class Handler(BaseHTTPRequestHandler):
         else:
             return self._refuse(404, "not found")
         self._send(303, "text/plain", b"", {"Location": back})
+
+
+def _back(referer: str | None, origin: str) -> str:
+    """The page a form was sent from, when it is one of ours; else the today view."""
+    url = urlsplit(referer or "")
+    if f"{url.scheme}://{url.netloc}" != origin or not url.path.startswith("/"):
+        return "/"
+    return url.path + (f"?{url.query}" if url.query else "")
+
+
+def _version(conn: sqlite3.Connection | None, now: float) -> str:
+    """An ETag for a page's poll: the last call and alert, and the minute (live
+    sessions and burn rates age; a period that includes today ends at midnight)."""
+    calls = alerts = 0
+    if conn is not None:
+        (calls,) = conn.execute("SELECT coalesce(max(id), 0) FROM calls").fetchone()
+        (alerts,) = conn.execute("SELECT coalesce(max(id), 0) FROM alerts").fetchone()
+    return f'"{calls}.{alerts}.{int(now // 60)}"'
 
 
 def _json_default(value: object) -> object:
