@@ -157,6 +157,42 @@ def test_cross_origin_post_is_refused(dashboard: Dashboard) -> None:
     assert not control.load(control.control_path(where.data_dir)).paused
 
 
+def test_routing_mode_only_by_a_same_origin_post_with_the_token(dashboard: Dashboard) -> None:
+    """The routing switch writes control.json as `devmeter routing MODE` does; a page on
+    another origin (or one without the token) cannot flip it."""
+    path = control.control_path(paths().data_dir)
+    form = f"mode=on&token={dashboard.token}"
+    for origin in ("http://evil.example", "null", None):
+        assert post(dashboard, "/api/routing", form, origin) == 403
+    assert post(dashboard, "/api/routing", "mode=on&token=wrong", dashboard.origin) == 403
+    assert request(dashboard, "GET", "/api/routing?mode=on", cookie(dashboard)).status == 404
+    assert control.load(path).routing_mode is None
+    bad = f"mode=turbo&token={dashboard.token}"
+    assert post(dashboard, "/api/routing", bad, dashboard.origin) == 400
+    assert post(dashboard, "/api/routing", form, dashboard.origin) == 303
+    assert control.load(path).routing_mode == "on"
+    back = f"mode=config&token={dashboard.token}"
+    assert post(dashboard, "/api/routing", back, dashboard.origin) == 303
+    assert control.load(path).routing_mode is None
+
+
+def test_a_pages_poll_is_304_until_the_ledger_changes(dashboard: Dashboard) -> None:
+    """Every page polls `?fragment=1`; the ETag holds while no call or alert landed."""
+    frozen = time.time()
+    dashboard.clock = lambda: frozen  # the ETag's minute holds still too
+    for path in ("/?fragment=1", "/period?p=30d&by=tool&fragment=1",
+                 f"/session?id={SESSION}&fragment=1"):  # fmt: skip
+        first = request(dashboard, "GET", path, cookie(dashboard))
+        etag = first.getheader("ETag") or ""
+        assert first.status == 200 and etag and b"<html" not in first.read_body  # type: ignore[attr-defined]
+        again = request(dashboard, "GET", path, {"If-None-Match": etag, **cookie(dashboard)})
+        assert again.status == 304 and again.read_body == b""  # type: ignore[attr-defined]
+        write_calls(paths().ledger, [make_call(time.time(), "0.5", "/src/web", "gpt-5", "codex",
+                                               SESSION)])  # fmt: skip
+        changed = request(dashboard, "GET", path, {"If-None-Match": etag, **cookie(dashboard)})
+        assert changed.status == 200 and changed.getheader("ETag") != etag
+
+
 def test_lift_a_stopped_sessions_cap_like_devmeter_allow(dashboard: Dashboard) -> None:
     where = paths()
     guard_control.stop(where, SESSION, time.time() - 1)

@@ -339,13 +339,17 @@ def _token_points(calls: list[dict[str, Any]]) -> tuple[list[str], list[tuple[st
 
 
 def _routed(call: dict[str, Any]) -> str:
-    mode = call["routing"]
+    """Whether a call was routed (and where), as `devmeter report --by request` records it."""
+    mode, target = call["routing"], call["route_target"] or "?"
     if not mode:
         return "-"
-    what = {"routed": "routed to", "shadow": "would route to", "fallback": "fell back from"}
-    target = f" {what.get(mode, '→')} {call['route_target']}" if call["route_target"] else ""
+    said = {
+        "routed": f"routed to {target}",
+        "shadow": f"shadow: would route to {target}",
+        "fallback": f"fallback: {target} refused, sent as asked",
+    }.get(mode, mode)
     rule = f" (rule {call['route_rule']})" if call["route_rule"] else ""
-    return _name(f"{mode}{target}{rule}", 80)
+    return _name(f"{said}{rule}", 90)
 
 
 def session_html(conn: sqlite3.Connection | None, session: str, token_form: str) -> str:
