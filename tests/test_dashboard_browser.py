@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -119,3 +120,50 @@ def test_rendered_page_matches_report_and_updates_live(
             "document.querySelector('[data-figure=session-total]')",
         )
         browser.screenshot(Path(shots) / "dashboard-session.png")
+
+
+def test_period_and_session_pages_update_live(
+    devmeter_home: Path, dashboard_url: str, browser: Chromium, upstream: FakeUpstream
+) -> None:
+    """A call through a real proxy shows up, with no reload, on a period page and on its
+    session's page open side by side (two tabs, each polling its own fragment)."""
+    week = dashboard_url.replace("/?", "/period?p=7d&by=model&")
+    browser.open(week, "document.querySelector('[data-figure=period-total]')")
+    week_tab = browser.session
+    period_js = "document.querySelector('[data-figure=period-total]').dataset.usd"
+    week_before = Decimal(browser.eval(period_js))
+    browser.eval("window.devmeterMarker = 'week'")
+    browser.open(dashboard_url.replace("/?", f"/session?id={SESSION}&"),
+                 "document.querySelector('[data-figure=session-total]')")  # fmt: skip
+    session_js = "document.querySelector('[data-figure=session-total]').dataset.usd"
+    session_before = Decimal(browser.eval(session_js))
+    assert browser.eval("document.querySelectorAll('table.calls tr[data-n]').length") == 2
+    browser.eval("window.devmeterMarker = 'session'")
+
+    upstream.reset()
+    proxy = start_proxy(devmeter_home, upstream.url)
+    proxy.skip_existing()
+    try:
+        http = anthropic.DefaultHttpxClient(
+            proxy=proxy.url, verify=ssl.create_default_context(cafile=str(proxy.bundle))
+        )
+        client = anthropic.Anthropic(api_key="sk-ant-test", http_client=http)
+        client.messages.create(model="claude-opus-4-1", max_tokens=16,
+                               messages=[{"role": "user", "content": "hi"}],
+                               extra_headers={"X-Devmeter-Session": SESSION})  # fmt: skip
+        (row,) = proxy.new_calls(1)
+    finally:
+        proxy.stop()
+    assert row["session"] == SESSION and row["cost_usd"] > 0
+    cost = Decimal(str(row["cost_usd"]))
+
+    browser.wait_for("document.querySelectorAll('table.calls tr[data-n]').length === 3")
+    assert Decimal(browser.eval(session_js)) == pytest.approx(session_before + cost)
+    assert browser.eval("window.devmeterMarker") == "session"  # no reload happened
+    browser.session = week_tab
+    browser.wait_for(f"Number({period_js}) > {float(week_before)}")
+    assert Decimal(browser.eval(period_js)) == pytest.approx(week_before + cost)
+    assert browser.eval("window.devmeterMarker") == "week"
+    since = (date.today() - timedelta(days=6)).isoformat()
+    total = sum(Decimal(str(r["cost_usd"])) for r in report_json("--by", "day", "--since", since))
+    assert Decimal(browser.eval(period_js)) == pytest.approx(total)
