@@ -319,9 +319,9 @@ MIGRATIONS: tuple[str, ...] = (
     END;
     """,
     # v10: narrower rollups for the dashboard and the reports grouped by one of their keys
-    # (a quarter hour's calls of many sessions are one row per repo, tool and model here),
-    # kept by triggers like `rollup` and backfilled from it; and the routed calls, indexed
-    # for the savings report.
+    # (a quarter hour's calls of many sessions are one row per repo, tool and model here;
+    # a local day's, in rollup_day), kept by triggers like `rollup` and backfilled from
+    # it; and the routed calls, indexed for the savings report.
     """
     CREATE TABLE rollup_group (
         bucket INTEGER NOT NULL,
@@ -456,6 +456,86 @@ MIGRATIONS: tuple[str, ...] = (
                sum(reasoning_tokens), sum(cost_pusd), sum(unpriced), sum(estimated),
                sum(billed_pusd), sum(covered_pusd)
         FROM rollup GROUP BY bucket, session;
+    -- Local days, for the period pages: the day on this machine's clock and its offset
+    -- from UTC then (quarter hours), so a reader in another zone can tell and not use it.
+    CREATE TABLE rollup_day (
+        day INTEGER NOT NULL,
+        utc_offset INTEGER NOT NULL,
+        repo TEXT NOT NULL,
+        tool TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        cache_read_tokens INTEGER NOT NULL,
+        cache_write_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        reasoning_tokens INTEGER NOT NULL,
+        cost_pusd INTEGER NOT NULL,
+        unpriced INTEGER NOT NULL,
+        estimated INTEGER NOT NULL,
+        billed_pusd INTEGER NOT NULL,
+        covered_pusd INTEGER NOT NULL,
+        PRIMARY KEY (day, utc_offset, repo, tool, provider, model)
+    ) WITHOUT ROWID;
+    CREATE TRIGGER calls_rollup_day AFTER INSERT ON calls BEGIN
+        INSERT INTO rollup_day VALUES (
+            CAST(strftime('%s', NEW.ts, 'unixepoch', 'localtime') AS INTEGER) / 86400,
+            (CAST(strftime('%s', NEW.ts, 'unixepoch', 'localtime') AS INTEGER)
+                - CAST(NEW.ts AS INTEGER)) / 900,
+            coalesce(NEW.repo, ''), NEW.tool, NEW.provider,
+            coalesce(NEW.model, NEW.requested_model, ''),
+            1, NEW.input_tokens, NEW.cache_read_tokens, NEW.cache_write_tokens,
+            NEW.output_tokens, NEW.reasoning_tokens, coalesce(NEW.cost_pusd, 0),
+            NEW.cost_pusd IS NULL, NEW.estimated,
+            CASE WHEN NEW.billing IN ('api', 'overage') THEN coalesce(NEW.cost_pusd, 0) ELSE 0 END,
+            CASE WHEN NEW.billing = 'subscription' THEN coalesce(NEW.cost_pusd, 0) ELSE 0 END
+        )
+        ON CONFLICT DO UPDATE SET
+            requests = requests + 1,
+            input_tokens = input_tokens + excluded.input_tokens,
+            cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
+            cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
+            output_tokens = output_tokens + excluded.output_tokens,
+            reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
+            cost_pusd = cost_pusd + excluded.cost_pusd,
+            unpriced = unpriced + excluded.unpriced,
+            estimated = estimated + excluded.estimated,
+            billed_pusd = billed_pusd + excluded.billed_pusd,
+            covered_pusd = covered_pusd + excluded.covered_pusd;
+    END;
+    CREATE TRIGGER calls_rollup_day_delete AFTER DELETE ON calls BEGIN
+        UPDATE rollup_day SET
+            requests = requests - 1,
+            input_tokens = input_tokens - OLD.input_tokens,
+            cache_read_tokens = cache_read_tokens - OLD.cache_read_tokens,
+            cache_write_tokens = cache_write_tokens - OLD.cache_write_tokens,
+            output_tokens = output_tokens - OLD.output_tokens,
+            reasoning_tokens = reasoning_tokens - OLD.reasoning_tokens,
+            cost_pusd = cost_pusd - coalesce(OLD.cost_pusd, 0),
+            unpriced = unpriced - (OLD.cost_pusd IS NULL),
+            estimated = estimated - OLD.estimated,
+            billed_pusd = billed_pusd - CASE WHEN OLD.billing IN ('api', 'overage')
+                THEN coalesce(OLD.cost_pusd, 0) ELSE 0 END,
+            covered_pusd = covered_pusd - CASE WHEN OLD.billing = 'subscription'
+                THEN coalesce(OLD.cost_pusd, 0) ELSE 0 END
+        WHERE day = CAST(strftime('%s', OLD.ts, 'unixepoch', 'localtime') AS INTEGER) / 86400
+            AND utc_offset = (CAST(strftime('%s', OLD.ts, 'unixepoch', 'localtime') AS INTEGER)
+                - CAST(OLD.ts AS INTEGER)) / 900
+            AND repo = coalesce(OLD.repo, '') AND tool = OLD.tool AND provider = OLD.provider
+            AND model = coalesce(OLD.model, OLD.requested_model, '');
+        DELETE FROM rollup_day WHERE requests <= 0
+            AND day = CAST(strftime('%s', OLD.ts, 'unixepoch', 'localtime') AS INTEGER) / 86400;
+    END;
+    INSERT INTO rollup_day
+        SELECT CAST(strftime('%s', bucket * 900, 'unixepoch', 'localtime') AS INTEGER) / 86400,
+               (CAST(strftime('%s', bucket * 900, 'unixepoch', 'localtime') AS INTEGER)
+                - bucket * 900) / 900,
+               repo, tool, provider, model, sum(requests), sum(input_tokens),
+               sum(cache_read_tokens), sum(cache_write_tokens), sum(output_tokens),
+               sum(reasoning_tokens), sum(cost_pusd), sum(unpriced), sum(estimated),
+               sum(billed_pusd), sum(covered_pusd)
+        FROM rollup_group GROUP BY 1, 2, 3, 4, 5, 6;
     CREATE INDEX calls_routed ON calls (ts) WHERE routing IN ('routed', 'shadow', 'fallback');
     """,
 )

@@ -346,3 +346,60 @@ def test_series_steps_are_local_hours_and_days_across_clock_changes(
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_period_days_come_from_the_day_rollup_in_the_writers_zone_only(
+    devmeter_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole local days are read from the day rollup, which the writer fills in its own
+    zone; read in another zone, the days would be wrong, so the quarter-hour rollup
+    answers instead. Either way: the days `datetime` gives, and `query`'s rows."""
+    from devmeter import reports
+    from devmeter.ledger import connect, connect_readonly
+
+    def local_days(zone: str) -> tuple[float, float, dict[tuple[str, str], Decimal]]:
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+        since = datetime(2026, 10, 30).timestamp()  # New York falls back on Nov 1
+        until = datetime(2026, 11, 3).timestamp()
+        want: dict[tuple[str, str], Decimal] = {}
+        for c in calls:
+            if since <= c.ts < until:
+                key = (datetime.fromtimestamp(c.ts).strftime("%Y-%m-%d"), c.model or "")
+                want[key] = want.get(key, Decimal(0)) + (c.cost_usd or Decimal(0))
+        return since, until, want
+
+    start = datetime(2026, 10, 29, 12).timestamp()
+    calls = [
+        make_call(start + i * 1931.3, str(Decimal(i + 1) / 100), "/src/a",
+                  ("gpt-5", "claude-opus-4-1")[i % 2], "codex")
+        for i in range(250)
+    ]  # fmt: skip
+    try:
+        local_days("America/New_York")
+        write_calls(devmeter_home / "ledger.sqlite", calls)  # the writer's zone: New York
+        conn = connect_readonly(paths().ledger)
+        assert conn is not None
+        for zone, from_days in (("America/New_York", True), ("Asia/Kathmandu", False)):
+            since, until, want = local_days(zone)
+            daily = reports._daily_series(conn, since, until, "model")
+            assert (daily is not None) == from_days, zone
+            rows, series = reports.grouped_series(conn, since, "day", "model", until)
+            assert {(name, key): usd for name, key, usd in series} == want, zone
+            assert rows == reports.query(conn, "model", since, until=until)
+            open_rows, _ = reports.grouped_series(conn, since, "day", "model")
+            assert open_rows == reports.query(conn, "model", since)
+        # A deleted call (a live row replacing its imported twin) leaves every rollup.
+        since, until, _ = local_days("America/New_York")
+        writer = connect(paths().ledger)
+        writer.execute("DELETE FROM calls WHERE id % 3 = 0")
+        writer.close()
+        assert reports._daily_series(conn, since, until, "model") is not None
+        rows, _ = reports.grouped_series(conn, since, "day", "model", until)
+        assert rows == reports.query(conn, "model", since, until=until)
+        assert sum(r["requests"] for r in rows) == sum(
+            1 for n, c in enumerate(calls, start=1) if n % 3 and since <= c.ts < until
+        )
+    finally:
+        monkeypatch.undo()
+        time.tzset()
