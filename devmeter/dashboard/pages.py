@@ -417,7 +417,9 @@ def session_html(conn: sqlite3.Connection | None, session: str, token_form: str)
 
 STYLE = """
 body{font:14px system-ui,sans-serif;margin:1em 2em;color:#222}
-nav a{margin-right:1em} nav a.on,p a.on{font-weight:bold} nav form{margin-left:1em}
+nav{display:flex;flex-wrap:wrap;gap:.4em 1.5em;align-items:center;padding-bottom:.4em;
+border-bottom:1px solid #ddd} nav a{margin-right:.8em} nav a.on,p a.on{font-weight:bold}
+form.routing button{margin:0} form.routing button.on{font-weight:bold;color:#222}
 table{border-collapse:collapse;margin:.5em 0} td,th{padding:2px 8px;border-bottom:1px solid #ddd}
 td{white-space:nowrap} td.n{text-align:right;font-variant-numeric:tabular-nums}
 td.spark{padding:0 8px} .total{font-size:1.3em}
@@ -453,7 +455,8 @@ def layout(title: str, nav: str, body: str, token_form: str, paused: bool, poll:
     return (
         "<!doctype html><html><head><meta charset=utf-8>"
         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
-        f"<nav>{nav} · {state} {control} · {_routing_switch(*routing, token_form)}</nav>"
+        f"<nav><span>{nav}</span><span>{state} {control}</span>"
+        f"<span>{_routing_switch(*routing, token_form)}</span></nav>"
         f'<main id=live data-poll="{POLL_SECONDS}" data-src="{escape(poll)}">{body}</main>'
         '<script src="/dashboard.js"></script></body></html>'
     )
@@ -474,6 +477,7 @@ def nav(current: str, chosen: Period | None = None) -> str:
             f'<a href="{href}"{" class=on" if key == current else ""}>{label}</a>'
             for key, href, label in links
         )
+        + " "
         + custom
     )
 
