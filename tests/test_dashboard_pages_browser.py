@@ -259,8 +259,8 @@ def test_session_page_tokens_by_kind_and_routing_per_call(
         "Array.from(document.querySelectorAll('table.calls td.routing')).map(t => t.textContent)"
     )
     assert routing == [
-        "routed to claude-haiku-4-5 (rule cheap-haiku)",
-        "shadow: would route to claude-sonnet-4-5 (rule try-sonnet)",
+        "routed → claude-haiku-4-5 · cheap-haiku",
+        "shadow → claude-sonnet-4-5 · try-sonnet",
     ]
     total, _ = shown(browser, "session-total")
     assert total == sum(usd(c["cost_usd"]) for c in calls) == Decimal("1.1")

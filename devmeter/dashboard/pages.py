@@ -344,11 +344,11 @@ def _routed(call: dict[str, Any]) -> str:
     if not mode:
         return "-"
     said = {
-        "routed": f"routed to {target}",
-        "shadow": f"shadow: would route to {target}",
-        "fallback": f"fallback: {target} refused, sent as asked",
+        "routed": f"routed → {target}",
+        "shadow": f"shadow → {target}",  # would have been routed
+        "fallback": f"fallback ({target} refused)",
     }.get(mode, mode)
-    rule = f" (rule {call['route_rule']})" if call["route_rule"] else ""
+    rule = f" · {call['route_rule']}" if call["route_rule"] else ""
     return _name(f"{said}{rule}", 90)
 
 
@@ -363,8 +363,8 @@ def session_html(conn: sqlite3.Connection | None, session: str, token_form: str)
     ]
     every = max(len(steps) // 12, 1)
     rows = "".join(
-        f'<tr data-n="{n}"><td>{escape(c["ts"][:19].replace("T", " "))}</td>'
-        f"<td>{_name(c['tool'], 24)}</td>"
+        f'<tr data-n="{n}"><td title="{escape(c["ts"])}">'
+        f"{escape(c['ts'][5:19].replace('T', ' '))}</td><td>{_name(c['tool'], 16)}</td>"
         f"<td>{_name(c['model'] or c['requested_model'] or '?', 40)}</td>"
         + "".join(
             f'<td class="n {k}">{c[k] or 0:,}</td>'
@@ -407,7 +407,7 @@ def session_html(conn: sqlite3.Connection | None, session: str, token_form: str)
             steps, cost_points, "Cost per call, by model", label_every=every, label_chars=8
         )  # fmt: skip
         + "<table class=calls><tr><th>time</th><th>tool</th><th>model</th><th>in</th>"
-        "<th>cache r</th><th>cache w</th><th>of which 1h</th><th>out</th><th>reasoning</th>"
+        "<th>cache r</th><th>cache w</th><th>(1h)</th><th>out</th><th>reas.</th>"
         "<th>cost</th><th>routing</th></tr>"
         + (rows or "<tr><td colspan=11>No calls.</td></tr>")
         + "</table><h2>Alerts</h2>"
@@ -421,7 +421,7 @@ nav{display:flex;flex-wrap:wrap;gap:.4em 1.5em;align-items:center;padding-bottom
 border-bottom:1px solid #ddd} nav a{margin-right:.8em} nav a.on,p a.on{font-weight:bold}
 form.routing button{margin:0} form.routing button.on{font-weight:bold;color:#222}
 table{border-collapse:collapse;margin:.5em 0} td,th{padding:2px 8px;border-bottom:1px solid #ddd}
-td{white-space:nowrap} td.n{text-align:right;font-variant-numeric:tabular-nums}
+td,th{white-space:nowrap} td.n{text-align:right;font-variant-numeric:tabular-nums}
 td.spark{padding:0 8px} .total{font-size:1.3em}
 .legend .key{margin-right:1em} .legend i{display:inline-block;width:10px;height:10px;
 margin-right:4px} form{display:inline}
