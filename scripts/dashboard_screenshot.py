@@ -44,6 +44,9 @@ def demo_calls(now: float) -> list[Call]:
     while ts < now - 30:
         tool, repo, branch, model, session = SESSIONS[rng.choice([0, 0, 0, 1, 1, 2, 3])]
         cost = Decimal(rng.randrange(20_000, 900_000)) / 1_000_000
+        cache_write = rng.randrange(0, 4000)
+        # The Opus session runs a routing rule in shadow mode: what Sonnet would have cost.
+        shadow = session == SESSIONS[0][4] and rng.random() < 0.4
         calls.append(
             Call(
                 ts=ts,
@@ -58,14 +61,21 @@ def demo_calls(now: float) -> list[Call]:
                 usage=Usage(
                     input_tokens=rng.randrange(100, 5000),
                     cache_read_tokens=rng.randrange(0, 80_000),
-                    cache_write_tokens=rng.randrange(0, 4000),
+                    cache_write_tokens=cache_write,
+                    cache_write_1h_tokens=cache_write // 3 if rng.random() < 0.3 else 0,
                     output_tokens=rng.randrange(50, 3000),
+                    reasoning_tokens=rng.randrange(0, 1500) if tool == "codex" else 0,
                 ),
                 cost_usd=cost,
                 price_source="demo",
                 status=200,
                 complete=True,
                 duration_ms=rng.randrange(800, 20_000),
+                routing="shadow" if shadow else None,
+                route_rule="opus-to-sonnet" if shadow else None,
+                route_target="claude-sonnet-4-5" if shadow else None,
+                alt_cost_usd=cost / 5 if shadow else None,
+                billing="subscription" if tool == "claude-code" else "api",
             )  # fmt: skip
         )
         ts += rng.randrange(60, 420)
@@ -90,7 +100,7 @@ def main() -> None:
         )  # fmt: skip
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
-        browser = Chromium(width=1100, height=1000)
+        browser = Chromium(width=1280, height=1000)
         try:
             browser.open(url, "document.querySelector('[data-figure=today-total]')")
             browser.screenshot(REPO / "assets" / "dashboard-today.png")
