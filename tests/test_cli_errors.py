@@ -119,6 +119,11 @@ def test_a_bad_since(home: Path) -> None:
     assert "--since '\\x1b[2Jlast week' is not a time" in line and "yesterday, 1w" in line
 
 
+def test_a_bad_until_names_until(home: Path) -> None:
+    line = one_clean_line(devmeter(home, "report", "--until", "next week"), 2)
+    assert "--until 'next week' is not a time" in line and "2026-11-01" in line
+
+
 def test_a_data_dir_that_is_a_file(home: Path) -> None:
     not_a_dir = home / "devmeter-home"
     not_a_dir.write_text("a file where the directory should be\n")
