@@ -8,12 +8,14 @@ process, and times whole HTTP round trips of each page (after one warm-up reques
 a client on the same machine. The issue's target: every page under 300 ms at 1M calls.
 Figures go to stdout as JSON, with the machine's load for context.
 
-Where the time goes (1M calls, warm, at a load average of ~5 on 2 cores): a 30-day
-page's one rollup pass for its table and chart (`reports.grouped_series`) ~130 ms and
-its top sessions (`reports.query(..., "session")`) ~90 ms; the today view's live sessions
-(`sessions.query_sessions`, the calls of the last 24 h) ~160 ms. Left to do for the
-300 ms target: the top sessions from the same pass, and live sessions read from a
-narrower window without changing what `devmeter sessions --live` shows.
+Where the time went before 2026-12-07's rollups (1M calls, warm, load ~5): a 30-day
+page's one pass over the quarter-hour rollup (a row per session, branch and model:
+~70 000 rows for 30 days) ~130 ms, its top sessions ~90 ms, and the today view's live
+sessions ~160 ms (the window's session ids came from a scan of the whole session index).
+Now: period pages read the local-day rollup (`rollup_day`, a few rows a day; ~3 ms),
+top sessions `rollup_session`, the savings a partial index of routed calls, and live
+sessions are picked before their calls are read (~30 ms). What is left on a 30-day page
+is mostly its top sessions (~50 ms) and rendering. See benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import statistics
 import tempfile
 import threading
 import time
+from datetime import date, timedelta
 from pathlib import Path
 
 from benchmarks.ledger_bench import build_ledger
@@ -38,12 +41,17 @@ TARGET_MS = 300.0
 
 
 def pages(session: str) -> list[str]:
+    today = date.today()
+    first, last = today - timedelta(days=60), today - timedelta(days=31)
     return [
         "/",
         "/api/today",
+        "/?fragment=1",
         "/period?p=7d&by=repo",
+        "/period?p=30d&by=repo",
         "/period?p=30d&by=model",
         "/period?p=30d&by=tool",
+        f"/period?p=custom&from={first}&to={last}&by=repo",
         f"/session?id={session}",
     ]
 
