@@ -628,7 +628,8 @@ def grouped_series(
     plus the zone's offset in quarter hours (every zone's offset is a whole number of
     them, so no quarter hour straddles a local hour or day), the offset taken from the
     stretches between the zone's changes (`local_offsets`) rather than `localtime` per
-    row, the slow part. Python names the steps and adds up the groups."""
+    row, the slow part. Python names the steps and adds up the groups. Whole local days
+    by repo, model, tool or provider come from the day rollup instead (`_daily_series`)."""
     if step not in SERIES_STEPS or by not in GROUP_KEYS or by == "day":
         raise ReportError(f"no series by {safe_text(step, 20)} and {safe_text(by, 20)}")
     if step == "day" and by != "session" and by != "branch":
