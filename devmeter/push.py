@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 
 TargetKind = Literal["ntfy", "slack", "discord", "teams", "webhook"]
 TARGET_KINDS: tuple[TargetKind, ...] = ("ntfy", "slack", "discord", "teams", "webhook")
-ALERT_KINDS = ("ask", "blocked", "threshold", "projection", "loop", "long_running")
+# "secret": a key that left (or nearly left) the machine is what a phone should hear
+# about; its message holds only the masked preview (devmeter/secrets/inspector.py).
+ALERT_KINDS = ("ask", "blocked", "threshold", "projection", "loop", "long_running", "secret")
 DEFAULT_NTFY_SERVER = "https://ntfy.sh"
 QUEUE_SIZE = 100
 ATTEMPTS = 5
@@ -48,7 +50,11 @@ TITLES = {
     "projection": "devmeter: session burning fast",
     "loop": "devmeter: possible agent loop",
     "long_running": "devmeter: long unattended session",
+    "secret": "devmeter: a secret in what an agent sent",
 }
+# ntfy priority: asks and refusals wait for an answer; a secret is worth a look now.
+_NTFY_PRIORITY = {"ask": "urgent", "blocked": "urgent", "secret": "high"}
+_NTFY_TAGS = {"urgent": "money_with_wings", "high": "key"}
 
 
 @dataclass(frozen=True)
@@ -175,14 +181,15 @@ def build_post(target: Target, alert: Alert, environ: Mapping[str, str]) -> Post
     auth = {"Authorization": f"Bearer {token}"} if token else {}
     if target.kind == "ntfy":
         topic = target.topic or _env(environ, target.topic_env)
-        urgent = alert.kind in ("ask", "blocked")
+        priority = _NTFY_PRIORITY.get(alert.kind, "default")
+        tags = _NTFY_TAGS.get(priority, "chart_with_upwards_trend")
         return Post(
             f"{target.server}/{topic}",
             alert.message.encode(),
             {
                 "Title": title,
-                "Priority": "urgent" if urgent else "default",
-                "Tags": "money_with_wings" if urgent else "chart_with_upwards_trend",
+                "Priority": priority,
+                "Tags": tags,
                 **auth,
             },
         )

@@ -271,3 +271,33 @@ def test_gemini_service_account_is_redacted_in_both_gemini_hosts(
         ]  # fmt: skip
     finally:
         assert_no_secret_leaked(proxy)
+
+
+def test_secret_alerts_are_pushed_with_the_masked_preview_only(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    """[notify] targets get one `secret` alert per finding: the preview, never the value."""
+    from tests.test_push import Receiver
+
+    receiver = Receiver()
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        '[secrets]\nmode = "warn"\n'
+        f'[notify.webhook]\nurl = "{receiver.url}/hook"\n'
+        f'[notify.ntfy]\nserver = "{receiver.url}"\ntopic = "dm"\n'
+    )
+    proxy = start_proxy(home, upstream.url)
+    try:
+        send_env_read(proxy)
+        receiver.wait(8, timeout=20)  # 4 findings, 2 targets
+        hooks = [json.loads(b) for path, _, b in receiver.posts if path == "/hook"]
+        assert sorted(h["kind"] for h in hooks) == ["secret"] * 4
+        stripe = PLANTED["stripe-key"]
+        assert any(f"{stripe[:4]}…{stripe[-4:]}" in h["message"] for h in hooks)
+        for _, _, body in receiver.posts:
+            for kind, secret in PLANTED.items():
+                assert secret.encode() not in body, f"{kind} pushed"
+    finally:
+        receiver.server.shutdown()
+        assert_no_secret_leaked(proxy)

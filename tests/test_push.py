@@ -214,3 +214,30 @@ webhook_url_env = "DEVMETER_SLACK_WEBHOOK"
     with pytest.raises(ConfigError, match="topic_env"):
         parse_notify({"ntfy": {}})
     assert parse_notify({}).targets == ()
+
+
+def test_secret_alerts_are_pushed_by_default_and_a_kinds_list_can_leave_them_out(
+    receiver: Receiver,
+) -> None:
+    """A key that left the machine is worth a phone's attention: `secret` is among the
+    default kinds (high priority on ntfy), and a user's `kinds` list that omits it wins."""
+    secret = Alert(
+        0, "secret", "session", "s1", Decimal(0),
+        "stripe-key (sk_l…Zx9Q) in a tool result (.env) from claude-code (/src/acme, "
+        "session s1) was sent", "claude-code", "/src/acme", "s1",
+    )  # fmt: skip
+    assert "secret" in parse_notify({}).kinds
+    p = pusher(Target("ntfy", server=receiver.url, topic="t"), {})
+    p.send(secret)
+    receiver.wait(1)
+    p.close()
+    _, headers, body = receiver.posts[0]
+    assert headers["Title"] == "devmeter: a secret in what an agent sent"
+    assert headers["Priority"] == "high" and body.decode() == secret.message
+    filtered = Pusher(
+        NotifyConfig((Target("webhook", url=receiver.url),), kinds=("blocked",)), environ={}
+    )
+    filtered.send(secret)
+    filtered.close()
+    assert len(receiver.posts) == 1
+    assert parse_notify({"kinds": ["secret"]}).kinds == ("secret",)
