@@ -464,7 +464,7 @@ def layout(title: str, nav: str, body: str, token_form: str, paused: bool, poll:
 
 def nav(current: str, chosen: Period | None = None) -> str:
     links = [("today", "/", "Today"), ("7d", "/period?p=7d", "7 days"),
-             ("30d", "/period?p=30d", "30 days")]  # fmt: skip
+             ("30d", "/period?p=30d", "30 days"), ("findings", "/findings", "Secrets")]  # fmt: skip
     first = chosen.first.isoformat() if chosen else ""
     last = chosen.last.isoformat() if chosen else ""
     custom = (

@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from devmeter import control
 from devmeter.config import Config
 from devmeter.dashboard import pages
+from devmeter.dashboard.findings import findings_html
 from devmeter.ledger import connect_readonly
 from devmeter.paths import Paths
 
@@ -175,6 +176,12 @@ class Handler(BaseHTTPRequestHandler):
                 nav = pages.nav(chosen.name, chosen)
                 main = pages.period_html(conn, chosen, by)
                 poll = f"/period?{chosen.query(by)}&fragment=1"
+            elif path == "/findings":
+                days = query.get("days", ["1"])[0]
+                shown = int(days) if days in ("1", "7", "30") else 1
+                title, nav = "devmeter · secrets", pages.nav("findings")
+                main = findings_html(conn, now, shown)
+                poll = f"/findings?days={shown}&fragment=1"
             elif path == "/session":
                 session = query.get("id", [""])[0]
                 title, nav = "devmeter · session", pages.nav("")
