@@ -326,6 +326,7 @@ class TrayApp:
     def handlers(self) -> dict[str, Callable[..., object]]:
         return {
             "open_dashboard": self.open_dashboard,
+            "open_findings": lambda: self.open_dashboard(page="/findings"),
             "open_report": self.open_report,
             "set_routing": self.set_routing,
             "pause": lambda: self._control(paused=True),
@@ -352,9 +353,10 @@ class TrayApp:
             return
         self._redraw_soon()
 
-    def open_dashboard(self, session: str | None = None) -> str | None:
-        """Open the dashboard (a session's page, or today) in the browser, serving it from
-        this process on loopback; the text report if the server cannot start."""
+    def open_dashboard(self, session: str | None = None, page: str | None = None) -> str | None:
+        """Open the dashboard (a session's page, another `page` such as /findings, or
+        today) in the browser, serving it from this process on loopback; the text report
+        if the server cannot start."""
         try:
             with self._dashboard_lock:
                 if self.dashboard is None:
@@ -373,6 +375,8 @@ class TrayApp:
         url = dashboard.url
         if session:
             url = url.replace("/?", f"/session?id={urllib.parse.quote(session)}&", 1)
+        elif page:
+            url = url.replace("/?", f"{page}?", 1)
         try:
             self.url_opener(url)
         except Exception as exc:  # a browser that cannot start: say where the page is
@@ -566,6 +570,7 @@ class TrayApp:
             config_problem=short_config_problem(snap.config_problem)
             if snap.config_problem
             else None,
+            secrets=snap.secrets_today,
         )
         items = build_menu(snap)
         if proxy.state not in ("running", "external"):

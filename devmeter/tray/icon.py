@@ -89,19 +89,23 @@ def tooltip(
     paused: bool = False,
     billing: str | None = None,
     config_problem: str | None = None,
+    secrets: int = 0,
 ) -> str:
     """The icon's hover text, one line under Windows' 128-character limit.
 
     `devmeter · session $3.21 · today $12.40 · month $310.55 · routing shadow`;
     `session_usd` is the live session's (None when there is none), `mode` the routing
     mode. A `config_problem` (short: `config.toml, line 4 [key]: ...`) goes last, where
-    the limit cuts it rather than the figures; the menu has it whole.
+    the limit cuts it rather than the figures; the menu has it whole. `secrets`, today's
+    secret findings, comes before the figures: a key that left matters more than a sum.
     """
     parts = ["devmeter"]
     if paused:
         parts.append("PAUSED")
     if config_problem:
         parts.append("CONFIG EDIT NOT APPLIED")
+    if secrets:
+        parts.append(f"{secrets} SECRET{'S' if secrets > 1 else ''} SENT TODAY")
     if session_usd is not None:
         parts.append(f"session {format_usd(session_usd)}")
     parts += [f"today {format_usd(today_usd)}", f"month {format_usd(month_usd)}"]

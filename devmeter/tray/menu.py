@@ -3,7 +3,8 @@
 `build_menu(snapshot)` is pure and returns `MenuItem`s; `to_pystray(items, handlers)`
 turns them into a `pystray.Menu`, calling `handlers[item.action](*item.args)` on a click.
 
-Actions (and their args): `open_dashboard` (session id, or none), `set_routing` (mode),
+Actions (and their args): `open_dashboard` (session id, or none), `open_findings`,
+`set_routing` (mode),
 `pause`, `resume`, `allow` (scope, key), `answer_ask` (ask id, "continue" | "stop"),
 `open_config`, `quit`.
 """
@@ -90,6 +91,10 @@ class TraySnapshot:
     # The config edit the running proxy refused (file, line, key, problem): it keeps
     # its last good config until the file is fixed (devmeter/config_reload.py).
     config_problem: str | None = None
+    # Secrets found today in what agents sent (devmeter/secrets): how many, and the
+    # latest as `stripe-key sk_l…Zx9Q · acme · warned` (a masked preview, never the value).
+    secrets_today: int = 0
+    latest_secret: str | None = None
 
     @property
     def billing_line(self) -> str | None:
@@ -157,6 +162,8 @@ def build_menu(snapshot: TraySnapshot) -> list[MenuItem]:
         items.append(
             MenuItem(f"Notifications are not shown: {snapshot.notify_problem}", enabled=False)
         )
+    if snapshot.secrets_today:
+        items.append(_secrets_item(snapshot))
     if snapshot.blocked:
         items.append(
             MenuItem(
@@ -256,6 +263,15 @@ def _ask_item(ask: AskRow) -> MenuItem:
         f"{state}: {what} passed {format_usd(ask.level_usd)}" + (f" ({where})" if where else ""),
         submenu=tuple(answers),
     )
+
+
+def _secrets_item(snapshot: TraySnapshot) -> MenuItem:
+    """Today's count and the latest finding; a click opens the dashboard's findings page."""
+    n = snapshot.secrets_today
+    text = f"{n} secret{'s' if n > 1 else ''} in requests today"
+    if snapshot.latest_secret:
+        text += f" \u00b7 latest: {snapshot.latest_secret}"
+    return MenuItem(text[:160], "open_findings")
 
 
 def _cap_item(cap: CapRow) -> MenuItem:

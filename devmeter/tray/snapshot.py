@@ -3,7 +3,8 @@
 `snapshot(conn, now, control)` returns the `TraySnapshot` that `build_menu` and the icon
 are drawn from: today's and this month's spend (local calendar), the live sessions
 (a call in the last `LIVE_SECONDS`), today's spend by repo, whether an alert fired
-today (warning) and which caps are refusing requests now (blocked).
+today (warning), which caps are refusing requests now (blocked), and today's secret
+findings (a count and the latest one, masked).
 
 A cap is "refusing now" when a call in the last `LIVE_SECONDS` was refused by that cap (the
 row's `refused_scope`, `refused_key` and `refused_cap_pusd`), unless the user lifted that
@@ -25,9 +26,11 @@ from typing import Any
 
 from devmeter.clock import local_midnight, local_month_start
 from devmeter.control import Control
+from devmeter.labels import repo_name
 from devmeter.ledger import read_quota
 from devmeter.money import usd
 from devmeter.quota import DEFAULT_THRESHOLDS, quota_level, tightest, tray_line
+from devmeter.reports import NO_REPO
 from devmeter.sessions import LIVE_SECONDS
 from devmeter.tray.menu import ROUTING_MODES, CapRow, RoutingMode, SessionRow, TraySnapshot
 
@@ -77,7 +80,30 @@ def snapshot(
         warning=conn.execute("SELECT 1 FROM alerts WHERE ts >= ? LIMIT 1", (today,)).fetchone()
         is not None,
         **_billing(conn, today, now, quota_thresholds),
+        **_secrets(conn, today),
     )
+
+
+def _secrets(conn: sqlite3.Connection, today: float) -> dict[str, Any]:
+    """Today's findings (devmeter/secrets): their count and the latest, masked as stored;
+    nothing from a ledger from before findings existed."""
+    try:
+        (count,) = conn.execute("SELECT count(*) FROM findings WHERE ts >= ?", (today,)).fetchone()
+        latest = conn.execute(
+            "SELECT kind, preview, repo, action FROM findings WHERE ts >= ? "
+            "ORDER BY ts DESC, id DESC LIMIT 1",
+            (today,),
+        ).fetchone()
+    except sqlite3.OperationalError:
+        return {}
+    if not count:
+        return {}
+    kind, preview, repo, action = latest
+    where = repo_name(repo) if repo else NO_REPO
+    return {
+        "secrets_today": int(count),
+        "latest_secret": f"{kind} {preview} \u00b7 {where} \u00b7 {action}",
+    }
 
 
 def _billing(
