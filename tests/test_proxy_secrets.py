@@ -301,3 +301,54 @@ def test_secret_alerts_are_pushed_with_the_masked_preview_only(
     finally:
         receiver.server.shutdown()
         assert_no_secret_leaked(proxy)
+
+
+def test_realtime_events_are_inspected_redacted_and_refused_on_the_socket(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    """An OpenAI Realtime socket: a user message holding an AWS key goes on redacted, a
+    function_call_output holding a private key is refused with an `error` event (per-kind
+    "block"), and the socket carries on to a response."""
+    from tests.secrets_corpus import CONTEXT
+    from tests.test_proxy_other_paid import realtime_socket
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        '[secrets]\nmode = "redact"\n[secrets.modes]\n"private-key" = "block"\n'
+    )
+    proxy = start_proxy(home, upstream.url)
+    upstream.clear()
+    text = "deploy with\n" + CONTEXT["aws-access-key"]
+    say = {"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+           "content": [{"type": "input_text", "text": text}]}}  # fmt: skip
+    key = {"type": "conversation.item.create", "item": {"type": "function_call_output",
+           "call_id": "call_1", "output": CONTEXT["private-key"]}}  # fmt: skip
+    try:
+        with realtime_socket(proxy, "voice-secrets") as socket:
+            socket.send(
+                json.dumps({"type": "session.update", "session": {"instructions": "Be brief."}})
+            )
+            socket.send(json.dumps(say))
+            socket.send(json.dumps(key))
+            while (refusal := json.loads(socket.recv(timeout=10)))["type"] == "session.created":
+                pass
+            assert refusal["type"] == "error"
+            assert "devmeter: refused: the request holds a secret, private-key" in json.dumps(
+                refusal
+            )
+            socket.send(json.dumps({"type": "response.create"}))
+            while (event := json.loads(socket.recv(timeout=10)))["type"] != "response.done":
+                assert event["type"] != "error", event
+        sent = [r.body.decode() for r in upstream.find() if r.method == "WS"]
+        assert len(sent) == 3  # session.update, the redacted message, response.create
+        assert PLANTED["aws-access-key"] not in sent[1]
+        assert "[REDACTED by devmeter: aws-access-key]" in sent[1] and "eu-west-1" in sent[1]
+        assert not any("PRIVATE KEY" in body for body in sent)
+        rows = findings(proxy, 2)
+        assert [(r["kind"], r["action"], r["location"], r["session"]) for r in rows] == [
+            ("aws-access-key", "redacted", "message", "voice-secrets"),
+            ("private-key", "blocked", "tool result", "voice-secrets"),
+        ]
+    finally:
+        assert_no_secret_leaked(proxy)

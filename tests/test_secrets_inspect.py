@@ -290,3 +290,32 @@ def test_count_tokens_and_embeddings_are_inspected_too(tmp_path: Path) -> None:
     assert ins.inspect("openai.embeddings", embedded, WHO, 1.0).redacted
     assert PLANTED["github-token"] not in json.dumps(embedded)
     assert new_pieces("openai.embeddings", {"input": "a"})[0].where == "embedding input"
+
+
+def test_realtime_client_events_yield_their_text_and_never_audio() -> None:
+    """Each Realtime event is new content: items, response instructions and inputs,
+    session instructions; audio (buffers, input_audio parts) is skipped, its transcript not."""
+    stripe = PLANTED["stripe-key"]
+    events = [
+        {"type": "input_audio_buffer.append", "audio": "UklGR" * 400},
+        {"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+         "content": [{"type": "input_audio", "audio": "AAAA" * 100, "transcript": "say hi"},
+                     {"type": "input_text", "text": f"key {stripe}"}]}},
+        {"type": "conversation.item.create", "item": {"type": "function_call_output",
+         "call_id": "c1", "output": "DEBUG=1"}},
+        {"type": "response.create", "response": {"instructions": "Be terse.", "input": [
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "x"}]}
+        ]}},
+        {"type": "session.update", "session": {"instructions": "You are a helpful voice."}},
+    ]  # fmt: skip
+    got = [[(p.where, p.text) for p in new_pieces("openai.realtime", e)] for e in events]
+    assert got == [
+        [],
+        [("message", "say hi"), ("message", f"key {stripe}")],
+        [("tool result", "DEBUG=1")],
+        [("system prompt", "Be terse."), ("message", "x")],
+        [("system prompt", "You are a helpful voice.")],
+    ]
+    assert [(p.text) for p in all_pieces("openai.realtime", events[1])] == [
+        "say hi", f"key {stripe}",
+    ]  # fmt: skip

@@ -6,6 +6,7 @@ model's last turn: Anthropic's and OpenAI chat's trailing user/tool messages, th
 Responses input items after the last assistant/tool-call/reasoning item (Codex's
 WebSocket `response.create` frames carry the same shape), Gemini's last content. The
 first turn (nothing from the model yet) also carries the system prompt/instructions.
+A Realtime socket sends events, never the conversation again: each one is all new.
 
 Each Piece points at the string inside the parsed document, so redaction can replace
 it in place and the caller re-serialises the document. Pure: no I/O.
@@ -36,7 +37,7 @@ _SKIP_KEYS = frozenset(
         "name",
     }
 )
-_BINARY_KEYS = frozenset({"data", "image_url", "file_data"})
+_BINARY_KEYS = frozenset({"data", "image_url", "file_data", "audio"})
 
 
 @dataclass
@@ -62,6 +63,8 @@ def new_pieces(api: str, doc: Any) -> list[Piece]:
     if api.startswith("gemini"):
         inner = doc.get("request") if isinstance(doc.get("request"), dict) else doc
         return list(_gemini(inner))
+    if api == "openai.realtime":
+        return list(_openai_realtime(doc))
     return []
 
 
@@ -70,6 +73,8 @@ def all_pieces(api: str, doc: Any) -> list[Piece]:
     a secret sent in an earlier turn is re-sent with every later one)."""
     if not isinstance(doc, dict):
         return []
+    if api == "openai.realtime":  # one event: nothing of it was sent before
+        return list(_openai_realtime(doc))
     if api.startswith("gemini") and isinstance(doc.get("request"), dict):
         doc = doc["request"]
     keys = ("system", "messages", "instructions", "input", "contents", "systemInstruction",
@@ -275,3 +280,32 @@ def _gemini(doc: dict[str, Any]) -> Iterator[Piece]:
                 yield Piece("message", part, "text", part["text"])
             else:
                 yield from _strings(part, "message", content["parts"], i)
+
+
+def _openai_realtime(event: dict[str, Any]) -> Iterator[Piece]:
+    """A Realtime client event (one WebSocket frame): what the user adds to the session.
+
+    `conversation.item.create` (a message's input_text, an audio part's transcript, a
+    function_call_output), `response.create` (its instructions and inline input items)
+    and `session.update` (instructions). Audio buffers and control events hold no text.
+    """
+    kind = event.get("type")
+    if kind == "conversation.item.create" and isinstance(event.get("item"), dict):
+        yield from _realtime_item(event["item"])
+    elif kind == "response.create" and isinstance(event.get("response"), dict):
+        response = event["response"]
+        yield from _strings(response.get("instructions"), "system prompt", response, "instructions")
+        for item in response.get("input") or []:
+            if isinstance(item, dict):
+                yield from _realtime_item(item)
+    elif kind == "session.update" and isinstance(event.get("session"), dict):
+        session = event["session"]
+        yield from _strings(session.get("instructions"), "system prompt", session, "instructions")
+
+
+def _realtime_item(item: dict[str, Any]) -> Iterator[Piece]:
+    if item.get("type") == "function_call_output":
+        yield from _strings(item.get("output"), "tool result", item, "output")
+    elif item.get("type", "message") == "message":
+        where = "system prompt" if item.get("role") == "system" else "message"
+        yield from _strings(item.get("content"), where, item, "content")
