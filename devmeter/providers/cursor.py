@@ -29,6 +29,7 @@ import io
 import json
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -261,6 +262,163 @@ def scan_payload(payload: bytes, scan: Scan) -> bool:
         except ValueError:
             pass
     return scan_message(payload, scan)
+
+
+# --- text rewritten in place (secret redaction, devmeter/secrets) ---------------------------
+
+# Given each text of a message: its replacement, or None to keep it.
+Replace = Callable[[str], "str | None"]
+
+
+def rewrite_message(data: bytes | memoryview, replace: Replace) -> bytes | None:
+    """One protobuf message with text fields replaced, read by the same rules as
+    `scan_message` (so every text it scans is offered to `replace`). Nested messages get
+    their new lengths; every other byte is kept as it was. None when nothing changed or
+    `data` is not a message. Also a way to list a message's texts (`replace` a collector)."""
+    if not parse_fields(data):
+        return None
+    return _rewrite(memoryview(data), replace, 0)
+
+
+def _rewrite(mv: memoryview, replace: Replace, depth: int) -> bytes | None:
+    out = bytearray()
+    last = i = 0
+    n = len(mv)
+    while i < n:  # well formed: parse_fields accepted it
+        key, i = _varint(mv, i)
+        wire = key & 7
+        if wire == 0:
+            _, i = _varint(mv, i)
+            continue
+        if wire != 2:
+            i += 8 if wire == 1 else 4
+            continue
+        length, start = _varint(mv, i)
+        end = start + length
+        new = _rewrite_value(mv[start:end], replace, depth) if length else None
+        if new is not None:
+            out += mv[last:i]
+            out += _encode_varint(len(new))
+            out += new
+            last = end
+        i = end
+    if last == 0:
+        return None
+    out += mv[last:]
+    return bytes(out)
+
+
+def _rewrite_value(value: memoryview, replace: Replace, depth: int) -> bytes | None:
+    """`_classify`'s decision, with text replaced instead of scanned."""
+    head = bytes(value[:4])
+    if head.startswith(_IMAGE_MAGIC) or (head == b"RIFF" and bytes(value[8:12]) == b"WEBP"):
+        return None
+    if value[0] >= 0x20 and not _CONTROL.search(value):
+        text = _utf8(value)
+        if text is not None:
+            return _replaced(text, replace)
+    if depth < MAX_DEPTH and parse_fields(value):
+        return _rewrite(value, replace, depth + 1)
+    text = _utf8(value)
+    return None if text is None else _replaced(text, replace)
+
+
+def _replaced(text: str, replace: Replace) -> bytes | None:
+    new = replace(text)
+    return None if new is None or new == text else new.encode()
+
+
+def _encode_varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def rewrite_payload(payload: bytes, replace: Replace) -> bytes | None:
+    """One Connect message, protobuf or JSON (its string values), with text replaced."""
+    if payload[:1] in (b"{", b"["):
+        try:
+            doc = json.loads(payload)
+        except ValueError:
+            pass
+        else:
+            changed = _rewrite_json(doc, replace)
+            return json.dumps(doc, ensure_ascii=False).encode() if changed else None
+    return rewrite_message(payload, replace)
+
+
+def _rewrite_json(node: Any, replace: Replace) -> bool:
+    changed = False
+    items = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if isinstance(node, list)
+        else ()
+    )
+    for key, value in list(items):
+        if isinstance(value, str):
+            new = replace(value)
+            if new is not None and new != value:
+                node[key] = new
+                changed = True
+        elif isinstance(value, dict | list):
+            changed = _rewrite_json(value, replace) or changed
+    return changed
+
+
+def rewrite_frame(flags: int, payload: bytes, replace: Replace) -> bytes | None:
+    """One Connect frame, whole, with its message's text replaced; sent uncompressed (the
+    flag is per message in Connect, so a rewritten one need not be compressed again).
+    None when unchanged, unreadable, or the end-stream frame."""
+    if flags & _FLAG_END_STREAM:
+        return None
+    if flags & _FLAG_COMPRESSED:
+        inflated = inflate(payload)
+        if inflated is None:
+            return None
+        payload = inflated
+    new = rewrite_payload(payload, replace) if payload else None
+    if new is None:
+        return None
+    return bytes([flags & ~_FLAG_COMPRESSED]) + len(new).to_bytes(4, "big") + new
+
+
+def rewrite_body(body: bytes, replace: Replace) -> bytes | None:
+    """A whole request body (Connect frames, or one bare message) with text replaced;
+    None when nothing changed. Bytes after the last whole frame are kept as they are."""
+    if not body:
+        return None
+    if body[0] > 0x03:
+        return rewrite_payload(body, replace)
+    out = bytearray()
+    changed = False
+    i = 0
+    while i + 5 <= len(body):
+        length = int.from_bytes(body[i + 1 : i + 5], "big")
+        end = i + 5 + length
+        if end > len(body):
+            break
+        new = rewrite_frame(body[i], body[i + 5 : end], replace)
+        out += body[i:end] if new is None else new
+        changed = changed or new is not None
+        i = end
+    out += body[i:]
+    return bytes(out) if changed else None
+
+
+def request_texts(body: bytes) -> list[str]:
+    """Every text of a whole request body, in the order rewriting offers them."""
+    texts: list[str] = []
+
+    def collect(text: str) -> None:
+        texts.append(text)
+
+    rewrite_body(body, collect)
+    return texts
 
 
 # --- the Connect envelope ------------------------------------------------------------------

@@ -93,10 +93,15 @@ class SecretInspector:
         # block/redact re-scan the whole conversation every turn; what was scanned before
         # is looked up by digest instead (a 1 MB history: a hash, not a scan).
         self._scanned: OrderedDict[bytes, list[Finding]] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
-    def inspect(self, api: str, doc: Any, who: Attribution, now: float) -> Outcome:
+    def inspect(
+        self, api: str, doc: Any, who: Attribution, now: float, can_refuse: bool = True
+    ) -> Outcome:
         """Scan a parsed request (or WebSocket frame). warn: returns at once, the scan runs
-        on the worker; block/redact: returns what to do with the request."""
+        on the worker; block/redact: returns what to do with the request. `can_refuse`
+        False: part of a request whose answer already streams (a Cursor stream's frame),
+        so a secret to block is redacted instead, and recorded as redacted."""
         mode = self.policy.strictest_possible(who.repo)
         if mode == "off":
             return PASS
@@ -105,7 +110,7 @@ class SecretInspector:
             if pieces:
                 self._worker.submit(self._scan_beside, pieces, who, now)
             return PASS
-        return self._scan_before(api, doc, who, now)
+        return self._scan_before(api, doc, who, now, can_refuse)
 
     def close(self) -> None:
         self._worker.shutdown(wait=True)
@@ -117,17 +122,21 @@ class SecretInspector:
     def _scan_beside(self, pieces: list[tuple[str, str]], who: Attribution, now: float) -> None:
         try:
             for where, text in pieces:
-                for finding in scan(text, self.policy.user_rules):
+                for finding in self._scan_cached(text):
                     self._consider(finding, where, who, now)
         except Exception as exc:  # fail open: a scanner bug never touches the request
             log.warning("devmeter: secret scan failed: %s", type(exc).__name__)
 
-    def _consider(self, finding: Finding, where: str, who: Attribution, now: float) -> str:
+    def _consider(
+        self, finding: Finding, where: str, who: Attribution, now: float, can_refuse: bool = True
+    ) -> str:
         """The mode that applies to this finding ("off" when allowed); reports it once."""
         mark = fingerprint(self._salt, finding.kind, finding.secret)
         mode = self.policy.mode_for(finding, who.repo)
         if mode == "off" or self.policy.allowed(finding, mark):
             return "off"
+        if mode == "block" and not can_refuse:
+            mode = "redact"
         action = _ACTION[mode]
         with self._lock:
             first = (mark, action) not in self._seen
@@ -140,14 +149,16 @@ class SecretInspector:
                 self._on_alert(_alert(reported))
         return mode
 
-    def _scan_before(self, api: str, doc: Any, who: Attribution, now: float) -> Outcome:
+    def _scan_before(
+        self, api: str, doc: Any, who: Attribution, now: float, can_refuse: bool
+    ) -> Outcome:
         new = {(id(p.container), p.key): p.where for p in new_pieces(api, doc)}
         hits: list[tuple[Piece, list[Finding], list[str]]] = []
         for piece in all_pieces(api, doc):
             where = new.get((id(piece.container), piece.key), "earlier in the conversation")
             findings = self._scan_cached(piece.text)
             if findings:
-                modes = [self._consider(f, where, who, now) for f in findings]
+                modes = [self._consider(f, where, who, now, can_refuse) for f in findings]
                 hits.append((piece, findings, modes))
         decided = strictest([m for _, _, modes in hits for m in modes])
         if decided == "block":
@@ -162,17 +173,21 @@ class SecretInspector:
         return Outcome(redacted=redacted)
 
     def _scan_cached(self, text: str) -> list[Finding]:
+        """Used by the worker (warn) and the event loop (block/redact) alike: a config
+        reload can switch modes while a scan is queued, hence the lock."""
         if len(text) < _CACHE_FROM:
             return scan(text, self.policy.user_rules)
         key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        found = self._scanned.get(key)
-        if found is None:
-            found = scan(text, self.policy.user_rules)
+        with self._cache_lock:
+            found = self._scanned.get(key)
+            if found is not None:
+                self._scanned.move_to_end(key)
+                return found
+        found = scan(text, self.policy.user_rules)
+        with self._cache_lock:
             self._scanned[key] = found
             if len(self._scanned) > _CACHE_ENTRIES:
                 self._scanned.popitem(last=False)
-        else:
-            self._scanned.move_to_end(key)
         return found
 
 

@@ -65,6 +65,8 @@ def new_pieces(api: str, doc: Any) -> list[Piece]:
         return list(_gemini(inner))
     if api == "openai.realtime":
         return list(_openai_realtime(doc))
+    if api == "cursor.chat":
+        return _cursor(doc)
     return []
 
 
@@ -75,6 +77,8 @@ def all_pieces(api: str, doc: Any) -> list[Piece]:
         return []
     if api == "openai.realtime":  # one event: nothing of it was sent before
         return list(_openai_realtime(doc))
+    if api == "cursor.chat":
+        return _cursor(doc)
     if api.startswith("gemini") and isinstance(doc.get("request"), dict):
         doc = doc["request"]
     keys = ("system", "messages", "instructions", "input", "contents", "systemInstruction",
@@ -309,3 +313,19 @@ def _realtime_item(item: dict[str, Any]) -> Iterator[Piece]:
     elif item.get("type", "message") == "message":
         where = "system prompt" if item.get("role") == "system" else "message"
         yield from _strings(item.get("content"), where, item, "content")
+
+
+def cursor_doc(texts: list[str]) -> dict[str, Any]:
+    """The texts of a Cursor request or stream frame (`providers.cursor.request_texts`),
+    as the document `new_pieces` reads: redaction replaces them in the list."""
+    return {"texts": texts}
+
+
+def _cursor(doc: dict[str, Any]) -> list[Piece]:
+    """Cursor's protobuf has no public schema: which text is a tool result, or new this
+    turn, cannot be told, so every text is offered (a secret is still reported once, by
+    its fingerprint; texts already scanned are looked up by digest)."""
+    texts = doc.get("texts")
+    if not isinstance(texts, list):
+        return []
+    return [Piece("message", texts, i, t) for i, t in enumerate(texts) if isinstance(t, str) and t]
