@@ -89,8 +89,8 @@ class Meter:
         self._deadline = deadline
         self._router = router
         self._routing = RoutingStage(router)
-        self._cursor = CursorStage()
         self._secrets = SecretsStage(secrets)
+        self._cursor = CursorStage(self._secrets)
         self._guard = guard
         self._guards = GuardStage(guard, attribute, clock, on_alert, overrides)
         self._control = control
