@@ -30,6 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from devmeter import fastjson  # noqa: E402
 from devmeter.providers import match_endpoint  # noqa: E402
 from devmeter.proxy.streaming import read_request  # noqa: E402
 from devmeter.secrets.inspector import SecretInspector, load_salt  # noqa: E402
@@ -111,7 +112,7 @@ def main() -> None:
             _, doc, _ = read_request(endpoint, body)
             start = time.perf_counter()
             if ins.inspect(endpoint.api, doc, who, 0.0).redacted:
-                json.dumps(doc).encode()
+                fastjson.dumps(doc)  # as the meter re-serialises a redacted body
             return time.perf_counter() - start
 
         return run
