@@ -93,6 +93,35 @@ CONTEXT: dict[str, str] = {
     "dotenv-secret": f"SESSION_SECRET={PLANTED['dotenv-secret']}\nDEBUG=false\nPORT=3000\n",
 }
 
+# More samples, so that every detector (not only every kind) is shown finding something:
+# rule-specific shapes a kind's first detector would otherwise claim or never see.
+# name -> (kind, secret, the text it sits in).
+_LEGACY_OPENAI = "sk-" + _pick(_ALNUM, 20) + "T3BlbkFJ" + _pick(_ALNUM, 20)
+_SERVICE_BUS = _pick(_ALNUM + "+/", 43) + "="
+_RSA_BODY = "\n".join(_pick(string.ascii_letters + string.digits + "+/", 64) for _ in range(6))
+_RSA = f"-----BEGIN RSA PRIVATE KEY-----\n{_RSA_BODY}\n-----END RSA PRIVATE KEY-----"
+VARIANTS: dict[str, tuple[str, str, str]] = {
+    "openai-legacy-key": (
+        "openai-api-key",
+        _LEGACY_OPENAI,
+        f"openai.api_key = '{_LEGACY_OPENAI}'\n",
+    ),
+    "azure-service-bus": (
+        "azure-connection-secret",
+        _SERVICE_BUS,
+        "Endpoint=sb://acme.servicebus.windows.net/;SharedAccessKeyName=send;"
+        f"SharedAccessKey={_SERVICE_BUS}\n",
+    ),
+    "rsa-pem": ("private-key", _RSA, f"$ cat deploy/id_rsa\n{_RSA}\n"),
+    # Its newlines escaped (`\\n`); the span ends with the END line, as redaction cuts it.
+    "gcp-private-key-in-json": (
+        "private-key",
+        GCP_PRIVATE_KEY.removesuffix("\\n"),
+        GCP_SERVICE_ACCOUNT,
+    ),
+}
+PLANTED_ALL: tuple[str, ...] = (*PLANTED.values(), *(v[1] for v in VARIANTS.values()))
+
 # A Claude Code `.env` read: several secrets in one tool result, line-numbered as its
 # Read tool returns them.
 DOTENV_FILE = "".join(

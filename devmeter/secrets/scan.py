@@ -136,14 +136,11 @@ def _jwt_spans(text: str) -> Iterator[tuple[int, int]]:
 
 
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
+# Also the same key inside JSON (a service-account file), its newlines the two characters
+# `\n`: `[\s\S]` takes those as well.
 _PEM_BLOCK = re.compile(
     r"-----BEGIN[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----[\s\S]{16,20000}?"
     r"-----END[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----"
-)
-# The same key inside JSON (a service-account file): newlines are the two characters `\n`.
-_PEM_ESCAPED = re.compile(
-    r"-----BEGIN[ A-Z0-9]*PRIVATE KEY-----(?:\\n|[A-Za-z0-9+/=\s]){16,20000}?"
-    r"-----END[ A-Z0-9]*PRIVATE KEY-----(?:\\n)?"
 )
 _GCP_SA_KEY = re.compile(
     r'"type"\s*:\s*"service_account"(?:.|\n){0,400}?"private_key_id"\s*:\s*"([0-9a-f]{40})"'
@@ -209,7 +206,6 @@ def builtin_detectors() -> tuple[Detector, ...]:
               "GLPTT-", "GLAGENT-", "GLOAS-")  # fmt: skip
     return (
         own("private-key", "pem-block", _regex_spans(_PEM_BLOCK), "PRIVATE KEY"),
-        own("private-key", "pem-block-json", _regex_spans(_PEM_ESCAPED), "PRIVATE KEY"),
         own(
             "gcp-service-account",
             "gcp-service-account",
