@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 from devmeter.dashboard.server import Dashboard
@@ -43,7 +44,9 @@ def test_the_secrets_page_lists_todays_findings_masked_and_escaped(
     dashboard: Dashboard,  # noqa: F811
     devmeter_home: Path,
 ) -> None:
-    record_findings(devmeter_home, time.time() - 5)
+    now = time.time()
+    midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0).timestamp()
+    record_findings(devmeter_home, max(midnight + 1, now - 5))  # today's, even at 00:00:02
     html = page(dashboard, "/findings")
     assert '<a href="/findings" class=on>Secrets</a>' in html  # in the nav, current
     assert "<span data-figure=findings>4</span> found" in html

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from devmeter import control
+from devmeter.clock import local_midnight
 from devmeter.ledger import write_calls
 from devmeter.tray.menu import MenuItem, build_menu
 from devmeter.tray.snapshot import snapshot
 from tests.secrets_corpus import PLANTED
 from tests.test_dashboard_findings import record_findings
-from tests.test_tray_app import DAY, app_for, call, click, read, where  # noqa: F401 - fixtures
+from tests.test_tray_app import DAY, NOW, app_for, call, click, read, where  # noqa: F401 - fixtures
 
 
 def all_text(items: list[MenuItem]) -> str:
@@ -25,7 +26,7 @@ def all_text(items: list[MenuItem]) -> str:
 def test_todays_findings_are_counted_and_the_latest_is_shown_masked(
     where: Any,  # noqa: F811
 ) -> None:
-    now = time.time()
+    now = NOW  # noon: "today" is never a few seconds old
     record_findings(where.data_dir, now - 2 * DAY, repo="/src/billing")  # not today's
     write_calls(where.ledger, [call(now - 60)])
     assert snapshot(read(where), now, control.Control()).secrets_today == 0
@@ -47,7 +48,8 @@ def test_the_tooltip_counts_them_and_a_click_opens_the_secrets_page(
     app_for: Any,  # noqa: F811
     where: Any,  # noqa: F811
 ) -> None:
-    record_findings(where.data_dir, time.time() - 30, repo="/src/billing")
+    now = time.time()
+    record_findings(where.data_dir, max(local_midnight(now) + 1, now - 30), repo="/src/billing")
     urls: list[str] = []
     app, icon, _ = app_for(url_opener=urls.append)
     app.refresh(force=True)
