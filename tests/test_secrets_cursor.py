@@ -4,6 +4,7 @@ by frame (warn passes bytes as they come; block/redact forward whole frames, rew
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 from devmeter.providers import cursor
@@ -64,6 +65,13 @@ def test_a_whole_body_is_redacted_or_refused(tmp_path: Path) -> None:
     assert {(f.kind, f.action, f.location) for f in found} >= {
         ("stripe-key", "redacted", "message")
     }
+    bare = message(field(1, message(field(1, DOTENV_FILE))))
+    gzipped = gzip.compress(bare)  # a bare body the proxy could not decode: no header said so
+    assert PLANTED["stripe-key"] in cursor.request_texts(gzipped)[0]
+    _, rewritten = inspect_body(inspector(tmp_path, "redact", []), gzipped, WHO, 1.0)
+    assert rewritten is not None and PLANTED["stripe-key"] not in "".join(
+        cursor.request_texts(rewritten)
+    )
     blocked, unchanged = inspect_body(inspector(tmp_path, "block", []), body, WHO, 1.0)
     assert blocked.block is not None and unchanged is None
     assert "devmeter: refused: the request holds a secret" in blocked.block.message

@@ -25,6 +25,7 @@ for the ones it prices). The text itself is never kept: only sizes and estimates
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import re
@@ -392,6 +393,10 @@ def rewrite_body(body: bytes, replace: Replace) -> bytes | None:
     None when nothing changed. Bytes after the last whole frame are kept as they are."""
     if not body:
         return None
+    if body[:2] == b"\x1f\x8b":  # a gzip body the proxy did not decode (no header said so)
+        inflated = inflate(body)
+        new = rewrite_payload(inflated, replace) if inflated else None
+        return None if new is None else gzip.compress(new, mtime=0)
     if body[0] > 0x03:
         return rewrite_payload(body, replace)
     out = bytearray()
