@@ -6,7 +6,7 @@ other: warn beside it, block refuses it, redact rewrites the message. A streamed
 (`application/connect+proto`) stays open while its answer streams, and later frames
 carry the tool results of the same call; each frame is inspected as it completes:
 
-- warn: bytes pass as they arrive; each whole frame's text is scanned on the worker.
+- warn: bytes pass as they arrive; each whole frame is read and scanned on the worker.
 - block/redact: bytes are held until their frame is whole (the upstream cannot use part
   of a frame anyway) and the frame goes on rewritten when it holds a secret. Its call
   already streams an answer and cannot be refused any more, so `block` redacts here, and
@@ -92,6 +92,13 @@ class CursorStream:
                 break
             frame = bytes(buf[: 5 + length])
             del buf[: 5 + length]
+            if not self._hold:  # warn: the frame is read on the worker, beside the stream
+                self._inspector.inspect_beside(
+                    lambda frame=frame: [("message", t) for t in frame_texts(frame)],
+                    self._who,
+                    self._clock(),
+                )
+                continue
             try:
                 out.append(self._inspect(frame))
             except Exception as exc:  # fail open; its type only: the text could be a secret
@@ -102,18 +109,26 @@ class CursorStream:
         return out
 
     def _inspect(self, frame: bytes) -> bytes:
-        flags, payload = frame[0], frame[5:]
-        if flags & 0x02 or not payload:  # the end-stream frame, or a keep-alive
-            return frame
-        readable = cursor.inflate(payload) if flags & 0x01 else payload
-        if readable is None:
-            return frame
-        texts: list[str] = []
-        cursor.rewrite_payload(readable, lambda text: texts.append(text))
+        texts = frame_texts(frame)
         if not texts:
             return frame
+        flags, payload = frame[0], frame[5:]
         doc = cursor_doc(list(texts))
         outcome = self._inspector.inspect("cursor.chat", doc, self._who, self._clock(), False)
         if not outcome.redacted:
             return frame
         return cursor.rewrite_frame(flags, payload, _replacements(texts, doc["texts"])) or frame
+
+
+def frame_texts(frame: bytes) -> list[str]:
+    """The texts of one whole Connect frame (none for the end-stream frame, a keep-alive
+    or a payload that cannot be inflated)."""
+    flags, payload = frame[0], frame[5:]
+    if flags & 0x02 or not payload:
+        return []
+    readable = cursor.inflate(payload) if flags & 0x01 else payload
+    if readable is None:
+        return []
+    texts: list[str] = []
+    cursor.rewrite_payload(readable, lambda text: texts.append(text))
+    return texts

@@ -112,6 +112,24 @@ class SecretInspector:
             return PASS
         return self._scan_before(api, doc, who, now, can_refuse)
 
+    def inspect_beside(
+        self, pieces: Callable[[], list[tuple[str, str]]], who: Attribution, now: float
+    ) -> None:
+        """warn for a request whose strings cost something to pick out (a Cursor frame to
+        inflate and walk): `pieces` runs on the worker too, and nothing waits for it."""
+        if self.policy.strictest_possible(who.repo) != "off":
+            self._worker.submit(self._pieces_beside, pieces, who, now)
+
+    def _pieces_beside(
+        self, pieces: Callable[[], list[tuple[str, str]]], who: Attribution, now: float
+    ) -> None:
+        try:
+            found = pieces()
+        except Exception as exc:  # fail open, as a scan does
+            log.warning("devmeter: secret scan failed: %s", type(exc).__name__)
+            return
+        self._scan_beside(found, who, now)
+
     def close(self) -> None:
         self._worker.shutdown(wait=True)
 
