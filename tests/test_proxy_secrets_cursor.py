@@ -127,6 +127,8 @@ def test_a_streamed_request_with_a_declared_length_is_resent_without_it(
     assert PLANTED["github-token"] not in readable(sent) and sent.startswith(CHAT)
     assert "[REDACTED by devmeter: github-token]" in readable(sent)
     assert cursor.parse_request(sent).model == "claude-4.5-sonnet-thinking"
+    (call,) = redacting.new_calls(1)  # its row, so the next test counts from here
+    assert call["endpoint"] == "cursor.chat" and call["error"] is None
 
 
 def unary(text: str) -> bytes:
