@@ -177,3 +177,12 @@ def test_warn_passes_a_stream_byte_for_byte_and_records_the_findings(
     assert {(r["action"], r["location"], r["session"]) for r in rows} == {
         ("warned", "message", "cursor-sess")
     }
+
+
+def test_warn_reads_a_unary_request_beside_it(warning: RunningProxy) -> None:
+    ConnectServer.received.clear()
+    body = unary(CONTEXT["npm-token"])
+    assert post(warning, body, "application/proto").status_code == 200
+    assert ConnectServer.received == [body]  # as sent
+    (row,) = findings_of(warning, {"npm-token"})
+    assert (row["action"], row["location"]) == ("warned", "message")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from devmeter.providers import cursor
 from devmeter.secrets.cursor_stream import CursorStream, inspect_body
-from devmeter.secrets.inspector import Reported, SecretInspector
+from devmeter.secrets.inspector import Outcome, Reported, SecretInspector
 from devmeter.secrets.policy import SecretsPolicy
 from devmeter.usage import Attribution
 from tests.secrets_corpus import DOTENV_FILE, PLANTED
@@ -72,6 +72,11 @@ def test_a_whole_body_is_redacted_or_refused(tmp_path: Path) -> None:
     assert rewritten is not None and PLANTED["stripe-key"] not in "".join(
         cursor.request_texts(rewritten)
     )
+    warned: list[Reported] = []
+    warner = inspector(tmp_path, "warn", warned)
+    assert inspect_body(warner, body, WHO, 1.0) == (Outcome(), None)  # read on the worker
+    warner.wait_idle()
+    assert {(f.kind, f.action) for f in warned} >= {("stripe-key", "warned")}
     blocked, unchanged = inspect_body(inspector(tmp_path, "block", []), body, WHO, 1.0)
     assert blocked.block is not None and unchanged is None
     assert "devmeter: refused: the request holds a secret" in blocked.block.message

@@ -30,7 +30,15 @@ def inspect_body(
     inspector: SecretInspector, body: bytes, who: Attribution, now: float
 ) -> tuple[Outcome, bytes | None]:
     """A whole Cursor request body: what to do with it, and its rewritten bytes when a
-    secret was redacted (None: send it as it is)."""
+    secret was redacted (None: send it as it is). warn reads it on the worker."""
+    mode = inspector.policy.strictest_possible(who.repo)
+    if mode == "off":
+        return Outcome(), None
+    if mode == "warn":
+        inspector.inspect_beside(
+            lambda: [("message", text) for text in cursor.request_texts(body)], who, now
+        )
+        return Outcome(), None
     texts = cursor.request_texts(body)
     if not texts:
         return Outcome(), None
