@@ -4,9 +4,9 @@ preview, repo, action) in the menu, a click that opens the dashboard's Secrets p
 from __future__ import annotations
 
 import http.client
+import sqlite3
 import time
 import urllib.parse
-from pathlib import Path
 from typing import Any
 
 from devmeter import control
@@ -73,14 +73,12 @@ def test_the_tooltip_counts_them_and_a_click_opens_the_secrets_page(
         assert secret not in page and secret not in icon.title, kind
 
 
-def test_a_ledger_from_before_findings_shows_none(tmp_path: Path) -> None:
-    import sqlite3
-
-    conn = sqlite3.connect(tmp_path / "old.sqlite")
-    conn.execute(
-        "CREATE TABLE calls (id INTEGER PRIMARY KEY, ts REAL, cost_pusd INTEGER, repo TEXT, "
-        "session TEXT, tool TEXT, status INTEGER, error TEXT, billing TEXT)"
-    )
-    conn.execute("CREATE TABLE alerts (id INTEGER PRIMARY KEY, ts REAL, kind TEXT, message TEXT)")
-    snap = snapshot(conn, time.time(), control.Control())
+def test_a_ledger_from_before_findings_shows_none(where: Any) -> None:  # noqa: F811
+    """A ledger the proxy has not migrated yet (no findings table): nothing, no error."""
+    write_calls(where.ledger, [call(NOW - 60)])
+    conn = sqlite3.connect(where.ledger)
+    conn.execute("DROP TABLE findings")
+    conn.commit()
+    snap = snapshot(conn, NOW, control.Control())
     assert snap.secrets_today == 0 and snap.latest_secret is None
+    assert snap.today_usd > 0  # the rest of the snapshot is still read
