@@ -172,7 +172,11 @@ def test_pause_refuses_everything_until_resume(proxy: RunningProxy) -> None:
         ask(client(proxy, "p"))
     assert "devmeter: metered traffic is paused" in caught.value.message
     assert "devmeter resume" in caught.value.message
-    (row,) = proxy.rows("session = 'p'")
+    deadline = time.monotonic() + 10  # the refusal's row is written just after it
+    while not (refused := proxy.rows("session = 'p'")):
+        assert time.monotonic() < deadline, "the refused call has no ledger row"
+        time.sleep(0.05)
+    (row,) = refused
     assert (row["refused_scope"], row["refused_key"], row["refused_cap_pusd"]) == (
         "pause", "all", None
     )  # fmt: skip
