@@ -558,7 +558,7 @@ def check_autostart(
         has_systemd = autostart.has_systemd_user() if systemd_user is None else systemd_user
         if not has_systemd:
             return Check(
-                "autostart", "amber", f"{autostart.NO_AUTOSTART}", autostart.START_BY_HAND
+                "autostart", "amber", autostart.NO_AUTOSTART, autostart.START_BY_HAND
             )
     return Check("autostart", "amber", "devmeter does not start at login", "`devmeter setup`")
 

@@ -46,7 +46,7 @@ ask_timeout_seconds = {timeout}
 
 [budgets.session]
 notify_usd = []
-ask_usd = [0.02, 0.04]
+ask_usd = [{first}, {second}]
 
 [budgets.day]
 notify_usd = []
@@ -200,10 +200,16 @@ def upstream() -> Iterator[FakeUpstream]:
 
 
 def desktop_proxy(
-    desktop: Desktop, upstream: FakeUpstream, home: Path, timeout: int
+    desktop: Desktop,
+    upstream: FakeUpstream,
+    home: Path,
+    timeout: int,
+    levels: tuple[float, float] = (0.02, 0.04),
 ) -> RunningProxy:
+    """A proxy on the test's desktop, asking at the session's two `levels`."""
     home.mkdir()
-    (home / "config.toml").write_text(CONFIG.format(timeout=timeout))
+    first, second = levels
+    (home / "config.toml").write_text(CONFIG.format(timeout=timeout, first=first, second=second))
     env = {k: desktop.env[k] for k in ("DISPLAY", "DBUS_SESSION_BUS_ADDRESS")}
     return start_proxy(home, upstream.url, env=env)
 
@@ -281,18 +287,7 @@ RUNAWAY_USAGE = {
     "input_tokens": 3000, "cache_read_tokens": 0, "cache_write_5m_tokens": 0,
     "cache_write_1h_tokens": 0, "output_tokens": 600, "reasoning_tokens": 0,
 }  # fmt: skip
-RUNAWAY_CONFIG = """
-[budgets]
-ask_timeout_seconds = 30
-
-[budgets.session]
-notify_usd = []
-ask_usd = [0.2, 0.4]
-
-[budgets.day]
-notify_usd = []
-ask_usd = []
-"""
+RUNAWAY_LEVELS = (0.2, 0.4)  # the runaways below cost ~$0.03 a call
 
 
 def test_a_claude_code_runaway_is_asked_continues_on_a_click_and_stops_unanswered(
@@ -303,11 +298,7 @@ def test_a_claude_code_runaway_is_asked_continues_on_a_click_and_stops_unanswere
     claude = cli("claude")
     loop = {"name": "Bash", "input": {"command": "ls", "description": "List files"}}
     with FakeUpstream(usage=RUNAWAY_USAGE, tool_use=loop) as fake:
-        home = tmp_path / "home"
-        home.mkdir()
-        (home / "config.toml").write_text(RUNAWAY_CONFIG)
-        env = {k: desktop.env[k] for k in ("DISPLAY", "DBUS_SESSION_BUS_ADDRESS")}
-        proxy = start_proxy(home, fake.url, env=env)
+        proxy = desktop_proxy(desktop, fake, tmp_path / "home", 30, RUNAWAY_LEVELS)
         repo = git_repo(tmp_path / "acme-api", "runaway")
         run = subprocess.Popen(
             [sys.executable, "-m", "devmeter", "run", "--", str(claude), "-p",
@@ -355,11 +346,7 @@ def test_a_codex_runaway_on_its_websocket_is_asked_and_stops_unanswered(
     codex = cli("codex")
     loop = {"name": "shell", "input": {"command": ["ls"]}}
     with FakeUpstream(usage=CODEX_RUNAWAY_USAGE, tool_use=loop, websocket=True) as fake:
-        home = tmp_path / "home"
-        home.mkdir()
-        (home / "config.toml").write_text(RUNAWAY_CONFIG)
-        env = {k: desktop.env[k] for k in ("DISPLAY", "DBUS_SESSION_BUS_ADDRESS")}
-        proxy = start_proxy(home, fake.url, env=env)
+        proxy = desktop_proxy(desktop, fake, tmp_path / "home", 30, RUNAWAY_LEVELS)
         repo = git_repo(tmp_path / "payments", "runaway")
         run = subprocess.Popen(
             [sys.executable, "-m", "devmeter", "run", "--", str(codex), "exec", "--json",
