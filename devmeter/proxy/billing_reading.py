@@ -9,14 +9,33 @@ call or its row.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from mitmproxy import http
 
 from devmeter.billing import OVERAGE, SUBSCRIPTION, Accounts
-from devmeter.providers import quota_headers
+from devmeter.providers import ResponseParser, quota_headers
 from devmeter.proxy.flow_state import FlowState, short_traceback
 from devmeter.usage import Call
+
+
+@dataclass(slots=True)
+class QuotaRead:
+    """What the answer says about quota so far, and the reader of Codex's rate-limits
+    events in an SSE answer (chatgpt.com) while its stream goes by."""
+
+    reading: quota_headers.QuotaReading | None = None
+    events: quota_headers.RateLimitEvents | None = None
+
+
+def _quota_of(state: FlowState) -> QuotaRead:
+    if state.quota is None:
+        state.quota = QuotaRead()
+    return state.quota
+
+
+def quota_reading(state: FlowState) -> quota_headers.QuotaReading | None:
+    return state.quota.reading if state.quota is not None else None
 
 
 def set_billing(
@@ -39,33 +58,37 @@ def read_quota(state: FlowState, headers: Mapping[str, str], now: float) -> None
     except Exception:
         reading = quota_headers.QuotaReading(notes=(f"quota headers: {short_traceback()}",))
     if reading.windows or reading.notes or reading.status:
-        state.quota = reading
+        _quota_of(state).reading = reading
 
 
-def sse_sink(state: FlowState) -> Callable[[bytes], None]:
+def read_rate_events(state: FlowState, now: float) -> None:
+    """Look for Codex's rate-limits events in this answer's SSE stream as it goes by."""
+    _quota_of(state).events = quota_headers.RateLimitEvents(now)
+
+
+def sse_sink(state: FlowState, parser: ResponseParser) -> Callable[[bytes], None]:
     """The parser's feed, also looking for Codex's rate-limits event (chatgpt.com SSE)."""
-    parser = state.parser
-    assert parser is not None
+    quota = _quota_of(state)
 
     def sink(data: bytes) -> None:
         parser.feed(data)
-        _scan_sse(state, data)
+        _scan_sse(quota, data)
 
     return sink
 
 
-def _scan_sse(state: FlowState, chunk: bytes) -> None:
+def _scan_sse(quota: QuotaRead, chunk: bytes) -> None:
     """Codex's rate-limits event in an SSE answer (chatgpt.com), from the decoded bytes;
     a failure only loses the reading."""
-    events = state.rate_events
+    events = quota.events
     assert events is not None
     try:
         events.feed(chunk)
     except Exception:
-        state.rate_events = None
+        quota.events = None
         return
     if events.readings:
-        state.quota = _merge(state.quota, events.readings.pop())
+        quota.reading = _merge(quota.reading, events.readings.pop())
         events.readings.clear()
 
 
@@ -75,7 +98,8 @@ def scan_ws_message(state: FlowState, content: bytes | str, now: float) -> None:
         events = quota_headers.RateLimitEvents(now)
         events.feed_message(content)
         if events.readings:
-            state.quota = _merge(state.quota, events.readings[-1])
+            quota = _quota_of(state)
+            quota.reading = _merge(quota.reading, events.readings[-1])
     except Exception:
         pass  # quota is a bonus: never a failed call
 
@@ -102,7 +126,7 @@ def with_billing(state: FlowState, call: Call) -> Call:
     says it was billed as extra usage. A quota value devmeter could not read is named in
     the row's error, and the call is otherwise untouched."""
     mode = state.billing.mode
-    reading = state.quota
+    reading = quota_reading(state)
     if reading is not None and reading.overage and mode == SUBSCRIPTION:
         mode = OVERAGE
     error = call.error

@@ -31,7 +31,7 @@ from devmeter.usage import Call, RequestInfo
 Signals = tuple[str | None, bool | None]
 
 
-@dataclass
+@dataclass(slots=True)
 class GuardHold:
     """What a call let through holds against its caps until it ends, and what the
     runaway detector reads of its request (loop fingerprint, human turn)."""
@@ -126,11 +126,11 @@ class GuardStage:
         if flow.request.stream:
             return  # streamed: decided at its headers (`unmetered_refusal`)
         state = self.unmetered_refusal(flow, host)
-        if state is not None and state.block is not None:
-            refuse(flow, state, state.block)
+        if state is not None and state.refused_by is not None:
+            refuse(flow, state, state.refused_by)
 
     def unmetered_refusal(self, flow: http.HTTPFlow, host: str) -> FlowState | None:
-        """The state of an unmetered request the guard refuses (its `block` says why, and
+        """The state of an unmetered request the guard refuses (its `refused_by` says why, and
         it is in the flow's metadata, for the row), or None to let it through."""
         if self.guard is None:
             return None
@@ -146,7 +146,6 @@ class GuardStage:
         if verdict.block is None:
             return None
         state = FlowState(unmetered_endpoint(host), info, now, attribution, host, upgrade=upgrade)
-        state.block = verdict.block
         state.blocked, state.refused_by = verdict.block.message, verdict.block
         flow.metadata[METADATA_KEY] = state
         return state

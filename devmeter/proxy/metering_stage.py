@@ -10,22 +10,22 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from mitmproxy import http
 
 from devmeter.attribution import lower_headers
 from devmeter.billing import Accounts
-from devmeter.decoding import decoder_for
+from devmeter.decoding import Decoder, decoder_for
 from devmeter.providers import (
     BATCH_APIS,
     Endpoint,
     new_response_parser,
     normalise_path,
-    quota_headers,
 )
 from devmeter.proxy import streaming
-from devmeter.proxy.billing_reading import read_quota, set_billing, sse_sink
+from devmeter.proxy.billing_reading import read_quota, read_rate_events, set_billing, sse_sink
 from devmeter.proxy.cursor_stage import request_whole
 from devmeter.proxy.flow_state import (
     METADATA_KEY,
@@ -42,6 +42,15 @@ from devmeter.usage import ResponseResult, Usage
 # What the later request stages need of a call the metering stage started: its state,
 # its headers (lower-case names), its body as sent, and that body parsed (None if not).
 Started = tuple[FlowState, Mapping[str, str], bytes, "dict[str, Any] | None"]
+
+
+@dataclass(slots=True)
+class ResponseTap:
+    """The answer's decoder as its body streams through the tap, and whether the body
+    went past the decode budget (then the call is estimated, not read)."""
+
+    decoder: Decoder | None
+    body_unread: bool = False
 
 
 class MeteringStage:
@@ -102,7 +111,7 @@ class MeteringStage:
             state.parser = new_response_parser(
                 state.endpoint, state.request, headers.get("content-type", "")
             )
-            state.decoder = decoder_for(headers.get("content-encoding"))
+            state.tap = ResponseTap(decoder_for(headers.get("content-encoding")))
         except Exception:
             state.tap_error = short_traceback()
             return  # buffered instead, and parsed whole in `response`
@@ -115,7 +124,7 @@ class MeteringStage:
             state, _body_length(headers), lambda: self.finish(flow, complete_hint=True)
         )
         if state.host == "chatgpt.com" and "event-stream" in headers.get("content-type", ""):
-            state.rate_events = quota_headers.RateLimitEvents(self._clock())
+            read_rate_events(state, self._clock())
 
     def finish(self, flow: http.HTTPFlow, complete_hint: bool) -> None:
         """The call ended (its answer whole, or cut short): its row, then its state let go."""
@@ -135,6 +144,7 @@ class MeteringStage:
         try:
             status = flow.response.status_code if flow.response is not None else None
             result = _result(state)
+            body_unread = state.tap is not None and state.tap.body_unread
             if state.request_reader is not None:
                 # The request streamed alongside the answer: only now is it whole.
                 state.request, result = request_whole(state.request_reader, result)
@@ -152,12 +162,12 @@ class MeteringStage:
                 stopped = streaming.parse_whole_body(parser, flow.response)
                 result = parser.result()
                 if stopped is not None:
-                    state.tap_error, state.body_unread = stopped, True
+                    state.tap_error, body_unread = stopped, True
             if state.endpoint.api == "openai.batch" and result.usage is None:
                 self._guards.settle(state)  # the status of a batch still running: no call yet
                 release(flow, state)
                 return
-            result = streaming.with_estimate_if_unread(result, state.request, state.body_unread)
+            result = streaming.with_estimate_if_unread(result, state.request, body_unread)
             batch_cut = state.endpoint.api in BATCH_APIS and not complete_hint
             if batch_cut:
                 # Metered when read whole: counting part of it now would count that part
@@ -221,15 +231,23 @@ def _tap(
     before the last chunk is handed on.
     """
     received = 0
+    response_tap = state.tap
+    assert response_tap is not None
 
     def tap(chunk: bytes) -> bytes:
         nonlocal received
-        if state.tap_error is None and state.parser is not None and state.decoder is not None:
+        decoder = response_tap.decoder
+        if state.tap_error is None and state.parser is not None and decoder is not None:
             try:
-                sink = state.parser.feed if state.rate_events is None else sse_sink(state)
-                state.decoder.feed(chunk, sink)
-                if state.decoder.limit_error is not None:
-                    state.tap_error, state.body_unread = state.decoder.limit_error, True
+                quota = state.quota
+                sink = (
+                    state.parser.feed
+                    if quota is None or quota.events is None
+                    else sse_sink(state, state.parser)
+                )
+                decoder.feed(chunk, sink)
+                if decoder.limit_error is not None:
+                    state.tap_error, response_tap.body_unread = decoder.limit_error, True
             except Exception:
                 state.tap_error = f"could not read the response: {short_traceback()}"
         received += len(chunk)
@@ -252,6 +270,6 @@ def _body_length(headers: Mapping[str, str]) -> int | None:
 def _result(state: FlowState) -> ResponseResult:
     if state.parser is None:
         return ResponseResult(usage=None, complete=False)
-    if state.decoder is None and state.tap_error is None:
+    if (state.tap is None or state.tap.decoder is None) and state.tap_error is None:
         state.tap_error = "response body in an encoding devmeter cannot decode"
     return state.parser.result()

@@ -16,7 +16,7 @@ from devmeter import metering
 from devmeter.billing import Billing
 from devmeter.pricing import PriceOverride
 from devmeter.providers import quota_headers
-from devmeter.proxy.billing_reading import with_billing
+from devmeter.proxy.billing_reading import quota_reading, with_billing
 from devmeter.proxy.flow_state import FlowState, short_traceback, state_of
 from devmeter.proxy.guard_stage import GuardStage, Signals
 from devmeter.proxy.routing_stage import RoutingStage
@@ -92,7 +92,7 @@ class Recorder:
         self.record(call)
         if self._on_billed is not None:
             try:
-                self._on_billed(call, state.billing, state.quota)
+                self._on_billed(call, state.billing, quota_reading(state))
             except Exception:
                 log.warning("devmeter: quota bookkeeping failed: %s", short_traceback())
         self._guards.observe(call, state, signals)

@@ -26,7 +26,7 @@ from devmeter.usage import Call
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(slots=True)
 class RouteState:
     """A routed call: its plan, the request as the client sent it (while a fallback may
     still need it), and whether the fallback's answer is the one the client got."""

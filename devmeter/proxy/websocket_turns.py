@@ -29,7 +29,7 @@ from devmeter.proxy.secrets_stage import SecretsStage
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
 
-@dataclass
+@dataclass(slots=True)
 class SocketTurns:
     """The turns under way on one socket, oldest first."""
 
