@@ -319,3 +319,51 @@ def test_realtime_client_events_yield_their_text_and_never_audio() -> None:
     assert [(p.text) for p in all_pieces("openai.realtime", events[1])] == [
         "say hi", f"key {stripe}",
     ]  # fmt: skip
+
+
+def test_a_toy_wire_format_registered_from_a_test_has_its_new_turn_inspected(
+    tmp_path: Path,
+) -> None:
+    # The inspector knows no API by name: a format's WireFormat says which of its
+    # strings are the new turn and which were sent before (providers/registry.py).
+    from collections.abc import Iterator
+
+    from devmeter.providers import registry
+    from devmeter.providers.turn_text import Piece, last_index, strings
+
+    def said_by(turns: list[Any]) -> Iterator[Piece]:
+        for turn in turns:
+            if isinstance(turn, dict):
+                yield from strings(turn.get("say"), "message", turn, "say")
+
+    def new_turn(doc: dict[str, Any]) -> Iterator[Piece]:
+        turns = doc.get("turns") or []
+        yield from said_by(turns[last_index(turns, lambda t: t.get("who") == "bot") + 1 :])
+
+    def sent(doc: dict[str, Any]) -> Iterator[Piece]:
+        yield from said_by(doc.get("turns") or [])
+
+    toy = "acme.secret_toy"
+    registry.register(registry.WireFormat(
+        toy, "acme", lambda *_: None, lambda s, m: {}, new_turn=new_turn, sent_text=sent,  # type: ignore[arg-type,return-value]
+    ))  # fmt: skip
+    try:
+        stripe, key = PLANTED["stripe-key"], CONTEXT["private-key"]
+        doc = {"turns": [{"who": "me", "say": f"use {stripe}"}, {"who": "bot", "say": "ok"},
+                         {"who": "me", "say": f"and this key:\n{key}"}]}  # fmt: skip
+        warned = Sink()
+        warn = inspector(tmp_path, SecretsPolicy(), warned)
+        warn.inspect(toy, copy.deepcopy(doc), WHO, 1.0)
+        warn.wait_idle()
+        assert [f.kind for f in warned.found] == ["private-key"]  # the new turn's only
+
+        redacted = Sink()
+        outcome = inspector(tmp_path, SecretsPolicy(mode="redact"), redacted).inspect(
+            toy, doc, WHO, 2.0
+        )
+        assert outcome.redacted and stripe not in json.dumps(doc) and key not in json.dumps(doc)
+        where = {f.kind: f.location for f in redacted.found}
+        assert where == {"stripe-key": "earlier in the conversation", "private-key": "message"}
+    finally:
+        registry.unregister(toy)
+    assert new_pieces(toy, doc) == [] and all_pieces(toy, {"turns": []}) == []

@@ -16,6 +16,7 @@ from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
 from devmeter.providers.paths import READ, free_rules
 from devmeter.providers.registry import Endpoint, WireFormat, register, register_host
 from devmeter.providers.request import flag, set_int
+from devmeter.providers.turn_text import anthropic_new_turn
 from devmeter.usage import RequestInfo, Usage
 
 # The usage fields that are counts or objects of counts; each one seen overwrites.
@@ -240,6 +241,7 @@ register(
         error_body,
         parse_json=_parse,
         conversation=conversation,
+        new_turn=anthropic_new_turn,
         rewrite=anthropic_rewrite.adapt,
     )
 )
@@ -251,6 +253,7 @@ register(
         error_body,
         parse_json=_parse,
         conversation=conversation,
+        new_turn=anthropic_new_turn,
     )
 )
 register_host(

@@ -43,6 +43,7 @@ from devmeter.alerts import Refusal
 from devmeter.providers.base import ERROR_CAP, TEXT_CAP, TextBuffer, error_text
 from devmeter.providers.openai_chat import error_body
 from devmeter.providers.registry import Endpoint, WireFormat, fixed, register, register_host
+from devmeter.providers.turn_text import cursor_texts
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
 # Keys of RequestInfo.facts this module fills.
@@ -920,6 +921,8 @@ register(
         error_body,
         parse_bytes=lambda body, endpoint: parse_request(body),
         refusal=refusal,
+        new_turn=cursor_texts,
+        sent_text=cursor_texts,
     )
 )
 register_host(

@@ -19,6 +19,7 @@ from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
 from devmeter.providers.paths import READ, free_rules
 from devmeter.providers.registry import Endpoint, WireFormat, register, register_host
 from devmeter.providers.request import flag, set_int
+from devmeter.providers.turn_text import gemini_conversation_text, gemini_new_turn
 from devmeter.tokens import estimate_tokens
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
@@ -225,6 +226,8 @@ register(
         error_body,
         parse_json=lambda doc, endpoint: parse_request(doc, endpoint.path_model, endpoint.stream),
         conversation=conversation,
+        new_turn=gemini_new_turn,
+        sent_text=gemini_conversation_text,
     )
 )
 register(
@@ -234,6 +237,8 @@ register(
         lambda endpoint, request, content_type: EmbedParser(request, content_type),
         error_body,
         parse_json=lambda doc, endpoint: parse_embed_request(doc, endpoint.path_model),
+        new_turn=gemini_new_turn,
+        sent_text=gemini_conversation_text,
     )
 )
 register_host(

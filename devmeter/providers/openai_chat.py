@@ -18,6 +18,7 @@ from devmeter.providers import openai_rewrite
 from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
 from devmeter.providers.registry import Endpoint, WireFormat, register
 from devmeter.providers.request import flag, set_int, stream_facts
+from devmeter.providers.turn_text import embeddings_input, openai_chat_new_turn
 from devmeter.usage import RequestInfo, Usage
 
 # --- requests -------------------------------------------------------------------------
@@ -211,6 +212,7 @@ register(
         error_body,
         parse_json=_parse,
         conversation=conversation,
+        new_turn=openai_chat_new_turn,
         rewrite=openai_rewrite.adapt_chat,
     )
 )
@@ -222,5 +224,6 @@ register(
         lambda endpoint, request, content_type: EmbeddingsParser(request, content_type),
         error_body,
         parse_json=lambda doc, endpoint: parse_embeddings_request(doc, endpoint.path_model),
+        new_turn=embeddings_input,
     )
 )

@@ -21,6 +21,7 @@ from typing import Any
 from devmeter.providers.base import BaseParser, as_dict, as_int, as_str, error_text
 from devmeter.providers.openai_chat import error_body
 from devmeter.providers.registry import Endpoint, WireFormat, register
+from devmeter.providers.turn_text import realtime_event_text
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
 # What OpenAI uses when a request names no model.
@@ -270,5 +271,8 @@ register(
         bodyless=True,
         methods=None,
         query_model=True,
+        # A Realtime socket sends events, never the conversation again: each is all new.
+        new_turn=realtime_event_text,
+        sent_text=realtime_event_text,
     )
 )

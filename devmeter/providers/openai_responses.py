@@ -29,6 +29,7 @@ from devmeter.providers.base import (
 from devmeter.providers.openai_chat import error_body, output_with_reasoning
 from devmeter.providers.registry import Endpoint, WireFormat, register
 from devmeter.providers.request import flag, set_int, stream_facts
+from devmeter.providers.turn_text import openai_responses_new_turn
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
 _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -263,6 +264,7 @@ register(
         # Codex CLI's Responses-over-WebSocket opens with a GET.
         methods=frozenset({"POST", "GET"}),
         conversation=conversation,
+        new_turn=openai_responses_new_turn,
         rewrite=openai_rewrite.adapt_responses,
     )
 )

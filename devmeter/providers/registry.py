@@ -13,10 +13,11 @@ Pure data and lookups: no parsing here, and nothing above `providers/` is import
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from devmeter.providers.turn_text import Piece, conversation_text
 from devmeter.usage import RequestInfo
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ class Endpoint:
 RewriteAdapter = Callable[[dict[str, Any], dict[str, str], "ModelSpec", str, str, list[str]], None]
 # (status, message) -> the JSON error body this API's clients read.
 ErrorBody = Callable[[int, str], dict[str, Any]]
+# The strings of a parsed body, each pointing into it (for redaction in place).
+TextView = Callable[[dict[str, Any]], Iterable[Piece]]
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,13 @@ class WireFormat:
     # The conversation items of a parsed body (whose blocks may be images, whose last
     # turn a loop repeats); None: the body holds no conversation.
     conversation: Callable[[dict[str, Any]], list[Any] | None] | None = None
+    # The turn the user or agent is about to send: what follows the model's last turn
+    # (the secrets inspector reports a secret in the turn that first sent it); None: no
+    # text of its requests is inspected.
+    new_turn: TextView | None = None
+    # Every string of its conversation, re-sent turns too (what blocking and redaction
+    # look at); None: the strings under the usual conversation keys (turn_text.py).
+    sent_text: TextView | None = None
     # Adapts a request to another model of the same provider; None: not rewritable.
     rewrite: RewriteAdapter | None = None
     # The whole answer to a refused call, for a format whose errors are not a JSON body
@@ -212,6 +222,24 @@ def error_body(api: str, status: int, message: str) -> dict[str, Any]:
     if shape is None:
         shape = _FAMILY_ERRORS["openai"]
     return shape(status, message)
+
+
+def new_turn(api: str, doc: Any) -> list[Piece]:
+    """The new strings of a request body (or a WebSocket frame) of wire format `api`."""
+    wire = _FORMATS.get(api)
+    if wire is None or wire.new_turn is None or not isinstance(doc, dict):
+        return []
+    return list(wire.new_turn(doc))
+
+
+def sent_text(api: str, doc: Any) -> list[Piece]:
+    """Every string of the request's conversation (a secret sent in an earlier turn is
+    re-sent with every later one)."""
+    if not isinstance(doc, dict):
+        return []
+    wire = _FORMATS.get(api)
+    view = wire.sent_text if wire is not None and wire.sent_text is not None else None
+    return list(view(doc) if view is not None else conversation_text(doc))
 
 
 def any_conversation(doc: dict[str, Any]) -> list[Any] | None:
