@@ -30,6 +30,65 @@ from devmeter.spool import Mark, Spool, SpoolBusy, spool_dir
 from devmeter.spool import pending as spool_pending
 from devmeter.usage import Call
 
+# The sums every v10 rollup keeps, and how a call's row adds to them and comes off them:
+# one text for rollup_group, rollup_session and rollup_day (migration v10), which differ
+# only in their keys. The text is exactly what v10 shipped with: SQLite keeps it in
+# sqlite_master (tests/fixtures/ledger/v10_rollup_triggers.json).
+_SUMMED = (
+    "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
+    "reasoning_tokens", "cost_pusd", "unpriced", "estimated", "billed_pusd", "covered_pusd",
+)  # fmt: skip
+_NEW_SUMS = """\
+            1, NEW.input_tokens, NEW.cache_read_tokens, NEW.cache_write_tokens,
+            NEW.output_tokens, NEW.reasoning_tokens, coalesce(NEW.cost_pusd, 0),
+            NEW.cost_pusd IS NULL, NEW.estimated,
+            CASE WHEN NEW.billing IN ('api', 'overage') THEN coalesce(NEW.cost_pusd, 0) ELSE 0 END,
+            CASE WHEN NEW.billing = 'subscription' THEN coalesce(NEW.cost_pusd, 0) ELSE 0 END
+"""
+_OLD_SUMS = """\
+            requests = requests - 1,
+            input_tokens = input_tokens - OLD.input_tokens,
+            cache_read_tokens = cache_read_tokens - OLD.cache_read_tokens,
+            cache_write_tokens = cache_write_tokens - OLD.cache_write_tokens,
+            output_tokens = output_tokens - OLD.output_tokens,
+            reasoning_tokens = reasoning_tokens - OLD.reasoning_tokens,
+            cost_pusd = cost_pusd - coalesce(OLD.cost_pusd, 0),
+            unpriced = unpriced - (OLD.cost_pusd IS NULL),
+            estimated = estimated - OLD.estimated,
+            billed_pusd = billed_pusd - CASE WHEN OLD.billing IN ('api', 'overage')
+                THEN coalesce(OLD.cost_pusd, 0) ELSE 0 END,
+            covered_pusd = covered_pusd - CASE WHEN OLD.billing = 'subscription'
+                THEN coalesce(OLD.cost_pusd, 0) ELSE 0 END
+"""
+
+
+def _rollup_triggers(table: str, new_key: str, old_key: str, emptied: str) -> str:
+    """The insert and delete triggers that keep rollup `table` equal to the sums of the
+    calls rows. `new_key`: the key's values from NEW (the VALUES lines before the sums);
+    `old_key`: the WHERE that finds OLD's rollup row; `emptied`: what narrows the delete
+    of the rows left with no request to the ones OLD's could have emptied."""
+    added = "".join(
+        f"            {c} = {c} + excluded.{c}{';' if c == _SUMMED[-1] else ','}\n"
+        for c in _SUMMED
+    )
+    return f"""\
+    CREATE TRIGGER calls_{table} AFTER INSERT ON calls BEGIN
+        INSERT INTO {table} VALUES (
+{new_key}{_NEW_SUMS}        )
+        ON CONFLICT DO UPDATE SET
+            requests = requests + 1,
+{added}    END;
+    CREATE TRIGGER calls_{table}_delete AFTER DELETE ON calls BEGIN
+        UPDATE {table} SET
+{_OLD_SUMS}        WHERE {old_key};
+        DELETE FROM {table} WHERE requests <= 0{emptied};
+    END;
+"""
+
+
+_BUCKET_OF_OLD = " AND bucket = CAST(OLD.ts / 900 AS INTEGER)"
+_LOCAL_DAY = "CAST(strftime('%s', {0}.ts, 'unixepoch', 'localtime') AS INTEGER)"
+
 # Numbered migrations: index + 1 is the schema version after it runs. Append, never edit.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -342,51 +401,19 @@ MIGRATIONS: tuple[str, ...] = (
         covered_pusd INTEGER NOT NULL,
         PRIMARY KEY (bucket, repo, tool, provider, model)
     ) WITHOUT ROWID;
-    CREATE TRIGGER calls_rollup_group AFTER INSERT ON calls BEGIN
-        INSERT INTO rollup_group VALUES (
+""" + _rollup_triggers(
+        "rollup_group",
+        """\
             CAST(NEW.ts / 900 AS INTEGER), coalesce(NEW.repo, ''), NEW.tool, NEW.provider,
             coalesce(NEW.model, NEW.requested_model, ''),
-            1, NEW.input_tokens, NEW.cache_read_tokens, NEW.cache_write_tokens,
-            NEW.output_tokens, NEW.reasoning_tokens, coalesce(NEW.cost_pusd, 0),
-            NEW.cost_pusd IS NULL, NEW.estimated,
-            CASE WHEN NEW.billing IN ('api', 'overage') THEN coalesce(NEW.cost_pusd, 0) ELSE 0 END,
-            CASE WHEN NEW.billing = 'subscription' THEN coalesce(NEW.cost_pusd, 0) ELSE 0 END
-        )
-        ON CONFLICT DO UPDATE SET
-            requests = requests + 1,
-            input_tokens = input_tokens + excluded.input_tokens,
-            cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
-            cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
-            output_tokens = output_tokens + excluded.output_tokens,
-            reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
-            cost_pusd = cost_pusd + excluded.cost_pusd,
-            unpriced = unpriced + excluded.unpriced,
-            estimated = estimated + excluded.estimated,
-            billed_pusd = billed_pusd + excluded.billed_pusd,
-            covered_pusd = covered_pusd + excluded.covered_pusd;
-    END;
-    CREATE TRIGGER calls_rollup_group_delete AFTER DELETE ON calls BEGIN
-        UPDATE rollup_group SET
-            requests = requests - 1,
-            input_tokens = input_tokens - OLD.input_tokens,
-            cache_read_tokens = cache_read_tokens - OLD.cache_read_tokens,
-            cache_write_tokens = cache_write_tokens - OLD.cache_write_tokens,
-            output_tokens = output_tokens - OLD.output_tokens,
-            reasoning_tokens = reasoning_tokens - OLD.reasoning_tokens,
-            cost_pusd = cost_pusd - coalesce(OLD.cost_pusd, 0),
-            unpriced = unpriced - (OLD.cost_pusd IS NULL),
-            estimated = estimated - OLD.estimated,
-            billed_pusd = billed_pusd - CASE WHEN OLD.billing IN ('api', 'overage')
-                THEN coalesce(OLD.cost_pusd, 0) ELSE 0 END,
-            covered_pusd = covered_pusd - CASE WHEN OLD.billing = 'subscription'
-                THEN coalesce(OLD.cost_pusd, 0) ELSE 0 END
-        WHERE bucket = CAST(OLD.ts / 900 AS INTEGER)
+""",
+        """bucket = CAST(OLD.ts / 900 AS INTEGER)
             AND repo = coalesce(OLD.repo, '')
             AND tool = OLD.tool
             AND provider = OLD.provider
-            AND model = coalesce(OLD.model, OLD.requested_model, '');
-        DELETE FROM rollup_group WHERE requests <= 0 AND bucket = CAST(OLD.ts / 900 AS INTEGER);
-    END;
+            AND model = coalesce(OLD.model, OLD.requested_model, '')""",
+        _BUCKET_OF_OLD,
+    ) + """\
     INSERT INTO rollup_group
         SELECT bucket, repo, tool, provider, model, sum(requests), sum(input_tokens),
                sum(cache_read_tokens), sum(cache_write_tokens), sum(output_tokens),
@@ -409,47 +436,15 @@ MIGRATIONS: tuple[str, ...] = (
         covered_pusd INTEGER NOT NULL,
         PRIMARY KEY (bucket, session)
     ) WITHOUT ROWID;
-    CREATE TRIGGER calls_rollup_session AFTER INSERT ON calls BEGIN
-        INSERT INTO rollup_session VALUES (
+""" + _rollup_triggers(
+        "rollup_session",
+        """\
             CAST(NEW.ts / 900 AS INTEGER), coalesce(NEW.session, ''),
-            1, NEW.input_tokens, NEW.cache_read_tokens, NEW.cache_write_tokens,
-            NEW.output_tokens, NEW.reasoning_tokens, coalesce(NEW.cost_pusd, 0),
-            NEW.cost_pusd IS NULL, NEW.estimated,
-            CASE WHEN NEW.billing IN ('api', 'overage') THEN coalesce(NEW.cost_pusd, 0) ELSE 0 END,
-            CASE WHEN NEW.billing = 'subscription' THEN coalesce(NEW.cost_pusd, 0) ELSE 0 END
-        )
-        ON CONFLICT DO UPDATE SET
-            requests = requests + 1,
-            input_tokens = input_tokens + excluded.input_tokens,
-            cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
-            cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
-            output_tokens = output_tokens + excluded.output_tokens,
-            reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
-            cost_pusd = cost_pusd + excluded.cost_pusd,
-            unpriced = unpriced + excluded.unpriced,
-            estimated = estimated + excluded.estimated,
-            billed_pusd = billed_pusd + excluded.billed_pusd,
-            covered_pusd = covered_pusd + excluded.covered_pusd;
-    END;
-    CREATE TRIGGER calls_rollup_session_delete AFTER DELETE ON calls BEGIN
-        UPDATE rollup_session SET
-            requests = requests - 1,
-            input_tokens = input_tokens - OLD.input_tokens,
-            cache_read_tokens = cache_read_tokens - OLD.cache_read_tokens,
-            cache_write_tokens = cache_write_tokens - OLD.cache_write_tokens,
-            output_tokens = output_tokens - OLD.output_tokens,
-            reasoning_tokens = reasoning_tokens - OLD.reasoning_tokens,
-            cost_pusd = cost_pusd - coalesce(OLD.cost_pusd, 0),
-            unpriced = unpriced - (OLD.cost_pusd IS NULL),
-            estimated = estimated - OLD.estimated,
-            billed_pusd = billed_pusd - CASE WHEN OLD.billing IN ('api', 'overage')
-                THEN coalesce(OLD.cost_pusd, 0) ELSE 0 END,
-            covered_pusd = covered_pusd - CASE WHEN OLD.billing = 'subscription'
-                THEN coalesce(OLD.cost_pusd, 0) ELSE 0 END
-        WHERE bucket = CAST(OLD.ts / 900 AS INTEGER)
-            AND session = coalesce(OLD.session, '');
-        DELETE FROM rollup_session WHERE requests <= 0 AND bucket = CAST(OLD.ts / 900 AS INTEGER);
-    END;
+""",
+        """bucket = CAST(OLD.ts / 900 AS INTEGER)
+            AND session = coalesce(OLD.session, '')""",
+        _BUCKET_OF_OLD,
+    ) + """\
     INSERT INTO rollup_session
         SELECT bucket, session, sum(requests), sum(input_tokens),
                sum(cache_read_tokens), sum(cache_write_tokens), sum(output_tokens),
@@ -478,55 +473,23 @@ MIGRATIONS: tuple[str, ...] = (
         covered_pusd INTEGER NOT NULL,
         PRIMARY KEY (day, utc_offset, repo, tool, provider, model)
     ) WITHOUT ROWID;
-    CREATE TRIGGER calls_rollup_day AFTER INSERT ON calls BEGIN
-        INSERT INTO rollup_day VALUES (
-            CAST(strftime('%s', NEW.ts, 'unixepoch', 'localtime') AS INTEGER) / 86400,
-            (CAST(strftime('%s', NEW.ts, 'unixepoch', 'localtime') AS INTEGER)
+""" + _rollup_triggers(
+        "rollup_day",
+        f"""\
+            {_LOCAL_DAY.format("NEW")} / 86400,
+            ({_LOCAL_DAY.format("NEW")}
                 - CAST(NEW.ts AS INTEGER)) / 900,
             coalesce(NEW.repo, ''), NEW.tool, NEW.provider,
             coalesce(NEW.model, NEW.requested_model, ''),
-            1, NEW.input_tokens, NEW.cache_read_tokens, NEW.cache_write_tokens,
-            NEW.output_tokens, NEW.reasoning_tokens, coalesce(NEW.cost_pusd, 0),
-            NEW.cost_pusd IS NULL, NEW.estimated,
-            CASE WHEN NEW.billing IN ('api', 'overage') THEN coalesce(NEW.cost_pusd, 0) ELSE 0 END,
-            CASE WHEN NEW.billing = 'subscription' THEN coalesce(NEW.cost_pusd, 0) ELSE 0 END
-        )
-        ON CONFLICT DO UPDATE SET
-            requests = requests + 1,
-            input_tokens = input_tokens + excluded.input_tokens,
-            cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
-            cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
-            output_tokens = output_tokens + excluded.output_tokens,
-            reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
-            cost_pusd = cost_pusd + excluded.cost_pusd,
-            unpriced = unpriced + excluded.unpriced,
-            estimated = estimated + excluded.estimated,
-            billed_pusd = billed_pusd + excluded.billed_pusd,
-            covered_pusd = covered_pusd + excluded.covered_pusd;
-    END;
-    CREATE TRIGGER calls_rollup_day_delete AFTER DELETE ON calls BEGIN
-        UPDATE rollup_day SET
-            requests = requests - 1,
-            input_tokens = input_tokens - OLD.input_tokens,
-            cache_read_tokens = cache_read_tokens - OLD.cache_read_tokens,
-            cache_write_tokens = cache_write_tokens - OLD.cache_write_tokens,
-            output_tokens = output_tokens - OLD.output_tokens,
-            reasoning_tokens = reasoning_tokens - OLD.reasoning_tokens,
-            cost_pusd = cost_pusd - coalesce(OLD.cost_pusd, 0),
-            unpriced = unpriced - (OLD.cost_pusd IS NULL),
-            estimated = estimated - OLD.estimated,
-            billed_pusd = billed_pusd - CASE WHEN OLD.billing IN ('api', 'overage')
-                THEN coalesce(OLD.cost_pusd, 0) ELSE 0 END,
-            covered_pusd = covered_pusd - CASE WHEN OLD.billing = 'subscription'
-                THEN coalesce(OLD.cost_pusd, 0) ELSE 0 END
-        WHERE day = CAST(strftime('%s', OLD.ts, 'unixepoch', 'localtime') AS INTEGER) / 86400
-            AND utc_offset = (CAST(strftime('%s', OLD.ts, 'unixepoch', 'localtime') AS INTEGER)
+""",
+        f"""day = {_LOCAL_DAY.format("OLD")} / 86400
+            AND utc_offset = ({_LOCAL_DAY.format("OLD")}
                 - CAST(OLD.ts AS INTEGER)) / 900
             AND repo = coalesce(OLD.repo, '') AND tool = OLD.tool AND provider = OLD.provider
-            AND model = coalesce(OLD.model, OLD.requested_model, '');
-        DELETE FROM rollup_day WHERE requests <= 0
-            AND day = CAST(strftime('%s', OLD.ts, 'unixepoch', 'localtime') AS INTEGER) / 86400;
-    END;
+            AND model = coalesce(OLD.model, OLD.requested_model, '')""",
+        f"""
+            AND day = {_LOCAL_DAY.format("OLD")} / 86400""",
+    ) + """\
     INSERT INTO rollup_day
         SELECT CAST(strftime('%s', bucket * 900, 'unixepoch', 'localtime') AS INTEGER) / 86400,
                (CAST(strftime('%s', bucket * 900, 'unixepoch', 'localtime') AS INTEGER)
