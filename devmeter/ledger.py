@@ -503,6 +503,14 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 BUCKET_SECONDS = 900
+# What routing saved on a call (routed: the requested model's cost less what it cost) or
+# would have saved (shadow: what it cost less the target's), in pico-dollars; NULL when
+# either price is missing or the call was not routed. The savings report and the
+# exporters' counters both sum it.
+SAVING_PUSD = (
+    "CASE routing WHEN 'routed' THEN alt_cost_pusd - cost_pusd"
+    " WHEN 'shadow' THEN cost_pusd - alt_cost_pusd END"
+)
 
 CALL_COLUMNS = (
     "ts", "tool", "provider", "endpoint", "host", "requested_model", "model", "session",

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from devmeter.clock import local_midnight
 from devmeter.labels import SESSION_WHOLE  # an id this short is shown whole
-from devmeter.ledger import BUCKET_SECONDS
+from devmeter.ledger import BUCKET_SECONDS, SAVING_PUSD
 from devmeter.money import from_pusd, usd
 from devmeter.safe_text import safe_text
 from devmeter.text_table import TextTable, render
@@ -256,9 +256,7 @@ def savings(
         params.append(until)
     sql = f"""
         SELECT routing, route_rule, requested_model, route_target, count(*),
-               sum(cost_pusd), sum(alt_cost_pusd),
-               sum(CASE routing WHEN 'routed' THEN alt_cost_pusd - cost_pusd
-                                WHEN 'shadow' THEN cost_pusd - alt_cost_pusd END)
+               sum(cost_pusd), sum(alt_cost_pusd), sum({SAVING_PUSD})
         FROM calls {where}
         GROUP BY routing, route_rule, requested_model, route_target
         ORDER BY routing, route_rule, requested_model
@@ -270,6 +268,13 @@ def savings(
             item[money] = from_pusd(item[money])
         rows.append(item)
     return rows
+
+
+def savings_totals(rows: Sequence[dict[str, Any]]) -> tuple[Decimal, Decimal]:
+    """(what routing saved, what shadow mode would have saved) over `savings` rows."""
+    saved = sum((r["saving_usd"] or 0 for r in rows if r["routing"] == "routed"), Decimal(0))
+    would = sum((r["saving_usd"] or 0 for r in rows if r["routing"] == "shadow"), Decimal(0))
+    return saved, would
 
 
 def savings_table(rows: Sequence[dict[str, Any]], width: int | None = None) -> str:
@@ -288,8 +293,7 @@ def savings_table(rows: Sequence[dict[str, Any]], width: int | None = None) -> s
         ]
         for r in rows
     ]  # fmt: skip
-    saved = sum((r["saving_usd"] or 0 for r in rows if r["routing"] == "routed"), Decimal(0))
-    would = sum((r["saving_usd"] or 0 for r in rows if r["routing"] == "shadow"), Decimal(0))
+    saved, would = savings_totals(rows)
     summary = (
         f"saved {format_usd(saved)} by routing; shadow mode would have saved "
         f"{format_usd(would)} more"
@@ -349,6 +353,7 @@ def _request_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _saving(routing: str | None, cost: Decimal | None, alt: Decimal | None) -> Decimal | None:
+    """A request row's `ledger.SAVING_PUSD`, from its dollars."""
     if cost is None or alt is None:
         return None
     if routing == "routed":

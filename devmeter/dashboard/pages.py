@@ -299,8 +299,7 @@ def _savings_html(rows: list[dict[str, Any]]) -> str:
             "<p>No routed or shadowed calls in this period. Routing runs in shadow mode once "
             "a rule in the config's [routing] section matches.</p>"
         )
-    saved = sum((r["saving_usd"] or 0 for r in rows if r["routing"] == "routed"), Decimal(0))
-    would = sum((r["saving_usd"] or 0 for r in rows if r["routing"] == "shadow"), Decimal(0))
+    saved, would = reports.savings_totals(rows)
     body = "".join(
         f'<tr data-mode="{escape(r["routing"])}" data-rule="{escape(r["rule"] or "")}">'
         f"<td>{escape(r['routing'])}</td><td>{_name(r['rule'] or '-', 40)}</td>"

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from devmeter.export.settings import Labels
-from devmeter.ledger import connect_readonly, read_quota
+from devmeter.ledger import SAVING_PUSD, connect_readonly, read_quota
 from devmeter.money import PICO
 from devmeter.paths import load_key_or_ephemeral
 
@@ -134,13 +134,11 @@ SELECT provider, coalesce(requested_model, model, ''), coalesce(model, requested
        coalesce(routing, ''), coalesce(route_rule, ''), {billing},
        count(*), sum(input_tokens), sum(cache_read_tokens), sum(cache_write_tokens),
        sum(output_tokens), sum(coalesce(cost_pusd, 0)), sum(cost_pusd IS NULL),
-       sum(CASE routing WHEN 'routed' THEN coalesce(alt_cost_pusd - cost_pusd, 0)
-                        WHEN 'shadow' THEN coalesce(cost_pusd - alt_cost_pusd, 0)
-                        ELSE 0 END),
+       sum(coalesce(SAVING_PUSD, 0)),
        min(id), max(id)
 FROM calls WHERE id > ? AND id <= ?
 GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
-"""
+""".replace("SAVING_PUSD", SAVING_PUSD)
 
 _COLUMN_OF = {
     "input": "input_tokens",
