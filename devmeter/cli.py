@@ -566,7 +566,10 @@ def cmd_quota(args: argparse.Namespace, config: Config, where: Paths) -> int:
 
     conn = connect_readonly(where.ledger)
     rows = quota_report.quota_rows(conn, config.section("accounts"), time.time()) if conn else []
-    out = quota_report.to_json(rows) if args.json else quota_report.to_table(rows)
+    if args.json:
+        out = quota_report.to_json(rows)
+    else:
+        out = quota_report.to_table(rows, _terminal_width())
     sys.stdout.write(out)
     return 0
 

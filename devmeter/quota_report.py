@@ -12,6 +12,8 @@ from typing import Any
 from devmeter.ledger import read_quota, read_quota_readings
 from devmeter.money import from_pusd
 from devmeter.quota import SpentCall, iso, pace, share
+from devmeter.safe_text import safe_text
+from devmeter.text_table import TextTable, render
 
 SHARE_NOTE = (
     "share is an estimate: each rise of a window is split among the calls between two "
@@ -74,28 +76,37 @@ def to_json(rows: Sequence[dict[str, Any]]) -> str:
     return json.dumps(list(rows), indent=1) + "\n"
 
 
-def to_table(rows: Sequence[dict[str, Any]]) -> str:
+def to_table(rows: Sequence[dict[str, Any]], width: int | None = None) -> str:
+    """The windows as a table (text_table.py, fitted to `width`), then each window's
+    top sessions by share, one line each."""
     if not rows:
         return (
             "No quota windows seen yet: they come with subscription calls (Claude Code with a "
             "Claude login, Codex with a ChatGPT login) and API rate-limit headers.\n"
         )
-    lines = []
+    headers = ["provider", "account", "window", "used", "status", "resets", "at this pace"]
+    body, shares = [], []
     for r in rows:
-        who = r["label"] or r["account"]
-        util = "?" if r["utilization"] is None else f"{r['utilization']:.0%}"
-        resets = _local(r["resets_at"])
-        status = r["status"] or "-"
-        line = f"{r['provider']:<10} {who:<22} {r['window']:<10} {util:>5}  {status:<16}"
-        line += f" resets {resets}" if resets else ""
-        if r["runs_out_before_reset"] and r["full_at"]:
-            line += f" · full at {_local(r['full_at'])} at this pace"
-        lines.append(line)
+        who = _cell(r["label"] or r["account"])
+        window = _cell(r["window"])
+        full_at = r["full_at"] if r["runs_out_before_reset"] else None
+        body.append([
+            _cell(r["provider"]), who, window,
+            "?" if r["utilization"] is None else f"{r['utilization']:.0%}",
+            _cell(r["status"]), _local(r["resets_at"]) or "-",
+            f"full at {_local(full_at)}" if full_at else "-",
+        ])  # fmt: skip
         top = list(r["share_by_session"].items())[:3]
         if top:
-            parts = ", ".join(f"{k[:16]} {v:.0%}" for k, v in top)
-            lines.append(f"{'':<10} share (estimate) by session: {parts}")
-    return "\n".join(lines) + "\n"
+            parts = ", ".join(f"{_cell(k)[:16]} {v:.0%}" for k, v in top)
+            shares.append(f"{who} {window}: share (estimate) by session: {parts}")
+    table = TextTable(headers, body, right=frozenset({3}), footer=shares, keep=frozenset({5}))
+    return render(table, width)
+
+
+def _cell(value: object) -> str:
+    """A cell from the network or the config: printable, bounded; "-" when empty."""
+    return safe_text(value, 40) if value not in (None, "") else "-"
 
 
 def _local(value: str | None) -> str:
