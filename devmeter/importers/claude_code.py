@@ -19,15 +19,14 @@ Prices come from devmeter's own pricing, exactly as for live rows.
 
 from __future__ import annotations
 
-import functools
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from devmeter import fastjson
-from devmeter.gitinfo import repo_for
-from devmeter.importers.history import SOURCE, ImportResult, run_import
+from devmeter.importers.history import SOURCE, ImportResult
 from devmeter.importers.scan import history_files, history_root
+from devmeter.importers.transcript_fields import import_line_files, repo_of, timestamp
 from devmeter.pricing import PriceOverride, price
 from devmeter.providers.anthropic import document_usage
 from devmeter.usage import Attribution, Call
@@ -99,7 +98,7 @@ def line_call(
         key = f"{IMPORTER}:uuid:{uuid}"
     else:
         key = f"{IMPORTER}:{message_id or ''}:{request_id or ''}"
-    ts = _timestamp(obj.get("timestamp"))
+    ts = timestamp(obj.get("timestamp"))
     if ts is None:
         return None
     # The same reading of `usage` as the proxy's (5m/1h cache writes, web searches, tier).
@@ -109,7 +108,7 @@ def line_call(
     session = obj.get("sessionId") if isinstance(obj.get("sessionId"), str) else None
     cwd = obj.get("cwd") if isinstance(obj.get("cwd"), str) else None
     branch = obj.get("gitBranch") if isinstance(obj.get("gitBranch"), str) else None
-    repo, repo_branch = _repo(cwd) if cwd else (None, None)
+    repo, repo_branch = repo_of(cwd) if cwd else (None, None)
     cost, source = None, None
     if priced:
         found = price(PROVIDER, model, usage, overrides, datetime.fromtimestamp(ts, UTC))
@@ -139,27 +138,6 @@ def line_call(
     )
 
 
-@functools.lru_cache(maxsize=4096)
-def _repo(cwd: str) -> tuple[str | None, str | None]:
-    """The git top level of a transcript's directory while it exists, else the directory."""
-    info = repo_for(cwd) if Path(cwd).is_dir() else None
-    if info is None:
-        return cwd, None
-    return info.root, info.branch
-
-
-def _timestamp(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
-
-
 def import_claude_code(
     ledger_path: Path,
     root: Path | None = None,
@@ -169,11 +147,7 @@ def import_claude_code(
     """Import what is new in Claude Code's transcripts under `root` (its projects folder)."""
     where = history_root(IMPORTER, root)  # given the config folder or its projects
     files = transcript_files(where)
-
-    def parse(lines: list[bytes], state: dict[str, Any], path: Path) -> list[Call]:
-        return parse_lines(lines, state, path, overrides)
-
-    result = run_import(ledger_path, IMPORTER, files, parse, progress)
-    if not files:
-        result.errors.append(f"no Claude Code transcripts under {where}")
-    return result
+    return import_line_files(
+        ledger_path, IMPORTER, files, parse_lines, overrides, progress,
+        f"no Claude Code transcripts under {where}",
+    )  # fmt: skip

@@ -20,15 +20,14 @@ ledger first (devmeter/importers/history.py, ledger migration v9).
 
 from __future__ import annotations
 
-import functools
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from devmeter import fastjson
-from devmeter.gitinfo import repo_for
-from devmeter.importers.history import SOURCE, ImportResult, run_import
+from devmeter.importers.history import SOURCE, ImportResult
 from devmeter.importers.scan import history_files, history_root
+from devmeter.importers.transcript_fields import import_line_files, repo_of, timestamp
 from devmeter.pricing import PriceOverride, price
 from devmeter.usage import Attribution, Call, Usage
 
@@ -97,7 +96,7 @@ def _token_count(
         before = [0] * len(_FIELDS)  # totals went back (a new conversation): start over
     state["totals"] = now
     prompt, cached, output, reasoning = (n - b for n, b in zip(now, before, strict=True))
-    ts = _timestamp(obj.get("timestamp"))
+    ts = timestamp(obj.get("timestamp"))
     if ts is None:
         return None
     usage = Usage(
@@ -109,7 +108,7 @@ def _token_count(
     model = state.get("model")
     session = state.get("session")
     cwd = state.get("cwd")
-    repo, repo_branch = _repo(cwd) if cwd else (None, None)
+    repo, repo_branch = repo_of(cwd) if cwd else (None, None)
     priced = price(PROVIDER, model, usage, overrides, datetime.fromtimestamp(ts, UTC))
     return Call(
         ts=ts,
@@ -142,22 +141,6 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and value > 0 else 0
 
 
-@functools.lru_cache(maxsize=4096)
-def _repo(cwd: str) -> tuple[str | None, str | None]:
-    info = repo_for(cwd) if Path(cwd).is_dir() else None
-    return (cwd, None) if info is None else (info.root, info.branch)
-
-
-def _timestamp(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
-
-
 def import_codex(
     ledger_path: Path,
     root: Path | None = None,
@@ -167,11 +150,7 @@ def import_codex(
     """Import what is new in Codex's rollouts under `root` (its sessions folder)."""
     where = history_root(IMPORTER, root)  # given CODEX_HOME or its sessions
     files = rollout_files(where)
-
-    def parse(lines: list[bytes], state: dict[str, Any], path: Path) -> list[Call]:
-        return parse_lines(lines, state, path, overrides)
-
-    result = run_import(ledger_path, IMPORTER, files, parse, progress)
-    if not files:
-        result.errors.append(f"no Codex rollouts under {where}")
-    return result
+    return import_line_files(
+        ledger_path, IMPORTER, files, parse_lines, overrides, progress,
+        f"no Codex rollouts under {where}",
+    )  # fmt: skip
