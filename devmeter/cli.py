@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from devmeter import __version__, control, reports, shellenv
 from devmeter.config import Config, ConfigError, load, parse_listen, parse_upstream_arg
@@ -549,16 +550,7 @@ def cmd_dashboard(args: argparse.Namespace, config: Config, where: Paths) -> int
 
 
 def cmd_alerts(args: argparse.Namespace, config: Config, where: Paths) -> int:
-    since = reports.parse_since(args.since) if args.since else None
-    conn = connect_readonly(where.ledger)
-    rows = reports.alerts(conn, since) if conn is not None else []
-    if args.json:
-        sys.stdout.write(reports.to_json(rows))
-    elif not rows:
-        print("No alerts." if conn is not None else f"No ledger yet at {where.ledger}.")
-    else:
-        sys.stdout.write(reports.alerts_table(rows, _terminal_width()))
-    return 0
+    return _ledger_list(args, where, reports.alerts, reports.alerts_table, "No alerts.")
 
 
 def cmd_quota(args: argparse.Namespace, config: Config, where: Paths) -> int:
@@ -577,15 +569,27 @@ def cmd_quota(args: argparse.Namespace, config: Config, where: Paths) -> int:
 def cmd_findings(args: argparse.Namespace, config: Config, where: Paths) -> int:
     from devmeter.secrets import report
 
+    return _ledger_list(args, where, report.findings, report.findings_table, "No secrets found.")
+
+
+def _ledger_list(
+    args: argparse.Namespace,
+    where: Paths,
+    query: Callable[[sqlite3.Connection, float | None], list[dict[str, Any]]],
+    table: Callable[[Sequence[dict[str, Any]], int | None], str],
+    nothing: str,
+) -> int:
+    """`devmeter alerts` and `devmeter findings`: the ledger's rows since `--since`, as
+    JSON (`--json`) or a table; `nothing` when there are none."""
     since = reports.parse_since(args.since) if args.since else None
     conn = connect_readonly(where.ledger)
-    rows = report.findings(conn, since) if conn is not None else []
+    rows = query(conn, since) if conn is not None else []
     if args.json:
         sys.stdout.write(reports.to_json(rows))
     elif not rows:
-        print("No secrets found." if conn is not None else f"No ledger yet at {where.ledger}.")
+        print(nothing if conn is not None else f"No ledger yet at {where.ledger}.")
     else:
-        sys.stdout.write(report.findings_table(rows, _terminal_width()))
+        sys.stdout.write(table(rows, _terminal_width()))
     return 0
 
 
