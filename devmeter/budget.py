@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from devmeter.alerts import Alert, Block, fit
 from devmeter.config_error import ConfigError
-from devmeter.config_values import config_usd, reject_unknown
+from devmeter.config_values import config_bool, config_table, config_usd, reject_unknown
 from devmeter.labels import SESSION_PREFIX, SESSION_WHOLE, repo_name, short_session
 from devmeter.money import ZERO, format_usd
 from devmeter.session_table import BUDGET_PART, SessionTable
@@ -200,11 +200,6 @@ def next_limit(budget: ScopeBudget, current: Decimal, by: Decimal | None = None)
 # --- config --------------------------------------------------------------------------------
 
 
-def _table(key: str, value: object) -> Mapping[str, object]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(key, f"expected a table ([{key}]), got {value!r}")
-    return value
-
 
 _SCOPE_KEYS = {
     "session": ("notify_usd", "block_usd", "ask_usd", "count_covered"),
@@ -226,7 +221,7 @@ def parse_budgets(table: Mapping[str, object] | None) -> Budgets:
     Raises ConfigError naming the dotted key for anything devmeter cannot use.
     """
     defaults = Budgets()
-    table = _table("budgets", table if table is not None else {})
+    table = config_table("budgets", table if table is not None else {})
     reject_unknown("budgets", table, (*SCOPES, *_BUDGETS_KEYS))
     parsed: dict[str, Any] = {
         scope: _parse_scope(scope, table.get(scope), defaults.scope(scope)) for scope in SCOPES
@@ -253,7 +248,7 @@ def _parse_scope(scope: str, value: object, default: ScopeBudget) -> ScopeBudget
     prefix = f"budgets.{scope}"
     if value is None:
         return default
-    table = _table(prefix, value)
+    table = config_table(prefix, value)
     reject_unknown(prefix, table, _SCOPE_KEYS[scope])
 
     block = None
@@ -295,13 +290,11 @@ def _parse_scope(scope: str, value: object, default: ScopeBudget) -> ScopeBudget
                 f"{prefix}.period", f'expected "day" or "month", got {table["period"]!r}'
             )
         period = table["period"]  # type: ignore[assignment]
-    covered = table.get("count_covered", False)
-    if not isinstance(covered, bool):
-        raise ConfigError(
-            f"{prefix}.count_covered",
-            f"expected true or false (count subscription calls' list-price dollars), got "
-            f"{covered!r}",
-        )
+    covered = config_bool(
+        f"{prefix}.count_covered",
+        table.get("count_covered", False),
+        "count subscription calls' list-price dollars",
+    )
     return ScopeBudget(
         notify_usd=notify, block_usd=block, period=period, ask_usd=ask, count_covered=covered
     )

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from devmeter.config_error import ConfigError
-from devmeter.config_values import reject_unknown
+from devmeter.config_values import config_table, reject_unknown
 from devmeter.pricing import PriceOverride, parse_overrides
 
 DEFAULT_LISTEN = ("127.0.0.1", 8788)
@@ -189,9 +189,7 @@ def _parse_extra(name: str, value: Any) -> Any:
     module_name, function_name = EXTRA_SECTIONS[name]
     module = __import__(module_name, fromlist=[function_name])
     parser: Callable[[Any], Any] = getattr(module, function_name)
-    if not isinstance(value, dict):
-        raise ConfigError(name, f"must be a table: [{name}]")
-    return parser(value)
+    return parser(config_table(name, value))
 
 
 def parse_listen(value: Any, key: str) -> tuple[str, int]:
@@ -232,11 +230,8 @@ def parse_upstream_arg(arg: str) -> tuple[str, str]:
     return host.strip(), parse_upstream_url(url.strip(), f"--upstream {host}")
 
 
-def _table(table: dict[str, Any], name: str) -> dict[str, Any]:
-    value = table.get(name, {})
-    if not isinstance(value, dict):
-        raise ConfigError(name, f"must be a table: [{name}]")
-    return value
+def _table(table: dict[str, Any], name: str) -> Mapping[str, Any]:
+    return config_table(name, table.get(name, {}))
 
 
 def _toml_error_line(exc: tomllib.TOMLDecodeError) -> int | None:

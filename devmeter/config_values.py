@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
+from typing import Any
 
 from devmeter.config_error import ConfigError
 
@@ -24,6 +25,21 @@ def config_usd(key: str, value: object) -> Decimal:
     if amount <= 0:
         raise ConfigError(key, f"must be above 0, got {value!r}")
     return amount
+
+
+def config_table(key: str, value: object) -> Mapping[str, Any]:
+    """`[key]`, which must be a table."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"expected a table ([{key}]), got {value!r}")
+    return value
+
+
+def config_bool(key: str, value: object, meaning: str = "") -> bool:
+    """A TOML boolean; `meaning` (what true does) goes in the error, when given."""
+    if not isinstance(value, bool):
+        said = f" ({meaning})" if meaning else ""
+        raise ConfigError(key, f"expected true or false{said}, got {value!r}")
+    return value
 
 
 def reject_unknown(prefix: str, table: Mapping[str, object], valid: Iterable[str]) -> None:

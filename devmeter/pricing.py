@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from devmeter.config_error import ConfigError
-from devmeter.config_values import reject_unknown
+from devmeter.config_values import config_bool, reject_unknown
 from devmeter.usage import Usage
 
 if TYPE_CHECKING:
@@ -410,9 +410,7 @@ def _parse_override(index: int, entry: Any) -> PriceOverride:
         raise ConfigError(f"{key}.provider", 'must be a provider id such as "anthropic"')
     rates = {name: _money(f"{key}.{name}", entry[name]) for name in RATE_KEYS if name in entry}
     discount = _money(f"{key}.discount", entry["discount"]) if "discount" in entry else None
-    free = entry.get("free", False)
-    if not isinstance(free, bool):
-        raise ConfigError(f"{key}.free", "must be true or false")
+    free = config_bool(f"{key}.free", entry.get("free", False))
     chosen = [bool(rates), discount is not None, free]
     if sum(chosen) != 1:
         raise ConfigError(

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from devmeter.alerts import Alert
 from devmeter.config_error import ConfigError
-from devmeter.config_values import reject_unknown
+from devmeter.config_values import config_table, reject_unknown
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,7 @@ def parse_notify(table: Mapping[str, object] | None) -> NotifyConfig:
 
 def _target(kind: TargetKind, value: object) -> Target:
     prefix = f"notify.{kind}"
-    if not isinstance(value, Mapping):
-        raise ConfigError(prefix, f"expected a table ([{prefix}]), got {value!r}")
+    value = config_table(prefix, value)
     reject_unknown(prefix, value, _TARGET_KEYS[kind])
     text = {name: _text(f"{prefix}.{name}", v) for name, v in value.items()}
     for name in ("webhook_url_env", "url_env", "topic_env", "token_env"):

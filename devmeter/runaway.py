@@ -40,7 +40,7 @@ from devmeter import fastjson
 from devmeter.alerts import Alert, AlertKind, fit
 from devmeter.budget import Advice
 from devmeter.config_error import ConfigError
-from devmeter.config_values import config_usd, reject_unknown
+from devmeter.config_values import config_table, config_usd, reject_unknown
 from devmeter.money import ZERO, format_usd
 from devmeter.providers.registry import any_conversation
 from devmeter.session_table import RUNAWAY_PART, SessionTable, session_key
@@ -113,9 +113,7 @@ def parse_runaway(table: Mapping[str, object] | None) -> RunawayConfig:
     `projection_usd = []`, `loop_count = 0`, `long_running_minutes = 0` and
     `long_running_calls = 0` each turn one detector (or limit) off.
     """
-    table = table if table is not None else {}
-    if not isinstance(table, Mapping):
-        raise ConfigError("runaway", f"expected a table ([runaway]), got {table!r}")
+    table = config_table("runaway", table if table is not None else {})
     reject_unknown("runaway", table, _RUNAWAY_KEYS)
     values: dict[str, Any] = {}
 

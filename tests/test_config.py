@@ -116,3 +116,29 @@ def test_template_is_a_valid_config(tmp_path: Path) -> None:
 
     config = load(write(tmp_path, TEMPLATE))
     assert config.section("routing").mode == "shadow"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [
+        ("[import]\nauto = 'yes'\n", "import.auto", 2),
+        ("[export.otlp]\nendpoint = 'http://127.0.0.1:4318'\nlogs = 1\n", "export.otlp.logs", 3),
+        ("[budgets.session]\ncount_covered = 0\n", "budgets.session.count_covered", 2),
+        ("[[prices]]\nmodel = 'm'\nfree = 'yes'\n", "prices[0].free", 3),
+        ("[secrets]\nmodes = 3\n", "secrets.modes", 2),
+        ("export = 3\n", "export", 1),
+        ("[notify]\nntfy = 'topic'\n", "notify.ntfy", 2),
+    ],
+)
+def test_a_wrong_type_in_any_section_names_file_key_and_line_alike(
+    tmp_path: Path, text: str, key: str, line: int
+) -> None:
+    # Every section checks tables and booleans with config_values' helpers: one wording.
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    error = caught.value
+    assert (error.key, error.line, error.path) == (key, line, path)
+    assert error.message.startswith(("expected true or false", "expected a table ("))
+    assert str(error).startswith(f"{path}, line {line} [{key}]: expected ")

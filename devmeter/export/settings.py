@@ -14,7 +14,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from devmeter.config_error import ConfigError
-from devmeter.config_values import reject_unknown
+from devmeter.config_values import config_bool, config_table, reject_unknown
 
 RepoLabel = Literal["path", "name", "hash"]
 REPO_LABELS: tuple[RepoLabel, ...] = ("path", "name", "hash")
@@ -151,9 +151,7 @@ def _otlp(table: Mapping[str, object]) -> OtlpSettings:
     headers_env = table.get("headers_env", DEFAULT_HEADERS_ENV)
     if not isinstance(headers_env, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", headers_env):
         raise ConfigError("export.otlp.headers_env", "must name an environment variable")
-    logs = table.get("logs", False)
-    if not isinstance(logs, bool):
-        raise ConfigError("export.otlp.logs", "must be true or false")
+    logs = config_bool("export.otlp.logs", table.get("logs", False))
     return OtlpSettings(
         endpoint=str(endpoint).rstrip("/"),
         headers_env=headers_env,
@@ -187,7 +185,4 @@ def parse_headers(text: str) -> dict[str, str]:
 def _subtable(table: Mapping[str, object], name: str) -> Mapping[str, object] | None:
     if name not in table:
         return None
-    value = table[name]
-    if not isinstance(value, dict):
-        raise ConfigError(f"export.{name}", f"must be a table: [export.{name}]")
-    return value
+    return config_table(f"export.{name}", table[name])

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devmeter.config_error import ConfigError
-from devmeter.config_values import reject_unknown
+from devmeter.config_values import config_bool, config_table, reject_unknown
 from devmeter.pricing import PriceOverride
 
 log = logging.getLogger(__name__)
@@ -38,13 +38,9 @@ class ImportConfig:
 
 def parse_import(table: Mapping[str, object] | None) -> ImportConfig:
     """The `[import]` table -> ImportConfig."""
-    table = table if table is not None else {}
-    if not isinstance(table, Mapping):
-        raise ConfigError("import", f"expected a table ([import]), got {table!r}")
+    table = config_table("import", table if table is not None else {})
     reject_unknown("import", table, _KEYS)
-    auto = table.get("auto", True)
-    if not isinstance(auto, bool):
-        raise ConfigError("import.auto", f"expected true or false, got {auto!r}")
+    auto = config_bool("import.auto", table.get("auto", True))
     minutes = table.get("interval_minutes", 5.0)
     if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not minutes >= 1:
         raise ConfigError(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from devmeter import model_limits, pricing
 from devmeter.config_error import ConfigError
-from devmeter.config_values import reject_unknown
+from devmeter.config_values import config_bool, reject_unknown
 from devmeter.providers import registry
 
 if TYPE_CHECKING:
@@ -315,8 +315,8 @@ def _count(raw: dict[str, Any], name: str, key: str) -> int | None:
 
 def _flag(raw: dict[str, Any], name: str, key: str) -> bool | None:
     value = raw.get(name)
-    if value is not None and not isinstance(value, bool):
-        raise ConfigError(f"{key}.{name}", "must be true or false")
+    if value is not None:
+        config_bool(f"{key}.{name}", value)
     return value
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devmeter.config_error import ConfigError
-from devmeter.config_values import reject_unknown
+from devmeter.config_values import config_table, reject_unknown
 from devmeter.secrets.scan import Finding, UserRule
 
 MODES = ("off", "warn", "block", "redact")
@@ -115,7 +115,4 @@ def _list(table: Mapping[str, Any], name: str) -> list[Any]:
 
 
 def _table(table: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    value = table.get(name, {})
-    if not isinstance(value, dict):
-        raise ConfigError(f"secrets.{name}", f"must be a table: [secrets.{name}]")
-    return value
+    return config_table(f"secrets.{name}", table.get(name, {}))
