@@ -118,12 +118,15 @@ REQUEST_FIELDS = (
     "route_rule", "route_target", "alt_cost_usd", "saving_usd", "route_note", "source",
     "billing", "account", "billed_usd", "covered_usd",
 )  # fmt: skip
-# Columns read from the ledger for a request row; the rest are derived.
-_REQUEST_COLUMNS = tuple(
+# Columns read from the ledger for a request row (its saving worked out by the ledger's
+# own rule, SAVING_PUSD); the rest are derived.
+_LEDGER_COLUMNS = tuple(
     f
     for f in REQUEST_FIELDS
     if f not in ("cost_usd", "alt_cost_usd", "saving_usd", "billed_usd", "covered_usd")
 ) + ("cost_pusd", "alt_cost_pusd")
+_REQUEST_COLUMNS = (*_LEDGER_COLUMNS, "saving_pusd")
+_REQUEST_SELECT = ", ".join((*_LEDGER_COLUMNS, f"{SAVING_PUSD} AS saving_pusd"))
 SAVINGS_FIELDS = (
     "routing", "rule", "requested_model", "target", "requests", "cost_usd", "alt_cost_usd",
     "saving_usd",
@@ -186,11 +189,11 @@ def query(
     where, params = _where_ts(since, until)
     if by == "request":
         columns = list(_REQUEST_COLUMNS)
-        sql = f"SELECT {', '.join(columns)} FROM calls {where} ORDER BY ts, id"
+        sql = f"SELECT {_REQUEST_SELECT} FROM calls {where} ORDER BY ts, id"
         if limit:
             # The last N calls, shown oldest first; `id` rides along to order ties.
             sql = (
-                f"SELECT {', '.join(columns)} FROM (SELECT id, {', '.join(columns)} FROM calls "
+                f"SELECT {', '.join(columns)} FROM (SELECT id, {_REQUEST_SELECT} FROM calls "
                 f"{where} ORDER BY ts DESC, id DESC LIMIT {int(limit)}) ORDER BY ts, id"
             )
         rows = conn.execute(sql, params).fetchall()
@@ -342,7 +345,7 @@ def _request_row(row: dict[str, Any]) -> dict[str, Any]:
     row["cost_usd"] = from_pusd(pusd)
     alt = row.pop("alt_cost_pusd")
     row["alt_cost_usd"] = from_pusd(alt)
-    row["saving_usd"] = _saving(row["routing"], row["cost_usd"], row["alt_cost_usd"])
+    row["saving_usd"] = from_pusd(row.pop("saving_pusd"))
     cost = row["cost_usd"] or Decimal(0)
     row["billed_usd"] = cost if row["billing"] in ("api", "overage") else Decimal(0)
     row["covered_usd"] = cost if row["billing"] == "subscription" else Decimal(0)
@@ -350,17 +353,6 @@ def _request_row(row: dict[str, Any]) -> dict[str, Any]:
     row["complete"] = bool(row["complete"])
     row["ts"] = datetime.fromtimestamp(row["ts"]).astimezone().isoformat(timespec="milliseconds")
     return {name: row[name] for name in REQUEST_FIELDS}
-
-
-def _saving(routing: str | None, cost: Decimal | None, alt: Decimal | None) -> Decimal | None:
-    """A request row's `ledger.SAVING_PUSD`, from its dollars."""
-    if cost is None or alt is None:
-        return None
-    if routing == "routed":
-        return alt - cost
-    if routing == "shadow":
-        return cost - alt
-    return None
 
 
 # -- output ----------------------------------------------------------------------------------
@@ -818,7 +810,7 @@ def session_calls(
     """A session's last `limit` calls as `report --by request` rows, oldest first."""
     columns = list(_REQUEST_COLUMNS)
     sql = (
-        f"SELECT {', '.join(columns)} FROM (SELECT id, {', '.join(columns)} FROM calls "
+        f"SELECT {', '.join(columns)} FROM (SELECT id, {_REQUEST_SELECT} FROM calls "
         "WHERE session = ? ORDER BY ts DESC, id DESC LIMIT ?) ORDER BY ts, id"
     )
     rows = conn.execute(sql, (session, int(limit))).fetchall()

@@ -2,7 +2,8 @@
 SQL one function writes (ledger._rollup_triggers). SQLite keeps each trigger's text in
 sqlite_master, so a ledger must hold exactly the text v10 shipped with, whether created
 fresh or migrated from v9; and the rollups must equal the calls' own sums after rows come
-and go (live rows replacing imported twins delete rows, as do imports)."""
+and go (live rows replacing imported twins delete rows, as do imports). Also: the
+ledger's one rule for what routing saved, as every report reads it."""
 
 from __future__ import annotations
 
@@ -116,3 +117,33 @@ def test_rollups_equal_the_calls_sums_after_inserts_and_deletes(tmp_path: Path) 
     conn.execute("DELETE FROM calls")
     for table in ("rollup_group", "rollup_session", "rollup_day"):
         assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,), table
+
+
+def test_a_request_rows_saving_is_the_savings_reports_rule(tmp_path: Path) -> None:
+    # One rule (ledger.SAVING_PUSD) for `report --by request`, `report --savings` and the
+    # exporters: routed saves the requested model's cost less its own; shadow would have
+    # saved its cost less the target's; a missing price or a fallback saves nothing known.
+    from dataclasses import replace
+
+    from devmeter import reports
+
+    conn = connect(tmp_path / "ledger.sqlite")
+    base = _call(1)
+    cases = [
+        ("routed", Decimal("0.25"), Decimal("1.00"), Decimal("0.75")),
+        ("shadow", Decimal("1.00"), Decimal("0.10"), Decimal("0.90")),
+        ("fallback", Decimal("1.00"), Decimal("1.00"), None),
+        ("routed", None, Decimal("1.00"), None),
+        (None, Decimal("1.00"), None, None),
+    ]
+    calls = [
+        replace(base, ts=base.ts + i, routing=routing, cost_usd=cost, alt_cost_usd=alt)
+        for i, (routing, cost, alt, _) in enumerate(cases)
+    ]
+    insert_calls(conn, [call_row(c) for c in calls])
+    rows = reports.query(conn, "request")
+    assert [r["saving_usd"] for r in rows] == [saved for *_, saved in cases]
+    assert [r["saving_usd"] for r in reports.session_calls(conn, "s1")] == [
+        saved for *_, saved in cases
+    ]
+    assert reports.savings_totals(reports.savings(conn)) == (Decimal("0.75"), Decimal("0.90"))
