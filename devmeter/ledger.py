@@ -13,6 +13,7 @@ import collections
 import contextlib
 import functools
 import json
+import operator
 import os
 import sqlite3
 import threading
@@ -590,6 +591,139 @@ def insert_calls(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> N
         chunk = rows[start : start + size]
         conn.execute(_insert_rows_sql(size), [value for row in chunk for value in row])
         start += size
+
+
+# The rollups the insert triggers keep (v2, v10), as set-wise statements: what each
+# trigger adds for one row, summed over many rows at once. The new rows are summed once
+# into the finest rollup's groups (a temporary table), and every rollup is fed from those
+# sums, as migration v10 backfilled the narrower ones from `rollup`: a time zone's
+# offset changes on a quarter hour, so a bucket's local day and offset are its rows'.
+# `insert_calls_in_bulk` runs them instead of the triggers (tests/test_ledger.py checks
+# that both give the same rollups).
+_BUCKET_KEYS = (
+    ("bucket", "CAST(ts / 900 AS INTEGER)"), ("session", "coalesce(session, '')"),
+    ("repo", "coalesce(repo, '')"), ("branch", "coalesce(branch, '')"), ("tool", "tool"),
+    ("provider", "provider"), ("model", "coalesce(model, requested_model, '')"),
+)  # fmt: skip
+_SUMS = (
+    ("requests", "count(*)"),
+    ("input_tokens", "sum(input_tokens)"),
+    ("cache_read_tokens", "sum(cache_read_tokens)"),
+    ("cache_write_tokens", "sum(cache_write_tokens)"),
+    ("output_tokens", "sum(output_tokens)"),
+    ("reasoning_tokens", "sum(reasoning_tokens)"),
+    ("cost_pusd", "sum(coalesce(cost_pusd, 0))"),
+    ("unpriced", "sum(cost_pusd IS NULL)"),
+    ("estimated", "sum(estimated)"),
+    ("billed_pusd",
+     "sum(CASE WHEN billing IN ('api', 'overage') THEN coalesce(cost_pusd, 0) ELSE 0 END)"),
+    ("covered_pusd",
+     "sum(CASE WHEN billing = 'subscription' THEN coalesce(cost_pusd, 0) ELSE 0 END)"),
+)  # fmt: skip
+_LOCAL = "CAST(strftime('%s', bucket * 900, 'unixepoch', 'localtime') AS INTEGER)"
+# insert trigger -> (the rollup it keeps, its key columns and what each is from the sums)
+_ROLLUPS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "calls_rollup": ("rollup", tuple((name, name) for name, _ in _BUCKET_KEYS)),
+    "calls_rollup_group": ("rollup_group", (
+        ("bucket", "bucket"), ("repo", "repo"), ("tool", "tool"), ("provider", "provider"),
+        ("model", "model"),
+    )),
+    "calls_rollup_session": ("rollup_session", (("bucket", "bucket"), ("session", "session"))),
+    "calls_rollup_day": ("rollup_day", (
+        ("day", f"{_LOCAL} / 86400"), ("utc_offset", f"({_LOCAL} - bucket * 900) / 900"),
+        ("repo", "repo"), ("tool", "tool"), ("provider", "provider"), ("model", "model"),
+    )),
+}  # fmt: skip
+# Below this many rows the triggers cost less than changing the schema twice.
+BULK_AT_LEAST = 256
+
+
+def _new_sums_sql() -> str:
+    keys = ", ".join(f"{expr} AS {name}" for name, expr in _BUCKET_KEYS)
+    sums = ", ".join(f"{expr} AS {name}" for name, expr in _SUMS)
+    groups = ", ".join(str(i + 1) for i in range(len(_BUCKET_KEYS)))
+    return (
+        f"CREATE TEMP TABLE bulk_sums AS SELECT {keys}, {sums} FROM calls WHERE id > ? "
+        f"GROUP BY {groups}"
+    )
+
+
+def _rollup_sql(table: str, keys: tuple[tuple[str, str], ...]) -> str:
+    columns = [name for name, _ in keys] + [name for name, _ in _SUMS]
+    exprs = [expr for _, expr in keys] + [f"sum({name})" for name, _ in _SUMS]
+    groups = ", ".join(str(i + 1) for i in range(len(keys)))
+    adds = ", ".join(f"{name} = {name} + excluded.{name}" for name, _ in _SUMS)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) SELECT {', '.join(exprs)} "
+        f"FROM temp.bulk_sums WHERE true GROUP BY {groups} ON CONFLICT DO UPDATE SET {adds}"
+    )
+
+
+def _insert_varying(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """`insert_calls`, with what every row has the same written into the statement once,
+    as SQLite quotes it: binding a value costs more than SQLite storing it, and an
+    imported row has 41 columns, most of them its importer's constants (tool, host,
+    source, the columns only live calls fill). Only NULL, text, and integers in numeric
+    columns are written so: 1 == 1.0 == True, which such a column stores alike (a float's
+    text need not be the same number); the rest is bound."""
+    numeric = {
+        name for _, name, kind, *_ in conn.execute("PRAGMA table_info(calls)") if kind != "TEXT"
+    }
+    literal: dict[int, str] = {}
+    for i, values in enumerate(zip(*rows, strict=True)):
+        first = values[0]
+        kind = type(first)
+        if (first is None or kind is str or (kind is int and CALL_COLUMNS[i] in numeric)) and (
+            values.count(first) == len(values)
+        ):
+            (literal[i],) = conn.execute("SELECT quote(?)", (first,)).fetchone()
+    varying = [i for i in range(len(CALL_COLUMNS)) if i not in literal]
+    if not literal or not varying:
+        insert_calls(conn, rows)
+        return
+    one = "(" + ", ".join(literal.get(i, "?") for i in range(len(CALL_COLUMNS))) + ")"
+    head = f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES "
+    size = ROWS_PER_INSERT
+    while size > 1 and size * len(varying) > conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER):
+        size //= 2
+    pick = operator.itemgetter(*varying) if len(varying) > 1 else lambda row: (row[varying[0]],)
+    start = 0
+    while start < len(rows):
+        while len(rows) - start < size:
+            size //= 2
+        values = [value for row in rows[start : start + size] for value in pick(row)]
+        conn.execute(head + ", ".join([one] * size), values)
+        start += size
+
+
+def insert_calls_in_bulk(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """`insert_calls` for many rows at once (a history import), inside the caller's
+    transaction. The rollup triggers cost as much as the rows themselves (an upsert into
+    each of four rollups per row, a local-time conversion among them), so they are
+    dropped for the insert, the new rows are summed into the rollups set-wise, and the
+    triggers are put back as they were, all in the same transaction: no other connection
+    ever sees the ledger without them. A trigger this does not know keeps firing row by
+    row."""
+    if len(rows) < BULK_AT_LEAST:
+        insert_calls(conn, rows)
+        return
+    triggers = dict(
+        conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'calls' "
+            f"AND name IN ({', '.join('?' * len(_ROLLUPS))})",
+            tuple(_ROLLUPS),
+        ).fetchall()
+    )
+    (before,) = conn.execute("SELECT coalesce(max(id), 0) FROM calls").fetchone()
+    for name in triggers:
+        conn.execute(f"DROP TRIGGER {name}")
+    _insert_varying(conn, rows)
+    conn.execute("DROP TABLE IF EXISTS temp.bulk_sums")
+    conn.execute(_new_sums_sql(), (before,))
+    for name, sql in triggers.items():
+        conn.execute(_rollup_sql(*_ROLLUPS[name]))
+        conn.execute(sql)
+    conn.execute("DROP TABLE temp.bulk_sums")
 
 
 def call_row(call: Call) -> tuple[Any, ...]:

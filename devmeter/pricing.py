@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from devmeter.config_error import ConfigError
 from devmeter.config_values import config_bool, reject_unknown
+from devmeter.money import PICO, to_pusd
 from devmeter.usage import Usage
 
 if TYPE_CHECKING:
@@ -225,7 +226,16 @@ def _flat_rates(
     provider: str, model: str, when: datetime, total_input: int = 0
 ) -> dict[str, Decimal] | None:
     # Prices change at dates genai-prices knows; an hour's granularity is plenty.
-    key = (provider, model, int(when.timestamp()) // 3600)
+    tiers = _hour_tiers((provider, model, int(when.timestamp()) // 3600))
+    if tiers is None:
+        return None
+    for start, rates in tiers:
+        if total_input > start:
+            return rates
+    return tiers[-1][1]
+
+
+def _hour_tiers(key: tuple[str, str, int]) -> RateTiers | None:
     tiers = _remembered.get(key)
     if tiers is None:
         tiers = _flat_rates_for_hour(*key)
@@ -235,10 +245,79 @@ def _flat_rates(
             if len(_remembered) >= _REMEMBER_AT_MOST:  # a tray running for years: start over
                 _remembered.clear()
             _remembered[key] = tiers
+    return tiers
+
+
+# The same rates in the ledger's unit, integer pico-dollars per token (per search), for
+# an edge that prices many rows straight into ledger rows (a history import): a sum of
+# integers, no Decimal per row. genai-prices states rates per million tokens with at most
+# six decimals, so each is a whole number of pico-dollars per token and the integer sum
+# is exactly `to_pusd` of the Decimal one; a rate that is not (None here) is left to it.
+PusdTiers = tuple[tuple[int, dict[str, int]], ...]
+_pusd_tiers: dict[tuple[str, str, int], PusdTiers | None] = {}
+
+
+def _in_pusd(tiers: RateTiers) -> PusdTiers | None:
+    converted = []
     for start, rates in tiers:
+        whole = {}
+        for name, rate in rates.items():
+            pusd = rate * PICO
+            if pusd != pusd.to_integral_value():
+                return None
+            whole[name] = int(pusd)
+        converted.append((start, whole))
+    return tuple(converted)
+
+
+def cost_pusd(
+    provider: str, model: str, usage: Usage, overrides: Iterable[PriceOverride], ts: float
+) -> tuple[int | None, str | None]:
+    """`price`'s answer in integer pico-dollars (the ledger's unit), with its source;
+    for a plain usage on list rates without one Decimal per call."""
+    if usage.modality_tokens or _priced_tier(usage.service_tier) or usage.reported_cost_usd:
+        return _general_pusd(provider, model, usage, overrides, ts)
+    model = normalise_model(model)
+    if any(override.matches(provider, model) for override in overrides):
+        return _general_pusd(provider, model, usage, overrides, ts)
+    key = (provider, model, int(ts) // 3600)
+    tiers = _pusd_tiers.get(key, ())
+    if tiers == ():
+        found = _hour_tiers(key)
+        tiers = None if found is None else _in_pusd(found)
+        if len(_pusd_tiers) >= _REMEMBER_AT_MOST:
+            _pusd_tiers.clear()
+        _pusd_tiers[key] = tiers
+    if tiers is None:
+        return _general_pusd(provider, model, usage, overrides, ts)
+    total_input = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
+    rates = tiers[-1][1]
+    for start, tier_rates in tiers:
         if total_input > start:
-            return rates
-    return tiers[-1][1]
+            rates = tier_rates
+            break
+    total = 0
+    for count, name in (
+        (usage.input_tokens, "input_mtok"),
+        (usage.output_tokens, "output_mtok"),
+        (usage.cache_read_tokens, "cache_read_mtok"),
+        (usage.cache_write_tokens - usage.cache_write_1h_tokens, "cache_write_mtok"),
+        (usage.cache_write_1h_tokens, "cache_write_1h_mtok"),
+        (usage.web_search_requests, "web_searches_kcount"),
+    ):
+        if count:
+            rate = rates.get(name)
+            if rate is None:  # genai-prices has a rule for a missing rate: its own sum
+                return _general_pusd(provider, model, usage, overrides, ts)
+            total += count * rate
+    return total, genai_prices_source()
+
+
+def _general_pusd(
+    provider: str, model: str, usage: Usage, overrides: Iterable[PriceOverride], ts: float
+) -> tuple[int | None, str | None]:
+    found = price(provider, model, usage, overrides, datetime.fromtimestamp(ts, UTC))
+    return to_pusd(found.cost_usd), found.source
 
 
 def _cost_at_flat_rates(rates: dict[str, Decimal], usage: Usage) -> Decimal | None:

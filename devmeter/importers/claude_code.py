@@ -19,17 +19,15 @@ Prices come from devmeter's own pricing, exactly as for live rows.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from devmeter import fastjson
-from devmeter.importers.history import SOURCE, ImportResult
+from devmeter.importers.history import ImportResult, Row, imported_row
 from devmeter.importers.scan import history_files, history_root
 from devmeter.importers.transcript_fields import import_line_files, repo_of, timestamp
-from devmeter.pricing import PriceOverride, price
+from devmeter.pricing import PriceOverride, cost_pusd
 from devmeter.providers.anthropic import document_usage
-from devmeter.usage import Attribution, Call
 
 IMPORTER = "claude-code"
 TOOL = "claude-code"
@@ -49,7 +47,7 @@ def transcript_files(root: Path) -> list[Path]:
 
 def parse_lines(
     lines: list[bytes], state: dict[str, Any], path: Path, overrides: tuple[PriceOverride, ...] = ()
-) -> list[Call]:
+) -> list[Row]:
     # A streamed response's lines collapse to the last (most output) before a row is
     # built and priced: that is most of the work, and only one line per response is kept.
     final: dict[tuple[Any, Any], tuple[int, Any]] = {}
@@ -72,15 +70,12 @@ def parse_lines(
         held = final.get(key)
         if held is None or output > held[0]:
             final[key] = (output, obj)
-    calls = (line_call(obj, overrides) for _, obj in final.values())
-    return [call for call in calls if call is not None]
+    rows = (line_row(obj, overrides) for _, obj in final.values())
+    return [row for row in rows if row is not None]
 
 
-def line_call(
-    obj: Any, overrides: tuple[PriceOverride, ...] = (), priced: bool = True
-) -> Call | None:
-    """The ledger row for one transcript line, or None when it is no API response;
-    `priced=False` leaves its cost for the caller to work out."""
+def line_row(obj: Any, overrides: tuple[PriceOverride, ...] = ()) -> Row | None:
+    """The ledger row for one transcript line, or None when it is no API response."""
     if not isinstance(obj, dict) or obj.get("type") != "assistant":
         return None
     message = obj.get("message")
@@ -109,33 +104,12 @@ def line_call(
     cwd = obj.get("cwd") if isinstance(obj.get("cwd"), str) else None
     branch = obj.get("gitBranch") if isinstance(obj.get("gitBranch"), str) else None
     repo, repo_branch = repo_of(cwd) if cwd else (None, None)
-    cost, source = None, None
-    if priced:
-        found = price(PROVIDER, model, usage, overrides, datetime.fromtimestamp(ts, UTC))
-        cost, source = found.cost_usd, found.source
-    return Call(
-        ts=ts,
-        provider=PROVIDER,
-        endpoint=ENDPOINT,
-        host=HOST,
-        requested_model=model,
-        model=model,
-        attribution=Attribution(
-            tool=TOOL,
-            session=session,
-            repo=repo,
-            # The branch the transcript names was the one at the time; HEAD now may differ.
-            branch=branch or repo_branch,
-            repo_source="transcript" if repo else None,
-        ),
-        usage=usage,
-        cost_usd=cost,
-        price_source=source,
-        status=None,
-        response_id=message_id,
-        source=SOURCE,
-        import_key=key,
-    )
+    cost, source = cost_pusd(PROVIDER, model, usage, overrides, ts) if model else (None, None)
+    # The branch the transcript names was the one at the time; HEAD now may differ.
+    return imported_row(
+        ts, TOOL, PROVIDER, ENDPOINT, HOST, model, session, repo, branch or repo_branch,
+        "transcript" if repo else None, usage, cost, source, message_id, key,
+    )  # fmt: skip
 
 
 def import_claude_code(

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from devmeter import fastjson
-from devmeter.importers.history import SOURCE, ImportResult
+from devmeter.importers.history import SOURCE, ImportResult, Row, call_rows
 from devmeter.importers.scan import history_files, history_root
 from devmeter.importers.transcript_fields import import_line_files, repo_of, timestamp
 from devmeter.pricing import PriceOverride, price
@@ -137,6 +137,13 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def parse_rows(
+    lines: list[bytes], state: dict[str, Any], path: Path, overrides: tuple[PriceOverride, ...] = ()
+) -> list[Row]:
+    """`parse_lines` as the ledger rows an import stores."""
+    return call_rows(parse_lines(lines, state, path, overrides))
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and value > 0 else 0
 
@@ -151,6 +158,6 @@ def import_codex(
     where = history_root(IMPORTER, root)  # given CODEX_HOME or its sessions
     files = rollout_files(where)
     return import_line_files(
-        ledger_path, IMPORTER, files, parse_lines, overrides, progress,
+        ledger_path, IMPORTER, files, parse_rows, overrides, progress,
         f"no Codex rollouts under {where}",
     )  # fmt: skip

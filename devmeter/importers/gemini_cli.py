@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from devmeter import fastjson
-from devmeter.importers.history import SOURCE, ImportResult, run_import
+from devmeter.importers.history import SOURCE, ImportResult, Row, call_rows, run_import
 from devmeter.importers.scan import history_files, history_root
 from devmeter.pricing import PriceOverride, price
 from devmeter.usage import Attribution, Call, Usage
@@ -149,11 +149,11 @@ def import_gemini_cli(
     where = history_root(IMPORTER, root)
     logs, documents = history_files(IMPORTER, where)
 
-    def parse_log(lines: list[bytes], state: dict[str, Any], path: Path) -> list[Call]:
-        return parse_lines(lines, state, path, overrides)
+    def parse_log(lines: list[bytes], state: dict[str, Any], path: Path) -> list[Row]:
+        return call_rows(parse_lines(lines, state, path, overrides))
 
-    def parse_whole(lines: list[bytes], state: dict[str, Any], path: Path) -> list[Call]:
-        return [c for data in lines for c in parse_document(data, path, overrides)]
+    def parse_whole(lines: list[bytes], state: dict[str, Any], path: Path) -> list[Row]:
+        return call_rows(c for data in lines for c in parse_document(data, path, overrides))
 
     result = run_import(ledger_path, IMPORTER, logs, parse_log, progress)
     older = run_import(ledger_path, IMPORTER, documents, parse_whole, progress, whole_files=True)

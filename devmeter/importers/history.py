@@ -22,8 +22,10 @@ module does the rest:
 from __future__ import annotations
 
 import json
+import queue
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -33,16 +35,18 @@ from typing import Any, TextIO
 
 from devmeter import ledger
 from devmeter.importers import price_memory
+from devmeter.money import from_pusd
 from devmeter.pricing import PriceOverride
-from devmeter.usage import Call
+from devmeter.usage import Call, Usage
 
 SOURCE = "import"
-CHUNK_LINES = 5000  # lines per transaction
+CHUNK_LINES = 20_000  # lines per transaction, at most (of one file or of several)
 PROGRESS_EVERY = 0.2  # seconds between redraws of the progress bar
 TWIN_WINDOW = 15 * 60.0  # seconds between a live row and its transcript line, at most
 
-# (new whole lines, the file's saved state, its path) -> rows; the state is updated in place.
-LineParser = Callable[[list[bytes], dict[str, Any], Path], list[Call]]
+# (new whole lines, the file's saved state, its path) -> ledger rows (ledger.CALL_COLUMNS'
+# order, marked imported: `imported_row`, `call_rows`); the state is updated in place.
+LineParser = Callable[[list[bytes], dict[str, Any], Path], list[tuple[Any, ...]]]
 
 
 @dataclass(frozen=True)
@@ -173,10 +177,47 @@ def save_mark(conn: sqlite3.Connection, importer: str, path: Path, mark: FileMar
 
 # --- writing ---------------------------------------------------------------------------
 
+# Where store() finds what it needs in a row (ledger.CALL_COLUMNS order).
+_TS, _TOOL, _SESSION, _MODEL = (
+    ledger.CALL_COLUMNS.index(c) for c in ("ts", "tool", "session", "model")
+)
+_INPUT, _READ, _WRITE, _OUTPUT = (
+    ledger.CALL_COLUMNS.index(c)
+    for c in ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens")
+)
+_COST, _RESPONSE_ID, _KEY = (
+    ledger.CALL_COLUMNS.index(c) for c in ("cost_pusd", "response_id", "import_key")
+)
+Row = tuple[Any, ...]
+
+
+def imported_row(
+    ts: float, tool: str, provider: str, endpoint: str, host: str, model: str | None,
+    session: str | None, repo: str | None, branch: str | None, repo_source: str | None,
+    usage: Usage, cost_pusd: int | None, price_source: str | None, response_id: str | None,
+    import_key: str,
+) -> Row:
+    """The ledger row (ledger.call_row's) of an imported response, built without a Call:
+    a first import builds one per response of a whole history."""
+    u = usage
+    return (
+        ts, tool, provider, endpoint, host, model, model, session, repo, branch, repo_source,
+        None, u.input_tokens, u.cache_read_tokens, u.cache_write_tokens,
+        u.cache_write_1h_tokens, u.output_tokens, u.reasoning_tokens, u.web_search_requests,
+        u.service_tier, cost_pusd, price_source, int(u.estimated), 1, None, 0, None, None,
+        None, None, None, None, response_id, SOURCE, import_key, "unknown", None, None,
+        None, None, None,
+    )  # fmt: skip
+
+
+def call_rows(calls: Iterable[Call]) -> list[Row]:
+    """Ledger rows of `calls`, marked as imported (the Codex and Gemini CLI parsers)."""
+    return [ledger.call_row(c if c.source == SOURCE else replace(c, source=SOURCE)) for c in calls]
+
 
 def store(
     conn: sqlite3.Connection,
-    calls: Iterable[Call],
+    rows: Iterable[Row],
     result: ImportResult,
     claimed: set[int] | None = None,
 ) -> None:
@@ -187,24 +228,25 @@ def store(
     once per batch, not once per row: which keys it has, which response ids it metered
     live, and whether any live row of the tool is near enough in time to be a twin."""
     claimed = set() if claimed is None else claimed
-    finals = _final_per_key(calls)
-    held = _held_keys(conn, [c.import_key for c in finals if c.import_key is not None])
-    live_ids = _live_response_ids(conn, [c.response_id for c in finals if c.response_id])
+    finals = _final_per_key(rows, result)
+    held = _held_keys(conn, [r[_KEY] for r in finals if r[_KEY] is not None])
+    live_ids = _live_response_ids(conn, [r[_RESPONSE_ID] for r in finals if r[_RESPONSE_ID]])
     near = _tools_with_live_rows_near(conn, finals)
-    rows = []
-    for call in finals:
-        same = held.get(call.import_key) if call.import_key is not None else None
+    new = []
+    cost = 0
+    for row in finals:
+        same = held.get(row[_KEY]) if row[_KEY] is not None else None
         if same is not None:
-            if call.usage.output_tokens > same[1]:
+            if row[_OUTPUT] > same[1]:
                 conn.execute("DELETE FROM calls WHERE id = ?", (same[0],))
-                rows.append(ledger.call_row(call))
+                new.append(row)
                 result.updated += 1
             else:
                 result.duplicates += 1
             continue
-        twin = live_ids.get(call.response_id) if call.response_id is not None else None
-        if twin is None and call.attribution.tool in near:
-            twin = _live_twin(conn, call, claimed)
+        twin = live_ids.get(row[_RESPONSE_ID]) if row[_RESPONSE_ID] is not None else None
+        if twin is None and row[_TOOL] in near:
+            twin = _live_twin(conn, row, claimed)
         if twin is not None:
             if twin in claimed:
                 result.duplicates += 1  # the same response again, in another file
@@ -212,14 +254,15 @@ def store(
                 claimed.add(twin)
                 result.live += 1
             continue
-        rows.append(ledger.call_row(call))
+        new.append(row)
         result.imported += 1
-        if call.cost_usd is None:
+        if row[_COST] is None:
             result.unpriced += 1
-            result.unpriced_models.add(call.model or "(no model)")
+            result.unpriced_models.add(row[_MODEL] or "(no model)")
         else:
-            result.cost_usd += call.cost_usd
-    ledger.insert_calls(conn, rows)
+            cost += row[_COST]
+    result.cost_usd += from_pusd(cost) or 0
+    ledger.insert_calls_in_bulk(conn, new)
 
 
 _IN_BATCH = 500  # values per `IN (...)`: far below SQLite's oldest variable limit
@@ -253,13 +296,14 @@ def _live_response_ids(conn: sqlite3.Connection, ids: list[str]) -> dict[str, in
     return live
 
 
-def _tools_with_live_rows_near(conn: sqlite3.Connection, calls: list[Call]) -> set[str]:
-    """The tools among `calls` with a live row within TWIN_WINDOW of the batch's times:
-    only their calls can have a twin matched by tokens (a first import has none)."""
+def _tools_with_live_rows_near(conn: sqlite3.Connection, rows: list[Row]) -> set[str]:
+    """The tools among `rows` with a live row within TWIN_WINDOW of the batch's times:
+    only their rows can have a twin matched by tokens (a first import has none)."""
     spans: dict[str, tuple[float, float]] = {}
-    for call in calls:
-        low, high = spans.get(call.attribution.tool, (call.ts, call.ts))
-        spans[call.attribution.tool] = (min(low, call.ts), max(high, call.ts))
+    for row in rows:
+        ts = row[_TS]
+        low, high = spans.get(row[_TOOL], (ts, ts))
+        spans[row[_TOOL]] = (min(low, ts), max(high, ts))
     return {
         tool
         for tool, (low, high) in spans.items()
@@ -271,34 +315,41 @@ def _tools_with_live_rows_near(conn: sqlite3.Connection, calls: list[Call]) -> s
     }
 
 
-def _final_per_key(calls: Iterable[Call]) -> list[Call]:
-    """One row per key: the one with the most output (a streamed response's last line)."""
-    best: dict[str | None, Call] = {}
-    for call in calls:
-        held = best.get(call.import_key)
-        if held is None or call.usage.output_tokens > held.usage.output_tokens:
-            best[call.import_key] = call
-    return list(best.values())
+def _final_per_key(rows: Iterable[Row], result: ImportResult) -> list[Row]:
+    """One row per key: the one with the most output (a streamed response's last line).
+    The same line again (a resumed session's file repeats earlier ones) is a duplicate."""
+    best: dict[str | None, Row] = {}
+    unkeyed = []
+    for row in rows:
+        key = row[_KEY]
+        if key is None:
+            unkeyed.append(row)
+            continue
+        held = best.get(key)
+        if held is None or row[_OUTPUT] > held[_OUTPUT]:
+            best[key] = row
+        elif row[_OUTPUT] == held[_OUTPUT]:
+            result.duplicates += 1
+    return [*best.values(), *unkeyed]
 
 
-def _live_twin(conn: sqlite3.Connection, call: Call, claimed: set[int]) -> int | None:
+def _live_twin(conn: sqlite3.Connection, row: Row, claimed: set[int]) -> int | None:
     """The id of the live row for the same response, matched by its tokens (the batch
     looked up response ids already)."""
     # No id to match (Codex, Gemini CLI; or a live row a devmeter without response ids
     # wrote): the same tool's live row with the same token counts near the same time, the
     # same session first (a live Gemini CLI session with an API key is its process, not
     # the id its chat file names).
-    u = call.usage
-    if not (u.input_tokens or u.cache_read_tokens or u.cache_write_tokens or u.output_tokens):
+    if not (row[_INPUT] or row[_READ] or row[_WRITE] or row[_OUTPUT]):
         return None  # no tokens: nothing tells it from a refusal or another empty answer
-    only_old = "AND response_id IS NULL " if call.response_id is not None else ""
+    only_old = "AND response_id IS NULL " if row[_RESPONSE_ID] is not None else ""
+    ts = row[_TS]
     for (row_id,) in conn.execute(
         "SELECT id FROM calls WHERE tool = ? AND source IS NULL AND ts BETWEEN ? AND ? "
         "AND input_tokens = ? AND cache_read_tokens = ? AND cache_write_tokens = ? "
         f"AND output_tokens = ? {only_old}ORDER BY session IS NOT ?, abs(ts - ?)",
-        (call.attribution.tool, call.ts - TWIN_WINDOW, call.ts + TWIN_WINDOW,
-         u.input_tokens, u.cache_read_tokens, u.cache_write_tokens, u.output_tokens,
-         call.attribution.session, call.ts),
+        (row[_TOOL], ts - TWIN_WINDOW, ts + TWIN_WINDOW, row[_INPUT], row[_READ], row[_WRITE],
+         row[_OUTPUT], row[_SESSION], ts),
     ):  # fmt: skip
         if row_id not in claimed:
             return int(row_id)
@@ -306,6 +357,60 @@ def _live_twin(conn: sqlite3.Connection, call: Call, claimed: set[int]) -> int |
 
 
 # --- the whole run ---------------------------------------------------------------------
+
+
+class _Writer:
+    """Stores batches of rows (and the marks of the files they came from) on a thread of
+    its own, one transaction each, while the caller reads and parses the next: SQLite
+    lets go of the GIL while it writes, so on two cores the two overlap. A batch that
+    fails is rolled back, nothing after it is stored, and `finish` raises its error."""
+
+    def __init__(self, conn: sqlite3.Connection, importer: str, result: ImportResult) -> None:
+        self._conn, self._importer, self._result = conn, importer, result
+        self._claimed: set[int] = set()  # live rows matched so far, across batches
+        self._batches: queue.Queue[tuple[list[Row], dict[Path, FileMark]] | None] = (
+            queue.Queue(maxsize=2)  # parsed rows waiting: bounded, as memory is
+        )
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="devmeter-import", daemon=True)
+        self._thread.start()
+
+    def commit(self, rows: list[Row], marks: dict[Path, FileMark]) -> None:
+        if self._error is not None:
+            self.finish()  # raises it
+        self._batches.put((rows, marks))
+
+    def finish(self) -> None:
+        """Wait until every batch handed over is stored; raise a batch's failure."""
+        if self._thread.is_alive():
+            self._batches.put(None)
+            self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        while (batch := self._batches.get()) is not None:
+            if self._error is not None:
+                continue  # a batch failed: the later ones are not stored (their files
+                # are read again next time, from their last committed mark)
+            rows, marks = batch
+            try:
+                self._store(rows, marks)
+            except BaseException as exc:
+                self._error = exc
+
+    def _store(self, rows: list[Row], marks: dict[Path, FileMark]) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            store(conn, rows, self._result, self._claimed)
+            for path, mark in marks.items():
+                save_mark(conn, self._importer, path, mark)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
 
 def run_import(
@@ -319,12 +424,22 @@ def run_import(
     """Read what is new in `files` into the ledger; `progress` gets a live line."""
     started = time.monotonic()
     result = ImportResult(importer, files=len(files))
-    claimed: set[int] = set()
     conn = ledger.connect(ledger_path)
     price_memory.recall(ledger_path.parent)
     shown = 0.0
+    # Rows and the marks that say they are in, committed together: a transaction per
+    # CHUNK_LINES lines (of one file or of several small ones), so the proxy, writing the
+    # same ledger, never waits behind a whole history.
+    pending: list[Row] = []
+    marks_due: dict[Path, FileMark] = {}
+    pending_lines = 0
     try:
         marks = load_marks(conn, importer)
+    except BaseException:
+        conn.close()
+        raise
+    writer = _Writer(conn, importer, result)
+    try:
         for index, path in enumerate(files, start=1):
             try:
                 got = read_new(path, marks.get(str(path)), whole_files)
@@ -336,41 +451,38 @@ def run_import(
             lines, mark = got
             result.files_read += 1
             result.lines += len(lines)
-            # A transaction per chunk: the proxy writes the same ledger and must not wait
-            # behind a whole large file. A chunk's mark has no size, so a file whose import
-            # stopped half way is read on from there next time.
+            # A chunk's mark has no size, so a file whose import stopped half way is read
+            # on from there next time.
             at = mark.offset - sum(len(line) + 1 for line in lines) if not whole_files else 0
             for start in range(0, max(len(lines), 1), CHUNK_LINES):
                 chunk = lines[start : start + CHUNK_LINES]
-                calls = parse(chunk, mark.state, path) if chunk else []
+                pending += parse(chunk, mark.state, path) if chunk else []
                 last = start + CHUNK_LINES >= len(lines)
                 at += sum(len(line) + 1 for line in chunk)
-                done = mark if last else FileMark(mark.inode, -1, 0, at, dict(mark.state))
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    store(conn, [_imported(c) for c in calls], result, claimed)
-                    save_mark(conn, importer, path, done)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+                marks_due[path] = (
+                    mark if last else FileMark(mark.inode, -1, 0, at, dict(mark.state))
+                )
+                pending_lines += len(chunk)
+                if pending_lines >= CHUNK_LINES:
+                    writer.commit(pending, marks_due)
+                    pending, marks_due, pending_lines = [], {}, 0
             now = time.monotonic()
             if progress is not None and now - shown >= PROGRESS_EVERY:
                 shown = now
                 _show(progress, importer, index, len(files), result, now - started)
+        if marks_due:
+            writer.commit(pending, marks_due)
     finally:
-        conn.close()
+        try:
+            writer.finish()  # what was handed over is committed, even when parsing failed
+        finally:
+            conn.close()
     price_memory.keep(ledger_path.parent)
     result.seconds = time.monotonic() - started
     if progress is not None and shown:
         _show(progress, importer, len(files), len(files), result, result.seconds)
         progress.write("\n")
     return result
-
-
-def _imported(call: Call) -> Call:
-    """The call marked as imported (parsers that build their rows with SOURCE need no copy)."""
-    return call if call.source == SOURCE else replace(call, source=SOURCE)
 
 
 def _show(out: TextIO, importer: str, done: int, total: int, r: ImportResult, secs: float) -> None:

@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from devmeter.gitinfo import repo_for
-from devmeter.importers.history import ImportResult, run_import
+from devmeter.importers.history import ImportResult, Row, run_import
 from devmeter.pricing import PriceOverride
-from devmeter.usage import Call
 
-# (new lines, the file's carried state, its path, price overrides) -> rows
-LinesParser = Callable[[list[bytes], dict[str, Any], Path, tuple[PriceOverride, ...]], list[Call]]
+# (new lines, the file's carried state, its path, price overrides) -> ledger rows
+LinesParser = Callable[[list[bytes], dict[str, Any], Path, tuple[PriceOverride, ...]], list[Row]]
 
 
 def timestamp(value: Any) -> float | None:
@@ -49,7 +48,7 @@ def import_line_files(
 ) -> ImportResult:
     """Import what is new in `files`; `none_found` is the error when there are none."""
 
-    def parse(lines: list[bytes], state: dict[str, Any], path: Path) -> list[Call]:
+    def parse(lines: list[bytes], state: dict[str, Any], path: Path) -> list[Row]:
         return parse_lines(lines, state, path, overrides)
 
     result = run_import(ledger_path, importer, files, parse, progress)

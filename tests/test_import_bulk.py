@@ -1,0 +1,225 @@
+"""A first import's fast paths give exactly what the general ones do: rows built and priced
+without a Call (claude_code.line_row, pricing.cost_pusd) and rows stored with the rollups
+summed set-wise (ledger.insert_calls_in_bulk) instead of by the per-row triggers."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import warnings
+from dataclasses import replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devmeter import ledger, pricing
+from devmeter.importers import claude_code
+from devmeter.importers.claude_code import import_claude_code
+from devmeter.money import to_pusd
+from devmeter.providers.anthropic import document_usage
+from devmeter.usage import Attribution, Call, Usage
+
+ROLLUPS = ("rollup", "rollup_group", "rollup_session", "rollup_day")
+
+
+def line(
+    n: int,
+    output: int,
+    *,
+    minute: int = 0,
+    model: str = "claude-sonnet-4-5",
+    session: str = "s-1",
+    cwd: str = "/nowhere/acme",
+    **usage: Any,
+) -> dict[str, Any]:
+    return {
+        "type": "assistant",
+        "sessionId": session,
+        "cwd": cwd,
+        "gitBranch": "main",
+        # Across quarter hours and local midnights (+05:30 below: 18:30 UTC).
+        "timestamp": f"2026-11-30T18:{minute % 60:02d}:{n % 60:02d}.{n % 1000:03d}Z",
+        "requestId": f"req_{n}",
+        "message": {
+            "id": f"msg_{n}",
+            "model": model,
+            "usage": {
+                "input_tokens": 100 + n,
+                "cache_read_input_tokens": 7 * n,
+                "cache_creation_input_tokens": 3 * n,
+                "cache_creation": {"ephemeral_5m_input_tokens": 2 * n,
+                                   "ephemeral_1h_input_tokens": n},  # fmt: skip
+                "output_tokens": output,
+                **usage,
+            },
+        },
+    }
+
+
+def write(path: Path, lines: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.writelines(json.dumps(o) + "\n" for o in lines)
+
+
+def snapshot(db: Path) -> dict[str, list[tuple[Any, ...]]]:
+    conn = sqlite3.connect(db)
+    tables = {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall()) for t in ROLLUPS}
+    columns = ", ".join(ledger.CALL_COLUMNS)
+    types = ", ".join(f"typeof({c})" for c in ledger.CALL_COLUMNS)
+    tables["calls"] = conn.execute(f"SELECT {columns}, {types} FROM calls ORDER BY id").fetchall()
+    # Every rollup holds the raw sums of the calls.
+    raw = conn.execute("SELECT count(*), sum(output_tokens), sum(cost_pusd) FROM calls").fetchone()
+    for table in ROLLUPS:
+        sums = conn.execute(
+            f"SELECT sum(requests), sum(output_tokens), sum(cost_pusd) FROM {table}"
+        ).fetchone()
+        assert sums == raw, table
+    conn.close()
+    return tables
+
+
+def live(n: int, output: int) -> Call:
+    """What the proxy records for response n of `line` (and one it has no line for)."""
+    return Call(
+        ts=datetime(2026, 11, 30, 18, 0, n % 60, tzinfo=UTC).timestamp(),
+        provider="anthropic",
+        endpoint="anthropic.messages",
+        host="api.anthropic.com",
+        requested_model="claude-sonnet-4-5",
+        model="claude-sonnet-4-5",
+        attribution=Attribution(tool="claude-code", session="s-1", repo="/nowhere/acme"),
+        usage=Usage(input_tokens=100 + n, output_tokens=output),
+        cost_usd=Decimal("0.25"),
+        price_source="genai-prices",
+        status=200,
+        billing="subscription",
+        response_id=f"msg_{n}",
+    )
+
+
+def test_rollups_summed_set_wise_equal_the_triggers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A zone half an hour off UTC: local days start on a quarter hour, not on an hour.
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        first = [line(n, o, minute=n // 7, session=f"s-{n % 3}", cwd=f"/nowhere/r{n % 2}")
+                 for n in range(400) for o in (1, 50 + n)]  # fmt: skip
+        first += [line(400, 9, model="no-such-model")]  # unpriced
+        later = [line(n, 5000 + n, minute=n // 7) for n in range(390, 400)]  # final counts
+        later += [line(n, 60, minute=n // 5) for n in range(1000, 1300)]
+        seen = []
+        for bulk_at_least in (ledger.BULK_AT_LEAST, 10**9):  # set-wise, then by triggers
+            monkeypatch.setattr(ledger, "BULK_AT_LEAST", bulk_at_least)
+            root, db = tmp_path / str(bulk_at_least), tmp_path / f"{bulk_at_least}.sqlite"
+            write(root / "projects" / "p" / "a.jsonl", first)
+            assert import_claude_code(db, root).imported == 401
+            steps = [snapshot(db)]
+            # Live rows for msg_5 and msg_7 replace the imported ones; one has no line.
+            ledger.write_calls(db, [live(5, 55), live(7, 999), live(2000, 3)])
+            steps.append(snapshot(db))
+            write(root / "projects" / "p" / "a.jsonl", later)
+            write(root / "projects" / "p" / "b.jsonl", first[:100])  # a resumed session
+            again = import_claude_code(db, root)
+            assert (again.imported, again.updated) == (300, 10), again
+            steps.append(snapshot(db))
+            seen.append(steps)
+        set_wise, by_triggers = seen
+        for step, (ours, theirs) in enumerate(zip(set_wise, by_triggers, strict=True)):
+            for table in ("calls", *ROLLUPS):
+                assert ours[table] == theirs[table], (step, table)
+        assert len(set_wise[-1]["calls"]) == 401 - 2 + 3 + 300
+        conn = sqlite3.connect(tmp_path / f"{ledger.BULK_AT_LEAST}.sqlite")
+        triggers = {name for (name,) in conn.execute("SELECT name FROM sqlite_master "
+                                                    "WHERE type = 'trigger'")}  # fmt: skip
+        assert {"calls_rollup", "calls_rollup_group", "calls_rollup_day"} <= triggers
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def reference_row(obj: dict[str, Any], overrides: tuple[pricing.PriceOverride, ...]) -> Any:
+    """The row built the general way: a Call, priced by pricing.price, ledger.call_row."""
+    message, usage = obj["message"], document_usage(obj["message"]["usage"])
+    assert usage is not None
+    ts = datetime.fromisoformat(obj["timestamp"].replace("Z", "+00:00")).timestamp()
+    found = pricing.price("anthropic", message["model"], usage, overrides,
+                          datetime.fromtimestamp(ts, UTC))  # fmt: skip
+    return ledger.call_row(
+        Call(
+            ts=ts, provider="anthropic", endpoint="claude-code.import",
+            host="api.anthropic.com", requested_model=message["model"], model=message["model"],
+            attribution=Attribution(tool="claude-code", session=obj["sessionId"],
+                                    repo=obj["cwd"], branch="main", repo_source="transcript"),
+            usage=usage, cost_usd=found.cost_usd, price_source=found.source, status=None,
+            response_id=message["id"], source="import",
+            import_key=f"claude-code:{message['id']}:{obj['requestId']}",
+        )
+    )  # fmt: skip
+
+
+def test_rows_built_without_a_call_equal_the_general_path() -> None:
+    overrides = pricing.parse_overrides([
+        {"model": "claude-haiku-*", "discount": 0.2},
+        {"model": "claude-opus-4-1", "input_mtok": 1, "output_mtok": 2.5},
+    ])  # fmt: skip
+    lines = [
+        line(1, 700),
+        line(2, 800, model="claude-haiku-4-5"),  # a discount
+        line(3, 900, model="claude-opus-4-1"),  # rates of one's own
+        line(4, 10, model="no-such-model"),  # unpriced
+        line(5, 10, server_tool_use={"web_search_requests": 3}),
+        line(6, 10, service_tier="priority"),  # a priced tier: genai-prices decides
+        line(300_000, 10),  # over 200k input: Sonnet's long-context tier
+    ]
+    for obj in lines:
+        for given in ((), overrides):
+            assert claude_code.line_row(obj, given) == reference_row(obj, given), obj
+    unknown = claude_code.line_row(line(4, 1, model="no-such-model"), ())
+    assert unknown is not None and unknown[ledger.CALL_COLUMNS.index("cost_pusd")] is None
+
+
+def test_cost_in_pico_dollars_equals_genai_prices_for_every_model() -> None:
+    import random
+
+    import genai_prices
+    from genai_prices import data_snapshot
+
+    rng = random.Random(18)
+    when = datetime(2026, 11, 23, 12, tzinfo=UTC)
+    checked = 0
+    for provider in data_snapshot.get_snapshot().providers:
+        for model in provider.models:
+            write = rng.choice([0, rng.randint(1, 50_000)])
+            usage = Usage(
+                input_tokens=rng.randint(0, 250_000),
+                cache_read_tokens=rng.choice([0, rng.randint(1, 500_000)]),
+                cache_write_tokens=write,
+                cache_write_1h_tokens=rng.choice([0, write // 3]),
+                output_tokens=rng.randint(0, 40_000),
+                web_search_requests=rng.choice([0, 0, 3]),
+            )
+            for tier in (None, "standard"):
+                usage = replace(usage, service_tier=tier)
+                ours, source = pricing.cost_pusd(
+                    provider.id, model.id, usage, (), when.timestamp()
+                )
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        theirs = genai_prices.calc_price(
+                            pricing._genai_usage(usage), model_ref=model.id,
+                            provider_id=provider.id, genai_request_timestamp=when,
+                        ).total_price  # fmt: skip
+                except Exception:  # genai-prices refuses some usages for some models
+                    continue
+                checked += 1
+                assert ours == to_pusd(Decimal(theirs)), (provider.id, model.id, usage)
+                assert source == pricing.genai_prices_source()
+    assert checked > 500
