@@ -490,17 +490,9 @@ def cmd_import_cursor_csv(args: argparse.Namespace, config: Config, where: Paths
 
 
 def cmd_import_history(args: argparse.Namespace, config: Config, where: Paths) -> int:
-    import json
-
     from devmeter.importers import history
 
-    progress = None if args.json else history.progress_stream()
-    result = history.IMPORTERS[args.importer](where.ledger, args.path, config.prices, progress)
-    if args.json:
-        sys.stdout.write(json.dumps(result.as_dict(), indent=1) + "\n")
-    else:
-        sys.stdout.write(result.describe())
-    return 0
+    return history.run_command(args.importer, where.ledger, args.path, config.prices, args.json)
 
 
 def cmd_statusline(args: argparse.Namespace, config: Config, where: Paths) -> int:

@@ -3,15 +3,17 @@
 `devmeter statusline` runs on every refresh of Claude Code's statusline, and `devmeter
 import claude-code|codex|gemini-cli` is mostly a re-scan that finds nothing new. Both are
 answered here from small modules (statusline.py, importers/scan.py) before the full CLI
-(cli.py: argparse, every command's imports) is loaded. Everything else, and any form of
-these two this module does not recognise (help, an unknown flag, `--install`, a re-scan
-with something new), goes to cli.main unchanged. A re-scan that finds nothing new prices
+(cli.py: argparse, every command's imports) is loaded; an import with something new runs
+here too, with the config and the importer alone. Everything else, and any form of these
+two this module does not recognise (help, an unknown flag, `--install`, a config file
+with a mistake), goes to cli.main unchanged. A re-scan that finds nothing new prices
 nothing, so it does not read the config file: a mistake there is reported by the next
 command that needs the config (the import that has something to read among them).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -25,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args == ["statusline"]:
         return _statusline()
     if len(args) >= 2 and args[0] == "import":
-        done = _rescan(args[1], args[2:])
+        done = _import(args[1], args[2:])
         if done is not None:
             return done
     from devmeter.cli import main as full
@@ -41,9 +43,11 @@ def _statusline() -> int:
     return 0
 
 
-def _rescan(importer: str, options: list[str]) -> int | None:
-    """The answer to `devmeter import IMPORTER [--path DIR] [--json]` when none of its
-    files changed since the last import; None when the full import must run."""
+def _import(importer: str, options: list[str]) -> int | None:
+    """`devmeter import IMPORTER [--path DIR] [--json]` for the history importers: when
+    none of its files changed since the last import, the answer; else the import itself,
+    with the config it needs and not the rest of the CLI. None: the full CLI decides
+    (another importer, a flag this does not know, a config with a mistake to report)."""
     from devmeter.importers import scan
 
     if importer not in scan.SOURCES:
@@ -61,9 +65,16 @@ def _rescan(importer: str, options: list[str]) -> int | None:
             given = option.removeprefix("--path=")
         else:
             return None  # -h, a flag this does not know: argparse says what it means
+    done = _rescan(importer, given, as_json)
+    return done if done is not None else _import_new(importer, given, as_json)
+
+
+def _rescan(importer: str, given: str | None, as_json: bool) -> int | None:
+    """The answer when none of the importer's files changed; None when one did."""
     started = time.monotonic()
     from pathlib import Path
 
+    from devmeter.importers import scan
     from devmeter.statusline import data_dir  # platformdirs' rule, without platformdirs
 
     root = scan.history_root(importer, Path(given) if given is not None else None)
@@ -82,3 +93,37 @@ def _rescan(importer: str, options: list[str]) -> int | None:
             f"{seconds:.1f}s\n"
         )
     return 0
+
+
+def _import_new(importer: str, given: str | None, as_json: bool) -> int | None:
+    """The import, as `devmeter import` runs it, without loading the whole CLI (its
+    commands' modules are a tenth of a first import's time); its errors are put as the
+    CLI puts them."""
+    from pathlib import Path
+
+    from devmeter.config import ConfigError, load
+    from devmeter.diagnostics import log_to_stderr
+    from devmeter.importers import history
+    from devmeter.paths import paths
+
+    log_to_stderr()
+    where = paths()
+    try:
+        config = load(where.config_file)
+    except ConfigError:
+        return None  # the CLI says what is wrong, as it does for every command
+    try:
+        return history.run_command(
+            importer, where.ledger, Path(given) if given is not None else None, config.prices,
+            as_json,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from devmeter.cli import user_error
+
+        problem, status = user_error(exc, where)
+        if problem is None or os.environ.get("DEVMETER_DEBUG"):
+            raise
+        print(f"devmeter: {problem}", file=sys.stderr)
+        return status

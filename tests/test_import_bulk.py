@@ -51,8 +51,10 @@ def line(
                 "input_tokens": 100 + n,
                 "cache_read_input_tokens": 7 * n,
                 "cache_creation_input_tokens": 3 * n,
-                "cache_creation": {"ephemeral_5m_input_tokens": 2 * n,
-                                   "ephemeral_1h_input_tokens": n},  # fmt: skip
+                "cache_creation": {
+                    "ephemeral_5m_input_tokens": 2 * n,
+                    "ephemeral_1h_input_tokens": n,
+                },  # fmt: skip
                 "output_tokens": output,
                 **usage,
             },
@@ -207,9 +209,7 @@ def test_cost_in_pico_dollars_equals_genai_prices_for_every_model() -> None:
             )
             for tier in (None, "standard"):
                 usage = replace(usage, service_tier=tier)
-                ours, source = pricing.cost_pusd(
-                    provider.id, model.id, usage, (), when.timestamp()
-                )
+                ours, source = pricing.cost_pusd(provider.id, model.id, usage, (), when.timestamp())
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")

@@ -396,7 +396,33 @@ def test_a_rescan_with_nothing_new_loads_neither_the_cli_nor_the_importers(
         f.write(json.dumps(assistant("msg_B", "r2", 9)) + "\n")
     grown = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True)
     assert "imported 1 calls" in grown.stdout
-    assert "devmeter.cli" in grown.stderr and "devmeter.ledger" in grown.stderr
+    # ... with the ledger and the importer, still without the rest of the CLI.
+    assert "devmeter.ledger" in grown.stderr and "devmeter.cli" not in grown.stderr
+
+
+def test_an_import_run_without_the_cli_reports_errors_as_the_cli_does(
+    tmp_path: Path, devmeter_home: Path, capsys: Any
+) -> None:
+    """`devmeter import claude-code` with something new runs without the rest of the CLI
+    (devmeter/entry.py): a config mistake and a damaged ledger read as from the CLI."""
+    from devmeter.entry import main as entry
+
+    claude = tmp_path / "claude"
+    write_jsonl(claude / "projects" / "p" / "s.jsonl", [assistant("msg_A", "r", 4)])
+    devmeter_home.mkdir(parents=True)
+    (devmeter_home / "config.toml").write_text("[prices\n")
+    assert entry(["import", "claude-code", "--path", str(claude)]) == 2
+    assert "bad config" in capsys.readouterr().err
+    (devmeter_home / "config.toml").write_text('[[prices]]\nmodel = "claude-opus-*"\nfree = true\n')
+    (devmeter_home / "ledger.sqlite").write_bytes(b"not a ledger" * 1000)
+    assert entry(["import", "claude-code", "--path", str(claude)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot read the ledger" in err and "Traceback" not in err
+    (devmeter_home / "ledger.sqlite").unlink()
+    assert entry(["import", "claude-code", "--path", str(claude), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["imported"] == 1
+    (row,) = rows(devmeter_home / "ledger.sqlite")
+    assert (row["cost_pusd"], row["price_source"]) == (0, "override claude-opus-*")
 
 
 def test_import_config_and_the_background_import(tmp_path: Path, monkeypatch: Any) -> None:

@@ -69,6 +69,7 @@ def parse_lines(
             key = (id(obj), None)  # no id: a line of its own
         held = final.get(key)
         if held is None or output > held[0]:
+            message.pop("content", None)  # the text, most of the line: freed at once
             final[key] = (output, obj)
     rows = (line_row(obj, overrides) for _, obj in final.values())
     return [row for row in rows if row is not None]

@@ -495,6 +495,23 @@ def _show(out: TextIO, importer: str, done: int, total: int, r: ImportResult, se
     out.flush()
 
 
+def run_command(
+    importer: str,
+    ledger_path: Path,
+    root: Path | None,
+    overrides: tuple[PriceOverride, ...],
+    as_json: bool,
+) -> int:
+    """`devmeter import IMPORTER`: the import, a progress bar on a terminal, the summary."""
+    progress = None if as_json else progress_stream()
+    result = IMPORTERS[importer](ledger_path, root, overrides, progress)
+    if as_json:
+        sys.stdout.write(json.dumps(result.as_dict(), indent=1) + "\n")
+    else:
+        sys.stdout.write(result.describe())
+    return 0
+
+
 def progress_stream() -> TextIO | None:
     """stderr when it is a terminal (a progress bar there), else None."""
     return sys.stderr if sys.stderr.isatty() else None
