@@ -10,7 +10,9 @@ each response written as Claude Code streams it (three lines, output growing), a
 session repeating earlier lines, and ~1.5 kB of text per line (so 100k responses are
 ~500 MB on disk). Then, each as a separate process, as a user would run them:
 
-- `devmeter import claude-code --path DIR` on an empty ledger (first import);
+- `devmeter import claude-code` on an empty ledger (first import), `--rounds` times,
+  each round interleaved with ccusage's report (in turns first), medians of both, in
+  wall clock and in CPU (user + system);
 - the same again with nothing new (the incremental re-scan);
 - `ccusage daily --json --offline` on the same folder, when `--ccusage` names a folder
   where the npm package `ccusage` is installed (`npm install --prefix DIR ccusage@20.0.24`;
@@ -29,6 +31,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -128,12 +131,27 @@ def generate(root: Path, responses: int, per_session: int = 400, seed: int = 7) 
 
 
 def timed(args: list[str], env: dict[str, str]) -> tuple[float, str]:
+    elapsed, _, out = timed_cpu(args, env)
+    return elapsed, out
+
+
+def timed_cpu(args: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Wall clock, CPU seconds (user + system, the process and its children) and stdout.
+    On a shared machine the CPU is the steadier figure: wall clock waits for the others."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr[-2000:]}")
-    return elapsed, done.stdout
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return elapsed, cpu, done.stdout
+
+
+def fresh_ledger(home: Path) -> None:
+    for name in ("ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm", "price-memory.json"):
+        (home / name).unlink(missing_ok=True)
 
 
 def ledger_total(db: Path) -> tuple[int, float]:
@@ -158,6 +176,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--responses", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=40, help="statusline starts to time")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="first imports to time (each with ccusage)"
+    )
     parser.add_argument("--ccusage", type=Path, help="a folder with npm's ccusage installed")
     parser.add_argument("--keep", type=Path, help="generate into this folder and keep it")
     parser.add_argument(
@@ -187,11 +208,34 @@ def main() -> None:
         )
         subprocess.run([sys.executable, "-c", warm], env=env, check=True)
     devmeter = [sys.executable, "-m", "devmeter", "import", "claude-code", "--json"]
-    first, _ = timed(devmeter, env)
+    ccusage = args.ccusage / "node_modules" / ".bin" / "ccusage" if args.ccusage else None
+    ccusage_daily = [str(ccusage), "daily", "--json", "--offline"]
+    # First imports (each on an empty ledger, no rates kept) and ccusage's report,
+    # interleaved and in turns first, so both see the same load.
+    firsts: list[tuple[float, float]] = []
+    theirs_runs: list[tuple[float, float]] = []
+    their_out = ""
+    for round_ in range(args.rounds):
+        order = ["devmeter", "ccusage"] if round_ % 2 == 0 else ["ccusage", "devmeter"]
+        for who in order:
+            if who == "devmeter":
+                fresh_ledger(home)
+                wall, cpu, _ = timed_cpu(devmeter, env)
+                firsts.append((wall, cpu))
+            elif ccusage is not None:
+                wall, cpu, their_out = timed_cpu(ccusage_daily, env)
+                theirs_runs.append((wall, cpu))
+    first = statistics.median(w for w, _ in firsts)
+    first_cpu = statistics.median(c for _, c in firsts)
     rescan, out = timed(devmeter, env)
     assert json.loads(out)["imported"] == 0
     rows, total = ledger_total(home / "ledger.sqlite")
-    print(f"devmeter first import   {first:7.2f}s  ({rows} rows, ${total:,.2f})")
+    print(
+        f"devmeter first import   {first:7.2f}s  ({rows} rows, ${total:,.2f}); CPU "
+        f"{first_cpu:.2f}s; median of {args.rounds}: "
+        + ", ".join(f"{w:.2f}s/{c:.2f}s" for w, c in firsts)
+        + " (wall/CPU)"
+    )
     print(f"devmeter re-scan        {rescan:7.2f}s  (nothing new)")
     # In process, as the tray runs it every few minutes: no interpreter start.
     from devmeter.importers.claude_code import import_claude_code
@@ -201,14 +245,21 @@ def main() -> None:
     in_process = time.perf_counter() - started
     print(f"  re-scan in process    {in_process:7.3f}s  (the tray's background import)")
 
-    ccusage = None
-    if args.ccusage:
-        ccusage = args.ccusage / "node_modules" / ".bin" / "ccusage"
-        their_time, their_out = timed([str(ccusage), "daily", "--json", "--offline"], env)
+    if ccusage is not None:
+        their_time = statistics.median(w for w, _ in theirs_runs)
+        their_cpu = statistics.median(c for _, c in theirs_runs)
         theirs = json.loads(their_out)
         their_total = theirs.get("totals", {}).get("totalCost")
-        print(f"ccusage daily           {their_time:7.2f}s  (${their_total:,.2f})")
-        print(f"  first import / ccusage {first / their_time:5.2f}x   (target <= 1)")
+        print(
+            f"ccusage daily           {their_time:7.2f}s  (${their_total:,.2f}); CPU "
+            f"{their_cpu:.2f}s; "
+            + ", ".join(f"{w:.2f}s/{c:.2f}s" for w, c in theirs_runs)
+        )
+        print(
+            f"  first import / ccusage {first / their_time:5.2f}x   (target <= 1); by round: "
+            + ", ".join(f"{a[0] / b[0]:.2f}x" for a, b in zip(firsts, theirs_runs, strict=True))
+        )
+        print(f"  the same in CPU        {first_cpu / their_cpu:5.2f}x")
         print(f"  re-scan / ccusage      {rescan / their_time:5.2f}x   (target <= 0.1)")
         print(f"  in-process / ccusage   {in_process / their_time:5.2f}x")
         print(

@@ -52,8 +52,8 @@ def parse_lines(
     # built and priced: that is most of the work, and only one line per response is kept.
     final: dict[tuple[Any, Any], tuple[int, Any]] = {}
     for line in lines:
-        if b'"usage"' not in line:
-            continue  # most lines: cheaper than parsing them
+        if line.rfind(b'"usage"') < 0:
+            continue  # cheaper than parsing; from the end, where a response's usage is
         try:
             obj = fastjson.loads(line)
         except ValueError:
