@@ -223,3 +223,38 @@ def test_cost_in_pico_dollars_equals_genai_prices_for_every_model() -> None:
                 assert ours == to_pusd(Decimal(theirs)), (provider.id, model.id, usage)
                 assert source == pricing.genai_prices_source()
     assert checked > 500
+
+
+def test_a_batch_the_writer_cannot_store_stops_the_import_and_the_next_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches are stored on a thread of their own: a failure there is the import's (it
+    raises, nothing after the failed batch is stored), and the next import reads on from
+    the last batch that was committed, exactly once."""
+    from devmeter.importers import history
+
+    monkeypatch.setattr(history, "CHUNK_LINES", 4)  # a transaction every four lines
+    for n in range(5):
+        write(tmp_path / "projects" / "p" / f"{n}.jsonl",
+              [line(10 * n + k, 5 + k) for k in range(4)])  # fmt: skip
+    real, batches = history.store, []
+
+    def failing(conn: sqlite3.Connection, rows: Any, *args: Any) -> None:
+        batches.append(len(rows))
+        if len(batches) == 3:
+            raise sqlite3.OperationalError("disk I/O error")
+        real(conn, rows, *args)
+
+    monkeypatch.setattr(history, "store", failing)
+    db = tmp_path / "ledger.sqlite"
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        import_claude_code(db, tmp_path)
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM calls").fetchone() == (8,)  # two batches
+    monkeypatch.setattr(history, "store", real)
+    again = import_claude_code(db, tmp_path)
+    assert (again.imported, again.files_read) == (12, 3)
+    assert conn.execute("SELECT count(*), count(DISTINCT import_key) FROM calls").fetchone() == (
+        20,
+        20,
+    )
