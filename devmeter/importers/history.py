@@ -17,6 +17,10 @@ module does the rest:
   row of the same tool with the same token counts within `TWIN_WINDOW` seconds, the same
   session first, then the nearest in time; and such an imported row is replaced by the
   first live row that matches it the same way when that one arrives later (migration v9).
+- **Fast for a whole history.** Parsers hand over ledger tuples, not Calls; a writer
+  thread stores each batch (up to CHUNK_LINES lines, with the marks of the files they
+  came from, in one transaction) while the next is parsed, through
+  `ledger.insert_calls_in_bulk` (the rollups summed set-wise, not row by row).
 """
 
 from __future__ import annotations
