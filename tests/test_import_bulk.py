@@ -258,3 +258,22 @@ def test_a_batch_the_writer_cannot_store_stops_the_import_and_the_next_goes_on(
         20,
         20,
     )
+
+
+def test_lines_with_ids_of_the_wrong_type_are_skipped_or_kept_never_fatal(tmp_path: Path) -> None:
+    """A hostile or damaged transcript: ids that are lists or objects (unhashable: they
+    used to stop the whole import), usage that is no object, JSON that is no object."""
+    odd = [line(1, 5), line(2, 6), line(3, 7)]
+    odd[0]["message"]["id"] = ["msg_1"]  # no usable ids: its uuid names it
+    odd[0]["requestId"] = {"r": 1}
+    odd[0]["uuid"] = "u-1"
+    odd[1]["message"]["usage"] = ["not", "an", "object"]
+    odd[2]["message"] = "no message"
+    write(tmp_path / "projects" / "p" / "s.jsonl", [*odd, line(4, 8)])
+    with (tmp_path / "projects" / "p" / "s.jsonl").open("a") as f:
+        f.write('[1, 2, "usage"]\n"usage"\n{"message": {"usage": 1}}\n')
+    db = tmp_path / "ledger.sqlite"
+    result = import_claude_code(db, tmp_path)
+    assert result.imported == 2, result
+    keys = sorted(k for (k,) in sqlite3.connect(db).execute("SELECT import_key FROM calls"))
+    assert keys == ["claude-code:msg_4:req_4", "claude-code:uuid:u-1"]

@@ -50,23 +50,26 @@ def parse_lines(
 ) -> list[Row]:
     # A streamed response's lines collapse to the last (most output) before a row is
     # built and priced: that is most of the work, and only one line per response is kept.
-    final: dict[tuple[Any, Any], tuple[int, Any]] = {}
+    final: dict[Any, tuple[int, Any]] = {}
+    loads = fastjson.loads
     for line in lines:
         if line.rfind(b'"usage"') < 0:
             continue  # cheaper than parsing; from the end, where a response's usage is
         try:
-            obj = fastjson.loads(line)
-        except ValueError:
-            continue
-        message = obj.get("message") if isinstance(obj, dict) else None
-        usage = message.get("usage") if isinstance(message, dict) else None
-        if not isinstance(usage, dict):
-            continue
-        output = usage.get("output_tokens")
-        output = output if isinstance(output, int) else 0
-        key = (message.get("id"), obj.get("requestId")) if message.get("id") else (obj, None)
-        if isinstance(key[0], dict):
-            key = (id(obj), None)  # no id: a line of its own
+            obj = loads(line)
+            message = obj["message"]
+            output = message["usage"].get("output_tokens")  # only a dict has .get
+        except (ValueError, LookupError, TypeError, AttributeError):
+            continue  # not JSON, or no usage object where a response has it
+        output = output if type(output) is int else 0
+        # The response as its import_key names it (line_row): ids that are strings.
+        message_id, request_id = message.get("id"), obj.get("requestId")
+        key: Any = (
+            message_id if type(message_id) is str else None,
+            request_id if type(request_id) is str else None,
+        )
+        if key == (None, None):
+            key = id(obj)  # no id: a line of its own
         held = final.get(key)
         if held is None or output > held[0]:
             message.pop("content", None)  # the text, most of the line: freed at once
@@ -82,11 +85,10 @@ def line_row(obj: Any, overrides: tuple[PriceOverride, ...] = ()) -> Row | None:
     message = obj.get("message")
     if not isinstance(message, dict) or not isinstance(message.get("usage"), dict):
         return None
-    model = message.get("model") if isinstance(message.get("model"), str) else None
+    model, message_id = _str(message.get("model")), _str(message.get("id"))
     if model == "<synthetic>":
         return None  # made up by Claude Code itself, no API call behind it
-    message_id = message.get("id") if isinstance(message.get("id"), str) else None
-    request_id = obj.get("requestId") if isinstance(obj.get("requestId"), str) else None
+    request_id = _str(obj.get("requestId"))
     if message_id is None and request_id is None:
         uuid = obj.get("uuid")
         if not isinstance(uuid, str):
@@ -101,16 +103,19 @@ def line_row(obj: Any, overrides: tuple[PriceOverride, ...] = ()) -> Row | None:
     usage = document_usage(message["usage"])
     if usage is None:
         return None
-    session = obj.get("sessionId") if isinstance(obj.get("sessionId"), str) else None
-    cwd = obj.get("cwd") if isinstance(obj.get("cwd"), str) else None
-    branch = obj.get("gitBranch") if isinstance(obj.get("gitBranch"), str) else None
+    cwd = _str(obj.get("cwd"))
     repo, repo_branch = repo_of(cwd) if cwd else (None, None)
     cost, source = cost_pusd(PROVIDER, model, usage, overrides, ts) if model else (None, None)
     # The branch the transcript names was the one at the time; HEAD now may differ.
     return imported_row(
-        ts, TOOL, PROVIDER, ENDPOINT, HOST, model, session, repo, branch or repo_branch,
-        "transcript" if repo else None, usage, cost, source, message_id, key,
+        ts, TOOL, PROVIDER, ENDPOINT, HOST, model, _str(obj.get("sessionId")), repo,
+        _str(obj.get("gitBranch")) or repo_branch, "transcript" if repo else None, usage,
+        cost, source, message_id, key,
     )  # fmt: skip
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def import_claude_code(
