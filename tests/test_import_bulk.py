@@ -9,7 +9,7 @@ import sqlite3
 import time
 import warnings
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -34,15 +34,16 @@ def line(
     model: str = "claude-sonnet-4-5",
     session: str = "s-1",
     cwd: str = "/nowhere/acme",
+    base: datetime = datetime(2026, 11, 30, 18, tzinfo=UTC),
     **usage: Any,
 ) -> dict[str, Any]:
+    when = base + timedelta(minutes=minute, seconds=n % 60, milliseconds=n % 1000)
     return {
         "type": "assistant",
         "sessionId": session,
         "cwd": cwd,
         "gitBranch": "main",
-        # Across quarter hours and local midnights (+05:30 below: 18:30 UTC).
-        "timestamp": f"2026-11-30T18:{minute % 60:02d}:{n % 60:02d}.{n % 1000:03d}Z",
+        "timestamp": when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
         "requestId": f"req_{n}",
         "message": {
             "id": f"msg_{n}",
@@ -85,10 +86,10 @@ def snapshot(db: Path) -> dict[str, list[tuple[Any, ...]]]:
     return tables
 
 
-def live(n: int, output: int) -> Call:
+def live(n: int, output: int, base: datetime) -> Call:
     """What the proxy records for response n of `line` (and one it has no line for)."""
     return Call(
-        ts=datetime(2026, 11, 30, 18, 0, n % 60, tzinfo=UTC).timestamp(),
+        ts=(base + timedelta(seconds=n % 60)).timestamp(),
         provider="anthropic",
         endpoint="anthropic.messages",
         host="api.anthropic.com",
@@ -104,18 +105,26 @@ def live(n: int, output: int) -> Call:
     )
 
 
+@pytest.mark.parametrize(
+    ("zone", "base"),
+    [
+        # Half an hour off UTC: local days start on a quarter hour (18:30 UTC), not an hour.
+        ("Asia/Kolkata", datetime(2026, 11, 30, 18, tzinfo=UTC)),
+        # Summer time ends at 01:00 UTC: two offsets in the same local day.
+        ("Europe/Berlin", datetime(2026, 10, 25, 0, 30, tzinfo=UTC)),
+    ],
+)
 def test_rollups_summed_set_wise_equal_the_triggers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zone: str, base: datetime
 ) -> None:
-    # A zone half an hour off UTC: local days start on a quarter hour, not on an hour.
-    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    monkeypatch.setenv("TZ", zone)
     time.tzset()
     try:
-        first = [line(n, o, minute=n // 7, session=f"s-{n % 3}", cwd=f"/nowhere/r{n % 2}")
-                 for n in range(400) for o in (1, 50 + n)]  # fmt: skip
-        first += [line(400, 9, model="no-such-model")]  # unpriced
-        later = [line(n, 5000 + n, minute=n // 7) for n in range(390, 400)]  # final counts
-        later += [line(n, 60, minute=n // 5) for n in range(1000, 1300)]
+        first = [line(n, o, minute=n // 7, session=f"s-{n % 3}", cwd=f"/nowhere/r{n % 2}",
+                      base=base) for n in range(400) for o in (1, 50 + n)]  # fmt: skip
+        first += [line(400, 9, model="no-such-model", base=base)]  # unpriced
+        later = [line(n, 5000 + n, minute=n // 7, base=base) for n in range(390, 400)]
+        later += [line(n, 60, minute=n // 5, base=base) for n in range(1000, 1300)]
         seen = []
         for bulk_at_least in (ledger.BULK_AT_LEAST, 10**9):  # set-wise, then by triggers
             monkeypatch.setattr(ledger, "BULK_AT_LEAST", bulk_at_least)
@@ -124,7 +133,7 @@ def test_rollups_summed_set_wise_equal_the_triggers(
             assert import_claude_code(db, root).imported == 401
             steps = [snapshot(db)]
             # Live rows for msg_5 and msg_7 replace the imported ones; one has no line.
-            ledger.write_calls(db, [live(5, 55), live(7, 999), live(2000, 3)])
+            ledger.write_calls(db, [live(5, 55, base), live(7, 999, base), live(2000, 3, base)])
             steps.append(snapshot(db))
             write(root / "projects" / "p" / "a.jsonl", later)
             write(root / "projects" / "p" / "b.jsonl", first[:100])  # a resumed session
