@@ -598,8 +598,8 @@ def insert_calls(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> N
 # into the finest rollup's groups (a temporary table), and every rollup is fed from those
 # sums, as migration v10 backfilled the narrower ones from `rollup`: a time zone's
 # offset changes on a quarter hour, so a bucket's local day and offset are its rows'.
-# `insert_calls_in_bulk` runs them instead of the triggers (tests/test_ledger.py checks
-# that both give the same rollups).
+# `insert_calls_in_bulk` runs them instead of the triggers (tests/test_import_bulk.py
+# checks that both give the same rollups).
 _BUCKET_KEYS = (
     ("bucket", "CAST(ts / 900 AS INTEGER)"), ("session", "coalesce(session, '')"),
     ("repo", "coalesce(repo, '')"), ("branch", "coalesce(branch, '')"), ("tool", "tool"),

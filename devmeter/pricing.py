@@ -254,6 +254,7 @@ def _hour_tiers(key: tuple[str, str, int]) -> RateTiers | None:
 # six decimals, so each is a whole number of pico-dollars per token and the integer sum
 # is exactly `to_pusd` of the Decimal one; a rate that is not (None here) is left to it.
 PusdTiers = tuple[tuple[int, dict[str, int]], ...]
+_LEDGER_MAX_INT = 2**63 - 1  # SQLite's integers are 64-bit
 _pusd_tiers: dict[tuple[str, str, int], PusdTiers | None] = {}
 
 
@@ -310,6 +311,8 @@ def cost_pusd(
             if rate is None:  # genai-prices has a rule for a missing rate: its own sum
                 return _general_pusd(provider, model, usage, overrides, ts)
             total += count * rate
+    if not -_LEDGER_MAX_INT <= total <= _LEDGER_MAX_INT:
+        return None, genai_prices_source()  # as `to_pusd`: no ledger column holds it
     return total, genai_prices_source()
 
 

@@ -286,3 +286,24 @@ def test_lines_with_ids_of_the_wrong_type_are_skipped_or_kept_never_fatal(tmp_pa
     assert result.imported == 2, result
     keys = sorted(k for (k,) in sqlite3.connect(db).execute("SELECT import_key FROM calls"))
     assert keys == ["claude-code:msg_4:req_4", "claude-code:uuid:u-1"]
+
+
+def test_counts_no_call_can_have_are_recorded_as_zero_as_the_proxy_does(tmp_path: Path) -> None:
+    """NaN and counts beyond any call (a damaged transcript) are taken out as
+    usage.checked_usage takes them out of a live row; they used to stop the import
+    (a number SQLite cannot hold)."""
+    odd = [line(1, 5), line(2, 6), line(3, 7)]
+    odd[1]["message"]["usage"]["input_tokens"] = 10**30
+    odd[2]["message"]["usage"]["cache_read_input_tokens"] = -5
+    write(tmp_path / "projects" / "p" / "s.jsonl", odd)
+    with (tmp_path / "projects" / "p" / "s.jsonl").open("a") as f:
+        f.write(json.dumps(line(4, 8)).replace('"output_tokens": 8', '"output_tokens": NaN') + "\n")
+    db = tmp_path / "ledger.sqlite"
+    assert import_claude_code(db, tmp_path).imported == 4
+    got = dict(
+        sqlite3.connect(db).execute(
+            "SELECT response_id, input_tokens + cache_read_tokens + output_tokens FROM calls"
+        )
+    )
+    assert got == {"msg_1": 101 + 7 + 5, "msg_2": 0 + 14 + 6, "msg_3": 103 + 0 + 7,
+                   "msg_4": 104 + 28 + 0}  # fmt: skip

@@ -28,6 +28,7 @@ from devmeter.importers.scan import history_files, history_root
 from devmeter.importers.transcript_fields import import_line_files, repo_of, timestamp
 from devmeter.pricing import PriceOverride, cost_pusd
 from devmeter.providers.anthropic import document_usage
+from devmeter.usage import checked_usage
 
 IMPORTER = "claude-code"
 TOOL = "claude-code"
@@ -99,10 +100,12 @@ def line_row(obj: Any, overrides: tuple[PriceOverride, ...] = ()) -> Row | None:
     ts = timestamp(obj.get("timestamp"))
     if ts is None:
         return None
-    # The same reading of `usage` as the proxy's (5m/1h cache writes, web searches, tier).
+    # The same reading of `usage` as the proxy's (5m/1h cache writes, web searches, tier),
+    # and the same check: a count no call can have (negative, NaN, huge) is recorded as 0.
     usage = document_usage(message["usage"])
     if usage is None:
         return None
+    usage, _ = checked_usage(usage)
     cwd = _str(obj.get("cwd"))
     repo, repo_branch = repo_of(cwd) if cwd else (None, None)
     cost, source = cost_pusd(PROVIDER, model, usage, overrides, ts) if model else (None, None)
