@@ -673,9 +673,10 @@ def _insert_varying(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -
     for i, values in enumerate(zip(*rows, strict=True)):
         first = values[0]
         kind = type(first)
-        if (first is None or kind is str or (kind is int and CALL_COLUMNS[i] in numeric)) and (
-            values.count(first) == len(values)
-        ):
+        writable = (kind is str and "\x00" not in first) or (
+            kind is int and CALL_COLUMNS[i] in numeric
+        )  # quote() ends a text at a NUL, and a statement cannot hold one
+        if (first is None or writable) and values.count(first) == len(values):
             (literal[i],) = conn.execute("SELECT quote(?)", (first,)).fetchone()
     varying = [i for i in range(len(CALL_COLUMNS)) if i not in literal]
     if not literal or not varying:

@@ -307,3 +307,24 @@ def test_counts_no_call_can_have_are_recorded_as_zero_as_the_proxy_does(tmp_path
     )
     assert got == {"msg_1": 101 + 7 + 5, "msg_2": 0 + 14 + 6, "msg_3": 103 + 0 + 7,
                    "msg_4": 104 + 28 + 0}  # fmt: skip
+
+
+def test_values_a_batch_shares_are_stored_exactly_as_bound(tmp_path: Path) -> None:
+    """insert_calls_in_bulk writes what every row has the same into the statement: text
+    with quotes or a NUL, integers, floats and NULL come back exactly as insert_calls
+    stores them, types included."""
+    base = live(1, 1, datetime(2026, 11, 30, 18, tzinfo=UTC))
+    odd = replace(base, attribution=replace(base.attribution, session="it's \x00 'q'",
+                                            repo="/tmp/a\x00b"), duration_ms=7)  # fmt: skip
+    calls = [replace(odd, ts=odd.ts + n, response_id=f"r{n}", host="h'\"x") for n in range(300)]
+    stored = []
+    for insert in (ledger.insert_calls, ledger.insert_calls_in_bulk):
+        conn = sqlite3.connect(tmp_path / f"{insert.__name__}.sqlite", isolation_level=None)
+        ledger.migrate(conn)
+        conn.execute("BEGIN")
+        insert(conn, [ledger.call_row(c) for c in calls])
+        conn.execute("COMMIT")
+        columns = ", ".join(f"{c}, typeof({c})" for c in ledger.CALL_COLUMNS)
+        stored.append(conn.execute(f"SELECT {columns} FROM calls ORDER BY id").fetchall())
+    assert stored[0] == stored[1]
+    assert stored[1][0][2 * ledger.CALL_COLUMNS.index("session")] == "it's \x00 'q'"
