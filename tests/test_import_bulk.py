@@ -328,3 +328,37 @@ def test_values_a_batch_shares_are_stored_exactly_as_bound(tmp_path: Path) -> No
         stored.append(conn.execute(f"SELECT {columns} FROM calls ORDER BY id").fetchall())
     assert stored[0] == stored[1]
     assert stored[1][0][2 * ledger.CALL_COLUMNS.index("session")] == "it's \x00 'q'"
+
+
+def test_codex_and_gemini_counts_no_call_can_have_are_recorded_as_zero(tmp_path: Path) -> None:
+    """The same check for Codex's cumulative totals and Gemini CLI's chats: a count past
+    2**63 (SQLite's integers are signed 64-bit) used to stop the import."""
+    from devmeter.importers.codex import import_codex
+    from devmeter.importers.gemini_cli import import_gemini_cli
+
+    def total(inp: int, out: int, ts: str) -> dict[str, Any]:
+        usage = {"input_tokens": inp, "cached_input_tokens": 0, "output_tokens": out,
+                 "reasoning_output_tokens": 0}  # fmt: skip
+        info = {"type": "token_count", "info": {"total_token_usage": usage}}
+        return {"timestamp": ts, "type": "event_msg", "payload": info}
+
+    rollout = tmp_path / "codex" / "sessions" / "rollout-1.jsonl"
+    rollout.parent.mkdir(parents=True)
+    rollout.write_text("".join(json.dumps(o) + "\n" for o in [
+        {"timestamp": "2026-12-01T09:00:00Z", "type": "session_meta", "payload": {"id": "s"}},
+        {"timestamp": "2026-12-01T09:00:00Z", "type": "turn_context",
+         "payload": {"model": "gpt-5"}},
+        total(1000, 2**63 + 10, "2026-12-01T09:00:01Z"),
+        total(2000, 2**63 + 15, "2026-12-01T09:00:02Z"),
+    ]))  # fmt: skip
+    db = tmp_path / "ledger.sqlite"
+    assert import_codex(db, tmp_path / "codex").imported == 2
+    got = sqlite3.connect(db).execute("SELECT input_tokens, output_tokens FROM calls ORDER BY ts")
+    assert got.fetchall() == [(1000, 0), (1000, 5)]
+    chat = tmp_path / "gemini" / "tmp" / "h" / "chats" / "session-1.json"
+    chat.parent.mkdir(parents=True)
+    chat.write_text(json.dumps({"sessionId": "g", "messages": [
+        {"id": "m1", "timestamp": "2026-12-01T10:00:02Z", "type": "gemini",
+         "model": "gemini-2.5-pro", "tokens": {"input": 2**63 + 10, "output": 7}},
+    ]}))  # fmt: skip
+    assert import_gemini_cli(db, tmp_path / "gemini").imported == 1

@@ -29,7 +29,7 @@ from devmeter.importers.history import SOURCE, ImportResult, Row, call_rows
 from devmeter.importers.scan import history_files, history_root
 from devmeter.importers.transcript_fields import import_line_files, repo_of, timestamp
 from devmeter.pricing import PriceOverride, price
-from devmeter.usage import Attribution, Call, Usage
+from devmeter.usage import Attribution, Call, Usage, checked_usage
 
 IMPORTER = "codex"
 TOOL = "codex"
@@ -105,6 +105,7 @@ def _token_count(
         output_tokens=output,
         reasoning_tokens=reasoning,
     )
+    usage, _ = checked_usage(usage)  # as a live row: a count no call can have is 0
     model = state.get("model")
     session = state.get("session")
     cwd = state.get("cwd")

@@ -30,7 +30,7 @@ from devmeter import fastjson
 from devmeter.importers.history import SOURCE, ImportResult, Row, call_rows, run_import
 from devmeter.importers.scan import history_files, history_root
 from devmeter.pricing import PriceOverride, price
-from devmeter.usage import Attribution, Call, Usage
+from devmeter.usage import Attribution, Call, Usage, checked_usage
 
 IMPORTER = "gemini-cli"
 TOOL = "gemini-cli"
@@ -121,6 +121,7 @@ def _message_call(
         output_tokens=_count(tokens, "output") + thoughts,
         reasoning_tokens=thoughts,
     )
+    usage, _ = checked_usage(usage)  # as a live row: a count no call can have is 0
     priced = price(PROVIDER, model, usage, overrides, ts)
     return Call(
         ts=ts.timestamp(),
