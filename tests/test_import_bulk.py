@@ -362,3 +362,49 @@ def test_codex_and_gemini_counts_no_call_can_have_are_recorded_as_zero(tmp_path:
          "model": "gemini-2.5-pro", "tokens": {"input": 2**63 + 10, "output": 7}},
     ]}))  # fmt: skip
     assert import_gemini_cli(db, tmp_path / "gemini").imported == 1
+
+
+def test_twins_by_tokens_found_the_same_with_and_without_the_live_rows_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows without a response id are matched to live rows by tool, counts and time. The
+    live rows near a batch are held so that only rows whose counts are among them ask the
+    ledger; past NEAR_AT_MOST every row asks. Both find the same twins."""
+    from devmeter.importers import history
+    from devmeter.importers.codex import import_codex
+
+    def total(inp: int, out: int, second: int) -> dict[str, Any]:
+        usage = {"input_tokens": inp, "cached_input_tokens": 0, "output_tokens": out,
+                 "reasoning_output_tokens": 0}  # fmt: skip
+        info = {"type": "token_count", "info": {"total_token_usage": usage}}
+        ts = (datetime(2026, 12, 1, 9, tzinfo=UTC) + timedelta(seconds=second)).isoformat()
+        return {"timestamp": ts, "type": "event_msg", "payload": info}
+
+    lines = [{"timestamp": "2026-12-01T09:00:00Z", "type": "session_meta", "payload": {"id": "s"}},
+             {"timestamp": "2026-12-01T09:00:00Z", "type": "turn_context",
+              "payload": {"model": "gpt-5"}}]  # fmt: skip
+    # 399 responses, response n with 1000 + n input and 10 output tokens, a minute apart
+    lines += [total(sum(1000 + k for k in range(1, n + 1)), 10 * n, 60 * n) for n in range(1, 400)]
+    at = datetime(2026, 12, 1, 9, tzinfo=UTC).timestamp()
+    live_rows = [
+        Call(ts=at + 60 * n + shift, provider="openai", endpoint="openai.responses",
+             host="api.openai.com", requested_model="gpt-5", model="gpt-5",
+             attribution=Attribution(tool="codex", session="s"),
+             usage=Usage(input_tokens=inp, output_tokens=out), cost_usd=Decimal(1),
+             price_source="x", status=200)
+        for n in range(1, 400)
+        for shift, inp, out in ((899.0, 1000 + n, 10), (901.0, 1000 + n, 10), (5.0, 1000 + n, 11))
+        if n % 3 == 0
+    ]  # fmt: skip  (the same counts in the window, just outside it; other counts)
+    seen = []
+    for at_most in (history.NEAR_AT_MOST, 0):
+        monkeypatch.setattr(history, "NEAR_AT_MOST", at_most)
+        root, db = tmp_path / str(at_most), tmp_path / f"{at_most}.sqlite"
+        write(root / "sessions" / "rollout-1.jsonl", lines)
+        ledger.write_calls(db, live_rows)
+        result = import_codex(db, root)
+        got = sqlite3.connect(db).execute("SELECT ts, source FROM calls ORDER BY id").fetchall()
+        seen.append(((result.imported, result.live, result.duplicates), got))
+    assert seen[0] == seen[1]
+    (imported, live, duplicates), _ = seen[0]
+    assert live == 133 and imported == 399 - 133, seen[0][0]

@@ -47,6 +47,9 @@ SOURCE = "import"
 CHUNK_LINES = 20_000  # lines per transaction, at most (of one file or of several)
 PROGRESS_EVERY = 0.2  # seconds between redraws of the progress bar
 TWIN_WINDOW = 15 * 60.0  # seconds between a live row and its transcript line, at most
+# Live rows near a batch held to tell which rows can have a twin; with more, every row is
+# asked about (a ledger of years of live calls under a batch spanning them).
+NEAR_AT_MOST = 50_000
 
 # (new whole lines, the file's saved state, its path) -> ledger rows (ledger.CALL_COLUMNS'
 # order, marked imported: `imported_row`, `call_rows`); the state is updated in place.
@@ -235,7 +238,7 @@ def store(
     finals = _final_per_key(rows, result)
     held = _held_keys(conn, [r[_KEY] for r in finals if r[_KEY] is not None])
     live_ids = _live_response_ids(conn, [r[_RESPONSE_ID] for r in finals if r[_RESPONSE_ID]])
-    near = _tools_with_live_rows_near(conn, finals)
+    near = _live_counts_near(conn, finals)
     new = []
     cost = 0
     for row in finals:
@@ -249,7 +252,7 @@ def store(
                 result.duplicates += 1
             continue
         twin = live_ids.get(row[_RESPONSE_ID]) if row[_RESPONSE_ID] is not None else None
-        if twin is None and row[_TOOL] in near:
+        if twin is None and _may_have_twin(near, row):
             twin = _live_twin(conn, row, claimed)
         if twin is not None:
             if twin in claimed:
@@ -300,23 +303,45 @@ def _live_response_ids(conn: sqlite3.Connection, ids: list[str]) -> dict[str, in
     return live
 
 
-def _tools_with_live_rows_near(conn: sqlite3.Connection, rows: list[Row]) -> set[str]:
-    """The tools among `rows` with a live row within TWIN_WINDOW of the batch's times:
-    only their rows can have a twin matched by tokens (a first import has none)."""
+def _live_counts_near(
+    conn: sqlite3.Connection, rows: list[Row]
+) -> dict[tuple[Any, ...], list[float]]:
+    """(tool, input, cache read, cache write, output tokens) -> the times of live rows
+    with those counts, within TWIN_WINDOW of the batch's times: a row can have a twin
+    matched by tokens only where its counts are here (a first import has none), so the
+    ledger is asked about each row only then, not once per row of a whole history."""
     spans: dict[str, tuple[float, float]] = {}
     for row in rows:
         ts = row[_TS]
         low, high = spans.get(row[_TOOL], (ts, ts))
         spans[row[_TOOL]] = (min(low, ts), max(high, ts))
-    return {
-        tool
-        for tool, (low, high) in spans.items()
-        if conn.execute(
-            "SELECT 1 FROM calls WHERE ts BETWEEN ? AND ? AND tool = ? AND source IS NULL "
-            "LIMIT 1",
-            (low - TWIN_WINDOW, high + TWIN_WINDOW, tool),
-        ).fetchone()
-    }
+    near: dict[tuple[Any, ...], list[float]] = {}
+    at_most = NEAR_AT_MOST
+    for tool, (low, high) in spans.items():
+        found = conn.execute(
+            "SELECT ts, input_tokens, cache_read_tokens, cache_write_tokens, output_tokens "
+            "FROM calls WHERE ts BETWEEN ? AND ? AND tool = ? AND source IS NULL LIMIT ?",
+            (low - TWIN_WINDOW, high + TWIN_WINDOW, tool, at_most + 1),
+        ).fetchall()
+        if len(found) > at_most:
+            near[(tool,)] = []  # too many to hold: every row of the tool may have a twin
+            continue
+        for ts, *counts in found:
+            near.setdefault((tool, *counts), []).append(ts)
+    return near
+
+
+def _may_have_twin(near: dict[tuple[Any, ...], list[float]], row: Row) -> bool:
+    """Whether a live row has `row`'s tool and counts within TWIN_WINDOW of it: what
+    `_live_twin` asks for, and more."""
+    if (row[_TOOL],) in near:
+        return True
+    times = near.get((row[_TOOL], row[_INPUT], row[_READ], row[_WRITE], row[_OUTPUT]))
+    if not times:
+        return False
+    ts = row[_TS]
+    low, high = ts - TWIN_WINDOW, ts + TWIN_WINDOW  # as _live_twin's BETWEEN has them
+    return any(low <= live <= high for live in times)
 
 
 def _final_per_key(rows: Iterable[Row], result: ImportResult) -> list[Row]:
