@@ -408,3 +408,28 @@ def test_twins_by_tokens_found_the_same_with_and_without_the_live_rows_held(
     assert seen[0] == seen[1]
     (imported, live, duplicates), _ = seen[0]
     assert live == 133 and imported == 399 - 133, seen[0][0]
+
+
+def test_a_bulk_insert_that_fails_leaves_the_triggers_and_rollups_as_they_were(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rollup triggers are dropped inside the import's transaction: when the insert
+    fails, the rollback puts them back, and the live rows written next still roll up."""
+    write(tmp_path / "projects" / "p" / "s.jsonl", [line(n, 5) for n in range(300)])
+    db = tmp_path / "ledger.sqlite"
+    ledger.write_calls(db, [live(1000, 3, datetime(2026, 11, 30, 18, tzinfo=UTC))])
+
+    def failing(conn: sqlite3.Connection, rows: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(ledger, "_insert_varying", failing)
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        import_claude_code(db, tmp_path)
+    conn = sqlite3.connect(db)
+    triggers = {name for (name,) in conn.execute("SELECT name FROM sqlite_master "
+                                                "WHERE type = 'trigger'")}  # fmt: skip
+    assert {"calls_rollup", "calls_rollup_group", "calls_rollup_session",
+            "calls_rollup_day"} <= triggers  # fmt: skip
+    ledger.write_calls(db, [live(1001, 4, datetime(2026, 11, 30, 18, tzinfo=UTC))])
+    snapshot(db)  # every rollup still sums the calls
+    assert conn.execute("SELECT count(*) FROM calls").fetchone() == (2,)
