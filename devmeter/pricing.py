@@ -12,7 +12,7 @@ import fnmatch
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -155,6 +155,8 @@ def _flat_rates_for_hour(provider: str, model: str, hour: int) -> RateTiers | No
     try:
         snapshot = _genai().data_snapshot.get_snapshot()
         _, info = snapshot.find_provider_model(model, None, provider, None)
+        if not _same_price_all_hour(info):
+            return None  # an off-peak price from half past: genai-prices, at the call's time
         prices = info.get_prices(datetime.fromtimestamp(hour * 3600, UTC))
     except (LookupError, AttributeError):
         return None
@@ -189,6 +191,24 @@ def _flat_rates_for_hour(provider: str, model: str, hour: int) -> RateTiers | No
         )
         for start in sorted(starts, reverse=True)
     )
+
+
+def _same_price_all_hour(info: Any) -> bool:
+    """Whether the model's price can change only on the hour: its rates are looked up
+    once an hour. A time-of-day price (DeepSeek's off-peak hours) that starts or ends
+    within an hour (00:30) would price part of that hour at the other rate."""
+    conditional = info.prices if isinstance(info.prices, list) else ()
+    for price in conditional:
+        constraint = getattr(price, "constraint", None)
+        for name in ("start_time", "end_time"):
+            bound = getattr(constraint, name, None)
+            if bound is None:
+                continue
+            if bound.tzinfo is not None:  # as genai-prices compares it: in UTC
+                bound = datetime.combine(date(1970, 1, 1), bound).astimezone(UTC).timetz()
+            if (bound.minute, bound.second, bound.microsecond) != (0, 0, 0):
+                return False
+    return True
 
 
 # Rates worked out before, by (provider, model, hour), asked before genai-prices is loaded.

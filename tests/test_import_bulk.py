@@ -433,3 +433,34 @@ def test_a_bulk_insert_that_fails_leaves_the_triggers_and_rollups_as_they_were(
     ledger.write_calls(db, [live(1001, 4, datetime(2026, 11, 30, 18, tzinfo=UTC))])
     snapshot(db)  # every rollup still sums the calls
     assert conn.execute("SELECT count(*) FROM calls").fetchone() == (2,)
+
+
+def test_prices_that_change_within_an_hour_are_not_taken_from_the_hours_rates() -> None:
+    """Rates are looked up once per model and hour. DeepSeek Chat's off-peak price starts
+    at 16:30 and ends at 00:30 UTC: its calls in those half hours were priced at the other
+    rate (live rows and imported ones). Every model, at times across an hour, against
+    genai-prices at the call's own time."""
+    import genai_prices
+    from genai_prices import data_snapshot
+
+    usage = Usage(input_tokens=1_000_000, cache_read_tokens=1000, output_tokens=1_000_000)
+    checked = 0
+    for provider in data_snapshot.get_snapshot().providers:
+        for model in provider.models:
+            for hour, minute in ((0, 15), (0, 45), (16, 15), (16, 45), (3, 59), (4, 1)):
+                when = datetime(2026, 12, 1, hour, minute, tzinfo=UTC)
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        theirs = genai_prices.calc_price(
+                            pricing._genai_usage(usage), model_ref=model.id,
+                            provider_id=provider.id, genai_request_timestamp=when,
+                        ).total_price  # fmt: skip
+                except Exception:  # genai-prices refuses some usages for some models
+                    continue
+                checked += 1
+                ours = pricing.price(provider.id, model.id, usage, (), when).cost_usd
+                assert ours == Decimal(theirs), (provider.id, model.id, when)
+                pusd, _ = pricing.cost_pusd(provider.id, model.id, usage, (), when.timestamp())
+                assert pusd == to_pusd(Decimal(theirs)), (provider.id, model.id, when)
+    assert checked > 1000
