@@ -676,13 +676,21 @@ def test_rates_kept_from_an_earlier_import_price_the_next_without_genai_prices(
     from devmeter.importers import price_memory
 
     home = tmp_path / "home"
+
+    def long_context(msg: str) -> dict[str, Any]:  # past Sonnet's 200k tier: its other rates
+        line = assistant(msg, f"r{msg}", 70, model="claude-sonnet-4-5")
+        line["message"]["usage"]["input_tokens"] = 250_000
+        return line
+
     one = write_jsonl(tmp_path / "one" / "p" / "a.jsonl", [
         assistant("msg_1", "r1", 50, model="claude-sonnet-4-5"),
         assistant("msg_2", "r2", 60, model="claude-haiku-4-5", ts="2026-12-01T11:30:00.000Z"),
+        long_context("msg_5"),
     ])  # fmt: skip
     two = write_jsonl(tmp_path / "two" / "p" / "b.jsonl", [
         assistant("msg_3", "r3", 50, model="claude-sonnet-4-5"),
         assistant("msg_4", "r4", 60, model="claude-haiku-4-5", ts="2026-12-01T11:30:00.000Z"),
+        long_context("msg_6"),
     ])  # fmt: skip
     probe = (
         "import sys; from pathlib import Path; "
@@ -697,14 +705,31 @@ def test_rates_kept_from_an_earlier_import_price_the_next_without_genai_prices(
             capture_output=True, text=True, timeout=60, check=True,
         ).stdout.split()  # fmt: skip
 
-    assert run(one.parent.parent) == ["2", "True"]  # nothing kept yet: genai-prices prices
+    assert run(one.parent.parent) == ["3", "True"]  # nothing kept yet: genai-prices prices
     kept = home / price_memory.FILE
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
-    assert run(two.parent.parent) == ["2", "False"]  # the same hours and models: kept rates
+    assert run(two.parent.parent) == ["3", "False"]  # the same hours and models: kept rates
     got = {
         r["response_id"]: (r["cost_pusd"], r["price_source"]) for r in rows(home / "ledger.sqlite")
     }
     assert got["msg_3"] == got["msg_1"] and got["msg_4"] == got["msg_2"]
+    assert got["msg_6"] == got["msg_5"]
+    # ... which are genai-prices' own, at the long-context tier too.
+    from datetime import UTC, datetime
+
+    import genai_prices
+
+    from devmeter import pricing
+    from devmeter.money import to_pusd
+    from devmeter.providers.anthropic import document_usage
+
+    usage = document_usage(long_context("x")["message"]["usage"])
+    assert usage is not None
+    theirs = genai_prices.calc_price(
+        pricing._genai_usage(usage), model_ref="claude-sonnet-4-5", provider_id="anthropic",
+        genai_request_timestamp=datetime(2026, 12, 1, 10, tzinfo=UTC),
+    ).total_price  # fmt: skip
+    assert got["msg_5"][0] == to_pusd(Decimal(theirs))
     assert got["msg_1"][0] > 0 and got["msg_1"][1].startswith("genai-prices ")
 
     memory = json.loads(kept.read_text())
