@@ -1,0 +1,455 @@
+"""CPU a small call costs devmeter, stage by stage, in-process (issue 16).
+
+Drives the real Meter addon, wired as `devmeter proxy` wires it (proxy/server.py: a
+LedgerWriter in a temporary DEVMETER_HOME, the Attributor with the real process lookup,
+the guard, router, asks, accounts, quota watch and secret inspector of the default
+config), through its hooks on real mitmproxy flows: requestheaders, request,
+responseheaders, the response stream tap chunk by chunk, response. The client is a real
+loopback connection of this process, so attribution finds a real process, its working
+folder and its git repository, as it finds the benchmark's client.
+
+Calls: a small Anthropic Messages call (Claude Code's headers) answered whole and
+streamed, OpenAI Responses (streamed) and OpenAI Chat Completions (whole).
+
+Prints CPU microseconds per call: the hooks' thread CPU uninstrumented (what the event
+loop spends), the process CPU (adds the ledger writer's thread), then the same calls with
+every stage wrapped in a timer, each stage's exclusive CPU (its own, minus the stages it
+calls). The wrappers add ~0.3 us each to the stage that calls them.
+
+    uv run --extra test python -m benchmarks.hook_cost [--calls 3000] [--only anthropic]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import http
+from mitmproxy.test import tflow, tutils
+
+CLAUDE_HEADERS = {
+    "Accept": "application/json",
+    "Content-Type": "application/json",
+    "User-Agent": "claude-cli/2.1.328 (external, sdk-cli)",
+    "X-Claude-Code-Session-Id": "c94186ab-2b3f-417d-a580-48a4be19ff53",
+    "X-Stainless-Arch": "x64",
+    "X-Stainless-Lang": "js",
+    "X-Stainless-OS": "Linux",
+    "X-Stainless-Package-Version": "0.128.0",
+    "X-Stainless-Retry-Count": "0",
+    "X-Stainless-Runtime": "node",
+    "X-Stainless-Timeout": "600",
+    "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
+    "anthropic-version": "2023-06-01",
+    "x-api-key": "sk-ant-api03-bench-key-not-real",
+    "x-app": "cli",
+    "x-claude-code-request-class": "main",
+    "x-client-request-id": "03fe580d-079f-4eb0-aeeb-d7ee7fd7876a",
+}
+OPENAI_HEADERS = {
+    "Accept": "application/json",
+    "Content-Type": "application/json",
+    "User-Agent": "OpenAI/Python 1.99.0",
+    "Authorization": "Bearer sk-proj-bench-key-not-real",
+    "X-Stainless-Lang": "python",
+}
+
+ANTHROPIC_REQUEST = {
+    "model": "claude-haiku-4-5",
+    "max_tokens": 1024,
+    "system": [{"type": "text", "text": "You are Claude Code."}],
+    "messages": [{"role": "user", "content": [{"type": "text", "text": "say hi"}]}],
+}
+ANTHROPIC_ANSWER = {
+    "id": "msg_01",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-haiku-4-5",
+    "content": [{"type": "text", "text": "Hi! How can I help?"}],
+    "stop_reason": "end_turn",
+    "usage": {"input_tokens": 120, "output_tokens": 12, "cache_read_input_tokens": 80,
+              "cache_creation_input_tokens": 0},
+}  # fmt: skip
+
+
+def _sse(events: list[tuple[str | None, dict[str, Any]]]) -> list[bytes]:
+    return [
+        ((f"event: {name}\n" if name else "") + f"data: {json.dumps(data)}\n\n").encode()
+        for name, data in events
+    ]
+
+
+ANTHROPIC_STREAM = _sse([
+    ("message_start", {"type": "message_start", "message": {
+        "id": "msg_01", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+        "content": [], "stop_reason": None,
+        "usage": {"input_tokens": 120, "output_tokens": 1, "cache_read_input_tokens": 80}}}),
+    ("content_block_start", {"type": "content_block_start", "index": 0,
+                             "content_block": {"type": "text", "text": ""}}),
+    ("ping", {"type": "ping"}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                             "delta": {"type": "text_delta", "text": "Hi! "}}),
+    ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                             "delta": {"type": "text_delta", "text": "How can I help?"}}),
+    ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                       "usage": {"output_tokens": 12}}),
+    ("message_stop", {"type": "message_stop"}),
+])  # fmt: skip
+
+RESPONSES_REQUEST = {"model": "gpt-5-mini", "input": "say hi", "stream": True}
+RESPONSES_STREAM = _sse([
+    ("response.created", {"type": "response.created", "response": {
+        "id": "resp_1", "model": "gpt-5-mini", "status": "in_progress"}}),
+    ("response.output_text.delta", {"type": "response.output_text.delta", "delta": "Hi!"}),
+    ("response.completed", {"type": "response.completed", "response": {
+        "id": "resp_1", "model": "gpt-5-mini", "status": "completed",
+        "usage": {"input_tokens": 100, "output_tokens": 12,
+                  "input_tokens_details": {"cached_tokens": 50},
+                  "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 112}}}),
+])  # fmt: skip
+
+CHAT_REQUEST = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "say hi"}]}
+CHAT_ANSWER = {
+    "id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-4o-mini",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi!"},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 100, "completion_tokens": 3, "total_tokens": 103},
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One kind of call: where it goes, what it sends, how the answer comes back."""
+
+    name: str
+    host: str
+    path: str
+    request_headers: dict[str, str]
+    body: bytes
+    response_headers: dict[str, str]
+    chunks: list[bytes]
+
+
+def _whole(answer: dict[str, Any]) -> tuple[dict[str, str], list[bytes]]:
+    body = json.dumps(answer).encode()
+    return {"content-type": "application/json", "content-length": str(len(body))}, [body]
+
+
+def _streamed(chunks: list[bytes]) -> tuple[dict[str, str], list[bytes]]:
+    return {"content-type": "text/event-stream", "transfer-encoding": "chunked"}, chunks
+
+
+SHAPES = {
+    "anthropic": Shape("anthropic messages, whole", "api.anthropic.com", "/v1/messages?beta=true",
+                       CLAUDE_HEADERS, json.dumps(ANTHROPIC_REQUEST).encode(),
+                       *_whole(ANTHROPIC_ANSWER)),
+    "anthropic-stream": Shape("anthropic messages, streamed", "api.anthropic.com",
+                              "/v1/messages?beta=true", CLAUDE_HEADERS,
+                              json.dumps({**ANTHROPIC_REQUEST, "stream": True}).encode(),
+                              *_streamed(ANTHROPIC_STREAM)),
+    "responses": Shape("openai responses, streamed", "api.openai.com", "/v1/responses",
+                       OPENAI_HEADERS, json.dumps(RESPONSES_REQUEST).encode(),
+                       *_streamed(RESPONSES_STREAM)),
+    "chat": Shape("openai chat, whole", "api.openai.com", "/v1/chat/completions",
+                  OPENAI_HEADERS, json.dumps(CHAT_REQUEST).encode(), *_whole(CHAT_ANSWER)),
+}  # fmt: skip
+
+
+class StageClock:
+    """Exclusive thread CPU per stage: a stage's time minus the timed stages it calls."""
+
+    def __init__(self) -> None:
+        self.ns: dict[str, int] = defaultdict(int)
+        self._stack: list[list[int]] = []  # [start, children's time]
+
+    def wrap(self, label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        clock = time.thread_time_ns
+        stack = self._stack
+        totals = self.ns
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            frame = [clock(), 0]
+            stack.append(frame)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                stack.pop()
+                elapsed = clock() - frame[0]
+                totals[label] += elapsed - frame[1]
+                if stack:
+                    stack[-1][1] += elapsed
+
+        return timed
+
+    @contextmanager
+    def stage(self, label: str) -> Iterator[None]:
+        self.wrap(label, lambda: None)  # keeps the label's order of first use
+        frame = [time.thread_time_ns(), 0]
+        self._stack.append(frame)
+        try:
+            yield
+        finally:
+            self._stack.pop()
+            elapsed = time.thread_time_ns() - frame[0]
+            self.ns[label] += elapsed - frame[1]
+
+
+def build_meter(home: Path) -> tuple[Any, Any, Callable[[], None]]:
+    """The Meter as `serve` builds it, for the default config in `home`; and a closer."""
+    os.environ["DEVMETER_HOME"] = str(home)
+    from devmeter import pricing
+    from devmeter.ask import AskBook
+    from devmeter.attribution import Attributor
+    from devmeter.billing import Accounts
+    from devmeter.config import load
+    from devmeter.control import ControlWatcher, control_path
+    from devmeter.guard import Guard
+    from devmeter.ledger import LedgerWriter
+    from devmeter.paths import paths as find_paths
+    from devmeter.paths import read_loop_key
+    from devmeter.proxy.meter import Meter
+    from devmeter.proxy.server import ClientProcessLookup, make_attribute
+    from devmeter.quota_watch import QuotaWatch
+    from devmeter.routing.session_router import Router
+    from devmeter.secrets.inspector import SecretInspector, load_salt
+
+    paths = find_paths()
+    paths.data_dir.mkdir(parents=True, exist_ok=True)
+    config = load(paths.config_file)
+    writer = LedgerWriter(paths.ledger)
+    writer.wait_replayed()
+    attributor = Attributor(proxy_port=None)
+    guard = Guard(
+        config.section("budgets"),
+        config.section("runaway"),
+        config_path=str(paths.config_file),
+        fingerprint_key=read_loop_key(paths),
+    )
+    router = Router(config.section("routing"), config.prices, sessions=guard.sessions)
+    asks = AskBook(config.section("budgets"), guard.spend_in, guard.advice)
+    quota_watch = QuotaWatch(config.section("quota"))
+    pricing.warm()
+
+    def on_billed(call: Any, billing: Any, reading: Any) -> None:
+        snapshots, alerts = quota_watch.observe(call, billing, reading)
+        for snapshot, moved in snapshots:
+            writer.add_quota(snapshot, moved)
+        for alert in alerts:
+            writer.add_alert(alert)
+
+    def record(call: Any) -> None:
+        writer.add_call(call)
+
+    secrets = SecretInspector(
+        config.section("secrets"),
+        load_salt(paths.data_dir),
+        lambda found: writer.add_finding(found.row()),
+        writer.add_alert,
+    )
+    meter = Meter(
+        record=record,
+        attribute=make_attribute(attributor),
+        upstreams=dict(config.upstreams),
+        overrides=config.prices,
+        router=router,
+        guard=guard,
+        on_alert=writer.add_alert,
+        control=ControlWatcher(control_path(paths.data_dir)),
+        client_lookup=ClientProcessLookup(attributor),
+        asks=asks,
+        accounts=Accounts(paths.data_dir),
+        on_billed=on_billed,
+        secrets=secrets,
+    )
+
+    def close() -> None:
+        secrets.close()
+        writer.close()
+
+    return meter, writer, close
+
+
+def instrument(meter: Any, clock: StageClock) -> None:
+    """Wrap each stage of `meter` (and the module functions they call) in `clock`."""
+    from devmeter import metering
+    from devmeter.proxy import metering_stage, recorder, streaming
+
+    w = clock.wrap
+    meter._upstream.requestheaders = w("requestheaders: host", meter._upstream.requestheaders)
+    meter._upstream.send_upstream = w("requestheaders: host", meter._upstream.send_upstream)
+    meter._upstream.host_of = w("requestheaders: host", meter._upstream.host_of)
+    if meter._client_lookup is not None:
+        lookup = meter._client_lookup
+        lookup.requestheaders = w("requestheaders: client lookup", lookup.requestheaders)
+    meter._bounds.requestheaders = w("requestheaders: bounds", meter._bounds.requestheaders)
+    meter._bounds.stream_large_request = w(
+        "requestheaders: bounds", meter._bounds.stream_large_request
+    )
+    meter._cursor.streams = w("requestheaders: cursor check", meter._cursor.streams)
+    meter._apply_control = w("control poll", meter._apply_control)
+    import devmeter.proxy.meter as meter_module
+
+    meter_module.match_endpoint = w("endpoint match", meter_module.match_endpoint)
+    metering_stage.lower_headers = w("header lowercasing", metering_stage.lower_headers)
+    streaming.request_body = w("body parse (t16-large)", streaming.request_body)
+    streaming.read_request = w("body parse (t16-large)", streaming.read_request)
+    meter._metering._attribute = w("attribution", meter._metering._attribute)
+    metering_stage.set_billing = w("billing (who pays)", metering_stage.set_billing)
+    meter._secrets.request = w("secrets", meter._secrets.request)
+    meter._guards.request = w("guard: request (caps, reservation)", meter._guards.request)
+    meter._ask.request = w("asks", meter._ask.request)
+    meter._routing.request = w("routing: request", meter._routing.request)
+    meter._bounds.responseheaders = w("responseheaders: bounds", meter._bounds.responseheaders)
+    meter._routing.responseheaders = w("routing: response", meter._routing.responseheaders)
+    meter._routing.may_fall_back = w("routing: response", meter._routing.may_fall_back)
+    metering_stage.read_quota = w("quota reading", metering_stage.read_quota)
+    metering_stage.new_response_parser = w("response parser setup",
+                                           metering_stage.new_response_parser)  # fmt: skip
+    metering_stage.decoder_for = w("response parser setup", metering_stage.decoder_for)
+    metering.build_call = w("row build + pricing", metering.build_call)
+    rec = meter._recorder
+    recorder.with_billing = w("billing (who pays)", recorder.with_billing)
+    meter._guards.settle = w("guard: settle/fingerprint/observe", meter._guards.settle)
+    meter._guards.fingerprinted = w("guard: settle/fingerprint/observe",
+                                    meter._guards.fingerprinted)  # fmt: skip
+    meter._guards.observe = w("guard: settle/fingerprint/observe", meter._guards.observe)
+    meter._routing.settle = w("routing: settle", meter._routing.settle)
+    rec.record = w("ledger handoff (spool + queue)", rec.record)
+    if rec._on_billed is not None:
+        rec._on_billed = w("quota watch", rec._on_billed)
+
+
+class Client:
+    """A real loopback connection of this process: the flows' client address."""
+
+    def __init__(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.sock = socket.create_connection(self._server.getsockname())
+        self.peer = self.sock.getsockname()
+        self.sockname = self._server.getsockname()
+
+    def close(self) -> None:
+        self.sock.close()
+        self._server.close()
+
+
+def make_flow(shape: Shape, client: Client, session: str) -> http.HTTPFlow:
+    """A flow of `shape`; a Claude Code call in `session` (a fresh one a round keeps the
+    default config's asks, $25 a session, from holding the harness's calls)."""
+    fields = {k.replace("-", "_"): v for k, v in shape.request_headers.items()}
+    if "X-Claude-Code-Session-Id" in shape.request_headers:
+        fields["X_Claude_Code_Session_Id"] = session
+    headers = http.Headers(host=shape.host, **fields, content_length=str(len(shape.body)))
+    flow = tflow.tflow(req=tutils.treq(
+        host=shape.host, port=443, scheme=b"https", authority=b"", path=shape.path.encode(),
+        method=b"POST", content=shape.body, headers=headers,
+    ))  # fmt: skip
+    flow.client_conn.peername = client.peer
+    flow.client_conn.sockname = client.sockname
+    return flow
+
+
+def response_for(shape: Shape) -> http.Response:
+    headers = http.Headers(**{k.replace("-", "_"): v for k, v in shape.response_headers.items()})
+    return tutils.tresp(content=None, headers=headers)
+
+
+def one_call(
+    meter: Any, flow: http.HTTPFlow, response: http.Response, shape: Shape,
+    clock: StageClock | None,
+) -> None:  # fmt: skip
+    """The hooks mitmproxy calls for one call, in its order."""
+    stage = clock.stage if clock is not None else _no_stage
+    with stage("hook: requestheaders (rest)"):
+        held = meter.requestheaders(flow)
+        if held is not None:  # a connection's first request: its process looked up
+            asyncio.run(held)
+    with stage("hook: request (rest)"):
+        held = meter.request(flow)
+        assert held is None, f"a held request: {held!r}, {flow.response and flow.response.content}"
+    flow.response = response  # built beforehand: what mitmproxy does to read it is not ours
+    with stage("hook: responseheaders (rest)"):
+        meter.responseheaders(flow)
+    tap = flow.response.stream
+    assert callable(tap), "the answer was not tapped"
+    with stage("response parse (stream tap)"):
+        for chunk in shape.chunks:
+            tap(chunk)
+        tap(b"")
+    with stage("hook: response (rest)"):
+        meter.response(flow)
+
+
+@contextmanager
+def _no_stage(label: str) -> Iterator[None]:
+    yield
+
+
+def measure(meter: Any, shape: Shape, client: Client, calls: int,
+            clock: StageClock | None) -> tuple[float, float]:  # fmt: skip
+    """(thread CPU us, process CPU us) per call over `calls` calls of `shape`."""
+    session = str(uuid.uuid4())
+    flows = [(make_flow(shape, client, session), response_for(shape)) for _ in range(calls)]
+    gc.collect()
+    thread0, process0 = time.thread_time_ns(), time.process_time_ns()
+    for flow, response in flows:
+        one_call(meter, flow, response, shape, clock)
+    thread, process = time.thread_time_ns() - thread0, time.process_time_ns() - process0
+    return thread / calls / 1000, process / calls / 1000
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=3000, help="calls of each shape a round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (the best is shown)")
+    parser.add_argument("--only", default=",".join(SHAPES), help="shapes: " + ",".join(SHAPES))
+    args = parser.parse_args(argv)
+    shapes = [SHAPES[name] for name in args.only.split(",")]
+    with tempfile.TemporaryDirectory(prefix="devmeter-hook-cost-") as home:
+        meter, writer, close = build_meter(Path(home))
+        client = Client()
+        try:
+            for shape in shapes:  # warm: caches, imports, the first lookups
+                measure(meter, shape, client, 200, None)
+            for shape in shapes:
+                best = min(
+                    (measure(meter, shape, client, args.calls, None) for _ in range(args.rounds)),
+                    key=lambda figures: figures[0],
+                )
+                print(f"{shape.name:32} hooks {best[0]:7.1f} us/call thread CPU, "
+                      f"{best[1]:7.1f} us process CPU (+ ledger writer)")  # fmt: skip
+            clock = StageClock()
+            instrument(meter, clock)
+            total_calls = 0
+            for shape in shapes:
+                measure(meter, shape, client, args.calls, clock)
+                total_calls += args.calls
+            print(f"\nexclusive thread CPU per call by stage (instrumented, all shapes, "
+                  f"{total_calls} calls):")  # fmt: skip
+            total = sum(clock.ns.values())
+            for label, ns in sorted(clock.ns.items(), key=lambda item: -item[1]):
+                print(f"  {label:40} {ns / total_calls / 1000:7.1f} us")
+            print(f"  {'total (with the timers)':40} {total / total_calls / 1000:7.1f} us")
+        finally:
+            client.close()
+            close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
