@@ -142,6 +142,11 @@ _FLAT_KEYS = frozenset(
      "web_searches_kcount")
 )  # fmt: skip
 
+# Rates of units a call priced here never uses: devmeter's usage has no count for them,
+# so genai-prices' own calculation adds nothing for them either. Every OpenAI model
+# states one (vector-store searches), and without this none took the flat path.
+_NEVER_COUNTED_KEYS = frozenset(("storage_searches_kcount",))
+
 # A model's rates by tier: (threshold, rates per token) from the highest threshold down,
 # the base rates last (threshold -1). As genai-prices applies them (TieredPrices, the
 # "cliff" model): a call whose total input (cache reads and writes included) is above a
@@ -162,7 +167,11 @@ def _flat_rates_for_hour(provider: str, model: str, hour: int) -> RateTiers | No
         return None
     from genai_prices.types import TieredPrices
 
-    rates = {k: v for k, v in vars(prices).items() if v is not None and not k.startswith("_")}
+    rates = {
+        k: v
+        for k, v in vars(prices).items()
+        if v is not None and not k.startswith("_") and k not in _NEVER_COUNTED_KEYS
+    }
     if not rates.keys() <= _FLAT_KEYS:
         return None  # other units: genai-prices prices it
     starts = {-1}

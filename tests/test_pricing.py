@@ -1,5 +1,6 @@
 """Costs worked out by hand from the providers' published list prices."""
 
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -167,9 +168,19 @@ def test_flat_rate_fast_path_equals_genai_prices_for_every_model() -> None:
     # ... and it is what the proxy's everyday calls take.
     typical = Usage(input_tokens=1200, cache_read_tokens=3000, cache_write_tokens=500,
                     cache_write_1h_tokens=200, output_tokens=345)  # fmt: skip
-    for provider, model in (("anthropic", "claude-opus-5-5"), ("anthropic", "claude-haiku-4-5")):
+    everyday = (("anthropic", "claude-opus-5-5"), ("anthropic", "claude-haiku-4-5"),
+                ("openai", "gpt-5"), ("openai", "gpt-5-mini"),
+                ("openai", "gpt-4o-mini"))  # fmt: skip
+    for provider, model in everyday:
         assert pricing._flat_rates(provider, model, when) is not None, model
-        assert pricing._cost_at_flat_rates(pricing._flat_rates(provider, model, when), typical)
+        rates = pricing._flat_rates(provider, model, when)
+        assert rates is not None
+        usage = (
+            typical
+            if provider == "anthropic"
+            else replace(typical, cache_write_tokens=0, cache_write_1h_tokens=0)
+        )  # OpenAI states no writes
+        assert pricing._cost_at_flat_rates(rates, usage), model
 
 
 def test_rates_are_remembered_only_where_an_import_keeps_them() -> None:
