@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from mitmproxy import http
 
 from devmeter.billing import OVERAGE, SUBSCRIPTION, Accounts
 from devmeter.providers import ResponseParser, quota_headers
 from devmeter.proxy.flow_state import FlowState, short_traceback
-from devmeter.usage import Call
 
 
 @dataclass(slots=True)
@@ -121,16 +121,16 @@ def _merge(
     )
 
 
-def with_billing(state: FlowState, call: Call) -> Call:
-    """The call's billing mode and account; overage when a subscription call's answer
+def billing_fields(state: FlowState, error: str | None) -> dict[str, Any]:
+    """The row's billing mode and account; overage when a subscription call's answer
     says it was billed as extra usage. A quota value devmeter could not read is named in
-    the row's error, and the call is otherwise untouched."""
+    the row's `error` (the row's error so far), and the call is otherwise untouched.
+    Fields, not a copied Call: the recorder makes one copy with every stage's fields."""
     mode = state.billing.mode
     reading = quota_reading(state)
     if reading is not None and reading.overage and mode == SUBSCRIPTION:
         mode = OVERAGE
-    error = call.error
     if reading is not None and reading.notes:
         note = "quota headers ignored: " + "; ".join(reading.notes[:3])
         error = f"{error}; {note}" if error else note
-    return replace(call, billing=mode, account=state.billing.account, error=error)
+    return {"billing": mode, "account": state.billing.account, "error": error}

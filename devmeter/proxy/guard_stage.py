@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -205,13 +205,13 @@ class GuardStage:
         """The loop fingerprint and human turn of the call's request (none if unchecked)."""
         return state.guard.signals if state.guard is not None else (None, None)
 
-    def fingerprinted(self, call: Call, state: FlowState, signals: Signals | None = None) -> Call:
-        """The row with its request's (or its turn's) loop fingerprint (not for a refused
+    def loop_fingerprint(self, state: FlowState, signals: Signals | None = None) -> str | None:
+        """The request's (or its turn's) loop fingerprint for the row (none for a refused
         call)."""
         signals = self.signals(state) if signals is None else signals
-        if signals[0] is None or state.blocked is not None:
-            return call
-        return replace(call, loop_fingerprint=signals[0])
+        if state.blocked is not None:
+            return None
+        return signals[0]
 
     def observe(self, call: Call, state: FlowState, signals: Signals | None = None) -> None:
         """The recorded call's spend and signals into budgets and runaway detection."""

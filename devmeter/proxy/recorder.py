@@ -16,7 +16,7 @@ from devmeter import metering
 from devmeter.billing import Billing
 from devmeter.pricing import PriceOverride
 from devmeter.providers import quota_headers
-from devmeter.proxy.billing_reading import quota_reading, with_billing
+from devmeter.proxy.billing_reading import billing_fields, quota_reading
 from devmeter.proxy.flow_state import FlowState, short_traceback, state_of
 from devmeter.proxy.guard_stage import GuardStage, Signals
 from devmeter.proxy.routing_stage import RoutingStage
@@ -76,11 +76,17 @@ class Recorder:
     def record_settled(self, state: FlowState, call: Call, signals: Signals | None = None) -> None:
         """Record the call's row; `signals`: a WebSocket turn's own (else the request's)."""
         self._guards.settle(state)
-        call = with_billing(state, call)
+        # Every stage's fields in one copy of the row: each `replace` of a Call costs
+        # ~12 us, on every call.
+        fields = billing_fields(state, call.error)
         if state.blocked is not None:
-            call = replace(call, error=state.blocked)
+            fields["error"] = state.blocked
         if state.refused_by is not None:
-            call = replace(call, **state.refused_by.ledger_fields())
+            fields.update(state.refused_by.ledger_fields())
+        fingerprint = self._guards.loop_fingerprint(state, signals)
+        if fingerprint is not None:
+            fields["loop_fingerprint"] = fingerprint
+        call = replace(call, **fields)
         if self._routing.router is not None:
             try:
                 call = self._routing.settle(call, state)
@@ -88,7 +94,6 @@ class Recorder:
                 call = replace(
                     call, error=f"devmeter routing bookkeeping failed: {short_traceback()}"
                 )
-        call = self._guards.fingerprinted(call, state, signals)
         self.record(call)
         if self._on_billed is not None:
             try:
