@@ -165,6 +165,44 @@ def test_warn_reports_each_secret_once_off_the_request_path(tmp_path: Path) -> N
     assert (tmp_path / "secrets.salt").stat().st_mode & 0o777 == 0o600
 
 
+def test_a_clean_string_sent_again_is_not_scanned_again_until_the_policy_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claude Code re-sends its short system block and agents their "continue" every turn:
+    found clean once, they are not scanned again (warn hands them to no worker), but a
+    reloaded policy with a rule of its own scans them again, short and long alike."""
+    from devmeter.secrets import inspector as inspector_module
+
+    scanned: list[str] = []
+    real_scan = inspector_module.scan
+
+    def counting(text: str, user_rules: Any = ()) -> Any:
+        scanned.append(text)
+        return real_scan(text, user_rules)
+
+    monkeypatch.setattr(inspector_module, "scan", counting)
+    long_text = "continue with the refactoring of the proxy module, " * 10  # over the cache size
+    turn = [{"type": "text", "text": "continue"}, {"type": "text", "text": long_text}]
+    doc = {"model": "claude-sonnet-5-5", "max_tokens": 64,
+           "system": [{"type": "text", "text": "You are Claude Code"}],
+           "messages": [{"role": "user", "content": turn}]}  # fmt: skip
+    sink = Sink()
+    ins = inspector(tmp_path, SecretsPolicy(), sink)
+    for n in range(3):
+        ins.inspect("anthropic.messages", copy.deepcopy(doc), WHO, 1000.0 + n)
+        ins.wait_idle()
+    assert sorted(scanned) == sorted(["You are Claude Code", "continue", long_text])
+    assert sink.found == []
+    # A rule added by a config reload finds what the old policy's scans found clean.
+    rules = [{"name": "codename", "regex": r"Claude Code"},
+             {"name": "chore", "regex": r"refactoring of"}]  # fmt: skip
+    ins.policy = parse_secrets({"detect": rules})
+    ins.inspect("anthropic.messages", copy.deepcopy(doc), WHO, 1010.0)
+    ins.wait_idle()
+    assert sorted(f.kind for f in sink.found) == ["chore", "codename"]
+    assert scanned.count("continue") == 2
+
+
 def test_block_refuses_with_how_to_allow_and_the_fingerprint_allows(tmp_path: Path) -> None:
     sink = Sink()
     ins = inspector(tmp_path, SecretsPolicy(mode="block"), sink)

@@ -81,6 +81,14 @@ class SecretInspector:
         on_alert: Callable[[Alert], None] | None = None,
         seen: set[tuple[str, str]] | None = None,
     ) -> None:
+        # What was scanned before, by digest (long strings: block/redact re-scan the whole
+        # conversation every turn, and a 1 MB history then costs a hash, not a scan), and
+        # the short strings found clean (Claude Code's first system block, "continue"):
+        # sent again, they are not handed to the worker at all. Both hold for one policy
+        # (its own rules): a reload sets `policy`, which forgets them.
+        self._scanned: OrderedDict[bytes, list[Finding]] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._clean: set[str] = set()
         self.policy = policy
         self._salt = salt
         self._on_finding = on_finding
@@ -90,10 +98,20 @@ class SecretInspector:
         # One worker: scans are short and ordered; a burst queues rather than competing
         # with the event loop for the GIL on several threads.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="devmeter-secrets")
-        # block/redact re-scan the whole conversation every turn; what was scanned before
-        # is looked up by digest instead (a 1 MB history: a hash, not a scan).
-        self._scanned: OrderedDict[bytes, list[Finding]] = OrderedDict()
-        self._cache_lock = threading.Lock()
+
+    @property
+    def policy(self) -> SecretsPolicy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: SecretsPolicy) -> None:
+        """From the next request on; what the old policy's rules found (or did not) is
+        scanned again."""
+        self._policy = policy
+        # A new set rather than cleared: a scan under way adds to the one it started with.
+        self._clean = set()
+        with self._cache_lock:
+            self._scanned.clear()
 
     def inspect(
         self, api: str, doc: Any, who: Attribution, now: float, can_refuse: bool = True
@@ -106,7 +124,8 @@ class SecretInspector:
         if mode == "off":
             return PASS
         if mode == "warn":
-            pieces = [(p.where, p.text) for p in new_pieces(api, doc)]  # strings: immutable
+            clean = self._clean
+            pieces = [(p.where, p.text) for p in new_pieces(api, doc) if p.text not in clean]
             if pieces:
                 self._worker.submit(self._scan_beside, pieces, who, now)
             return PASS
@@ -138,10 +157,16 @@ class SecretInspector:
         self._worker.submit(lambda: None).result()
 
     def _scan_beside(self, pieces: list[tuple[str, str]], who: Attribution, now: float) -> None:
+        clean = self._clean  # before the scan: a reload meanwhile starts a new set
         try:
             for where, text in pieces:
-                for finding in self._scan_cached(text):
+                findings = self._scan_cached(text)
+                for finding in findings:
                     self._consider(finding, where, who, now)
+                if not findings and len(text) < _CACHE_FROM:
+                    if len(clean) >= _CLEAN_ENTRIES:
+                        clean = self._clean = set()  # bounded: start over
+                    clean.add(text)
         except Exception as exc:  # fail open: a scanner bug never touches the request
             log.warning("devmeter: secret scan failed: %s", type(exc).__name__)
 
@@ -211,6 +236,7 @@ class SecretInspector:
 
 _CACHE_FROM = 256  # shorter strings scan faster than they hash
 _CACHE_ENTRIES = 20_000
+_CLEAN_ENTRIES = 20_000  # short strings found clean: at most ~5 MB
 
 
 def _alert(found: Reported) -> Alert:
