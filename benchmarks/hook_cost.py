@@ -95,7 +95,8 @@ def _sse(events: list[tuple[str | None, dict[str, Any]]]) -> list[bytes]:
 
 ANTHROPIC_STREAM = _sse([
     ("message_start", {"type": "message_start", "message": {
-        "id": "msg_000000000000000000000000", "type": "message", "role": "assistant", "model": "claude-haiku-4-5",
+        "id": "msg_000000000000000000000000", "type": "message", "role": "assistant",
+        "model": "claude-haiku-4-5",
         "content": [], "stop_reason": None,
         "usage": {"input_tokens": 120, "output_tokens": 1, "cache_read_input_tokens": 80}}}),
     ("content_block_start", {"type": "content_block_start", "index": 0,
@@ -322,11 +323,12 @@ def instrument(meter: Any, clock: StageClock) -> None:
                                            metering_stage.new_response_parser)  # fmt: skip
     metering_stage.decoder_for = w("response parser setup", metering_stage.decoder_for)
     metering.build_call = w("row build + pricing", metering.build_call)
+    meter._metering.finish = w("finish (result, row assembly)", meter._metering.finish)
     rec = meter._recorder
-    recorder.with_billing = w("billing (who pays)", recorder.with_billing)
+    recorder.billing_fields = w("billing (who pays)", recorder.billing_fields)
     meter._guards.settle = w("guard: settle/fingerprint/observe", meter._guards.settle)
-    meter._guards.fingerprinted = w("guard: settle/fingerprint/observe",
-                                    meter._guards.fingerprinted)  # fmt: skip
+    meter._guards.loop_fingerprint = w("guard: settle/fingerprint/observe",
+                                       meter._guards.loop_fingerprint)  # fmt: skip
     meter._guards.observe = w("guard: settle/fingerprint/observe", meter._guards.observe)
     meter._routing.settle = w("routing: settle", meter._routing.settle)
     rec.record = w("ledger handoff (spool + queue)", rec.record)
@@ -452,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
                     key=lambda figures: figures[0],
                 )
                 print(f"{shape.name:32} hooks {best[0]:7.1f} us/call thread CPU, "
-                      f"{best[1]:7.1f} us process CPU (+ ledger writer, secrets worker)")  # fmt: skip
+                      f"{best[1]:7.1f} us process CPU (+ writer, secrets)")  # fmt: skip
             clock = StageClock()
             instrument(meter, clock)
             total_calls = 0
