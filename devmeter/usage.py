@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
+from typing import Any
 
 # The largest count one call may record in any token field. The largest context window
 # on sale is 10M tokens, so no real call comes within 10x of this; what lies beyond it
@@ -203,3 +204,20 @@ class Call:
     @property
     def estimated(self) -> bool:
         return self.usage.estimated
+
+
+_CALL_FIELDS = frozenset(f.name for f in fields(Call))
+
+
+def amended(call: Call, changes: Mapping[str, Any]) -> Call:
+    """`dataclasses.replace(call, **changes)` for the proxy's hot path: a copy of the
+    row's fields with `changes` over them, ~1 us where replace re-runs the 30-field
+    __init__ (~12 us), on every call. Exact for Call, which derives nothing at __init__
+    (no __post_init__, no defaults computed from other fields)."""
+    unknown = changes.keys() - _CALL_FIELDS
+    if unknown:
+        raise TypeError(f"Call has no field {', '.join(sorted(unknown))}")
+    copy = object.__new__(Call)
+    copy.__dict__.update(call.__dict__)
+    copy.__dict__.update(changes)
+    return copy

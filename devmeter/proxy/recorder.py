@@ -20,7 +20,7 @@ from devmeter.proxy.billing_reading import billing_fields, quota_reading
 from devmeter.proxy.flow_state import FlowState, short_traceback, state_of
 from devmeter.proxy.guard_stage import GuardStage, Signals
 from devmeter.proxy.routing_stage import RoutingStage
-from devmeter.usage import Attribution, Call, RequestInfo, ResponseResult, Usage
+from devmeter.usage import Attribution, Call, RequestInfo, ResponseResult, Usage, amended
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ class Recorder:
     def record_settled(self, state: FlowState, call: Call, signals: Signals | None = None) -> None:
         """Record the call's row; `signals`: a WebSocket turn's own (else the request's)."""
         self._guards.settle(state)
-        # Every stage's fields in one copy of the row: each `replace` of a Call costs
-        # ~12 us, on every call.
+        # Every stage's fields in one copy of the row (`amended`: ~1 us; a `replace` of a
+        # Call costs ~12 us), on every call.
         fields = billing_fields(state, call.error)
         if state.blocked is not None:
             fields["error"] = state.blocked
@@ -86,7 +86,7 @@ class Recorder:
         fingerprint = self._guards.loop_fingerprint(state, signals)
         if fingerprint is not None:
             fields["loop_fingerprint"] = fingerprint
-        call = replace(call, **fields)
+        call = amended(call, fields)
         if self._routing.router is not None:
             try:
                 call = self._routing.settle(call, state)
