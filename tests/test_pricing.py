@@ -172,9 +172,8 @@ def test_flat_rate_fast_path_equals_genai_prices_for_every_model() -> None:
                 ("openai", "gpt-5"), ("openai", "gpt-5-mini"),
                 ("openai", "gpt-4o-mini"))  # fmt: skip
     for provider, model in everyday:
-        assert pricing._flat_rates(provider, model, when) is not None, model
         rates = pricing._flat_rates(provider, model, when)
-        assert rates is not None
+        assert rates is not None, model
         usage = (
             typical
             if provider == "anthropic"
