@@ -354,16 +354,18 @@ class Client:
         self._server.close()
 
 
-def make_flow(shape: Shape, client: Client, session: str) -> http.HTTPFlow:
+def make_flow(shape: Shape, client: Client, session: str, turn: int | None) -> http.HTTPFlow:
     """A flow of `shape`; a Claude Code call in `session` (a fresh one a round keeps the
-    default config's asks, $25 a session, from holding the harness's calls)."""
+    default config's asks, $25 a session, from holding the harness's calls). `turn`: the
+    prompt is new text, numbered so (as an agent's every turn is), not the shape's own."""
     fields = {k.replace("-", "_"): v for k, v in shape.request_headers.items()}
     if "X-Claude-Code-Session-Id" in shape.request_headers:
         fields["X_Claude_Code_Session_Id"] = session
-    headers = http.Headers(host=shape.host, **fields, content_length=str(len(shape.body)))
+    body = shape.body if turn is None else shape.body.replace(b"say hi", b"say hi, turn %d" % turn)
+    headers = http.Headers(host=shape.host, **fields, content_length=str(len(body)))
     flow = tflow.tflow(req=tutils.treq(
         host=shape.host, port=443, scheme=b"https", authority=b"", path=shape.path.encode(),
-        method=b"POST", content=shape.body, headers=headers,
+        method=b"POST", content=body, headers=headers,
     ))  # fmt: skip
     flow.client_conn.peername = client.peer
     flow.client_conn.sockname = client.sockname
@@ -418,19 +420,22 @@ def _no_stage(label: str) -> Iterator[None]:
 
 
 def measure(meter: Any, writer: Any, shape: Shape, client: Client, calls: int,
-            clock: StageClock | None) -> tuple[float, float]:  # fmt: skip
+            clock: StageClock | None, new_turns: bool = False) -> tuple[float, float]:  # fmt: skip
     """(thread CPU us, process CPU us) per call over `calls` calls of `shape`: the hooks',
-    and the whole process's until the ledger writer has committed them all."""
+    and the whole process's until the ledger writer and the secrets worker are done.
+    `new_turns`: every call's prompt is new text (the secrets worker scans each one)."""
     session = str(uuid.uuid4())
     flows = [
-        (make_flow(shape, client, session), response_for(shape), unique_chunks(shape))
-        for _ in range(calls)
-    ]
+        (make_flow(shape, client, session, n if new_turns else None), response_for(shape),
+         unique_chunks(shape))
+        for n in range(calls)
+    ]  # fmt: skip
     gc.collect()
     thread0, process0 = time.thread_time_ns(), time.process_time_ns()
     for flow, response, chunks in flows:
         one_call(meter, flow, response, chunks, shape, clock)
     thread = time.thread_time_ns() - thread0
+    meter._secrets.inspector.wait_idle()  # the secrets worker's share: its scans done
     writer.flush()  # the ledger writer's share: its rows committed (batched, as in the proxy)
     process = time.process_time_ns() - process0
     return thread / calls / 1000, process / calls / 1000
@@ -441,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=3000, help="calls of each shape a round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (the best is shown)")
     parser.add_argument("--only", default=",".join(SHAPES), help="shapes: " + ",".join(SHAPES))
+    parser.add_argument("--new-turns", action="store_true",
+                        help="each call's prompt new text, as an agent's turns are (by default "
+                             "every call repeats one, as the benchmarks' calls do)")  # fmt: skip
     args = parser.parse_args(argv)
     shapes = [SHAPES[name] for name in args.only.split(",")]
     with tempfile.TemporaryDirectory(prefix="devmeter-hook-cost-") as home:
@@ -452,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
             for shape in shapes:
                 best = min(
                     (
-                        measure(meter, writer, shape, client, args.calls, None)
+                        measure(meter, writer, shape, client, args.calls, None, args.new_turns)
                         for _ in range(args.rounds)
                     ),
                     key=lambda figures: figures[0],
@@ -463,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
             missing = instrument(meter, clock)
             total_calls = 0
             for shape in shapes:
-                measure(meter, writer, shape, client, args.calls, clock)
+                measure(meter, writer, shape, client, args.calls, clock, args.new_turns)
                 total_calls += args.calls
             print(f"\nexclusive thread CPU per call by stage (instrumented, all shapes, "
                   f"{total_calls} calls):")  # fmt: skip
