@@ -502,6 +502,14 @@ MIGRATIONS: tuple[str, ...] = (
         FROM rollup_group GROUP BY 1, 2, 3, 4, 5, 6;
     CREATE INDEX calls_routed ON calls (ts) WHERE routing IN ('routed', 'shadow', 'fallback');
     """,
+    # v11: the imported rows by response id, for calls_live_replaces_import. Through the
+    # index on every response id, an upstream that repeats one id made each live insert
+    # walk every earlier row with it (the ledger slower with every call); imported rows
+    # are the only ones the trigger deletes, and this index holds only them.
+    """
+    CREATE INDEX calls_imported_response_id ON calls (response_id)
+        WHERE source = 'import' AND response_id IS NOT NULL;
+    """,
 )
 BUCKET_SECONDS = 900
 # What routing saved on a call (routed: the requested model's cost less what it cost) or

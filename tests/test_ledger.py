@@ -2,6 +2,7 @@ import json
 import os
 import sqlite3
 import weakref
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -482,3 +483,44 @@ def test_a_problem_stderr_could_not_take_is_said_once_it_can(tmp_path: Path) -> 
     assert not writer.flush(timeout=0.3)
     writer.close(timeout=5)
     assert sum(m.startswith("devmeter: cannot write the ledger") for m in heard) == 1, heard
+
+
+def _steps_to_insert(conn: sqlite3.Connection, row: tuple[object, ...]) -> int:
+    """SQLite virtual-machine steps one live insert takes, its triggers included: a count
+    of work, not a time, so it is the same on a busy machine."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    conn.set_progress_handler(count, 1)
+    try:
+        insert_calls(conn, [row])
+    finally:
+        conn.set_progress_handler(None, 0)
+    return steps
+
+
+def test_an_upstream_repeating_one_response_id_does_not_slow_every_later_insert(
+    tmp_path: Path,
+) -> None:
+    """A live row deletes its imported twin by response id; through the index of every
+    response id, each insert walked all earlier live rows with the same id, so an
+    upstream that repeats an id made the ledger slower with every call (ledger v11)."""
+    conn = connect(tmp_path / "ledger.db")
+    row = call_row(replace(make_call(1_000.0, "0.01"), response_id="msg_same"))
+    first = _steps_to_insert(conn, row)
+    insert_calls(conn, [row] * 3000)
+    later = _steps_to_insert(conn, row)
+    assert later < 2 * first, (first, later)
+    # The twin rule itself still holds: an imported row goes when its live twin lands.
+    conn.execute(
+        "UPDATE calls SET source = 'import', response_id = 'msg_twin' WHERE id = 1"
+    )
+    insert_calls(conn, [call_row(replace(make_call(1_001.0, "0.01"), response_id="msg_twin"))])
+    sources = conn.execute(
+        "SELECT source FROM calls WHERE response_id = 'msg_twin'"
+    ).fetchall()
+    assert sources == [(None,)]
