@@ -1,0 +1,155 @@
+"""Where devmeter's extra proxy CPU per 1 MB request goes, against bare mitmproxy.
+
+Starts the fake upstream, a bare mitmproxy (bare_proxy.py), a `devmeter proxy` with the
+benchmark's config and, with `--variant`, devmeter processes patched at start to isolate
+one cost each (an experiment, not a configuration):
+
+- `parse-twice`: every request body parsed a second time (the copy thrown away): the
+  variant's extra CPU over devmeter's is what one parse of the body costs in the proxy
+  process (orjson, the objects it allocates, freeing them, the cyclic GC they trigger);
+- `gc-off`: the cyclic GC disabled: devmeter's CPU minus this variant's is what the GC
+  costs.
+
+Each gets `--calls` sequential calls of the 1 MB Claude Code conversation
+(large_body.py), or of the small messages body with `--small`, on one keep-alive
+connection per proxy, in turn, for `--rounds` rounds; printed: each process's CPU per call
+(psutil), per round and the median of rounds. `--spy DIR`, `--perf DIR` and `--strace DIR`
+record bare's and devmeter's processes meanwhile (py-spy folded stacks, `perf record -g`,
+`strace -c`).
+
+    uv run --python 3.11 --extra test python -m benchmarks.large_probe --rounds 5 \
+        --variant parse-twice --variant gc-off
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx2
+
+from benchmarks.large_body import conversation_body
+from benchmarks.load import MESSAGES_BODY, PROVIDER_HOST
+from benchmarks.run import BENCH_CONFIG, HEADERS, Proxy, start_bare
+from tests.fake_upstream.process import FakeUpstreamProcess
+from tests.proxy_harness import start_proxy
+
+MESSAGES_URL = f"https://{PROVIDER_HOST}/v1/messages"
+
+# Run as `python -c CODE proxy --listen ...`: patch, then devmeter's own entry point.
+_RUN = "import sys\nfrom devmeter.entry import main\nsys.argv[0] = 'devmeter'\nsys.exit(main())\n"
+VARIANTS = {
+    "parse-twice": (
+        "from devmeter import fastjson\n"
+        "_loads = fastjson.loads\n"
+        "def loads(data):\n"
+        "    _loads(data)\n"
+        "    return _loads(data)\n"
+        "fastjson.loads = loads\n"
+    ),
+    "gc-off": "import gc\ngc.disable()\n",
+}
+
+
+def start_devmeter_variant(home: Path, upstream: str, name: str) -> Proxy:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(BENCH_CONFIG)
+    code = VARIANTS.get(name, "") + _RUN
+    running = start_proxy(home, upstream, launcher=(sys.executable, "-c", code))
+    return Proxy(name, running.proc, running.host, running.port, running.ca_cert, running)
+
+
+def record(tool: str, folder: Path, proxies: dict[str, Proxy]) -> list[subprocess.Popen[bytes]]:
+    """Start `tool` recording bare's and devmeter's processes into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    started = []
+    for name in ("bare", "devmeter"):
+        pid, out = str(proxies[name].proc.pid), str(folder / name)
+        command = {
+            "py-spy": ["py-spy", "record", "--nonblocking", "--threads", "-r", "200", "-f", "raw",
+                       "-o", f"{out}.txt", "-p", pid],
+            "perf": ["perf", "record", "-F", "1999", "-g", "-o", f"{out}.data", "-p", pid],
+            "strace": ["strace", "-c", "-f", "-o", f"{out}.txt", "-p", pid],
+        }[tool]  # fmt: skip
+        started.append(
+            subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
+    return started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=100, help="calls per proxy a round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--small", action="store_true", help="the small messages body instead")
+    parser.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS))
+    parser.add_argument("--spy", type=Path, help="py-spy folded stacks into this folder")
+    parser.add_argument("--perf", type=Path, help="`perf record -g` data into this folder")
+    parser.add_argument("--strace", type=Path, help="`strace -c` counts into this folder")
+    args = parser.parse_args()
+    body = MESSAGES_BODY if args.small else conversation_body()
+    upstream = FakeUpstreamProcess("--no-websocket").start()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        proxies: dict[str, Proxy] = {"bare": start_bare(work / "bare", upstream.url)}
+        for name in ("devmeter", *args.variant):
+            proxies[name] = start_devmeter_variant(work / name, upstream.url, name)
+        clients = {
+            n: httpx2.Client(proxy=p.url, verify=p.ssl_context(), timeout=30)
+            for n, p in proxies.items()
+        }
+        recorders: list[subprocess.Popen[bytes]] = []
+        try:
+            for client in clients.values():
+                for _ in range(10):
+                    client.post(MESSAGES_URL, content=body, headers=HEADERS).raise_for_status()
+            for tool, folder in (
+                ("py-spy", args.spy),
+                ("perf", args.perf),
+                ("strace", args.strace),
+            ):
+                if folder is not None:
+                    recorders += record(tool, folder, proxies)
+            if recorders:
+                time.sleep(1.5)  # attached before the first timed call
+            per_call: dict[str, list[float]] = {n: [] for n in proxies}
+            print(f"{len(body):,}-byte body: proxy CPU ms per call, {args.calls} calls a round")
+            for r in range(args.rounds):
+                before = {n: p.cpu_seconds() for n, p in proxies.items()}
+                for _ in range(args.calls):
+                    for client in clients.values():
+                        client.post(MESSAGES_URL, content=body, headers=HEADERS).raise_for_status()
+                    upstream.reset()
+                for n, p in proxies.items():
+                    per_call[n].append((p.cpu_seconds() - before[n]) / args.calls * 1e3)
+                print(
+                    f"  round {r + 1}: "
+                    + ", ".join(f"{n} {v[-1]:.2f}" for n, v in per_call.items())
+                )
+            medians = {n: statistics.median(v) for n, v in per_call.items()}
+            print("  median: " + ", ".join(f"{n} {m:.2f}" for n, m in medians.items()))
+            for n in proxies:
+                if n != "bare":
+                    extra = [v - b for v, b in zip(per_call[n], per_call["bare"], strict=True)]
+                    print(f"  {n} - bare, median of rounds: {statistics.median(extra):+.2f}")
+            for n in args.variant:
+                diff = [v - d for v, d in zip(per_call[n], per_call["devmeter"], strict=True)]
+                print(f"  {n} - devmeter, median of rounds: {statistics.median(diff):+.2f}")
+        finally:
+            for recorder in recorders:
+                recorder.send_signal(2)
+                recorder.wait(60)
+            for client in clients.values():
+                client.close()
+            for p in proxies.values():
+                p.stop()
+            upstream.stop()
+
+
+if __name__ == "__main__":
+    main()
