@@ -35,11 +35,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        problem, status = user_error(exc, where)
-        if problem is None or os.environ.get("DEVMETER_DEBUG"):
-            raise
-        print(f"devmeter: {problem}", file=sys.stderr)
-        return status
+        return report_user_error(exc, where)
+
+
+def report_user_error(exc: Exception, where: Paths) -> int:
+    """Say an error a user can fix in one line and give its exit status; a bug (or any
+    error under DEVMETER_DEBUG) is raised again with its traceback."""
+    problem, status = user_error(exc, where)
+    if problem is None or os.environ.get("DEVMETER_DEBUG"):
+        raise exc
+    print(f"devmeter: {problem}", file=sys.stderr)
+    return status
 
 
 def user_error(exc: BaseException, where: Paths) -> tuple[str | None, int]:

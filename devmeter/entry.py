@@ -13,7 +13,6 @@ command that needs the config (the import that has something to read among them)
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -120,10 +119,6 @@ def _import_new(importer: str, given: str | None, as_json: bool) -> int | None:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from devmeter.cli import user_error
+        from devmeter.cli import report_user_error
 
-        problem, status = user_error(exc, where)
-        if problem is None or os.environ.get("DEVMETER_DEBUG"):
-            raise
-        print(f"devmeter: {problem}", file=sys.stderr)
-        return status
+        return report_user_error(exc, where)

@@ -327,14 +327,7 @@ def cost_pusd(
             rates = tier_rates
             break
     total = 0
-    for count, name in (
-        (usage.input_tokens, "input_mtok"),
-        (usage.output_tokens, "output_mtok"),
-        (usage.cache_read_tokens, "cache_read_mtok"),
-        (usage.cache_write_tokens - usage.cache_write_1h_tokens, "cache_write_mtok"),
-        (usage.cache_write_1h_tokens, "cache_write_1h_mtok"),
-        (usage.web_search_requests, "web_searches_kcount"),
-    ):
+    for count, name in _counted(usage):
         if count:
             rate = rates.get(name)
             if rate is None:  # genai-prices has a rule for a missing rate: its own sum
@@ -352,8 +345,10 @@ def _general_pusd(
     return to_pusd(found.cost_usd), found.source
 
 
-def _cost_at_flat_rates(rates: dict[str, Decimal], usage: Usage) -> Decimal | None:
-    parts = (
+def _counted(usage: Usage) -> tuple[tuple[int, str], ...]:
+    """Each priced count of a usage with the name of its rate (5m cache writes apart from
+    1h ones, searches per thousand)."""
+    return (
         (usage.input_tokens, "input_mtok"),
         (usage.output_tokens, "output_mtok"),
         (usage.cache_read_tokens, "cache_read_mtok"),
@@ -361,8 +356,11 @@ def _cost_at_flat_rates(rates: dict[str, Decimal], usage: Usage) -> Decimal | No
         (usage.cache_write_1h_tokens, "cache_write_1h_mtok"),
         (usage.web_search_requests, "web_searches_kcount"),
     )
+
+
+def _cost_at_flat_rates(rates: dict[str, Decimal], usage: Usage) -> Decimal | None:
     total = Decimal(0)
-    for count, key in parts:
+    for count, key in _counted(usage):
         if not count:
             continue
         rate = rates.get(key)
