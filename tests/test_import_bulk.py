@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-import warnings
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -22,6 +21,7 @@ from devmeter.importers.claude_code import import_claude_code
 from devmeter.money import to_pusd
 from devmeter.providers.anthropic import document_usage
 from devmeter.usage import Attribution, Call, Usage
+from tests.genai_reference import genai_total
 
 ROLLUPS = ("rollup", "rollup_group", "rollup_session", "rollup_day")
 
@@ -199,7 +199,6 @@ def test_rows_built_without_a_call_equal_the_general_path() -> None:
 def test_cost_in_pico_dollars_equals_genai_prices_for_every_model() -> None:
     import random
 
-    import genai_prices
     from genai_prices import data_snapshot
 
     rng = random.Random(18)
@@ -220,12 +219,7 @@ def test_cost_in_pico_dollars_equals_genai_prices_for_every_model() -> None:
                 usage = replace(usage, service_tier=tier)
                 ours, source = pricing.cost_pusd(provider.id, model.id, usage, (), when.timestamp())
                 try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        theirs = genai_prices.calc_price(
-                            pricing._genai_usage(usage), model_ref=model.id,
-                            provider_id=provider.id, genai_request_timestamp=when,
-                        ).total_price  # fmt: skip
+                    theirs = genai_total(provider.id, model.id, usage, when)
                 except Exception:  # genai-prices refuses some usages for some models
                     continue
                 checked += 1
@@ -440,7 +434,6 @@ def test_prices_that_change_within_an_hour_are_not_taken_from_the_hours_rates() 
     at 16:30 and ends at 00:30 UTC: its calls in those half hours were priced at the other
     rate (live rows and imported ones). Every model, at times across an hour, against
     genai-prices at the call's own time."""
-    import genai_prices
     from genai_prices import data_snapshot
 
     usage = Usage(input_tokens=1_000_000, cache_read_tokens=1000, output_tokens=1_000_000)
@@ -450,12 +443,7 @@ def test_prices_that_change_within_an_hour_are_not_taken_from_the_hours_rates() 
             for hour, minute in ((0, 15), (0, 45), (16, 15), (16, 45), (3, 59), (4, 1)):
                 when = datetime(2026, 12, 1, hour, minute, tzinfo=UTC)
                 try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        theirs = genai_prices.calc_price(
-                            pricing._genai_usage(usage), model_ref=model.id,
-                            provider_id=provider.id, genai_request_timestamp=when,
-                        ).total_price  # fmt: skip
+                    theirs = genai_total(provider.id, model.id, usage, when)
                 except Exception:  # genai-prices refuses some usages for some models
                     continue
                 checked += 1

@@ -15,6 +15,7 @@ from devmeter.importers.claude_code import import_claude_code
 from devmeter.importers.codex import import_codex
 from devmeter.importers.gemini_cli import import_gemini_cli
 from devmeter.usage import Attribution, Call, Usage
+from tests.genai_reference import genai_total
 
 M = Decimal(1_000_000)
 SESSION = "5b0c8f1e-6a1d-4c7e-9a43-0f3f7d9a2b11"
@@ -717,18 +718,13 @@ def test_rates_kept_from_an_earlier_import_price_the_next_without_genai_prices(
     # ... which are genai-prices' own, at the long-context tier too.
     from datetime import UTC, datetime
 
-    import genai_prices
-
-    from devmeter import pricing
     from devmeter.money import to_pusd
     from devmeter.providers.anthropic import document_usage
 
     usage = document_usage(long_context("x")["message"]["usage"])
     assert usage is not None
-    theirs = genai_prices.calc_price(
-        pricing._genai_usage(usage), model_ref="claude-sonnet-4-5", provider_id="anthropic",
-        genai_request_timestamp=datetime(2026, 12, 1, 10, tzinfo=UTC),
-    ).total_price  # fmt: skip
+    when = datetime(2026, 12, 1, 10, tzinfo=UTC)
+    theirs = genai_total("anthropic", "claude-sonnet-4-5", usage, when)
     assert got["msg_5"][0] == to_pusd(Decimal(theirs))
     assert got["msg_1"][0] > 0 and got["msg_1"][1].startswith("genai-prices ")
 

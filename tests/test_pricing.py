@@ -8,6 +8,7 @@ import pytest
 from devmeter.config_error import ConfigError
 from devmeter.pricing import genai_prices_source, parse_overrides, price
 from devmeter.usage import Usage
+from tests.genai_reference import genai_total
 
 # Anthropic's published prices for Claude Sonnet 4.5, USD per million tokens:
 # input 3, output 15, cache read 0.30, 5-minute cache write 3.75, 1-hour cache write 6;
@@ -102,10 +103,8 @@ def test_flat_rate_fast_path_equals_genai_prices_for_every_model() -> None:
     """devmeter sums flat per-token rates itself (genai-prices' general calculation is slow
     on the proxy's hot path); for every model and many usages it must agree exactly."""
     import random
-    import warnings
     from datetime import UTC, datetime
 
-    import genai_prices
     from genai_prices import data_snapshot
 
     from devmeter import pricing
@@ -127,14 +126,7 @@ def test_flat_rate_fast_path_equals_genai_prices_for_every_model() -> None:
                 )
                 ours = pricing.list_price(provider.id, model.id, usage, when)
                 try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        theirs = genai_prices.calc_price(
-                            pricing._genai_usage(usage),
-                            model_ref=model.id,
-                            provider_id=provider.id,
-                            genai_request_timestamp=when,
-                        ).total_price
+                    theirs = genai_total(provider.id, model.id, usage, when)
                 except Exception:  # genai-prices refuses some usages for some models
                     continue
                 checked += 1
@@ -158,12 +150,7 @@ def test_flat_rate_fast_path_equals_genai_prices_for_every_model() -> None:
     for total in (start - 1, start, start + 1, start + 2):
         usage = Usage(input_tokens=total - 1000, cache_read_tokens=600, cache_write_tokens=400,
                       cache_write_1h_tokens=100, output_tokens=777)  # fmt: skip
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            theirs = genai_prices.calc_price(
-                pricing._genai_usage(usage), model_ref="claude-sonnet-4-5",
-                provider_id="anthropic", genai_request_timestamp=when,
-            ).total_price  # fmt: skip
+        theirs = genai_total("anthropic", "claude-sonnet-4-5", usage, when)
         assert pricing.list_price("anthropic", "claude-sonnet-4-5", usage, when) == theirs, total
     # ... and it is what the proxy's everyday calls take.
     typical = Usage(input_tokens=1200, cache_read_tokens=3000, cache_write_tokens=500,
