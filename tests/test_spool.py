@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from devmeter.ledger import LedgerWriter, call_row
-from devmeter.spool import Spool, pending, spool_dir
+from devmeter.spool import CAN_MAP, Mark, Spool, pending, spool_dir
 from tests.test_ledger import make_call
 
 
@@ -28,8 +28,9 @@ def spool_files(directory: Path) -> list[str]:
     return sorted(n for n in os.listdir(directory) if n.endswith(".jsonl"))
 
 
-def test_rows_come_back_in_order_from_the_mark_on(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "s", file_bytes=50)  # small files: the rows span several
+@pytest.mark.parametrize("mapped", [True, False])
+def test_rows_come_back_in_order_from_the_mark_on(tmp_path: Path, mapped: bool) -> None:
+    spool = Spool(tmp_path / "s", file_bytes=50, mapped=mapped)  # the rows span several files
     marks = [spool.append((i, f"session-{i}", None)) for i in range(10)]
     spool.close()
     assert len({m.file for m in marks}) > 2
@@ -41,8 +42,9 @@ def test_rows_come_back_in_order_from_the_mark_on(tmp_path: Path) -> None:
     assert [m for m, _ in pending(tmp_path / "s", None)] == marks
 
 
-def test_release_deletes_only_files_wholly_behind_the_mark(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "s", file_bytes=100)
+@pytest.mark.parametrize("mapped", [True, False])
+def test_release_deletes_only_files_wholly_behind_the_mark(tmp_path: Path, mapped: bool) -> None:
+    spool = Spool(tmp_path / "s", file_bytes=100, mapped=mapped)
     marks = [spool.append((i, "x" * 40)) for i in range(6)]
     files_before = spool_files(tmp_path / "s")
     spool.release(marks[3])
@@ -55,10 +57,11 @@ def test_release_deletes_only_files_wholly_behind_the_mark(tmp_path: Path) -> No
     assert [row for _, row in pending(tmp_path / "s", None)] == [(7, "after")]
 
 
+@pytest.mark.parametrize("mapped", [True, False])
 def test_a_torn_last_line_is_reported_and_skipped(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mapped: bool
 ) -> None:
-    spool = Spool(tmp_path / "s")
+    spool = Spool(tmp_path / "s", mapped=mapped)
     spool.append((1, "whole"))
     spool.close()
     with (tmp_path / "s" / "1.jsonl").open("ab") as f:
@@ -150,7 +153,7 @@ def _disk_full_for(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_failed_write_is_cut_back_and_the_spool_goes_on_in_the_same_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spool = Spool(tmp_path / "s")
+    spool = Spool(tmp_path / "s", mapped=False)  # the path that writes each row
     spool.append((1, "before"))
     with monkeypatch.context() as patch:
         _disk_full_for(patch)
@@ -169,7 +172,7 @@ def test_when_a_torn_row_cannot_be_cut_the_next_row_goes_to_a_new_file(
 ) -> None:
     import devmeter.spool as spool_module
 
-    spool = Spool(tmp_path / "s")
+    spool = Spool(tmp_path / "s", mapped=False)  # the path that writes each row
     spool.append((1, "before"))
     with monkeypatch.context() as patch:
         _disk_full_for(patch)
@@ -237,3 +240,123 @@ def test_a_new_writer_says_when_an_earlier_runs_spool_is_in_the_ledger(tmp_path:
     conn.close()
     writer.close()
     assert count == 200
+
+
+needs_map = pytest.mark.skipif(not CAN_MAP, reason="no posix_fallocate: rows are written")
+
+
+@needs_map
+def test_a_mapped_file_left_by_a_killed_run_replays_every_row_and_nothing_else(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Killed without closing: the file keeps its reserved, zeroed tail; the rows before
+    it come back (marks included) and the tail is not read as a torn row."""
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
+        from pathlib import Path
+        from devmeter.spool import Spool
+        spool = Spool(Path({str(tmp_path / "s")!r}), file_bytes=4096)
+        assert spool.mapped
+        for i in range(100):
+            print(tuple(spool.append((i, "x" * 50))), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == -9, done.stderr
+    marks = [eval(line) for line in done.stdout.splitlines()]  # (file, offset) tuples
+    sizes = {p.name: p.stat().st_size for p in (tmp_path / "s").glob("*.jsonl")}
+    assert sizes[f"{marks[-1][0]}.jsonl"] == 4096  # the last file: its zeroed tail is there
+    replayed = list(pending(tmp_path / "s", None))
+    assert [row for _, row in replayed] == [(i, "x" * 50) for i in range(100)]
+    assert [tuple(mark) for mark, _ in replayed] == marks
+    assert [row[0] for _, row in pending(tmp_path / "s", Mark(*marks[41]))] == list(range(42, 100))
+    assert "unreadable" not in capsys.readouterr().err
+
+
+@needs_map
+def test_a_mapped_row_cut_short_by_a_kill_is_reported_and_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spool = Spool(tmp_path / "s", file_bytes=4096)
+    spool.append((1, "whole"))
+    with (tmp_path / "s" / "1.jsonl").open("r+b") as f:  # what a kill mid-copy leaves
+        f.seek(len(b'[1,"whole"]\n'))
+        f.write(b'[2,"cut sh')
+    assert [row for _, row in pending(tmp_path / "s", None)] == [(1, "whole")]
+    assert "unreadable row" in capsys.readouterr().err
+    spool.close()
+
+
+@needs_map
+def test_a_closed_mapped_spool_ends_at_its_last_row(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s")
+    assert spool.mapped
+    marks = [spool.append((i, "row")) for i in range(3)]
+    spool.close()
+    assert (tmp_path / "s" / "1.jsonl").stat().st_size == marks[-1].offset
+    assert (tmp_path / "s" / "1.jsonl").read_bytes().count(b"\n") == 3
+
+
+@needs_map
+def test_a_row_longer_than_a_file_gets_a_file_of_its_own(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s", file_bytes=64)
+    first = spool.append((1, "short"))
+    long = spool.append((2, "y" * 500))
+    after = spool.append((3, "short"))
+    spool.close()
+    assert first.file < long.file < after.file
+    assert [row[0] for _, row in pending(tmp_path / "s", None)] == [1, 2, 3]
+
+
+@needs_map
+def test_a_full_disk_when_reserving_holds_the_row_and_the_spool_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No space to reserve the next file: append raises OSError (the writer holds the
+    row in memory and says so), leaves no file behind, and tries again next row."""
+    import errno
+
+    import devmeter.spool as spool_module
+
+    ledger = tmp_path / "ledger.sqlite"
+    problems: list[str] = []
+    writer = LedgerWriter(ledger, on_problem=problems.append)
+    real = os.posix_fallocate
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(spool_module.os, "posix_fallocate", full)
+        writer._spool._abandon()  # as when the current file is full  # type: ignore[union-attr]
+        assert writer.add_call(make_call(1.0, "0.01", session="held")) is False
+        assert spool_files(spool_dir(ledger)) == []
+    assert os.posix_fallocate is real
+    assert writer.add_call(make_call(2.0, "0.01", session="spooled")) is True
+    assert writer._spool is not None and writer._spool.mapped  # still mapping
+    assert writer.flush()
+    writer.close()
+    assert [s for _, s in rows(ledger)] == ["held", "spooled"]
+    assert problems and "cannot write the spool" in problems[0]
+
+
+def test_a_file_system_that_cannot_reserve_falls_back_to_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import devmeter.spool as spool_module
+
+    def unsupported(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(spool_module.os, "posix_fallocate", unsupported, raising=False)
+    spool = Spool(tmp_path / "s", mapped=True)
+    marks = [spool.append((i, "row")) for i in range(3)]
+    assert not spool.mapped
+    spool.close()
+    assert [row[0] for _, row in pending(tmp_path / "s", None)] == [0, 1, 2]
+    assert (tmp_path / "s" / "1.jsonl").stat().st_size == marks[-1].offset
