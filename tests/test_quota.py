@@ -15,6 +15,7 @@ import pytest
 
 from devmeter import billing
 from devmeter.billing import Accounts, mode_of
+from devmeter.providers import quota_headers
 from devmeter.providers.quota_headers import (
     QuotaReading,
     RateLimitEvents,
@@ -260,6 +261,76 @@ def test_accounts_are_stable_distinct_and_keep_no_credential(tmp_path: Path) -> 
     )  # another salt: not a dictionary lookup
     sub = first.billing("api.anthropic.com", {"authorization": "Bearer sk-ant-oat01-zz"}, None)
     assert sub.key_tail is None  # only API keys are ever shown, and only their tail
+
+
+def test_a_remembered_billing_changes_with_every_header_it_was_read_from(tmp_path: Path) -> None:
+    """Accounts remembers a call's Billing by what it reads: each of those headers, the
+    host and a Gemini ?key= change the answer, exactly as read afresh."""
+    accounts = Accounts(tmp_path)
+    fresh = Accounts(tmp_path)._billing  # the same salt, nothing remembered
+    base = {"x-api-key": "sk-ant-api03-one", "user-agent": "claude-cli/2"}
+    variants: list[tuple[str, dict[str, str], str | None]] = [
+        ("api.anthropic.com", base, None),
+        ("api.anthropic.com", {**base, "user-agent": "other"}, None),  # not read: same
+        ("api.anthropic.com", {"x-api-key": "sk-ant-api03-two"}, None),
+        ("api.anthropic.com", {"authorization": "Bearer sk-ant-oat01-x"}, None),
+        ("api.anthropic.com", {"authorization": "Bearer t"}, None),
+        ("api.anthropic.com", {"authorization": "Bearer t", "anthropic-beta": "oauth-2025"}, None),
+        ("chatgpt.com", {"authorization": "Bearer t"}, None),
+        ("generativelanguage.googleapis.com", {"x-goog-api-key": "AIzaX"}, None),
+        ("generativelanguage.googleapis.com", {}, "AIzaQueryKey"),
+        ("generativelanguage.googleapis.com", {}, None),
+    ]
+    for _ in range(2):  # the second round from memory
+        for host, headers, query_key in variants:
+            assert accounts.billing(host, headers, query_key) == fresh(host, headers, query_key)
+    assert accounts.billing(*variants[0]) == accounts.billing(*variants[1])
+    assert accounts.billing(*variants[4]).mode != accounts.billing(*variants[5]).mode
+    for i in range(500):  # many credentials: memory stays bounded, answers stay right
+        headers = {"x-api-key": f"sk-ant-api03-{i}"}
+        assert accounts.billing("api.anthropic.com", headers, None) == fresh(
+            "api.anthropic.com", headers, None
+        )
+    assert len(accounts._billings) <= billing._CACHE_LIMIT
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"content-type": "application/json", "content-length": "12"},  # no quota family
+        {"content-type": "application/json", "x-request-id": "req_1", "retry-after": "3"},
+        {"anthropic-ratelimit-unified-status": "allowed",
+         "anthropic-ratelimit-unified-5h-utilization": "0.25",
+         "anthropic-ratelimit-unified-5h-reset": "1796646600"},
+        {"anthropic-ratelimit-unified-5h-utilization": "lots"},  # a note, no window
+        {"x-codex-primary-used-percent": "40", "x-codex-primary-window-minutes": "300",
+         "x-codex-primary-reset-after-seconds": "60"},
+        {"x-codex-plan-type": "plus"},
+        {"x-ratelimit-limit-requests": "500", "x-ratelimit-remaining-requests": "499",
+         "x-ratelimit-reset-requests": "120ms"},
+        {"anthropic-ratelimit-tokens-limit": "100", "anthropic-ratelimit-tokens-remaining": "9",
+         "anthropic-ratelimit-tokens-reset": "2026-12-07T17:00:00Z"},
+    ],
+)  # fmt: skip
+def test_the_proxy_keeps_exactly_the_reading_the_headers_give(headers: dict[str, str]) -> None:
+    """read_quota skips from_headers when no header is of a quota family: what it keeps
+    is the same as reading them all."""
+    from devmeter.providers import Endpoint
+    from devmeter.proxy.billing_reading import quota_reading, read_quota
+    from devmeter.proxy.flow_state import FlowState
+    from devmeter.usage import RequestInfo
+
+    state = FlowState(
+        endpoint=Endpoint("anthropic", "anthropic.messages"),
+        request=RequestInfo(),
+        started=NOW,
+        attribution=Attribution(),
+        host="api.anthropic.com",
+    )
+    read_quota(state, headers, NOW)
+    expected = quota_headers.from_headers(headers, NOW)
+    kept = expected if expected.windows or expected.notes or expected.status else None
+    assert quota_reading(state) == kept
 
 
 # -- alerts ----------------------------------------------------------------------------------
