@@ -23,6 +23,7 @@ from devmeter.usage import (
     ResponseResult,
     Usage,
     checked_usage,
+    new_call,
     sane_cost,
 )
 
@@ -116,7 +117,7 @@ def build_call(
     # to disk; devmeter's own (`error`) are kept as written.
     said = error or (scrub(result.error) if result.error else None)
     error = "; ".join(e for e in (said, *problems) if e) or None
-    return Call(
+    return new_call(
         ts=ts,
         provider=endpoint.provider,
         endpoint=endpoint.api,
