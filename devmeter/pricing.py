@@ -310,6 +310,18 @@ def cost_pusd(
     model = normalise_model(model)
     if any(override.matches(provider, model) for override in overrides):
         return _general_pusd(provider, model, usage, overrides, ts)
+    found = list_cost_pusd(provider, model, ts, usage.total_input_tokens, _counted(usage))
+    return _general_pusd(provider, model, usage, overrides, ts) if found is None else found
+
+
+def list_cost_pusd(
+    provider: str, model: str, ts: float, total_input: int, counted: tuple[tuple[int, str], ...]
+) -> tuple[int | None, str | None] | None:
+    """`cost_pusd` at the model's list rates for the hour, from the counts alone (as
+    `_counted` names them; `total_input` with cache reads and writes): a history import
+    prices every response this way without a Usage. None when the rates cannot answer (no
+    flat rates for the model, a count without a rate): then `cost_pusd` must. For a usage
+    with no modality tokens, no priced tier, no reported cost and no override."""
     key = (provider, model, int(ts) // 3600)
     tiers = _pusd_tiers.get(key, ())
     if tiers == ():
@@ -319,19 +331,18 @@ def cost_pusd(
             _pusd_tiers.clear()
         _pusd_tiers[key] = tiers
     if tiers is None:
-        return _general_pusd(provider, model, usage, overrides, ts)
-    total_input = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
+        return None
     rates = tiers[-1][1]
     for start, tier_rates in tiers:
         if total_input > start:
             rates = tier_rates
             break
     total = 0
-    for count, name in _counted(usage):
+    for count, name in counted:
         if count:
             rate = rates.get(name)
             if rate is None:  # genai-prices has a rule for a missing rate: its own sum
-                return _general_pusd(provider, model, usage, overrides, ts)
+                return None
             total += count * rate
     if not -_LEDGER_MAX_INT <= total <= _LEDGER_MAX_INT:
         return None, genai_prices_source()  # as `to_pusd`: no ledger column holds it
@@ -346,16 +357,27 @@ def _general_pusd(
 
 
 def _counted(usage: Usage) -> tuple[tuple[int, str], ...]:
+    u = usage
+    return priced_counts(
+        u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens,
+        u.cache_write_1h_tokens, u.web_search_requests,
+    )  # fmt: skip
+
+
+def priced_counts(
+    input_tokens: int, output_tokens: int, cache_read_tokens: int, cache_write_tokens: int,
+    cache_write_1h_tokens: int, web_search_requests: int,
+) -> tuple[tuple[int, str], ...]:
     """Each priced count of a usage with the name of its rate (5m cache writes apart from
     1h ones, searches per thousand)."""
     return (
-        (usage.input_tokens, "input_mtok"),
-        (usage.output_tokens, "output_mtok"),
-        (usage.cache_read_tokens, "cache_read_mtok"),
-        (usage.cache_write_tokens - usage.cache_write_1h_tokens, "cache_write_mtok"),
-        (usage.cache_write_1h_tokens, "cache_write_1h_mtok"),
-        (usage.web_search_requests, "web_searches_kcount"),
-    )
+        (input_tokens, "input_mtok"),
+        (output_tokens, "output_mtok"),
+        (cache_read_tokens, "cache_read_mtok"),
+        (cache_write_tokens - cache_write_1h_tokens, "cache_write_mtok"),
+        (cache_write_1h_tokens, "cache_write_1h_mtok"),
+        (web_search_requests, "web_searches_kcount"),
+    )  # fmt: skip
 
 
 def _cost_at_flat_rates(rates: dict[str, Decimal], usage: Usage) -> Decimal | None:
@@ -444,6 +466,12 @@ def _genai() -> Any:
     import genai_prices.data_snapshot
 
     return genai_prices
+
+
+def priced_tier(tier: str | None) -> bool:
+    """Whether a service tier the provider reports has rates of its own (genai-prices
+    prices it); the base tiers are priced at the list rates."""
+    return _priced_tier(tier)
 
 
 def _priced_tier(tier: str | None) -> bool:

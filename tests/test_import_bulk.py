@@ -452,3 +452,122 @@ def test_prices_that_change_within_an_hour_are_not_taken_from_the_hours_rates() 
                 pusd, _ = pricing.cost_pusd(provider.id, model.id, usage, (), when.timestamp())
                 assert pusd == to_pusd(Decimal(theirs)), (provider.id, model.id, when)
     assert checked > 1000
+
+
+# --- claude_code's quick row: the general path's answer for every line ------------------
+
+REAL = Path(__file__).parent / "fixtures" / "claude_code_2.1.197"  # the real CLI's files
+
+
+def transcript_objects(paths: list[Path]) -> list[Any]:
+    """Every JSON line of `paths` with a usage object somewhere (what parse_lines reads)."""
+    found = []
+    for path in paths:
+        for raw in path.read_bytes().splitlines():
+            if b'"usage"' in raw:
+                found.append(json.loads(raw))
+    return found
+
+
+def assert_quick_equals_general(objs: list[Any], all_quick: bool) -> None:
+    """line_row (quick where it can be) gives exactly the general path's row for each;
+    `all_quick`: every line with a real response took the quick path."""
+    for obj in objs:
+        quick = claude_code._quick_row(obj)
+        general = claude_code._general_row(obj, ())
+        if quick is not claude_code._NOT_QUICK:
+            assert quick == general, obj
+        elif all_quick and general is not None:
+            raise AssertionError(f"the quick path refused a plain response: {obj}")
+        assert claude_code.line_row(obj) == general
+
+
+def test_quick_rows_equal_the_general_path_over_real_and_generated_transcripts(
+    tmp_path: Path,
+) -> None:
+    """The real Claude Code CLI's transcripts (2.1.197 against the fake upstream: text,
+    a tool call and its result, a subagent) and the benchmark's generated history."""
+    from benchmarks.history_bench import generate
+
+    real = transcript_objects(sorted(REAL.glob("*.jsonl")))
+    assert sum(1 for o in real if o.get("type") == "assistant") >= 8
+    assert_quick_equals_general(real, all_quick=True)
+    generate(tmp_path, 120, per_session=40)
+    generated = transcript_objects(sorted(tmp_path.rglob("*.jsonl")))
+    assert len(generated) >= 360  # three lines a response, and a resumed file
+    assert_quick_equals_general(generated, all_quick=True)
+
+
+def hostile_variants(base: dict[str, Any]) -> list[Any]:
+    """`base` (a real response line) with one field at a time made odd, as a damaged
+    transcript or another writer may have it."""
+    odd_values: list[Any] = [None, 0, -1, 1.0, 1.5, True, "7", "", [], {}, 10**30, float("nan"),
+                             100_000_000, 100_000_001]  # fmt: skip
+    variants: list[Any] = []
+
+    def with_value(path: tuple[str, ...], value: Any) -> None:
+        obj = json.loads(json.dumps(base))
+        holder = obj
+        for key in path[:-1]:
+            holder = holder.setdefault(key, {}) if isinstance(holder, dict) else holder
+        if isinstance(holder, dict):
+            holder[path[-1]] = value
+            variants.append(obj)
+
+    usage = ("message", "usage")
+    counts = [*(usage + (k,) for k in ("input_tokens", "output_tokens",
+              "cache_read_input_tokens", "cache_creation_input_tokens")),
+              usage + ("cache_creation", "ephemeral_5m_input_tokens"),
+              usage + ("cache_creation", "ephemeral_1h_input_tokens"),
+              usage + ("server_tool_use", "web_search_requests"),
+              usage + ("output_tokens_details", "thinking_tokens")]  # fmt: skip
+    for path in counts:
+        for value in odd_values:
+            with_value(path, value)
+    for path in (usage + ("cache_creation",), usage + ("server_tool_use",),
+                 usage + ("output_tokens_details",), usage, ("message",)):  # fmt: skip
+        for value in (None, [], "x", 3, {}):
+            with_value(path, value)
+    for value in ("priority", "batch", "flex", "standard", "default", "auto", "", None, 5, []):
+        with_value(usage + ("service_tier",), value)
+    for value in ("", "<synthetic>", "models/claude-sonnet-4-5", "no-such-model", None, 5,
+                  "claude-haiku-4-5", "claude-opus-4-1"):  # fmt: skip
+        with_value(("message", "model"), value)
+    for path in (("message", "id"), ("requestId",), ("uuid",), ("timestamp",), ("type",),
+                 ("cwd",), ("sessionId",), ("gitBranch",)):  # fmt: skip
+        for value in (None, "", 5, ["x"], "2026-13-45T99:00:00Z", "2026-11-30T18:00:00+02:00"):
+            with_value(path, value)
+    # No totals, only the split; a split larger than the total; a long context.
+    for drop in ("cache_creation_input_tokens", "cache_read_input_tokens", "input_tokens"):
+        obj = json.loads(json.dumps(base))
+        obj["message"]["usage"].pop(drop, None)
+        variants.append(obj)
+    with_value(usage + ("cache_creation", "ephemeral_1h_input_tokens"), 10**6)
+    with_value(usage + ("input_tokens",), 250_000)
+    variants += [None, 5, "usage", ["usage"], {"message": {"usage": 1}}, {}]
+    return variants
+
+
+def test_quick_rows_equal_the_general_path_on_hostile_lines() -> None:
+    """Every field of a real line made odd, one at a time and then several at once: the
+    quick path gives the general path's row, or leaves the line to it."""
+    import random
+
+    real = [o for o in transcript_objects(sorted(REAL.glob("*.jsonl")))
+            if o.get("type") == "assistant"]  # fmt: skip
+    base = real[0]
+    variants = hostile_variants(base)
+    assert_quick_equals_general(variants, all_quick=False)
+    rng = random.Random(18)
+    mixed = []
+    for _ in range(300):  # several odd fields at once
+        obj = json.loads(json.dumps(rng.choice(real)))
+        for odd in rng.sample(variants[:-6], 3):
+            if isinstance(odd, dict) and isinstance(odd.get("message"), dict):
+                message = obj.setdefault("message", {})
+                if isinstance(message, dict):
+                    message.update({k: v for k, v in odd["message"].items()
+                                    if rng.random() < 0.5})  # fmt: skip
+            obj.update({k: v for k, v in odd.items() if k != "message" and rng.random() < 0.3})
+        mixed.append(obj)
+    assert_quick_equals_general(mixed, all_quick=False)

@@ -207,13 +207,30 @@ def imported_row(
     """The ledger row (ledger.call_row's) of an imported response, built without a Call:
     a first import builds one per response of a whole history."""
     u = usage
+    return imported_counts_row(
+        ts, tool, provider, endpoint, host, model, session, repo, branch, repo_source,
+        u.input_tokens, u.cache_read_tokens, u.cache_write_tokens, u.cache_write_1h_tokens,
+        u.output_tokens, u.reasoning_tokens, u.web_search_requests, u.service_tier,
+        int(u.estimated), cost_pusd, price_source, response_id, import_key,
+    )  # fmt: skip
+
+
+def imported_counts_row(
+    ts: float, tool: str, provider: str, endpoint: str, host: str, model: str | None,
+    session: str | None, repo: str | None, branch: str | None, repo_source: str | None,
+    input_tokens: int, cache_read_tokens: int, cache_write_tokens: int,
+    cache_write_1h_tokens: int, output_tokens: int, reasoning_tokens: int,
+    web_search_requests: int, service_tier: str | None, estimated: int,
+    cost_pusd: int | None, price_source: str | None, response_id: str | None,
+    import_key: str,
+) -> Row:
+    """`imported_row` from the counts themselves (no Usage: claude_code's quick path)."""
     return (
         ts, tool, provider, endpoint, host, model, model, session, repo, branch, repo_source,
-        None, u.input_tokens, u.cache_read_tokens, u.cache_write_tokens,
-        u.cache_write_1h_tokens, u.output_tokens, u.reasoning_tokens, u.web_search_requests,
-        u.service_tier, cost_pusd, price_source, int(u.estimated), 1, None, 0, None, None,
-        None, None, None, None, response_id, SOURCE, import_key, "unknown", None, None,
-        None, None, None,
+        None, input_tokens, cache_read_tokens, cache_write_tokens, cache_write_1h_tokens,
+        output_tokens, reasoning_tokens, web_search_requests, service_tier, cost_pusd,
+        price_source, estimated, 1, None, 0, None, None, None, None, None, None, response_id,
+        SOURCE, import_key, "unknown", None, None, None, None, None,
     )  # fmt: skip
 
 
