@@ -27,7 +27,6 @@ from devmeter.importers.history import ImportResult, Row, imported_counts_row, i
 from devmeter.importers.scan import history_files, history_root
 from devmeter.importers.transcript_fields import import_line_files, repo_of, timestamp
 from devmeter.pricing import PriceOverride, cost_pusd, list_cost_pusd, priced_counts, priced_tier
-from devmeter.providers.anthropic import document_usage
 from devmeter.usage import MAX_TOKENS, checked_usage
 
 IMPORTER = "claude-code"
@@ -159,6 +158,10 @@ def _inner(holder: Any, name: str) -> Any:
 
 def _general_row(obj: Any, overrides: tuple[PriceOverride, ...]) -> Row | None:
     """line_row for any line: the proxy's reading of `usage` and its checks, general pricing."""
+    # Loaded here, when a line needs it: the providers package loads every wire format
+    # (a twentieth of a second), which a history of plain responses never asks for.
+    from devmeter.providers.anthropic import document_usage
+
     if not isinstance(obj, dict) or obj.get("type") != "assistant":
         return None
     message = obj.get("message")
