@@ -499,12 +499,12 @@ def run_import(
             result.lines += len(lines)
             # A chunk's mark has no size, so a file whose import stopped half way is read
             # on from there next time.
-            at = mark.offset - sum(len(line) + 1 for line in lines) if not whole_files else 0
+            at = mark.offset - sum(map(len, lines)) - len(lines) if not whole_files else 0
             for start in range(0, max(len(lines), 1), CHUNK_LINES):
                 chunk = lines[start : start + CHUNK_LINES]
                 pending += parse(chunk, mark.state, path) if chunk else []
                 last = start + CHUNK_LINES >= len(lines)
-                at += sum(len(line) + 1 for line in chunk)
+                at += sum(map(len, chunk)) + len(chunk)  # each line and its newline
                 marks_due[path] = (
                     mark if last else FileMark(mark.inode, -1, 0, at, dict(mark.state))
                 )
