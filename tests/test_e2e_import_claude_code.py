@@ -29,6 +29,7 @@ from devmeter.money import from_pusd
 from tests.clients_env import claude_env, cli, devmeter_run, git_repo, last_id, rows_after
 from tests.fake_upstream import FakeUpstream
 from tests.proxy_harness import RunningProxy
+from tests.test_import_bulk import assert_quick_equals_general, transcript_objects
 
 pytestmark = [pytest.mark.proxy, pytest.mark.e2e]
 
@@ -137,6 +138,10 @@ def test_imported_transcripts_equal_the_proxied_run(
     assert result.imported == 4 == len(imported), result
     assert import_claude_code(db, config_dir).imported == 0  # twice: nothing more
     assert len(ledger_rows(db)) == 4
+    # The quick row (claude_code._quick_row) reads every response this CLI wrote, and
+    # reads it as the general path does.
+    lines = transcript_objects(sorted((config_dir / "projects").rglob("*.jsonl")))
+    assert_quick_equals_general(lines, all_quick=True)
 
     # Each session's total is Claude Code's own, to the micro-dollar.
     totals = per_session_cost(imported)
