@@ -10,11 +10,21 @@ the same value, or the same error, as before. One difference remains: an integer
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+def _mapping(value: Any) -> dict[Any, Any]:
+    """A Mapping that is not a dict (a request parsed lazily, providers/lazy_doc.py) is
+    written as the dict it reads as."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"), default=_mapping)
 _SORTED = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
 
 
@@ -36,7 +46,7 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
 def dumps(value: Any) -> bytes:
     """Compact JSON (UTF-8, no spaces) of plain data, for machines to read back."""
     try:
-        return orjson.dumps(value)
+        return orjson.dumps(value, default=_mapping)
     except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits, a lone surrogate
         return _COMPACT.encode(value).encode("ascii")  # ASCII JSON: \u escapes
 

@@ -316,7 +316,7 @@ def _is_call_side(item: Any) -> bool:
     return item.get("role") in ("assistant", "model") or str(item.get("type", "")).endswith("_call")
 
 
-def _last_turn(items: list[Any], limit: int = 8) -> list[Any]:
+def _last_turn(items: Sequence[Any], limit: int = 8) -> list[Any]:
     """The trailing items up to and including the last one the model produced.
 
     A tool loop is (the call the model made, the result it got); a message list grows on
@@ -334,10 +334,10 @@ def _last_turn(items: list[Any], limit: int = 8) -> list[Any]:
     return tail[::-1]
 
 
-def _conversation(body: Mapping[str, Any]) -> list[Any] | None:
+def _conversation(body: Mapping[str, Any]) -> Sequence[Any] | None:
     """The message list of a body of any wire format with a conversation (Anthropic, OpenAI
     chat, Responses, Gemini, ...): its view in the providers' registry."""
-    return any_conversation(body if isinstance(body, dict) else dict(body))
+    return any_conversation(body)  # a LazyDoc as it is: only the last turn is decoded
 
 
 def request_fingerprint(

@@ -33,6 +33,7 @@ from devmeter.providers import gemini, cursor  # noqa: F401
 # isort: on
 from devmeter.providers import registry
 from devmeter.providers.base import ResponseParser
+from devmeter.providers.lazy_doc import LazyDoc, lazy_doc
 from devmeter.providers.paths import (
     costs_nothing,
     normalise_path,
@@ -117,9 +118,13 @@ def parse_request(endpoint: Endpoint, body: bytes) -> RequestInfo:
     return parse_request_doc(endpoint, body)[0]
 
 
-def parse_request_doc(endpoint: Endpoint, body: bytes) -> tuple[RequestInfo, dict[str, Any] | None]:
+def parse_request_doc(
+    endpoint: Endpoint, body: bytes, lazy: bool = False
+) -> tuple[RequestInfo, dict[str, Any] | LazyDoc | None]:
     """`parse_request`, and the parsed JSON body for callers that read more of it (the
-    guard's loop fingerprint), so a large body is parsed once per call, not once per reader."""
+    guard's loop fingerprint, the secret scan), so a large body is parsed once per call,
+    not once per reader. `lazy`: the body as a `LazyDoc` where it can be (the request
+    path: a re-sent conversation is decoded only where it is read), else a plain dict."""
     fallback_model = endpoint.path_model
 
     def failed(reason: str) -> tuple[RequestInfo, None]:
@@ -139,11 +144,13 @@ def parse_request_doc(endpoint: Endpoint, body: bytes) -> tuple[RequestInfo, dic
             return read, None
     if not body:
         return failed("empty request body")
-    try:
-        doc = fastjson.loads(body)  # one pass over the body; bytes are decoded as UTF-8
-    except (ValueError, UnicodeDecodeError) as exc:
-        return failed(f"request body is not JSON: {exc}"[:200])
-    if not isinstance(doc, dict):
+    doc: dict[str, Any] | LazyDoc | None = lazy_doc(body) if lazy else None
+    if doc is None:  # not lazily, or only the plain parse can say what the body is
+        try:
+            doc = fastjson.loads(body)  # one pass over the body; bytes are decoded as UTF-8
+        except (ValueError, UnicodeDecodeError) as exc:
+            return failed(f"request body is not JSON: {exc}"[:200])
+    if not isinstance(doc, (dict, LazyDoc)):
         return failed(f"request body is a JSON {type(doc).__name__}, not an object")
     try:
         if wire.parse_json is None:
@@ -170,9 +177,10 @@ def request_uses_images(endpoint: Endpoint, request: RequestInfo, doc: Any) -> b
     if request.facts.get("uses_images") == "1":  # Cursor's parser knows it already
         return True
     wire = wire_format(endpoint.api)
-    if wire is None or wire.conversation is None or not isinstance(doc, dict):
+    if wire is None or wire.conversation is None or not isinstance(doc, (dict, LazyDoc)):
         return False
-    return uses_images(wire.conversation(doc))
+    items = wire.conversation(doc)  # type: ignore[arg-type]
+    return uses_images(items if items is None or isinstance(items, list) else list(items))
 
 
 def _prompt_estimator(body: bytes) -> Callable[[], int | None]:

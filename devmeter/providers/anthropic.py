@@ -9,10 +9,12 @@ error mid-stream.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from devmeter.providers import anthropic_rewrite
 from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
+from devmeter.providers.lazy_doc import SEQUENCES, items_of
 from devmeter.providers.paths import READ, free_rules
 from devmeter.providers.registry import Endpoint, WireFormat, register, register_host
 from devmeter.providers.request import flag, set_int
@@ -39,8 +41,8 @@ _CWD_MARKERS = ("Primary working directory: ", "Working directory: ")
 
 def parse_request(body: dict[str, Any], path_model: str | None = None) -> RequestInfo:
     facts: dict[str, str] = {}
-    messages = body.get("messages")
-    messages = messages if isinstance(messages, list) else []
+    messages = items_of(body, "messages")  # only the first user message is read
+    messages = messages if isinstance(messages, SEQUENCES) else []
     flag(facts, "uses_tools", body.get("tools"))
     thinking = as_dict(body.get("thinking"))
     flag(facts, "uses_thinking", thinking.get("type") in ("enabled", "adaptive"))
@@ -68,7 +70,7 @@ def _texts(content: Any) -> list[str]:
     return []
 
 
-def _working_directory(messages: list[Any], system: Any) -> str | None:
+def _working_directory(messages: Sequence[Any], system: Any) -> str | None:
     """Claude Code's working directory from its environment block.
 
     Current versions put it in the first user message ("Primary working directory:"),
@@ -224,9 +226,9 @@ def error_body(status: int, message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": message}}
 
 
-def conversation(doc: dict[str, Any]) -> list[Any] | None:
-    messages = doc.get("messages")
-    return messages if isinstance(messages, list) else None
+def conversation(doc: dict[str, Any]) -> Sequence[Any] | None:
+    messages = items_of(doc, "messages")
+    return messages if isinstance(messages, SEQUENCES) else None
 
 
 def _parse(doc: dict[str, Any], endpoint: Endpoint) -> RequestInfo:

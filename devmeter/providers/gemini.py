@@ -13,9 +13,11 @@ a candidate's `finishReason`.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
+from devmeter.providers.lazy_doc import SEQUENCES, items_of
 from devmeter.providers.paths import READ, free_rules
 from devmeter.providers.registry import Endpoint, WireFormat, register, register_host
 from devmeter.providers.request import flag, set_int
@@ -192,10 +194,10 @@ def error_body(status: int, message: str) -> dict[str, Any]:
     return {"error": {"code": status, "message": message, "status": reason}}
 
 
-def conversation(doc: dict[str, Any]) -> list[Any] | None:
+def conversation(doc: dict[str, Any]) -> Sequence[Any] | None:
     """The contents, in a Gemini CLI Code Assist envelope (`request`) or not."""
-    contents = doc.get("contents")
-    if isinstance(contents, list):
+    contents = items_of(doc, "contents")
+    if isinstance(contents, SEQUENCES):
         return contents
     inner = doc.get("request")
     if isinstance(inner, dict) and isinstance(inner.get("contents"), list):

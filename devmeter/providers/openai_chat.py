@@ -11,11 +11,13 @@ compatible server we meter sends it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from devmeter.providers import openai_rewrite
 from devmeter.providers.base import BaseParser, as_dict, as_int, as_str
+from devmeter.providers.lazy_doc import SEQUENCES, items_of
 from devmeter.providers.registry import Endpoint, WireFormat, register
 from devmeter.providers.request import flag, set_int, stream_facts
 from devmeter.providers.turn_text import embeddings_input, openai_chat_new_turn
@@ -191,9 +193,9 @@ def error_body(status: int, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": "devmeter_error", "param": None, "code": None}}
 
 
-def conversation(doc: dict[str, Any]) -> list[Any] | None:
-    messages = doc.get("messages")
-    return messages if isinstance(messages, list) else None
+def conversation(doc: dict[str, Any]) -> Sequence[Any] | None:
+    messages = items_of(doc, "messages")
+    return messages if isinstance(messages, SEQUENCES) else None
 
 
 def _chat_parser(endpoint: Endpoint, request: RequestInfo, content_type: str) -> ChatParser:

@@ -13,6 +13,7 @@ ResponseResult per finished response through `take_completed()`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -26,6 +27,7 @@ from devmeter.providers.base import (
     as_str,
     error_text,
 )
+from devmeter.providers.lazy_doc import SEQUENCES, items_of
 from devmeter.providers.openai_chat import error_body, output_with_reasoning
 from devmeter.providers.registry import Endpoint, WireFormat, register
 from devmeter.providers.request import flag, set_int, stream_facts
@@ -236,10 +238,10 @@ class ResponsesParser(BaseParser):
 # --- the wire formats -------------------------------------------------------------------
 
 
-def conversation(doc: dict[str, Any]) -> list[Any] | None:
+def conversation(doc: dict[str, Any]) -> Sequence[Any] | None:
     """The input items; a one-string prompt is one user message."""
-    value = doc.get("input")
-    if isinstance(value, list):
+    value = items_of(doc, "input")
+    if isinstance(value, SEQUENCES):
         return value
     if isinstance(value, str):
         return [{"role": "user", "content": value}]

@@ -13,10 +13,11 @@ Pure data and lookups: no parsing here, and nothing above `providers/` is import
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from devmeter.providers.lazy_doc import LazyDoc
 from devmeter.providers.turn_text import Piece, conversation_text
 from devmeter.usage import RequestInfo
 
@@ -69,7 +70,7 @@ class WireFormat:
     query_model: bool = False
     # The conversation items of a parsed body (whose blocks may be images, whose last
     # turn a loop repeats); None: the body holds no conversation.
-    conversation: Callable[[dict[str, Any]], list[Any] | None] | None = None
+    conversation: Callable[[dict[str, Any]], Sequence[Any] | None] | None = None
     # The turn the user or agent is about to send: what follows the model's last turn
     # (the secrets inspector reports a secret in the turn that first sent it); None: no
     # text of its requests is inspected.
@@ -122,7 +123,7 @@ _FORMATS: dict[str, WireFormat] = {}
 _HOSTS: dict[str, HostRoutes] = {}
 _FAMILY_ERRORS: dict[str, ErrorBody] = {}
 # The distinct conversation views, in registration order (asked on every request).
-_VIEWS: list[Callable[[dict[str, Any]], list[Any] | None]] = []
+_VIEWS: list[Callable[[dict[str, Any]], Sequence[Any] | None]] = []
 
 
 def _refresh() -> None:
@@ -227,7 +228,7 @@ def error_body(api: str, status: int, message: str) -> dict[str, Any]:
 def new_turn(api: str, doc: Any) -> list[Piece]:
     """The new strings of a request body (or a WebSocket frame) of wire format `api`."""
     wire = _FORMATS.get(api)
-    if wire is None or wire.new_turn is None or not isinstance(doc, dict):
+    if wire is None or wire.new_turn is None or not isinstance(doc, (dict, LazyDoc)):
         return []
     return list(wire.new_turn(doc))
 
@@ -235,14 +236,14 @@ def new_turn(api: str, doc: Any) -> list[Piece]:
 def sent_text(api: str, doc: Any) -> list[Piece]:
     """Every string of the request's conversation (a secret sent in an earlier turn is
     re-sent with every later one)."""
-    if not isinstance(doc, dict):
+    if not isinstance(doc, (dict, LazyDoc)):
         return []
     wire = _FORMATS.get(api)
     view = wire.sent_text if wire is not None and wire.sent_text is not None else None
     return list(view(doc) if view is not None else conversation_text(doc))
 
 
-def any_conversation(doc: dict[str, Any]) -> list[Any] | None:
+def any_conversation(doc: Mapping[str, Any]) -> Sequence[Any] | None:
     """The conversation of a body whose API is not known here (the loop fingerprint's
     view): the first registered format's view that finds one."""
     for view in _VIEWS:

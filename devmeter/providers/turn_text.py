@@ -20,9 +20,11 @@ it in place and the caller re-serialises the document. Pure: no I/O, nothing abo
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from devmeter.providers.lazy_doc import SEQUENCES, items_of
 
 # Keys whose strings are ids, types or binary payloads, never text a person wrote.
 _SKIP_KEYS = frozenset(
@@ -101,7 +103,7 @@ def file_of(tool_input: Any) -> str | None:
     return None
 
 
-def last_index(items: list[Any], is_model: Callable[[Any], bool]) -> int:
+def last_index(items: Sequence[Any], is_model: Callable[[Any], bool]) -> int:
     """The index of the model's last item, -1 if none: searched from the end, as the new
     content is the tail of a conversation that grows every turn."""
     for i in range(len(items) - 1, -1, -1):
@@ -123,8 +125,8 @@ def tool_result_where(file: str | None) -> str:
 
 
 def anthropic_new_turn(doc: dict[str, Any]) -> Iterator[Piece]:
-    messages = doc.get("messages")
-    if not isinstance(messages, list):
+    messages = items_of(doc, "messages")
+    if not isinstance(messages, SEQUENCES):
         return
     last_model = last_index(messages, _is_assistant)
     if last_model < 0:
@@ -156,8 +158,8 @@ def anthropic_new_turn(doc: dict[str, Any]) -> Iterator[Piece]:
 
 
 def openai_chat_new_turn(doc: dict[str, Any]) -> Iterator[Piece]:
-    messages = doc.get("messages")
-    if not isinstance(messages, list):
+    messages = items_of(doc, "messages")
+    if not isinstance(messages, SEQUENCES):
         return
     last_model = last_index(messages, _is_assistant)
     files: dict[str, str] = {}
@@ -189,11 +191,11 @@ _MODEL_ITEMS = frozenset(
 
 
 def openai_responses_new_turn(doc: dict[str, Any]) -> Iterator[Piece]:
-    items = doc.get("input")
+    items = items_of(doc, "input")
     if isinstance(items, str):
         yield Piece("message", doc, "input", items)
         return
-    if not isinstance(items, list):
+    if not isinstance(items, SEQUENCES):
         return
 
     def from_model(item: Any) -> bool:
@@ -245,8 +247,8 @@ def gemini_body(doc: dict[str, Any]) -> dict[str, Any]:
 
 def gemini_new_turn(doc: dict[str, Any]) -> Iterator[Piece]:
     doc = gemini_body(doc)
-    contents = doc.get("contents")
-    if not isinstance(contents, list) or not contents:
+    contents = items_of(doc, "contents")
+    if not isinstance(contents, SEQUENCES) or not contents:
         return
     last_model = last_index(contents, _is_model)
     if last_model < 0:

@@ -37,6 +37,7 @@ from devmeter.control import ControlWatcher
 from devmeter.guard import Guard
 from devmeter.pricing import PriceOverride
 from devmeter.providers import match_endpoint
+from devmeter.providers.lazy_doc import plain
 from devmeter.proxy import streaming
 from devmeter.proxy.ask_stage import AskStage
 from devmeter.proxy.bounds_stage import BoundsStage
@@ -202,6 +203,8 @@ class Meter:
         # lose the metering of the call, nor stop it from reaching the provider.
         if self._guards.request(flow, state, doc, headers, len(body), now):
             return None
+        if self._routing.router is not None:
+            doc = plain(doc)  # rules and rewrites may read all of the conversation
         # A WebSocket handshake is not held, as the guard lets it through: each turn on
         # the socket is asked about instead.
         held = (

@@ -24,6 +24,7 @@ from devmeter.providers import (
     new_response_parser,
     normalise_path,
 )
+from devmeter.providers.lazy_doc import LazyDoc
 from devmeter.proxy import streaming
 from devmeter.proxy.billing_reading import read_quota, read_rate_events, set_billing, sse_sink
 from devmeter.proxy.cursor_stage import request_whole
@@ -41,7 +42,7 @@ from devmeter.usage import ResponseResult, Usage
 
 # What the later request stages need of a call the metering stage started: its state,
 # its headers (lower-case names), its body as sent, and that body parsed (None if not).
-Started = tuple[FlowState, Mapping[str, str], bytes, "dict[str, Any] | None"]
+Started = tuple[FlowState, Mapping[str, str], bytes, "dict[str, Any] | LazyDoc | None"]
 
 
 @dataclass(slots=True)

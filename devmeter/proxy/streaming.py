@@ -27,6 +27,7 @@ from mitmproxy import http
 from devmeter import providers
 from devmeter.decoding import decode_bounded, decoder_for
 from devmeter.providers import Endpoint, ResponseParser, parse_request_doc
+from devmeter.providers.lazy_doc import LazyDoc
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
 log = logging.getLogger(__name__)
@@ -113,12 +114,13 @@ def counting_tap(counted: list[int]) -> Callable[[bytes], bytes]:
 
 def read_request(
     endpoint: Endpoint, body: bytes
-) -> tuple[RequestInfo, dict[str, Any] | None, str | None]:
+) -> tuple[RequestInfo, dict[str, Any] | LazyDoc | None, str | None]:
     """`parse_request_doc`, made total: whatever the body is (nested 10,000 deep, not
     UTF-8) or a bug in a parser, the call still gets its guard check and its row. The
-    third value is the error for the row when the parser itself failed."""
+    third value is the error for the row when the parser itself failed. The body is a
+    `LazyDoc` where it can be: each reader decodes only what it reads."""
     try:
-        info, doc = parse_request_doc(endpoint, body)
+        info, doc = parse_request_doc(endpoint, body, lazy=True)
         return info, doc, None
     except Exception as exc:
         reason = f"devmeter could not read the request: {type(exc).__name__}: {exc}"[:300]
