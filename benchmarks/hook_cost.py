@@ -41,6 +41,8 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.test import tflow, tutils
 
+from benchmarks.large_body import conversation_body
+
 CLAUDE_HEADERS = {
     "Accept": "application/json",
     "Content-Type": "application/json",
@@ -169,6 +171,13 @@ SHAPES = {
     "chat": Shape("openai chat, whole", "api.openai.com", "/v1/chat/completions",
                   OPENAI_HEADERS, json.dumps(CHAT_REQUEST).encode(), *_whole(CHAT_ANSWER)),
 }  # fmt: skip
+
+
+def large_shape() -> Shape:
+    """`--only large`: Claude Code late in a session, its whole ~1 MB conversation re-sent
+    (large_body.py). Not in the default run: each call costs milliseconds, not microseconds."""
+    return Shape("anthropic messages 1 MB, whole", "api.anthropic.com", "/v1/messages?beta=true",
+                 CLAUDE_HEADERS, conversation_body(), *_whole(ANTHROPIC_ANSWER))  # fmt: skip
 
 
 class StageClock:
@@ -445,12 +454,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=3000, help="calls of each shape a round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (the best is shown)")
-    parser.add_argument("--only", default=",".join(SHAPES), help="shapes: " + ",".join(SHAPES))
+    parser.add_argument("--only", default=",".join(SHAPES),
+                        help="shapes: " + ",".join([*SHAPES, "large"]))  # fmt: skip
     parser.add_argument("--new-turns", action="store_true",
                         help="each call's prompt new text, as an agent's turns are (by default "
                              "every call repeats one, as the benchmarks' calls do)")  # fmt: skip
     args = parser.parse_args(argv)
-    shapes = [SHAPES[name] for name in args.only.split(",")]
+    shapes = [SHAPES[name] if name != "large" else large_shape() for name in args.only.split(",")]
     with tempfile.TemporaryDirectory(prefix="devmeter-hook-cost-") as home:
         meter, writer, close = build_meter(Path(home))
         client = Client()

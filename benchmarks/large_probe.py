@@ -8,7 +8,10 @@ one cost each (an experiment, not a configuration):
   variant's extra CPU over devmeter's is what one parse of the body costs in the proxy
   process (orjson, the objects it allocates, freeing them, the cyclic GC they trigger);
 - `gc-off`: the cyclic GC disabled: devmeter's CPU minus this variant's is what the GC
-  costs.
+  costs;
+- `plain-parse`: every request body parsed whole with orjson, as before the lazy parse
+  (providers/lazy_doc.py), whose saving is this variant's CPU minus devmeter's. (With the
+  lazy parse, `parse-twice` doubles only the plain parses that remain.)
 
 Each gets `--calls` sequential calls of the 1 MB Claude Code conversation
 (large_body.py), or of the small messages body with `--small`, on one keep-alive
@@ -53,6 +56,9 @@ VARIANTS = {
         "fastjson.loads = loads\n"
     ),
     "gc-off": "import gc\ngc.disable()\n",
+    # The whole body parsed with orjson, as before the lazy parse (providers/lazy_doc.py):
+    # devmeter's CPU minus this variant's is what the lazy parse saves.
+    "plain-parse": "import devmeter.providers as _providers\n_providers.lazy_doc = lambda body: None\n",
 }
 
 

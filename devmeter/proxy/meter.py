@@ -203,7 +203,8 @@ class Meter:
         # lose the metering of the call, nor stop it from reaching the provider.
         if self._guards.request(flow, state, doc, headers, len(body), now):
             return None
-        if self._routing.router is not None:
+        router = self._routing.router
+        if router is not None and router.config.rules:
             doc = plain(doc)  # rules and rewrites may read all of the conversation
         # A WebSocket handshake is not held, as the guard lets it through: each turn on
         # the socket is asked about instead.
