@@ -58,7 +58,9 @@ VARIANTS = {
     "gc-off": "import gc\ngc.disable()\n",
     # The whole body parsed with orjson, as before the lazy parse (providers/lazy_doc.py):
     # devmeter's CPU minus this variant's is what the lazy parse saves.
-    "plain-parse": "import devmeter.providers as _providers\n_providers.lazy_doc = lambda body: None\n",
+    "plain-parse": (
+        "import devmeter.providers as _providers\n_providers.lazy_doc = lambda body: None\n"
+    ),
 }
 
 

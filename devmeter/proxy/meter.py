@@ -37,7 +37,6 @@ from devmeter.control import ControlWatcher
 from devmeter.guard import Guard
 from devmeter.pricing import PriceOverride
 from devmeter.providers import match_endpoint
-from devmeter.providers.lazy_doc import plain
 from devmeter.proxy import streaming
 from devmeter.proxy.ask_stage import AskStage
 from devmeter.proxy.bounds_stage import BoundsStage
@@ -191,7 +190,11 @@ class Meter:
         if endpoint is None:
             self._guards.unmetered_request(flow, host)
             return None
-        started = self._metering.request(flow, host, endpoint)
+        router = self._routing.router
+        # Routing rules read all of the conversation: a body they will read whole is
+        # parsed whole at once (the lazy parse's check would be work on top).
+        routes = router is not None and bool(router.config.rules)
+        started = self._metering.request(flow, host, endpoint, lazy=not routes)
         if started is None:
             return None  # a batch metered when first read: reading it again costs nothing
         state, headers, body, doc = started
@@ -203,9 +206,6 @@ class Meter:
         # lose the metering of the call, nor stop it from reaching the provider.
         if self._guards.request(flow, state, doc, headers, len(body), now):
             return None
-        router = self._routing.router
-        if router is not None and router.config.rules:
-            doc = plain(doc)  # rules and rewrites may read all of the conversation
         # A WebSocket handshake is not held, as the guard lets it through: each turn on
         # the socket is asked about instead.
         held = (

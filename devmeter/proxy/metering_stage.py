@@ -72,16 +72,18 @@ class MeteringStage:
         # or status bills nothing new. Least recent first, bounded.
         self._batches_read: OrderedDict[str, None] = OrderedDict()
 
-    def request(self, flow: http.HTTPFlow, host: str, endpoint: Endpoint) -> Started | None:
+    def request(
+        self, flow: http.HTTPFlow, host: str, endpoint: Endpoint, lazy: bool = True
+    ) -> Started | None:
         """Start metering the call (its state is on the flow from now on); None for a
-        batch already metered in this run."""
+        batch already metered in this run. `lazy`: see `streaming.read_request`."""
         if endpoint.api in BATCH_APIS and self._batch_read(flow, record=False):
             return None
         now = self._clock()
         headers = lower_headers(flow.request.headers)  # once: mitmproxy's lookups are slow
         body, note = streaming.request_body(flow.request, headers.get("content-encoding"))
         if note is None:
-            info, doc, note = streaming.read_request(endpoint, body)
+            info, doc, note = streaming.read_request(endpoint, body, lazy)
         else:  # compressed past the limit: estimated from its compressed length
             raw_length = len(flow.request.raw_content or b"")
             info, doc = streaming.unread_request_info(endpoint, raw_length, reason=note), None

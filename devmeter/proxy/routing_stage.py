@@ -16,6 +16,7 @@ from typing import Any
 import httpx2
 from mitmproxy import http
 
+from devmeter.providers.lazy_doc import LazyDoc, plain
 from devmeter.proxy import streaming
 from devmeter.proxy.flow_state import FlowState, short_traceback
 from devmeter.routing.fallback import should_fallback
@@ -46,7 +47,7 @@ class RoutingStage:
         state: FlowState,
         headers: Mapping[str, str],
         body: bytes,
-        doc: dict[str, Any] | None,
+        doc: dict[str, Any] | LazyDoc | None,
         now: float,
         prompt: PromptSize | None = None,
     ) -> Coroutine[None, None, None] | None:
@@ -55,6 +56,8 @@ class RoutingStage:
         conversation takes tens of milliseconds, which run on a worker thread (tiktoken
         lets go of the GIL) while the event loop serves other flows."""
         if self.router is not None and flow.websocket is None and doc is not None:
+            if self.router.config.rules:
+                doc = plain(doc)  # rules may read all of the conversation, rewrites copy it
             prompt = prompt or PromptSize(doc, tokenize=False)
             try:
                 self._route(flow, state, headers, body, doc, now, prompt)
@@ -123,14 +126,14 @@ class RoutingStage:
         state: FlowState,
         headers: Mapping[str, str],
         body: bytes,
-        doc: dict[str, Any] | None,
+        doc: dict[str, Any] | LazyDoc | None,
         now: float,
     ) -> str | None:
         """The cheaper model a rule would route this call to (an ask's Switch button)."""
         if self.router is None:
             return None
         return self.router.switch_target(
-            state.endpoint, state.request, state.attribution, headers, body, now, doc
+            state.endpoint, state.request, state.attribution, headers, body, now, plain(doc)
         )
 
     def responseheaders(self, flow: http.HTTPFlow, state: FlowState) -> bool:

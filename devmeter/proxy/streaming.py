@@ -113,14 +113,15 @@ def counting_tap(counted: list[int]) -> Callable[[bytes], bytes]:
 
 
 def read_request(
-    endpoint: Endpoint, body: bytes
+    endpoint: Endpoint, body: bytes, lazy: bool = True
 ) -> tuple[RequestInfo, dict[str, Any] | LazyDoc | None, str | None]:
     """`parse_request_doc`, made total: whatever the body is (nested 10,000 deep, not
     UTF-8) or a bug in a parser, the call still gets its guard check and its row. The
-    third value is the error for the row when the parser itself failed. The body is a
-    `LazyDoc` where it can be: each reader decodes only what it reads."""
+    third value is the error for the row when the parser itself failed. `lazy`: the body
+    is a `LazyDoc` where it can be, each reader decoding only what it reads (False when
+    a reader will read all of it)."""
     try:
-        info, doc = parse_request_doc(endpoint, body, lazy=True)
+        info, doc = parse_request_doc(endpoint, body, lazy=lazy)
         return info, doc, None
     except Exception as exc:
         reason = f"devmeter could not read the request: {type(exc).__name__}: {exc}"[:300]
