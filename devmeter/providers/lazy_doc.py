@@ -14,6 +14,10 @@ the old way by the caller (`lazy_doc` returns None), so its error note is the on
 One difference remains, in a body no client sends: an integer beyond 64 bits reads as
 `fastjson` reads it alone (a float), even when a number past a double's range (1e400)
 elsewhere in the body would have sent the whole body to `json` (which reads it exactly).
+And on Python 3.12+, whose recursion limit lets msgspec go ~1,500 levels deep, a body
+nested past orjson's 1,023 is read lazily rather than refused whole: its model and facts
+are read, and a reader of the whole body (`whole()`), or of an item itself nested past
+the limit, gets orjson's ValueError (every request stage fails open on it).
 """
 
 from __future__ import annotations
