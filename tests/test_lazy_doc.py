@@ -16,7 +16,7 @@ import pytest
 from benchmarks.large_body import conversation_body
 from devmeter import fastjson
 from devmeter.providers import Endpoint, parse_request_doc, request_uses_images
-from devmeter.providers.lazy_doc import _UNREAD, LazyDoc, LazyItems, lazy_doc, plain
+from devmeter.providers.lazy_doc import _UNREAD, LAZY_FROM, LazyDoc, LazyItems, lazy_doc, plain
 from devmeter.providers.registry import new_turn, sent_text
 from devmeter.proxy.streaming import read_request
 from devmeter.runaway import is_human_turn, request_fingerprint
@@ -68,7 +68,7 @@ BODIES = _bodies()
 
 
 def _view(endpoint: Endpoint, body: bytes, lazy: bool) -> dict[str, Any]:
-    info, doc = parse_request_doc(endpoint, body, lazy=lazy)
+    info, doc = parse_request_doc(endpoint, body, 0 if lazy else None)
     view: dict[str, Any] = {
         "model": info.model,
         "stream": info.stream,
@@ -103,7 +103,7 @@ def test_same_reading_as_the_plain_parse(endpoint: Endpoint) -> None:
     read_lazily = 0
     for name, body in BODIES:
         assert _view(endpoint, body, lazy=True) == _view(endpoint, body, lazy=False), name
-        read_lazily += isinstance(parse_request_doc(endpoint, body, lazy=True)[1], LazyDoc)
+        read_lazily += isinstance(parse_request_doc(endpoint, body, 0)[1], LazyDoc)
     assert read_lazily > len(BODIES) // 2  # the others have an `input` that is an object
 
 
@@ -121,6 +121,14 @@ def test_a_large_body_decodes_only_what_the_request_path_reads() -> None:
     assert len(items) > 100 and decoded <= 12, (decoded, len(items))
     assert doc._whole is None, "nothing on the request path needed the whole body"
     assert info.facts["cwd"] == "/home/dev/src/acme-api"
+
+
+def test_the_request_path_reads_lazily_from_lazy_from_bytes() -> None:
+    small, large = conversation_body(LAZY_FROM // 2), conversation_body(2 * LAZY_FROM)
+    assert len(small) < LAZY_FROM <= len(large)
+    assert isinstance(read_request(ENDPOINTS[0], small)[1], dict)
+    assert isinstance(read_request(ENDPOINTS[0], large)[1], LazyDoc)
+    assert isinstance(read_request(ENDPOINTS[0], large, lazy=False)[1], dict)
 
 
 def test_whole_keeps_what_readers_hold_and_changed() -> None:
@@ -198,8 +206,8 @@ def test_hostile_bodies_read_as_before(endpoint: Endpoint, name: str) -> None:
 
 
 def test_duplicate_keys_keep_orjsons_winner() -> None:
-    info, doc, note = read_request(ENDPOINTS[0], HOSTILE["duplicate keys"])
-    assert note is None and doc is not None
+    info, doc = parse_request_doc(ENDPOINTS[0], HOSTILE["duplicate keys"], 0)
+    assert isinstance(doc, LazyDoc)
     assert info.model == "b" and info.stream is True
     assert plain(doc)["messages"] == [{"role": "user", "content": "y"}]
     assert new_turn("anthropic.messages", doc)[0].text == "y"
@@ -209,9 +217,9 @@ def test_what_only_the_plain_parse_can_read_is_parsed_plainly() -> None:
     for name in ("invalid JSON", "invalid UTF-8 in an unread key", "NaN", "non-object top level",
                  "messages not a list", "lone surrogate escape"):  # fmt: skip
         assert lazy_doc(HOSTILE[name]) is None, name
-    info, doc, note = read_request(ENDPOINTS[0], HOSTILE["invalid UTF-8 in an unread key"])
+    info, doc = parse_request_doc(ENDPOINTS[0], HOSTILE["invalid UTF-8 in an unread key"], 0)
     assert doc is None and "not JSON" in info.facts["request_error"]
-    info, doc, note = read_request(ENDPOINTS[0], HOSTILE["NaN"])
+    info, doc = parse_request_doc(ENDPOINTS[0], HOSTILE["NaN"], 0)
     assert isinstance(doc, dict) and info.model == "m"  # as `json` reads it, as before
 
 
@@ -223,7 +231,7 @@ def test_nesting_past_orjsons_limit() -> None:
     body (routing rules, a strict secret scan) gets orjson's ValueError, which each
     request stage fails open on."""
     body = HOSTILE["nesting past orjson's limit"]
-    info, doc, _ = read_request(ENDPOINTS[0], body)
+    info, doc = parse_request_doc(ENDPOINTS[0], body, 0)
     plain_info, plain_doc = parse_request_doc(ENDPOINTS[0], body)
     assert plain_doc is None and "nested too deeply" in plain_info.facts["request_error"]
     if sys.version_info < (3, 12):
@@ -233,5 +241,5 @@ def test_nesting_past_orjsons_limit() -> None:
         assert request_fingerprint(doc) and new_turn("anthropic.messages", doc) == []
         with pytest.raises(ValueError, match="nested too deeply"):
             doc.whole()
-    info, doc, _ = read_request(ENDPOINTS[0], HOSTILE["deep nesting in a message"])
+    info, doc = parse_request_doc(ENDPOINTS[0], HOSTILE["deep nesting in a message"], 0)
     assert doc is None and "nested too deeply" in info.facts["request_error"]

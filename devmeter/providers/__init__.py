@@ -119,12 +119,12 @@ def parse_request(endpoint: Endpoint, body: bytes) -> RequestInfo:
 
 
 def parse_request_doc(
-    endpoint: Endpoint, body: bytes, lazy: bool = False
+    endpoint: Endpoint, body: bytes, lazy_from: int | None = None
 ) -> tuple[RequestInfo, dict[str, Any] | LazyDoc | None]:
     """`parse_request`, and the parsed JSON body for callers that read more of it (the
     guard's loop fingerprint, the secret scan), so a large body is parsed once per call,
-    not once per reader. `lazy`: the body as a `LazyDoc` where it can be (the request
-    path: a re-sent conversation is decoded only where it is read), else a plain dict."""
+    not once per reader. A body of `lazy_from` bytes or more is a `LazyDoc` where it can
+    be (a re-sent conversation decoded only where it is read), any other a plain dict."""
     fallback_model = endpoint.path_model
 
     def failed(reason: str) -> tuple[RequestInfo, None]:
@@ -144,6 +144,7 @@ def parse_request_doc(
             return read, None
     if not body:
         return failed("empty request body")
+    lazy = lazy_from is not None and len(body) >= lazy_from
     doc: dict[str, Any] | LazyDoc | None = lazy_doc(body) if lazy else None
     if doc is None:  # not lazily, or only the plain parse can say what the body is
         try:

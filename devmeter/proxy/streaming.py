@@ -27,7 +27,7 @@ from mitmproxy import http
 from devmeter import providers
 from devmeter.decoding import decode_bounded, decoder_for
 from devmeter.providers import Endpoint, ResponseParser, parse_request_doc
-from devmeter.providers.lazy_doc import LazyDoc
+from devmeter.providers.lazy_doc import LAZY_FROM, LazyDoc
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
 log = logging.getLogger(__name__)
@@ -117,11 +117,11 @@ def read_request(
 ) -> tuple[RequestInfo, dict[str, Any] | LazyDoc | None, str | None]:
     """`parse_request_doc`, made total: whatever the body is (nested 10,000 deep, not
     UTF-8) or a bug in a parser, the call still gets its guard check and its row. The
-    third value is the error for the row when the parser itself failed. `lazy`: the body
-    is a `LazyDoc` where it can be, each reader decoding only what it reads (False when
-    a reader will read all of it)."""
+    third value is the error for the row when the parser itself failed. `lazy`: a large
+    body is a `LazyDoc` where it can be, each reader decoding only what it reads (False
+    when a reader will read all of it)."""
     try:
-        info, doc = parse_request_doc(endpoint, body, lazy=lazy)
+        info, doc = parse_request_doc(endpoint, body, LAZY_FROM if lazy else None)
         return info, doc, None
     except Exception as exc:
         reason = f"devmeter could not read the request: {type(exc).__name__}: {exc}"[:300]
