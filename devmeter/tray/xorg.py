@@ -13,6 +13,15 @@ destroyed with the host it makes a new one. X errors about windows that vanished
 expected on the way and are not printed. Everything runs on pystray's loop thread, like
 the rest of the backend.
 
+A change the loop makes to the window (its title, which is the tooltip, and the icon's
+pixels) ends with a round trip to the X server: pystray leaves those requests in
+python-xlib's buffer, and python-xlib can leave them there for good: when the loop thread
+goes back to wait for events while another thread is still sending on the connection
+(such as the one that handed it the change, finishing its flush), it waits without
+sending, and nothing looks at the buffer again until some event arrives, which on an
+idle icon may be never. About one title change in five was lost so (the tooltip never
+named a taken port) until the next redraw happened to flush it.
+
 Importing this module imports pystray's X backend, which needs a display.
 """
 
@@ -67,7 +76,12 @@ class DockingIcon(_xorg.Icon):  # type: ignore[misc]
         self._icon_data = None  # regenerated from the new image on the next draw
         if self._systray_manager is not None:
             self._draw()
+            self._sent()
         self._icon_valid = True
+
+    def _update_title(self) -> None:
+        self._window.set_wm_name(self.title)
+        self._sent()
 
     def _stop(self) -> None:
         self._stopping = True
@@ -113,6 +127,7 @@ class DockingIcon(_xorg.Icon):  # type: ignore[misc]
         if self._systray_manager is not None:
             self._icon_data = None
             self._draw()
+            self._sent()
         self._said(self._systray_manager is not None)
 
     def _new_window(self) -> None:
@@ -124,6 +139,13 @@ class DockingIcon(_xorg.Icon):  # type: ignore[misc]
         self._quiet_x_errors()  # pystray's window creation put the printing handler back
         self._icon_data = None
         self._dock()
+
+    def _sent(self) -> None:
+        """Wait until the X server has the requests made so far (see the module docstring).
+        A round trip, not a flush: python-xlib's flush returns at once, sending nothing,
+        while another thread is sending, and a reply comes only after all earlier requests
+        were sent."""
+        self._display.sync()
 
     def _quiet_x_errors(self) -> None:
         """Asynchronous X errors (a request on a window the dying tray took with it) are
