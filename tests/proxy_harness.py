@@ -20,6 +20,9 @@ from devmeter.providers import INTERCEPT_HOSTS
 from devmeter.shellenv import proxy_environment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Until proxy.json names the new proxy. A few seconds on a quiet machine; 33 s was measured
+# on a loaded 2-core machine (load 10), where 30 s failed tests for slowness alone.
+START_SECONDS = 90
 
 
 @dataclass
@@ -130,7 +133,7 @@ def start_proxy(
         proc = subprocess.Popen(
             args, env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT
         )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + START_SECONDS
     while time.monotonic() < deadline:
         if state.exists():
             info = json.loads(state.read_text())

@@ -25,6 +25,12 @@ from tests.test_secrets_inspect import claude_code_read_env
 
 pytestmark = pytest.mark.proxy
 
+# The socket's opening (CONNECT, the proxy's TLS, the upgrade through to the fake upstream)
+# and each turn: a few hundred ms on a quiet machine; on a loaded 2-core machine (load 10)
+# the proxy takes several times longer, and 10 s timed out in the handshake. A real hang
+# still fails, a minute later.
+WS_TIMEOUT = 60
+
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[FakeUpstream]:
@@ -183,12 +189,12 @@ def test_codex_websocket_turns_per_rule_block_and_redact(
             ssl=ssl.create_default_context(cafile=str(proxy.bundle)),
             proxy=proxy.url,
             additional_headers={"X-Devmeter-Session": "codex-ws", "Authorization": "Bearer sk-t"},
-            open_timeout=10,
+            open_timeout=WS_TIMEOUT,
         ) as socket:
             for turn in (pem_turn, stripe_turn):
                 socket.send(json.dumps(turn))
                 while True:
-                    event = json.loads(socket.recv(timeout=10))
+                    event = json.loads(socket.recv(timeout=WS_TIMEOUT))
                     if event["type"] in ("response.completed", "error"):
                         events.append(event)
                         break
@@ -331,14 +337,16 @@ def test_realtime_events_are_inspected_redacted_and_refused_on_the_socket(
             )
             socket.send(json.dumps(say))
             socket.send(json.dumps(key))
-            while (refusal := json.loads(socket.recv(timeout=10)))["type"] == "session.created":
+            while (refusal := json.loads(socket.recv(timeout=WS_TIMEOUT)))[
+                "type"
+            ] == "session.created":
                 pass
             assert refusal["type"] == "error"
             assert "devmeter: refused: the request holds a secret, private-key" in json.dumps(
                 refusal
             )
             socket.send(json.dumps({"type": "response.create"}))
-            while (event := json.loads(socket.recv(timeout=10)))["type"] != "response.done":
+            while (event := json.loads(socket.recv(timeout=WS_TIMEOUT)))["type"] != "response.done":
                 assert event["type"] != "error", event
         sent = [r.body.decode() for r in upstream.find() if r.method == "WS"]
         assert len(sent) == 3  # session.update, the redacted message, response.create
