@@ -25,7 +25,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from operator import methodcaller
 
 from devmeter.gitinfo import GitInfo, RepoInfo
@@ -46,6 +46,15 @@ MAX_ID_LENGTH = 1024  # longer ids and paths are cut: they come from the network
 
 Headers = Mapping[str, str]
 Facts = Mapping[str, str]
+
+# Every header value and request fact `Attributor.attribute` reads (with the header names,
+# which say whether a client's own headers are there): equal ones on one connection, with
+# the same process behind it, give the same tool, session and repo (see _Memo).
+_READ_HEADERS = (
+    "user-agent", "host", "x-app", "originator", "x-stainless-lang", "anthropic-version",
+    "x-goog-api-client", "x-devmeter-session", "x-devmeter-project",
+    "x-claude-code-session-id", "session-id", "thread-id", "x-codex-turn-metadata",
+)  # fmt: skip
 
 
 class LowerHeaders(dict[str, str]):
@@ -281,6 +290,23 @@ class ProcessSessions:
 # -- putting it together --------------------------------------------------------
 
 
+@dataclass(slots=True)
+class _Memo:
+    """A connection's last attribution and what it was made of (`Attributor.attribute`).
+
+    Reused for the connection's next request while its inputs are the same (headers read,
+    facts, host, and the very same process lookup) and the git answers it read are still
+    the ones GitInfo holds (`until`, on its clock): a branch switch shows as soon as it
+    did before. A session of the process's own (`process_session`) is asked for again on
+    every call: that is what keeps it alive, or restarts it after an idle gap."""
+
+    key: tuple[object, ...]
+    lookup: Lookup
+    until: float
+    attribution: Attribution
+    process_session: bool
+
+
 class Attributor:
     """Attributes calls; caches the process behind each connection.
 
@@ -316,6 +342,9 @@ class Attributor:
         self.max_peers = max_peers
         self._peers: dict[Peer, tuple[float, Lookup]] = {}
         self._lock = threading.Lock()
+        # Each connection's last attribution (only `attribute`'s thread uses it).
+        self._memos: dict[Peer, _Memo] = {}
+        self._git_until = 0.0  # while attributing: when the git answers read expire
 
     def attribute(
         self,
@@ -330,16 +359,64 @@ class Attributor:
         """Tool, session, repo and branch for one request; never raises on bad input."""
         h = lower_headers(headers)
         facts = request_facts or {}
-        process = self.process_for(peer, now, sockname).process if peer else None
+        if peer is None:
+            return self._attribution(h, facts, None, now, host)[0]
+        found = self.process_for(peer, now, sockname)
+        key = (
+            host,
+            tuple(h),
+            tuple(map(h.get, _READ_HEADERS)),
+            facts.get(FACT_CWD),
+            facts.get(FACT_SESSION_ID),
+            facts.get(FACT_USER_ID),
+        )
+        memo = self._memos.get((peer[0], peer[1]))
+        if (
+            memo is not None
+            and memo.lookup is found
+            and memo.key == key
+            and self.git.now() < memo.until
+        ):
+            attribution = memo.attribution
+            if memo.process_session and found.process is not None:
+                process = found.process
+                session = self.sessions.session_for(process.pid, process.start_time, now)
+                if session != attribution.session:
+                    attribution = memo.attribution = replace(attribution, session=session)
+            return attribution
+        self._git_until = float("inf")
+        attribution, process_session = self._attribution(h, facts, found.process, now, host)
+        if len(self._memos) >= self.max_peers:
+            self._memos.clear()  # bounded; closed connections are forgotten one by one
+        self._memos[(peer[0], peer[1])] = _Memo(
+            key, found, self._git_until, attribution, process_session
+        )
+        return attribution
+
+    def _attribution(
+        self,
+        h: dict[str, str],
+        facts: Facts,
+        process: ClientProcess | None,
+        now: float,
+        host: str | None,
+    ) -> tuple[Attribution, bool]:
+        """The attribution, and whether its session is the process's own (ProcessSessions)."""
         repo, branch, source = self._repo(h, facts, process)
-        return Attribution(
+        session = self._declared_session(h, facts, process)
+        process_session = session is None and process is not None
+        if process_session:
+            assert process is not None
+            session = self.sessions.session_for(process.pid, process.start_time, now)
+        attribution = Attribution(
             tool=_detect(h, host),
-            session=self._session(h, facts, process, now),
+            session=session,
             repo=repo,
             branch=branch,
             repo_source=source,
             pid=process.pid if process else None,
         )
+        return attribution, process_session
 
     def process_for(self, peer: Peer, now: float, sockname: Peer | None = None) -> Lookup:
         """The process behind a connection, looked up once per `peer_ttl` seconds."""
@@ -386,18 +463,17 @@ class Attributor:
         """Drop a closed connection's cached process."""
         with self._lock:
             self._peers.pop((peer[0], peer[1]), None)
+        self._memos.pop((peer[0], peer[1]), None)
 
-    def _session(
-        self, h: dict[str, str], facts: Facts, process: ClientProcess | None, now: float
+    def _declared_session(
+        self, h: dict[str, str], facts: Facts, process: ClientProcess | None
     ) -> str | None:
-        session = (
+        """The session the request or its process names, if any."""
+        return (
             _explicit_session(h)
             or (_clean(process.env_session) if process else None)
             or _tool_session(h, facts)
         )
-        if session is None and process is not None:
-            session = self.sessions.session_for(process.pid, process.start_time, now)
-        return session
 
     def _repo(
         self, h: dict[str, str], facts: Facts, process: ClientProcess | None
@@ -433,6 +509,9 @@ class Attributor:
 
     def _repo_at(self, path: str) -> RepoInfo | None:
         try:
-            return self.git.repo_for(path)
+            info, until = self.git.repo_until(path)
         except Exception:  # a path from the network must not break attribution
+            self._git_until = 0.0
             return None
+        self._git_until = min(self._git_until, until)
+        return info

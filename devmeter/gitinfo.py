@@ -148,14 +148,24 @@ class GitInfo:
         self._lock = threading.Lock()
 
     def repo_for(self, path: str) -> RepoInfo | None:
+        return self.repo_until(path)[0]
+
+    def now(self) -> float:
+        """The clock `repo_until`'s expiries are on."""
+        return self._clock()
+
+    def repo_until(self, path: str) -> tuple[RepoInfo | None, float]:
+        """`repo_for`, and until when (on `now()`'s clock) the answer stays the cached one:
+        what a caller keeping the answer must drop it by, to be no staler than this cache.
+        0.0 for an answer not cached (a lookup still under way)."""
         now = self._clock()
         with self._lock:
             hit = self._cache.get(path)
             if hit is not None and hit[0] > now:
-                return hit[1]
+                return hit[1], hit[0]
             known = hit[1] if hit is not None else None
             if path in self._pending or len(self._pending) >= self.max_pending:
-                return known  # a slow filesystem: never wait on it twice
+                return known, 0.0  # a slow filesystem: never wait on it twice
             future: Future[RepoInfo | None] = Future()
             self._pending[path] = future
         worker = threading.Thread(
@@ -163,9 +173,12 @@ class GitInfo:
         )
         worker.start()
         try:
-            return future.result(timeout=self.timeout)
+            info = future.result(timeout=self.timeout)
         except FutureTimeout:
-            return known
+            return known, 0.0
+        with self._lock:
+            hit = self._cache.get(path)
+        return info, (hit[0] if hit is not None and hit[1] is info else 0.0)
 
     def _look_up(self, path: str, future: Future[RepoInfo | None]) -> None:
         try:

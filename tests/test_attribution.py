@@ -22,6 +22,7 @@ from devmeter.attribution import (
     session_from_headers,
     session_from_user_id,
 )
+from devmeter.gitinfo import GitInfo
 from devmeter.procinfo import ClientProcess, Lookup
 from devmeter.usage import Attribution
 
@@ -574,3 +575,104 @@ def test_a_quick_lookup_that_raises_is_a_miss() -> None:
 
     assert not Attributor(FakeLookup({}), quick_lookup=broken).process_quickly(PEER, now=1.0)
     assert not Attributor(FakeLookup({})).process_quickly(PEER, now=1.0)  # none given
+
+
+# -- a connection's attribution, kept for its next requests ------------------------------
+
+
+class TickingClock:
+    """GitInfo's clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def switch_branch(repo: Path, branch: str) -> None:
+    (repo / ".git" / "HEAD").write_text(f"ref: refs/heads/{branch}\n")
+
+
+def test_a_connection_reuses_its_attribution_while_nothing_it_read_changed(
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(tmp_path / "acme", "main")
+    attr, _ = attributor(ClientProcess(pid=10, start_time=1.0, cwd=str(repo)))
+    first = attr.attribute(CLAUDE_CODE, {"cwd": str(repo)}, PEER, now=1.0)
+    again = attr.attribute(
+        {**CLAUDE_CODE, "x-client-request-id": "another"}, {"cwd": str(repo)}, PEER, now=2.0
+    )
+    assert (
+        again
+        == first
+        == Attribution(
+            "claude-code",
+            "c94186ab-2b3f-417d-a580-48a4be19ff53",
+            str(repo),
+            "main",
+            "claude-env",
+            10,
+        )
+    )
+    # Anything attribution reads that differs is attributed afresh.
+    other = make_repo(tmp_path / "other", "dev")
+    moved = attr.attribute(CLAUDE_CODE, {"cwd": str(other)}, PEER, now=3.0)
+    assert (moved.repo, moved.branch) == (str(other), "dev")
+    named = attr.attribute({**CLAUDE_CODE, "X-Devmeter-Session": "mine"}, {}, PEER, now=4.0)
+    assert named.session == "mine"
+    # A header whose name alone tells (Codex's x-codex-*), and the host, count as well.
+    assert attr.attribute({"User-Agent": "x"}, {}, PEER, now=5.0).tool == "x"
+    assert attr.attribute({"User-Agent": "x", "x-codex-a": "1"}, {}, PEER, now=6.0).tool == (
+        "codex"
+    )
+    assert attr.attribute({"User-Agent": "x"}, {}, PEER, now=7.0, host="x.cursor.sh").tool == (
+        "cursor"
+    )
+
+
+def test_a_branch_switch_on_a_kept_connection_shows_as_soon_as_the_git_cache_expires(
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(tmp_path / "acme", "main")
+    clock = TickingClock()
+    lookup = FakeLookup({PEER: ClientProcess(pid=10, start_time=1.0, cwd=str(repo))})
+    attr = Attributor(lookup, git=GitInfo(ttl=2.0, clock=clock))
+    assert attr.attribute({"User-Agent": "curl/8"}, {}, PEER, now=1.0).branch == "main"
+    switch_branch(repo, "feature")
+    clock.now = 1.9  # the git answer is still the cached one, as it was before
+    assert attr.attribute({"User-Agent": "curl/8"}, {}, PEER, now=2.0).branch == "main"
+    clock.now = 2.1
+    got = attr.attribute({"User-Agent": "curl/8"}, {}, PEER, now=3.0)
+    assert (got.repo, got.branch, got.repo_source) == (str(repo), "feature", "process")
+
+
+def test_a_new_process_on_a_reused_port_is_attributed_afresh(tmp_path: Path) -> None:
+    first_repo = make_repo(tmp_path / "first", "main")
+    second_repo = make_repo(tmp_path / "second", "dev")
+    lookup = FakeLookup({PEER: ClientProcess(pid=10, start_time=1.0, cwd=str(first_repo))})
+    attr = Attributor(lookup)
+    first = attr.attribute({"User-Agent": "curl/8"}, {}, PEER, now=1.0)
+    assert (first.pid, first.repo) == (10, str(first_repo))
+    # The connection closes; another process connects from the same port.
+    attr.forget(PEER)
+    lookup.processes[PEER] = ClientProcess(pid=11, start_time=5.0, cwd=str(second_repo))
+    second = attr.attribute({"User-Agent": "curl/8"}, {}, PEER, now=2.0)
+    assert (second.pid, second.repo, second.branch) == (11, str(second_repo), "dev")
+    assert second.session == "proc-11-2"
+    # The process lookup expiring (a new lookup) is noticed as well, without a forget.
+    lookup.processes[PEER] = ClientProcess(pid=12, start_time=6.0, cwd=str(first_repo))
+    third = attr.attribute({"User-Agent": "curl/8"}, {}, PEER, now=2.0 + attr.peer_ttl + 1)
+    assert (third.pid, third.repo) == (12, str(first_repo))
+
+
+def test_a_process_session_on_a_kept_connection_still_restarts_after_an_idle_gap() -> None:
+    attr, _ = attributor(ClientProcess(pid=9, start_time=1.0))
+    attr.sessions.idle_gap = 10.0
+    assert attr.attribute({"User-Agent": "curl/8"}, {}, PEER, now=100.0).session == "proc-9-100"
+    # Each call keeps it alive, reused attribution or not ...
+    for now in (105.0, 114.0, 123.0):
+        assert attr.attribute({"User-Agent": "curl/8"}, {}, PEER, now=now).session == ("proc-9-100")
+    # ... and after the gap a new one starts.
+    assert attr.attribute({"User-Agent": "curl/8"}, {}, PEER, now=140.0).session == "proc-9-140"
+    assert attr.attribute({"User-Agent": "curl/8"}, {}, PEER, now=141.0).session == "proc-9-140"
