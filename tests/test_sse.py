@@ -248,3 +248,53 @@ def test_capped_events_are_dropped_at_any_chunk_boundary(
     tail, clean = decoder.close()
     assert (events + tail, clean) == (CAPPED_EXPECTED, True)
     assert decoder.dropped_events == 2
+
+
+# STREAM with "\n" line ends only, as providers send: chunks of whole events take the
+# decoder's one-loop path (_whole_events), which must read them as the line path does.
+LF_STREAM = STREAM.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+LF_CAPPED_STREAM = CAPPED_STREAM.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+
+def event_chunks(data: bytes, per_chunk: int) -> list[bytes]:
+    """`data` cut after every `per_chunk`-th blank line: chunks of whole events."""
+    pieces = data.split(b"\n\n")
+    ends = [*(piece + b"\n\n" for piece in pieces[:-1]), pieces[-1]]
+    return [b"".join(ends[i : i + per_chunk]) for i in range(0, len(ends), per_chunk)]
+
+
+@pytest.mark.parametrize("per_chunk", [1, 2, 3, 100])
+def test_chunks_of_whole_events_read_as_byte_by_byte(
+    per_chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from devmeter import sse
+
+    whole_event_chunks = []
+    one_loop = SSEDecoder._whole_events
+
+    def counted(decoder: SSEDecoder, text: str) -> list[SSEEvent]:
+        whole_event_chunks.append(text)
+        return one_loop(decoder, text)
+
+    monkeypatch.setattr(sse.SSEDecoder, "_whole_events", counted)
+    chunks = event_chunks(LF_STREAM, per_chunk)
+    assert decode(*chunks) == bytewise(LF_STREAM) == (EXPECTED, True)
+    assert whole_event_chunks  # the one-loop path read them
+    # An event still under way at a chunk's start is read line by line, then the path resumes.
+    cut = LF_STREAM.index(b"data: first")
+    assert decode(LF_STREAM[: cut + 4], LF_STREAM[cut + 4 :]) == (EXPECTED, True)
+
+
+@pytest.mark.parametrize("per_chunk", [1, 2, 100])
+def test_capped_events_in_chunks_of_whole_events(
+    per_chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from devmeter import sse
+
+    monkeypatch.setattr(sse, "MAX_LINE", 64)
+    monkeypatch.setattr(sse, "MAX_EVENT", 64)
+    decoder = SSEDecoder()
+    events = [e for chunk in event_chunks(LF_CAPPED_STREAM, per_chunk) for e in decoder.feed(chunk)]
+    tail, clean = decoder.close()
+    assert (events + tail, clean) == (CAPPED_EXPECTED, True)
+    assert decoder.dropped_events == 2
