@@ -21,7 +21,7 @@ import pytest
 from devmeter import control
 from devmeter.ask import read_pending
 from tests.fake_upstream import FakeUpstream
-from tests.proxy_harness import RunningProxy, start_proxy
+from tests.proxy_harness import SOCKET_SECONDS, RunningProxy, start_proxy
 from tests.test_proxy_guard import USAGE, ask, client, devmeter, notifications, shown
 
 pytestmark = pytest.mark.proxy
@@ -177,7 +177,7 @@ def test_a_turn_on_codexs_open_websocket_waits_for_the_answer_too(
         ssl=context,
         proxy=proxy.url,
         additional_headers=headers,
-        open_timeout=10,
+        open_timeout=SOCKET_SECONDS,
     ) as socket:
 
         def one_turn() -> str:

@@ -25,7 +25,7 @@ from devmeter.ledger import connect_readonly
 from devmeter.tray.menu import CapRow
 from devmeter.tray.snapshot import snapshot
 from tests.fake_upstream import FakeUpstream
-from tests.proxy_harness import RunningProxy, start_proxy
+from tests.proxy_harness import SOCKET_SECONDS, RunningProxy, start_proxy
 
 pytestmark = pytest.mark.proxy
 
@@ -200,12 +200,12 @@ def test_cap_reached_on_an_open_websocket_refuses_the_next_turn(
         ssl=context,
         proxy=proxy.url,
         additional_headers={"X-Devmeter-Session": "codex-ws", "Authorization": "Bearer sk-t"},
-        open_timeout=10,
+        open_timeout=SOCKET_SECONDS,
     ) as socket:
         for _ in range(12):
             socket.send(json.dumps(turn))
             while True:  # read this turn's events up to its end (or the refusal)
-                event = json.loads(socket.recv(timeout=10))
+                event = json.loads(socket.recv(timeout=SOCKET_SECONDS))
                 if event["type"] in ("response.completed", "error"):
                     answers.append(event)
                     break

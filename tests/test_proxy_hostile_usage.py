@@ -19,7 +19,7 @@ import pytest
 
 from devmeter import tokens
 from tests.fake_upstream import FakeUpstream
-from tests.proxy_harness import RunningProxy, start_proxy
+from tests.proxy_harness import SOCKET_SECONDS, RunningProxy, start_proxy
 
 pytestmark = pytest.mark.proxy
 
@@ -106,10 +106,10 @@ def test_impossible_counts_over_codex_websocket(
         ssl=context,
         proxy=proxy.url,
         additional_headers={"X-Devmeter-Session": sid, "Authorization": "Bearer sk-t"},
-        open_timeout=10,
+        open_timeout=SOCKET_SECONDS,
     ) as socket:
         socket.send(json.dumps(turn))
-        while json.loads(socket.recv(timeout=10))["type"] != "response.completed":
+        while json.loads(socket.recv(timeout=SOCKET_SECONDS))["type"] != "response.completed":
             pass
     row = row_of(proxy, sid)
     assert (row["output_tokens"], row["input_tokens"]) == (0, 0)

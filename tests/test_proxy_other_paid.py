@@ -18,7 +18,7 @@ from websockets.sync.client import ClientConnection, connect
 from devmeter.pricing import list_price
 from devmeter.usage import Usage
 from tests.fake_upstream import FakeUpstream
-from tests.proxy_harness import RunningProxy, start_proxy
+from tests.proxy_harness import SOCKET_SECONDS, RunningProxy, start_proxy
 
 pytestmark = pytest.mark.proxy
 
@@ -131,7 +131,7 @@ def realtime_socket(proxy: RunningProxy, session: str) -> ClientConnection:
         ssl=trust(proxy),
         proxy=proxy.url,
         additional_headers={"Authorization": "Bearer sk-test", "X-Devmeter-Session": session},
-        open_timeout=10,
+        open_timeout=SOCKET_SECONDS,
     )
 
 
@@ -141,7 +141,7 @@ def realtime_turn(socket: ClientConnection) -> dict[str, Any]:
         socket.send(json.dumps({"type": "input_audio_buffer.append", "audio": "AAAA" * 50}))
     socket.send(json.dumps({"type": "response.create"}))
     while True:
-        event: dict[str, Any] = json.loads(socket.recv(timeout=10))
+        event: dict[str, Any] = json.loads(socket.recv(timeout=SOCKET_SECONDS))
         if event["type"] in ("response.done", "error"):
             return event
 

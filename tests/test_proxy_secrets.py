@@ -19,17 +19,13 @@ import anthropic
 import pytest
 
 from tests.fake_upstream import FakeUpstream
-from tests.proxy_harness import RunningProxy, start_proxy
+from tests.proxy_harness import SOCKET_SECONDS, RunningProxy, start_proxy
 from tests.secrets_corpus import PLANTED
 from tests.test_secrets_inspect import claude_code_read_env
 
 pytestmark = pytest.mark.proxy
 
-# The socket's opening (CONNECT, the proxy's TLS, the upgrade through to the fake upstream)
-# and each turn: a few hundred ms on a quiet machine; on a loaded 2-core machine (load 10)
-# the proxy takes several times longer, and 10 s timed out in the handshake. A real hang
-# still fails, a minute later.
-WS_TIMEOUT = 60
+WS_TIMEOUT = SOCKET_SECONDS
 
 
 @pytest.fixture(scope="module")
