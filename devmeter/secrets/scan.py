@@ -14,10 +14,13 @@ import hashlib
 import hmac
 import math
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+
+import regex
 
 
 @dataclass(frozen=True)
@@ -89,9 +92,33 @@ def is_example(secret: str) -> bool:
     return _EXAMPLE.search(secret) is not None
 
 
+# On a worker thread (warn mode's scan), a text from this length is matched with the
+# `regex` module, which lets go of the GIL while it matches: with `re` a pass over a long
+# text is one call that holds it throughout (1-35 ms a pass over 200 KB of source on a
+# loaded 2-core machine), stalling the proxy's event loop, and every stream in flight.
+# Shorter texts hold it briefly, and on the main thread (the event loop's own block/redact
+# scan) nothing waits for it: there `re` stays, faster (`regex` costs ~1.5x on 20 KB).
+RELEASE_FROM = 16_384
+_MAIN = threading.main_thread()
+
+
+def _released(pattern: re.Pattern[str]) -> Any:
+    """The same pattern in the `regex` module (tests/test_secrets_released.py: it matches
+    what `re` matches)."""
+    return regex.compile(pattern.pattern, pattern.flags)
+
+
+def _finditer(pattern: re.Pattern[str], released: Any, text: str) -> Iterator[Any]:
+    if len(text) >= RELEASE_FROM and threading.current_thread() is not _MAIN:
+        return released.finditer(text, concurrent=True)
+    return pattern.finditer(text)
+
+
 def _regex_spans(pattern: re.Pattern[str], group: int = 0) -> Spans:
+    released = _released(pattern)
+
     def spans(text: str) -> Iterator[tuple[int, int]]:
-        for match in pattern.finditer(text):
+        for match in _finditer(pattern, released, text):
             if match.group(group):
                 yield match.span(group)
 
@@ -106,9 +133,11 @@ def _plugin_spans(plugin: Any) -> Spans:
     yields when that value is key-sized, else the whole match.
     """
 
+    denylist = [(pattern, _released(pattern)) for pattern in plugin.denylist]
+
     def spans(text: str) -> Iterator[tuple[int, int]]:
-        for pattern in plugin.denylist:
-            for match in pattern.finditer(text):
+        for pattern, released in denylist:
+            for match in _finditer(pattern, released, text):
                 candidate = match.group(0)
                 values = [v for v in plugin.analyze_string(candidate) if v]
                 if not values:
@@ -130,12 +159,13 @@ def _jwt_spans(text: str) -> Iterator[tuple[int, int]]:
     signature, which redaction must remove too."""
     from detect_secrets.plugins.jwt import JwtTokenDetector
 
-    for match in _JWT.finditer(text):
+    for match in _finditer(_JWT, _JWT_RELEASED, text):
         if JwtTokenDetector.is_formally_valid(match.group(0)):
             yield match.span()
 
 
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
+_JWT_RELEASED = _released(_JWT)
 # Also the same key inside JSON (a service-account file), its newlines the two characters
 # `\n`: `[\s\S]` takes those as well.
 _PEM_BLOCK = re.compile(
@@ -160,10 +190,11 @@ _DOTENV = re.compile(
     r"(?:SECRET|TOKEN|PASSWORD|PASSWD|PWD|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIALS?|AUTH)"
     r"[A-Za-z0-9_]*[ \t]*[=:][ \t]*['\"]?([A-Za-z0-9+/=_.~-]{12,})(?![^\s'\"#])"
 )
+_DOTENV_RELEASED = _released(_DOTENV)
 
 
 def _dotenv_spans(text: str) -> Iterator[tuple[int, int]]:
-    for match in _DOTENV.finditer(text):
+    for match in _finditer(_DOTENV, _DOTENV_RELEASED, text):
         value = match.group(1)
         # Random values have digits and letters; code (`self.refresh_token`) does not.
         looks_random = any(c.isdigit() for c in value) and any(c.isalpha() for c in value)
