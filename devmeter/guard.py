@@ -30,8 +30,9 @@ from devmeter.runaway import (
     PROCESS_KEY,
     RunawayConfig,
     RunawayDetector,
-    is_human_turn,
-    request_fingerprint,
+    conversation,
+    fingerprint_of,
+    human_turn_of,
 )
 from devmeter.session_table import SessionTable, session_key
 from devmeter.usage import Attribution, Call, RequestInfo, Usage
@@ -363,8 +364,9 @@ def request_signals(
     request body."""
     if type(body) is not dict and not isinstance(body, Mapping):  # the ABC check is slow
         return None, None
-    fingerprint = request_fingerprint(body, key=key)
-    human = is_human_turn(body) if request_class in MAIN_REQUEST_CLASSES else None
+    items = conversation(body)  # looked up once, for both
+    fingerprint = fingerprint_of(body, items, None, key)
+    human = human_turn_of(items) if request_class in MAIN_REQUEST_CLASSES else None
     return fingerprint, human
 
 

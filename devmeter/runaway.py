@@ -277,8 +277,17 @@ def _normal(value: Any, *, free_text: bool, depth: int = 0) -> Any:
 
 def _normal_with(value: Any, pattern: re.Pattern[str], depth: int) -> Any:
     # `_normal` with the pattern picked: this recursion runs over every metered request.
+    # A parsed body holds exact str, dict, list, int and float: `type() is` picks those
+    # at once; the isinstance checks after them keep subclasses (a hand-built body) alike.
     if depth > _MAX_DEPTH:
         return "\u2026"
+    kind = type(value)
+    if kind is str:
+        return _text(value, pattern)
+    if kind is dict:
+        return _normal_dict(value, pattern, depth)
+    if kind is list:
+        return _normal_list(value, pattern, depth)
     if isinstance(value, str):
         return _text(value, pattern)
     if (
@@ -288,25 +297,35 @@ def _normal_with(value: Any, pattern: re.Pattern[str], depth: int) -> Any:
     ):
         return "#"  # a number outside a tool's input: a time, a count, a duration
     if isinstance(value, list):
-        return [
-            _normal_with(v, pattern, depth + 1)
-            for v in value
-            if not (isinstance(v, dict) and v.get("type") in _SKIPPED_TYPES)
-        ]
+        return _normal_list(value, pattern, depth)
     if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if k in _VOLATILE_KEYS:
-                continue
-            if k in _TOOL_INPUT_KEYS:
-                if isinstance(v, str):  # OpenAI sends arguments as a JSON string
-                    with contextlib.suppress(ValueError, RecursionError):
-                        v = json.loads(v)
-                out[k] = _normal_with(v, _IDS_ONLY, depth + 1)
-            else:
-                out[k] = _normal_with(v, pattern, depth + 1)
-        return out
+        return _normal_dict(value, pattern, depth)
     return value
+
+
+def _normal_list(value: list[Any], pattern: re.Pattern[str], depth: int) -> list[Any]:
+    depth += 1
+    return [
+        _normal_with(v, pattern, depth)
+        for v in value
+        if not (isinstance(v, dict) and v.get("type") in _SKIPPED_TYPES)
+    ]
+
+
+def _normal_dict(value: dict[str, Any], pattern: re.Pattern[str], depth: int) -> dict[str, Any]:
+    depth += 1
+    out = {}
+    for k, v in value.items():
+        if k in _VOLATILE_KEYS:
+            continue
+        if k in _TOOL_INPUT_KEYS:
+            if isinstance(v, str):  # OpenAI sends arguments as a JSON string
+                with contextlib.suppress(ValueError, RecursionError):
+                    v = json.loads(v)
+            out[k] = _normal_with(v, _IDS_ONLY, depth)
+        else:
+            out[k] = _normal_with(v, pattern, depth)
+    return out
 
 
 def _is_call_side(item: Any) -> bool:
@@ -334,7 +353,7 @@ def _last_turn(items: Sequence[Any], limit: int = 8) -> list[Any]:
     return tail[::-1]
 
 
-def _conversation(body: Mapping[str, Any]) -> Sequence[Any] | None:
+def conversation(body: Mapping[str, Any]) -> Sequence[Any] | None:
     """The message list of a body of any wire format with a conversation (Anthropic, OpenAI
     chat, Responses, Gemini, ...): its view in the providers' registry."""
     return any_conversation(body)  # a LazyDoc as it is: only the last turn is decoded
@@ -353,11 +372,32 @@ def request_fingerprint(
     """
     if type(body_json) is not dict and not isinstance(body_json, Mapping):  # ABC check last
         body_json = {}
-    turn = _normal(_last_turn(_conversation(body_json) or []), free_text=True)
-    digest = hashlib.blake2b(digest_size=16, key=key)
+    return fingerprint_of(body_json, conversation(body_json), model, key)
+
+
+def fingerprint_of(
+    body_json: Mapping[str, Any], items: Sequence[Any] | None, model: str | None, key: bytes
+) -> str:
+    """`request_fingerprint` of a body whose conversation (`conversation`) is at hand."""
+    turn = _normal(_last_turn(items or []), free_text=True)
+    digest = _keyed_hash(key)
     shape = [str(model or body_json.get("model") or ""), turn]
     digest.update(fastjson.dumps_sorted(shape))
     return digest.hexdigest()
+
+
+_hashers: dict[bytes, Any] = {}
+
+
+def _keyed_hash(key: bytes) -> Any:
+    """A fresh blake2b keyed with `key`: a copy of one made once per key (a keyed init
+    costs 5x a copy, on every request). Keys are few: the process's and the data folder's."""
+    base = _hashers.get(key)
+    if base is None:
+        if len(_hashers) >= 8:
+            _hashers.clear()
+        base = _hashers[key] = hashlib.blake2b(digest_size=16, key=key)
+    return base.copy()
 
 
 _HUMAN_PARTS = frozenset(
@@ -384,14 +424,16 @@ def is_human_turn(body_json: Mapping[str, Any]) -> bool:
     """
     if type(body_json) is not dict and not isinstance(body_json, Mapping):
         return False
-    last = next(
-        (
-            item
-            for item in reversed(_conversation(body_json) or [])
-            if not (isinstance(item, dict) and item.get("type") in _SKIPPED_TYPES)
-        ),
-        None,
-    )
+    return human_turn_of(conversation(body_json))
+
+
+def human_turn_of(items: Sequence[Any] | None) -> bool:
+    """`is_human_turn` of a body whose conversation (`conversation`) is at hand."""
+    last = None
+    for item in reversed(items or ()):  # the last item that is not reasoning
+        if not (isinstance(item, dict) and item.get("type") in _SKIPPED_TYPES):
+            last = item
+            break
     if not isinstance(last, dict):
         return False
     if last.get("role") != "user" or last.get("type", "message") != "message":

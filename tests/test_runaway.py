@@ -642,3 +642,96 @@ def test_fingerprint_is_the_keyed_hash_of_the_sorted_compact_json_shape() -> Non
     )
     expected = hashlib.blake2b(shape.encode(), digest_size=16, key=key).hexdigest()
     assert request_fingerprint(body, key=key) == expected
+
+
+# Digests of these bodies under key b"k" * 16, as devmeter 2026-12-07 (main d5ee777)
+# wrote them to the ledger: a restarted proxy goes on counting a loop only if it still
+# computes the same ones.
+_PINNED_BODIES: list[tuple[dict, str]] = [
+    (
+        {
+            "model": "claude-haiku-4-5",
+            "max_tokens": 1024,
+            "system": [{"type": "text", "text": "You are Claude Code."}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "say hi"}]}],
+        },
+        "d94679ed4cad75cdc75fd36a9025031f",
+    ),
+    (
+        {
+            "model": "claude-sonnet-4-5",
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "run the tests at 2026-12-07T10:00:00Z"}]},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "x", "signature": "s"},
+                    {"type": "tool_use", "id": "toolu_01ABC", "name": "Bash",
+                     "input": {"command": "pytest -x", "timeout": 120}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_01ABC",
+                     "content": "3 failed in 1.2s /tmp/tmp.x8 deadbeefdeadbeef",
+                     "is_error": True}]},
+            ],
+        },
+        "58d3051c275d43708a50ca02bde122e9",
+    ),
+    (
+        {
+            "model": "gpt-4o",
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {
+                        "name": "f", "arguments": "{\"a\": 1, \"b\": [1.5, true, null]}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "ok 42"},
+            ],
+        },
+        "79680c033bedeccff5cd6a26e6f00aae",
+    ),
+    (
+        {
+            "contents": [
+                {"role": "user", "parts": [{"text": "hello 12"}]},
+                {"role": "model", "parts": [{"functionCall": {"name": "g", "args": {"x": 3}}}]},
+                {"role": "user", "parts": [
+                    {"functionResponse": {"name": "g", "response": {"v": 3.25}}}]},
+            ]
+        },
+        "5c8fd72f3a3b71d04a605e96907e43c2",
+    ),
+    ({"model": "gpt-5-mini", "input": "say hi", "stream": True},
+     "9447a10ef9e31089ae6c8d8cca729688"),
+    ({}, "3635ecdd799028bd0229b40c5873c538"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "digest"), _PINNED_BODIES)
+def test_fingerprints_are_those_the_ledger_already_holds(body: dict, digest: str) -> None:
+    from devmeter.guard import request_signals
+
+    key = b"k" * 16
+    assert request_fingerprint(body, key=key) == digest
+    # The guard's path (one conversation look-up for both signals) gives the same.
+    assert request_signals(body, "main", key) == (digest, is_human_turn(body))
+    assert request_signals(body, "title", key) == (digest, None)
+
+
+def test_subclassed_containers_and_strings_fingerprint_as_plain_ones() -> None:
+    """The fast path picks exact types first; a hand-built body of subclasses (a
+    Mapping, a str subclass) must still normalise alike."""
+
+    class Text(str):
+        pass
+
+    class Items(list):  # type: ignore[type-arg]
+        pass
+
+    class Doc(dict):  # type: ignore[type-arg]
+        pass
+
+    plain = anthropic_tool_turn(3, "a", "FAIL 12 at 10:01")
+    dressed = copy.deepcopy(plain)
+    last = dressed["messages"][-1]
+    last["content"] = Items([Doc(part) for part in last["content"]])
+    last["content"][0]["content"] = Text(last["content"][0]["content"])
+    assert request_fingerprint(dressed) == request_fingerprint(plain)
