@@ -95,7 +95,11 @@ def _crosses(budget: ScopeBudget, cap: Decimal | None, before: Decimal, after: D
     """Whether spend going from `before` to `after` reaches the cap or a threshold."""
     if cap is not None and before < cap <= after:
         return True
-    return any(before < threshold <= after for threshold in budget.notify_usd)
+    # A loop, not any() over a generator: this runs per watched scope on every call.
+    for threshold in budget.notify_usd:  # noqa: SIM110
+        if before < threshold <= after:
+            return True
+    return False
 
 
 def _usd_tuple(*values: int) -> tuple[Decimal, ...]:
@@ -320,6 +324,31 @@ class _Spend:
     spent: Decimal = ZERO
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What every call would otherwise work out again from one `Budgets`: the scopes that
+    count spend, those with a configured cap, whether any counts subscription calls."""
+
+    budgets: Budgets
+    watched: tuple[tuple[str, ScopeBudget], ...]  # a cap, a threshold or an ask
+    capped: tuple[str, ...]  # a configured block_usd, in SCOPES order
+    counts_covered: bool
+
+    @classmethod
+    def of(cls, budgets: Budgets) -> _Plan:
+        scopes = [(scope, budgets.scope(scope)) for scope in SCOPES]
+        return cls(
+            budgets,
+            tuple(
+                (scope, budget)
+                for scope, budget in scopes
+                if budget.block_usd is not None or budget.notify_usd or budget.ask_usd
+            ),
+            tuple(scope for scope, budget in scopes if budget.block_usd is not None),
+            any(budget.count_covered for _, budget in scopes),
+        )
+
+
 class BudgetTracker:
     """Spend per scope key, the alerts its growth raises, and the blocks it imposes."""
 
@@ -360,7 +389,7 @@ class BudgetTracker:
         # still announces a cap once, and a crossing already announced is not repeated.
         self._announced: OrderedDict[tuple[str, str, str, Decimal], None] = OrderedDict()
         self._calendar_cache: tuple[int | None, str, str] = (None, "", "")
-        self._watched_cache: tuple[Budgets, tuple[tuple[str, ScopeBudget], ...]] | None = None
+        self._plan_cache: _Plan | None = None
 
     # keys and periods
 
@@ -411,9 +440,12 @@ class BudgetTracker:
     @property
     def has_caps(self) -> bool:
         """Whether a cap could refuse anything: a configured one or a raised one."""
-        return bool(self._limits) or any(
-            budget.block_usd is not None for _, budget in self._watched_scopes()
-        )
+        return bool(self._limits) or bool(self._plan().capped)
+
+    @property
+    def counts_covered(self) -> bool:
+        """Whether any scope counts subscription calls' list-price dollars."""
+        return self._plan().counts_covered
 
     # state changes
 
@@ -460,17 +492,30 @@ class BudgetTracker:
                 continue
             # What `spent` and `_remember` do, with the period worked out once per scope
             # (a day or month key is its period) and the entry updated in place.
-            period = key if scope in ("day", "month") else self.period(scope, ts)
-            slot = (scope, key)
-            entry = self._counted(slot)
-            if entry is not None and entry.period == period:
-                before = entry.spent
-                entry.spent = after = before + cost
-                self._seen(slot, ts)
+            if scope == "session":
+                # The session's entry, seen now either way: touched once, then its part.
+                period = ""  # a session counts for ever
+                parts = self._sessions.touch(key, ts).parts
+                entry = parts.get(BUDGET_PART)
+                if entry is not None and entry.period == period:
+                    before = entry.spent
+                    entry.spent = after = before + cost
+                else:
+                    before = ZERO
+                    after = before + cost
+                    parts[BUDGET_PART] = _Spend(period, after)
             else:
-                before = ZERO
-                after = before + cost
-                self._remember(slot, _Spend(period, after), ts)
+                period = key if scope in ("day", "month") else self.period(scope, ts)
+                slot = (scope, key)
+                entry = self._spend.get(slot)
+                if entry is not None and entry.period == period:
+                    before = entry.spent
+                    entry.spent = after = before + cost
+                    self._spend.move_to_end(slot)
+                else:
+                    before = ZERO
+                    after = before + cost
+                    self._remember(slot, _Spend(period, after), ts)
             cap = self.cap(scope, key, ts) if self._limits else budget.block_usd
             if _crosses(budget, cap, before, after):  # rarely: build no Alert to throw away
                 alert = self._crossing(scope, key, period, cap, before, after, call)
@@ -479,17 +524,15 @@ class BudgetTracker:
         return alerts
 
     def _watched_scopes(self) -> tuple[tuple[str, ScopeBudget], ...]:
-        # Cached per Budgets object, since `budgets` is a public attribute.
-        cached = self._watched_cache
-        if cached is None or cached[0] is not self.budgets:
-            watched = tuple(
-                (scope, budget)
-                for scope in SCOPES
-                for budget in (self.budgets.scope(scope),)
-                if budget.block_usd is not None or budget.notify_usd or budget.ask_usd
-            )
-            cached = self._watched_cache = (self.budgets, watched)
-        return cached[1]
+        return self._plan().watched
+
+    def _plan(self) -> _Plan:
+        # Worked out once per Budgets object: `budgets` is a public attribute, and a config
+        # reload (Guard.reconfigure) puts a new one there.
+        plan = self._plan_cache
+        if plan is None or plan.budgets is not self.budgets:
+            plan = self._plan_cache = _Plan.of(self.budgets)
+        return plan
 
     def allow(
         self, scope: str, key: str, now: float | None = None, limit: Decimal | None = None
@@ -563,9 +606,9 @@ class BudgetTracker:
             action = advice.lift_action("stop", session)
             return Block("stop", session, None, None, fit(text, action), "other"), None
         capped: list[tuple[str, str]] = []
-        for scope in SCOPES:
-            if self.budgets.scope(scope).block_usd is None and not self._limits:
-                continue  # the common case: no cap, so no key or period to work out
+        # The common case: no cap, so no key or period to work out. A raised cap
+        # (`devmeter allow`) may stand in any scope, so then all are looked at.
+        for scope in SCOPES if self._limits else self._plan().capped:
             key = self.key(scope, attribution, now)
             if key is None:
                 continue
@@ -603,6 +646,8 @@ class BudgetTracker:
 
     def expire_reservations(self, now: float, older_than: float = 3600.0) -> None:
         """Reservations of calls never settled (a bug, a lost flow) stop counting at last."""
+        if not self._reservations:
+            return  # the common case (no caps, or no call in flight): every call asks
         stale = [t for t, (ts, _) in self._reservations.items() if ts < now - older_than]
         for token in stale:
             self.settle(token)

@@ -98,8 +98,7 @@ class Guard:
     @property
     def counts_covered(self) -> bool:
         """Whether any scope counts subscription calls' list-price dollars."""
-        budgets = self.budgets.budgets
-        return any(budgets.scope(scope).count_covered for scope in SCOPES)
+        return self.budgets.counts_covered
 
     def check(self, attribution: Attribution, now: float, reserve_usd: Decimal = ZERO) -> Verdict:
         """Allow or refuse a request; an allowed one reserves `reserve_usd` (its estimated

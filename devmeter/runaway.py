@@ -554,12 +554,12 @@ class RunawayDetector:
         cost = call.cost_usd if call.cost_usd is not None and call.cost_usd > 0 else ZERO
         session.spent += cost
 
-        alerts = [
-            self._projection(session, key, call, now, cost),
-            self._loop(session, key, call, now, cost, fingerprint),
-            self._unattended(session, key, call, now, cost, human_turn),
-        ]
-        return [a for a in alerts if a is not None]
+        projection = self._projection(session, key, call, now, cost)
+        loop = self._loop(session, key, call, now, cost, fingerprint)
+        unattended = self._unattended(session, key, call, now, cost, human_turn)
+        if projection is None and loop is None and unattended is None:
+            return []  # nearly every call
+        return [a for a in (projection, loop, unattended) if a is not None]
 
     def seed(
         self,

@@ -44,6 +44,7 @@ DEFAULT_MAX_SESSIONS = 4096
 DEFAULT_IDLE_SECONDS = 120 * 60.0  # runaway's idle_evict_minutes default
 # An idle sweep walks the entries that are silent: at most once a minute, not every call.
 _SWEEP_EVERY = 60.0
+_NO_SPEND = Decimal(0)
 
 
 def session_key(attribution: Attribution) -> str:
@@ -97,33 +98,43 @@ class SessionTable:
         """The session's entry, made most recent (created if new): a call of it was seen
         at `now`. Evicts idle entries (at most once a minute) and any beyond the bound."""
         with self._lock:
+            return self._touch(key, now)
+
+    def _touch(self, key: str, now: float) -> SessionEntry:
+        # `touch` under the lock held: budgets, runaway and routing each touch a call's
+        # session, so this runs several times a call.
+        if now - self._swept_at >= _SWEEP_EVERY:
             self._sweep(now)
-            entry = self._entries.get(key)
-            if entry is None:
-                entry = self._entries[key] = SessionEntry(key, now)
-                while len(self._entries) > self.max_sessions:
-                    self._entries.popitem(last=False)
-            else:
-                if now - entry.last_ts > self.idle_seconds:
-                    self._expire_windows(entry)  # a held entry back from a long silence
-                entry.last_ts = max(entry.last_ts, now)
-                self._entries.move_to_end(key)
-            return entry
+        entries = self._entries
+        entry = entries.get(key)
+        if entry is None:
+            entry = entries[key] = SessionEntry(key, now)
+            while len(entries) > self.max_sessions:
+                entries.popitem(last=False)
+        else:
+            last = entry.last_ts
+            if now - last > self.idle_seconds:
+                self._expire_windows(entry)  # a held entry back from a long silence
+            if now > last:
+                entry.last_ts = now
+            entries.move_to_end(key)
+        return entry
 
     def own(self, key: str, owner: str, make: Callable[[], T], now: float) -> T:
         """The owner's part of the session seen at `now`, made with `make()` if absent."""
         with self._lock:
-            entry = self.touch(key, now)
-            state = entry.parts.get(owner)
+            parts = self._touch(key, now).parts
+            state = parts.get(owner)
             if state is None:
-                state = entry.parts[owner] = make()
+                state = parts[owner] = make()
             return state  # type: ignore[no-any-return]
 
     def add_spend(self, key: str, cost: Decimal, now: float) -> SessionEntry:
         """Count a priced call's cost in its session (the guard, once per call)."""
         with self._lock:
-            entry = self.touch(key, now)
-            entry.spent_usd = (entry.spent_usd or Decimal(0)) + cost
+            entry = self._touch(key, now)
+            spent = entry.spent_usd
+            entry.spent_usd = (_NO_SPEND if spent is None else spent) + cost
             return entry
 
     def seed_spend(self, spend_by_key: Mapping[str, Decimal], now: float) -> None:

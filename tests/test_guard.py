@@ -158,3 +158,27 @@ def test_fit_cuts_the_text_not_the_action() -> None:
     text = fit("x" * 400, action)
     assert len(text) == MESSAGE_MAX and text.endswith("\u2026 " + action)
     assert fit("short.", action) == "short. " + action
+
+
+def test_a_config_reload_replaces_what_the_guard_worked_out_from_the_old_budgets() -> None:
+    """Which scopes are capped, watched and count subscription calls is worked out once
+    per Budgets: a reload that adds a cap, a threshold or count_covered takes effect on
+    the next call, and one that removes them stops them on the next call."""
+    guard = Guard(parse_budgets({}), RunawayConfig())
+    assert not guard.has_caps and not guard.counts_covered
+    guard.observe(call(NOW, "3"), None, None)
+    assert guard.check(AGENT, NOW + 1, D("1")).allowed
+
+    capped = parse_budgets({"repo": {"block_usd": 4, "notify_usd": [1], "count_covered": True}})
+    guard.reconfigure(capped, RunawayConfig())
+    assert guard.has_caps and guard.counts_covered
+    # The repo scope was not watched before the reload: its spend starts now.
+    assert guard.check(AGENT, NOW + 2, D("1")).allowed
+    alerts = guard.observe(call(NOW + 3, "4.5"), None, None)
+    assert [a.kind for a in alerts if a.scope == "repo"] == ["blocked"]
+    refused = guard.check(AGENT, NOW + 4, D("1"))
+    assert not refused.allowed and refused.block is not None and refused.block.scope == "repo"
+
+    guard.reconfigure(parse_budgets({}), RunawayConfig())
+    assert not guard.has_caps and not guard.counts_covered
+    assert guard.check(AGENT, NOW + 5, D("1")).allowed
