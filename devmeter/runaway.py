@@ -277,17 +277,8 @@ def _normal(value: Any, *, free_text: bool, depth: int = 0) -> Any:
 
 def _normal_with(value: Any, pattern: re.Pattern[str], depth: int) -> Any:
     # `_normal` with the pattern picked: this recursion runs over every metered request.
-    # A parsed body holds exact str, dict, list, int and float: `type() is` picks those
-    # at once; the isinstance checks after them keep subclasses (a hand-built body) alike.
     if depth > _MAX_DEPTH:
         return "\u2026"
-    kind = type(value)
-    if kind is str:
-        return _text(value, pattern)
-    if kind is dict:
-        return _normal_dict(value, pattern, depth)
-    if kind is list:
-        return _normal_list(value, pattern, depth)
     if isinstance(value, str):
         return _text(value, pattern)
     if (
@@ -297,35 +288,27 @@ def _normal_with(value: Any, pattern: re.Pattern[str], depth: int) -> Any:
     ):
         return "#"  # a number outside a tool's input: a time, a count, a duration
     if isinstance(value, list):
-        return _normal_list(value, pattern, depth)
+        return [
+            _normal_with(v, pattern, depth + 1)
+            for v in value
+            if not (isinstance(v, dict) and v.get("type") in _SKIPPED_TYPES)
+        ]
     if isinstance(value, dict):
-        return _normal_dict(value, pattern, depth)
+        out = {}
+        for k, v in value.items():
+            if k in _VOLATILE_KEYS:
+                continue
+            if k in _TOOL_INPUT_KEYS:
+                if isinstance(v, str):  # OpenAI sends arguments as a JSON string
+                    with contextlib.suppress(ValueError, RecursionError):
+                        v = json.loads(v)
+                out[k] = _normal_with(v, _IDS_ONLY, depth + 1)
+            elif type(v) is str and depth < _MAX_DEPTH:
+                out[k] = _text(v, pattern)  # a leaf, the most common value: no call
+            else:
+                out[k] = _normal_with(v, pattern, depth + 1)
+        return out
     return value
-
-
-def _normal_list(value: list[Any], pattern: re.Pattern[str], depth: int) -> list[Any]:
-    depth += 1
-    return [
-        _normal_with(v, pattern, depth)
-        for v in value
-        if not (isinstance(v, dict) and v.get("type") in _SKIPPED_TYPES)
-    ]
-
-
-def _normal_dict(value: dict[str, Any], pattern: re.Pattern[str], depth: int) -> dict[str, Any]:
-    depth += 1
-    out = {}
-    for k, v in value.items():
-        if k in _VOLATILE_KEYS:
-            continue
-        if k in _TOOL_INPUT_KEYS:
-            if isinstance(v, str):  # OpenAI sends arguments as a JSON string
-                with contextlib.suppress(ValueError, RecursionError):
-                    v = json.loads(v)
-            out[k] = _normal_with(v, _IDS_ONLY, depth)
-        else:
-            out[k] = _normal_with(v, pattern, depth)
-    return out
 
 
 def _is_call_side(item: Any) -> bool:
