@@ -425,6 +425,30 @@ class BudgetTracker:
             return ZERO
         return entry.spent
 
+    def spend_in(
+        self, scope: str, attribution: Attribution, ts: float
+    ) -> tuple[str | None, Decimal]:
+        """`key` and `spent` at once, for the asks every request checks: the key a call at
+        `ts` counts under in `scope` (None: none) and that key's spend in its period."""
+        if scope == "session":
+            key = attribution.session
+            if key is None:
+                return None, ZERO
+            entry: _Spend | None = self._sessions.part(key, BUDGET_PART)
+            period = ""
+        else:
+            if scope == "repo":
+                key = attribution.repo
+                if key is None:
+                    return None, ZERO
+                period = self.period(scope, ts)
+            else:
+                key = period = self.period(scope, ts)  # a day or month key is its period
+            entry = self._spend.get((scope, key))
+        if entry is None or entry.period != period:
+            return key, ZERO
+        return key, entry.spent
+
     def cap(self, scope: str, key: str, ts: float) -> Decimal | None:
         """The cap on `(scope, key)` at `ts`: the configured `block_usd`, or what
         `devmeter allow` raised it to in this period."""

@@ -121,10 +121,8 @@ class Guard:
         self, scope: str, attribution: Attribution, now: float
     ) -> tuple[str | None, Decimal]:
         """The key a request counts under in `scope` and that key's spend (for asks)."""
-        tracker = self.budgets
         with self._lock:
-            key = tracker.key(scope, attribution, now)
-            return key, tracker.spent(scope, key, now) if key is not None else ZERO
+            return self.budgets.spend_in(scope, attribution, now)
 
     def observe(self, call: Call, fingerprint: str | None, human_turn: bool | None) -> list[Alert]:
         with self._lock:

@@ -377,3 +377,34 @@ def test_spend_is_counted_in_the_scopes_with_a_cap_or_a_threshold() -> None:
     alerts = [a for i in range(3) for a in t.observe(call(T0 + i, "2"))]
     assert t.spent("repo", ACME.repo or "", T0) == D(6)
     assert [(a.scope, a.figure_usd) for a in alerts] == [("session", D(5)), ("repo", D(5))]
+
+
+@pytest.mark.parametrize("repo_period", ["day", "month"])
+def test_spend_in_is_the_key_and_its_spend_in_the_current_period(repo_period: str) -> None:
+    """What the asks read every request (`spend_in`, one step) is what `key` and `spent`
+    say, in every scope, for calls with and without a session or repo, across a day and
+    a month rolling over."""
+    budgets = parse_budgets({s: {"notify_usd": [1000]} for s in ("repo", "month")})
+    tracker = BudgetTracker(
+        Budgets(budgets.session, replace_period(budgets.repo, repo_period), budgets.day,
+                budgets.month),
+        tz=UTC,
+    )  # fmt: skip
+    bare = Attribution(tool="codex", session=None, repo=None)
+    other = Attribution(tool="codex", session="other", repo="/home/dev/src/other")
+    times = [T0, T0 + 3600, T0 + 86400, T0 + 86400 * 9, T0 + 86400 * 40]
+    for ts in times:
+        for who in (ACME, bare, other):
+            tracker.observe(call(ts, "1.25", who))
+            for probe in (ts, ts + 86400, ts + 86400 * 31):
+                for scope in ("session", "repo", "day", "month"):
+                    key = tracker.key(scope, who, probe)
+                    spent = tracker.spent(scope, key, probe) if key is not None else D(0)
+                    assert tracker.spend_in(scope, who, probe) == (key, spent)
+    assert tracker.spend_in("session", ACME, T0 + 86400 * 40) == (SESSION, D("6.25"))
+
+
+def replace_period(budget: ScopeBudget, period: str) -> ScopeBudget:
+    from dataclasses import replace
+
+    return replace(budget, period=period)  # type: ignore[arg-type]
