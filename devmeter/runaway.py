@@ -52,6 +52,9 @@ HOUR = Decimal(3600)
 # fortune. 20 s still sees a runaway at ~$370/hour (a $0.11 call a second) by its
 # twentieth call, and the rate it prints is then the real one.
 MIN_RATE_SECONDS = 20.0
+# A bound on `burn_rate(usd, ...) / usd`: an hour over the shortest span, plus a margin far
+# above Decimal's rounding (28 digits), so `usd * _RATE_BOUND` is never below the rate.
+_RATE_BOUND = Decimal(3600 / MIN_RATE_SECONDS) * Decimal("1.001")
 
 
 def burn_rate(window_usd: Decimal, first_ts: float, now: float, window_seconds: float) -> Decimal:
@@ -510,6 +513,8 @@ class RunawayDetector:
         # The table forgets idle sessions for all its owners, after runaway's idle time.
         self._config = config
         self._table.idle_seconds = config.idle_evict_minutes * 60
+        # Per config, not per call (a reload sets a new one here).
+        self._lowest_level = min(config.projection_usd) if config.projection_usd else None
 
     def _session(self, key: str) -> _Session | None:
         part: _Session | None = self._table.part(key, RUNAWAY_PART)
@@ -639,7 +644,13 @@ class RunawayDetector:
             session.window_usd -= session.costs[0][1]
         session.costs.append((now, cost))
         session.window_usd += cost
-        if len(session.costs) < cfg.min_calls:
+        lowest = self._lowest_level
+        if len(session.costs) < cfg.min_calls or lowest is None:
+            return None
+        # The rate is at most the window's spend over MIN_RATE_SECONDS: below the lowest
+        # level by more than Decimal's rounding, no level can fire, and the division (the
+        # dearest step here, on every call) is skipped.
+        if session.window_usd * _RATE_BOUND < lowest:
             return None
         rate = self._rate(session, now)
         fired = session.fired_levels

@@ -735,3 +735,41 @@ def test_subclassed_containers_and_strings_fingerprint_as_plain_ones() -> None:
     last["content"] = Items([Doc(part) for part in last["content"]])
     last["content"][0]["content"] = Text(last["content"][0]["content"])
     assert request_fingerprint(dressed) == request_fingerprint(plain)
+
+
+def test_skipping_the_rate_below_the_lowest_level_changes_no_alert(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call's burn rate is not worked out when the window's spend cannot reach the
+    lowest level: every projection alert still fires at the same call, with the same
+    figure, as when the rate is worked out for every call. Sessions hover around the
+    levels (bursts, lulls, re-arming), with calls a few seconds apart."""
+    import random
+
+    from devmeter import runaway
+
+    def alerts_of(calls: list[Call]) -> list[tuple[float, str, Decimal, str]]:
+        detector = RunawayDetector(RunawayConfig(projection_usd=(D(5), D(50), D(200))))
+        return [
+            (c.ts, a.kind, a.figure_usd, a.message)
+            for c in calls
+            for a in detector.observe(c)
+            if a.kind == "projection"
+        ]
+
+    rng = random.Random(16)
+    calls, ts = [], T0
+    regimes = [(0.5, "0.4"), (2.0, "0.09"), (7.0, "0.02"), (30.0, "0.001"), (1.0, "0.001"),
+               (1.0, "0.01"), (0.5, "0.02")]  # the last three: levels reached young
+    for stretch in range(60):  # stretches of one pace, from a runaway to a lull
+        every, cost = rng.choice(regimes)
+        # Some stretches are a new session: a young one's rate is over its age, not the
+        # window, which is where a bound on the rate is tightest.
+        who = AGENT if stretch % 3 else Attribution(tool="codex", session=f"s{stretch}")
+        for _ in range(rng.choice((8, 30, 80))):
+            ts += every * rng.uniform(0.5, 1.5)
+            calls.append(call(ts, str(D(cost) * D(rng.randint(1, 30)) / 10), who))
+    skipping = alerts_of(calls)
+    monkeypatch.setattr(runaway, "_RATE_BOUND", D("1e30"))  # never skips
+    assert skipping == alerts_of(calls)
+    assert len({figure for _, _, figure, _ in skipping}) == 3  # every level was reached
