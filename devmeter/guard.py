@@ -125,12 +125,15 @@ class Guard:
             return self.budgets.spend_in(scope, attribution, now)
 
     def observe(self, call: Call, fingerprint: str | None, human_turn: bool | None) -> list[Alert]:
+        key = session_key(call.attribution)  # once, for the table and runaway detection
         with self._lock:
             self.advice.know(call.attribution.session)
             if call.cost_usd is not None:
-                self.sessions.add_spend(session_key(call.attribution), call.cost_usd, call.ts)
+                self.sessions.add_spend(key, call.cost_usd, call.ts)
             alerts = self.budgets.observe(call)
-            alerts += self.runaway.observe(call, fingerprint=fingerprint, human_turn=human_turn)
+            alerts += self.runaway.observe(
+                call, fingerprint=fingerprint, human_turn=human_turn, key=key
+            )
             self.budgets.expire_reservations(call.ts)
         return alerts
 

@@ -527,16 +527,22 @@ class RunawayDetector:
         )
 
     def observe(
-        self, call: Call, *, fingerprint: str | None = None, human_turn: bool | None = None
+        self,
+        call: Call,
+        *,
+        fingerprint: str | None = None,
+        human_turn: bool | None = None,
+        key: str | None = None,
     ) -> list[Alert]:
         """Take one finished call; return the alerts it raises.
 
         `fingerprint` is `request_fingerprint(body)` and `human_turn` is
         `is_human_turn(body)` of its request; leave either out when unknown and that
-        detector skips the call.
+        detector skips the call. `key`: the call's `session_key`, when the caller has it.
         """
         now = call.ts + call.duration_ms / 1000  # the cost lands when the call ends
-        key = session_key(call.attribution)
+        if key is None:
+            key = session_key(call.attribution)
         session = self._new_session(key, now, call.ts, call.ts)
         session.last_ts = max(session.last_ts, now)
         cost = call.cost_usd if call.cost_usd is not None and call.cost_usd > 0 else ZERO

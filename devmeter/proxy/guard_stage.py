@@ -19,13 +19,15 @@ from mitmproxy import http
 from devmeter.alerts import Alert, Block
 from devmeter.attribution import lower_headers
 from devmeter.billing import SUBSCRIPTION
-from devmeter.guard import Guard, Verdict, estimate_cost, request_signals
+from devmeter.guard import ALLOW, Guard, Verdict, estimate_cost, request_signals
 from devmeter.pricing import PriceOverride
 from devmeter.providers import unmetered_endpoint
 from devmeter.proxy.flow_state import METADATA_KEY, Attribute, FlowState, short_traceback
 from devmeter.proxy.refusal import is_free, refuse
 from devmeter.routing.session_router import REQUEST_CLASS_HEADER
 from devmeter.usage import Call, RequestInfo
+
+_NOTHING = Decimal(0)  # what a call reserves when no cap could count it
 
 # A request's loop fingerprint and whether a human typed it (guard.request_signals).
 Signals = tuple[str | None, bool | None]
@@ -74,16 +76,19 @@ class GuardStage:
             # socket is checked (websocket_turns.py), and Codex shows a refused turn
             # without retrying, where a refused handshake makes it reconnect.
             if not state.upgrade:
-                reserve = self.estimate(state.endpoint.provider, state.request, size, now)
-                if state.billing.mode == SUBSCRIPTION and not guard.counts_covered:
-                    reserve = Decimal(0)  # no cap counts it (`count_covered`)
+                reserve = _NOTHING
+                if guard.has_caps:  # else nothing to reserve against: no estimate to make
+                    reserve = self.estimate(state.endpoint.provider, state.request, size, now)
+                    if state.billing.mode == SUBSCRIPTION and not guard.counts_covered:
+                        reserve = _NOTHING  # no cap counts it (`count_covered`)
                 verdict = guard.check(state.attribution, now, reserve)
-                self.raise_alerts(verdict)
-                # A free request (count_tokens, batch results) passes a cap or a pause.
-                if verdict.block is not None and not is_free(flow, state.host, False):
-                    refuse(flow, state, verdict.block)
-                    return True
-                hold.reservation = verdict.reservation
+                if verdict is not ALLOW:  # nearly every call: nothing to raise or refuse
+                    self.raise_alerts(verdict)
+                    # A free request (count_tokens, batch results) passes a cap or a pause.
+                    if verdict.block is not None and not is_free(flow, state.host, False):
+                        refuse(flow, state, verdict.block)
+                        return True
+                    hold.reservation = verdict.reservation
             hold.signals = request_signals(
                 doc, headers.get(REQUEST_CLASS_HEADER), guard.fingerprint_key
             )
