@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from urllib.parse import urlsplit
 
 from mitmproxy import http
+from mitmproxy.net.http import url
 
 from devmeter.providers import INTERCEPT_HOSTS
 
@@ -24,6 +26,19 @@ class Upstream:
     host: str
     port: int
     path_prefix: str
+
+    @cached_property
+    def scheme_bytes(self) -> bytes:
+        return self.scheme.encode("utf-8", "surrogateescape")  # as the scheme setter does
+
+    @cached_property
+    def hostport(self) -> str:
+        return url.hostport(self.scheme, self.host, self.port)
+
+    @cached_property
+    def hostport_bytes(self) -> bytes:
+        """The Host header mitmproxy's host and port setters write for this upstream."""
+        return self.hostport.encode("utf-8", "surrogateescape")
 
     @classmethod
     def from_url(cls, url: str) -> Upstream:
@@ -81,11 +96,54 @@ def client_host(request: http.Request, known: frozenset[str]) -> str:
 
 
 def _send_to(flow: http.HTTPFlow, upstream: Upstream) -> None:
-    original_host = flow.request.host_header
-    flow.request.scheme = upstream.scheme
-    flow.request.host = upstream.host
-    flow.request.port = upstream.port
+    request = flow.request
+    data = request.data
+    if request.is_http2 or request.is_http3:  # the authority is the host: mitmproxy's setters
+        original_host = request.host_header
+        request.scheme = upstream.scheme
+        request.host = upstream.host
+        request.port = upstream.port
+        if original_host:
+            request.headers["X-Forwarded-Host"] = original_host
+    else:
+        # What mitmproxy's scheme, host and port setters and two header writes do, in one
+        # pass over the headers: each of those reads or rewrites them whole (~3.5 us each,
+        # 16 us a call for this mapping; 4 us this way).
+        data.scheme = upstream.scheme_bytes
+        data.host = upstream.host
+        data.port = upstream.port
+        data.headers.fields = mapped_fields(data.headers.fields, upstream.hostport_bytes)
+        if data.authority:  # an absolute-form request line (plain HTTP through the proxy)
+            request.authority = upstream.hostport  # (idna-encoded, unlike the header)
     if upstream.path_prefix:
-        flow.request.path = upstream.path_prefix + flow.request.path
-    if original_host:
-        flow.request.headers["X-Forwarded-Host"] = original_host
+        request.path = upstream.path_prefix + request.path
+
+
+def mapped_fields(
+    fields: tuple[tuple[bytes, bytes], ...], hostport: bytes
+) -> tuple[tuple[bytes, bytes], ...]:
+    """HTTP/1 headers sent upstream: Host names the upstream, X-Forwarded-Host the host the
+    client asked for (its Host, folded as mitmproxy folds repeats; no Host, none added).
+    As `headers["Host"] = ...` and `headers["X-Forwarded-Host"] = ...` leave them: each
+    first field keeps its place and name, later repeats go, a missing one comes last."""
+    hosts = [value for name, value in fields if name.lower() == b"host"]
+    if not hosts:
+        return fields
+    forwarded = b", ".join(hosts)
+    out: list[tuple[bytes, bytes]] = []
+    host_done, forwarded_done = False, not forwarded
+    for name, value in fields:
+        lowered = name.lower()
+        if lowered == b"host":
+            if not host_done:
+                out.append((name, hostport))
+                host_done = True
+        elif lowered == b"x-forwarded-host" and forwarded:
+            if not forwarded_done:
+                out.append((name, forwarded))
+                forwarded_done = True
+        else:
+            out.append((name, value))
+    if not forwarded_done:
+        out.append((b"X-Forwarded-Host", forwarded))
+    return tuple(out)
