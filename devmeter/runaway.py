@@ -30,7 +30,7 @@ import hashlib
 import json
 import os
 import re
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -471,10 +471,11 @@ class _Session:
     costs: deque[tuple[float, Decimal]] = field(default_factory=lambda: deque(maxlen=4096))
     window_usd: Decimal = ZERO
     fired_levels: set[Decimal] = field(default_factory=set)
-    # loops: (ts, fingerprint, cost) in the loop window, with counts and cost per print
+    # loops: (ts, fingerprint, cost) in the loop window, with the count per print. A print's
+    # cost is summed from `prints` only when it alerts (rare): a running sum per print cost
+    # two Decimal operations and a dict write on every call.
     prints: deque[tuple[float, str, Decimal]] = field(default_factory=deque)
-    print_count: Counter[str] = field(default_factory=Counter)
-    print_usd: dict[str, Decimal] = field(default_factory=dict)
+    print_count: dict[str, int] = field(default_factory=dict)
     looping: set[str] = field(default_factory=set)
     # A loop alert stands for the session until every looping print has left the window:
     # a loop cycling over several requests (A, B, A, B) is one loop, not one per print.
@@ -515,6 +516,8 @@ class RunawayDetector:
         self._table.idle_seconds = config.idle_evict_minutes * 60
         # Per config, not per call (a reload sets a new one here).
         self._lowest_level = min(config.projection_usd) if config.projection_usd else None
+        # The most loop prints a session keeps: a loop needs only `loop_count` of them.
+        self._prints_cap = 4 * config.loop_count + 64
 
     def _session(self, key: str) -> _Session | None:
         part: _Session | None = self._table.part(key, RUNAWAY_PART)
@@ -584,9 +587,8 @@ class RunawayDetector:
                 continue
             cost = max(cost, ZERO)
             session.prints.append((end, fingerprint, cost))
-            session.print_count[fingerprint] += 1
-            session.print_usd[fingerprint] = session.print_usd.get(fingerprint, ZERO) + cost
-            if session.print_count[fingerprint] >= self.config.loop_count > 0:
+            count = session.print_count[fingerprint] = session.print_count.get(fingerprint, 0) + 1
+            if count >= self.config.loop_count > 0:
                 session.looping.add(fingerprint)  # announced before, or within the restart
         for kind, key, figure, ts in alerts:
             session = self._session(key)
@@ -692,21 +694,27 @@ class RunawayDetector:
         cfg = self.config
         if fingerprint is None or cfg.loop_count == 0:
             return None
+        prints, counts = session.prints, session.print_count
         cutoff = now - cfg.loop_window_minutes * 60
-        while session.prints and (
-            session.prints[0][0] <= cutoff or len(session.prints) >= 4 * cfg.loop_count + 64
-        ):
-            self._forget_print(session)
-        session.prints.append((now, fingerprint, cost))
-        session.print_count[fingerprint] += 1
-        session.print_usd[fingerprint] = session.print_usd.get(fingerprint, ZERO) + cost
-        count = session.print_count[fingerprint]
+        cap = self._prints_cap
+        while prints and (prints[0][0] <= cutoff or len(prints) >= cap):
+            # The oldest print leaves the window (once full, one on nearly every call).
+            old = prints.popleft()[1]
+            left = counts[old] - 1
+            if left:
+                counts[old] = left
+            else:
+                # Gone from the window: the loop is over; the same print may alert again.
+                del counts[old]
+                session.looping.discard(old)
+        prints.append((now, fingerprint, cost))
+        count = counts[fingerprint] = counts.get(fingerprint, 0) + 1
         if count < cfg.loop_count or fingerprint in session.looping:
             return None
         session.looping.add(fingerprint)
         if session.loop_quiet_until > now or len(session.looping) > 1:
             return None  # the same loop, cycling over another request: already said
-        usd = session.print_usd[fingerprint]
+        usd = sum((c for _, fp, c in prints if fp == fingerprint), ZERO)
         message = (
             f"{self.advice.who(call.attribution)} sent {count} near-identical "
             f"requests in {_minutes(cfg.loop_window_minutes)} min ({format_usd(usd)}): it may "
@@ -714,16 +722,6 @@ class RunawayDetector:
         )
         message = fit(message, self.advice.stop_action(call.attribution))
         return _alert(call, "loop", key, usd, message)
-
-    @staticmethod
-    def _forget_print(session: _Session) -> None:
-        _, old, old_cost = session.prints.popleft()
-        session.print_count[old] -= 1
-        session.print_usd[old] -= old_cost
-        if session.print_count[old] <= 0:
-            # Gone from the window: the loop is over; the same print may alert again.
-            del session.print_count[old], session.print_usd[old]
-            session.looping.discard(old)
 
     # unattended sessions
 
