@@ -231,8 +231,8 @@ def amended(call: Call, changes: Mapping[str, Any]) -> Call:
     row's fields with `changes` over them, ~1 us where replace re-runs the 30-field
     __init__ (~12 us), on every call. Exact for Call, which derives nothing at __init__
     (no __post_init__, no defaults computed from other fields)."""
-    unknown = changes.keys() - _CALL_FIELDS
-    if unknown:
+    if not _CALL_FIELDS.issuperset(changes):  # ~0.1 us; the set difference built ~0.4 us
+        unknown = changes.keys() - _CALL_FIELDS
         raise TypeError(f"Call has no field {', '.join(sorted(unknown))}")
     copy = object.__new__(Call)
     copy.__dict__.update(call.__dict__)
