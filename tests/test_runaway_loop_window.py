@@ -8,26 +8,7 @@ import random
 from decimal import Decimal
 
 from devmeter.runaway import RunawayConfig, RunawayDetector
-from devmeter.usage import Attribution, Call, Usage
-
-T0 = 1_795_000_000.0
-WHO = Attribution(tool="claude-code", session="c94186ab-2b3f-417d", repo="/home/dev/src/acme")
-
-
-def _call(ts: float, cost: Decimal) -> Call:
-    return Call(
-        ts=ts,
-        provider="anthropic",
-        endpoint="anthropic.messages",
-        host="api.anthropic.com",
-        requested_model="claude-opus-5-5",
-        model="claude-opus-5-5",
-        attribution=WHO,
-        usage=Usage(input_tokens=900, output_tokens=40),
-        cost_usd=cost,
-        price_source="genai-prices 0.2.3",
-        status=200,
-    )
+from tests.test_runaway import T0, call
 
 
 def _mixed_sequence(seed: int, n: int) -> list[tuple[float, str, Decimal]]:
@@ -80,7 +61,7 @@ def test_loop_alerts_fire_at_the_same_calls_as_a_recount_of_the_window() -> None
     seen: list[tuple[int, Decimal]] = []
     for i, (end, fp, cost) in enumerate(calls):
         # duration 0: the call ends at its start, the `end` the model uses
-        for alert in detector.observe(_call(end, cost), fingerprint=fp, human_turn=None):
+        for alert in detector.observe(call(end, str(cost)), fingerprint=fp, human_turn=None):
             assert alert.kind == "loop"
             seen.append((i, alert.figure_usd))
     expected = _model_alerts(calls, loop_count, window_min * 60)
