@@ -45,6 +45,12 @@ def listener() -> Iterator[int]:
 
 
 def test_nothing_running_is_red_and_says_how_to_start(devmeter_home: Path) -> None:
+    # A port nothing listens on: the default 8788 may be the developer's own devmeter.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    devmeter_home.mkdir(parents=True)
+    (devmeter_home / "config.toml").write_text(f'[proxy]\nlisten = "127.0.0.1:{port}"\n')
     checks = doctor.run_checks(where(devmeter_home), bare_env())
     found = by_name(checks)
     assert found["proxy"].status == "red" and "`devmeter`" in found["proxy"].fix
