@@ -215,13 +215,13 @@ def new_call(**values: Any) -> Call:
     them, ~1.4 us where the frozen dataclass's 30-field __init__ (an object.__setattr__
     a field) costs ~3 us, on every call. Exact for Call (no __post_init__, no
     default_factory). A call that names a field Call lacks, or leaves out one without a
-    default, gets __init__'s TypeError (both at once, in equal numbers, would pass: a
-    count is the one check cheap enough here)."""
+    default, gets __init__'s TypeError."""
     call = object.__new__(Call)
     state = call.__dict__
     state.update(_CALL_DEFAULTS)
     state.update(values)
-    if len(state) != len(_CALL_FIELDS):
+    # Only known names (~0.1 us, as `amended` checks) and then every field present.
+    if len(state) != len(_CALL_FIELDS) or not _CALL_FIELDS.issuperset(values):
         return Call(**values)  # raises the TypeError __init__ would
     return call
 

@@ -274,5 +274,7 @@ def test_a_new_call_is_what_the_dataclass_makes() -> None:
     without_status = {k: v for k, v in required.items() if k != "status"}
     with pytest.raises(TypeError):
         new_call(**without_status)
+    with pytest.raises(TypeError):  # one unknown name standing in for a missing field
+        new_call(**without_status, bogus=1)
     with pytest.raises(AttributeError):
         made.ts = 2.0  # type: ignore[misc]  # still frozen
