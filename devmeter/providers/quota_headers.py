@@ -72,6 +72,15 @@ def window_name(minutes: float) -> str:
     return f"{whole}m"
 
 
+def may_hold_quota(headers: Mapping[str, str]) -> bool:
+    """Whether any header name is of a family `from_headers` reads (lower-case names): an
+    answer with none needs no reading built (~5 us a call on the proxy's loop)."""
+    for name in headers:  # a loop, not any() over a generator: this runs on every answer
+        if "ratelimit" in name or name.startswith("x-codex-"):
+            return True
+    return False
+
+
 def from_headers(headers: Mapping[str, str], now: float) -> QuotaReading:
     """Every quota window in a response's headers (names lower-case)."""
     notes: list[str] = []

@@ -53,12 +53,7 @@ def set_billing(
 
 def read_quota(state: FlowState, headers: Mapping[str, str], now: float) -> None:
     """The answer's quota headers; a failure only loses the reading."""
-    for name in headers:
-        if "ratelimit" in name or name.startswith("x-codex-"):
-            break
-    else:
-        # No header of any quota family (quota_headers.from_headers reads only these
-        # names): nothing to read, and no ~5 us of building an empty reading a call.
+    if not quota_headers.may_hold_quota(headers):
         return
     try:
         reading = quota_headers.from_headers(headers, now)
