@@ -1,9 +1,9 @@
 """CPU a small call costs devmeter, stage by stage, in-process (issue 16).
 
-Drives the real Meter addon, wired as `devmeter proxy` wires it (proxy/server.py: a
-LedgerWriter in a temporary DEVMETER_HOME, the Attributor with the real process lookup,
-the guard, router, asks, accounts, quota watch and secret inspector of the default
-config), through its hooks on real mitmproxy flows: requestheaders, request,
+Drives the real Meter addon, built by `devmeter proxy`'s own builder (proxy/server.py
+build_meter: a LedgerWriter in a temporary DEVMETER_HOME, the Attributor with the real
+process lookup, the guard, router, asks, accounts, quota watch and secret inspector of
+the default config), through its hooks on real mitmproxy flows: requestheaders, request,
 responseheaders, the response stream tap chunk by chunk, response. The client is a real
 loopback connection of this process, so attribution finds a real process, its working
 folder and its git repository, as it finds the benchmark's client.
@@ -220,78 +220,22 @@ class StageClock:
 
 
 def build_meter(home: Path) -> tuple[Any, Any, Callable[[], None]]:
-    """The Meter as `serve` builds it, for the default config in `home`; and a closer."""
+    """The Meter as `serve` builds it (proxy/server.py build_meter), for the default config
+    in `home`; and a closer. Alerts go to the ledger only: no desktop notifications."""
     os.environ["DEVMETER_HOME"] = str(home)
-    from devmeter import pricing
-    from devmeter.ask import AskBook
-    from devmeter.attribution import Attributor
-    from devmeter.billing import Accounts
     from devmeter.config import load
-    from devmeter.control import ControlWatcher, control_path
-    from devmeter.guard import Guard
-    from devmeter.ledger import LedgerWriter
     from devmeter.paths import paths as find_paths
-    from devmeter.paths import read_loop_key
-    from devmeter.proxy.meter import Meter
-    from devmeter.proxy.server import ClientProcessLookup, make_attribute
-    from devmeter.quota_watch import QuotaWatch
-    from devmeter.routing.session_router import Router
-    from devmeter.secrets.inspector import SecretInspector, load_salt
+    from devmeter.proxy.server import build_meter as build_proxy_meter
 
     paths = find_paths()
     paths.data_dir.mkdir(parents=True, exist_ok=True)
-    config = load(paths.config_file)
-    writer = LedgerWriter(paths.ledger)
-    writer.wait_replayed()
-    attributor = Attributor(proxy_port=None)
-    guard = Guard(
-        config.section("budgets"),
-        config.section("runaway"),
-        config_path=str(paths.config_file),
-        fingerprint_key=read_loop_key(paths),
-    )
-    router = Router(config.section("routing"), config.prices, sessions=guard.sessions)
-    asks = AskBook(config.section("budgets"), guard.spend_in, guard.advice)
-    quota_watch = QuotaWatch(config.section("quota"))
-    pricing.warm()
-
-    def on_billed(call: Any, billing: Any, reading: Any) -> None:
-        snapshots, alerts = quota_watch.observe(call, billing, reading)
-        for snapshot, moved in snapshots:
-            writer.add_quota(snapshot, moved)
-        for alert in alerts:
-            writer.add_alert(alert)
-
-    def record(call: Any) -> None:
-        writer.add_call(call)
-
-    secrets = SecretInspector(
-        config.section("secrets"),
-        load_salt(paths.data_dir),
-        lambda found: writer.add_finding(found.row()),
-        writer.add_alert,
-    )
-    meter = Meter(
-        record=record,
-        attribute=make_attribute(attributor),
-        upstreams=dict(config.upstreams),
-        overrides=config.prices,
-        router=router,
-        guard=guard,
-        on_alert=writer.add_alert,
-        control=ControlWatcher(control_path(paths.data_dir)),
-        client_lookup=ClientProcessLookup(attributor),
-        asks=asks,
-        accounts=Accounts(paths.data_dir),
-        on_billed=on_billed,
-        secrets=secrets,
-    )
+    built = build_proxy_meter(load(paths.config_file), paths)
 
     def close() -> None:
-        secrets.close()
-        writer.close()
+        built.secrets.close()  # its last findings reach the writer before it closes
+        built.writer.close()
 
-    return meter, writer, close
+    return built.meter, built.writer, close
 
 
 def instrument(meter: Any, clock: StageClock) -> list[str]:

@@ -16,6 +16,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -148,28 +149,11 @@ async def serve(
     _check_listen(host, port)  # before anything slow: a taken port is the likeliest failure
     paths.ca_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(paths.ca_dir, 0o700)
-    writer = LedgerWriter(paths.ledger)
-    writer.wait_replayed()  # the seeds below read a killed run's spooled calls too
-    attributor = Attributor(proxy_port=port or None)
-    guard = Guard(
-        config.section("budgets"),
-        config.section("runaway"),
-        config_path=str(paths.config_file),
-        fingerprint_key=read_loop_key(paths),
-    )
-    # One session table: routing reads the spend the guard counts and seeds.
-    router = Router(config.section("routing"), config.prices, sessions=guard.sessions)
-    _seed(guard, paths)
-    asks = AskBook(config.section("budgets"), guard.spend_in, guard.advice)
-    quota_watch = QuotaWatch(config.section("quota"))
-    _seed_quota(quota_watch, paths)
-    pricing.warm()  # not on the first call: it would stall every call in flight
     control_file = control_path(paths.data_dir)
     dispatcher = AlertDispatcher(*_notifier(paths, control_file))
     pusher = _pusher(config)
 
-    def on_alert(alert: Alert) -> None:
-        writer.add_alert(alert)
+    def notify(alert: Alert) -> None:
         print_alert(alert)
         dispatcher.send(alert)
         if pusher is not None:
@@ -181,17 +165,19 @@ async def serve(
     def on_asks_changed(open_asks: list[dict[str, Any]]) -> None:
         write_pending(pending, open_asks)  # for the tray menu; rare and tiny
 
-    def on_billed(call: Call, billing: Billing, reading: QuotaReading | None) -> None:
-        snapshots, alerts = quota_watch.observe(call, billing, reading)
-        for snapshot, moved in snapshots:
-            writer.add_quota(snapshot, moved)
-        for alert in alerts:
-            on_alert(alert)
-
-    def record(call: Call) -> None:
-        writer.add_call(call)  # spooled to disk before the client gets the answer
-
-    secrets = _secret_inspector(config, paths, writer, on_alert)
+    # A set, not a frozenset: a config reload can add an [upstream] host.
+    intercepted = {h.lower() for h in (*INTERCEPT_HOSTS, *config.upstreams)}
+    deadline = deadlines.HeaderDeadline(intercepted.__contains__)
+    try:
+        built = build_meter(
+            config, paths, proxy_port=port or None, notify=notify, deadline=deadline,
+            on_asks_changed=on_asks_changed,
+        )  # fmt: skip
+    except BaseException:
+        dispatcher.close()
+        raise
+    meter, writer, guard, router = built.meter, built.writer, built.guard, built.router
+    asks, quota_watch, secrets = built.asks, built.quota_watch, built.secrets
     deadlines.raise_file_limit()
     master = DumpMaster(options.Options(), with_termlog=False, with_dumper=False)
     # Addon options exist only once DumpMaster has loaded its addons.
@@ -206,26 +192,6 @@ async def serve(
     )
     if "tcp_timeout" in master.options:  # mitmproxy 12; 11 has the same 600 s, fixed
         master.options.update(tcp_timeout=deadlines.IDLE_TIMEOUT)
-    # A set, not a frozenset: a config reload can add an [upstream] host.
-    intercepted = {h.lower() for h in (*INTERCEPT_HOSTS, *config.upstreams)}
-    deadline = deadlines.HeaderDeadline(intercepted.__contains__)
-    meter = Meter(
-        record=record,
-        attribute=make_attribute(attributor),
-        upstreams=dict(config.upstreams),
-        overrides=config.prices,
-        router=router,
-        guard=guard,
-        on_alert=on_alert,
-        control=ControlWatcher(control_file),
-        client_lookup=ClientProcessLookup(attributor),
-        deadline=deadline,
-        asks=asks,
-        on_asks_changed=on_asks_changed,
-        accounts=Accounts(paths.data_dir),
-        on_billed=on_billed,
-        secrets=secrets,
-    )
     master.addons.add(meter)
 
     def load_config() -> tuple[Config, dict[tuple[str, str], Decimal]]:
@@ -298,6 +264,84 @@ async def serve(
             pusher.close()
         pending.unlink(missing_ok=True)  # held requests end with the proxy
         paths.proxy_state.unlink(missing_ok=True)
+
+
+@dataclass(slots=True, frozen=True)
+class BuiltMeter:
+    """The Meter as the proxy runs it, and the parts of it a config reload or shutdown
+    reaches (the writer is closed last, after the secrets worker hands on its findings)."""
+
+    meter: Meter
+    writer: LedgerWriter
+    guard: Guard
+    router: Router
+    asks: AskBook
+    quota_watch: QuotaWatch
+    secrets: SecretInspector
+
+
+def build_meter(
+    config: Config,
+    paths: Paths,
+    *,
+    proxy_port: int | None = None,
+    notify: Callable[[Alert], None] | None = None,
+    deadline: deadlines.HeaderDeadline | None = None,
+    on_asks_changed: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> BuiltMeter:
+    """The Meter and everything it meters with, for `config`: the ledger writer (a killed
+    run's spool replayed), the guard and asks seeded with past spend, the router on the
+    guard's session table, quota watch, the secret inspector. One builder for `serve` and
+    benchmarks/hook_cost.py, so the benchmark measures the Meter that runs. `notify`: each
+    alert's delivery beyond its ledger row (the proxy prints, notifies and pushes it)."""
+    writer = LedgerWriter(paths.ledger)
+    writer.wait_replayed()  # the seeds below read a killed run's spooled calls too
+    attributor = Attributor(proxy_port=proxy_port)
+    guard = Guard(
+        config.section("budgets"),
+        config.section("runaway"),
+        config_path=str(paths.config_file),
+        fingerprint_key=read_loop_key(paths),
+    )
+    # One session table: routing reads the spend the guard counts and seeds.
+    router = Router(config.section("routing"), config.prices, sessions=guard.sessions)
+    _seed(guard, paths)
+    asks = AskBook(config.section("budgets"), guard.spend_in, guard.advice)
+    quota_watch = QuotaWatch(config.section("quota"))
+    _seed_quota(quota_watch, paths)
+    pricing.warm()  # not on the first call: it would stall every call in flight
+
+    def on_alert(alert: Alert) -> None:
+        writer.add_alert(alert)
+        if notify is not None:
+            notify(alert)
+
+    def on_billed(call: Call, billing: Billing, reading: QuotaReading | None) -> None:
+        snapshots, alerts = quota_watch.observe(call, billing, reading)
+        for snapshot, moved in snapshots:
+            writer.add_quota(snapshot, moved)
+        for alert in alerts:
+            on_alert(alert)
+
+    secrets = _secret_inspector(config, paths, writer, on_alert)
+    meter = Meter(
+        record=writer.add_call,  # spooled to disk before the client gets the answer
+        attribute=make_attribute(attributor),
+        upstreams=dict(config.upstreams),
+        overrides=config.prices,
+        router=router,
+        guard=guard,
+        on_alert=on_alert,
+        control=ControlWatcher(control_path(paths.data_dir)),
+        client_lookup=ClientProcessLookup(attributor),
+        deadline=deadline,
+        asks=asks,
+        on_asks_changed=on_asks_changed,
+        accounts=Accounts(paths.data_dir),
+        on_billed=on_billed,
+        secrets=secrets,
+    )
+    return BuiltMeter(meter, writer, guard, router, asks, quota_watch, secrets)
 
 
 def _secret_inspector(
