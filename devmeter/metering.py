@@ -27,6 +27,12 @@ from devmeter.usage import (
     sane_cost,
 )
 
+# The prices of rows that are not priced from a rate, shared (Price is frozen): built
+# once rather than, with a Decimal each, on every call.
+_FREE = Price(Decimal(0), "free endpoint")
+_NOT_BILLED = Price(Decimal(0), "not billed")
+_UNPRICED = Price(None, None)
+
 
 def conclude_usage(
     endpoint: Endpoint, request: RequestInfo, result: ResponseResult, status: int | None
@@ -93,18 +99,20 @@ def build_call(
     model = served_model or result.model or request.model or endpoint.path_model
     # Cursor names models its own way; the parser maps them to genai-prices' ids.
     priced_model = request.facts.get("price_model") or model
-    when = datetime.fromtimestamp(ts, UTC)
     if endpoint.free:
-        priced = Price(Decimal(0), "free endpoint")
+        priced = _FREE
     elif _billed_nothing(usage, status):
         # A refused or failed call that used no tokens costs nothing, priced model or not.
-        priced = Price(Decimal(0), "not billed")
+        priced = _NOT_BILLED
     elif result.usage is None and not _estimable(endpoint.api):
         # The API reports nothing to price from (speech audio, DALL-E images): recorded
         # unpriced, so reports flag it rather than count it as $0.
-        priced = Price(None, None)
+        priced = _UNPRICED
     else:
-        priced = price(endpoint.provider, priced_model, usage, overrides, when)
+        # The date picks the price in force then: needed only when pricing.
+        priced = price(
+            endpoint.provider, priced_model, usage, overrides, datetime.fromtimestamp(ts, UTC)
+        )
     if priced.cost_usd is not None and not sane_cost(priced.cost_usd):
         # A price no call can have (a `[[prices]]` typo such as input_mtok = 1e12): the
         # row says so and counts as unpriced, rather than poisoning every total with it.
@@ -112,7 +120,7 @@ def build_call(
             f"cost ${priced.cost_usd:.2f} from {priced.source} out of range ($0 to "
             f"${MAX_COST_USD:,}): recorded unpriced; check the price"
         )
-        priced = Price(None, None)
+        priced = _UNPRICED
     # The provider's words (an error body, an error page) never carry a key or the prompt
     # to disk; devmeter's own (`error`) are kept as written.
     said = error or (scrub(result.error) if result.error else None)

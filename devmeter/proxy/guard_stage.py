@@ -40,6 +40,9 @@ class GuardHold:
 
     reservation: int | None = None
     signals: Signals = (None, None)
+    # A WebSocket handshake's request class, which each turn on the socket reads: kept
+    # from the lowered headers, where mitmproxy's own lookup walks every header per turn.
+    request_class: str | None = None
 
 
 class GuardStage:
@@ -89,9 +92,10 @@ class GuardStage:
                         refuse(flow, state, verdict.block)
                         return True
                     hold.reservation = verdict.reservation
-            hold.signals = request_signals(
-                doc, headers.get(REQUEST_CLASS_HEADER), guard.fingerprint_key
-            )
+            request_class = headers.get(REQUEST_CLASS_HEADER)
+            if state.upgrade:
+                hold.request_class = request_class
+            hold.signals = request_signals(doc, request_class, guard.fingerprint_key)
         except Exception:
             state.tap_error = f"devmeter guard failed (call let through): {short_traceback()}"
         return False
@@ -201,7 +205,12 @@ class GuardStage:
         if self.guard is None or state.endpoint.api == "openai.realtime":
             return None, None
         try:
-            request_class = flow.request.headers.get(REQUEST_CLASS_HEADER)
+            hold = state.guard
+            request_class = (
+                hold.request_class
+                if hold is not None
+                else flow.request.headers.get(REQUEST_CLASS_HEADER)
+            )
             return request_signals(doc, request_class, self.guard.fingerprint_key)
         except Exception:  # fail open: the turn goes through unfingerprinted
             return None, None

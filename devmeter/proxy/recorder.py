@@ -75,7 +75,8 @@ class Recorder:
 
     def record_settled(self, state: FlowState, call: Call, signals: Signals | None = None) -> None:
         """Record the call's row; `signals`: a WebSocket turn's own (else the request's)."""
-        self._guards.settle(state)
+        guards = self._guards
+        guards.settle(state)
         # Every stage's fields in one copy of the row (`amended`: ~1 us; a `replace` of a
         # Call costs ~12 us), on every call.
         fields = billing_fields(state, call.error)
@@ -83,7 +84,9 @@ class Recorder:
             fields["error"] = state.blocked
         if state.refused_by is not None:
             fields.update(state.refused_by.ledger_fields())
-        fingerprint = self._guards.loop_fingerprint(state, signals)
+        if signals is None:  # looked up once, for the row and for the guard's observers
+            signals = guards.signals(state)
+        fingerprint = guards.loop_fingerprint(state, signals)
         if fingerprint is not None:
             fields["loop_fingerprint"] = fingerprint
         call = amended(call, fields)
@@ -100,7 +103,7 @@ class Recorder:
                 self._on_billed(call, state.billing, quota_reading(state))
             except Exception:
                 log.warning("devmeter: quota bookkeeping failed: %s", short_traceback())
-        self._guards.observe(call, state, signals)
+        guards.observe(call, state, signals)
 
     def internal_error(self, flow: http.HTTPFlow, host: str, hook: str) -> None:
         """Record that metering failed for this call, and let the call go on."""
