@@ -149,18 +149,16 @@ async def serve(
     _check_listen(host, port)  # before anything slow: a taken port is the likeliest failure
     paths.ca_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(paths.ca_dir, 0o700)
-    control_file = control_path(paths.data_dir)
-    dispatcher = AlertDispatcher(*_notifier(paths, control_file))
-    pusher = _pusher(config)
+    # Where alerts go beyond the ledger: printed, then the desktop and [notify] push, once
+    # made below (after the ledger: a second proxy on it stops there, touching nothing).
+    outlets: list[Callable[[Alert], None]] = []
 
     def notify(alert: Alert) -> None:
         print_alert(alert)
-        dispatcher.send(alert)
-        if pusher is not None:
-            pusher.send(alert)
+        for send in outlets:
+            send(alert)
 
     pending = asks_path(paths.data_dir)
-    pending.unlink(missing_ok=True)  # a killed proxy's held requests died with it
 
     def on_asks_changed(open_asks: list[dict[str, Any]]) -> None:
         write_pending(pending, open_asks)  # for the tray menu; rare and tiny
@@ -168,14 +166,16 @@ async def serve(
     # A set, not a frozenset: a config reload can add an [upstream] host.
     intercepted = {h.lower() for h in (*INTERCEPT_HOSTS, *config.upstreams)}
     deadline = deadlines.HeaderDeadline(intercepted.__contains__)
-    try:
-        built = build_meter(
-            config, paths, proxy_port=port or None, notify=notify, deadline=deadline,
-            on_asks_changed=on_asks_changed,
-        )  # fmt: skip
-    except BaseException:
-        dispatcher.close()
-        raise
+    built = build_meter(
+        config, paths, proxy_port=port or None, notify=notify, deadline=deadline,
+        on_asks_changed=on_asks_changed,
+    )  # fmt: skip
+    dispatcher = AlertDispatcher(*_notifier(paths, control_path(paths.data_dir)))
+    pusher = _pusher(config)
+    outlets.append(dispatcher.send)
+    if pusher is not None:
+        outlets.append(pusher.send)
+    pending.unlink(missing_ok=True)  # a killed proxy's held requests died with it
     meter, writer, guard, router = built.meter, built.writer, built.guard, built.router
     asks, quota_watch, secrets = built.asks, built.quota_watch, built.secrets
     deadlines.raise_file_limit()
