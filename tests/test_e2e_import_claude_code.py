@@ -133,7 +133,7 @@ def test_imported_transcripts_equal_the_proxied_run(
     assert len(list((config_dir / "projects").rglob("*.jsonl"))) == 2  # the fork's own file
 
     db = devmeter_home / "ledger.sqlite"
-    result = import_claude_code(db, config_dir)
+    result = import_claude_code(db, config_dir, two_processes=True)  # as `devmeter import`
     imported = ledger_rows(db)
     assert result.imported == 4 == len(imported), result
     assert import_claude_code(db, config_dir).imported == 0  # twice: nothing more

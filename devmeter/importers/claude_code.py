@@ -207,11 +207,12 @@ def import_claude_code(
     root: Path | None = None,
     overrides: tuple[PriceOverride, ...] = (),
     progress: TextIO | None = None,
+    two_processes: bool = False,
 ) -> ImportResult:
     """Import what is new in Claude Code's transcripts under `root` (its projects folder)."""
     where = history_root(IMPORTER, root)  # given the config folder or its projects
     files = transcript_files(where)
     return import_line_files(
         ledger_path, IMPORTER, files, parse_lines, overrides, progress,
-        f"no Claude Code transcripts under {where}",
+        f"no Claude Code transcripts under {where}", two_processes,
     )  # fmt: skip

@@ -154,11 +154,12 @@ def import_codex(
     root: Path | None = None,
     overrides: tuple[PriceOverride, ...] = (),
     progress: TextIO | None = None,
+    two_processes: bool = False,
 ) -> ImportResult:
     """Import what is new in Codex's rollouts under `root` (its sessions folder)."""
     where = history_root(IMPORTER, root)  # given CODEX_HOME or its sessions
     files = rollout_files(where)
     return import_line_files(
         ledger_path, IMPORTER, files, parse_rows, overrides, progress,
-        f"no Codex rollouts under {where}",
+        f"no Codex rollouts under {where}", two_processes,
     )  # fmt: skip

@@ -145,6 +145,7 @@ def import_gemini_cli(
     root: Path | None = None,
     overrides: tuple[PriceOverride, ...] = (),
     progress: TextIO | None = None,
+    two_processes: bool = False,  # accepted for run_command; its files are few and small
 ) -> ImportResult:
     """Import what is new in Gemini CLI's recorded chats under `root` (~/.gemini)."""
     where = history_root(IMPORTER, root)

@@ -25,20 +25,22 @@ module does the rest:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import queue
 import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 
 from devmeter import ledger
-from devmeter.importers import price_memory
+from devmeter.importers import forked, price_memory
 from devmeter.money import from_pusd
 from devmeter.pricing import PriceOverride
 from devmeter.usage import Call, Usage
@@ -405,6 +407,23 @@ def _live_twin(conn: sqlite3.Connection, row: Row, claimed: set[int]) -> int | N
 # --- the whole run ---------------------------------------------------------------------
 
 
+def _store_batch(
+    conn: sqlite3.Connection, importer: str, result: ImportResult, claimed: set[int],
+    rows: list[Row], marks: dict[Path, FileMark],
+) -> None:  # fmt: skip
+    """One batch of rows and the marks of the files they came from, in one transaction:
+    a crash or a failure stores all of it or none, so nothing is ever read in twice."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        store(conn, rows, result, claimed)
+        for path, mark in marks.items():
+            save_mark(conn, importer, path, mark)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 class _Writer:
     """Stores batches of rows (and the marks of the files they came from) on a thread of
     its own, one transaction each, while the caller reads and parses the next: SQLite
@@ -442,21 +461,54 @@ class _Writer:
                 # are read again next time, from their last committed mark)
             rows, marks = batch
             try:
-                self._store(rows, marks)
+                _store_batch(self._conn, self._importer, self._result, self._claimed, *batch)
             except BaseException as exc:
                 self._error = exc
 
-    def _store(self, rows: list[Row], marks: dict[Path, FileMark]) -> None:
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
+
+# A batch as `_parsed_batches` yields it: rows, the marks they complete, files done so far.
+Batch = tuple[list[Row], dict[Path, FileMark], int]
+
+
+def _parsed_batches(
+    files: Sequence[Path],
+    marks: dict[str, FileMark],
+    parse: LineParser,
+    whole_files: bool,
+    result: ImportResult,
+) -> Iterator[Batch]:
+    """What is new in `files`, parsed, in batches of about CHUNK_LINES lines (of one file
+    or of several small ones), each with the marks that say its rows are in; counts
+    files read, lines and unreadable files in `result`."""
+    pending: list[Row] = []
+    marks_due: dict[Path, FileMark] = {}
+    pending_lines = 0
+    for index, path in enumerate(files, start=1):
         try:
-            store(conn, rows, self._result, self._claimed)
-            for path, mark in marks.items():
-                save_mark(conn, self._importer, path, mark)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            got = read_new(path, marks.get(str(path)), whole_files)
+        except OSError as exc:
+            result.errors.append(f"cannot read {path}: {exc.strerror or exc}")
+            continue
+        if got is None:
+            continue
+        lines, mark = got
+        result.files_read += 1
+        result.lines += len(lines)
+        # A chunk's mark has no size, so a file whose import stopped half way is read
+        # on from there next time.
+        at = mark.offset - sum(map(len, lines)) - len(lines) if not whole_files else 0
+        for start in range(0, max(len(lines), 1), CHUNK_LINES):
+            chunk = lines[start : start + CHUNK_LINES]
+            pending += parse(chunk, mark.state, path) if chunk else []
+            last = start + CHUNK_LINES >= len(lines)
+            at += sum(map(len, chunk)) + len(chunk)  # each line and its newline
+            marks_due[path] = mark if last else FileMark(mark.inode, -1, 0, at, dict(mark.state))
+            pending_lines += len(chunk)
+            if pending_lines >= CHUNK_LINES:
+                yield pending, marks_due, index
+                pending, marks_due, pending_lines = [], {}, 0
+    if marks_due:
+        yield pending, marks_due, len(files)
 
 
 def run_import(
@@ -466,62 +518,45 @@ def run_import(
     parse: LineParser,
     progress: TextIO | None = None,
     whole_files: bool = False,
+    two_processes: bool = False,
 ) -> ImportResult:
-    """Read what is new in `files` into the ledger; `progress` gets a live line."""
+    """Read what is new in `files` into the ledger; `progress` gets a live line.
+
+    `two_processes`: read and parse in a forked child while this process stores
+    (`devmeter import`'s own process only: see `_can_fork`)."""
     started = time.monotonic()
     result = ImportResult(importer, files=len(files))
     conn = ledger.connect(ledger_path)
     price_memory.recall(ledger_path.parent)
     shown = 0.0
-    # Rows and the marks that say they are in, committed together: a transaction per
-    # CHUNK_LINES lines (of one file or of several small ones), so the proxy, writing the
-    # same ledger, never waits behind a whole history.
-    pending: list[Row] = []
-    marks_due: dict[Path, FileMark] = {}
-    pending_lines = 0
     try:
         marks = load_marks(conn, importer)
     except BaseException:
         conn.close()
         raise
+    # Rows and the marks that say they are in, committed together: a transaction per
+    # CHUNK_LINES lines (of one file or of several small ones), so the proxy, writing the
+    # same ledger, never waits behind a whole history.
+    batches = _parsed_batches(files, marks, parse, whole_files, result)
+    if two_processes and _can_fork():
+        # No child (out of processes, of memory): the batches are read in this process.
+        with contextlib.suppress(OSError):
+            batches = forked.batches(
+                batches, result, lambda: price_memory.keep(ledger_path.parent)
+            )
     writer = _Writer(conn, importer, result)
     try:
-        for index, path in enumerate(files, start=1):
-            try:
-                got = read_new(path, marks.get(str(path)), whole_files)
-            except OSError as exc:
-                result.errors.append(f"cannot read {path}: {exc.strerror or exc}")
-                continue
-            if got is None:
-                continue
-            lines, mark = got
-            result.files_read += 1
-            result.lines += len(lines)
-            # A chunk's mark has no size, so a file whose import stopped half way is read
-            # on from there next time.
-            at = mark.offset - sum(map(len, lines)) - len(lines) if not whole_files else 0
-            for start in range(0, max(len(lines), 1), CHUNK_LINES):
-                chunk = lines[start : start + CHUNK_LINES]
-                pending += parse(chunk, mark.state, path) if chunk else []
-                last = start + CHUNK_LINES >= len(lines)
-                at += sum(map(len, chunk)) + len(chunk)  # each line and its newline
-                marks_due[path] = (
-                    mark if last else FileMark(mark.inode, -1, 0, at, dict(mark.state))
-                )
-                pending_lines += len(chunk)
-                if pending_lines >= CHUNK_LINES:
-                    writer.commit(pending, marks_due)
-                    pending, marks_due, pending_lines = [], {}, 0
+        for rows, marks_due, done in batches:
+            writer.commit(rows, marks_due)
             now = time.monotonic()
             if progress is not None and now - shown >= PROGRESS_EVERY:
                 shown = now
-                _show(progress, importer, index, len(files), result, now - started)
-        if marks_due:
-            writer.commit(pending, marks_due)
+                _show(progress, importer, done, len(files), result, now - started)
     finally:
         try:
             writer.finish()  # what was handed over is committed, even when parsing failed
         finally:
+            batches.close()  # a child still parsing is stopped
             conn.close()
     price_memory.keep(ledger_path.parent)
     result.seconds = time.monotonic() - started
@@ -529,6 +564,14 @@ def run_import(
         _show(progress, importer, len(files), len(files), result, result.seconds)
         progress.write("\n")
     return result
+
+
+def _can_fork() -> bool:
+    """Whether a forked child can parse: Linux (elsewhere fork is missing, Windows, or
+    unsafe once system frameworks are loaded, macOS), in a process with no other thread
+    (a fork copies only the calling thread, and any lock another one held)."""
+    alone = threading.active_count() == 1
+    return sys.platform.startswith("linux") and hasattr(os, "fork") and alone
 
 
 def _show(out: TextIO, importer: str, done: int, total: int, r: ImportResult, secs: float) -> None:
@@ -548,9 +591,11 @@ def run_command(
     overrides: tuple[PriceOverride, ...],
     as_json: bool,
 ) -> int:
-    """`devmeter import IMPORTER`: the import, a progress bar on a terminal, the summary."""
+    """`devmeter import IMPORTER`: the import, a progress bar on a terminal, the summary.
+    The command's process does nothing else, so its import may fork (`forked`); the
+    tray's background import never does."""
     progress = None if as_json else progress_stream()
-    result = IMPORTERS[importer](ledger_path, root, overrides, progress)
+    result = IMPORTERS[importer](ledger_path, root, overrides, progress, two_processes=True)
     if as_json:
         sys.stdout.write(json.dumps(result.as_dict(), indent=1) + "\n")
     else:

@@ -45,13 +45,15 @@ def import_line_files(
     overrides: tuple[PriceOverride, ...],
     progress: TextIO | None,
     none_found: str,
+    two_processes: bool = False,
 ) -> ImportResult:
-    """Import what is new in `files`; `none_found` is the error when there are none."""
+    """Import what is new in `files`; `none_found` is the error when there are none;
+    `two_processes` as `run_import`'s."""
 
     def parse(lines: list[bytes], state: dict[str, Any], path: Path) -> list[Row]:
         return parse_lines(lines, state, path, overrides)
 
-    result = run_import(ledger_path, importer, files, parse, progress)
+    result = run_import(ledger_path, importer, files, parse, progress, two_processes=two_processes)
     if not files:
         result.errors.append(none_found)
     return result
