@@ -30,6 +30,7 @@ from tests.clients_env import claude_env, cli, devmeter_run, git_repo, last_id, 
 from tests.fake_upstream import FakeUpstream
 from tests.proxy_harness import RunningProxy
 from tests.test_import_bulk import assert_quick_equals_general, transcript_objects
+from tests.test_import_forked import import_command
 
 pytestmark = [pytest.mark.proxy, pytest.mark.e2e]
 
@@ -133,9 +134,9 @@ def test_imported_transcripts_equal_the_proxied_run(
     assert len(list((config_dir / "projects").rglob("*.jsonl"))) == 2  # the fork's own file
 
     db = devmeter_home / "ledger.sqlite"
-    result = import_claude_code(db, config_dir, two_processes=True)  # as `devmeter import`
+    result = import_command("claude-code", devmeter_home, config_dir)  # the command's path
     imported = ledger_rows(db)
-    assert result.imported == 4 == len(imported), result
+    assert result["imported"] == 4 == len(imported), result
     assert import_claude_code(db, config_dir).imported == 0  # twice: nothing more
     assert len(ledger_rows(db)) == 4
     # The quick row (claude_code._quick_row) reads every response this CLI wrote, and

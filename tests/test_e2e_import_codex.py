@@ -23,6 +23,7 @@ from devmeter.importers.codex import import_codex
 from tests.clients_env import cli, codex_env, devmeter_run, git_repo, last_id, rows_after
 from tests.fake_upstream import FakeUpstream
 from tests.proxy_harness import RunningProxy
+from tests.test_import_forked import import_command
 
 pytestmark = [pytest.mark.proxy, pytest.mark.e2e]
 
@@ -98,8 +99,8 @@ def test_codex_rollouts_imported_equal_the_live_rows_and_never_double(
 
     codex_home = Path(env["CODEX_HOME"])
     fresh_db = devmeter_home / "ledger.sqlite"
-    result = import_codex(fresh_db, codex_home)
-    assert result.imported == 2, result
+    result = import_command("codex", devmeter_home, codex_home)  # the command's path
+    assert result["imported"] == 2, result
     imported = billed(fresh_db, "1")
     assert [tuple(r[c] for c in COLUMNS) for r in imported] == [
         tuple(r[c] for c in COLUMNS) for r in live

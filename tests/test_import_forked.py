@@ -4,9 +4,12 @@ as in one process, and exactly once when either side fails or the child dies."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,20 @@ from devmeter.importers.claude_code import import_claude_code
 from tests.test_import_bulk import line, live, snapshot, write
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only (Linux)")
+
+
+def import_command(importer: str, home: Path, folder: Path) -> dict[str, Any]:
+    """`devmeter import IMPORTER --path FOLDER --json` as a user runs it (its own process,
+    which forks on Linux), into the ledger in `home`: its summary."""
+    done = subprocess.run(
+        [sys.executable, "-m", "devmeter", "import", importer, "--path", str(folder), "--json"],
+        env={**os.environ, "DEVMETER_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    summary: dict[str, Any] = json.loads(done.stdout)
+    return summary
 
 
 def history_folder(root: Path) -> Path:
