@@ -20,7 +20,9 @@ module does the rest:
 - **Fast for a whole history.** Parsers hand over ledger tuples, not Calls; a writer
   thread stores each batch (up to CHUNK_LINES lines, with the marks of the files they
   came from, in one transaction) while the next is parsed, through
-  `ledger.insert_calls_in_bulk` (the rollups summed set-wise, not row by row).
+  `ledger.insert_calls_in_bulk` (the rollups summed set-wise, not row by row). In
+  `devmeter import`'s own process on Linux the reading and parsing run in a forked child
+  instead (`forked`), so that they and the storing use two cores, not one GIL.
 """
 
 from __future__ import annotations
@@ -459,7 +461,6 @@ class _Writer:
             if self._error is not None:
                 continue  # a batch failed: the later ones are not stored (their files
                 # are read again next time, from their last committed mark)
-            rows, marks = batch
             try:
                 _store_batch(self._conn, self._importer, self._result, self._claimed, *batch)
             except BaseException as exc:
