@@ -116,6 +116,19 @@ def test_two_processes_store_what_one_process_stores(
     assert snapshot(two) == snapshot(one)
 
 
+def test_the_command_stores_what_an_import_in_one_process_stores(tmp_path: Path) -> None:
+    """`devmeter import claude-code` (a process of its own: it forks) against the same
+    import in this process; the rates it priced with are kept by its child, the only
+    process of the command that priced anything."""
+    root = history_folder(tmp_path / "claude")
+    alone = import_claude_code(tmp_path / "one.sqlite", root)
+    summary = import_command("claude-code", tmp_path / "home", root)
+    assert {**summary, "seconds": 0} == {**alone.as_dict(), "seconds": 0}
+    assert snapshot(tmp_path / "home" / "ledger.sqlite") == snapshot(tmp_path / "one.sqlite")
+    kept = json.loads((tmp_path / "home" / "price-memory.json").read_text())
+    assert {model for _, model, _, _ in kept["hours"]} == {"claude-sonnet-4-5"}
+
+
 def test_a_child_that_fails_stores_what_it_sent_and_the_next_import_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
