@@ -252,8 +252,7 @@ def main() -> None:
         their_total = theirs.get("totals", {}).get("totalCost")
         print(
             f"ccusage daily           {their_time:7.2f}s  (${their_total:,.2f}); CPU "
-            f"{their_cpu:.2f}s; "
-            + ", ".join(f"{w:.2f}s/{c:.2f}s" for w, c in theirs_runs)
+            f"{their_cpu:.2f}s; " + ", ".join(f"{w:.2f}s/{c:.2f}s" for w, c in theirs_runs)
         )
         print(
             f"  first import / ccusage {first / their_time:5.2f}x   (target <= 1); by round: "

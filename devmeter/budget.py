@@ -204,7 +204,6 @@ def next_limit(budget: ScopeBudget, current: Decimal, by: Decimal | None = None)
 # --- config --------------------------------------------------------------------------------
 
 
-
 _SCOPE_KEYS = {
     "session": ("notify_usd", "block_usd", "ask_usd", "count_covered"),
     "repo": ("notify_usd", "block_usd", "period", "ask_usd", "count_covered"),

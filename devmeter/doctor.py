@@ -264,8 +264,7 @@ def check_shell(proxy: Proxy, env: Mapping[str, str], hooked: bool = False) -> C
     if not value:
         if hooked and not proxy.answers:
             fix = (
-                "start devmeter (`devmeter`): the shell hook routes this shell from its "
-                "next prompt"
+                "start devmeter (`devmeter`): the shell hook routes this shell from its next prompt"
             )
         elif hooked:
             fix = "open a new shell: devmeter's hook routes shells started since `devmeter setup`"
@@ -557,9 +556,7 @@ def check_autostart(
     if nothing_reads_xdg():
         has_systemd = autostart.has_systemd_user() if systemd_user is None else systemd_user
         if not has_systemd:
-            return Check(
-                "autostart", "amber", autostart.NO_AUTOSTART, autostart.START_BY_HAND
-            )
+            return Check("autostart", "amber", autostart.NO_AUTOSTART, autostart.START_BY_HAND)
     return Check("autostart", "amber", "devmeter does not start at login", "`devmeter setup`")
 
 

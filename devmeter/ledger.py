@@ -69,8 +69,7 @@ def _rollup_triggers(table: str, new_key: str, old_key: str, emptied: str) -> st
     `old_key`: the WHERE that finds OLD's rollup row; `emptied`: what narrows the delete
     of the rows left with no request to the ones OLD's could have emptied."""
     added = "".join(
-        f"            {c} = {c} + excluded.{c}{';' if c == _SUMMED[-1] else ','}\n"
-        for c in _SUMMED
+        f"            {c} = {c} + excluded.{c}{';' if c == _SUMMED[-1] else ','}\n" for c in _SUMMED
     )
     return f"""\
     CREATE TRIGGER calls_{table} AFTER INSERT ON calls BEGIN
@@ -402,7 +401,8 @@ MIGRATIONS: tuple[str, ...] = (
         covered_pusd INTEGER NOT NULL,
         PRIMARY KEY (bucket, repo, tool, provider, model)
     ) WITHOUT ROWID;
-""" + _rollup_triggers(
+"""
+    + _rollup_triggers(
         "rollup_group",
         """\
             CAST(NEW.ts / 900 AS INTEGER), coalesce(NEW.repo, ''), NEW.tool, NEW.provider,
@@ -414,7 +414,8 @@ MIGRATIONS: tuple[str, ...] = (
             AND provider = OLD.provider
             AND model = coalesce(OLD.model, OLD.requested_model, '')""",
         _BUCKET_OF_OLD,
-    ) + """\
+    )
+    + """\
     INSERT INTO rollup_group
         SELECT bucket, repo, tool, provider, model, sum(requests), sum(input_tokens),
                sum(cache_read_tokens), sum(cache_write_tokens), sum(output_tokens),
@@ -437,7 +438,8 @@ MIGRATIONS: tuple[str, ...] = (
         covered_pusd INTEGER NOT NULL,
         PRIMARY KEY (bucket, session)
     ) WITHOUT ROWID;
-""" + _rollup_triggers(
+"""
+    + _rollup_triggers(
         "rollup_session",
         """\
             CAST(NEW.ts / 900 AS INTEGER), coalesce(NEW.session, ''),
@@ -445,7 +447,8 @@ MIGRATIONS: tuple[str, ...] = (
         """bucket = CAST(OLD.ts / 900 AS INTEGER)
             AND session = coalesce(OLD.session, '')""",
         _BUCKET_OF_OLD,
-    ) + """\
+    )
+    + """\
     INSERT INTO rollup_session
         SELECT bucket, session, sum(requests), sum(input_tokens),
                sum(cache_read_tokens), sum(cache_write_tokens), sum(output_tokens),
@@ -474,7 +477,8 @@ MIGRATIONS: tuple[str, ...] = (
         covered_pusd INTEGER NOT NULL,
         PRIMARY KEY (day, utc_offset, repo, tool, provider, model)
     ) WITHOUT ROWID;
-""" + _rollup_triggers(
+"""
+    + _rollup_triggers(
         "rollup_day",
         f"""\
             {_LOCAL_DAY.format("NEW")} / 86400,
@@ -490,7 +494,8 @@ MIGRATIONS: tuple[str, ...] = (
             AND model = coalesce(OLD.model, OLD.requested_model, '')""",
         f"""
             AND day = {_LOCAL_DAY.format("OLD")} / 86400""",
-    ) + """\
+    )
+    + """\
     INSERT INTO rollup_day
         SELECT CAST(strftime('%s', bucket * 900, 'unixepoch', 'localtime') AS INTEGER) / 86400,
                (CAST(strftime('%s', bucket * 900, 'unixepoch', 'localtime') AS INTEGER)
@@ -564,7 +569,15 @@ UPSERT_QUOTA = (
     f"VALUES ({', '.join('?' * len(QUOTA_COLUMNS))})"
 )
 READING_COLUMNS = (
-    "ts", "provider", "account", "window", "utilization", "resets_at", "status", "session", "repo"
+    "ts",
+    "provider",
+    "account",
+    "window",
+    "utilization",
+    "resets_at",
+    "status",
+    "session",
+    "repo",
 )
 INSERT_QUOTA_READING = (
     f"INSERT INTO quota_readings ({', '.join(READING_COLUMNS)}) "

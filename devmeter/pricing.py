@@ -365,8 +365,12 @@ def _counted(usage: Usage) -> tuple[tuple[int, str], ...]:
 
 
 def priced_counts(
-    input_tokens: int, output_tokens: int, cache_read_tokens: int, cache_write_tokens: int,
-    cache_write_1h_tokens: int, web_search_requests: int,
+    input_tokens: int,
+    output_tokens: int,
+    cache_read_tokens: int,
+    cache_write_tokens: int,
+    cache_write_1h_tokens: int,
+    web_search_requests: int,
 ) -> tuple[tuple[int, str], ...]:
     """Each priced count of a usage with the name of its rate (5m cache writes apart from
     1h ones, searches per thousand)."""

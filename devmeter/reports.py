@@ -804,9 +804,7 @@ def local_offsets(since: float, until: float) -> list[tuple[int, int]]:
     return stretches
 
 
-def session_calls(
-    conn: sqlite3.Connection, session: str, limit: int = 500
-) -> list[dict[str, Any]]:
+def session_calls(conn: sqlite3.Connection, session: str, limit: int = 500) -> list[dict[str, Any]]:
     """A session's last `limit` calls as `report --by request` rows, oldest first."""
     columns = list(_REQUEST_COLUMNS)
     sql = (

@@ -104,9 +104,7 @@ def _hook_input(text: str) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
-def render(
-    stdin_text: str, ledger_path: str | Path | None = None, now: float | None = None
-) -> str:
+def render(stdin_text: str, ledger_path: str | Path | None = None, now: float | None = None) -> str:
     """The statusline for Claude Code's hook input; never raises."""
     try:
         return _render(_hook_input(stdin_text), ledger_path, now)

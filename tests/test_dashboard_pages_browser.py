@@ -68,25 +68,65 @@ def seed(home: Path, now: float) -> None:
     calls = [
         # Five and two days ago: the custom period's first and last days.
         call(midnight - 5 * day + 3600, "1.5", "/src/api", "claude-opus-4-1", "old-a", "api"),
-        call(midnight - 5 * day + 7200, "0.75", "/src/web", "claude-sonnet-4-5", "old-a",
-             "subscription"),  # fmt: skip
+        call(
+            midnight - 5 * day + 7200,
+            "0.75",
+            "/src/web",
+            "claude-sonnet-4-5",
+            "old-a",
+            "subscription",
+        ),  # fmt: skip
         call(midnight - 2 * day + 60, "2.25", "/src/web", "claude-sonnet-4-5", "old-b", "api"),
-        call(midnight - 2 * day + 86399, "0.125", "/src/api", "claude-opus-4-1", "old-b",
-             "subscription"),  # fmt: skip
+        call(
+            midnight - 2 * day + 86399,
+            "0.125",
+            "/src/api",
+            "claude-opus-4-1",
+            "old-b",
+            "subscription",
+        ),  # fmt: skip
         call(midnight - 1 * day + 10, "9.0", "/src/api", "claude-opus-4-1", "old-c", "api"),
         # Routing: one routed call (saved 0.5 - 0.1), two shadowed (would save 0.8 each).
-        call(midnight - 1 * day + 600, "0.1", "/src/api", "claude-haiku-4-5", SESSION,
-             "overage", requested_model="claude-opus-4-1", routing="routed",
-             route_rule="cheap-haiku", route_target="claude-haiku-4-5",
-             alt_cost_usd=Decimal("0.5"), cache_write_tokens=700, cache_write_1h_tokens=300,
-             reasoning_tokens=50),  # fmt: skip
-        call(midnight - 1 * day + 900, "1.0", "/src/api", "claude-opus-4-1", SESSION,
-             "subscription", routing="shadow", route_rule="try-sonnet",
-             route_target="claude-sonnet-4-5", alt_cost_usd=Decimal("0.2"),
-             output_tokens=900),  # fmt: skip
-        call(midnight - 1 * day + 1200, "1.0", "/src/api", "claude-opus-4-1", "old-d",
-             routing="shadow", route_rule="try-sonnet", route_target="claude-sonnet-4-5",
-             alt_cost_usd=Decimal("0.2")),  # fmt: skip
+        call(
+            midnight - 1 * day + 600,
+            "0.1",
+            "/src/api",
+            "claude-haiku-4-5",
+            SESSION,
+            "overage",
+            requested_model="claude-opus-4-1",
+            routing="routed",
+            route_rule="cheap-haiku",
+            route_target="claude-haiku-4-5",
+            alt_cost_usd=Decimal("0.5"),
+            cache_write_tokens=700,
+            cache_write_1h_tokens=300,
+            reasoning_tokens=50,
+        ),  # fmt: skip
+        call(
+            midnight - 1 * day + 900,
+            "1.0",
+            "/src/api",
+            "claude-opus-4-1",
+            SESSION,
+            "subscription",
+            routing="shadow",
+            route_rule="try-sonnet",
+            route_target="claude-sonnet-4-5",
+            alt_cost_usd=Decimal("0.2"),
+            output_tokens=900,
+        ),  # fmt: skip
+        call(
+            midnight - 1 * day + 1200,
+            "1.0",
+            "/src/api",
+            "claude-opus-4-1",
+            "old-d",
+            routing="shadow",
+            route_rule="try-sonnet",
+            route_target="claude-sonnet-4-5",
+            alt_cost_usd=Decimal("0.2"),
+        ),  # fmt: skip
     ]
     start = now - 3600
     calls += [
@@ -220,8 +260,7 @@ def test_routing_savings_per_rule_are_report_savings(
         " tr.cells[7].querySelector('[data-usd]').dataset.usd]))"
     ))  # fmt: skip
     assert rows == [
-        [r["routing"], r["rule"], f"{r['requests']:,}", str(usd(r["saving_usd"]))]
-        for r in expected
+        [r["routing"], r["rule"], f"{r['requests']:,}", str(usd(r["saving_usd"]))] for r in expected
     ]
     assert shown(browser, "routing-saved")[0] == Decimal("0.4")  # 0.5 asked, 0.1 paid
     assert shown(browser, "routing-would-save")[0] == Decimal("1.6")  # twice 1.0 - 0.2
@@ -291,7 +330,8 @@ def test_routing_switch_is_a_form_post_like_devmeter_routing(
     path = control.control_path(where.data_dir)
     browser.open(f"{server.origin}/period?p=7d", "document.querySelector('form.routing')")
     assert browser.eval("document.querySelector('[data-figure=routing-mode]').textContent") in (
-        "off", "shadow"
+        "off",
+        "shadow",
     )
     browser.eval("document.querySelector('form.routing button[value=on]').click()")
     browser.wait_for("document.querySelector('[data-figure=routing-mode]')"

@@ -381,11 +381,19 @@ def test_twins_by_tokens_found_the_same_with_and_without_the_live_rows_held(
     lines += [total(sum(1000 + k for k in range(1, n + 1)), 10 * n, 60 * n) for n in range(1, 400)]
     at = datetime(2026, 12, 1, 9, tzinfo=UTC).timestamp()
     live_rows = [
-        Call(ts=at + 60 * n + shift, provider="openai", endpoint="openai.responses",
-             host="api.openai.com", requested_model="gpt-5", model="gpt-5",
-             attribution=Attribution(tool="codex", session="s"),
-             usage=Usage(input_tokens=inp, output_tokens=out), cost_usd=Decimal(1),
-             price_source="x", status=200)
+        Call(
+            ts=at + 60 * n + shift,
+            provider="openai",
+            endpoint="openai.responses",
+            host="api.openai.com",
+            requested_model="gpt-5",
+            model="gpt-5",
+            attribution=Attribution(tool="codex", session="s"),
+            usage=Usage(input_tokens=inp, output_tokens=out),
+            cost_usd=Decimal(1),
+            price_source="x",
+            status=200,
+        )
         for n in range(1, 400)
         for shift, inp, out in ((899.0, 1000 + n, 10), (901.0, 1000 + n, 10), (5.0, 1000 + n, 11))
         if n % 3 == 0

@@ -616,10 +616,20 @@ def test_codex_and_gemini_rows_imported_first_are_replaced_by_their_live_twins(
         log,
         [
             {"sessionId": "g-3", "projectHash": "abc", "kind": "main"},
-            {"id": "m1", "timestamp": "2026-12-01T10:00:02Z", "type": "gemini",
-             "model": "gemini-2.5-pro", "tokens": tokens},  # fmt: skip
-            {"id": "m2", "timestamp": "2026-12-01T10:00:05Z", "type": "gemini",
-             "model": "gemini-2.5-pro", "tokens": {}},  # an answer that recorded no tokens
+            {
+                "id": "m1",
+                "timestamp": "2026-12-01T10:00:02Z",
+                "type": "gemini",
+                "model": "gemini-2.5-pro",
+                "tokens": tokens,
+            },  # fmt: skip
+            {
+                "id": "m2",
+                "timestamp": "2026-12-01T10:00:05Z",
+                "type": "gemini",
+                "model": "gemini-2.5-pro",
+                "tokens": {},
+            },  # an answer that recorded no tokens
         ],
     )
     assert import_codex(db, tmp_path / "codex").imported == 3

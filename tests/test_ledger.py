@@ -516,11 +516,7 @@ def test_an_upstream_repeating_one_response_id_does_not_slow_every_later_insert(
     later = _steps_to_insert(conn, row)
     assert later < 2 * first, (first, later)
     # The twin rule itself still holds: an imported row goes when its live twin lands.
-    conn.execute(
-        "UPDATE calls SET source = 'import', response_id = 'msg_twin' WHERE id = 1"
-    )
+    conn.execute("UPDATE calls SET source = 'import', response_id = 'msg_twin' WHERE id = 1")
     insert_calls(conn, [call_row(replace(make_call(1_001.0, "0.01"), response_id="msg_twin"))])
-    sources = conn.execute(
-        "SELECT source FROM calls WHERE response_id = 'msg_twin'"
-    ).fetchall()
+    sources = conn.execute("SELECT source FROM calls WHERE response_id = 'msg_twin'").fetchall()
     assert sources == [(None,)]

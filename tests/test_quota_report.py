@@ -28,7 +28,15 @@ def test_quota_windows_line_up_and_say_their_pace_and_share() -> None:
     text = to_table(rows)
     lines = text.splitlines()
     assert lines[0].split() == [
-        "provider", "account", "window", "used", "status", "resets", "at", "this", "pace"
+        "provider",
+        "account",
+        "window",
+        "used",
+        "status",
+        "resets",
+        "at",
+        "this",
+        "pace",
     ]
     first, second = lines[1], lines[2]
     assert first.startswith("anthropic") and "work" in first and "62%" in first

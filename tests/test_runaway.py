@@ -759,8 +759,15 @@ def test_skipping_the_rate_below_the_lowest_level_changes_no_alert(
 
     rng = random.Random(16)
     calls, ts = [], T0
-    regimes = [(0.5, "0.4"), (2.0, "0.09"), (7.0, "0.02"), (30.0, "0.001"), (1.0, "0.001"),
-               (1.0, "0.01"), (0.5, "0.02")]  # the last three: levels reached young
+    regimes = [
+        (0.5, "0.4"),
+        (2.0, "0.09"),
+        (7.0, "0.02"),
+        (30.0, "0.001"),
+        (1.0, "0.001"),
+        (1.0, "0.01"),
+        (0.5, "0.02"),
+    ]  # the last three: levels reached young
     for stretch in range(60):  # stretches of one pace, from a runaway to a lull
         every, cost = rng.choice(regimes)
         # Some stretches are a new session: a young one's rate is over its age, not the

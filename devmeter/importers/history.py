@@ -203,9 +203,20 @@ Row = tuple[Any, ...]
 
 
 def imported_row(
-    ts: float, tool: str, provider: str, endpoint: str, host: str, model: str | None,
-    session: str | None, repo: str | None, branch: str | None, repo_source: str | None,
-    usage: Usage, cost_pusd: int | None, price_source: str | None, response_id: str | None,
+    ts: float,
+    tool: str,
+    provider: str,
+    endpoint: str,
+    host: str,
+    model: str | None,
+    session: str | None,
+    repo: str | None,
+    branch: str | None,
+    repo_source: str | None,
+    usage: Usage,
+    cost_pusd: int | None,
+    price_source: str | None,
+    response_id: str | None,
     import_key: str,
 ) -> Row:
     """The ledger row (ledger.call_row's) of an imported response, built without a Call:
@@ -220,12 +231,28 @@ def imported_row(
 
 
 def imported_counts_row(
-    ts: float, tool: str, provider: str, endpoint: str, host: str, model: str | None,
-    session: str | None, repo: str | None, branch: str | None, repo_source: str | None,
-    input_tokens: int, cache_read_tokens: int, cache_write_tokens: int,
-    cache_write_1h_tokens: int, output_tokens: int, reasoning_tokens: int,
-    web_search_requests: int, service_tier: str | None, estimated: int,
-    cost_pusd: int | None, price_source: str | None, response_id: str | None,
+    ts: float,
+    tool: str,
+    provider: str,
+    endpoint: str,
+    host: str,
+    model: str | None,
+    session: str | None,
+    repo: str | None,
+    branch: str | None,
+    repo_source: str | None,
+    input_tokens: int,
+    cache_read_tokens: int,
+    cache_write_tokens: int,
+    cache_write_1h_tokens: int,
+    output_tokens: int,
+    reasoning_tokens: int,
+    web_search_requests: int,
+    service_tier: str | None,
+    estimated: int,
+    cost_pusd: int | None,
+    price_source: str | None,
+    response_id: str | None,
     import_key: str,
 ) -> Row:
     """`imported_row` from the counts themselves (no Usage: claude_code's quick path)."""
@@ -435,9 +462,9 @@ class _Writer:
     def __init__(self, conn: sqlite3.Connection, importer: str, result: ImportResult) -> None:
         self._conn, self._importer, self._result = conn, importer, result
         self._claimed: set[int] = set()  # live rows matched so far, across batches
-        self._batches: queue.Queue[tuple[list[Row], dict[Path, FileMark]] | None] = (
-            queue.Queue(maxsize=2)  # parsed rows waiting: bounded, as memory is
-        )
+        self._batches: queue.Queue[tuple[list[Row], dict[Path, FileMark]] | None] = queue.Queue(
+            maxsize=2
+        )  # parsed rows waiting: bounded, as memory is
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="devmeter-import", daemon=True)
         self._thread.start()
@@ -542,9 +569,7 @@ def run_import(
     if two_processes and _can_fork():
         # No child (out of processes, of memory): the batches are read in this process.
         with contextlib.suppress(OSError):
-            batches = forked.batches(
-                batches, result, lambda: price_memory.keep(ledger_path.parent)
-            )
+            batches = forked.batches(batches, result, lambda: price_memory.keep(ledger_path.parent))
     writer = _Writer(conn, importer, result)
     try:
         for rows, marks_due, done in batches:

@@ -28,8 +28,6 @@ TTL_1H = 3600
 Pricer = Callable[[str, str, Usage], "Decimal | None"]
 
 
-
-
 @dataclass(frozen=True)
 class CacheState:
     """A session's prompt cache on one model, as its last call left it.

@@ -51,8 +51,6 @@ REQUEST_CLASSES = (
 )
 
 
-
-
 @dataclass(frozen=True)
 class Rule:
     """One `[[routing.rules]]` entry: conditions (all must hold) and a target model."""
@@ -93,8 +91,7 @@ class Rule:
             # The prompt's size is worked out only here, after every cheaper test, and only
             # as far as the threshold needs (`RouteContext.prompt_at_most`).
             and (
-                self.max_prompt_tokens is None
-                or ctx.prompt_at_most(self.max_prompt_tokens) is True
+                self.max_prompt_tokens is None or ctx.prompt_at_most(self.max_prompt_tokens) is True
             )
             and (
                 self.min_prompt_tokens is None
