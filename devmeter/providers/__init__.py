@@ -34,6 +34,7 @@ from devmeter.providers import gemini, cursor  # noqa: F401
 from devmeter.providers import registry
 from devmeter.providers.base import ResponseParser
 from devmeter.providers.lazy_doc import LazyDoc, lazy_doc
+from devmeter.providers.lazy_prefix import PrefixMemory
 from devmeter.providers.paths import (
     costs_nothing,
     normalise_path,
@@ -119,12 +120,16 @@ def parse_request(endpoint: Endpoint, body: bytes) -> RequestInfo:
 
 
 def parse_request_doc(
-    endpoint: Endpoint, body: bytes, lazy_from: int | None = None
+    endpoint: Endpoint,
+    body: bytes,
+    lazy_from: int | None = None,
+    memory: PrefixMemory | None = None,
 ) -> tuple[RequestInfo, dict[str, Any] | LazyDoc | None]:
     """`parse_request`, and the parsed JSON body for callers that read more of it (the
     guard's loop fingerprint, the secret scan), so a large body is parsed once per call,
     not once per reader. A body of `lazy_from` bytes or more is a `LazyDoc` where it can
-    be (a re-sent conversation decoded only where it is read), any other a plain dict."""
+    be (a re-sent conversation decoded only where it is read), any other a plain dict;
+    with a `memory`, checked only from where it differs from a recent large body."""
     fallback_model = endpoint.path_model
 
     def failed(reason: str) -> tuple[RequestInfo, None]:
@@ -145,7 +150,9 @@ def parse_request_doc(
     if not body:
         return failed("empty request body")
     lazy = lazy_from is not None and len(body) >= lazy_from
-    doc: dict[str, Any] | LazyDoc | None = lazy_doc(body) if lazy else None
+    doc: dict[str, Any] | LazyDoc | None = None
+    if lazy:
+        doc = lazy_doc(body) if memory is None else memory.lazy_doc(body)
     if doc is None:  # not lazily, or only the plain parse can say what the body is
         try:
             doc = fastjson.loads(body)  # one pass over the body; bytes are decoded as UTF-8

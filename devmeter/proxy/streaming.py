@@ -28,6 +28,7 @@ from devmeter import providers
 from devmeter.decoding import decode_bounded, decoder_for
 from devmeter.providers import Endpoint, ResponseParser, parse_request_doc
 from devmeter.providers.lazy_doc import LAZY_FROM, LazyDoc
+from devmeter.providers.lazy_prefix import PrefixMemory
 from devmeter.usage import RequestInfo, ResponseResult, Usage
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,11 @@ def counting_tap(counted: list[int]) -> Callable[[bytes], bytes]:
     return tap
 
 
+# The proxy's large request bodies, recently checked: the next turn of a conversation
+# is checked only from where it differs (providers/lazy_prefix.py).
+REQUEST_MEMORY = PrefixMemory()
+
+
 def read_request(
     endpoint: Endpoint, body: bytes, lazy: bool = True
 ) -> tuple[RequestInfo, dict[str, Any] | LazyDoc | None, str | None]:
@@ -121,7 +127,8 @@ def read_request(
     body is a `LazyDoc` where it can be, each reader decoding only what it reads (False
     when a reader will read all of it)."""
     try:
-        info, doc = parse_request_doc(endpoint, body, LAZY_FROM if lazy else None)
+        lazy_from = LAZY_FROM if lazy else None
+        info, doc = parse_request_doc(endpoint, body, lazy_from, REQUEST_MEMORY)
         return info, doc, None
     except Exception as exc:
         reason = f"devmeter could not read the request: {type(exc).__name__}: {exc}"[:300]
