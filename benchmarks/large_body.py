@@ -109,6 +109,57 @@ def _turn(i: int, path: str, text: str) -> list[dict[str, Any]]:
 def conversation_body(size: int = 1_000_000, model: str = "claude-opus-5-5") -> bytes:
     """A Claude Code Messages request of at least `size` bytes (a little over), the last
     turn a short command output."""
+    body, messages = _request(model)
+    sources = _sources()
+    budget = size - len(_compact(body))
+    i = 0
+    while budget > 0:
+        path, text = sources[i % len(sources)]
+        turn = _turn(i, path, text)
+        budget -= len(_compact(turn)) + 1
+        messages += turn
+        i += 1
+    last = messages[-1]["content"][-1]
+    last["content"] = "12 passed in 0.41s"
+    last["cache_control"] = {"type": "ephemeral"}
+    return _compact(body)
+
+
+def conversation_bodies(
+    count: int, size: int = 1_000_000, model: str = "claude-opus-5-5"
+) -> list[bytes]:
+    """`count` successive requests of one Claude Code session, as the CLI sends them: the
+    first of at least `size` bytes, each next one the same conversation plus one turn (an
+    assistant tool call and its result), the `cache_control` marker moved from the
+    previous last message to the new one. Each body differs from the one before from
+    inside its last message on, as the real CLI's do (tests/fixtures/runaway/claude-code-*)."""
+    body, messages = _request(model)
+    sources = _sources()
+    budget = size - len(_compact(body))
+    turns: list[list[dict[str, Any]]] = []
+    i = 0
+    while budget > 0 or len(turns) < count:
+        path, text = sources[i % len(sources)]
+        turn = _turn(i, path, text)
+        if budget > 0:
+            budget -= len(_compact(turn)) + 1
+            messages += turn
+        else:
+            turns.append(turn)
+        i += 1
+    bodies = []
+    for turn in [[], *turns[: count - 1]]:
+        messages += turn
+        last = messages[-1]["content"][-1]
+        last["cache_control"] = {"type": "ephemeral"}
+        bodies.append(_compact(body))
+        del last["cache_control"]
+    return bodies
+
+
+def _request(model: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The request's keys, in the CLI's order (the conversation last), and its first
+    user message; the caller appends the turns."""
     messages: list[dict[str, Any]] = [
         {
             "role": "user",
@@ -139,19 +190,7 @@ def conversation_body(size: int = 1_000_000, model: str = "claude-opus-5-5") -> 
         "tools": TOOLS,
         "messages": messages,
     }
-    sources = _sources()
-    budget = size - len(_compact(body))
-    i = 0
-    while budget > 0:
-        path, text = sources[i % len(sources)]
-        turn = _turn(i, path, text)
-        budget -= len(_compact(turn)) + 1
-        messages += turn
-        i += 1
-    last = messages[-1]["content"][-1]
-    last["content"] = "12 passed in 0.41s"
-    last["cache_control"] = {"type": "ephemeral"}
-    return _compact(body)
+    return body, messages
 
 
 def _compact(value: Any) -> bytes:
