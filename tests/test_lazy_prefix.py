@@ -173,6 +173,20 @@ def test_a_conversation_of_one_item_grows() -> None:
     assert memory.reused == 1
 
 
+def test_a_failure_in_the_reuse_falls_back_to_the_full_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bodies = conversation_bodies(2, size=30_000)
+    memory = PrefixMemory()
+    check(memory, bodies[0])
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(PrefixMemory, "_reuse", broken)
+    assert check(memory, bodies[1]) is not None and memory.reused == 0
+
+
 def test_model_after_the_conversation_is_not_taken_from_the_prefix() -> None:
     """The remembered body's `model` came after its conversation; an earlier duplicate
     before the cut wins in a body that drops the late one."""

@@ -213,7 +213,10 @@ class PrefixMemory:
             if compared > 2 * len(body):  # bodies alike at length: bound the comparing
                 break
         if best is not None:
-            reused = self._reuse(best, body, shared)
+            try:
+                reused = self._reuse(best, body, shared)
+            except Exception:  # a bug here must not cost the call its parse: check it whole
+                reused = None
             if reused is not None:
                 doc, remembered = reused
                 self.reused += 1
