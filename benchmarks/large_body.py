@@ -130,7 +130,7 @@ def conversation_bodies(
 ) -> list[bytes]:
     """`count` successive requests of one Claude Code session, as the CLI sends them: the
     first of at least `size` bytes, each next one the same conversation plus one turn (an
-    assistant tool call and its result), the `cache_control` marker moved from the
+    assistant's Bash call and its ~1 KB output), the `cache_control` marker moved from the
     previous last message to the new one. Each body differs from the one before from
     inside its last message on, as the real CLI's do (tests/fixtures/runaway/claude-code-*)."""
     body, messages = _request(model)
@@ -144,7 +144,7 @@ def conversation_bodies(
         if budget > 0:
             budget -= len(_compact(turn)) + 1
             messages += turn
-        else:
+        elif i % 3 == 2:  # a command and its short output: the body stays about `size`
             turns.append(turn)
         i += 1
     bodies = []

@@ -12,9 +12,13 @@ one cost each (an experiment, not a configuration):
 - `plain-parse`: every request body parsed whole with orjson, as before the lazy parse
   (providers/lazy_doc.py), whose saving is this variant's CPU minus devmeter's. (With the
   lazy parse, `parse-twice` doubles only the plain parses that remain.)
+- `no-prefix`: the prefix memory off (providers/lazy_prefix.py), every large body checked
+  whole: this variant's CPU minus devmeter's is what the memory saves.
 
-Each gets `--calls` sequential calls of the 1 MB Claude Code conversation
-(large_body.py), or of the small messages body with `--small`, on one keep-alive
+Each gets `--calls` sequential calls of the 1 MB Claude Code conversation, one turn
+longer each call (large_body.conversation_bodies; every proxy gets the same bodies in the
+same order; `--same` re-sends the first body every call instead), or of the small
+messages body with `--small`, on one keep-alive
 connection per proxy, in turn, for `--rounds` rounds; printed: each process's CPU per call
 (psutil), per round and the median of rounds. `--spy DIR`, `--perf DIR` and `--strace DIR`
 record bare's and devmeter's processes meanwhile (py-spy folded stacks, `perf record -g`,
@@ -36,7 +40,7 @@ from pathlib import Path
 
 import httpx2
 
-from benchmarks.large_body import conversation_body
+from benchmarks.large_body import conversation_bodies
 from benchmarks.load import MESSAGES_BODY, PROVIDER_HOST
 from benchmarks.run import BENCH_CONFIG, HEADERS, Proxy, start_bare
 from tests.fake_upstream.process import FakeUpstreamProcess
@@ -60,7 +64,11 @@ VARIANTS = {
     # devmeter's CPU minus this variant's is what the lazy parse saves.
     "plain-parse": (
         "import devmeter.providers as _providers\n_providers.lazy_doc = lambda body: None\n"
+        "from devmeter.providers.lazy_prefix import PrefixMemory\n"
+        "PrefixMemory.lazy_doc = lambda self, body: None\n"
     ),
+    # Every large body checked whole, as before the prefix memory (providers/lazy_prefix.py).
+    "no-prefix": "import devmeter.providers.lazy_prefix as _prefix\n_prefix.AVAILABLE = False\n",
 }
 
 
@@ -95,12 +103,18 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=100, help="calls per proxy a round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--small", action="store_true", help="the small messages body instead")
+    parser.add_argument("--same", action="store_true", help="re-send one 1 MB body every call")
     parser.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS))
     parser.add_argument("--spy", type=Path, help="py-spy folded stacks into this folder")
     parser.add_argument("--perf", type=Path, help="`perf record -g` data into this folder")
     parser.add_argument("--strace", type=Path, help="`strace -c` counts into this folder")
     args = parser.parse_args()
-    body = MESSAGES_BODY if args.small else conversation_body()
+    if args.small or args.same:
+        bodies = [MESSAGES_BODY if args.small else conversation_bodies(1)[0]]
+    else:  # a turn longer each call, from the warm-up on
+        bodies = conversation_bodies(10 + args.rounds * args.calls)
+    body = bodies[0]
+    sequence = iter(bodies * (1 if len(bodies) > 1 else 10 + args.rounds * args.calls))
     upstream = FakeUpstreamProcess("--no-websocket").start()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -113,9 +127,10 @@ def main() -> None:
         }
         recorders: list[subprocess.Popen[bytes]] = []
         try:
-            for client in clients.values():
-                for _ in range(10):
-                    client.post(MESSAGES_URL, content=body, headers=HEADERS).raise_for_status()
+            for _ in range(10):
+                sent = next(sequence)
+                for client in clients.values():
+                    client.post(MESSAGES_URL, content=sent, headers=HEADERS).raise_for_status()
             for tool, folder in (
                 ("py-spy", args.spy),
                 ("perf", args.perf),
@@ -126,12 +141,14 @@ def main() -> None:
             if recorders:
                 time.sleep(1.5)  # attached before the first timed call
             per_call: dict[str, list[float]] = {n: [] for n in proxies}
-            print(f"{len(body):,}-byte body: proxy CPU ms per call, {args.calls} calls a round")
+            grows = f" growing to {len(bodies[-1]):,}" if len(bodies) > 1 else ""
+            print(f"{len(body):,}-byte body{grows}: proxy CPU ms per call, {args.calls} a round")
             for r in range(args.rounds):
                 before = {n: p.cpu_seconds() for n, p in proxies.items()}
                 for _ in range(args.calls):
+                    sent = next(sequence)
                     for client in clients.values():
-                        client.post(MESSAGES_URL, content=body, headers=HEADERS).raise_for_status()
+                        client.post(MESSAGES_URL, content=sent, headers=HEADERS).raise_for_status()
                     upstream.reset()
                 for n, p in proxies.items():
                     per_call[n].append((p.cpu_seconds() - before[n]) / args.calls * 1e3)

@@ -115,10 +115,16 @@ class ClientPool:
     sustained load without each run paying for connection setup (CONNECT, TLS, and
     devmeter's once-per-connection client process lookup) inside its measured window."""
 
-    def __init__(self, target: Target, concurrency: int, request: bytes | None = None) -> None:
+    def __init__(
+        self, target: Target, concurrency: int, request: bytes | list[bytes] | None = None
+    ) -> None:
         self.target = target
         self.concurrency = concurrency
-        self.payload = request or request_bytes()
+        # One request, or a sequence sent in turn across the clients (a growing
+        # conversation's successive bodies): each call takes the next.
+        self.payloads = request if isinstance(request, list) else [request or request_bytes()]
+        self.payload = self.payloads[0]
+        self._sent = 0
         self._conns: list[Connection | None] = []
 
     async def open(self) -> None:
@@ -142,7 +148,9 @@ class ClientPool:
                     conn = self._conns[slot]
                     if conn is None:
                         conn = self._conns[slot] = await Connection.open(self.target)
-                    status, _ = await conn.call(self.payload)
+                    payload = self.payloads[self._sent % len(self.payloads)]
+                    self._sent += 1
+                    status, _ = await conn.call(payload)
                     if status != 200:
                         errors += 1
                 except (OSError, asyncio.IncompleteReadError, ssl.SSLError, ValueError):

@@ -54,7 +54,7 @@ import httpx2
 import psutil
 
 from benchmarks import ledger_bench
-from benchmarks.large_body import conversation_body
+from benchmarks.large_body import conversation_bodies
 from benchmarks.load import (
     MESSAGES_BODY,
     PROVIDER_HOST,
@@ -383,17 +383,23 @@ def phase_latency(bench: Bench) -> None:
 
 LARGE_SIZE = 1_000_000  # bytes: Claude Code's request late in a long session
 IDLE_SMALL_CALLS = 10  # small calls timed on an idle proxy each round, the baseline
+UNDER_LOAD_BODIES = 20  # the conversation's last bodies, sent in turn under load
 
 
 def phase_large(bench: Bench) -> None:
-    """A 1 MB Claude Code conversation re-sent, as late in a session: (a) one call's added
-    latency, devmeter against bare, median of paired rounds; (b) 16 of them concurrently
-    while a small call on its own connection is timed: how much the load delays it."""
+    """A 1 MB Claude Code conversation re-sent, as late in a session, one turn longer each
+    call (large_body.conversation_bodies: every target gets the same bodies in the same
+    order): (a) one call's added latency, devmeter against bare, median of paired rounds;
+    (b) 16 of them concurrently while a small call on its own connection is timed: how
+    much the load delays it."""
     s = bench.settings
-    body = conversation_body(LARGE_SIZE)
+    warmup = 3
+    bodies = conversation_bodies(warmup + s.rounds * s.large_calls, LARGE_SIZE)
+    body = bodies[0]
     pairs = bench.pairs
     say(
-        f"large: {len(body):,}-byte Claude Code conversation; {s.large_calls} sequential calls "
+        f"large: {len(body):,}- to {len(bodies[-1]):,}-byte Claude Code conversation, a "
+        f"turn longer each call; {s.large_calls} sequential calls "
         f"per target a round, then {s.concurrency} concurrent for {s.large_load_seconds:g} s "
         f"while a small call is timed; {s.rounds} interleaved rounds, {len(pairs)} process pairs"
     )
@@ -408,18 +414,20 @@ def phase_large(bench: Bench) -> None:
     # shared machine, and what the call costs whatever else runs.
     cpu: dict[str, list[float]] = {c: [] for c in ("bare", "devmeter", ROUTING)}
     try:
-        for client, url in clients.values():
-            for _ in range(3):
-                client.post(url, content=body, headers=HEADERS).raise_for_status()
+        for sent in bodies[:warmup]:
+            for client, url in clients.values():
+                client.post(url, content=sent, headers=HEADERS).raise_for_status()
+        sequence = iter(bodies[warmup:])
         for _ in range(s.rounds):
             # Call by call in turn: a 1 MB call takes tens of milliseconds, and a burst of
             # load elsewhere on the machine must hit every target alike.
             taken: dict[str, list[float]] = {t: [] for t in clients}
             cpu_before = {t: bench.proxies[t].cpu_seconds() for t in clients if t != "direct"}
             for _ in range(s.large_calls):
+                sent = next(sequence)
                 for target, (client, url) in clients.items():
                     start = time.perf_counter()
-                    response = client.post(url, content=body, headers=HEADERS)
+                    response = client.post(url, content=sent, headers=HEADERS)
                     taken[target].append(time.perf_counter() - start)
                     if response.status_code != 200:
                         raise RuntimeError(f"{target}: HTTP {response.status_code}")
@@ -489,19 +497,20 @@ def phase_large(bench: Bench) -> None:
         f"(pairs: {', '.join(f'{x:.2f}x' for x in out['paired']['pair_medians'])}; pooled: "
         f"+{m['added_p50_ms']:.2f} ms vs +{b['added_p50_ms']:.2f} ms)",
     )
-    out["under_load"] = asyncio.run(_small_call_under_load(bench, body))
+    out["under_load"] = asyncio.run(_small_call_under_load(bench, bodies[-UNDER_LOAD_BODIES:]))
     bench.results["large"] = out
     bench.upstream.reset()
 
 
-async def _small_call_under_load(bench: Bench, body: bytes) -> dict[str, Any]:
+async def _small_call_under_load(bench: Bench, bodies: list[bytes]) -> dict[str, Any]:
     """Per round and target: a small call's p50 on an idle proxy, then its p50 while
-    `concurrency` clients send the 1 MB body back to back through the same proxy. The
-    delay is the difference; devmeter's is judged against bare's within each round."""
+    `concurrency` clients send the 1 MB bodies back to back (each call the next of the
+    conversation's, in turn) through the same proxy. The delay is the difference;
+    devmeter's is judged against bare's within each round."""
     s = bench.settings
     pairs = bench.pairs
     small = request_bytes()
-    big = request_bytes(body)
+    big = [request_bytes(body) for body in bodies]
     targets = bench.targets()
     pools = {t: ClientPool(bench.target(t), s.concurrency, big) for t in targets}
     smalls = {t: await Connection.open(bench.target(t)) for t in targets}
