@@ -166,6 +166,14 @@ def test_hostile_tails_after_a_good_body(name: str) -> None:
     check(memory, good)  # and the memory still reads the good one right after
 
 
+def test_a_remembered_empty_conversation_is_not_cut() -> None:
+    memory = PrefixMemory()
+    check(memory, b'{"model":"m","messages":[],"stream":true}')
+    check(memory, b'{"model":"m","messages":[{"a":1}],"stream":true}')
+    check(memory, b'{"model":"m","messages":[{"a":1}],"stream":true}')  # resent
+    assert memory.reused == 1  # only the resend: an empty list has no item to cut at
+
+
 def test_a_conversation_of_one_item_grows() -> None:
     memory = PrefixMemory()
     check(memory, b'{"model":"m","messages":[{"a":1}]}')
