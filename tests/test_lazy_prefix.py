@@ -291,5 +291,5 @@ def test_random_mutations_read_as_the_full_check(
     memory = PrefixMemory()
     check(memory, _BASE[0])
     body = _BASE[which]
-    where = int(len(body) * (1 - at * at * 0.2))  # mostly the last fifth
+    where = int(len(body) * (1 - at * at))  # anywhere, most often near the end
     check(memory, body[:where] + b"".join(insert) + body[where + cut :])
