@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ import anthropic
 import pytest
 
 from benchmarks.large_body import conversation_bodies
+from devmeter.providers import Endpoint, parse_request_doc
 from devmeter.providers.lazy_doc import LAZY_FROM
+from tests.clients_env import claude_env, cli
 from tests.fake_upstream import FakeUpstream
 from tests.proxy_harness import RunningProxy, start_proxy
 
@@ -78,3 +81,43 @@ def test_a_growing_conversation_gets_the_rows_a_whole_check_gives(tmp_path: Path
     assert (tmp_path / "reused" / "reused").read_text() == str(len(requests) - 1)
     assert all(row["model"] == "claude-opus-5-5" for row in got)
     assert {row["session"] for row in got} == {"c94186ab-2b3f-417d-a580-48a4be19ff53"}
+
+
+def test_claude_code_reading_a_file_turn_after_turn_is_metered_as_its_bodies_read(
+    tmp_path: Path,
+) -> None:
+    """The real CLI, its every answer a `cat` of a 25 KB file (under its 30,000-character
+    output cap): the conversation passes LAZY_FROM after a few turns, and each later turn
+    is checked from where it differs. Each row says what a full parse of the body the
+    upstream received says."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "big.txt").write_text("".join(f"line {n:05d} of the file\n" for n in range(1000)))
+    with FakeUpstream(websocket=False) as upstream:
+        upstream.defaults["tool_use"] = {"name": "Bash", "input": {"command": "cat big.txt"}}
+        proxy = start_proxy(
+            tmp_path / "home-proxy", upstream.url, launcher=(sys.executable, "-c", _COUNTED)
+        )
+        try:
+            args = [str(cli("claude")), "-p", "show big.txt", "--max-turns", "9",
+                    "--allowedTools", "Bash"]  # fmt: skip
+            subprocess.run(
+                [sys.executable, "-m", "devmeter", "run", "--", *args],
+                cwd=work, env=claude_env(proxy, tmp_path), stdin=subprocess.DEVNULL,
+                capture_output=True, timeout=120,
+            )  # fmt: skip
+            bodies = [r.body for r in upstream.find("anthropic.messages")]
+            rows = proxy.new_calls(len(bodies))
+        finally:
+            proxy.stop()
+    large = [body for body in bodies if len(body) >= LAZY_FROM]
+    assert len(large) >= 3, [len(body) for body in bodies]
+    assert (tmp_path / "home-proxy" / "reused").read_text() == str(len(large) - 1)
+    endpoint = Endpoint("anthropic", "anthropic.messages")
+    want = sorted(
+        (info.model, info.facts.get("session_id"))
+        for info in (parse_request_doc(endpoint, body)[0] for body in bodies)
+    )
+    got = sorted((row["requested_model"], row["session"]) for row in rows)
+    assert got == want
+    assert all(row["status"] == 200 and row["error"] is None for row in rows)
