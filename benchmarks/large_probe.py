@@ -13,7 +13,9 @@ one cost each (an experiment, not a configuration):
   (providers/lazy_doc.py), whose saving is this variant's CPU minus devmeter's. (With the
   lazy parse, `parse-twice` doubles only the plain parses that remain.)
 - `no-prefix`: the prefix memory off (providers/lazy_prefix.py), every large body checked
-  whole: this variant's CPU minus devmeter's is what the memory saves.
+  whole: this variant's CPU minus devmeter's is what the memory saves;
+- `secrets-off`: no secret inspection: devmeter's CPU minus this variant's is what the
+  warn-mode scan of the new turn costs, with its handoff to the scanning thread.
 
 Each gets `--calls` sequential calls of the 1 MB Claude Code conversation, one turn
 longer each call (large_body.conversation_bodies; every proxy gets the same bodies in the
@@ -69,6 +71,12 @@ VARIANTS = {
     ),
     # Every large body checked whole, as before the prefix memory (providers/lazy_prefix.py).
     "no-prefix": "import devmeter.providers.lazy_prefix as _prefix\n_prefix.AVAILABLE = False\n",
+    # No secret inspection (as `[secrets] mode = "off"`): devmeter's CPU minus this
+    # variant's is what the warn-mode scan and its worker handoff cost.
+    "secrets-off": (
+        "from devmeter.secrets import policy as _policy\n"
+        "_policy.SecretsPolicy.strictest_possible = lambda self, repo: 'off'\n"
+    ),
 }
 
 
