@@ -285,10 +285,13 @@ class PrefixMemory:
 
     def _keep(self, remembered: _Remembered, replacing: _Remembered | None) -> None:
         """Remember `remembered` first, instead of the entry it was reused from; then
-        forget the least recently used until within the count and bytes limits."""
+        forget the least recently used until within the count and bytes limits. A body
+        past a quarter of the bytes is not kept: a few huge bodies would evict every
+        session's."""
         with self._lock:
             entries = [e for e in self._entries if e is not replacing and e is not remembered]
-            entries.insert(0, remembered)
+            if _kept_bytes([remembered]) <= self._max_bytes // 4:
+                entries.insert(0, remembered)
             while len(entries) > self._max_bodies or _kept_bytes(entries) > self._max_bytes:
                 entries.pop()
             self._entries = entries
