@@ -42,6 +42,7 @@ fi
 say "Python 3.11 with mitmproxy 11.0.2: the whole suite"
 uv sync --locked --python 3.11 --extra test
 uv run --locked --python 3.11 --extra test ruff check .
+uv run --locked --python 3.11 --extra test ruff format --check .  # one layout: a diff shows what changed
 uv run --locked --python 3.11 --extra test lint-imports  # the layers: [tool.importlinter]
 uv run --locked --python 3.11 --extra test pytest "$@"
 
