@@ -121,6 +121,29 @@ def test_statuses_errors_blocked_and_savings(tmp_path: Path) -> None:
     assert "session=" not in text and '"s1"' not in text  # sessions are never a label
 
 
+def test_imported_history_rows_count_as_ok_not_as_errors(tmp_path: Path) -> None:
+    # A transcript line (devmeter import) is a response the tool got: it has no HTTP
+    # status only because no proxy saw it, which must not read as "no answer".
+    imported = Usage(input_tokens=7, output_tokens=9)  # no live row's twin (same counts)
+    write_calls(
+        tmp_path / "ledger.sqlite",
+        [
+            call("/r"),
+            call("/r", status=None, source="import", endpoint="claude-code.import", usage=imported),
+            call("/r", status=None, source="import", endpoint="codex.import", usage=imported),
+            call("/r", status=None, cost="0"),  # a live call with no answer stays an error
+        ],
+    )
+    text = scrape(counters(tmp_path))
+    requests = series(text, "devmeter_requests_total")
+    assert {k.split('status="')[1].split('"')[0]: v for k, v in requests.items()} == {
+        "ok": 3.0,
+        "error": 1.0,
+    }
+    errors = series(text, "devmeter_errors_total")
+    assert {k.split('code="')[1].split('"')[0]: v for k, v in errors.items()} == {"none": 1.0}
+
+
 def test_cost_carries_the_billing_mode_the_ledger_records(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.sqlite"
     write_calls(

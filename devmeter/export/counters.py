@@ -118,9 +118,12 @@ class QuotaWindow:
 
 
 def _outcome_sql() -> str:
-    # devmeter's own refusals carry its message, which always starts "devmeter:".
+    # devmeter's own refusals carry its message, which always starts "devmeter:". A row
+    # imported from a tool's history (source 'import') has no HTTP status because no proxy
+    # saw it, not because it got no answer: the transcript recorded one.
     return """CASE WHEN error LIKE 'devmeter:%' THEN 'blocked'
-                   WHEN status IS NULL OR status >= 400 OR complete = 0 THEN 'error'
+                   WHEN (status IS NULL AND source IS NOT 'import') OR status >= 400
+                        OR complete = 0 THEN 'error'
                    ELSE 'ok' END"""
 
 
