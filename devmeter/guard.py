@@ -248,10 +248,12 @@ def spend_by_session_key(conn: sqlite3.Connection, now: float) -> dict[str, Deci
 
 
 def _counted(budget: ScopeBudget) -> str:
-    """The spend a scope counts: subscription calls' only with `count_covered`."""
+    """The spend a scope counts: subscription calls' only with `count_covered`; never a
+    call imported from a tool's history, which the running proxy never saw (one it
+    metered is not imported), so a restart counts what the proxy counted before it."""
     if budget.count_covered:
-        return "cost_pusd"
-    return "CASE WHEN billing = 'subscription' THEN 0 ELSE cost_pusd END"
+        return "CASE WHEN source = 'import' THEN 0 ELSE cost_pusd END"
+    return "CASE WHEN billing = 'subscription' OR source = 'import' THEN 0 ELSE cost_pusd END"
 
 
 def _blocked_alerts(conn: sqlite3.Connection, now: float) -> list[tuple[str, str, Decimal, float]]:

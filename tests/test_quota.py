@@ -433,6 +433,38 @@ def test_budgets_count_billed_dollars_and_covered_ones_only_when_asked(tmp_path:
     assert totals[("day", day)] == Decimal(8)
 
 
+def test_caps_do_not_count_calls_imported_from_history_before_or_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    # The proxy never sees an imported call (one it metered is not imported), so its caps
+    # never counted one; a restart, which seeds the caps from the ledger, must not either,
+    # or `devmeter allow` and the budget gauges say a spend the refusal does not.
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    from devmeter.budget import BudgetTracker, parse_budgets
+    from devmeter.guard import spend_so_far
+    from devmeter.ledger import connect, write_calls
+
+    budgets = parse_budgets({"day": {"block_usd": 100}})
+    live = replace_cost(call(NOW, "api", "acct-2"), Decimal(2))
+    imported = replace(
+        replace_cost(call(NOW + 1, "unknown", None), Decimal(5)),
+        source="import",
+        endpoint="claude-code.import",
+        attribution=Attribution(tool="claude-code", session="t"),
+        usage=Usage(input_tokens=7),  # not the live row's twin
+    )
+    tracker = BudgetTracker(budgets, tz=UTC)
+    tracker.observe(live)  # what the running proxy counted
+    write_calls(tmp_path / "ledger.sqlite", [live, imported])
+    totals = spend_so_far(connect(tmp_path / "ledger.sqlite"), BudgetTracker(budgets), NOW + 2)
+    day = datetime.fromtimestamp(NOW + 2).strftime("%Y-%m-%d")  # spend_so_far's local day
+    assert totals[("day", day)] == Decimal(2)
+    assert tracker.spent("day", tracker.period("day", NOW + 2), NOW + 2) == Decimal(2)
+    assert ("session", "t") not in totals
+
+
 def replace_cost(c: Call, cost: Decimal) -> Call:
     from dataclasses import replace
 
