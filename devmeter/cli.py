@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("env", help="print the exports that route your tools through devmeter")
     p.add_argument("--shell", choices=shellenv.SHELLS, default=_default_shell())
+    p.add_argument(
+        "--unset",
+        action="store_true",
+        help='print what removes those variables again: eval "$(devmeter env --unset)"',
+    )
     p.set_defaults(func=cmd_env)
 
     p = sub.add_parser("run", help="run one command through devmeter: devmeter run -- CMD ARGS")
@@ -351,6 +356,10 @@ def _pid_alive(pid: object) -> bool:
 
 def cmd_env(args: argparse.Namespace, config: Config, where: Paths) -> int:
     host, port, running = proxy_address(config, where)
+    if args.unset:
+        names = list(shellenv.proxy_environment(where, host, port))
+        sys.stdout.write(shellenv.render_unset(names, args.shell))
+        return 0
     if not running:
         print(
             f"# devmeter: no proxy is running; start one with `devmeter proxy` (it will listen "

@@ -288,8 +288,9 @@ def check_shell(proxy: Proxy, env: Mapping[str, str], hooked: bool = False) -> C
             "shell",
             "red",
             f"HTTPS_PROXY is {value} but no proxy answers there: HTTPS from this shell fails",
-            "start devmeter (`devmeter`), or unset HTTPS_PROXY https_proxy; `devmeter setup`'s "
-            "shell hook goes direct by itself when the proxy is down",
+            'start devmeter (`devmeter`), or go direct: `eval "$(devmeter env --unset)"` '
+            "takes out every variable `devmeter env` set; `devmeter setup`'s shell hook goes "
+            "direct by itself when the proxy is down",
         )
     return Check("shell", "green", f"HTTPS_PROXY={value}: tools started here are metered")
 

@@ -41,5 +41,17 @@ def render(env: dict[str, str], shell: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_unset(names: list[str], shell: str) -> str:
+    """The commands that remove `names` from `shell`'s environment: `devmeter env --unset`,
+    the way back from `eval "$(devmeter env)"` once the proxy is gone."""
+    if shell not in SHELLS:
+        raise ValueError(f"unknown shell {shell!r}; choose one of {', '.join(SHELLS)}")
+    if shell == "fish":
+        return "".join(f"set -e {name};\n" for name in names)
+    if shell == "powershell":
+        return "".join(f"Remove-Item Env:{name} -ErrorAction SilentlyContinue\n" for name in names)
+    return f"unset {' '.join(names)}\n"
+
+
 def _quote_posix(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"

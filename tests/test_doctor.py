@@ -112,6 +112,7 @@ def test_a_shell_pointing_at_a_dead_proxy_is_red(devmeter_home: Path, listener: 
     env = bare_env(HTTPS_PROXY="http://127.0.0.1:8788")
     found = by_name(doctor.run_checks(where(devmeter_home), env))
     assert found["shell"].status == "red" and "HTTPS from this shell fails" in found["shell"].detail
+    assert 'eval "$(devmeter env --unset)"' in found["shell"].fix  # tests/test_env_unset.py
 
 
 def test_a_routed_shell_with_a_running_proxy_is_green(proxy: RunningProxy) -> None:
