@@ -482,10 +482,25 @@ def _send_test_notification() -> Check:
 # --- what `devmeter setup` installed ---------------------------------------------------------
 
 
-def check_on_path(which: Callable[[str], str | None]) -> Check:
+def check_on_path(which: Callable[[str], str | None], argv0: str | None = None) -> Check:
+    """`argv0`: how this devmeter was started (sys.argv[0]); when it is the installed
+    `devmeter` command, its folder is what PATH lacks (`install.sh --no-setup`, say)."""
     found = which("devmeter")
     if found:
         return Check("devmeter_on_path", "green", found)
+    running = Path(argv0 if argv0 is not None else sys.argv[0])
+    if running.name in ("devmeter", "devmeter.exe") and running.is_file():
+        # The folder as typed, not resolved: uv's ~/.local/bin/devmeter links into the
+        # tool's virtualenv, whose bin (its python among them) must not go on PATH.
+        folder = str(running.absolute().parent)
+        quoted = "'" + folder.replace("'", "'\\''") + "'"
+        return Check(
+            "devmeter_on_path",
+            "amber",
+            f"`devmeter` is not on PATH here (it is in {folder})",
+            f'`export PATH={quoted}:"$PATH"` for this shell; for new shells, `devmeter setup` '
+            "(its shell hook adds the folder) or the same line in your shell's startup file",
+        )
     return Check(
         "devmeter_on_path",
         "amber",

@@ -280,3 +280,29 @@ def test_the_readme_names_every_check(devmeter_home: Path) -> None:
     produced = {c.name for c in doctor.run_checks(where(devmeter_home), bare_env())}
     assert produced <= documented
     assert {"config_reload", "tray_proxy", "tray_icon", "notifications_delivery"} <= documented
+
+
+def test_devmeter_off_path_names_the_folder_it_runs_from_and_the_fix_works(
+    tmp_path: Path,
+) -> None:
+    # `sh scripts/install.sh --no-setup` leaves ~/.local/bin off PATH: "open a new shell"
+    # would not help (no hook puts it there), so the fix names the folder.
+    venv_bin, bin_dir = tmp_path / "venv" / "bin", tmp_path / "my bin"
+    venv_bin.mkdir(parents=True)
+    bin_dir.mkdir()
+    (venv_bin / "devmeter").write_text("#!/bin/sh\necho devmeter-here\n")
+    (venv_bin / "devmeter").chmod(0o755)
+    command = bin_dir / "devmeter"
+    command.symlink_to(venv_bin / "devmeter")  # as uv tool install links it
+    check = doctor.check_on_path(lambda _: None, str(command))
+    assert check.status == "amber" and str(bin_dir) in check.fix
+    assert str(venv_bin) not in check.fix  # the venv's python must not go on PATH
+    export = re.search(r"`(export PATH=[^`]+)`", check.fix)
+    assert export is not None
+    out = subprocess.run(
+        ["bash", "--norc", "-c", f"{export.group(1)}; devmeter"],
+        env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout == "devmeter-here\n"
+    # Run as `python -m devmeter` there is no folder to name: the install advice stays.
+    assert "scripts/install.sh" in doctor.check_on_path(lambda _: None, "-m").fix
