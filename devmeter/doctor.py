@@ -319,6 +319,9 @@ def check_trust(paths: Paths, proxy: Proxy, env: Mapping[str, str]) -> list[Chec
         ("trust_codex", "Codex CLI", (codex or "CODEX_CA_CERTIFICATE",)),
         ("trust_python", "Python (SDKs, httpx, requests)", ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")),
     )
+    # Without a CA, `devmeter env` would point these at files that do not exist yet, and
+    # a bundle variable naming a missing file breaks every HTTPS client that reads it.
+    first = "" if ca is not None else "start devmeter once (it creates the CA), then "
     checks = []
     for name, who, variables in clients:
         bad = [p for p in (_trust_problem(v, env.get(v), ca) for v in variables) if p]
@@ -331,7 +334,7 @@ def check_trust(paths: Paths, proxy: Proxy, env: Mapping[str, str]) -> list[Chec
                     name,
                     "red",
                     f"{who}: {'; '.join(bad)}, so its calls through devmeter fail TLS",
-                    '`eval "$(devmeter env)"` sets it',
+                    first + '`eval "$(devmeter env)"` sets it',
                 )
             )
         else:
@@ -340,7 +343,7 @@ def check_trust(paths: Paths, proxy: Proxy, env: Mapping[str, str]) -> list[Chec
                     name,
                     "amber",
                     f"{who}: {'; '.join(bad)} (this shell does not route through devmeter)",
-                    '`eval "$(devmeter env)"` sets it, with HTTPS_PROXY',
+                    first + '`eval "$(devmeter env)"` sets it, with HTTPS_PROXY',
                 )
             )
     return checks

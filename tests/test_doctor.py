@@ -306,3 +306,16 @@ def test_devmeter_off_path_names_the_folder_it_runs_from_and_the_fix_works(
     assert out.stdout == "devmeter-here\n"
     # Run as `python -m devmeter` there is no folder to name: the install advice stays.
     assert "scripts/install.sh" in doctor.check_on_path(lambda _: None, "-m").fix
+
+
+def test_trust_fixes_before_any_ca_say_to_start_devmeter_first(devmeter_home: Path) -> None:
+    # `eval "$(devmeter env)"` before the first start would point SSL_CERT_FILE and the
+    # other bundles at files that do not exist yet, breaking HTTPS in that shell.
+    found = by_name(doctor.run_checks(where(devmeter_home), bare_env()))
+    for name in ("trust_node", "trust_codex", "trust_python"):
+        assert found[name].fix.startswith("start devmeter once (it creates the CA), then ")
+    proxyless_ca = where(devmeter_home).ca_cert
+    proxyless_ca.parent.mkdir(parents=True, exist_ok=True)
+    proxyless_ca.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    found = by_name(doctor.run_checks(where(devmeter_home), bare_env()))
+    assert found["trust_python"].fix == '`eval "$(devmeter env)"` sets it, with HTTPS_PROXY'
