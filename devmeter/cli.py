@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sqlite3
@@ -273,7 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "stop", help="refuse a session's requests until `devmeter allow` lets it continue"
     )
-    p.add_argument("session", help="the session id, or a prefix of it")
+    p.add_argument(
+        "session",
+        nargs="?",
+        help="the session id, or a prefix of it (without one: how to stop devmeter itself)",
+    )
     p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser("pause", help="refuse all metered traffic until `devmeter resume`")
@@ -623,6 +628,13 @@ def cmd_allow(args: argparse.Namespace, config: Config, where: Paths) -> int:
 def cmd_stop(args: argparse.Namespace, config: Config, where: Paths) -> int:
     from devmeter import guard_control
 
+    if args.session is None:
+        print(
+            "devmeter: `devmeter stop ID` refuses one session's requests (`devmeter sessions` "
+            f"lists them); it does not stop devmeter. {_how_to_stop_devmeter(where)}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         session = guard_control.resolve_session(where, args.session)
     except guard_control.TargetError as exc:
@@ -630,6 +642,27 @@ def cmd_stop(args: argparse.Namespace, config: Config, where: Paths) -> int:
         return 2
     print(guard_control.stop(where, session, time.time()))
     return 0
+
+
+def _how_to_stop_devmeter(where: Paths) -> str:
+    """What stops the running devmeter: the tray or headless line (its proxy stops with
+    it), else a bare proxy; named by the pid its state file records."""
+    try:
+        supervisor = json.loads((where.data_dir / "supervisor.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        supervisor = None
+    pid = supervisor.get("pid") if isinstance(supervisor, dict) else None
+    if _pid_alive(pid):
+        return (
+            f"To stop devmeter: Quit in its tray menu, Ctrl-C in its terminal, or `kill {pid}` "
+            "(its proxy stops with it; started by systemd: `systemctl --user stop devmeter`, or "
+            "`devmeter-headless`)."
+        )
+    state = read_proxy_state(where)
+    pid = state.get("pid") if state else None
+    if _pid_alive(pid):
+        return f"To stop devmeter: Ctrl-C in its terminal, or `kill {pid}` (devmeter proxy)."
+    return "devmeter is not running."
 
 
 def cmd_pause(args: argparse.Namespace, config: Config, where: Paths) -> int:

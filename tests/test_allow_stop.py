@@ -152,3 +152,27 @@ def test_allow_on_a_session_with_no_cap_points_at_the_other_caps(
     assert code == 1
     assert "session 7f3e9a2b has no cap to raise" in err
     assert "`devmeter allow --day`" in err
+
+
+def test_stop_without_a_session_says_how_to_stop_devmeter_itself(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A new user types `devmeter stop` to stop devmeter: it stops sessions, so say both.
+    code, out, err = run(capsys, "stop")
+    assert code == 2 and out == ""
+    assert "`devmeter stop ID`" in err and "devmeter is not running" in err
+    import json
+    import os
+
+    (home / "supervisor.json").write_text(json.dumps({"pid": os.getpid(), "state": "running"}))
+    code, _, err = run(capsys, "stop")
+    assert code == 2 and f"`kill {os.getpid()}`" in err and "Ctrl-C" in err
+    (home / "supervisor.json").unlink()
+    (home / "proxy.json").write_text(
+        json.dumps({"host": "127.0.0.1", "port": 1, "pid": os.getpid(), "started": 0})
+    )
+    code, _, err = run(capsys, "stop")
+    assert code == 2 and f"`kill {os.getpid()}` (devmeter proxy)" in err
+    # With a session it still stops that session.
+    code, out, _ = run(capsys, "stop", LONER[:8])
+    assert code == 0 and "stopped session 7f3e9a2b" in out
