@@ -293,3 +293,34 @@ def test_a_desktop_is_found_by_its_session_or_its_login_sessions(tmp_path: Path)
     (tmp_path / "xsessions" / "xfce.desktop").write_text("[Desktop Entry]\n")
     assert autostart.has_desktop({}, data_dirs=[tmp_path])  # setup over SSH on a desktop
     assert autostart.plan({}, "linux", tmp_path, systemd_user=False, desktop=False).kind == "none"
+
+
+def test_uninstall_takes_devmeters_statusline_out_of_claude_codes_settings(
+    home: Path, where: Paths
+) -> None:
+    # `devmeter statusline --install` writes this install's python into Claude Code's
+    # settings; once `uv tool uninstall devmeter` removes it, Claude Code's statusline
+    # would fail on every prompt. Uninstall puts the user's own statusline back.
+    import json
+
+    from devmeter import statusline
+
+    settings = home / ".claude" / "settings.json"
+    settings.parent.mkdir()
+    theirs = {"type": "command", "command": "echo mine"}
+    settings.write_text(
+        '{"model": "opus", "statusLine": {"type": "command", "command": "echo mine"}}'
+    )
+    steps.setup(
+        where, ("127.0.0.1", 8788), env=machine(home), devmeter=fake_devmeter(home), say=print
+    )
+    statusline.install(settings)
+    assert statusline.MARK in settings.read_text()
+    said: list[str] = []
+    assert steps.uninstall(where, env=machine(home), say=said.append) == 0
+    assert json.loads(settings.read_text()) == {"model": "opus", "statusLine": theirs}
+    assert any("removed devmeter's statusline" in line for line in said)
+    # Nothing to say when it was never installed.
+    said.clear()
+    steps.uninstall(where, env=machine(home), say=said.append)
+    assert not any("statusline" in line for line in said)

@@ -384,6 +384,7 @@ def uninstall(paths: Paths, *, env: Environment | None = None, say: Say = print)
     if any(c.get("kind") == "systemd" for c in changes):
         _systemctl("daemon-reload")
     _sweep_leftover_blocks(env, say)
+    _undo_statusline(env, say)
     if failed:  # kept, so that `devmeter uninstall` can try those again
         _save_manifest(paths, list(reversed(failed)))
     else:
@@ -392,6 +393,23 @@ def uninstall(paths: Paths, *, env: Environment | None = None, say: Say = print)
         (paths.data_dir / "shell").rmdir()
     _say_what_is_left(paths, env, say)
     return 1 if failed else 0
+
+
+def _undo_statusline(env: Environment, say: Say) -> None:
+    """Take out devmeter's statusline (`devmeter statusline --install`), putting back the
+    one it was chained to: it runs this install's python, which uninstalling the command
+    removes, and Claude Code would then fail to draw its statusline."""
+    from devmeter import statusline
+
+    config = env.environ.get("CLAUDE_CONFIG_DIR")
+    base = Path(config).expanduser() if config else env.home / ".claude"
+    try:
+        done = statusline.uninstall(base / "settings.json")
+    except (statusline.SettingsError, OSError) as exc:
+        say(f"Claude Code's statusline: not changed ({exc}); `devmeter statusline --uninstall`")
+        return
+    if done.startswith("removed"):
+        say(done)
 
 
 def _sweep_leftover_blocks(env: Environment, say: Say) -> None:
