@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -534,6 +534,15 @@ def cmd_statusline(args: argparse.Namespace, config: Config, where: Paths) -> in
     return 0
 
 
+def _can_open_browser(environ: Mapping[str, str], platform: str) -> bool:
+    """Whether to open a browser here. Without a display (SSH, a container) Python's
+    webbrowser runs a console browser such as lynx in the foreground, which takes the
+    terminal and cannot draw the dashboard's charts; a BROWSER the user set is theirs."""
+    if environ.get("BROWSER") or platform == "darwin" or platform.startswith(("win", "cyg")):
+        return True
+    return bool(environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"))
+
+
 def cmd_dashboard(args: argparse.Namespace, config: Config, where: Paths) -> int:
     from devmeter.dashboard.server import Dashboard
 
@@ -547,7 +556,16 @@ def cmd_dashboard(args: argparse.Namespace, config: Config, where: Paths) -> int
         )
         return 75
     print(server.url, flush=True)
-    if not args.no_open:
+    if not args.no_open and not _can_open_browser(os.environ, sys.platform):
+        port = server.url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[1]
+        print(
+            "devmeter: no display here, so no browser was opened: open the URL above in a "
+            f"browser on this machine, or from yours over SSH with `ssh -L {port}:127.0.0.1:"
+            f"{port} THIS-HOST`; Ctrl-C stops it",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif not args.no_open:
         import webbrowser
 
         webbrowser.open(server.url)

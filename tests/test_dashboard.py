@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import subprocess
 import sys
@@ -403,3 +404,36 @@ def test_period_days_come_from_the_day_rollup_in_the_writers_zone_only(
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_cli_without_a_display_opens_no_browser_and_says_where_the_page_is(
+    devmeter_home: Path, tmp_path: Path
+) -> None:
+    # Over SSH, Python's webbrowser runs a console browser (lynx, www-browser) in the
+    # foreground: it takes the terminal, and cannot draw the page's charts anyway.
+    browsers = tmp_path / "browsers"
+    browsers.mkdir()
+    opened = tmp_path / "opened"
+    for name in ("www-browser", "x-www-browser", "sensible-browser", "xdg-open", "lynx",
+                 "w3m", "links", "elinks", "firefox", "chromium", "google-chrome"):  # fmt: skip
+        script = browsers / name
+        script.write_text(f"#!/bin/sh\necho {name} >> {opened}\n")
+        script.chmod(0o755)
+    graphical = ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER")  # BROWSER: the user's own choice
+    env = {k: v for k, v in os.environ.items() if k not in graphical}
+    env["PATH"] = f"{browsers}:/usr/bin:/bin"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devmeter", "dashboard", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        url = proc.stdout.readline().strip()
+        port = urlsplit(url).port
+        said = proc.stderr.readline()
+        assert "no display" in said and f"ssh -L {port}:127.0.0.1:{port}" in said
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert not opened.exists()
