@@ -171,6 +171,8 @@ def test_proxy_up_a_call_is_metered_and_down_goes_direct_again(
     assert shown == [f"proxy={proxy.url}", "proxy=unset", f"proxy={proxy.url}"]
     assert out.count("direct-ok <- curl") == 1  # direct while the proxy was away
     assert out.count("devmeter: no proxy answers") == 1
+    # Where the proxy was (a port of its own here), not the default the hook was written with.
+    assert f"no proxy answers (it was at 127.0.0.1:{proxy.port})" in out
     assert out.count("devmeter: the proxy answers again") == 1
 
 

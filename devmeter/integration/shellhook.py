@@ -133,6 +133,8 @@ __devmeter_check() {
         __devmeter_said=up
     else
         if [ -n "$__devmeter_now" ]; then
+            # Where it was, not the listen setup baked in: the config may have moved it.
+            __devmeter_expected="it was at ${__devmeter_now#http://}"
             __devmeter_direct "$__devmeter_now"
             __devmeter_now=''
         fi
@@ -336,6 +338,7 @@ function __devmeter_check --on-event fish_prompt
         set -g __devmeter_said up
     else
         if test -n "$__devmeter_now"
+            set -g __devmeter_expected "it was at "(string replace 'http://' '' -- $__devmeter_now)
             __devmeter_direct $__devmeter_now
             set -g __devmeter_now ''
         end
@@ -439,6 +442,7 @@ function global:__devmeterCheck {
         $global:__devmeterSaid = 'up'
     } else {
         if ($global:__devmeterNow) {
+            $global:__devmeterExpected = "it was at $($global:__devmeterNow -replace '^http://', '')"
             # A value the user changed since is theirs.
             $set = @{ 'DEVMETER_ROUTED' = $global:__devmeterNow }
             foreach ($name in $global:__devmeterUrlNames) { $set[$name] = $global:__devmeterNow }
