@@ -396,7 +396,7 @@ def test_a_rescan_with_nothing_new_loads_neither_the_cli_nor_the_importers(
     with transcript.open("a") as f:
         f.write(json.dumps(assistant("msg_B", "r2", 9)) + "\n")
     grown = subprocess.run(args, capture_output=True, text=True, timeout=60, check=True)
-    assert "imported 1 calls" in grown.stdout
+    assert "imported 1 call (" in grown.stdout
     # ... with the ledger and the importer, still without the rest of the CLI.
     assert "devmeter.ledger" in grown.stderr and "devmeter.cli" not in grown.stderr
 
@@ -458,7 +458,7 @@ def test_import_config_and_the_background_import(tmp_path: Path, monkeypatch: An
         time.sleep(0.05)
     stop.set()
     thread.join(5)
-    assert said == ["devmeter: imported 1 claude-code calls from its own history"]
+    assert said == ["devmeter: imported 1 claude-code call from its own history"]
     assert [r["response_id"] for r in rows(db)] == ["msg_A"]
 
 

@@ -77,8 +77,8 @@ def start_auto_import(
             for result in results:
                 if result.imported or result.updated:
                     say(
-                        f"devmeter: imported {result.imported} {result.importer} calls from "
-                        "its own history"
+                        f"devmeter: imported {result.imported} {result.importer} "
+                        f"call{'' if result.imported == 1 else 's'} from its own history"
                     )
 
     thread = threading.Thread(target=loop, name="devmeter-import", daemon=True)

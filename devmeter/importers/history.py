@@ -71,6 +71,11 @@ class FileMark:
     state: dict[str, Any] = field(default_factory=dict)
 
 
+def calls(n: int) -> str:
+    """`1 call`, `2 calls`: what the import summaries count."""
+    return f"{n} call" if n == 1 else f"{n} calls"
+
+
 @dataclass
 class ImportResult:
     importer: str
@@ -97,20 +102,26 @@ class ImportResult:
 
     def describe(self) -> str:
         lines = [
-            f"{self.importer}: imported {self.imported} calls (${self.cost_usd:.4f}) from "
+            f"{self.importer}: imported {calls(self.imported)} (${self.cost_usd:.4f}) from "
             f"{self.files_read} of {self.files} files in {self.seconds:.1f}s"
         ]
         if self.updated:
-            lines.append(f"{self.updated} calls updated with their final token counts")
+            lines.append(f"{calls(self.updated)} updated with their final token counts")
         if self.live:
-            lines.append(f"{self.live} calls were already metered live by devmeter: skipped")
+            were = "was" if self.live == 1 else "were"
+            lines.append(f"{calls(self.live)} {were} already metered live by devmeter: skipped")
         if self.duplicates:
-            lines.append(f"{self.duplicates} calls were already imported: skipped")
+            were = "was" if self.duplicates == 1 else "were"
+            lines.append(f"{calls(self.duplicates)} {were} already imported: skipped")
         if self.unpriced:
             models = ", ".join(sorted(self.unpriced_models))
+            have = "has" if self.unpriced == 1 else "have"
             lines.append(
-                f"! {self.unpriced} calls have no known price ({models}): kept with their "
-                "tokens and no cost; add a [[prices]] entry to price them"
+                f"! {calls(self.unpriced)} {have} no known price ({models}): kept with its "
+                "tokens and no cost; add a [[prices]] entry to price it"
+                if self.unpriced == 1
+                else f"! {calls(self.unpriced)} {have} no known price ({models}): kept with "
+                "their tokens and no cost; add a [[prices]] entry to price them"
             )
         lines += [f"! {e}" for e in self.errors]
         return "\n".join(lines) + "\n"
