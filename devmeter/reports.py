@@ -534,9 +534,17 @@ def to_table(
     numeric = frozenset(range(first_number, len(headers) - 1))
     notes = _notes(unpriced, estimated)
     if billed or covered:
+        # The rest has no billing mode: said, so that the three add up to the total.
+        unknown = cost - billed - covered
+        rest = (
+            f" · payer not known {format_usd(unknown)} (imported history, or a credential "
+            "devmeter could not read)"
+            if unknown > 0
+            else ""
+        )
         notes.append(
             f"billed {format_usd(billed)} (API keys and extra usage) · covered "
-            f"{format_usd(covered)} (list-price equivalent of subscription calls)"
+            f"{format_usd(covered)} (list-price equivalent of subscription calls){rest}"
         )
     if limit is not None and len(rows) >= limit:
         shown = "the last" if by == "request" else "the most expensive"

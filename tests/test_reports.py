@@ -354,3 +354,28 @@ def test_a_table_too_wide_to_fit_narrows_what_it_can_and_keeps_every_figure() ->
         == "model   path         cost\nclaud\u2026  \u2026e-api  $1,234.56\n"
     )
     assert render(table) == render(table, width=200)  # room enough: unchanged
+
+
+def test_the_billed_line_accounts_for_calls_whose_payer_is_unknown(
+    devmeter_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A new user's ledger after `devmeter import claude-code`: the imported calls say
+    # nobody's credential, so billed + covered fell short of the total with no word why.
+    from dataclasses import replace
+
+    now = time.time()
+    write_calls(
+        devmeter_home / "ledger.sqlite",
+        [
+            replace(call(now - 60, "1.25"), billing="api"),
+            replace(call(now - 50, "0.50"), billing="subscription"),
+            replace(call(now - 40, "2.00", tokens=(1, 2, 3, 4)), source="import"),
+        ],
+    )
+    out = run(capsys, "report", "--by", "tool")
+    assert "$3.75" in out  # the total
+    assert (
+        "billed $1.25 (API keys and extra usage) · covered $0.50 (list-price equivalent of "
+        "subscription calls) · payer not known $2.00 (imported history, or a credential "
+        "devmeter could not read)"
+    ) in " ".join(out.split())
