@@ -437,3 +437,35 @@ def test_cli_without_a_display_opens_no_browser_and_says_where_the_page_is(
         proc.terminate()
         proc.wait(10)
     assert not opened.exists()
+
+
+def test_the_billed_line_names_what_no_payer_is_known_for(devmeter_home: Path) -> None:
+    # As `devmeter report`: billed, covered and the rest (imported history) add up.
+    from dataclasses import replace
+
+    now = time.time()
+    recent = max(datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0).timestamp() + 1,
+                 now - 120)  # fmt: skip
+    write_calls(
+        devmeter_home / "ledger.sqlite",
+        [
+            replace(make_call(recent, "1.25", "/src/a", "claude-opus-4-1", "sdk"), billing="api"),
+            replace(
+                make_call(recent + 1, "2", "/src/a", "claude-opus-4-1", "claude-code"),
+                source="import",
+            ),  # fmt: skip
+        ],
+    )
+    where = paths()
+    server = Dashboard(where, load(where.config_file))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        html = page(server, "/")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert 'data-figure="billed" data-usd="1.25"' in html
+    unknown = re.search(r'data-figure="unknown" data-usd="([^"]+)"', html)
+    assert unknown is not None and Decimal(unknown.group(1)) == 2 and "payer not known" in html

@@ -183,9 +183,13 @@ def _billed_line(rows: list[dict[str, Any]]) -> str:
         return ""
     billed = sum((r["billed_usd"] for r in rows), Decimal(0))
     covered = sum((r["covered_usd"] for r in rows), Decimal(0))
+    # The rest has no billing mode (imported history, say): named, as `devmeter report`
+    # does, so that the figures add up to the total.
+    unknown = sum((r["cost_usd"] or Decimal(0) for r in rows), Decimal(0)) - billed - covered
+    rest = f" · payer not known {_money(unknown, 'unknown')}" if unknown > 0 else ""
     return (
         f" · billed {_money(billed, 'billed')} (API keys, extra usage) · covered "
-        f"{_money(covered, 'covered')} (list-price equivalent of subscription calls)"
+        f"{_money(covered, 'covered')} (list-price equivalent of subscription calls){rest}"
     )
 
 
