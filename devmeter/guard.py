@@ -229,13 +229,17 @@ def spend_so_far(
 
 def spend_by_session_key(conn: sqlite3.Connection, now: float) -> dict[str, Decimal]:
     """Spend per session key (`session_table.session_key`) for the router to start from: a
-    session with an id active in the last 7 days, its whole spend (as the session budget
-    counts it); calls without an id, their tool@repo's spend of the last 7 days."""
+    session with an id active in the last 7 days, its whole spend; calls without an id,
+    their tool@repo's spend of the last 7 days. What the running proxy counted
+    (`Guard.observe`): every call it metered at list price, subscription-covered ones too,
+    and never one imported from a tool's history, which it never saw, so a restart
+    neither raises nor lowers a session's spend."""
     week = now - 7 * 86400
+    counted = "CASE WHEN source = 'import' THEN 0 ELSE cost_pusd END"
     rows = conn.execute(
-        "SELECT session, NULL, NULL, sum(cost_pusd) FROM calls WHERE session IN "
+        f"SELECT session, NULL, NULL, sum({counted}) FROM calls WHERE session IN "
         "(SELECT DISTINCT session FROM calls WHERE ts >= ?) GROUP BY session "
-        "UNION ALL SELECT NULL, tool, repo, sum(cost_pusd) FROM calls "
+        f"UNION ALL SELECT NULL, tool, repo, sum({counted}) FROM calls "
         "WHERE session IS NULL AND ts >= ? GROUP BY tool, repo",
         (week, week),
     )

@@ -138,6 +138,27 @@ def test_a_restart_keeps_routings_session_spend(tmp_path: Path) -> None:
     assert not routed(router, who("s2"), NOW)
 
 
+def test_a_restart_does_not_count_imported_history_in_routings_session_spend(
+    tmp_path: Path,
+) -> None:
+    # The running proxy never sees a call imported from a tool's history: its spend rule
+    # must not fire after a restart because of one (it would route a session the proxy
+    # had left alone), while the session's metered spend still counts.
+    from dataclasses import replace
+
+    ledger = tmp_path / "ledger.sqlite"
+    imported = replace(call(NOW - 50, "5.00", who("s1")), source="import", usage=Usage(7))
+    metered = [call(NOW - 40, "0.70", who("s1")), call(NOW - 30, "0.70", who("s2"))]
+    write_calls(ledger, [imported, *metered, call(NOW - 20, "0.70", who("s2"))])
+    guard, router = proxy_state(SessionTable())
+    conn = connect_readonly(ledger)
+    assert conn is not None
+    guard.seed_from_ledger(conn, NOW)
+
+    assert not routed(router, who("s1"), NOW)  # $0.70 metered; the $5 imported not counted
+    assert routed(router, who("s2"), NOW)  # $1.40 metered: over the rule's $1
+
+
 def test_the_table_stays_bounded_with_100k_distinct_sessions() -> None:
     table = SessionTable(max_sessions=1000)
     guard, router = proxy_state(table)
