@@ -478,7 +478,7 @@ def to_table(
     )
     if by == "request":
         headers = ["time", "tool", "model", "session", "repo", "in", "cache r", "cache w",
-                   "out", "cost", ""]  # fmt: skip
+                   "out", "cost", "flags"]  # fmt: skip
         # Today's calls by time alone; any other day's with their date.
         today = datetime.now().astimezone().date().isoformat()
         only_today = all(str(r["ts"]).startswith(today) for r in rows)
@@ -503,7 +503,7 @@ def to_table(
         # Who paid: shown once the ledger knows (devmeter/billing.py), else nothing to split.
         split = any(r["billed_usd"] or r["covered_usd"] for r in rows)
         headers = [by, "calls", "in", "cache r", "cache w", "out", "cost",
-                   *(("billed", "covered") if split else ()), ""]  # fmt: skip
+                   *(("billed", "covered") if split else ()), "flags"]  # fmt: skip
         body = [
             [
                 _group_key(r["key"], by, labels), format_count(r["requests"]),
