@@ -873,9 +873,17 @@ def main(config: Config, paths: Paths, *, headless: bool = False, listen: str | 
     `listen` is the tray command's `--listen`, handed on to the proxy it starts (`config`
     already carries it)."""
     from devmeter.importers.auto import start_auto_import
+    from devmeter.tray import single_instance
     from devmeter.tray.headless import run_headless
+    from devmeter.tray.supervisor import read_status
 
     log_to_stderr()
+    # Held until this process exits. A second devmeter would add a second icon and take
+    # over the first's supervisor.json, so it says what runs and leaves instead.
+    first, _lock = single_instance.hold(paths.data_dir)
+    if not first:
+        say(single_instance.already_running_message(read_status(paths)))
+        return 0
     route_warnings(paths.data_dir)
     # Tools used without the proxy still show up: their own history, in the background.
     start_auto_import(config.section("import"), paths.ledger, config.prices)
