@@ -108,6 +108,8 @@ class Notice:
     urgency: Urgency = "normal"
     actions: tuple[Action, ...] = ()
     on_action: Callable[[str], object] | None = None  # called with Action.id
+    # An ask's id: `Notifier.withdraw_except` takes its popup down once it is answered.
+    tag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,8 @@ class Backend:
     send: Send
     # A backend that can show urgency and buttons takes the whole Notice instead.
     send_notice: Callable[[Notice], None] | None = field(default=None, compare=False)
+    # Takes down the notification it showed for a Notice's `tag` (if it still shows).
+    withdraw: Callable[[str], None] | None = field(default=None, compare=False)
 
 
 class Unavailable(Exception):
@@ -209,9 +213,32 @@ class DesktopNotifierBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._notifier: Any = None
         self._lock = threading.Lock()
+        self._shown: dict[str, int] = {}  # a tagged notice's D-Bus notification id
 
     def backend(self) -> Backend:
-        return Backend(self.name, lambda t, m: self.send(Notice(t, m)), self.send)
+        return Backend(
+            self.name, lambda t, m: self.send(Notice(t, m)), self.send, withdraw=self.withdraw
+        )
+
+    def withdraw(self, tag: str) -> None:
+        """Close the notification shown for `tag`. Critical ones never time out, and not
+        every daemon closes one when a button is pressed (dunst 1.9 keeps it), so an ask
+        answered anywhere would otherwise stay on screen asking."""
+        nid = self._shown.pop(tag, None)
+        if nid is None or self._loop is None:
+            return
+        interface = getattr(getattr(self._notifier, "_backend", None), "interface", None)
+        close = getattr(interface, "call_close_notification", None)
+        if close is None:  # not D-Bus (Windows, macOS), or a desktop-notifier without it
+            return
+
+        async def close_it() -> None:
+            try:
+                await close(nid)
+            except Exception as exc:  # already closed by the user or the daemon
+                log.debug("notifications: closing %s: %s", nid, exc)
+
+        asyncio.run_coroutine_threadsafe(close_it(), self._loop).result(DELIVERY_TIMEOUT)
 
     def _start(self) -> tuple[asyncio.AbstractEventLoop, Any]:
         with self._lock:
@@ -269,11 +296,22 @@ class DesktopNotifierBackend:
             timeout=0 if critical else -1,  # 0: until dismissed; -1: the platform's own
         )
         future = asyncio.run_coroutine_threadsafe(notifier.send_notification(notification), loop)
-        future.result(DELIVERY_TIMEOUT)
+        identifier = future.result(DELIVERY_TIMEOUT)
         if not shown.is_set():
             # desktop-notifier logs and swallows failures; only `on_dispatched` says it
             # was shown (no D-Bus session bus, no notification daemon on it, ...).
             raise RuntimeError("the notification service did not take the notification")
+        if notice.tag is not None:
+            # Its D-Bus id, from desktop-notifier's own table (it forgets the id once a
+            # button is pressed, and a popup dunst keeps must still be closed then).
+            ids = getattr(
+                getattr(notifier, "_backend", None),
+                "_platform_to_interface_notification_identifier",
+                None,
+            )
+            nid = getattr(ids, "inverse", {}).get(identifier)
+            if isinstance(nid, int):
+                self._shown[notice.tag] = nid
 
 
 def desktop_notifier_backend() -> Backend:
@@ -400,6 +438,7 @@ class Notifier:
         self._seen: dict[tuple[str, str, str, Decimal], float] = {}
         self._held: list[Alert] = []
         self._held_since = 0.0
+        self._asks_shown: set[str] = set()  # ids of the asks whose popups went out
         # The proxy's alert reader and the tray's tick may both call in.
         self._lock = threading.Lock()
 
@@ -456,6 +495,8 @@ class Notifier:
             _clip(f"devmeter: {title}", TITLE_MAX), _clip(message, MESSAGE_MAX), alert
         )
         shown_by, problems = show_first(self.backends, notice, self._unavailable)
+        if shown_by is not None and notice.tag is not None:
+            self._asks_shown.add(notice.tag)
         if shown_by is not None:
             self._sent.append(now)
             self._report(True, shown_by, problems, now)
@@ -486,8 +527,28 @@ class Notifier:
         if switch_to:
             actions.insert(1, Action("switch", f"Switch to {switch_to}"))
         return Notice(
-            title, message, "critical", tuple(actions), lambda choice: answer(the_id, choice)
+            title,
+            message,
+            "critical",
+            tuple(actions),
+            lambda choice: answer(the_id, choice),
+            tag=the_id,
         )
+
+    def withdraw_except(self, open_ids: set[str]) -> None:
+        """Take down the popups of asks no longer open (answered from a button, the tray
+        menu or `devmeter allow|stop`): an ask that still asks after its answer misleads.
+        Call off the event loop, like `notify` (a D-Bus round trip)."""
+        with self._lock:
+            gone = self._asks_shown - open_ids
+            self._asks_shown &= open_ids
+        for tag in gone:
+            for backend in self.backends:
+                if backend.withdraw is not None:
+                    try:
+                        backend.withdraw(tag)
+                    except Exception as exc:  # a notification must never take devmeter down
+                        log.debug("notifications: %s withdraw failed: %s", backend.name, exc)
 
     def _report(self, ok: bool, backend: str | None, problems: dict[str, str], now: float) -> None:
         """Keep `status` (and its file) saying whether notifications can be shown."""

@@ -382,12 +382,18 @@ class AlertDispatcher:
     def __init__(self, notify: Callable[[Alert], object], flush: Callable[[], object]) -> None:
         self._notify = notify
         self._flush = flush
-        self._queue: queue.Queue[Alert | None] = queue.Queue()
+        # An alert to show, other notification work (`call`), or None: stop.
+        self._queue: queue.Queue[Alert | Callable[[], object] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="devmeter-notify", daemon=True)
         self._thread.start()
 
     def send(self, alert: Alert) -> None:
         self._queue.put(alert)
+
+    def call(self, work: Callable[[], object]) -> None:
+        """Run `work` on the notification thread, in turn with the alerts (it may wait
+        on D-Bus, so never on the request path)."""
+        self._queue.put(work)
 
     def close(self) -> None:
         self._queue.put(None)
@@ -402,7 +408,10 @@ class AlertDispatcher:
                 continue
             if alert is None:
                 return
-            self._safely(lambda a=alert: self._notify(a))
+            if isinstance(alert, Alert):
+                self._safely(lambda a=alert: self._notify(a))
+            else:
+                self._safely(alert)
 
     @staticmethod
     def _safely(action: Callable[[], object]) -> None:

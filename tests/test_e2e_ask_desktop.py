@@ -91,6 +91,12 @@ class Desktop:
         ).stdout.strip()
         return int(out) if out.isdigit() else 0
 
+    def wait_until_none_displayed(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while self.displayed():
+            assert time.monotonic() < deadline, f"a popup stays on screen\n{self.evidence()}"
+            time.sleep(0.1)
+
     def choose_continue(self) -> None:
         """Open the popup's actions and pick Continue, as a user would: dunst runs its menu
         command (the chooser) and emits ActionInvoked itself (to the sender of the
@@ -253,6 +259,43 @@ def test_continue_clicked_in_the_notification_lets_the_held_request_through(
         assert len(upstream.find("anthropic.messages")) == sent + 1
         answers = json.loads((proxy.home / "control.json").read_text())["answers"]
         assert [(a[0], a[1]) for a in answers] == [("session:desk-runaway:0.02", "continue")]
+        # Answered, its popup goes: dunst 1.9 keeps a popup whose button was pressed, and
+        # a critical one never times out, so it would go on asking.
+        desktop.wait_for_bus(r"member=CloseNotification")
+        desktop.wait_until_none_displayed()
+    finally:
+        proxy.stop()
+
+
+def test_an_ask_answered_on_the_command_line_takes_its_popup_down(
+    desktop: Desktop, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    proxy = desktop_proxy(desktop, upstream, tmp_path / "home", timeout=60)
+    try:
+        c = client(proxy, "desk-cli")
+        ask(c)
+        ask(c)  # past $0.02
+        thread, outcome = in_thread(lambda: ask(c))
+        open_asks(proxy)
+        desktop.wait_for_bus(r'member=Notify\s.*?string "devmeter: Continue spending\?"')
+        deadline = time.monotonic() + 20
+        while not desktop.displayed():
+            assert time.monotonic() < deadline, desktop.evidence()
+            time.sleep(0.1)
+        # The user follows the popup's own advice in a terminal: `devmeter allow desk-cli`.
+        allowed = subprocess.run(
+            [sys.executable, "-m", "devmeter", "allow", "desk-cli"],
+            env={**os.environ, "DEVMETER_HOME": str(proxy.home)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert allowed.returncode == 0, allowed.stderr
+        thread.join(15)
+        assert outcome == [None], outcome
+        desktop.wait_for_bus(r"member=CloseNotification")
+        desktop.wait_until_none_displayed()
+        assert "ActionInvoked" not in desktop.bus()
     finally:
         proxy.stop()
 

@@ -304,6 +304,21 @@ def test_an_asks_buttons_answer_it_by_id():
     assert answers == [("session:abc-123:25", "continue")]
 
 
+def test_an_answered_asks_popup_is_withdrawn_once_and_an_open_one_stays():
+    withdrawn: list[str] = []
+    backend = Backend("fake", lambda t, m: None, lambda n: None, withdraw=withdrawn.append)
+    notifier = Notifier([backend], on_answer=lambda i, c: None)
+    for key in ("a", "b"):
+        ask = Alert(T0, "ask", "session", key, Decimal("25"), "passed $25", "codex", None, "r")
+        notifier.notify(ask, T0)
+    notifier.notify(alert("threshold", key="c"), T0)  # not an ask: nothing to withdraw
+    notifier.withdraw_except({"session:b:25"})
+    assert withdrawn == ["session:a:25"]
+    notifier.withdraw_except({"session:b:25"})  # already gone: not again
+    notifier.withdraw_except(set())
+    assert withdrawn == ["session:a:25", "session:b:25"]
+
+
 def test_an_ask_with_a_cheaper_model_offers_switch():
     from devmeter.ask import AskAlert
 

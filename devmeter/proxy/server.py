@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import connection, http, options
 from mitmproxy.tools.dump import DumpMaster
@@ -55,6 +55,9 @@ from devmeter.secrets.scan import builtin_detectors
 from devmeter.spool import SpoolBusy
 from devmeter.usage import Attribution, Call, RequestInfo
 from devmeter.warnlog import route_warnings
+
+if TYPE_CHECKING:
+    from devmeter.alert_delivery import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +163,13 @@ async def serve(
 
     pending = asks_path(paths.data_dir)
 
+    # Once made below: closes the popups of asks answered meanwhile, off the event loop.
+    withdraw_answered: list[Callable[[set[str]], None]] = []
+
     def on_asks_changed(open_asks: list[dict[str, Any]]) -> None:
         write_pending(pending, open_asks)  # for the tray menu; rare and tiny
+        for withdraw in withdraw_answered:
+            withdraw({str(row["id"]) for row in open_asks})
 
     # A set, not a frozenset: a config reload can add an [upstream] host.
     intercepted = {h.lower() for h in (*INTERCEPT_HOSTS, *config.upstreams)}
@@ -170,7 +178,9 @@ async def serve(
         config, paths, proxy_port=port or None, notify=notify, deadline=deadline,
         on_asks_changed=on_asks_changed,
     )  # fmt: skip
-    dispatcher = AlertDispatcher(*_notifier(paths, control_path(paths.data_dir)))
+    notifier = _notifier(paths, control_path(paths.data_dir))
+    dispatcher = AlertDispatcher(notifier.notify, notifier.flush)
+    withdraw_answered.append(lambda ids: dispatcher.call(lambda: notifier.withdraw_except(ids)))
     pusher = _pusher(config)
     outlets.append(dispatcher.send)
     if pusher is not None:
@@ -521,9 +531,7 @@ def _ledger_spend(paths: Paths, budgets: Budgets) -> dict[tuple[str, str], Decim
         return {}
 
 
-def _notifier(
-    paths: Paths, control_file: Path
-) -> tuple[Callable[[Alert], object], Callable[[], object]]:
+def _notifier(paths: Paths, control_file: Path) -> Notifier:
     """Desktop notifications from the proxy itself, so they work without the tray too; an
     ask's buttons answer through control.json, like the tray menu and `devmeter allow`."""
     from devmeter.alert_delivery import Notifier, status_path
@@ -531,8 +539,7 @@ def _notifier(
     def on_answer(ask_id: str, choice: str) -> None:
         control_state.answer(control_file, ask_id, choice)
 
-    notifier = Notifier(on_answer=on_answer, status_file=status_path(paths.data_dir))
-    return notifier.notify, notifier.flush
+    return Notifier(on_answer=on_answer, status_file=status_path(paths.data_dir))
 
 
 def _pusher(config: Config) -> Pusher | None:
