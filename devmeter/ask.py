@@ -281,7 +281,8 @@ class AskBook:
         return self._open.get((ask.scope, ask.key)) != ask
 
     def apply(self, control: Control) -> None:
-        """The answers in control.json: to asks (by id), and `devmeter allow` entries."""
+        """The answers in control.json: to asks (by id), `devmeter allow` and `devmeter
+        stop` entries."""
         for ask_id_text, choice, when in control.answers:
             self._answer(ask_id_text, choice, when)
         for scope, key, when in control.allowed:
@@ -294,6 +295,15 @@ class AskBook:
             ask = self._open.get(slot)
             if ask is not None and when >= ask.created:
                 self._continue(ask.scope, ask.key, ask.level)
+        for session, when in control.stopped:
+            # `devmeter stop` (or a popup's advice followed in a terminal) answers the
+            # session's open ask as its Stop button does; left open, the tray menu and the
+            # popup would go on asking about a session already stopped.
+            slot = ("session", session)
+            ask = self._open.get(slot)
+            if ask is not None and when >= ask.created:
+                self._close(ask)
+                self._stopped[slot] = (when, ask.until)
 
     def answer(self, ask: Ask, choice: Choice, when: float) -> None:
         self._answer(ask.id, choice, when)

@@ -139,6 +139,26 @@ def test_stop_refuses_this_scope_until_allowed(ledger: Ledger, book: AskBook) ->
     assert book.check(ME, T0 + 10) is None
 
 
+def test_devmeter_stop_answers_an_open_ask_as_its_stop_button_does(
+    ledger: Ledger, book: AskBook
+) -> None:
+    ledger.add("30")
+    ask, _ = held(book.check(ME, T0))
+    book.apply(control.Control(stopped=((ME.session, T0 - 10),)))  # older: no
+    assert not book.answered(ask)
+    stopped = control.Control(stopped=((ME.session, T0 + 2),))
+    book.apply(stopped)
+    assert book.answered(ask) and book.pending() == []  # off the tray menu and popup
+    assert isinstance(book.check(ME, T0 + 3), Block)
+    # `devmeter allow` lifts it up to the ask's next level, as after the Stop button.
+    lifted = control.Control(stopped=stopped.stopped, allowed=(("session", ME.session, T0 + 9),))
+    book.apply(lifted)
+    assert book.check(ME, T0 + 10) is None
+    ledger.add("21")  # $51: past $50, asked again
+    nxt, new = held(book.check(ME, T0 + 11))
+    assert new and nxt.level == 50
+
+
 def test_no_answer_refuses_now_and_later_until_someone_answers(
     ledger: Ledger, book: AskBook
 ) -> None:

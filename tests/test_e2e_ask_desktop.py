@@ -267,8 +267,9 @@ def test_continue_clicked_in_the_notification_lets_the_held_request_through(
         proxy.stop()
 
 
+@pytest.mark.parametrize("command", ["allow", "stop"])
 def test_an_ask_answered_on_the_command_line_takes_its_popup_down(
-    desktop: Desktop, upstream: FakeUpstream, tmp_path: Path
+    desktop: Desktop, upstream: FakeUpstream, tmp_path: Path, command: str
 ) -> None:
     proxy = desktop_proxy(desktop, upstream, tmp_path / "home", timeout=60)
     try:
@@ -282,9 +283,10 @@ def test_an_ask_answered_on_the_command_line_takes_its_popup_down(
         while not desktop.displayed():
             assert time.monotonic() < deadline, desktop.evidence()
             time.sleep(0.1)
-        # The user follows the popup's own advice in a terminal: `devmeter allow desk-cli`.
+        # The user answers in a terminal: the popup's own advice, `devmeter allow
+        # desk-cli`, or the threshold alerts' `devmeter stop desk-cli`.
         allowed = subprocess.run(
-            [sys.executable, "-m", "devmeter", "allow", "desk-cli"],
+            [sys.executable, "-m", "devmeter", command, "desk-cli"],
             env={**os.environ, "DEVMETER_HOME": str(proxy.home)},
             capture_output=True,
             text=True,
@@ -292,7 +294,12 @@ def test_an_ask_answered_on_the_command_line_takes_its_popup_down(
         )
         assert allowed.returncode == 0, allowed.stderr
         thread.join(15)
-        assert outcome == [None], outcome
+        if command == "allow":
+            assert outcome == [None], outcome
+        else:
+            (refused,) = outcome
+            assert isinstance(refused, anthropic.APIStatusError), outcome
+            assert "`devmeter allow desk-cli`" in refused.body["error"]["message"]  # type: ignore[index]
         desktop.wait_for_bus(r"member=CloseNotification")
         desktop.wait_until_none_displayed()
         assert "ActionInvoked" not in desktop.bus()
