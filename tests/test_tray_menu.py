@@ -194,6 +194,18 @@ def test_to_pystray_wires_every_click_to_its_handler(pystray_module):
     assert len(separators) == 2
 
 
+def test_a_left_click_on_the_icon_opens_the_dashboard(pystray_module):
+    # pystray's GTK backend calls the menu's default item on a left click (`activate`):
+    # without one, a left click did nothing; the X backend's click opens the dashboard.
+    opened: list[tuple] = []
+    handlers = {"open_dashboard": lambda *a: opened.append(a), "quit": lambda: None}
+    menu = to_pystray(build_menu(TraySnapshot()), handlers)
+    defaults = [item.text for item in menu.items if item.default]
+    assert defaults == ["Open dashboard"]
+    menu(None)  # what pystray's Icon.__call__ does on activate
+    assert opened == [()]
+
+
 def test_an_action_without_a_handler_is_disabled_not_a_crash(pystray_module, caplog):
     menu = to_pystray(build_menu(TraySnapshot()), {"quit": lambda: None})
     items = {item.text: item for item in menu.items}

@@ -133,6 +133,9 @@ class MenuItem:
     radio: bool = False
     submenu: tuple[MenuItem, ...] = ()
     separator: bool = False
+    # What a left click on the icon does (GTK; the plain X backend has no menu and opens
+    # the dashboard on a click too). At most one item has it.
+    default: bool = False
 
 
 SEPARATOR = MenuItem("", separator=True)
@@ -191,7 +194,7 @@ def build_menu(snapshot: TraySnapshot) -> list[MenuItem]:
         if snapshot.paused
         else MenuItem("Pause all metered traffic", "pause"),
         SEPARATOR,
-        MenuItem("Open dashboard", "open_dashboard"),
+        MenuItem("Open dashboard", "open_dashboard", default=True),
         MenuItem("Open config", "open_config"),
         SEPARATOR,
         MenuItem("Quit devmeter", "quit"),
@@ -313,6 +316,7 @@ def to_pystray(
             _click(handler, item.args) if handler else None,
             checked=checked,
             radio=item.radio,
+            default=item.default,
             enabled=item.enabled and (item.action is None or handler is not None),
         )
 
