@@ -230,6 +230,13 @@ def test_the_icon_appears_once_a_tray_starts_and_comes_back_after_the_tray_dies(
     def waiting() -> bool:
         return status_tray() == "waiting for a system tray"
 
+    def one_icon() -> None:
+        # One icon, not one more per panel restart: GTK re-docks a status icon that a
+        # cleanly stopped tray gave back (late when the new panel is slow to start),
+        # beside the one devmeter made to replace it. Give a late one time to dock.
+        time.sleep(3)
+        assert icons_named(bare_display, "^devmeter ") == 1, log.read_text()
+
     panels: list[subprocess.Popen[bytes]] = []
     with bus as bus_env:
         app = start_app(bare_display, log, python=python, env_extra=bus_env)
@@ -244,12 +251,14 @@ def test_the_icon_appears_once_a_tray_starts_and_comes_back_after_the_tray_dies(
                 panels.append(start_tint2(bare_display))
                 eventually("the icon to appear in the tray", icon_shown, app, log)
                 assert status_tray() == "docked"
+                one_icon()
                 stop(panels[-1], kill_with)
                 eventually("the icon to leave with the tray", icon_gone, app, log)
                 eventually("waiting said", waiting, app, log)
             panels.append(start_tint2(bare_display))
             eventually("the icon to come back", icon_shown, app, log)
             assert where.proxy_state.exists(), "the proxy stopped on the way"
+            one_icon()
         finally:
             code = stop_app(app, log)
             for panel in panels:
@@ -265,6 +274,17 @@ def test_the_icon_appears_once_a_tray_starts_and_comes_back_after_the_tray_dies(
         assert noise not in text, text
     assert text.count("no system tray to show the icon in yet") == 1, text
     assert text.count("the icon is back in the system tray") == 3, text
+
+
+def icons_named(display: str, pattern: str) -> int:
+    """How many mapped windows (a docked icon is one) have a title matching `pattern`."""
+    found = subprocess.run(
+        [need("xdotool"), "search", "--onlyvisible", "--name", pattern],
+        env={**os.environ, "DISPLAY": display},
+        capture_output=True,
+        text=True,
+    )
+    return len(found.stdout.split())
 
 
 def window_titled(display: str, pattern: str) -> bool:

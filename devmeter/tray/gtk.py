@@ -79,9 +79,11 @@ class StayingIcon(_gtk.Icon):  # type: ignore[misc]
         if embedded:
             self._window_id = int(status_icon.get_x11_window_id())
             return
-        if not window_exists(self._window_id):
+        if not window_exists(_window_of(status_icon)):
             # Killed with the tray: replace it now, before a redraw touches it (GTK can
-            # crash drawing into a widget whose window is gone).
+            # crash drawing into a widget whose window is gone). A tray that stopped
+            # cleanly leaves GTK a new window of its own (not the docked one), which
+            # docks again by itself: replacing that one too made two icons.
             self._replace_status_icon()
         if not self._looking:
             self._looking = True
@@ -114,6 +116,10 @@ class StayingIcon(_gtk.Icon):  # type: ignore[misc]
         self._status_icon = new
         self._watch(new)
         new.set_visible(self.visible)
+        if window_exists(_window_of(old)):
+            # Alive but not taken (yet) by a slow new tray host, which would dock it late
+            # beside the new one.
+            old.set_visible(False)
         # The old one's window died with a killed tray: GTK complains (Gtk-CRITICAL) about
         # any call on it, even finalizing it, so it is kept and never touched again.
         self._dead.append(old)
@@ -137,6 +143,14 @@ class _NoNotifier:
 
     def hide(self) -> None:
         pass
+
+
+def _window_of(status_icon: Any) -> int:
+    """The status icon's X window now (GTK makes a new one when a tray gives it back)."""
+    try:
+        return int(status_icon.get_x11_window_id())
+    except Exception:
+        return 0
 
 
 def window_exists(window_id: int) -> bool:
