@@ -41,7 +41,7 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.test import tflow, tutils
 
-from benchmarks.large_body import conversation_body
+from benchmarks.large_body import conversation_bodies
 
 CLAUDE_HEADERS = {
     "Accept": "application/json",
@@ -146,6 +146,8 @@ class Shape:
     body: bytes
     response_headers: dict[str, str]
     chunks: list[bytes]
+    # Bodies sent in turn instead of `body` (cycled): a conversation growing a turn a call.
+    bodies: tuple[bytes, ...] = ()
 
 
 def _whole(answer: dict[str, Any]) -> tuple[dict[str, str], list[bytes]]:
@@ -173,11 +175,19 @@ SHAPES = {
 }  # fmt: skip
 
 
+# The large shape's distinct bodies (~1.2 MB each at most): enough turns that the prefix
+# memory always checks a body from where the previous one changed, bounded in memory.
+LARGE_TURNS = 60
+
+
 def large_shape() -> Shape:
-    """`--only large`: Claude Code late in a session, its whole ~1 MB conversation re-sent
-    (large_body.py). Not in the default run: each call costs milliseconds, not microseconds."""
+    """`--only large`: Claude Code late in a session, its whole ~1 MB conversation re-sent,
+    one turn longer each call (large_body.conversation_bodies; after the last, the
+    sequence starts again, as a resumed session would). Not in the default run: each call
+    costs milliseconds, not microseconds."""
+    bodies = tuple(conversation_bodies(LARGE_TURNS))
     return Shape("anthropic messages 1 MB, whole", "api.anthropic.com", "/v1/messages?beta=true",
-                 CLAUDE_HEADERS, conversation_body(), *_whole(ANTHROPIC_ANSWER))  # fmt: skip
+                 CLAUDE_HEADERS, bodies[0], *_whole(ANTHROPIC_ANSWER), bodies)  # fmt: skip
 
 
 class StageClock:
@@ -307,14 +317,25 @@ class Client:
         self._server.close()
 
 
+_sent: dict[str, int] = {}  # per shape with `bodies`: how many it sent (the next to send)
+
+
 def make_flow(shape: Shape, client: Client, session: str, turn: int | None) -> http.HTTPFlow:
     """A flow of `shape`; a Claude Code call in `session` (a fresh one a round keeps the
     default config's asks, $25 a session, from holding the harness's calls). `turn`: the
-    prompt is new text, numbered so (as an agent's every turn is), not the shape's own."""
+    prompt is new text, numbered so (as an agent's every turn is), not the shape's own.
+    A shape with `bodies` sends the next of them instead (its turns are new already)."""
     fields = {k.replace("-", "_"): v for k, v in shape.request_headers.items()}
     if "X-Claude-Code-Session-Id" in shape.request_headers:
         fields["X_Claude_Code_Session_Id"] = session
-    body = shape.body if turn is None else shape.body.replace(b"say hi", b"say hi, turn %d" % turn)
+    if shape.bodies:
+        sent = _sent.get(shape.name, 0)
+        _sent[shape.name] = sent + 1
+        body = shape.bodies[sent % len(shape.bodies)]
+    elif turn is None:
+        body = shape.body
+    else:
+        body = shape.body.replace(b"say hi", b"say hi, turn %d" % turn)
     headers = http.Headers(host=shape.host, **fields, content_length=str(len(body)))
     flow = tflow.tflow(req=tutils.treq(
         host=shape.host, port=443, scheme=b"https", authority=b"", path=shape.path.encode(),
