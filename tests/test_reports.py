@@ -139,7 +139,8 @@ def test_report_snapshots(
 
 def test_tables_read_like_a_report(seeded: Path, capsys: pytest.CaptureFixture[str]) -> None:
     table = run(capsys, "report", "--by", "repo").splitlines()
-    assert table[0].split() == ["repo", "calls", "in", "cache", "r", "cache", "w", "out", "cost", "flags"]
+    header = ["repo", "calls", "in", "cache", "r", "cache", "w", "out", "cost", "flags"]
+    assert table[0].split() == header
     body = {line.split()[0]: line for line in table[1:] if line}
     assert "$82.98" in body["/home/dev/src/acme-api"]  # 70.4598 + 0.003376 + 0 + 12.5 + 0.02
     assert "4,001,130" in body["/home/dev/src/acme-api"]  # tokens: one unit system
