@@ -867,21 +867,25 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 
 def _migrate_from(conn: sqlite3.Connection, current: int) -> None:
-    """Run the migrations after version `current` (as read before any lock was taken)."""
-    for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Another writer (the proxy, an import) may have run it since we looked.
-            if conn.execute("PRAGMA user_version").fetchone()[0] >= version:
-                conn.execute("COMMIT")
-                continue
+    """Run the migrations after version `current` (as read before any lock was taken), all
+    in one transaction: a reader (the headless line, `devmeter report`) opening a ledger
+    being created or upgraded sees it before or after, never half migrated (a new user's
+    first start printed "no such column" from a ledger between two versions)."""
+    if current >= len(MIGRATIONS):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # Another writer (the proxy, an import) may have migrated it since we looked.
+        (done,) = conn.execute("PRAGMA user_version").fetchone()
+        for script in MIGRATIONS[done:]:
             for statement in _statements(script):
                 conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {version}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        if done < len(MIGRATIONS):
+            conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _statements(script: str) -> list[str]:

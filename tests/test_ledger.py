@@ -18,6 +18,7 @@ from devmeter.ledger import (
     connect,
     connect_readonly,
     insert_calls,
+    migrate,
     write_calls,
 )
 from devmeter.usage import Attribution, Call, Usage
@@ -139,6 +140,37 @@ def test_migrations_are_idempotent(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     with pytest.raises(sqlite3.OperationalError):
         conn.execute("CREATE TABLE calls (x)")
+
+
+def test_a_reader_never_sees_a_ledger_half_created(tmp_path: Path) -> None:
+    # A new user's first start: the headless line read the ledger while the proxy was
+    # creating it and printed "no such column: refused_scope" (a ledger between two
+    # migrations). Readers must see no ledger yet, or all of it.
+    path = tmp_path / "l.sqlite"
+    seen: list[object] = []
+
+    def look(statement: str) -> None:
+        if statement.startswith("ALTER TABLE"):  # mid-way through the migrations
+            reader = connect_readonly(path)
+            try:
+                seen.append(
+                    None if reader is None
+                    else reader.execute("SELECT refused_scope FROM calls LIMIT 1").fetchall()
+                )  # fmt: skip
+            except sqlite3.OperationalError as exc:
+                seen.append(exc)
+            finally:
+                if reader is not None:
+                    reader.close()
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.set_trace_callback(look)
+    migrate(conn)
+    conn.set_trace_callback(None)
+    assert seen and all(s is None for s in seen), seen
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    conn.close()
 
 
 def test_report_groupings_and_formats(
