@@ -1250,9 +1250,9 @@ class LedgerWriter:
         # bounded memory, and a retry goes on from the last batch written.
         batch: list[_Item] = []
         try:
-            for mark, row in spool_pending(self._spool.directory, Mark(file, end_byte)):
-                if mark.file >= this_run:
-                    break  # this run's own rows: the normal path writes them
+            directory = self._spool.directory
+            # This run's own rows are not read back: the normal path writes them.
+            for mark, row in spool_pending(directory, Mark(file, end_byte), before=this_run):
                 batch.extend(_spooled_items(row, mark))
                 if len(batch) >= self._batch_size:
                     if not self._commit(batch):

@@ -238,13 +238,19 @@ def _own(directory: Path) -> int | None:
     return fd
 
 
-def pending(directory: Path, mark: Mark | None) -> Iterator[tuple[Mark, tuple[Any, ...]]]:
-    """Rows a previous run spooled past `mark` (None: all of them), in spool order.
+def pending(
+    directory: Path, mark: Mark | None, before: int | None = None
+) -> Iterator[tuple[Mark, tuple[Any, ...]]]:
+    """Rows a previous run spooled past `mark` (None: all of them), in spool order, from
+    files numbered below `before` (this run's first file: its own files are never opened,
+    as this run may drop one meanwhile, e.g. when the disk is full).
 
     A line that does not parse (torn by a power cut) is reported and skipped: there is
     nothing else to recover it from.
     """
     for number in _files(directory):
+        if before is not None and number >= before:
+            break
         if mark is not None and number < mark.file:
             continue
         start = mark.offset if mark is not None and number == mark.file else 0

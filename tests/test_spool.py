@@ -42,6 +42,21 @@ def test_rows_come_back_in_order_from_the_mark_on(tmp_path: Path, mapped: bool) 
     assert [m for m, _ in pending(tmp_path / "s", None)] == marks
 
 
+def test_replay_never_opens_this_runs_own_files(tmp_path: Path) -> None:
+    # The replay at start runs beside this run's first rows: a file this run dropped
+    # meanwhile (a full disk) made it report "cannot read the spool" and keep an earlier
+    # run's rows out of the ledger. Files from `before` on are not opened at all.
+    spool = Spool(tmp_path / "s", file_bytes=50, mapped=False)
+    marks = [spool.append((i, f"session-{i}", None)) for i in range(10)]
+    spool.close()
+    cut = marks[5].file  # say this run began there
+    for number in {m.file for m in marks if m.file >= cut}:
+        (tmp_path / "s" / f"{number}.jsonl").unlink()
+    (tmp_path / "s" / f"{cut}.jsonl").mkdir()  # what opening it would trip over
+    earlier = [row[0] for m, row in pending(tmp_path / "s", None, before=cut)]
+    assert earlier == [i for i, m in enumerate(marks) if m.file < cut] and earlier
+
+
 @pytest.mark.parametrize("mapped", [True, False])
 def test_release_deletes_only_files_wholly_behind_the_mark(tmp_path: Path, mapped: bool) -> None:
     spool = Spool(tmp_path / "s", file_bytes=100, mapped=mapped)
