@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sqlite3
@@ -557,7 +556,7 @@ def cmd_dashboard(args: argparse.Namespace, config: Config, where: Paths) -> int
         return 75
     print(server.url, flush=True)
     if not args.no_open and not _can_open_browser(os.environ, sys.platform):
-        port = server.url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)[1]
+        port = server.server_address[1]
         print(
             "devmeter: no display here, so no browser was opened: open the URL above in a "
             f"browser on this machine, or from yours over SSH with `ssh -L {port}:127.0.0.1:"
@@ -665,12 +664,11 @@ def cmd_stop(args: argparse.Namespace, config: Config, where: Paths) -> int:
 def _how_to_stop_devmeter(where: Paths) -> str:
     """What stops the running devmeter: the tray or headless line (its proxy stops with
     it), else a bare proxy; named by the pid its state file records."""
-    try:
-        supervisor = json.loads((where.data_dir / "supervisor.json").read_text("utf-8"))
-    except (OSError, ValueError):
-        supervisor = None
-    pid = supervisor.get("pid") if isinstance(supervisor, dict) else None
-    if _pid_alive(pid):
+    from devmeter.tray.supervisor import read_status
+
+    supervisor = read_status(where)  # None unless the process that wrote it is alive
+    if supervisor is not None:
+        pid = supervisor["pid"]
         return (
             f"To stop devmeter: Quit in its tray menu, Ctrl-C in its terminal, or `kill {pid}` "
             "(its proxy stops with it; started by systemd: `systemctl --user stop devmeter`, or "

@@ -129,13 +129,21 @@ def test_the_command_stores_what_an_import_in_one_process_stores(tmp_path: Path)
     assert {model for _, model, _, _ in kept["hours"]} == {"claude-sonnet-4-5"}
 
 
-def test_a_child_that_fails_stores_what_it_sent_and_the_next_import_goes_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def small_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, Path]:
+    """A history read in batches of 4 lines (so a failure can fall between two), the
+    ledger to import it into, and a reference ledger it was imported into in one go."""
     monkeypatch.setattr(history, "CHUNK_LINES", 4)
     root = history_folder(tmp_path / "claude")
     db, reference = tmp_path / "ledger.sqlite", tmp_path / "reference.sqlite"
     import_claude_code(reference, root)
+    return root, db, reference
+
+
+def test_a_child_that_fails_stores_what_it_sent_and_the_next_import_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_batches: tuple[Path, Path, Path]
+) -> None:
+    root, db, reference = small_batches
     real = claude_code.parse_lines
     parse_pids(monkeypatch, tmp_path / "pids", fail_at=3)
     with pytest.raises(OSError, match="the disk went away"):  # the child's error, as raised
@@ -148,12 +156,9 @@ def test_a_child_that_fails_stores_what_it_sent_and_the_next_import_goes_on(
 
 
 def test_a_child_killed_mid_import_leaves_nothing_doubled(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_batches: tuple[Path, Path, Path]
 ) -> None:
-    monkeypatch.setattr(history, "CHUNK_LINES", 4)
-    root = history_folder(tmp_path / "claude")
-    db, reference = tmp_path / "ledger.sqlite", tmp_path / "reference.sqlite"
-    import_claude_code(reference, root)
+    root, db, reference = small_batches
     real = claude_code.parse_lines
     parse_pids(monkeypatch, tmp_path / "pids", die_at=4)
     with pytest.raises(RuntimeError, match="run the import again to read on"):
@@ -165,12 +170,9 @@ def test_a_child_killed_mid_import_leaves_nothing_doubled(
 
 
 def test_a_batch_the_parent_cannot_store_stops_the_child(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small_batches: tuple[Path, Path, Path]
 ) -> None:
-    monkeypatch.setattr(history, "CHUNK_LINES", 4)
-    root = history_folder(tmp_path / "claude")
-    db, reference = tmp_path / "ledger.sqlite", tmp_path / "reference.sqlite"
-    import_claude_code(reference, root)
+    root, db, reference = small_batches
     log = tmp_path / "pids"
     parse_pids(monkeypatch, log)
     real, batches = history.store, []
