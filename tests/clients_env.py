@@ -258,7 +258,7 @@ def rows_after(
 
 def describe(rows: list[dict[str, Any]]) -> str:
     """Rows in an assertion message: the columns these tests look at."""
-    keys = ("id", "tool", "endpoint", "status", "session", "repo", "branch", "repo_source",
+    keys = ("id", "tool", "endpoint", "status", "session", "repo", "branch", "repo_source", "pid",
             "requested_model", "model", "input_tokens", "cache_read_tokens",
             "cache_write_tokens", "cache_write_1h_tokens", "output_tokens", "cost_usd",
             "price_source", "estimated", "complete", "error")  # fmt: skip

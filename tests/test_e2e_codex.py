@@ -120,7 +120,7 @@ def test_codex_turn_billed_once_to_its_session_repo_and_branch(
     assert row["tool"] == "codex"
     assert row["endpoint"] == "openai.responses"
     assert row["session"] == thread
-    assert row["repo"] == str(repo)
+    assert row["repo"] == str(repo), describe(rows)
     assert row["branch"] == BRANCH
     assert row["repo_source"] == "process"  # Codex's cwd, found from its socket
     assert (row["requested_model"], row["model"]) == (MODEL, MODEL)

@@ -103,7 +103,13 @@ class Meter:
             self._apply_control,
         )  # fmt: skip
         self._turns = WebSocketTurns(
-            clock, self._secrets, self._guards, self._ask, self._recorder, self._apply_control
+            clock,
+            attribute,
+            self._secrets,
+            self._guards,
+            self._ask,
+            self._recorder,
+            self._apply_control,
         )
 
     def reconfigure(

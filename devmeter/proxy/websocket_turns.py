@@ -17,12 +17,13 @@ from mitmproxy import ctx, http, websocket
 from devmeter import metering
 from devmeter.alerts import Block
 from devmeter.ask import Ask
+from devmeter.attribution import Attribution, lower_headers
 from devmeter.providers import new_response_parser, parse_request_doc
 from devmeter.providers.refusal import refusal
 from devmeter.proxy import streaming
 from devmeter.proxy.ask_stage import AskStage
 from devmeter.proxy.billing_reading import scan_ws_message
-from devmeter.proxy.flow_state import FlowState, short_traceback, state_of
+from devmeter.proxy.flow_state import Attribute, FlowState, short_traceback, state_of
 from devmeter.proxy.guard_stage import GuardStage, Signals
 from devmeter.proxy.recorder import Recorder
 from devmeter.proxy.secrets_stage import SecretsStage
@@ -34,8 +35,8 @@ class SocketTurns:
     """The turns under way on one socket, oldest first."""
 
     # The request of each response.create, in order, with its own loop fingerprint and
-    # human turn (the handshake's are empty: it has no body).
-    requests: list[tuple[RequestInfo, Signals]] = field(default_factory=list)
+    # human turn (the handshake's are empty: it has no body), and who sent it then.
+    requests: list[tuple[RequestInfo, Signals, Attribution]] = field(default_factory=list)
     # ... and what each reserved against its caps (burst caps), in the same order.
     reservations: list[int | None] = field(default_factory=list)
     refused: bool = False  # a Realtime socket's frames were refused (and said so once)
@@ -45,6 +46,7 @@ class WebSocketTurns:
     def __init__(
         self,
         clock: Callable[[], float],
+        attribute: Attribute,
         secrets: SecretsStage,
         guards: GuardStage,
         ask: AskStage,
@@ -52,6 +54,7 @@ class WebSocketTurns:
         apply_control: Callable[[], None],
     ) -> None:
         self._clock = clock
+        self._attribute = attribute
         self._secrets = secrets
         self._guards = guards
         self._ask = ask
@@ -84,6 +87,7 @@ class WebSocketTurns:
                 request, doc = parse_request_doc(state.endpoint, message.content)
                 signals = self._guards.turn_signals(flow, state, doc)
                 now = self._clock()
+                self._attribute_turn(flow, state, now)
                 secret = self._secrets.websocket_message(state, message, now, doc)
                 if secret is not None:
                     self._refuse_message(flow, state, message, request, secret, now)
@@ -94,7 +98,7 @@ class WebSocketTurns:
                 if held is not None:
                     return self._hold_turn(held, flow, state, message, request, signals)
                 if state.endpoint.api != "openai.realtime":  # events, not one per response
-                    _turns(state).requests.append((request, signals))
+                    _turns(state).requests.append((request, signals, state.attribution))
             else:
                 state.parser.feed_message(message.content)
                 scan_ws_message(state, message.content, self._clock())
@@ -105,6 +109,19 @@ class WebSocketTurns:
         except Exception:
             self._recorder.internal_error(flow, state.host, "websocket")
         return None
+
+    def _attribute_turn(self, flow: http.HTTPFlow, state: FlowState, now: float) -> None:
+        """Who sends this turn, asked again: Codex keeps its socket for the whole session,
+        so the handshake's answer would keep a branch the developer has since left, the
+        process session's idle restarts, and a first repo lookup that was too slow to wait
+        for. (The Attributor remembers the connection's answer while nothing it read
+        changed, so a turn costs a few microseconds.) Not a Realtime socket's frames: they
+        are not turns, and its responses keep the handshake's answer."""
+        if state.endpoint.api == "openai.realtime":
+            return
+        state.attribution = self._attribute(
+            flow, state.request, lower_headers(flow.request.headers), state.host, now
+        )
 
     def _ask_first(
         self,
@@ -149,7 +166,7 @@ class WebSocketTurns:
                 self._unreserve_last_turn(state)
                 self._refuse_message(flow, state, message, request, block, self._clock())
             elif state.endpoint.api != "openai.realtime":  # events, not one per response
-                _turns(state).requests.append((request, signals))
+                _turns(state).requests.append((request, signals, state.attribution))
             if flow.websocket is not None:
                 del flow.websocket.messages[:-1]
         except Exception:
@@ -240,11 +257,12 @@ class WebSocketTurns:
 
     def _record_turn(self, flow: http.HTTPFlow, state: FlowState, result: ResponseResult) -> None:
         turns = _turns(state)
-        request, signals = (
+        request, signals, attribution = (
             turns.requests.pop(0)
             if turns.requests
-            else (state.request, self._guards.signals(state))
+            else (state.request, self._guards.signals(state), state.attribution)
         )
+        state.attribution = attribution  # the row is the turn's, even with a later one sent
         self._settle_turns(state, 1)
         if request.facts.get("prewarm") == "1" and not (
             result.usage and any(_counts(result.usage))

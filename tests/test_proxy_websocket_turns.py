@@ -1,0 +1,76 @@
+"""Who sends each turn on a long-lived WebSocket, through a real proxy.
+
+Codex keeps one Responses WebSocket for a whole session. Each turn on it is attributed
+when it is sent, not once at the handshake: a branch the developer switched to since is
+the next turn's branch.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.clients_env import git_repo
+from tests.fake_upstream import FakeUpstream
+from tests.proxy_harness import SOCKET_SECONDS, RunningProxy
+
+pytestmark = pytest.mark.proxy
+
+TURN = {"type": "response.create", "model": "gpt-5", "input": "hi", "stream": True}
+GIT_TTL = 2.0  # devmeter/gitinfo.py: a branch switch shows within this long
+
+
+@pytest.fixture(autouse=True)
+def fresh(upstream: FakeUpstream) -> None:
+    upstream.reset()
+
+
+def test_each_turn_on_one_socket_has_the_branch_it_was_sent_on(
+    proxy: RunningProxy, tmp_path: Path
+) -> None:
+    from websockets.sync.client import connect
+
+    repo = git_repo(tmp_path / "payments", "feature/one")
+    session = f"ws-turns-{uuid.uuid4().hex[:8]}"
+    context = ssl.create_default_context(cafile=str(proxy.bundle))
+    headers = {
+        "X-Devmeter-Session": session,
+        "X-Devmeter-Project": str(repo),
+        "Authorization": "Bearer sk-t",
+    }
+
+    def turn(socket: object) -> None:
+        socket.send(json.dumps(TURN))  # type: ignore[attr-defined]
+        while True:
+            event = json.loads(socket.recv(timeout=SOCKET_SECONDS))  # type: ignore[attr-defined]
+            if event["type"] == "response.completed":
+                return
+
+    with connect(
+        "wss://api.openai.com/v1/responses",
+        ssl=context,
+        proxy=proxy.url,
+        additional_headers=headers,
+        open_timeout=SOCKET_SECONDS,
+    ) as socket:
+        turn(socket)
+        subprocess.run(
+            ["git", "checkout", "-q", "-b", "feature/two"], cwd=repo, check=True, timeout=30
+        )
+        time.sleep(GIT_TTL + 0.3)
+        turn(socket)
+
+    deadline = time.monotonic() + 10
+    while len(rows := proxy.rows("session = ?", (session,))) < 2:
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.05)
+    assert [(r["status"], r["repo"], r["branch"]) for r in rows] == [
+        (101, str(repo), "feature/one"),
+        (101, str(repo), "feature/two"),
+    ]
