@@ -53,6 +53,7 @@ def test_the_secrets_page_lists_todays_findings_masked_and_escaped(
     stripe = PLANTED["stripe-key"]
     assert f"<code>{stripe[:4]}…{stripe[-4:]}</code>" in html
     assert "tool result (/home/dev/acme/.env)" in html and "warned" in html
+    assert f"of <code>{devmeter_home / 'config.toml'}</code>" in html  # which file to edit
     assert "<script>alert" not in html and "&lt;script&gt;" in html
     for kind, secret in PLANTED.items():
         assert secret not in html, kind

@@ -136,6 +136,7 @@ def test_block_refuses_with_the_devmeter_message_and_sends_nothing(
         assert refused.value.status_code == 402
         assert "devmeter: refused: the request holds a secret" in str(refused.value)
         assert "allow_fingerprints" in str(refused.value)
+        assert f"in {proxy.home / 'config.toml'} (or set" in str(refused.value)  # which file
         assert not [r for r in upstream.requests if r.method == "POST"]
         assert {r["action"] for r in findings(proxy, 4)} == {"blocked"}
         calls = proxy.new_calls(1)

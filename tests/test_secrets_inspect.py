@@ -205,12 +205,17 @@ def test_a_clean_string_sent_again_is_not_scanned_again_until_the_policy_changes
 
 def test_block_refuses_with_how_to_allow_and_the_fingerprint_allows(tmp_path: Path) -> None:
     sink = Sink()
-    ins = inspector(tmp_path, SecretsPolicy(mode="block"), sink)
+    config = "/home/ann/.config/devmeter/config.toml"
+    ins = SecretInspector(
+        SecretsPolicy(mode="block"), load_salt(tmp_path), sink.found.append, config_path=config
+    )
     outcome = ins.inspect("openai.responses", codex_ws_turn(), WHO, 1.0)
     assert outcome.block is not None
     message = outcome.block.message
     assert message.startswith("devmeter: refused") and "private-key" in message
     assert "allow_fingerprints" in message and PLANTED["private-key"] not in message
+    # Which file to edit, not a bare "config.toml" the user must go and find.
+    assert f"under [secrets] in {config} (or set" in message
     assert [f.action for f in sink.found] == ["blocked"]
     allowed = SecretsPolicy(mode="block", allow_fingerprints=frozenset({sink.found[0].fingerprint}))
     again = SecretInspector(allowed, load_salt(tmp_path), sink.found.append)

@@ -20,7 +20,9 @@ from devmeter.secrets.report import findings
 DAYS = (1, 7, 30)
 
 
-def findings_html(conn: sqlite3.Connection | None, now: float, days: int) -> str:
+def findings_html(
+    conn: sqlite3.Connection | None, now: float, days: int, config_path: str = "config.toml"
+) -> str:
     days = days if days in DAYS else 1
     since = _midnight(now) - (days - 1) * 86400
     rows = findings(conn, since) if conn is not None else []
@@ -34,7 +36,8 @@ def findings_html(conn: sqlite3.Connection | None, now: float, days: int) -> str
         f"<span data-figure=findings>{len(rows):,}</span> found</p>"
         + _table(rows)
         + "<p>Allow one exactly with its fingerprint under <code>allow_fingerprints</code> "
-        "in <code>[secrets]</code> of config.toml; <code>devmeter findings</code> lists "
+        f"in <code>[secrets]</code> of <code>{escape(config_path)}</code>; "
+        "<code>devmeter findings</code> lists "
         "the same rows.</p>"
     )
 

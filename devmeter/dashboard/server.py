@@ -180,7 +180,7 @@ class Handler(BaseHTTPRequestHandler):
                 days = query.get("days", ["1"])[0]
                 shown = int(days) if days in ("1", "7", "30") else 1
                 title, nav = "devmeter · secrets", pages.nav("findings")
-                main = findings_html(conn, now, shown)
+                main = findings_html(conn, now, shown, str(server.where.config_file))
                 poll = f"/findings?days={shown}&fragment=1"
             elif path == "/session":
                 session = query.get("id", [""])[0]

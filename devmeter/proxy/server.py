@@ -366,6 +366,7 @@ def _secret_inspector(
         lambda found: writer.add_finding(found.row()),
         on_alert,
         seen=seen_in_ledger(paths.ledger),
+        config_path=str(paths.config_file),
     )
 
 

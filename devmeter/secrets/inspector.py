@@ -80,6 +80,7 @@ class SecretInspector:
         on_finding: Callable[[Reported], None],
         on_alert: Callable[[Alert], None] | None = None,
         seen: set[tuple[str, str]] | None = None,
+        config_path: str = "config.toml",
     ) -> None:
         # What was scanned before, by digest (long strings: block/redact re-scan the whole
         # conversation every turn, and a 1 MB history then costs a hash, not a scan), and
@@ -91,6 +92,8 @@ class SecretInspector:
         self._clean: set[str] = set()
         self.policy = policy
         self._salt = salt
+        # Named in a refusal's advice: "config.toml" alone does not say which folder.
+        self._config_path = config_path
         self._on_finding = on_finding
         self._on_alert = on_alert
         self._seen = seen if seen is not None else set()
@@ -206,7 +209,8 @@ class SecretInspector:
         decided = strictest([m for _, _, modes in hits for m in modes])
         if decided == "block":
             found = [(f, m) for _, fs, ms in hits for f, m in zip(fs, ms, strict=True)]
-            return Outcome(block=_block([f for f, m in found if m == "block"], self._salt))
+            blocked = [f for f, m in found if m == "block"]
+            return Outcome(block=_block(blocked, self._salt, self._config_path))
         redacted = False
         for piece, findings, modes in hits:
             chosen = [f for f, m in zip(findings, modes, strict=True) if m == "redact"]
@@ -250,14 +254,14 @@ def _alert(found: Reported) -> Alert:
                  message, found.tool, found.repo, found.session)  # fmt: skip
 
 
-def _block(findings: list[Finding], salt: bytes) -> Block:
+def _block(findings: list[Finding], salt: bytes, config_path: str) -> Block:
     first = findings[0]
     more = f" and {len(findings) - 1} more" if len(findings) > 1 else ""
     mark = fingerprint(salt, first.kind, first.secret)
     message = (
         f"devmeter: refused: the request holds a secret, {first.kind} {first.preview}{more}. "
         f'Remove it from what the agent reads, or allow it: add "{mark}" to '
-        'allow_fingerprints under [secrets] in config.toml (or set mode = "warn" there); '
+        f'allow_fingerprints under [secrets] in {config_path} (or set mode = "warn" there); '
         "`devmeter findings` lists what was found."
     )
     return Block("secret", first.kind, None, None, message, "other")
