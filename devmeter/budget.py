@@ -376,8 +376,10 @@ class BudgetTracker:
         self._sessions = sessions if sessions is not None else SessionTable(max_sessions=max_keys)
         # (scope, key) -> (the period a cap was raised for, the raised cap).
         self._limits: OrderedDict[tuple[str, str], tuple[str, Decimal]] = OrderedDict()
-        # Sessions stopped with `devmeter stop`.
+        # Sessions stopped with `devmeter stop` or an ask's Stop button; those the button
+        # stopped, so the refusal names what the user did.
         self.stopped: set[str] = set()
+        self._stopped_asked: set[str] = set()
         # Burst caps: what the calls in flight are estimated to cost, per (scope, key),
         # and each reservation's parts, so settling one gives back exactly what it took.
         self._in_flight: dict[tuple[str, str], Decimal] = {}
@@ -568,6 +570,7 @@ class BudgetTracker:
         now = time.time() if now is None else now
         if scope == "session":
             self.stopped.discard(key)
+            self._stopped_asked.discard(key)
         current = self.cap(scope, key, now)
         if current is None:
             return None
@@ -582,10 +585,16 @@ class BudgetTracker:
         """Forget every raised cap and stop (before applying the control file afresh)."""
         self._limits.clear()
         self.stopped.clear()
+        self._stopped_asked.clear()
 
-    def stop(self, session: str) -> None:
-        """Refuse the session's requests until it is allowed again."""
+    def stop(self, session: str, asked: bool = False) -> None:
+        """Refuse the session's requests until it is allowed again. `asked`: stopped by
+        Stop when devmeter asked (a notification's button or the tray menu), not the CLI."""
         self.stopped.add(session)
+        if asked:
+            self._stopped_asked.add(session)
+        else:  # stopped again, from the CLI: the latest stop is the one to name
+            self._stopped_asked.discard(session)
 
     def pause(self) -> None:
         """Refuse every metered request until `resume()`."""
@@ -622,9 +631,14 @@ class BudgetTracker:
             ), None
         session = attribution.session
         if session is not None and session in self.stopped:
+            how = (
+                "when devmeter asked before spending more (you chose Stop)"
+                if session in self._stopped_asked
+                else "with `devmeter stop`"
+            )
             text = (
-                f"devmeter: {advice.who(attribution)} was stopped with `devmeter stop`, so "
-                "this request was not sent."
+                f"devmeter: {advice.who(attribution)} was stopped {how}, so this request "
+                "was not sent."
             )
             action = advice.lift_action("stop", session)
             return Block("stop", session, None, None, fit(text, action), "other"), None

@@ -33,8 +33,8 @@ class Control:
     # The cap `devmeter allow` raised an entry of `allowed` to: (scope, key, USD, time),
     # the time being that entry's, so the proxy and the CLI agree on the new limit.
     limits: tuple[tuple[str, str, float, float], ...] = field(default_factory=tuple)
-    # Sessions stopped with `devmeter stop`: (session id, unix time); a later `allowed`
-    # entry for the session lets it continue.
+    # Sessions stopped with `devmeter stop` or an ask's Stop (`answer`, which also adds
+    # the answer): (session id, unix time); a later `allowed` entry lets it continue.
     stopped: tuple[tuple[str, float], ...] = field(default_factory=tuple)
     # Answers to asks (devmeter/ask.py): (ask id, choice, unix time); the choice is
     # "continue", "continue:<USD>" (`devmeter allow --by`), "switch" or "stop".
@@ -155,12 +155,29 @@ def answer(path: Path, ask_id: str, choice: str, now: float | None = None) -> Co
     current = load(path)
     when = time.time() if now is None else now
     answers = (*current.answers, (ask_id, choice, when))[-MAX_ANSWERS:]
-    scope, _, rest = ask_id.partition(":")
-    session = rest.rpartition(":")[0]
-    if choice == "stop" and scope == "session" and session:
+    session = _asked_session(ask_id)
+    if choice == "stop" and session:
         # The same stop as `devmeter stop`: refused until `devmeter allow`, which says so.
         return update(path, answers=answers, stopped=(*current.stopped, (session, when)))
     return update(path, answers=answers)
+
+
+def _asked_session(ask_id: str) -> str | None:
+    """The session a session-scope ask is about (`session:<id>:<level>`), else None."""
+    scope, _, rest = ask_id.partition(":")
+    session = rest.rpartition(":")[0]
+    return session if scope == "session" and session else None
+
+
+def stopped_by_ask(state: Control) -> frozenset[tuple[str, float]]:
+    """The `stopped` entries an ask's Stop wrote (`answer` records the answer and the
+    stop with one time), as against `devmeter stop`'s: refused alike, but the refusal
+    says which the user did."""
+    return frozenset(
+        (session, when)
+        for ask_id, choice, when in state.answers
+        if choice == "stop" and (session := _asked_session(ask_id))
+    )
 
 
 def save(path: Path, control: Control) -> None:

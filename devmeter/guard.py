@@ -193,10 +193,11 @@ def apply_control(tracker: BudgetTracker, control: control_state.Control, now: f
             continue  # lifted for a day or month that is over
         limit = chosen.get((scope, key, when))
         tracker.allow(scope, key, when, None if limit is None else Decimal(str(limit)))
+    asked = control_state.stopped_by_ask(control)
     for session, when in control.stopped:
         later = any(s == "session" and k == session and w >= when for s, k, w in control.allowed)
         if not later:
-            tracker.stop(session)
+            tracker.stop(session, asked=(session, when) in asked)
 
 
 def spend_so_far(

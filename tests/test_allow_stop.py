@@ -136,6 +136,25 @@ def test_stop_refuses_a_session_until_allow_lets_it_continue(
     assert tracker_now(home).check(Attribution(session=LONER), time.time()) is None
 
 
+def test_a_stop_from_an_asks_button_is_not_called_devmeter_stop_in_the_refusal(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Stop this session in a notification or the tray menu writes the same stop as the
+    CLI; the refusal must not tell the user they ran a command they never ran."""
+    path = control.control_path(home)
+    control.answer(path, f"session:{LONER}:25", "stop", time.time() - 5)
+    who = Attribution(tool="claude-code", session=LONER)
+    block = tracker_now(home).check(who, time.time())
+    assert block is not None and block.scope == "stop"
+    assert "was stopped when devmeter asked before spending more (you chose Stop)" in (
+        block.message
+    )
+    assert "devmeter stop" not in block.message and "`devmeter allow 7f3e9a2b`" in block.message
+    run(capsys, "stop", "7f3e")  # stopped again, from the CLI: the latest stop is named
+    again = tracker_now(home).check(who, time.time())
+    assert again is not None and "was stopped with `devmeter stop`" in again.message
+
+
 def test_allow_where_there_is_no_cap_and_no_stop_says_so(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
