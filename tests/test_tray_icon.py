@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from itertools import combinations
+from pathlib import Path
 
 import pytest
 from PIL import Image, ImageChops, ImageFont
@@ -13,6 +15,7 @@ from devmeter.tray.icon import (
     PALETTES,
     contrast_ratio,
     format_spend,
+    icon_text,
     render_badge,
     render_icon,
     tooltip,
@@ -145,6 +148,17 @@ def test_every_digit_looks_different_at_22_px():
     for a, b in combinations(range(10), 2):
         differing = inked(ImageChops.difference(marks[a], marks[b]))
         assert differing >= 8, f"${a} and ${b} differ in only {differing} pixels"
+
+
+def test_the_readme_shows_the_figures_the_icon_draws_at_each_size():
+    """README's examples of the icon are what it reads, large and at panel size."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = " ".join(readme.partition("The icon shows today's spend")[2][:400].split())
+    amounts = (D(42), D(128), D(1234))
+    large = ", ".join(icon_text(usd, 64) for usd in amounts)
+    small = ", ".join(icon_text(usd, 22) for usd in amounts)
+    assert re.search(rf"\({re.escape(large)}\)", section), section
+    assert f": {small} (" in section and "32 px" in section, section
 
 
 def test_small_icons_drop_the_dollar_sign_from_long_figures_only():

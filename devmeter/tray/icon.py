@@ -132,10 +132,14 @@ def render_icon(spend_usd: Decimal, state: State, size: int) -> Image.Image:
     Below 32 px a figure of four or more characters drops its `$` (`128`, `1.2k`): the
     digits get a third more room, and the badge colour and tooltip say it is dollars.
     """
+    return render_badge(icon_text(spend_usd, size), state, size)
+
+
+def icon_text(spend_usd: Decimal, size: int) -> str:
+    """What a `size` px icon reads for `spend_usd` (README.md describes it: keep the two
+    in step, tests/test_tray_icon.py checks they are)."""
     text = format_spend(spend_usd)
-    if size < 32 and len(text) > 3:
-        text = text[1:]
-    return render_badge(text, state, size)
+    return text[1:] if size < 32 and len(text) > 3 else text
 
 
 def render_badge(text: str, state: State, size: int) -> Image.Image:
