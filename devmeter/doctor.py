@@ -625,15 +625,9 @@ def status_file_checks(paths: Paths) -> list[Check]:
             checks.append(Check("tray_proxy", "green", detail or f"proxy {state}"))
         elif state:
             checks.append(Check("tray_proxy", "amber", detail or f"proxy {state}"))
-        if tray.get("tray") is False:
-            checks.append(
-                Check(
-                    "tray_icon",
-                    "amber",
-                    "devmeter runs, but its icon is not in the tray yet (no tray host)",
-                    "start your panel's tray; devmeter docks as soon as it appears",
-                )
-            )
+        icon = _tray_icon_check(tray)
+        if icon is not None:
+            checks.append(icon)
     notes = _status(paths, "notify-status.json", needs_pid=False)
     if notes is not None and notes.get("ok") is False:
         problems = notes.get("problems")
@@ -651,6 +645,29 @@ def status_file_checks(paths: Paths) -> list[Check]:
             )
         )
     return checks
+
+
+def _tray_icon_check(tray: dict[str, Any]) -> Check | None:
+    """Whether the running tray's icon is up, from what devmeter/tray/app.py notes in
+    supervisor.json: `tray_backend` (pystray's, once the icon is made) and, from the
+    backends that can tell (xorg, gtk), `tray`: "docked" or "waiting for a system tray"."""
+    if tray.get("mode") == "headless":
+        return Check("tray_icon", "green", "devmeter runs headless: a status line, no icon")
+    backend = tray.get("tray_backend")
+    through = f" (pystray's {backend} backend)" if isinstance(backend, str) and backend else ""
+    docked = tray.get("tray")
+    if docked == "docked":
+        return Check("tray_icon", "green", f"the icon is in the tray{through}")
+    if docked is False or (isinstance(docked, str) and docked):
+        return Check(
+            "tray_icon",
+            "amber",
+            f"devmeter runs, but its icon is not in the tray yet: no tray host{through}",
+            "start your panel's tray; devmeter docks as soon as it appears",
+        )
+    if through:  # a backend that does not report docking (macOS, Windows, AppIndicator)
+        return Check("tray_icon", "green", f"the tray shows its icon{through}")
+    return None  # the icon is not made yet: nothing to say
 
 
 def _status(paths: Paths, name: str, *, needs_pid: bool = True) -> dict[str, Any] | None:

@@ -160,6 +160,38 @@ def test_doctor_runs_and_says_so_with_a_broken_config(devmeter_home: Path) -> No
     assert found["tray_proxy"]["status"] == "red" and "pid 1 (nginx)" in found["tray_proxy"]["fix"]
 
 
+@pytest.mark.parametrize(
+    ("noted", "status", "said"),
+    [
+        # What devmeter/tray/app.py notes in supervisor.json, as it writes it.
+        ({"tray_backend": "xorg", "tray": "docked"}, "green", "the icon is in the tray "
+         "(pystray's xorg backend)"),
+        ({"tray_backend": "gtk", "tray": "waiting for a system tray"}, "amber",
+         "its icon is not in the tray yet: no tray host (pystray's gtk backend)"),
+        ({"tray_backend": "darwin"}, "green", "the tray shows its icon (pystray's darwin backend)"),
+        ({"mode": "headless"}, "green", "devmeter runs headless: a status line, no icon"),
+    ],
+)  # fmt: skip
+def test_a_running_tray_says_whether_its_icon_is_up_and_through_which_backend(
+    devmeter_home: Path, noted: dict[str, object], status: str, said: str
+) -> None:
+    devmeter_home.mkdir(parents=True, exist_ok=True)
+    running = {"pid": os.getpid(), "mode": "tray", "state": "running", "detail": "proxy on :1"}
+    (devmeter_home / "supervisor.json").write_text(json.dumps(running | noted))
+    found = {c.name: c for c in doctor.status_file_checks(where(devmeter_home))}
+    assert found["tray_icon"].status == status and said in found["tray_icon"].detail
+    if status == "amber":
+        assert "start your panel's tray" in found["tray_icon"].fix
+
+
+def test_a_tray_still_making_its_icon_says_nothing_of_it(devmeter_home: Path) -> None:
+    devmeter_home.mkdir(parents=True, exist_ok=True)
+    (devmeter_home / "supervisor.json").write_text(
+        json.dumps({"pid": os.getpid(), "mode": "tray", "state": "starting"})
+    )
+    assert "tray_icon" not in {c.name for c in doctor.status_file_checks(where(devmeter_home))}
+
+
 def test_status_files_from_a_process_that_is_gone_say_nothing(devmeter_home: Path) -> None:
     gone = subprocess.Popen(["true"])
     gone.wait()
