@@ -10,6 +10,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
@@ -469,6 +470,31 @@ def _common_prefix(a: str, b: str) -> int:
     return low
 
 
+@dataclass(frozen=True)
+class WhoPaid:
+    """Who paid for a report's rows (devmeter/billing.py): `billed` (API keys, extra
+    usage), `covered` (subscriptions, at list price) and `unknown`, the priced rest with
+    no billing mode (imported history, a credential devmeter could not read), said so
+    that the three add up to the total. `devmeter report` and the dashboard show these."""
+
+    billed: Decimal
+    covered: Decimal
+    unknown: Decimal  # never below 0
+
+
+def who_paid(rows: Iterable[dict[str, Any]]) -> WhoPaid | None:
+    """The split of `rows` (report rows: `cost_usd`, `billed_usd`, `covered_usd`); None
+    when the ledger knows the payer of none of them (nothing to split)."""
+    cost = billed = covered = Decimal(0)
+    for r in rows:
+        cost += r["cost_usd"] or Decimal(0)
+        billed += r["billed_usd"]
+        covered += r["covered_usd"]
+    if not (billed or covered):
+        return None
+    return WhoPaid(billed, covered, max(cost - billed - covered, Decimal(0)))
+
+
 def to_table(
     rows: Sequence[dict[str, Any]], by: str, limit: int | None = None, width: int | None = None
 ) -> str:
@@ -521,30 +547,27 @@ def to_table(
         totals = ["total", format_count(calls)]
         first_number = 1
     cost = sum((r["cost_usd"] or Decimal(0) for r in rows), Decimal(0))
-    billed = sum((r["billed_usd"] for r in rows), Decimal(0))
-    covered = sum((r["covered_usd"] for r in rows), Decimal(0))
+    paid = who_paid(rows)
     totals += [
         format_tokens(sum(r[name] or 0 for r in rows))
         for name in ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens")
     ]
     totals.append(format_usd(cost if unpriced < calls else None))
-    if by != "request" and split:
-        totals += [format_usd(billed), format_usd(covered)]
+    if by != "request" and paid is not None:
+        totals += [format_usd(paid.billed), format_usd(paid.covered)]
     totals.append(_count_flags(unpriced, estimated))
     numeric = frozenset(range(first_number, len(headers) - 1))
     notes = _notes(unpriced, estimated)
-    if billed or covered:
-        # The rest has no billing mode: said, so that the three add up to the total.
-        unknown = cost - billed - covered
+    if paid is not None:
         rest = (
-            f" · payer not known {format_usd(unknown)} (imported history, or a credential "
-            "devmeter could not read)"
-            if unknown > 0
+            f" · payer not known {format_usd(paid.unknown)} (imported history, or a "
+            "credential devmeter could not read)"
+            if paid.unknown > 0
             else ""
         )
         notes.append(
-            f"billed {format_usd(billed)} (API keys and extra usage) · covered "
-            f"{format_usd(covered)} (list-price equivalent of subscription calls){rest}"
+            f"billed {format_usd(paid.billed)} (API keys and extra usage) · covered "
+            f"{format_usd(paid.covered)} (list-price equivalent of subscription calls){rest}"
         )
     if limit is not None and len(rows) >= limit:
         shown = "the last" if by == "request" else "the most expensive"

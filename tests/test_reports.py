@@ -380,3 +380,31 @@ def test_the_billed_line_accounts_for_calls_whose_payer_is_unknown(
         "subscription calls) · payer not known $2.00 (imported history, or a credential "
         "devmeter could not read)"
     ) in " ".join(out.split())
+
+
+def test_who_paid_splits_billed_covered_and_the_rest_whose_payer_is_not_known() -> None:
+    def row(cost: str | None, billed: str = "0", covered: str = "0") -> dict[str, object]:
+        return {"cost_usd": None if cost is None else Decimal(cost),
+                "billed_usd": Decimal(billed), "covered_usd": Decimal(covered)}  # fmt: skip
+
+    rows = [row("1.25", billed="1.25"), row("0.50", covered="0.50"), row("2"), row(None)]
+    assert reports.who_paid(rows) == reports.WhoPaid(Decimal("1.25"), Decimal("0.50"), Decimal(2))
+    assert reports.who_paid([row("3"), row(None)]) is None  # no payer known: nothing to split
+    # Every payer known: no rest (never a negative one from rounding).
+    assert reports.who_paid([row("1", billed="1.000001")]).unknown == 0  # type: ignore[union-attr]
+
+
+def test_the_report_and_the_dashboard_show_one_who_paid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The payer not known is worked out once, for `devmeter report` and the dashboard alike."""
+    from devmeter.dashboard import pages
+
+    paid = reports.WhoPaid(Decimal(1), Decimal(2), Decimal("3.21"))
+    monkeypatch.setattr(reports, "who_paid", lambda rows: paid)
+    rows = [{"key": "claude-code", "requests": 1, "input_tokens": 1, "cache_read_tokens": 0,
+             "cache_write_tokens": 0, "output_tokens": 1, "cost_usd": Decimal(6),
+             "billed_usd": Decimal(1), "covered_usd": Decimal(2), "unpriced": 0,
+             "estimated": 0}]  # fmt: skip
+    text = " ".join(reports.to_table(rows, "tool").split())
+    assert "subscription calls) · payer not known $3.21 (imported history" in text
+    line = pages._billed_line(rows)
+    assert 'payer not known <span class="usd" data-figure="unknown" data-usd="3.21">$3.21' in line

@@ -179,17 +179,13 @@ def today_data(conn: sqlite3.Connection | None, now: float) -> dict[str, Any]:
 
 def _billed_line(rows: list[dict[str, Any]]) -> str:
     """Billed (real money) beside covered (list-price equivalent), once the ledger knows."""
-    if not _billing_split(rows):
+    paid = reports.who_paid(rows)  # the split `devmeter report` shows
+    if paid is None:
         return ""
-    billed = sum((r["billed_usd"] for r in rows), Decimal(0))
-    covered = sum((r["covered_usd"] for r in rows), Decimal(0))
-    # The rest has no billing mode (imported history, say): named, as `devmeter report`
-    # does, so that the figures add up to the total.
-    unknown = sum((r["cost_usd"] or Decimal(0) for r in rows), Decimal(0)) - billed - covered
-    rest = f" · payer not known {_money(unknown, 'unknown')}" if unknown > 0 else ""
+    rest = f" · payer not known {_money(paid.unknown, 'unknown')}" if paid.unknown > 0 else ""
     return (
-        f" · billed {_money(billed, 'billed')} (API keys, extra usage) · covered "
-        f"{_money(covered, 'covered')} (list-price equivalent of subscription calls){rest}"
+        f" · billed {_money(paid.billed, 'billed')} (API keys, extra usage) · covered "
+        f"{_money(paid.covered, 'covered')} (list-price equivalent of subscription calls){rest}"
     )
 
 
