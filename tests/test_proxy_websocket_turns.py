@@ -74,3 +74,38 @@ def test_each_turn_on_one_socket_has_the_branch_it_was_sent_on(
         (101, str(repo), "feature/one"),
         (101, str(repo), "feature/two"),
     ]
+
+
+def test_a_turn_row_has_the_time_it_was_sent_and_how_long_its_answer_took(
+    proxy: RunningProxy, upstream: FakeUpstream
+) -> None:
+    """As an HTTP call's row has its request's time: a row stamped when its answer ended
+    (or when the socket closed) put a turn later than it was, and its duration at 0."""
+    from websockets.sync.client import connect
+
+    upstream.defaults.update(delay_ms=80)  # between events: an answer of about a second
+    session = f"ws-time-{uuid.uuid4().hex[:8]}"
+    context = ssl.create_default_context(cafile=str(proxy.bundle))
+    with connect(
+        "wss://api.openai.com/v1/responses",
+        ssl=context,
+        proxy=proxy.url,
+        additional_headers={"X-Devmeter-Session": session, "Authorization": "Bearer sk-t"},
+        open_timeout=SOCKET_SECONDS,
+    ) as socket:
+        sent = time.time()
+        socket.send(json.dumps(TURN))
+        while json.loads(socket.recv(timeout=SOCKET_SECONDS))["type"] != "response.completed":
+            pass
+        answered = time.time()
+
+    deadline = time.monotonic() + 10
+    while not (rows := proxy.rows("session = ?", (session,))):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    (row,) = rows
+    took = answered - sent
+    assert took > 0.5, "the fake upstream's answer was too quick to tell the times apart"
+    # Nearer the send than the answer's end, however loaded the machine.
+    assert sent - 0.05 <= row["ts"] < sent + took / 2, (row["ts"] - sent, took)
+    assert took / 2 < row["duration_ms"] / 1000 <= took + 0.05, (row["duration_ms"], took)

@@ -31,12 +31,22 @@ from devmeter.usage import RequestInfo, ResponseResult, Usage
 
 
 @dataclass(slots=True)
+class Turn:
+    """One response.create let through: its request, with its own loop fingerprint and
+    human turn (the handshake's are empty: it has no body), who sent it, and when (the
+    row's time, as an HTTP call's is its request's)."""
+
+    request: RequestInfo
+    signals: Signals
+    attribution: Attribution
+    sent: float
+
+
+@dataclass(slots=True)
 class SocketTurns:
     """The turns under way on one socket, oldest first."""
 
-    # The request of each response.create, in order, with its own loop fingerprint and
-    # human turn (the handshake's are empty: it has no body), and who sent it then.
-    requests: list[tuple[RequestInfo, Signals, Attribution]] = field(default_factory=list)
+    requests: list[Turn] = field(default_factory=list)
     # ... and what each reserved against its caps (burst caps), in the same order.
     reservations: list[int | None] = field(default_factory=list)
     refused: bool = False  # a Realtime socket's frames were refused (and said so once)
@@ -98,7 +108,7 @@ class WebSocketTurns:
                 if held is not None:
                     return self._hold_turn(held, flow, state, message, request, signals)
                 if state.endpoint.api != "openai.realtime":  # events, not one per response
-                    _turns(state).requests.append((request, signals, state.attribution))
+                    _turns(state).requests.append(Turn(request, signals, state.attribution, now))
             else:
                 state.parser.feed_message(message.content)
                 scan_ws_message(state, message.content, self._clock())
@@ -166,7 +176,8 @@ class WebSocketTurns:
                 self._unreserve_last_turn(state)
                 self._refuse_message(flow, state, message, request, block, self._clock())
             elif state.endpoint.api != "openai.realtime":  # events, not one per response
-                _turns(state).requests.append((request, signals, state.attribution))
+                sent = self._clock()  # when the ask let it go
+                _turns(state).requests.append(Turn(request, signals, state.attribution, sent))
             if flow.websocket is not None:
                 del flow.websocket.messages[:-1]
         except Exception:
@@ -257,25 +268,23 @@ class WebSocketTurns:
 
     def _record_turn(self, flow: http.HTTPFlow, state: FlowState, result: ResponseResult) -> None:
         turns = _turns(state)
-        request, signals, attribution = (
+        now = self._clock()
+        turn = (
             turns.requests.pop(0)
             if turns.requests
-            else (state.request, self._guards.signals(state), state.attribution)
+            else Turn(state.request, self._guards.signals(state), state.attribution, now)
         )
-        state.attribution = attribution  # the row is the turn's, even with a later one sent
+        state.attribution = turn.attribution  # the row is its turn's, even with a later one sent
         self._settle_turns(state, 1)
-        if request.facts.get("prewarm") == "1" and not (
+        if turn.request.facts.get("prewarm") == "1" and not (
             result.usage and any(_counts(result.usage))
         ):
             return  # Codex's prewarm (generate: false) that reported no usage: nothing billed
-        now = self._clock()
-        self._recorder.record_settled(
-            state,
-            self._recorder.priced_call(
-                state, result, 101, ts=now, request=request, error=state.tap_error
-            ),
-            signals,
-        )
+        call = self._recorder.priced_call(
+            state, result, 101, ts=turn.sent, request=turn.request,
+            duration_ms=int((now - turn.sent) * 1000), error=state.tap_error,
+        )  # fmt: skip
+        self._recorder.record_settled(state, call, turn.signals)
 
     def _settle_turns(self, state: FlowState, count: int) -> None:
         """Hand back what the socket's oldest `count` turns reserved (they were answered)."""
