@@ -28,6 +28,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from devmeter.live_window import LIVE_SECONDS
 from devmeter.money import PICO
 from devmeter.money import format_usd as format_cents
 from devmeter.reports import NO_REPO, cell, format_count, format_usd, plural, session_labels
@@ -35,8 +36,6 @@ from devmeter.runaway import burn_rate
 from devmeter.text_table import TextTable, render
 
 DEFAULT_SINCE = 24 * 3600.0
-# A session with a call this recent is live: here, in the tray's menu and tooltip.
-LIVE_SECONDS = 10 * 60.0
 WINDOW_SECONDS = 10 * 60.0
 MIN_SPAN_SECONDS = 60.0
 

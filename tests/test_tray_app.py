@@ -27,6 +27,7 @@ from devmeter.config import TEMPLATE, Config
 from devmeter.ledger import INSERT_ALERT, alert_row, connect, connect_readonly, write_calls
 from devmeter.paths import paths
 from devmeter.providers.refusal import refusal
+from devmeter.sessions import query_sessions
 from devmeter.tray.app import TrayApp, display_problem, report_text
 from devmeter.tray.headless import LiveLine, run_headless, status_line
 from devmeter.tray.menu import CapRow, MenuItem, TraySnapshot
@@ -117,6 +118,24 @@ def test_today_month_live_sessions_and_repos_from_the_ledger(where):
     }
     assert snap.routing == "shadow"
     assert snap.state == "normal"
+
+
+def test_live_sessions_are_metered_calls_that_ended_in_the_window(where):
+    """The tray's live sessions are those `devmeter sessions --live` lists: an imported
+    transcript's session is no traffic devmeter can stop, and a call that started before
+    the window but ended in it is live."""
+    imported = replace(
+        call(NOW - 60, session="s-imported"), endpoint="claude-code.import", source="import",
+        usage=Usage(input_tokens=7, output_tokens=3),  # no live row's twin: it stays
+    )  # fmt: skip
+    long_call = replace(call(NOW - 900, session="s-long"), duration_ms=800_000)  # ended NOW-100
+    ended_before = replace(call(NOW - 900, session="s-done"), duration_ms=200_000)  # NOW-700
+    write_calls(where.ledger, [imported, long_call, ended_before])
+    snap = snapshot(read(where), NOW, control.Control())
+    assert [s.session for s in snap.sessions] == ["s-long"]
+    conn = read(where)
+    assert conn.execute("SELECT count(*) FROM calls").fetchone() == (3,)
+    assert [s.session for s in query_sessions(conn, NOW, live_only=True)] == ["s-long"]
 
 
 def test_a_session_keeps_its_last_known_repo(where):

@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 from devmeter.export.settings import Labels
 from devmeter.ledger import SAVING_PUSD, connect_readonly, read_quota
+from devmeter.live_window import LIVE_CALLS, LONGEST_CALL_SECONDS, live_call_bounds
 from devmeter.money import PICO
 from devmeter.paths import load_key_or_ephemeral
 
@@ -36,11 +37,7 @@ SALT_BYTES = 32
 UNATTRIBUTED = "unattributed"
 OTHER = "other"
 TOKEN_TYPES = ("input", "cache_read", "cache_write", "output")
-LIVE_SECONDS = 600.0  # the tray's live session: a call in the last 10 minutes
 BURN_WINDOW_SECONDS = 600.0  # the burn-rate window `devmeter sessions` uses
-# Calls that ended in a window started at most this long before it (the ledger's `ts`
-# index bounds the scan; without it every scrape would read the whole ledger).
-LONGEST_CALL_SECONDS = 3600.0
 _ENDED_SINCE = "ts >= ? AND ts + duration_ms / 1000.0 >= ?"
 # OpenTelemetry's advised bucket boundaries for gen_ai.client.token.usage.
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
@@ -333,8 +330,8 @@ class LedgerCounters:
         live: dict[str, int] = {}
         for tool, count in conn.execute(
             "SELECT tool, count(DISTINCT coalesce(session, tool || '@' || coalesce(repo, '?'))) "
-            f"FROM calls WHERE {_ENDED_SINCE} AND endpoint NOT LIKE '%.import' GROUP BY tool",
-            (now - LIVE_SECONDS - LONGEST_CALL_SECONDS, now - LIVE_SECONDS),
+            f"FROM calls WHERE {LIVE_CALLS} GROUP BY tool",
+            live_call_bounds(now),
         ):
             live[tool] = count
         window = now - BURN_WINDOW_SECONDS
@@ -365,7 +362,7 @@ class LedgerCounters:
         spent: dict[str, Decimal] = {}
         live_sessions = {
             s for (s,) in conn.execute(
-                "SELECT DISTINCT session FROM calls WHERE ts >= ?", (now - LIVE_SECONDS,)
+                f"SELECT DISTINCT session FROM calls WHERE {LIVE_CALLS}", live_call_bounds(now)
             )
         }  # fmt: skip
         for (scope, key), usd in totals.items():

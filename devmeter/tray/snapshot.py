@@ -28,10 +28,10 @@ from devmeter.clock import local_midnight, local_month_start
 from devmeter.control import Control
 from devmeter.labels import repo_name
 from devmeter.ledger import read_quota
+from devmeter.live_window import LIVE_CALLS, LIVE_SECONDS, live_call_bounds
 from devmeter.money import usd
 from devmeter.quota import DEFAULT_THRESHOLDS, quota_level, tightest, tray_line
 from devmeter.reports import NO_REPO
-from devmeter.sessions import LIVE_SECONDS
 from devmeter.tray.menu import ROUTING_MODES, CapRow, RoutingMode, SessionRow, TraySnapshot
 
 # LIVE_SECONDS: a session with a call this recent is live, and a refusal this recent means
@@ -126,20 +126,21 @@ def _billing(
 
 
 def live_sessions(conn: sqlite3.Connection, now: float) -> tuple[SessionRow, ...]:
-    """Sessions with a call in the last `LIVE_SECONDS`, most recent first, with their
-    whole spend (a session's budget counts all of it), tool and latest known repo."""
+    """Sessions with a metered call that ended in the last `LIVE_SECONDS` (as `devmeter
+    sessions --live` lists them), most recent first, with their whole spend (a session's
+    budget counts all of it), tool and latest known repo."""
     rows = conn.execute(
-        """
+        f"""
         SELECT s.session, max(c.ts) AS last,
                sum(coalesce(c.cost_pusd, 0)),
                (SELECT tool FROM calls t WHERE t.session = s.session ORDER BY ts DESC LIMIT 1),
                (SELECT repo FROM calls r WHERE r.session = s.session AND r.repo IS NOT NULL
                 ORDER BY ts DESC LIMIT 1)
-        FROM (SELECT DISTINCT session FROM calls WHERE ts >= ? AND session IS NOT NULL) s
+        FROM (SELECT DISTINCT session FROM calls WHERE {LIVE_CALLS} AND session IS NOT NULL) s
         JOIN calls c ON c.session = s.session
         GROUP BY s.session ORDER BY last DESC
         """,
-        (now - LIVE_SECONDS,),
+        live_call_bounds(now),
     ).fetchall()
     return tuple(
         SessionRow(session=session, tool=tool or "unknown", repo=repo, spend_usd=usd(pusd))
