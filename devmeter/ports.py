@@ -97,8 +97,15 @@ def _own_listeners(port: int) -> set[int]:
     return found
 
 
-def taken_message(host: str, port: int, who: Holder | None, command: str = "devmeter proxy") -> str:
-    """The one line a user sees: the port, who holds it, and the two ways out."""
+def taken_message(
+    host: str,
+    port: int,
+    who: Holder | None,
+    command: str = "devmeter proxy",
+    config: str = "config.toml",
+) -> str:
+    """The one line a user sees: the port, who holds it, and the two ways out (`config`:
+    the config file's path, which this base module cannot know)."""
     if who is None:
         by, fix = "another process", "stop it"
     elif who.is_devmeter:
@@ -107,16 +114,20 @@ def taken_message(host: str, port: int, who: Holder | None, command: str = "devm
         by, fix = who.describe(), f"stop {who.name}"
     return (
         f"devmeter: port {port} on {host} is taken by {by}; {fix}, or use another port: "
-        f"`{command} --listen {host}:PORT` (or `listen` under [proxy] in config.toml)"
+        f"`{command} --listen {host}:PORT` (or `listen` under [proxy] in {config})"
     )
 
 
 def listen_error_message(
-    host: str, port: int, error: OSError, command: str = "devmeter proxy"
+    host: str,
+    port: int,
+    error: OSError,
+    command: str = "devmeter proxy",
+    config: str = "config.toml",
 ) -> str:
     """A bind failure other than a taken port (a bad address, a privileged port)."""
     why = error.strerror or str(error)
     return (
         f"devmeter: cannot listen on {host}:{port}: {why}; use another address: "
-        f"`{command} --listen 127.0.0.1:PORT` (or `listen` under [proxy] in config.toml)"
+        f"`{command} --listen 127.0.0.1:PORT` (or `listen` under [proxy] in {config})"
     )

@@ -64,6 +64,8 @@ def assert_one_clean_line(result: subprocess.CompletedProcess[str], port: int, b
     line = lines[0]
     assert line.startswith(f"devmeter: port {port} on 127.0.0.1 is taken by {by}"), line
     assert "devmeter proxy --listen 127.0.0.1:PORT" in line, line
+    # The other way out names the config file where it is, not a bare "config.toml".
+    assert line.endswith(f"(or `listen` under [proxy] in {paths().config_file})"), line
     assert result.stdout == ""
     assert result.returncode == EXIT_PORT_TAKEN, (result.returncode, result.stderr)
 
@@ -101,11 +103,12 @@ def test_an_address_that_cannot_be_bound_for_another_reason_is_one_line_too(monk
     denied = OSError(errno.EACCES, "Permission denied")
     monkeypatch.setattr(server.ports, "bind_error", lambda host, port: denied)
     with pytest.raises(server.ListenError) as caught:
-        server._check_listen("127.0.0.1", 80)
+        server._check_listen("127.0.0.1", 80, Path("/home/me/.config/devmeter/config.toml"))
     assert caught.value.exit_code == 1
     assert str(caught.value) == (
         "devmeter: cannot listen on 127.0.0.1:80: Permission denied; use another address: "
-        "`devmeter proxy --listen 127.0.0.1:PORT` (or `listen` under [proxy] in config.toml)"
+        "`devmeter proxy --listen 127.0.0.1:PORT` "
+        "(or `listen` under [proxy] in /home/me/.config/devmeter/config.toml)"
     )
 
 
@@ -162,6 +165,7 @@ def test_headless_waits_for_a_taken_port_instead_of_retrying_it(taken, tmp_path)
         time.sleep(1.5)
         assert psutil.Process(app.pid).children() == []
         assert err.read_text().count(f"port {port} on 127.0.0.1 is taken by") == 1
+        assert f"under [proxy] in {where.config_file})" in err.read_text()
         # Once the port is free, the proxy starts on it by itself.
         taken.close()
         wait_for(where.proxy_state.exists, 30, "the proxy to start", err)

@@ -149,7 +149,9 @@ async def serve(
     config reload keeps over the file's [upstream] table; `pinned_listen`: `--listen`,
     likewise over its [proxy] listen."""
     host, port = config.listen
-    _check_listen(host, port)  # before anything slow: a taken port is the likeliest failure
+    _check_listen(
+        host, port, paths.config_file
+    )  # before anything slow: a taken port is the likeliest failure
     paths.ca_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(paths.ca_dir, 0o700)
     # Where alerts go beyond the ledger: printed, then the desktop and [notify] push, once
@@ -241,7 +243,7 @@ async def serve(
     errors = _StartupErrors(master)
     run = asyncio.ensure_future(master.run())
     try:
-        bound = await _wait_bound(master, run, errors, host, port)
+        bound = await _wait_bound(master, run, errors, host, port, paths.config_file)
     except BaseException:
         writer.close()
         dispatcher.close()
@@ -387,17 +389,18 @@ class ListenError(Exception):
         self.exit_code = exit_code
 
 
-def _check_listen(host: str, port: int) -> None:
+def _check_listen(host: str, port: int, config: Path) -> None:
     problem = ports.bind_error(host, port)
     if problem is not None:
-        raise _listen_error(host, port, problem)
+        raise _listen_error(host, port, problem, config)
 
 
-def _listen_error(host: str, port: int, problem: OSError) -> ListenError:
+def _listen_error(host: str, port: int, problem: OSError, config: Path) -> ListenError:
+    """`config`: the config file, named in the advice (its `listen` is the other way out)."""
     if ports.is_in_use(problem):
-        message = ports.taken_message(host, port, ports.holder(port))
+        message = ports.taken_message(host, port, ports.holder(port), config=str(config))
         return ListenError(message, ports.EXIT_PORT_TAKEN)
-    return ListenError(ports.listen_error_message(host, port, problem), 1)
+    return ListenError(ports.listen_error_message(host, port, problem, config=str(config)), 1)
 
 
 class _StartupErrors(logging.Handler):
@@ -428,14 +431,19 @@ class _StartupErrors(logging.Handler):
 
 
 async def _wait_bound(
-    master: DumpMaster, run: asyncio.Future[None], errors: _StartupErrors, host: str, port: int
+    master: DumpMaster,
+    run: asyncio.Future[None],
+    errors: _StartupErrors,
+    host: str,
+    port: int,
+    config: Path,
 ) -> tuple[str, int]:
     """The address the proxy listens on once it does (port 0 picks a free one)."""
     proxyserver = master.addons.get("proxyserver")
     try:
         for _ in range(500):
             if run.done() or errors.messages:
-                raise await _startup_failure(master, run, errors.messages, host, port)
+                raise await _startup_failure(master, run, errors.messages, host, port, config)
             addresses = [addr for server in proxyserver.servers for addr in server.listen_addrs]
             if addresses:
                 return str(addresses[0][0]), int(addresses[0][1])
@@ -447,7 +455,12 @@ async def _wait_bound(
 
 
 async def _startup_failure(
-    master: DumpMaster, run: asyncio.Future[None], messages: list[str], host: str, port: int
+    master: DumpMaster,
+    run: asyncio.Future[None],
+    messages: list[str],
+    host: str,
+    port: int,
+    config: Path,
 ) -> BaseException:
     """What to raise when mitmproxy could not start: the master is stopped first, so that
     its `done` hooks run and remove its log handlers."""
@@ -456,7 +469,7 @@ async def _startup_failure(
         await asyncio.wait_for(run, 5)
     problem = ports.bind_error(host, port)
     if problem is not None:
-        return _listen_error(host, port, problem)
+        return _listen_error(host, port, problem, config)
     why = "; ".join(messages) or "no reason given"
     return SystemExit(f"devmeter: the proxy stopped before it listened on {host}:{port}: {why}")
 

@@ -324,7 +324,9 @@ class Supervisor:
         news = holder is not None and holder != self._holder
         if self._status.state != "port_taken" or news:
             self._holder = holder
-            message = ports.taken_message(host, port, holder, command="devmeter")
+            message = ports.taken_message(
+                host, port, holder, command="devmeter", config=str(self.paths.config_file)
+            )
             by = holder.describe() if holder is not None else "another process"
             self._set(
                 ProxyStatus(
