@@ -360,7 +360,8 @@ class Attributor:
         h = lower_headers(headers)
         facts = request_facts or {}
         if peer is None:
-            return self._attribution(h, facts, None, now, host)[0]
+            self._git_until = float("inf")
+            return self._settled(self._attribution(h, facts, None, now, host)[0])
         found = self.process_for(peer, now, sockname)
         key = (
             host,
@@ -386,12 +387,18 @@ class Attributor:
             return attribution
         self._git_until = float("inf")
         attribution, process_session = self._attribution(h, facts, found.process, now, host)
+        attribution = self._settled(attribution)
         if len(self._memos) >= self.max_peers:
             self._memos.clear()  # bounded; closed connections are forgotten one by one
         self._memos[(peer[0], peer[1])] = _Memo(
             key, found, self._git_until, attribution, process_session
         )
         return attribution
+
+    def _settled(self, attribution: Attribution) -> Attribution:
+        """`attribution`, marked unsettled when a git answer it read was not there yet (a
+        lookup still under way: `_git_until` 0). Such an answer is never remembered."""
+        return attribution if self._git_until > 0.0 else replace(attribution, settled=False)
 
     def _attribution(
         self,

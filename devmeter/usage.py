@@ -152,6 +152,10 @@ class Attribution:
     # How repo was found: "claude-env", "process", "explicit", or None when unattributed.
     repo_source: str | None = None
     pid: int | None = None
+    # False when a repo lookup had not answered in time (a slow filesystem, a loaded
+    # machine): repo and branch may be missing or only the working directory, so the
+    # proxy asks again when the call ends. Not part of what the attribution is.
+    settled: bool = field(default=True, compare=False)
 
 
 @dataclass(frozen=True)

@@ -676,3 +676,37 @@ def test_a_process_session_on_a_kept_connection_still_restarts_after_an_idle_gap
     # ... and after the gap a new one starts.
     assert attr.attribute({"User-Agent": "curl/8"}, {}, PEER, now=140.0).session == "proc-9-140"
     assert attr.attribute({"User-Agent": "curl/8"}, {}, PEER, now=141.0).session == "proc-9-140"
+
+
+def test_a_repo_lookup_too_slow_to_wait_for_is_unsettled_until_it_answers(tmp_path: Path) -> None:
+    """A loaded machine or a slow mount: the call goes on with what is known (the working
+    directory, no branch) marked unsettled, so the proxy asks again when the call ends;
+    once the lookup has answered, the same call is attributed in full."""
+    import dataclasses
+    import threading
+
+    from devmeter.gitinfo import repo_for_uncached
+
+    repo = make_repo(tmp_path / "acme", "main")
+    release = threading.Event()
+
+    def slow(path: str):  # type: ignore[no-untyped-def]
+        release.wait(30)
+        return repo_for_uncached(path)
+
+    attr = Attributor(FakeLookup({}), git=GitInfo(timeout=0.01, resolve=slow))
+    facts = {"cwd": str(repo)}
+    first = attr.attribute(CLAUDE_CODE, facts, PEER, now=1.0)
+    assert (first.repo, first.branch, first.settled) == (str(repo), None, False)
+    # Still under way: asked again, not remembered as the connection's answer.
+    assert attr.attribute(CLAUDE_CODE, facts, PEER, now=1.5).settled is False
+    release.set()
+    while attr.git._pending:
+        threading.Event().wait(0.01)
+    again = attr.attribute(CLAUDE_CODE, facts, PEER, now=2.0)
+    assert (again.repo, again.branch, again.settled) == (str(repo), "main", True)
+    assert again.session == first.session
+    # Settled or not, the same attribution: the flag is not part of what it is.
+    assert dataclasses.replace(first, settled=True) == first
+    no_peer = attr.attribute(CLAUDE_CODE, facts, None, now=3.0)
+    assert (no_peer.branch, no_peer.settled) == ("main", True)

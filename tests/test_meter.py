@@ -386,3 +386,34 @@ def test_a_paused_upload_to_an_unmetered_path_is_refused_before_it_streams() -> 
 def test_an_upload_to_a_free_path_streams_while_paused() -> None:
     flow = _chunked_upload(_paused_meter([]), b"/v1/files")
     assert flow.error is None and flow.request.stream is True
+
+
+def test_a_call_whose_repo_lookup_had_not_answered_is_attributed_again_for_its_row() -> None:
+    """Under load a repo lookup may not answer before the call goes on (unsettled): the row
+    gets the attribution asked again when the call ends, not the working directory alone."""
+    asked: list[float] = []
+
+    def slow_then_known(
+        flow: http.HTTPFlow, info: RequestInfo, headers: Mapping[str, str], host: str, now: float
+    ) -> Attribution:
+        asked.append(now)
+        if len(asked) == 1:
+            return Attribution(tool="test", session="s1", repo="/src/acme/api", settled=False)
+        return Attribution(tool="test", session="s1", repo="/src/acme", branch="main")
+
+    recorded: list[Call] = []
+    meter = Meter(record=recorded.append, attribute=slow_then_known)
+    flow = metered_flow(meter, WHOLE_ANSWER)
+    tap = flow.response.stream  # type: ignore[union-attr]
+    assert callable(tap)
+    tap(ANSWER)
+    (call,) = recorded
+    assert (call.attribution.repo, call.attribution.branch) == ("/src/acme", "main")
+    assert len(asked) == 2 and asked[0] == asked[1]  # asked again as of the call's start
+
+    settled: list[Call] = []
+    meter = Meter(record=settled.append, attribute=attribute)
+    tap = metered_flow(meter, WHOLE_ANSWER).response.stream  # type: ignore[union-attr]
+    assert callable(tap)
+    tap(ANSWER)
+    assert [c.attribution for c in settled] == [Attribution(tool="test", session="s1")]

@@ -183,6 +183,13 @@ class MeteringStage:
                 )
             if not complete_hint and result.complete and result.usage is None:
                 result = ResponseResult(usage=None, complete=False, model=result.model)
+            if not state.attribution.settled:
+                # A repo lookup had not answered when the call started: asked again for
+                # the row (the session is the same; repo and branch now likely known).
+                headers = lower_headers(flow.request.headers)
+                state.attribution = self._attribute(
+                    flow, state.request, headers, state.host, state.started
+                )
             error = streaming.join_errors(
                 (state.request_note, state.tap_error or (str(flow.error) if flow.error else None))
             )

@@ -275,6 +275,8 @@ class WebSocketTurns:
             else Turn(state.request, self._guards.signals(state), state.attribution, now)
         )
         state.attribution = turn.attribution  # the row is its turn's, even with a later one sent
+        if not turn.attribution.settled:  # a repo lookup had not answered: asked again
+            self._attribute_turn(flow, state, turn.sent)
         self._settle_turns(state, 1)
         if turn.request.facts.get("prewarm") == "1" and not (
             result.usage and any(_counts(result.usage))
