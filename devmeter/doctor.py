@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from devmeter import ports
 from devmeter.cabundle import PRIVATE_FILES
 from devmeter.config import Config, ConfigError, load
 from devmeter.integration import autostart, rcblock, steps
@@ -157,12 +158,11 @@ def port_holder(host: str, port: int) -> str | None:
             return f"pid {conn.pid}"
     except Exception:  # psutil may be refused (macOS without root): try binding instead
         pass
-    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((host.strip("[]"), port))
-        except OSError:
-            return "another process"
+    # Bound as the proxy binds (SO_REUSEADDR): the connections of a proxy just stopped
+    # linger in TIME_WAIT for a minute, and a plain bind would call that port taken.
+    error = ports.bind_error(host.strip("[]"), port)
+    if error is not None and ports.is_in_use(error):
+        return "another process"
     return None
 
 

@@ -94,6 +94,27 @@ def test_a_taken_port_names_the_process_holding_it(devmeter_home: Path, listener
     assert "listen" in proxy.fix and str(devmeter_home / "config.toml") in proxy.fix
 
 
+def test_a_port_devmeter_just_let_go_of_is_not_called_taken(devmeter_home: Path) -> None:
+    # Right after `kill PID` the proxy's side of each connection lingers in TIME_WAIT for a
+    # minute; the proxy (asyncio, SO_REUSEADDR) binds there again at once, so doctor must
+    # not tell the user to stop "another process" that does not exist.
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's servers
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = server.accept()
+            accepted.close()  # the server closes first: its side goes to TIME_WAIT
+            client.recv(1)
+    devmeter_home.mkdir(parents=True, exist_ok=True)
+    (devmeter_home / "config.toml").write_text(f'[proxy]\nlisten = "127.0.0.1:{port}"\n')
+    proxy = by_name(doctor.run_checks(where(devmeter_home), bare_env()))["proxy"]
+    assert proxy.status == "red"
+    assert "taken" not in proxy.detail, proxy.detail
+    assert "`devmeter`" in proxy.fix
+
+
 def test_a_ca_others_can_read_is_amber_with_the_chmod(devmeter_home: Path) -> None:
     ca = where(devmeter_home).ca_dir
     ca.mkdir(parents=True)
