@@ -298,14 +298,19 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
-def _write(path: Path, data: dict[str, Any]) -> Path | None:
-    """Write `data`, keeping the old file as `settings.json.devmeter-backup`."""
+def _backup_path(path: Path) -> Path:
+    return path.with_name(path.name + ".devmeter-backup")
+
+
+def _write(path: Path, data: dict[str, Any], *, keep_backup: bool = True) -> Path | None:
+    """Write `data`, keeping the old file as `settings.json.devmeter-backup` (unless
+    told not to: uninstalling must not replace the copy from before install)."""
     import shutil
 
     backup = None
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        backup = path.with_name(path.name + ".devmeter-backup")
+    if keep_backup and path.exists():
+        backup = _backup_path(path)
         shutil.copy2(path, backup)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -348,9 +353,22 @@ def uninstall(path: Path) -> str:
         data["statusLine"] = previous
     else:
         del data["statusLine"]
-    _write(path, data)
+    # No backup of this file: it holds devmeter's command, which `uv tool uninstall` is
+    # about to remove, and copying it would overwrite the user's copy from before install.
+    _write(path, data, keep_backup=False)
     restored = " and put your previous statusline back" if isinstance(previous, dict) else ""
+    backup = _backup_path(path)
+    if _same_settings(backup, data):
+        backup.unlink()
+        restored += " (as it was before install: its backup removed)"
     return f"removed devmeter's statusline from {path}{restored}"
+
+
+def _same_settings(path: Path, data: dict[str, Any]) -> bool:
+    try:
+        return bool(json.loads(path.read_text(encoding="utf-8")) == data)
+    except (OSError, ValueError):
+        return False
 
 
 def _chained(previous: str, stdin_text: str) -> str:

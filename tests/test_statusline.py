@@ -177,8 +177,12 @@ def test_install_keeps_an_existing_statusline_and_uninstall_restores_it(tmp_path
     )  # fmt: skip
     assert done.stdout == "theirs │ devmeter · no ledger yet (run devmeter)\n"
     assert "already" in statusline.install(settings)  # twice: no second entry
-    statusline.uninstall(settings)
+    said = statusline.uninstall(settings)
     assert json.loads(settings.read_text()) == original  # exactly as it was
+    # The backup was the user's copy from before install: never overwritten with one that
+    # runs devmeter's command (gone after `uv tool uninstall`); removed once it is moot.
+    assert not (tmp_path / "settings.json.devmeter-backup").exists()
+    assert "as it was before install" in said
     assert "nothing to remove" in statusline.uninstall(settings)
 
     fresh = tmp_path / "new" / "settings.json"
@@ -186,6 +190,19 @@ def test_install_keeps_an_existing_statusline_and_uninstall_restores_it(tmp_path
     assert json.loads(fresh.read_text())["statusLine"]["command"] == statusline.command()
     statusline.uninstall(fresh)
     assert json.loads(fresh.read_text()) == {}
+    assert not (tmp_path / "new" / "settings.json.devmeter-backup").exists()
+
+    # Edited since install: the copy from before install stays, as the user's.
+    edited = tmp_path / "edited" / "settings.json"
+    edited.parent.mkdir()
+    edited.write_text(json.dumps(original))
+    statusline.install(edited)
+    data = json.loads(edited.read_text())
+    edited.write_text(json.dumps({**data, "model": "sonnet"}))
+    statusline.uninstall(edited)
+    backup = tmp_path / "edited" / "settings.json.devmeter-backup"
+    assert json.loads(backup.read_text()) == original
+    assert json.loads(edited.read_text()) == {**original, "model": "sonnet"}
 
     broken = tmp_path / "broken.json"
     broken.write_text("{ nope")
