@@ -662,8 +662,12 @@ def cmd_stop(args: argparse.Namespace, config: Config, where: Paths) -> int:
 
 
 def _how_to_stop_devmeter(where: Paths) -> str:
+    return _stop_running_devmeter(where) or "devmeter is not running."
+
+
+def _stop_running_devmeter(where: Paths) -> str | None:
     """What stops the running devmeter: the tray or headless line (its proxy stops with
-    it), else a bare proxy; named by the pid its state file records."""
+    it), else a bare proxy; named by the pid its state file records. None: none runs."""
     from devmeter.tray.supervisor import read_status
 
     supervisor = read_status(where)  # None unless the process that wrote it is alive
@@ -678,7 +682,7 @@ def _how_to_stop_devmeter(where: Paths) -> str:
     pid = state.get("pid") if state else None
     if _pid_alive(pid):
         return f"To stop devmeter: Ctrl-C in its terminal, or `kill {pid}` (devmeter proxy)."
-    return "devmeter is not running."
+    return None
 
 
 def cmd_pause(args: argparse.Namespace, config: Config, where: Paths) -> int:
@@ -751,7 +755,7 @@ def cmd_setup(args: argparse.Namespace, config: Config | None, where: Paths) -> 
 def cmd_uninstall(args: argparse.Namespace, config: Config | None, where: Paths) -> int:
     from devmeter.integration import steps
 
-    return steps.uninstall(where)
+    return steps.uninstall(where, running=_stop_running_devmeter(where))
 
 
 def cmd_tray(args: argparse.Namespace, config: Config, where: Paths) -> int:

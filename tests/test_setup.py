@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -102,7 +103,7 @@ def test_uninstall_names_uv_by_its_path(home: Path, where: Paths) -> None:
     steps.setup(where, ("127.0.0.1", 8788), env=env, devmeter=fake_devmeter(home), say=print)
     said: list[str] = []
     steps.uninstall(where, env=env, say=said.append)
-    assert "And the command itself: `~/.local/bin/uv tool uninstall devmeter`" in said[-2]
+    assert "And the command itself: `~/.local/bin/uv tool uninstall devmeter`" in said[-1]
 
 
 def test_setup_twice_adds_one_block_and_uninstall_still_restores(home: Path, where: Paths) -> None:
@@ -193,6 +194,17 @@ def test_the_cli_setup_and_uninstall(tmp_path: Path) -> None:
     assert (home / ".bashrc").read_bytes() == b"# mine\n"
     assert not hook.exists() and not (home / ".bashrc.devmeter-backup").exists()
     assert "as it was before setup" in done.stdout
+    assert "still running" not in done.stdout  # none runs: nothing to stop
+
+    # A devmeter still running (headless, say: no tray menu to quit from) is named by its
+    # pid, with what stops it.
+    subprocess.run([*run, "setup", "--shell", "bash", "--no-autostart"], env=env,
+                   capture_output=True, check=True)  # fmt: skip
+    (home / "dm" / "supervisor.json").write_text(json.dumps({"pid": os.getpid()}))
+    done = subprocess.run([*run, "uninstall"], env=env, capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    last = done.stdout.strip().splitlines()[-1]
+    assert "devmeter is still running" in last and f"`kill {os.getpid()}`" in last
 
 
 def test_uninstall_takes_out_blocks_whose_record_was_deleted(home: Path, where: Paths) -> None:

@@ -359,7 +359,15 @@ def setup(
 # --- uninstall -----------------------------------------------------------------------------
 
 
-def uninstall(paths: Paths, *, env: Environment | None = None, say: Say = print) -> int:
+def uninstall(
+    paths: Paths,
+    *,
+    env: Environment | None = None,
+    say: Say = print,
+    running: str | None = None,
+) -> int:
+    """Undo what setup recorded. `running`: how to stop the devmeter still running (with
+    its pid), said last; None when none runs."""
     env = env or Environment.current()
     changes = load_manifest(paths)
     if not changes:
@@ -392,6 +400,8 @@ def uninstall(paths: Paths, *, env: Environment | None = None, say: Say = print)
     with contextlib.suppress(OSError):
         (paths.data_dir / "shell").rmdir()
     _say_what_is_left(paths, env, say)
+    if running:
+        say(f"devmeter is still running and keeps running until stopped. {running}")
     return 1 if failed else 0
 
 
@@ -501,7 +511,6 @@ def _say_what_is_left(paths: Paths, env: Environment, say: Say) -> None:
     found = env.which("uv")
     uv = _quoted(_tilde(Path(found), env)) if found else "uv"
     say(f"And the command itself: `{uv} tool uninstall devmeter` (or `pipx uninstall devmeter`).")
-    say("A devmeter still running keeps running until you quit it (tray menu: Quit).")
 
 
 # --- small helpers -------------------------------------------------------------------------
