@@ -673,16 +673,29 @@ def _stop_running_devmeter(where: Paths) -> str | None:
     supervisor = read_status(where)  # None unless the process that wrote it is alive
     if supervisor is not None:
         pid = supervisor["pid"]
-        return (
-            f"To stop devmeter: Quit in its tray menu, Ctrl-C in its terminal, or `kill {pid}` "
-            "(its proxy stops with it; started by systemd: `systemctl --user stop devmeter`, or "
-            "`devmeter-headless`)."
+        tray = supervisor.get("mode") == "tray"
+        # Only the ways this one has: a headless line has no menu to quit from.
+        ways = "Quit in its tray menu, Ctrl-C in its terminal" if tray else "Ctrl-C in its terminal"
+        unit = "devmeter" if tray else "devmeter-headless"
+        systemd = (
+            f"; systemd started it: `systemctl --user stop {unit}`" if _by_systemd(pid) else ""
         )
+        return f"To stop devmeter: {ways}, or `kill {pid}` (its proxy stops with it{systemd})."
     state = read_proxy_state(where)
     pid = state.get("pid") if state else None
     if _pid_alive(pid):
         return f"To stop devmeter: Ctrl-C in its terminal, or `kill {pid}` (devmeter proxy)."
     return None
+
+
+def _by_systemd(pid: int) -> bool:
+    """Whether systemd started `pid` (it sets INVOCATION_ID for each unit it runs)."""
+    import psutil
+
+    try:
+        return "INVOCATION_ID" in psutil.Process(pid).environ()
+    except (psutil.Error, OSError):
+        return False
 
 
 def cmd_pause(args: argparse.Namespace, config: Config, where: Paths) -> int:

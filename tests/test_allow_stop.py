@@ -183,9 +183,31 @@ def test_stop_without_a_session_says_how_to_stop_devmeter_itself(
     import json
     import os
 
-    (home / "supervisor.json").write_text(json.dumps({"pid": os.getpid(), "state": "running"}))
+    status = {"pid": os.getpid(), "mode": "tray", "state": "running"}
+    (home / "supervisor.json").write_text(json.dumps(status))
     code, _, err = run(capsys, "stop")
     assert code == 2 and f"`kill {os.getpid()}`" in err and "Ctrl-C" in err
+    assert "Quit in its tray menu" in err
+    # Headless, started by hand: no tray menu to quit from, and no systemd unit.
+    (home / "supervisor.json").write_text(json.dumps({**status, "mode": "headless"}))
+    code, _, err = run(capsys, "stop")
+    assert code == 2 and f"`kill {os.getpid()}`" in err and "Ctrl-C" in err
+    assert "tray menu" not in err
+    if "INVOCATION_ID" not in os.environ:
+        assert "systemctl" not in err
+    # Started by systemd (which sets INVOCATION_ID): its unit is named too.
+    import subprocess
+
+    unit = subprocess.Popen(["sleep", "30"], env={**os.environ, "INVOCATION_ID": "0123abcd"})
+    try:
+        (home / "supervisor.json").write_text(
+            json.dumps({**status, "pid": unit.pid, "mode": "headless"})
+        )
+        code, _, err = run(capsys, "stop")
+        assert f"`kill {unit.pid}`" in err and "`systemctl --user stop devmeter-headless`" in err
+    finally:
+        unit.kill()
+        unit.wait()
     (home / "supervisor.json").unlink()
     (home / "proxy.json").write_text(
         json.dumps({"host": "127.0.0.1", "port": 1, "pid": os.getpid(), "started": 0})
