@@ -423,6 +423,25 @@ def _start_proxy_for_run(where: Paths) -> tuple[subprocess.Popen[bytes], str, in
     raise SystemExit("devmeter: the proxy did not start within 20 seconds")
 
 
+def _nothing_metered_yet(config: Config, where: Paths) -> str:
+    """An empty report's next step: start devmeter only when it is not running (a new user
+    who just started it was told to start a proxy, which then found its port taken)."""
+    host, port, running = proxy_address(config, where)
+    route = (
+        "route your tools through it: a new shell (once `devmeter setup` hooked it), "
+        '`eval "$(devmeter env)"` in this one, or `devmeter run -- CMD`'
+    )
+    if running:
+        return (
+            f"No calls metered yet (ledger: {where.ledger}). devmeter's proxy runs on "
+            f"{host}:{port}; {route}. `devmeter doctor` checks this shell."
+        )
+    return (
+        f"No calls metered yet (ledger: {where.ledger}). Start devmeter: `devmeter` (the tray, "
+        f"or headless without a desktop) or `devmeter proxy`; then {route}."
+    )
+
+
 def cmd_report(args: argparse.Namespace, config: Config, where: Paths) -> int:
     since = reports.parse_since(args.since) if args.since else None
     until = reports.parse_since(args.until, flag="--until") if args.until else None
@@ -441,8 +460,7 @@ def cmd_report(args: argparse.Namespace, config: Config, where: Paths) -> int:
     if conn is None or not reports.has_calls(conn):
         # Machine-readable output stays parseable: the explanation goes to stderr.
         print(
-            f"No calls metered yet (ledger: {where.ledger}). Start `devmeter proxy`, then "
-            '`eval "$(devmeter env)"` in your shell, or `devmeter run -- CMD`.',
+            _nothing_metered_yet(config, where),
             file=sys.stderr if args.json or args.csv else sys.stdout,
         )
         if args.json:

@@ -216,14 +216,30 @@ def test_report_groupings_and_formats(
     assert "--since" in capsys.readouterr().err
 
 
-def test_empty_ledger_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+def test_empty_ledger_says_so(capsys: pytest.CaptureFixture[str], devmeter_home: Path) -> None:
     assert main(["report"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("No calls metered yet")
+    assert "Start devmeter: `devmeter`" in out  # nothing runs: start it
     assert main(["report", "--json"]) == 0
     captured = capsys.readouterr()
     assert captured.out == "[]\n"  # still valid JSON for tools that read it
     assert "No calls metered yet" in captured.err
+
+    # devmeter runs (a new user's first report, right after starting it): no advice to
+    # start a proxy, whose port the running one holds; how to route tools through it.
+    import json
+    import os
+
+    devmeter_home.mkdir(parents=True, exist_ok=True)
+    (devmeter_home / "proxy.json").write_text(
+        json.dumps({"host": "127.0.0.1", "port": 18791, "pid": os.getpid(), "started": 0})
+    )
+    assert main(["report"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("No calls metered yet") and "runs on 127.0.0.1:18791" in out
+    assert "Start" not in out and "devmeter proxy" not in out
+    assert "devmeter run -- CMD" in out and "devmeter doctor" in out
 
 
 def test_grouped_reports_from_the_rollup_equal_the_calls(tmp_path: Path) -> None:
