@@ -67,13 +67,13 @@ def run_checks(
     env = os.environ if environ is None else environ
     config, config_check = check_config(paths)
     proxy = find_proxy(paths, config)
-    integration = check_shell_integration(paths, env)
+    integration = check_shell_integration(paths, env, config.listen)
     checks = [
         check_on_path(which),
         check_proxy(proxy, config),
         config_check,
         check_ca(paths),
-        check_shell(proxy, env, hooked=integration.status == "green"),
+        check_shell(proxy, env, hooked=hooked_startup_file(paths, env) is not None),
         *check_trust(paths, proxy, env),
         check_ledger(paths),
         check_tray(env, platform),
@@ -512,7 +512,8 @@ def check_on_path(which: Callable[[str], str | None], argv0: str | None = None) 
     )
 
 
-def check_shell_integration(paths: Paths, env: Mapping[str, str]) -> Check:
+def hooked_startup_file(paths: Paths, env: Mapping[str, str]) -> tuple[Path, str] | None:
+    """The startup file (and its shell) that sources devmeter's hook, this shell's first."""
     shell = Path(env.get("SHELL", "")).name or ("powershell" if os.name == "nt" else "")
     records = [c for c in steps.load_manifest(paths) if c.get("kind") == "rc"]
     mine = [c for c in records if c.get("shell") == shell] or records
@@ -520,18 +521,60 @@ def check_shell_integration(paths: Paths, env: Mapping[str, str]) -> Check:
         path = Path(str(record.get("path")))
         with contextlib.suppress(OSError):
             if rcblock.has_block(path.read_text(encoding="utf-8", errors="replace")):
-                return Check(
-                    "shell_integration",
-                    "green",
-                    f"{path} sources devmeter's hook: new {record.get('shell')} shells route "
-                    "through devmeter while it answers",
-                )
+                return path, str(record.get("shell"))
+    return None
+
+
+def check_shell_integration(
+    paths: Paths, env: Mapping[str, str], listen: tuple[str, int] | None = None
+) -> Check:
+    hooked = hooked_startup_file(paths, env)
+    if hooked is None:
+        shell = Path(env.get("SHELL", "")).name or ("powershell" if os.name == "nt" else "")
+        return Check(
+            "shell_integration",
+            "amber",
+            f"no devmeter hook in {shell or 'your shell'}'s startup file: new shells are not "
+            "metered",
+            "`devmeter setup`",
+        )
+    path, shell = hooked
+    stale = _hook_for_another_port(paths, shell, listen) if listen else None
+    if listen and stale:
+        return Check(
+            "shell_integration",
+            "amber",
+            f"{path} sources devmeter's hook, written for {stale}; the config now listens on "
+            f"{listen[0]}:{listen[1]}, so a new shell names the old address when no proxy "
+            "answers (it routes through the running proxy either way)",
+            "`devmeter setup` again rewrites the hook for the configured address",
+        )
     return Check(
         "shell_integration",
-        "amber",
-        f"no devmeter hook in {shell or 'your shell'}'s startup file: new shells are not metered",
-        "`devmeter setup`",
+        "green",
+        f"{path} sources devmeter's hook: new {shell} shells route through devmeter while it "
+        "answers",
     )
+
+
+def _hook_for_another_port(paths: Paths, shell: str, listen: tuple[str, int]) -> str | None:
+    """The address a shell's hook was written for (`devmeter setup` bakes the configured
+    one in), when the config has moved the proxy since; None when it matches."""
+    from devmeter.integration import shellhook
+
+    if shell not in shellhook.SHELLS:
+        return None
+    hook = paths.data_dir / "shell" / shellhook.hook_file_name(shell)
+    try:
+        text = hook.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    if shellhook.expected_text(listen) in text:
+        return None
+    start = text.find("expected at ")
+    if start < 0:
+        return None
+    return text[start + len("expected at ") :].split("'")[0].split('"')[0].strip()
 
 
 def check_autostart(

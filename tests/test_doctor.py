@@ -76,6 +76,8 @@ def test_with_the_shell_hook_installed_doctor_never_advises_eval(
     where_ = paths({"DEVMETER_HOME": str(tmp_path / "dm")})
     machine = steps.Environment(home=home, environ=env, which={"bash": "/bin/bash"}.get,
                                 systemd_user=False)  # fmt: skip
+    (tmp_path / "dm").mkdir()
+    (tmp_path / "dm" / "config.toml").write_text('[proxy]\nlisten = "127.0.0.1:9"\n')
     steps.setup(where_, ("127.0.0.1", 9), env=machine, devmeter=None, say=lambda _l: None,
                 with_autostart=False)  # fmt: skip
     found = by_name(doctor.run_checks(where_, env))
@@ -83,6 +85,38 @@ def test_with_the_shell_hook_installed_doctor_never_advises_eval(
     assert found["shell"].status == "amber"
     assert "eval" not in found["shell"].fix
     assert "the shell hook routes this shell from its next prompt" in found["shell"].fix
+
+
+def test_a_hook_written_for_another_port_says_to_run_setup_again(tmp_path: Path) -> None:
+    # Found as a new user: `[proxy] listen` moved after install.sh ran setup; a new shell
+    # then said "no proxy answers (expected at 127.0.0.1:8788)", the address setup baked in.
+    from devmeter.integration import steps
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "SHELL": "/bin/bash", "PATH": os.environ.get("PATH", "")}
+    where_ = paths({"DEVMETER_HOME": str(tmp_path / "dm")})
+    machine = steps.Environment(home=home, environ=env, which={"bash": "/bin/bash"}.get,
+                                systemd_user=False)  # fmt: skip
+    steps.setup(where_, ("127.0.0.1", 8788), env=machine, devmeter=None, say=lambda _l: None,
+                with_autostart=False)  # fmt: skip
+    (tmp_path / "dm" / "config.toml").write_text('[proxy]\nlisten = "127.0.0.1:18788"\n')
+    found = by_name(doctor.run_checks(where_, env))
+    check = found["shell_integration"]
+    assert check.status == "amber"
+    assert "127.0.0.1:8788" in check.detail and "127.0.0.1:18788" in check.detail
+    assert "`devmeter setup`" in check.fix
+    assert "eval" not in found["shell"].fix  # still hooked: no dead-shell advice
+
+    # The fix works: setup again (as the CLI runs it, with the config's address).
+    steps.setup(where_, ("127.0.0.1", 18788), env=machine, devmeter=None, say=lambda _l: None,
+                with_autostart=False)  # fmt: skip
+    assert by_name(doctor.run_checks(where_, env))["shell_integration"].status == "green"
+    hook = (tmp_path / "dm" / "shell" / "hook.bash").read_text()
+    assert "expected at 127.0.0.1:18788" in hook and "8788'" not in hook.replace("18788'", "")
+    said: list[str] = []
+    assert steps.uninstall(where_, env=machine, say=said.append) == 0
+    assert not (tmp_path / "dm" / "shell" / "hook.bash").exists(), said
 
 
 def test_a_taken_port_names_the_process_holding_it(devmeter_home: Path, listener: int) -> None:

@@ -42,6 +42,16 @@ class HookSettings:
     def names(self) -> tuple[str, ...]:
         return (*self.url_names, *(name for name, _ in self.fixed))
 
+    @property
+    def expected(self) -> str:
+        return expected_text((self.default_host, self.default_port))
+
+
+def expected_text(listen: tuple[str, int]) -> str:
+    """What a hook says where it expects the proxy when it never saw one answer; baked in
+    by setup (doctor looks for it to tell a hook written for another port)."""
+    return f"expected at {listen[0]}:{listen[1]}"
+
 
 def settings_for(paths: Paths, listen: tuple[str, int], bin_dir: Path | None) -> HookSettings:
     env = proxy_environment(paths, _HOST, _PORT)
@@ -239,7 +249,7 @@ def _posix(shell: str, s: HookSettings) -> str:
     )
     body = (
         _POSIX_BODY.replace("@STATE_FILE@", _sq(str(s.state_file)))
-        .replace("@EXPECTED@", _sq(f"expected at {s.default_host}:{s.default_port}"))
+        .replace("@EXPECTED@", _sq(s.expected))
         .replace("@READ_STATE@", read_state)
     )
     lines.append(body)
@@ -266,9 +276,7 @@ def _fish(s: HookSettings) -> str:
         )
     lines.append("status is-interactive; or exit 0  # only shells a person types in\n")
     lines.append(f"set -g __devmeter_state_file {_fq(str(s.state_file))}")
-    lines.append(
-        f"set -g __devmeter_expected {_fq(f'expected at {s.default_host}:{s.default_port}')}"
-    )
+    lines.append(f"set -g __devmeter_expected {_fq(s.expected)}")
     # Once per shell; a shell started from a routed one takes its routing over (see _posix).
     lines.append("if not set -q __devmeter_loaded")
     lines.append("    set -g __devmeter_loaded 1")
@@ -374,9 +382,7 @@ def _powershell(s: HookSettings) -> str:
             "}\n"
         )
     lines.append(f"$global:__devmeterStateFile = {_ps(str(s.state_file))}")
-    lines.append(
-        f"$global:__devmeterExpected = {_ps(f'expected at {s.default_host}:{s.default_port}')}"
-    )
+    lines.append(f"$global:__devmeterExpected = {_ps(s.expected)}")
     # PowerShell's hash literals (and Windows' environment) ignore case: HTTPS_PROXY and
     # https_proxy are one name there, and a literal naming both would not even parse.
     url_names = _unique_ignoring_case(s.url_names)
