@@ -68,13 +68,14 @@ def run_checks(
     config, config_check = check_config(paths)
     proxy = find_proxy(paths, config)
     integration = check_shell_integration(paths, env, config.listen)
+    hooked = hooked_startup_file(paths, env) is not None
     checks = [
         check_on_path(which),
         check_proxy(proxy, config),
         config_check,
         check_ca(paths),
-        check_shell(proxy, env, hooked=hooked_startup_file(paths, env) is not None),
-        *check_trust(paths, proxy, env),
+        check_shell(proxy, env, hooked=hooked),
+        *check_trust(paths, proxy, env, hooked=hooked),
         check_ledger(paths),
         check_tray(env, platform),
         check_notifications(env, platform, which, send=notify),
@@ -306,8 +307,11 @@ def _same_address(url: str, host: str, port: int) -> bool:
     return same_host and their_port == port
 
 
-def check_trust(paths: Paths, proxy: Proxy, env: Mapping[str, str]) -> list[Check]:
-    """Each known client's CA setting: does it make the client trust devmeter's CA?"""
+def check_trust(
+    paths: Paths, proxy: Proxy, env: Mapping[str, str], hooked: bool = False
+) -> list[Check]:
+    """Each known client's CA setting: does it make the client trust devmeter's CA?
+    `hooked`: as for check_shell, the hook sets these (and HTTPS_PROXY), never `eval`."""
     https_proxy = env.get("HTTPS_PROXY") or env.get("https_proxy") or ""
     routed = _same_address(https_proxy, proxy.host, proxy.port)
     ca = _ca_body(paths.ca_cert)
@@ -338,12 +342,21 @@ def check_trust(paths: Paths, proxy: Proxy, env: Mapping[str, str]) -> list[Chec
                 )
             )
         else:
+            if hooked and not proxy.answers:
+                fix = (
+                    "start devmeter (`devmeter`): the shell hook sets it, with HTTPS_PROXY, "
+                    "from this shell's next prompt"
+                )
+            elif hooked:
+                fix = "open a new shell: devmeter's hook sets it there, with HTTPS_PROXY"
+            else:
+                fix = first + '`eval "$(devmeter env)"` sets it, with HTTPS_PROXY'
             checks.append(
                 Check(
                     name,
                     "amber",
                     f"{who}: {'; '.join(bad)} (this shell does not route through devmeter)",
-                    first + '`eval "$(devmeter env)"` sets it, with HTTPS_PROXY',
+                    fix,
                 )
             )
     return checks

@@ -80,11 +80,15 @@ def test_with_the_shell_hook_installed_doctor_never_advises_eval(
     (tmp_path / "dm" / "config.toml").write_text('[proxy]\nlisten = "127.0.0.1:9"\n')
     steps.setup(where_, ("127.0.0.1", 9), env=machine, devmeter=None, say=lambda _l: None,
                 with_autostart=False)  # fmt: skip
-    found = by_name(doctor.run_checks(where_, env))
+    checks = doctor.run_checks(where_, env)
+    found = by_name(checks)
     assert found["shell_integration"].status == "green"
     assert found["shell"].status == "amber"
     assert "eval" not in found["shell"].fix
     assert "the shell hook routes this shell from its next prompt" in found["shell"].fix
+    # Nor do the trust lines, which said `eval "$(devmeter env)"` below that fix.
+    assert [c.name for c in checks if "eval" in c.fix] == []
+    assert "shell hook sets it" in found["trust_node"].fix
 
 
 def test_a_hook_written_for_another_port_says_to_run_setup_again(tmp_path: Path) -> None:
