@@ -774,12 +774,42 @@ def cmd_setup(args: argparse.Namespace, config: Config | None, where: Paths) -> 
     except ConfigError as exc:
         print(f"devmeter: note: bad config ({exc}); the hook assumes the default address")
         listen = DEFAULT_LISTEN
-    return steps.setup(
+    status = steps.setup(
         where,
         listen,
         shells=args.shells,
         with_autostart=not args.no_autostart,
         devmeter=steps.devmeter_command(),
+    )
+    import devmeter
+
+    note = _older_devmeter_running(where, Path(devmeter.__file__))
+    if note:
+        print(note)
+    return status
+
+
+def _older_devmeter_running(where: Paths, installed: Path) -> str | None:
+    """A devmeter started before this install's files were written (install.sh run again
+    to upgrade, which runs setup): it keeps its old code and would import new modules
+    into it, so say to restart it. None when none runs, or it runs these files."""
+    import psutil
+
+    from devmeter.tray.supervisor import read_status
+
+    supervisor = read_status(where)
+    stop = _stop_running_devmeter(where)
+    if supervisor is None or stop is None:
+        return None
+    try:
+        started = psutil.Process(supervisor["pid"]).create_time()
+        if started >= installed.stat().st_mtime:
+            return None
+    except (psutil.Error, OSError):
+        return None
+    return (
+        f"devmeter (pid {supervisor['pid']}) was started before this install: restart it to "
+        f"run this version. {stop} Then start `devmeter` again."
     )
 
 

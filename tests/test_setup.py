@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import subprocess
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -205,6 +206,31 @@ def test_the_cli_setup_and_uninstall(tmp_path: Path) -> None:
                           check=True)  # fmt: skip
     last = done.stdout.strip().splitlines()[-1]
     assert "devmeter is still running" in last and f"`kill {os.getpid()}`" in last
+
+
+def test_setup_run_again_by_an_upgrade_says_to_restart_the_older_devmeter(
+    tmp_path: Path,
+) -> None:
+    # install.sh run again to upgrade (it runs setup) while devmeter runs: that one keeps
+    # its old code, and would load the new files into it. Found as a new user upgrading.
+    from devmeter.cli import _older_devmeter_running
+
+    where = paths({"DEVMETER_HOME": str(tmp_path / "dm")})
+    (tmp_path / "dm").mkdir()
+    installed = tmp_path / "__init__.py"
+    installed.write_text("")
+    assert _older_devmeter_running(where, installed) is None  # none runs
+    (tmp_path / "dm" / "supervisor.json").write_text(
+        json.dumps({"pid": os.getpid(), "mode": "headless"})
+    )
+    now = time.time()
+    os.utime(installed, (now + 60, now + 60))  # installed after this process started
+    note = _older_devmeter_running(where, installed)
+    assert note is not None
+    assert f"devmeter (pid {os.getpid()}) was started before this install" in note
+    assert f"`kill {os.getpid()}`" in note and "start `devmeter` again" in note
+    os.utime(installed, (now - 3600 * 24 * 365, now - 3600 * 24 * 365))
+    assert _older_devmeter_running(where, installed) is None  # it runs these files
 
 
 def test_uninstall_takes_out_blocks_whose_record_was_deleted(home: Path, where: Paths) -> None:
