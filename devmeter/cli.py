@@ -748,8 +748,15 @@ def cmd_config(args: argparse.Namespace, config: Config, where: Paths) -> int:
         where.config_file.parent.mkdir(parents=True, exist_ok=True)
         where.config_file.write_text(TEMPLATE, encoding="utf-8")
         print(f"wrote {where.config_file}")
-    else:
-        print(where.config_file)
+        return 0
+    if args.init:
+        # Said, not silent: a bare path read as if the template had been written over it.
+        print(
+            "devmeter: the config file exists already: left as it is (--init writes the "
+            "template only where there is none)",
+            file=sys.stderr,
+        )
+    print(where.config_file)
     return 0
 
 

@@ -180,6 +180,12 @@ def test_a_broken_config_does_not_stop_pause_or_finding_the_file(tmp_path: Path)
         assert done.returncode == 0, (args, done.stderr)
         assert "line 2 [budgets.day.block_usd]" in done.stderr
     assert devmeter("config").stdout.strip() == str(tmp_path / "config.toml")
+    # --init on a file that exists: the path (scripts read it) and, on stderr, that it was
+    # left alone rather than a bare path, as if the template had replaced it.
+    done = devmeter("config", "--init")
+    assert done.returncode == 0 and done.stdout.strip() == str(tmp_path / "config.toml")
+    assert "exists already: left as it is" in done.stderr
+    assert (tmp_path / "config.toml").read_text() == "[budgets.day]\nblock_usd = -1\n"
     for args in (("routing",), ("allow", "--day")):  # these read the file: refused
         done = devmeter(*args)
         assert done.returncode == 2 and "line 2" in done.stderr, (args, done.stderr)
