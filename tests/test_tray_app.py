@@ -588,6 +588,9 @@ def test_devmeter_with_no_display_runs_the_proxy_headless_and_stops_it(where):
     assert "devmeter proxy listening on 127.0.0.1:" in err
     assert "today $2.50" in out.splitlines()[-1]
     assert not where.proxy_state.exists()  # the child was stopped and cleaned up
+    # Its last line says so (run in the background with output to a file, a new user's
+    # log just ended, as if it still ran).
+    assert err.splitlines()[-1].startswith("devmeter: stopped, and its proxy with it")
 
 
 @pytest.mark.parametrize(("has_menu", "expected"), [(True, "1"), (False, "0")])

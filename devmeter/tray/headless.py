@@ -236,6 +236,14 @@ def run_headless(
         supervisor.stop()
         if conn is not None:
             conn.close()
+        # Its last word: run in the background with output to a file, it otherwise just
+        # ended, and the file read as if it still ran.
+        with contextlib.suppress(OSError, ValueError):
+            err.write(
+                "devmeter: stopped, and its proxy with it: nothing is metered until `devmeter` "
+                "runs again (shells with devmeter's hook go direct meanwhile).\n"
+            )
+            err.flush()
     return 0
 
 
