@@ -15,6 +15,9 @@
 set -eu
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
+# The PATH of the shell that ran this script: installing uv below adds pip's user bin
+# folder (also uv's and devmeter's) to this script's PATH only.
+user_path="$PATH"
 setup=1
 run=1
 for arg in "$@"; do
@@ -83,7 +86,7 @@ if [ "$setup" = 1 ]; then
     "$devmeter" setup
 fi
 
-case ":$PATH:" in
+case ":$user_path:" in
     *":$bin:"*) ;;
     *)
         if [ "$setup" = 1 ]; then

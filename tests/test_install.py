@@ -312,6 +312,10 @@ def test_install_sh_installs_uv_when_the_machine_has_none(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stdout + done.stderr
     assert "installing uv" in done.stdout
     assert (home / ".local/bin/uv").exists()  # pip --user, in the new HOME
+    # ~/.local/bin is on the script's PATH (it put it there for uv), not on the user's:
+    # it must still say so, or `devmeter` in this shell is "command not found".
+    bin_dir = home / ".local" / "bin"
+    assert f"(devmeter is in {bin_dir}, which is not on PATH: add it" in done.stdout
     version = subprocess.run(
         [str(home / ".local/bin/devmeter"), "--version"], capture_output=True, text=True
     )
