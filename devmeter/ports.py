@@ -28,6 +28,9 @@ class Holder:
     pid: int
     name: str
     is_devmeter: bool
+    # The devmeter (tray or headless) whose child this proxy is: killing the proxy alone
+    # only has it restarted, so that is the process to name.
+    supervisor: int | None = None
 
     def describe(self) -> str:
         what = "another devmeter proxy" if self.is_devmeter else self.name
@@ -83,7 +86,21 @@ def holder(port: int) -> Holder | None:
                 cmdline = " ".join(proc.cmdline())
             except psutil.Error:
                 cmdline = ""
-            return Holder(pid, name, "devmeter" in cmdline and " proxy" in cmdline)
+            is_devmeter = "devmeter" in cmdline and " proxy" in cmdline
+            supervisor = _devmeter_parent(proc) if is_devmeter else None
+            return Holder(pid, name, is_devmeter, supervisor)
+    return None
+
+
+def _devmeter_parent(proc: psutil.Process) -> int | None:
+    """The pid of the `devmeter` (tray or headless line) that started this proxy, if any:
+    not `devmeter run`, whose proxy lives only as long as its command."""
+    with contextlib.suppress(psutil.Error):
+        parent = proc.parent()
+        if parent is not None:
+            words = parent.cmdline()
+            if any("devmeter" in w for w in words) and not {"proxy", "run"} & set(words):
+                return parent.pid
     return None
 
 
@@ -108,6 +125,14 @@ def taken_message(
     the config file's path, which this base module cannot know)."""
     if who is None:
         by, fix = "another process", "stop it"
+    elif who.is_devmeter and who.supervisor is not None:
+        # The usual case for a new user: devmeter already runs, and this is its proxy.
+        by = f"the proxy of devmeter, already running (pid {who.supervisor})"
+        fix = (
+            "it meters already, so there is nothing to start (`devmeter doctor` shows it); "
+            f"to stop it, `kill {who.supervisor}` (its proxy stops with it; killed alone, "
+            "the proxy is restarted)"
+        )
     elif who.is_devmeter:
         by, fix = who.describe(), f"stop it (kill {who.pid})"
     else:

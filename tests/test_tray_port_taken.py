@@ -10,6 +10,7 @@ status file, and starts the proxy by itself once the port is free.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import socket
@@ -97,6 +98,34 @@ def test_a_port_held_by_another_devmeter_proxy_says_so(proxy: RunningProxy, tmp_
     )
 
 
+@pytest.mark.proxy
+def test_a_port_held_by_the_running_devmeters_proxy_names_devmeter(devmeter_home):
+    """Found as a new user: with `devmeter` running, `devmeter proxy` said "stop it (kill
+    PROXY)", and the running devmeter restarted the proxy it was told to kill."""
+    home = devmeter_home
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text('[proxy]\nlisten = "127.0.0.1:0"\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env["DEVMETER_HOME"] = str(home)
+    tray = subprocess.Popen(
+        [sys.executable, "-m", "devmeter", "--headless"], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        state = home / "proxy.json"
+        wait_for(state.exists, 60, "the headless devmeter's proxy", home / "config.toml")
+        port = json.loads(state.read_text())["port"]
+        result = subprocess.run(
+            [sys.executable, "-m", "devmeter", "proxy", "--listen", f"127.0.0.1:{port}"],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        tray.terminate()
+        tray.wait(30)
+    assert_one_clean_line(result, port, f"the proxy of devmeter, already running (pid {tray.pid})")
+    assert f"`kill {tray.pid}`" in result.stderr and "nothing to start" in result.stderr
+
+
 def test_an_address_that_cannot_be_bound_for_another_reason_is_one_line_too(monkeypatch):
     from devmeter.proxy import server
 
@@ -128,6 +157,9 @@ def test_the_message_names_the_fix_for_each_kind_of_holder():
     assert "another devmeter proxy (pid 41); stop it (kill 41)" in taken_message(
         "127.0.0.1", 8788, devmeter
     )
+    supervised = taken_message("127.0.0.1", 8788, Holder(41, "python3", True, supervisor=40))
+    assert "the proxy of devmeter, already running (pid 40)" in supervised
+    assert "`kill 40`" in supervised and "kill 41" not in supervised
     assert "nginx (pid 42); stop nginx" in taken_message("127.0.0.1", 8788, other)
     unknown = taken_message("127.0.0.1", 8788, None, command="devmeter")
     assert "taken by another process; stop it" in unknown
