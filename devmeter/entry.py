@@ -88,8 +88,7 @@ def _rescan(importer: str, given: str | None, as_json: bool) -> int | None:
         sys.stdout.write(json.dumps(summary, indent=1) + "\n")
     else:
         sys.stdout.write(
-            f"{importer}: imported 0 calls ($0.0000) from 0 of {len(files)} files in "
-            f"{seconds:.1f}s\n"
+            f"{importer}: imported 0 calls ($0.00) from 0 of {len(files)} files in {seconds:.1f}s\n"
         )
     return 0
 

@@ -14,6 +14,7 @@ PICO = Decimal(10) ** 12
 # SQLite's integers are 64-bit: a larger one cannot be bound at all.
 _SQLITE_MAX_INT = 2**63 - 1
 _CENT = Decimal("0.01")
+_MICRO = Decimal("0.000001")
 
 
 def to_pusd(usd: Decimal | None) -> int | None:
@@ -40,3 +41,18 @@ def usd(pusd: int | None) -> Decimal:
 def format_usd(amount: Decimal) -> str:
     """`$1,234.57`: cents, rounded half up, thousands separated."""
     return f"${amount.quantize(_CENT, rounding=ROUND_HALF_UP):,}"
+
+
+def format_usd_fine(amount: Decimal) -> str:
+    """`$1,234.57`: two decimals, or six (`$0.003376`) for a figure under a cent that two
+    would show as `$0.00`: what reports print, and import summaries the same way."""
+    sign = "-" if amount < 0 else ""
+    amount = abs(amount)
+    if amount == 0:
+        return "$0.00"
+    if amount < _MICRO:
+        return f"{sign}<$0.000001"
+    cents = amount.quantize(_CENT, rounding=ROUND_HALF_UP)
+    if cents < _CENT:
+        return f"{sign}${amount.quantize(_MICRO, rounding=ROUND_HALF_UP)}"
+    return f"{sign}${cents:,}"

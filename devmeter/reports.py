@@ -12,13 +12,13 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any, Literal
 
 from devmeter.clock import local_midnight
 from devmeter.labels import SESSION_WHOLE  # an id this short is shown whole
 from devmeter.ledger import BUCKET_SECONDS, SAVING_PUSD
-from devmeter.money import from_pusd, usd
+from devmeter.money import format_usd_fine, from_pusd, usd
 from devmeter.safe_text import safe_text
 from devmeter.text_table import TextTable, render
 
@@ -365,8 +365,6 @@ def _request_row(row: dict[str, Any]) -> dict[str, Any]:
 NO_REPO = UNATTRIBUTED  # the one word for a call with no repo (or no session), everywhere
 SESSION_LABEL_MIN = 8  # a session label's shortest prefix
 SESSION_LABEL_MAX = 40  # longer ids are cut anyway (a UUID is 36)
-_CENT = Decimal("0.01")
-_MICRO = Decimal("0.000001")
 
 
 def to_json(rows: Sequence[dict[str, Any]]) -> str:
@@ -408,16 +406,7 @@ def format_usd(value: Decimal | None, none: str = "unpriced") -> str:
     would show as `$0.00`; `none` (default "unpriced") when there is no price."""
     if value is None:
         return none
-    sign = "-" if value < 0 else ""
-    amount = abs(value)
-    if amount == 0:
-        return "$0.00"
-    if amount < _MICRO:
-        return f"{sign}<$0.000001"
-    cents = amount.quantize(_CENT, rounding=ROUND_HALF_UP)
-    if cents < _CENT:
-        return f"{sign}${amount.quantize(_MICRO, rounding=ROUND_HALF_UP)}"
-    return f"{sign}${cents:,}"
+    return format_usd_fine(value)
 
 
 def format_tokens(n: int | None) -> str:

@@ -338,7 +338,8 @@ def test_cli_import_and_statusline(
     summary = json.loads(capsys.readouterr().out)
     assert (summary["imported"], summary["files"]) == (1, 1)
     assert main(["import", "claude-code", "--path", str(tmp_path / "claude")]) == 0
-    assert "imported 0 calls" in capsys.readouterr().out
+    # Dollars as `devmeter report` prints them: $0.00, not $0.0000 (nor $0.0200 for $0.02).
+    assert "imported 0 calls ($0.00) from" in capsys.readouterr().out
     monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path / "claude"))  # the default folder
     assert main(["import", "claude-code", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["files"] == 1

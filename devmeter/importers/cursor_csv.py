@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from devmeter import ledger
+from devmeter.money import format_usd_fine
 from devmeter.pricing import PriceOverride, price
 from devmeter.providers.cursor import resolve_model
 from devmeter.usage import Attribution, Call, Usage
@@ -160,7 +161,8 @@ class ImportSummary:
         verb = "would import" if self.dry_run else "imported"
         lines = [f"{verb} {self.imported} Cursor calls from {self.path}"]
         if self.imported and self.first_ts is not None and self.last_ts is not None:
-            lines[0] += f" ({_day(self.first_ts)} to {_day(self.last_ts)}, ${self.cost_usd:.4f})"
+            cost = format_usd_fine(self.cost_usd)
+            lines[0] += f" ({_day(self.first_ts)} to {_day(self.last_ts)}, {cost})"
         if self.duplicates:
             lines.append(f"{self.duplicates} rows were already in the ledger: skipped")
         if self.live:

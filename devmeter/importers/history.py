@@ -43,7 +43,7 @@ from typing import Any, TextIO
 
 from devmeter import ledger
 from devmeter.importers import forked, price_memory
-from devmeter.money import from_pusd
+from devmeter.money import format_usd_fine, from_pusd
 from devmeter.pricing import PriceOverride
 from devmeter.usage import Call, Usage
 
@@ -102,7 +102,8 @@ class ImportResult:
 
     def describe(self) -> str:
         lines = [
-            f"{self.importer}: imported {calls(self.imported)} (${self.cost_usd:.4f}) from "
+            f"{self.importer}: imported {calls(self.imported)} "
+            f"({format_usd_fine(self.cost_usd)}) from "
             f"{self.files_read} of {self.files} files in {self.seconds:.1f}s"
         ]
         if self.updated:
