@@ -173,7 +173,35 @@ def test_proxy_up_a_call_is_metered_and_down_goes_direct_again(
     assert out.count("devmeter: no proxy answers") == 1
     # Where the proxy was (a port of its own here), not the default the hook was written with.
     assert f"no proxy answers (it was at 127.0.0.1:{proxy.port})" in out
-    assert out.count("devmeter: the proxy answers again") == 1
+    assert out.count(f"devmeter: the proxy answers at 127.0.0.1:{proxy.port}") == 1
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_shell_started_before_devmeter_is_routed_once_it_answers(
+    shell: str, proxy: RunningProxy, tmp_path: Path
+) -> None:
+    # A new user's order: open a shell, then start devmeter. The shell said the proxy
+    # "answers again" and its tools were "metered again", though they never had been.
+    hook = write_hook(shell, proxy.home)
+    state = proxy.home / "proxy.json"
+    saved = state.read_text()
+    away = tmp_path / "elsewhere.json"
+    state.rename(away)  # not started yet
+    try:
+        lines = [
+            'echo "proxy=${HTTPS_PROXY-unset}"',
+            f"mv '{away}' '{state}'",  # devmeter starts
+            'echo "proxy=${HTTPS_PROXY-unset}"',
+        ]
+        out = run_interactive(shell, hook, lines, clean_env())
+    finally:
+        if not state.exists():
+            state.write_text(saved)
+    shown = [line for line in out.splitlines() if line.startswith("proxy=")]
+    assert shown == ["proxy=unset", f"proxy={proxy.url}"]
+    assert out.count("devmeter: no proxy answers (expected at 127.0.0.1:8788)") == 1
+    said = f"devmeter: the proxy answers at 127.0.0.1:{proxy.port}; tools in this shell are"
+    assert out.count(said) == 1 and "again" not in out
 
 
 @pytest.mark.parametrize("shell", SHELLS)

@@ -138,7 +138,7 @@ __devmeter_check() {
             __devmeter_now=$__devmeter_url
         fi
         if [ "$__devmeter_said" = down ]; then
-            printf '%s\n' "devmeter: the proxy answers again at ${__devmeter_url#http://}; tools in this shell are metered again." >&2
+            printf '%s\n' "devmeter: the proxy answers at ${__devmeter_url#http://}; tools in this shell are metered from now on." >&2
         fi
         __devmeter_said=up
     else
@@ -341,7 +341,7 @@ function __devmeter_check --on-event fish_prompt
             set -g __devmeter_now $__devmeter_url
         end
         if test "$__devmeter_said" = down
-            echo "devmeter: the proxy answers again at "(string replace 'http://' '' -- $__devmeter_url)"; tools in this shell are metered again." >&2
+            echo "devmeter: the proxy answers at "(string replace 'http://' '' -- $__devmeter_url)"; tools in this shell are metered from now on." >&2
         end
         set -g __devmeter_said up
     else
@@ -443,7 +443,7 @@ function global:__devmeterCheck {
             $global:__devmeterNow = $url
         }
         if ($global:__devmeterSaid -eq 'down') {
-            [Console]::Error.WriteLine("devmeter: the proxy answers again at $($url -replace '^http://', ''); tools in this shell are metered again.")
+            [Console]::Error.WriteLine("devmeter: the proxy answers at $($url -replace '^http://', ''); tools in this shell are metered from now on.")
         }
         $global:__devmeterSaid = 'up'
     } else {
