@@ -21,11 +21,26 @@ from devmeter.paths import Paths, paths, read_proxy_state
 from devmeter.safe_text import safe_text
 from devmeter.sessions import LIVE_SECONDS
 
+# Words a new user types for a command devmeter does not have, with what does it instead
+# (`devmeter stop ID` exists, so `devmeter start` is the first thing tried).
+_NOT_COMMANDS = {
+    "start": "`devmeter` with no command starts it (the tray, or headless without a desktop)",
+    "status": "`devmeter doctor` says whether it runs and what to fix; `devmeter sessions` "
+    "shows what it meters",
+}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     log_to_stderr()  # diagnostics of the modules a command runs, one line each
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0] in _NOT_COMMANDS:
+        print(
+            f"devmeter: there is no `{words[0]}` command: {_NOT_COMMANDS[words[0]]}.",
+            file=sys.stderr,
+        )
+        return 2
+    args = parser.parse_args(words)
     where = paths()
     try:
         # doctor, setup and uninstall read the config themselves, and say what is wrong.
@@ -313,7 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("uninstall", help="undo everything `devmeter setup` changed")
     p.set_defaults(func=cmd_uninstall, needs_config=False)
+
+    p = sub.add_parser("help", help="this list of commands (`devmeter COMMAND --help`: one)")
+    p.set_defaults(func=cmd_help, needs_config=False)
     return parser
+
+
+def cmd_help(args: argparse.Namespace, config: Config | None, where: Paths) -> int:
+    build_parser().print_help()
+    return 0
 
 
 def _default_shell() -> str:

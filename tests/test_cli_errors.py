@@ -131,3 +131,15 @@ def test_a_data_dir_that_is_a_file(home: Path) -> None:
     assert f"cannot use {not_a_dir}" in line and "DEVMETER_HOME" in line
     line = one_clean_line(devmeter(not_a_dir, "pause"), 2)
     assert f"{not_a_dir / 'control.json'}" in line
+
+
+def test_start_status_and_help_as_a_new_user_types_them(home: Path) -> None:
+    # `devmeter stop` exists, so `devmeter start` is tried first; argparse answered with a
+    # list of twenty commands and no word on how devmeter starts.
+    line = one_clean_line(devmeter(home, "start"), 2)
+    assert "no `start` command" in line and "`devmeter` with no command starts it" in line
+    line = one_clean_line(devmeter(home, "status"), 2)
+    assert "no `status` command" in line and "`devmeter doctor`" in line
+    done = devmeter(home, "help")
+    assert done.returncode == 0 and done.stdout.startswith("usage: devmeter")
+    assert "doctor" in done.stdout and done.stderr == ""
