@@ -389,13 +389,14 @@ def cmd_env(args: argparse.Namespace, config: Config, where: Paths) -> int:
         return 0
     if not running:
         print(
-            f"# devmeter: no proxy is running; start one with `devmeter proxy` (it will listen "
-            f"on {host}:{port}).",
+            f"# devmeter: no proxy is running; start devmeter with `devmeter` (the tray, or a "
+            f"status line without a desktop; its proxy will listen on {host}:{port}).",
             file=sys.stderr,
         )
     if not where.ca_cert.exists():
         print(
-            f"# devmeter: no CA yet at {where.ca_cert}; `devmeter proxy` creates it on first run.",
+            f"# devmeter: no CA yet at {where.ca_cert}; devmeter's proxy creates it when it "
+            "first starts.",
             file=sys.stderr,
         )
     sys.stdout.write(shellenv.render(shellenv.proxy_environment(where, host, port), args.shell))

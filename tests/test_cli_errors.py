@@ -143,3 +143,14 @@ def test_start_status_and_help_as_a_new_user_types_them(home: Path) -> None:
     done = devmeter(home, "help")
     assert done.returncode == 0 and done.stdout.startswith("usage: devmeter")
     assert "doctor" in done.stdout and done.stderr == ""
+
+
+def test_env_with_nothing_running_says_to_start_devmeter_itself(tmp_path: Path) -> None:
+    """`devmeter proxy` alone meters with no tray, no alerts shown and nothing to restart
+    it: the advice is the command the README starts devmeter with."""
+    done = devmeter(tmp_path / "home", "env")
+    assert done.returncode == 0, done
+    assert "export HTTPS_PROXY=" in done.stdout
+    notes = done.stderr
+    assert "no proxy is running; start devmeter with `devmeter`" in notes, notes
+    assert "`devmeter proxy`" not in notes, notes
