@@ -6,18 +6,22 @@ import json
 import os
 import signal
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devmeter.money import PICO
 from devmeter.paths import paths
 from devmeter.providers import INTERCEPT_HOSTS
 from devmeter.shellenv import proxy_environment
+
+if TYPE_CHECKING:
+    from websockets.sync.client import ClientConnection
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Until proxy.json names the new proxy. A few seconds on a quiet machine; 33 s was measured
@@ -56,6 +60,25 @@ class RunningProxy:
         env["DEVMETER_HOME"] = str(self.home)
         env.update(proxy_environment(paths(env), self.host, self.port))
         return env
+
+    def responses_socket(
+        self, session: str, headers: dict[str, str] | None = None, timeout: float = SOCKET_SECONDS
+    ) -> ClientConnection:
+        """A Responses WebSocket to api.openai.com through this proxy, as Codex opens one,
+        in `session` (X-Devmeter-Session); `headers` add to the handshake's."""
+        from websockets.sync.client import connect
+
+        return connect(
+            "wss://api.openai.com/v1/responses",
+            ssl=ssl.create_default_context(cafile=str(self.bundle)),
+            proxy=self.url,
+            additional_headers={
+                "X-Devmeter-Session": session,
+                "Authorization": "Bearer sk-t",
+                **(headers or {}),
+            },  # fmt: skip
+            open_timeout=timeout,
+        )
 
     def rows(self, where: str = "1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         ledger = self.home / "ledger.sqlite"

@@ -21,7 +21,7 @@ import pytest
 from devmeter import control
 from devmeter.ask import read_pending
 from tests.fake_upstream import FakeUpstream
-from tests.proxy_harness import SOCKET_SECONDS, RunningProxy, start_proxy
+from tests.proxy_harness import RunningProxy, start_proxy
 from tests.test_proxy_guard import USAGE, ask, client, devmeter, notifications, shown
 
 pytestmark = pytest.mark.proxy
@@ -167,18 +167,9 @@ def test_a_turn_on_codexs_open_websocket_waits_for_the_answer_too(
     proxy: RunningProxy, upstream: FakeUpstream
 ) -> None:
     """Codex keeps one WebSocket for a session: the ask must hold a turn on it as well."""
-    from websockets.sync.client import connect
 
-    context = ssl.create_default_context(cafile=str(proxy.bundle))
     turn = json.dumps({"type": "response.create", "model": "gpt-5", "input": "hi", "stream": True})
-    headers = {"X-Devmeter-Session": "codex-ask", "Authorization": "Bearer sk-t"}
-    with connect(
-        "wss://api.openai.com/v1/responses",
-        ssl=context,
-        proxy=proxy.url,
-        additional_headers=headers,
-        open_timeout=SOCKET_SECONDS,
-    ) as socket:
+    with proxy.responses_socket("codex-ask") as socket:
 
         def one_turn() -> str:
             socket.send(turn)
@@ -268,14 +259,15 @@ def test_cursors_streamed_request_waits_before_its_body_streams(tmp_path: Path) 
     )
     proxy = start_proxy(home, f"http://127.0.0.1:{server.server_address[1]}", hosts=(cursor.HOST,))
     ConnectServer.received.clear()
-    context = ssl.create_default_context(cafile=str(proxy.bundle))
 
     def post() -> int:
         def chunks() -> Iterator[bytes]:
             for i in range(0, len(REQUEST), 1000):
                 yield REQUEST[i : i + 1000]
 
-        with httpx2.Client(proxy=proxy.url, verify=context, timeout=30) as client:
+        with httpx2.Client(
+            proxy=proxy.url, verify=ssl.create_default_context(cafile=str(proxy.bundle)), timeout=30
+        ) as client:
             answer = client.post(
                 f"https://{cursor.HOST}{PATH}",
                 content=chunks(),

@@ -190,18 +190,10 @@ def test_cap_reached_on_an_open_websocket_refuses_the_next_turn(
     proxy: RunningProxy, upstream: FakeUpstream
 ) -> None:
     """Codex keeps one WebSocket open for a whole session: the cap must hold on it too."""
-    from websockets.sync.client import connect
 
-    context = ssl.create_default_context(cafile=str(proxy.bundle))
     turn = {"type": "response.create", "model": "gpt-5", "input": "hi", "stream": True}
     answers: list[dict[str, object]] = []
-    with connect(
-        "wss://api.openai.com/v1/responses",
-        ssl=context,
-        proxy=proxy.url,
-        additional_headers={"X-Devmeter-Session": "codex-ws", "Authorization": "Bearer sk-t"},
-        open_timeout=SOCKET_SECONDS,
-    ) as socket:
+    with proxy.responses_socket("codex-ws") as socket:
         for _ in range(12):
             socket.send(json.dumps(turn))
             while True:  # read this turn's events up to its end (or the refusal)

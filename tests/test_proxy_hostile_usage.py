@@ -35,8 +35,9 @@ def fresh(upstream: FakeUpstream) -> None:
 
 
 def client(proxy: RunningProxy) -> httpx2.Client:
-    context = ssl.create_default_context(cafile=str(proxy.bundle))
-    return httpx2.Client(proxy=proxy.url, verify=context, timeout=60)
+    return httpx2.Client(
+        proxy=proxy.url, verify=ssl.create_default_context(cafile=str(proxy.bundle)), timeout=60
+    )
 
 
 def post(proxy: RunningProxy, url: str, body: dict[str, object], stream: bool = False) -> str:
@@ -95,19 +96,11 @@ def test_an_impossible_openrouter_cost_is_priced_from_list_prices(
 def test_impossible_counts_over_codex_websocket(
     proxy: RunningProxy, upstream: FakeUpstream
 ) -> None:
-    from websockets.sync.client import connect
 
     upstream.set_next(usage={"output_tokens": 10**30, "input_tokens": -5, "reasoning_tokens": 0})
-    context = ssl.create_default_context(cafile=str(proxy.bundle))
     sid = f"hostile-ws-{uuid.uuid4().hex[:8]}"
     turn = {"type": "response.create", "model": "gpt-5", "input": "hi", "stream": True}
-    with connect(
-        "wss://api.openai.com/v1/responses",
-        ssl=context,
-        proxy=proxy.url,
-        additional_headers={"X-Devmeter-Session": sid, "Authorization": "Bearer sk-t"},
-        open_timeout=SOCKET_SECONDS,
-    ) as socket:
+    with proxy.responses_socket(sid) as socket:
         socket.send(json.dumps(turn))
         while json.loads(socket.recv(timeout=SOCKET_SECONDS))["type"] != "response.completed":
             pass

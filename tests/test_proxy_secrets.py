@@ -165,7 +165,6 @@ def test_codex_websocket_turns_per_rule_block_and_redact(
 ) -> None:
     """On Codex's socket: a turn holding a private key is refused (per-kind "block"), a
     turn holding a Stripe key goes through redacted (mode "redact"); the socket stays up."""
-    from websockets.sync.client import connect
 
     from tests.test_secrets_inspect import codex_ws_turn
 
@@ -181,13 +180,7 @@ def test_codex_websocket_turns_per_rule_block_and_redact(
     stripe_turn["input"][-1]["output"] = "STRIPE_KEY=" + PLANTED["stripe-key"] + "\n"
     events: list[dict[str, Any]] = []
     try:
-        with connect(
-            "wss://api.openai.com/v1/responses",
-            ssl=ssl.create_default_context(cafile=str(proxy.bundle)),
-            proxy=proxy.url,
-            additional_headers={"X-Devmeter-Session": "codex-ws", "Authorization": "Bearer sk-t"},
-            open_timeout=WS_TIMEOUT,
-        ) as socket:
+        with proxy.responses_socket("codex-ws", timeout=WS_TIMEOUT) as socket:
             for turn in (pem_turn, stripe_turn):
                 socket.send(json.dumps(turn))
                 while True:

@@ -8,7 +8,6 @@ the next turn's branch.
 from __future__ import annotations
 
 import json
-import ssl
 import subprocess
 import time
 import uuid
@@ -34,16 +33,9 @@ def fresh(upstream: FakeUpstream) -> None:
 def test_each_turn_on_one_socket_has_the_branch_it_was_sent_on(
     proxy: RunningProxy, tmp_path: Path
 ) -> None:
-    from websockets.sync.client import connect
 
     repo = git_repo(tmp_path / "payments", "feature/one")
     session = f"ws-turns-{uuid.uuid4().hex[:8]}"
-    context = ssl.create_default_context(cafile=str(proxy.bundle))
-    headers = {
-        "X-Devmeter-Session": session,
-        "X-Devmeter-Project": str(repo),
-        "Authorization": "Bearer sk-t",
-    }
 
     def turn(socket: object) -> None:
         socket.send(json.dumps(TURN))  # type: ignore[attr-defined]
@@ -52,13 +44,7 @@ def test_each_turn_on_one_socket_has_the_branch_it_was_sent_on(
             if event["type"] == "response.completed":
                 return
 
-    with connect(
-        "wss://api.openai.com/v1/responses",
-        ssl=context,
-        proxy=proxy.url,
-        additional_headers=headers,
-        open_timeout=SOCKET_SECONDS,
-    ) as socket:
+    with proxy.responses_socket(session, {"X-Devmeter-Project": str(repo)}) as socket:
         turn(socket)
         subprocess.run(
             ["git", "checkout", "-q", "-b", "feature/two"], cwd=repo, check=True, timeout=30
@@ -81,18 +67,10 @@ def test_a_turn_row_has_the_time_it_was_sent_and_how_long_its_answer_took(
 ) -> None:
     """As an HTTP call's row has its request's time: a row stamped when its answer ended
     (or when the socket closed) put a turn later than it was, and its duration at 0."""
-    from websockets.sync.client import connect
 
     upstream.defaults.update(delay_ms=80)  # between events: an answer of about a second
     session = f"ws-time-{uuid.uuid4().hex[:8]}"
-    context = ssl.create_default_context(cafile=str(proxy.bundle))
-    with connect(
-        "wss://api.openai.com/v1/responses",
-        ssl=context,
-        proxy=proxy.url,
-        additional_headers={"X-Devmeter-Session": session, "Authorization": "Bearer sk-t"},
-        open_timeout=SOCKET_SECONDS,
-    ) as socket:
+    with proxy.responses_socket(session) as socket:
         sent = time.time()
         socket.send(json.dumps(TURN))
         while json.loads(socket.recv(timeout=SOCKET_SECONDS))["type"] != "response.completed":
