@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from devmeter import doctor
+from devmeter.integration import steps
 from devmeter.paths import Paths, paths
 from tests.desktop_bus import launch_session_bus
 from tests.proxy_harness import RunningProxy
@@ -63,23 +64,30 @@ def test_nothing_running_is_red_and_says_how_to_start(devmeter_home: Path) -> No
         assert check["status"] in ("green", "amber", "red")
 
 
-def test_with_the_shell_hook_installed_doctor_never_advises_eval(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Found trying it as a new user: after install.sh set the hook up, with devmeter not
-    # started yet, doctor said `eval "$(devmeter env)"`, the dead-shell the hook avoids.
-    from devmeter.integration import steps
-
+def hooked_bash(
+    tmp_path: Path, listen: tuple[str, int]
+) -> tuple[Paths, dict[str, str], steps.Environment]:
+    """`devmeter setup` run for a bash user (HOME and DEVMETER_HOME under `tmp_path`) with
+    the proxy at `listen`: its data folder, the shell's environment, the machine setup saw."""
     home = tmp_path / "home"
     home.mkdir()
     env = {"HOME": str(home), "SHELL": "/bin/bash", "PATH": os.environ.get("PATH", "")}
     where_ = paths({"DEVMETER_HOME": str(tmp_path / "dm")})
     machine = steps.Environment(home=home, environ=env, which={"bash": "/bin/bash"}.get,
                                 systemd_user=False)  # fmt: skip
+    steps.setup(where_, listen, env=machine, devmeter=None, say=lambda _l: None,
+                with_autostart=False)  # fmt: skip
+    return where_, env, machine
+
+
+def test_with_the_shell_hook_installed_doctor_never_advises_eval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found trying it as a new user: after install.sh set the hook up, with devmeter not
+    # started yet, doctor said `eval "$(devmeter env)"`, the dead-shell the hook avoids.
     (tmp_path / "dm").mkdir()
     (tmp_path / "dm" / "config.toml").write_text('[proxy]\nlisten = "127.0.0.1:9"\n')
-    steps.setup(where_, ("127.0.0.1", 9), env=machine, devmeter=None, say=lambda _l: None,
-                with_autostart=False)  # fmt: skip
+    where_, env, _ = hooked_bash(tmp_path, ("127.0.0.1", 9))
     checks = doctor.run_checks(where_, env)
     found = by_name(checks)
     assert found["shell_integration"].status == "green"
@@ -94,16 +102,7 @@ def test_with_the_shell_hook_installed_doctor_never_advises_eval(
 def test_a_hook_written_for_another_port_says_to_run_setup_again(tmp_path: Path) -> None:
     # Found as a new user: `[proxy] listen` moved after install.sh ran setup; a new shell
     # then said "no proxy answers (expected at 127.0.0.1:8788)", the address setup baked in.
-    from devmeter.integration import steps
-
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {"HOME": str(home), "SHELL": "/bin/bash", "PATH": os.environ.get("PATH", "")}
-    where_ = paths({"DEVMETER_HOME": str(tmp_path / "dm")})
-    machine = steps.Environment(home=home, environ=env, which={"bash": "/bin/bash"}.get,
-                                systemd_user=False)  # fmt: skip
-    steps.setup(where_, ("127.0.0.1", 8788), env=machine, devmeter=None, say=lambda _l: None,
-                with_autostart=False)  # fmt: skip
+    where_, env, machine = hooked_bash(tmp_path, ("127.0.0.1", 8788))
     (tmp_path / "dm" / "config.toml").write_text('[proxy]\nlisten = "127.0.0.1:18788"\n')
     found = by_name(doctor.run_checks(where_, env))
     check = found["shell_integration"]
