@@ -163,6 +163,26 @@ def test_no_answer_refuses_the_held_request_and_the_next_at_once(
     assert Decimal(0) < sum(r["cost_usd"] for r in proxy.rows("session = 'unattended'"))
 
 
+def test_an_answer_after_the_timeout_closes_the_ask_without_waiting_for_a_request(
+    impatient_proxy: RunningProxy,
+) -> None:
+    """Timed out, an ask holds nothing: its answer must still take the tray's entry (and
+    the popup, from the same list) down at once, not at the session's next request."""
+    proxy = impatient_proxy
+    c = client(proxy, "answered-late")
+    ask(c)
+    ask(c)
+    with pytest.raises(anthropic.APIStatusError):
+        ask(c)  # held, then refused after 3 s
+    (pending,) = open_asks(proxy)
+    assert pending["expired"] is True
+    devmeter(proxy, "allow", "answered-late")
+    deadline = time.monotonic() + 5
+    while read_pending(proxy.home / "asks.json") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert read_pending(proxy.home / "asks.json") == []
+
+
 def test_a_turn_on_codexs_open_websocket_waits_for_the_answer_too(
     proxy: RunningProxy, upstream: FakeUpstream
 ) -> None:

@@ -24,6 +24,7 @@ copies each chunk into the parser and returns it unchanged.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
@@ -42,7 +43,7 @@ from devmeter.proxy.ask_stage import AskStage
 from devmeter.proxy.bounds_stage import BoundsStage
 from devmeter.proxy.cursor_stage import CursorStage
 from devmeter.proxy.deadlines import HeaderDeadline
-from devmeter.proxy.flow_state import Attribute, FlowState, state_of
+from devmeter.proxy.flow_state import Attribute, FlowState, short_traceback, state_of
 from devmeter.proxy.guard_stage import GuardStage
 from devmeter.proxy.metering_stage import MeteringStage
 from devmeter.proxy.recorder import OnBilled, Record, Recorder
@@ -52,6 +53,8 @@ from devmeter.proxy.upstream import UpstreamMapping
 from devmeter.proxy.websocket_turns import WebSocketTurns
 from devmeter.routing.session_router import Router
 from devmeter.secrets.inspector import SecretInspector
+
+log = logging.getLogger(__name__)
 
 
 class ClientLookup(Protocol):
@@ -119,6 +122,16 @@ class Meter:
         self._upstream.reconfigure(upstreams)
         self._guards.overrides = overrides
         self._recorder.overrides = overrides
+
+    def apply_answers(self) -> None:
+        """Apply control.json now, with no request in flight: an ask that timed out holds
+        nothing, so its answer (a button, the tray menu, `devmeter allow`) would otherwise
+        wait for the scope's next request, and until then its popup and menu entry go on
+        asking. Runs on the event loop, like the request hooks."""
+        try:
+            self._apply_control()
+        except Exception:  # a broken control file must not end the proxy's timer
+            log.warning("devmeter: could not apply control.json: %s", short_traceback())
 
     # -- request ---------------------------------------------------------------------------
 

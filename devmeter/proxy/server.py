@@ -61,6 +61,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# How often control.json is looked at with no request in flight (ControlWatcher re-reads
+# it at most twice a second, and only when its mtime moved: a stat).
+ANSWER_POLL_SECONDS = 0.5
+
 
 def allow_hosts_patterns(extra_hosts: tuple[str, ...] = ()) -> list[str]:
     """Anchored regexes for mitmproxy's allow_hosts: everything else is tunnelled untouched."""
@@ -261,12 +265,14 @@ async def serve(
     _write_state(paths.proxy_state, bound, exporters.metrics_url)
     reloader.start()
     watching = asyncio.ensure_future(reloader.run())
+    answering = asyncio.ensure_future(_apply_answers(meter))
     print(f"devmeter proxy listening on {bound[0]}:{bound[1]} (ledger: {paths.ledger})", flush=True)
     try:
         await run
     finally:
         watchdog.cancel()
         watching.cancel()
+        answering.cancel()
         clear_status(paths.data_dir)
         exporters.close()
         secrets.close()  # its last findings reach the writer before it closes
@@ -276,6 +282,15 @@ async def serve(
             pusher.close()
         pending.unlink(missing_ok=True)  # held requests end with the proxy
         paths.proxy_state.unlink(missing_ok=True)
+
+
+async def _apply_answers(meter: Meter) -> None:
+    """Answers in control.json reach the proxy when a request comes, or every half second
+    here: one to an ask that timed out (nothing held any more) must take its popup and tray
+    entry down now, not at the scope's next request."""
+    while True:
+        await asyncio.sleep(ANSWER_POLL_SECONDS)
+        meter.apply_answers()
 
 
 @dataclass(slots=True, frozen=True)
