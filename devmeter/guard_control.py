@@ -173,11 +173,17 @@ def _answer_ask(where: Paths, scope: str, key: str, by: Decimal | None, now: flo
             until = Decimal(str(ask.get("spent_usd", 0))) + by
             choice = f"continue:{until}"
         control.answer(control.control_path(where.data_dir), str(ask["id"]), choice, now)
-        return (
-            f"may spend up to {format_usd(until)} (devmeter asked at "
-            f"{format_usd(Decimal(str(ask.get('level_usd', 0))))}); the held request goes on "
-            "within a second."
+        asked = f"may spend up to {format_usd(until)} (devmeter asked at " + format_usd(
+            Decimal(str(ask.get("level_usd", 0)))
         )
+        if ask.get("expired"):
+            # Nobody answered in time: the held request was refused then, so nothing
+            # waits to go on; saying it does sends the user looking for it.
+            return (
+                f"{asked}; nobody answered in time, so the request it held was refused): "
+                "its next request goes through."
+            )
+        return f"{asked}); the held request goes on within a second."
     return None
 
 

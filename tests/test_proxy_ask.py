@@ -176,7 +176,9 @@ def test_an_answer_after_the_timeout_closes_the_ask_without_waiting_for_a_reques
         ask(c)  # held, then refused after 3 s
     (pending,) = open_asks(proxy)
     assert pending["expired"] is True
-    devmeter(proxy, "allow", "answered-late")
+    out = devmeter(proxy, "allow", "answered-late").stdout
+    assert "held request goes on" not in out
+    assert "its next request goes through" in out
     deadline = time.monotonic() + 5
     while read_pending(proxy.home / "asks.json") and time.monotonic() < deadline:
         time.sleep(0.1)
