@@ -94,6 +94,15 @@ def proxy_environment() -> dict[str, str]:
     return {**os.environ, MENU_ENV: "1" if has_menu else "0"}
 
 
+# What gives the tray its menu on Linux (README, "The tray", Linux), for the messages that
+# fall back to pystray's X backend.
+NO_MENU_FIX = (
+    "the icon without a menu (a click opens the dashboard); for the menu, run devmeter "
+    "from a Python that has PyGObject with GTK 3 (Debian: python3-gi gir1.2-gtk-3.0, and a "
+    "venv with --system-site-packages: README, The tray, Linux)"
+)
+
+
 def choose_backend(
     environ: Mapping[str, str] | None = None,
     platform: str = sys.platform,
@@ -139,8 +148,11 @@ def load_backend() -> str | None:
     fallback = choose_backend()
     if fallback is None:
         return problem
+    # The X backend has no menu: say what brings the one the user asked for, or they are
+    # left with an icon that only opens the dashboard and no idea why.
+    menu_fix = f": {NO_MENU_FIX}" if fallback == "xorg" else ""
     print(
-        f"devmeter: PYSTRAY_BACKEND={asked} did not load ({problem}); using {fallback}",
+        f"devmeter: PYSTRAY_BACKEND={asked} did not load ({problem}); using {fallback}{menu_fix}",
         file=sys.stderr,
         flush=True,
     )
