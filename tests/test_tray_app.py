@@ -270,6 +270,9 @@ class FakeSupervisor:
     def stop(self, timeout: float = 10) -> None:
         self.stopped = True
 
+    def note(self, key: str, value: object) -> None:
+        self.notes = {**getattr(self, "notes", {}), key: value}
+
 
 def menu_as_items(items, handlers):
     """Stands in for to_pystray: keeps the menu model and its handlers."""
@@ -607,3 +610,30 @@ def test_the_proxy_is_told_whether_the_icon_has_a_menu(
     backend = types.SimpleNamespace(Icon=type("Icon", (), {"HAS_MENU": has_menu}))
     monkeypatch.setitem(sys.modules, "pystray", backend)
     assert proxy_environment()[MENU_ENV] == expected
+
+
+def test_the_tray_messages_say_what_happened_to_the_icon(app_for, capsys, caplog):
+    """Docked at start, then the panel restarted: that is not "no system tray yet" (as if
+    there had never been one), and the first dock after waiting is not "back"."""
+    caplog.set_level("INFO", logger="devmeter.tray.app")
+    app, _icon, _ = app_for()
+    app._docked(True)  # a panel was there: nothing to say
+    app._docked(False)  # the panel restarted
+    app._docked(True)
+    err = capsys.readouterr().err
+    assert "the system tray went away; the icon comes back when it does" in err
+    assert "no system tray to show the icon in yet" not in err
+    assert [r.getMessage() for r in caplog.records] == [
+        "devmeter: the icon is back in the system tray"
+    ]
+
+    caplog.clear()
+    later, _icon, _ = app_for()
+    later._docked(False)  # started before the panel
+    later._docked(False)  # reported again while waiting: said once
+    later._docked(True)
+    err = capsys.readouterr().err
+    assert err.count("no system tray to show the icon in yet") == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "devmeter: the icon is in the system tray now"
+    ]

@@ -324,6 +324,9 @@ class TrayApp:
         self._icon_lock = threading.Lock()
         self._waker: XorgWaker | None = None
         self._undocked_once = False  # the X icon has waited for a tray host at least once
+        # Whether it ever docked: at a panel restart "no system tray yet" reads as if
+        # devmeter had never had a tray, and "back" at the first dock as if it had.
+        self._docked_once = False
         self._loop_done: threading.Event | None = None  # set when run()'s loop returned
         self._conn: sqlite3.Connection | None = None
         self._marker: object = None
@@ -727,15 +730,21 @@ class TrayApp:
     def _docked(self, docked: bool) -> None:
         """From the X backend's loop: the icon docked, or lost its tray host."""
         if docked:
-            if self._undocked_once:
-                log.info("devmeter: the icon is back in the system tray")
-        elif not self._undocked_once:
-            print(
-                "devmeter: no system tray to show the icon in yet; it appears as soon as one "
-                "starts (the proxy runs meanwhile)",
-                file=sys.stderr,
-                flush=True,
-            )
+            if self._undocked_once:  # it said the icon was not shown: say it is now
+                log.info(
+                    "devmeter: the icon is back in the system tray"
+                    if self._docked_once
+                    else "devmeter: the icon is in the system tray now"
+                )
+            self._docked_once = True
+        elif not self._docked_once:
+            if not self._undocked_once:  # once: the backend may report it again
+                print(
+                    "devmeter: no system tray to show the icon in yet; it appears as soon as "
+                    "one starts (the proxy runs meanwhile)",
+                    file=sys.stderr,
+                    flush=True,
+                )
         else:
             print(
                 "devmeter: the system tray went away; the icon comes back when it does",
