@@ -350,6 +350,27 @@ def test_allow_lifts_the_cap_the_menu_offers(app_for, where):
     assert app.snapshot.state == "normal"
 
 
+def test_a_stopped_session_the_proxy_refuses_can_continue_from_the_menu(app_for, where):
+    """Stop (in an ask, or `devmeter stop`) refuses the session until `devmeter allow`:
+    the menu offers that too, and the icon says requests are being refused."""
+    message = "devmeter: Session s-live was stopped when devmeter asked (you chose Stop)"
+    stop_refusal = replace(
+        call(time.time() - 5, "0", status=402, error=message),
+        refused_scope="stop",
+        refused_key="s-live",
+    )
+    write_calls(where.ledger, [stop_refusal])
+    app, icon, _ = app_for()
+    app.refresh(force=True)
+    assert app.snapshot.stopped == ("s-live",)
+    assert app.snapshot.state == "blocked"
+    click(icon, "Stopped: session s-live · let it continue")
+    ((scope, key, when),) = control.load(control.control_path(where.data_dir)).allowed
+    assert (scope, key) == ("session", "s-live")  # what `devmeter allow s-live` writes
+    assert abs(when - time.time()) < 5
+    assert app.snapshot.stopped == () and app.snapshot.state == "normal"
+
+
 def test_open_config_writes_the_template_when_missing_then_opens_it(app_for, where):
     app, icon, opened = app_for()
     app.refresh(force=True)

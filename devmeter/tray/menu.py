@@ -77,6 +77,9 @@ class TraySnapshot:
     routing: RoutingMode = "off"
     paused: bool = False
     blocked: Sequence[CapRow] = ()
+    # Sessions stopped (Stop in an ask, `devmeter stop`) whose requests were refused
+    # lately: the menu lets each continue, as `devmeter allow ID` does.
+    stopped: Sequence[str] = ()
     warning: bool = False  # an alert the developer has not looked at yet
     asks: Sequence[AskRow] = ()  # requests waiting for the user's answer
     notify_problem: str | None = None  # why desktop notifications cannot be shown
@@ -114,7 +117,7 @@ class TraySnapshot:
         config edit the proxy refused: what is metered is not what the file says)."""
         if self.paused:
             return "paused"
-        if self.blocked or self.asks:
+        if self.blocked or self.asks or self.stopped:
             return "blocked"
         if self.quota_level == "critical":
             return "critical"
@@ -174,6 +177,14 @@ def build_menu(snapshot: TraySnapshot) -> list[MenuItem]:
                 submenu=tuple(_cap_item(cap) for cap in snapshot.blocked),
             )
         )
+    items += [
+        MenuItem(
+            f"Stopped: session {short_session(session)} · let it continue",
+            "allow",
+            ("session", session),
+        )
+        for session in snapshot.stopped
+    ]
     items += [
         MenuItem("Live sessions", submenu=_sessions(snapshot.sessions)),
         MenuItem("Today by repo", submenu=_repos(snapshot.today_by_repo)),

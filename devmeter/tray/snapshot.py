@@ -77,6 +77,7 @@ def snapshot(
         routing=routing,
         paused=control.paused,
         blocked=blocked_caps(conn, now, control),
+        stopped=stopped_sessions(conn, now, control),
         warning=conn.execute("SELECT 1 FROM alerts WHERE ts >= ? LIMIT 1", (today,)).fetchone()
         is not None,
         **_billing(conn, today, now, quota_thresholds),
@@ -170,6 +171,25 @@ def blocked_caps(conn: sqlite3.Connection, now: float, control: Control) -> tupl
             continue  # the cap was raised in the config, or the proxy restarted without it
         caps.append(CapRow(scope, key, cap_usd))
     return tuple(caps)
+
+
+def stopped_sessions(conn: sqlite3.Connection, now: float, control: Control) -> tuple[str, ...]:
+    """Sessions a stop (Stop in an ask, `devmeter stop`) refused in the last `LIVE_SECONDS`
+    and still refuses: the menu's only other way back was a command in the refusal text.
+    A later `allow` (the menu's or the CLI's) or a call that went through ends it."""
+    latest = dict(
+        conn.execute(
+            "SELECT refused_key, max(ts) FROM calls WHERE ts >= ? AND refused_scope = 'stop' "
+            "AND refused_key IS NOT NULL GROUP BY refused_key ORDER BY 2",
+            (now - LIVE_SECONDS,),
+        ).fetchall()
+    )
+    return tuple(
+        session
+        for session, ts in latest.items()
+        if not any(s == "session" and k == session and when >= ts for s, k, when in control.allowed)
+        and not _went_through_since(conn, "session", session, ts)
+    )
 
 
 def _went_through_since(conn: sqlite3.Connection, scope: str, key: str, ts: float) -> bool:
