@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -362,3 +363,36 @@ def test_uninstall_takes_devmeters_statusline_out_of_claude_codes_settings(
     said.clear()
     steps.uninstall(where, env=machine(home), say=said.append)
     assert not any("statusline" in line for line in said)
+
+
+def venv_devmeter(folder: Path) -> Path:
+    exe = folder / "bin" / "devmeter"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    (folder / "bin" / "python").symlink_to(sys.executable)
+    return exe
+
+
+def test_setup_from_the_readmes_menu_venv_is_not_told_to_use_install_sh(
+    home: Path, where: Paths
+) -> None:
+    """The README's recipe for the tray menu (a venv with PyGObject) ends with `devmeter
+    setup` from that venv, so login starts the devmeter with the menu; pointing at
+    install.sh there would trade it for one without. A checkout's .venv still hears it."""
+    menu = venv_devmeter(home / ".local" / "share" / "devmeter-venv")
+    said: list[str] = []
+    steps.setup(where, ("127.0.0.1", 8788), env=machine(home), devmeter=menu, say=said.append)
+    assert not [s for s in said if "virtualenv" in s], said
+    entry = (home / ".config" / "autostart" / "devmeter.desktop").read_text()
+    assert f'Exec="{menu}"' in entry
+
+    checkout = home / "src" / "devmeter"
+    checkout.mkdir(parents=True)
+    (checkout / "pyproject.toml").write_text('[project]\nname = "devmeter"\n')
+    said.clear()
+    steps.setup(
+        where, ("127.0.0.1", 8788), env=machine(home),
+        devmeter=venv_devmeter(checkout / ".venv"), say=said.append,
+    )  # fmt: skip
+    assert [s for s in said if "is in a virtualenv (a checkout's?)" in s], said

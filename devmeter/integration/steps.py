@@ -168,6 +168,12 @@ def command_dir(devmeter: Path | None) -> Path | None:
     return folder
 
 
+def _in_a_checkout(devmeter: Path) -> bool:
+    """Whether `devmeter` is in a virtualenv inside a source checkout (`.venv/bin/devmeter`
+    beside a pyproject.toml), which moves or goes with the checkout."""
+    return (devmeter.parent.parent.parent / "pyproject.toml").exists()
+
+
 # --- setup ---------------------------------------------------------------------------------
 
 
@@ -224,7 +230,10 @@ class Setup:
                 "(install it with `sh scripts/install.sh`, then run `devmeter setup` again)"
             )
             return
-        if command_dir(self.devmeter) is None:
+        if command_dir(self.devmeter) is None and _in_a_checkout(self.devmeter):
+            # Only a checkout's own venv: the README's venv for the tray menu (PyGObject,
+            # ~/.local/share/devmeter-venv) is meant to start at login, and install.sh's
+            # devmeter has no menu.
             self.say(
                 f"note: {self.devmeter} is in a virtualenv (a checkout's?): start at login "
                 "runs it from there; `sh scripts/install.sh` installs a devmeter of its own"
