@@ -360,6 +360,9 @@ def test_a_stopped_session_the_proxy_refuses_can_continue_from_the_menu(app_for,
         refused_key="s-live",
     )
     write_calls(where.ledger, [stop_refusal])
+    snap = snapshot(read(where), time.time(), control.Control())
+    line = status_line(snap, headline(read(where), time.time(), snap))
+    assert "STOPPED session s-live, `devmeter allow s-live` lets it continue" in line
     app, icon, _ = app_for()
     app.refresh(force=True)
     assert app.snapshot.stopped == ("s-live",)

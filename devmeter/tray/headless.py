@@ -49,6 +49,9 @@ def status_line(snap: TraySnapshot, head: Headline, proxy: ProxyStatus | None = 
         parts.append(proxy.detail)
     if snap.asks:
         parts.append(_waiting(snap.asks))
+    for session in snap.stopped:  # refused until allowed: say the command, as for asks
+        short = short_session(session)
+        parts.append(f"STOPPED session {short}, `devmeter allow {short}` lets it continue")
     if snap.config_problem:
         parts.append(f"config edit not applied: {short_config_problem(snap.config_problem)}")
     parts.append(f"today {format_usd(snap.today_usd)}")
