@@ -72,6 +72,16 @@ class DockingIcon(_xorg.Icon):  # type: ignore[misc]
             with contextlib.suppress(Exception):
                 self._undock_window()
 
+    def _create_window(self) -> Any:
+        """pystray's window, listening for clicks too: pystray 0.19.5 handles ButtonPress
+        (a left click activates the menu's default item, "Open dashboard") but never asks
+        the X server for it, so a click on the icon did nothing."""
+        window = super()._create_window()
+        window.change_attributes(
+            event_mask=Xlib.X.ExposureMask | Xlib.X.StructureNotifyMask | Xlib.X.ButtonPressMask
+        )
+        return window
+
     def _update_icon(self) -> None:
         self._icon_data = None  # regenerated from the new image on the next draw
         if self._systray_manager is not None:
