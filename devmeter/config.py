@@ -219,6 +219,18 @@ def parse_upstream_url(url: Any, key: str) -> str:
     parts = urlsplit(url) if isinstance(url, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(key, f"must be a base URL like http://127.0.0.1:9000, got {url!r}")
+    # The proxy reads the port when it maps a request: a port urlsplit cannot read (or a
+    # host with a space) would stop the proxy at start or fail every mapped call.
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port == -1 or port == 0 or any(c.isspace() for c in parts.netloc):
+        raise ConfigError(
+            key,
+            f"{url!r} has no valid host and port; write a base URL like "
+            "http://127.0.0.1:9000 (port 1-65535)",
+        )
     return url.rstrip("/")
 
 

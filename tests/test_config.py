@@ -142,3 +142,27 @@ def test_a_wrong_type_in_any_section_names_file_key_and_line_alike(
     assert (error.key, error.line, error.path) == (key, line, path)
     assert error.message.startswith(("expected true or false", "expected a table ("))
     assert str(error).startswith(f"{path}, line {line} [{key}]: expected ")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:99999",
+        "http://127.0.0.1:abc",
+        "http://127.0.0.1:0",
+        "http://exa mple.com",
+        "https://gateway.example:-1/v1",
+    ],
+)
+def test_an_upstream_url_whose_port_cannot_be_read_is_refused_at_load(
+    tmp_path: Path, url: str
+) -> None:
+    # It used to load, then stop the proxy at start (a traceback, restarted every 30 s)
+    # and fail a live reload with a ValueError after half of it was applied.
+    path = write(tmp_path, f'[proxy]\n\n[upstream]\n"api.anthropic.com" = "{url}"\n')
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert (caught.value.key, caught.value.line) == ("upstream.api.anthropic.com", 4)
+    assert "http://127.0.0.1:9000" in caught.value.message
+    with pytest.raises(ConfigError, match="no valid host and port"):
+        parse_upstream_arg(f"api.openai.com={url}")
