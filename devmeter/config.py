@@ -141,10 +141,33 @@ def load(path: Path) -> Config:
     """Read and validate `path`; a missing file is the default config."""
     if not path.exists():
         return Config(path=path)
+    if path.is_dir():
+        raise ConfigError(
+            "",
+            f"is a directory, not a file; move it aside (mv {path} {path}.dir); "
+            "`devmeter config --init` writes a new file",
+            path,
+        )
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("", f"cannot read the config file: {exc}", path) from exc
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            "",
+            f"cannot read the config file ({exc.strerror or exc}); make it readable by "
+            f"you (chmod u+r {path}) or move it aside",
+            path,
+        ) from exc
+    try:
+        # utf-8-sig: Windows editors (Notepad) start the file with a byte-order mark.
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            "",
+            f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8",
+            path,
+            line,
+        ) from None
     return parse(text, path)
 
 

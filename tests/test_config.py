@@ -166,3 +166,48 @@ def test_an_upstream_url_whose_port_cannot_be_read_is_refused_at_load(
     assert "http://127.0.0.1:9000" in caught.value.message
     with pytest.raises(ConfigError, match="no valid host and port"):
         parse_upstream_arg(f"api.openai.com={url}")
+
+
+def test_a_directory_where_the_file_goes_says_to_move_it_aside(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.mkdir()
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert str(caught.value) == (
+        f"{path}: is a directory, not a file; move it aside (mv {path} {path}.dir); "
+        "`devmeter config --init` writes a new file"
+    )
+
+
+def test_bytes_that_are_not_utf8_name_their_line_and_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes(b'[proxy]\n\nlisten = "127.0.0.1:\xff"\n')
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert (
+        str(caught.value) == f"{path}, line 3: not UTF-8 text (byte 0xff); save the file as UTF-8"
+    )
+
+
+def test_a_byte_order_mark_from_a_windows_editor_is_read_past(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_bytes('\ufeff[proxy]\nlisten = "127.0.0.1:9999"\n'.encode())
+    assert load(path).listen == ("127.0.0.1", 9999)
+
+
+def test_an_unreadable_file_says_how_to_make_it_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Root reads any file whatever its mode, so the refusal is simulated.
+    path = write(tmp_path, "")
+
+    def refuse(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert str(caught.value) == (
+        f"{path}: cannot read the config file (Permission denied); make it readable by you "
+        f"(chmod u+r {path}) or move it aside"
+    )
