@@ -175,7 +175,7 @@ def parse(text: str, path: Path) -> Config:
     try:
         table = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("", f"not valid TOML: {exc}", path, _toml_error_line(exc)) from exc
+        raise _toml_error(exc, text, path) from exc
     except RecursionError:
         raise ConfigError(
             "", "nested too deeply to read: use at most a few levels of tables and arrays", path
@@ -267,6 +267,90 @@ def parse_upstream_arg(arg: str) -> tuple[str, str]:
 
 def _table(table: dict[str, Any], name: str) -> Mapping[str, Any]:
     return config_table(name, table.get(name, {}))
+
+
+# tomllib's words for a syntax error -> what to write instead. The words are the same from
+# Python 3.11 to 3.13 (tests/test_config.py checks each case on the Python running them).
+_TOML_FIXES: tuple[tuple[str, str], ...] = (
+    ("Cannot overwrite a value", "this key is already set above; keep one of the two"),
+    ("Cannot declare", "this table is already declared above; put its keys under one header"),
+    (
+        "Unescaped '\\'",
+        "in double quotes a backslash starts an escape: write regexes and Windows paths in "
+        "single quotes ('\\d+') or double each backslash (\"\\\\d+\")",
+    ),
+    ("Illegal character '\\n'", "a string is not closed: end it with its quote on the same line"),
+    ("Unterminated string", "a string is not closed: end it with its quotes"),
+    ('Expected "\'"', "a string is not closed: end it with ' on the same line"),
+    ("Unclosed array", "a list is not closed: end it with ]"),
+    ("Unclosed inline table", "an inline table is not closed: end it with } on the same line"),
+    ("Expected ']]'", "an [[array]] header is not closed: end it with ]]"),
+    ("Expected ']'", "a [section] header is not closed: end it with ]"),
+    ("Expected '='", 'write key = value; a key with dots or colons goes in quotes ("a.b" = ...)'),
+    (
+        "Invalid value",
+        'quote text and write true/false in lower case, e.g. listen = "127.0.0.1:8788"',
+    ),
+    (
+        "Expected newline or end of document",
+        'one key = value a line; quote text, e.g. listen = "127.0.0.1:8788"',
+    ),
+)
+
+
+_GIVEN_UP_AT_THE_END = ("Unclosed", "Unterminated", "end of document)")
+
+
+def _toml_error(exc: tomllib.TOMLDecodeError, text: str, path: Path) -> ConfigError:
+    """The syntax error with its line, the key written there and what to do about it."""
+    said = str(exc)
+    line = _toml_error_line(exc)
+    if line is None or any(words in said for words in _GIVEN_UP_AT_THE_END):
+        # Reported where tomllib gave up (the next header, the end): the start is the fix.
+        start = _unclosed_from(text)
+        if start is not None:
+            line, said = start, re.sub(r" \(at [^)]*\)$", "", said)
+    fix = next((fix for words, fix in _TOML_FIXES if words in said), None)
+    key = _key_at(text, line) if line else ""
+    message = f"not valid TOML: {said}"
+    return ConfigError(key, f"{message}; {fix}" if fix else message, path, line)
+
+
+def _unclosed_from(text: str) -> int | None:
+    """The line an error found only "at end of document" starts on (an unclosed list or
+    string): the first line whose lines so far no longer parse. Files are short."""
+    lines = text.splitlines(keepends=True)
+    if len(lines) > 5000:
+        return None
+    for count in range(1, len(lines) + 1):
+        try:
+            tomllib.loads("".join(lines[:count]))
+        except (tomllib.TOMLDecodeError, RecursionError):
+            return count
+    return None
+
+
+_HEADER = re.compile(r"^\s*\[\[?\s*([^\]\[]+?)\s*\]\]?\s*(#.*)?$")
+_ASSIGNED = re.compile(r"^\s*(\"[^\"]*\"|'[^']*'|[A-Za-z0-9_.-]+)\s*=")
+
+
+def _key_at(text: str, line: int) -> str:
+    """The dotted key written on `line` (its section's header, then the key), or ""."""
+    lines = text.splitlines()
+    if not 0 < line <= len(lines):
+        return ""
+    header = _HEADER.match(lines[line - 1])
+    if header:
+        return header.group(1).replace(" ", "")
+    assigned = _ASSIGNED.match(lines[line - 1])
+    if not assigned:
+        return ""
+    name = assigned.group(1).strip("\"'")
+    for above in reversed(lines[: line - 1]):
+        section = _HEADER.match(above)
+        if section:
+            return f"{section.group(1).replace(' ', '')}.{name}"
+    return name
 
 
 def _toml_error_line(exc: tomllib.TOMLDecodeError) -> int | None:

@@ -211,3 +211,37 @@ def test_an_unreadable_file_says_how_to_make_it_readable(
         f"{path}: cannot read the config file (Permission denied); make it readable by you "
         f"(chmod u+r {path}) or move it aside"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key", "fix"),
+    [
+        ("[budgets.session]\nblock_usd = 5\nblock_usd = 6\n", 3, "budgets.session.block_usd",
+         "already set above; keep one"),
+        ("[budgets.day]\nblock_usd = 1\n[budgets.day]\nnotify_usd = [2]\n", 3, "budgets.day",
+         "put its keys under one header"),
+        ('[proxy]\nlisten = "127.0.0.1:1\n', 2, "proxy.listen", "end it with its quote"),
+        ("[secrets]\nallow = ['x\n", 2, "secrets.allow", "end it with ' on the same line"),
+        ('[secrets]\nallow = ["sk-\\d+"]\n', 2, "secrets.allow", "single quotes ('\\d+')"),
+        ("[proxy]\nlisten = 127.0.0.1:8788\n", 2, "proxy.listen", 'listen = "127.0.0.1:8788"'),
+        ("[import]\nauto = True\n", 2, "import.auto", "true/false in lower case"),
+        ("[budgets.day]\n\nnotify_usd = [1, 2\n\n[proxy]\n", 3, "budgets.day.notify_usd",
+         "end it with ]"),
+        ("[proxy\nlisten = 1\n", 1, "", "[section] header is not closed"),
+        ('[routing]\nmode = "on"\n\n[[routing.rules]\nname = "x"\n', 4, "routing.rules",
+         "[[array]] header is not closed: end it with ]]"),
+    ],
+)  # fmt: skip
+def test_a_toml_syntax_error_names_its_line_key_and_fix(
+    tmp_path: Path, text: str, line: int, key: str, fix: str
+) -> None:
+    # It said only tomllib's words ("Cannot overwrite a value", "Illegal character '\n'",
+    # "Unclosed array (at end of document)" with no line at all).
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    error = caught.value
+    assert (error.line, error.key) == (line, key)
+    named = f" [{key}]" if key else ""
+    assert str(error).startswith(f"{path}, line {line}{named}: not valid TOML: ")
+    assert fix in error.message
