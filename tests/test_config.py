@@ -245,3 +245,27 @@ def test_a_toml_syntax_error_names_its_line_key_and_fix(
     named = f" [{key}]" if key else ""
     assert str(error).startswith(f"{path}, line {line}{named}: not valid TOML: ")
     assert fix in error.message
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [("privat-key", "did you mean 'private-key'?"), ("passwords", "kinds are private-key, ")],
+)
+def test_a_secrets_mode_for_no_kind_or_rule_is_refused(
+    tmp_path: Path, name: str, hint: str
+) -> None:
+    # It loaded and never applied: the kind kept the default mode without a word.
+    path = write(tmp_path, f'[secrets]\nmode = "warn"\n[secrets.modes]\n"{name}" = "block"\n')
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert (caught.value.key, caught.value.line) == (f"secrets.modes.{name}", 4)
+    assert hint in caught.value.message
+
+
+def test_a_secrets_mode_may_name_a_kind_a_builtin_rule_or_a_rule_of_yours(tmp_path: Path) -> None:
+    text = (
+        '[secrets.modes]\n"dotenv-secret" = "off"\n"pem-block" = "block"\n"acme" = "redact"\n'
+        '[[secrets.detect]]\nname = "acme"\nregex = "acme_[a-z]{8}"\n'
+    )
+    modes = load(write(tmp_path, text)).section("secrets").modes
+    assert modes == {"dotenv-secret": "off", "pem-block": "block", "acme": "redact"}

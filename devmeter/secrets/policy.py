@@ -16,6 +16,7 @@ wins over both, except in a repo set to "off", where nothing is inspected.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import Any
 
 from devmeter.config_error import ConfigError
 from devmeter.config_values import config_table, reject_unknown
-from devmeter.secrets.scan import Finding, UserRule
+from devmeter.secrets.scan import Finding, UserRule, builtin_detectors
 
 MODES = ("off", "warn", "block", "redact")
 # When findings of several modes meet in one request, the strictest decides.
@@ -85,7 +86,28 @@ def parse_secrets(table: Mapping[str, Any]) -> SecretsPolicy:
         rules.append(UserRule(rule["name"], _regex(f"{key}.regex", rule.get("regex"))))
         if "mode" in rule:
             modes[rule["name"]] = _mode(f"{key}.mode", rule["mode"])
+    _check_mode_names(table, rules)
     return SecretsPolicy(mode, allow, fingerprints, modes, repos, tuple(rules))
+
+
+def _check_mode_names(table: Mapping[str, Any], rules: list[UserRule]) -> None:
+    """A `[secrets.modes]` name that is no kind or rule would never apply: a typo there
+    ("privat-key" = "block") left the kind at the default mode without a word."""
+    written = [str(name) for name in _table(table, "modes")]
+    if not written:
+        return  # the built-in list costs detect-secrets' import (about a second)
+    kinds = list(dict.fromkeys(d.kind for d in builtin_detectors()))
+    names = {*kinds, *(d.rule.split(":", 1)[-1] for d in builtin_detectors())}
+    names.update(rule.name for rule in rules)
+    for name in written:
+        if name not in names:
+            close = difflib.get_close_matches(name, sorted(names), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"secrets.modes.{name}",
+                f"no secret kind or rule is called {name!r}; {hint}kinds are "
+                f"{', '.join(kinds)}, or the name of a [[secrets.detect]] rule",
+            )
 
 
 def _mode(key: str, value: Any) -> str:
