@@ -149,9 +149,19 @@ def parse_runaway(table: Mapping[str, object] | None) -> RunawayConfig:
         values["rearm_ratio"] = ratio
 
     config = replace(RunawayConfig(), **values)
-    if config.idle_evict_minutes < max(config.window_minutes, config.loop_window_minutes):
+    widest = max(("window_minutes", "loop_window_minutes"), key=lambda n: getattr(config, n))
+    if config.idle_evict_minutes < getattr(config, widest):
+        # Blame the key the user wrote: an idle_evict_minutes left out is the default.
+        evict = f"idle_evict_minutes ({config.idle_evict_minutes:g})"
+        if "idle_evict_minutes" in table:
+            raise ConfigError(
+                "runaway.idle_evict_minutes",
+                f"must be at least {widest} ({getattr(config, widest):g}); raise it",
+            )
         raise ConfigError(
-            "runaway.idle_evict_minutes", "must be at least window_minutes and loop_window_minutes"
+            f"runaway.{widest}",
+            f"{getattr(config, widest):g} is above {evict}, after which a quiet session is "
+            f"forgotten; lower it, or set idle_evict_minutes at least as high",
         )
     return config
 

@@ -269,3 +269,24 @@ def test_a_secrets_mode_may_name_a_kind_a_builtin_rule_or_a_rule_of_yours(tmp_pa
     )
     modes = load(write(tmp_path, text)).section("secrets").modes
     assert modes == {"dotenv-secret": "off", "pem-block": "block", "acme": "redact"}
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "said"),
+    [
+        ("[runaway]\nwindow_minutes = 500\n", "runaway.window_minutes", 2,
+         "500 is above idle_evict_minutes (120)"),
+        ("[runaway]\n\nloop_window_minutes = 1e308\n", "runaway.loop_window_minutes", 3,
+         "is above idle_evict_minutes (120)"),
+        ("[runaway]\nwindow_minutes = 30\nidle_evict_minutes = 20\n",
+         "runaway.idle_evict_minutes", 3, "must be at least window_minutes (30)"),
+    ],
+)  # fmt: skip
+def test_a_runaway_window_past_idle_eviction_names_the_key_written(
+    tmp_path: Path, text: str, key: str, line: int, said: str
+) -> None:
+    # It blamed idle_evict_minutes, at the [runaway] header, when the user had not written it.
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, text))
+    assert (caught.value.key, caught.value.line) == (key, line)
+    assert said in caught.value.message
