@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from difflib import get_close_matches
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -549,6 +550,18 @@ def _parse_override(index: int, entry: Any) -> PriceOverride:
     provider = entry.get("provider")
     if provider is not None and not isinstance(provider, str):
         raise ConfigError(f"{key}.provider", 'must be a provider id such as "anthropic"')
+    if provider is not None:
+        # Calls carry genai-prices' provider id: any other name never matched a call.
+        known = find_provider(provider)
+        if known is None:
+            close = get_close_matches(provider, [p.id for p in genai_providers()], n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"{key}.provider",
+                f"unknown provider {provider!r}; {hint}calls are billed by anthropic, "
+                "openai, google (Gemini) or another genai-prices provider id",
+            )
+        provider = known.id
     rates = {name: _money(f"{key}.{name}", entry[name]) for name in RATE_KEYS if name in entry}
     discount = _money(f"{key}.discount", entry["discount"]) if "discount" in entry else None
     free = config_bool(f"{key}.free", entry.get("free", False))
@@ -559,9 +572,21 @@ def _parse_override(index: int, entry: Any) -> PriceOverride:
         )
     if discount is not None and not Decimal(0) <= discount < 1:
         raise ConfigError(f"{key}.discount", "must be a fraction from 0 to below 1 (0.2 = 20% off)")
+    if discount is not None and not _is_glob(model) and find_model(provider, model) is None:
+        # A discount applies to a list price; without one such calls stay unpriced.
+        raise ConfigError(
+            f"{key}.model",
+            f"genai-prices has no list price for {model!r}"
+            f"{' at ' + provider if provider else ''}, so there is nothing to discount; "
+            "set its rates (input_mtok = 3, output_mtok = 15) or free = true instead",
+        )
     return PriceOverride(
         model=model, provider=provider, discount=discount, rates=rates or None, free=free
     )
+
+
+def _is_glob(model: str) -> bool:
+    return any(c in model for c in "*?[")
 
 
 def _money(key: str, value: Any) -> Decimal:

@@ -290,3 +290,29 @@ def test_a_runaway_window_past_idle_eviction_names_the_key_written(
         load(write(tmp_path, text))
     assert (caught.value.key, caught.value.line) == (key, line)
     assert said in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("entry", "key", "said"),
+    [
+        ('provider = "anthropc"\nmodel = "claude-*"\ndiscount = 0.1', "prices[0].provider",
+         "unknown provider 'anthropc'; did you mean 'anthropic'?"),
+        ('model = "claud-opus-9"\ndiscount = 0.1', "prices[0].model",
+         "no list price for 'claud-opus-9', so there is nothing to discount; set its rates"),
+    ],
+)  # fmt: skip
+def test_a_price_override_that_could_never_apply_is_refused(
+    tmp_path: Path, entry: str, key: str, said: str
+) -> None:
+    # Both loaded and changed nothing: a provider no call carries never matched, and a
+    # discount off no list price left the calls unpriced.
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, f'[[prices]]\nmodel = "x"\nfree = true\n\n[[prices]]\n{entry}\n'))
+    assert caught.value.key == key.replace("[0]", "[1]")
+    assert caught.value.line == 6
+    assert said in caught.value.message
+
+
+def test_a_price_override_provider_alias_is_kept_as_the_id_calls_carry(tmp_path: Path) -> None:
+    text = '[[prices]]\nprovider = "google-gla"\nmodel = "self-hosted"\nfree = true\n'
+    assert load(write(tmp_path, text)).prices[0].provider == "google"
