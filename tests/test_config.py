@@ -316,3 +316,25 @@ def test_a_price_override_that_could_never_apply_is_refused(
 def test_a_price_override_provider_alias_is_kept_as_the_id_calls_carry(tmp_path: Path) -> None:
     text = '[[prices]]\nprovider = "google-gla"\nmodel = "self-hosted"\nfree = true\n'
     assert load(write(tmp_path, text)).prices[0].provider == "google"
+
+
+@pytest.mark.parametrize("minutes", ["1e308", "inf", "nan", "0.5", "20000"])
+def test_an_import_interval_the_import_thread_cannot_wait_is_refused(
+    tmp_path: Path, minutes: str
+) -> None:
+    # 1e308 and inf loaded, then the background import thread died of an OverflowError
+    # at its first wait: history stopped importing with only a thread traceback.
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, f"[import]\nauto = true\ninterval_minutes = {minutes}\n"))
+    assert (caught.value.key, caught.value.line) == ("import.interval_minutes", 3)
+    assert "from 1 to 10080 (a week)" in caught.value.message
+    assert "auto = false" in caught.value.message
+
+
+def test_the_longest_import_interval_can_be_waited_on() -> None:
+    import threading
+
+    from devmeter.importers.auto import INTERVAL_MAX_MINUTES
+
+    # The import thread waits on a threading.Event, which refuses more than TIMEOUT_MAX.
+    assert INTERVAL_MAX_MINUTES * 60 < threading.TIMEOUT_MAX

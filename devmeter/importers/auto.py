@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 _KEYS = ("auto", "interval_minutes")
 FIRST_DELAY = 5.0  # seconds after start
+INTERVAL_MAX_MINUTES = 7 * 24 * 60
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,14 @@ def parse_import(table: Mapping[str, object] | None) -> ImportConfig:
     reject_unknown("import", table, _KEYS)
     auto = config_bool("import.auto", table.get("auto", True))
     minutes = table.get("interval_minutes", 5.0)
-    if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not minutes >= 1:
+    number = isinstance(minutes, int | float) and not isinstance(minutes, bool)
+    if not number or not 1 <= minutes <= INTERVAL_MAX_MINUTES:  # type: ignore[operator]
+        # The cap: the import thread waits on threading.Event, which raised OverflowError
+        # (and so stopped importing for good) past a few hundred years, and at inf.
         raise ConfigError(
-            "import.interval_minutes", f"expected a number of minutes, 1 or more, got {minutes!r}"
+            "import.interval_minutes",
+            f"expected a number of minutes from 1 to {INTERVAL_MAX_MINUTES} (a week), got "
+            f"{minutes!r}; auto = false turns the background import off",
         )
     return ImportConfig(auto=auto, interval_minutes=float(minutes))
 
