@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from devmeter.config_error import ConfigError
-from devmeter.config_values import config_table, reject_unknown
+from devmeter.config_values import config_table, did_you_mean, reject_unknown
 from devmeter.pricing import PriceOverride, parse_overrides
 
 DEFAULT_LISTEN = ("127.0.0.1", 8788)
@@ -190,7 +190,16 @@ def _config_from_table(table: dict[str, Any], path: Path) -> Config:
     known = (*KNOWN_SECTIONS, *EXTRA_SECTIONS)
     for name in table:
         if name not in known:
-            raise ConfigError(name, f"unknown section; valid sections are {', '.join(known)}")
+            # A key written above every header (listen = ...) belongs in a section.
+            home = "[proxy]" if name == "listen" else "the [section] it belongs to"
+            where = (
+                f"a setting above every [section] header; put it under {home}"
+                if not isinstance(table[name], dict | list)
+                else "unknown section"
+            )
+            raise ConfigError(
+                name, f"{where}; {did_you_mean(name, known)}valid sections are {', '.join(known)}"
+            )
     proxy = _table(table, "proxy")
     reject_unknown("proxy", proxy, ("listen",))
     sections = {name: _parse_extra(name, table.get(name, {})) for name in EXTRA_SECTIONS}

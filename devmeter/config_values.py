@@ -6,6 +6,7 @@ Base layer: imports nothing of the project but `config_error`.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
@@ -49,5 +50,13 @@ def reject_unknown(prefix: str, table: Mapping[str, object], valid: Iterable[str
         if name not in valid:
             raise ConfigError(
                 f"{prefix}.{name}",
-                f"unknown key {name!r}; valid keys in [{prefix}]: {', '.join(valid)}",
+                f"unknown key {name!r}; {did_you_mean(name, valid)}valid keys in [{prefix}]: "
+                f"{', '.join(valid)}",
             )
+
+
+def did_you_mean(name: str, valid: Iterable[str]) -> str:
+    """ "did you mean 'block_usd'? " for a misspelt name, else "": a typo among a dozen
+    keys is easier fixed when its word is named."""
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.7)
+    return f"did you mean {close[0]!r}? " if close else ""

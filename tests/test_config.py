@@ -338,3 +338,24 @@ def test_the_longest_import_interval_can_be_waited_on() -> None:
 
     # The import thread waits on a threading.Event, which refuses more than TIMEOUT_MAX.
     assert INTERVAL_MAX_MINUTES * 60 < threading.TIMEOUT_MAX
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "said"),
+    [
+        ("[budget.session]\nblock_usd = 5\n", "budget", "unknown section; did you mean 'budgets'?"),
+        ("[budgets.session]\nblock_uds = 5\n", "budgets.session.block_uds",
+         "unknown key 'block_uds'; did you mean 'block_usd'? valid keys in [budgets.session]"),
+        ('[notify.slack]\nwebhook_url = "https://hooks.slack.com/x"\n', "notify.slack.webhook_url",
+         "did you mean 'webhook_url_env'?"),
+        ('listen = "127.0.0.1:9000"\n', "listen",
+         "a setting above every [section] header; put it under [proxy]"),
+    ],
+)  # fmt: skip
+def test_a_misspelt_or_misplaced_key_is_named_with_the_likely_fix(
+    tmp_path: Path, text: str, key: str, said: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, text))
+    assert caught.value.key == key
+    assert said in caught.value.message
