@@ -13,10 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from devmeter.config_error import ConfigError
-from devmeter.config_values import config_table, did_you_mean, reject_unknown
+from devmeter.config_values import config_table, did_you_mean, reject_unknown, url_problem
 from devmeter.pricing import PriceOverride, parse_overrides
 
 DEFAULT_LISTEN = ("127.0.0.1", 8788)
@@ -248,21 +247,9 @@ def parse_upstream_url(url: Any, key: str) -> str:
         raise ConfigError(
             key, 'quote the host, which has dots: "api.anthropic.com" = "http://127.0.0.1:9000"'
         )
-    parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(key, f"must be a base URL like http://127.0.0.1:9000, got {url!r}")
-    # The proxy reads the port when it maps a request: a port urlsplit cannot read (or a
-    # host with a space) would stop the proxy at start or fail every mapped call.
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if port == -1 or port == 0 or any(c.isspace() for c in parts.netloc):
-        raise ConfigError(
-            key,
-            f"{url!r} has no valid host and port; write a base URL like "
-            "http://127.0.0.1:9000 (port 1-65535)",
-        )
+    problem = url_problem(url) if isinstance(url, str) else "is not a URL"
+    if problem is not None:
+        raise ConfigError(key, f"must be a base URL like http://127.0.0.1:9000; {url!r} {problem}")
     return url.rstrip("/")
 
 

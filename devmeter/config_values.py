@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
 from devmeter.config_error import ConfigError
 
@@ -60,3 +61,21 @@ def did_you_mean(name: str, valid: Iterable[str]) -> str:
     keys is easier fixed when its word is named."""
     close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.7)
     return f"did you mean {close[0]!r}? " if close else ""
+
+
+def url_problem(url: str) -> str | None:
+    """Why an http(s) URL cannot be sent to, in words for an error; None when it can.
+    urllib and mitmproxy read the port only when they send: a port out of range failed
+    every send (or stopped the proxy) long after the file was accepted."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return "is not an http:// or https:// URL"
+    if not parts.hostname or any(c.isspace() for c in parts.netloc):
+        return "has no valid host"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        return "has no valid port (1-65535)"
+    return None

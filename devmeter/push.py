@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from devmeter.alerts import Alert
 from devmeter.config_error import ConfigError
-from devmeter.config_values import config_table, reject_unknown
+from devmeter.config_values import config_table, reject_unknown, url_problem
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +158,9 @@ def _text(key: str, value: object) -> str:
 
 
 def _url(key: str, value: str) -> None:
-    if not value.startswith(("http://", "https://")):
-        raise ConfigError(key, f"expected an http:// or https:// URL, got {value!r}")
+    problem = url_problem(value)
+    if problem is not None:
+        raise ConfigError(key, f"expected an http:// or https:// URL; {value!r} {problem}")
 
 
 # --- what each target is sent --------------------------------------------------------------

@@ -164,8 +164,29 @@ def test_an_upstream_url_whose_port_cannot_be_read_is_refused_at_load(
         load(path)
     assert (caught.value.key, caught.value.line) == ("upstream.api.anthropic.com", 4)
     assert "http://127.0.0.1:9000" in caught.value.message
-    with pytest.raises(ConfigError, match="no valid host and port"):
+    assert caught.value.message.endswith(("has no valid port (1-65535)", "has no valid host"))
+    with pytest.raises(ConfigError, match="has no valid"):
         parse_upstream_arg(f"api.openai.com={url}")
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ('[export.otlp]\nendpoint = "{url}"', "export.otlp.endpoint"),
+        ('[notify.ntfy]\ntopic_env = "T"\nserver = "{url}"', "notify.ntfy.server"),
+    ],
+)
+@pytest.mark.parametrize("url", ["http://collector:99999", "https://", "http://a b:4318"])
+def test_a_push_url_that_could_never_be_sent_to_is_refused_at_load(
+    tmp_path: Path, section: str, key: str, url: str
+) -> None:
+    # These loaded, then every push failed ("Port out of range 0-65535", "no host given")
+    # in a log line, interval after interval.
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, section.format(url=url) + "\n"))
+    assert caught.value.key == key
+    what = "port (1-65535)" if "99999" in url else "host"
+    assert caught.value.message.endswith(f"has no valid {what}")
 
 
 def test_a_directory_where_the_file_goes_says_to_move_it_aside(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from devmeter.config_error import ConfigError
-from devmeter.config_values import config_bool, config_table, reject_unknown
+from devmeter.config_values import config_bool, config_table, reject_unknown, url_problem
 
 RepoLabel = Literal["path", "name", "hash"]
 REPO_LABELS: tuple[RepoLabel, ...] = ("path", "name", "hash")
@@ -138,10 +138,11 @@ def _otlp(table: Mapping[str, object]) -> OtlpSettings:
         )
     endpoint = table.get("endpoint")
     parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+    problem = url_problem(endpoint) if isinstance(endpoint, str) else "is not a URL"
+    if parts is None or problem is not None:
         raise ConfigError(
             "export.otlp.endpoint",
-            f'must be an OTLP/HTTP base URL like "http://collector:4318", got {endpoint!r}',
+            f'must be an OTLP/HTTP base URL like "http://collector:4318"; {endpoint!r} {problem}',
         )
     if parts.username or parts.password:
         raise ConfigError(
