@@ -7,6 +7,7 @@ and turns a parser's ConfigError into one that points at the line to fix.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -182,7 +183,44 @@ def parse(text: str, path: Path) -> Config:
     try:
         return _config_from_table(table, path)
     except ConfigError as exc:
-        raise exc.located(path, locate(text, exc.key)) from None
+        hint = _unquote_hint(exc, _value_at(table, exc.key))
+        error = ConfigError(exc.key, exc.message + hint) if hint else exc
+        raise error.located(path, locate(text, exc.key)) from None
+
+
+def _value_at(table: Mapping[str, Any], key: str) -> Any:
+    """The value the file holds at a dotted key such as `prices[1].discount`, or None."""
+    value: Any = table
+    for match in _PART.finditer(key):
+        if not isinstance(value, Mapping) or match.group(1) not in value:
+            return None
+        value = value[match.group(1)]
+        if match.group(2) is not None:
+            index = int(match.group(2))
+            value = value[index] if isinstance(value, list) and index < len(value) else None
+    return value
+
+
+def _unquote_hint(exc: ConfigError, value: Any) -> str:
+    """A number or boolean written in quotes ("5", "$20", "true") is text to TOML: the
+    one change that fixes it, when the parser's words only said what it expected."""
+    if not isinstance(value, str) or not exc.key or "quotes" in exc.message:
+        return ""
+    leaf = _PART.findall(exc.key)[-1][0]
+    if value.strip().lower() in ("true", "false"):
+        if "true or false" not in exc.message:
+            return ""
+        return f"; write it without quotes: {leaf} = {value.strip().lower()}"
+    if "number" not in exc.message:
+        return ""  # a text that looks like a number where text goes (to = "5") is not this
+    bare = value.strip().removeprefix("$").strip()
+    try:
+        number = float(bare)
+    except ValueError:
+        return ""
+    if not math.isfinite(number):
+        return ""
+    return f"; write the number without quotes: {leaf} = {bare}"
 
 
 def _config_from_table(table: dict[str, Any], path: Path) -> Config:

@@ -380,3 +380,32 @@ def test_a_misspelt_or_misplaced_key_is_named_with_the_likely_fix(
         load(write(tmp_path, text))
     assert caught.value.key == key
     assert said in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "hint"),
+    [
+        ('[budgets.session]\nblock_usd = "20"\n', "budgets.session.block_usd",
+         "write the number without quotes: block_usd = 20"),
+        ('[budgets.day]\nblock_usd = "$50"\n', "budgets.day.block_usd",
+         "write the number without quotes: block_usd = 50"),
+        ('[runaway]\nwindow_minutes = "10"\n', "runaway.window_minutes",
+         "without quotes: window_minutes = 10"),
+        ('[[prices]]\nmodel = "m"\ninput_mtok = "3"\n', "prices[0].input_mtok",
+         "without quotes: input_mtok = 3"),
+        ('[import]\nauto = "false"\n', "import.auto", "write it without quotes: auto = false"),
+    ],
+)  # fmt: skip
+def test_a_quoted_number_or_boolean_is_told_to_lose_its_quotes(
+    tmp_path: Path, text: str, key: str, hint: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, text))
+    assert caught.value.key == key
+    assert caught.value.message.endswith(hint)
+
+
+def test_text_that_looks_like_a_number_where_text_goes_gets_no_such_hint(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, '[[routing.rules]]\nname = "x"\nto = "5"\n'))
+    assert "without quotes" not in caught.value.message
