@@ -8,6 +8,7 @@ and turns a parser's ConfigError into one that points at the line to fix.
 from __future__ import annotations
 
 import math
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -140,6 +141,15 @@ KNOWN_SECTIONS = ("proxy", "upstream", "prices")
 def load(path: Path) -> Config:
     """Read and validate `path`; a missing file is the default config."""
     if not path.exists():
+        if path.is_symlink():
+            # A dotfiles link whose target moved: silently running on defaults would
+            # drop every cap the user set.
+            raise ConfigError(
+                "",
+                f"is a link to {os.readlink(path)}, which does not exist; fix the link "
+                f"(ln -sf TARGET {path}) or remove it to run on defaults",
+                path,
+            )
         return Config(path=path)
     if path.is_dir():
         raise ConfigError(

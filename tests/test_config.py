@@ -409,3 +409,17 @@ def test_text_that_looks_like_a_number_where_text_goes_gets_no_such_hint(tmp_pat
     with pytest.raises(ConfigError) as caught:
         load(write(tmp_path, '[[routing.rules]]\nname = "x"\nto = "5"\n'))
     assert "without quotes" not in caught.value.message
+
+
+def test_a_link_to_a_config_that_is_gone_is_refused_not_read_as_defaults(
+    tmp_path: Path,
+) -> None:
+    # It loaded as the default config: every cap in the file the link pointed to dropped.
+    path = tmp_path / "config.toml"
+    path.symlink_to(tmp_path / "dotfiles" / "devmeter.toml")
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    assert str(caught.value) == (
+        f"{path}: is a link to {tmp_path / 'dotfiles' / 'devmeter.toml'}, which does not "
+        f"exist; fix the link (ln -sf TARGET {path}) or remove it to run on defaults"
+    )
