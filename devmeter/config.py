@@ -362,15 +362,17 @@ def _toml_error(exc: tomllib.TOMLDecodeError, text: str, path: Path) -> ConfigEr
 
 def _unclosed_from(text: str) -> int | None:
     """The line an error found only "at end of document" starts on (an unclosed list or
-    string): the first line whose lines so far no longer parse. Files are short."""
+    string): the line after the longest start of the file that still parses. From the
+    end: a start cut inside an earlier, well-closed list fails too. Files are short."""
     lines = text.splitlines(keepends=True)
-    if len(lines) > 5000:
+    if len(lines) > 2000:
         return None
-    for count in range(1, len(lines) + 1):
+    for count in range(len(lines) - 1, -1, -1):
         try:
             tomllib.loads("".join(lines[:count]))
         except (tomllib.TOMLDecodeError, RecursionError):
-            return count
+            continue
+        return count + 1
     return None
 
 

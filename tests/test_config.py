@@ -249,6 +249,9 @@ def test_an_unreadable_file_says_how_to_make_it_readable(
         ("[budgets.day]\n\nnotify_usd = [1, 2\n\n[proxy]\n", 3, "budgets.day.notify_usd",
          "end it with ]"),
         ("[proxy\nlisten = 1\n", 1, "", "[section] header is not closed"),
+        # A well-closed list over several lines above the unclosed one is not it.
+        ("[budgets.day]\nnotify_usd = [\n  1,\n  2,\n]\n[budgets.session]\nask_usd = [3\n",
+         7, "budgets.session.ask_usd", "end it with ]"),
         ('[routing]\nmode = "on"\n\n[[routing.rules]\nname = "x"\n', 4, "routing.rules",
          "[[array]] header is not closed: end it with ]]"),
     ],
