@@ -6,7 +6,15 @@ import re
 
 import pytest
 
-from devmeter.secrets.scan import UserRule, builtin_detectors, fingerprint, mask, redact, scan
+from devmeter.secrets.scan import (
+    BUILTIN_NAMES,
+    UserRule,
+    builtin_detectors,
+    fingerprint,
+    mask,
+    redact,
+    scan,
+)
 from tests.secrets_corpus import CONTEXT, DOTENV_FILE, LOOKALIKES, PLANTED, VARIANTS, numbered
 
 
@@ -85,3 +93,24 @@ def test_user_rules_come_first_and_report_their_group() -> None:
     assert [(f.kind, f.rule, f.secret) for f in found] == [
         ("acme-token", "user:acme-token", "k3j4h5g6f7d8s9a0q1w2e3r4")
     ]
+
+
+def test_the_names_config_validation_knows_are_the_detectors_themselves() -> None:
+    """[secrets.modes] is checked against BUILTIN_NAMES, which does not import
+    detect-secrets (a second, on every CLI command that reads the config)."""
+    assert tuple((d.kind, d.rule) for d in builtin_detectors()) == BUILTIN_NAMES
+
+
+def test_checking_secrets_modes_does_not_import_detect_secrets(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "config.toml"
+    config.write_text('[secrets.modes]\n"private-key" = "block"\n')
+    code = (
+        "import sys; from pathlib import Path; from devmeter import config; "
+        f"config.load(Path({str(config)!r})); "
+        "print(any(m.startswith('detect_secrets') for m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "False", done.stderr

@@ -24,7 +24,7 @@ from typing import Any
 
 from devmeter.config_error import ConfigError
 from devmeter.config_values import config_table, reject_unknown
-from devmeter.secrets.scan import Finding, UserRule, builtin_detectors
+from devmeter.secrets.scan import BUILTIN_NAMES, Finding, UserRule
 
 MODES = ("off", "warn", "block", "redact")
 # When findings of several modes meet in one request, the strictest decides.
@@ -95,9 +95,9 @@ def _check_mode_names(table: Mapping[str, Any], rules: list[UserRule]) -> None:
     ("privat-key" = "block") left the kind at the default mode without a word."""
     written = [str(name) for name in _table(table, "modes")]
     if not written:
-        return  # the built-in list costs detect-secrets' import (about a second)
-    kinds = list(dict.fromkeys(d.kind for d in builtin_detectors()))
-    names = {*kinds, *(d.rule.split(":", 1)[-1] for d in builtin_detectors())}
+        return
+    kinds = list(dict.fromkeys(kind for kind, _ in BUILTIN_NAMES))
+    names = {*kinds, *(rule.split(":", 1)[-1] for _, rule in BUILTIN_NAMES)}
     names.update(rule.name for rule in rules)
     for name in written:
         if name not in names:

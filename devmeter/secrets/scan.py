@@ -211,6 +211,31 @@ class Detector:
     spans: Spans
 
 
+# (kind, rule) of each built-in detector, in builtin_detectors' order, without importing
+# detect-secrets: what config validation names ([secrets.modes] takes a kind or a rule's
+# name), which every CLI command runs. tests/test_secrets_scan.py keeps it equal.
+BUILTIN_NAMES: tuple[tuple[str, str], ...] = (
+    ("private-key", "devmeter:pem-block"),
+    ("gcp-service-account", "devmeter:gcp-service-account"),
+    ("anthropic-api-key", "devmeter:anthropic-key"),
+    ("openai-api-key", "devmeter:openai-project-key"),
+    ("openai-api-key", "detect-secrets:OpenAIDetector"),
+    ("google-api-key", "devmeter:google-api-key"),
+    ("aws-access-key", "detect-secrets:AWSKeyDetector"),
+    ("azure-storage-key", "detect-secrets:AzureStorageKeyDetector"),
+    ("azure-connection-secret", "devmeter:azure-connection-string"),
+    ("github-token", "detect-secrets:GitHubTokenDetector"),
+    ("gitlab-token", "detect-secrets:GitLabTokenDetector"),
+    ("slack-token", "detect-secrets:SlackDetector"),
+    ("stripe-key", "detect-secrets:StripeDetector"),
+    ("npm-token", "detect-secrets:NpmDetector"),
+    ("pypi-token", "detect-secrets:PypiTokenDetector"),
+    ("jwt", "detect-secrets:JwtTokenDetector"),
+    ("database-password", "devmeter:database-url"),
+    ("dotenv-secret", "devmeter:dotenv"),
+)
+
+
 @lru_cache(maxsize=1)
 def builtin_detectors() -> tuple[Detector, ...]:
     """(kind, rule, spans) in priority order: a span claimed by an earlier one is not
