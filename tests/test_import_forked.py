@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,18 @@ from devmeter.importers.claude_code import import_claude_code
 from tests.test_import_bulk import line, live, snapshot, write
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only (Linux)")
+
+
+@pytest.fixture(autouse=True)
+def alone() -> None:
+    """history._can_fork forks only a process with no other thread: a thread an earlier
+    test left ending (in the whole suite, under load) would make these imports run in one
+    process and the test fail for it. Such threads are waited for a while; one that does
+    not end is named."""
+    deadline = time.monotonic() + 60
+    while others := [t for t in threading.enumerate() if t is not threading.main_thread()]:
+        assert time.monotonic() < deadline, f"threads an earlier test left: {others}"
+        others[0].join(0.2)
 
 
 def import_command(importer: str, home: Path, folder: Path) -> dict[str, Any]:
