@@ -13,6 +13,13 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def refused(path: Path) -> pytest.ExceptionInfo[ConfigError]:
+    """What loading `path` raises: a ConfigError, or the test fails."""
+    with pytest.raises(ConfigError) as caught:
+        load(path)
+    return caught
+
+
 def test_missing_file_is_the_default_config(tmp_path: Path) -> None:
     config = load(tmp_path / "nope.toml")
     assert config.listen == ("127.0.0.1", 8788)
@@ -35,8 +42,7 @@ def test_full_config(tmp_path: Path) -> None:
 
 def test_invalid_toml_names_file_and_line(tmp_path: Path) -> None:
     path = write(tmp_path, '[proxy]\nlisten = "127.0.0.1:1"\n\n[upstream\n"a" = "http://b"\n')
-    with pytest.raises(ConfigError) as caught:
-        load(path)
+    caught = refused(path)
     text = str(caught.value)
     assert str(path) in text
     assert "line 4" in text
@@ -48,8 +54,7 @@ def test_bad_value_names_file_key_and_line(tmp_path: Path) -> None:
         tmp_path,
         '[[prices]]\nmodel = "a"\nfree = true\n\n[[prices]]\nmodel = "b"\ndiscount = 2\n',
     )
-    with pytest.raises(ConfigError) as caught:
-        load(path)
+    caught = refused(path)
     err = caught.value
     assert err.path == path
     assert err.key == "prices[1].discount"
@@ -58,12 +63,10 @@ def test_bad_value_names_file_key_and_line(tmp_path: Path) -> None:
 
 
 def test_unknown_section_and_unquoted_host(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError) as caught:
-        load(write(tmp_path, "[proxyy]\nlisten = 1\n"))
+    caught = refused(write(tmp_path, "[proxyy]\nlisten = 1\n"))
     assert caught.value.line == 1
     assert "valid sections" in str(caught.value)
-    with pytest.raises(ConfigError) as caught:
-        load(write(tmp_path, '[upstream]\napi.anthropic.com = "http://x"\n'))
+    caught = refused(write(tmp_path, '[upstream]\napi.anthropic.com = "http://x"\n'))
     assert "quote the host" in str(caught.value)
     assert caught.value.line == 2
 
@@ -93,8 +96,7 @@ def test_nested_sections_are_located(tmp_path: Path) -> None:
         tmp_path,
         "[budgets.session]\nnotify_usd = [5]\n\n[budgets.day]\nnotify_usd = [50, 20]\n",
     )
-    with pytest.raises(ConfigError) as caught:
-        load(path)
+    caught = refused(path)
     assert caught.value.key.startswith("budgets.day")
     assert caught.value.line == 5
 
@@ -105,8 +107,7 @@ def test_routing_rule_errors_are_located(tmp_path: Path) -> None:
         '[routing]\nmode = "on"\n\n[[routing.rules]]\nname = "a"\nmodel = "claude-opus-*"\n'
         'to = "claude-haiku-5-5"\n\n[[routing.rules]]\nname = "b"\nmodel = "gpt-*"\nto = 42\n',
     )
-    with pytest.raises(ConfigError) as caught:
-        load(path)
+    caught = refused(path)
     assert caught.value.key == "routing.rules[1].to"
     assert caught.value.line == 12
 
@@ -136,8 +137,7 @@ def test_a_wrong_type_in_any_section_names_file_key_and_line_alike(
     # Every section checks tables and booleans with config_values' helpers: one wording.
     path = tmp_path / "config.toml"
     path.write_text(text)
-    with pytest.raises(ConfigError) as caught:
-        load(path)
+    caught = refused(path)
     error = caught.value
     assert (error.key, error.line, error.path) == (key, line, path)
     assert error.message.startswith(("expected true or false", "expected a table ("))
@@ -160,8 +160,7 @@ def test_an_upstream_url_whose_port_cannot_be_read_is_refused_at_load(
     # It used to load, then stop the proxy at start (a traceback, restarted every 30 s)
     # and fail a live reload with a ValueError after half of it was applied.
     path = write(tmp_path, f'[proxy]\n\n[upstream]\n"api.anthropic.com" = "{url}"\n')
-    with pytest.raises(ConfigError) as caught:
-        load(path)
+    caught = refused(path)
     assert (caught.value.key, caught.value.line) == ("upstream.api.anthropic.com", 4)
     assert "http://127.0.0.1:9000" in caught.value.message
     assert caught.value.message.endswith(("has no valid port (1-65535)", "has no valid host"))
@@ -182,8 +181,7 @@ def test_a_push_url_that_could_never_be_sent_to_is_refused_at_load(
 ) -> None:
     # These loaded, then every push failed ("Port out of range 0-65535", "no host given")
     # in a log line, interval after interval.
-    with pytest.raises(ConfigError) as caught:
-        load(write(tmp_path, section.format(url=url) + "\n"))
+    caught = refused(write(tmp_path, section.format(url=url) + "\n"))
     assert caught.value.key == key
     what = "port (1-65535)" if "99999" in url else "host"
     assert caught.value.message.endswith(f"has no valid {what}")
@@ -192,8 +190,7 @@ def test_a_push_url_that_could_never_be_sent_to_is_refused_at_load(
 def test_a_directory_where_the_file_goes_says_to_move_it_aside(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.mkdir()
-    with pytest.raises(ConfigError) as caught:
-        load(path)
+    caught = refused(path)
     assert str(caught.value) == (
         f"{path}: is a directory, not a file; move it aside (mv {path} {path}.dir); "
         "`devmeter config --init` writes a new file"
@@ -203,8 +200,7 @@ def test_a_directory_where_the_file_goes_says_to_move_it_aside(tmp_path: Path) -
 def test_bytes_that_are_not_utf8_name_their_line_and_the_fix(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_bytes(b'[proxy]\n\nlisten = "127.0.0.1:\xff"\n')
-    with pytest.raises(ConfigError) as caught:
-        load(path)
+    caught = refused(path)
     assert (
         str(caught.value) == f"{path}, line 3: not UTF-8 text (byte 0xff); save the file as UTF-8"
     )
@@ -226,8 +222,7 @@ def test_an_unreadable_file_says_how_to_make_it_readable(
         raise PermissionError(13, "Permission denied", str(self))
 
     monkeypatch.setattr(Path, "read_bytes", refuse)
-    with pytest.raises(ConfigError) as caught:
-        load(path)
+    caught = refused(path)
     assert str(caught.value) == (
         f"{path}: cannot read the config file (Permission denied); make it readable by you "
         f"(chmod u+r {path}) or move it aside"
@@ -262,8 +257,7 @@ def test_a_toml_syntax_error_names_its_line_key_and_fix(
     # It said only tomllib's words ("Cannot overwrite a value", "Illegal character '\n'",
     # "Unclosed array (at end of document)" with no line at all).
     path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as caught:
-        load(path)
+    caught = refused(path)
     error = caught.value
     assert (error.line, error.key) == (line, key)
     named = f" [{key}]" if key else ""
@@ -280,8 +274,7 @@ def test_a_secrets_mode_for_no_kind_or_rule_is_refused(
 ) -> None:
     # It loaded and never applied: the kind kept the default mode without a word.
     path = write(tmp_path, f'[secrets]\nmode = "warn"\n[secrets.modes]\n"{name}" = "block"\n')
-    with pytest.raises(ConfigError) as caught:
-        load(path)
+    caught = refused(path)
     assert (caught.value.key, caught.value.line) == (f"secrets.modes.{name}", 4)
     assert hint in caught.value.message
 
@@ -310,8 +303,7 @@ def test_a_runaway_window_past_idle_eviction_names_the_key_written(
     tmp_path: Path, text: str, key: str, line: int, said: str
 ) -> None:
     # It blamed idle_evict_minutes, at the [runaway] header, when the user had not written it.
-    with pytest.raises(ConfigError) as caught:
-        load(write(tmp_path, text))
+    caught = refused(write(tmp_path, text))
     assert (caught.value.key, caught.value.line) == (key, line)
     assert said in caught.value.message
 
@@ -330,8 +322,9 @@ def test_a_price_override_that_could_never_apply_is_refused(
 ) -> None:
     # Both loaded and changed nothing: a provider no call carries never matched, and a
     # discount off no list price left the calls unpriced.
-    with pytest.raises(ConfigError) as caught:
-        load(write(tmp_path, f'[[prices]]\nmodel = "x"\nfree = true\n\n[[prices]]\n{entry}\n'))
+    caught = refused(
+        write(tmp_path, f'[[prices]]\nmodel = "x"\nfree = true\n\n[[prices]]\n{entry}\n')
+    )
     assert caught.value.key == key.replace("[0]", "[1]")
     assert caught.value.line == 6
     assert said in caught.value.message
@@ -348,8 +341,7 @@ def test_an_import_interval_the_import_thread_cannot_wait_is_refused(
 ) -> None:
     # 1e308 and inf loaded, then the background import thread died of an OverflowError
     # at its first wait: history stopped importing with only a thread traceback.
-    with pytest.raises(ConfigError) as caught:
-        load(write(tmp_path, f"[import]\nauto = true\ninterval_minutes = {minutes}\n"))
+    caught = refused(write(tmp_path, f"[import]\nauto = true\ninterval_minutes = {minutes}\n"))
     assert (caught.value.key, caught.value.line) == ("import.interval_minutes", 3)
     assert "from 1 to 10080 (a week)" in caught.value.message
     assert "auto = false" in caught.value.message
@@ -379,8 +371,7 @@ def test_the_longest_import_interval_can_be_waited_on() -> None:
 def test_a_misspelt_or_misplaced_key_is_named_with_the_likely_fix(
     tmp_path: Path, text: str, key: str, said: str
 ) -> None:
-    with pytest.raises(ConfigError) as caught:
-        load(write(tmp_path, text))
+    caught = refused(write(tmp_path, text))
     assert caught.value.key == key
     assert said in caught.value.message
 
@@ -402,15 +393,13 @@ def test_a_misspelt_or_misplaced_key_is_named_with_the_likely_fix(
 def test_a_quoted_number_or_boolean_is_told_to_lose_its_quotes(
     tmp_path: Path, text: str, key: str, hint: str
 ) -> None:
-    with pytest.raises(ConfigError) as caught:
-        load(write(tmp_path, text))
+    caught = refused(write(tmp_path, text))
     assert caught.value.key == key
     assert caught.value.message.endswith(hint)
 
 
 def test_text_that_looks_like_a_number_where_text_goes_gets_no_such_hint(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError) as caught:
-        load(write(tmp_path, '[[routing.rules]]\nname = "x"\nto = "5"\n'))
+    caught = refused(write(tmp_path, '[[routing.rules]]\nname = "x"\nto = "5"\n'))
     assert "without quotes" not in caught.value.message
 
 
@@ -420,8 +409,7 @@ def test_a_link_to_a_config_that_is_gone_is_refused_not_read_as_defaults(
     # It loaded as the default config: every cap in the file the link pointed to dropped.
     path = tmp_path / "config.toml"
     path.symlink_to(tmp_path / "dotfiles" / "devmeter.toml")
-    with pytest.raises(ConfigError) as caught:
-        load(path)
+    caught = refused(path)
     assert str(caught.value) == (
         f"{path}: is a link to {tmp_path / 'dotfiles' / 'devmeter.toml'}, which does not "
         f"exist; fix the link (ln -sf TARGET {path}) or remove it to run on defaults"
