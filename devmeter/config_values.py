@@ -56,10 +56,10 @@ def reject_unknown(prefix: str, table: Mapping[str, object], valid: Iterable[str
             )
 
 
-def did_you_mean(name: str, valid: Iterable[str]) -> str:
+def did_you_mean(name: str, valid: Iterable[str], cutoff: float = 0.7) -> str:
     """ "did you mean 'block_usd'? " for a misspelt name, else "": a typo among a dozen
-    keys is easier fixed when its word is named."""
-    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.7)
+    keys is easier fixed when its word is named. `cutoff`: how alike (difflib's ratio)."""
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=cutoff)
     return f"did you mean {close[0]!r}? " if close else ""
 
 

@@ -14,12 +14,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from difflib import get_close_matches
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from devmeter.config_error import ConfigError
-from devmeter.config_values import config_bool, reject_unknown
+from devmeter.config_values import config_bool, did_you_mean, reject_unknown
 from devmeter.money import PICO, to_pusd
 from devmeter.usage import Usage
 
@@ -554,8 +553,7 @@ def _parse_override(index: int, entry: Any) -> PriceOverride:
         # Calls carry genai-prices' provider id: any other name never matched a call.
         known = find_provider(provider)
         if known is None:
-            close = get_close_matches(provider, [p.id for p in genai_providers()], n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            hint = did_you_mean(provider, [p.id for p in genai_providers()], cutoff=0.6)
             raise ConfigError(
                 f"{key}.provider",
                 f"unknown provider {provider!r}; {hint}calls are billed by anthropic, "

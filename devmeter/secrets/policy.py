@@ -16,14 +16,13 @@ wins over both, except in a repo set to "off", where nothing is inspected.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from devmeter.config_error import ConfigError
-from devmeter.config_values import config_table, reject_unknown
+from devmeter.config_values import config_table, did_you_mean, reject_unknown
 from devmeter.secrets.scan import BUILTIN_NAMES, Finding, UserRule
 
 MODES = ("off", "warn", "block", "redact")
@@ -101,8 +100,7 @@ def _check_mode_names(table: Mapping[str, Any], rules: list[UserRule]) -> None:
     names.update(rule.name for rule in rules)
     for name in written:
         if name not in names:
-            close = difflib.get_close_matches(name, sorted(names), n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            hint = did_you_mean(name, sorted(names), cutoff=0.6)
             raise ConfigError(
                 f"secrets.modes.{name}",
                 f"no secret kind or rule is called {name!r}; {hint}kinds are "
