@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from devmeter.export.settings import Labels
 from devmeter.ledger import SAVING_PUSD, connect_readonly, read_quota
-from devmeter.live_window import LIVE_CALLS, LONGEST_CALL_SECONDS, live_call_bounds
+from devmeter.live_window import ENDED_SINCE, LIVE_CALLS, ended_since_bounds, live_call_bounds
 from devmeter.money import PICO
 from devmeter.paths import load_key_or_ephemeral
 
@@ -38,7 +38,6 @@ UNATTRIBUTED = "unattributed"
 OTHER = "other"
 TOKEN_TYPES = ("input", "cache_read", "cache_write", "output")
 BURN_WINDOW_SECONDS = 600.0  # the burn-rate window `devmeter sessions` uses
-_ENDED_SINCE = "ts >= ? AND ts + duration_ms / 1000.0 >= ?"
 # OpenTelemetry's advised bucket boundaries for gen_ai.client.token.usage.
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
                  16777216, 67108864)  # fmt: skip
@@ -336,13 +335,13 @@ class LedgerCounters:
             live[tool] = count
         window = now - BURN_WINDOW_SECONDS
         (recent,) = conn.execute(
-            f"SELECT coalesce(sum(cost_pusd), 0) FROM calls WHERE {_ENDED_SINCE}",
-            (window - LONGEST_CALL_SECONDS, window),
+            f"SELECT coalesce(sum(cost_pusd), 0) FROM calls WHERE {ENDED_SINCE}",
+            ended_since_bounds(window),
         ).fetchone()
         (top_session,) = conn.execute(
             "SELECT coalesce(max(s), 0) FROM (SELECT sum(cost_pusd) AS s FROM calls "
-            f"WHERE {_ENDED_SINCE} GROUP BY session)",
-            (window - LONGEST_CALL_SECONDS, window),
+            f"WHERE {ENDED_SINCE} GROUP BY session)",
+            ended_since_bounds(window),
         ).fetchone()
         per_hour = Decimal(3600) / Decimal(BURN_WINDOW_SECONDS)
         return Gauges(
