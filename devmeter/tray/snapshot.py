@@ -165,11 +165,8 @@ def blocked_caps(conn: sqlite3.Connection, now: float, control: Control) -> tupl
     for (scope, key), (ts, cap_usd) in latest.items():
         if scope in ("day", "month") and key != _period(scope, now):
             continue  # the period rolled over: a fresh budget
-        if any(s == scope and k == key and lifted >= ts for s, k, lifted in control.allowed):
-            continue
-        if _went_through_since(conn, scope, key, ts):
-            continue  # the cap was raised in the config, or the proxy restarted without it
-        caps.append(CapRow(scope, key, cap_usd))
+        if _still_refusing(conn, control, scope, key, ts):
+            caps.append(CapRow(scope, key, cap_usd))
     return tuple(caps)
 
 
@@ -187,9 +184,19 @@ def stopped_sessions(conn: sqlite3.Connection, now: float, control: Control) -> 
     return tuple(
         session
         for session, ts in latest.items()
-        if not any(s == "session" and k == session and when >= ts for s, k, when in control.allowed)
-        and not _went_through_since(conn, "session", session, ts)
+        if _still_refusing(conn, control, "session", session, ts)
     )
+
+
+def _still_refusing(
+    conn: sqlite3.Connection, control: Control, scope: str, key: str, refused_at: float
+) -> bool:
+    """Whether what refused `scope`/`key` at `refused_at` still stands: no `allow` since
+    (the menu's or the CLI's), and no call of it went through since (a cap raised in the
+    config, a proxy restarted without it)."""
+    if any(s == scope and k == key and when >= refused_at for s, k, when in control.allowed):
+        return False
+    return not _went_through_since(conn, scope, key, refused_at)
 
 
 def _went_through_since(conn: sqlite3.Connection, scope: str, key: str, ts: float) -> bool:
