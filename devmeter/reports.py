@@ -491,6 +491,7 @@ def to_table(
     labels = session_labels(
         r["session"] if by == "request" else r["key"] for r in rows if by in ("request", "session")
     )
+    paid = who_paid(rows)
     if by == "request":
         headers = ["time", "tool", "model", "session", "repo", "in", "cache r", "cache w",
                    "out", "cost", "flags"]  # fmt: skip
@@ -516,7 +517,7 @@ def to_table(
         first_number = 5
     else:
         # Who paid: shown once the ledger knows (devmeter/billing.py), else nothing to split.
-        split = any(r["billed_usd"] or r["covered_usd"] for r in rows)
+        split = paid is not None
         headers = [by, "calls", "in", "cache r", "cache w", "out", "cost",
                    *(("billed", "covered") if split else ()), "flags"]  # fmt: skip
         body = [
@@ -536,7 +537,6 @@ def to_table(
         totals = ["total", format_count(calls)]
         first_number = 1
     cost = sum((r["cost_usd"] or Decimal(0) for r in rows), Decimal(0))
-    paid = who_paid(rows)
     totals += [
         format_tokens(sum(r[name] or 0 for r in rows))
         for name in ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens")

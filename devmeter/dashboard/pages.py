@@ -63,13 +63,8 @@ def cache_hit_rate(row: dict[str, Any]) -> str:
     return f"{read / total:.1%}" if total else "-"
 
 
-def _billing_split(rows: list[dict[str, Any]]) -> bool:
-    """Whether the ledger knows who paid for any of these calls (devmeter/billing.py)."""
-    return any(r["billed_usd"] or r["covered_usd"] for r in rows)
-
-
 def _group_table(rows: list[dict[str, Any]], by: str) -> str:
-    split = _billing_split(rows)
+    split = reports.who_paid(rows) is not None  # the ledger knows who paid (billing.py)
     body = "".join(
         f'<tr data-key="{escape(str(r["key"]))}"><td>{_name(r["key"])}</td>'
         f'<td class="n">{r["requests"]:,}</td><td class="n cache">{cache_hit_rate(r)}</td>'
