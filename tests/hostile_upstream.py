@@ -106,7 +106,14 @@ class HostileUpstream:
             )
             self.port = server.sockets[0].getsockname()[1]
             ready.set()
-            loop.run_forever()
+            try:
+                loop.run_forever()
+            finally:
+                # The default executor's worker (the waits on `_release`) would outlive the
+                # loop otherwise, and the test process is no longer thread-free (a forked
+                # history import needs it to be: tests/test_import_forked.py).
+                loop.run_until_complete(loop.shutdown_default_executor())
+                loop.close()
 
         self._thread = threading.Thread(target=run, daemon=True, name="hostile-upstream")
         self._thread.start()
@@ -117,6 +124,8 @@ class HostileUpstream:
         self._release.set()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(30)
 
     async def _wait_release(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._release.wait, 30)
